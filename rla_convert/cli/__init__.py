@@ -1,0 +1,50 @@
+"""The ``rla-convert`` command: a click group whose default subcommand is ``convert``.
+
+``rla-convert MODEL --variant rdn`` is read as ``rla-convert convert MODEL --variant rdn``.
+Each subcommand lives in its own module; errors the user can fix print one line and exit 2.
+"""
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from ._common import main_entry
+from .bench import bench
+from .convert import convert
+from .distill import distill
+from .eval import eval_cmd
+from .export import export
+from .info import info
+
+
+class DefaultToConvert(click.Group):
+    """Route an unknown first argument (a model name) to the ``convert`` subcommand."""
+
+    default_command = "convert"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, "[MODEL --variant rla|rdn [OPTIONS]] | COMMAND [ARGS]...")
+
+
+@click.group(cls=DefaultToConvert, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rla-convert")
+def cli():
+    """Convert attention or Gated DeltaNet checkpoints into RLA / RDN linear-time models.
+
+    \b
+    rla-convert smollm2-135m --variant rdn --out DIR   convert (the default command)
+    rla-convert info smollm2-135m                      show a checkpoint's architecture
+    """
+
+
+for command in (convert, distill, export, eval_cmd, bench, info):
+    cli.add_command(command)
+
+
+def main(argv=None):
+    return main_entry(cli, argv)

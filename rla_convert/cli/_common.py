@@ -1,0 +1,35 @@
+"""What every subcommand shares: turning user errors into one line and exit status 2."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import NotBuiltError, UserError
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+    click.echo(f"rla-convert: error: {message}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def main_entry(cli: click.Group, argv=None):
+    try:
+        cli.main(args=argv, prog_name="rla-convert", standalone_mode=False)
+    except click.exceptions.Abort:
+        fail("aborted")
+    except click.ClickException as err:  # usage errors: click's own message, status 2
+        err.show()
+        sys.exit(err.exit_code)
+    except UserError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    return 0
+
+
+def not_built(command: str, issue: int):
+    """Body of a subcommand the toolkit names but has not built yet."""
+    raise NotBuiltError(f"'rla-convert {command}' is not built yet (tracked in issue #{issue}); available now: info, convert")
