@@ -1,0 +1,49 @@
+"""Packaging promises: the kernel folder's import name leaves transformers' `kernels` probe alone."""
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = (
+    "from transformers.utils.import_utils import is_kernels_available; "
+    "import importlib.util; print(is_kernels_available(), importlib.util.find_spec('kernels') is not None)"
+)
+
+
+def _probe(extra_code: str, cwd):
+    return subprocess.run(
+        [sys.executable, "-c", extra_code + PROBE], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_is_kernels_available_unchanged_by_the_toolkit(tmp_path):
+    # Without the toolkit on the path: hide both of our packages behind a meta path blocker.
+    hide = (
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('rla_kernels', 'rla_convert'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, _Hide())\n"
+    )
+    without = _probe(hide, tmp_path)
+    with_toolkit = _probe("import rla_convert, rla_kernels\n", tmp_path)
+    # From the repository root too, where a folder named `kernels/` sits in the working directory.
+    from_root = _probe("import rla_convert, rla_kernels\n", ROOT)
+    assert without.returncode == 0, without.stderr
+    assert with_toolkit.returncode == 0, with_toolkit.stderr
+    assert from_root.returncode == 0, from_root.stderr
+    assert with_toolkit.stdout.strip().splitlines()[-1] == without.stdout.strip().splitlines()[-1]
+    assert from_root.stdout.strip().splitlines()[-1].split()[0] == without.stdout.strip().split()[0]
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, import_name in (("rla_convert", "rla_convert"), ("kernels", "rla_kernels")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((import_name, *rel)))
+    assert found <= listed, f"add to pyproject.toml packages: {sorted(found - listed)}"
