@@ -1,0 +1,42 @@
+"""The model benchmark's measuring pieces, on a tiny random Llama (CPU)."""
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rla_convert.bench.model import decode_point, prefill_point, run_model_bench
+
+
+def _tiny():
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_kv_cache_bytes_are_counted_exactly():
+    model, cpu = _tiny(), torch.device("cpu")
+    p = decode_point("t", model, context=100, batch=3, device=cpu, steps=4)
+    assert p.error is None and p.ms > 0
+    # layers x (k, v) x batch x kv_heads x context x head_dim x 4 bytes
+    assert p.cache_mb * 2**20 == 2 * 2 * 3 * 2 * 100 * 8 * 4
+    assert p.extra["cache_mb_after_decode"] * 2**20 == 2 * 2 * 3 * 2 * 104 * 8 * 4
+
+
+def test_a_failing_point_is_recorded_and_the_run_goes_on():
+    model = _tiny()
+
+    class Broken(torch.nn.Module):
+        config = model.config
+
+        def forward(self, **kwargs):
+            raise RuntimeError("CUDA out of memory (simulated)\nmore detail")
+
+    points = run_model_bench({"ok": model, "broken": Broken()}, torch.device("cpu"), prefill_contexts=[32],
+                             decode_contexts=[16], decode_batch=1, throughput_batches=[2], throughput_context=16,
+                             progress=False)
+    assert [p.measure for p in points] == ["prefill", "decode", "throughput"] * 2
+    assert all(p.error is None for p in points[:3])
+    assert all(p.error.startswith("RuntimeError: CUDA out of memory") for p in points[3:])
+
+
+def test_prefill_reports_tokens_per_second():
+    p = prefill_point("t", _tiny(), context=64, batch=1, device=torch.device("cpu"), repeats=2)
+    assert p.error is None and abs(p.tokens_per_s - 64 / p.ms * 1e3) < 1e-6
