@@ -34,8 +34,11 @@ def tiny_model_dir(tmp_path_factory):
     fast.save_pretrained(out)
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    LlamaForCausalLM(cfg).save_pretrained(out)
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # decisive logits: cached and uncached argmax never meet a rounding tie
+        model.lm_head.weight.mul_(50)
+    model.save_pretrained(out)
     (out / "heldout.txt").write_text(_text(seed=1))
     return out
 

@@ -33,7 +33,7 @@ def resolve_device(device: str):
 
 @click.command(name="eval")
 @click.argument("model")
-@click.option("--text", "text_path", type=click.Path(), help="Held-out text: .txt, .jsonl ('text' field) or a directory.")
+@click.option("--text", "text_path", type=click.Path(), help="Held-out text: .txt, .jsonl, .parquet, a datasets directory, or a directory of files.")
 @click.option("--window", default=512, show_default=True, help="Perplexity window (packed, non-overlapping).")
 @click.option("--max-tokens", default=65536, show_default=True, help="Score at most this many tokens of --text.")
 @click.option("--batch-size", default=4, show_default=True)
