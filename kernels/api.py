@@ -1,0 +1,79 @@
+"""The public ops: ``rla(...)`` and ``rdn(...)``, one entry point over every backend.
+
+Inputs follow fla: q, k [B, T, H, K]; v [B, T, H, V]; g (natural-log decay, <= 0), beta, gamma [B, T, H];
+``scale`` (default K ** -0.5) multiplies the output only; varlen is B = 1 with ``cu_seqlens`` [N + 1].
+States are the pair (S, R), each [N, H, K, V] float32. Returns ``(o, (S, R) or None)``, o in v's dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import library  # noqa: F401  (registers the torch.library ops used by the triton path)
+from .backend import choose_backend, is_decode
+from .rdn.naive import naive_recurrent_rdn
+from .rdn.torch_chunk import chunk_rdn_torch
+from .rla.naive import naive_recurrent_rla
+from .rla.torch_chunk import chunk_rla_torch
+from .validation import check_shapes, check_values
+
+_TORCH = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}
+_NAIVE = {"rla": naive_recurrent_rla, "rdn": naive_recurrent_rdn}
+
+
+def rla(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_state=None,
+        output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False, backend=None, validate=False):
+    """Residual Linear Attention (paper Section 3.4; semantics in ``rla/naive.py``).
+
+    ``clip``: threshold c of the residual function, or None for none; ``residual``: 'clip' or 'tanh'.
+    ``backend``: 'torch' | 'triton' | 'naive' | None (see ``backend.py``); ``validate=True`` also checks
+    values (gate ranges, finiteness), which synchronises with the device.
+    """
+    return _run("rla", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
+                cu_seqlens, use_qk_l2norm_in_kernel, backend, validate)
+
+
+def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_state=None,
+        output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False, backend=None, validate=False):
+    """Residual Delta Net (paper Section 3.4; semantics in ``rdn/naive.py``). Arguments as ``rla``."""
+    return _run("rdn", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
+                cu_seqlens, use_qk_l2norm_in_kernel, backend, validate)
+
+
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    """x / ||x|| over the head dimension, in float32 at least, back in x's dtype (as the naive oracles do)."""
+    y = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (y / y.norm(dim=-1, keepdim=True).clamp_min(1e-6)).to(x.dtype)
+
+
+def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
+         cu_seqlens, use_qk_l2norm, backend, validate):
+    name = choose_backend(backend, q.device)
+    N = check_shapes(q, k, v, g, beta, gamma, scale, clip, residual, initial_state, cu_seqlens, name)
+    if validate:
+        check_values(q, k, v, g, beta, gamma, initial_state, cu_seqlens)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if clip is not None:
+        clip = float(clip)
+    if use_qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    S0, R0 = (None, None) if initial_state is None else initial_state
+
+    if name == "torch":
+        return _TORCH[variant](q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
+                               output_final_state, cu_seqlens)
+    if name == "naive":
+        if initial_state is not None:  # the oracle wants both states; None means zeros
+            shape = (N, q.shape[2], q.shape[3], v.shape[3])
+            initial_state = tuple(q.new_zeros(shape) if s is None else s for s in (S0, R0))
+        return _NAIVE[variant](q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
+                               output_final_state, cu_seqlens)
+
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.to(q.device, non_blocking=True)
+    tensors = (q, k, v, g, beta, gamma, S0, R0)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    decode = is_decode(q.shape[0] * q.shape[1], N, initial_state is not None, needs_grad)
+    op = torch.ops.rla_kernels.fused_recurrent_fwd if decode else torch.ops.rla_kernels.chunk_fwd
+    o, S_T, R_T = op(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, float(scale), clip, residual)
+    return o, ((S_T, R_T) if output_final_state else None)

@@ -1,0 +1,80 @@
+"""Which implementation runs an op: the one place that decides.
+
+- ``torch``: the chunked PyTorch code (``*/torch_chunk.py``), any device, differentiable by autograd.
+- ``triton``: the Triton kernels (``*/chunk.py`` for training/prefill, ``*/fused_recurrent.py`` for decode).
+- ``naive``: the token-by-token oracles (``*/naive.py``), for checking only.
+
+Default: triton for CUDA tensors when triton imports, torch otherwise. The environment variable
+``RLA_KERNELS_BACKEND`` replaces that default; an explicit ``backend=`` argument beats both.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("torch", "triton", "naive")
+ENV_VAR = "RLA_KERNELS_BACKEND"
+# Up to this many tokens per sequence, a call that starts from a state and needs no gradient is
+# decoding: the fused recurrent kernel (one pass over the tokens) beats the chunked one.
+DECODE_MAX_TOKENS = 16
+
+
+class BackendUnavailableError(RuntimeError):
+    """The chosen backend cannot run here (triton missing, or its kernels not written yet)."""
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising something else on import
+        return False
+    return True
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def choose_backend(requested: str | None, device: torch.device) -> str:
+    """Resolve ``backend=`` (or the environment / default) for tensors on ``device``."""
+    source = "backend"
+    if requested is None:
+        requested = os.environ.get(ENV_VAR) or None
+        source = f"environment variable {ENV_VAR}"
+    if requested is None:
+        return "triton" if device.type == "cuda" and triton_importable() else "torch"
+    if requested not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS} or unset; got {requested!r}")
+    if requested == "triton":
+        if not triton_importable():
+            raise BackendUnavailableError(f"{source}='triton' but triton does not import here; use 'torch'")
+        if device.type != "cuda" and not _triton_interpreting():
+            raise BackendUnavailableError(
+                f"{source}='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); got {device}")
+    return requested
+
+
+def is_decode(total_tokens: int, num_sequences: int, has_initial_state: bool, needs_grad: bool) -> bool:
+    """Short calls continuing from a state without autograd go to the fused recurrent kernel."""
+    per_sequence = total_tokens / max(num_sequences, 1)
+    return has_initial_state and not needs_grad and per_sequence <= DECODE_MAX_TOKENS
+
+
+@functools.lru_cache(maxsize=None)
+def triton_function(variant: str, module: str, name: str):
+    """``rla_kernels.<variant>.<module>.<name>``, imported on first use, or a clear error if absent."""
+    path = f"{__package__}.{variant}.{module}"
+    try:
+        mod = importlib.import_module(path)
+    except ImportError as error:
+        raise BackendUnavailableError(f"the triton backend needs {path}, which does not import here ({error}); "
+                                      "use backend='torch'") from error
+    fn = getattr(mod, name, None)
+    if fn is None:
+        raise BackendUnavailableError(f"the triton backend needs {path}.{name}, which is not there yet; "
+                                      "use backend='torch'")
+    return fn
