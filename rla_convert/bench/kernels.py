@@ -1,0 +1,398 @@
+"""Kernel benchmark: our RLA/RDN ops beside fla's gated delta rule and simple GLA and FlashAttention.
+
+Sequence ops run at a fixed token budget per call (B * T constant), forward and forward+backward, so a
+linear-time op stays flat as T grows while attention grows with T. Decode times one new token per sequence
+after contexts of growing length: our state is a constant-size matrix, an attention KV cache grows.
+
+Every point is measured in isolation; one that fails (missing kernel, out of memory) is recorded with its
+error and the run goes on. On CUDA the median of ``triton.testing.do_bench``; the CPU smoke mode (tiny
+shapes, PyTorch backend) times with the host clock and exists to test this code path without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+SEQUENCE_OPS = ("rla", "rdn", "fla_gdn", "fla_simple_gla", "sdpa_flash")
+DECODE_OPS = ("rla", "rdn", "fla_gdn", "sdpa_flash")
+MODES = ("fwd", "fwd+bwd")
+FLA_OPS = ("fla_gdn", "fla_simple_gla")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Chained calls build a decode state; one piece per sequence keeps the prefill's memory bounded.
+STATE_BUILD_PIECE = 8192
+
+
+@dataclass
+class Shape:
+    batch: int
+    seq_len: int
+    heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    backend: str  # 'triton' on the GPU, 'torch' in the CPU smoke run
+
+
+@dataclass
+class Point:
+    op: str
+    mode: str  # "fwd", "fwd+bwd" or "decode"
+    seq_len: int  # decode: the context length before the timed token
+    batch: int
+    ms: float | None = None
+    error: str | None = None
+    state_mb: float | None = None  # decode: bytes the op keeps per step (recurrent state or KV cache)
+    eager_ms: float | None = None  # decode on CUDA: plain launches, Python overhead included (ms: graph replay)
+    note: str | None = None
+
+
+@dataclass
+class Settings:
+    seq_lens: list[int]
+    tokens: int = 32768
+    heads: int = 16
+    head_dim: int = 128
+    dtype: str = "bf16"
+    ops: list[str] = field(default_factory=lambda: list(SEQUENCE_OPS))
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    decode_contexts: list[int] = field(default_factory=list)
+    decode_batch: int = 8
+    cpu_smoke: bool = False
+
+    def command(self) -> str:
+        """The invocation that reproduces this run, written out in full for BENCHMARKS.md."""
+        join = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
+        parts = ["rla-convert bench kernels", f"--seq-lens {join(self.seq_lens)}", f"--tokens {self.tokens}",
+                 f"--heads {self.heads}", f"--head-dim {self.head_dim}", f"--dtype {self.dtype}",
+                 f"--ops {join(self.ops)}", f"--modes {join(self.modes)}"]
+        if self.decode_contexts:
+            parts += [f"--decode-contexts {join(self.decode_contexts)}", f"--decode-batch {self.decode_batch}"]
+        else:
+            parts.append("--no-decode")
+        if self.cpu_smoke:
+            parts.append("--cpu-smoke")
+        return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def _gates(B, T, H, device, requires_grad):
+    """Log decay near 0 and rates in (0, 1), as the layers produce them; leaves, so backward reaches them."""
+    g = F.logsigmoid(torch.randn(B, T, H, device=device) + 4.0)
+    beta = torch.rand(B, T, H, device=device)
+    gamma = torch.rand(B, T, H, device=device)
+    return [x.requires_grad_(requires_grad) for x in (g, beta, gamma)]
+
+
+def _qkv(shape: Shape, T, requires_grad, heads_first=False):
+    B, H, D = shape.batch, shape.heads, shape.head_dim
+    dims = (B, H, T, D) if heads_first else (B, T, H, D)
+    q = F.normalize(torch.randn(*dims, device=shape.device), dim=-1).to(shape.dtype)
+    k = F.normalize(torch.randn(*dims, device=shape.device), dim=-1).to(shape.dtype)
+    v = torch.randn(*dims, device=shape.device).to(shape.dtype)
+    return [x.requires_grad_(requires_grad) for x in (q, k, v)]
+
+
+# ------------------------------------------------------------------------------------ sequence ops
+# Each builder returns (fn, leaves): fn runs one forward, or forward+backward; leaves get .grad reset.
+
+def _our_op(name):
+    """The public op (`rla_kernels.api.rla` / `.rdn`), imported when first timed."""
+    try:
+        from rla_kernels import api
+    except ImportError as err:
+        raise ImportError(f"rla_kernels.api is missing, so the public {name}() op is not available: {err}") from None
+    return getattr(api, name)
+
+
+def _build_ours(name):
+    def build(shape: Shape, backward: bool):
+        op = _our_op(name)
+        q, k, v = _qkv(shape, shape.seq_len, backward)
+        g, beta, gamma = _gates(shape.batch, shape.seq_len, shape.heads, shape.device, backward)
+        leaves = [q, k, v, g, beta, gamma]
+        return _with_backward(lambda: op(q, k, v, g, beta, gamma, backend=shape.backend)[0], leaves, backward)
+
+    return build
+
+
+def _build_fla_gdn(shape: Shape, backward: bool):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    q, k, v = _qkv(shape, shape.seq_len, backward)
+    g, beta, _ = _gates(shape.batch, shape.seq_len, shape.heads, shape.device, backward)
+    return _with_backward(lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0], [q, k, v, g, beta], backward)
+
+
+def _build_fla_simple_gla(shape: Shape, backward: bool):
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    q, k, v = _qkv(shape, shape.seq_len, backward)
+    g, _, _ = _gates(shape.batch, shape.seq_len, shape.heads, shape.device, backward)
+    return _with_backward(lambda: chunk_simple_gla(q, k, v, g)[0], [q, k, v, g], backward)
+
+
+def _build_sdpa_flash(shape: Shape, backward: bool):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = _qkv(shape, shape.seq_len, backward, heads_first=True)
+
+    def forward():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # flash or fail: no silent fallback to the math path
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return _with_backward(forward, [q, k, v], backward)
+
+
+def _with_backward(forward, leaves, backward):
+    if not backward:
+        def fwd_only():
+            with torch.no_grad():
+                forward()
+        return fwd_only, None
+    do = None
+
+    def fwd_bwd():
+        nonlocal do
+        o = forward()
+        if do is None:
+            do = torch.randn_like(o)
+        o.backward(do)
+
+    return fwd_bwd, leaves
+
+
+SEQUENCE_BUILDERS = {
+    "rla": _build_ours("rla"), "rdn": _build_ours("rdn"), "fla_gdn": _build_fla_gdn,
+    "fla_simple_gla": _build_fla_simple_gla, "sdpa_flash": _build_sdpa_flash,
+}
+
+
+@contextlib.contextmanager
+def fla_hopper_guard_lifted():
+    """fla 0.6.0 refuses its gated chunk backward (``chunk_bwd_dqkwg``) on Hopper with Triton < 3.7.1
+    (fla issue #640: wrong gradients were seen for some shapes). We lift that guard here, and only here,
+    to TIME fla's backward next to ours: the results are discarded, never trusted. The guard reads the
+    module global ``TRITON_ABOVE_3_7_1`` of ``fla.ops.common.chunk_o`` at call time."""
+    try:
+        import fla.ops.common.chunk_o as chunk_o
+    except ImportError:
+        yield
+        return
+    saved = getattr(chunk_o, "TRITON_ABOVE_3_7_1", None)
+    chunk_o.TRITON_ABOVE_3_7_1 = True
+    try:
+        yield
+    finally:
+        chunk_o.TRITON_ABOVE_3_7_1 = saved
+
+
+# -------------------------------------------------------------------------------------- decode ops
+# Each builder returns (step, state_bytes, note): step decodes one token per sequence.
+
+def _random_context(shape: Shape, T):
+    q, k, v = _qkv(shape, T, False)
+    g, beta, gamma = _gates(shape.batch, T, shape.heads, shape.device, False)
+    return q, k, v, g, beta, gamma
+
+
+@torch.no_grad()
+def _build_state(name, shape: Shape, context: int):
+    """Run the chunked op over `context` tokens, piece by piece with the state carried; (S, R) fp32."""
+    op, state = _our_op(name), None
+    for start in range(0, context, STATE_BUILD_PIECE):
+        piece = _random_context(shape, min(STATE_BUILD_PIECE, context - start))
+        _, state = op(*piece, initial_state=state, output_final_state=True, backend=shape.backend)
+    return state[0].float().contiguous(), state[1].float().contiguous()
+
+
+def _build_decode_ours(name):
+    def build(shape: Shape, context: int):
+        B, H, D = shape.batch, shape.heads, shape.head_dim
+        note = None
+        try:
+            S, R = _build_state(name, shape, context)
+        except (ImportError, AttributeError, NotImplementedError, RuntimeError, ValueError) as err:
+            # Decode time does not depend on the state's values; say so and time the kernel anyway.
+            note = f"random state: building it from the context failed ({_short(err)})"
+            S = 0.1 * torch.randn(B, H, D, D, device=shape.device)
+            R = 0.1 * torch.randn(B, H, D, D, device=shape.device)
+        token = _random_context(shape, 1)
+        if shape.backend == "triton":
+            if name == "rla":
+                from rla_kernels.rla.fused_recurrent import fused_recurrent_rla_fwd as kernel
+            else:
+                from rla_kernels.rdn.fused_recurrent import fused_recurrent_rdn_fwd as kernel
+
+            # In place, as a decode cache uses it: no allocation of a new state per token.
+            def step():
+                kernel(*token, None, 1.0, "clip", S, R, None, inplace=True)
+        else:
+            op = _our_op(name)
+
+            def step():
+                op(*token, initial_state=(S, R), output_final_state=True, backend=shape.backend)
+        return step, 2 * S.numel() * S.element_size(), note
+
+    return build
+
+
+def _build_decode_fla_gdn(shape: Shape, context: int):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    state = None
+    with torch.no_grad():
+        for start in range(0, context, STATE_BUILD_PIECE):
+            q, k, v, g, beta, _ = _random_context(shape, min(STATE_BUILD_PIECE, context - start))
+            _, state = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True)
+    q, k, v, g, beta, _ = _random_context(shape, 1)
+
+    def step():
+        fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True)
+
+    return step, state.numel() * state.element_size(), None
+
+
+def _build_decode_sdpa(shape: Shape, context: int):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # A full KV cache of `context` tokens (what attention keeps), attended by one new query per sequence.
+    _, k_cache, v_cache = _qkv(shape, context + 1, False, heads_first=True)
+    q, _, _ = _qkv(shape, 1, False, heads_first=True)
+
+    def step():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(q, k_cache, v_cache)
+
+    return step, 2 * k_cache.numel() * k_cache.element_size(), None
+
+
+DECODE_BUILDERS = {
+    "rla": _build_decode_ours("rla"), "rdn": _build_decode_ours("rdn"),
+    "fla_gdn": _build_decode_fla_gdn, "sdpa_flash": _build_decode_sdpa,
+}
+
+
+# ---------------------------------------------------------------------------------------- measuring
+
+def median_ms(fn, grad_to_none, device: torch.device) -> float:
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, grad_to_none=grad_to_none, return_mode="median"))
+    fn()  # warm-up
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _short(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:160] if lines else ''}".rstrip(": ")
+
+
+def _guarded(point: Point, device, measure) -> Point:
+    try:
+        measure(point)
+    except torch.OutOfMemoryError:
+        point.error = "out of memory"
+    except Exception as err:  # noqa: BLE001 -- a benchmark reports any failure of one op and goes on
+        point.error = _short(err)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return point
+
+
+def sequence_point(op: str, mode: str, shape: Shape) -> Point:
+    point = Point(op, mode, shape.seq_len, shape.batch)
+    if op in FLA_OPS and shape.device.type != "cuda":
+        point.error = "skipped: fla's Triton kernels need CUDA"
+        return point
+
+    def measure(p):
+        guard = fla_hopper_guard_lifted() if op in FLA_OPS and mode == "fwd+bwd" else contextlib.nullcontext()
+        with guard:
+            fn, leaves = SEQUENCE_BUILDERS[op](shape, mode == "fwd+bwd")
+            p.ms = median_ms(fn, leaves, shape.device)
+        if op in FLA_OPS and mode == "fwd+bwd":
+            p.note = "fla #640 guard lifted for timing"
+
+    return _guarded(point, shape.device, measure)
+
+
+def decode_point(op: str, context: int, shape: Shape) -> Point:
+    point = Point(op, "decode", context, shape.batch)
+    if op in FLA_OPS and shape.device.type != "cuda":
+        point.error = "skipped: fla's Triton kernels need CUDA"
+        return point
+
+    def measure(p):
+        step, state_bytes, p.note = DECODE_BUILDERS[op](shape, context)
+        p.state_mb = state_bytes / 2**20
+        with torch.no_grad():
+            p.ms = median_ms(step, None, shape.device)
+            if shape.device.type == "cuda":
+                # One decode step is microseconds of GPU work, less than the Python that launches it: replay
+                # it as a CUDA graph (what a serving loop does) to see the kernel, keep the eager time too.
+                p.eager_ms = p.ms
+                try:
+                    import triton.testing
+
+                    p.ms = float(triton.testing.do_bench_cudagraph(step, return_mode="median"))
+                except Exception as err:  # noqa: BLE001 -- capture can fail; the eager time stands then
+                    p.note = "; ".join(filter(None, [p.note, f"no CUDA graph ({_short(err)}): eager time"]))
+
+    return _guarded(point, shape.device, measure)
+
+
+def plan(settings: Settings) -> list[tuple]:
+    """The points to measure, in order: (kind, op, mode or None, seq_len)."""
+    points = [("seq", op, mode, T) for T in settings.seq_lens for op in settings.ops for mode in settings.modes]
+    decode_ops = [op for op in settings.ops if op in DECODE_OPS]
+    points += [("decode", op, None, L) for L in settings.decode_contexts for op in decode_ops]
+    return points
+
+
+def run(settings: Settings, device: torch.device, progress: bool = True) -> list[Point]:
+    from tqdm.auto import tqdm
+
+    dtype = DTYPES[settings.dtype]
+    backend = "triton" if device.type == "cuda" else "torch"
+    results = []
+    for kind, op, mode, T in tqdm(plan(settings), desc="bench kernels", disable=not progress):
+        torch.manual_seed(T)
+        if kind == "seq":
+            shape = Shape(max(1, settings.tokens // T), T, settings.heads, settings.head_dim, dtype, device, backend)
+            results.append(sequence_point(op, mode, shape))
+        else:
+            shape = Shape(settings.decode_batch, 1, settings.heads, settings.head_dim, dtype, device, backend)
+            results.append(decode_point(op, T, shape))
+    return results
+
+
+def environment(device: torch.device) -> dict:
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+    # Versions from the package metadata: importing fla just to read its version costs seconds.
+    for key, dist in (("triton", "triton"), ("fla", "flash-linear-attention")):
+        try:
+            info[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info[key] = None
+    return info
+
+
+def results_document(settings: Settings, points: list[Point], device: torch.device) -> dict:
+    return {"meta": {**environment(device), "command": settings.command(), "settings": asdict(settings)},
+            "points": [asdict(p) for p in points]}
