@@ -1,0 +1,238 @@
+"""RLA chunk backward in Triton (notation of chunk_fwd.py; dO1 = scale do, dO2 = scale gamma_t do).
+
+Gradients come in the order the dependencies allow, per chunk and going backwards in time:
+
+1. R path. With dh_R' the gradient of the chunk-END state R,
+       Y_i = sum_{t>=i} exp(G_t - G_i) (q_t.k_i) dO2_t + exp(G_L - G_i) dh_R'^T k_i,
+   dr_i = gamma_i Y_i, through rho: de_i = dr_i rho'(e_i) (0 where the clip saturates, 1 - (r/c)^2 for
+   tanh), and since e = v - u: dv_i += de_i, du_i = -de_i. Also dgamma_i += r_i.Y_i.
+2. S path, read by two queries (q_t decayed by exp(G_t), k_t by exp(Gm_t)):
+       X_i = sum_{t>i} [exp(G_t - G_i) (q_t.k_i) dO1_t + exp(Gm_t - G_i) (k_t.k_i) du_t] + exp(G_L - G_i) dh_S'^T k_i,
+   dv_i += beta_i X_i, dbeta_i = v_i.X_i.
+3. State gradients at the chunk start:
+       dh_S = exp(G_L) dh_S' + sum_t exp(G_t) q_t dO1_t^T + exp(Gm_t) k_t du_t^T,
+       dh_R = exp(G_L) dh_R' + sum_t exp(G_t) q_t dO2_t^T.
+
+All of that is column-wise in V, so ``_rla_bwd_states_kernel`` does it in one reverse walk per
+(sequence, head, V-block), storing dh_S', dh_R' per chunk and du per token. dq, dk, dg and gamma's
+output term need sums over all of V: ``_rla_bwd_dqkg_kernel`` runs chunk-parallel over V-blocks.
+
+dg uses the scalar-decay trick: treat G_t and Gm_t as free variables. Every factor exp(G_t - G_i) adds
+its term to dG_t and subtracts it from dG_i, so dG_t = q_t.dq_t - k_t.dk_t(as key), dGm_t = k_t.dk_t(as
+query), plus the chunk-end factor exp(G_L) of the carried states: <h_end, dh'> on the last row. Then
+G_t = sum_{j<=t} g_j and Gm_t = sum_{j<t} g_j give dg_j = sum_{t>=j} (dG_t + dGm_t) - dGm_j.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..triton_utils import autotune, exp_where, load_tile, store_tile, warps_stages_configs
+from .chunk_fwd import _chunk_coords, _seq_bounds
+
+
+@triton.jit
+def _drho_from_residual(r, clip, RESIDUAL: tl.constexpr):
+    """rho'(e) written through r = rho(e): clip passes the gradient where it did not saturate
+    (|r| < c; the boundary |e| = c has measure zero), c tanh(e/c) has slope 1 - (r/c)^2."""
+    if RESIDUAL == 1:
+        d = tl.where(tl.abs(r) < clip, 1.0, 0.0)
+    elif RESIDUAL == 2:
+        y = r / clip
+        d = 1.0 - y * y
+    else:
+        d = tl.full(r.shape, 1.0, tl.float32)
+    return d
+
+
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
+@triton.jit(do_not_specialize=["T", "part_stride"])
+def _rla_bwd_states_kernel(
+    q, k, v, g, beta, gamma, res, do, dst, drt,
+    dh_s, dh_r, du, dv, dbeta_part, dgamma_part, ds0, dr0,
+    cu_seqlens, chunk_offsets, scale, clip, T, part_stride,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
+    HAS_DST: tl.constexpr, HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    DT = q.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+
+    o_t = tl.arange(0, BT)
+    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: i <= t
+    key_lt_query = o_t[:, None] < o_t[None, :]
+
+    b_dhs = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dhr = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DST:
+        b_dhs += load_tile(dst + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+    if HAS_DRT:
+        b_dhr += load_tile(drt + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+
+    for i_loop in range(0, NT):
+        i_t = tl.cast(NT - 1 - i_loop, tl.int64)
+        # Gradients of this chunk's END states; the dq/dk/dg kernel reads them.
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile(dh_s + h_off, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
+        store_tile(dh_r + h_off, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
+
+        tok_k = (bos * H + i_h) * K
+        tok_v = (bos * H + i_h) * V
+        b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        b_r = load_tile(res + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+        rows = i_t * BT + o_t
+        in_seq = rows < T_seq
+        gate_off = (bos + rows) * H + i_h
+        b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+        b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+        b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+        b_G = tl.cumsum(b_g, axis=0)
+        b_Gm = b_G - b_g
+        b_GL = tl.sum(b_g, axis=0)
+        b_to_end = tl.exp(b_GL - b_G)
+
+        b_dO1 = b_do * scale
+        b_dO2 = b_dO1 * b_gamma[:, None]
+        # [key i, query t] matrices: transposes of the forward's, so the sums over t are plain dots.
+        b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
+        b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
+
+        # 1. R path, then through rho into the residual's inputs.
+        b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
+        b_Y += b_to_end[:, None] * tl.dot(b_k, b_dhr.to(DT), input_precision=DOT_PREC)
+        tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
+        b_de = b_gamma[:, None] * b_Y * _drho_from_residual(b_r, clip, RESIDUAL)
+        b_du = -b_de
+        store_tile(du + tok_v, b_du, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+        # 2. S path: values beta_i v_i, read by the q queries and the k queries.
+        b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
+        b_Ak = b_Ak * exp_where(key_lt_query, b_Gm[None, :] - b_G[:, None])
+        b_X = tl.dot(tl.where(key_lt_query, b_Aq, 0.0).to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
+        b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
+        b_X += b_to_end[:, None] * tl.dot(b_k, b_dhs.to(DT), input_precision=DOT_PREC)
+        tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v.to(tl.float32) * b_X, axis=1), mask=in_seq)
+        store_tile(dv + tok_v, (b_beta[:, None] * b_X + b_de).to(dv.dtype.element_ty), i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+        # 3. Carry the state gradients to the chunk start.
+        b_qg = (b_q.to(tl.float32) * tl.exp(b_G)[:, None]).to(DT)
+        b_kg = (b_k.to(tl.float32) * tl.exp(b_Gm)[:, None]).to(DT)
+        b_dhs = b_dhs * tl.exp(b_GL) + tl.dot(tl.trans(b_qg), b_dO1.to(DT), input_precision=DOT_PREC)
+        b_dhs += tl.dot(tl.trans(b_kg), b_du.to(DT), input_precision=DOT_PREC)
+        b_dhr = b_dhr * tl.exp(b_GL) + tl.dot(tl.trans(b_qg), b_dO2.to(DT), input_precision=DOT_PREC)
+
+    store_tile(ds0 + i_nh * K * V, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
+    store_tile(dr0 + i_nh * K * V, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
+
+
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32"])
+@triton.jit(do_not_specialize=["T"])
+def _rla_bwd_dqkg_kernel(
+    q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r,
+    dq, dk, dg, dgamma_out,
+    cu_seqlens, chunk_indices, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_t = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
+    DT = q.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+
+    o_t = tl.arange(0, BT)
+    rows = i_c * BT + o_t
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_Gm = b_G - b_g
+    b_GL = tl.sum(b_g, axis=0)
+    b_to_end = tl.exp(b_GL - b_G)
+
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+
+    # [query t, key i] decays: inclusive for the q queries, strict and from Gm for the k queries.
+    incl = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    b_D = exp_where(incl, b_G[:, None] - b_G[None, :])
+    b_Dm = exp_where(strict, b_Gm[:, None] - b_G[None, :])
+    # q.k weights of R's intra-chunk output, to recompute o2 for gamma's gradient.
+    b_Ar = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_D * b_gamma[None, :]
+
+    b_P1 = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . v_i
+    b_P2 = tl.zeros([BT, BT], dtype=tl.float32)  # dO2_t . r_i
+    b_P3 = tl.zeros([BT, BT], dtype=tl.float32)  # du_t  . v_i
+    b_dq_h = tl.zeros([BT, BK], dtype=tl.float32)  # h_S dO1_t + h_R dO2_t
+    b_dk_h = tl.zeros([BT, BK], dtype=tl.float32)  # h_S du_t
+    b_dk_end = tl.zeros([BT, BK], dtype=tl.float32)  # beta_i dh_S' v_i + gamma_i dh_R' r_i
+    b_hdh = tl.zeros([BK], dtype=tl.float32)  # <h_start, dh_end> of both states, per K row
+    b_dgamma = tl.zeros([BT], dtype=tl.float32)  # scale do_t . o2_t
+    h_off = (i_row * H + i_h) * K * V
+    for i_loop in range(0, tl.cdiv(V, BV)):
+        i_v = tl.cast(i_loop, tl.int64)
+        b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
+        b_dO2 = b_dO1 * b_gamma[:, None]
+        b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_hr = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+
+        b_P1 += tl.dot(b_dO1.to(DT), tl.trans(b_v), input_precision=DOT_PREC)
+        b_P2 += tl.dot(b_dO2.to(DT), tl.trans(b_r.to(DT)), input_precision=DOT_PREC)
+        b_P3 += tl.dot(b_du.to(DT), tl.trans(b_v), input_precision=DOT_PREC)
+        b_dq_h += tl.dot(b_dO1.to(DT), tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
+        b_dq_h += tl.dot(b_dO2.to(DT), tl.trans(b_hr.to(DT)), input_precision=DOT_PREC)
+        b_dk_h += tl.dot(b_du.to(DT), tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
+        b_vb = (b_v.to(tl.float32) * b_beta[:, None]).to(DT)
+        b_rg = (b_r * b_gamma[:, None]).to(DT)
+        b_dk_end += tl.dot(b_vb, tl.trans(b_dhs.to(DT)), input_precision=DOT_PREC)
+        b_dk_end += tl.dot(b_rg, tl.trans(b_dhr.to(DT)), input_precision=DOT_PREC)
+        b_hdh += tl.sum(b_hs * b_dhs + b_hr * b_dhr, axis=1)
+        b_o2 = tl.exp(b_G)[:, None] * tl.dot(b_q, b_hr.to(DT), input_precision=DOT_PREC)
+        b_o2 += tl.dot(b_Ar.to(DT), b_r.to(DT), input_precision=DOT_PREC)
+        b_dgamma += tl.sum(b_dO1 * b_o2, axis=1)
+
+    b_M = tl.where(strict, b_P1 * b_beta[None, :], 0.0) * b_D + b_P2 * b_gamma[None, :] * b_D
+    b_Mk = b_P3 * b_beta[None, :] * b_Dm
+    b_dq = tl.exp(b_G)[:, None] * b_dq_h + tl.dot(b_M.to(DT), b_k, input_precision=DOT_PREC)
+    b_dk_query = tl.exp(b_Gm)[:, None] * b_dk_h + tl.dot(b_Mk.to(DT), b_k, input_precision=DOT_PREC)
+    b_dk_end = b_to_end[:, None] * b_dk_end
+    b_dk_key = tl.dot(tl.trans(b_M).to(DT), b_q, input_precision=DOT_PREC)
+    b_dk_key += tl.dot(tl.trans(b_Mk).to(DT), b_k, input_precision=DOT_PREC) + b_dk_end
+
+    b_qf = b_q.to(tl.float32)
+    b_kf = b_k.to(tl.float32)
+    b_dG = tl.sum(b_qf * b_dq, axis=1) - tl.sum(b_kf * b_dk_key, axis=1)
+    last = tl.minimum(BT, T_seq - i_c * BT) - 1
+    carried = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_kf * b_dk_end, axis=1), axis=0)
+    b_dG += tl.where(o_t == last, carried, 0.0)
+    b_dGm = tl.sum(b_kf * b_dk_query, axis=1)
+    b_tot = b_dG + b_dGm
+    b_dg = tl.sum(b_tot, axis=0) - tl.cumsum(b_tot, axis=0) + b_tot - b_dGm
+
+    store_tile(dq + tok_k, b_dq.to(dq.dtype.element_ty), i_c * BT, T_seq, H * K, 0, K, BT, BK)
+    store_tile(dk + tok_k, (b_dk_query + b_dk_key).to(dk.dtype.element_ty), i_c * BT, T_seq, H * K, 0, K, BT, BK)
+    tl.store(dg + gate_off, b_dg, mask=in_seq)
+    tl.store(dgamma_out + gate_off, b_dgamma, mask=in_seq)

@@ -1,0 +1,98 @@
+"""Small Triton helpers shared by the RLA and RDN chunk kernels.
+
+Kept small and stable on purpose (other kernel modules import from it):
+
+- ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 (the CPU machine) there is no GPU to benchmark
+  on, so the autotuner gets only its first config and never benchmarks; on a GPU it tunes over all.
+- ``prepare_chunk_indices`` / ``prepare_chunk_offsets``: the bookkeeping that maps chunk-parallel
+  programs to (sequence, chunk) pairs and sequences to their rows in a per-chunk state buffer, for
+  packed variable-length batches (``cu_seqlens``).
+- ``dot_precision``: how ``tl.dot`` should treat fp32 operands.
+
+Written against the Triton 3.6 API (the GPU machine) and checked on 3.9 (this machine).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotune(configs: list, key: list, **kwargs):
+    """``triton.autotune`` that degrades to a fixed config (the first) under the interpreter.
+
+    With a single config Triton's autotuner launches it directly, without benchmarking, which is what
+    the interpreter needs. Only tune launch parameters (warps, stages) or block sizes of kernels whose
+    outputs are written, never accumulated: tuning re-runs the kernel.
+    """
+    return triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key, **kwargs)
+
+
+def warps_stages_configs(warps=(2, 4, 8), stages=(1, 2, 3)) -> list:
+    """The usual small grid of launch configs (no block sizes)."""
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` for tl.dot: exact fp32 when the inputs are fp32 (tf32 would cost ~1e-3
+    relative error, which the fp32 path exists to avoid); bf16/fp16 operands ignore it."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _seq_lengths(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    return cu_seqlens[1:] - cu_seqlens[:-1]
+
+
+def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``[num_chunks, 2]`` int32 rows ``(sequence, chunk within that sequence)`` over all sequences.
+
+    A chunk-parallel kernel launched over ``num_chunks`` programs reads its row to find its tokens.
+    Empty sequences contribute no chunk.
+    """
+    counts = triton.cdiv(_seq_lengths(cu_seqlens), chunk_size)
+    seq = torch.repeat_interleave(torch.arange(len(counts), device=cu_seqlens.device), counts)
+    first = torch.cumsum(counts, 0) - counts  # index of each sequence's first chunk
+    within = torch.arange(len(seq), device=cu_seqlens.device) - first[seq]
+    return torch.stack([seq, within], 1).to(torch.int32).contiguous()
+
+
+def prepare_chunk_offsets(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``[N + 1]`` int32 cumulative chunk counts: sequence n owns rows ``offsets[n]:offsets[n+1]`` of a
+    buffer holding one state per chunk."""
+    counts = triton.cdiv(_seq_lengths(cu_seqlens), chunk_size)
+    return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(torch.int32).contiguous()
+
+
+# Tile access by plain pointers and masks (block pointers are gone from newer Triton). A tile is
+# rows row0..row0+BR of a row-major matrix with n_rows rows of stride row_stride, columns col0..col0+BC
+# out of n_cols; whatever lies outside reads as 0 and is not written.
+@triton.jit
+def _tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    rows = row0 + tl.arange(0, BR)
+    cols = col0 + tl.arange(0, BC)
+    ptrs = base + rows[:, None] * row_stride + cols[None, :]
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return ptrs, mask
+
+
+@triton.jit
+def load_tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def store_tile(base, value, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def exp_where(mask, x):
+    """exp(x) where mask holds, else 0, never taking exp of a masked entry: across a causal mask the
+    decay differences G_i - G_t turn positive and can overflow, and inf * 0 would be NaN."""
+    return tl.exp(tl.where(mask, x, float("-inf")))

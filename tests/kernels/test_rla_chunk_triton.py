@@ -1,0 +1,160 @@
+"""The Triton RLA chunk kernels (forward and backward) against the float64 naive oracle with autograd.
+
+On the CPU machine they run under TRITON_INTERPRET=1 (set by tests/conftest.py before triton is
+imported) on tiny shapes; a small chunk size gives several chunks, and a partial last one, at short T.
+The ``gpu`` test repeats the check at real head sizes and lengths on CUDA.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rla_kernels import naive_recurrent_rla
+from rla_kernels.residual import apply_residual
+from rla_kernels.rla.chunk import chunk_rla_bwd, chunk_rla_fwd
+
+# (clip, residual): clip=1 with values scaled up saturates many elements; None is the raw residual.
+RESIDUALS = {"clip": (1.0, "clip"), "tanh": (0.7, "tanh"), "none": (None, "clip")}
+GRAD_NAMES = ("dq", "dk", "dv", "dg", "dbeta", "dgamma", "dS0", "dR0")
+
+
+def make_inputs(B, T, H, K, V, N=None, dtype=torch.float32, device="cpu", value_scale=3.0):
+    """Model-like inputs: q, k unit norm (SiLU + L2 norm in the layer), decays near 1, gates in (0, 1)."""
+    N = B if N is None else N
+    q = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
+    v = value_scale * torch.randn(B, T, H, V, device=device)
+    g = F.logsigmoid(torch.randn(B, T, H, device=device) + 3.0)
+    beta = torch.rand(B, T, H, device=device)
+    gamma = torch.rand(B, T, H, device=device)
+    S0 = 0.5 * torch.randn(N, H, K, V, device=device)
+    R0 = 0.3 * torch.randn(N, H, K, V, device=device)
+    qkv = [x.to(dtype) for x in (q, k, v)]
+    return qkv + [g, beta, gamma], S0, R0
+
+
+def oracle(inputs, S0, R0, scale, clip, residual, cu_seqlens, do, dS_T, dR_T):
+    """Outputs, final states and every gradient from the naive loop in float64."""
+    leaves = [x.detach().double().requires_grad_() for x in inputs]
+    states = [None if s is None else s.detach().double().requires_grad_() for s in (S0, R0)]
+    init = None if S0 is None else tuple(states)
+    o, (S, R) = naive_recurrent_rla(*leaves, scale, clip, residual, init, True, cu_seqlens)
+    loss = (o * do.double()).sum()
+    if dS_T is not None:
+        loss = loss + (S * dS_T.double()).sum()
+    if dR_T is not None:
+        loss = loss + (R * dR_T.double()).sum()
+    loss.backward()
+    grads = [x.grad for x in leaves] + [None if s is None else s.grad for s in states]
+    return (o.detach(), S.detach(), R.detach()), grads
+
+
+def rel_err(x, ref):
+    assert torch.isfinite(x).all(), "non-finite values in the result"
+    err = ((x.double() - ref).norm() / ref.norm()).item()
+    assert err == err, "NaN relative error"
+    return err
+
+
+def check(inputs, S0, R0, scale, clip, residual, cu_seqlens=None, tol=1e-4, final_grads=True, **kw):
+    """Run fwd and bwd, compare everything with the oracle; return the worst error for information."""
+    o, S_T, R_T = chunk_rla_fwd(*inputs, scale, clip, residual, S0, R0, cu_seqlens, **kw)
+    assert o.dtype == inputs[2].dtype and S_T.dtype == R_T.dtype == torch.float32
+    do = torch.randn_like(o)
+    dS_T = torch.randn_like(S_T) if final_grads else None
+    dR_T = torch.randn_like(R_T) if final_grads else None
+    grads = chunk_rla_bwd(*inputs, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, **kw)
+    want, want_grads = oracle(inputs, S0, R0, scale, clip, residual, cu_seqlens, do, dS_T, dR_T)
+    errors = {}
+    for name, x, ref in zip(("o", "S_T", "R_T"), (o, S_T, R_T), want):
+        errors[name] = rel_err(x, ref)
+    for name, x, ref, inp in zip(GRAD_NAMES, grads, want_grads, list(inputs) + [S0, R0]):
+        if inp is None:
+            assert x is None, f"{name} should be None when its input is None"
+            continue
+        assert x.dtype == inp.dtype and x.shape == inp.shape, name
+        errors[name] = rel_err(x, ref)
+    bad = {n: e for n, e in errors.items() if not e < tol}
+    assert not bad, f"relative errors over {tol}: {bad}"
+    return errors
+
+
+@pytest.mark.parametrize("res", RESIDUALS)
+def test_several_chunks_with_states(res):
+    """T=37 in chunks of 16: two full chunks and a partial one, non-zero initial states."""
+    clip, residual = RESIDUALS[res]
+    inputs, S0, R0 = make_inputs(B=2, T=37, H=2, K=16, V=32)
+    if clip is not None:
+        # Meaningful only if the residual function bites on a good share of elements.
+        k, v = inputs[1], inputs[2]
+        raw = v[:, 0].double() - torch.einsum("bhk,bhkv->bhv", k[:, 0].double(), S0.double())
+        assert (apply_residual(raw, clip, residual) - raw).abs().gt(1e-3).float().mean() > 0.3
+    check(inputs, S0, R0, 0.7, clip, residual, chunk_size=16)
+
+
+def test_single_token():
+    inputs, S0, R0 = make_inputs(B=2, T=1, H=2, K=16, V=16)
+    check(inputs, S0, R0, 0.5, 1.0, "clip")
+
+
+def test_default_chunk_partial_tail_and_wide_v():
+    """The production chunk size (64) with T=70, V=80 (two V-blocks, the second partial)."""
+    inputs, S0, R0 = make_inputs(B=1, T=70, H=1, K=32, V=80)
+    check(inputs, S0, R0, 0.6, 1.0, "clip")
+
+
+def test_varlen_matches_per_sequence_oracle():
+    """Packed sequences (one empty, one shorter than a chunk, one spanning three) in chunks of 16."""
+    cu_seqlens = torch.tensor([0, 5, 5, 40, 52], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=52, H=2, K=16, V=16, N=4)
+    check(inputs, S0, R0, 0.8, 0.7, "tanh", cu_seqlens=cu_seqlens, chunk_size=16)
+    check(inputs, S0, R0, 0.8, 1.0, "clip", cu_seqlens=cu_seqlens.long(), chunk_size=16)
+
+
+def test_zero_initial_state_default_scale_unused_final_state():
+    inputs, _, _ = make_inputs(B=2, T=20, H=3, K=32, V=16)
+    check(inputs, None, None, None, 1.0, "clip", final_grads=False, chunk_size=16)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_strong_decay_does_not_overflow():
+    """Log decays down to -30 per token: every exp the kernels take must stay finite."""
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=16)
+    inputs[3] = -30.0 * torch.rand(1, 40, 2)
+    check(inputs, S0, R0, 0.7, 1.0, "clip", chunk_size=16)
+
+
+def test_bf16_inputs():
+    """bf16 q, k, v with fp32 gates; the oracle sees the same rounded inputs."""
+    inputs, S0, R0 = make_inputs(B=1, T=33, H=2, K=16, V=16, dtype=torch.bfloat16)
+    o, _, _ = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, chunk_size=16)
+    assert o.dtype == torch.bfloat16
+    check(inputs, S0, R0, 0.7, 1.0, "clip", tol=1e-2, chunk_size=16)
+
+
+def test_bad_arguments_raise_value_errors():
+    inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=16, V=16)
+    with pytest.raises(ValueError, match="residual"):
+        chunk_rla_fwd(*inputs, None, 1.0, "huber", None, None, None)
+    with pytest.raises(ValueError, match="clip"):
+        chunk_rla_fwd(*inputs, None, -1.0, "clip", None, None, None)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_rla_fwd(*inputs, None, 1.0, "clip", None, None, None, chunk_size=48)
+    with pytest.raises(ValueError, match="dtype"):
+        chunk_rla_fwd(inputs[0], inputs[1].double(), *inputs[2:], None, 1.0, "clip", None, None, None)
+    with pytest.raises(ValueError, match="S0"):
+        chunk_rla_fwd(*inputs, None, 1.0, "clip", S0[:, :, :8], None, None)
+    with pytest.raises(ValueError, match="do"):
+        chunk_rla_bwd(*inputs, None, 1.0, "clip", None, None, None, inputs[2][:, :2], None, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_real_shapes(K, dtype):
+    """B=2, T=1000, H=4 on CUDA against the float64 loop (which runs on the GPU too)."""
+    tol = 1e-3 if dtype == torch.float32 else 1e-2
+    inputs, S0, R0 = make_inputs(B=2, T=1000, H=4, K=K, V=K, dtype=dtype, device="cuda")
+    check(inputs, S0, R0, K ** -0.5, 1.0, "clip", tol=tol)
+    cu_seqlens = torch.tensor([0, 300, 301, 1000], dtype=torch.int32, device="cuda")
+    inputs, S0, R0 = make_inputs(B=1, T=1000, H=4, K=K, V=K, N=3, dtype=dtype, device="cuda")
+    check(inputs, S0, R0, K ** -0.5, 0.5, "tanh", cu_seqlens=cu_seqlens, tol=tol)
