@@ -59,6 +59,10 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
         q, k = l2norm(q), l2norm(k)
     S0, R0 = (None, None) if initial_state is None else initial_state
 
+    if name == "torch" and torch.compiler.is_compiling():
+        o, S_T, R_T = torch.ops.rla_kernels.torch_chunk_fwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens,
+                                                            float(scale), clip, residual)
+        return o, ((S_T, R_T) if output_final_state else None)
     if name == "torch":
         return _TORCH[variant](q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
                                output_final_state, cu_seqlens)

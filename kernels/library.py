@@ -1,9 +1,14 @@
-"""The Triton path as torch.library custom ops, so torch.compile sees one opaque op per call.
+"""The ops as torch.library custom ops, so torch.compile sees one opaque op per call.
 
-``rla_kernels::chunk_fwd`` (with a fake for tracing and an autograd formula calling
+Triton path: ``rla_kernels::chunk_fwd`` (with a fake for tracing and an autograd formula calling
 ``rla_kernels::chunk_bwd``) and ``rla_kernels::fused_recurrent_fwd`` (decode, no backward). ``variant``
 ('rla' or 'rdn') picks the kernel module; the kernels themselves are imported on first use, so this
 file imports on machines without Triton and without the kernels written yet.
+
+Torch path under torch.compile: ``rla_kernels::torch_chunk_fwd``/``torch_chunk_bwd``. Traced inline, the
+python loop over chunks unrolls into a graph that takes a minute to compile and recompiles for every
+new number of chunks; as one op it compiles in seconds for any length. Its backward recomputes the
+forward under autograd (no activations kept). Eager calls skip the op and use autograd directly.
 
 Custom ops cannot return None: missing initial states come in as None, and their gradients go out as
 empty tensors that the autograd formula turns back into None.
@@ -16,10 +21,41 @@ import torch
 from torch import Tensor
 
 from .backend import triton_function
+from .rdn.torch_chunk import chunk_rdn_torch
+from .rla.torch_chunk import chunk_rla_torch
+
+_TORCH_CHUNK = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}
 
 
 def _num_sequences(q: Tensor, cu_seqlens: Optional[Tensor]) -> int:
     return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+def _dense_like(x: Tensor, dtype=None) -> Tensor:
+    """A contiguous tensor of x's shape: what the real ops return (they call .contiguous() to match)."""
+    return x.new_empty(x.shape, dtype=dtype or x.dtype)
+
+
+def _placeholder(q: Tensor) -> Tensor:
+    """Stands for the gradient of an initial state that was None (custom ops cannot return None)."""
+    return q.new_empty(0, dtype=torch.float32)
+
+
+def _unaliased(outputs, inputs):
+    """Custom ops may not return an input or two views of one buffer: clone those (rare, e.g. T = 0)."""
+    inputs = [x for x in inputs if isinstance(x, Tensor)]
+    seen_ids = {id(x) for x in inputs}
+    seen_ptrs = {x.untyped_storage().data_ptr() for x in inputs if x.numel()}
+    fresh = []
+    for y in outputs:
+        if id(y) in seen_ids or (y.numel() and y.untyped_storage().data_ptr() in seen_ptrs):
+            y = y.clone()
+        y = y.contiguous()
+        seen_ids.add(id(y))
+        if y.numel():
+            seen_ptrs.add(y.untyped_storage().data_ptr())
+        fresh.append(y)
+    return fresh
 
 
 def _empty_states(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -35,12 +71,12 @@ def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
               scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor]:
     fn = triton_function(variant, "chunk", f"chunk_{variant}_fwd")
     o, S_T, R_T = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens)
-    return o, S_T, R_T
+    return tuple(_unaliased((o, S_T, R_T), (q, k, v, g, beta, gamma, S0, R0)))
 
 
 @chunk_fwd.register_fake
 def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual):
-    return (torch.empty_like(v), *_empty_states(q, v, cu_seqlens))
+    return (_dense_like(v), *_empty_states(q, v, cu_seqlens))
 
 
 # ---- backward ----
@@ -53,18 +89,16 @@ def chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
     fn = triton_function(variant, "chunk", f"chunk_{variant}_bwd")
     grads = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do.contiguous(), dS_T, dR_T)
     dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = grads
-    empty = q.new_empty(0, dtype=torch.float32)
-    return [dq, dk, dv, dg, dbeta, dgamma,
-            empty if S0 is None or dS0 is None else dS0,
-            empty if R0 is None or dR0 is None else dR0]
+    dS0 = _placeholder(q) if S0 is None else (torch.zeros_like(S0) if dS0 is None else dS0).float()
+    dR0 = _placeholder(q) if R0 is None else (torch.zeros_like(R0) if dR0 is None else dR0).float()
+    return _unaliased((dq, dk, dv, dg, dbeta, dgamma, dS0, dR0), (q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T))
 
 
 @chunk_bwd.register_fake
 def _chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T):
-    empty = q.new_empty(0, dtype=torch.float32)
-    return [torch.empty_like(x) for x in (q, k, v, g, beta, gamma)] + [
-        empty if S0 is None else torch.empty_like(S0, dtype=torch.float32),
-        empty if R0 is None else torch.empty_like(R0, dtype=torch.float32),
+    return [_dense_like(x) for x in (q, k, v, g, beta, gamma)] + [
+        _placeholder(q) if S0 is None else _dense_like(S0, torch.float32),
+        _placeholder(q) if R0 is None else _dense_like(R0, torch.float32),
     ]
 
 
@@ -74,17 +108,22 @@ def _setup_context(ctx, inputs, output):
     ctx.settings = (variant, scale, clip, residual)
 
 
-def _backward(ctx, do, dS_T, dR_T):
-    q, k, v, g, beta, gamma, S0, R0, cu_seqlens = ctx.saved_tensors
-    variant, scale, clip, residual = ctx.settings
-    dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = chunk_bwd(
-        variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T)
-    dS0 = None if S0 is None else dS0.to(S0.dtype)
-    dR0 = None if R0 is None else dR0.to(R0.dtype)
-    return None, dq, dk, dv, dg, dbeta, dgamma, dS0, dR0, None, None, None, None
+def _autograd_through(bwd_op):
+    """The autograd formula of a forward op whose gradients come from ``bwd_op`` (same argument list)."""
+
+    def backward(ctx, do, dS_T, dR_T):
+        q, k, v, g, beta, gamma, S0, R0, cu_seqlens = ctx.saved_tensors
+        variant, scale, clip, residual = ctx.settings
+        dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = bwd_op(
+            variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T)
+        dS0 = None if S0 is None else dS0.to(S0.dtype)
+        dR0 = None if R0 is None else dR0.to(R0.dtype)
+        return None, dq, dk, dv, dg, dbeta, dgamma, dS0, dR0, None, None, None, None
+
+    return backward
 
 
-chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
+chunk_fwd.register_autograd(_autograd_through(chunk_bwd), setup_context=_setup_context)
 
 
 # ---- decode ----
@@ -95,9 +134,62 @@ def fused_recurrent_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor
                         scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor]:
     fn = triton_function(variant, "fused_recurrent", f"fused_recurrent_{variant}_fwd")
     o, S_T, R_T = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens)
-    return o, S_T, R_T
+    return tuple(_unaliased((o, S_T, R_T), (q, k, v, g, beta, gamma, S0, R0)))
 
 
 @fused_recurrent_fwd.register_fake
 def _fused_recurrent_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual):
-    return (torch.empty_like(v), *_empty_states(q, v, cu_seqlens))
+    return (_dense_like(v), *_empty_states(q, v, cu_seqlens))
+
+
+# ---- torch backend as one op (used while compiling) ----
+
+@torch.library.custom_op("rla_kernels::torch_chunk_fwd", mutates_args=())
+def torch_chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
+                    S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                    scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor]:
+    with torch.no_grad():
+        o, (S_T, R_T) = _TORCH_CHUNK[variant](q, k, v, g, beta, gamma, scale, clip, residual, (S0, R0),
+                                              True, cu_seqlens)
+    return tuple(_unaliased((o, S_T, R_T), (q, k, v, g, beta, gamma, S0, R0)))
+
+
+@torch_chunk_fwd.register_fake
+def _torch_chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual):
+    shape = (_num_sequences(q, cu_seqlens), q.shape[2], q.shape[3], v.shape[3])
+    state_dtype = torch.promote_types(v.dtype, torch.float32)
+    return _dense_like(v), q.new_empty(shape, dtype=state_dtype), q.new_empty(shape, dtype=state_dtype)
+
+
+@torch.library.custom_op("rla_kernels::torch_chunk_bwd", mutates_args=())
+def torch_chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
+                    S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                    scale: float, clip: Optional[float], residual: str,
+                    do: Tensor, dS_T: Optional[Tensor], dR_T: Optional[Tensor]) -> list[Tensor]:
+    # An op's body runs below the autograd dispatch key, where tensors record no graph; torch.func.vjp
+    # has its own transform and works there.
+    has_state = [s is not None for s in (S0, R0)]
+    primals = [q, k, v, g, beta, gamma] + [s for s in (S0, R0) if s is not None]
+
+    def forward(*xs):
+        states = iter(xs[6:])
+        init = tuple(next(states) if present else None for present in has_state)
+        o, (S_T, R_T) = _TORCH_CHUNK[variant](*xs[:6], scale, clip, residual, init, True, cu_seqlens)
+        return o, S_T, R_T
+
+    outputs, vjp = torch.func.vjp(forward, *primals)
+    cotangents = tuple(torch.zeros_like(y) if d is None else d.to(y.dtype) for y, d in zip(outputs, (do, dS_T, dR_T)))
+    grads = list(vjp(cotangents))
+    state_grads = iter(grads[6:])
+    grads = grads[:6] + [next(state_grads) if present else _placeholder(q) for present in has_state]
+    return _unaliased(grads, (q, k, v, g, beta, gamma, S0, R0, cu_seqlens, do, dS_T, dR_T))
+
+
+@torch_chunk_bwd.register_fake
+def _torch_chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual,
+                          do, dS_T, dR_T):
+    return [_dense_like(x) for x in (q, k, v, g, beta, gamma)] + [
+        _placeholder(q) if s is None else _dense_like(s) for s in (S0, R0)]
+
+
+torch_chunk_fwd.register_autograd(_autograd_through(torch_chunk_bwd), setup_context=_setup_context)

@@ -1,0 +1,58 @@
+"""torch.compile(fullgraph=True) of modules calling rla()/rdn(): no graph breaks, same numbers as eager."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rla_kernels.library  # noqa: F401  (registers the ops opcheck inspects)
+from rla_kernels import rdn, rla
+
+
+class TwoLayers(torch.nn.Module):
+    """One RLA and one RDN call with initial states and returned states, as a model layer would make them."""
+
+    def forward(self, q, k, v, g, beta, gamma, S0, R0):
+        o1, _ = rla(q, k, v, g, beta, gamma, initial_state=(S0, R0), use_qk_l2norm_in_kernel=True, backend="torch")
+        o2, (S, R) = rdn(q, k, v, g, beta, gamma, clip=None, initial_state=(S0, None), output_final_state=True,
+                         backend="torch")
+        return o1 + o2, S, R
+
+
+def _inputs(T, B=2, H=2, K=16, V=8):
+    xs = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V) * 3,
+          F.logsigmoid(torch.randn(B, T, H)), torch.rand(B, T, H), torch.rand(B, T, H),
+          torch.randn(B, H, K, V), torch.randn(B, H, K, V)]
+    return [x.requires_grad_() for x in xs]
+
+
+def _forward_backward(module, xs):
+    o, S, R = module(*xs)
+    loss = (o * torch.linspace(-1, 1, o.shape[-1])).sum() + S.square().sum() + R.sum()
+    grads = torch.autograd.grad(loss, xs)
+    return (o, S, R), grads
+
+
+def test_fullgraph_compile_matches_eager_forward_and_backward():
+    torch._dynamo.reset()
+    module = TwoLayers()
+    compiled = torch.compile(module, fullgraph=True, dynamic=True)
+    for T in (37, 70):  # a second length must not break the graph either
+        xs = _inputs(T)
+        out, grads = _forward_backward(compiled, xs)
+        ref_out, ref_grads = _forward_backward(module, xs)
+        for x, r in zip(out + grads, ref_out + ref_grads):
+            assert not torch.isnan(x).any()
+            assert ((x - r).norm() / r.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["rla", "rdn"])
+def test_torch_chunk_op_passes_opcheck(variant):
+    # Fake kernel against the real one, schema, autograd registration: what torch.compile relies on.
+    q, k, v, g, beta, gamma, S0, R0 = _inputs(T=9)
+    cu = torch.tensor([0, 4, 9])
+    cases = [
+        (variant, q, k, v, g, beta, gamma, S0, R0, None, 0.25, 1.0, "clip"),
+        (variant, q, k, v, g, beta, gamma, None, None, None, 0.25, None, "tanh"),
+        (variant, q[:1], k[:1], v[:1], g[:1], beta[:1], gamma[:1], S0, None, cu, 0.25, 1.0, "clip"),
+    ]
+    for args in cases:
+        torch.library.opcheck(torch.ops.rla_kernels.torch_chunk_fwd.default, args)
