@@ -3,7 +3,9 @@
 Kept small and stable on purpose (other kernel modules import from it):
 
 - ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 (the CPU machine) there is no GPU to benchmark
-  on, so the autotuner gets only its first config and never benchmarks; on a GPU it tunes over all.
+  on, so the autotuner gets only its first config and never benchmarks; on a GPU it tunes over all
+  (unless RLA_KERNELS_FIXED_CONFIG=1).
+- ``load_tile`` / ``store_tile`` / ``exp_where``: masked tile access and safe causal decays in kernels.
 - ``prepare_chunk_indices`` / ``prepare_chunk_offsets``: the bookkeeping that maps chunk-parallel
   programs to (sequence, chunk) pairs and sequences to their rows in a per-chunk state buffer, for
   packed variable-length batches (``cu_seqlens``).
@@ -20,21 +22,26 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# RLA_KERNELS_FIXED_CONFIG=1 skips autotuning on a GPU too (each config is a separate compile, which
+# dominates short correctness runs). Read once, at import.
+FIXED_CONFIG = INTERPRET or os.environ.get("RLA_KERNELS_FIXED_CONFIG") == "1"
 
 
 def autotune(configs: list, key: list, **kwargs):
-    """``triton.autotune`` that degrades to a fixed config (the first) under the interpreter.
+    """``triton.autotune`` that degrades to a fixed config (the first) under the interpreter or with
+    RLA_KERNELS_FIXED_CONFIG=1.
 
     With a single config Triton's autotuner launches it directly, without benchmarking, which is what
     the interpreter needs. Only tune launch parameters (warps, stages) or block sizes of kernels whose
     outputs are written, never accumulated: tuning re-runs the kernel.
     """
-    return triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key, **kwargs)
+    return triton.autotune(configs=configs[:1] if FIXED_CONFIG else configs, key=key, **kwargs)
 
 
-def warps_stages_configs(warps=(2, 4, 8), stages=(1, 2, 3)) -> list:
-    """The usual small grid of launch configs (no block sizes)."""
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+def warps_stages_configs(warps=(2, 4, 8), stages=(2, 3), first=(4, 2)) -> list:
+    """A small grid of launch configs (no block sizes), ``first`` leading: it is the fixed config."""
+    pairs = [first] + [(w, s) for w in warps for s in stages if (w, s) != first]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in pairs]
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""GPU check of the Triton RLA chunk kernels against the float64 naive loop: prints a table, exits 1 on
+any failure.
+
+    python scripts/gpu_check_rla.py                 # correctness table, fixed launch config (~1 min)
+    python scripts/gpu_check_rla.py --all-configs   # + every autotune config at two shapes
+    python scripts/gpu_check_rla.py --bench         # + autotuned timings at B=4, T=8192, H=16, D=128
+
+Relative error is ||x - ref|| / ||ref||, the reference being the naive loop in float64 (on the GPU) on the
+same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1e-2 for bf16/fp16.
+Works from the repository root with or without the package installed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+# Each autotune config is its own compile: correctness runs use one config unless asked otherwise.
+os.environ.setdefault("RLA_KERNELS_FIXED_CONFIG", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def import_kernels():
+    try:
+        import rla_kernels  # noqa: F401
+    except ImportError:  # not installed: load the kernels/ folder under its import name
+        root = Path(__file__).resolve().parents[1] / "kernels"
+        spec = importlib.util.spec_from_file_location("rla_kernels", root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["rla_kernels"] = module
+        spec.loader.exec_module(module)
+    from rla_kernels import naive_recurrent_rla
+    from rla_kernels.rla import chunk, chunk_bwd, chunk_fwd
+    from rla_kernels.triton_utils import warps_stages_configs
+    kernels = [chunk_fwd._rla_fwd_states_kernel, chunk_fwd._rla_fwd_output_kernel,
+               chunk_bwd._rla_bwd_states_kernel, chunk_bwd._rla_bwd_dqkg_kernel]
+    return naive_recurrent_rla, chunk.chunk_rla_fwd, chunk.chunk_rla_bwd, kernels, warps_stages_configs
+
+
+naive, chunk_fwd, chunk_bwd, KERNELS, all_configs = import_kernels()
+# --smoke runs the script's own code on the CPU (under TRITON_INTERPRET=1, tiny shapes) before spending GPU time.
+DEVICE = "cpu" if "--smoke" in sys.argv else "cuda"
+COLUMNS = ("o", "S_T", "R_T", "dq", "dk", "dv", "dg", "dbeta", "dgamma", "dS0", "dR0")
+
+
+def make_inputs(B, T, H, K, V, N, dtype, states=True):
+    q = F.normalize(torch.randn(B, T, H, K, device=DEVICE), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, K, device=DEVICE), dim=-1)
+    v = 3.0 * torch.randn(B, T, H, V, device=DEVICE)
+    g = F.logsigmoid(torch.randn(B, T, H, device=DEVICE) + 3.0)
+    beta, gamma = torch.rand(B, T, H, device=DEVICE), torch.rand(B, T, H, device=DEVICE)
+    S0 = 0.5 * torch.randn(N, H, K, V, device=DEVICE) if states else None
+    R0 = 0.3 * torch.randn(N, H, K, V, device=DEVICE) if states else None
+    return [x.to(dtype) for x in (q, k, v)] + [g, beta, gamma], S0, R0
+
+
+def reference(inputs, S0, R0, clip, residual, cu, do, dS, dR):
+    leaves = [x.double().requires_grad_() for x in inputs]
+    states = [None if s is None else s.double().requires_grad_() for s in (S0, R0)]
+    o, (S, R) = naive(*leaves, None, clip, residual, None if S0 is None else tuple(states), True, cu)
+    ((o * do.double()).sum() + (S * dS.double()).sum() + (R * dR.double()).sum()).backward()
+    return [o.detach(), S.detach(), R.detach()] + [x.grad for x in leaves] + [None if s is None else s.grad for s in states]
+
+
+def rel(x, ref):
+    if x is None or ref is None:
+        return float("nan") if (x is None) != (ref is None) else None
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True):
+    torch.manual_seed(zlib.crc32(name.encode()))
+    if DEVICE == "cpu":
+        T, K = min(T, 40), 16
+        lengths = None if lengths is None else [n // 25 + 1 for n in lengths]
+    cu = None
+    if lengths is not None:
+        cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=DEVICE)
+        T = int(cu[-1])
+    N = B if cu is None else len(lengths)
+    inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype, states)
+    o, S_T, R_T = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu)
+    do, dS, dR = torch.randn_like(o), torch.randn_like(S_T), torch.randn_like(R_T)
+    grads = chunk_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS, dR)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    want = reference(inputs, S0, R0, clip, residual, cu, do, dS, dR)
+    errs = [rel(x, r) for x, r in zip([o, S_T, R_T, *grads], want)]
+    tol = 1e-3 if dtype == torch.float32 else 1e-2
+    real = [e for e in errs if e is not None]
+    ok = all(e == e and e < tol for e in real)  # NaN never passes
+    finite = all(bool(torch.isfinite(x).all()) for x in [o, S_T, R_T, *grads] if x is not None)
+    return errs, max(real), ok and finite
+
+
+def print_row(name, errs, worst, ok):
+    cells = " ".join(f"{'-':>8}" if e is None else f"{e:8.1e}" for e in errs)
+    print(f"{name:<34} {cells} {worst:8.1e}  {'ok' if ok else 'FAIL'}", flush=True)
+
+
+CASES = [
+    # name, B, T, H, K, dtype, clip, residual, varlen lengths, initial states
+    ("fp32 K64 clip", 2, 1000, 4, 64, torch.float32, 1.0, "clip", None, True),
+    ("bf16 K64 clip", 2, 1000, 4, 64, torch.bfloat16, 1.0, "clip", None, True),
+    ("fp16 K64 tanh", 2, 1000, 4, 64, torch.float16, 0.7, "tanh", None, True),
+    ("fp32 K128 tanh", 2, 1000, 4, 128, torch.float32, 0.7, "tanh", None, True),
+    ("bf16 K128 clip", 2, 1000, 4, 128, torch.bfloat16, 1.0, "clip", None, True),
+    ("bf16 K128 noclip T777 no-S0", 2, 777, 4, 128, torch.bfloat16, None, "clip", None, False),
+    ("fp32 K64 varlen tanh", 1, 0, 4, 64, torch.float32, 0.5, "tanh", [300, 1, 699], True),
+    ("bf16 K128 varlen clip", 1, 0, 4, 128, torch.bfloat16, 1.0, "clip", [64, 437, 5, 494], True),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--all-configs", action="store_true", help="check every autotune config at two shapes")
+    ap.add_argument("--bench", action="store_true", help="autotuned timings at B=4, T=8192, H=16, D=128")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (set TRITON_INTERPRET=1)")
+    args = ap.parse_args()
+    import triton
+    where = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
+    print(f"device {where}, torch {torch.__version__}, triton {triton.__version__}")
+    print(f"{'case':<34} " + " ".join(f"{c:>8}" for c in COLUMNS) + f" {'worst':>8}  status")
+    t0 = time.time()
+    failed = 0
+    for name, B, T, H, K, dtype, clip, residual, lengths, states in CASES:
+        errs, worst, ok = run_case(name, B, T, H, K, dtype, clip, residual, lengths, states)
+        print_row(name, errs, worst, ok)
+        failed += not ok
+    print(f"correctness: {len(CASES) - failed}/{len(CASES)} ok in {time.time() - t0:.0f} s (fixed config)")
+
+    if args.all_configs:
+        for cfg in all_configs():
+            for kern in KERNELS:
+                kern.configs = [cfg]
+            label = f"warps={cfg.num_warps} stages={cfg.num_stages}"
+            for name, B, T, H, K, dtype, clip, residual, lengths, states in (CASES[0], CASES[4]):
+                errs, worst, ok = run_case(name, B, T, H, K, dtype, clip, residual, lengths, states)
+                print_row(f"{name} {label}", errs, worst, ok)
+                failed += not ok
+
+    if args.bench:
+        from triton.testing import do_bench
+        for kern in KERNELS:
+            kern.configs = all_configs()
+        B, T, H, D = 4, 8192, 16, 128
+        inputs, _, _ = make_inputs(B, T, H, D, D, B, torch.bfloat16, states=False)
+        do = torch.randn_like(inputs[2])
+        fwd = lambda: chunk_fwd(*inputs, None, 1.0, "clip", None, None, None)  # noqa: E731
+        bwd = lambda: chunk_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None)  # noqa: E731
+        t1 = time.time()
+        fwd(), bwd()  # autotune here, outside the timings
+        torch.cuda.synchronize()
+        tune_s = time.time() - t1
+        ms_fwd, ms_bwd = do_bench(fwd), do_bench(bwd)
+        print(f"bench bf16 B={B} T={T} H={H} D={D}: fwd {ms_fwd:.2f} ms, bwd (recomputes fwd states) "
+              f"{ms_bwd:.2f} ms, fwd+bwd {ms_fwd + ms_bwd:.2f} ms (autotune took {tune_s:.0f} s)")
+        for kern in KERNELS:
+            best = getattr(kern, "best_config", None)
+            print(f"  {kern.fn.__name__}: {best}")
+    print(f"total {time.time() - t0:.0f} s; {'ALL OK' if not failed else f'{failed} FAILED'}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
