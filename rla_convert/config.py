@@ -1,0 +1,85 @@
+"""The one object that describes a conversion; saved (as ``conversion``) with every exported checkpoint.
+
+Everything that changes what a converted model computes lives here: the variant, the residual
+function and its clip threshold, the gate-initialisation strategy, which layers stay softmax, the
+short convolution, whether RoPE is kept, and the kernel backend. The pipeline fills in ``source``
+(what was converted) and ``layers`` (one entry per replaced module: its path and the constructor
+arguments of its new layer), which is all the exported modeling code needs to rebuild the model.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import UserError
+
+VARIANTS = ("rla", "rdn")
+RESIDUAL_FUNCTIONS = ("clip", "tanh")
+BACKENDS = (None, "torch", "triton", "naive")
+
+
+@dataclass
+class ConversionConfig:
+    variant: str = "rdn"
+    clip: float | None = 1.0  # None: no clipping, the residual is the raw prediction error
+    residual: str = "clip"  # "clip" (Huber pseudo-residual) or "tanh" (log-cosh), paper Appendix B
+    gate_init: str = "auto"  # a name from rla_convert.init.STRATEGIES
+    keep_softmax: list[int] = field(default_factory=list)  # decoder-layer indices left as they are
+    conv_size: int = 0  # short causal conv on q/k/v for softmax sources (0: none); GDN keeps its own
+    keep_rope: bool = True  # softmax sources: rotate q/k as the original did before the feature map
+    output_gate: bool = False  # softmax sources: add GDN's output norm + SiLU gate
+    backend: str | None = None  # kernel backend; None lets rla_kernels pick
+    seed: int = 0  # for the random parts of gate initialisation
+    source: dict = field(default_factory=dict)  # filled by the pipeline: base model type, class, name
+    layers: list[dict] = field(default_factory=list)  # filled by the pipeline: replaced modules
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.variant not in VARIANTS:
+            raise UserError(f"--variant {self.variant!r} is not known; accepted: {', '.join(VARIANTS)}")
+        if self.residual not in RESIDUAL_FUNCTIONS:
+            raise UserError(f"--residual {self.residual!r} is not known; accepted: {', '.join(RESIDUAL_FUNCTIONS)}")
+        if self.clip is not None and not self.clip > 0:
+            raise UserError(f"--clip must be a positive number (or 'none'), got {self.clip!r}")
+        if self.conv_size < 0 or self.conv_size == 1:
+            raise UserError(f"--conv-size must be 0 (no convolution) or at least 2, got {self.conv_size}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend {self.backend!r} is not known; accepted: torch, triton, naive (or leave unset)")
+        from .init import STRATEGIES
+
+        if self.gate_init != "auto" and self.gate_init not in STRATEGIES:
+            raise UserError(f"--gate-init {self.gate_init!r} is not known; accepted: auto, {', '.join(STRATEGIES)}")
+        if any(i < 0 for i in self.keep_softmax):
+            raise UserError(f"--keep-softmax: layer indices must be >= 0, got {self.keep_softmax}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConversionConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def parse_keep_softmax(spec: str | None, num_layers: int) -> list[int]:
+    """``"0,15"`` keeps those layers; a bare count ``"4"`` keeps 4 evenly spaced layers (0 first).
+
+    A single index is written with a trailing comma (``"3,"``). Indices are checked against the model.
+    """
+    if spec is None or str(spec).strip() == "":
+        return []
+    text = str(spec).strip()
+    try:
+        if "," not in text:
+            count = int(text)
+            if not 0 <= count <= num_layers:
+                raise UserError(f"--keep-softmax {count}: a count must be between 0 and the model's {num_layers} layers")
+            return sorted({round(i * num_layers / count) for i in range(count)}) if count else []
+        indices = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UserError(f"--keep-softmax {spec!r}: expected layer indices like 0,15 or a count like 4") from None
+    bad = [i for i in indices if not 0 <= i < num_layers]
+    if bad:
+        raise UserError(f"--keep-softmax: layer index {bad[0]} is out of range; the model has layers 0-{num_layers - 1}")
+    return indices

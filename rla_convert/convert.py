@@ -1,0 +1,93 @@
+"""The conversion pipeline: rewrite a model's attention, initialise the gates, measure the drift,
+and make the result a transformers model that saves and loads as an RLA checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .config import ConversionConfig
+from .rewrite import RewriteReport, rewrite_model
+from .rewrite.rewriter import example_input_ids
+
+
+@dataclass
+class Drift:
+    relative_error: float  # ||logits_new - logits_old|| / ||logits_old||
+    top1_agreement: float  # fraction of positions whose argmax token is unchanged
+
+
+@dataclass
+class ConversionResult:
+    model: nn.Module
+    config: ConversionConfig
+    report: RewriteReport
+    drift: Drift | None
+    drift_note: str = ""
+
+
+def _logits(model, ids):
+    out = model(ids, use_cache=False) if _is_hf(model) else model(ids)
+    return (out.logits if hasattr(out, "logits") else out).float()
+
+
+def _is_hf(model) -> bool:
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+@torch.no_grad()
+def convert_model(model: nn.Module, config: ConversionConfig, progress=None, drift_tokens: int = 32) -> ConversionResult:
+    """Convert ``model`` in place (its attention modules are swapped) and return it with a report.
+
+    A transformers model becomes an ``RLA<Base>`` instance with an RLAConfig (so save_pretrained writes
+    a loadable RLA checkpoint); any other nn.Module keeps its class.
+    """
+    torch.manual_seed(config.seed)
+    ids = example_input_ids(model, drift_tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        before, note = _logits(model, ids), ""
+    except Exception as err:  # e.g. an fla model whose Triton kernels need a GPU: convert anyway
+        before, note = None, f"original model could not run here ({type(err).__name__}); drift not measured"
+    config.source = {"class": type(model).__name__, "model_type": getattr(getattr(model, "config", None), "model_type", None),
+                     "name": getattr(getattr(model, "config", None), "_name_or_path", "") or config.source.get("name", "")}
+    report = rewrite_model(model, config, progress=progress)
+    if _is_hf(model):
+        _promote(model, config)
+    drift = None
+    if before is not None:
+        after = _logits(model, ids)
+        drift = Drift(float((after - before).norm() / before.norm()),
+                      float((after.argmax(-1) == before.argmax(-1)).float().mean()))
+    model.train(was_training)
+    return ConversionResult(model, config, report, drift, note)
+
+
+def _promote(model, config: ConversionConfig) -> None:
+    """Make the live model an RLA<Base> with an RLAConfig, exactly what loading the export builds."""
+    from .models.configuration_rla import RLAConfig
+    from .models.modeling_rla import converted_class
+
+    base_config, base_class = model.config, type(model)
+    _drop_gguf_quantizer(model, base_config)
+    rla_config = RLAConfig.from_base(base_config, config.to_dict(), base_class)
+    for module in model.modules():
+        if getattr(module, "config", None) is base_config:
+            module.config = rla_config
+    model.__class__ = converted_class(base_class)
+
+
+def _drop_gguf_quantizer(model, base_config) -> None:
+    """A GGUF checkpoint is dequantised on load; its quantizer only blocks save_pretrained afterwards."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    dequantised = all(type(p) in (torch.Tensor, nn.Parameter) and p.dtype.is_floating_point for p in model.parameters())
+    if quantizer is not None and "gguf" in type(quantizer).__name__.lower() and dequantised:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(base_config, "quantization_config"):
+            del base_config.quantization_config

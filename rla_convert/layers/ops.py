@@ -1,0 +1,19 @@
+"""Which kernel the layers call: the public ops of ``rla_kernels``.
+
+The exported modeling code replaces this one file by its own copy that imports the PyTorch backend
+shipped beside it (see rla_convert/models/export.py); nothing else in the layer knows where the
+kernel comes from.
+"""
+from __future__ import annotations
+
+import rla_kernels
+
+
+def kernel_op(variant: str, backend: str | None = None):
+    """The ``rla`` / ``rdn`` op (signature of rla_kernels.rla), bound to ``backend`` when one is named."""
+    op = getattr(rla_kernels, variant, None)
+    if op is None:  # the public dispatcher has not landed: fall back to the float64-capable oracle
+        return getattr(rla_kernels, f"naive_recurrent_{variant}")
+    if backend is None:
+        return op
+    return lambda *args, **kwargs: op(*args, backend=backend, **kwargs)

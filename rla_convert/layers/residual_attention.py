@@ -1,0 +1,247 @@
+"""The RLA / RDN attention layer that replaces softmax attention or a Gated DeltaNet mixer.
+
+Per token (paper, Section 3.4; the math itself lives in rla_kernels):
+    q, k, v  = projections of x  (optional per-head RMSNorm on q/k, RoPE, short causal conv)
+    q, k     = L2norm(SiLU(q)), L2norm(SiLU(k))            (with a conv, SiLU follows the conv on q/k/v)
+    g        = log a = -exp(A_log) * softplus(W_a x + dt_bias)   (Mamba-2 decay, in log space)
+    beta     = sigmoid(W_b x),  gamma = sigmoid(W_gamma x)       (S and R write strengths)
+    o        = rla|rdn(q, k, v, g, beta, gamma, clip)            then optional RMSNorm(o) * SiLU(W_g x), o_proj
+
+Heads: q, k and v may have different head counts (GQA in softmax models, more value heads than key
+heads in Qwen3-Next); each is repeated to the largest count H, so every query in a group reads the same
+shared key/value head, the same convention as ``repeat_kv`` / ``repeat_interleave`` upstream.
+
+Padding (a 2D mask, or a 4D causal mask whose last query row says which keys are real): padded tokens
+get a = 1, beta = gamma = 0 and zero inputs, so they leave the states untouched. Packed sequences pass
+``cu_seqlens`` (or transformers' ``cu_seq_lens_q``) with batch size 1.
+
+The constructor arguments are plain JSON values: the exported config stores them and the modeling code
+rebuilds the layer from them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models.cache import state_layer
+from .ops import kernel_op
+
+CALL_STYLES = ("pair", "tensor", "triple")  # what the host block unpacks: (o, weights) | o | (o, None, cache)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over the last (head) dimension, weight named like transformers' and fla's."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _short_conv(x, weight, previous, seq_starts):
+    """Depthwise causal conv, x [B, T, C], weight [C, W]; ``previous`` [B, W-1, C] is the left context.
+
+    ``seq_starts`` (packed batches) gives each token's position inside its own sequence, so taps never
+    reach across a sequence boundary. Returns (output, the last W-1 inputs for the next call).
+    """
+    width = weight.shape[-1]
+    if previous is None:
+        previous = x.new_zeros(x.shape[0], width - 1, x.shape[-1])
+    padded = torch.cat([previous.to(x.dtype), x], dim=1)
+    windows = padded.unfold(1, width, 1)  # [B, T, C, W]: inputs t-W+1 .. t
+    if seq_starts is not None:
+        lag = torch.arange(width - 1, -1, -1, device=x.device)  # tap w reads the input `lag[w]` tokens back
+        windows = windows * (seq_starts[:, None] >= lag)[None, :, None, :].to(x.dtype)
+    return (windows * weight).sum(-1), padded[:, -(width - 1):]
+
+
+class ResidualAttention(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        variant: str = "rdn",
+        num_k_heads: int | None = None,
+        num_v_heads: int | None = None,
+        head_v_dim: int | None = None,
+        layer_idx: int = 0,
+        clip: float | None = 1.0,
+        residual: str = "clip",
+        conv_size: int = 0,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        rope: bool = False,
+        output_gate: bool = False,
+        qkv_bias: bool = False,
+        o_bias: bool = False,
+        b_bias: bool = True,
+        call_style: str = "pair",
+        backend: str | None = None,
+    ):
+        super().__init__()
+        if variant not in ("rla", "rdn"):
+            raise ValueError(f"variant must be 'rla' or 'rdn', got {variant!r}")
+        if call_style not in CALL_STYLES:
+            raise ValueError(f"call_style must be one of {CALL_STYLES}, got {call_style!r}")
+        self.variant, self.attention_kind = variant, variant
+        self.hidden_size, self.head_dim = hidden_size, head_dim
+        self.num_q_heads = num_heads
+        self.num_k_heads = num_k_heads or num_heads
+        self.num_v_heads = num_v_heads or self.num_k_heads
+        self.num_heads = max(self.num_q_heads, self.num_v_heads)
+        for name, count in (("q", self.num_q_heads), ("k", self.num_k_heads), ("v", self.num_v_heads)):
+            if self.num_heads % count:
+                raise ValueError(f"{name} heads ({count}) must divide the layer's {self.num_heads} heads")
+        self.head_v_dim = head_v_dim or head_dim
+        self.layer_idx, self.clip, self.residual = layer_idx, clip, residual
+        self.conv_size, self.rope, self.call_style, self.backend = conv_size, rope, call_style, backend
+        self.scale = head_dim ** -0.5
+        H = self.num_heads
+
+        self.q_proj = nn.Linear(hidden_size, self.num_q_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, self.num_k_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, self.num_v_heads * self.head_v_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(H * self.head_v_dim, hidden_size, bias=o_bias)
+        self.a_proj = nn.Linear(hidden_size, H, bias=False)
+        self.b_proj = nn.Linear(hidden_size, H, bias=b_bias)
+        self.gamma_proj = nn.Linear(hidden_size, H, bias=True)
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.dt_bias = nn.Parameter(torch.zeros(H))
+        if qk_norm:
+            self.q_norm = HeadRMSNorm(head_dim, norm_eps)
+            self.k_norm = HeadRMSNorm(head_dim, norm_eps)
+        if conv_size:
+            for name, channels in (("q", self.num_q_heads * head_dim), ("k", self.num_k_heads * head_dim),
+                                   ("v", self.num_v_heads * self.head_v_dim)):
+                setattr(self, f"{name}_conv1d", nn.Conv1d(channels, channels, conv_size, groups=channels, bias=False))
+        if output_gate:
+            self.g_proj = nn.Linear(hidden_size, self.num_v_heads * self.head_v_dim, bias=False)
+            self.o_norm = HeadRMSNorm(self.head_v_dim, norm_eps)
+        self._op = kernel_op(variant, backend)
+        self.reset_gates()
+
+    def reset_gates(self) -> None:
+        """A neutral starting point; rla_convert.init applies the named strategies."""
+        with torch.no_grad():
+            self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(1, 16)))
+            dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            for proj in (self.a_proj, self.b_proj, self.gamma_proj):
+                nn.init.normal_(proj.weight, std=0.02)
+                if proj.bias is not None:
+                    nn.init.zeros_(proj.bias)
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, position_embeddings=None,
+                cache_params=None, **kwargs):
+        cache = past_key_values if past_key_values is not None else cache_params
+        state = state_layer(cache, self.layer_idx) if cache is not None else None
+        B, T, _ = hidden_states.shape
+        valid = self._valid_tokens(attention_mask, B, T)
+        cu_seqlens = kwargs.get("cu_seqlens", kwargs.get("cu_seq_lens_q"))
+        seq_starts = self._positions_in_sequence(cu_seqlens, T, hidden_states.device) if cu_seqlens is not None else None
+
+        x = hidden_states
+        q = self.q_proj(x).view(B, T, self.num_q_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_k_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.num_v_heads, self.head_v_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope:
+            if position_embeddings is None:
+                raise ValueError("this layer keeps RoPE but the model passed no position_embeddings")
+            cos, sin = (t.unsqueeze(2) for t in position_embeddings)
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        if valid is not None:
+            keep = valid[:, :, None, None].to(x.dtype)
+            q, k, v = q * keep, k * keep, v * keep
+        if self.conv_size:
+            q, k, v = (self._conv(name, t, state, seq_starts) for name, t in (("q", q), ("k", k), ("v", v)))
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        else:
+            q, k = F.silu(q), F.silu(k)
+        q, k = _l2norm(q), _l2norm(k)
+        q, k, v = (self._repeat(t) for t in (q, k, v))
+
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        beta = torch.sigmoid(self.b_proj(x))
+        gamma = torch.sigmoid(self.gamma_proj(x))
+        if valid is not None:  # a padded token: a = 1, nothing written
+            g, beta, gamma = g * valid, beta * valid, gamma * valid
+
+        initial = state.recurrent_state if state is not None else None
+        o, final = self._op(q, k, v, g, beta, gamma, scale=self.scale, clip=self.clip, residual=self.residual,
+                            initial_state=initial, output_final_state=state is not None, cu_seqlens=cu_seqlens)
+        if state is not None:
+            state.recurrent_state = tuple(s.float() for s in final)
+            state.seen_tokens += T
+
+        if hasattr(self, "g_proj"):
+            gate = self.g_proj(x).view(B, T, self.num_v_heads, self.head_v_dim)
+            o = self.o_norm(o) * F.silu(self._repeat(gate))
+        o = self.o_proj(o.reshape(B, T, -1).to(x.dtype))
+        if self.call_style == "tensor":
+            return o
+        if self.call_style == "triple":
+            return o, None, cache
+        return o, None
+
+    def _conv(self, name, x, state, seq_starts):
+        B, T, heads, dim = x.shape
+        conv = getattr(self, f"{name}_conv1d")
+        previous = state.conv_state.get(name) if state is not None else None
+        out, tail = _short_conv(x.reshape(B, T, heads * dim), conv.weight.squeeze(1), previous, seq_starts)
+        if state is not None:
+            state.conv_state[name] = tail
+        return out.view(B, T, heads, dim)
+
+    def _repeat(self, x):
+        times = self.num_heads // x.shape[2]
+        return x if times == 1 else x.repeat_interleave(times, dim=2)
+
+    @staticmethod
+    def _valid_tokens(mask, B, T):
+        """[B, T] float mask of real (non-padding) tokens among the current ones, or None if all are real."""
+        if mask is None:
+            return None
+        if mask.dim() == 4:  # causal mask [B, 1, Tq, Tkv]: the last query row sees every real key
+            row = mask[:, 0, -1, -T:]
+            valid = row if row.dtype == torch.bool else row == 0
+        elif mask.dim() == 2:
+            valid = mask[:, -T:].bool()
+        else:
+            return None
+        if valid.shape != (B, T) or bool(valid.all()):
+            return None
+        return valid.float()
+
+    @staticmethod
+    def _positions_in_sequence(cu_seqlens, T, device):
+        cu = cu_seqlens.to(device=device, dtype=torch.long)
+        idx = torch.arange(T, device=device)
+        start = cu[torch.searchsorted(cu, idx, right=True) - 1]
+        return idx - start
+
+    def extra_repr(self) -> str:
+        return (f"variant={self.variant}, heads={self.num_heads} (q {self.num_q_heads}, k {self.num_k_heads}, "
+                f"v {self.num_v_heads}), head_dim={self.head_dim}, clip={self.clip}, conv={self.conv_size}, rope={self.rope}")

@@ -1,0 +1,80 @@
+"""Per-layer decoding state for converted layers, kept inside transformers' own ``Cache`` objects.
+
+A converted layer stores the pair (S, R) and the tail of its short-convolution inputs. It does so in a
+``RecurrentStateLayer`` that takes the place of whatever entry the model's ``DynamicCache`` had at that
+layer index (a ``DynamicLayer`` for a Llama-family model, a ``LinearAttentionLayer`` for Qwen3-Next),
+so kept softmax layers keep their normal KV cache beside it.
+
+Why not transformers' ``LinearAttentionLayer``: it cannot report a sequence length, so a model whose
+layers are all linear breaks ``generate`` (it calls ``get_seq_length()``), and its recurrent state is
+hidden until a conv state is written. This layer counts the tokens it has absorbed, which answers
+``get_seq_length`` and ``get_mask_sizes`` exactly as a KV layer would; the memory it holds does not
+grow with the context.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
+
+
+class RecurrentStateLayer(CacheLayerMixin):
+    is_compileable = False
+    is_croppable = False
+    supports_early_init = False
+    _layer_type = "residual_linear_attention"  # lets a config's layer_types name it
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.recurrent_state: tuple[torch.Tensor, torch.Tensor] | None = None  # (S, R), [B, H, K, V] fp32
+        self.conv_state: dict[str, torch.Tensor] = {}  # name -> last (kernel - 1) inputs, [B, kernel - 1, C]
+        self.seen_tokens = 0
+
+    def lazy_initialization(self, key_states=None, value_states=None) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise RuntimeError("a converted (linear) layer has no key/value cache; it stores recurrent states")
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen_tokens + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.recurrent_state, self.conv_state, self.seen_tokens = None, {}, 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.recurrent_state is not None:
+            self.recurrent_state = tuple(s.index_select(0, beam_idx.to(s.device)) for s in self.recurrent_state)
+        self.conv_state = {k: s.index_select(0, beam_idx.to(s.device)) for k, s in self.conv_state.items()}
+
+    def offload(self):  # states are small and fixed-size: nothing worth moving
+        pass
+
+    def prefetch(self):
+        pass
+
+
+def _is_empty(layer) -> bool:
+    if getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
+        return False
+    return not any(getattr(layer, "has_previous_state", {}).values())
+
+
+def state_layer(cache, layer_idx: int) -> RecurrentStateLayer:
+    """The ``RecurrentStateLayer`` at ``layer_idx`` of ``cache``, installing one on first use."""
+    layers = cache.layers
+    while len(layers) <= layer_idx:
+        factory = getattr(cache, "layer_class_to_replicate", None) or DynamicLayer
+        layers.append(factory())
+    current = layers[layer_idx]
+    if type(current).__name__ == "RecurrentStateLayer":
+        return current
+    if not _is_empty(current):
+        raise RuntimeError(f"cache layer {layer_idx} already holds {type(current).__name__} data; a converted layer cannot reuse it")
+    layers[layer_idx] = RecurrentStateLayer()
+    return layers[layer_idx]

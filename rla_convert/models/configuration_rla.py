@@ -1,0 +1,65 @@
+"""RLAConfig: the config of a converted checkpoint (model_type "rla").
+
+It carries every attribute of the base model's config (so the base architecture's own modules build
+from it unchanged), the base config itself (``base_config``), where the base classes live
+(``base_classes``) and the conversion (``conversion``: rla_convert.config.ConversionConfig as a dict,
+including each replaced module's path and layer arguments). This file is shipped with exports and
+must only import torch / transformers.
+"""
+from __future__ import annotations
+
+import importlib
+
+from transformers import PretrainedConfig
+
+# Keys of the base config that describe the base checkpoint rather than the model's shape.
+_NOT_INHERITED = ("model_type", "architectures", "auto_map", "transformers_version", "base_config",
+                  "conversion", "base_classes")
+
+
+def import_object(path: str):
+    """``"package.module:Name"`` -> the object."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class RLAConfig(PretrainedConfig):
+    model_type = "rla"
+
+    def __init__(self, base_config: dict | None = None, conversion: dict | None = None,
+                 base_classes: dict | None = None, **kwargs):
+        base = dict(base_config or {})
+        merged = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
+        merged.update(kwargs)
+        self.base_config = base
+        self.conversion = dict(conversion or {})
+        self.base_classes = dict(base_classes or {})
+        super().__init__(**merged)
+
+    def __getattr__(self, name):
+        """Attributes the base config class derives (aliases such as GPT-2's hidden_size -> n_embd)."""
+        if name.startswith("_") or "base_config" not in self.__dict__:
+            raise AttributeError(name)
+        base = self.__dict__.get("_base_object")
+        if base is None:
+            config_path = self.__dict__.get("base_classes", {}).get("config")
+            if not config_path:
+                raise AttributeError(name)
+            fields = {k: v for k, v in self.__dict__["base_config"].items() if k not in _NOT_INHERITED}
+            base = import_object(config_path)(**fields)
+            self.__dict__["_base_object"] = base
+        return getattr(base, name)
+
+    def to_dict(self):
+        out = super().to_dict()
+        out.pop("_base_object", None)
+        return out
+
+    @classmethod
+    def from_base(cls, base_config, conversion: dict, base_model_class: type) -> "RLAConfig":
+        base = base_config.to_dict()
+        classes = {"model": f"{base_model_class.__module__}:{base_model_class.__name__}",
+                   "config": f"{type(base_config).__module__}:{type(base_config).__name__}"}
+        config = cls(base_config=base, conversion=conversion, base_classes=classes)
+        config._attn_implementation = getattr(base_config, "_attn_implementation", None)
+        return config

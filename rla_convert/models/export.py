@@ -1,0 +1,123 @@
+"""Write a converted model as a transformers checkpoint directory, atomically.
+
+DIR gets safetensors weights, config.json (an RLAConfig: base architecture + every conversion
+option, with ``auto_map``), generation_config.json, the tokenizer, and the modeling code: this
+package's configuration/modeling/cache files, the layer, and the PyTorch kernel files from
+``kernels/`` copied verbatim except for their import lines, which are rewritten to the flat
+layout transformers' remote-code loader expects (``from .name import ...``). No kernel math is
+written here: the shipped kernel is the kernel source itself.
+
+Atomic: everything is written to a hidden temporary directory beside DIR and renamed into place
+at the end, so a crash leaves no half-written DIR.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+
+# Shipped modules: qualified name -> flat file name (without .py) in the export.
+SHIPPED = {
+    "rla_convert.models.configuration_rla": "configuration_rla",
+    "rla_convert.models.modeling_rla": "modeling_rla",
+    "rla_convert.models.cache": "rla_cache",
+    "rla_convert.layers.residual_attention": "residual_attention",
+    "rla_kernels.residual": "rla_kernels_residual",
+    "rla_kernels.rla.torch_chunk": "rla_kernels_rla_torch_chunk",
+    "rla_kernels.rdn.torch_chunk": "rla_kernels_rdn_torch_chunk",
+}
+# The layer's kernel selector is replaced by this file (flat name "ops" is what the layer imports).
+SHIPPED_OPS = '''"""Kernel for the exported model: rla_kernels' chunked PyTorch backend, shipped beside this file.
+
+It is what ``rla_kernels.rla`` / ``rdn`` run on CPU, so a reloaded model computes the same bits there.
+"""
+from .rla_kernels_rla_torch_chunk import chunk_rla_torch
+from .rla_kernels_rdn_torch_chunk import chunk_rdn_torch
+
+_OPS = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}
+
+
+def kernel_op(variant, backend=None):
+    return _OPS[variant]
+'''
+AUTO_MAP = {"AutoConfig": "configuration_rla.RLAConfig", "AutoModelForCausalLM": "modeling_rla.RLAForCausalLM"}
+
+_FROM_IMPORT = re.compile(r"^(\s*)from\s+(\.*)([\w.]*)\s+import\s+", re.MULTILINE)
+
+
+def _resolve(module: str, dots: str, name: str) -> str:
+    if not dots:
+        return name
+    package = module.rsplit(".", len(dots))[0]
+    return f"{package}.{name}" if name else package
+
+
+def flatten_imports(source: str, module: str, mapping: dict[str, str]) -> str:
+    """Rewrite ``from X import`` lines of ``module``'s source to the flat shipped names."""
+
+    def replace(match):
+        indent, dots, name = match.groups()
+        target = _resolve(module, dots, name)
+        if target in mapping:
+            return f"{indent}from .{mapping[target]} import "
+        if dots or target.split(".")[0] in ("rla_convert", "rla_kernels"):
+            raise RuntimeError(f"{module} imports {target}, which is not shipped with exports; add it to SHIPPED")
+        return match.group(0)
+
+    return _FROM_IMPORT.sub(replace, source)
+
+
+def write_modeling_code(directory: Path) -> list[str]:
+    mapping = dict(SHIPPED)
+    mapping["rla_convert.layers.ops"] = "ops"
+    written = []
+    for module, flat in SHIPPED.items():
+        path = Path(importlib.import_module(module).__file__)
+        text = flatten_imports(path.read_text(), module, mapping)
+        (directory / f"{flat}.py").write_text(text)
+        written.append(f"{flat}.py")
+    (directory / "ops.py").write_text(SHIPPED_OPS)
+    return written + ["ops.py"]
+
+
+def check_output_dir(out_dir: str | os.PathLike, force: bool) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise UserError(f"output directory {out} exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a directory")
+    return out
+
+
+def save_converted(model, tokenizer, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``model`` (a converted RLA<Base> model) and ``tokenizer`` to ``out_dir`` atomically."""
+    from .configuration_rla import RLAConfig
+
+    out = check_output_dir(out_dir, force)
+    if not isinstance(getattr(model, "config", None), RLAConfig):
+        raise UserError("only transformers models can be exported; this converted model has no RLAConfig")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        model.config.auto_map = dict(AUTO_MAP)
+        model.config.architectures = ["RLAForCausalLM"]
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_modeling_code(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,140 @@
+"""Swap each attention site found in the graph for a ResidualAttention layer, in the live model.
+
+The model object is kept (only child modules change), so transformers' generate, caches,
+save_pretrained and peft keep working on it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..config import ConversionConfig
+from ..errors import UserError
+from ..init import initialise_gates, resolve_strategy
+from ..inspect import decoder_layers
+from ..layers import ResidualAttention
+from .capture import Site, capture_sites
+from .registry import MIXER_CLASSES, adapter_for, supported_summary
+
+
+@dataclass
+class LayerRow:
+    index: int
+    path: str
+    old_class: str
+    action: str  # "rla" / "rdn" (replaced) or "kept"
+    adapter: str = ""
+    params_before: int = 0
+    params_after: int = 0
+
+
+@dataclass
+class RewriteReport:
+    rows: list[LayerRow] = field(default_factory=list)
+    source_kind: str = "softmax"
+    gate_init: str = ""
+
+    @property
+    def replaced(self) -> list[LayerRow]:
+        return [r for r in self.rows if r.action != "kept"]
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _layer_index(path: str, prefix: str | None, fallback: int) -> int:
+    if prefix is not None and path.startswith(prefix + "."):
+        head = path[len(prefix) + 1:].split(".", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return fallback
+
+
+def example_input_ids(model: nn.Module, length: int = 16) -> torch.Tensor:
+    cfg = getattr(model, "config", None)
+    vocab = getattr(cfg, "vocab_size", None) or getattr(model, "vocab_size", None) or 256
+    device = next(model.parameters()).device
+    return torch.randint(0, int(vocab), (1, length), device=device)
+
+
+def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch.Tensor | None = None,
+                  progress=None) -> RewriteReport:
+    """Replace the attention modules of ``model`` in place; fills ``config.layers`` and returns a report."""
+    if example_ids is None:
+        example_ids = example_input_ids(model)
+    was_training = model.training
+    model.eval()
+    try:
+        sites = capture_sites(model, example_ids, MIXER_CLASSES)
+    except Exception as err:  # a model torch.export cannot trace: say so in one line
+        raise UserError(f"could not capture the model's graph with torch.export: {type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
+    if not sites:
+        raise UserError(f"no attention the rewriter recognises in {type(model).__name__}; supported: {supported_summary()}")
+
+    found = decoder_layers(model)
+    prefix = found[0] if found else None
+    num_layers = len(found[1]) if found else len(sites)
+    hybrid = any(s.op == "mixer" for s in sites)
+    report = RewriteReport(source_kind="gated-deltanet" if hybrid else "softmax")
+    report.gate_init = resolve_strategy(config.gate_init, report.source_kind)
+    bad = [i for i in config.keep_softmax if i >= num_layers]
+    if bad:
+        raise UserError(f"--keep-softmax: layer index {bad[0]} is out of range; the model has layers 0-{num_layers - 1}")
+
+    modules = dict(model.named_modules())
+    plan, unknown = [], []
+    for order, site in enumerate(sites):
+        module = modules[site.path]
+        index = _layer_index(site.path, prefix, order)
+        if index in config.keep_softmax or (hybrid and site.op == "sdpa"):
+            report.rows.append(LayerRow(index, site.path, site.class_name, "kept", params_before=_count(module),
+                                        params_after=_count(module)))
+            continue
+        adapter = adapter_for(module, site)
+        if adapter is None:
+            unknown.append(f"{site.path} ({site.class_name})")
+        plan.append((index, site, module, adapter))
+    if unknown:
+        raise UserError(f"attention the registry does not know: {', '.join(unknown)}; supported: {supported_summary()}")
+
+    config.layers = []
+    for index, site, module, adapter in (progress(plan) if progress else plan):
+        layer, spec = _build_layer(module, site, adapter, index, model, config, report.gate_init)
+        parent_path, _, child = site.path.rpartition(".")
+        setattr(modules[parent_path] if parent_path else model, child, layer)
+        config.layers.append(spec)
+        report.rows.append(LayerRow(index, site.path, site.class_name, config.variant, adapter.name,
+                                    _count(module), _count(layer)))
+    report.rows.sort(key=lambda r: r.index)
+    model.train(was_training)
+    return report
+
+
+def _build_layer(module, site: Site, adapter, index, model, config: ConversionConfig, strategy: str):
+    kwargs = adapter.layer_kwargs(module, site, getattr(model, "config", None))
+    if adapter.source_kind == "softmax":
+        kwargs["rope"] = kwargs.get("rope", False) and config.keep_rope
+        kwargs.update(conv_size=config.conv_size, output_gate=config.output_gate)
+    kwargs.update(variant=config.variant, clip=config.clip, residual=config.residual, layer_idx=index,
+                  call_style=adapter.call_style, backend=config.backend)
+    reference = next(module.parameters())
+    layer = ResidualAttention(**kwargs)
+    weights = adapter.weights(module)
+    missing, unexpected = layer.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise RuntimeError(f"adapter {adapter.name} produced weights the layer does not have: {unexpected}")
+    reused = {name.split(".")[0] for name in weights}
+    if config.conv_size and adapter.source_kind == "softmax":
+        with torch.no_grad():  # start each new conv as the identity: it only passes the current token
+            for name in ("q", "k", "v"):
+                conv = getattr(layer, f"{name}_conv1d")
+                conv.weight.zero_()
+                conv.weight[..., -1] = 1.0
+    initialise_gates(layer, strategy, reused, config.seed)
+    layer.to(device=reference.device, dtype=reference.dtype)
+    spec = {"path": site.path, "source_class": site.class_name, "adapter": adapter.name, "kwargs": kwargs}
+    return layer, spec
