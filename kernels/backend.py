@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 
 import torch
@@ -26,13 +27,12 @@ class BackendUnavailableError(RuntimeError):
     """The chosen backend cannot run here (triton missing, or its kernels not written yet)."""
 
 
-@functools.lru_cache(maxsize=None)
+# Looked up once, without importing triton (slow) and outside any torch.compile trace.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising something else on import
-        return False
-    return True
+    return _TRITON_INSTALLED
 
 
 def _triton_interpreting() -> bool:

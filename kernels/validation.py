@@ -12,8 +12,10 @@ import torch
 
 from .residual import RESIDUAL_FUNCTIONS
 
-# Head sizes the Triton chunk kernels are written for (one block per head dimension).
-TRITON_HEAD_SIZES = (16, 32, 64, 128, 256)
+# What the Triton kernels take: a chunk program holds all of K in one block (any V, in blocks);
+# float64 is for the oracles and the torch backend only.
+TRITON_MAX_K = 256
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _describe(x) -> str:
@@ -47,9 +49,12 @@ def check_shapes(q, k, v, g, beta, gamma, scale, clip, residual, initial_state, 
             raise ValueError(f"{name} must be on q's device {q.device}; got {_describe(x)}")
     if K == 0 or V == 0 or H == 0:
         raise ValueError(f"head count and head sizes must be positive; got q {list(q.shape)}, v {list(v.shape)}")
-    if backend == "triton" and (K not in TRITON_HEAD_SIZES or V not in TRITON_HEAD_SIZES):
-        raise ValueError(f"the triton backend supports head sizes K, V in {TRITON_HEAD_SIZES}; got K={K}, V={V} "
-                         "(use backend='torch' for other sizes)")
+    if backend == "triton" and K > TRITON_MAX_K:
+        raise ValueError(f"q, k: the triton backend supports head size K <= {TRITON_MAX_K}; got K={K} "
+                         "(use backend='torch' for larger heads)")
+    if backend == "triton" and q.dtype not in TRITON_DTYPES:
+        raise ValueError(f"q, k, v: the triton backend takes dtypes {TRITON_DTYPES}; got {q.dtype} "
+                         "(use backend='torch' or 'naive' for float64)")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise ValueError(f"scale must be a number or None (meaning K ** -0.5); got {_describe(scale)}")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):

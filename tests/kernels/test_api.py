@@ -1,0 +1,173 @@
+"""The public ops: backend choice, routing, state handling, and the Triton path's torch.library wiring."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rla_kernels.library as library
+from rla_kernels import BackendUnavailableError, choose_backend, rdn, rla
+from rla_kernels.backend import ENV_VAR, triton_function
+
+OPS = {"rla": rla, "rdn": rdn}
+
+
+def rel(x, ref):
+    assert not torch.isnan(x).any(), "NaN in result"
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def inputs(B=2, T=19, H=2, K=16, V=16, dtype=torch.float32, N=None):
+    xs = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V) * 2,
+          F.logsigmoid(torch.randn(B, T, H) + 1), torch.rand(B, T, H), torch.rand(B, T, H)]
+    N = B if N is None else N
+    init = (torch.randn(N, H, K, V), torch.randn(N, H, K, V))
+    return [x.to(dtype) for x in xs], init
+
+
+def as_f64(xs, init):
+    return [x.double() for x in xs], tuple(s.double() for s in init)
+
+
+@pytest.mark.parametrize("variant", OPS)
+def test_default_backend_on_cpu_matches_float64_oracle(variant, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    xs, init = inputs()
+    kw = dict(use_qk_l2norm_in_kernel=True, output_final_state=True)
+    o, (S, R) = OPS[variant](*xs, initial_state=init, **kw)
+    o_ref, (S_ref, R_ref) = OPS[variant](*as_f64(xs, init)[0], initial_state=as_f64(xs, init)[1],
+                                         backend="naive", **kw)
+    assert o.dtype == torch.float32 and S.dtype == torch.float32
+    assert rel(o, o_ref) < 1e-5 and rel(S, S_ref) < 1e-5 and rel(R, R_ref) < 1e-5
+
+
+def test_final_state_only_when_asked_and_missing_states_are_zeros():
+    xs, init = inputs()
+    o, final = rla(*xs)
+    assert final is None
+    zeros = torch.zeros_like(init[0])
+    o_half, _ = rdn(*xs, initial_state=(init[0], None))
+    o_full, _ = rdn(*xs, initial_state=(init[0], zeros))
+    o_naive, _ = rdn(*xs, initial_state=(init[0], None), backend="naive")
+    assert rel(o_half, o_full) == 0 and rel(o_half, o_naive) < 1e-5
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert choose_backend(None, torch.device("cpu")) == "torch"
+    assert choose_backend(None, torch.device("cuda")) == "triton"  # triton imports on this machine
+    assert choose_backend("naive", torch.device("cuda")) == "naive"
+    monkeypatch.setenv(ENV_VAR, "naive")
+    assert choose_backend(None, torch.device("cpu")) == "naive"
+    assert choose_backend("torch", torch.device("cpu")) == "torch"  # the argument beats the environment
+    monkeypatch.setenv(ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match=ENV_VAR):
+        choose_backend(None, torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailableError, match="needs CUDA tensors"):
+        choose_backend("triton", torch.device("cpu"))
+
+
+def test_environment_variable_reaches_the_op(monkeypatch):
+    xs, init = inputs(T=5)
+    calls = []
+    monkeypatch.setattr("rla_kernels.api._NAIVE", {"rla": lambda *a: calls.append(a) or (a[2], None)})
+    monkeypatch.setenv(ENV_VAR, "naive")
+    rla(*xs)
+    assert len(calls) == 1
+
+
+def test_missing_triton_kernel_is_a_clear_error():
+    with pytest.raises(BackendUnavailableError, match="rla_kernels.rla.no_such_module"):
+        triton_function("rla", "no_such_module", "f")
+    with pytest.raises(BackendUnavailableError, match="rla_kernels.rla.chunk.chunk_xyz_fwd, which is not there"):
+        triton_function("rla", "chunk", "chunk_xyz_fwd")
+
+
+def _spy_triton(monkeypatch, stand_ins=None):
+    """Record which kernel functions the triton path asks for; optionally answer with stand-ins."""
+    asked = []
+
+    def lookup(variant, module, name):
+        asked.append(name)
+        return stand_ins[name] if stand_ins else triton_function(variant, module, name)
+
+    monkeypatch.setattr(library, "triton_function", lookup)
+    return asked
+
+
+@pytest.mark.parametrize("variant", OPS)
+def test_triton_decode_routes_to_fused_recurrent(variant, monkeypatch):
+    # Runs the real fused-recurrent kernel (under the interpreter on the CPU machine).
+    asked = _spy_triton(monkeypatch)
+    xs, init = inputs(B=1, T=1, H=1)
+    with torch.no_grad():
+        o, (S, R) = OPS[variant](*xs, initial_state=init, output_final_state=True, backend="triton")
+    o_ref, (S_ref, R_ref) = OPS[variant](*as_f64(xs, init)[0], initial_state=as_f64(xs, init)[1],
+                                         output_final_state=True, backend="naive")
+    assert asked == [f"fused_recurrent_{variant}_fwd"]
+    assert rel(o, o_ref) < 1e-5 and rel(S, S_ref) < 1e-5 and rel(R, R_ref) < 1e-5
+
+
+def _torch_stand_ins(variant):
+    """The Triton kernels' contract, implemented with the torch backend: tests the wiring, not the kernels."""
+    from rla_kernels import chunk_rdn_torch, chunk_rla_torch
+
+    chunk = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}[variant]
+
+    def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens):
+        o, (S, R) = chunk(q, k, v, g, beta, gamma, scale, clip, residual, (S0, R0), True, cu_seqlens)
+        return o, S, R
+
+    def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T):
+        grads = library.torch_chunk_bwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip,
+                                        residual, do, dS_T, dR_T)
+        return (*grads[:6], None if S0 is None else grads[6], None if R0 is None else grads[7])
+
+    return {f"chunk_{variant}_fwd": fwd, f"chunk_{variant}_bwd": bwd}
+
+
+@pytest.mark.parametrize("variant", OPS)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_triton_chunk_op_autograd_wiring(variant, compiled, monkeypatch):
+    asked = _spy_triton(monkeypatch, _torch_stand_ins(variant))
+    xs, init = inputs(B=1, T=23, N=3)
+    cu = torch.tensor([0, 7, 8, 23])
+    leaves = [x.clone().requires_grad_() for x in xs] + [init[0].clone().requires_grad_()]
+
+    def loss(*ts, backend):
+        o, (S, R) = OPS[variant](*ts[:6], initial_state=(ts[6], None), output_final_state=True, cu_seqlens=cu,
+                                 backend=backend, use_qk_l2norm_in_kernel=True)
+        return (o.square().sum() + (S * R).sum(),)
+
+    fn = torch.compile(loss, fullgraph=True) if compiled else loss
+    got = torch.autograd.grad(fn(*leaves, backend="triton")[0], leaves)
+    ref = torch.autograd.grad(loss(*leaves, backend="naive")[0], leaves)
+    assert f"chunk_{variant}_fwd" in asked and f"chunk_{variant}_bwd" in asked
+    for x, r in zip(got, ref):
+        assert rel(x, r) < 1e-4
+
+
+def test_triton_chunk_ops_pass_opcheck(monkeypatch):
+    _spy_triton(monkeypatch, _torch_stand_ins("rla"))
+    xs, init = inputs(T=9)
+    xs = [x.requires_grad_() for x in xs]
+    for S0, R0 in ((init[0], init[1]), (None, None)):
+        args = ("rla", *xs, S0, R0, None, 0.25, 1.0, "clip")
+        torch.library.opcheck(torch.ops.rla_kernels.chunk_fwd.default, args)
+
+
+def test_triton_rla_chunk_kernel_matches_oracle_with_gradients(monkeypatch):
+    # The real Triton chunk kernel through the API (interpreter on the CPU machine: tiny shapes).
+    asked = _spy_triton(monkeypatch)
+    xs, init = inputs(B=1, T=20, H=1, K=16, V=16)
+    leaves = [x.clone().requires_grad_() for x in xs] + [s.clone().requires_grad_() for s in init]
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+
+    def loss(ts, backend):
+        o, (S, R) = rla(*ts[:6], initial_state=tuple(ts[6:]), output_final_state=True, backend=backend)
+        return (o * torch.linspace(-1, 1, 16, dtype=o.dtype)).sum() + S.sum() + R.square().sum()
+
+    got = torch.autograd.grad(loss(leaves, "triton"), leaves)
+    ref = torch.autograd.grad(loss(ref_leaves, "naive"), ref_leaves)
+    assert asked == ["chunk_rla_fwd", "chunk_rla_bwd"]
+    for x, r in zip(got, ref):
+        assert rel(x, r) < 1e-4
