@@ -1,0 +1,100 @@
+"""Small Triton helpers private to the RDN chunk kernels (the shared ones live in kernels/triton_utils.py,
+owned by the RLA kernels; these are kept here so the RDN kernels do not depend on its evolution).
+
+- ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 there is no GPU to benchmark on, so the
+  autotuner gets its first config only (Triton launches a single config without benchmarking).
+- ``load_tile`` / ``store_tile``: masked tiles of a row-major matrix (outside reads 0, is not written).
+- ``exp_masked``: exp of an exponent only where a mask holds, 0 elsewhere, so an exponent that would
+  overflow outside the causal triangle never meets a multiply by 0 (inf * 0 = NaN).
+- ``seq_bounds`` / ``chunk_coords``: where a sequence or a chunk lives in the flattened [B*T, H] layout.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotune(configs: list, key: list):
+    """``triton.autotune`` over launch parameters only; one fixed config under the interpreter."""
+    return triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key)
+
+
+def launch_configs(warps=(4, 8), stages=(1,)) -> list:
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+
+
+def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed sequences: ``indices`` [num_chunks, 2] int32 rows (sequence, chunk within it), in the
+    order of the per-chunk state buffers, and ``offsets`` [N + 1] int32, sequence n owning state rows
+    offsets[n]:offsets[n + 1]."""
+    counts = triton.cdiv(cu_seqlens[1:] - cu_seqlens[:-1], chunk_size)
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    seq = torch.repeat_interleave(torch.arange(len(counts), device=cu_seqlens.device), counts)
+    within = torch.arange(len(seq), device=cu_seqlens.device) - offsets[:-1][seq]
+    indices = torch.stack([seq, within], 1).to(torch.int32).contiguous()
+    return indices, offsets.to(torch.int32).contiguous()
+
+
+@triton.jit
+def _tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    rows = row0 + tl.arange(0, BR)
+    cols = col0 + tl.arange(0, BC)
+    ptrs = base + rows[:, None] * row_stride + cols[None, :]
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return ptrs, mask
+
+
+@triton.jit
+def load_tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """fp32 tile rows row0..row0+BR, columns col0..col0+BC of an [n_rows, n_cols] matrix."""
+    ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tile(base, value, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def exp_masked(mask, x):
+    return tl.where(mask, tl.exp(tl.where(mask, x, 0.0)), 0.0)
+
+
+@triton.jit
+def seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Sequence i_n: first token, length, first row in the per-chunk state buffers (all int64)."""
+    if IS_VARLEN:
+        bos = tl.cast(tl.load(cu_seqlens + i_n), tl.int64)
+        eos = tl.cast(tl.load(cu_seqlens + i_n + 1), tl.int64)
+        boh = tl.cast(tl.load(chunk_offsets + i_n), tl.int64)
+    else:
+        bos = i_n * T
+        eos = bos + T
+        boh = i_n * tl.cdiv(T, BT)
+    return bos, eos - bos, boh
+
+
+@triton.jit
+def chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """For a chunk-parallel program (axis: chunk i_c, and (sequence, head) i_nh or just the head when
+    packed): sequence start, sequence length, chunk within the sequence, head (all int64)."""
+    if IS_VARLEN:
+        i_n = tl.cast(tl.load(chunk_indices + i_c * 2), tl.int64)
+        i_t = tl.cast(tl.load(chunk_indices + i_c * 2 + 1), tl.int64)
+        bos = tl.cast(tl.load(cu_seqlens + i_n), tl.int64)
+        T_seq = tl.cast(tl.load(cu_seqlens + i_n + 1), tl.int64) - bos
+        i_h = i_nh
+    else:
+        i_n = i_nh // H
+        i_h = i_nh % H
+        i_t = i_c
+        bos = i_n * T
+        T_seq = T + 0 * i_n
+    return bos, T_seq, i_t, i_h

@@ -1,0 +1,126 @@
+"""The RDN Triton chunk kernels (kernels/rdn/chunk.py) against the float64 naive oracle, forward and backward.
+
+On the CPU machine they run under TRITON_INTERPRET=1 (tests/conftest.py sets it) on tiny shapes: small
+chunk sizes give several chunks at a few dozen tokens. The ``gpu`` test repeats the checks at real sizes.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rla_kernels.rdn.chunk import chunk_rdn_fwd
+from rla_kernels.rdn.naive import naive_recurrent_rdn
+from rla_kernels.residual import apply_residual
+
+RESIDUALS = {"clip": (1.0, "clip"), "tanh": (0.7, "tanh"), "none": (None, "clip")}
+
+
+def make_inputs(B, T, H, K, V, N=None, dtype=torch.float32, device="cpu", value_scale=3.0):
+    """Model-like inputs: q, k unit norm, decays near 1, gates in (0, 1), values large enough to clip."""
+    N = B if N is None else N
+    q = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
+    v = value_scale * torch.randn(B, T, H, V, device=device)
+    g = F.logsigmoid(torch.randn(B, T, H, device=device) + 3.0)
+    beta = torch.rand(B, T, H, device=device)
+    gamma = torch.rand(B, T, H, device=device)
+    S0 = 0.5 * torch.randn(N, H, K, V, device=device)
+    R0 = 0.3 * torch.randn(N, H, K, V, device=device)
+    return [x.to(dtype) for x in (q, k, v, g, beta, gamma)], S0, R0
+
+
+def oracle_forward(inputs, S0, R0, scale, clip, residual, cu_seqlens=None):
+    d = [x.double() for x in inputs]
+    state = None if S0 is None else (S0.double(), R0.double())
+    o, (S, R) = naive_recurrent_rdn(*d, scale, clip, residual, state, True,
+                                    None if cu_seqlens is None else cu_seqlens.long())
+    return o, S, R
+
+
+def rel_err(x, ref):
+    assert torch.isfinite(x).all(), "non-finite values in the result"
+    err = ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert err == err, "NaN error"
+    return err
+
+
+def check_forward(inputs, S0, R0, scale, clip, residual, cu_seqlens=None, tol=1e-4, **kw):
+    o, S, R = chunk_rdn_fwd(*inputs, scale, clip, residual, S0, R0, cu_seqlens, **kw)
+    assert o.dtype == inputs[2].dtype and S.dtype == R.dtype == torch.float32
+    ref = oracle_forward(inputs, S0, R0, scale, clip, residual, cu_seqlens)
+    errs = {name: rel_err(x, r) for name, x, r in zip(("o", "S_T", "R_T"), (o, S, R), ref)}
+    assert max(errs.values()) < tol, errs
+    return errs
+
+
+def clipped_share(inputs, S0, clip, residual):
+    """Share of first-token residual elements that the residual function changes."""
+    q, k, v = inputs[:3]
+    raw = v[:, 0].double() - torch.einsum("bhk,bhkv->bhv", k[:, 0].double(), S0.double())
+    return (apply_residual(raw, clip, residual) - raw).abs().gt(1e-3).double().mean().item()
+
+
+@pytest.mark.parametrize("res", RESIDUALS)
+def test_forward_several_chunks_with_states(res):
+    clip, residual = RESIDUALS[res]
+    inputs, S0, R0 = make_inputs(B=2, T=40, H=2, K=16, V=32)
+    if clip is not None:
+        assert clipped_share(inputs, S0, clip, residual) > 0.3
+    check_forward(inputs, S0, R0, 0.7, clip, residual, chunk_size=16)
+
+
+def test_forward_single_token_default_chunk():
+    inputs, S0, R0 = make_inputs(B=2, T=1, H=1, K=16, V=16)
+    check_forward(inputs, S0, R0, None, 1.0, "clip")
+
+
+def test_forward_partial_tail_odd_head_dims_zero_states():
+    """T = 70 with chunks of 64 (a 6-token tail); K = 20, V = 40 use masked lanes; no initial state."""
+    inputs, _, _ = make_inputs(B=1, T=70, H=1, K=20, V=40)
+    check_forward(inputs, None, None, None, 1.0, "tanh")
+
+
+def test_forward_varlen():
+    cu = torch.tensor([0, 5, 6, 29, 40], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=16, N=4)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", cu, chunk_size=16)
+
+
+def test_forward_gamma_zero_final_state_is_fla_gated_delta_rule():
+    """With gamma = 0, S is a plain gated delta rule: fla's naive recurrence must give the same state."""
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
+    inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=16, V=16)
+    q, k, v, g, beta, gamma = inputs
+    gamma = torch.zeros_like(gamma)
+    _, S, R = chunk_rdn_fwd(q, k, v, g, beta, gamma, None, 1.0, "clip", S0, R0, None, chunk_size=16)
+    _, S_fla = naive_recurrent_gated_delta_rule(q.double(), k.double(), v.double(), beta.double(), g.double(),
+                                                initial_state=S0.double(), output_final_state=True)
+    assert rel_err(S, S_fla) < 1e-4
+    decay = g.double().sum(1).exp()[0, :, None, None]  # R only decays when gamma = 0
+    assert rel_err(R, decay * R0.double()) < 1e-4
+
+
+def test_forward_strong_decay_stays_finite():
+    inputs, S0, R0 = make_inputs(B=1, T=33, H=1, K=16, V=16)
+    inputs[3] = -30.0 * torch.rand_like(inputs[3])  # exp(G) underflows inside a chunk
+    check_forward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
+
+
+def test_forward_bf16_inputs():
+    inputs, S0, R0 = make_inputs(B=1, T=20, H=2, K=16, V=16, dtype=torch.bfloat16)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", tol=1e-2, chunk_size=16)
+
+
+def test_bad_arguments_raise_value_errors():
+    inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=16, V=16)
+    with pytest.raises(ValueError, match="residual"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "huber", S0, R0, None)
+    with pytest.raises(ValueError, match="clip"):
+        chunk_rdn_fwd(*inputs, None, -1.0, "clip", S0, R0, None)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=48)
+    with pytest.raises(ValueError, match="dtype"):
+        chunk_rdn_fwd(inputs[0].double(), *inputs[1:], None, 1.0, "clip", S0, R0, None)
+    with pytest.raises(ValueError, match="head dims"):
+        big, _, _ = make_inputs(B=1, T=2, H=1, K=512, V=16)
+        chunk_rdn_fwd(*big, None, 1.0, "clip", None, None, None)
