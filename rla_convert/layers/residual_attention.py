@@ -183,17 +183,19 @@ class ResidualAttention(nn.Module):
         q, k = _l2norm(q), _l2norm(k)
         q, k, v = (self._repeat(t) for t in (q, k, v))
 
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        gate_dtype = torch.promote_types(x.dtype, torch.float32)  # decay in fp32 at least: bf16 would round a to 1
+        g = -self.A_log.to(gate_dtype).exp() * F.softplus(self.a_proj(x).to(gate_dtype) + self.dt_bias.to(gate_dtype))
         beta = torch.sigmoid(self.b_proj(x))
         gamma = torch.sigmoid(self.gamma_proj(x))
         if valid is not None:  # a padded token: a = 1, nothing written
-            g, beta, gamma = g * valid, beta * valid, gamma * valid
+            keep = valid[..., None]
+            g, beta, gamma = g * keep, beta * keep.to(beta.dtype), gamma * keep.to(gamma.dtype)
 
         initial = state.recurrent_state if state is not None else None
         o, final = self._op(q, k, v, g, beta, gamma, scale=self.scale, clip=self.clip, residual=self.residual,
                             initial_state=initial, output_final_state=state is not None, cu_seqlens=cu_seqlens)
         if state is not None:
-            state.recurrent_state = tuple(s.float() for s in final)
+            state.recurrent_state = tuple(s.to(gate_dtype) for s in final)
             state.seen_tokens += T
 
         if hasattr(self, "g_proj"):
