@@ -171,3 +171,32 @@ def test_triton_rla_chunk_kernel_matches_oracle_with_gradients(monkeypatch):
     assert asked == ["chunk_rla_fwd", "chunk_rla_bwd"]
     for x, r in zip(got, ref):
         assert rel(x, r) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", OPS)
+def test_cuda_default_is_triton_and_compiles_fullgraph(variant, monkeypatch):
+    # On the GPU machine: the default backend is the Triton chunk kernel, compiled without graph breaks,
+    # forward and backward equal to the float64 oracle; decode goes to the fused recurrent kernel.
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    asked = _spy_triton(monkeypatch)
+    xs, init = inputs(B=2, T=200, H=4, K=128, V=128, dtype=torch.bfloat16)
+    leaves = [x.cuda().requires_grad_() for x in xs] + [s.cuda().requires_grad_() for s in init]
+    ref_leaves = [x.detach().cpu().double().requires_grad_() for x in leaves]
+
+    def loss(*ts, backend=None):
+        o, (S, R) = OPS[variant](*ts[:6], initial_state=tuple(ts[6:]), output_final_state=True, backend=backend,
+                                 use_qk_l2norm_in_kernel=True)
+        return (o.float() * torch.linspace(-1, 1, o.shape[-1], device=o.device)).sum() + S.sum() + R.square().sum()
+
+    got = torch.autograd.grad(torch.compile(loss, fullgraph=True)(*leaves), leaves)
+    ref = torch.autograd.grad(loss(*ref_leaves, backend="naive"), ref_leaves)
+    assert asked[:2] == [f"chunk_{variant}_fwd", f"chunk_{variant}_bwd"]
+    for x, r in zip(got, ref):
+        assert rel(x.cpu(), r) < 1e-2
+    with torch.no_grad():
+        o, _ = OPS[variant](*[x[:, :1] for x in leaves[:6]], initial_state=tuple(leaves[6:]))
+        o_ref, _ = OPS[variant](*[x[:, :1] for x in ref_leaves[:6]], initial_state=tuple(ref_leaves[6:]),
+                                backend="naive")
+    assert asked[-1] == f"fused_recurrent_{variant}_fwd"
+    assert rel(o.cpu(), o_ref) < 1e-2
