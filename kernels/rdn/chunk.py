@@ -19,6 +19,7 @@ import triton
 
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ._triton_helpers import chunk_tables
+from .chunk_bwd import _rdn_bwd_kernel
 from .chunk_fwd import _rdn_fwd_kernel
 from .wy import _rdn_wy_kernel
 
@@ -109,3 +110,46 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     t_beta, t_gamma = _wy(L, k, g, beta, gamma)
     o, S_T, R_T, _, _ = _walk(L, q, k, v, g, beta, gamma, t_beta, t_gamma, S0, R0, scale, False)
     return o, S_T, R_T
+
+
+def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
+                  *, chunk_size: int = CHUNK_SIZE):
+    """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype (states fp32).
+
+    ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when
+    ``S0``/``R0`` are None.
+    """
+    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
+    if do.shape != v.shape:
+        raise ValueError(f"do must have v's shape {tuple(v.shape)}; got {tuple(do.shape)}")
+    for name, d in (("dS_T", dS_T), ("dR_T", dR_T)):
+        if d is not None and tuple(d.shape) != (L.N, L.H, L.K, L.V):
+            raise ValueError(f"{name} must be [N, H, K, V] = {[L.N, L.H, L.K, L.V]}; got {tuple(d.shape)}")
+    scale = L.K ** -0.5 if scale is None else float(scale)
+    q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
+    t_beta, t_gamma = _wy(L, k, g, beta, gamma)
+    _, _, _, h_s, h_r = _walk(L, q, k, v, g, beta, gamma, t_beta, t_gamma, S0, R0, scale, True)
+
+    # Shared inputs get one partial gradient per V-block (summed below); dv and the states are exact.
+    dq_part = q.new_empty(L.NV, *q.shape, dtype=torch.float32)
+    dk_part = torch.empty_like(dq_part)
+    dg_part = q.new_empty(L.NV, *g.shape, dtype=torch.float32)
+    dbeta_part = torch.empty_like(dg_part)
+    dgamma_part = torch.empty_like(dg_part)
+    dv = torch.empty_like(v)
+    dS0, dR0 = L.state(q), L.state(q)
+    _rdn_bwd_kernel[(L.NV, L.N * L.H)](
+        q, k, v, g, beta, gamma, t_beta, t_gamma, h_s, h_r, do, dS_T, dR_T,
+        dq_part, dk_part, dg_part, dbeta_part, dgamma_part, dv, dS0, dR0,
+        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T, L.B * L.T * L.H,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
+        HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
+    )
+    dq = dq_part.sum(0).to(q.dtype)
+    dk = dk_part.sum(0).to(k.dtype)
+    dg = dg_part.sum(0).to(g.dtype)
+    dbeta = dbeta_part.sum(0).to(beta.dtype)
+    dgamma = dgamma_part.sum(0).to(gamma.dtype)
+    return (dq, dk, dv, dg, dbeta, dgamma,
+            None if S0 is None else dS0, None if R0 is None else dR0)
