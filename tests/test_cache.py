@@ -1,0 +1,65 @@
+"""Cached decoding: greedy generation with the cache equals recomputing the prefix; states stay fixed-size."""
+import pytest
+import torch
+import transformers as tf
+
+from rla_convert.config import ConversionConfig
+from rla_convert.convert import convert_model
+from rla_convert.models.cache import RecurrentStateLayer
+
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256)
+
+
+def recompute_greedy(model, ids, steps):
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, model(ids, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+    return ids
+
+
+def converted_llama(**options):
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).eval()
+    convert_model(model, ConversionConfig(**options))
+    return model
+
+
+@pytest.mark.parametrize("options", [dict(variant="rdn"), dict(variant="rla", conv_size=4, output_gate=True),
+                                     dict(variant="rdn", keep_softmax=[1])])
+def test_cached_greedy_equals_recompute(options):
+    model = converted_llama(**options)
+    ids = torch.randint(0, 128, (1, 7))
+    cached = model.generate(ids, max_new_tokens=10, do_sample=False, min_new_tokens=10)
+    assert torch.equal(cached, recompute_greedy(model, ids, 10))
+
+
+def test_gpt2_cached_greedy_equals_recompute():
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)).eval()
+    convert_model(model, ConversionConfig(variant="rla"))
+    ids = torch.randint(1, 128, (1, 6))
+    assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8), recompute_greedy(model, ids, 8))
+
+
+def test_state_memory_does_not_grow_and_kept_layers_keep_a_kv_cache():
+    model = converted_llama(variant="rdn", keep_softmax=[1])
+    sizes = {}
+    for new_tokens in (4, 40):
+        out = model.generate(torch.randint(0, 128, (1, 5)), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, return_dict_in_generate=True)
+        cache = out.past_key_values
+        layers = cache.layers
+        assert isinstance(layers[0], RecurrentStateLayer) and isinstance(layers[2], RecurrentStateLayer)
+        assert not isinstance(layers[1], RecurrentStateLayer) and layers[1].keys.shape[-2] == 5 + new_tokens - 1
+        assert cache.get_seq_length() == 5 + new_tokens - 1
+        sizes[new_tokens] = sum(s.numel() for s in layers[0].recurrent_state)
+    assert sizes[4] == sizes[40] == 2 * 4 * 16 * 16  # (S, R) x heads x K x V
+
+
+def test_batched_left_padded_generation_matches_single_prompts():
+    model = converted_llama(variant="rdn")
+    a, b = torch.randint(1, 128, (1, 6)), torch.randint(1, 128, (1, 3))
+    ids = torch.cat([a, torch.cat([torch.zeros(1, 3, dtype=torch.long), b], 1)])
+    mask = torch.tensor([[1] * 6, [0] * 3 + [1] * 3])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(out[0, 6:], recompute_greedy(model, a, 5)[0, 6:])
+    assert torch.equal(out[1, 6:], recompute_greedy(model, b, 5)[0, 3:])

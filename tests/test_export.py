@@ -1,0 +1,126 @@
+"""Export: both loading paths give bit-identical fp32 logits and generate; writing is atomic."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import transformers as tf
+from transformers import AutoModelForCausalLM
+
+import rla_convert  # noqa: F401  (registers model_type "rla")
+from rla_convert.config import ConversionConfig
+from rla_convert.convert import convert_model
+from rla_convert.errors import UserError
+from rla_convert.models import export as export_module
+from rla_convert.models.export import save_converted
+
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256)
+
+# Run in a fresh interpreter that cannot import the toolkit: only torch + transformers.
+REMOTE = textwrap.dedent("""
+    import sys, importlib.abc
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("rla_convert", "rla_kernels"):
+                raise ImportError("blocked " + name)
+    sys.meta_path.insert(0, Block())
+    import torch
+    from transformers import AutoModelForCausalLM
+    directory, ids_file, out_file = sys.argv[1:4]
+    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
+    ids = torch.load(ids_file)
+    with torch.no_grad():
+        logits = model(ids).logits
+    generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    torch.save({"logits": logits, "generated": generated,
+                "toolkit": [m for m in sys.modules if m.startswith(("rla_convert", "rla_kernels"))]}, out_file)
+""")
+
+
+def convert_and_save(model, tmp_path, **options):
+    model.eval()
+    convert_model(model, ConversionConfig(**options))
+    return model, save_converted(model, None, tmp_path / "out")
+
+
+@pytest.mark.parametrize("options", [dict(variant="rdn"), dict(variant="rla", keep_softmax=[0], conv_size=3)])
+def test_round_trip_is_bit_identical_both_ways(tmp_path, options):
+    model, out = convert_and_save(tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)), tmp_path, **options)
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        reference = model(ids).logits
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "rla" and config["conversion"]["variant"] == options["variant"]
+    assert config["base_config"]["model_type"] == "llama" and config["auto_map"]["AutoModelForCausalLM"]
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, reference)
+
+    torch.save(ids[:1], tmp_path / "ids.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
+    run = subprocess.run([sys.executable, "-c", REMOTE, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "r.pt")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = torch.load(tmp_path / "r.pt")
+    assert remote["toolkit"] == []
+    with torch.no_grad():  # same batch shape as the subprocess: matmul blocking may depend on it
+        assert torch.equal(remote["logits"], model(ids[:1]).logits)
+    assert torch.equal(remote["generated"], reloaded.generate(ids[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False))
+
+
+def tiny_qwen3_next():
+    config = tf.Qwen3NextConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        linear_conv_kernel_dim=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, intermediate_size=64,
+        max_position_embeddings=128)
+    return tf.Qwen3NextForCausalLM(config)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)),
+    tiny_qwen3_next,
+], ids=["gpt2", "qwen3-next"])
+def test_other_architectures_round_trip_and_decode(tmp_path, build):
+    model, out = convert_and_save(build(), tmp_path, variant="rdn")
+    ids = torch.randint(1, 128, (1, 7))
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+    cached = reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    steps = ids
+    with torch.no_grad():
+        for _ in range(6):
+            steps = torch.cat([steps, reloaded(steps, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+    assert torch.equal(cached, steps)
+
+
+def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).eval()
+    convert_model(model, ConversionConfig())
+
+    def broken(directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "write_modeling_code", broken)
+    with pytest.raises(OSError):
+        save_converted(model, None, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(tmp_path):
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).eval()
+    convert_model(model, ConversionConfig())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("x")
+    with pytest.raises(UserError, match="--force"):
+        save_converted(model, None, tmp_path / "out")
+    save_converted(model, None, tmp_path / "out", force=True)
+    assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
