@@ -45,17 +45,19 @@ def _rdn_chunks(c, S, R, rho):
     sk_mix = c.kk * c.decay_k_strict
     sq_mix = c.qk * c.decay_q_strict
     rq_mix = c.qk * c.decay_q_incl
+    k_to_end = (c.k * c.decay_to_end[..., None]).transpose(-1, -2)
     outs = []
-    for n in range(c.num_chunks):
-        k_n, q_n, v_n, gamma_n = c.k[:, :, n], c.q[:, :, n], c.v[:, :, n], c.gamma[:, :, n, :, None]
-        u = u_from_v[:, :, n] - u_from_s0[:, :, n] @ S
-        sk = c.exp_gprev[:, :, n, :, None] * (k_n @ S) + sk_mix[:, :, n] @ u
-        sq = exp_g[:, :, n] * (q_n @ S) + sq_mix[:, :, n] @ u
+    for (k_n, q_n, v_n, gamma_n, exp_gprev, exp_g_n, exp_gend, u_v, u_s0, inv_g, w_r0, sk_n, sq_n, rq_n,
+         k_end_n) in c.per_chunk(c.k, c.q, c.v, c.gamma[..., None], c.exp_gprev[..., None], exp_g,
+                                 c.exp_gend[..., None, None], u_from_v, u_from_s0, inv_gamma, w_from_r0,
+                                 sk_mix, sq_mix, rq_mix, k_to_end):
+        u = u_v - u_s0 @ S
+        sk = exp_gprev * (k_n @ S) + sk_n @ u
+        sq = exp_g_n * (q_n @ S) + sq_n @ u
         r = rho(v_n - sk)
-        w = inv_gamma[:, :, n] @ (gamma_n * r) - w_from_r0[:, :, n] @ R
-        rq = exp_g[:, :, n] * (q_n @ R) + rq_mix[:, :, n] @ w
+        w = inv_g @ (gamma_n * r) - w_r0 @ R
+        rq = exp_g_n * (q_n @ R) + rq_n @ w
         outs.append(sq + gamma_n * rq)
-        k_to_end = (k_n * c.decay_to_end[:, :, n, :, None]).transpose(-1, -2)
-        S = c.exp_gend[:, :, n, None, None] * S + k_to_end @ u
-        R = c.exp_gend[:, :, n, None, None] * R + k_to_end @ w
+        S = exp_gend * S + k_end_n @ u
+        R = exp_gend * R + k_end_n @ w
     return torch.stack(outs, dim=2), S, R

@@ -35,17 +35,19 @@ def _rla_chunks(c, S, R, rho):
     sk_intra = (c.kk * c.decay_k_strict) @ bv
     sq_intra = (c.qk * c.decay_q_strict) @ bv
     rq_mix = c.qk * c.decay_q_incl
+    k_to_end = (c.k * c.decay_to_end[..., None]).transpose(-1, -2)
+    s_increment = k_to_end @ bv  # S's update does not depend on the residuals: all chunks at once
     outs = []
-    for n in range(c.num_chunks):
-        k_n, q_n, v_n, gamma_n = c.k[:, :, n], c.q[:, :, n], c.v[:, :, n], c.gamma[:, :, n, :, None]
-        sk = c.exp_gprev[:, :, n, :, None] * (k_n @ S) + sk_intra[:, :, n]
-        sq = c.exp_g[:, :, n, :, None] * (q_n @ S) + sq_intra[:, :, n]
+    for k_n, q_n, v_n, gamma_n, exp_gprev, exp_g, exp_gend, sk_n, sq_n, rq_n, k_end_n, s_inc in c.per_chunk(
+            c.k, c.q, c.v, c.gamma[..., None], c.exp_gprev[..., None], c.exp_g[..., None],
+            c.exp_gend[..., None, None], sk_intra, sq_intra, rq_mix, k_to_end, s_increment):
+        sk = exp_gprev * (k_n @ S) + sk_n
+        sq = exp_g * (q_n @ S) + sq_n
         gr = gamma_n * rho(v_n - sk)
-        rq = c.exp_g[:, :, n, :, None] * (q_n @ R) + rq_mix[:, :, n] @ gr
+        rq = exp_g * (q_n @ R) + rq_n @ gr
         outs.append(sq + gamma_n * rq)
-        k_to_end = (k_n * c.decay_to_end[:, :, n, :, None]).transpose(-1, -2)
-        S = c.exp_gend[:, :, n, None, None] * S + k_to_end @ bv[:, :, n]
-        R = c.exp_gend[:, :, n, None, None] * R + k_to_end @ gr
+        S = exp_gend * S + s_inc
+        R = exp_gend * R + k_end_n @ gr
     return torch.stack(outs, dim=2), S, R
 
 
@@ -73,6 +75,12 @@ class ChunkInputs:
         self.decay_k_strict = (Gprev[..., :, None] - G[..., None, :]).masked_fill(~strict, float("-inf")).exp()
         self.kk = self.k @ self.k.transpose(-1, -2)  # [t, i] = k_t . k_i
         self.qk = self.q @ self.k.transpose(-1, -2)  # [t, i] = q_t . k_i
+
+    @staticmethod
+    def per_chunk(*tensors):
+        """Iterate chunk by chunk over [B, H, num_chunks, ...] tensors. One unbind each, not an index per
+        chunk: the backward of x[:, :, n] writes into a zero tensor of x's full size, n times over."""
+        return zip(*(x.unbind(2) for x in tensors))
 
 
 def run_chunked(chunk_fn, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
