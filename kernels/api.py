@@ -50,6 +50,9 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
     name = choose_backend(backend, q.device)
     N = check_shapes(q, k, v, g, beta, gamma, scale, clip, residual, initial_state, cu_seqlens, name)
     if validate:
+        if torch.compiler.is_compiling():
+            raise ValueError("validate=True reads tensor values (a device sync) and cannot run inside "
+                             "torch.compile; validate the inputs in an eager call instead")
         check_values(q, k, v, g, beta, gamma, initial_state, cu_seqlens)
     if scale is None:
         scale = q.shape[-1] ** -0.5

@@ -155,7 +155,8 @@ def test_triton_chunk_ops_pass_opcheck(monkeypatch):
         torch.library.opcheck(torch.ops.rla_kernels.chunk_fwd.default, args)
 
 
-def test_triton_rla_chunk_kernel_matches_oracle_with_gradients(monkeypatch):
+@pytest.mark.parametrize("variant", OPS)
+def test_triton_chunk_kernel_matches_oracle_with_gradients(variant, monkeypatch):
     # The real Triton chunk kernel through the API (interpreter on the CPU machine: tiny shapes).
     asked = _spy_triton(monkeypatch)
     xs, init = inputs(B=1, T=20, H=1, K=16, V=16)
@@ -163,12 +164,12 @@ def test_triton_rla_chunk_kernel_matches_oracle_with_gradients(monkeypatch):
     ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
 
     def loss(ts, backend):
-        o, (S, R) = rla(*ts[:6], initial_state=tuple(ts[6:]), output_final_state=True, backend=backend)
+        o, (S, R) = OPS[variant](*ts[:6], initial_state=tuple(ts[6:]), output_final_state=True, backend=backend)
         return (o * torch.linspace(-1, 1, 16, dtype=o.dtype)).sum() + S.sum() + R.square().sum()
 
     got = torch.autograd.grad(loss(leaves, "triton"), leaves)
     ref = torch.autograd.grad(loss(ref_leaves, "naive"), ref_leaves)
-    assert asked == ["chunk_rla_fwd", "chunk_rla_bwd"]
+    assert asked == [f"chunk_{variant}_fwd", f"chunk_{variant}_bwd"]
     for x, r in zip(got, ref):
         assert rel(x, r) < 1e-4
 

@@ -56,3 +56,10 @@ def test_torch_chunk_op_passes_opcheck(variant):
     ]
     for args in cases:
         torch.library.opcheck(torch.ops.rla_kernels.torch_chunk_fwd.default, args)
+
+
+def test_validate_inside_compile_is_a_clear_error():
+    q, k, v, g, beta, gamma, S0, R0 = (x.detach() for x in _inputs(T=4))
+    fn = torch.compile(lambda *xs: rla(*xs, validate=True)[0], fullgraph=True)
+    with pytest.raises(Exception, match="validate=True reads tensor values"):
+        fn(q, k, v, g, beta, gamma)
