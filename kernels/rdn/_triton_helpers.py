@@ -2,7 +2,8 @@
 owned by the RLA kernels; these are kept here so the RDN kernels do not depend on its evolution).
 
 - ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 there is no GPU to benchmark on, so the
-  autotuner gets its first config only (Triton launches a single config without benchmarking).
+  autotuner gets its first config only (Triton launches a single config without benchmarking); the
+  environment variable RDN_TRITON_ONE_CONFIG=1 does the same on a GPU (quick checks: one compile each).
 - ``load_tile`` / ``store_tile``: masked tiles of a row-major matrix (outside reads 0, is not written).
 - ``exp_masked``: exp of an exponent only where a mask holds, 0 elsewhere, so an exponent that would
   overflow outside the causal triangle never meets a multiply by 0 (inf * 0 = NaN).
@@ -17,11 +18,12 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_ONE_CONFIG = INTERPRET or os.environ.get("RDN_TRITON_ONE_CONFIG") == "1"
 
 
 def autotune(configs: list, key: list):
     """``triton.autotune`` over launch parameters only; one fixed config under the interpreter."""
-    return triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key)
+    return triton.autotune(configs=configs[:1] if _ONE_CONFIG else configs, key=key)
 
 
 def launch_configs(warps=(4, 8), stages=(1,)) -> list:

@@ -1,0 +1,137 @@
+"""GPU check of the RDN Triton chunk kernels (kernels/rdn/chunk.py) against the float64 oracle.
+
+Run on the GPU machine from the repository root, in one call:
+
+    . scripts/gpu_env.sh && python3 scripts/gpu_check_rdn.py          # add --tune to autotune (slower)
+
+For each case it runs chunk_rdn_fwd and chunk_rdn_bwd and prints the relative error ||x - ref|| / ||ref||
+of o, both final states and all eight gradients against naive_recurrent_rdn in float64 on the same GPU
+(autograd for the gradients). Pass: fp32 under 1e-3, bf16 under 1e-2, nothing non-finite. Then one
+rough timing (bf16, 16 heads, head dim 128) so the cost is known; not a benchmark. Exit status 1 if a
+case fails.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+
+if "--tune" not in sys.argv:
+    os.environ["RDN_TRITON_ONE_CONFIG"] = "1"  # one compile per kernel variant: keeps the check short
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def _import_kernels():
+    """rla_kernels as installed, else straight from ./kernels (the package is the folder renamed)."""
+    try:
+        import rla_kernels  # noqa: F401
+    except ImportError:
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels")
+        spec = importlib.util.spec_from_file_location("rla_kernels", os.path.join(root, "__init__.py"),
+                                                      submodule_search_locations=[root])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["rla_kernels"] = module
+        spec.loader.exec_module(module)
+    from rla_kernels.rdn.chunk import chunk_rdn_bwd, chunk_rdn_fwd
+    from rla_kernels.rdn.naive import naive_recurrent_rdn
+    return chunk_rdn_fwd, chunk_rdn_bwd, naive_recurrent_rdn
+
+
+chunk_rdn_fwd, chunk_rdn_bwd, naive_recurrent_rdn = _import_kernels()
+NAMES = ["o", "S_T", "R_T", "dq", "dk", "dv", "dg", "dbeta", "dgamma", "dS0", "dR0"]
+
+
+def make_inputs(B, T, H, K, V, N, dtype):
+    q = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1)
+    v = 3.0 * torch.randn(B, T, H, V, device="cuda")
+    g = F.logsigmoid(torch.randn(B, T, H, device="cuda") + 3.0)
+    beta, gamma = torch.rand(B, T, H, device="cuda"), torch.rand(B, T, H, device="cuda")
+    S0 = 0.5 * torch.randn(N, H, K, V, device="cuda")
+    R0 = 0.3 * torch.randn(N, H, K, V, device="cuda")
+    return [x.to(dtype) for x in (q, k, v, g, beta, gamma)], S0, R0
+
+
+def rel(x, ref):
+    x = x.double()
+    if not torch.isfinite(x).all():
+        return float("nan")
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def check(B, T, H, K, dtype, clip, residual, cu=None):
+    N = B if cu is None else len(cu) - 1
+    inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype)
+    do = torch.randn_like(inputs[2])
+    dS_T, dR_T = torch.randn_like(S0), torch.randn_like(R0)
+    start = time.time()
+    o, S, R = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu)
+    grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T)
+    torch.cuda.synchronize()
+    seconds = time.time() - start  # mostly compile on a new variant
+
+    leaves = [x.double().requires_grad_() for x in inputs + [S0, R0]]
+    o_ref, (S_ref, R_ref) = naive_recurrent_rdn(*leaves[:6], None, clip, residual, (leaves[6], leaves[7]), True,
+                                                None if cu is None else cu.long())
+    refs = torch.autograd.grad([o_ref, S_ref, R_ref], leaves, [do.double(), dS_T.double(), dR_T.double()])
+    errs = [rel(x, r) for x, r in zip([o, S, R, *grads], [o_ref, S_ref, R_ref, *refs])]
+    return errs, seconds
+
+
+def rough_timing():
+    B, T, H, D = 4, 2048, 16, 128
+    inputs, S0, R0 = make_inputs(B, T, H, D, D, B, torch.bfloat16)
+    do = torch.randn_like(inputs[2])
+
+    def fwd():
+        return chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None)
+
+    def fwd_bwd():
+        fwd()
+        return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None)
+
+    out = {}
+    for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        out[name] = start.elapsed_time(end) / 5
+    return f"bf16 B={B} T={T} H={H} D={D}: fwd {out['fwd']:.2f} ms, fwd+bwd {out['fwd+bwd']:.2f} ms"
+
+
+def main():
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 1, 130, 200, 517], dtype=torch.int32, device="cuda")
+    cases = [
+        ("fp32 K=64 clip", dict(B=2, T=300, H=4, K=64, dtype=torch.float32, clip=1.0, residual="clip")),
+        ("bf16 K=64 tanh", dict(B=2, T=300, H=4, K=64, dtype=torch.bfloat16, clip=0.7, residual="tanh")),
+        ("fp32 K=128 clip", dict(B=2, T=300, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip")),
+        ("bf16 K=128 clip", dict(B=2, T=300, H=4, K=128, dtype=torch.bfloat16, clip=1.0, residual="clip")),
+        ("fp32 K=128 none", dict(B=2, T=300, H=4, K=128, dtype=torch.float32, clip=None, residual="clip")),
+        ("fp32 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip", cu=cu)),
+        ("bf16 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.bfloat16, clip=1.0, residual="clip", cu=cu)),
+    ]
+    print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
+    print(f"{'case':18s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
+    failed = False
+    for name, kw in cases:
+        errs, seconds = check(**kw)
+        tol = 1e-3 if kw["dtype"] == torch.float32 else 1e-2
+        worst = max(errs) if all(e == e for e in errs) else float("nan")
+        ok = worst == worst and worst < tol
+        failed |= not ok
+        print(f"{name:18s} " + " ".join(f"{e:8.1e}" for e in errs) + f" {worst:8.1e} {'ok' if ok else 'FAIL':>5s} {seconds:5.1f}")
+    print(rough_timing())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
