@@ -45,6 +45,10 @@ class _Layout:
         # Sequential kernels: narrow V-blocks give more programs to walk in parallel and fewer registers.
         self.BV_seq = max(16, min(32, triton.next_power_of_2(self.V)))
         self.BV_par = max(16, min(64, triton.next_power_of_2(self.V)))
+        # The dq/dk/dg pass splits K (see chunk_bwd.py) and pipelines its V loop; with fp32 tiles a
+        # 64-wide V-block would need ~224 KiB of shared memory at K=128 (H100: 227 KiB), so 32.
+        self.BK_par = min(64, self.BK)
+        self.BV_dqkg = min(32 if q.dtype == torch.float32 else 64, self.BV_par)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -150,17 +154,19 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
-    dg = g.new_empty(g.shape, dtype=torch.float32)
-    dgamma_out = torch.empty_like(dg)
-    grid = L.parallel_grid(L.V)[1:]  # one program per chunk and head, looping over V-blocks
+    nk = triton.cdiv(L.K, L.BK_par)
+    dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
+    dgamma_out_part = torch.empty_like(dg_part)
+    grid = (nk,) + L.parallel_grid(L.V)[1:]  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r,
-        dq, dk, dg, dgamma_out,
-        L.cu_seqlens, L.chunk_indices, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_par,
+        dq, dk, dg_part, dgamma_out_part,
+        L.cu_seqlens, L.chunk_indices, scale, L.T, g.numel(),
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
+    dg = dg_part.sum(0)
     dbeta = dbeta_part.sum(0)
-    dgamma = dgamma_out + dgamma_part.sum(0)
+    dgamma = dgamma_out_part.sum(0) + dgamma_part.sum(0)
     return (dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dgamma.to(gamma.dtype),
             None if S0 is None else dS0.to(S0.dtype), None if R0 is None else dR0.to(R0.dtype))

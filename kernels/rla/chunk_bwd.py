@@ -15,7 +15,10 @@ Gradients come in the order the dependencies allow, per chunk and going backward
 
 All of that is column-wise in V, so ``_rla_bwd_states_kernel`` does it in one reverse walk per
 (sequence, head, V-block), storing dh_S', dh_R' per chunk and du per token. dq, dk, dg and gamma's
-output term need sums over all of V: ``_rla_bwd_dqkg_kernel`` runs chunk-parallel over V-blocks.
+output term need sums over all of V: ``_rla_bwd_dqkg_kernel`` runs chunk-parallel, one program per
+K-block looping over V-blocks (a whole-K tile of every accumulator would not fit in shared memory at
+K=128). Everything it sums over K -- q.k products, dg's q.dq - k.dk, gamma's q^T h_R -- is linear in
+the K-block contributions, so each K-block writes its partial dg and dgamma and the launcher adds them.
 
 dg uses the scalar-decay trick: treat G_t and Gm_t as free variables. Every factor exp(G_t - G_i) adds
 its term to dG_t and subtracts it from dG_i, so dG_t = q_t.dq_t - k_t.dk_t(as key), dGm_t = k_t.dk_t(as
@@ -137,17 +140,18 @@ def _rla_bwd_states_kernel(
 
 
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dqkg_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r,
-    dq, dk, dg, dgamma_out,
-    cu_seqlens, chunk_indices, scale, T,
+    dq, dk, dg_part, dgamma_part,
+    cu_seqlens, chunk_indices, scale, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_t = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_k = tl.cast(tl.program_id(0), tl.int64)
+    i_t = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
     bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     if DOTS_FP32:
@@ -167,8 +171,8 @@ def _rla_bwd_dqkg_kernel(
 
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
-    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
 
     # [query t, key i] decays: inclusive for the q queries, strict and from Gm for the k queries.
     incl = o_t[:, None] >= o_t[None, :]
@@ -194,10 +198,10 @@ def _rla_bwd_dqkg_kernel(
         b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
         b_dO2 = b_dO1 * b_gamma[:, None]
         b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_hr = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_hs = load_tile(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_hr = load_tile(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_dhs = load_tile(dh_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_dhr = load_tile(dh_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
         b_P1 += tl.dot(b_dO1.to(DT), tl.trans(b_v), input_precision=DOT_PREC)
         b_P2 += tl.dot(b_dO2.to(DT), tl.trans(b_r.to(DT)), input_precision=DOT_PREC)
@@ -232,7 +236,7 @@ def _rla_bwd_dqkg_kernel(
     b_tot = b_dG + b_dGm
     b_dg = tl.sum(b_tot, axis=0) - tl.cumsum(b_tot, axis=0) + b_tot - b_dGm
 
-    store_tile(dq + tok_k, b_dq.to(dq.dtype.element_ty), i_c * BT, T_seq, H * K, 0, K, BT, BK)
-    store_tile(dk + tok_k, (b_dk_query + b_dk_key).to(dk.dtype.element_ty), i_c * BT, T_seq, H * K, 0, K, BT, BK)
-    tl.store(dg + gate_off, b_dg, mask=in_seq)
-    tl.store(dgamma_out + gate_off, b_dgamma, mask=in_seq)
+    store_tile(dq + tok_k, b_dq.to(dq.dtype.element_ty), i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    store_tile(dk + tok_k, (b_dk_query + b_dk_key).to(dk.dtype.element_ty), i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    tl.store(dg_part + i_k * part_stride + gate_off, b_dg, mask=in_seq)
+    tl.store(dgamma_part + i_k * part_stride + gate_off, b_dgamma, mask=in_seq)

@@ -96,9 +96,10 @@ def test_single_token():
     check(inputs, S0, R0, 0.5, 1.0, "clip")
 
 
-def test_default_chunk_partial_tail_and_wide_v():
-    """The production chunk size (64) with T=70, V=80 (two V-blocks, the second partial)."""
-    inputs, S0, R0 = make_inputs(B=1, T=70, H=1, K=32, V=80)
+def test_default_chunk_partial_tail_and_wide_heads():
+    """The production chunk size (64) with T=70; K=96 and V=80 give two K-blocks in the dq/dk pass and
+    several V-blocks, the last of each partial."""
+    inputs, S0, R0 = make_inputs(B=1, T=70, H=1, K=96, V=80)
     check(inputs, S0, R0, 0.6, 1.0, "clip")
 
 
