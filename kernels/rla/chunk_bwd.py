@@ -174,59 +174,60 @@ def _rla_bwd_dqkg_kernel(
     b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
 
-    # [query t, key i] decays: inclusive for the q queries, strict and from Gm for the k queries.
-    incl = o_t[:, None] >= o_t[None, :]
-    strict = o_t[:, None] > o_t[None, :]
-    b_D = exp_where(incl, b_G[:, None] - b_G[None, :])
-    b_Dm = exp_where(strict, b_Gm[:, None] - b_G[None, :])
-    # q.k weights of R's intra-chunk output, to recompute o2 for gamma's gradient.
-    b_Ar = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_D * b_gamma[None, :]
-
+    # Over the V loop only V-sums are accumulated; decays, masks and the q.k matrix come after it, so
+    # fewer [BT, BT] tiles are live inside (register pressure). dO2 = gamma_t dO1 is folded in later.
     b_P1 = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . v_i
-    b_P2 = tl.zeros([BT, BT], dtype=tl.float32)  # dO2_t . r_i
+    b_Q = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . r_i
     b_P3 = tl.zeros([BT, BT], dtype=tl.float32)  # du_t  . v_i
-    b_dq_h = tl.zeros([BT, BK], dtype=tl.float32)  # h_S dO1_t + h_R dO2_t
+    b_Zs = tl.zeros([BT, BK], dtype=tl.float32)  # h_S dO1_t
+    b_Zr = tl.zeros([BT, BK], dtype=tl.float32)  # h_R dO1_t
     b_dk_h = tl.zeros([BT, BK], dtype=tl.float32)  # h_S du_t
     b_dk_end = tl.zeros([BT, BK], dtype=tl.float32)  # beta_i dh_S' v_i + gamma_i dh_R' r_i
     b_hdh = tl.zeros([BK], dtype=tl.float32)  # <h_start, dh_end> of both states, per K row
-    b_dgamma = tl.zeros([BT], dtype=tl.float32)  # scale do_t . o2_t
     h_off = (i_row * H + i_h) * K * V
     for i_loop in range(0, tl.cdiv(V, BV)):
         i_v = tl.cast(i_loop, tl.int64)
         b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
-        b_dO2 = b_dO1 * b_gamma[:, None]
         b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_hs = load_tile(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_hr = load_tile(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_dhs = load_tile(dh_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_dhr = load_tile(dh_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
-        b_P1 += tl.dot(b_dO1.to(DT), tl.trans(b_v), input_precision=DOT_PREC)
-        b_P2 += tl.dot(b_dO2.to(DT), tl.trans(b_r.to(DT)), input_precision=DOT_PREC)
+        b_dO1c = b_dO1.to(DT)
+        b_P1 += tl.dot(b_dO1c, tl.trans(b_v), input_precision=DOT_PREC)
+        b_Q += tl.dot(b_dO1c, tl.trans(b_r.to(DT)), input_precision=DOT_PREC)
         b_P3 += tl.dot(b_du.to(DT), tl.trans(b_v), input_precision=DOT_PREC)
-        b_dq_h += tl.dot(b_dO1.to(DT), tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
-        b_dq_h += tl.dot(b_dO2.to(DT), tl.trans(b_hr.to(DT)), input_precision=DOT_PREC)
+        b_Zs += tl.dot(b_dO1c, tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
+        b_Zr += tl.dot(b_dO1c, tl.trans(b_hr.to(DT)), input_precision=DOT_PREC)
         b_dk_h += tl.dot(b_du.to(DT), tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
         b_vb = (b_v.to(tl.float32) * b_beta[:, None]).to(DT)
         b_rg = (b_r * b_gamma[:, None]).to(DT)
         b_dk_end += tl.dot(b_vb, tl.trans(b_dhs.to(DT)), input_precision=DOT_PREC)
         b_dk_end += tl.dot(b_rg, tl.trans(b_dhr.to(DT)), input_precision=DOT_PREC)
         b_hdh += tl.sum(b_hs * b_dhs + b_hr * b_dhr, axis=1)
-        b_o2 = tl.exp(b_G)[:, None] * tl.dot(b_q, b_hr.to(DT), input_precision=DOT_PREC)
-        b_o2 += tl.dot(b_Ar.to(DT), b_r.to(DT), input_precision=DOT_PREC)
-        b_dgamma += tl.sum(b_dO1 * b_o2, axis=1)
 
-    b_M = tl.where(strict, b_P1 * b_beta[None, :], 0.0) * b_D + b_P2 * b_gamma[None, :] * b_D
+    # [query t, key i] decays: inclusive for the q queries, strict and from Gm for the k queries.
+    incl = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    b_D = exp_where(incl, b_G[:, None] - b_G[None, :])
+    b_Dm = exp_where(strict, b_Gm[:, None] - b_G[None, :])
+    b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+    # gamma's output term scale do_t . o2_t, o2_t = exp(G_t) h_R^T q_t + sum_i A_ti D_ti gamma_i r_i.
+    b_qf = b_q.to(tl.float32)
+    b_dgamma = tl.exp(b_G) * tl.sum(b_qf * b_Zr, axis=1) + tl.sum(b_A * b_D * b_gamma[None, :] * b_Q, axis=1)
+    # dO2_t . r_i = gamma_t (dO1_t . r_i); h_S dO1_t + h_R dO2_t likewise.
+    b_M = tl.where(strict, b_P1 * b_beta[None, :], 0.0) * b_D + b_Q * (b_gamma[:, None] * b_gamma[None, :]) * b_D
     b_Mk = b_P3 * b_beta[None, :] * b_Dm
-    b_dq = tl.exp(b_G)[:, None] * b_dq_h + tl.dot(b_M.to(DT), b_k, input_precision=DOT_PREC)
+    b_dq = tl.exp(b_G)[:, None] * (b_Zs + b_gamma[:, None] * b_Zr)
+    b_dq += tl.dot(b_M.to(DT), b_k, input_precision=DOT_PREC)
     b_dk_query = tl.exp(b_Gm)[:, None] * b_dk_h + tl.dot(b_Mk.to(DT), b_k, input_precision=DOT_PREC)
     b_dk_end = b_to_end[:, None] * b_dk_end
     b_dk_key = tl.dot(tl.trans(b_M).to(DT), b_q, input_precision=DOT_PREC)
     b_dk_key += tl.dot(tl.trans(b_Mk).to(DT), b_k, input_precision=DOT_PREC) + b_dk_end
 
-    b_qf = b_q.to(tl.float32)
     b_kf = b_k.to(tl.float32)
     b_dG = tl.sum(b_qf * b_dq, axis=1) - tl.sum(b_kf * b_dk_key, axis=1)
     last = tl.minimum(BT, T_seq - i_c * BT) - 1
