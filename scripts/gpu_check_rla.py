@@ -68,7 +68,8 @@ def reference(inputs, S0, R0, clip, residual, cu, do, dS, dR):
     states = [None if s is None else s.double().requires_grad_() for s in (S0, R0)]
     o, (S, R) = naive(*leaves, None, clip, residual, None if S0 is None else tuple(states), True, cu)
     ((o * do.double()).sum() + (S * dS.double()).sum() + (R * dR.double()).sum()).backward()
-    return [o.detach(), S.detach(), R.detach()] + [x.grad for x in leaves] + [None if s is None else s.grad for s in states]
+    grads = [x.grad for x in leaves] + [None if s is None else s.grad for s in states]
+    return [o.detach(), S.detach(), R.detach()] + grads
 
 
 def rel(x, ref):

@@ -126,7 +126,7 @@ def _rla_bwd_states_kernel(
         b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
         b_X += b_to_end[:, None] * tl.dot(b_k, b_dhs.to(DT), input_precision=DOT_PREC)
         tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v.to(tl.float32) * b_X, axis=1), mask=in_seq)
-        store_tile(dv + tok_v, (b_beta[:, None] * b_X + b_de).to(dv.dtype.element_ty), i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dv + tok_v, b_beta[:, None] * b_X + b_de, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
         # 3. Carry the state gradients to the chunk start.
         b_qg = (b_q.to(tl.float32) * tl.exp(b_G)[:, None]).to(DT)

@@ -181,4 +181,4 @@ def _rla_fwd_output_kernel(
     b_o += tl.dot(b_As.to(DT), b_v, input_precision=DOT_PREC)
     b_o += tl.dot(b_Ar.to(DT), b_r.to(DT), input_precision=DOT_PREC)
 
-    store_tile(o + (bos * H + i_h) * V, (b_o * scale).to(o.dtype.element_ty), i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    store_tile(o + (bos * H + i_h) * V, b_o * scale, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
