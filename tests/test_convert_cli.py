@@ -70,8 +70,10 @@ def test_checkpoint_that_fails_to_load(tmp_path, capsys):
 
 
 def test_architecture_without_attention_lists_supported(tmp_path, capsys):
-    path = tmp_path / "mamba"
-    tf.MambaForCausalLM(tf.MambaConfig(vocab_size=64, hidden_size=32, state_size=4, num_hidden_layers=2)).save_pretrained(path)
+    # RWKV, not Mamba: fla registers its own "mamba" model type, whose Triton fallback needs a GPU driver
+    path = tmp_path / "rwkv"
+    config = tf.RwkvConfig(vocab_size=64, hidden_size=32, attention_hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    tf.RwkvForCausalLM(config).save_pretrained(path)
     assert cli(str(path), "--out", str(tmp_path / "out")) == 2
     line = one_error_line(capsys)
     assert "no attention" in line and "Llama" in line and "GPT-2" in line
