@@ -126,6 +126,9 @@ def main():
             ("fp32 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip",
                                        cu=cu)),
         ]
+    if "--case" in sys.argv:  # keep only the cases whose name contains the given text
+        wanted = sys.argv[sys.argv.index("--case") + 1]
+        cases = [c for c in cases if wanted in c[0]]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
     print(f"{'case':18s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
     failed = False

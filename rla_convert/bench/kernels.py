@@ -378,6 +378,10 @@ def run(settings: Settings, device: torch.device, progress: bool = True) -> list
         else:
             shape = Shape(settings.decode_batch, 1, settings.heads, settings.head_dim, dtype, device, backend)
             results.append(decode_point(op, T, shape))
+        if not progress:  # a log line per point, so a run stopped at a time limit still reports what it measured
+            p = results[-1]
+            print(f"{p.op:15s} {p.mode:8s} T={p.seq_len:6d} B={p.batch:3d} "
+                  + (f"{p.ms:9.3f} ms" if p.ms is not None else f"failed: {p.error}"), flush=True)
     return results
 
 
