@@ -137,3 +137,158 @@ def save_plot(doc: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ model bench
+# The same three renderings for `bench model`, reading ``bench.model.results_document``.
+
+ROLES = ("teacher", "converted")
+
+
+def _role_label(doc: dict, role: str) -> str:
+    info = doc["meta"].get("models", {}).get(role, {})
+    return f"{role} ({info['variant']})" if info.get("variant") else role
+
+
+def _model_points(doc: dict, measure: str, key: str) -> dict:
+    """(role, row key) -> point, for one measure; the row key is the context or the batch size."""
+    return {(p["model"], p[key]): p for p in doc["points"] if p["measure"] == measure}
+
+
+def _model_cell(point: dict | None, field: str, fmt: str, notes: _Footnotes) -> str:
+    if point is None:
+        return ""
+    if point["error"]:
+        word = "skipped" if point["error"].startswith("skipped") or point["error"] == "out of memory" else "failed"
+        return word + notes.mark(point["error"])
+    value = point.get(field)
+    if value is None:
+        return "-"
+    # The note goes on the timing cell only: the same mark on every column of a row would be noise.
+    return format(value, fmt) + (notes.mark(point["note"]) if point.get("note") and field in ("ms", "tokens_per_s") else "")
+
+
+def _has(doc: dict, measure: str, field: str) -> bool:
+    return any(p.get(field) is not None for p in doc["points"] if p["measure"] == measure)
+
+
+def _ratio(a: dict | None, b: dict | None, field: str, higher_is_better: bool) -> str:
+    if not a or not b or a.get(field) is None or b.get(field) is None or not b[field] or not a[field]:
+        return ""
+    return f"{(b[field] / a[field]) if higher_is_better else (a[field] / b[field]):.2f}x"
+
+
+def _model_table(doc, measure, key, key_header, columns, notes, ratio_field=None, higher_is_better=False):
+    """Rows by `key` (context or batch): for each column spec (header, role, measure, field, fmt) one cell."""
+    by = {m: _model_points(doc, m, key) for m in {c[2] for c in columns} | {measure}}
+    keys = sorted({k for (_, k) in by[measure]})
+    header = [key_header] + [c[0] for c in columns] + (["converted speed-up"] if ratio_field else [])
+    rows = []
+    for k in keys:
+        row = [str(k)] + [_model_cell(by[m].get((role, k)), f, fmt, notes) for _, role, m, f, fmt in columns]
+        if ratio_field:
+            pair = [by[measure].get((role, k)) for role in ROLES]
+            row.append(_ratio(*[p if p and not p["error"] else None for p in pair], ratio_field, higher_is_better))
+        rows.append(row)
+    return header, rows
+
+
+def _peak_columns(doc, measure):
+    if not _has(doc, measure, "peak_mb"):
+        return []  # the CPU has no peak-memory counter: leave the columns out rather than fill them with '-'
+    return [(f"{_role_label(doc, r)} peak MB", r, measure, "peak_mb", ".0f") for r in ROLES]
+
+
+def _model_grids(doc: dict):
+    """[(title, header, rows)], footnotes: the tables shared by the text and markdown renderings."""
+    notes, s, out = _Footnotes(), doc["meta"]["settings"], []
+    label = lambda r: _role_label(doc, r)  # noqa: E731
+    cols = [(f"{label(r)} ms", r, "prefill", "ms", ".2f") for r in ROLES] + _peak_columns(doc, "prefill")
+    out.append(("prefill, batch 1: median ms per call (one forward over the context, cache filled)",
+                *_model_table(doc, "prefill", "context", "context", cols, notes, "ms")))
+    cols = [(f"{label(r)} ms/token", r, "decode", "ms", ".3f") for r in ROLES]
+    if any(p["measure"] == "decode_compiled" for p in doc["points"]):
+        cols += [(f"{label(r)} compiled", r, "decode_compiled", "ms", ".3f") for r in ROLES]
+    cols += [(f"{label(r)} cache MB", r, "decode", "cache_mb", ".3f") for r in ROLES] + _peak_columns(doc, "decode")
+    out.append((f"decode after `context` tokens, batch {_decode_batch(doc)}: median ms per generated token "
+                "(compiled: steps through torch.compile); cache: KV cache or recurrent state after the prefill",
+                *_model_table(doc, "decode", "context", "context", cols, notes, "ms")))
+    cols = [(f"{label(r)} tokens/s", r, "throughput", "tokens_per_s", ".1f") for r in ROLES] + _peak_columns(doc, "throughput")
+    out.append((f"batch decoding throughput after {s['throughput_context']} tokens: generated tokens per second",
+                *_model_table(doc, "throughput", "batch", "batch", cols, notes, "tokens_per_s", True)))
+    return [t for t in out if t[2]], notes.texts
+
+
+def _decode_batch(doc: dict) -> int:
+    return next((p["batch"] for p in doc["points"] if p["measure"] == "decode"), 1)
+
+
+def _model_title(doc: dict) -> str:
+    meta, models = doc["meta"], doc["meta"].get("models", {})
+    names = " vs ".join(f"{models.get(r, {}).get('name', r)}" for r in ROLES)
+    return f"{names}: {meta['device']}, {meta['settings']['dtype']}"
+
+
+def model_text_table(doc: dict) -> str:
+    grids, notes = _model_grids(doc)
+    out = [f"model benchmark: {_model_title(doc)}"]
+    for title, header, rows in grids:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        out += ["", title] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    out += [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
+    return "\n".join(out)
+
+
+def model_markdown(doc: dict) -> str:
+    """A block for BENCHMARKS.md: the command, device, versions and date, then one table per measure."""
+    grids, notes = _model_grids(doc)
+    meta = doc["meta"]
+    versions = ", ".join(f"{k} {meta[k]}" for k in ("torch", "transformers", "triton", "sdpa") if meta.get(k))
+    out = [f"### Model: {_model_title(doc)}", "", f"`{meta['command']}` -- {meta['device']}, {versions}, {meta['date']}."]
+    for title, header, rows in grids:
+        out += ["", title[0].upper() + title[1:] + ".", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+    if notes:
+        out += [""] + [f"[{i}] {text}  " for i, text in enumerate(notes, 1)]
+    return "\n".join(out) + "\n"
+
+
+def save_model_plot(doc: dict, path: str) -> None:
+    """Teacher and converted on the same axes: prefill time, decode time and memory against context length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("prefill", "ms", "prefill (batch 1), median ms"), ("decode", "ms", "decode, ms per token"),
+              ("decode", "cache_mb", "KV cache / state after the prefill, MB")]
+    if _has(doc, "decode", "peak_mb"):  # a GPU run: peak device memory too (weights included)
+        panels.append(("decode", "peak_mb", "decode: peak device memory, MB"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (measure, field, title) in zip(axes[0], panels):
+        lines = [(measure, role, style, _role_label(doc, role)) for role, style in zip(ROLES, ("--s", "-o"))]
+        if measure == "decode" and field == "ms":  # compiled steps beside eager ones, same colours, dotted
+            lines += [("decode_compiled", role, style, f"{_role_label(doc, role)} compiled")
+                      for role, style in zip(ROLES, (":s", ":o"))]
+        for i, (m, role, style, label) in enumerate(lines):
+            line = sorted((p["context"], p[field]) for p in doc["points"]
+                          if p["measure"] == m and p["model"] == role and p.get(field) is not None)
+            if line:
+                ax.plot([x for x, _ in line], [y for _, y in line], style, color=f"C{i % 2}", label=label, markersize=4)
+        _context_axis(ax, sorted({p["context"] for p in doc["points"] if p["measure"] == measure}))
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    fig.suptitle(_model_title(doc), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _context_axis(ax, xs: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    if xs:
+        ax.set_xticks(xs, [f"{x // 1024}k" if x >= 1024 and x % 1024 == 0 else str(x) for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel("context length (tokens)")
+    ax.grid(True, alpha=0.3)

@@ -1,13 +1,13 @@
 """`rla-convert bench kernels` (the ops side by side with fla and FlashAttention) and `bench model`."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
 from ..errors import UserError
-from ._common import not_built
 
 GPU_SEQ_LENS = "2048,4096,8192,16384,32768"
 GPU_DECODE_CONTEXTS = "2048,8192,32768,131072"
@@ -33,7 +33,7 @@ def _name_list(value: str, option: str, accepted) -> list[str]:
 
 @click.group(name="bench")
 def bench():
-    """Benchmarks: kernels (the ops), model (not built yet: issue #6)."""
+    """Benchmarks: kernels (the ops side by side), model (a converted model against its teacher)."""
 
 
 @bench.command(name="kernels")
@@ -127,8 +127,153 @@ def _measure(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_contex
     return results_document(settings, points, device)
 
 
-@bench.command(name="model", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def model(args):
-    """Converted model against its teacher: prefill, decode, memory (not built yet: issue #6)."""
-    not_built("bench model", 6)
+MODEL_CONTEXTS = "1024,2048,4096,8192,16384,32768,65536"
+MODEL_DECODE_CONTEXTS = "1024,4096,16384,32768,65536"
+SMOKE = {"contexts": "32,64", "decode_contexts": "32,64", "batches": "1,2", "throughput_context": 32, "steps": 8}
+
+
+@bench.command(name="model")
+@click.argument("teacher")
+@click.argument("converted")
+@click.option("--contexts", default=None,
+              help=f"Prefill context lengths [default: {MODEL_CONTEXTS}; smoke: {SMOKE['contexts']}]; "
+                   "one the memory cannot hold is recorded as skipped.")
+@click.option("--decode-contexts", default=None,
+              help=f"Contexts before the timed decode steps, batch 1 [default: {MODEL_DECODE_CONTEXTS}; "
+                   f"smoke: {SMOKE['decode_contexts']}].")
+@click.option("--batches", default=None, help=f"Batch sizes for decoding throughput [default: 1,8,64; smoke: {SMOKE['batches']}].")
+@click.option("--throughput-context", type=int, default=None,
+              help=f"Context before the throughput steps [default: 4096; smoke: {SMOKE['throughput_context']}].")
+@click.option("--steps", type=int, default=None, help="Timed decode steps per point (median) [default: 16; smoke: 8].")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None, help="[default: bf16; smoke: fp32]")
+@click.option("--compile-decode/--no-compile-decode", default=None,
+              help="Also time batch-1 decode with steps through torch.compile [default: on for a GPU, off for "
+                   "--cpu-smoke, where compiling takes longer than the run].")
+@click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune-no-cudagraphs"]),
+              default="default", show_default=True, help="torch.compile mode (reduce-overhead: CUDA graphs).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results (and settings) here.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write a block for BENCHMARKS.md here ('-' for stdout).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Save a PNG: time and memory against context length, teacher and converted on the same axes.")
+@click.option("--cpu-smoke", is_flag=True, help="Tiny contexts and batches on the CPU: runs in seconds, tests the command path.")
+@click.option("--no-progress", is_flag=True, help="No progress bar: print one line per point as it is measured.")
+def model(teacher, converted, contexts, decode_contexts, batches, throughput_context, steps, dtype, compile_decode,
+          compile_mode, json_path, markdown_path, plot_path, cpu_smoke, no_progress):
+    """A converted model against its teacher: prefill, decode per token, memory, batch throughput.
+
+    TEACHER and CONVERTED are model names or paths as `rla-convert` takes them (a bundled name, a checkpoint
+    directory, a .gguf file; CONVERTED is usually a directory written by `rla-convert MODEL --out DIR`).
+    Both are loaded first (so a bad checkpoint fails before any timing), then measured one after the other.
+    Needs a CUDA GPU, except with --cpu-smoke.
+    """
+    from ..bench import plot
+    from ..bench.model import model_info, results_document
+
+    settings = _model_settings(teacher, converted, contexts, decode_contexts, batches, throughput_context, steps,
+                               dtype, compile_decode, compile_mode, cpu_smoke)
+    device = _model_device(cpu_smoke)
+    if plot_path and not _have_matplotlib():
+        # Warn before the run, not after: the results still go to --json and can be plotted elsewhere.
+        click.echo("rla-convert: warning: matplotlib is not installed, no --plot (pip install matplotlib)", err=True)
+    models = _load_pair(teacher, converted, settings.dtype)
+    infos = {role: model_info(m, name) for (role, m), name in zip(models.items(), (teacher, converted))}
+    with _one_thread_if(cpu_smoke):
+        points = _run_model_points(settings, models, device, no_progress)
+    _write_model_outputs(results_document(settings, points, device, infos), json_path, markdown_path, plot_path, plot)
+
+
+def _model_settings(teacher, converted, contexts, decode_contexts, batches, throughput_context, steps, dtype,
+                    compile_decode, compile_mode, smoke):
+    from ..bench.model import Settings
+
+    settings = Settings(
+        teacher=teacher, converted=converted,
+        contexts=_int_list(contexts or (SMOKE["contexts"] if smoke else MODEL_CONTEXTS), "--contexts"),
+        decode_contexts=_int_list(decode_contexts or (SMOKE["decode_contexts"] if smoke else MODEL_DECODE_CONTEXTS),
+                                  "--decode-contexts"),
+        batches=_int_list(batches or (SMOKE["batches"] if smoke else "1,8,64"), "--batches"),
+        throughput_context=throughput_context or (SMOKE["throughput_context"] if smoke else 4096),
+        steps=steps or (SMOKE["steps"] if smoke else 16),
+        dtype=dtype or ("fp32" if smoke else "bf16"),
+        compile_decode=(not smoke) if compile_decode is None else compile_decode,
+        compile_mode=compile_mode, cpu_smoke=smoke)
+    for option, value in (("--throughput-context", settings.throughput_context), ("--steps", settings.steps)):
+        if value < 1:
+            raise UserError(f"{option} must be a positive integer; got {value}")
+    return settings
+
+
+def _model_device(cpu_smoke: bool):
+    import torch
+
+    if cpu_smoke:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("bench model needs a CUDA GPU and torch sees none; --cpu-smoke runs tiny contexts on the "
+                        "CPU (tests the command only)")
+    return torch.device("cuda")
+
+
+def _load_pair(teacher: str, converted: str, dtype: str) -> dict:
+    """{"teacher": model, "converted": model}, both on the CPU; bad paths and bad checkpoints fail first."""
+    from ..checkpoints import resolve_checkpoint
+
+    for name in (teacher, converted):  # a mistyped path fails at once, before seconds of loading the other
+        resolve_checkpoint(name)
+    # The converted checkpoint loads first: it is the one more likely to fail (an edited config).
+    converted_model = _load_for_bench(converted, dtype)
+    return {"teacher": _load_for_bench(teacher, dtype), "converted": converted_model}  # measured in this order
+
+
+def _load_for_bench(name: str, dtype: str):
+    """Load on the CPU in the benchmark's dtype; any failure is one line naming the checkpoint."""
+    from ..bench.model import DTYPES
+    from ..checkpoints import load_checkpoint, resolve_checkpoint
+
+    try:
+        model, _ = load_checkpoint(name, dtype=DTYPES[dtype], with_tokenizer=False)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- an edited config can fail in any layer constructor
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UserError(f"could not load {name!r} ({resolve_checkpoint(name).directory}): "
+                        f"{type(err).__name__}: {first}") from None
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _one_thread_if(smoke: bool):
+    """One intra-op thread for the smoke run: on tiny shapes more threads only synchronise, and on a busy
+    machine their spin-waits turned a 2 ms forward into 400 ms (measured here on 2 cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if smoke:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_model_points(settings, models, device, no_progress):
+    from ..bench.model import point_line, run_model_bench
+
+    report = (lambda p: click.echo(point_line(p))) if no_progress else None
+    return run_model_bench(models, device, settings.contexts, settings.decode_contexts, 1, settings.batches,
+                           settings.throughput_context, progress=not no_progress,
+                           compile_decode=settings.compile_decode, compile_mode=settings.compile_mode,
+                           steps=settings.steps, report=report)
+
+
+def _write_model_outputs(doc, json_path, markdown_path, plot_path, plot):
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=1) + "\n")
+    click.echo(plot.model_text_table(doc))
+    if markdown_path == "-":
+        click.echo("\n" + plot.model_markdown(doc))
+    elif markdown_path:
+        Path(markdown_path).write_text(plot.model_markdown(doc))
+    if plot_path and _have_matplotlib():
+        plot.save_model_plot(doc, plot_path)
