@@ -149,13 +149,13 @@ def test_our_ops_are_called_as_the_api_contract_says(monkeypatch):
     assert (12, False, True, "torch") in calls and (1, True, True, "torch") in calls  # prefill, then decode
 
 
-def test_bad_options_and_unbuilt_model_bench_fail_cleanly(capsys):
+def test_bad_options_and_models_fail_cleanly(capsys):
     status, _, err = run_main(capsys, "bench", "kernels", "--cpu-smoke", "--ops", "rla,flash3")
     assert status == 2 and "flash3" in one_error_line(err) and "sdpa_flash" in one_error_line(err)
     status, _, err = run_main(capsys, "bench", "kernels", "--cpu-smoke", "--seq-lens", "2k")
     assert status == 2 and "--seq-lens" in one_error_line(err)
-    status, _, err = run_main(capsys, "bench", "model", "some-model")
-    assert status == 2 and "issue #6" in one_error_line(err)
+    status, _, err = run_main(capsys, "bench", "model", "nope1", "nope2", "--cpu-smoke")
+    assert status == 2 and "no model 'nope1'" in one_error_line(err)
 
 
 @pytest.mark.slow  # importing fla takes about 10 s here

@@ -5,7 +5,8 @@ Per token (paper, Section 3.4; the math itself lives in rla_kernels):
     q, k     = L2norm(SiLU(q)), L2norm(SiLU(k))            (with a conv, SiLU follows the conv on q/k/v)
     g        = log a = -exp(A_log) * softplus(W_a x + dt_bias)   (Mamba-2 decay, in log space)
     beta     = sigmoid(W_b x),  gamma = sigmoid(W_gamma x)       (S and R write strengths)
-    o        = rla|rdn(q, k, v, g, beta, gamma, clip)            then optional RMSNorm(o) * SiLU(W_g x), o_proj
+    o        = rla|rdn(q, k, v, g, beta, gamma, clip)            then an optional per-head gain o_scale,
+               an optional RMSNorm(o) * SiLU(W_g x), and o_proj
 
 Heads: q, k and v may have different head counts (GQA in softmax models, more value heads than key
 heads in Qwen3-Next); each is repeated to the largest count H, so every query in a group reads the same
@@ -91,6 +92,7 @@ class ResidualAttention(nn.Module):
         norm_eps: float = 1e-6,
         rope: bool = False,
         output_gate: bool = False,
+        output_scale: bool = False,
         qkv_bias: bool = False,
         o_bias: bool = False,
         b_bias: bool = True,
@@ -133,6 +135,8 @@ class ResidualAttention(nn.Module):
             for name, channels in (("q", self.num_q_heads * head_dim), ("k", self.num_k_heads * head_dim),
                                    ("v", self.num_v_heads * self.head_v_dim)):
                 setattr(self, f"{name}_conv1d", nn.Conv1d(channels, channels, conv_size, groups=channels, bias=False))
+        if output_scale:  # a learnable per-head gain on the op's output (softmax sources; see rla_convert.init)
+            self.o_scale = nn.Parameter(torch.ones(H))
         if output_gate:
             self.g_proj = nn.Linear(hidden_size, self.num_v_heads * self.head_v_dim, bias=False)
             self.o_norm = HeadRMSNorm(self.head_v_dim, norm_eps)
@@ -154,7 +158,8 @@ class ResidualAttention(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, position_embeddings=None,
                 cache_params=None, **kwargs):
-        cache = past_key_values if past_key_values is not None else cache_params
+        # the cache arrives as past_key_values (transformers <= 5.2x), cache (5.24+) or cache_params (fla, Mamba-style)
+        cache = next((c for c in (past_key_values, kwargs.get("cache"), cache_params) if c is not None), None)
         state = state_layer(cache, self.layer_idx) if cache is not None else None
         B, T, _ = hidden_states.shape
         valid = self._valid_tokens(attention_mask, B, T)
@@ -197,6 +202,8 @@ class ResidualAttention(nn.Module):
         if state is not None:
             state.recurrent_state = tuple(s.to(gate_dtype) for s in final)
             state.seen_tokens += T
+        if hasattr(self, "o_scale"):
+            o = o * self.o_scale.to(o.dtype)[:, None]
 
         if hasattr(self, "g_proj"):
             gate = self.g_proj(x).view(B, T, self.num_v_heads, self.head_v_dim)
