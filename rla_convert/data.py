@@ -140,6 +140,7 @@ def tokenize_documents(path, tokenizer, heldout_fraction: float = 0.0, seed: int
     parts = {False: [], True: []}
     counts = {False: 0, True: 0}
     n_docs = 0
+    next(iter_documents(path), None)  # a bad source is reported before a progress bar is drawn
     bar = tqdm(desc=f"tokenising {path.name}", unit="tok", unit_scale=True, disable=not progress)
     for i, doc in enumerate(iter_documents(path)):
         n_docs += 1

@@ -14,6 +14,12 @@ did): a Gated DeltaNet source brings A_log, dt_bias, a_proj and b_proj, so only 
                     base linear attention (for a GDN source: almost the original layer, small drift);
                     missing decay/beta gates as in mamba2.
     auto            small-residual for Gated DeltaNet sources, mamba2 for softmax sources.
+
+Every strategy also sets the output gain o_scale that softmax sources get (layers without an output
+norm): the kernels scale the query side by head_dim^-0.5, as GDN does, but q and k are L2-normalised,
+so for RDN, whose delta rule makes S map a key to its value, S q is already in the values' units, as
+the softmax output it replaces is. RDN's gain starts at head_dim^0.5 (overall scale 1). RLA's state is
+a decayed sum of v k^T, larger by about 1 / (1 - a), so its gain starts at 1 and training sets it.
 """
 from __future__ import annotations
 
@@ -80,4 +86,6 @@ def initialise_gates(layer, strategy: str, reused: set[str], seed: int) -> None:
     generator = torch.Generator().manual_seed(seed * 100003 + layer.layer_idx)
     dtype = layer.A_log.dtype
     STRATEGIES[strategy](layer, reused, generator)
+    if hasattr(layer, "o_scale") and "o_scale" not in reused:
+        layer.o_scale.fill_(layer.head_dim ** 0.5 if layer.variant == "rdn" else 1.0)
     assert layer.A_log.dtype == dtype

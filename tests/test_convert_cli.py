@@ -80,9 +80,10 @@ def test_architecture_without_attention_lists_supported(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_export_command_points_to_convert(capsys):
-    assert cli("export", "run_dir") == 2
-    assert "issue #5" in one_error_line(capsys)
+def test_export_of_a_dir_that_is_no_run_is_one_line(llama_dir, tmp_path, capsys):
+    assert cli("export", str(llama_dir), "--out", str(tmp_path / "out")) == 2
+    assert "not a finished distillation run" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -28,7 +28,6 @@ class DataSpec:
     heldout_fraction: float = 0.02
     seq_len: int = 512
     max_train_tokens: int | None = None
-    heldout_tokens: int = 65536
     cache_dir: str = ".rla-cache/data"
     split_seed: int = 0
 
@@ -114,6 +113,18 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recip
     recipe.source_path = str(path)
     _check(recipe, path)
     return recipe
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as a YAML file load_recipe reads back to an equal Recipe (saved with every run)."""
+
+    def strip(obj):
+        if not dataclasses.is_dataclass(obj):
+            return obj
+        hidden = _NOT_IN_RECIPES.get(type(obj), set()) | {"source_path"}
+        return {f.name: strip(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in hidden}
+
+    return yaml.safe_dump(strip(recipe), sort_keys=False)
 
 
 def _apply_override(root: yaml.MappingNode, item: str) -> yaml.MappingNode:

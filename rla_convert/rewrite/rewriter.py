@@ -118,7 +118,8 @@ def _build_layer(module, site: Site, adapter, index, model, config: ConversionCo
     kwargs = adapter.layer_kwargs(module, site, getattr(model, "config", None))
     if adapter.source_kind == "softmax":
         kwargs["rope"] = kwargs.get("rope", False) and config.keep_rope
-        kwargs.update(conv_size=config.conv_size, output_gate=config.output_gate)
+        # without an output norm, the op's output scale must meet what the reused o_proj expects: a gain learns it
+        kwargs.update(conv_size=config.conv_size, output_gate=config.output_gate, output_scale=not config.output_gate)
     kwargs.update(variant=config.variant, clip=config.clip, residual=config.residual, layer_idx=index,
                   call_style=adapter.call_style, backend=config.backend)
     reference = next(module.parameters())
@@ -135,6 +136,7 @@ def _build_layer(module, site: Site, adapter, index, model, config: ConversionCo
                 conv.weight.zero_()
                 conv.weight[..., -1] = 1.0
     initialise_gates(layer, strategy, reused, config.seed)
+    layer.reused_parameters = sorted(reused)  # distillation trains the rest first (rla_convert.distill)
     layer.to(device=reference.device, dtype=reference.dtype)
     spec = {"path": site.path, "source_class": site.class_name, "adapter": adapter.name, "kwargs": kwargs}
     return layer, spec

@@ -1,0 +1,220 @@
+"""`rla-convert distill` and `export` of a run: on a tiny random Llama with a tokenizer trained in the test,
+and (slow) the CPU smoke recipe on the bundled SmolLM2-135M."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rla_convert.distill.recipe import load_recipe
+from rla_convert.distill.trainer import DistillError, DistillRun
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("the grass is green sky blue sun yellow here we go there and back again what pass key "
+         "remember it a of to in is was for on with as by at from").split()
+
+
+def _text(n_words, seed):
+    g = torch.Generator().manual_seed(seed)
+    # a little structure (repeated phrases) so the teacher is not pure noise to imitate
+    idx = torch.randint(len(WORDS), (n_words,), generator=g)
+    return " ".join(WORDS[i] for i in idx)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("distill")
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    fast.save_pretrained(root / "model")
+    data = root / "data"
+    data.mkdir()
+    for i in range(40):
+        (data / f"doc{i:02d}.txt").write_text(_text(120, seed=i))
+    return root
+
+
+def write_recipe(tmp_path, tiny, name="recipe.yaml", **overrides):
+    fields = {
+        "model": str(tiny / "model"), "data.train": str(tiny / "data"), "data.seq_len": 32,
+        "data.heldout_fraction": 0.1, "data.cache_dir": str(tmp_path / "cache"),
+        "stage1.steps": 6, "stage1.lr": 0.02, "stage1.batch_size": 2, "stage1.warmup_steps": 1,
+        "stage2.steps": 6, "stage2.lr": 0.003, "stage2.batch_size": 2, "stage2.warmup_steps": 1,
+        "stage2.lora.r": 2, "stage2.lora.alpha": 4, "eval.every": 0, "eval.tokens": 256,
+        "precision": "fp32", "device": "cpu", "output": str(tmp_path / "run"), "log_every": 1, "checkpoint_every": 2,
+    }
+    fields.update(overrides)
+    lines = []
+    for key, value in fields.items():  # nested YAML from dotted keys, one level deep at most two
+        lines.append((key.split("."), value))
+    tree: dict = {}
+    for keys, value in lines:
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(rows):
+    return {(r["stage"], r["step"]): r["loss"] for r in rows if "loss" in r}
+
+
+def cli(*args):
+    from rla_convert.cli import main
+
+    try:
+        return main(list(args))
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("rla-convert: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    run = DistillRun(load_recipe(write_recipe(tmp, tiny)), progress=False)
+    summary = run.run()
+    return run, summary, tmp / "run"
+
+
+def test_a_run_writes_metrics_artifact_and_summary(finished_run):
+    run, summary, run_dir = finished_run
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows if r["stage"] == "stage1" and "loss" in r] == list(range(1, 7))
+    assert {"kl", "ce", "tokens_per_s"} <= set(next(r for r in rows if r["stage"] == "stage2" and "loss" in r))
+    assert (run_dir / "final" / "trainable.safetensors").stat().st_size < 200_000  # trained parameters only
+    assert (run_dir / "losses.png").stat().st_size > 0
+    for key in ("ppl_ratio_before", "ppl_ratio_stage1", "ppl_ratio_stage2"):
+        assert summary[key] > 0 and summary[key] == summary[key]
+    first, last = losses(rows)[("stage1", 1)], losses(rows)[("stage1", 6)]
+    assert last < first, (first, last)
+
+
+def test_resumed_run_follows_the_uninterrupted_trajectory(finished_run, tiny, tmp_path):
+    _, _, reference_dir = finished_run
+    recipe = write_recipe(tmp_path, tiny)
+    assert DistillRun(load_recipe(recipe), progress=False, stop_after=4).run() == {"stopped": True}  # inside stage 1
+    assert DistillRun(load_recipe(recipe), resume=True, progress=False, stop_after=5).run() == {"stopped": True}  # stage 2
+    DistillRun(load_recipe(recipe), resume=True, progress=False).run()
+    expected, got = losses(metrics(reference_dir)), losses(metrics(tmp_path / "run"))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
+    from safetensors.torch import load_file
+
+    a = load_file(reference_dir / "final" / "trainable.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_export_merges_the_run_into_a_loadable_checkpoint(finished_run, tmp_path, capsys):
+    import transformers as tf
+
+    run, summary, run_dir = finished_run
+    assert cli("export", str(run_dir), "--out", str(tmp_path / "exported")) in (0, None)
+    assert "wrote" in capsys.readouterr().out
+    loaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    ids = torch.randint(3, loaded.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = run.peft_model.eval()(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tiny, tmp_path, monkeypatch):
+    from rla_convert.distill import trainer
+
+    calls = {"n": 0}
+    real = trainer.relative_mse
+
+    def flaky(pred, target):  # step 3's batch (both layers) gives NaN once
+        calls["n"] += 1
+        out = real(pred, target)
+        return out * float("nan") if calls["n"] in (5, 6) else out
+
+    monkeypatch.setattr(trainer, "relative_mse", flaky)
+    DistillRun(load_recipe(write_recipe(tmp_path, tiny, **{"stage2.steps": 1})), progress=False).run()
+    rows = metrics(tmp_path / "run")
+    assert [r["step"] for r in rows if r.get("skipped")] == [2]
+    assert (tmp_path / "run" / "final").is_dir()
+
+    monkeypatch.setattr(trainer, "relative_mse", lambda p, t: real(p, t) * float("nan"))
+    out = tmp_path / "nan-run"
+    with pytest.raises(DistillError, match="consecutive steps with a non-finite loss"):
+        DistillRun(load_recipe(write_recipe(tmp_path, tiny, "nan.yaml", output=str(out), **{"stage1.steps": 8})),
+                   progress=False).run()
+    assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"data.train": "missing.jsonl"}, "does not exist"),
+    ({"data.seq_len": 512}, "over the model's maximum of 128"),
+    ({"stage1.steps": "ten"}, "stage1.steps' must be an integer"),
+    ({"precision": "bf16"}, "needs a CUDA device"),
+])
+def test_bad_recipes_are_one_line_exit_2(tiny, tmp_path, capsys, overrides, expected):
+    recipe = write_recipe(tmp_path, tiny, **overrides)
+    assert cli("distill", str(recipe)) == 2
+    assert expected in one_error_line(capsys)
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_empty_dataset_is_one_line(tiny, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("")
+    assert cli("distill", str(write_recipe(tmp_path, tiny, **{"data.train": str(tmp_path / "empty")}))) == 2
+    assert "fewer than seq_len=32 + 1 training tokens" in one_error_line(capsys)
+
+
+def test_resume_and_reuse_of_output_dirs_are_checked(tiny, tmp_path, capsys):
+    recipe = write_recipe(tmp_path, tiny)
+    assert cli("distill", str(recipe), "--resume") == 2
+    assert "no checkpoint to resume from" in one_error_line(capsys)
+    assert cli("distill", str(recipe), "--stop-after", "2") in (0, None)
+    assert "--resume" in capsys.readouterr().out
+    assert cli("distill", str(recipe)) == 2
+    assert "already holds a run" in one_error_line(capsys)
+    other = write_recipe(tmp_path, tiny, "other.yaml", **{"stage1.lr": 0.5})
+    assert cli("distill", str(other), "--resume") == 2
+    assert "another recipe" in one_error_line(capsys)
+
+
+@pytest.mark.slow
+def test_cpu_smoke_recipe_lowers_both_losses(tmp_path):
+    """The README's smoke recipe on the bundled SmolLM2-135M (PyTorch backend): both stages learn."""
+    recipe = load_recipe(ROOT / "recipes" / "cpu-smoke.yaml",
+                         [f"output={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}"])
+    summary = DistillRun(recipe, progress=False).run()
+    rows = metrics(tmp_path / "run")
+    stage1 = [r["loss"] for r in rows if r["stage"] == "stage1" and "loss" in r]
+    stage2 = [r["loss"] for r in rows if r["stage"] == "stage2" and "loss" in r]
+    assert sum(stage1[-3:]) / 3 < 0.9 * sum(stage1[:3]) / 3, stage1
+    half = len(stage2) // 2
+    assert sum(stage2[half:]) / (len(stage2) - half) < sum(stage2[:half]) / half, stage2
+    # held-out perplexity (text training never sees) improves at each stage
+    assert summary["ppl_ratio_stage2"] < summary["ppl_ratio_stage1"] < summary["ppl_ratio_before"], summary
