@@ -95,4 +95,7 @@ def load_checkpoint(name_or_path: str, dtype=None, with_tokenizer: bool = True, 
             tokenizer = AutoTokenizer.from_pretrained(str(source.directory), **source.pretrained_kwargs())
         except (OSError, ValueError) as err:
             raise UserError(f"could not load the tokenizer of {name_or_path!r}: {err}") from None
+    from .compat import patch_device_bound_kernels
+
+    patch_device_bound_kernels()  # the model's module is imported now
     return model, tokenizer

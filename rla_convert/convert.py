@@ -46,6 +46,9 @@ def convert_model(model: nn.Module, config: ConversionConfig, progress=None, dri
     A transformers model becomes an ``RLA<Base>`` instance with an RLAConfig (so save_pretrained writes
     a loadable RLA checkpoint); any other nn.Module keeps its class.
     """
+    from .compat import patch_device_bound_kernels
+
+    patch_device_bound_kernels()
     torch.manual_seed(config.seed)
     ids = example_input_ids(model, drift_tokens)
     was_training = model.training

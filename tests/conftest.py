@@ -23,3 +23,33 @@ def pytest_collection_modifyitems(config, items):
 def _seed_per_test(request):
     """Fresh but reproducible random inputs: each test gets its own seed from its name."""
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+WORDS = ("the grass is green sky blue sun yellow here we go there and back again what pass key "
+         "remember it a of to in is was for on with as by at from").split()
+
+
+def word_text(n_words: int, seed: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n_words,), generator=g))
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """A word-level tokenizer trained in the test (nothing downloaded), for tiny random checkpoints."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def word_corpus(tmp_path_factory):
+    """A directory of 40 short text documents for distillation runs."""
+    data = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        (data / f"doc{i:02d}.txt").write_text(word_text(120, seed=i))
+    return data

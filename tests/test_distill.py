@@ -10,37 +10,20 @@ from rla_convert.distill.recipe import load_recipe
 from rla_convert.distill.trainer import DistillError, DistillRun
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("the grass is green sky blue sun yellow here we go there and back again what pass key "
-         "remember it a of to in is was for on with as by at from").split()
-
-
-def _text(n_words, seed):
-    g = torch.Generator().manual_seed(seed)
-    # a little structure (repeated phrases) so the teacher is not pure noise to imitate
-    idx = torch.randint(len(WORDS), (n_words,), generator=g)
-    return " ".join(WORDS[i] for i in idx)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+def tiny(tmp_path_factory, word_tokenizer, word_corpus):
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("distill")
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(word_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
-    data = root / "data"
-    data.mkdir()
-    for i in range(40):
-        (data / f"doc{i:02d}.txt").write_text(_text(120, seed=i))
+    word_tokenizer.save_pretrained(root / "model")
+    (root / "data").symlink_to(word_corpus, target_is_directory=True)
     return root
 
 
