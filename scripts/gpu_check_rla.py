@@ -126,18 +126,20 @@ def main():
     ap.add_argument("--all-configs", action="store_true", help="check every autotune config at two shapes")
     ap.add_argument("--bench", action="store_true", help="autotuned timings at B=4, T=8192, H=16, D=128")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (set TRITON_INTERPRET=1)")
+    ap.add_argument("--case", default="", help="only the cases whose name contains this text")
     args = ap.parse_args()
+    cases = [c for c in CASES if args.case in c[0]]
     import triton
     where = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
     print(f"device {where}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"{'case':<34} " + " ".join(f"{c:>8}" for c in COLUMNS) + f" {'worst':>8}  status")
     t0 = time.time()
     failed = 0
-    for name, B, T, H, K, dtype, clip, residual, lengths, states in CASES:
+    for name, B, T, H, K, dtype, clip, residual, lengths, states in cases:
         errs, worst, ok = run_case(name, B, T, H, K, dtype, clip, residual, lengths, states)
         print_row(name, errs, worst, ok)
         failed += not ok
-    print(f"correctness: {len(CASES) - failed}/{len(CASES)} ok in {time.time() - t0:.0f} s (fixed config)")
+    print(f"correctness: {len(cases) - failed}/{len(cases)} ok in {time.time() - t0:.0f} s (fixed config)")
 
     if args.all_configs:
         for cfg in all_configs():

@@ -201,3 +201,24 @@ def test_cpu_smoke_recipe_lowers_both_losses(tmp_path):
     assert sum(stage2[half:]) / (len(stage2) - half) < sum(stage2[:half]) / half, stage2
     # held-out perplexity (text training never sees) improves at each stage
     assert summary["ppl_ratio_stage2"] < summary["ppl_ratio_stage1"] < summary["ppl_ratio_before"], summary
+
+
+@pytest.mark.gpu
+def test_distill_runs_on_the_gpu_in_bf16_with_triton_kernels(tmp_path, word_tokenizer, word_corpus):
+    """The GPU path of a run: bf16 autocast around the Triton chunk kernels, head dim 64 as SmolLM2's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tiny = tmp_path / "tiny"
+    cfg = LlamaConfig(vocab_size=len(word_tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    LlamaForCausalLM(cfg).save_pretrained(tiny / "model")
+    word_tokenizer.save_pretrained(tiny / "model")
+    (tiny / "data").symlink_to(word_corpus, target_is_directory=True)
+    overrides = {"precision": "bf16", "device": "cuda", "stage1.steps": 8, "stage2.steps": 4, "data.seq_len": 128}
+    run = DistillRun(load_recipe(write_recipe(tmp_path, tiny, **overrides)), progress=False)
+    summary = run.run()
+    rows = metrics(tmp_path / "run")
+    stage1 = [r["loss"] for r in rows if r["stage"] == "stage1" and "loss" in r]
+    assert all(torch.isfinite(torch.tensor(stage1))) and stage1[-1] < stage1[0], stage1
+    assert torch.isfinite(torch.tensor(summary["ppl_ratio_stage2"]))
+    assert next(run.student.parameters()).is_cuda

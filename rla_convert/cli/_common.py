@@ -32,4 +32,4 @@ def main_entry(cli: click.Group, argv=None):
 
 def not_built(command: str, issue: int):
     """Body of a subcommand the toolkit names but has not built yet."""
-    raise NotBuiltError(f"'rla-convert {command}' is not built yet (tracked in issue #{issue}); available now: info, convert")
+    raise NotBuiltError(f"'rla-convert {command}' is not built yet (tracked in issue #{issue})")
