@@ -129,6 +129,15 @@ def test_export_merges_the_run_into_a_loadable_checkpoint(finished_run, tmp_path
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
 
 
+def test_eval_reads_a_run_dir_as_its_merged_model(finished_run, tmp_path, word_corpus):
+    run, summary, run_dir = finished_run
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join((word_corpus / f"doc{i:02d}.txt").read_text() for i in range(4)))
+    assert cli("eval", str(run_dir), "--text", str(text), "--window", "32", "--json", str(tmp_path / "r.json")) in (0, None)
+    ppl = json.loads((tmp_path / "r.json").read_text())["perplexity"]["perplexity"]
+    assert 1 < ppl < float("inf")
+
+
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny, tmp_path, monkeypatch):
     from rla_convert.distill import trainer
 

@@ -48,7 +48,8 @@ def eval_cmd(model, text_path, window, max_tokens, batch_size, passkey_lengths, 
              agreement_prompts, device, dtype, json_path):
     """Perplexity on held-out text, passkey retrieval, and greedy agreement with a teacher.
 
-    MODEL is a bundled name, a checkpoint directory (a converted export too) or a .gguf file.
+    MODEL is a bundled name, a checkpoint directory (a converted export too), a .gguf file, or the output
+    directory of a finished `rla-convert distill` run.
     """
     import torch
 
@@ -63,7 +64,13 @@ def eval_cmd(model, text_path, window, max_tokens, batch_size, passkey_lengths, 
     torch_dtype = getattr(torch, dtype)
     text = load_text(text_path) if text_path else None  # read before the slow model load: fail fast
 
-    lm, tokenizer = load_checkpoint(model, dtype=torch_dtype)
+    from ..distill.artifact import is_run_dir, load_distilled
+
+    if is_run_dir(model):  # a distillation run: its base model, converted, with the trained parameters merged
+        run = load_distilled(model, dtype=torch_dtype)
+        lm, tokenizer = run.model, run.tokenizer
+    else:
+        lm, tokenizer = load_checkpoint(model, dtype=torch_dtype)
     lm.to(dev).eval()
     results = {"model": model, "device": str(dev), "dtype": dtype}
     if text is not None:
