@@ -223,7 +223,8 @@ def test_distill_runs_on_the_gpu_in_bf16_with_triton_kernels(tmp_path, word_toke
     LlamaForCausalLM(cfg).save_pretrained(tiny / "model")
     word_tokenizer.save_pretrained(tiny / "model")
     (tiny / "data").symlink_to(word_corpus, target_is_directory=True)
-    overrides = {"precision": "bf16", "device": "cuda", "stage1.steps": 8, "stage2.steps": 4, "data.seq_len": 128}
+    overrides = {"precision": "bf16", "device": "cuda", "stage1.steps": 8, "stage2.steps": 4, "data.seq_len": 64,
+                 "data.heldout_fraction": 0.25}
     run = DistillRun(load_recipe(write_recipe(tmp_path, tiny, **overrides)), progress=False)
     summary = run.run()
     rows = metrics(tmp_path / "run")

@@ -197,7 +197,8 @@ class DistillRun:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r.precision]
         self.teacher.to(self.device, dtype).eval().requires_grad_(False)
         self.student.to(self.device)
-        self.autocast = (torch.autocast("cuda", dtype=dtype) if dtype != torch.float32 else nullcontext)
+        # a factory: each use needs a fresh context manager
+        self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype != torch.float32 else nullcontext
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     def _convert(self, teacher):

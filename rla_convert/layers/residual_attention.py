@@ -185,7 +185,8 @@ class ResidualAttention(nn.Module):
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         else:
             q, k = F.silu(q), F.silu(k)
-        q, k = _l2norm(q), _l2norm(k)
+        # under autocast RoPE's fp32 cos/sin promote q and k while v stays bf16: the kernels take one dtype
+        q, k = _l2norm(q).to(v.dtype), _l2norm(k).to(v.dtype)
         q, k, v = (self._repeat(t) for t in (q, k, v))
 
         gate_dtype = torch.promote_types(x.dtype, torch.float32)  # decay in fp32 at least: bf16 would round a to 1
