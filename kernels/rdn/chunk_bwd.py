@@ -36,6 +36,22 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
 
 
 @triton.jit
+def _clip_input_fp32(b_k, b_v, b_s, b_tb, b_beta, b_eG, b_eGp, b_Mk):
+    """x = v - sk again, its S-path dots at tf32x3 (~fp32) instead of tf32, for the clip's mask only.
+
+    The clip's gradient jumps where |x| crosses c: an element whose x lies within the rounding error of x
+    of +-c gets the other side than the exact recurrence, and its dv (and the rest of its chain) moves
+    by a whole dL/dr ~ 0.1..1 against ||dv|| ~ 60 in the bf16 K=128 GPU check: one such element decides
+    dv's relative error there (1.3e-2), the other gradients hardly notice. tf32 leaves x with a relative
+    error ~5e-4; these three dots (k S0, T_beta (beta yv), Mk U) are the in-chunk part of it, and tf32x3
+    removes that part (the chunk-start state S0 from the forward walk keeps its own). Only the mask reads
+    this x; everything else keeps the tf32 values of chunk_forward."""
+    b_ks = tl.dot(b_k, b_s, input_precision="tf32x3")
+    b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision="tf32x3")
+    return b_v - (b_eGp * b_ks + tl.dot(b_Mk, b_u, input_precision="tf32x3"))
+
+
+@triton.jit
 def _sum_all(x):
     return tl.sum(tl.sum(x, axis=1), axis=0)
 
@@ -121,6 +137,9 @@ def _rdn_bwd_kernel(
         b_dG += tl.sum(b_dkr * b_kr, axis=1)
 
         # res = rho(v - sk)
+        if RESIDUAL == 1:
+            if DOT_PREC == "tf32":
+                b_x = _clip_input_fp32(b_k, b_v, b_s, b_tb, b_beta, b_eG, b_eGp, b_Mk)
         b_dxv = _rho_grad(b_x, b_res, clip, RESIDUAL) * b_dres
         b_dv = b_dxv
         b_dsk = -b_dxv
