@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import autotune, exp_where, load_tile, store_tile, warps_stages_configs
+from ..triton_utils import autotune, dot_split, exp_where, load_tile, store_tile, warps_stages_configs
 from .chunk_fwd import _chunk_coords, _seq_bounds
 
 
@@ -113,7 +113,15 @@ def _rla_bwd_states_kernel(
 
         # 1. R path, then through rho into the residual's inputs.
         b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
-        b_Y += b_to_end[:, None] * tl.dot(b_k, b_dhr.to(DT), input_precision=DOT_PREC)
+        # dh' (fp32) reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv||
+        # (last tokens): dh' keeps ~16 bits there (bf16 hi + lo halves, dot_split) instead of one bf16 cast,
+        # whose 2^-9 went straight into them (bf16 K=128, emulated: dv's error off the clip's edge 2.5e-3 ->
+        # 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3). Cost: one more bf16 dot each and one
+        # [BK, BV] bf16 tile (+8 KiB: 53-62 KiB at K=128 on sm_90, H100 has 227).
+        # dv's larger error at bf16 is not here: it is elements whose residual input lies within the
+        # rerun's rounding of +-clip and land on the other side than exact math (_drho_from_residual
+        # reads the rerun's r), each moving dv by a whole gamma Y; see chunk_fwd's states walk.
+        b_Y += b_to_end[:, None] * dot_split(b_k, b_dhr, DOT_PREC)
         tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
         b_de = b_gamma[:, None] * b_Y * _drho_from_residual(b_r, clip, RESIDUAL)
         b_du = -b_de
@@ -124,7 +132,7 @@ def _rla_bwd_states_kernel(
         b_Ak = b_Ak * exp_where(key_lt_query, b_Gm[None, :] - b_G[:, None])
         b_X = tl.dot(tl.where(key_lt_query, b_Aq, 0.0).to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
         b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
-        b_X += b_to_end[:, None] * tl.dot(b_k, b_dhs.to(DT), input_precision=DOT_PREC)
+        b_X += b_to_end[:, None] * dot_split(b_k, b_dhs, DOT_PREC)
         tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v.to(tl.float32) * b_X, axis=1), mask=in_seq)
         store_tile(dv + tok_v, b_beta[:, None] * b_X + b_de, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 

@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 # On a GPU every autotune config is its own compile; one fixed config keeps the gpu test short (the
 # per-config sweep is scripts/gpu_check_rla.py --all-configs). Only effective if set before the kernels
@@ -18,6 +20,7 @@ os.environ.setdefault("RLA_KERNELS_FIXED_CONFIG", "1")
 from rla_kernels import naive_recurrent_rla  # noqa: E402
 from rla_kernels.residual import apply_residual  # noqa: E402
 from rla_kernels.rla.chunk import chunk_rla_bwd, chunk_rla_fwd  # noqa: E402
+from rla_kernels.triton_utils import dot_split  # noqa: E402
 
 # (clip, residual): clip=1 with values scaled up saturates many elements; None is the raw residual.
 RESIDUALS = {"clip": (1.0, "clip"), "tanh": (0.7, "tanh"), "none": (None, "clip")}
@@ -166,3 +169,26 @@ def test_gpu_real_shapes(K, dtype):
     cu_seqlens = torch.tensor([0, 300, 301, 1000], dtype=torch.int32, device="cuda")
     inputs, S0, R0 = make_inputs(B=1, T=1000, H=4, K=K, V=K, N=3, dtype=dtype, device="cuda")
     check(inputs, S0, R0, K ** -0.5, 0.5, "tanh", cu_seqlens=cu_seqlens, tol=tol)
+
+
+@triton.jit
+def _dot_split_kernel(a, b, out, plain, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
+    rm, rk, rn = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
+    ta = tl.load(a + rm[:, None] * K + rk[None, :])
+    tb = tl.load(b + rk[:, None] * N + rn[None, :])
+    tl.store(out + rm[:, None] * N + rn[None, :], dot_split(ta, tb, "tf32"))
+    tl.store(plain + rm[:, None] * N + rn[None, :], tl.dot(ta, tb.to(ta.dtype)))
+
+
+@pytest.mark.gpu
+def test_gpu_dot_split_keeps_the_fp32_operand():
+    """k^T dh' in the backward: bf16 k times an fp32 tile, split into bf16 hi + lo, is ~2^-16 accurate where
+    one bf16 cast of the fp32 tile gives ~1e-3 (the interpreter cannot check this: it multiplies bf16 tiles
+    as raw bits, which is why the chunk kernels run fp32 dots there)."""
+    a = torch.randn(64, 128, device="cuda").to(torch.bfloat16)
+    b = torch.randn(128, 32, device="cuda")
+    out, plain = (torch.empty(64, 32, device="cuda") for _ in range(2))
+    _dot_split_kernel[(1,)](a, b, out, plain, M=64, K=128, N=32)
+    ref = a.double() @ b.double()
+    assert rel_err(out, ref) < 3e-5
+    assert rel_err(plain, ref) > 3e-4  # what the split is for
