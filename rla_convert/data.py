@@ -140,18 +140,19 @@ def tokenize_documents(path, tokenizer, heldout_fraction: float = 0.0, seed: int
     parts = {False: [], True: []}
     counts = {False: 0, True: 0}
     n_docs = 0
-    next(iter_documents(path), None)  # a bad source is reported before a progress bar is drawn
     bar = tqdm(desc=f"tokenising {path.name}", unit="tok", unit_scale=True, disable=not progress)
-    for i, doc in enumerate(iter_documents(path)):
-        n_docs += 1
-        held = heldout_fraction > 0 and is_heldout(i, heldout_fraction, seed)
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"] + [eos]
-        parts[held].append(np.asarray(ids, dtype=dtype))
-        counts[held] += len(ids)
-        bar.update(len(ids))
-        if max_tokens and counts[False] >= max_tokens and (heldout_fraction == 0 or counts[True] > 0):
-            break
-    bar.close()
+    try:  # closing the bar on an error too ends its line: the error message then starts on its own
+        for i, doc in enumerate(iter_documents(path)):
+            n_docs += 1
+            held = heldout_fraction > 0 and is_heldout(i, heldout_fraction, seed)
+            ids = tokenizer(doc, add_special_tokens=False)["input_ids"] + [eos]
+            parts[held].append(np.asarray(ids, dtype=dtype))
+            counts[held] += len(ids)
+            bar.update(len(ids))
+            if max_tokens and counts[False] >= max_tokens and (heldout_fraction == 0 or counts[True] > 0):
+                break
+    finally:
+        bar.close()
     if n_docs == 0 or counts[False] + counts[True] == 0:
         raise UserError(f"{path}: the data holds no text")
     streams = TokenStreams(

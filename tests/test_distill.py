@@ -37,15 +37,13 @@ def write_recipe(tmp_path, tiny, name="recipe.yaml", **overrides):
         "precision": "fp32", "device": "cpu", "output": str(tmp_path / "run"), "log_every": 1, "checkpoint_every": 2,
     }
     fields.update(overrides)
-    lines = []
-    for key, value in fields.items():  # nested YAML from dotted keys, one level deep at most two
-        lines.append((key.split("."), value))
-    tree: dict = {}
-    for keys, value in lines:
+    tree: dict = {}  # nested YAML from the dotted keys
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
         node = tree
-        for k in keys[:-1]:
+        for k in parents:
             node = node.setdefault(k, {})
-        node[keys[-1]] = value
+        node[leaf] = value
     import yaml
 
     path = tmp_path / name

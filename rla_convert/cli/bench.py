@@ -71,15 +71,8 @@ def kernels(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_context
     else:
         doc = _measure(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_contexts, decode_batch,
                        no_decode, cpu_smoke, no_progress, plot_path)
-    if json_path and not from_json:
-        Path(json_path).write_text(json.dumps(doc, indent=1) + "\n")
-    click.echo(plot.text_table(doc))
-    if markdown_path == "-":
-        click.echo("\n" + plot.markdown(doc))
-    elif markdown_path:
-        Path(markdown_path).write_text(plot.markdown(doc))
-    if plot_path and _have_matplotlib():
-        plot.save_plot(doc, plot_path)
+    _write_outputs(doc, None if from_json else json_path, markdown_path, plot_path,
+                   plot.text_table, plot.markdown, plot.save_plot)
 
 
 def _have_matplotlib() -> bool:
@@ -180,7 +173,8 @@ def model(teacher, converted, contexts, decode_contexts, batches, throughput_con
     infos = {role: model_info(m, name) for (role, m), name in zip(models.items(), (teacher, converted))}
     with _one_thread_if(cpu_smoke):
         points = _run_model_points(settings, models, device, no_progress)
-    _write_model_outputs(results_document(settings, points, device, infos), json_path, markdown_path, plot_path, plot)
+    _write_outputs(results_document(settings, points, device, infos), json_path, markdown_path, plot_path,
+                   plot.model_text_table, plot.model_markdown, plot.save_model_plot)
 
 
 def _model_settings(teacher, converted, contexts, decode_contexts, batches, throughput_context, steps, dtype,
@@ -267,13 +261,14 @@ def _run_model_points(settings, models, device, no_progress):
                            steps=settings.steps, report=report)
 
 
-def _write_model_outputs(doc, json_path, markdown_path, plot_path, plot):
+def _write_outputs(doc, json_path, markdown_path, plot_path, text_table, markdown, save_plot):
+    """The terminal table, then JSON, markdown ("-": the terminal) and PNG where asked; both bench commands."""
     if json_path:
         Path(json_path).write_text(json.dumps(doc, indent=1) + "\n")
-    click.echo(plot.model_text_table(doc))
+    click.echo(text_table(doc))
     if markdown_path == "-":
-        click.echo("\n" + plot.model_markdown(doc))
+        click.echo("\n" + markdown(doc))
     elif markdown_path:
-        Path(markdown_path).write_text(plot.model_markdown(doc))
+        Path(markdown_path).write_text(markdown(doc))
     if plot_path and _have_matplotlib():
-        plot.save_model_plot(doc, plot_path)
+        save_plot(doc, plot_path)
