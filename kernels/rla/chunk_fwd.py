@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import autotune, exp_where, load_tile, store_tile, warps_stages_configs
+from ..triton_utils import autotune, dot_split, exp_where, load_tile, store_tile, warps_stages_configs
 from .fused_recurrent import _rho
 
 
@@ -95,16 +95,20 @@ def _rla_fwd_states_kernel(
         # Key queries u_t = S_{t-1}^T k_t: the undecayed state before token t.
         b_A = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
         b_A = b_A * exp_where(strict, b_Gm[:, None] - b_G[None, :]) * b_beta[None, :]
-        b_u = tl.dot(b_k, b_hs.to(DT), input_precision=DOT_PREC) * tl.exp(b_Gm)[:, None]
-        b_u += tl.dot(b_A.to(DT), b_v, input_precision=DOT_PREC)
+        # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this walk: an
+        # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
+        # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the fp32 state
+        # h_S, the decayed matrix A and the S increment are hi + lo bf16 halves (dot_split), k and v exact.
+        b_u = dot_split(b_k, b_hs, DOT_PREC) * tl.exp(b_Gm)[:, None]
+        b_u += dot_split(b_A, b_v, DOT_PREC)
         b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
         store_tile(res + (bos * H + i_h) * V, b_res, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
         # Advance both states to the chunk end.
         b_to_end = tl.exp(b_GL - b_G)
-        b_ks = (b_k.to(tl.float32) * (b_to_end * b_beta)[:, None]).to(DT)
+        b_ks = b_k.to(tl.float32) * (b_to_end * b_beta)[:, None]
         b_kr = (b_k.to(tl.float32) * (b_to_end * b_gamma)[:, None]).to(DT)
-        b_hs = b_hs * tl.exp(b_GL) + tl.dot(tl.trans(b_ks), b_v, input_precision=DOT_PREC)
+        b_hs = b_hs * tl.exp(b_GL) + dot_split(tl.trans(b_ks), b_v, DOT_PREC)
         b_hr = b_hr * tl.exp(b_GL) + tl.dot(tl.trans(b_kr), b_res.to(DT), input_precision=DOT_PREC)
 
     store_tile(s_out + i_nh * K * V, b_hs, 0, K, V, i_v * BV, V, BK, BV)
