@@ -39,6 +39,27 @@ def test_is_kernels_available_unchanged_by_the_toolkit(tmp_path):
     assert from_root.stdout.strip().splitlines()[-1].split()[0] == without.stdout.strip().split()[0]
 
 
+def test_the_source_folder_found_as_kernels_registers_nothing():
+    # `python -c` / `python -m` from the checkout put it on sys.path; transformers' probe then imports our
+    # folder as `kernels`. That copy must stay empty: a second registration of the torch.library ops would
+    # bind them to a second copy of every module (seen: the ops stopped reaching rla_kernels.library).
+    code = (
+        "import sys, torch, rla_kernels; import rla_kernels.library as lib; import transformers.modeling_utils\n"
+        "import kernels\n"
+        "asked = []; real = lib.triton_function\n"
+        "lib.triton_function = lambda *a: asked.append(a[2]) or real(*a)\n"
+        "x = torch.randn(1, 1, 1, 16)\n"
+        "state = (torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16, 16))\n"
+        "g, b = torch.full((1, 1, 1), -0.1), torch.full((1, 1, 1), 0.5)\n"
+        "rla_kernels.rla(x, x, x, g, b, b, initial_state=state, output_final_state=True, backend='triton')\n"
+        "print(sorted(vars(kernels)).count('rla'), asked)\n"
+    )
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0", "['fused_recurrent_rla_fwd']"], run.stdout
+
+
 def test_every_package_folder_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = set()
