@@ -21,7 +21,7 @@ import sys
 import time
 
 if "--tune" not in sys.argv:
-    os.environ["RDN_TRITON_ONE_CONFIG"] = "1"  # one compile per kernel variant: keeps the check short
+    os.environ["RLA_KERNELS_FIXED_CONFIG"] = "1"  # one compile per kernel variant: keeps the check short
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

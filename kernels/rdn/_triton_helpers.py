@@ -1,9 +1,10 @@
 """Small Triton helpers private to the RDN chunk kernels (the shared ones live in kernels/triton_utils.py,
 owned by the RLA kernels; these are kept here so the RDN kernels do not depend on its evolution).
 
-- ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 there is no GPU to benchmark on, so the
+- ``autotune``: under TRITON_INTERPRET=1 there is no GPU to benchmark on, so the
   autotuner gets its first config only (Triton launches a single config without benchmarking); the
-  environment variable RDN_TRITON_ONE_CONFIG=1 does the same on a GPU (quick checks: one compile each).
+  environment variable RLA_KERNELS_FIXED_CONFIG=1 (one switch for both ops, read in triton_utils) does
+  the same on a GPU (quick checks: one compile each).
 - ``load_tile`` / ``store_tile``: masked tiles of a row-major matrix (outside reads 0, is not written).
 - ``exp_masked``: exp of an exponent only where a mask holds, 0 elsewhere, so an exponent that would
   overflow outside the causal triangle never meets a multiply by 0 (inf * 0 = NaN).
@@ -11,14 +12,12 @@ owned by the RLA kernels; these are kept here so the RDN kernels do not depend o
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_ONE_CONFIG = INTERPRET or os.environ.get("RDN_TRITON_ONE_CONFIG") == "1"
+from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG
 
 
 def autotune(configs: list, key: list):
