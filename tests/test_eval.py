@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -87,6 +88,30 @@ def test_passkey_accuracy_is_a_share(tiny_model_dir):
     model, tok = _load(tiny_model_dir)
     res = passkey_accuracy(model, tok, 128, n_prompts=2, progress=False)
     assert res["prompts"] == 2 and 0.0 <= res["accuracy"] <= 1.0
+
+
+class _PeekingModel(torch.nn.Module):
+    """Predicts each position's next input token (it sees the future): a perfect passkey reader.
+
+    With ``miss_last`` it gets the very last token wrong, i.e. the last digit of the appended answer.
+    """
+
+    def __init__(self, vocab: int, miss_last: bool = False):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.miss_last = vocab, miss_last
+
+    def forward(self, input_ids, use_cache=False):
+        nxt = torch.roll(input_ids, -1, dims=1)
+        if self.miss_last:
+            nxt[:, -2] = (nxt[:, -2] + 1) % self.vocab
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, self.vocab).float())
+
+
+def test_passkey_scores_the_answer_positions_exactly(tiny_model_dir):
+    _, tok = _load(tiny_model_dir)
+    assert passkey_accuracy(_PeekingModel(len(tok)), tok, 128, n_prompts=3, progress=False)["accuracy"] == 1.0
+    assert passkey_accuracy(_PeekingModel(len(tok), miss_last=True), tok, 128, n_prompts=3, progress=False)["accuracy"] == 0.0
 
 
 def _cli(*args):
