@@ -113,6 +113,26 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(finished_run, tiny, tm
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_stage1_lora_trains_adapters_that_stage2_continues(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    def recipe(name):
+        return load_recipe(write_recipe(tmp_path, tiny, name=f"{name}.yaml", output=str(tmp_path / name),
+                                        **{"stage1.lora": True, "stage1.lora_lr": 0.01}))
+
+    DistillRun(recipe("whole"), progress=False).run()
+    stage1 = load_file(tmp_path / "whole" / "checkpoints" / "stage1-final.safetensors")
+    lora_b = [t for n, t in stage1.items() if "lora_B" in n]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # peft starts B at 0: stage 1 moved every adapter
+    # stopped in stage 2, the resumed run must rebuild the adapters before loading stage 1's result
+    assert DistillRun(recipe("split"), progress=False, stop_after=8).run() == {"stopped": True}
+    DistillRun(recipe("split"), resume=True, progress=False).run()
+    expected, got = losses(metrics(tmp_path / "whole")), losses(metrics(tmp_path / "split"))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
+
+
 def test_export_merges_the_run_into_a_loadable_checkpoint(finished_run, tmp_path, capsys):
     import transformers as tf
 

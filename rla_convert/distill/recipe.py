@@ -50,6 +50,10 @@ class Stage1Spec:
     grad_accum: int = 1
     warmup_steps: int = 20
     weight_decay: float = 0.0
+    # also train stage 2's LoRA adapters (stage2.lora: rank, targets) on the layer-output MSE, still
+    # without a backward through the model; stage 2 then continues from them
+    lora: bool = False
+    lora_lr: float = 1e-3
 
 
 @dataclass

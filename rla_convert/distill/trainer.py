@@ -273,6 +273,8 @@ class DistillRun:
                 return {"stopped": True}
             start = None
         else:
+            if self.recipe.stage1.lora:  # stage 1 saved adapters: they need their modules to load into
+                self._lora_model()
             load_trainable_state(self.student, _load_safetensors(self.run_dir / "checkpoints" / "stage1-final.safetensors"))
         if not self.stage2(resume_from=start):
             return {"stopped": True}
@@ -345,14 +347,28 @@ class DistillRun:
     def _eval_model(self):
         return self.student
 
+    def _lora_model(self):
+        """The student with stage 2's LoRA adapters, made once (stage 1 makes it when it trains them)."""
+        if getattr(self, "peft_model", None) is None:
+            self.peft_model = with_lora(self.student, self.recipe)
+        return self.peft_model
+
     def stage1(self, resume_from) -> bool:
         spec = self.recipe.stage1
         paths = converted_paths(self.student)
         names = set(new_parameter_names(self.student))
+        if spec.lora:
+            self._lora_model()
+        groups = {"gates": [], "lora": []}
         for n, p in self.student.named_parameters():
-            p.requires_grad_(n in names)
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+            is_lora = spec.lora and "lora_" in n
+            p.requires_grad_(n in names or is_lora)
+            if p.requires_grad:
+                groups["lora" if is_lora else "gates"].append(p)
+        param_groups = [{"params": groups["gates"], "lr": spec.lr}]
+        if groups["lora"]:
+            param_groups.append({"params": groups["lora"], "lr": spec.lora_lr})
+        optimizer = torch.optim.AdamW(param_groups, weight_decay=spec.weight_decay)
         scheduler = _schedule(optimizer, spec.warmup_steps, spec.steps)
         teacher_modules = [self.teacher.get_submodule(p) for p in paths]
         student_modules = [self.student.get_submodule(p) for p in paths]
@@ -383,11 +399,11 @@ class DistillRun:
     def stage2(self, resume_from) -> bool:
         spec = self.recipe.stage2
         gate_names = set(new_parameter_names(self.student))
-        self.peft_model = with_lora(self.student, self.recipe)
+        self._lora_model()
         gates = []
         for n, p in self.student.named_parameters():
+            p.requires_grad_(n in gate_names or "lora_" in n)
             if n in gate_names:
-                p.requires_grad_(True)
                 gates.append(p)
         lora_params = [p for n, p in self.peft_model.named_parameters() if p.requires_grad and "lora_" in n]
         optimizer = torch.optim.AdamW([{"params": lora_params, "lr": spec.lr},
@@ -423,6 +439,11 @@ class DistillRun:
             "train_tokens": {s: getattr(r, s).steps * getattr(r, s).batch_size * getattr(r, s).grad_accum * r.data.seq_len
                              for s in STAGES},
             "expects": r.expects,
+            # from the run's first log row (model loaded, data tokenised) to the end of training; a
+            # resumed run's span includes the time it stood stopped
+            "wall_seconds": {"to_end_of_training": round(time.time() - rows[0]["time"], 1),
+                             **{s: round(max(t) - min(t), 1) for s in STAGES
+                                if len(t := [row["time"] for row in rows if row.get("stage") == s]) > 1}},
         }
         if r.eval.passkey:
             from ..eval import passkey_accuracy
