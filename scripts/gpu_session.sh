@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine call that checks and times the kernels: each part has its own time limit so a slow
 # or hung part cannot eat the others. Logs (and bench json/md/png) land under $OUT.
-#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn tests bench distill convert (default: all)
+#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn tests bench distill convert flagship (default: all)
 set -o pipefail
 . scripts/gpu_env.sh
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -12,13 +12,31 @@ for part in $parts; do
   echo "=== $part $(date +%T)"
   case $part in
     rla) timeout ${RLA_LIMIT:-150} python3 scripts/gpu_check_rla.py ${RLA_ARGS:-} 2>&1 | tee "$OUT/check_rla.txt" ;;
-    rdn) RDN_TRITON_ONE_CONFIG=1 timeout ${RDN_LIMIT:-280} python3 scripts/gpu_check_rdn.py ${RDN_ARGS:-} 2>&1 | tee "$OUT/check_rdn.txt" ;;
-    tests) timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=8 \
-             tests/kernels/test_fused_recurrent.py tests/kernels/test_api.py tests/kernels/test_torch_chunk.py 2>&1 | tee "$OUT/gpu_tests.txt" ;;
+    rdn) RLA_KERNELS_FIXED_CONFIG=1 timeout ${RDN_LIMIT:-280} python3 scripts/gpu_check_rdn.py ${RDN_ARGS:-} 2>&1 | tee "$OUT/check_rdn.txt" ;;
+    tests) timeout ${TESTS_LIMIT:-240} python3 -m pytest -q -p no:cacheprovider -m gpu --durations=8 ${TESTS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.txt" ;;
     bench) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${BENCH_LIMIT:-240} python3 -c "import sys; from rla_convert.cli import main; sys.exit(main())" bench kernels \
              --seq-lens ${SEQ_LENS:-2048,8192,32768} --decode-contexts 2048,32768 --no-progress ${BENCH_ARGS:-} \
              --json "$OUT/kernels.json" --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.txt" ;;
     distill) timeout ${DISTILL_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider -m gpu -s tests/test_distill.py 2>&1 | tee "$OUT/distill_gpu.txt" ;;
+    flagship)  # RECIPES="rdn rla": recipes/smollm2-135m-$r.yaml on the bundled GGUF, side by side when several
+      # the GGUF (98 MB) is over what one call carries: .gguf_a/part travels in one call (kept in /tmp on
+      # the warm machine), .gguf_b/part in the next; see BENCHMARKS.md
+      [ -f .gguf_a/part ] && mkdir -p /tmp/gguf && cp .gguf_a/part /tmp/gguf/a
+      [ -f .gguf_b/part ] && [ -f /tmp/gguf/a ] && cat /tmp/gguf/a .gguf_b/part > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+      gguf=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+      if [ ! -f $gguf ]; then echo "flagship: no $gguf yet (carry .gguf_a then .gguf_b)"; continue; fi
+      md5sum $gguf | tee -a "$OUT/device.txt"
+      for r in ${RECIPES:-rdn}; do
+        TQDM_MININTERVAL=15 RLA_KERNELS_FIXED_CONFIG=1 timeout ${FLAGSHIP_LIMIT:-560} \
+          python3 -c "import sys; from rla_convert.cli import main; sys.exit(main())" distill recipes/smollm2-135m-$r.yaml \
+          --set model=$gguf --set output=/tmp/runs/$r ${FLAGSHIP_SET:-} > "$OUT/flagship_$r.txt" 2>&1 &
+      done
+      wait
+      for r in ${RECIPES:-rdn}; do
+        tail -c 3000 "$OUT/flagship_$r.txt"
+        cat /tmp/runs/$r/final/summary.json  # one tar a run: only 8 files come back from a call
+        tar -C /tmp/runs/$r -cf "$OUT/run_$r.tar" metrics.jsonl losses.png final
+      done ;;
     convert) timeout 150 python3 -m pytest -q -p no:cacheprovider -s tests/test_convert_gpu.py 2>&1 | tee "$OUT/convert_gpu.txt" ;;
   esac
   echo "=== $part done rc=$? $(date +%T)"
