@@ -70,6 +70,19 @@ def test_left_padding_leaves_states_untouched():
     assert rel(out[:, 3:], layer(x)[0]) < 1e-10
 
 
+def test_masked_decode_step_compiles_without_graph_breaks():
+    # generate() passes an attention mask every step; reading it must not sync or break the graph
+    torch._dynamo.reset()
+    layer = make_layer("rdn", conv_size=4).float()
+    x = torch.randn(2, 1, 32)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    step = torch.compile(lambda x, mask: layer(x, attention_mask=mask)[0], fullgraph=True, backend="eager")
+    assert rel(step(x, mask).double(), layer(x, attention_mask=mask)[0].double()) < 1e-6
+    mask[0, -1] = 0  # the same graph serves a padded step: that token leaves the state alone
+    out = step(x, mask)
+    assert rel(out.double(), layer(x, attention_mask=mask)[0].double()) < 1e-6
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="variant"):
         ResidualAttention(hidden_size=8, num_heads=2, head_dim=4, variant="gla")

@@ -231,7 +231,11 @@ class ResidualAttention(nn.Module):
 
     @staticmethod
     def _valid_tokens(mask, B, T):
-        """[B, T] float mask of real (non-padding) tokens among the current ones, or None if all are real."""
+        """[B, T] float mask of real (non-padding) tokens among the current ones, or None without a mask.
+
+        An all-ones mask is applied too (a multiply by 1) rather than tested for: ``valid.all()`` is a
+        device sync each call, and under torch.compile a graph break in every decode step.
+        """
         if mask is None:
             return None
         if mask.dim() == 4:  # causal mask [B, 1, Tq, Tkv]: the last query row sees every real key
@@ -241,7 +245,7 @@ class ResidualAttention(nn.Module):
             valid = mask[:, -T:].bool()
         else:
             return None
-        if valid.shape != (B, T) or bool(valid.all()):
+        if valid.shape != (B, T):
             return None
         return valid.float()
 
