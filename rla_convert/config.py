@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
 
-VARIANTS = ("rla", "rdn")
+# gdn: the plain gated delta rule (RDN without its residual branch), the baseline conversions are
+# compared against (rla_convert/layers/gdn_op.py)
+VARIANTS = ("rla", "rdn", "gdn")
 RESIDUAL_FUNCTIONS = ("clip", "tanh")
 BACKENDS = (None, "torch", "triton", "naive")
 

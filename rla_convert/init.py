@@ -17,7 +17,7 @@ did): a Gated DeltaNet source brings A_log, dt_bias, a_proj and b_proj, so only 
 
 Every strategy also sets the output gain o_scale that softmax sources get (layers without an output
 norm): the kernels scale the query side by head_dim^-0.5, as GDN does, but q and k are L2-normalised,
-so for RDN, whose delta rule makes S map a key to its value, S q is already in the values' units, as
+so for RDN (and the gdn baseline), whose delta rule makes S map a key to its value, S q is already in the values' units, as
 the softmax output it replaces is. RDN's gain starts at head_dim^0.5 (overall scale 1). RLA's state is
 a decayed sum of v k^T, larger by about 1 / (1 - a), so its gain starts at 1 and training sets it.
 """
@@ -53,22 +53,27 @@ def _gate(proj, reused, name, generator, bias: float | None):
         proj.bias.fill_(bias)
 
 
+def _residual_gate(layer, reused, generator, bias):
+    if hasattr(layer, "gamma_proj"):  # the gdn baseline has no residual branch
+        _gate(layer.gamma_proj, reused, "gamma_proj", generator, bias)
+
+
 def mamba2(layer, reused, generator):
     _decay(layer, reused, 1e-3, 1e-1, generator)
     _gate(layer.b_proj, reused, "b_proj", generator, None)
-    _gate(layer.gamma_proj, reused, "gamma_proj", generator, None)
+    _residual_gate(layer, reused, generator, None)
 
 
 def long_memory(layer, reused, generator):
     _decay(layer, reused, 1e-4, 1e-2, generator)
     _gate(layer.b_proj, reused, "b_proj", generator, None)
-    _gate(layer.gamma_proj, reused, "gamma_proj", generator, SMALL_RESIDUAL_BIAS)
+    _residual_gate(layer, reused, generator, SMALL_RESIDUAL_BIAS)
 
 
 def small_residual(layer, reused, generator):
     _decay(layer, reused, 1e-3, 1e-1, generator)
     _gate(layer.b_proj, reused, "b_proj", generator, None)
-    _gate(layer.gamma_proj, reused, "gamma_proj", generator, SMALL_RESIDUAL_BIAS)
+    _residual_gate(layer, reused, generator, SMALL_RESIDUAL_BIAS)
 
 
 STRATEGIES = {"mamba2": mamba2, "long-memory": long_memory, "small-residual": small_residual}
@@ -87,5 +92,5 @@ def initialise_gates(layer, strategy: str, reused: set[str], seed: int) -> None:
     dtype = layer.A_log.dtype
     STRATEGIES[strategy](layer, reused, generator)
     if hasattr(layer, "o_scale") and "o_scale" not in reused:
-        layer.o_scale.fill_(layer.head_dim ** 0.5 if layer.variant == "rdn" else 1.0)
+        layer.o_scale.fill_(1.0 if layer.variant == "rla" else layer.head_dim ** 0.5)
     assert layer.A_log.dtype == dtype

@@ -14,7 +14,7 @@ class LayerInfo:
     index: int
     module_name: str
     class_name: str
-    kind: str  # "softmax", "gated-deltanet", "rla", "rdn", or "unknown"
+    kind: str  # "softmax", "gated-deltanet", "rla", "rdn", "gdn" (our baseline layer), or "unknown"
 
 
 def _kind_of(module: nn.Module) -> str:

@@ -47,7 +47,8 @@ def convert_and_save(model, tmp_path, **options):
     return model, save_converted(model, None, tmp_path / "out")
 
 
-@pytest.mark.parametrize("options", [dict(variant="rdn"), dict(variant="rla", keep_softmax=[0], conv_size=3)])
+@pytest.mark.parametrize("options", [dict(variant="rdn"), dict(variant="rla", keep_softmax=[0], conv_size=3),
+                                     dict(variant="gdn")])
 def test_round_trip_is_bit_identical_both_ways(tmp_path, options):
     model, out = convert_and_save(tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)), tmp_path, **options)
     ids = torch.randint(0, 128, (2, 9))

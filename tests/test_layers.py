@@ -42,19 +42,44 @@ def test_layer_equals_oracle_composition(variant):
     assert rel(out, ref) < 1e-8
 
 
-@pytest.mark.parametrize("variant", ["rla", "rdn"])
-def test_prefill_then_decode_equals_full_sequence(variant):
+def test_gdn_baseline_is_the_plain_gated_delta_rule():
+    layer = make_layer("gdn")
+    assert not hasattr(layer, "gamma_proj")
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    out, _ = layer(x)
+    B, T = 2, 7
+    q = layer.q_proj(x).view(B, T, 4, 8)
+    k = layer.k_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
+    v = layer.v_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
+    l2 = lambda t: t * torch.rsqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6)  # noqa: E731
+    q, k = l2(F.silu(q)), l2(F.silu(k))
+    a = torch.exp(-layer.A_log.exp() * F.softplus(layer.a_proj(x) + layer.dt_bias))
+    beta = torch.sigmoid(layer.b_proj(x))
+    S, outs = torch.zeros(B, 4, 8, 8, dtype=torch.float64), []  # [K, V] per head
+    for t in range(T):  # S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, o_t = scale * S_t^T q_t
+        S = a[:, t, :, None, None] * S
+        error = v[:, t] - torch.einsum("bhk,bhkv->bhv", k[:, t], S)
+        S = S + torch.einsum("bhk,bhv->bhkv", k[:, t], beta[:, t, :, None] * error)
+        outs.append(8 ** -0.5 * torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    o = torch.stack(outs, 1) * layer.o_scale[:, None] if hasattr(layer, "o_scale") else torch.stack(outs, 1)
+    ref = layer.o_proj(o.reshape(B, T, -1))
+    assert rel(out, ref) < 1e-5  # the reference implementation computes in float32
+
+
+@pytest.mark.parametrize("variant, tol", [("rla", 1e-10), ("rdn", 1e-10), ("gdn", 1e-5)])
+def test_prefill_then_decode_equals_full_sequence(variant, tol):
     layer = make_layer(variant, conv_size=4, qk_norm=True, output_gate=True)
     x = torch.randn(2, 11, 32, dtype=torch.float64)
     full, _ = layer(x)
     cache = DynamicCache()
     pieces = [layer(x[:, a:b], past_key_values=cache)[0] for a, b in ((0, 5), (5, 6), (6, 7), (7, 9), (9, 11))]
-    assert rel(torch.cat(pieces, 1), full) < 1e-10
+    assert rel(torch.cat(pieces, 1), full) < tol
     assert cache.get_seq_length() == 11
 
 
-def test_packed_sequences_equal_separate_runs():
-    layer = make_layer("rdn", conv_size=3)
+@pytest.mark.parametrize("variant", ["rdn", "gdn"])
+def test_packed_sequences_equal_separate_runs(variant):
+    layer = make_layer(variant, conv_size=3)
     a, b = torch.randn(1, 5, 32, dtype=torch.float64), torch.randn(1, 4, 32, dtype=torch.float64)
     packed, _ = layer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 9]))
     separate = torch.cat([layer(a)[0], layer(b)[0]], 1)
@@ -81,6 +106,28 @@ def test_masked_decode_step_compiles_without_graph_breaks():
     mask[0, -1] = 0  # the same graph serves a padded step: that token leaves the state alone
     out = step(x, mask)
     assert rel(out.double(), layer(x, attention_mask=mask)[0].double()) < 1e-6
+
+
+@pytest.mark.gpu
+def test_gdn_baseline_on_cuda_runs_fla_and_matches_the_reference():
+    # fla's chunk kernel (its Hopper guard lifted for the baseline) for training, its fused recurrent one for
+    # decoding, against transformers' PyTorch reference on the same layer, forward and backward
+    torch.manual_seed(0)
+    fast = make_layer("gdn", hidden_size=256, num_heads=4, num_k_heads=4, head_dim=64).float().cuda()
+    ref = make_layer("gdn", hidden_size=256, num_heads=4, num_k_heads=4, head_dim=64, backend="torch").float().cuda()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 200, 256, device="cuda")
+    outs, grads = [], []
+    for layer in (fast, ref):
+        out, _ = layer(x)
+        out.square().mean().backward()
+        outs.append(out)
+        grads.append(layer.q_proj.weight.grad)
+    assert rel(outs[0], outs[1]) < 1e-4 and rel(grads[0], grads[1]) < 1e-3
+    with torch.no_grad():
+        cache = DynamicCache()
+        pieces = [fast(x[:, a:b], past_key_values=cache)[0] for a, b in ((0, 150), (150, 151), (151, 152))]
+    assert rel(torch.cat(pieces, 1), outs[0][:, :152]) < 1e-4
 
 
 def test_bad_arguments_are_clear():

@@ -17,7 +17,8 @@ def _clip(value: str):
 
 @click.command()
 @click.argument("model")
-@click.option("--variant", default="rdn", show_default=True, help="rla or rdn.")
+@click.option("--variant", default="rdn", show_default=True,
+              help="rla, rdn, or gdn (a baseline: the plain gated delta rule, no residual branch).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write the converted checkpoint here.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--keep-softmax", default="", help="Layers left as softmax: indices like 0,15, or a count like 4 (evenly spaced).")

@@ -10,7 +10,15 @@ import rla_kernels
 
 
 def kernel_op(variant: str, backend: str | None = None):
-    """The ``rla`` / ``rdn`` op (signature of rla_kernels.rla), bound to ``backend`` when one is named."""
+    """The ``rla`` / ``rdn`` op (signature of rla_kernels.rla), bound to ``backend`` when one is named.
+
+    ``gdn`` is the baseline's plain gated delta rule (``gdn_op``: fla on CUDA, transformers' reference
+    elsewhere), with the same signature.
+    """
+    if variant == "gdn":
+        from .gdn_op import gated_delta_rule
+
+        return lambda *args, **kwargs: gated_delta_rule(*args, backend=backend, **kwargs)
     op = getattr(rla_kernels, variant, None)
     if op is None:  # the public dispatcher has not landed: fall back to the float64-capable oracle
         return getattr(rla_kernels, f"naive_recurrent_{variant}")

@@ -6,6 +6,7 @@ Per token (paper, Section 3.4; the math itself lives in rla_kernels):
     g        = log a = -exp(A_log) * softplus(W_a x + dt_bias)   (Mamba-2 decay, in log space)
     beta     = sigmoid(W_b x),  gamma = sigmoid(W_gamma x)       (S and R write strengths)
     o        = rla|rdn(q, k, v, g, beta, gamma, clip)            then an optional per-head gain o_scale,
+               (variant gdn, the baseline: the plain gated delta rule, no gamma and no residual branch)
                an optional RMSNorm(o) * SiLU(W_g x), and o_proj
 
 Heads: q, k and v may have different head counts (GQA in softmax models, more value heads than key
@@ -100,8 +101,8 @@ class ResidualAttention(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        if variant not in ("rla", "rdn"):
-            raise ValueError(f"variant must be 'rla' or 'rdn', got {variant!r}")
+        if variant not in ("rla", "rdn", "gdn"):
+            raise ValueError(f"variant must be 'rla', 'rdn' or 'gdn', got {variant!r}")
         if call_style not in CALL_STYLES:
             raise ValueError(f"call_style must be one of {CALL_STYLES}, got {call_style!r}")
         self.variant, self.attention_kind = variant, variant
@@ -125,7 +126,8 @@ class ResidualAttention(nn.Module):
         self.o_proj = nn.Linear(H * self.head_v_dim, hidden_size, bias=o_bias)
         self.a_proj = nn.Linear(hidden_size, H, bias=False)
         self.b_proj = nn.Linear(hidden_size, H, bias=b_bias)
-        self.gamma_proj = nn.Linear(hidden_size, H, bias=True)
+        if variant != "gdn":  # the baseline has no residual branch to gate
+            self.gamma_proj = nn.Linear(hidden_size, H, bias=True)
         self.A_log = nn.Parameter(torch.zeros(H))
         self.dt_bias = nn.Parameter(torch.zeros(H))
         if qk_norm:
@@ -149,7 +151,7 @@ class ResidualAttention(nn.Module):
             self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(1, 16)))
             dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-            for proj in (self.a_proj, self.b_proj, self.gamma_proj):
+            for proj in (self.a_proj, self.b_proj, *([self.gamma_proj] if hasattr(self, "gamma_proj") else [])):
                 nn.init.normal_(proj.weight, std=0.02)
                 if proj.bias is not None:
                     nn.init.zeros_(proj.bias)
@@ -192,10 +194,11 @@ class ResidualAttention(nn.Module):
         gate_dtype = torch.promote_types(x.dtype, torch.float32)  # decay in fp32 at least: bf16 would round a to 1
         g = -self.A_log.to(gate_dtype).exp() * F.softplus(self.a_proj(x).to(gate_dtype) + self.dt_bias.to(gate_dtype))
         beta = torch.sigmoid(self.b_proj(x))
-        gamma = torch.sigmoid(self.gamma_proj(x))
+        gamma = torch.sigmoid(self.gamma_proj(x)) if hasattr(self, "gamma_proj") else None
         if valid is not None:  # a padded token: a = 1, nothing written
             keep = valid[..., None]
-            g, beta, gamma = g * keep, beta * keep.to(beta.dtype), gamma * keep.to(gamma.dtype)
+            g, beta = g * keep, beta * keep.to(beta.dtype)
+            gamma = gamma * keep.to(gamma.dtype) if gamma is not None else None
 
         initial = state.recurrent_state if state is not None else None
         o, final = self._op(q, k, v, g, beta, gamma, scale=self.scale, clip=self.clip, residual=self.residual,

@@ -25,7 +25,7 @@ class RecurrentStateLayer(CacheLayerMixin):
 
     def __init__(self, **kwargs):
         super().__init__()
-        self.recurrent_state: tuple[torch.Tensor, torch.Tensor] | None = None  # (S, R), [B, H, K, V] fp32
+        self.recurrent_state: tuple[torch.Tensor, ...] | None = None  # (S, R), or (S,) for gdn; [B, H, K, V] fp32
         self.conv_state: dict[str, torch.Tensor] = {}  # name -> last (kernel - 1) inputs, [B, kernel - 1, C]
         self.seen_tokens = 0
 

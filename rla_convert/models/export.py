@@ -30,6 +30,7 @@ SHIPPED = {
     "rla_kernels.residual": "rla_kernels_residual",
     "rla_kernels.rla.torch_chunk": "rla_kernels_rla_torch_chunk",
     "rla_kernels.rdn.torch_chunk": "rla_kernels_rdn_torch_chunk",
+    "rla_convert.layers.gdn_op": "gdn_op",
 }
 # The layer's kernel selector is replaced by this file (flat name "ops" is what the layer imports).
 SHIPPED_OPS = '''"""Kernel for the exported model: rla_kernels' chunked PyTorch backend, shipped beside this file.
@@ -38,8 +39,9 @@ It is what ``rla_kernels.rla`` / ``rdn`` run on CPU, so a reloaded model compute
 """
 from .rla_kernels_rla_torch_chunk import chunk_rla_torch
 from .rla_kernels_rdn_torch_chunk import chunk_rdn_torch
+from .gdn_op import gated_delta_rule
 
-_OPS = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}
+_OPS = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch, "gdn": gated_delta_rule}
 
 
 def kernel_op(variant, backend=None):
