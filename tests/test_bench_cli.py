@@ -6,20 +6,10 @@ import types
 import pytest
 import torch
 
+from clitools import one_error_line, run_main
 from rla_convert.bench import kernels as bench_kernels
 from rla_convert.bench import plot
-from rla_convert.cli import main
 from rla_kernels import naive_recurrent_rdn, naive_recurrent_rla
-
-
-def run_main(capsys, *args):
-    """The CLI in-process, as the console script runs it: (exit status, stdout, stderr)."""
-    try:
-        status = main(list(args))
-    except SystemExit as exit_:
-        status = exit_.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 def api_available() -> bool:
@@ -28,12 +18,6 @@ def api_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("rla-convert: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_without_cuda_it_exits_2_with_one_line(capsys, monkeypatch):

@@ -6,27 +6,11 @@ import pytest
 import torch
 import transformers as tf
 
-from rla_convert.cli import main
+from clitools import exit_status, one_error_line, run_main
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256)
 KV_HEADS, HEAD_DIM, LAYERS = 2, 16, 2
-
-
-def run_main(capsys, *args):
-    """The CLI in-process, as the console script runs it: (exit status, stdout, stderr)."""
-    try:
-        status = main(list(args))
-    except SystemExit as exit_:
-        status = exit_.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("rla-convert: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +19,7 @@ def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_model")
     tf.LlamaForCausalLM(tf.LlamaConfig(**TINY)).save_pretrained(root / "teacher")
     try:
-        status = main([str(root / "teacher"), "--variant", "rdn", "--out", str(root / "converted")])
+        status = exit_status(str(root / "teacher"), "--variant", "rdn", "--out", str(root / "converted"))
     except SystemExit as exit_:
         status = exit_.code
     assert status in (0, None)
@@ -92,7 +76,7 @@ def test_gpu_numbers_without_cuda_are_one_line_exit_2(pair, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("edit, expected", [
-    ({"variant": "gla"}, "variant must be 'rla' or 'rdn'"),
+    ({"variant": "gla"}, "variant must be 'rla', 'rdn' or 'gdn'"),
     ({"num_heads": 3}, "must divide"),
     ({"no_such_argument": 1}, "no_such_argument"),
 ])

@@ -1,5 +1,6 @@
 import pytest
 
+from clitools import run_process
 from rla_convert.checkpoints import BUNDLED_MODELS, resolve_checkpoint
 from rla_convert.errors import UserError
 
@@ -26,14 +27,7 @@ def test_local_directory_with_config(tmp_path):
 
 @pytest.mark.slow
 def test_info_on_the_bundled_model_prints_its_architecture():
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; from rla_convert.cli import main; sys.exit(main())",
-         "info", "smollm2-135m"],
-        capture_output=True, text=True, timeout=600,
-    )
+    result = run_process("info", "smollm2-135m", timeout=600)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for line in ("layers       30", "heads        9", "kv_heads     3", "head_dim     64", "hidden_size  576"):

@@ -1,35 +1,27 @@
 """The CLI's shape: subcommands listed, unbuilt ones fail cleanly, bad model names give one line + exit 2."""
-import subprocess
-import sys
-
 import pytest
+
+from clitools import run_process
 
 SUBCOMMANDS = ("convert", "distill", "export", "eval", "bench", "info")
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "import sys; from rla_convert.cli import main; sys.exit(main())", *args],
-        capture_output=True, text=True, timeout=300,
-    )
-
-
 def test_help_lists_every_subcommand():
-    result = run_cli("--help")
+    result = run_process("--help")
     assert result.returncode == 0
     for name in SUBCOMMANDS:
         assert f"  {name} " in result.stdout, name
 
 
 def test_model_name_routes_to_convert():
-    result = run_cli("some-model", "--help")
+    result = run_process("some-model", "--help")
     assert result.returncode == 0, result.stderr
     assert "rla-convert convert" in result.stdout
 
 
 @pytest.mark.parametrize("args", [["info", "no-such-model"], ["info", "/nonexistent/dir"]])
 def test_unknown_model_is_one_line_exit_2(args):
-    result = run_cli(*args)
+    result = run_process(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("rla-convert: error:")]
@@ -42,12 +34,12 @@ def test_unbuilt_subcommands_fail_cleanly():
     from rla_convert.cli._common import not_built  # noqa: F401  (the mechanism exists)
 
     for name in SUBCOMMANDS:
-        result = run_cli(name, "--help")
+        result = run_process(name, "--help")
         assert result.returncode == 0, (name, result.stderr)
         assert "Traceback" not in result.stderr
 
 
 def test_directory_without_config_is_rejected(tmp_path):
-    result = run_cli("info", str(tmp_path))
+    result = run_process("info", str(tmp_path))
     assert result.returncode == 2
     assert "config.json" in result.stderr and "Traceback" not in result.stderr

@@ -1,22 +1,14 @@
 """`rla-convert MODEL --variant ... --out DIR`: exports on success; bad input is one line, exit 2, nothing written."""
-import subprocess
 import sys
 
 import pytest
 import torch
 import transformers as tf
 
+from clitools import exit_status, one_error_line, run_process
+
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256)
-
-
-def cli(*args):
-    from rla_convert.cli import main
-
-    try:
-        return main(list(args))
-    except SystemExit as exit_:
-        return exit_.code
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +18,8 @@ def llama_dir(tmp_path_factory):
     return path
 
 
-def one_error_line(capsys):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("rla-convert: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_converts_and_exports_a_checkpoint_dir(llama_dir, tmp_path, capsys):
-    assert cli(str(llama_dir), "--variant", "rla", "--keep-softmax", "1,", "--out", str(tmp_path / "out")) in (0, None)
+    assert exit_status(str(llama_dir), "--variant", "rla", "--keep-softmax", "1,", "--out", str(tmp_path / "out")) in (0, None)
     out = capsys.readouterr().out
     assert "model.layers.0.self_attn" in out and "kept" in out and "parameters:" in out and "drift" in out
     model = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
@@ -49,23 +34,23 @@ def test_converts_and_exports_a_checkpoint_dir(llama_dir, tmp_path, capsys):
     (["--gate-init", "zeros"], "small-residual"),
 ])
 def test_bad_options_are_one_line_exit_2_nothing_written(llama_dir, tmp_path, capsys, args, expected):
-    assert cli(str(llama_dir), *args, "--out", str(tmp_path / "out")) == 2
-    assert expected in one_error_line(capsys)
+    assert exit_status(str(llama_dir), *args, "--out", str(tmp_path / "out")) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_output_dir_needs_force(llama_dir, tmp_path, capsys):
     (tmp_path / "out").mkdir()
-    assert cli(str(llama_dir), "--out", str(tmp_path / "out")) == 2
-    assert "--force" in one_error_line(capsys)
+    assert exit_status(str(llama_dir), "--out", str(tmp_path / "out")) == 2
+    assert "--force" in one_error_line(capsys.readouterr().err)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_checkpoint_that_fails_to_load(tmp_path, capsys):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    assert cli(str(tmp_path / "broken"), "--out", str(tmp_path / "out")) == 2
-    assert "could not load" in one_error_line(capsys)
+    assert exit_status(str(tmp_path / "broken"), "--out", str(tmp_path / "out")) == 2
+    assert "could not load" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
 
@@ -74,15 +59,15 @@ def test_architecture_without_attention_lists_supported(tmp_path, capsys):
     path = tmp_path / "rwkv"
     config = tf.RwkvConfig(vocab_size=64, hidden_size=32, attention_hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     tf.RwkvForCausalLM(config).save_pretrained(path)
-    assert cli(str(path), "--out", str(tmp_path / "out")) == 2
-    line = one_error_line(capsys)
+    assert exit_status(str(path), "--out", str(tmp_path / "out")) == 2
+    line = one_error_line(capsys.readouterr().err)
     assert "no attention" in line and "Llama" in line and "GPT-2" in line
     assert not (tmp_path / "out").exists()
 
 
 def test_export_of_a_dir_that_is_no_run_is_one_line(llama_dir, tmp_path, capsys):
-    assert cli("export", str(llama_dir), "--out", str(tmp_path / "out")) == 2
-    assert "not a finished distillation run" in one_error_line(capsys)
+    assert exit_status("export", str(llama_dir), "--out", str(tmp_path / "out")) == 2
+    assert "not a finished distillation run" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
 
@@ -90,8 +75,7 @@ def test_export_of_a_dir_that_is_no_run_is_one_line(llama_dir, tmp_path, capsys)
 def test_smollm2_rdn_end_to_end(tmp_path):
     """The bundled SmolLM2-135M: convert + export in a subprocess, then load both ways and generate."""
     out = tmp_path / "smollm2-rdn"
-    run = subprocess.run([sys.executable, "-c", "import sys; from rla_convert.cli import main; sys.exit(main())",
-                          "smollm2-135m", "--variant", "rdn", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    run = run_process("smollm2-135m", "--variant", "rdn", "--out", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "model.layers.29.self_attn" in run.stdout and "drift" in run.stdout
     assert "converting to rdn" in run.stderr  # the progress bar

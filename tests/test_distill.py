@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clitools import exit_status, one_error_line
 from rla_convert.distill.recipe import load_recipe
 from rla_convert.distill.trainer import DistillError, DistillRun
 
@@ -57,22 +58,6 @@ def metrics(run_dir):
 
 def losses(rows):
     return {(r["stage"], r["step"]): r["loss"] for r in rows if "loss" in r}
-
-
-def cli(*args):
-    from rla_convert.cli import main
-
-    try:
-        return main(list(args))
-    except SystemExit as exit_:
-        return exit_.code
-
-
-def one_error_line(capsys):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("rla-convert: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +122,7 @@ def test_export_merges_the_run_into_a_loadable_checkpoint(finished_run, tmp_path
     import transformers as tf
 
     run, summary, run_dir = finished_run
-    assert cli("export", str(run_dir), "--out", str(tmp_path / "exported")) in (0, None)
+    assert exit_status("export", str(run_dir), "--out", str(tmp_path / "exported")) in (0, None)
     assert "wrote" in capsys.readouterr().out
     loaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     ids = torch.randint(3, loaded.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
@@ -151,7 +136,7 @@ def test_eval_reads_a_run_dir_as_its_merged_model(finished_run, tmp_path, word_c
     run, summary, run_dir = finished_run
     text = tmp_path / "heldout.txt"
     text.write_text(" ".join((word_corpus / f"doc{i:02d}.txt").read_text() for i in range(4)))
-    assert cli("eval", str(run_dir), "--text", str(text), "--window", "32", "--json", str(tmp_path / "r.json")) in (0, None)
+    assert exit_status("eval", str(run_dir), "--text", str(text), "--window", "32", "--json", str(tmp_path / "r.json")) in (0, None)
     ppl = json.loads((tmp_path / "r.json").read_text())["perplexity"]["perplexity"]
     assert 1 < ppl < float("inf")
 
@@ -189,29 +174,29 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny, tmp_path, monkeyp
 ])
 def test_bad_recipes_are_one_line_exit_2(tiny, tmp_path, capsys, overrides, expected):
     recipe = write_recipe(tmp_path, tiny, **overrides)
-    assert cli("distill", str(recipe)) == 2
-    assert expected in one_error_line(capsys)
+    assert exit_status("distill", str(recipe)) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run" / "final").exists()
 
 
 def test_empty_dataset_is_one_line(tiny, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("")
-    assert cli("distill", str(write_recipe(tmp_path, tiny, **{"data.train": str(tmp_path / "empty")}))) == 2
-    assert "fewer than seq_len=32 + 1 training tokens" in one_error_line(capsys)
+    assert exit_status("distill", str(write_recipe(tmp_path, tiny, **{"data.train": str(tmp_path / "empty")}))) == 2
+    assert "fewer than seq_len=32 + 1 training tokens" in one_error_line(capsys.readouterr().err)
 
 
 def test_resume_and_reuse_of_output_dirs_are_checked(tiny, tmp_path, capsys):
     recipe = write_recipe(tmp_path, tiny)
-    assert cli("distill", str(recipe), "--resume") == 2
-    assert "no checkpoint to resume from" in one_error_line(capsys)
-    assert cli("distill", str(recipe), "--stop-after", "2") in (0, None)
+    assert exit_status("distill", str(recipe), "--resume") == 2
+    assert "no checkpoint to resume from" in one_error_line(capsys.readouterr().err)
+    assert exit_status("distill", str(recipe), "--stop-after", "2") in (0, None)
     assert "--resume" in capsys.readouterr().out
-    assert cli("distill", str(recipe)) == 2
-    assert "already holds a run" in one_error_line(capsys)
+    assert exit_status("distill", str(recipe)) == 2
+    assert "already holds a run" in one_error_line(capsys.readouterr().err)
     other = write_recipe(tmp_path, tiny, "other.yaml", **{"stage1.lr": 0.5})
-    assert cli("distill", str(other), "--resume") == 2
-    assert "another recipe" in one_error_line(capsys)
+    assert exit_status("distill", str(other), "--resume") == 2
+    assert "another recipe" in one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.slow

@@ -1,14 +1,13 @@
 """`rla-convert eval` on a tiny random Llama with a tokenizer trained in the test (nothing downloaded)."""
 import json
 import math
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from clitools import run_process
 from rla_convert.eval import greedy_agreement, passkey_accuracy, perplexity, tokenize_text
 from rla_convert.eval.passkey import passkey_prompt
 
@@ -114,14 +113,9 @@ def test_passkey_scores_the_answer_positions_exactly(tiny_model_dir):
     assert passkey_accuracy(_PeekingModel(len(tok), miss_last=True), tok, 128, n_prompts=3, progress=False)["accuracy"] == 0.0
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-c", "import sys; from rla_convert.cli import main; sys.exit(main())", *args],
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_eval_cli_writes_table_and_json(tiny_model_dir, tmp_path):
     out = tmp_path / "r.json"
-    r = _cli("eval", str(tiny_model_dir), "--text", str(tiny_model_dir / "heldout.txt"), "--window", "64",
+    r = run_process("eval", str(tiny_model_dir), "--text", str(tiny_model_dir / "heldout.txt"), "--window", "64",
              "--passkey", "128", "--passkey-n", "2", "--teacher", str(tiny_model_dir),
              "--agreement-prompts", "2", "--json", str(out))
     assert r.returncode == 0, r.stderr
@@ -140,6 +134,6 @@ def test_eval_cli_writes_table_and_json(tiny_model_dir, tmp_path):
 def test_eval_cli_bad_input_is_one_line(tiny_model_dir, args, needle):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = _cli("eval", str(tiny_model_dir), *args)
+    r = run_process("eval", str(tiny_model_dir), *args)
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
