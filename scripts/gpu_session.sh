@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine call that checks and times the kernels: each part has its own time limit so a slow
 # or hung part cannot eat the others. Logs (and bench json/md/png) land under $OUT.
-#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn tests bench distill convert flagship (default: all)
+#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn tests bench distill convert flagship benchmodel (default: all)
 set -o pipefail
 . scripts/gpu_env.sh
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -37,6 +37,15 @@ for part in $parts; do
         cat /tmp/runs/$r/final/summary.json  # one tar a run: only 8 files come back from a call
         tar -C /tmp/runs/$r -cf "$OUT/run_$r.tar" metrics.jsonl losses.png final
       done ;;
+    benchmodel)  # teacher vs the distilled flagship kept in docs/runs (needs the GGUF there, as flagship does)
+      gguf=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+      if [ ! -f $gguf ]; then echo "benchmodel: no $gguf yet (carry .gguf_a then .gguf_b)"; continue; fi
+      rm -rf /tmp/rdnrun /tmp/rdn-export && cp -r docs/runs/smollm2-135m-rdn /tmp/rdnrun \
+        && sed -i "s#^model: .*#model: $gguf#" /tmp/rdnrun/final/recipe.yaml
+      rla="python3 -c 'import sys; from rla_convert.cli import main; sys.exit(main())'"
+      eval $rla export /tmp/rdnrun --out /tmp/rdn-export 2>&1 | tail -3
+      timeout ${BENCH_MODEL_LIMIT:-400} bash -c "$rla bench model $gguf /tmp/rdn-export --no-progress ${BENCH_MODEL_ARGS:-} \
+        --json $OUT/model.json --markdown $OUT/model.md --plot $OUT/model.png" 2>&1 | tee "$OUT/bench_model.txt" ;;
     convert) timeout 150 python3 -m pytest -q -p no:cacheprovider -s tests/test_convert_gpu.py 2>&1 | tee "$OUT/convert_gpu.txt" ;;
   esac
   echo "=== $part done rc=$? $(date +%T)"

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import gc
 import importlib.metadata
+import inspect
 import shlex
 import statistics
 import time
@@ -195,14 +196,15 @@ def decode_point(name, model, context, batch, device, steps=16, step_model=None,
             # A step without state would time a model that forgot its context: not a decode number.
             raise RuntimeError("the cache holds no state after the prefill: cached decoding is broken for this model")
         token = out.logits[:, -1:].argmax(-1)
+        cache_kw = {cache_argument(model): cache}
         for _ in range(warmup):
-            out = step_model(input_ids=token, past_key_values=cache, use_cache=True)
+            out = step_model(input_ids=token, use_cache=True, **cache_kw)
             token = out.logits[:, -1:].argmax(-1)
         timer, times = Timer(device), []
         for _ in range(steps):
             def step():
                 nonlocal out
-                out = step_model(input_ids=token, past_key_values=cache, use_cache=True)
+                out = step_model(input_ids=token, use_cache=True, **cache_kw)
             times.append(timer(step, repeats=1, warmup=0))
             token = out.logits[:, -1:].argmax(-1)
         point.ms = statistics.median(times[2:] if len(times) > 4 else times)  # first steps warm up
@@ -211,6 +213,12 @@ def decode_point(name, model, context, batch, device, steps=16, step_model=None,
         point.extra["cache_mb_after_decode"] = cache_nbytes(cache) / 2**20
 
     return _guard(Point(name, "decode", context, batch), run)
+
+
+def cache_argument(model) -> str:
+    """The keyword a model's forward takes its cache by: ``cache`` from transformers 5.24 (which deprecates
+    ``past_key_values``), ``past_key_values`` before (the GPU machine has 5.17)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def position_limit(model) -> int | None:
