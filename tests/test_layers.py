@@ -130,6 +130,16 @@ def test_gdn_baseline_on_cuda_runs_fla_and_matches_the_reference():
     assert rel(torch.cat(pieces, 1), outs[0][:, :152]) < 1e-4
 
 
+def test_debug_mode_has_the_kernels_check_values():
+    layer = make_layer("rdn").float()
+    x = torch.randn(1, 5, 32)
+    x[0, 2, 3] = float("nan")
+    assert torch.isnan(layer(x)[0]).any()  # by default nothing reads values (no device sync)
+    layer.debug = True
+    with pytest.raises(ValueError, match="finite"):
+        layer(x)
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="variant"):
         ResidualAttention(hidden_size=8, num_heads=2, head_dim=4, variant="gla")

@@ -23,6 +23,7 @@ rebuilds the layer from them.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -76,6 +77,10 @@ def _short_conv(x, weight, previous, seq_starts):
 
 
 class ResidualAttention(nn.Module):
+    # Debug mode: the kernels also check values (gates in range, finite inputs), at a device sync per call.
+    # On for every layer with RLA_CONVERT_DEBUG=1, or per layer by setting ``layer.debug = True``.
+    debug = os.environ.get("RLA_CONVERT_DEBUG") == "1"
+
     def __init__(
         self,
         hidden_size: int,
@@ -201,8 +206,10 @@ class ResidualAttention(nn.Module):
             gamma = gamma * keep.to(gamma.dtype) if gamma is not None else None
 
         initial = state.recurrent_state if state is not None else None
+        checks = {"validate": True} if self.debug and self.variant != "gdn" else {}
         o, final = self._op(q, k, v, g, beta, gamma, scale=self.scale, clip=self.clip, residual=self.residual,
-                            initial_state=initial, output_final_state=state is not None, cu_seqlens=cu_seqlens)
+                            initial_state=initial, output_final_state=state is not None, cu_seqlens=cu_seqlens,
+                            **checks)
         if state is not None:
             state.recurrent_state = tuple(s.to(gate_dtype) for s in final)
             state.seen_tokens += T
