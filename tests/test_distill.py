@@ -63,7 +63,7 @@ def losses(rows):
 @pytest.fixture(scope="module")
 def finished_run(tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    run = DistillRun(load_recipe(write_recipe(tmp, tiny)), progress=False)
+    run = DistillRun(load_recipe(write_recipe(tmp, tiny, **{"eval.passkey": [64], "eval.passkey_n": 2})), progress=False)
     summary = run.run()
     return run, summary, tmp / "run"
 
@@ -75,6 +75,7 @@ def test_a_run_writes_metrics_artifact_and_summary(finished_run):
     assert {"kl", "ce", "tokens_per_s"} <= set(next(r for r in rows if r["stage"] == "stage2" and "loss" in r))
     assert (run_dir / "final" / "trainable.safetensors").stat().st_size < 200_000  # trained parameters only
     assert (run_dir / "losses.png").stat().st_size > 0
+    assert [p["length"] for p in summary["passkey"]["teacher"]] == [64] and len(summary["passkey"]["student"]) == 1
     for key in ("ppl_ratio_before", "ppl_ratio_stage1", "ppl_ratio_stage2"):
         assert summary[key] > 0 and summary[key] == summary[key]
     first, last = losses(rows)[("stage1", 1)], losses(rows)[("stage1", 6)]

@@ -448,10 +448,13 @@ class DistillRun:
         if r.eval.passkey:
             from ..eval import passkey_accuracy
 
-            summary["passkey"] = {
-                name: [passkey_accuracy(m, self.tokenizer, n, n_prompts=r.eval.passkey_n, progress=False) for n in r.eval.passkey]
-                for name, m in (("teacher", self.teacher), ("student", self.peft_model))
-            }
+            # under the training precision: in fp32 the student would compile a second set of kernels
+            with self.autocast():
+                summary["passkey"] = {
+                    name: [passkey_accuracy(m, self.tokenizer, n, n_prompts=r.eval.passkey_n, progress=False)
+                           for n in r.eval.passkey]
+                    for name, m in (("teacher", self.teacher), ("student", self.peft_model))
+                }
 
         def write(tmp: Path):
             save_file(trainable_state(self.peft_model), str(tmp / "trainable.safetensors"))
