@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # One GPU-machine call that checks and times the kernels: each part has its own time limit so a slow
-# or hung part cannot eat the others. Logs (and bench json/md/png) land under $OUT.
-#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn tests bench distill convert flagship benchmodel (default: all)
+# or hung part cannot eat the others. Logs (and bench json/md/png) land under $OUT; only 8 files come back
+# from a call, so pick a few parts per call (flagship: 2 files a recipe, benchmodel: 4).
+#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn tests bench distill convert flagship benchmodel
+#                                            (default: rla rdn tests bench)
 set -o pipefail
 . scripts/gpu_env.sh
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 parts=${*:-rla rdn tests bench}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+RLA="python3 -m rla_convert"
+GGUF=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+# The GGUF (98 MB) is over what one call carries: .gguf_a/part travels in one call (kept in /tmp on the warm
+# machine), .gguf_b/part in the next, which must come within the 30 s the machine stays warm (BENCHMARKS.md).
+assemble_gguf() {
+  [ -f .gguf_a/part ] && mkdir -p /tmp/gguf && cp .gguf_a/part /tmp/gguf/a
+  [ -f .gguf_b/part ] && [ -f /tmp/gguf/a ] && cat /tmp/gguf/a .gguf_b/part > "$GGUF"
+  if [ ! -f "$GGUF" ]; then echo "no $GGUF yet: carry .gguf_a in one call, then .gguf_b in the next"; return 1; fi
+  md5sum "$GGUF" | tee -a "$OUT/device.txt"  # a1231443440b107ff29f02bdb38c9d0a
+}
 for part in $parts; do
   echo "=== $part $(date +%T)"
   case $part in
@@ -18,34 +30,34 @@ for part in $parts; do
              --seq-lens ${SEQ_LENS:-2048,8192,32768} --decode-contexts 2048,32768 --no-progress ${BENCH_ARGS:-} \
              --json "$OUT/kernels.json" --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.txt" ;;
     distill) timeout ${DISTILL_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider -m gpu -s tests/test_distill.py 2>&1 | tee "$OUT/distill_gpu.txt" ;;
-    flagship)  # RECIPES="rdn rla": recipes/smollm2-135m-$r.yaml on the bundled GGUF, side by side when several
-      # the GGUF (98 MB) is over what one call carries: .gguf_a/part travels in one call (kept in /tmp on
-      # the warm machine), .gguf_b/part in the next; see BENCHMARKS.md
-      [ -f .gguf_a/part ] && mkdir -p /tmp/gguf && cp .gguf_a/part /tmp/gguf/a
-      [ -f .gguf_b/part ] && [ -f /tmp/gguf/a ] && cat /tmp/gguf/a .gguf_b/part > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
-      gguf=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
-      if [ ! -f $gguf ]; then echo "flagship: no $gguf yet (carry .gguf_a then .gguf_b)"; continue; fi
-      md5sum $gguf | tee -a "$OUT/device.txt"
+    flagship)  # RECIPES="rdn rla gdn": recipes/smollm2-135m-$r.yaml on the bundled GGUF, side by side when several
+      assemble_gguf || continue
       for r in ${RECIPES:-rdn}; do
-        TQDM_MININTERVAL=15 RLA_KERNELS_FIXED_CONFIG=1 timeout ${FLAGSHIP_LIMIT:-560} \
-          python3 -c "import sys; from rla_convert.cli import main; sys.exit(main())" distill recipes/smollm2-135m-$r.yaml \
-          --set model=$gguf --set output=/tmp/runs/$r ${FLAGSHIP_SET:-} > "$OUT/flagship_$r.txt" 2>&1 &
+        # a warm machine keeps /tmp/runs: start clean unless resuming, so no earlier run's results come back
+        case " ${FLAGSHIP_SET:-} " in *" --resume "*) ;; *) rm -rf /tmp/runs/$r ;; esac
+        (TQDM_MININTERVAL=15 RLA_KERNELS_FIXED_CONFIG=1 timeout ${FLAGSHIP_LIMIT:-560} $RLA distill recipes/smollm2-135m-$r.yaml \
+          --set model=$GGUF --set output=/tmp/runs/$r ${FLAGSHIP_SET:-} > "$OUT/flagship_$r.txt" 2>&1; echo "rc=$?" >> "$OUT/flagship_$r.txt") &
       done
       wait
       for r in ${RECIPES:-rdn}; do
         tail -c 3000 "$OUT/flagship_$r.txt"
-        cat /tmp/runs/$r/final/summary.json  # one tar a run: only 8 files come back from a call
-        tar -C /tmp/runs/$r -cf "$OUT/run_$r.tar" metrics.jsonl losses.png final
+        # one tar a run (only 8 files come back from a call); metrics alone if the run did not finish
+        if [ -f /tmp/runs/$r/final/summary.json ]; then
+          tar -C /tmp/runs/$r -cf "$OUT/run_$r.tar" metrics.jsonl losses.png final
+        else
+          echo "flagship $r: no final/ (stopped early): bringing back its metrics only"
+          tar -C /tmp/runs/$r -cf "$OUT/run_$r.tar" metrics.jsonl
+        fi
       done ;;
-    benchmodel)  # teacher vs the distilled flagship kept in docs/runs (needs the GGUF there, as flagship does)
-      gguf=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
-      if [ ! -f $gguf ]; then echo "benchmodel: no $gguf yet (carry .gguf_a then .gguf_b)"; continue; fi
+    benchmodel)  # teacher vs the distilled flagship kept in docs/runs (the GGUF as for flagship)
+      assemble_gguf || continue
       rm -rf /tmp/rdnrun /tmp/rdn-export && cp -r docs/runs/smollm2-135m-rdn /tmp/rdnrun \
-        && sed -i "s#^model: .*#model: $gguf#" /tmp/rdnrun/final/recipe.yaml
-      rla="python3 -c 'import sys; from rla_convert.cli import main; sys.exit(main())'"
-      eval $rla export /tmp/rdnrun --out /tmp/rdn-export 2>&1 | tail -3
-      timeout ${BENCH_MODEL_LIMIT:-400} bash -c "$rla bench model $gguf /tmp/rdn-export --no-progress ${BENCH_MODEL_ARGS:-} \
-        --json $OUT/model.json --markdown $OUT/model.md --plot $OUT/model.png" 2>&1 | tee "$OUT/bench_model.txt" ;;
+        && sed -i "s#^model: .*#model: $GGUF#" /tmp/rdnrun/final/recipe.yaml
+      if ! timeout 200 $RLA export /tmp/rdnrun --out /tmp/rdn-export 2>&1 | tail -3; then
+        echo "benchmodel: export of docs/runs/smollm2-135m-rdn failed"; continue
+      fi
+      timeout ${BENCH_MODEL_LIMIT:-400} $RLA bench model "$GGUF" /tmp/rdn-export --no-progress ${BENCH_MODEL_ARGS:-} \
+        --json "$OUT/model.json" --markdown "$OUT/model.md" --plot "$OUT/model.png" 2>&1 | tee "$OUT/bench_model.txt" ;;
     convert) timeout 150 python3 -m pytest -q -p no:cacheprovider -s tests/test_convert_gpu.py 2>&1 | tee "$OUT/convert_gpu.txt" ;;
   esac
   echo "=== $part done rc=$? $(date +%T)"

@@ -1,6 +1,4 @@
 """`rla-convert MODEL --variant ... --out DIR`: exports on success; bad input is one line, exit 2, nothing written."""
-import sys
-
 import pytest
 import torch
 import transformers as tf

@@ -119,6 +119,16 @@ def test_stage1_lora_trains_adapters_that_stage2_continues(tiny, tmp_path):
         assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
 
 
+def test_lora_on_a_new_gate_keeps_the_gate_trained_in_both_stages(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny, **{"stage1.lora": True, "stage2.lora.targets": ["q_proj", "b_proj"]}))
+    DistillRun(recipe, progress=False).run()
+    final = load_file(tmp_path / "run" / "final" / "trainable.safetensors")
+    gate = [n for n in final if n.endswith("b_proj.base_layer.weight")]
+    assert gate and any("b_proj.lora_A" in n for n in final)  # the gate itself and its adapter both kept
+
+
 def test_export_merges_the_run_into_a_loadable_checkpoint(finished_run, tmp_path, capsys):
     import transformers as tf
 

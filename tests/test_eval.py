@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from clitools import run_process
 from rla_convert.eval import greedy_agreement, passkey_accuracy, perplexity, tokenize_text
-from rla_convert.eval.passkey import passkey_prompt
+from rla_convert.eval.passkey import answer_tokens, passkey_prompt
 
 WORDS = ("the grass is green sky blue sun yellow here we go there and back again what pass key "
          "remember it a of to in is was for on with as by at from").split()
@@ -35,6 +35,7 @@ def tiny_model_dir(tmp_path_factory):
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)  # a random model, the same each run (see the agreement test)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # decisive logits: cached and uncached argmax never meet a rounding tie
         model.lm_head.weight.mul_(50)
@@ -70,7 +71,10 @@ def test_a_model_agrees_with_itself_and_not_with_another(tiny_model_dir):
     ids = tokenize_text(tok, (tiny_model_dir / "heldout.txt").read_text())
     same = greedy_agreement(model, model, ids, n_prompts=3, prompt_len=32, new_tokens=8, pad_token_id=2, progress=False)
     assert same["agreement"] == 1.0
-    other = AutoModelForCausalLM.from_config(model.config).eval()  # fresh random weights
+    # fresh random weights, seeded like the fixture's model: a tiny random model can settle on one token, and
+    # unseeded pairs that settled on the same one agreed fully now and then
+    torch.manual_seed(1)
+    other = AutoModelForCausalLM.from_config(model.config).eval()
     diff = greedy_agreement(other, model, ids, n_prompts=3, prompt_len=32, new_tokens=8, pad_token_id=2, progress=False)
     assert diff["agreement"] < 1.0
 
@@ -105,6 +109,18 @@ class _PeekingModel(torch.nn.Module):
         if self.miss_last:
             nxt[:, -2] = (nxt[:, -2] + 1) % self.vocab
         return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, self.vocab).float())
+
+
+def test_passkey_answer_is_tokenised_in_context():
+    class SentencePieceLike:  # a standalone leading space becomes its own token, as with Metaspace
+        def __call__(self, text, add_special_tokens=False):
+            words = text.split(" ")
+            return {"input_ids": [0 if w == "" else 1 + sum(map(ord, w)) for w in words]}
+
+    tok = SentencePieceLike()
+    text = "what is the pass key"
+    answer = answer_tokens(tok, text, tok(text)["input_ids"], 31415)
+    assert answer == [1 + sum(map(ord, "31415"))] and tok(" 31415")["input_ids"][0] == 0
 
 
 def test_passkey_scores_the_answer_positions_exactly(tiny_model_dir):

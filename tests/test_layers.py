@@ -66,6 +66,26 @@ def test_gdn_baseline_is_the_plain_gated_delta_rule():
     assert rel(out, ref) < 1e-5  # the reference implementation computes in float32
 
 
+def test_gdn_op_with_scale_states_and_packed_sequences():
+    from rla_convert.layers.gdn_op import gated_delta_rule
+
+    H, K, V, lengths = 2, 8, 6, (5, 3)
+    q, k = F.normalize(torch.randn(1, 8, H, K, dtype=torch.float64), dim=-1), F.normalize(torch.randn(1, 8, H, K, dtype=torch.float64), dim=-1)
+    v, g, beta = torch.randn(1, 8, H, V, dtype=torch.float64), F.logsigmoid(torch.randn(1, 8, H, dtype=torch.float64)), torch.rand(1, 8, H, dtype=torch.float64)
+    S0 = torch.randn(2, H, K, V, dtype=torch.float64)
+    o, (S,) = gated_delta_rule(q, k, v, g, beta, scale=0.3, initial_state=(S0,), output_final_state=True,
+                               cu_seqlens=torch.tensor([0, 5, 8]))
+    start = 0
+    for n, length in enumerate(lengths):  # the recurrence, token by token, per sequence from its own state
+        state = S0[n].clone()
+        for t in range(start, start + length):
+            state = g[0, t].exp()[:, None, None] * state
+            state = state + torch.einsum("hk,hv->hkv", k[0, t], beta[0, t, :, None] * (v[0, t] - torch.einsum("hk,hkv->hv", k[0, t], state)))
+            assert rel(o[0, t], 0.3 * torch.einsum("hk,hkv->hv", q[0, t], state)) < 1e-5
+        assert rel(S[n], state) < 1e-5
+        start += length
+
+
 @pytest.mark.parametrize("variant, tol", [("rla", 1e-10), ("rdn", 1e-10), ("gdn", 1e-5)])
 def test_prefill_then_decode_equals_full_sequence(variant, tol):
     layer = make_layer(variant, conv_size=4, qk_norm=True, output_gate=True)
@@ -109,25 +129,45 @@ def test_masked_decode_step_compiles_without_graph_breaks():
 
 
 @pytest.mark.gpu
-def test_gdn_baseline_on_cuda_runs_fla_and_matches_the_reference():
-    # fla's chunk kernel (its Hopper guard lifted for the baseline) for training, its fused recurrent one for
-    # decoding, against transformers' PyTorch reference on the same layer, forward and backward
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_gdn_baseline_on_cuda_runs_fla_and_matches_the_reference(head_dim, monkeypatch):
+    # fla's chunk kernel in bf16 (its Hopper guard lifted for the baseline), as training runs it, against
+    # transformers' PyTorch reference in fp32: the output and the gradient of EVERY parameter, gates
+    # included (fla's #640 concerned the gate and beta gradients), then fla's decode kernel
+    from rla_convert.layers import gdn_op
+
+    calls = []
+    real_fla = gdn_op._fla
+    monkeypatch.setattr(gdn_op, "_fla", lambda *a: calls.append(1) or real_fla(*a))
     torch.manual_seed(0)
-    fast = make_layer("gdn", hidden_size=256, num_heads=4, num_k_heads=4, head_dim=64).float().cuda()
-    ref = make_layer("gdn", hidden_size=256, num_heads=4, num_k_heads=4, head_dim=64, backend="torch").float().cuda()
+    kw = dict(hidden_size=512, num_heads=4, num_k_heads=4, head_dim=head_dim)
+    fast = make_layer("gdn", **kw).float().cuda()
+    ref = make_layer("gdn", backend="torch", **kw).float().cuda()
     ref.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 200, 256, device="cuda")
-    outs, grads = [], []
-    for layer in (fast, ref):
-        out, _ = layer(x)
-        out.square().mean().backward()
-        outs.append(out)
-        grads.append(layer.q_proj.weight.grad)
-    assert rel(outs[0], outs[1]) < 1e-4 and rel(grads[0], grads[1]) < 1e-3
-    with torch.no_grad():
+    x = torch.randn(2, 300, 512, device="cuda")
+    w = torch.randn(2, 300, 512, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out_fast, _ = fast(x)
+    (out_fast.float() * w).sum().backward()
+    out_ref, _ = ref(x)
+    (out_ref * w).sum().backward()
+    assert calls, "the CUDA path did not reach fla"
+    assert rel(out_fast.float(), out_ref) < 2e-2
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        assert rel(p.grad, q.grad) < 3e-2, name
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         cache = DynamicCache()
         pieces = [fast(x[:, a:b], past_key_values=cache)[0] for a, b in ((0, 150), (150, 151), (151, 152))]
-    assert rel(torch.cat(pieces, 1), outs[0][:, :152]) < 1e-4
+    assert rel(torch.cat(pieces, 1).float(), out_ref[:, :152]) < 2e-2
+
+
+def test_a_mask_keeps_the_kernel_inputs_in_the_autocast_dtype():
+    layer = make_layer("rdn").float()
+    seen, op = [], layer._op
+    layer._op = lambda q, k, v, *a, **kw: seen.append((q.dtype, k.dtype, v.dtype)) or op(q, k, v, *a, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(2, 6, 32), attention_mask=torch.tensor([[1] * 6, [0] + [1] * 5]))
+    assert seen == [(torch.bfloat16,) * 3]  # the fp32 residual stream must not promote them through the mask
 
 
 def test_debug_mode_has_the_kernels_check_values():

@@ -28,7 +28,7 @@ class DefaultToConvert(click.Group):
         return super().parse_args(ctx, args)
 
     def format_usage(self, ctx, formatter):
-        formatter.write_usage(ctx.command_path, "[MODEL --variant rla|rdn [OPTIONS]] | COMMAND [ARGS]...")
+        formatter.write_usage(ctx.command_path, "[MODEL --variant rla|rdn|gdn [OPTIONS]] | COMMAND [ARGS]...")
 
 
 @click.group(cls=DefaultToConvert, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,8 +2,9 @@
 
 Stage 1 (attention transfer): the teacher runs once per batch without gradients; hooks record what
 each replaced attention module received and returned. Each new RLA/RDN layer is then called on the
-same inputs, and only its new parameters learn to match the teacher's output (relative MSE, every
-layer at once). Nothing is back-propagated through the teacher or through the rest of the student.
+same inputs, and only its new parameters (with ``stage1.lora``, stage 2's LoRA adapters too) learn to
+match the teacher's output (relative MSE, every layer at once). Nothing is back-propagated through the
+teacher or through the rest of the student.
 
 Stage 2 (LoRA): peft LoRA on the converted layers' projections, the new gate parameters trained fully,
 loss = kl_weight * KL(teacher || student) + ce_weight * next-token cross-entropy.
@@ -356,9 +357,9 @@ class DistillRun:
     def stage1(self, resume_from) -> bool:
         spec = self.recipe.stage1
         paths = converted_paths(self.student)
-        names = set(new_parameter_names(self.student))
         if spec.lora:
             self._lora_model()
+        names = set(new_parameter_names(self.student))  # after wrapping: a targeted gate's weight is renamed
         groups = {"gates": [], "lora": []}
         for n, p in self.student.named_parameters():
             is_lora = spec.lora and "lora_" in n
@@ -398,8 +399,9 @@ class DistillRun:
 
     def stage2(self, resume_from) -> bool:
         spec = self.recipe.stage2
-        gate_names = set(new_parameter_names(self.student))
         self._lora_model()
+        # after wrapping: a targeted gate's weight is renamed (base_layer), its adapters train with the LoRA group
+        gate_names = {n for n in new_parameter_names(self.student) if "lora_" not in n}
         gates = []
         for n, p in self.student.named_parameters():
             p.requires_grad_(n in gate_names or "lora_" in n)
@@ -449,6 +451,7 @@ class DistillRun:
             from ..eval import passkey_accuracy
 
             # under the training precision: in fp32 the student would compile a second set of kernels
+            self.peft_model.eval()
             with self.autocast():
                 summary["passkey"] = {
                     name: [passkey_accuracy(m, self.tokenizer, n, n_prompts=r.eval.passkey_n, progress=False)

@@ -5,13 +5,17 @@
 Not one of our kernels: it exists to compare conversions against the plain recurrence on equal terms
 (same layer, same recipe), so it calls established implementations with the signature of
 ``rla_kernels.rdn``. On CUDA, fla's chunk / fused-recurrent kernels (fla 0.6.0's Hopper guard, issue
-#640, is lifted for this baseline: its backward was checked against float64 at head dims 64 and 128 on
-the GPU machine); elsewhere transformers' PyTorch reference from Qwen3-Next. States are 1-tuples
+#640, is lifted for this baseline, as the project allows for baselines: the lead checked that backward
+against float64 at head dims 64 and 128 on the GPU machine, and tests/test_layers.py's gpu test checks
+every gradient of the layer in bf16 against the reference); elsewhere transformers' PyTorch reference from Qwen3-Next (``backend='torch'`` forces the reference; any
+other backend name means "fla where it can run"). The guard is lifted process-wide, for every fla op of
+the process: use the baseline in a process of its own when other fla ops matter. States are 1-tuples
 ``(S,)``, S [N, H, K, V] float32 as in rla_kernels. ``gamma``, ``clip`` and ``residual`` are accepted and
 ignored: there is no residual branch.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import warnings
 
@@ -33,15 +37,21 @@ def gated_delta_rule(q, k, v, g, beta, gamma=None, scale=None, clip=None, residu
 
 def _fla_importable() -> bool:
     try:
-        import fla.ops.gated_delta_rule  # noqa: F401
+        _fla_ops()
     except ImportError:
         return False
     return True
 
 
-def _fla(q, k, v, g, beta, scale, S0, output_final_state, cu_seqlens):
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+def _fla_ops():
+    # importlib, not an import statement: exports ship this file, and transformers' remote-code loader
+    # would list a plain `import fla...` as a requirement of every exported model, gdn or not
+    return importlib.import_module("fla.ops.gated_delta_rule")
 
+
+def _fla(q, k, v, g, beta, scale, S0, output_final_state, cu_seqlens):
+    ops = _fla_ops()
+    chunk_gated_delta_rule, fused_recurrent_gated_delta_rule = ops.chunk_gated_delta_rule, ops.fused_recurrent_gated_delta_rule
     _lift_hopper_guard()
     n = q.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, beta))
@@ -57,7 +67,7 @@ def _lift_hopper_guard():
     if _guard_lifted:
         return
     try:
-        import fla.ops.common.chunk_o as chunk_o
+        chunk_o = importlib.import_module("fla.ops.common.chunk_o")
     except ImportError:
         return
     if getattr(chunk_o, "TRITON_ABOVE_3_7_1", True) is False:

@@ -185,8 +185,8 @@ class ResidualAttention(nn.Module):
             cos, sin = (t.unsqueeze(2) for t in position_embeddings)
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         if valid is not None:
-            keep = valid[:, :, None, None].to(x.dtype)
-            q, k, v = q * keep, k * keep, v * keep
+            keep = valid[:, :, None, None]  # each in its own dtype: under autocast x is fp32, q/k/v bf16
+            q, k, v = q * keep.to(q.dtype), k * keep.to(k.dtype), v * keep.to(v.dtype)
         if self.conv_size:
             q, k, v = (self._conv(name, t, state, seq_starts) for name, t in (("q", q), ("k", k), ("v", v)))
             q, k, v = F.silu(q), F.silu(k), F.silu(v)

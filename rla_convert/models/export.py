@@ -36,6 +36,7 @@ SHIPPED = {
 SHIPPED_OPS = '''"""Kernel for the exported model: rla_kernels' chunked PyTorch backend, shipped beside this file.
 
 It is what ``rla_kernels.rla`` / ``rdn`` run on CPU, so a reloaded model computes the same bits there.
+The gdn baseline ships its own selector (gdn_op.py: fla on CUDA when installed, else transformers' reference).
 """
 from .rla_kernels_rla_torch_chunk import chunk_rla_torch
 from .rla_kernels_rdn_torch_chunk import chunk_rdn_torch
