@@ -43,3 +43,11 @@ def test_directory_without_config_is_rejected(tmp_path):
     result = run_process("info", str(tmp_path))
     assert result.returncode == 2
     assert "config.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_python_dash_m_is_the_command():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "rla_convert", "nope-model"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("rla-convert: error: no model")
