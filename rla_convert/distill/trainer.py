@@ -441,11 +441,7 @@ class DistillRun:
             "train_tokens": {s: getattr(r, s).steps * getattr(r, s).batch_size * getattr(r, s).grad_accum * r.data.seq_len
                              for s in STAGES},
             "expects": r.expects,
-            # from the run's first log row (model loaded, data tokenised) to the end of training; a
-            # resumed run's span includes the time it stood stopped
-            "wall_seconds": {"to_end_of_training": round(time.time() - rows[0]["time"], 1),
-                             **{s: round(max(t) - min(t), 1) for s in STAGES
-                                if len(t := [row["time"] for row in rows if row.get("stage") == s]) > 1}},
+            "wall_seconds": _stage_spans(rows),
         }
         if r.eval.passkey:
             from ..eval import passkey_accuracy
@@ -516,6 +512,22 @@ def _load_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def _stage_spans(rows) -> dict:
+    """Seconds from the setup row (model loaded, data tokenised, first evaluation) to the end of each stage,
+    and each stage from the end of the one before, its evaluations included. A resumed run's spans include
+    the time it stood stopped."""
+    ends = {"setup": rows[0]["time"]}
+    for row in rows:
+        ends[row["stage"]] = max(ends.get(row["stage"], row["time"]), row["time"])
+    spans, previous = {}, ends["setup"]
+    for stage in STAGES:
+        if stage in ends:
+            spans[stage] = round(ends[stage] - previous, 1)
+            previous = ends[stage]
+    spans["to_end_of_training"] = round(previous - ends["setup"], 1)
+    return spans
 
 
 def _median(xs):
