@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from clitools import exit_status
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "docs" / "runs" / "smollm2-135m-rdn"
 
@@ -18,7 +20,6 @@ def test_committed_flagship_run_exports_and_keeps_its_perplexity_ratio(tmp_path)
     from transformers import AutoModelForCausalLM
 
     from rla_convert.checkpoints import load_checkpoint
-    from rla_convert.cli import main
     from rla_convert.data import tokenize_documents
     from rla_convert.distill.recipe import load_recipe
     from rla_convert.eval import perplexity
@@ -27,7 +28,7 @@ def test_committed_flagship_run_exports_and_keeps_its_perplexity_ratio(tmp_path)
     summary = json.loads((RUN / "final" / "summary.json").read_text())
     assert summary["ppl_ratio_stage2"] <= recipe.expects["heldout_ppl_ratio"]
 
-    assert main(["export", str(RUN), "--out", str(tmp_path / "exported")]) in (0, None)
+    assert exit_status("export", str(RUN), "--out", str(tmp_path / "exported")) in (0, None)
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     teacher, tokenizer = load_checkpoint(recipe.model, dtype=torch.float32)
     streams = tokenize_documents(recipe.data.train, tokenizer, heldout_fraction=recipe.data.heldout_fraction,

@@ -23,22 +23,39 @@ def make_layer(variant="rdn", **kw):
     return layer
 
 
+def _op_inputs(layer, x):
+    """What the layer hands its op, recomputed from its weights (4 query heads, 2 shared k/v heads, dim 8)."""
+    B, T = x.shape[:2]
+    q = layer.q_proj(x).view(B, T, 4, 8)
+    k = layer.k_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
+    v = layer.v_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
+    l2 = lambda t: t * torch.rsqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6)  # noqa: E731  (fla's l2norm, eps inside)
+    g = -layer.A_log.exp() * F.softplus(layer.a_proj(x) + layer.dt_bias)
+    return l2(F.silu(q)), l2(F.silu(k)), v, g, torch.sigmoid(layer.b_proj(x))
+
+
+def _gated_delta_rule_loop(q, k, v, g, beta, scale, S0):
+    """S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, o_t = scale * S_t^T q_t, token by token ([K, V]
+    states); [N, T, H, *] inputs, one sequence per row. Returns (o, S_T)."""
+    S, outs = S0.clone(), []
+    for t in range(q.shape[1]):
+        S = g[:, t].exp()[..., None, None] * S
+        error = v[:, t] - torch.einsum("nhk,nhkv->nhv", k[:, t], S)
+        S = S + torch.einsum("nhk,nhv->nhkv", k[:, t], beta[:, t, :, None] * error)
+        outs.append(scale * torch.einsum("nhk,nhkv->nhv", q[:, t], S))
+    return torch.stack(outs, 1), S
+
+
 @pytest.mark.parametrize("variant", ["rla", "rdn"])
 def test_layer_equals_oracle_composition(variant):
     layer = make_layer(variant)
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     out, _ = layer(x)
-    B, T = 2, 7
-    q = layer.q_proj(x).view(B, T, 2 * 2, 8)  # 4 query heads
-    k = layer.k_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
-    v = layer.v_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
-    l2 = lambda t: t * torch.rsqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6)  # noqa: E731  (fla's l2norm, eps inside)
-    q, k = l2(F.silu(q)), l2(F.silu(k))
-    g = -layer.A_log.exp() * F.softplus(layer.a_proj(x) + layer.dt_bias)
-    beta, gamma = torch.sigmoid(layer.b_proj(x)), torch.sigmoid(layer.gamma_proj(x))
+    q, k, v, g, beta = _op_inputs(layer, x)
+    gamma = torch.sigmoid(layer.gamma_proj(x))
     oracle = naive_recurrent_rla if variant == "rla" else naive_recurrent_rdn
     o, _ = oracle(q, k, v, g, beta, gamma, scale=8 ** -0.5, clip=1.0)
-    ref = layer.o_proj(o.reshape(B, T, -1))
+    ref = layer.o_proj(o.reshape(2, 7, -1))
     assert rel(out, ref) < 1e-8
 
 
@@ -47,22 +64,9 @@ def test_gdn_baseline_is_the_plain_gated_delta_rule():
     assert not hasattr(layer, "gamma_proj")
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     out, _ = layer(x)
-    B, T = 2, 7
-    q = layer.q_proj(x).view(B, T, 4, 8)
-    k = layer.k_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
-    v = layer.v_proj(x).view(B, T, 2, 8).repeat_interleave(2, dim=2)
-    l2 = lambda t: t * torch.rsqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6)  # noqa: E731
-    q, k = l2(F.silu(q)), l2(F.silu(k))
-    a = torch.exp(-layer.A_log.exp() * F.softplus(layer.a_proj(x) + layer.dt_bias))
-    beta = torch.sigmoid(layer.b_proj(x))
-    S, outs = torch.zeros(B, 4, 8, 8, dtype=torch.float64), []  # [K, V] per head
-    for t in range(T):  # S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, o_t = scale * S_t^T q_t
-        S = a[:, t, :, None, None] * S
-        error = v[:, t] - torch.einsum("bhk,bhkv->bhv", k[:, t], S)
-        S = S + torch.einsum("bhk,bhv->bhkv", k[:, t], beta[:, t, :, None] * error)
-        outs.append(8 ** -0.5 * torch.einsum("bhk,bhkv->bhv", q[:, t], S))
-    o = torch.stack(outs, 1) * layer.o_scale[:, None] if hasattr(layer, "o_scale") else torch.stack(outs, 1)
-    ref = layer.o_proj(o.reshape(B, T, -1))
+    q, k, v, g, beta = _op_inputs(layer, x)
+    o, _ = _gated_delta_rule_loop(q, k, v, g, beta, 8 ** -0.5, torch.zeros(2, 4, 8, 8, dtype=torch.float64))
+    ref = layer.o_proj(o.reshape(2, 7, -1))
     assert rel(out, ref) < 1e-5  # the reference implementation computes in float32
 
 
@@ -76,13 +80,12 @@ def test_gdn_op_with_scale_states_and_packed_sequences():
     o, (S,) = gated_delta_rule(q, k, v, g, beta, scale=0.3, initial_state=(S0,), output_final_state=True,
                                cu_seqlens=torch.tensor([0, 5, 8]))
     start = 0
-    for n, length in enumerate(lengths):  # the recurrence, token by token, per sequence from its own state
-        state = S0[n].clone()
-        for t in range(start, start + length):
-            state = g[0, t].exp()[:, None, None] * state
-            state = state + torch.einsum("hk,hv->hkv", k[0, t], beta[0, t, :, None] * (v[0, t] - torch.einsum("hk,hkv->hv", k[0, t], state)))
-            assert rel(o[0, t], 0.3 * torch.einsum("hk,hkv->hv", q[0, t], state)) < 1e-5
-        assert rel(S[n], state) < 1e-5
+    for n, length in enumerate(lengths):  # each sequence from its own state
+        span = slice(start, start + length)
+        o_ref, S_ref = _gated_delta_rule_loop(q[:, span], k[:, span], v[:, span], g[:, span], beta[:, span], 0.3, S0[n:n + 1])
+        for t in range(length):
+            assert rel(o[:, start + t], o_ref[:, t]) < 1e-5
+        assert rel(S[n:n + 1], S_ref) < 1e-5
         start += length
 
 

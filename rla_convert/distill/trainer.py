@@ -159,6 +159,7 @@ class DistillRun:
         self.run_dir = Path(recipe.output)
         self.fingerprint = recipe_fingerprint(recipe)
         self.steps_this_run = 0
+        self.peft_model = None  # the student with LoRA adapters, made by the first stage that trains them
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self):
@@ -350,7 +351,7 @@ class DistillRun:
 
     def _lora_model(self):
         """The student with stage 2's LoRA adapters, made once (stage 1 makes it when it trains them)."""
-        if getattr(self, "peft_model", None) is None:
+        if self.peft_model is None:
             self.peft_model = with_lora(self.student, self.recipe)
         return self.peft_model
 

@@ -11,7 +11,8 @@ every gradient of the layer in bf16 against the reference); elsewhere transforme
 other backend name means "fla where it can run"). The guard is lifted process-wide, for every fla op of
 the process: use the baseline in a process of its own when other fla ops matter. States are 1-tuples
 ``(S,)``, S [N, H, K, V] float32 as in rla_kernels. ``gamma``, ``clip`` and ``residual`` are accepted and
-ignored: there is no residual branch.
+ignored: there is no residual branch; so is ``validate`` (the layers' debug mode): neither implementation
+has value checks.
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ import warnings
 
 import torch
 
-DECODE_MAX_TOKENS = 8  # per sequence, with a state and no autograd: fla's fused recurrent kernel
+# per sequence, with a state and no autograd: fla's fused recurrent kernel. The same rule as
+# rla_kernels.backend.is_decode, restated: exports ship this file, and they do not ship rla_kernels
+DECODE_MAX_TOKENS = 8
 _guard_lifted = False
 
 
 def gated_delta_rule(q, k, v, g, beta, gamma=None, scale=None, clip=None, residual=None, initial_state=None,
-                     output_final_state=False, cu_seqlens=None, backend=None):
+                     output_final_state=False, cu_seqlens=None, backend=None, validate=False):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S0 = None if initial_state is None else initial_state[0]
     use_fla = backend != "torch" and q.is_cuda and _fla_importable()

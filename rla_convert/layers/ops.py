@@ -19,9 +19,7 @@ def kernel_op(variant: str, backend: str | None = None):
         from .gdn_op import gated_delta_rule
 
         return lambda *args, **kwargs: gated_delta_rule(*args, backend=backend, **kwargs)
-    op = getattr(rla_kernels, variant, None)
-    if op is None:  # the public dispatcher has not landed: fall back to the float64-capable oracle
-        return getattr(rla_kernels, f"naive_recurrent_{variant}")
+    op = getattr(rla_kernels, variant)
     if backend is None:
         return op
     return lambda *args, **kwargs: op(*args, backend=backend, **kwargs)

@@ -156,7 +156,9 @@ class ResidualAttention(nn.Module):
             self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(1, 16)))
             dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-            for proj in (self.a_proj, self.b_proj, *([self.gamma_proj] if hasattr(self, "gamma_proj") else [])):
+            for proj in (self.a_proj, self.b_proj, getattr(self, "gamma_proj", None)):
+                if proj is None:  # the gdn baseline has no gamma gate
+                    continue
                 nn.init.normal_(proj.weight, std=0.02)
                 if proj.bias is not None:
                     nn.init.zeros_(proj.bias)
@@ -206,10 +208,9 @@ class ResidualAttention(nn.Module):
             gamma = gamma * keep.to(gamma.dtype) if gamma is not None else None
 
         initial = state.recurrent_state if state is not None else None
-        checks = {"validate": True} if self.debug and self.variant != "gdn" else {}
         o, final = self._op(q, k, v, g, beta, gamma, scale=self.scale, clip=self.clip, residual=self.residual,
                             initial_state=initial, output_final_state=state is not None, cu_seqlens=cu_seqlens,
-                            **checks)
+                            validate=self.debug)
         if state is not None:
             state.recurrent_state = tuple(s.to(gate_dtype) for s in final)
             state.seen_tokens += T
