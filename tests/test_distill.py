@@ -77,7 +77,7 @@ def test_a_run_writes_metrics_artifact_and_summary(finished_run):
     assert (run_dir / "losses.png").stat().st_size > 0
     assert [p["length"] for p in summary["passkey"]["teacher"]] == [64] and len(summary["passkey"]["student"]) == 1
     spans = summary["wall_seconds"]
-    assert spans["stage1"] > 0 and spans["stage2"] > 0
+    assert spans["stage1"] >= 0 and spans["stage2"] >= 0  # rounded to 0.1 s: a tiny stage can take "0.0"
     assert spans["to_end_of_training"] == pytest.approx(spans["stage1"] + spans["stage2"], abs=0.11)
     for key in ("ppl_ratio_before", "ppl_ratio_stage1", "ppl_ratio_stage2"):
         assert summary[key] > 0 and summary[key] == summary[key]
