@@ -108,6 +108,56 @@ def test_plain_pytorch_model_with_sdpa_converts():
     assert torch.isfinite(model(ids)).all()
 
 
+class LaunchedNorm(nn.Module):
+    """Reads its input's data pointer, as a raw Triton launch does (fla's fused RMSNorm): torch.export's
+    fake tensors have none, so export fails on this model and capture must fall back to a real-tensor trace."""
+
+    def forward(self, x):
+        assert x.data_ptr() != 0
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class LaunchingLM(TinyLM):
+    def __init__(self):
+        super().__init__()
+        self.norm = LaunchedNorm()
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for block in self.layers:
+            x = x + block["attn"](self.norm(x))[0]
+            x = x + block["mlp"](self.norm(x))
+        return self.head(x)
+
+
+def test_model_export_cannot_trace_is_captured_from_a_real_run():
+    from rla_convert.rewrite.capture import capture_sites
+
+    model = LaunchingLM().eval()
+    ids = torch.randint(0, 64, (1, 12))
+    with pytest.raises(Exception, match="data pointer"):
+        torch.export.export(model, (ids,), strict=False)
+    sites = capture_sites(model, ids, {})
+    assert [(s.path, s.class_name, s.op, s.q_shape, s.is_causal) for s in sites] == [
+        (f"layers.{i}.attn", "PlainAttention", "sdpa", (1, 4, 12, 8), True) for i in range(2)]
+    reference = model(ids)
+    result = convert_model(model, ConversionConfig(variant="rdn"))
+    assert [r.action for r in result.report.rows] == ["rdn", "rdn"]
+    assert isinstance(model.layers[1]["attn"], ResidualAttention)
+    assert model(ids).shape == reference.shape
+
+
+class BrokenLM(LaunchingLM):
+    def forward(self, ids):
+        raise RuntimeError("this kernel needs a GPU")
+
+
+def test_model_nothing_can_trace_gets_one_line_naming_both_attempts():
+    with pytest.raises(UserError, match=r"could not capture.*torch\.export: RuntimeError: this kernel needs a GPU; "
+                                        r"real-tensor trace: RuntimeError: this kernel needs a GPU\)$"):
+        convert_model(BrokenLM(), ConversionConfig())
+
+
 def test_unknown_attention_is_reported_by_name():
     with pytest.raises(UserError, match=r"layers\.0\.attn \(FusedAttention\).*supported: Llama"):
         convert_model(TinyLM(attention=FusedAttention), ConversionConfig())

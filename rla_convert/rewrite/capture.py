@@ -7,6 +7,14 @@
 the attention module to swap. Linear-attention mixers (Gated DeltaNet) run kernels that cannot be
 traced on every device, so during capture the registry's known mixer classes run a marker op instead
 of their body: the marker shows up in the graph at the mixer's place, with the mixer's module stack.
+
+Some models launch raw Triton kernels outside their mixers too (fla's models: fused RMSNorm, SwiGLU);
+``torch.export`` hands those launches fake tensors and fails. Capture then falls back to a real-tensor
+trace: ``make_fx`` records the aten graph of one eager run (a launch sees real tensors, and its kernel
+does not appear in the graph, which is all site finding needs), and forward hooks stamp each node
+with the module stack it ran under, as export does. (Dynamo is no substitute here: a graph break
+inside a nested module restarts tracing in that module's own frame, and the path from the model's
+root is lost.)
 """
 from __future__ import annotations
 
@@ -74,12 +82,67 @@ def capture_sites(model: torch.nn.Module, example_input_ids: torch.Tensor, mixer
     """Trace ``model`` on ``example_input_ids`` and return its attention sites in graph order.
 
     ``mixer_classes`` maps recurrent-mixer class names to their call style (see ResidualAttention).
+    Tries ``torch.export`` (non-strict) first, a real-tensor trace when export cannot trace the model;
+    raises CaptureError naming both failures when neither can.
     """
     kwargs = {"use_cache": False} if _accepts(model, "use_cache") else {}
     with _mixers_as_markers(model, set(mixer_classes), mixer_classes), torch.no_grad():
-        program = torch.export.export(model, (example_input_ids,), kwargs=kwargs, strict=False)
+        try:
+            graphs = [torch.export.export(model, (example_input_ids,), kwargs=kwargs, strict=False).graph]
+        except Exception as export_err:
+            try:
+                graphs = [_real_trace(model, example_input_ids, kwargs)]
+            except Exception as trace_err:
+                raise CaptureError(f"torch.export: {_first_line(export_err)}; real-tensor trace: "
+                                   f"{_first_line(trace_err)}") from None
     sites: dict[str, Site] = {}
-    for node in program.graph.nodes:
+    for graph in graphs:
+        _collect_sites(graph, sites)
+    return list(sites.values())
+
+
+class CaptureError(RuntimeError):
+    """Neither torch.export nor Dynamo could capture the model's graph."""
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _real_trace(model, example_input_ids, kwargs):
+    """The aten graph of one eager run of ``model``, each node carrying ``nn_module_stack``."""
+    from torch.fx import traceback as fx_traceback
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    paths = {module: path for path, module in model.named_modules()}
+    stack: list[torch.nn.Module] = []
+
+    def stamp():
+        fx_traceback.current_meta["nn_module_stack"] = {
+            paths[m] or "root": (paths[m], type(m)) for m in stack}
+
+    def enter(module, args):
+        stack.append(module)
+        stamp()
+
+    def leave(module, args, output):
+        stack.pop()
+        stamp()
+
+    handles = [h for module in paths for h in (module.register_forward_pre_hook(enter),
+                                                module.register_forward_hook(leave))]
+    try:
+        with fx_traceback.preserve_node_meta():
+            return make_fx(lambda ids: model(ids, **kwargs), tracing_mode="real", pre_dispatch=True)(example_input_ids).graph
+    finally:
+        for handle in handles:
+            handle.remove()
+        fx_traceback.current_meta.pop("nn_module_stack", None)
+
+
+def _collect_sites(graph, sites: dict[str, Site]) -> None:
+    for node in graph.nodes:
         if node.op != "call_function":
             continue
         target = str(node.target)
@@ -91,10 +154,13 @@ def capture_sites(model: torch.nn.Module, example_input_ids: torch.Tensor, mixer
         if "mixer_site" in target:
             sites.setdefault(path, Site(path, cls_name, "mixer"))
         elif any(t in target for t in ATTENTION_TARGETS):
-            q, k = (node.args[i].meta["val"].shape for i in (0, 1))
+            q, k = (_shape(node.args[i]) for i in (0, 1))
             causal = bool(node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False))
-            sites.setdefault(path, Site(path, cls_name, "sdpa", tuple(q), tuple(k), causal))
-    return list(sites.values())
+            sites.setdefault(path, Site(path, cls_name, "sdpa", q, k, causal))
+
+
+def _shape(arg) -> tuple:
+    return tuple(arg.meta["val"].shape)
 
 
 def _accepts(model, name: str) -> bool:

@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..init import initialise_gates, resolve_strategy
 from ..inspect import decoder_layers
 from ..layers import ResidualAttention
-from .capture import Site, capture_sites
+from .capture import CaptureError, Site, capture_sites
 from .registry import MIXER_CLASSES, adapter_for, supported_summary
 
 
@@ -69,9 +69,8 @@ def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch
     model.eval()
     try:
         sites = capture_sites(model, example_ids, MIXER_CLASSES)
-    except Exception as err:  # a model torch.export cannot trace: say so in one line
-        raise UserError(f"could not capture the model's graph with torch.export: {type(err).__name__}: "
-                        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
+    except CaptureError as err:  # neither torch.export nor Dynamo could trace it: say so in one line
+        raise UserError(f"could not capture the model's graph ({err})") from None
     if not sites:
         raise UserError(f"no attention the rewriter recognises in {type(model).__name__}; supported: {supported_summary()}")
 
