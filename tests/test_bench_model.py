@@ -1,4 +1,5 @@
 """The model benchmark's measuring pieces, on a tiny random Llama (CPU)."""
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -40,3 +41,31 @@ def test_a_failing_point_is_recorded_and_the_run_goes_on():
 def test_prefill_reports_tokens_per_second():
     p = prefill_point("t", _tiny(), context=64, batch=1, device=torch.device("cpu"), repeats=2)
     assert p.error is None and abs(p.tokens_per_s - 64 / p.ms * 1e3) < 1e-6
+
+
+@pytest.mark.parametrize("convert", [False, True], ids=["teacher-static-cache", "converted-states-in-place"])
+def test_greedy_step_decodes_what_generate_does(convert):
+    # The step a CUDA graph captures: token and position advance in place on the device; run eagerly here,
+    # it must give generate()'s greedy tokens for a softmax model (static KV cache) and a converted one.
+    from transformers import StaticCache
+
+    from rla_convert.bench.graphed import GreedyStep, GraphedGreedyStep
+    from rla_convert.bench.model import cache_argument
+    from rla_convert.config import ConversionConfig
+    from rla_convert.convert import convert_model
+
+    model = _tiny()
+    if convert:
+        convert_model(model, ConversionConfig(variant="rdn", conv_size=4))
+    ids = torch.randint(3, 97, (2, 11))
+    expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False)[:, 11:]
+    step = GreedyStep(model, ids, max_new_tokens=7, cache_kwarg=cache_argument(model))
+    assert isinstance(step.cache, StaticCache) != convert
+    tokens = [step.token.clone()]
+    for _ in range(6):
+        step()
+        tokens.append(step.token.clone())
+    assert torch.equal(torch.cat(tokens, 1), expected)
+    assert int(step.position) == 11 + 6
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        GraphedGreedyStep(step)

@@ -169,6 +169,21 @@ def test_a_compile_failure_is_a_failed_point_not_a_crash(pair, tmp_path, capsys,
     assert status == 0
     points = json.loads((tmp_path / "r.json").read_text())["points"]
     failed = [p for p in points if p["error"]]
-    assert [(p["model"], p["measure"]) for p in failed] == [("teacher", "decode_compiled"), ("converted", "decode_compiled")]
+    assert [(p["model"], p["measure"]) for p in failed] == [
+        (m, f"{kind}_compiled") for m in ("teacher", "converted") for kind in ("decode", "throughput")]
     assert all(p["error"] == "RuntimeError: backend compiler failed (simulated)" for p in failed)
-    assert len(points) == 8 and "failed[1]" in stdout
+    assert len(points) == 10 and "failed[1]" in stdout
+
+
+def test_cuda_graph_mode_without_a_gpu_fails_those_points_and_says_why(pair, tmp_path, capsys):
+    status, stdout, _ = run_main(capsys, "bench", "model", *map(str, pair), "--cpu-smoke", "--compile-decode",
+                                 "--compile-mode", "cuda-graph", "--contexts", "16", "--decode-contexts", "16",
+                                 "--batches", "1,2", "--json", str(tmp_path / "r.json"))
+    assert status == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert "--compile-mode cuda-graph" in doc["meta"]["command"]
+    failed = [(p["model"], p["measure"], p["batch"]) for p in doc["points"] if p["error"]]
+    assert failed == [(m, measure, b) for m in ("teacher", "converted")
+                      for measure, b in (("decode_compiled", 1), ("throughput_compiled", 1), ("throughput_compiled", 2))]
+    assert all(p["error"] == "RuntimeError: CUDA graphs need a CUDA device" for p in doc["points"] if p["error"])
+    assert "replay of a captured CUDA graph" in stdout

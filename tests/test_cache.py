@@ -63,3 +63,34 @@ def test_batched_left_padded_generation_matches_single_prompts():
     out = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(out[0, 6:], recompute_greedy(model, a, 5)[0, 6:])
     assert torch.equal(out[1, 6:], recompute_greedy(model, b, 5)[0, 3:])
+
+
+def test_decode_steps_update_the_same_state_buffers_in_place():
+    # A captured CUDA graph replays against fixed addresses: every decode step must write the states and
+    # the conv tails into the tensors the prefill left, and hold no view of a longer input.
+    model = converted_llama(variant="rdn", conv_size=4)
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        cache = out.past_key_values
+        layer = cache.layers[0]
+        held = [*layer.recurrent_state, *layer.conv_state.values()]
+        assert all(t._base is None for t in held)  # the conv tail is not a view of the 9-token input
+        before = [t.clone() for t in held]
+        logits = []
+        for _ in range(3):
+            token = out.logits[:, -1:].argmax(-1)
+            out = model(token, past_key_values=cache, use_cache=True)
+            logits.append(out.logits)
+        after = [*layer.recurrent_state, *layer.conv_state.values()]
+        assert [t.data_ptr() for t in after] == [t.data_ptr() for t in held]
+        assert all(not torch.equal(a, b) for a, b in zip(after, before))  # written, not left stale
+        # the same steps with fresh state tensors each time (the previous behaviour) give the same logits
+        out = model(ids, use_cache=True)
+        cache = out.past_key_values
+        for step in range(3):
+            token = out.logits[:, -1:].argmax(-1)
+            for l in cache.layers:
+                l.recurrent_state = tuple(s.clone() for s in l.recurrent_state)
+            out = model(token, past_key_values=cache, use_cache=True)
+            assert torch.equal(out.logits, logits[step])

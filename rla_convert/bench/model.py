@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .graphed import GraphedGreedyStep, GreedyStep
+
 
 @dataclass
 class Point:
     model: str
-    measure: str  # "prefill", "decode", "throughput"
+    measure: str  # "prefill", "decode", "throughput", "decode_compiled", "throughput_compiled"
     context: int
     batch: int
     ms: float | None = None  # prefill: whole call; decode: per generated token (median)
@@ -39,6 +41,7 @@ class Point:
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPILED_WARMUP = 3  # untimed steps before a compiled decode is timed: the compile and one recompile
+CUDA_GRAPH = "cuda-graph"  # the compile mode that replays a captured greedy step instead of torch.compile
 
 
 @dataclass
@@ -239,12 +242,15 @@ def plan(contexts, decode_contexts, batches, throughput_context, compile_decode=
     out += [("decode", c, decode_batch) for c in decode_contexts]
     if compile_decode:
         out += [("decode_compiled", c, 1) for c in decode_contexts]
-    return out + [("throughput", throughput_context, b) for b in batches]
+    out += [("throughput", throughput_context, b) for b in batches]
+    if compile_decode:
+        out += [("throughput_compiled", throughput_context, b) for b in batches]
+    return out
 
 
 def _skip_reason(model, measure, context, batch, steps, failed_oom) -> str | None:
     limit = position_limit(model)
-    tokens = context if measure == "prefill" else context + steps + (COMPILED_WARMUP if measure == "decode_compiled" else 0)
+    tokens = context if measure == "prefill" else context + steps + (COMPILED_WARMUP if measure.endswith("_compiled") else 0)
     if limit is not None and tokens > limit:
         return f"skipped: context {context} ({tokens} tokens with the decode steps) exceeds the model's {limit} learned positions"
     for m, c, b in failed_oom:
@@ -256,7 +262,7 @@ def _skip_reason(model, measure, context, batch, steps, failed_oom) -> str | Non
 
 def _family(measure: str) -> str:
     """Compiled decode holds what eager decode holds: one's out-of-memory stands for the other's."""
-    return "decode" if measure.startswith("decode") else measure
+    return measure.removesuffix("_compiled")
 
 
 def _note(model, context) -> str | None:
@@ -266,15 +272,40 @@ def _note(model, context) -> str | None:
     return None
 
 
-def _compiled_decode_point(name, model, context, device, steps, compiled: dict, mode: str) -> Point:
-    """Batch-1 decode whose steps run through torch.compile (compiled once per model, on first use)."""
+def _compiled_decode_point(name, model, context, batch, device, steps, compiled: dict, mode: str) -> Point:
+    """Decode whose steps run through torch.compile (compiled once per model, on first use), or, with
+    ``mode`` 'cuda-graph', replay a captured CUDA graph of a whole greedy step (bench/graphed.py)."""
+    if mode == CUDA_GRAPH:
+        return graphed_decode_point(name, model, context, batch, device, steps)
     try:
         if "fn" not in compiled:
             compiled["fn"] = torch.compile(model, mode=mode, dynamic=True)
     except Exception as err:  # noqa: BLE001 -- no compiler here is a failed point, not a failed run
-        return Point(name, "decode_compiled", context, 1, error=_short(err))
-    return decode_point(name, model, context, 1, device, steps=steps, step_model=compiled["fn"],
+        return Point(name, "decode_compiled", context, batch, error=_short(err))
+    return decode_point(name, model, context, batch, device, steps=steps, step_model=compiled["fn"],
                         warmup=COMPILED_WARMUP)
+
+
+@torch.no_grad()
+def graphed_decode_point(name, model, context, batch, device, steps=16) -> Point:
+    """Prefill `context` tokens, capture one greedy step as a CUDA graph, time `steps` replays."""
+
+    def run(point):
+        if device.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        ids = _tokens(model, batch, context, device)
+        _reset_peak(device)
+        step = GreedyStep(model, ids, max_new_tokens=steps + COMPILED_WARMUP, cache_kwarg=cache_argument(model))
+        point.cache_mb = cache_nbytes(step.cache) / 2**20
+        replay = GraphedGreedyStep(step, warmup=COMPILED_WARMUP - 1)
+        timer = Timer(device)
+        times = [timer(replay, repeats=1, warmup=0) for _ in range(steps)]
+        point.ms = statistics.median(times[2:] if len(times) > 4 else times)
+        point.tokens_per_s = batch / point.ms * 1e3
+        point.peak_mb = _peak_mb(device)
+        point.extra["cache"] = "static KV cache" if not step.recurrent else "recurrent states, in place"
+
+    return _guard(Point(name, "decode_compiled", context, batch), run)
 
 
 def _attention_without_cudnn(device):
@@ -308,8 +339,8 @@ def _measure_points(name, model, device, work, steps, compile_mode, on_point):
             point = Point(name, measure, context, batch, error=reason)
         elif measure == "prefill":
             point = prefill_point(name, model, context, batch, device)
-        elif measure == "decode_compiled":
-            point = _compiled_decode_point(name, model, context, device, steps, compiled, compile_mode)
+        elif measure.endswith("_compiled"):
+            point = _compiled_decode_point(name, model, context, batch, device, steps, compiled, compile_mode)
         else:
             point = decode_point(name, model, context, batch, device, steps=steps)
         point.measure = measure

@@ -211,12 +211,22 @@ def _model_grids(doc: dict):
         cols += [(f"{label(r)} compiled", r, "decode_compiled", "ms", ".3f") for r in ROLES]
     cols += [(f"{label(r)} cache MB", r, "decode", "cache_mb", ".3f") for r in ROLES] + _peak_columns(doc, "decode")
     out.append((f"decode after `context` tokens, batch {_decode_batch(doc)}: median ms per generated token "
-                "(compiled: steps through torch.compile); cache: KV cache or recurrent state after the prefill",
+                f"(compiled: {_compiled_how(doc)}); cache: KV cache or recurrent state after the prefill",
                 *_model_table(doc, "decode", "context", "context", cols, notes, "ms")))
-    cols = [(f"{label(r)} tokens/s", r, "throughput", "tokens_per_s", ".1f") for r in ROLES] + _peak_columns(doc, "throughput")
+    cols = [(f"{label(r)} tokens/s", r, "throughput", "tokens_per_s", ".1f") for r in ROLES]
+    if any(p["measure"] == "throughput_compiled" for p in doc["points"]):
+        cols += [(f"{label(r)} compiled", r, "throughput_compiled", "tokens_per_s", ".1f") for r in ROLES]
+    cols += _peak_columns(doc, "throughput")
     out.append((f"batch decoding throughput after {s['throughput_context']} tokens: generated tokens per second",
                 *_model_table(doc, "throughput", "batch", "batch", cols, notes, "tokens_per_s", True)))
     return [t for t in out if t[2]], notes.texts
+
+
+def _compiled_how(doc: dict) -> str:
+    mode = doc["meta"]["settings"].get("compile_mode", "default")
+    if mode == "cuda-graph":
+        return "each greedy step one replay of a captured CUDA graph, the teacher on a static KV cache"
+    return f"steps through torch.compile, mode {mode}"
 
 
 def _decode_batch(doc: dict) -> int:

@@ -140,10 +140,13 @@ SMOKE = {"contexts": "32,64", "decode_contexts": "32,64", "batches": "1,2", "thr
 @click.option("--steps", type=int, default=None, help="Timed decode steps per point (median) [default: 16; smoke: 8].")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None, help="[default: bf16; smoke: fp32]")
 @click.option("--compile-decode/--no-compile-decode", default=None,
-              help="Also time batch-1 decode with steps through torch.compile [default: on for a GPU, off for "
+              help="Also time decode (batch 1 at each decode context, each throughput batch) with compiled "
+                   "steps, see --compile-mode [default: on for a GPU, off for "
                    "--cpu-smoke, where compiling takes longer than the run].")
-@click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune-no-cudagraphs"]),
-              default="default", show_default=True, help="torch.compile mode (reduce-overhead: CUDA graphs).")
+@click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune-no-cudagraphs", "cuda-graph"]),
+              default="default", show_default=True,
+              help="torch.compile mode (reduce-overhead: its CUDA graphs), or cuda-graph: replay one captured "
+                   "greedy step (static KV cache for softmax layers, states in place for converted ones).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results (and settings) here.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write a block for BENCHMARKS.md here ('-' for stdout).")

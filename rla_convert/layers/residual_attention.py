@@ -212,7 +212,7 @@ class ResidualAttention(nn.Module):
                             initial_state=initial, output_final_state=state is not None, cu_seqlens=cu_seqlens,
                             validate=self.debug)
         if state is not None:
-            state.recurrent_state = tuple(s.to(gate_dtype) for s in final)
+            state.write_recurrent_state(tuple(s.to(gate_dtype) for s in final))
             state.seen_tokens += T
         if hasattr(self, "o_scale"):
             o = o * self.o_scale.to(o.dtype)[:, None]
@@ -233,7 +233,7 @@ class ResidualAttention(nn.Module):
         previous = state.conv_state.get(name) if state is not None else None
         out, tail = _short_conv(x.reshape(B, T, heads * dim), conv.weight.squeeze(1), previous, seq_starts)
         if state is not None:
-            state.conv_state[name] = tail
+            state.write_conv_state(name, tail)
         return out.view(B, T, heads, dim)
 
     def _repeat(self, x):

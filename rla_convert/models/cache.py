@@ -29,6 +29,16 @@ class RecurrentStateLayer(CacheLayerMixin):
         self.conv_state: dict[str, torch.Tensor] = {}  # name -> last (kernel - 1) inputs, [B, kernel - 1, C]
         self.seen_tokens = 0
 
+    def write_recurrent_state(self, new: tuple[torch.Tensor, ...]) -> None:
+        """Store the states after a call: into the tensors already held when they fit (in place), so a
+        decode step keeps the same buffers from token to token -- what a captured CUDA graph replays
+        against; as new tensors otherwise (the first call, a new batch size, or autograd through them)."""
+        self.recurrent_state = _write(self.recurrent_state, new)
+
+    def write_conv_state(self, name: str, tail: torch.Tensor) -> None:
+        held = self.conv_state.get(name)
+        self.conv_state[name] = _write(None if held is None else (held,), (tail,))[0]
+
     def lazy_initialization(self, key_states=None, value_states=None) -> None:
         self.is_initialized = True
 
@@ -57,6 +67,21 @@ class RecurrentStateLayer(CacheLayerMixin):
 
     def prefetch(self):
         pass
+
+
+def _write(held, new):
+    keeps_graph = torch.is_grad_enabled() and any(t.requires_grad for t in new)
+    fits = held is not None and len(held) == len(new) and all(
+        h.shape == n.shape and h.dtype == n.dtype and h.device == n.device for h, n in zip(held, new))
+    if fits and not keeps_graph:
+        for h, n in zip(held, new):
+            h.copy_(n)
+        return held
+    fresh = tuple(n.detach().clone() if n._base is not None else n for n in new) if not keeps_graph else tuple(new)
+    if not torch.compiler.is_compiling():
+        for t in fresh:  # torch.compile's CUDA graphs may then update them in place instead of copying
+            torch._dynamo.mark_static_address(t, guard=False)
+    return fresh
 
 
 def _is_empty(layer) -> bool:

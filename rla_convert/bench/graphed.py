@@ -1,0 +1,98 @@
+"""Greedy decoding whose every step is one replay of a captured CUDA graph, for a teacher and for its
+converted model alike.
+
+At batch 1 (and even at batch 32) a 135M model's decode step is bound by the host: ~1,500 kernel
+launches from Python per token (BENCHMARKS.md). A CUDA graph replays the same launches with no Python in
+between, which leaves the device work: the weights once, plus the teacher's KV cache or the converted
+model's fixed-size states. Everything a replay touches lives at fixed addresses:
+
+- the input token and its position are device tensors that the step itself advances in place (the
+  argmax of the logits is copied into the token, the position goes up by one), so a replay is a whole
+  greedy step with no host work at all;
+- a converted model keeps its recurrent states in the cache's tensors, written in place each step
+  (``RecurrentStateLayer.write_recurrent_state``); its token counter is host-side and is advanced here;
+- a softmax model (the teacher) decodes into a ``StaticCache`` sized for the whole run, addressed by the
+  position tensor, as transformers does for torch.compile's CUDA graphs.
+
+``GreedyStep`` is the step itself (it runs eagerly too, on any device: that is how the tests check it
+against ``generate``); ``GraphedGreedyStep`` captures it on CUDA.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..layers import ResidualAttention
+from ..models.cache import RecurrentStateLayer
+
+PREFILL_CHUNK = 2048  # a static cache's prefill mask is [B, 1, chunk, max_len]: chunks keep it small
+
+
+def is_fully_recurrent(model) -> bool:
+    """Every decoder layer converted: the cache holds states only, nothing that grows."""
+    converted = sum(isinstance(m, ResidualAttention) for m in model.modules())
+    return converted > 0 and converted == model.config.get_text_config().num_hidden_layers
+
+
+class GreedyStep:
+    """Prefill ``ids`` [B, T], then each call decodes one greedy token for every row, in place.
+
+    ``max_new_tokens`` sizes a teacher's static cache (a converted model needs no size). After a call,
+    ``token`` [B, 1] holds the token just generated.
+    """
+
+    def __init__(self, model, ids: torch.Tensor, max_new_tokens: int, cache_kwarg: str = "past_key_values"):
+        from transformers import StaticCache
+
+        self.model, self.cache_kwarg = model, cache_kwarg
+        B, T = ids.shape
+        device = ids.device
+        with torch.no_grad():
+            if is_fully_recurrent(model):
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                self.cache = out.past_key_values
+            else:  # KV layers: a static cache, whose tensors stay put while decoding
+                self.cache = StaticCache(config=model.config, max_cache_len=T + max_new_tokens)
+                for start in range(0, T, PREFILL_CHUNK):
+                    end = min(T, start + PREFILL_CHUNK)
+                    out = model(input_ids=ids[:, start:end], use_cache=True, logits_to_keep=1,
+                                cache_position=torch.arange(start, end, device=device),
+                                **{cache_kwarg: self.cache})
+        self.token = out.logits[:, -1:].argmax(-1)
+        self.position = torch.full((1,), T, dtype=torch.long, device=device)
+        self.batch = B
+        self.recurrent = [layer for layer in getattr(self.cache, "layers", []) if isinstance(layer, RecurrentStateLayer)]
+
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        out = self.model(input_ids=self.token, use_cache=True, cache_position=self.position,
+                         position_ids=self.position.expand(self.batch, 1), **{self.cache_kwarg: self.cache})
+        self.token.copy_(out.logits[:, -1:].argmax(-1))
+        self.position.add_(1)
+        return out.logits
+
+
+class GraphedGreedyStep:
+    """``GreedyStep`` captured once as a CUDA graph; each call replays it (one greedy token per row)."""
+
+    def __init__(self, step: GreedyStep, warmup: int = 2):
+        if step.token.device.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        self.step = step
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # first calls outside the graph: lazy inits, Triton compiles
+            for _ in range(warmup):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        counts = [layer.seen_tokens for layer in step.recurrent]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step()
+        for layer, seen in zip(step.recurrent, counts):  # capture ran the Python but not the kernels
+            layer.seen_tokens = seen
+
+    def __call__(self) -> torch.Tensor:
+        self.graph.replay()
+        for layer in self.step.recurrent:
+            layer.seen_tokens += 1
+        return self.logits
