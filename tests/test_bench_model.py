@@ -43,7 +43,8 @@ def test_prefill_reports_tokens_per_second():
     assert p.error is None and abs(p.tokens_per_s - 64 / p.ms * 1e3) < 1e-6
 
 
-@pytest.mark.parametrize("convert", [False, True], ids=["teacher-static-cache", "converted-states-in-place"])
+@pytest.mark.parametrize("convert", [None, {}, {"keep_softmax": [1]}],
+                         ids=["teacher-static-cache", "converted-states-in-place", "hybrid-both"])
 def test_greedy_step_decodes_what_generate_does(convert):
     # The step a CUDA graph captures: token and position advance in place on the device; run eagerly here,
     # it must give generate()'s greedy tokens for a softmax model (static KV cache) and a converted one.
@@ -55,12 +56,12 @@ def test_greedy_step_decodes_what_generate_does(convert):
     from rla_convert.convert import convert_model
 
     model = _tiny()
-    if convert:
-        convert_model(model, ConversionConfig(variant="rdn", conv_size=4))
+    if convert is not None:
+        convert_model(model, ConversionConfig(variant="rdn", conv_size=4, **convert))
     ids = torch.randint(3, 97, (2, 11))
     expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False)[:, 11:]
     step = GreedyStep(model, ids, max_new_tokens=7, cache_kwarg=cache_argument(model))
-    assert isinstance(step.cache, StaticCache) != convert
+    assert isinstance(step.cache, StaticCache) == (convert is None or bool(convert))  # any softmax layer: static
     tokens = [step.token.clone()]
     for _ in range(6):
         step()
