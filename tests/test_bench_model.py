@@ -43,30 +43,44 @@ def test_prefill_reports_tokens_per_second():
     assert p.error is None and abs(p.tokens_per_s - 64 / p.ms * 1e3) < 1e-6
 
 
-@pytest.mark.parametrize("convert", [None, {}, {"keep_softmax": [1]}],
-                         ids=["teacher-static-cache", "converted-states-in-place", "hybrid-both"])
+@pytest.mark.parametrize("convert", [False, True], ids=["teacher-static-cache", "converted-states-in-place"])
 def test_greedy_step_decodes_what_generate_does(convert):
     # The step a CUDA graph captures: token and position advance in place on the device; run eagerly here,
-    # it must give generate()'s greedy tokens for a softmax model (static KV cache) and a converted one.
+    # its logits must be those of recomputing the whole prefix, for a softmax model (static KV cache, its
+    # empty slots masked) and a converted one.
     from transformers import StaticCache
 
-    from rla_convert.bench.graphed import GreedyStep, GraphedGreedyStep
+    from rla_convert.bench.graphed import GraphedGreedyStep, GreedyStep
     from rla_convert.bench.model import cache_argument
     from rla_convert.config import ConversionConfig
     from rla_convert.convert import convert_model
 
     model = _tiny()
-    if convert is not None:
-        convert_model(model, ConversionConfig(variant="rdn", conv_size=4, **convert))
+    if convert:
+        convert_model(model, ConversionConfig(variant="rdn", conv_size=4))
     ids = torch.randint(3, 97, (2, 11))
-    expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False)[:, 11:]
-    step = GreedyStep(model, ids, max_new_tokens=7, cache_kwarg=cache_argument(model))
-    assert isinstance(step.cache, StaticCache) == (convert is None or bool(convert))  # any softmax layer: static
+    expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False)
+    step = GreedyStep(model, ids, max_new_tokens=7 + 20, cache_kwarg=cache_argument(model))  # spare empty slots
+    assert isinstance(step.cache, StaticCache) != convert
     tokens = [step.token.clone()]
-    for _ in range(6):
-        step()
+    for i in range(6):
+        logits = step()
+        with torch.no_grad():
+            recomputed = model(expected[:, :11 + i + 1], use_cache=False).logits[:, -1:]
+        torch.testing.assert_close(logits, recomputed, rtol=1e-4, atol=1e-4)
         tokens.append(step.token.clone())
-    assert torch.equal(torch.cat(tokens, 1), expected)
+    assert torch.equal(torch.cat(tokens, 1), expected[:, 11:])
     assert int(step.position) == 11 + 6
     with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
         GraphedGreedyStep(step)
+
+
+def test_greedy_step_refuses_a_hybrid_model():
+    from rla_convert.bench.graphed import GreedyStep
+    from rla_convert.config import ConversionConfig
+    from rla_convert.convert import convert_model
+
+    model = _tiny()
+    convert_model(model, ConversionConfig(variant="rdn", keep_softmax=[1]))
+    with pytest.raises(ValueError, match="keeps some softmax layers"):
+        GreedyStep(model, torch.randint(3, 97, (1, 5)), max_new_tokens=4)

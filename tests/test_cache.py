@@ -85,12 +85,32 @@ def test_decode_steps_update_the_same_state_buffers_in_place():
         after = [*layer.recurrent_state, *layer.conv_state.values()]
         assert [t.data_ptr() for t in after] == [t.data_ptr() for t in held]
         assert all(not torch.equal(a, b) for a, b in zip(after, before))  # written, not left stale
-        # the same steps with fresh state tensors each time (the previous behaviour) give the same logits
+        # the same steps storing fresh tensors each time (no in-place writes at all) give the same logits
+    import rla_convert.models.cache as cache_module
+
+    fresh = lambda held, new: tuple(t.clone() for t in new)  # noqa: E731
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache_module, "_write", fresh)
         out = model(ids, use_cache=True)
         cache = out.past_key_values
         for step in range(3):
             token = out.logits[:, -1:].argmax(-1)
-            for l in cache.layers:
-                l.recurrent_state = tuple(s.clone() for s in l.recurrent_state)
             out = model(token, past_key_values=cache, use_cache=True)
             assert torch.equal(out.logits, logits[step])
+
+
+def test_states_still_read_by_autograd_or_made_in_inference_mode_are_not_overwritten():
+    model = converted_llama(variant="rdn", conv_size=4)
+    ids = torch.randint(0, 128, (1, 6))
+    # a prefill with grad, one decode step without, then the prefill's backward: its states are intact
+    out = model(ids, use_cache=True)
+    with torch.no_grad():
+        model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
+    out.logits.sum().backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+    # a prefill under inference_mode, decoding continued under no_grad (generate's own mode)
+    with torch.inference_mode():
+        out = model(ids, use_cache=True)
+    with torch.no_grad():
+        step = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
+    assert torch.isfinite(step.logits).all()

@@ -1,5 +1,5 @@
 """Greedy decoding whose every step is one replay of a captured CUDA graph, for a teacher and for its
-converted model alike.
+converted model alike (not for a hybrid that keeps some softmax layers: refused, see GreedyStep).
 
 At batch 1 (and even at batch 32) a 135M model's decode step is bound by the host: ~1,500 kernel
 launches from Python per token (BENCHMARKS.md). A CUDA graph replays the same launches with no Python in
@@ -27,10 +27,18 @@ from ..models.cache import RecurrentStateLayer
 PREFILL_CHUNK = 2048  # a static cache's prefill mask is [B, 1, chunk, max_len]: chunks keep it small
 
 
+def _converted_layers(model) -> int:
+    return sum(isinstance(m, ResidualAttention) for m in model.modules())
+
+
 def is_fully_recurrent(model) -> bool:
     """Every decoder layer converted: the cache holds states only, nothing that grows."""
-    converted = sum(isinstance(m, ResidualAttention) for m in model.modules())
+    converted = _converted_layers(model)
     return converted > 0 and converted == model.config.get_text_config().num_hidden_layers
+
+
+def is_hybrid(model) -> bool:
+    return 0 < _converted_layers(model) < model.config.get_text_config().num_hidden_layers
 
 
 class GreedyStep:
@@ -46,6 +54,12 @@ class GreedyStep:
         self.model, self.cache_kwarg = model, cache_kwarg
         B, T = ids.shape
         device = ids.device
+        if is_hybrid(model):
+            # A static cache holding recurrent layers reports itself not compileable, and transformers then
+            # drops the causal mask of one-token steps: the kept softmax layers would attend to the empty
+            # slots of the static cache. Refused rather than timed wrong.
+            raise ValueError("graphed decoding takes a fully converted model or an unconverted one; this model "
+                             "keeps some softmax layers (a hybrid)")
         with torch.no_grad():
             if is_fully_recurrent(model):
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1)

@@ -32,7 +32,11 @@ class RecurrentStateLayer(CacheLayerMixin):
     def write_recurrent_state(self, new: tuple[torch.Tensor, ...]) -> None:
         """Store the states after a call: into the tensors already held when they fit (in place), so a
         decode step keeps the same buffers from token to token -- what a captured CUDA graph replays
-        against; as new tensors otherwise (the first call, a new batch size, or autograd through them)."""
+        against; as new tensors otherwise (the first call, a new batch size, autograd through them, or
+        tensors made under inference_mode outside it).
+
+        In place means a state tuple read from this layer earlier is overwritten by the next step:
+        ``copy.deepcopy`` a cache (or clone its states) to keep a prefix for reuse."""
         self.recurrent_state = _write(self.recurrent_state, new)
 
     def write_conv_state(self, name: str, tail: torch.Tensor) -> None:
@@ -72,7 +76,10 @@ class RecurrentStateLayer(CacheLayerMixin):
 def _write(held, new):
     keeps_graph = torch.is_grad_enabled() and any(t.requires_grad for t in new)
     fits = held is not None and len(held) == len(new) and all(
-        h.shape == n.shape and h.dtype == n.dtype and h.device == n.device for h, n in zip(held, new))
+        h.shape == n.shape and h.dtype == n.dtype and h.device == n.device
+        and not h.requires_grad  # an autograd graph still reads it (a prefill with grad, backward pending)
+        and (torch.is_inference_mode_enabled() or not h.is_inference())  # made under inference_mode
+        for h, n in zip(held, new))
     if fits and not keeps_graph:
         for h, n in zip(held, new):
             h.copy_(n)

@@ -88,21 +88,20 @@ def capture_sites(model: torch.nn.Module, example_input_ids: torch.Tensor, mixer
     kwargs = {"use_cache": False} if _accepts(model, "use_cache") else {}
     with _mixers_as_markers(model, set(mixer_classes), mixer_classes), torch.no_grad():
         try:
-            graphs = [torch.export.export(model, (example_input_ids,), kwargs=kwargs, strict=False).graph]
+            graph = torch.export.export(model, (example_input_ids,), kwargs=kwargs, strict=False).graph
         except Exception as export_err:
             try:
-                graphs = [_real_trace(model, example_input_ids, kwargs)]
+                graph = _real_trace(model, example_input_ids, kwargs)
             except Exception as trace_err:
                 raise CaptureError(f"torch.export: {_first_line(export_err)}; real-tensor trace: "
                                    f"{_first_line(trace_err)}") from None
     sites: dict[str, Site] = {}
-    for graph in graphs:
-        _collect_sites(graph, sites)
+    _collect_sites(graph, sites)
     return list(sites.values())
 
 
 class CaptureError(RuntimeError):
-    """Neither torch.export nor Dynamo could capture the model's graph."""
+    """Neither torch.export nor the real-tensor trace could capture the model's graph."""
 
 
 def _first_line(err: Exception) -> str:
@@ -136,9 +135,8 @@ def _real_trace(model, example_input_ids, kwargs):
         with fx_traceback.preserve_node_meta():
             return make_fx(lambda ids: model(ids, **kwargs), tracing_mode="real", pre_dispatch=True)(example_input_ids).graph
     finally:
-        for handle in handles:
+        for handle in handles:  # (preserve_node_meta has already restored current_meta as it found it)
             handle.remove()
-        fx_traceback.current_meta.pop("nn_module_stack", None)
 
 
 def _collect_sites(graph, sites: dict[str, Site]) -> None:

@@ -69,7 +69,7 @@ def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch
     model.eval()
     try:
         sites = capture_sites(model, example_ids, MIXER_CLASSES)
-    except CaptureError as err:  # neither torch.export nor Dynamo could trace it: say so in one line
+    except CaptureError as err:  # neither torch.export nor a real-tensor trace could: one line
         raise UserError(f"could not capture the model's graph ({err})") from None
     if not sites:
         raise UserError(f"no attention the rewriter recognises in {type(model).__name__}; supported: {supported_summary()}")
