@@ -21,24 +21,17 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import ResidualAttention
+from ..config import VARIANTS
+from ..inspect import describe_layers
 from ..models.cache import RecurrentStateLayer
 
 PREFILL_CHUNK = 2048  # a static cache's prefill mask is [B, 1, chunk, max_len]: chunks keep it small
 
 
-def _converted_layers(model) -> int:
-    return sum(isinstance(m, ResidualAttention) for m in model.modules())
-
-
-def is_fully_recurrent(model) -> bool:
-    """Every decoder layer converted: the cache holds states only, nothing that grows."""
-    converted = _converted_layers(model)
-    return converted > 0 and converted == model.config.get_text_config().num_hidden_layers
-
-
-def is_hybrid(model) -> bool:
-    return 0 < _converted_layers(model) < model.config.get_text_config().num_hidden_layers
+def converted_share(model) -> tuple[int, int]:
+    """(converted decoder layers, decoder layers): all converted, the cache holds states only."""
+    kinds = [layer.kind for layer in describe_layers(model)]
+    return sum(kind in VARIANTS for kind in kinds), len(kinds)
 
 
 class GreedyStep:
@@ -54,14 +47,15 @@ class GreedyStep:
         self.model, self.cache_kwarg = model, cache_kwarg
         B, T = ids.shape
         device = ids.device
-        if is_hybrid(model):
+        converted, layers = converted_share(model)
+        if 0 < converted < layers:
             # A static cache holding recurrent layers reports itself not compileable, and transformers then
             # drops the causal mask of one-token steps: the kept softmax layers would attend to the empty
             # slots of the static cache. Refused rather than timed wrong.
             raise ValueError("graphed decoding takes a fully converted model or an unconverted one; this model "
                              "keeps some softmax layers (a hybrid)")
         with torch.no_grad():
-            if is_fully_recurrent(model):
+            if converted == layers:
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
                 self.cache = out.past_key_values
             else:  # KV layers: a static cache, whose tensors stay put while decoding

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..errors import describe
+
 SEQUENCE_OPS = ("rla", "rdn", "fla_gdn", "fla_simple_gla", "sdpa_flash")
 DECODE_OPS = ("rla", "rdn", "fla_gdn", "sdpa_flash")
 MODES = ("fwd", "fwd+bwd")
@@ -297,8 +299,7 @@ def median_ms(fn, grad_to_none, device: torch.device) -> float:
 
 
 def _short(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:160] if lines else ''}".rstrip(": ")
+    return describe(err, 160)
 
 
 def _guarded(point: Point, device, measure) -> Point:

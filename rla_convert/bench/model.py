@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import describe
 from .graphed import GraphedGreedyStep, GreedyStep
 
 
@@ -144,8 +145,7 @@ OUT_OF_MEMORY = "out of memory"
 
 
 def _short(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:120] if lines else ''}".rstrip(": ")
+    return describe(err, 120)
 
 
 def _guard(point: Point, fn) -> Point:
@@ -210,12 +210,17 @@ def decode_point(name, model, context, batch, device, steps=16, step_model=None,
                 out = step_model(input_ids=token, use_cache=True, **cache_kw)
             times.append(timer(step, repeats=1, warmup=0))
             token = out.logits[:, -1:].argmax(-1)
-        point.ms = statistics.median(times[2:] if len(times) > 4 else times)  # first steps warm up
-        point.tokens_per_s = batch / point.ms * 1e3
-        point.peak_mb = _peak_mb(device)
+        _step_times(point, times, device)
         point.extra["cache_mb_after_decode"] = cache_nbytes(cache) / 2**20
 
     return _guard(Point(name, "decode", context, batch), run)
+
+
+def _step_times(point: Point, times: list[float], device) -> None:
+    """A decode point's per-token time (median, the first steps left out as warm-up), rate and peak memory."""
+    point.ms = statistics.median(times[2:] if len(times) > 4 else times)
+    point.tokens_per_s = point.batch / point.ms * 1e3
+    point.peak_mb = _peak_mb(device)
 
 
 def cache_argument(model) -> str:
@@ -299,10 +304,7 @@ def graphed_decode_point(name, model, context, batch, device, steps=16) -> Point
         point.cache_mb = cache_nbytes(step.cache) / 2**20
         replay = GraphedGreedyStep(step, warmup=COMPILED_WARMUP - 1)
         timer = Timer(device)
-        times = [timer(replay, repeats=1, warmup=0) for _ in range(steps)]
-        point.ms = statistics.median(times[2:] if len(times) > 4 else times)
-        point.tokens_per_s = batch / point.ms * 1e3
-        point.peak_mb = _peak_mb(device)
+        _step_times(point, [timer(replay, repeats=1, warmup=0) for _ in range(steps)], device)
         point.extra["cache"] = "static KV cache" if not step.recurrent else "recurrent states, in place"
 
     return _guard(Point(name, "decode_compiled", context, batch), run)

@@ -22,8 +22,9 @@ import warnings
 
 import torch
 
-# per sequence, with a state and no autograd: fla's fused recurrent kernel. The same rule as
-# rla_kernels.backend.is_decode, restated: exports ship this file, and they do not ship rla_kernels
+# per sequence, with a state and no autograd: fla's fused recurrent kernel. The rule of
+# rla_kernels.backend.is_decode with fla's own threshold (ours is 16), restated: exports ship this file,
+# and they do not ship rla_kernels
 DECODE_MAX_TOKENS = 8
 _guard_lifted = False
 

@@ -84,7 +84,10 @@ def _write(held, new):
         for h, n in zip(held, new):
             h.copy_(n)
         return held
-    fresh = tuple(n.detach().clone() if n._base is not None else n for n in new) if not keeps_graph else tuple(new)
+    if keeps_graph:
+        fresh = tuple(new)
+    else:  # own memory: a view (the conv tail) would keep its whole input alive
+        fresh = tuple(n.detach().clone() if n._base is not None else n for n in new)
     if not torch.compiler.is_compiling():
         for t in fresh:  # torch.compile's CUDA graphs may then update them in place instead of copying
             torch._dynamo.mark_static_address(t, guard=False)

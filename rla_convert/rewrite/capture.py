@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import describe
+
 ATTENTION_TARGETS = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
                      "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
 
@@ -93,20 +95,13 @@ def capture_sites(model: torch.nn.Module, example_input_ids: torch.Tensor, mixer
             try:
                 graph = _real_trace(model, example_input_ids, kwargs)
             except Exception as trace_err:
-                raise CaptureError(f"torch.export: {_first_line(export_err)}; real-tensor trace: "
-                                   f"{_first_line(trace_err)}") from None
-    sites: dict[str, Site] = {}
-    _collect_sites(graph, sites)
-    return list(sites.values())
+                raise CaptureError(f"torch.export: {describe(export_err)}; real-tensor trace: "
+                                   f"{describe(trace_err)}") from None
+    return _sites_in(graph)
 
 
 class CaptureError(RuntimeError):
     """Neither torch.export nor the real-tensor trace could capture the model's graph."""
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _real_trace(model, example_input_ids, kwargs):
@@ -139,7 +134,8 @@ def _real_trace(model, example_input_ids, kwargs):
             handle.remove()
 
 
-def _collect_sites(graph, sites: dict[str, Site]) -> None:
+def _sites_in(graph) -> list[Site]:
+    sites: dict[str, Site] = {}
     for node in graph.nodes:
         if node.op != "call_function":
             continue
@@ -152,13 +148,10 @@ def _collect_sites(graph, sites: dict[str, Site]) -> None:
         if "mixer_site" in target:
             sites.setdefault(path, Site(path, cls_name, "mixer"))
         elif any(t in target for t in ATTENTION_TARGETS):
-            q, k = (_shape(node.args[i]) for i in (0, 1))
+            q, k = (tuple(node.args[i].meta["val"].shape) for i in (0, 1))
             causal = bool(node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False))
             sites.setdefault(path, Site(path, cls_name, "sdpa", q, k, causal))
-
-
-def _shape(arg) -> tuple:
-    return tuple(arg.meta["val"].shape)
+    return list(sites.values())
 
 
 def _accepts(model, name: str) -> bool:
