@@ -25,8 +25,9 @@ def autotune(configs: list, key: list):
     return triton.autotune(configs=configs[:1] if _ONE_CONFIG else configs, key=key)
 
 
-def launch_configs(warps=(4, 8), stages=(1,)) -> list:
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+def launch_configs(*pairs: tuple[int, int]) -> list:
+    """Launch configs from (num_warps, num_stages) pairs; the first is the fixed config."""
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in pairs or ((4, 1), (8, 1))]
 
 
 def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:

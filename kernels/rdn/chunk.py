@@ -7,27 +7,34 @@ mean zeros, and then dS0/dR0 come back None):
     chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
 
-Semantics are exactly ``naive.py``. Kernels: wy.py (per-chunk inverses of the UT transform, chunk-parallel),
-chunk_fwd.py (a sequential walk per (sequence, head, V-block) holding S and R), chunk_bwd.py (the reverse
-walk). The backward reruns the forward walk to store the chunk-start states instead of keeping them
-alive between forward and backward (the API saves only the inputs).
+Semantics are exactly ``naive.py``. The work is split the way fla splits its gated delta rule, so that only
+what links the chunks runs sequentially:
+
+    forward:  wy.py (chunk-local matrices, chunk-parallel) -> chunk_fwd walk (states, sequential per
+              (sequence, head, V-block)) -> chunk_fwd output (chunk-parallel)
+    backward: wy.py again -> the forward walk again, storing X -> chunk_bwd reverse walk (state adjoints)
+              -> chunk_bwd gradients (chunk-parallel)
+
+The backward reruns the forward walk instead of keeping its buffers alive between forward and backward
+(the API saves only the inputs).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ._triton_helpers import chunk_tables
-from .chunk_bwd import _rdn_bwd_kernel
-from .chunk_fwd import _rdn_fwd_kernel
+from .chunk_bwd import _rdn_bwd_kernel, _rdn_bwd_walk_kernel
+from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .wy import _rdn_wy_kernel
 
 CHUNK_SIZE = 64
-# The backward kernel keeps about three times the forward's tiles alive: at 64-token chunks and K = 128 it
-# asks for 272 KiB of shared memory on sm_90 (H100 has 227) and ptxas takes ~13 min; at 32 it needs
-# 148 KiB and compiles in ~1.5 min (Triton 3.9, measured ahead of time on the CPU machine). The backward
-# reruns the forward itself, so it may chunk differently from the forward call: the math is exact.
+# The gradient kernel keeps about three times the forward's tiles alive: at 64-token chunks and K = 128 it
+# asks for more shared memory than sm_90 has and ptxas takes minutes; at 32 it fits. The backward reruns
+# the forward walk itself, so it may chunk differently from the forward call: the math is exact.
 BWD_CHUNK_SIZE = 32
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -51,6 +58,10 @@ class _Layout:
         self.BK = max(16, triton.next_power_of_2(self.K))
         self.BV = max(16, min(32, triton.next_power_of_2(self.V)))
         self.NV = triton.cdiv(self.V, self.BV)
+        # The walks are sequential over chunks: their only parallelism is (sequence, head, V-block). When
+        # that is below the GPU's SM count (a long prefill at batch 1), narrower V-blocks give more programs.
+        self.walk_BV = 16 if self.N * self.H * self.NV < _sm_count(q.device) else self.BV
+        self.walk_NV = triton.cdiv(self.V, self.walk_BV)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -62,48 +73,71 @@ class _Layout:
         if self.varlen:
             self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT)
             self.n_chunks = self.chunk_indices.shape[0]
-            self.wy_grid = (self.n_chunks, self.H)
+            self.chunk_grid = (self.n_chunks, self.H)
         else:
             self.chunk_indices = self.chunk_offsets = None
             nt = triton.cdiv(self.T, self.BT)
             self.n_chunks = self.B * nt
-            self.wy_grid = (nt, self.B * self.H)
+            self.chunk_grid = (nt, self.B * self.H)
+
+    @property
+    def chunk_grid_v(self):
+        """Chunk-parallel programs per V-block: (chunk, V-block, head or (sequence, head)); chunks on the
+        first axis, the only one without a 65535 limit."""
+        return (self.chunk_grid[0], self.NV, self.chunk_grid[1])
 
     def state(self, q):
         return q.new_empty(self.N, self.H, self.K, self.V, dtype=torch.float32)
+
+    def chunk_states(self, q):
+        return q.new_empty(self.n_chunks, self.H, self.K, self.V, dtype=torch.float32)
+
+    def per_token(self, q, width):
+        return q.new_empty(self.B, self.T, self.H, width, dtype=torch.float32)
+
+
+def _sm_count(device: torch.device) -> int:
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 0
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def _wy(L: _Layout, k, g, beta, gamma):
-    t_beta = k.new_empty(L.B, L.T, L.H, L.BT, dtype=torch.float32)
-    t_gamma = torch.empty_like(t_beta)
+def _wy(L: _Layout, q, k, g, beta, gamma, with_mqi: bool):
+    """T_beta, T_gamma, Mk and (for the backward) Mqi of every chunk, [B, T, H, BT] fp32."""
+    t_beta, t_gamma, m_k = (L.per_token(k, L.BT) for _ in range(3))
+    m_qi = L.per_token(k, L.BT) if with_mqi else None
     if L.n_chunks:
-        _rdn_wy_kernel[L.wy_grid](
-            k, g, beta, gamma, t_beta, t_gamma, L.cu_seqlens, L.chunk_indices, L.T,
-            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
-    return t_beta, t_gamma
+        _rdn_wy_kernel[L.chunk_grid](
+            q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, L.cu_seqlens, L.chunk_indices, L.T,
+            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, STORE_MQI=with_mqi, IS_VARLEN=L.varlen)
+    return t_beta, t_gamma, m_k, m_qi
 
 
-def _walk(L: _Layout, q, k, v, g, beta, gamma, t_beta, t_gamma, S0, R0, scale, store_states):
-    """The forward walk: o, final states and, when asked, every chunk-start state."""
-    o = torch.empty_like(v)
-    S_T, R_T = L.state(q), L.state(q)
-    h_s = h_r = None
-    if store_states:
-        h_s = q.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=torch.float32)
-        h_r = torch.empty_like(h_s)
-    _rdn_fwd_kernel[(L.NV, L.N * L.H)](
-        q, k, v, g, beta, gamma, t_beta, t_gamma, S0, R0,
-        o, S_T, R_T, h_s, h_r,
-        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
-        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_STATES=store_states, IS_VARLEN=L.varlen,
+def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x):
+    """The forward walk: chunk-start states, final states, and U, W for the output or (``store_x``, for the
+    backward) X (see chunk_fwd.py)."""
+    h_s, h_r = L.chunk_states(k), L.chunk_states(k)
+    u, w, x = (None, None, L.per_token(k, L.V)) if store_x else (L.per_token(k, L.V), L.per_token(k, L.V), None)
+    S_T, R_T = L.state(k), L.state(k)
+    # X decides the clip's gradient mask: for the backward its S path runs at ~fp32 (tf32x3).
+    x_prec = "tf32x3" if store_x and L.dot_prec == "tf32" else L.dot_prec
+    _rdn_walk_kernel[(L.walk_NV, L.N * L.H)](
+        k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
+        h_s, h_r, u, w, x, S_T, R_T,
+        L.cu_seqlens, L.chunk_offsets, L.clip, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
+        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_UW=not store_x, STORE_X=store_x, IS_VARLEN=L.varlen,
     )
-    return o, S_T, R_T, h_s, h_r
+    return h_s, h_r, u, w, x, S_T, R_T
 
 
 def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
@@ -112,8 +146,13 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
-    t_beta, t_gamma = _wy(L, k, g, beta, gamma)
-    o, S_T, R_T, _, _ = _walk(L, q, k, v, g, beta, gamma, t_beta, t_gamma, S0, R0, scale, False)
+    t_beta, t_gamma, m_k, _ = _wy(L, q, k, g, beta, gamma, False)
+    h_s, h_r, u, w, _, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, False)
+    o = torch.empty_like(v)
+    if L.n_chunks:
+        _rdn_out_kernel[L.chunk_grid_v](
+            q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
     return o, S_T, R_T
 
 
@@ -134,25 +173,34 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             raise ValueError(f"{name} must be [N, H, K, V] = {[L.N, L.H, L.K, L.V]}; got {tuple(d.shape)}")
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
-    t_beta, t_gamma = _wy(L, k, g, beta, gamma)
-    _, _, _, h_s, h_r = _walk(L, q, k, v, g, beta, gamma, t_beta, t_gamma, S0, R0, scale, True)
+    t_beta, t_gamma, m_k, m_qi = _wy(L, q, k, g, beta, gamma, True)
+    h_s, h_r, _, _, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
+    h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
+    dS0, dR0 = L.state(q), L.state(q)
+    _rdn_bwd_walk_kernel[(L.walk_NV, L.N * L.H)](
+        q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
+        h_ds, h_dr, dS0, dR0,
+        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
+        HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
+    )
 
-    # Shared inputs get one partial gradient per V-block (summed below); dv and the states are exact.
+    # Shared inputs get one partial gradient per V-block (summed below); dv is exact.
     dq_part = q.new_empty(L.NV, *q.shape, dtype=torch.float32)
     dk_part = torch.empty_like(dq_part)
     dg_part = q.new_empty(L.NV, *g.shape, dtype=torch.float32)
     dbeta_part = torch.empty_like(dg_part)
     dgamma_part = torch.empty_like(dg_part)
     dv = torch.empty_like(v)
-    dS0, dR0 = L.state(q), L.state(q)
-    _rdn_bwd_kernel[(L.NV, L.N * L.H)](
-        q, k, v, g, beta, gamma, t_beta, t_gamma, h_s, h_r, do, dS_T, dR_T,
-        dq_part, dk_part, dg_part, dbeta_part, dgamma_part, dv, dS0, dR0,
-        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T, L.B * L.T * L.H,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
-        HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
-    )
+    if L.n_chunks:
+        _rdn_bwd_kernel[L.chunk_grid_v](
+            q, k, v, g, beta, gamma, t_beta, t_gamma, h_s, h_r, h_ds, h_dr, x, do,
+            dq_part, dk_part, dg_part, dbeta_part, dgamma_part, dv,
+            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.clip, L.T, L.B * L.T * L.H,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
+            RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+        )
     dq = dq_part.sum(0).to(q.dtype)
     dk = dk_part.sum(0).to(k.dtype)
     dg = dg_part.sum(0).to(g.dtype)

@@ -1,22 +1,19 @@
-"""RDN chunk forward in Triton: one sequential walk over the chunks, both states in registers.
+"""RDN chunk forward in Triton: a lean sequential walk for the states, then the output, all chunks in parallel.
 
 Per chunk (BT tokens, G = inclusive cumsum of g from the chunk start, Gp = G - g, GL = G at the chunk end,
-S0/R0 the chunk-start states, T_beta/T_gamma from wy.py), with the decay of every pair i, t taken as
-exp(G_t - G_i) or exp(Gp_t - G_i), exponents <= 0 where used:
+S0/R0 the chunk-start states, T_beta, T_gamma, Mk, Mqi from wy.py), with the decay of every pair i, t
+taken as exp(G_t - G_i) or exp(Gp_t - G_i), exponents <= 0 where used:
 
     U   = T_beta diag(beta) (V - diag(exp G) K S0)             pseudo-values of S
-    sk  = exp(Gp) * K S0 + Mk U,   Mk[t,i] = exp(Gp_t - G_i) k_t.k_i  (i < t)     S_{t-1}^T k_t (undecayed)
-    sq  = exp(G)  * Q S0 + Mq U,   Mq[t,i] = exp(G_t - G_i)  q_t.k_i  (i < t)     a_t S_{t-1}^T q_t
-    r   = rho(v - sk)
-    W   = T_gamma diag(gamma) (r - diag(exp G) K R0)            pseudo-values of R
-    rq  = exp(G)  * Q R0 + Mqi W,  Mqi = Mq with the diagonal (i <= t)             R_t^T q_t
-    o   = scale * (sq + gamma * rq)
+    X   = V - (exp(Gp) * K S0 + Mk U)                          v_t - S_{t-1}^T k_t (undecayed read)
+    W   = T_gamma diag(gamma) (rho(X) - diag(exp G) K R0)      pseudo-values of R
     S1  = exp(GL) S0 + (K * exp(GL - G))^T U,   R1 likewise with W
+    o   = scale * (exp(G) * Q S0 + Mq U + gamma * (exp(G) * Q R0 + Mqi W)),   Mq = Mqi without its diagonal
 
-Every quantity is column-wise in V once the K-reductions are done, so one program walks one V-block of
-one (sequence, head) and the chunk states of S are read by both queries (k for the residual, q for the
-output) without leaving registers. ``STORE_STATES`` also writes every chunk-start state (fp32), which the
-backward's rerun of this walk needs.
+The walk (one program per (sequence, head, V-block): every quantity is column-wise in V once the
+K-reductions are done) carries S and R in registers and does only what the recurrence needs: seven small
+dots a chunk, no K x K work (that is wy.py's, chunk-parallel). It stores every chunk-start state and, for the
+output kernel (one program per (chunk, head, V-block)), U and W; for the backward, X instead.
 """
 from __future__ import annotations
 
@@ -24,94 +21,64 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
-from ._triton_helpers import autotune, exp_masked, launch_configs, load_tile, seq_bounds, store_tile
+from ._triton_helpers import autotune, chunk_coords, exp_masked, launch_configs, load_tile, seq_bounds, store_tile
 
 
 @triton.jit
-def load_chunk(q, k, v, g, beta, gamma, t_beta, t_gamma, bos, T_seq, i_t, i_h, i_v,
-               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """One chunk's inputs in fp32. Rows past the sequence end read as 0 (g = 0 keeps G flat, k = v = 0
-    and beta = gamma = 0 make them add nothing)."""
+def chunk_decays(g, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """G, Gp and GL of one chunk; rows past the sequence end read g = 0 and keep G flat."""
     rows = i_t * BT + tl.arange(0, BT)
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_q = load_tile(q + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_k = load_tile(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_v = load_tile(v + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    b_tb = load_tile(t_beta + (bos * H + i_h) * BT, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_tc = load_tile(t_gamma + (bos * H + i_h) * BT, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    return b_q, b_k, b_v, b_g, b_beta, b_gamma, b_tb, b_tc
-
-
-@triton.jit
-def chunk_forward(b_q, b_k, b_v, b_g, b_beta, b_gamma, b_tb, b_tc, b_s, b_r, clip,
-                  BT: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr):
-    """The chunk step of the module docstring; returns its intermediates too (the backward reuses them)."""
-    o_t = tl.arange(0, BT)
-    strict = o_t[:, None] > o_t[None, :]
-    incl = o_t[:, None] >= o_t[None, :]
+    b_g = tl.load(g + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
-    b_Gp = b_G - b_g
-    b_eG = tl.exp(b_G)[:, None]
-    b_eGp = tl.exp(b_Gp)[:, None]
-
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
-    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-    b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
-    b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
-    b_Mk = b_kk * b_Ep
-    b_Mqi = b_qk * b_Eg
-    b_Mq = tl.where(strict, b_Mqi, 0.0)
-
-    b_ks = tl.dot(b_k, b_s, input_precision=DOT_PREC)
-    b_qs = tl.dot(b_q, b_s, input_precision=DOT_PREC)
-    b_yv = b_v - b_eG * b_ks  # U = T_beta (beta * yv)
-    b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
-    b_sk = b_eGp * b_ks + tl.dot(b_Mk, b_u, input_precision=DOT_PREC)
-    b_sq = b_eG * b_qs + tl.dot(b_Mq, b_u, input_precision=DOT_PREC)
-    b_x = b_v - b_sk
-    b_res = _rho(b_x, clip, RESIDUAL)
-
-    b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
-    b_qr = tl.dot(b_q, b_r, input_precision=DOT_PREC)
-    b_yr = b_res - b_eG * b_kr  # W = T_gamma (gamma * yr)
-    b_w = tl.dot(b_tc, b_gamma[:, None] * b_yr, input_precision=DOT_PREC)
-    b_rq = b_eG * b_qr + tl.dot(b_Mqi, b_w, input_precision=DOT_PREC)
-    return (b_G, b_Gp, b_eG, b_eGp, b_kk, b_qk, b_Eg, b_Ep, b_Mk, b_Mq, b_Mqi,
-            b_ks, b_qs, b_yv, b_u, b_sq, b_x, b_res, b_kr, b_qr, b_yr, b_w, b_rq)
+    b_GL = tl.sum(tl.where(tl.arange(0, BT) == BT - 1, b_G, 0.0), axis=0)
+    return b_G, b_G - b_g, b_GL
 
 
 @triton.jit
-def advance_states(b_k, b_G, b_u, b_w, b_s, b_r, BT: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Both states to the chunk end: M1 = exp(GL) M0 + (K * exp(GL - G))^T pseudo-values."""
-    b_GL = tl.sum(tl.where(tl.arange(0, BT) == BT - 1, b_G, 0.0), axis=0)
-    b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
-    b_s = b_s * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_u, input_precision=DOT_PREC)
-    b_r = b_r * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_w, input_precision=DOT_PREC)
-    return b_s, b_r
+def load_gate(x, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+    rows = i_t * BT + tl.arange(0, BT)
+    return tl.load(x + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
 
 
-@autotune(configs=launch_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "STORE_STATES"])
+@triton.jit
+def state_row(chunk_offsets, i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Row of a chunk-parallel program's chunk in the per-chunk state buffers [n_chunks, H, K, V]."""
+    if IS_VARLEN:
+        row = i_c  # chunk_tables orders the chunks as the state rows
+    else:
+        row = (i_nh // H) * tl.cdiv(T, BT) + i_c
+    return row
+
+
+# One config: on the H200 (Triton 3.6) autotuning the forward walk at T = 32k, B = 1 (16-wide V-blocks)
+# hit an illegal memory access twice, with {4, 8} warps x {1, 2} stages and with 4 or 8 warps at 1 stage;
+# 4 warps, 1 stage alone ran there and passed the float64 checks (2026-11-30). Not narrowed down further.
+@autotune(configs=launch_configs((4, 1)),
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "X_PREC", "STORE_UW",
+               "STORE_X"])
 @triton.jit(do_not_specialize=["T"])
-def _rdn_fwd_kernel(
-    q, k, v, g, beta, gamma, t_beta, t_gamma, s0, r0,
-    o, s_out, r_out, h_s, h_r,
-    cu_seqlens, chunk_offsets, scale, clip, T,
+def _rdn_walk_kernel(
+    k, v, g, beta, gamma, t_beta, t_gamma, m_k, s0, r0,
+    h_s, h_r, u_out, w_out, x_out, s_out, r_out,
+    cu_seqlens, chunk_offsets, clip, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_STATES: tl.constexpr, IS_VARLEN: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, X_PREC: tl.constexpr,
+    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_UW: tl.constexpr, STORE_X: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
+    """STORE_UW for the forward's output kernel, STORE_X for the backward. X_PREC: the precision of the S
+    path's dots up to X. The backward asks for tf32x3 (about fp32) because the clip's gradient jumps where
+    |X| crosses c, and its mask comes from the X stored here."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
     NT = tl.cdiv(T_seq, BT)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
 
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
     b_r = tl.zeros([BK, BV], dtype=tl.float32)
@@ -122,18 +89,66 @@ def _rdn_fwd_kernel(
 
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
-        if STORE_STATES:
-            h_off = ((boh + i_t) * H + i_h) * K * V
-            store_tile(h_s + h_off, b_s, 0, K, V, i_v * BV, V, BK, BV)
-            store_tile(h_r + h_off, b_r, 0, K, V, i_v * BV, V, BK, BV)
-        b_q, b_k, b_v, b_g, b_beta, b_gamma, b_tb, b_tc = load_chunk(
-            q, k, v, g, beta, gamma, t_beta, t_gamma, bos, T_seq, i_t, i_h, i_v, H, K, V, BT, BK, BV)
-        (b_G, b_Gp, b_eG, b_eGp, b_kk, b_qk, b_Eg, b_Ep, b_Mk, b_Mq, b_Mqi,
-         b_ks, b_qs, b_yv, b_u, b_sq, b_x, b_res, b_kr, b_qr, b_yr, b_w, b_rq) = chunk_forward(
-            b_q, b_k, b_v, b_g, b_beta, b_gamma, b_tb, b_tc, b_s, b_r, clip, BT, RESIDUAL, DOT_PREC)
-        b_o = scale * (b_sq + b_gamma[:, None] * b_rq)
-        store_tile(o + (bos * H + i_h) * V, b_o, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_s, b_r = advance_states(b_k, b_G, b_u, b_w, b_s, b_r, BT, DOT_PREC)
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile(h_s + h_off, b_s, 0, K, V, i_v * BV, V, BK, BV)
+        store_tile(h_r + h_off, b_r, 0, K, V, i_v * BV, V, BK, BV)
+        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+        b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_eG = tl.exp(b_G)[:, None]
+
+        b_ks = tl.dot(b_k, b_s, input_precision=X_PREC)
+        b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision=X_PREC)
+        b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + tl.dot(b_mk, b_u, input_precision=X_PREC))
+        b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
+        b_w = tl.dot(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), input_precision=DOT_PREC)
+
+        if STORE_UW:
+            store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        if STORE_X:
+            store_tile(x_out + tok_v, b_x, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
+        b_s = b_s * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_u, input_precision=DOT_PREC)
+        b_r = b_r * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_w, input_precision=DOT_PREC)
 
     store_tile(s_out + i_nh * K * V, b_s, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(r_out + i_nh * K * V, b_r, 0, K, V, i_v * BV, V, BK, BV)
+
+
+@autotune(configs=launch_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T"])
+def _rdn_out_kernel(
+    q, k, g, gamma, h_s, h_r, u, w, o, cu_seqlens, chunk_indices, chunk_offsets, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_v = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
+    o_t = tl.arange(0, BT)
+    b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+    b_q = load_tile(q + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_k = load_tile(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_u = load_tile(u + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_w = load_tile(w + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_s = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_r = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+
+    b_mqi = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(
+        o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
+    b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
+    b_eG = tl.exp(b_G)[:, None]
+    b_sq = b_eG * tl.dot(b_q, b_s, input_precision=DOT_PREC) + tl.dot(b_mq, b_u, input_precision=DOT_PREC)
+    b_rq = b_eG * tl.dot(b_q, b_r, input_precision=DOT_PREC) + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
+    b_o = scale * (b_sq + b_gamma[:, None] * b_rq)
+    store_tile(o + (bos * H + i_h) * V, b_o, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)

@@ -3,6 +3,8 @@
 On the CPU machine they run under TRITON_INTERPRET=1 (tests/conftest.py sets it) on tiny shapes: small
 chunk sizes give several chunks at a few dozen tokens. The ``gpu`` test repeats the checks at real sizes.
 """
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,6 +110,15 @@ def test_forward_partial_tail_odd_head_dims_zero_states():
     check_forward(inputs, None, None, None, 1.0, "tanh")
 
 
+@pytest.mark.parametrize("chunk_size", [32, 64])
+def test_real_chunk_sizes_several_chunks_and_a_tail(chunk_size):
+    """The chunk sizes the GPU runs (64 forward, 32 backward): 16-row blocks of the UT inverses merged
+    across 2 or 4 blocks, three chunks, the last one cut inside its second block."""
+    inputs, S0, R0 = make_inputs(B=1, T=2 * chunk_size + 22, H=2, K=16, V=16)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", chunk_size=chunk_size)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=chunk_size)
+
+
 def test_forward_varlen():
     cu = torch.tensor([0, 5, 6, 29, 40], dtype=torch.int32)
     inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=16, N=4)
@@ -190,6 +201,18 @@ def test_backward_strong_decay_stays_finite():
 def test_backward_bf16_inputs():
     inputs, S0, R0 = make_inputs(B=1, T=20, H=2, K=16, V=16, dtype=torch.bfloat16)
     check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1e-2, chunk_size=16)
+
+
+def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
+    """On a GPU with more SMs than walk programs the walks take 16-wide V-blocks while the chunk-parallel
+    kernels keep 32: forward and backward must not depend on that split."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    monkeypatch.setattr(chunk, "_sm_count", lambda device: 1 << 20)
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=48)
+    layout = chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 16)
+    assert (layout.walk_BV, layout.BV) == (16, 32)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
 
 
 def test_through_public_api_with_autograd():
