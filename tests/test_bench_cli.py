@@ -104,6 +104,31 @@ def test_a_failing_point_is_recorded_and_the_run_goes_on(monkeypatch):
     assert points[3].error == "RuntimeError: no kernel for this shape"
 
 
+def test_a_broken_cuda_context_ends_measuring_but_not_the_run(monkeypatch):
+    """After a kernel fault every later point would fail: they are recorded as not measured, with where the
+    context broke, and the run still returns every point (so the JSON and table get written)."""
+    real = bench_kernels.SEQUENCE_BUILDERS["sdpa_flash"]
+    calls = []
+
+    def faulting(shape, backward):
+        calls.append((shape.seq_len, backward))
+        if shape.seq_len == 64 and not backward:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(shape, backward)
+
+    monkeypatch.setitem(bench_kernels.SEQUENCE_BUILDERS, "sdpa_flash", faulting)
+    monkeypatch.setattr(bench_kernels, "context_failure", lambda device: "AcceleratorError: illegal memory access")
+    settings = bench_kernels.Settings(seq_lens=[32, 64, 128], tokens=128, heads=2, head_dim=16, dtype="fp32",
+                                      ops=["sdpa_flash"], modes=["fwd"], decode_contexts=[32], cpu_smoke=True)
+    points = bench_kernels.run(settings, torch.device("cpu"), progress=False)
+    assert [(p.seq_len, p.mode) for p in points] == [(32, "fwd"), (64, "fwd"), (128, "fwd"), (32, "decode")]
+    assert points[0].error is None and points[0].ms > 0
+    assert points[1].error.startswith("RuntimeError: CUDA error")
+    for p in points[2:]:
+        assert p.ms is None and p.error.startswith("not measured: the CUDA context broke at sdpa_flash fwd T=64")
+    assert calls == [(32, False), (64, False)]  # nothing launched after the fault
+
+
 def test_our_ops_are_called_as_the_api_contract_says(monkeypatch):
     """Forward, backward and decode (state in, state out) through a stand-in for rla_kernels.api built on
     the naive oracles, so the benchmark's calls are checked even before the real API lands."""

@@ -311,8 +311,21 @@ def _guarded(point: Point, device, measure) -> Point:
         point.error = _short(err)
     finally:
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            with contextlib.suppress(Exception):  # a broken CUDA context raises here too: run() reports it
+                torch.cuda.empty_cache()
     return point
+
+
+def context_failure(device: torch.device) -> str | None:
+    """After a failed point: None if the device still works, else why not. A kernel fault (illegal memory
+    access) leaves the CUDA context unusable for the rest of the process, so every later point would fail."""
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.synchronize(device)
+    except Exception as err:  # noqa: BLE001 -- whatever the driver raises, the context is gone
+        return _short(err)
+    return None
 
 
 def sequence_point(op: str, mode: str, shape: Shape) -> Point:
@@ -371,14 +384,21 @@ def run(settings: Settings, device: torch.device, progress: bool = True) -> list
     dtype = DTYPES[settings.dtype]
     backend = "triton" if device.type == "cuda" else "torch"
     results = []
+    broken = None  # set once the CUDA context is unusable: the remaining points are recorded, not measured
     for kind, op, mode, T in tqdm(plan(settings), desc="bench kernels", disable=not progress):
         torch.manual_seed(T)
         if kind == "seq":
             shape = Shape(max(1, settings.tokens // T), T, settings.heads, settings.head_dim, dtype, device, backend)
-            results.append(sequence_point(op, mode, shape))
+            point = (Point(op, mode, T, shape.batch) if broken else sequence_point(op, mode, shape))
         else:
             shape = Shape(settings.decode_batch, 1, settings.heads, settings.head_dim, dtype, device, backend)
-            results.append(decode_point(op, T, shape))
+            point = Point(op, "decode", T, shape.batch) if broken else decode_point(op, T, shape)
+        if broken:
+            point.error = f"not measured: {broken}"
+        elif point.error and (failure := context_failure(device)):
+            broken = (f"the CUDA context broke at {op} {point.mode} T={T} ({failure}); rerun the remaining points "
+                      f"in a new process")
+        results.append(point)
         if not progress:  # a log line per point, so a run stopped at a time limit still reports what it measured
             p = results[-1]
             print(f"{p.op:15s} {p.mode:8s} T={p.seq_len:6d} B={p.batch:3d} "
