@@ -117,7 +117,8 @@ def test_a_broken_cuda_context_ends_measuring_but_not_the_run(monkeypatch):
         return real(shape, backward)
 
     monkeypatch.setitem(bench_kernels.SEQUENCE_BUILDERS, "sdpa_flash", faulting)
-    monkeypatch.setattr(bench_kernels, "context_failure", lambda device: "AcceleratorError: illegal memory access")
+    monkeypatch.setattr(bench_kernels, "context_failure",
+                        lambda device: "AcceleratorError: illegal memory access" if (64, False) in calls else None)
     settings = bench_kernels.Settings(seq_lens=[32, 64, 128], tokens=128, heads=2, head_dim=16, dtype="fp32",
                                       ops=["sdpa_flash"], modes=["fwd"], decode_contexts=[32], cpu_smoke=True)
     points = bench_kernels.run(settings, torch.device("cpu"), progress=False)
@@ -127,6 +128,19 @@ def test_a_broken_cuda_context_ends_measuring_but_not_the_run(monkeypatch):
     for p in points[2:]:
         assert p.ms is None and p.error.startswith("not measured: the CUDA context broke at sdpa_flash fwd T=64")
     assert calls == [(32, False), (64, False)]  # nothing launched after the fault
+
+
+def test_a_fault_caught_inside_a_successful_point_is_blamed_on_that_point(monkeypatch):
+    """A decode point catches a failing CUDA-graph capture and keeps its eager time: if that broke the
+    context, the point itself carries the error, not the next one."""
+    failures = iter([None, "AcceleratorError: illegal memory access"])
+    monkeypatch.setattr(bench_kernels, "context_failure", lambda device: next(failures, "still broken"))
+    settings = bench_kernels.Settings(seq_lens=[32, 64, 128], tokens=128, heads=2, head_dim=16, dtype="fp32",
+                                      ops=["sdpa_flash"], modes=["fwd"], cpu_smoke=True)
+    points = bench_kernels.run(settings, torch.device("cpu"), progress=False)
+    assert points[0].error is None
+    assert points[1].error == "the CUDA context broke during this point: AcceleratorError: illegal memory access"
+    assert points[2].error.startswith("not measured: the CUDA context broke at sdpa_flash fwd T=64")
 
 
 def test_our_ops_are_called_as_the_api_contract_says(monkeypatch):

@@ -71,7 +71,8 @@ def exp_masked(mask, x):
 
 @triton.jit
 def seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """Sequence i_n: first token, length, first row in the per-chunk state buffers (all int64)."""
+    """Sequence i_n: first token, length, first row in the per-chunk state buffers (int64 when i_n is:
+    callers cast their program ids to int64 first)."""
     if IS_VARLEN:
         bos = tl.cast(tl.load(cu_seqlens + i_n), tl.int64)
         eos = tl.cast(tl.load(cu_seqlens + i_n + 1), tl.int64)
@@ -86,7 +87,7 @@ def seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: t
 @triton.jit
 def chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, IS_VARLEN: tl.constexpr):
     """For a chunk-parallel program (axis: chunk i_c, and (sequence, head) i_nh or just the head when
-    packed): sequence start, sequence length, chunk within the sequence, head (all int64)."""
+    packed): sequence start, sequence length, chunk within the sequence, head (int64 when the ids are)."""
     if IS_VARLEN:
         i_n = tl.cast(tl.load(chunk_indices + i_c * 2), tl.int64)
         i_t = tl.cast(tl.load(chunk_indices + i_c * 2 + 1), tl.int64)

@@ -34,9 +34,22 @@ from .wy import _rdn_wy_kernel
 CHUNK_SIZE = 64
 # The gradient kernel keeps about three times the forward's tiles alive: at 64-token chunks and K = 128 it
 # asks for more shared memory than sm_90 has and ptxas takes minutes; at 32 it fits. The backward reruns
-# the forward walk itself, so it may chunk differently from the forward call: the math is exact.
+# the forward walk itself, so it may chunk differently from the forward call: the math is exact, the
+# rounding is not (the rerun's X, whose sign against +-c is the clip's gradient mask, comes from 32-token
+# chunks at tf32x3, the forward's output from 64-token chunks at tf32: an element within rounding of the
+# clip may be masked as the other side of the forward it belongs to).
 BWD_CHUNK_SIZE = 32
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# CUDA caps grid axes 1 and 2 at 65535: the walks put (sequence, head) there, the chunk-parallel kernels
+# (batch, head) or the head.
+_GRID_AXIS_LIMIT = 65535
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size not in (16, 32, 64):
+        raise ValueError(f"chunk_size must be 16, 32 or 64; got {chunk_size}")
 
 
 class _Layout:
@@ -52,8 +65,10 @@ class _Layout:
         if self.K > 256 or self.V > 256:
             raise ValueError(f"head dims K and V must be at most 256 (a program holds all of K); got K={self.K}, "
                              f"V={self.V}")
-        if chunk_size not in (16, 32, 64):
-            raise ValueError(f"chunk_size must be 16, 32 or 64; got {chunk_size}")
+        _check_chunk_size(chunk_size)
+        if self.N * self.H > _GRID_AXIS_LIMIT:
+            raise ValueError(f"sequences x heads must be at most {_GRID_AXIS_LIMIT} (one CUDA grid axis); got "
+                             f"{self.N} x {self.H}: split the batch")
         self.BT = chunk_size
         self.BK = max(16, triton.next_power_of_2(self.K))
         self.BV = max(16, min(32, triton.next_power_of_2(self.V)))
@@ -163,9 +178,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when
     ``S0``/``R0`` are None.
     """
-    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
-    if chunk_size > BWD_CHUNK_SIZE:
-        L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, BWD_CHUNK_SIZE)
+    _check_chunk_size(chunk_size)
+    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
     if do.shape != v.shape:
         raise ValueError(f"do must have v's shape {tuple(v.shape)}; got {tuple(do.shape)}")
     for name, d in (("dS_T", dS_T), ("dR_T", dR_T)):

@@ -52,9 +52,7 @@ def _sum_all(x):
     return tl.sum(tl.sum(x, axis=1), axis=0)
 
 
-# One config: on the H200 (Triton 3.6) autotuning the forward walk at T = 32k, B = 1 (16-wide V-blocks)
-# hit an illegal memory access twice, with {4, 8} warps x {1, 2} stages and with 4 or 8 warps at 1 stage;
-# 4 warps, 1 stage alone ran there and passed the float64 checks (2026-11-30). Not narrowed down further.
+# One config, as the forward walk (chunk_fwd.py says why).
 @autotune(configs=launch_configs((4, 1)),
           key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])

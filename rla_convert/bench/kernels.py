@@ -317,8 +317,8 @@ def _guarded(point: Point, device, measure) -> Point:
 
 
 def context_failure(device: torch.device) -> str | None:
-    """After a failed point: None if the device still works, else why not. A kernel fault (illegal memory
-    access) leaves the CUDA context unusable for the rest of the process, so every later point would fail."""
+    """After a point: None if the device still works, else why not. A kernel fault (illegal memory access)
+    leaves the CUDA context unusable for the rest of the process, so every later point would fail."""
     if device.type != "cuda":
         return None
     try:
@@ -395,7 +395,8 @@ def run(settings: Settings, device: torch.device, progress: bool = True) -> list
             point = Point(op, "decode", T, shape.batch) if broken else decode_point(op, T, shape)
         if broken:
             point.error = f"not measured: {broken}"
-        elif point.error and (failure := context_failure(device)):
+        elif failure := context_failure(device):  # also after a success: a caught fault (graph replay) counts
+            point.error = point.error or f"the CUDA context broke during this point: {failure}"
             broken = (f"the CUDA context broke at {op} {point.mode} T={T} ({failure}); rerun the remaining points "
                       f"in a new process")
         results.append(point)

@@ -113,7 +113,8 @@ def test_forward_partial_tail_odd_head_dims_zero_states():
 @pytest.mark.parametrize("chunk_size", [32, 64])
 def test_real_chunk_sizes_several_chunks_and_a_tail(chunk_size):
     """The chunk sizes the GPU runs (64 forward, 32 backward): 16-row blocks of the UT inverses merged
-    across 2 or 4 blocks, three chunks, the last one cut inside its second block."""
+    across 2 or 4 blocks (the forward at 64; the backward always chunks at 32), three chunks, the last one
+    cut inside its second block."""
     inputs, S0, R0 = make_inputs(B=1, T=2 * chunk_size + 22, H=2, K=16, V=16)
     check_forward(inputs, S0, R0, None, 1.0, "clip", chunk_size=chunk_size)
     check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=chunk_size)
@@ -213,6 +214,18 @@ def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
     assert (layout.walk_BV, layout.BV) == (16, 32)
     check_forward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
     check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
+
+
+def test_more_sequences_times_heads_than_a_grid_axis_is_refused_before_any_launch():
+    """32769 one-token sequences x 2 heads: the walks' grid axis would pass CUDA's 65535."""
+    N = 32769
+    inputs, _, _ = make_inputs(B=1, T=N, H=2, K=16, V=16)
+    cu = torch.arange(N + 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="sequences x heads must be at most 65535"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, cu)
+    with pytest.raises(ValueError, match="chunk_size must be 16, 32 or 64"):
+        chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, torch.randn_like(inputs[2]), None, None,
+                      chunk_size=48)
 
 
 def test_through_public_api_with_autograd():
