@@ -2,7 +2,7 @@
 # One GPU-machine call that checks and times the kernels: each part has its own time limit so a slow
 # or hung part cannot eat the others. Logs (and bench json/md/png) land under $OUT; only 8 files come back
 # from a call, so pick a few parts per call (flagship: 2 files a recipe, benchmodel: 4). profile: GPU time per
-# RDN kernel (scripts/profile_rdn.py; PROFILE_ARGS="--tune" autotunes).
+# RLA/RDN kernel (scripts/profile_kernels.py; PROFILE_ARGS="--tune" autotunes, "--ops rdn" one op).
 #   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile tests bench distill convert flagship benchmodel
 #                                            (default: rla rdn tests bench)
 set -o pipefail
@@ -26,7 +26,7 @@ for part in $parts; do
   case $part in
     rla) timeout ${RLA_LIMIT:-150} python3 scripts/gpu_check_rla.py ${RLA_ARGS:-} 2>&1 | tee "$OUT/check_rla.txt" ;;
     rdn) RLA_KERNELS_FIXED_CONFIG=1 timeout ${RDN_LIMIT:-280} python3 scripts/gpu_check_rdn.py ${RDN_ARGS:-} 2>&1 | tee "$OUT/check_rdn.txt" ;;
-    profile) timeout ${PROFILE_LIMIT:-150} python3 scripts/profile_rdn.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile_rdn.txt" ;;
+    profile) timeout ${PROFILE_LIMIT:-150} python3 scripts/profile_kernels.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile.txt" ;;
     tests) timeout ${TESTS_LIMIT:-240} python3 -m pytest -q -p no:cacheprovider -m gpu --durations=8 ${TESTS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.txt" ;;
     bench) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${BENCH_LIMIT:-240} $RLA bench kernels \
              --seq-lens ${SEQ_LENS:-2048,8192,32768} --decode-contexts 2048,32768 --no-progress ${BENCH_ARGS:-} \

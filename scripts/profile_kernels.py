@@ -1,0 +1,94 @@
+"""Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
+
+    . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
+
+Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
+SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
+With --tune the kernels autotune (every config compiled and timed) and the configs chosen are printed;
+without, each kernel runs its first (fixed) config.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
+import gpu_check_rdn  # noqa: E402,F401  (puts rla_kernels on the path, installed or from ./kernels; fixed configs unless --tune)
+
+MODULES = {"rdn": ("wy", "chunk_fwd", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
+
+
+def entry_points(op):
+    chunk = __import__(f"rla_kernels.{op}.chunk", fromlist=["chunk"])
+    return getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
+
+
+def inputs(B, T, H, K, dtype=torch.bfloat16):
+    q = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1).to(dtype)
+    v = torch.randn(B, T, H, K, device="cuda").to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, device="cuda") + 4.0)
+    beta, gamma = torch.rand(B, T, H, device="cuda"), torch.rand(B, T, H, device="cuda")
+    return q, k, v, g, beta, gamma
+
+
+def profile(fn, iters=3):
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    per_kernel = collections.Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[e.name[:60]] += e.device_time / 1000 / iters
+    return per_kernel
+
+
+def chosen_configs(op):
+    """Each autotuned kernel's choice per key, from the autotuners' caches."""
+    for module in MODULES[op]:
+        mod = sys.modules.get(f"rla_kernels.{op}.{module}")
+        for name, obj in sorted(vars(mod).items()) if mod else ():
+            for key, config in getattr(obj, "cache", {}).items() if hasattr(obj, "configs") else ():
+                yield f"{name} {key[:8]} -> warps {config.num_warps} stages {config.num_stages}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ops", default="rdn,rla")
+    parser.add_argument("--shapes", nargs="*", default=["16,2048,16,128", "1,32768,16,128", "1,32768,9,64"])
+    parser.add_argument("--tune", action="store_true", help="autotune (read by gpu_check_rdn at import)")
+    args = parser.parse_args()
+    for op in args.ops.split(","):
+        fwd, bwd = entry_points(op)
+        for shape in args.shapes:
+            B, T, H, K = (int(x) for x in shape.split(","))
+            x = inputs(B, T, H, K)
+            do = torch.randn_like(x[2])
+            for name, fn in (("fwd", lambda: fwd(*x, None, 1.0, "clip")),
+                             ("bwd", lambda: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None))):
+                try:
+                    times = profile(fn)
+                except Exception as err:  # noqa: BLE001 -- report and go on; a kernel fault ends the process below
+                    print(f"{op} B={B} T={T} H={H} K={K} {name}: failed: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:160]}", flush=True)
+                    torch.cuda.synchronize()  # raises again if the context is gone: nothing later could run
+                    continue
+                print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU", flush=True)
+                for kernel, ms in times.most_common(8):
+                    print(f"    {ms:8.3f} ms  {kernel}", flush=True)
+            del x, do
+            torch.cuda.empty_cache()
+        for line in chosen_configs(op):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
