@@ -15,10 +15,9 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
-import gpu_check_rdn  # noqa: E402,F401  (puts rla_kernels on the path, installed or from ./kernels; fixed configs unless --tune)
+from gpu_check_rdn import make_inputs  # noqa: E402  (also puts rla_kernels on the path; fixed configs unless --tune)
 
 MODULES = {"rdn": ("wy", "chunk_fwd", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
 
@@ -26,15 +25,6 @@ MODULES = {"rdn": ("wy", "chunk_fwd", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_
 def entry_points(op):
     chunk = __import__(f"rla_kernels.{op}.chunk", fromlist=["chunk"])
     return getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
-
-
-def inputs(B, T, H, K, dtype=torch.bfloat16):
-    q = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1).to(dtype)
-    k = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1).to(dtype)
-    v = torch.randn(B, T, H, K, device="cuda").to(dtype)
-    g = F.logsigmoid(torch.randn(B, T, H, device="cuda") + 4.0)
-    beta, gamma = torch.rand(B, T, H, device="cuda"), torch.rand(B, T, H, device="cuda")
-    return q, k, v, g, beta, gamma
 
 
 def profile(fn, iters=3):
@@ -70,7 +60,7 @@ def main():
         fwd, bwd = entry_points(op)
         for shape in args.shapes:
             B, T, H, K = (int(x) for x in shape.split(","))
-            x = inputs(B, T, H, K)
+            x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
             do = torch.randn_like(x[2])
             for name, fn in (("fwd", lambda: fwd(*x, None, 1.0, "clip")),
                              ("bwd", lambda: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None))):

@@ -389,13 +389,15 @@ def run(settings: Settings, device: torch.device, progress: bool = True) -> list
         torch.manual_seed(T)
         if kind == "seq":
             shape = Shape(max(1, settings.tokens // T), T, settings.heads, settings.head_dim, dtype, device, backend)
-            point = (Point(op, mode, T, shape.batch) if broken else sequence_point(op, mode, shape))
         else:
             shape = Shape(settings.decode_batch, 1, settings.heads, settings.head_dim, dtype, device, backend)
-            point = Point(op, "decode", T, shape.batch) if broken else decode_point(op, T, shape)
         if broken:
-            point.error = f"not measured: {broken}"
-        elif failure := context_failure(device):  # also after a success: a caught fault (graph replay) counts
+            point = Point(op, mode or "decode", T, shape.batch, error=f"not measured: {broken}")
+        elif kind == "seq":
+            point = sequence_point(op, mode, shape)
+        else:
+            point = decode_point(op, T, shape)
+        if not broken and (failure := context_failure(device)):  # also after a success: a caught fault (graph replay) counts
             point.error = point.error or f"the CUDA context broke during this point: {failure}"
             broken = (f"the CUDA context broke at {op} {point.mode} T={T} ({failure}); rerun the remaining points "
                       f"in a new process")
