@@ -13,10 +13,11 @@ kernel stores, for every chunk, as [B*T, H, BT] fp32 (row t of the chunk's matri
     Mqi[t, i] = exp(G_t - G_i)  q_t . k_i   (i <= t)   the output query's (only when STORE_MQI)
 
 so that the sequential walks (chunk_fwd.py, chunk_bwd.py) do no K x K work. Inversion is blockwise: forward
-substitution, row by row, inside each 16 x 16 diagonal block, then block forward substitution for the
-blocks below it, X_IJ = -X_II sum_{J <= M < I} A_IM X_MJ (stable: no powers of A, as fla's solve_tril).
-A row-by-row loop over the whole 64 x 64 block cost 4.4 ms of the 8 ms forward at T = 2k on the H200
-(64 dependent full-tile reductions); the blocks keep that loop at 16 x 16 and hand the rest to tl.dot.
+substitution, row by row (rows read back from memory), inside each 16 x 16 diagonal block, then block
+forward substitution for the blocks below it, X_IJ = -X_II sum_{J <= M < I} A_IM X_MJ (stable: no powers
+of A, as fla's solve_tril). A row-by-row loop over the whole 64 x 64 block cost 4.4 ms of the 8 ms
+forward at T = 2k on the H200 (64 dependent full-tile reductions); the blocks keep that loop at 16 x 16
+and hand the rest to tl.dot.
 """
 from __future__ import annotations
 
@@ -27,15 +28,22 @@ from ._triton_helpers import autotune, chunk_coords, exp_masked, launch_configs,
 
 
 @triton.jit
-def _unit_lower_inverse(A, BT: tl.constexpr):
-    """(I + A)^{-1} for a strictly lower-triangular [BT, BT] block A, by forward substitution:
-    row i of the inverse is e_i - sum_{j<i} A[i, j] (row j of the inverse)."""
-    o_t = tl.arange(0, BT)
-    inv = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
-    for i in range(1, BT):
-        a_i = tl.sum(tl.where(o_t[:, None] == i, A, 0.0), axis=0)  # row i of A, indexed by j
-        row = -tl.sum(a_i[:, None] * inv, axis=0)  # only rows j < i of inv are weighted (a_i[j>=i] = 0)
-        inv += tl.where(o_t[:, None] == i, row[None, :], 0.0)
+def _diagonal_inverse(t, out, i_t, I: tl.constexpr, A, T_seq, H: tl.constexpr, BT: tl.constexpr):
+    """(I + A)^{-1} for the strictly lower-triangular 16 x 16 diagonal block I, by forward substitution:
+    row i of the inverse is e_i - sum_{j<i} A[i, j] (row j of the inverse). A is first written to the
+    block's place in t and its rows are read back from there (the inverse overwrites it after): a row
+    taken out of a register tile is a cross-warp reduction, a row read from memory is a load (fla's
+    solve_tril does the same)."""
+    o = tl.arange(0, 16)
+    _store_block(t, out, A, i_t, I, I, T_seq, H, BT)
+    tl.debug_barrier()  # the block's stores, from every thread, before any thread reads a row
+    row0 = i_t * BT + I * 16
+    rows = t + out + row0 * H * BT + I * 16
+    inv = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
+    for i in range(1, 16):
+        a_i = tl.load(rows + i * H * BT + o, mask=(o < i) & (row0 + i + 0 * o < T_seq), other=0.0)
+        inv += tl.where(o[:, None] == i, -tl.sum(a_i[:, None] * inv, axis=0)[None, :], 0.0)
+    tl.debug_barrier()  # every read done before the inverse is stored over the block
     return inv
 
 
@@ -70,11 +78,11 @@ def _blocked_inverse(t, out, i_t, T_seq, r0, r1, r2, r3,
     B_IJ = _kk_block), zeros above the diagonal included, rows past the sequence end left out."""
     NB: tl.constexpr = BT // 16
     zero = tl.zeros([16, 16], dtype=tl.float32)
-    X00 = _unit_lower_inverse(r0[:, None] * B00, 16)
+    X00 = _diagonal_inverse(t, out, i_t, 0, r0[:, None] * B00, T_seq, H, BT)
     _store_block(t, out, X00, i_t, 0, 0, T_seq, H, BT)
     if NB > 1:
         A10 = r1[:, None] * B10
-        X11 = _unit_lower_inverse(r1[:, None] * B11, 16)
+        X11 = _diagonal_inverse(t, out, i_t, 1, r1[:, None] * B11, T_seq, H, BT)
         X10 = -tl.dot(X11, tl.dot(A10, X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         _store_block(t, out, zero, i_t, 0, 1, T_seq, H, BT)
         _store_block(t, out, X10, i_t, 1, 0, T_seq, H, BT)
@@ -85,8 +93,8 @@ def _blocked_inverse(t, out, i_t, T_seq, r0, r1, r2, r3,
         A30 = r3[:, None] * B30
         A31 = r3[:, None] * B31
         A32 = r3[:, None] * B32
-        X22 = _unit_lower_inverse(r2[:, None] * B22, 16)
-        X33 = _unit_lower_inverse(r3[:, None] * B33, 16)
+        X22 = _diagonal_inverse(t, out, i_t, 2, r2[:, None] * B22, T_seq, H, BT)
+        X33 = _diagonal_inverse(t, out, i_t, 3, r3[:, None] * B33, T_seq, H, BT)
         X21 = -tl.dot(X22, tl.dot(A21, X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         X20 = -tl.dot(X22, tl.dot(A20, X00, input_precision=MERGE_PREC)
                       + tl.dot(A21, X10, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
@@ -109,7 +117,8 @@ def _blocked_inverse(t, out, i_t, T_seq, r0, r1, r2, r3,
         _store_block(t, out, X33, i_t, 3, 3, T_seq, H, BT)
 
 
-@autotune(configs=launch_configs(), key=["H", "K", "BT", "BK", "DOT_PREC", "STORE_MQI"])
+# Two warps as an option: most of the kernel is 16 x 16 tiles, where fewer warps mean fewer cross-warp steps.
+@autotune(configs=launch_configs((4, 1), (2, 1), (8, 1)), key=["H", "K", "BT", "BK", "DOT_PREC", "STORE_MQI"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_wy_kernel(
     q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, cu_seqlens, chunk_indices, T,
