@@ -84,6 +84,39 @@ def check(B, T, H, K, dtype, clip, residual, cu=None):
     return errs, seconds
 
 
+def check_segmented(B, T, H, K, V, dtype, segments):
+    """The forward with each sequence cut into segments (kernels/rdn/segmented.py; None: as many as
+    chunk_rdn_fwd picks on this GPU) against the oracle."""
+    inputs, S0, R0 = make_inputs(B, T, H, K, V, B, dtype)
+    start = time.time()
+    o, S, R = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=segments)
+    torch.cuda.synchronize()
+    seconds = time.time() - start
+    with torch.no_grad():
+        d = [x.double() for x in inputs]
+        o_ref, (S_ref, R_ref) = naive_recurrent_rdn(*d, None, 1.0, "clip", (S0.double(), R0.double()), True)
+    return [rel(o, o_ref), rel(S, S_ref), rel(R, R_ref)], seconds
+
+
+def prefill_timing():
+    """SmolLM2-135M's 32k prefill shape (B=1, 9 heads, head dim 64): forward with the fused walk against the
+    automatic segment count and fixed counts around it."""
+    inputs, _, _ = make_inputs(1, 32768, 9, 64, 64, 1, torch.bfloat16)
+    out = {}
+    for name, segments in (("fused", 1), ("auto", None), ("P=8", 8), ("P=16", 16), ("P=32", 32)):
+        fn = lambda: chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, segments=segments)  # noqa: E731
+        fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        out[name] = start.elapsed_time(end) / 5
+    return "bf16 B=1 T=32768 H=9 D=64 forward ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in out.items())
+
+
 def rough_timing():
     B, T, H, D = 4, 2048, 16, 128
     inputs, S0, R0 = make_inputs(B, T, H, D, D, B, torch.bfloat16)
@@ -145,8 +178,31 @@ def main():
         failed |= not ok
         print(f"{name:18s} " + " ".join(f"{e:8.1e}" for e in errs) + f" {worst:8.1e} {'ok' if ok else 'FAIL':>5s} "
               f"{seconds:5.1f}", flush=True)
+    segmented = [
+        ("seg bf16 K=64 P=4", dict(B=1, T=1500, H=4, K=64, V=64, dtype=torch.bfloat16, segments=4)),
+        ("seg fp32 K=128 P=3", dict(B=2, T=700, H=2, K=128, V=128, dtype=torch.float32, segments=3)),
+        ("seg bf16 K=48 V=80", dict(B=2, T=900, H=3, K=48, V=80, dtype=torch.bfloat16, segments=5)),
+        ("seg bf16 K=64 P=8", dict(B=1, T=4096, H=9, K=64, V=64, dtype=torch.bfloat16, segments=8)),
+        ("seg bf16 K=64 auto", dict(B=1, T=2048, H=4, K=64, V=64, dtype=torch.bfloat16, segments=None)),
+    ]
+    if "--case" in sys.argv:
+        segmented = [c for c in segmented if sys.argv[sys.argv.index("--case") + 1] in c[0]]
+    for name, kw in segmented:
+        try:
+            errs, seconds = check_segmented(**kw)
+        except Exception as error:  # noqa: BLE001 -- report it, go on
+            print(f"{name:18s} ERROR {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
+            failed = True
+            continue
+        tol = 1e-3 if kw["dtype"] == torch.float32 else 1e-2
+        worst = max(errs) if all(e == e for e in errs) else float("nan")
+        ok = worst == worst and worst < tol
+        failed |= not ok
+        print(f"{name:18s} o {errs[0]:8.1e} S_T {errs[1]:8.1e} R_T {errs[2]:8.1e} {worst:8.1e} "
+              f"{'ok' if ok else 'FAIL':>5s} {seconds:5.1f}", flush=True)
     if "--time" in sys.argv:
         print(rough_timing())
+        print(prefill_timing())
     return 1 if failed else 0
 
 

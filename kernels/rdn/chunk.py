@@ -29,6 +29,7 @@ from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_
 from ._triton_helpers import chunk_tables
 from .chunk_bwd import _rdn_bwd_kernel, _rdn_bwd_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
+from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
 
 CHUNK_SIZE = 64
@@ -156,13 +157,27 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
 
 
 def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
-                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE):
-    """RDN forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V]."""
+                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, segments: int | None = None):
+    """RDN forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
+
+    ``segments``: cut each sequence into that many pieces walked in parallel (segmented.py; fixed-length
+    batches only); None chooses by the GPU's size (only long sequences at small batch are cut).
+    """
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
+    if segments is not None and (cu_seqlens is not None or segments < 1):
+        raise ValueError(f"segments must be a positive int for fixed-length batches (no cu_seqlens); got "
+                         f"{segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
+    if segments is None:
+        segments = 1 if L.varlen else auto_segments(L.B, L.T, L.H, L.K, L.V, L.BT, _sm_count(q.device))
+    segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
     t_beta, t_gamma, m_k, _ = _wy(L, q, k, g, beta, gamma, False)
-    h_s, h_r, u, w, _, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, False)
+    if segments > 1:
+        h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(
+            L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments)
+    else:
+        h_s, h_r, u, w, _, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, False)
     o = torch.empty_like(v)
     if L.n_chunks:
         _rdn_out_kernel[L.chunk_grid_v](

@@ -228,6 +228,44 @@ def test_more_sequences_times_heads_than_a_grid_axis_is_refused_before_any_launc
                       chunk_size=48)
 
 
+@pytest.mark.parametrize("res", RESIDUALS)
+@pytest.mark.parametrize("segments", [2, 3])
+def test_segmented_forward_matches_the_oracle(res, segments):
+    """Each sequence cut into segments walked from zero states with their transitions, then chained
+    (segmented.py): the same outputs and final states, initial states included."""
+    clip, residual = RESIDUALS[res]
+    inputs, S0, R0 = make_inputs(B=2, T=150, H=2, K=16, V=32)
+    check_forward(inputs, S0, R0, None, clip, residual, chunk_size=16, segments=segments)
+
+
+def test_segmented_forward_odd_head_dims_no_states_bf16():
+    inputs, _, _ = make_inputs(B=1, T=70, H=1, K=20, V=40)
+    check_forward(inputs, None, None, None, 1.0, "tanh", segments=2)
+    inputs, S0, R0 = make_inputs(B=1, T=100, H=2, K=16, V=16, dtype=torch.bfloat16)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", tol=1e-2, chunk_size=16, segments=4)
+
+
+def test_segments_are_chosen_only_when_the_fused_walk_starves_the_gpu():
+    from rla_kernels.rdn.segmented import auto_segments, usable_segments
+
+    assert auto_segments(B=16, T=2048, H=16, K=128, V=128, chunk_size=64, sm_count=132) == 1
+    assert auto_segments(B=1, T=32768, H=16, K=128, V=128, chunk_size=64, sm_count=132) == 1  # 128 programs
+    prefill = auto_segments(B=1, T=32768, H=9, K=64, V=64, chunk_size=64, sm_count=132)
+    assert prefill == 8  # the fastest count measured there (segmented.auto_segments)
+    assert auto_segments(B=1, T=256, H=9, K=64, V=64, chunk_size=64, sm_count=132) == 1  # too short to cut
+    assert auto_segments(B=1, T=32768, H=9, K=64, V=64, chunk_size=64, sm_count=0) == 1  # no GPU
+    inputs, S0, R0 = make_inputs(B=1, T=20, H=1, K=16, V=16)
+    with pytest.raises(ValueError, match="segments must be a positive int"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, torch.tensor([0, 20], dtype=torch.int32), segments=2)
+    with pytest.raises(ValueError, match="segments must be a positive int"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, segments=0)
+    assert usable_segments(8, B=1, T=100, H=2, chunk_size=64) == 2  # one segment per chunk at most
+    assert usable_segments(8, B=4096, T=8192, H=16, chunk_size=64) == 1  # B * P * H within a grid axis
+    empty, _, _ = make_inputs(B=1, T=0, H=1, K=16, V=16)
+    o, S, R = chunk_rdn_fwd(*empty, None, 1.0, "clip", S0, R0, segments=2)
+    assert o.shape == empty[2].shape and torch.equal(S, S0) and torch.equal(R, R0)
+
+
 def test_through_public_api_with_autograd():
     """rdn(..., backend='triton') goes through the torch.library op whose backward calls chunk_rdn_bwd."""
     from rla_kernels.api import rdn
