@@ -16,6 +16,7 @@ Written against the Triton 3.6 API (the GPU machine) and checked on 3.9 (this ma
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -49,6 +50,18 @@ def dot_precision(dtype: torch.dtype) -> str:
     """``input_precision`` for tl.dot: exact fp32 when the inputs are fp32 (tf32 would cost ~1e-3
     relative error, which the fp32 path exists to avoid); bf16/fp16 operands ignore it."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device, 0 elsewhere: launchers size their grids by it."""
+    if device.type != "cuda":
+        return 0
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _seq_lengths(cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -20,12 +20,11 @@ The backward reruns the forward walk instead of keeping its buffers alive betwee
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
+from ..triton_utils import sm_count
 from ._triton_helpers import chunk_tables
 from .chunk_bwd import _rdn_bwd_kernel, _rdn_bwd_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
@@ -76,7 +75,7 @@ class _Layout:
         self.NV = triton.cdiv(self.V, self.BV)
         # The walks are sequential over chunks: their only parallelism is (sequence, head, V-block). When
         # that is below the GPU's SM count (a long prefill at batch 1), narrower V-blocks give more programs.
-        self.walk_BV = 16 if self.N * self.H * self.NV < _sm_count(q.device) else self.BV
+        self.walk_BV = 16 if self.N * self.H * self.NV < sm_count(q.device) else self.BV
         self.walk_NV = triton.cdiv(self.V, self.walk_BV)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
@@ -110,16 +109,6 @@ class _Layout:
 
     def per_token(self, q, width):
         return q.new_empty(self.B, self.T, self.H, width, dtype=torch.float32)
-
-
-def _sm_count(device: torch.device) -> int:
-    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 0
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _contiguous(*xs):
@@ -168,7 +157,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         raise ValueError(f"segments must be a positive int for fixed-length batches (no cu_seqlens); got "
                          f"{segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
     if segments is None:
-        segments = 1 if L.varlen else auto_segments(L.B, L.T, L.H, L.K, L.V, L.BT, _sm_count(q.device))
+        segments = 1 if L.varlen else auto_segments(L.B, L.T, L.H, L.K, L.V, L.BT, sm_count(q.device))
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)

@@ -208,7 +208,7 @@ def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
     """On a GPU with more SMs than walk programs the walks take 16-wide V-blocks while the chunk-parallel
     kernels keep 32: forward and backward must not depend on that split."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
-    monkeypatch.setattr(chunk, "_sm_count", lambda device: 1 << 20)
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 1 << 20)
     inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=48)
     layout = chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 16)
     assert (layout.walk_BV, layout.BV) == (16, 32)
