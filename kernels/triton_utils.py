@@ -52,6 +52,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
+# CUDA caps grid axes 1 and 2 at 65535 programs (axis 0 at 2^31 - 1): launchers check what they put there.
+GRID_AXIS_LIMIT = 65535
+
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device, 0 elsewhere: launchers size their grids by it."""
     if device.type != "cuda":

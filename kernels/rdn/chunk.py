@@ -3,7 +3,8 @@
 The two entry points the API layer wraps in an autograd function (states fp32 [N, H, K, V]; S0/R0 None
 mean zeros, and then dS0/dR0 come back None):
 
-    chunk_rdn_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens) -> (o, S_T, R_T)
+    chunk_rdn_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, segments=None)
+        -> (o, S_T, R_T)
     chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
 
@@ -11,7 +12,8 @@ Semantics are exactly ``naive.py``. The work is split the way fla splits its gat
 what links the chunks runs sequentially:
 
     forward:  wy.py (chunk-local matrices, chunk-parallel) -> chunk_fwd walk (states, sequential per
-              (sequence, head, V-block)) -> chunk_fwd output (chunk-parallel)
+              (sequence, head, V-block)) -> chunk_fwd output (chunk-parallel); at small batch and long T
+              the walk is cut along the sequence instead (segmented.py, ``segments=``)
     backward: wy.py again -> the forward walk again, storing X -> chunk_bwd reverse walk (state adjoints)
               -> chunk_bwd gradients (chunk-parallel)
 
@@ -24,7 +26,7 @@ import torch
 import triton
 
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
-from ..triton_utils import sm_count
+from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
 from .chunk_bwd import _rdn_bwd_kernel, _rdn_bwd_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
@@ -42,9 +44,8 @@ BWD_CHUNK_SIZE = 32
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# CUDA caps grid axes 1 and 2 at 65535: the walks put (sequence, head) there, the chunk-parallel kernels
-# (batch, head) or the head.
-_GRID_AXIS_LIMIT = 65535
+# Grid axes 1 and 2 (GRID_AXIS_LIMIT): the walks put (sequence, head) there, the segmented walks
+# (sequence, segment, head), the chunk-parallel kernels (batch, head) or the head.
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -66,8 +67,8 @@ class _Layout:
             raise ValueError(f"head dims K and V must be at most 256 (a program holds all of K); got K={self.K}, "
                              f"V={self.V}")
         _check_chunk_size(chunk_size)
-        if self.N * self.H > _GRID_AXIS_LIMIT:
-            raise ValueError(f"sequences x heads must be at most {_GRID_AXIS_LIMIT} (one CUDA grid axis); got "
+        if self.N * self.H > GRID_AXIS_LIMIT:
+            raise ValueError(f"sequences x heads must be at most {GRID_AXIS_LIMIT} (one CUDA grid axis); got "
                              f"{self.N} x {self.H}: split the batch")
         self.BT = chunk_size
         self.BK = max(16, triton.next_power_of_2(self.K))

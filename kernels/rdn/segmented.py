@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
+from ..triton_utils import GRID_AXIS_LIMIT
 from ._triton_helpers import autotune, chunk_coords, launch_configs, load_tile, seq_bounds, store_tile
 from .chunk_fwd import chunk_decays, load_gate, state_row
 
@@ -113,8 +114,8 @@ def auto_segments(B: int, T: int, H: int, K: int, V: int, chunk_size: int, sm_co
 
 
 def usable_segments(segments: int, B: int, T: int, H: int, chunk_size: int) -> int:
-    """At most one segment per chunk, and B * P * H within a CUDA grid axis (65535)."""
-    return max(1, min(segments, triton.cdiv(T, chunk_size), 65535 // (B * H)))
+    """At most one segment per chunk, and B * P * H within a CUDA grid axis."""
+    return max(1, min(segments, triton.cdiv(T, chunk_size), GRID_AXIS_LIMIT // (B * H)))
 
 
 def _walk_segments(L, k, y, g, rate, t_x, cu, chunk_offsets, n_segments):
@@ -131,7 +132,8 @@ def _walk_segments(L, k, y, g, rate, t_x, cu, chunk_offsets, n_segments):
 @contextlib.contextmanager
 def _fp32_matmuls(exact: bool):
     """fp32 inputs are checked to fp32 accuracy: keep the chaining matmuls off TF32 whatever the global
-    setting (torch.set_float32_matmul_precision) says."""
+    setting (torch.set_float32_matmul_precision) says. That setting is process-wide: another thread's fp32
+    matmuls run at full precision too while a chain runs (slower, never less accurate)."""
     previous = torch.get_float32_matmul_precision()
     if exact:
         torch.set_float32_matmul_precision("highest")
