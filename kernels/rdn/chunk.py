@@ -154,9 +154,9 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     batches only); None chooses by the GPU's size (only long sequences at small batch are cut).
     """
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
-    if segments is not None and (cu_seqlens is not None or segments < 1):
-        raise ValueError(f"segments must be a positive int for fixed-length batches (no cu_seqlens); got "
-                         f"{segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
+    if segments is not None and (segments < 1 or (cu_seqlens is not None and segments != 1)):
+        raise ValueError(f"segments must be a positive int, and 1 with cu_seqlens (packed batches are not cut); "
+                         f"got {segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
     if segments is None:
         segments = 1 if L.varlen else auto_segments(L.B, L.T, L.H, L.K, L.V, L.BT, sm_count(q.device))
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)

@@ -257,6 +257,9 @@ def test_segments_are_chosen_only_when_the_fused_walk_starves_the_gpu():
     inputs, S0, R0 = make_inputs(B=1, T=20, H=1, K=16, V=16)
     with pytest.raises(ValueError, match="segments must be a positive int"):
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, torch.tensor([0, 20], dtype=torch.int32), segments=2)
+    cu = torch.tensor([0, 20], dtype=torch.int32)
+    assert torch.equal(chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, cu, segments=1)[0],
+                       chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, cu)[0])  # 1 is "do not cut"
     with pytest.raises(ValueError, match="segments must be a positive int"):
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, segments=0)
     assert usable_segments(8, B=1, T=100, H=2, chunk_size=64) == 2  # one segment per chunk at most
