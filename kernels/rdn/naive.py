@@ -21,7 +21,7 @@ def naive_recurrent_rdn(
     q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip",
     initial_state=None, output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False,
 ):
-    return _run(_rdn_step, q, k, v, g, beta, gamma, scale, clip, residual,
+    return _run(rdn_step, q, k, v, g, beta, gamma, scale, clip, residual,
                 initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
 
 
@@ -32,7 +32,7 @@ def _delta_update(M, k_t, x_t, a_t, rate_t):
     return M + rate_t[..., None, None] * torch.einsum("bhk,bhv->bhkv", k_t, err)
 
 
-def _rdn_step(S, R, q_t, k_t, v_t, a_t, b_t, c_t, rho):
+def rdn_step(S, R, q_t, k_t, v_t, a_t, b_t, c_t, rho):
     r_t = rho(v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
     R = _delta_update(R, k_t, r_t, a_t, c_t)
     o_t = a_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, S) + c_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, R)

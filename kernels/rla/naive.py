@@ -26,11 +26,11 @@ def naive_recurrent_rla(
     q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip",
     initial_state=None, output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False,
 ):
-    return _run(_rla_step, q, k, v, g, beta, gamma, scale, clip, residual,
+    return _run(rla_step, q, k, v, g, beta, gamma, scale, clip, residual,
                 initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
 
 
-def _rla_step(S, R, q_t, k_t, v_t, a_t, b_t, c_t, rho):
+def rla_step(S, R, q_t, k_t, v_t, a_t, b_t, c_t, rho):
     r_t = rho(v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
     R = a_t[..., None, None] * R + c_t[..., None, None] * torch.einsum("bhk,bhv->bhkv", k_t, r_t)
     o_t = a_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, S) + c_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, R)
@@ -71,3 +71,19 @@ def _run(step, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, ou
         finals_R.append(R)
     final = (torch.cat(finals_S), torch.cat(finals_R)) if output_final_state else None
     return o, final
+
+
+def batched_steps(step, q, k, v, g, beta, gamma, scale, clip, residual, S0, R0):
+    """The oracle's token step over the whole batch at once, in float32 at least with float32 states: the
+    torch backend's decode path (a few tokens from a state, no autograd), where the chunked code's padding
+    and triangular solves cost more than the token loop. Equal-length sequences only; S0, R0 [B, H, K, V].
+    Returns ``(o, S, R)``, o in v's dtype."""
+    dt = torch.promote_types(q.dtype, torch.float32)
+    rho = lambda x: apply_residual(x, clip, residual)  # noqa: E731
+    S, R = S0.to(dt), R0.to(dt)
+    outs = []
+    for t in range(q.shape[1]):
+        S, R, o_t = step(S, R, q[:, t].to(dt), k[:, t].to(dt), v[:, t].to(dt), g[:, t].to(dt).exp(),
+                         beta[:, t].to(dt), gamma[:, t].to(dt), rho)
+        outs.append(o_t)
+    return (scale * torch.stack(outs, 1)).to(v.dtype), S, R
