@@ -9,16 +9,15 @@ from __future__ import annotations
 import torch
 
 from . import library  # noqa: F401  (registers the torch.library ops used by the triton path)
-from .backend import choose_backend, is_decode
-from .rdn.naive import rdn_step, naive_recurrent_rdn
+from .backend import choose_backend, is_decode, needs_grad
+from .rdn.naive import naive_recurrent_rdn
 from .rdn.torch_chunk import chunk_rdn_torch
-from .rla.naive import rla_step, batched_steps, naive_recurrent_rla
+from .rla.naive import naive_recurrent_rla
 from .rla.torch_chunk import chunk_rla_torch
 from .validation import check_shapes, check_values
 
 _TORCH = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}
 _NAIVE = {"rla": naive_recurrent_rla, "rdn": naive_recurrent_rdn}
-_STEP = {"rla": rla_step, "rdn": rdn_step}
 
 
 def rla(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_state=None,
@@ -48,14 +47,7 @@ def l2norm(x: torch.Tensor) -> torch.Tensor:
 
 def _decoding(q, N, initial_state, tensors) -> bool:
     """A few tokens per sequence from a state, without autograd (backend.is_decode)."""
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return is_decode(q.shape[0] * q.shape[1], N, initial_state is not None, needs_grad)
-
-
-def _both_states(S0, R0, q, v):
-    """(S0, R0) with a missing one as zeros (float32, [B, H, K, V])."""
-    shape = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-    return tuple(q.new_zeros(shape, dtype=torch.float32) if s is None else s for s in (S0, R0))
+    return is_decode(q.shape[0] * q.shape[1], N, initial_state is not None, needs_grad(tensors))
 
 
 def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
@@ -79,13 +71,7 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
         o, S_T, R_T = torch.ops.rla_kernels.torch_chunk_fwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens,
                                                             float(scale), clip, residual)
         return o, ((S_T, R_T) if output_final_state else None)
-    tensors = (q, k, v, g, beta, gamma, S0, R0)
     if name == "torch":
-        # Decoding: the oracle's token step over the batch beats the chunked code's padding and solves.
-        if cu_seqlens is None and _decoding(q, N, initial_state, tensors):
-            o, S_T, R_T = batched_steps(_STEP[variant], q, k, v, g, beta, gamma, scale, clip, residual,
-                                        *_both_states(S0, R0, q, v))
-            return o, ((S_T, R_T) if output_final_state else None)
         return _TORCH[variant](q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
                                output_final_state, cu_seqlens)
     if name == "naive":
@@ -97,6 +83,7 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
 
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(q.device, non_blocking=True)
+    tensors = (q, k, v, g, beta, gamma, S0, R0)
     op = torch.ops.rla_kernels.fused_recurrent_fwd if _decoding(q, N, initial_state, tensors) \
         else torch.ops.rla_kernels.chunk_fwd
     o, S_T, R_T = op(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, float(scale), clip, residual)

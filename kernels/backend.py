@@ -1,6 +1,7 @@
 """Which implementation runs an op: the one place that decides.
 
-- ``torch``: the chunked PyTorch code (``*/torch_chunk.py``), any device, differentiable by autograd.
+- ``torch``: the chunked PyTorch code (``*/torch_chunk.py``), any device, differentiable by autograd; when
+  decoding (``is_decode``) it steps token by token with the oracle's step instead.
 - ``triton``: the Triton kernels (``*/chunk.py`` for training/prefill, ``*/fused_recurrent.py`` for decode).
 - ``naive``: the token-by-token oracles (``*/naive.py``), for checking only.
 
@@ -56,6 +57,11 @@ def choose_backend(requested: str | None, device: torch.device) -> str:
             raise BackendUnavailableError(
                 f"{source}='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); got {device}")
     return requested
+
+
+def needs_grad(tensors) -> bool:
+    """Whether autograd will want gradients of any of ``tensors`` (None entries allowed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def is_decode(total_tokens: int, num_sequences: int, has_initial_state: bool, needs_grad: bool) -> bool:

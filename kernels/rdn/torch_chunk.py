@@ -17,12 +17,13 @@ from __future__ import annotations
 import torch
 
 from ..rla.torch_chunk import run_chunked
+from .naive import rdn_step
 
 
 def chunk_rdn_torch(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_state=None,
                     output_final_state=False, cu_seqlens=None, chunk_size=64):
     """RDN forward by chunks, differentiable by autograd: returns ``(o, (S, R) or None)``."""
-    return run_chunked(_rdn_chunks, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
+    return run_chunked(_rdn_chunks, rdn_step, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
                        output_final_state, cu_seqlens, chunk_size)
 
 

@@ -72,18 +72,3 @@ def _run(step, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, ou
     final = (torch.cat(finals_S), torch.cat(finals_R)) if output_final_state else None
     return o, final
 
-
-def batched_steps(step, q, k, v, g, beta, gamma, scale, clip, residual, S0, R0):
-    """The oracle's token step over the whole batch at once, in float32 at least with float32 states: the
-    torch backend's decode path (a few tokens from a state, no autograd), where the chunked code's padding
-    and triangular solves cost more than the token loop. Equal-length sequences only; S0, R0 [B, H, K, V].
-    Returns ``(o, S, R)``, o in v's dtype."""
-    dt = torch.promote_types(q.dtype, torch.float32)
-    rho = lambda x: apply_residual(x, clip, residual)  # noqa: E731
-    S, R = S0.to(dt), R0.to(dt)
-    outs = []
-    for t in range(q.shape[1]):
-        S, R, o_t = step(S, R, q[:, t].to(dt), k[:, t].to(dt), v[:, t].to(dt), g[:, t].to(dt).exp(),
-                         beta[:, t].to(dt), gamma[:, t].to(dt), rho)
-        outs.append(o_t)
-    return (scale * torch.stack(outs, 1)).to(v.dtype), S, R

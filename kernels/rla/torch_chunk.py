@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import is_decode, needs_grad
 from ..residual import apply_residual
+from .naive import rla_step
 
 
 def chunk_rla_torch(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_state=None,
                     output_final_state=False, cu_seqlens=None, chunk_size=64):
     """RLA forward by chunks, differentiable by autograd: returns ``(o, (S, R) or None)``."""
-    return run_chunked(_rla_chunks, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
+    return run_chunked(_rla_chunks, rla_step, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
                        output_final_state, cu_seqlens, chunk_size)
 
 
@@ -83,9 +85,13 @@ class ChunkInputs:
         return zip(*(x.unbind(2) for x in tensors))
 
 
-def run_chunked(chunk_fn, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
+def run_chunked(chunk_fn, step, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
                 cu_seqlens, chunk_size):
-    """Shared driver of both chunked ops: dtypes, varlen packing, padding to whole chunks, layout, states."""
+    """Shared driver of both chunked ops: dtypes, varlen packing, padding to whole chunks, layout, states.
+
+    Decoding (a few tokens from a state, no autograd: ``backend.is_decode``) runs ``step``, the oracle's
+    token step (naive.py), over the whole batch instead: for one token the chunked code's padding and
+    triangular solves cost more than the step."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     if scale is None:
@@ -97,7 +103,16 @@ def run_chunked(chunk_fn, q, k, v, g, beta, gamma, scale, clip, residual, initia
         (q, k, v, g, beta, gamma), unpack = _pad_sequences(cu_seqlens, (q, k, v, g, beta, gamma))
         B, T = q.shape[:2]
     S, R = _initial_states(initial_state, B, H, K, V, compute, q.device)
-    if T == 0:
+    rho = lambda x: apply_residual(x, clip, residual)  # noqa: E731
+    decoding = is_decode(B * T, B, initial_state is not None, needs_grad((q, k, v, g, beta, gamma, S, R)))
+    if T and unpack is None and decoding:
+        outs = []
+        for t in range(T):
+            S, R, o_t = step(S, R, *(x[:, t].to(compute) for x in (q, k, v)), g[:, t].to(compute).exp(),
+                             beta[:, t].to(compute), gamma[:, t].to(compute), rho)
+            outs.append(o_t)
+        o = (scale * torch.stack(outs, 1)).to(out_dtype)
+    elif T == 0:
         o = v.new_zeros(v.shape)
     else:
         # A chunk never longer than the sequence (decode runs with C = T); pad the tail to whole chunks
@@ -106,7 +121,7 @@ def run_chunked(chunk_fn, q, k, v, g, beta, gamma, scale, clip, residual, initia
         pad = -T % chunk
         to_bh = lambda x: _pad_time(x.to(compute), pad).transpose(1, 2)  # noqa: E731  [B, H, T', ...]
         c = ChunkInputs(to_bh(q), to_bh(k), to_bh(v), to_bh(g), to_bh(beta), to_bh(gamma), chunk)
-        o, S, R = chunk_fn(c, S, R, lambda x: apply_residual(x, clip, residual))
+        o, S, R = chunk_fn(c, S, R, rho)
         o = (scale * o.reshape(B, H, T + pad, V)[:, :, :T]).transpose(1, 2).to(out_dtype)
     if unpack is not None:
         o = unpack(o)

@@ -1,4 +1,6 @@
 """The public ops: backend choice, routing, state handling, and the Triton path's torch.library wiring."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,16 +44,26 @@ def test_default_backend_on_cpu_matches_float64_oracle(variant, monkeypatch):
 @pytest.mark.parametrize("variant", OPS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_torch_decode_steps_tokens_and_matches_the_chunked_path(variant, dtype, monkeypatch):
-    """A few tokens from a state without autograd take the token-step loop (no chunk padding or solves):
-    same outputs and states as the chunked code, both against the float64 oracle, states kept in fp32."""
-    import rla_kernels.api as api
+    """A few tokens from a state without autograd take the oracle's token step over the batch (no chunk
+    padding or solves): same outputs and states as the chunked code, both against the float64 oracle,
+    states in fp32. With autograd the chunked code runs."""
+    torch_chunk = importlib.import_module("rla_kernels.rla.torch_chunk")  # rla_kernels.rla is the op
 
     monkeypatch.delenv(ENV_VAR, raising=False)
     xs, init = inputs(B=3, T=3, dtype=dtype)
     kw = dict(clip=0.8, output_final_state=True)
-    with torch.no_grad():
+
+    def no_chunks(*args):
+        raise AssertionError("the chunked code ran")
+
+    with torch.no_grad(), monkeypatch.context() as patch:
+        patch.setattr(torch_chunk, "ChunkInputs", no_chunks)
         o, (S, R) = OPS[variant](*xs, initial_state=init, **kw)
-        monkeypatch.setattr(api, "is_decode", lambda *args: False)
+        patch.setattr(torch_chunk, "is_decode", lambda *args: False)
+        with pytest.raises(AssertionError, match="the chunked code ran"):
+            OPS[variant](*xs, initial_state=init, **kw)
+    with torch.no_grad():
+        monkeypatch.setattr(torch_chunk, "is_decode", lambda *args: False)
         o_chunk, (S_chunk, R_chunk) = OPS[variant](*xs, initial_state=init, **kw)
     o_ref, (S_ref, R_ref) = OPS[variant](*[x.double() for x in xs], initial_state=as_f64(xs, init)[1],
                                          backend="naive", **kw)
@@ -59,14 +71,10 @@ def test_torch_decode_steps_tokens_and_matches_the_chunked_path(variant, dtype, 
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     for x, chunk, ref in ((o, o_chunk, o_ref), (S, S_chunk, S_ref), (R, R_chunk, R_ref)):
         assert rel(x, ref) < tol and rel(chunk, ref) < tol
-    monkeypatch.undo()  # the real is_decode again; now spy on the token-step path
-    calls = []
-    monkeypatch.setattr(api, "batched_steps", lambda *a: calls.append(a) or (a[3], a[-2], a[-1]))
-    with torch.no_grad():
-        OPS[variant](*xs, initial_state=init)
-    assert len(calls) == 1  # the decode path was taken
-    OPS[variant](*[x.requires_grad_() if x.is_floating_point() else x for x in xs], initial_state=init)
-    assert len(calls) == 1  # with autograd: the chunked path
+    monkeypatch.undo()
+    monkeypatch.setattr(torch_chunk, "ChunkInputs", no_chunks)
+    with pytest.raises(AssertionError, match="the chunked code ran"):  # autograd wants the chunked code
+        OPS[variant](*[x.requires_grad_() for x in xs], initial_state=init)
 
 
 def test_final_state_only_when_asked_and_missing_states_are_zeros():
