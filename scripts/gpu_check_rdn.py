@@ -98,22 +98,41 @@ def check_segmented(B, T, H, K, V, dtype, segments):
     return [rel(o, o_ref), rel(S, S_ref), rel(R, R_ref)], seconds
 
 
+def cuda_ms(fn, reps=5):
+    """Mean GPU milliseconds of ``fn`` over ``reps`` calls, after one untimed call (compiling, tuning)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def run_case(name, checker, kw, columns):
+    """One case's row (``columns`` labels its errors, or None for the header's); False if it failed."""
+    try:
+        errs, seconds = checker(**kw)
+    except Exception as error:  # noqa: BLE001 -- e.g. out of shared memory on this GPU: report it, go on
+        print(f"{name:18s} ERROR {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
+        return False
+    tol = 1e-3 if kw["dtype"] == torch.float32 else 1e-2
+    worst = max(errs) if all(e == e for e in errs) else float("nan")
+    ok = worst == worst and worst < tol
+    cells = " ".join(f"{e:8.1e}" if columns is None else f"{c} {e:8.1e}" for c, e in zip(columns or errs, errs))
+    print(f"{name:18s} {cells} {worst:8.1e} {'ok' if ok else 'FAIL':>5s} {seconds:5.1f}", flush=True)
+    return ok
+
+
 def prefill_timing():
     """SmolLM2-135M's 32k prefill shape (B=1, 9 heads, head dim 64): forward with the fused walk against the
     automatic segment count and fixed counts around it."""
     inputs, _, _ = make_inputs(1, 32768, 9, 64, 64, 1, torch.bfloat16)
     out = {}
     for name, segments in (("fused", 1), ("auto", None), ("P=8", 8), ("P=16", 16), ("P=32", 32)):
-        fn = lambda: chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, segments=segments)  # noqa: E731
-        fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        out[name] = start.elapsed_time(end) / 5
+        out[name] = cuda_ms(lambda: chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, segments=segments))
     return "bf16 B=1 T=32768 H=9 D=64 forward ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in out.items())
 
 
@@ -129,17 +148,7 @@ def rough_timing():
         fwd()
         return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None)
 
-    out = {}
-    for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-        fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        out[name] = start.elapsed_time(end) / 5
+    out = {name: cuda_ms(fn) for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd))}
     return f"bf16 B={B} T={T} H={H} D={D}: fwd {out['fwd']:.2f} ms, fwd+bwd {out['fwd+bwd']:.2f} ms"
 
 
@@ -159,25 +168,6 @@ def main():
             ("fp32 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip",
                                        cu=cu)),
         ]
-    if "--case" in sys.argv:  # keep only the cases whose name contains the given text
-        wanted = sys.argv[sys.argv.index("--case") + 1]
-        cases = [c for c in cases if wanted in c[0]]
-    print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
-    print(f"{'case':18s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
-    failed = False
-    for name, kw in cases:
-        try:
-            errs, seconds = check(**kw)
-        except Exception as error:  # e.g. out of shared memory on this GPU: report it, go on
-            print(f"{name:18s} ERROR {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
-            failed = True
-            continue
-        tol = 1e-3 if kw["dtype"] == torch.float32 else 1e-2
-        worst = max(errs) if all(e == e for e in errs) else float("nan")
-        ok = worst == worst and worst < tol
-        failed |= not ok
-        print(f"{name:18s} " + " ".join(f"{e:8.1e}" for e in errs) + f" {worst:8.1e} {'ok' if ok else 'FAIL':>5s} "
-              f"{seconds:5.1f}", flush=True)
     segmented = [
         ("seg bf16 K=64 P=4", dict(B=1, T=1500, H=4, K=64, V=64, dtype=torch.bfloat16, segments=4)),
         ("seg fp32 K=128 P=3", dict(B=2, T=700, H=2, K=128, V=128, dtype=torch.float32, segments=3)),
@@ -185,21 +175,15 @@ def main():
         ("seg bf16 K=64 P=8", dict(B=1, T=4096, H=9, K=64, V=64, dtype=torch.bfloat16, segments=8)),
         ("seg bf16 K=64 auto", dict(B=1, T=2048, H=4, K=64, V=64, dtype=torch.bfloat16, segments=None)),
     ]
-    if "--case" in sys.argv:
-        segmented = [c for c in segmented if sys.argv[sys.argv.index("--case") + 1] in c[0]]
-    for name, kw in segmented:
-        try:
-            errs, seconds = check_segmented(**kw)
-        except Exception as error:  # noqa: BLE001 -- report it, go on
-            print(f"{name:18s} ERROR {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
-            failed = True
-            continue
-        tol = 1e-3 if kw["dtype"] == torch.float32 else 1e-2
-        worst = max(errs) if all(e == e for e in errs) else float("nan")
-        ok = worst == worst and worst < tol
-        failed |= not ok
-        print(f"{name:18s} o {errs[0]:8.1e} S_T {errs[1]:8.1e} R_T {errs[2]:8.1e} {worst:8.1e} "
-              f"{'ok' if ok else 'FAIL':>5s} {seconds:5.1f}", flush=True)
+    if "--case" in sys.argv:  # keep only the cases whose name contains the given text
+        wanted = sys.argv[sys.argv.index("--case") + 1]
+        cases = [c for c in cases if wanted in c[0]]
+        segmented = [c for c in segmented if wanted in c[0]]
+    print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
+    print(f"{'case':18s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
+    results = [run_case(name, check, kw, None) for name, kw in cases]
+    results += [run_case(name, check_segmented, kw, ["o", "S_T", "R_T"]) for name, kw in segmented]
+    failed = not all(results)
     if "--time" in sys.argv:
         print(rough_timing())
         print(prefill_timing())

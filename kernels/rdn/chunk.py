@@ -44,10 +44,6 @@ BWD_CHUNK_SIZE = 32
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# Grid axes 1 and 2 (GRID_AXIS_LIMIT): the walks put (sequence, head) there, the segmented walks
-# (sequence, segment, head), the chunk-parallel kernels (batch, head) or the head.
-
-
 def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size must be 16, 32 or 64; got {chunk_size}")
@@ -67,6 +63,8 @@ class _Layout:
             raise ValueError(f"head dims K and V must be at most 256 (a program holds all of K); got K={self.K}, "
                              f"V={self.V}")
         _check_chunk_size(chunk_size)
+        # Grid axes 1 and 2 stop at GRID_AXIS_LIMIT: the walks put (sequence, head) there, the segmented walks
+        # (sequence, segment, head; segmented.usable_segments), the chunk-parallel kernels (batch, head) or the head.
         if self.N * self.H > GRID_AXIS_LIMIT:
             raise ValueError(f"sequences x heads must be at most {GRID_AXIS_LIMIT} (one CUDA grid axis); got "
                              f"{self.N} x {self.H}: split the batch")

@@ -180,8 +180,7 @@ def chunk_rdn_fwd_segmented(L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0
     h_s, S_T = _chain(L, h, final, S0, P, chunk_segment)
     del h, final
     u, r = L.per_token(k, L.V), L.per_token(k, L.V)
-    grid = (nt, L.NV, L.B * L.H)
-    _pseudo_values_kernel[grid](
+    _pseudo_values_kernel[L.chunk_grid_v](
         k, v, g, beta, t_beta, m_k, h_s, u, r, None, None, None, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, WITH_RESIDUAL=True)
@@ -190,7 +189,7 @@ def chunk_rdn_fwd_segmented(L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0
     h_r, R_T = _chain(L, h, final, R0, P, chunk_segment)
     del h, final
     w = L.per_token(k, L.V)
-    _pseudo_values_kernel[grid](
+    _pseudo_values_kernel[L.chunk_grid_v](
         k, r, g, gamma, t_gamma, None, h_r, w, None, None, None, None, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, WITH_RESIDUAL=False)

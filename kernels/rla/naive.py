@@ -71,4 +71,3 @@ def _run(step, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, ou
         finals_R.append(R)
     final = (torch.cat(finals_S), torch.cat(finals_R)) if output_final_state else None
     return o, final
-
