@@ -64,10 +64,12 @@ def needs_grad(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def is_decode(total_tokens: int, num_sequences: int, has_initial_state: bool, needs_grad: bool) -> bool:
-    """Short calls continuing from a state without autograd go to the fused recurrent kernel."""
+def is_decode(total_tokens: int, num_sequences: int, has_initial_state: bool, needs_grad: bool,
+              max_tokens: int = DECODE_MAX_TOKENS) -> bool:
+    """Short calls continuing from a state without autograd go to the fused recurrent kernel (``max_tokens``:
+    another kernel family's threshold, as rla_convert's gdn baseline passes fla's)."""
     per_sequence = total_tokens / max(num_sequences, 1)
-    return has_initial_state and not needs_grad and per_sequence <= DECODE_MAX_TOKENS
+    return has_initial_state and not needs_grad and per_sequence <= max_tokens
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,7 +3,6 @@ is told in one line."""
 from __future__ import annotations
 
 
-
 def describe(err: BaseException, limit: int | None = None) -> str:
     """``Type: first line of the message`` (the line cut to ``limit`` characters), for one-line reports."""
     lines = str(err).strip().splitlines()

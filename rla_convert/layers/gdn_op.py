@@ -21,10 +21,10 @@ import inspect
 import warnings
 
 import torch
+from rla_kernels.backend import is_decode, needs_grad
 
-# per sequence, with a state and no autograd: fla's fused recurrent kernel. The rule of
-# rla_kernels.backend.is_decode with fla's own threshold (ours is 16), restated: exports ship this file,
-# and they do not ship rla_kernels
+# per sequence, with a state and no autograd: fla's fused recurrent kernel (rla_kernels' rule, fla's
+# threshold; ours is 16)
 DECODE_MAX_TOKENS = 8
 _guard_lifted = False
 
@@ -58,8 +58,8 @@ def _fla(q, k, v, g, beta, scale, S0, output_final_state, cu_seqlens):
     chunk_gated_delta_rule, fused_recurrent_gated_delta_rule = ops.chunk_gated_delta_rule, ops.fused_recurrent_gated_delta_rule
     _lift_hopper_guard()
     n = q.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, beta))
-    decode = S0 is not None and not needs_grad and q.shape[0] * q.shape[1] <= DECODE_MAX_TOKENS * n
+    decode = is_decode(q.shape[0] * q.shape[1], n, S0 is not None, needs_grad((q, k, v, g, beta)),
+                       DECODE_MAX_TOKENS)
     fn = fused_recurrent_gated_delta_rule if decode else chunk_gated_delta_rule
     return fn(q, k, v, g=g.float(), beta=beta, scale=scale, initial_state=S0, output_final_state=output_final_state,
               cu_seqlens=cu_seqlens)
