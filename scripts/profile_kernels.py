@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 from gpu_check_rdn import make_inputs  # noqa: E402  (also puts rla_kernels on the path; fixed configs unless --tune)
 
-MODULES = {"rdn": ("wy", "chunk_fwd", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
+MODULES = {"rdn": ("wy", "chunk_fwd", "segmented", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
 
 
 def entry_points(op):
