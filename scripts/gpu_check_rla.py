@@ -41,8 +41,9 @@ def import_kernels():
     from rla_kernels import naive_recurrent_rla
     from rla_kernels.rla import chunk, chunk_bwd, chunk_fwd
     from rla_kernels.triton_utils import warps_stages_configs
-    kernels = [chunk_fwd._rla_fwd_states_kernel, chunk_fwd._rla_fwd_output_kernel,
-               chunk_bwd._rla_bwd_states_kernel, chunk_bwd._rla_bwd_dqkg_kernel]
+    kernels = [chunk_fwd._state_walk_kernel, chunk_fwd._rla_residual_kernel, chunk_fwd._rla_fwd_output_kernel,
+               chunk_bwd._dstate_walk_kernel, chunk_bwd._rla_bwd_du_kernel, chunk_bwd._rla_bwd_dv_kernel,
+               chunk_bwd._rla_bwd_dqkg_kernel]
     return naive_recurrent_rla, chunk.chunk_rla_fwd, chunk.chunk_rla_bwd, kernels, warps_stages_configs
 
 
@@ -118,6 +119,10 @@ CASES = [
     ("bf16 K128 noclip T777 no-S0", 2, 777, 4, 128, torch.bfloat16, None, "clip", None, False),
     ("fp32 K64 varlen tanh", 1, 0, 4, 64, torch.float32, 0.5, "tanh", [300, 1, 699], True),
     ("bf16 K128 varlen clip", 1, 0, 4, 128, torch.bfloat16, 1.0, "clip", [64, 437, 5, 494], True),
+    # enough (sequence, head) pairs for the state walks' 32-wide V-blocks (the cases above get 16-wide ones
+    # on an H200), and K = 96: a partial K-block in the walks
+    ("bf16 K128 B8H8 wide walks", 8, 520, 8, 128, torch.bfloat16, 1.0, "clip", None, True),
+    ("fp32 K96 B8H8 wide walks", 8, 300, 8, 96, torch.float32, 0.7, "tanh", None, True),
 ]
 
 

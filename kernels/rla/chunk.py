@@ -7,19 +7,22 @@ mean zeros and then dS0/dR0 come back None):
     chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
 
-Semantics are exactly ``naive.py``. The forward is chunk_fwd.py (a sequential walk that stores the chunk
-states of S and R once and makes the residuals, then a chunk-parallel output pass reading those states).
-The backward reruns that walk instead of keeping its states alive between forward and backward, then
-runs chunk_bwd.py (a reverse walk for the state gradients and dv, then a chunk-parallel pass for dq, dk, dg).
+Semantics are exactly ``naive.py``. The forward is chunk_fwd.py: a lean walk stores the chunk states of S,
+the residuals come chunk-parallel from them, the same walk runs R over the residuals, and a chunk-parallel
+output pass reads both. The backward reruns those three passes instead of keeping their results alive
+between forward and backward, then runs chunk_bwd.py the same way: a lean reverse walk for dh_R, du
+chunk-parallel from it, a lean reverse walk for dh_S, dv chunk-parallel from that, and a chunk-parallel
+pass for dq, dk, dg.
 """
 from __future__ import annotations
 
 import torch
 import triton
 
-from ..triton_utils import INTERPRET, dot_precision, prepare_chunk_indices, prepare_chunk_offsets
-from .chunk_bwd import _rla_bwd_dqkg_kernel, _rla_bwd_states_kernel
-from .chunk_fwd import _rla_fwd_output_kernel, _rla_fwd_states_kernel
+from ..triton_utils import (GRID_AXIS_LIMIT, INTERPRET, dot_precision, prepare_chunk_indices, prepare_chunk_offsets,
+                           sm_count)
+from .chunk_bwd import _dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel
+from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
 from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 
 CHUNK_SIZE = 64
@@ -42,13 +45,22 @@ class _Layout:
             raise ValueError(f"chunk_size must be 16, 32, 64 or 128; got {chunk_size}")
         self.BT = chunk_size
         self.BK = max(16, triton.next_power_of_2(self.K))
-        # Sequential kernels: narrow V-blocks give more programs to walk in parallel and fewer registers.
-        self.BV_seq = max(16, min(32, triton.next_power_of_2(self.V)))
+        # The walks split K and V (rows and columns of a state never mix): 64 x 32 blocks, or 64 x 16 when
+        # that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel.
+        self.BK_walk = min(64, self.BK)
+        self.BV_walk = max(16, min(32, triton.next_power_of_2(self.V)))
+        walk_programs = self.N * self.H * triton.cdiv(self.K, self.BK_walk) * triton.cdiv(self.V, self.BV_walk)
+        if walk_programs < sm_count(q.device):
+            self.BV_walk = 16
+        self.walk_grid = (triton.cdiv(self.K, self.BK_walk), triton.cdiv(self.V, self.BV_walk), self.N * self.H)
         self.BV_par = max(16, min(64, triton.next_power_of_2(self.V)))
         # The dq/dk/dg pass splits K (see chunk_bwd.py) and pipelines its V loop; with fp32 tiles a
         # 64-wide V-block would need ~224 KiB of shared memory at K=128 (H100: 227 KiB), so 32.
         self.BK_par = min(64, self.BK)
         self.BV_dqkg = min(32 if q.dtype == torch.float32 else 64, self.BV_par)
+        # du and dv hold a [K, BV] adjoint beside q and k [BT, K] and five [BT, BV] tiles, about what the
+        # output kernel holds; with fp32 inputs every one of them is fp32, so the narrower block there too.
+        self.BV_grad = self.BV_dqkg
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -67,28 +79,56 @@ class _Layout:
             self.n_chunks = self.B * triton.cdiv(self.T, self.BT)
             nt = triton.cdiv(self.T, self.BT)
             self.parallel_grid = lambda BV: (triton.cdiv(self.V, BV), nt, self.B * self.H)
+        # Axes 1 and 2 of a grid stop at GRID_AXIS_LIMIT: the walks put (sequence, head) on axis 2, the
+        # chunk-parallel kernels the chunks on axis 1. Refused here, before any launch.
+        if self.N * self.H > GRID_AXIS_LIMIT:
+            raise ValueError(f"sequences x heads must be at most {GRID_AXIS_LIMIT} (one CUDA grid axis); got "
+                             f"{self.N} x {self.H}")
+        if self.parallel_grid(self.V)[1] > GRID_AXIS_LIMIT:
+            raise ValueError(f"at most {GRID_AXIS_LIMIT} chunks of {self.BT} tokens per call (one CUDA grid "
+                             f"axis); got {self.parallel_grid(self.V)[1]}: split the call")
 
 
 def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
-    """The sequential forward walk: chunk-start states, residuals and final states (all fp32)."""
-    h_s = k.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=torch.float32)
-    h_r = torch.empty_like(h_s)
-    res = v.new_empty(v.shape, dtype=torch.float32)
-    S_T = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
-    R_T = torch.empty_like(S_T)
-    grid = (triton.cdiv(L.V, L.BV_seq), L.N * L.H)
-    _rla_fwd_states_kernel[grid](
-        k, v, g, beta, gamma, S0, R0, h_s, h_r, res, S_T, R_T,
-        L.cu_seqlens, L.chunk_offsets, L.clip, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_seq,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        HAS_S0=S0 is not None, HAS_R0=R0 is not None, IS_VARLEN=L.varlen,
+def _walk(L: _Layout, k, x, g, rate, h0, split: bool):
+    """One additive state over every chunk: its chunk-start states and its final state (fp32)."""
+    h = k.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=torch.float32)
+    final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
+    _state_walk_kernel[L.walk_grid](
+        k, x, g, rate, h0, h, final, L.cu_seqlens, L.chunk_offsets, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
+        SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None, IS_VARLEN=L.varlen,
     )
+    return h, final
+
+
+def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
+    """The forward's passes up to the output: chunk-start states of S and R, residuals, final states."""
+    h_s, S_T = _walk(L, k, v, g, beta, S0, True)
+    res = v.new_empty(v.shape, dtype=torch.float32)
+    _rla_residual_kernel[L.parallel_grid(L.BV_par)](
+        k, v, g, beta, h_s, res, L.cu_seqlens, L.chunk_indices, L.clip, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_par,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+    )
+    h_r, R_T = _walk(L, k, res, g, gamma, R0, False)
     return h_s, h_r, res, S_T, R_T
+
+
+def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
+    """One state gradient carried backwards: each chunk's end-state gradient and the initial state's."""
+    dh = q.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=torch.float32)
+    dh0 = q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
+    _dstate_walk_kernel[L.walk_grid](
+        q, do, k, du, g, rate, dh_t, dh, dh0, L.cu_seqlens, L.chunk_offsets, scale, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
+        HAS_RATE=rate is not None, HAS_KEYS=k is not None, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
+        HAS_DHT=dh_t is not None, IS_VARLEN=L.varlen,
+    )
+    return dh, dh0
 
 
 def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
@@ -132,24 +172,27 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
     h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0)
 
-    # Reverse walk: per-chunk gradients of the chunk-END states, dv, the key-query gradient du, and
-    # per-V-block partial sums of dbeta and of gamma's residual term (reduced over V-blocks below).
-    nv = triton.cdiv(L.V, L.BV_seq)
-    dh_s = torch.empty_like(h_s)
-    dh_r = torch.empty_like(h_r)
+    # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
+    # then dv and dbeta. The per-V-block partial sums are reduced below.
+    nv = triton.cdiv(L.V, L.BV_grad)
+    grid = L.parallel_grid(L.BV_grad)
+    dh_r, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)
+    dgamma_part = q.new_empty(nv, *gamma.shape, dtype=torch.float32)
+    _rla_bwd_du_kernel[grid](
+        q, k, g, gamma, res, do, dh_r, du, dgamma_part,
+        L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, gamma.numel(),
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+    )
+    dh_s, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv, *beta.shape, dtype=torch.float32)
-    dgamma_part = torch.empty_like(dbeta_part)
-    dS0 = q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
-    dR0 = torch.empty_like(dS0)
-    _rla_bwd_states_kernel[(nv, L.N * L.H)](
-        q, k, v, g, beta, gamma, res, do, dS_T, dR_T,
-        dh_s, dh_r, du, dv, dbeta_part, dgamma_part, dS0, dR0,
-        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T, beta.numel(),
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_seq,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
+    _rla_bwd_dv_kernel[grid](
+        q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
+        L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
+        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
 
     dq = torch.empty_like(q)

@@ -13,8 +13,10 @@ Gradients come in the order the dependencies allow, per chunk and going backward
        dh_S = exp(G_L) dh_S' + sum_t exp(G_t) q_t dO1_t^T + exp(Gm_t) k_t du_t^T,
        dh_R = exp(G_L) dh_R' + sum_t exp(G_t) q_t dO2_t^T.
 
-All of that is column-wise in V, so ``_rla_bwd_states_kernel`` does it in one reverse walk per
-(sequence, head, V-block), storing dh_S', dh_R' per chunk and du per token. dq, dk, dg and gamma's
+Only step 3 is sequential, and dh_R does not depend on anything but dO2: ``_dstate_walk_kernel`` carries
+dh_R backwards alone (one dot a chunk) and stores each chunk's dh_R'; ``_rla_bwd_du_kernel`` does step 1
+for every chunk in parallel; the same walk kernel carries dh_S with du in it (two dots a chunk); and
+``_rla_bwd_dv_kernel`` does step 2 for every chunk in parallel. dq, dk, dg and gamma's
 output term need sums over all of V: ``_rla_bwd_dqkg_kernel`` runs chunk-parallel, one program per
 K-block looping over V-blocks (a whole-K tile of every accumulator would not fit in shared memory at
 K=128). Everything it sums over K -- q.k products, dg's q.dq - k.dk, gamma's q^T h_R -- is linear in
@@ -48,19 +50,27 @@ def _drho_from_residual(r, clip, RESIDUAL: tl.constexpr):
     return d
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
-@triton.jit(do_not_specialize=["T", "part_stride"])
-def _rla_bwd_states_kernel(
-    q, k, v, g, beta, gamma, res, do, dst, drt,
-    dh_s, dh_r, du, dv, dbeta_part, dgamma_part, ds0, dr0,
-    cu_seqlens, chunk_offsets, scale, clip, T, part_stride,
+# Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
+# hit a CUDA illegal memory access (cause not found), and a walk has little to tune.
+@autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
+          key=["H", "K", "V", "BT", "BK", "BV", "HAS_RATE", "HAS_KEYS", "DOT_PREC", "DOTS_FP32"])
+@triton.jit(do_not_specialize=["T"])
+def _dstate_walk_kernel(
+    q, do, k, du, g, rate, dh_t, dh, dh0,
+    cu_seqlens, chunk_offsets, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
-    HAS_DST: tl.constexpr, HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_RATE: tl.constexpr, HAS_KEYS: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
+    HAS_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    """A state gradient carried backwards over a sequence's chunks,
+        dh <- exp(G_L) dh + sum_t exp(G_t) q_t (scale rate_t do_t)^T [+ exp(Gm_t) k_t du_t^T],
+    dh_R with rate = gamma, dh_S with rate = 1 and the key-query term. Stores each chunk's END-state
+    gradient (read by the chunk-parallel kernels) and the initial state's. One program per (K-block,
+    V-block, sequence x head)."""
+    i_k = tl.cast(tl.program_id(0), tl.int64)
+    i_v = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
@@ -68,83 +78,136 @@ def _rla_bwd_states_kernel(
     DT = q.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
-
     o_t = tl.arange(0, BT)
-    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: i <= t
-    key_lt_query = o_t[:, None] < o_t[None, :]
 
-    b_dhs = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dhr = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DST:
-        b_dhs += load_tile(dst + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-    if HAS_DRT:
-        b_dhr += load_tile(drt + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        b_dh += load_tile(dh_t + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     for i_loop in range(0, NT):
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
-        # Gradients of this chunk's END states; the dq/dk/dg kernel reads them.
-        h_off = ((boh + i_t) * H + i_h) * K * V
-        store_tile(dh_s + h_off, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
-        store_tile(dh_r + h_off, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
-
+        store_tile(dh + ((boh + i_t) * H + i_h) * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
         tok_k = (bos * H + i_h) * K
         tok_v = (bos * H + i_h) * V
-        b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-        b_r = load_tile(res + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
         rows = i_t * BT + o_t
         in_seq = rows < T_seq
         gate_off = (bos + rows) * H + i_h
         b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
-        b_Gm = b_G - b_g
         b_GL = tl.sum(b_g, axis=0)
-        b_to_end = tl.exp(b_GL - b_G)
+        b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
+        if HAS_RATE:
+            b_do *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)[:, None]
+        b_qg = (b_q * tl.exp(b_G)[:, None]).to(DT)
+        b_upd = tl.dot(tl.trans(b_qg), b_do.to(DT), input_precision=DOT_PREC)
+        if HAS_KEYS:
+            b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
+            b_du = load_tile(du + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_kg = (b_k * tl.exp(b_G - b_g)[:, None]).to(DT)
+            b_upd += tl.dot(tl.trans(b_kg), b_du.to(DT), input_precision=DOT_PREC)
+        b_dh = b_dh * tl.exp(b_GL) + b_upd
+    store_tile(dh0 + i_nh * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
-        b_dO1 = b_do * scale
-        b_dO2 = b_dO1 * b_gamma[:, None]
-        # [key i, query t] matrices: transposes of the forward's, so the sums over t are plain dots.
-        b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
-        b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
 
-        # 1. R path, then through rho into the residual's inputs.
-        b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
-        # dh' (fp32) reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv||
-        # (last tokens): dh' keeps ~16 bits there (bf16 hi + lo halves, dot_split) instead of one bf16 cast,
-        # whose 2^-9 went straight into them (bf16 K=128, emulated: dv's error off the clip's edge 2.5e-3 ->
-        # 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3). Cost: one more bf16 dot each and one
-        # [BK, BV] bf16 tile (+8 KiB: 53-62 KiB at K=128 on sm_90, H100 has 227).
-        # dv's larger error at bf16 is not here: it is elements whose residual input lies within the
-        # rerun's rounding of +-clip and land on the other side than exact math (_drho_from_residual
-        # reads the rerun's r), each moving dv by a whole gamma Y; see chunk_fwd's states walk.
-        b_Y += b_to_end[:, None] * dot_split(b_k, b_dhr, DOT_PREC)
-        tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
-        b_de = b_gamma[:, None] * b_Y * _drho_from_residual(b_r, clip, RESIDUAL)
-        b_du = -b_de
-        store_tile(du + tok_v, b_du, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
+@triton.jit(do_not_specialize=["T", "part_stride"])
+def _rla_bwd_du_kernel(
+    q, k, g, gamma, res, do, dh_r, du, dgamma_part,
+    cu_seqlens, chunk_indices, scale, clip, T, part_stride,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Step 1 (the R path) for every chunk in parallel, from the stored dh_R': du, and the residual's
+    share of dgamma per V-block. One program per (V-block, chunk, head)."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_t = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
+    DT = q.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
 
-        # 2. S path: values beta_i v_i, read by the q queries and the k queries.
-        b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
-        b_Ak = b_Ak * exp_where(key_lt_query, b_Gm[None, :] - b_G[:, None])
-        b_X = tl.dot(tl.where(key_lt_query, b_Aq, 0.0).to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
-        b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
-        b_X += b_to_end[:, None] * dot_split(b_k, b_dhs, DOT_PREC)
-        tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v.to(tl.float32) * b_X, axis=1), mask=in_seq)
-        store_tile(dv + tok_v, b_beta[:, None] * b_X + b_de, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    o_t = tl.arange(0, BT)
+    rows = i_c * BT + o_t
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_do = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_dhr = load_tile(dh_r + (i_row * H + i_h) * K * V, 0, K, V, i_v * BV, V, BK, BV)
 
-        # 3. Carry the state gradients to the chunk start.
-        b_qg = (b_q.to(tl.float32) * tl.exp(b_G)[:, None]).to(DT)
-        b_kg = (b_k.to(tl.float32) * tl.exp(b_Gm)[:, None]).to(DT)
-        b_dhs = b_dhs * tl.exp(b_GL) + tl.dot(tl.trans(b_qg), b_dO1.to(DT), input_precision=DOT_PREC)
-        b_dhs += tl.dot(tl.trans(b_kg), b_du.to(DT), input_precision=DOT_PREC)
-        b_dhr = b_dhr * tl.exp(b_GL) + tl.dot(tl.trans(b_qg), b_dO2.to(DT), input_precision=DOT_PREC)
+    b_dO2 = b_do * (scale * b_gamma)[:, None]
+    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
+    b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
+    b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
+    b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
+    # dh' (fp32) reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last
+    # tokens): it keeps ~16 bits there (bf16 hi + lo halves, dot_split) instead of one bf16 cast, whose
+    # 2^-9 went straight into them (bf16 K=128, emulated: dv's error off the clip's edge 2.5e-3 -> 1.9e-3,
+    # dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
+    b_Y += tl.exp(b_GL - b_G)[:, None] * dot_split(b_k, b_dhr, DOT_PREC)
+    tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
+    # Through rho (its mask read from the rerun's r: see chunk_fwd's residual kernel): du = -de.
+    b_du = -(b_gamma[:, None] * b_Y * _drho_from_residual(b_r, clip, RESIDUAL))
+    store_tile(du + tok_v, b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
-    store_tile(ds0 + i_nh * K * V, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
-    store_tile(dr0 + i_nh * K * V, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
+
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32"])
+@triton.jit(do_not_specialize=["T", "part_stride"])
+def _rla_bwd_dv_kernel(
+    q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
+    cu_seqlens, chunk_indices, scale, T, part_stride,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Step 2 (the S path) for every chunk in parallel, from the stored dh_S' and du: dv, and dbeta per
+    V-block. One program per (V-block, chunk, head)."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_t = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
+    DT = q.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+
+    o_t = tl.arange(0, BT)
+    rows = i_c * BT + o_t
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_Gm = b_G - b_g
+    b_GL = tl.sum(b_g, axis=0)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
+    b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_dhs = load_tile(dh_s + (i_row * H + i_h) * K * V, 0, K, V, i_v * BV, V, BK, BV)
+
+    # Values beta_i v_i, read by the q queries (decay from G_t) and the k queries (from Gm_t), i < t.
+    key_lt_query = o_t[:, None] < o_t[None, :]  # [key i, query t]
+    b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
+    b_Aq = b_Aq * exp_where(key_lt_query, b_G[None, :] - b_G[:, None])
+    b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
+    b_Ak = b_Ak * exp_where(key_lt_query, b_Gm[None, :] - b_G[:, None])
+    b_X = tl.dot(b_Aq.to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
+    b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
+    b_X += tl.exp(b_GL - b_G)[:, None] * dot_split(b_k, b_dhs, DOT_PREC)
+    tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v * b_X, axis=1), mask=in_seq)
+    store_tile(dv + tok_v, b_beta[:, None] * b_X - b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32"])

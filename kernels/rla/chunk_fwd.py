@@ -1,4 +1,4 @@
-"""RLA chunk forward in Triton: one sequential state walk, then chunk-parallel outputs.
+"""RLA chunk forward in Triton: two lean state walks around chunk-parallel residuals, then chunk-parallel outputs.
 
 Per (sequence, head), chunks of BT tokens, G = inclusive cumsum of the log decay g inside a chunk,
 Gm = G - g (the exclusive sum), h_S / h_R the states at the chunk start ([K, V], fp32):
@@ -9,11 +9,12 @@ Gm = G - g (the exclusive sum), h_S / h_R the states at the chunk start ([K, V],
     o2_t = R_t^T q_t         = exp(G_t) h_R^T q_t + sum_{i<=t} exp(G_t - G_i) gamma_i (k_i.q_t) r_i
     o_t  = scale * (o1_t + gamma_t o2_t)
 
-``_rla_fwd_states_kernel`` walks the chunks of a sequence in order (one program per sequence, head and
-V-block: everything is column-wise in V once the K-reductions are done, as K is held whole). It stores
-every chunk-start state h_S, h_R once, answers the key queries u_t from h_S, turns them into residuals
-r_t, and advances both states. ``_rla_fwd_output_kernel`` then answers the q queries from the same
-stored states, all chunks in parallel. The backward (chunk_bwd.py) reruns the walk to get h and r back.
+Split the way fla splits its chunked linear attention: only the state recurrences are
+sequential, and each of them is one or two small dots a chunk. S does not depend on the residuals, so
+``_state_walk_kernel`` walks S alone and stores every chunk-start state h_S; ``_rla_residual_kernel``
+answers the key queries u_t from those states and turns them into residuals r_t, every chunk in parallel;
+the same walk kernel then runs R over the residuals. ``_rla_fwd_output_kernel`` answers the q queries from
+the stored h_S and h_R, every chunk in parallel. The backward (chunk_bwd.py) reruns the three passes.
 
 Every decay factor is exp of a non-positive number where it is used (masked entries go through
 tl.where, never a multiply by 0, so an overflowed exp cannot become NaN).
@@ -41,19 +42,25 @@ def _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, NT_fixed, IS_VARLEN: tl.const
     return bos, eos - bos, boh
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
+# Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
+# hit a CUDA illegal memory access (cause not found), and a walk has little to tune.
+@autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
+          key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T"])
-def _rla_fwd_states_kernel(
-    k, v, g, beta, gamma, s0, r0,
-    h_s, h_r, res, s_out, r_out,
-    cu_seqlens, chunk_offsets, clip, T,
+def _state_walk_kernel(
+    k, x, g, rate, h0, h, h_final,
+    cu_seqlens, chunk_offsets, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
+    HAS_H0: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    """One gated additive state over a sequence's chunks, h <- exp(G_L) h + (k exp(G_L - G) rate)^T x:
+    S with (rate, x) = (beta, v), R with (gamma, r). Stores every chunk-start state and the final one.
+    One program per (K-block, V-block, sequence x head): rows of h in different K-blocks never mix."""
+    i_k = tl.cast(tl.program_id(0), tl.int64)
+    i_v = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
@@ -61,58 +68,31 @@ def _rla_fwd_states_kernel(
     DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
-
     o_t = tl.arange(0, BT)
-    strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
 
-    b_hs = tl.zeros([BK, BV], dtype=tl.float32)
-    b_hr = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_S0:
-        b_hs += load_tile(s0 + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-    if HAS_R0:
-        b_hr += load_tile(r0 + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        b_h += load_tile(h0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
-        # Chunk-start states, stored once: the output kernel and the backward read them.
-        h_off = ((boh + i_t) * H + i_h) * K * V
-        store_tile(h_s + h_off, b_hs, 0, K, V, i_v * BV, V, BK, BV)
-        store_tile(h_r + h_off, b_hr, 0, K, V, i_v * BV, V, BK, BV)
-
-        b_k = load_tile(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-        b_v = load_tile(v + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        store_tile(h + ((boh + i_t) * H + i_h) * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_k = load_tile(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
+        b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         rows = i_t * BT + o_t
         in_seq = rows < T_seq
         gate_off = (bos + rows) * H + i_h
-        # Rows past the end load g = 0 (so G stays flat) and k = v = 0 (so they add nothing).
+        # Rows past the end load g = 0 (G stays flat) and k = x = 0 (they add nothing).
         b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+        b_rate = tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
-        b_Gm = b_G - b_g
         b_GL = tl.sum(b_g, axis=0)
-
-        # Key queries u_t = S_{t-1}^T k_t: the undecayed state before token t.
-        b_A = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
-        b_A = b_A * exp_where(strict, b_Gm[:, None] - b_G[None, :]) * b_beta[None, :]
-        # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this walk: an
-        # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
-        # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the fp32 state
-        # h_S, the decayed matrix A and the S increment are hi + lo bf16 halves (dot_split), k and v exact.
-        b_u = dot_split(b_k, b_hs, DOT_PREC) * tl.exp(b_Gm)[:, None]
-        b_u += dot_split(b_A, b_v, DOT_PREC)
-        b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
-        store_tile(res + (bos * H + i_h) * V, b_res, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-
-        # Advance both states to the chunk end.
-        b_to_end = tl.exp(b_GL - b_G)
-        b_ks = b_k.to(tl.float32) * (b_to_end * b_beta)[:, None]
-        b_kr = (b_k.to(tl.float32) * (b_to_end * b_gamma)[:, None]).to(DT)
-        b_hs = b_hs * tl.exp(b_GL) + dot_split(tl.trans(b_ks), b_v, DOT_PREC)
-        b_hr = b_hr * tl.exp(b_GL) + tl.dot(tl.trans(b_kr), b_res.to(DT), input_precision=DOT_PREC)
-
-    store_tile(s_out + i_nh * K * V, b_hs, 0, K, V, i_v * BV, V, BK, BV)
-    store_tile(r_out + i_nh * K * V, b_hr, 0, K, V, i_v * BV, V, BK, BV)
+        b_kw = b_k * (tl.exp(b_GL - b_G) * b_rate)[:, None]
+        if SPLIT:  # S: the clip's mask reads it, keep ~16 bits of the decayed keys (see the residual kernel)
+            b_upd = dot_split(tl.trans(b_kw), b_x, DOT_PREC)
+        else:
+            b_upd = tl.dot(tl.trans(b_kw.to(DT)), b_x, input_precision=DOT_PREC)
+        b_h = b_h * tl.exp(b_GL) + b_upd
+    store_tile(h_final + i_nh * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
 
 @triton.jit
@@ -136,6 +116,50 @@ def _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H: tl.constexpr, BT: 
         T_seq = T + 0 * i_n
         i_row = i_n * tl.cdiv(T, BT) + i_t
     return bos, T_seq, i_c, i_row, i_h
+
+
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
+@triton.jit(do_not_specialize=["T"])
+def _rla_residual_kernel(
+    k, v, g, beta, h_s, res,
+    cu_seqlens, chunk_indices, clip, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
+    every chunk in parallel, one program per (V-block, chunk, head)."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_t = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
+    DT = k.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+
+    o_t = tl.arange(0, BT)
+    rows = i_c * BT + o_t
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_Gm = b_G - b_g
+    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+    b_hs = load_tile(h_s + (i_row * H + i_h) * K * V, 0, K, V, i_v * BV, V, BK, BV)
+
+    strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
+    b_A = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
+    b_A = b_A * exp_where(strict, b_Gm[:, None] - b_G[None, :]) * b_beta[None, :]
+    # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this kernel's rerun: an
+    # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
+    # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the fp32 state
+    # h_S and the decayed matrix A enter as hi + lo bf16 halves (dot_split), k and v exact.
+    b_u = dot_split(b_k, b_hs, DOT_PREC) * tl.exp(b_Gm)[:, None]
+    b_u += dot_split(b_A, b_v, DOT_PREC)
+    b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
+    store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32"])

@@ -192,3 +192,29 @@ def test_gpu_dot_split_keeps_the_fp32_operand():
     ref = a.double() @ b.double()
     assert rel_err(out, ref) < 3e-5
     assert rel_err(plain, ref) > 3e-4  # what the split is for
+
+
+def test_walks_split_k_and_narrow_v_blocks_at_low_parallelism(monkeypatch):
+    """The state walks cut K into 64-row blocks and V into 32-wide ones, or 16-wide when their programs
+    would leave SMs idle (batch-1 prefill): K=96 gives two K-blocks, the second partial, and V=48 a partial
+    V-block either way. Forward and backward must not depend on that split."""
+    import sys
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=96, V=48)
+    layout = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 16)
+    assert (layout.BK_walk, layout.BV_walk) == (64, 32)
+    check(inputs, S0, R0, 0.6, 1.0, "clip", chunk_size=16)
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 1 << 20)
+    layout = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 16)
+    assert (layout.BK_walk, layout.BV_walk, layout.walk_grid) == (64, 16, (2, 3, 2))
+    check(inputs, S0, R0, 0.6, 0.7, "tanh", chunk_size=16)
+
+
+def test_more_sequences_times_heads_than_a_grid_axis_is_refused_before_any_launch():
+    """32769 one-token sequences x 2 heads: the walks' grid axis would pass CUDA's 65535."""
+    N = 32769
+    inputs, _, _ = make_inputs(B=1, T=N, H=2, K=16, V=16)
+    cu = torch.arange(N + 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="sequences x heads must be at most 65535"):
+        chunk_rla_fwd(*inputs, None, 1.0, "clip", None, None, cu)
