@@ -28,14 +28,15 @@ import triton
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
-from .chunk_bwd import _rdn_bwd_kernel, _rdn_bwd_walk_kernel
+from .chunk_bwd import _rdn_bwd_dqk_kernel, _rdn_bwd_dv_kernel, _rdn_bwd_gates_kernel, _rdn_bwd_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
 
 CHUNK_SIZE = 64
-# The gradient kernel keeps about three times the forward's tiles alive: at 64-token chunks and K = 128 it
-# asks for more shared memory than sm_90 has and ptxas takes minutes; at 32 it fits. The backward reruns
+# The backward chunks by 32 tokens: its single gradient kernel of before 2026-11-30 did not fit sm_90's shared
+# memory at 64-token chunks and K = 128; whether the three kernels that replaced it fit at 64 is not yet
+# measured (their [BT, BT] tiles grow 4x, their [BT, K] ones 2x). The backward reruns
 # the forward walk itself, so it may chunk differently from the forward call: the math is exact, the
 # rounding is not (the rerun's X, whose sign against +-c is the clip's gradient mask, comes from 32-token
 # chunks at tf32x3, the forward's output from 64-token chunks at tf32: an element within rounding of the
@@ -64,7 +65,8 @@ class _Layout:
                              f"V={self.V}")
         _check_chunk_size(chunk_size)
         # Grid axes 1 and 2 stop at GRID_AXIS_LIMIT: the walks put (sequence, head) there, the segmented walks
-        # (sequence, segment, head; segmented.usable_segments), the chunk-parallel kernels (batch, head) or the head.
+        # (sequence, segment, head; segmented.usable_segments), the chunk-parallel kernels a V- or K-block and
+        # (batch, head) or the head; chunks always go on axis 0, which has no such limit.
         if self.N * self.H > GRID_AXIS_LIMIT:
             raise ValueError(f"sequences x heads must be at most {GRID_AXIS_LIMIT} (one CUDA grid axis); got "
                              f"{self.N} x {self.H}: split the batch")
@@ -203,25 +205,40 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
     )
 
-    # Shared inputs get one partial gradient per V-block (summed below); dv is exact.
-    dq_part = q.new_empty(L.NV, *q.shape, dtype=torch.float32)
-    dk_part = torch.empty_like(dq_part)
-    dg_part = q.new_empty(L.NV, *g.shape, dtype=torch.float32)
-    dbeta_part = torch.empty_like(dg_part)
-    dgamma_part = torch.empty_like(dg_part)
+    # Three chunk-parallel kernels (chunk_bwd.py): per V-block, per K-block, per chunk.
     dv = torch.empty_like(v)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
     if L.n_chunks:
-        _rdn_bwd_kernel[L.chunk_grid_v](
-            q, k, v, g, beta, gamma, t_beta, t_gamma, h_s, h_r, h_ds, h_dr, x, do,
-            dq_part, dk_part, dg_part, dbeta_part, dgamma_part, dv,
-            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.clip, L.T, L.B * L.T * L.H,
+        u, w, dx, dsk, dy = (L.per_token(q, L.V) for _ in range(5))
+        NTH = L.B * L.T * L.H
+        rows_part = q.new_empty(4, L.NV, NTH, dtype=torch.float32)
+        _rdn_bwd_dv_kernel[L.chunk_grid_v](
+            q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, h_s, h_r, h_ds, h_dr, x, do,
+            dv, u, w, dx, dsk, dy, rows_part,
+            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.clip, L.T, NTH,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
             RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
         )
-    dq = dq_part.sum(0).to(q.dtype)
-    dk = dk_part.sum(0).to(k.dtype)
-    dg = dg_part.sum(0).to(g.dtype)
-    dbeta = dbeta_part.sum(0).to(beta.dtype)
-    dgamma = dgamma_part.sum(0).to(gamma.dtype)
+        del x, m_k, m_qi, t_beta, t_gamma
+        BKB = min(64, L.BK)
+        NK = triton.cdiv(L.K, BKB)
+        dq_acc, dk_acc = L.per_token(q, L.K), L.per_token(q, L.K)
+        rows_part_k = q.new_empty(NK, NTH, dtype=torch.float32)
+        chunk_part = q.new_empty(NK, L.n_chunks, L.H, dtype=torch.float32)
+        _rdn_bwd_dqk_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
+            q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dx, dsk, dy,
+            dq_acc, dk_acc, rows_part_k, chunk_part,
+            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH, L.n_chunks,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+        )
+        del h_s, h_r, h_ds, h_dr
+        _rdn_bwd_gates_kernel[L.chunk_grid](
+            q, k, g, beta, gamma, do, u, w, dx, dsk, dy, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
+            dq, dk, dg, dbeta, dgamma,
+            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH, L.n_chunks,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, NV=L.NV, NK=NK,
+            DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+        )
     return (dq, dk, dv, dg, dbeta, dgamma,
             None if S0 is None else dS0, None if R0 is None else dR0)

@@ -17,11 +17,11 @@ transform of S, to the adjoints of its start states:
     dR0 = exp(GL) dR + Q^T (exp(G) drq) - K^T (gamma exp(G) dyr)
     dS0 = exp(GL) dS - K^T (exp(Gp) dX + beta exp(G) dyv) + Q^T (exp(G) dsq)
 
-It stores dS, dR at every chunk end. The gradient kernel then gives each (chunk, head, V-block) its own
-program: from the chunk-start states, the stored end adjoints and X it recomputes the chunk's intermediates
-and runs the chain rule of the chunk step; the decay-weighted k.k and q.k matrices hand their gradients
-to k, q, beta, gamma and to the within-chunk cumulative decay G, whose gradient becomes dg by a reverse
-cumsum.
+It stores dS, dR at every chunk end. The gradients then come chunk-parallel in three kernels (see the
+comment above ``_rdn_bwd_dv_kernel``): per (chunk, V-block) the chain rule of the chunk step as far as it
+stays column-wise in V, per (chunk, K-block) the state terms of dq and dk, and per chunk the gradients of
+the decay-weighted k.k and q.k matrices, which hand theirs to k, q, beta, gamma and to the within-chunk
+cumulative decay G, whose gradient becomes dg by a reverse cumsum.
 """
 from __future__ import annotations
 
@@ -45,11 +45,6 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
     else:
         d = x * 0.0 + 1.0
     return d
-
-
-@triton.jit
-def _sum_all(x):
-    return tl.sum(tl.sum(x, axis=1), axis=0)
 
 
 # One config, as the forward walk (chunk_fwd.py says why).
@@ -122,53 +117,30 @@ def _rdn_bwd_walk_kernel(
     store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
 
 
-@triton.jit
-def _recompute_chunk(b_q, b_k, b_v, b_x, b_g, b_beta, b_gamma, b_tb, b_tc, b_s, b_r, clip,
-                     BT: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr):
-    """The forward intermediates of one chunk (chunk_fwd.py's docstring) from its start states and X."""
-    o_t = tl.arange(0, BT)
-    strict = o_t[:, None] > o_t[None, :]
-    incl = o_t[:, None] >= o_t[None, :]
-    b_G = tl.cumsum(b_g, axis=0)
-    b_Gp = b_G - b_g
-    b_eG = tl.exp(b_G)[:, None]
-    b_eGp = tl.exp(b_Gp)[:, None]
-
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
-    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-    b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
-    b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
-    b_Mk = b_kk * b_Ep
-    b_Mqi = b_qk * b_Eg
-    b_Mq = tl.where(strict, b_Mqi, 0.0)
-
-    b_ks = tl.dot(b_k, b_s, input_precision=DOT_PREC)
-    b_qs = tl.dot(b_q, b_s, input_precision=DOT_PREC)
-    b_yv = b_v - b_eG * b_ks  # U = T_beta (beta * yv)
-    b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
-    b_res = _rho(b_x, clip, RESIDUAL)
-
-    b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
-    b_qr = tl.dot(b_q, b_r, input_precision=DOT_PREC)
-    b_yr = b_res - b_eG * b_kr  # W = T_gamma (gamma * yr)
-    b_w = tl.dot(b_tc, b_gamma[:, None] * b_yr, input_precision=DOT_PREC)
-    b_rq = b_eG * b_qr + tl.dot(b_Mqi, b_w, input_precision=DOT_PREC)
-    return (b_G, b_Gp, b_eG, b_eGp, b_kk, b_Eg, b_Ep, b_Mk, b_Mq, b_Mqi,
-            b_ks, b_qs, b_yv, b_u, b_res, b_kr, b_qr, b_yr, b_w, b_rq)
+# The gradients split three ways, as fla splits its gated delta rule's backward, so that no program holds
+# both a chunk's [K, V]-block states and [BT, K] accumulators: _rdn_bwd_dv_kernel per (chunk, V-block) does
+# everything column-wise in V (dv, U, W and the adjoints dX, dsk, dy that the other two read);
+# _rdn_bwd_dqk_kernel per (chunk, K-block) sums the state terms of dq and dk over the V-blocks;
+# _rdn_bwd_gates_kernel per chunk sums the chunk matrices' gradients over the V-blocks and turns them into
+# the rest of dq, dk and into dg, dbeta, dgamma.
 
 
-# Eight warps first: the kernel holds ~150 KiB of fp32 tiles at K = 128, more than four warps' registers.
+# Eight warps first: four [K, BV] fp32 state tiles (64 KiB at K = 128) and the chunk's [BT, BV] work.
 @autotune(configs=launch_configs((8, 1), (4, 1)),
           key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH"])
-def _rdn_bwd_kernel(
-    q, k, v, g, beta, gamma, t_beta, t_gamma, h_s, h_r, h_ds, h_dr, x, do,
-    dq_part, dk_part, dg_part, dbeta_part, dgamma_part, dv,
+def _rdn_bwd_dv_kernel(
+    q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, h_s, h_r, h_ds, h_dr, x, do,
+    dv, u_out, w_out, dx_out, dsk_out, dy_out, rows_part,
     cu_seqlens, chunk_indices, chunk_offsets, scale, clip, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
+    """One program per (chunk, V-block, head): the chunk's forward intermediates from its start states and
+    X (chunk_fwd.py's docstring), then the chain rule of the chunk step as far as it stays column-wise in V.
+    Writes dv, U, W, dX, dsk, dy per token and per-V-block partial row sums of dG, dGp, dbeta, dgamma
+    (``rows_part`` [4, NV, B*T*H])."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -176,11 +148,6 @@ def _rdn_bwd_kernel(
     h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]
-    incl = o_t[:, None] >= o_t[None, :]
-    last = o_t == BT - 1
-    # Partial sums of this V-block: NTH = B*T*H (token, head) rows per block.
-    part_kh = tl.cast(NTH, tl.int64) * K * i_v + (bos * H + i_h) * K
-    part_h = tl.cast(NTH, tl.int64) * i_v + bos * H + i_h
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     tok_t = (bos * H + i_h) * BT
@@ -189,7 +156,7 @@ def _rdn_bwd_kernel(
     b_r = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_ds = load_tile(h_ds + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_dr = load_tile(h_dr + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_g = load_gate(g, bos, T_seq, i_t, i_h, H, BT)
+    b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
     b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
@@ -199,99 +166,241 @@ def _rdn_bwd_kernel(
     b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    (b_G, b_Gp, b_eG, b_eGp, b_kk, b_Eg, b_Ep, b_Mk, b_Mq, b_Mqi,
-     b_ks, b_qs, b_yv, b_u, b_res, b_kr, b_qr, b_yr, b_w, b_rq) = _recompute_chunk(
-        b_q, b_k, b_v, b_x, b_g, b_beta, b_gamma, b_tb, b_tc, b_s, b_r, clip, BT, RESIDUAL, DOT_PREC)
+    b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_mq = tl.where(strict, b_mqi, 0.0)
+    b_eG = tl.exp(b_G)[:, None]
+    b_eGp = tl.exp(b_Gp)[:, None]
 
-    # o = scale * (sq + gamma * rq)
+    # Forward: U = T_beta (beta * yv), yv = v - exp(G) K S0; W = T_gamma (gamma * yr), yr = rho(X) - exp(G) K R0;
+    # rq = exp(G) Q R0 + Mqi W (the R read of the output).
+    b_ks = tl.dot(b_k, b_s, input_precision=DOT_PREC)
+    b_qs = tl.dot(b_q, b_s, input_precision=DOT_PREC)
+    b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
+    b_qr = tl.dot(b_q, b_r, input_precision=DOT_PREC)
+    b_yv = b_v - b_eG * b_ks
+    b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
+    b_res = _rho(b_x, clip, RESIDUAL)
+    b_yr = b_res - b_eG * b_kr
+    b_w = tl.dot(b_tc, b_gamma[:, None] * b_yr, input_precision=DOT_PREC)
+    b_rq = b_eG * b_qr + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
+
+    # o = scale * (sq + gamma * rq); chunk-end states M1 = exp(GL) M0 + Kd^T (U or W), Kd = K * exp(GL - G).
     b_dsq = scale * b_do
     b_drq = (scale * b_gamma)[:, None] * b_do
     b_dc = scale * tl.sum(b_do * b_rq, axis=1)
-
-    # Chunk-end states M1 = exp(GL) M0 + Kd^T (U or W), Kd = K * exp(GL - G).
-    b_GL = tl.sum(tl.where(last, b_G, 0.0), axis=0)
-    b_eGL = tl.exp(b_GL)
-    b_dec = tl.exp(b_GL - b_G)
-    b_kd = b_k * b_dec[:, None]
-    b_dGL = b_eGL * (_sum_all(b_ds * b_s) + _sum_all(b_dr * b_r))
-    b_dkd = tl.dot(b_u, tl.trans(b_ds), input_precision=DOT_PREC)
-    b_dkd += tl.dot(b_w, tl.trans(b_dr), input_precision=DOT_PREC)
+    b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
     b_du = tl.dot(b_kd, b_ds, input_precision=DOT_PREC)
     b_dw = tl.dot(b_kd, b_dr, input_precision=DOT_PREC)
-
     # rq = exp(G) * Q R0 + Mqi W
-    b_dq = b_eG * tl.dot(b_drq, tl.trans(b_r), input_precision=DOT_PREC)
     b_dG = tl.sum(b_eG * b_drq * b_qr, axis=1)
-    b_dMqi = tl.where(incl, tl.dot(b_drq, tl.trans(b_w), input_precision=DOT_PREC), 0.0)
-    b_dw += tl.dot(tl.trans(b_Mqi), b_drq, input_precision=DOT_PREC)
-
-    # W = T_gamma (gamma * yr), yr = res - exp(G) * K R0
+    b_dw += tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
+    # W = T_gamma (gamma * yr)
     b_dx = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
-    b_dAc = -tl.where(strict, tl.dot(b_dx, tl.trans(b_w), input_precision=DOT_PREC), 0.0)
-    b_dres = b_gamma[:, None] * b_dx
     b_dc += tl.sum(b_dx * b_yr, axis=1)
-    b_dkr = -(b_gamma[:, None] * b_eG) * b_dx
-    b_dk = tl.dot(b_dkr, tl.trans(b_r), input_precision=DOT_PREC)
-    b_dG += tl.sum(b_dkr * b_kr, axis=1)
-
+    b_dG += tl.sum(-(b_gamma[:, None] * b_eG) * b_dx * b_kr, axis=1)
     # res = rho(X), X = v - sk: the mask comes from the walk's X, as in the reverse walk
-    b_dxv = _rho_grad(b_x, b_res, clip, RESIDUAL) * b_dres
-    b_dv = b_dxv
+    b_dxv = _rho_grad(b_x, b_res, clip, RESIDUAL) * (b_gamma[:, None] * b_dx)
     b_dsk = -b_dxv
-
-    # sk = exp(Gp) * K S0 + Mk U
-    b_dk += b_eGp * tl.dot(b_dsk, tl.trans(b_s), input_precision=DOT_PREC)
+    # sk = exp(Gp) * K S0 + Mk U;  sq = exp(G) * Q S0 + Mq U
     b_dGp = tl.sum(b_eGp * b_dsk * b_ks, axis=1)
-    b_dMk = tl.where(strict, tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC), 0.0)
-    b_du += tl.dot(tl.trans(b_Mk), b_dsk, input_precision=DOT_PREC)
-
-    # sq = exp(G) * Q S0 + Mq U
-    b_dq += b_eG * tl.dot(b_dsq, tl.trans(b_s), input_precision=DOT_PREC)
+    b_du += tl.dot(tl.trans(b_mk), b_dsk, input_precision=DOT_PREC)
     b_dG += tl.sum(b_eG * b_dsq * b_qs, axis=1)
-    b_dMq = tl.where(strict, tl.dot(b_dsq, tl.trans(b_u), input_precision=DOT_PREC), 0.0)
-    b_du += tl.dot(tl.trans(b_Mq), b_dsq, input_precision=DOT_PREC)
-
-    # U = T_beta (beta * yv), yv = v - exp(G) * K S0
+    b_du += tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC)
+    # U = T_beta (beta * yv)
     b_dy = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
-    b_dAb = -tl.where(strict, tl.dot(b_dy, tl.trans(b_u), input_precision=DOT_PREC), 0.0)
-    b_dv += b_beta[:, None] * b_dy
     b_db = tl.sum(b_dy * b_yv, axis=1)
-    b_dks = -(b_beta[:, None] * b_eG) * b_dy
-    b_dk += tl.dot(b_dks, tl.trans(b_s), input_precision=DOT_PREC)
-    b_dG += tl.sum(b_dks * b_ks, axis=1)
+    b_dG += tl.sum(-(b_beta[:, None] * b_eG) * b_dy * b_ks, axis=1)
 
-    # The decay-weighted matrices: A_x = x_t (k_t.k_i) exp(G_t - G_i) (i < t) for x = beta, gamma;
-    # Mk = (k_t.k_i) exp(Gp_t - G_i); Mq, Mqi = (q_t.k_i) exp(G_t - G_i). A log-decay gradient is the
-    # matrix gradient times the matrix: rows get +, columns get -.
-    b_kkEs = tl.where(strict, b_kk * b_Eg, 0.0)
-    b_dA_rows = b_dAb * b_beta[:, None] + b_dAc * b_gamma[:, None]
-    b_db += tl.sum(b_dAb * b_kkEs, axis=1)
-    b_dc += tl.sum(b_dAc * b_kkEs, axis=1)
-    b_dkk = b_dA_rows * tl.where(strict, b_Eg, 0.0) + b_dMk * b_Ep
-    b_Dm = b_dA_rows * b_kkEs + b_dMq * b_Mq + b_dMqi * b_Mqi
-    b_dG += tl.sum(b_Dm, axis=1) - tl.sum(b_Dm, axis=0)
-    b_Dk = b_dMk * b_Mk
-    b_dGp += tl.sum(b_Dk, axis=1)
-    b_dG -= tl.sum(b_Dk, axis=0)
-    b_dqk = (b_dMq + b_dMqi) * b_Eg
-    b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k, input_precision=DOT_PREC)
-    b_dk += tl.dot(tl.trans(b_dqk), b_q, input_precision=DOT_PREC)
-    b_dq += tl.dot(b_dqk, b_k, input_precision=DOT_PREC)
-
-    # Kd = K * exp(GL - G); GL is G at the chunk's last row (padded rows keep G flat).
-    b_dk += b_dkd * b_dec[:, None]
-    b_Dd = tl.sum(b_dkd * b_kd, axis=1)
-    b_dG -= b_Dd
-    b_dG += tl.where(last, b_dGL + tl.sum(b_Dd, axis=0), 0.0)
-    # Gp = G - g and G = cumsum(g): dg_s = -dGp_s + sum_{t >= s} (dG_t + dGp_t).
-    b_dG += b_dGp
-    b_dg = tl.sum(tl.where(incl, b_dG[:, None], 0.0), axis=0) - b_dGp
-
+    store_tile(dv + tok_v, b_dxv + b_beta[:, None] * b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    store_tile(dsk_out + tok_v, b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    store_tile(dy_out + tok_v, b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     rows = i_t * BT + o_t
     in_seq = rows < T_seq
-    store_tile(dv + tok_v, b_dv, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    store_tile(dq_part + part_kh, b_dq, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    store_tile(dk_part + part_kh, b_dk, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    tl.store(dg_part + part_h + rows * H, b_dg, mask=in_seq)
-    tl.store(dbeta_part + part_h + rows * H, b_db, mask=in_seq)
-    tl.store(dgamma_part + part_h + rows * H, b_dc, mask=in_seq)
+    part = tl.cast(NTH, tl.int64) * i_v + (bos + rows) * H + i_h
+    block = tl.cast(NTH, tl.int64) * tl.cdiv(V, BV)  # one [NV, B*T*H] slab per row sum
+    tl.store(rows_part + part, b_dG, mask=in_seq)
+    tl.store(rows_part + block + part, b_dGp, mask=in_seq)
+    tl.store(rows_part + 2 * block + part, b_db, mask=in_seq)
+    tl.store(rows_part + 3 * block + part, b_dc, mask=in_seq)
+
+
+# Eight warps first (~100 KiB of fp32 tiles live at K = V = 128: three [BT, BK] accumulators, four [BK, BV]
+# states, six [BT, BV] token tiles), as for the gates kernel below.
+@autotune(configs=launch_configs((8, 1), (4, 1)), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T", "NTH", "NCH"])
+def _rdn_bwd_dqk_kernel(
+    q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dx, dsk, dy,
+    dq_acc, dk_acc, rows_part_k, chunk_part,
+    cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH, NCH,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """One program per (chunk, K-block, head), the V-blocks in a loop: the terms of dq and dk that read the
+    chunk's states, whole over V (fp32 into ``dq_acc``, ``dk_acc``), and the chunk-end decay's share of dG:
+    -Dd per row (``rows_part_k`` [NK, B*T*H]) and one number a chunk added to every row's dg
+    (``chunk_part`` [NK, n_chunks, H])."""
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_k = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    i_row = state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN)
+    h_off = (i_row * H + i_h) * K * V
+    o_t = tl.arange(0, BT)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+
+    b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+    b_eG = tl.exp(b_G)[:, None]
+    b_eGp = tl.exp(b_Gp)[:, None]
+    b_dec = tl.exp(b_GL - b_G)
+    b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_s = load_tile(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_r = load_tile(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_ds = load_tile(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_dr = load_tile(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dx = load_tile(dx + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = load_tile(dsk + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dy = load_tile(dy + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsq = scale * b_do
+        b_drq = (scale * b_gamma)[:, None] * b_do
+        # M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...; yr = res - exp(G) K R0;
+        # sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0
+        b_dkd += tl.dot(b_u, tl.trans(b_ds), input_precision=DOT_PREC)
+        b_dkd += tl.dot(b_w, tl.trans(b_dr), input_precision=DOT_PREC)
+        b_dq += b_eG * tl.dot(b_drq, tl.trans(b_r), input_precision=DOT_PREC)
+        b_dk += tl.dot(-(b_gamma[:, None] * b_eG) * b_dx, tl.trans(b_r), input_precision=DOT_PREC)
+        b_dq += b_eG * tl.dot(b_dsq, tl.trans(b_s), input_precision=DOT_PREC)
+        b_dk += tl.dot(b_eGp * b_dsk - (b_beta[:, None] * b_eG) * b_dy, tl.trans(b_s), input_precision=DOT_PREC)
+        b_hdh += tl.sum(b_ds * b_s + b_dr * b_r, axis=1)
+
+    b_dk += b_dkd * b_dec[:, None]
+    b_Dd = tl.sum(b_dkd * (b_k * b_dec[:, None]), axis=1)
+    store_tile(dq_acc + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    store_tile(dk_acc + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    rows = i_t * BT + o_t
+    tl.store(rows_part_k + tl.cast(NTH, tl.int64) * i_k + (bos + rows) * H + i_h, -b_Dd, mask=rows < T_seq)
+    # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both sit on the chunk's last row, whose
+    # dG reaches every row's dg through the reverse cumsum.
+    b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
+    tl.store(chunk_part + (tl.cast(NCH, tl.int64) * i_k + i_row) * H + i_h, b_end)
+
+
+@autotune(configs=launch_configs((8, 1), (4, 1)), key=["H", "K", "V", "BT", "BK", "BV", "NV", "NK", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T", "NTH", "NCH"])
+def _rdn_bwd_gates_kernel(
+    q, k, g, beta, gamma, do, u, w, dx, dsk, dy, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
+    dq, dk, dg, dbeta, dgamma,
+    cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH, NCH,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, NK: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """One program per (chunk, head), the V-blocks in a loop: the gradients of the decay-weighted k.k and
+    q.k matrices (A_x = x_t (k_t.k_i) exp(G_t - G_i), i < t, for x = beta, gamma; Mk = (k_t.k_i)
+    exp(Gp_t - G_i); Mq, Mqi = (q_t.k_i) exp(G_t - G_i)). d(I + A)^{-1} gives dA = -(T^T dU) U^T, strictly
+    lower. They hand the rest of dq and dk, and with the other kernels' row sums dg, dbeta, dgamma. A
+    log-decay gradient is the matrix gradient times the matrix: rows get +, columns get -."""
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    i_row = state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN)
+    o_t = tl.arange(0, BT)
+    strict = o_t[:, None] > o_t[None, :]
+    incl = o_t[:, None] >= o_t[None, :]
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    rows = i_t * BT + o_t
+    in_seq = rows < T_seq
+    row_off = (bos + rows) * H + i_h
+
+    b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+    b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
+    b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
+    b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
+    b_Mk = b_kk * b_Ep
+    b_Mqi = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_Eg
+    b_Mq = tl.where(strict, b_Mqi, 0.0)
+
+    b_dAb = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dAc = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dMk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dMq = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dMqi = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, NV):
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dx = load_tile(dx + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = load_tile(dsk + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dy = load_tile(dy + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsq = scale * b_do
+        b_dMqi += tl.dot((scale * b_gamma)[:, None] * b_do, tl.trans(b_w), input_precision=DOT_PREC)
+        b_dAc += tl.dot(b_dx, tl.trans(b_w), input_precision=DOT_PREC)
+        b_dMk += tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dMq += tl.dot(b_dsq, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dAb += tl.dot(b_dy, tl.trans(b_u), input_precision=DOT_PREC)
+    b_dAb = -tl.where(strict, b_dAb, 0.0)
+    b_dAc = -tl.where(strict, b_dAc, 0.0)
+    b_dMk = tl.where(strict, b_dMk, 0.0)
+    b_dMq = tl.where(strict, b_dMq, 0.0)
+    b_dMqi = tl.where(incl, b_dMqi, 0.0)
+
+    b_kkEs = tl.where(strict, b_kk * b_Eg, 0.0)
+    b_dA_rows = b_dAb * b_beta[:, None] + b_dAc * b_gamma[:, None]
+    b_db = tl.sum(b_dAb * b_kkEs, axis=1)
+    b_dc = tl.sum(b_dAc * b_kkEs, axis=1)
+    b_dkk = b_dA_rows * tl.where(strict, b_Eg, 0.0) + b_dMk * b_Ep
+    b_Dm = b_dA_rows * b_kkEs + b_dMq * b_Mq + b_dMqi * b_Mqi
+    b_dG = tl.sum(b_Dm, axis=1) - tl.sum(b_Dm, axis=0)
+    b_Dk = b_dMk * b_Mk
+    b_dGp = tl.sum(b_Dk, axis=1)
+    b_dG -= tl.sum(b_Dk, axis=0)
+    b_dqk = (b_dMq + b_dMqi) * b_Eg
+    b_dk = load_tile(dk_acc + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k, input_precision=DOT_PREC)
+    b_dk += tl.dot(tl.trans(b_dqk), b_q, input_precision=DOT_PREC)
+    b_dq = load_tile(dq_acc + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_dq += tl.dot(b_dqk, b_k, input_precision=DOT_PREC)
+
+    # The other kernels' row sums (rows past the sequence end are 0 there) and the chunk-end number.
+    block = tl.cast(NTH, tl.int64) * NV
+    b_end = tl.zeros([BT], dtype=tl.float32)
+    for j in range(0, NV):
+        part = tl.cast(NTH, tl.int64) * j + row_off
+        b_dG += tl.load(rows_part + part, mask=in_seq, other=0.0)
+        b_dGp += tl.load(rows_part + block + part, mask=in_seq, other=0.0)
+        b_db += tl.load(rows_part + 2 * block + part, mask=in_seq, other=0.0)
+        b_dc += tl.load(rows_part + 3 * block + part, mask=in_seq, other=0.0)
+    for j in range(0, NK):
+        b_dG += tl.load(rows_part_k + tl.cast(NTH, tl.int64) * j + row_off, mask=in_seq, other=0.0)
+        b_end += tl.load(chunk_part + (tl.cast(NCH, tl.int64) * j + i_row) * H + i_h)
+    # Gp = G - g and G = cumsum(g): dg_s = -dGp_s + sum_{t >= s} (dG_t + dGp_t); the chunk-end number sits
+    # on the last row, so every s gets it.
+    b_dG += b_dGp
+    b_dg = tl.sum(tl.where(incl, b_dG[:, None], 0.0), axis=0) - b_dGp + b_end
+
+    store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    tl.store(dg + row_off, b_dg.to(dg.dtype.element_ty), mask=in_seq)
+    tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=in_seq)
+    tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=in_seq)

@@ -204,6 +204,13 @@ def test_backward_bf16_inputs():
     check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1e-2, chunk_size=16)
 
 
+def test_backward_splits_k_into_blocks_for_dq_dk():
+    """K=96: the dq/dk kernel takes two 64-row K-blocks, the second partial, and sums their shares of dg;
+    V=40: two V-blocks, the second partial, whose row sums the gates kernel adds."""
+    inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=96, V=40)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
+
+
 def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
     """On a GPU with more SMs than walk programs the walks take 16-wide V-blocks while the chunk-parallel
     kernels keep 32: forward and backward must not depend on that split."""
