@@ -1,0 +1,119 @@
+"""Where a converted model's prefill and decode step spend their time: host vs device, kernels per call.
+
+    . scripts/gpu_env.sh && python3 scripts/profile_model.py [--contexts 1024,4096] [--variant rdn] [--top 25]
+
+Builds a randomly initialised Llama with SmolLM2-135M's configuration (speed does not depend on the
+weights, and no download or GGUF is needed), converts it, and for the teacher and the converted model
+prints per call: wall ms (host clock around a synchronised call), GPU ms (sum of kernel times), kernel
+launches, then the converted model's busiest host ops (self CPU time). A wall time far above the GPU
+time means the call is bound by Python and launch overhead, not by the kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import pstats
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rla_convert.bench.model import cache_argument
+from rla_convert.config import ConversionConfig
+from rla_convert.convert import convert_model
+
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
+                    tie_word_embeddings=True, rms_norm_eps=1e-5)
+
+
+def wall_ms(fn, iters=5):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def profile(fn, iters=3):
+    fn()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    gpu_ms, launches, host = 0.0, 0, collections.Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            gpu_ms += e.device_time / 1000
+            launches += 1
+        else:
+            host[e.name[:70]] += e.self_cpu_time_total / 1000
+    return gpu_ms / iters, launches / iters, {k: v / iters for k, v in host.items()}
+
+
+def python_profile(fn, top, iters=3):
+    """Python functions by own time (cProfile), per call: where the host time goes, launcher by launcher."""
+    fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    rows = pstats.Stats(prof).stats.items()  # (file, line, name) -> (calls, prim calls, tottime, cumtime, callers)
+    for (path, line, func), (calls, _, tottime, cumtime, _) in sorted(rows, key=lambda kv: -kv[1][2])[:top]:
+        where = "/".join(path.rsplit("/", 2)[-2:]) + f":{line}"
+        print(f"    {tottime / iters * 1e3:8.3f} ms own {cumtime / iters * 1e3:8.3f} ms cum {calls // iters:6d} calls  {func}  {where}")
+
+
+def report(name, what, fn, top, python=False):
+    wall = wall_ms(fn)
+    gpu, launches, host = profile(fn)
+    print(f"{name:10s} {what:12s} wall {wall:8.2f} ms  GPU {gpu:8.2f} ms  kernels {launches:7.0f}", flush=True)
+    for op, ms in sorted(host.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {ms:8.3f} ms host  {op}")
+    if python and top:
+        python_profile(fn, top)
+
+
+@torch.no_grad()
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--contexts", default="1024,4096")
+    parser.add_argument("--models", default="teacher,converted")
+    parser.add_argument("--variant", default="rdn")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--python", action="store_true", help="also the Python functions by own time (cProfile)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(torch.bfloat16)
+    converted = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(torch.bfloat16)
+    converted.load_state_dict(teacher.state_dict())
+    converted = convert_model(converted, ConversionConfig(variant=args.variant)).model
+    for name, model in (("teacher", teacher), ("converted", converted)):
+        if name not in args.models.split(","):
+            continue
+        model.cuda().eval()
+        top = args.top if name == "converted" else 0
+        for context in map(int, args.contexts.split(",")):
+            ids = torch.randint(3, SMOLLM2_135M["vocab_size"], (1, context), device="cuda")
+            report(name, f"prefill {context}", lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), top,
+                   args.python)
+            cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            token, cache_kw = ids[:, -1:], {cache_argument(model): cache}
+            # Decode steps re-feed one token to the same cache: the teacher's KV grows by a token a call.
+            report(name, f"decode {context}", lambda: model(input_ids=token, use_cache=True, **cache_kw), top,
+                   args.python)
+        model.cpu()
+
+
+if __name__ == "__main__":
+    main()
