@@ -204,14 +204,16 @@ def _model_grids(doc: dict):
     notes, s, out = _Footnotes(), doc["meta"]["settings"], []
     label = lambda r: _role_label(doc, r)  # noqa: E731
     cols = [(f"{label(r)} ms", r, "prefill", "ms", ".2f") for r in ROLES] + _peak_columns(doc, "prefill")
-    out.append(("prefill, batch 1: median ms per call (one forward over the context, cache filled)",
+    out.append(("prefill, batch 1: median ms per call (one forward over the context, cache filled); peak: device "
+                "memory during it",
                 *_model_table(doc, "prefill", "context", "context", cols, notes, "ms")))
     cols = [(f"{label(r)} ms/token", r, "decode", "ms", ".3f") for r in ROLES]
     if any(p["measure"] == "decode_compiled" for p in doc["points"]):
         cols += [(f"{label(r)} compiled", r, "decode_compiled", "ms", ".3f") for r in ROLES]
     cols += [(f"{label(r)} cache MB", r, "decode", "cache_mb", ".3f") for r in ROLES] + _peak_columns(doc, "decode")
     out.append((f"decode after `context` tokens, batch {_decode_batch(doc)}: median ms per generated token "
-                f"(compiled: {_compiled_how(doc)}); cache: KV cache or recurrent state after the prefill",
+                f"(compiled: {_compiled_how(doc)}); cache: KV cache or recurrent state after the prefill; peak: device "
+                f"memory while decoding (weights, cache, a step's work)",
                 *_model_table(doc, "decode", "context", "context", cols, notes, "ms")))
     cols = [(f"{label(r)} tokens/s", r, "throughput", "tokens_per_s", ".1f") for r in ROLES]
     if any(p["measure"] == "throughput_compiled" for p in doc["points"]):
