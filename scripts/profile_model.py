@@ -1,18 +1,22 @@
 """Where a converted model's prefill and decode step spend their time: host vs device, kernels per call.
 
     . scripts/gpu_env.sh && python3 scripts/profile_model.py [--contexts 1024,4096] [--variant rdn] [--top 25]
+        [--models teacher,converted] [--python] [--no-decode] [--segments auto,1]
 
 Builds a randomly initialised Llama with SmolLM2-135M's configuration (speed does not depend on the
 weights, and no download or GGUF is needed), converts it, and for the teacher and the converted model
 prints per call: wall ms (host clock around a synchronised call), GPU ms (sum of kernel times), kernel
 launches, then the converted model's busiest host ops (self CPU time). A wall time far above the GPU
-time means the call is bound by Python and launch overhead, not by the kernels.
+time means the call is bound by Python and launch overhead, not by the kernels. ``--segments auto,1``
+profiles the converted prefill once per RDN segment rule: the launcher's choice, then fixed counts.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
+import importlib
 import pstats
 import time
 
@@ -84,6 +88,19 @@ def report(name, what, fn, top, python=False):
         python_profile(fn, top)
 
 
+@contextlib.contextmanager
+def segment_rule(rule: str):
+    """The RDN forward's segment count: the launcher's own choice ('auto') or a fixed count."""
+    chunk = importlib.import_module("rla_kernels.rdn.chunk")
+    chosen = chunk.auto_segments
+    if rule != "auto":
+        chunk.auto_segments = lambda *args, **kwargs: int(rule)
+    try:
+        yield
+    finally:
+        chunk.auto_segments = chosen
+
+
 @torch.no_grad()
 def main():
     parser = argparse.ArgumentParser()
@@ -92,6 +109,8 @@ def main():
     parser.add_argument("--variant", default="rdn")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--python", action="store_true", help="also the Python functions by own time (cProfile)")
+    parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--segments", default="auto", help="RDN forward segment rules to compare: auto and/or counts")
     args = parser.parse_args()
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(torch.bfloat16)
@@ -105,8 +124,12 @@ def main():
         top = args.top if name == "converted" else 0
         for context in map(int, args.contexts.split(",")):
             ids = torch.randint(3, SMOLLM2_135M["vocab_size"], (1, context), device="cuda")
-            report(name, f"prefill {context}", lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), top,
-                   args.python)
+            for rule in args.segments.split(",") if name == "converted" else ["auto"]:
+                with segment_rule(rule):
+                    report(name, f"prefill {context}" + (f" P={rule}" if rule != "auto" else ""),
+                           lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), top, args.python)
+            if args.no_decode:
+                continue
             cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
             token, cache_kw = ids[:, -1:], {cache_argument(model): cache}
             # Decode steps re-feed one token to the same cache: the teacher's KV grows by a token a call.

@@ -101,16 +101,27 @@ def _pseudo_values_kernel(
         store_tile(r + tok_v, _rho(b_X, clip, RESIDUAL), i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
+# A cut costs host time whatever it saves on the GPU, and a small model's prefill is host-bound: on the H200,
+# a converted SmolLM2-135M (random weights, scripts/profile_model.py, 2026-11-30 15:34) prefilled in
+# 56 / 60 / 65 / 90 / 184 ms at 1k / 4k / 8k / 16k / 32k tokens uncut, and cut into 8 segments in 135 / 128 /
+# 144 / 119 / 153-173 ms (about 2.6 ms more host time a layer), against 10 / 25 / 45 / 86 / 168 ms of GPU
+# work uncut. Only at 32k did the GPU saving (168 -> 139 ms) outweigh it. So: sequences of at least
+# MIN_CUT_TOKENS, segments of at least MIN_SEGMENT_TOKENS.
+MIN_CUT_TOKENS = 32768
+MIN_SEGMENT_TOKENS = 4096
+
+
 def auto_segments(B: int, T: int, H: int, K: int, V: int, chunk_size: int, sm_count: int) -> int:
     """How many segments to cut each sequence into: enough for the walks' programs to fill the GPU four
-    times, at most one per 4 chunks; 1 (do not split) unless the fused walk leaves over half the SMs idle
-    (the segmented walks do about twice its work). Four, not two: on the H200 at SmolLM2's 32k prefill
-    (B=1, H=9, D=64) the forward took 4.15 ms fused, 3.52 at P=4 (2x), 3.21 at P=8 (4x), 3.76 at P=16."""
+    times, each at least MIN_SEGMENT_TOKENS long; 1 (do not split) for sequences under MIN_CUT_TOKENS, or
+    when the fused walk leaves under half the SMs idle (the segmented walks do about twice its work). Four,
+    not two: on the H200 at SmolLM2's 32k prefill (B=1, H=9, D=64) the forward took 4.15 ms fused, 3.52 at
+    P=4 (2x), 3.21 at P=8 (4x), 3.76 at P=16."""
     fused_programs = B * H * triton.cdiv(V, 16)
-    if 2 * fused_programs > sm_count:
+    if 2 * fused_programs > sm_count or T < MIN_CUT_TOKENS:
         return 1
     per_segment = B * H * triton.cdiv(V + K, 16)
-    return max(1, min(triton.cdiv(4 * sm_count, per_segment), T // (4 * chunk_size)))
+    return max(1, min(triton.cdiv(4 * sm_count, per_segment), T // MIN_SEGMENT_TOKENS))
 
 
 def usable_segments(segments: int, B: int, T: int, H: int, chunk_size: int) -> int:

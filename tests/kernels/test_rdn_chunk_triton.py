@@ -260,6 +260,11 @@ def test_segments_are_chosen_only_when_the_fused_walk_starves_the_gpu():
     prefill = auto_segments(B=1, T=32768, H=9, K=64, V=64, chunk_size=64, sm_count=132)
     assert prefill == 8  # the fastest count measured there (segmented.auto_segments)
     assert auto_segments(B=1, T=256, H=9, K=64, V=64, chunk_size=64, sm_count=132) == 1  # too short to cut
+    # a cut costs host time: only sequences of 32k tokens or more are cut, into segments of 4k tokens or more
+    assert auto_segments(B=1, T=16384, H=9, K=64, V=64, chunk_size=64, sm_count=132) == 1
+    assert auto_segments(B=1, T=16384, H=9, K=64, V=64, chunk_size=32, sm_count=132) == 1
+    assert auto_segments(B=1, T=65536, H=9, K=64, V=64, chunk_size=64, sm_count=132) == 8
+    assert auto_segments(B=1, T=32768, H=2, K=64, V=64, chunk_size=64, sm_count=132) == 8  # 4k-token segments
     assert auto_segments(B=1, T=32768, H=9, K=64, V=64, chunk_size=64, sm_count=0) == 1  # no GPU
     inputs, S0, R0 = make_inputs(B=1, T=20, H=1, K=16, V=16)
     with pytest.raises(ValueError, match="segments must be a positive int"):
