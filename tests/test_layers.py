@@ -59,6 +59,30 @@ def test_layer_equals_oracle_composition(variant):
     assert rel(out, ref) < 1e-8
 
 
+def test_rope_and_feature_maps_of_q_and_k_run_as_one_pass_and_equal_the_oracle_composition():
+    layer = make_layer("rdn", rope=True)
+    B, T = 2, 7
+    x = torch.randn(B, T, 32, dtype=torch.float64)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] / 10000 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    angles = torch.cat([angles, angles], -1)[None].expand(B, T, 8)
+    cos, sin = angles.cos(), angles.sin()
+    with torch.profiler.profile() as prof:
+        out, _ = layer(x, position_embeddings=(cos, sin))
+    names = [e.name for e in prof.events()]
+    assert names.count("aten::silu") == 1 and names.count("aten::rsqrt") == 1  # one pass for q's and k's heads
+
+    rotate = lambda t: torch.cat([-t[..., 4:], t[..., :4]], -1)  # noqa: E731
+    c, s = cos[:, :, None], sin[:, :, None]
+    q = layer.q_proj(x).view(B, T, 4, 8)
+    k = layer.k_proj(x).view(B, T, 2, 8)
+    q, k = q * c + rotate(q) * s, (k * c + rotate(k) * s).repeat_interleave(2, dim=2)
+    l2 = lambda t: t * torch.rsqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6)  # noqa: E731
+    _, _, v, g, beta = _op_inputs(layer, x)
+    o, _ = naive_recurrent_rdn(l2(F.silu(q)), l2(F.silu(k)), v, g, beta, torch.sigmoid(layer.gamma_proj(x)),
+                               scale=8 ** -0.5, clip=1.0)
+    assert rel(out, layer.o_proj(o.reshape(B, T, -1))) < 1e-8
+
+
 def test_gdn_baseline_is_the_plain_gated_delta_rule():
     layer = make_layer("gdn")
     assert not hasattr(layer, "gamma_proj")
