@@ -14,6 +14,7 @@ from .convert import convert
 from .distill import distill
 from .eval import eval_cmd
 from .export import export
+from .generate import generate
 from .info import info
 
 
@@ -39,10 +40,11 @@ def cli():
     \b
     rla-convert smollm2-135m --variant rdn --out DIR   convert (the default command)
     rla-convert info smollm2-135m                      show a checkpoint's architecture
+    rla-convert generate DIR --prompt "Once upon"      greedy text, decode steps as CUDA-graph replays
     """
 
 
-for command in (convert, distill, export, eval_cmd, bench, info):
+for command in (convert, distill, export, eval_cmd, generate, bench, info):
     cli.add_command(command)
 
 

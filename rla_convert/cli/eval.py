@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ._common import resolve_device
 
 
 def _int_list(ctx, param, value):
@@ -19,16 +20,6 @@ def _int_list(ctx, param, value):
     if any(x < 64 for x in out):
         raise click.BadParameter("passkey lengths must be at least 64 tokens")
     return out
-
-
-def resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for a GPU, but torch sees no CUDA device here; accepted: auto, cpu")
-    return torch.device(device)
 
 
 @click.command(name="eval")

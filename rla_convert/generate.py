@@ -1,0 +1,137 @@
+"""Greedy generation whose every step can be one CUDA-graph replay: the converted model's fast decode, for users.
+
+Eager decoding of a small model is bound by the host (~2,000 kernel launches from Python a token: 43 ms a
+token for a converted SmolLM2-135M on an H200, BENCHMARKS.md). Captured once and replayed, the same step
+costs 5 ms and stays flat with the context, because the converted layers' states are fixed-size and are
+updated in place. ``greedy_generate`` runs that: prefill, capture (after a few eager warm-up steps), replay.
+
+    from rla_convert.generate import greedy_generate
+    result = greedy_generate(model, input_ids, max_new_tokens=256, eos_token_id=tokenizer.eos_token_id)
+    result.tokens        # [B, <= max_new_tokens] (each row cut after its first eos; pad_token_id after it)
+    result.ms_per_token  # decode time per step, prefill excluded
+
+Greedy only (the argmax runs inside the graph). ``cuda_graph``: None captures on CUDA when the model allows it
+(fully converted or fully softmax; a hybrid decodes eagerly), True insists (an error says why it cannot),
+False decodes eagerly. The step itself is ``bench.graphed.GreedyStep``, the one the benchmark times.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share
+from .errors import UserError
+
+WARMUP_STEPS = 2  # eager steps before the capture: lazy initialisation and Triton compiles happen there
+EOS_CHECK_EVERY = 16  # replays between looks at the tokens (a look is a device sync)
+
+
+@dataclass
+class GenerationResult:
+    tokens: torch.Tensor  # [B, n] generated token ids, n <= max_new_tokens
+    prefill_ms: float
+    ms_per_token: float  # mean over the timed decode steps (the capture's eager warm-up steps excluded)
+    graphed: bool
+    note: str = ""  # why a requested graph was not used, if it was not
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _graph_refusal(model, device) -> str | None:
+    """Why this model cannot decode as a CUDA graph here, or None."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device; the model is on {device}"
+    converted, layers = converted_share(model)
+    if 0 < converted < layers:
+        return "a model that keeps some softmax layers (a hybrid) decodes eagerly: its static cache is not graph-safe"
+    return None
+
+
+def _cache_kwarg(model) -> str:
+    from .bench.model import cache_argument
+
+    return cache_argument(model)
+
+
+@torch.no_grad()
+def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
+                    pad_token_id: int | None = None, cuda_graph: bool | None = None) -> GenerationResult:
+    """Greedy continuation of ``input_ids`` [B, T] (on the model's device); see the module docstring."""
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+        raise UserError(f"input_ids must be [batch, tokens] with at least one token, got shape {tuple(input_ids.shape)}")
+    device = input_ids.device
+    refusal = _graph_refusal(model, device)
+    if cuda_graph and refusal:
+        raise UserError(f"cuda_graph=True: {refusal}")
+    use_graph = cuda_graph is not False and refusal is None and max_new_tokens > WARMUP_STEPS + 1
+    note = refusal if cuda_graph is None and refusal and device.type == "cuda" else ""
+
+    model.eval()
+    _sync(device)
+    start = time.perf_counter()
+    step = GreedyStep(model, input_ids, max_new_tokens=max_new_tokens, cache_kwarg=_cache_kwarg(model))
+    _sync(device)
+    prefill_ms = (time.perf_counter() - start) * 1e3
+
+    out = torch.empty(input_ids.shape[0], max_new_tokens, dtype=torch.long, device=device)
+    out[:, 0] = step.token[:, 0]  # the prefill's own prediction is the first new token
+    produced, timed_steps = 1, 0
+    replay = step
+    if use_graph:
+        # The capture's eager warm-up steps generate real tokens: they are recorded; the capture itself runs
+        # the step's Python without its kernels, so it generates none.
+        replay = GraphedGreedyStep(_Recording(step, out, produced), warmup=WARMUP_STEPS)
+        produced += WARMUP_STEPS
+    _sync(device)
+    t0 = time.perf_counter()
+    while produced < max_new_tokens:
+        replay()
+        out[:, produced] = step.token[:, 0]
+        produced += 1
+        timed_steps += 1
+        if eos_token_id is not None and produced % EOS_CHECK_EVERY == 0 and _all_finished(out[:, :produced], eos_token_id):
+            break
+    _sync(device)
+    decode_s = time.perf_counter() - t0
+    tokens = _cut_after_eos(out[:, :produced], eos_token_id, pad_token_id)
+    return GenerationResult(tokens, prefill_ms, decode_s * 1e3 / max(timed_steps, 1), use_graph, note)
+
+
+class _Recording:
+    """A GreedyStep whose eager calls (the capture's warm-up) also store the token they generate."""
+
+    def __init__(self, step: GreedyStep, out: torch.Tensor, start: int):
+        self.step, self.out, self.next = step, out, start
+        self.token, self.recurrent = step.token, step.recurrent
+
+    def __call__(self):
+        logits = self.step()
+        if not torch.cuda.is_current_stream_capturing():
+            self.out[:, self.next] = self.step.token[:, 0]
+            self.next += 1
+        return logits
+
+
+def _all_finished(tokens: torch.Tensor, eos_token_id: int) -> bool:
+    return bool((tokens == eos_token_id).any(dim=1).all())
+
+
+def _cut_after_eos(tokens: torch.Tensor, eos_token_id: int | None, pad_token_id: int | None) -> torch.Tensor:
+    """Tokens after each row's first eos become ``pad_token_id`` (eos when None); columns no row needs go."""
+    if eos_token_id is None:
+        return tokens
+    is_eos = tokens == eos_token_id
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first eos
+    tokens = tokens.masked_fill(after, eos_token_id if pad_token_id is None else pad_token_id)
+    finished = is_eos.any(1)
+    if bool(finished.all()):
+        last = int(is_eos.float().argmax(1).max())  # the latest first-eos over the rows
+        tokens = tokens[:, :last + 1]
+    return tokens

@@ -1,0 +1,100 @@
+"""Greedy generation (`rla_convert.generate`, `rla-convert generate`) on tiny random models."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from clitools import one_error_line, run_process
+from rla_convert.config import ConversionConfig
+from rla_convert.convert import convert_model
+from rla_convert.errors import UserError
+from rla_convert.generate import _cut_after_eos, greedy_generate
+
+
+def _tiny_converted(vocab=97):
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # decisive logits: no argmax ties between the cached and the reference path
+        model.lm_head.weight.mul_(50)
+    return convert_model(model, ConversionConfig(variant="rdn")).model.eval()
+
+
+def test_greedy_generate_continues_as_transformers_generate_does():
+    model = _tiny_converted()
+    ids = torch.randint(3, 97, (2, 9))
+    expected = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)[:, 9:]
+    result = greedy_generate(model, ids, max_new_tokens=12)
+    assert torch.equal(result.tokens, expected)
+    assert not result.graphed and result.prefill_ms > 0 and result.ms_per_token > 0
+
+
+def test_generation_stops_at_eos_and_pads_after_it():
+    model = _tiny_converted()
+    ids = torch.randint(3, 97, (1, 9))
+    free = greedy_generate(model, ids, max_new_tokens=40).tokens
+    eos = int(free[0, 5])
+    first = int((free[0] == eos).nonzero()[0])  # the token may occur earlier too
+    stopped = greedy_generate(model, ids, max_new_tokens=40, eos_token_id=eos).tokens
+    assert torch.equal(stopped[0], free[0, :first + 1])  # cut right after the first eos, the rest not generated
+
+
+def test_rows_finished_at_different_steps_are_padded_after_their_eos():
+    tokens = torch.tensor([[5, 2, 7, 8], [5, 6, 7, 2]])
+    assert _cut_after_eos(tokens, 2, 0).tolist() == [[5, 2, 0, 0], [5, 6, 7, 2]]
+    assert _cut_after_eos(torch.tensor([[5, 2, 7], [2, 6, 7]]), 2, 0).tolist() == [[5, 2], [2, 0]]
+    assert _cut_after_eos(torch.tensor([[5, 2, 7], [4, 6, 7]]), 2, None).tolist() == [[5, 2, 2], [4, 6, 7]]
+
+
+def test_bad_requests_say_what_is_accepted():
+    model = _tiny_converted()
+    ids = torch.randint(3, 97, (1, 4))
+    with pytest.raises(UserError, match="CUDA graphs need a CUDA device"):
+        greedy_generate(model, ids, max_new_tokens=4, cuda_graph=True)
+    with pytest.raises(UserError, match="max_new_tokens must be at least 1"):
+        greedy_generate(model, ids, max_new_tokens=0)
+    with pytest.raises(UserError, match="at least one token"):
+        greedy_generate(model, ids[:, :0], max_new_tokens=3)
+
+
+@pytest.mark.gpu
+def test_graphed_generation_on_cuda_equals_eager():
+    model = _tiny_converted().cuda()
+    ids = torch.randint(3, 97, (3, 17), device="cuda")
+    eager = greedy_generate(model, ids, max_new_tokens=24, cuda_graph=False)
+    graphed = greedy_generate(model, ids, max_new_tokens=24, cuda_graph=True)
+    assert graphed.graphed and not eager.graphed
+    assert torch.equal(graphed.tokens, eager.tokens)
+
+
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory, word_tokenizer):
+    root = tmp_path_factory.mktemp("generate")
+    cfg = LlamaConfig(vocab_size=len(word_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(root / "teacher")
+    word_tokenizer.save_pretrained(root / "teacher")
+    r = run_process(str(root / "teacher"), "--variant", "rdn", "--out", str(root / "rdn"))
+    assert r.returncode == 0, r.stderr
+    return root / "rdn"
+
+
+def test_generate_command_prints_the_continuation_and_its_speed(converted_dir):
+    r = run_process("generate", str(converted_dir), "--prompt", "the grass is", "--max-new-tokens", "6")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the grass is") and len(r.stdout.split()) > 3
+    assert "ms/token (eager)" in r.stderr and "prefill" in r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--prompt", "the sky", "--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
+    (["--prompt", "the sky", "--prompt", "the sky is blue"], "prompts of different token lengths"),
+    (["--prompt", "the sky", "--max-new-tokens", "0"], "max-new-tokens"),
+    ([], "--prompt"),
+])
+def test_generate_command_bad_input_is_one_line(converted_dir, args, needle):
+    r = run_process("generate", str(converted_dir), *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    if "rla-convert: error:" in r.stderr:
+        one_error_line(r.stderr)
