@@ -12,7 +12,8 @@ updated in place. ``greedy_generate`` runs that: prefill, capture (after a few e
 
 Greedy only (the argmax runs inside the graph). ``cuda_graph``: None captures on CUDA when the model allows it
 (fully converted or fully softmax; a hybrid decodes eagerly), True insists (an error says why it cannot),
-False decodes eagerly. The step itself is ``bench.graphed.GreedyStep``, the one the benchmark times.
+False decodes eagerly (on the model's own cache). The graphed step is ``bench.graphed.GreedyStep``, the one
+the benchmark times.
 """
 from __future__ import annotations
 
@@ -76,7 +77,10 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
     model.eval()
     _sync(device)
     start = time.perf_counter()
-    step = GreedyStep(model, input_ids, max_new_tokens=max_new_tokens, cache_kwarg=_cache_kwarg(model))
+    if use_graph:
+        step = GreedyStep(model, input_ids, max_new_tokens=max_new_tokens, cache_kwarg=_cache_kwarg(model))
+    else:
+        step = _CachedStep(model, input_ids, _cache_kwarg(model))
     _sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
 
@@ -102,6 +106,20 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
     decode_s = time.perf_counter() - t0
     tokens = _cut_after_eos(out[:, :produced], eos_token_id, pad_token_id)
     return GenerationResult(tokens, prefill_ms, decode_s * 1e3 / max(timed_steps, 1), use_graph, note)
+
+
+class _CachedStep:
+    """An eager greedy step on the model's own cache: any model, hybrids that keep softmax layers included."""
+
+    def __init__(self, model, ids: torch.Tensor, cache_kwarg: str):
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        self.model, self.cache_kwarg, self.cache = model, cache_kwarg, out.past_key_values
+        self.token = out.logits[:, -1:].argmax(-1)
+
+    def __call__(self) -> torch.Tensor:
+        out = self.model(input_ids=self.token, use_cache=True, **{self.cache_kwarg: self.cache})
+        self.token = out.logits[:, -1:].argmax(-1)
+        return out.logits
 
 
 class _Recording:

@@ -19,13 +19,32 @@ def _tiny_converted(vocab=97):
     return convert_model(model, ConversionConfig(variant="rdn")).model.eval()
 
 
+def _transformers_greedy(model, ids, n):
+    """transformers' greedy continuation with no eos (min_new_tokens would bend the argmax away from it)."""
+    model.generation_config.eos_token_id = None
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                          pad_token_id=0)[:, ids.shape[1]:]
+
+
 def test_greedy_generate_continues_as_transformers_generate_does():
     model = _tiny_converted()
     ids = torch.randint(3, 97, (2, 9))
-    expected = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)[:, 9:]
+    expected = _transformers_greedy(model, ids, 12)
     result = greedy_generate(model, ids, max_new_tokens=12)
     assert torch.equal(result.tokens, expected)
     assert not result.graphed and result.prefill_ms > 0 and result.ms_per_token > 0
+
+
+def test_a_hybrid_that_keeps_softmax_layers_generates_eagerly():
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)
+    model = convert_model(model, ConversionConfig(variant="rdn", keep_softmax=[1])).model.eval()
+    ids = torch.randint(3, 97, (2, 9))
+    expected = _transformers_greedy(model, ids, 8)
+    assert torch.equal(greedy_generate(model, ids, max_new_tokens=8).tokens, expected)
 
 
 def test_generation_stops_at_eos_and_pads_after_it():
