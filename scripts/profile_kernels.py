@@ -1,6 +1,7 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
+        [--bwd-chunks 64,32]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -55,6 +56,8 @@ def main():
     parser.add_argument("--ops", default="rdn,rla")
     parser.add_argument("--shapes", nargs="*", default=["16,2048,16,128", "1,32768,16,128", "1,32768,9,64"])
     parser.add_argument("--tune", action="store_true", help="autotune (read by gpu_check_rdn at import)")
+    parser.add_argument("--bwd-chunks", default="64", help="backward chunk sizes to profile, e.g. 64,32 (RDN's "
+                        "backward chunks by at most 32 whatever is asked: chunk.BWD_CHUNK_SIZE)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -62,8 +65,11 @@ def main():
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
             do = torch.randn_like(x[2])
-            for name, fn in (("fwd", lambda: fwd(*x, None, 1.0, "clip")),
-                             ("bwd", lambda: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None))):
+            passes = [("fwd", lambda: fwd(*x, None, 1.0, "clip"))]
+            for c in map(int, args.bwd_chunks.split(",")):
+                passes.append((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd",
+                               lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c)))
+            for name, fn in passes:
                 try:
                     times = profile(fn)
                 except Exception as err:  # noqa: BLE001 -- report and go on; a kernel fault ends the process below
