@@ -43,13 +43,15 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _graph_refusal(model, device) -> str | None:
+def _graph_refusal(model, device, padded: bool) -> str | None:
     """Why this model cannot decode as a CUDA graph here, or None."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device; the model is on {device}"
     converted, layers = converted_share(model)
     if 0 < converted < layers:
         return "a model that keeps some softmax layers (a hybrid) decodes eagerly: its static cache is not graph-safe"
+    if padded and converted < layers:
+        return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
     return None
 
 
@@ -61,14 +63,24 @@ def _cache_kwarg(model) -> str:
 
 @torch.no_grad()
 def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
-                    pad_token_id: int | None = None, cuda_graph: bool | None = None) -> GenerationResult:
-    """Greedy continuation of ``input_ids`` [B, T] (on the model's device); see the module docstring."""
+                    pad_token_id: int | None = None, cuda_graph: bool | None = None,
+                    attention_mask: torch.Tensor | None = None) -> GenerationResult:
+    """Greedy continuation of ``input_ids`` [B, T] (on the model's device); see the module docstring.
+    ``attention_mask`` [B, T]: 0 for left padding (each row's positions then count its own tokens)."""
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
         raise UserError(f"input_ids must be [batch, tokens] with at least one token, got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise UserError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
+                            f"{tuple(attention_mask.shape)}")
+        mask = attention_mask.bool()
+        if bool((mask[:, :-1] & ~mask[:, 1:]).any()) or not bool(mask[:, -1].all()):
+            raise UserError("attention_mask must pad on the left only (zeros before a row's tokens, none after)")
+        attention_mask = None if bool(mask.all()) else attention_mask.to(input_ids.device)
     device = input_ids.device
-    refusal = _graph_refusal(model, device)
+    refusal = _graph_refusal(model, device, attention_mask is not None)
     if cuda_graph and refusal:
         raise UserError(f"cuda_graph=True: {refusal}")
     use_graph = cuda_graph is not False and refusal is None and max_new_tokens > WARMUP_STEPS + 1
@@ -78,9 +90,10 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
     _sync(device)
     start = time.perf_counter()
     if use_graph:
-        step = GreedyStep(model, input_ids, max_new_tokens=max_new_tokens, cache_kwarg=_cache_kwarg(model))
+        step = GreedyStep(model, input_ids, max_new_tokens=max_new_tokens, cache_kwarg=_cache_kwarg(model),
+                          attention_mask=attention_mask)
     else:
-        step = _CachedStep(model, input_ids, _cache_kwarg(model))
+        step = _CachedStep(model, input_ids, _cache_kwarg(model), attention_mask)
     _sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
 
@@ -109,15 +122,28 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
 
 
 class _CachedStep:
-    """An eager greedy step on the model's own cache: any model, hybrids that keep softmax layers included."""
+    """An eager greedy step on the model's own cache: any model, hybrids that keep softmax layers included.
+    With left padding it carries the mask (softmax layers read it every step) and numbers each row's positions
+    by its own tokens, as ``generate`` does."""
 
-    def __init__(self, model, ids: torch.Tensor, cache_kwarg: str):
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    def __init__(self, model, ids: torch.Tensor, cache_kwarg: str, attention_mask: torch.Tensor | None = None):
+        extra = {}
+        if attention_mask is not None:
+            extra = dict(attention_mask=attention_mask, position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0))
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
         self.model, self.cache_kwarg, self.cache = model, cache_kwarg, out.past_key_values
+        self.mask = attention_mask
+        self.position = attention_mask.long().sum(-1, keepdim=True) if attention_mask is not None else None
         self.token = out.logits[:, -1:].argmax(-1)
 
     def __call__(self) -> torch.Tensor:
-        out = self.model(input_ids=self.token, use_cache=True, **{self.cache_kwarg: self.cache})
+        extra = {}
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], 1)
+            extra = dict(attention_mask=self.mask, position_ids=self.position)
+        out = self.model(input_ids=self.token, use_cache=True, **{self.cache_kwarg: self.cache}, **extra)
+        if self.position is not None:
+            self.position = self.position + 1
         self.token = out.logits[:, -1:].argmax(-1)
         return out.logits
 

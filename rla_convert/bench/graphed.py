@@ -41,7 +41,10 @@ class GreedyStep:
     ``token`` [B, 1] holds the token just generated.
     """
 
-    def __init__(self, model, ids: torch.Tensor, max_new_tokens: int, cache_kwarg: str = "past_key_values"):
+    def __init__(self, model, ids: torch.Tensor, max_new_tokens: int, cache_kwarg: str = "past_key_values",
+                 attention_mask: torch.Tensor | None = None):
+        """``attention_mask`` [B, T] (left padding, fully converted models only): the prefill skips the pads, and
+        each row's positions count its own tokens (as ``generate`` numbers them); steps need no mask then."""
         from transformers import StaticCache
 
         self.model, self.cache_kwarg = model, cache_kwarg
@@ -54,9 +57,15 @@ class GreedyStep:
             # slots of the static cache. Refused rather than timed wrong.
             raise ValueError("graphed decoding takes a fully converted model or an unconverted one; this model "
                              "keeps some softmax layers (a hybrid)")
+        if attention_mask is not None and converted < layers:
+            raise ValueError("left-padded prompts decode as a graph only on a fully converted model: a softmax "
+                             "layer's steps would need the padding mask too")
         with torch.no_grad():
             if converted == layers:
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                extra = {}
+                if attention_mask is not None:
+                    extra = dict(attention_mask=attention_mask, position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0))
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
                 self.cache = out.past_key_values
             else:  # KV layers: a static cache, whose tensors stay put while decoding
                 self.cache = StaticCache(config=model.config, max_cache_len=T + max_new_tokens)
@@ -67,15 +76,19 @@ class GreedyStep:
                                 **{cache_kwarg: self.cache})
         self.token = out.logits[:, -1:].argmax(-1)
         self.position = torch.full((1,), T, dtype=torch.long, device=device)
+        # each row's next position: T, or its own token count when left-padded
+        self.row_position = (attention_mask.long().sum(-1, keepdim=True) if attention_mask is not None
+                             else self.position.expand(B, 1).clone())
         self.batch = B
         self.recurrent = [layer for layer in getattr(self.cache, "layers", []) if isinstance(layer, RecurrentStateLayer)]
 
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         out = self.model(input_ids=self.token, use_cache=True, cache_position=self.position,
-                         position_ids=self.position.expand(self.batch, 1), **{self.cache_kwarg: self.cache})
+                         position_ids=self.row_position, **{self.cache_kwarg: self.cache})
         self.token.copy_(out.logits[:, -1:].argmax(-1))
         self.position.add_(1)
+        self.row_position.add_(1)
         return out.logits
 
 

@@ -10,7 +10,7 @@ from ._common import resolve_device
 @click.command()
 @click.argument("model")
 @click.option("--prompt", "prompts", multiple=True, required=True,
-              help="Prompt text; repeat the option for a batch (padded on the left).")
+              help="Prompt text; repeat the option for a batch (left-padded to one length).")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--cuda-graph/--no-cuda-graph", default=None,
               help="Replay each step as a CUDA graph. Default: when the model allows it on a CUDA device.")
@@ -45,13 +45,10 @@ def generate(model, prompts, max_new_tokens, cuda_graph, device, dtype):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     batch = tokenizer(list(prompts), return_tensors="pt", padding=len(prompts) > 1)
-    if len(prompts) > 1 and not bool(batch["attention_mask"].all()):
-        # GreedyStep feeds tokens without a mask: left padding would be read as text.
-        raise UserError("prompts of different token lengths are not supported yet: give one --prompt, or prompts "
-                        "of equal length")
     lm.to(dev).eval()
     result = greedy_generate(lm, batch["input_ids"].to(dev), max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, cuda_graph=cuda_graph)
+                             pad_token_id=tokenizer.pad_token_id, cuda_graph=cuda_graph,
+                             attention_mask=batch["attention_mask"].to(dev))
     for prompt, row in zip(prompts, result.tokens):
         keep = row[row != tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else row
         click.echo(prompt + tokenizer.decode(keep.tolist(), skip_special_tokens=True))
