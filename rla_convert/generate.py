@@ -8,7 +8,7 @@ updated in place. ``greedy_generate`` runs that: prefill, capture (after a few e
     from rla_convert.generate import greedy_generate
     result = greedy_generate(model, input_ids, max_new_tokens=256, eos_token_id=tokenizer.eos_token_id)
     result.tokens        # [B, <= max_new_tokens] (each row cut after its first eos; pad_token_id after it)
-    result.ms_per_token  # decode time per step, prefill excluded
+    result.ms_per_token  # decode time per timed step, prefill excluded (None: no step was timed)
 
 Greedy only (the argmax runs inside the graph). ``cuda_graph``: None captures on CUDA when the model allows it
 (fully converted or fully softmax; a hybrid decodes eagerly), True insists (an error says why it cannot),
@@ -33,9 +33,10 @@ EOS_CHECK_EVERY = 16  # replays between looks at the tokens (a look is a device 
 class GenerationResult:
     tokens: torch.Tensor  # [B, n] generated token ids, n <= max_new_tokens
     prefill_ms: float
-    ms_per_token: float  # mean over the timed decode steps (the capture's eager warm-up steps excluded)
+    ms_per_token: float | None  # mean over the timed decode steps (the capture's warm-up excluded); None if none
     graphed: bool
-    note: str = ""  # why a requested graph was not used, if it was not
+    steps: int = 0  # decode steps run after the prefill (fewer than max_new_tokens - 1 when every row hit eos)
+    note: str = ""  # why a graph was not used where one could have been
 
 
 def _sync(device):
@@ -62,11 +63,12 @@ def _cache_kwarg(model) -> str:
 
 
 @torch.no_grad()
-def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
+def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | list[int] | None = None,
                     pad_token_id: int | None = None, cuda_graph: bool | None = None,
                     attention_mask: torch.Tensor | None = None) -> GenerationResult:
     """Greedy continuation of ``input_ids`` [B, T] (on the model's device); see the module docstring.
-    ``attention_mask`` [B, T]: 0 for left padding (each row's positions then count its own tokens)."""
+    ``attention_mask`` [B, T]: 0 for left padding (each row's positions then count its own tokens).
+    ``eos_token_id``: one id or several (a row ends at the first of any)."""
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
@@ -79,12 +81,16 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
         if bool((mask[:, :-1] & ~mask[:, 1:]).any()) or not bool(mask[:, -1].all()):
             raise UserError("attention_mask must pad on the left only (zeros before a row's tokens, none after)")
         attention_mask = None if bool(mask.all()) else attention_mask.to(input_ids.device)
+    if cuda_graph and max_new_tokens <= WARMUP_STEPS + 1:
+        raise UserError(f"cuda_graph=True needs more than {WARMUP_STEPS + 1} new tokens ({WARMUP_STEPS} eager warm-up "
+                        f"steps come before the capture); got max_new_tokens={max_new_tokens}")
     device = input_ids.device
     refusal = _graph_refusal(model, device, attention_mask is not None)
     if cuda_graph and refusal:
         raise UserError(f"cuda_graph=True: {refusal}")
     use_graph = cuda_graph is not False and refusal is None and max_new_tokens > WARMUP_STEPS + 1
     note = refusal if cuda_graph is None and refusal and device.type == "cuda" else ""
+    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
 
     model.eval()
     _sync(device)
@@ -113,12 +119,13 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
         out[:, produced] = step.token[:, 0]
         produced += 1
         timed_steps += 1
-        if eos_token_id is not None and produced % EOS_CHECK_EVERY == 0 and _all_finished(out[:, :produced], eos_token_id):
+        if eos and produced % EOS_CHECK_EVERY == 0 and _all_finished(out[:, :produced], eos):
             break
     _sync(device)
     decode_s = time.perf_counter() - t0
-    tokens = _cut_after_eos(out[:, :produced], eos_token_id, pad_token_id)
-    return GenerationResult(tokens, prefill_ms, decode_s * 1e3 / max(timed_steps, 1), use_graph, note)
+    tokens = _cut_after_eos(out[:, :produced], eos, pad_token_id)
+    ms = decode_s * 1e3 / timed_steps if timed_steps else None
+    return GenerationResult(tokens, prefill_ms, ms, use_graph, produced - 1, note)
 
 
 class _CachedStep:
@@ -163,17 +170,23 @@ class _Recording:
         return logits
 
 
-def _all_finished(tokens: torch.Tensor, eos_token_id: int) -> bool:
-    return bool((tokens == eos_token_id).any(dim=1).all())
+def _is_eos(tokens: torch.Tensor, eos: list[int]) -> torch.Tensor:
+    return torch.isin(tokens, torch.tensor(eos, device=tokens.device))
 
 
-def _cut_after_eos(tokens: torch.Tensor, eos_token_id: int | None, pad_token_id: int | None) -> torch.Tensor:
-    """Tokens after each row's first eos become ``pad_token_id`` (eos when None); columns no row needs go."""
-    if eos_token_id is None:
+def _all_finished(tokens: torch.Tensor, eos: list[int]) -> bool:
+    return bool(_is_eos(tokens, eos).any(dim=1).all())
+
+
+def _cut_after_eos(tokens: torch.Tensor, eos: int | list[int] | None, pad_token_id: int | None) -> torch.Tensor:
+    """Tokens after each row's first eos become ``pad_token_id`` (the first eos id when None); columns no row
+    needs go."""
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if not eos:
         return tokens
-    is_eos = tokens == eos_token_id
+    is_eos = _is_eos(tokens, eos)
     after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first eos
-    tokens = tokens.masked_fill(after, eos_token_id if pad_token_id is None else pad_token_id)
+    tokens = tokens.masked_fill(after, eos[0] if pad_token_id is None else pad_token_id)
     finished = is_eos.any(1)
     if bool(finished.all()):
         last = int(is_eos.float().argmax(1).max())  # the latest first-eos over the rows

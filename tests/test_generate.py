@@ -93,8 +93,13 @@ def test_generation_stops_at_eos_and_pads_after_it():
     free = greedy_generate(model, ids, max_new_tokens=40).tokens
     eos = int(free[0, 5])
     first = int((free[0] == eos).nonzero()[0])  # the token may occur earlier too
-    stopped = greedy_generate(model, ids, max_new_tokens=40, eos_token_id=eos).tokens
-    assert torch.equal(stopped[0], free[0, :first + 1])  # cut right after the first eos, the rest not generated
+    stopped = greedy_generate(model, ids, max_new_tokens=40, eos_token_id=eos)
+    assert torch.equal(stopped.tokens[0], free[0, :first + 1])  # cut right after the first eos
+    assert stopped.steps == 15  # and stopped at the first look after it (every 16 tokens), not after 40
+    other = int(free[0, 2])
+    end = int(torch.isin(free[0], torch.tensor([other, eos])).nonzero()[0])
+    several = greedy_generate(model, ids, max_new_tokens=40, eos_token_id=[other, eos]).tokens  # either ends a row
+    assert torch.equal(several[0], free[0, :end + 1])
 
 
 def test_rows_finished_at_different_steps_are_padded_after_their_eos():
@@ -113,6 +118,10 @@ def test_bad_requests_say_what_is_accepted():
         greedy_generate(model, ids, max_new_tokens=0)
     with pytest.raises(UserError, match="at least one token"):
         greedy_generate(model, ids[:, :0], max_new_tokens=3)
+    with pytest.raises(UserError, match="needs more than 3 new tokens"):
+        greedy_generate(model, ids, max_new_tokens=3, cuda_graph=True)
+    one = greedy_generate(model, ids, max_new_tokens=1)
+    assert one.tokens.shape == (1, 1) and one.steps == 0 and one.ms_per_token is None
 
 
 @pytest.mark.gpu
@@ -141,7 +150,11 @@ def converted_dir(tmp_path_factory, word_tokenizer):
 def test_generate_command_prints_the_continuation_and_its_speed(converted_dir):
     r = run_process("generate", str(converted_dir), "--prompt", "the grass is", "--max-new-tokens", "6")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("the grass is") and len(r.stdout.split()) > 3
+    from conftest import WORDS
+
+    words = r.stdout.split()
+    assert words[:3] == ["the", "grass", "is"] and len(words) > 3
+    assert all(w in WORDS for w in words)  # prompt and continuation spaced apart, no glued words
     assert "ms/token (eager)" in r.stderr and "prefill" in r.stderr
 
 

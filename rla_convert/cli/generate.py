@@ -42,18 +42,23 @@ def generate(model, prompts, max_new_tokens, cuda_graph, device, dtype):
     if tokenizer is None:
         raise UserError(f"{model!r} has no tokenizer to turn --prompt into tokens")
     if len(prompts) > 1 and tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise UserError(f"the tokenizer of {model!r} has neither a pad nor an eos token to pad prompts of "
+                            "different lengths with: give one --prompt")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     batch = tokenizer(list(prompts), return_tensors="pt", padding=len(prompts) > 1)
+    eos = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+    eos = eos if eos is not None else tokenizer.eos_token_id
     lm.to(dev).eval()
-    result = greedy_generate(lm, batch["input_ids"].to(dev), max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+    result = greedy_generate(lm, batch["input_ids"].to(dev), max_new_tokens, eos_token_id=eos,
                              pad_token_id=tokenizer.pad_token_id, cuda_graph=cuda_graph,
                              attention_mask=batch["attention_mask"].to(dev))
-    for prompt, row in zip(prompts, result.tokens):
-        keep = row[row != tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else row
-        click.echo(prompt + tokenizer.decode(keep.tolist(), skip_special_tokens=True))
+    for ids, mask, new in zip(batch["input_ids"], batch["attention_mask"], result.tokens.cpu()):
+        # prompt and continuation decoded together: a tokenizer may only space words apart in context
+        click.echo(tokenizer.decode(ids[mask.bool()].tolist() + new.tolist(), skip_special_tokens=True))
     how = "CUDA-graph replay" if result.graphed else "eager"
-    n = result.tokens.shape[1]
-    click.echo(f"{n} new tokens x {len(prompts)} prompt(s), {dev}, {str(torch_dtype).removeprefix('torch.')}: prefill "
-               f"{result.prefill_ms:.1f} ms, decode {result.ms_per_token:.2f} ms/token ({how})"
+    speed = f"decode {result.ms_per_token:.2f} ms/token ({how})" if result.ms_per_token is not None else "no decode step"
+    click.echo(f"{result.tokens.shape[1]} new tokens x {len(prompts)} prompt(s), {dev}, "
+               f"{str(torch_dtype).removeprefix('torch.')}: prefill {result.prefill_ms:.1f} ms, {speed}"
                + (f"; {result.note}" if result.note else ""), err=True)
