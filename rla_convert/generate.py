@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share
+from .bench.model import cache_argument, output_cache
 from .errors import UserError
 
 WARMUP_STEPS = 2  # eager steps before the capture: lazy initialisation and Triton compiles happen there
@@ -54,12 +55,6 @@ def _graph_refusal(model, device, padded: bool) -> str | None:
     if padded and converted < layers:
         return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
     return None
-
-
-def _cache_kwarg(model) -> str:
-    from .bench.model import cache_argument
-
-    return cache_argument(model)
 
 
 @torch.no_grad()
@@ -96,10 +91,10 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
     _sync(device)
     start = time.perf_counter()
     if use_graph:
-        step = GreedyStep(model, input_ids, max_new_tokens=max_new_tokens, cache_kwarg=_cache_kwarg(model),
+        step = GreedyStep(model, input_ids, max_new_tokens=max_new_tokens, cache_kwarg=cache_argument(model),
                           attention_mask=attention_mask)
     else:
-        step = _CachedStep(model, input_ids, _cache_kwarg(model), attention_mask)
+        step = _CachedStep(model, input_ids, cache_argument(model), attention_mask)
     _sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
 
@@ -138,7 +133,7 @@ class _CachedStep:
         if attention_mask is not None:
             extra = dict(attention_mask=attention_mask, position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0))
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
-        self.model, self.cache_kwarg, self.cache = model, cache_kwarg, out.past_key_values
+        self.model, self.cache_kwarg, self.cache = model, cache_kwarg, output_cache(out)
         self.mask = attention_mask
         self.position = attention_mask.long().sum(-1, keepdim=True) if attention_mask is not None else None
         self.token = out.logits[:, -1:].argmax(-1)

@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rla_convert.bench.model import cache_argument
+from rla_convert.bench.model import cache_argument, output_cache
 from rla_convert.config import ConversionConfig
 from rla_convert.convert import convert_model
 
@@ -130,7 +130,7 @@ def main():
                            lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), top, args.python)
             if args.no_decode:
                 continue
-            cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            cache = output_cache(model(input_ids=ids, use_cache=True, logits_to_keep=1))
             token, cache_kw = ids[:, -1:], {cache_argument(model): cache}
             # Decode steps re-feed one token to the same cache: the teacher's KV grows by a token a call.
             report(name, f"decode {context}", lambda: model(input_ids=token, use_cache=True, **cache_kw), top,

@@ -47,6 +47,8 @@ class GreedyStep:
         each row's positions count its own tokens (as ``generate`` numbers them); steps need no mask then."""
         from transformers import StaticCache
 
+        from .model import output_cache  # model.py imports this module
+
         self.model, self.cache_kwarg = model, cache_kwarg
         B, T = ids.shape
         device = ids.device
@@ -66,7 +68,7 @@ class GreedyStep:
                 if attention_mask is not None:
                     extra = dict(attention_mask=attention_mask, position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0))
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
-                self.cache = out.past_key_values
+                self.cache = output_cache(out)
             else:  # KV layers: a static cache, whose tensors stay put while decoding
                 self.cache = StaticCache(config=model.config, max_cache_len=T + max_new_tokens)
                 for start in range(0, T, PREFILL_CHUNK):

@@ -195,7 +195,7 @@ def decode_point(name, model, context, batch, device, steps=16, step_model=None,
         ids = _tokens(model, batch, context, device)
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         _reset_peak(device)  # the decode's own peak: weights, cache and one step's work (prefill points have theirs)
-        cache = out.past_key_values
+        cache = output_cache(out)
         point.cache_mb = cache_nbytes(cache) / 2**20
         if point.cache_mb == 0:
             # A step without state would time a model that forgot its context: not a decode number.
@@ -229,6 +229,13 @@ def cache_argument(model) -> str:
     """The keyword a model's forward takes its cache by: ``cache`` from transformers 5.24 (which deprecates
     ``past_key_values``), ``past_key_values`` before (the GPU machine has 5.17)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The cache a forward returned: ``out.cache`` from transformers 5.24 (where ``past_key_values`` is a
+    deprecated alias that logs a warning), ``out.past_key_values`` before."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def position_limit(model) -> int | None:
