@@ -193,6 +193,14 @@ def test_backward_varlen():
     check_backward(inputs, S0, R0, None, 1.0, "clip", cu, chunk_size=16)
 
 
+def test_backward_varlen_with_several_partial_v_blocks():
+    """Packed sequences with V = 72 (three V-blocks of 32 in the gradient kernels, the last partial) and
+    K = 40 (a partial K-block): per-V-block work and row sums must land on each sequence's own chunks."""
+    cu = torch.tensor([0, 31, 32, 70], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=40, V=72, N=3)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", cu)
+
+
 def test_backward_strong_decay_stays_finite():
     inputs, S0, R0 = make_inputs(B=1, T=33, H=1, K=16, V=16)
     inputs[3] = -30.0 * torch.rand_like(inputs[3])

@@ -121,6 +121,15 @@ def test_varlen_matches_per_sequence_oracle():
     check(inputs, S0, R0, 0.8, 1.0, "clip", cu_seqlens=cu_seqlens.long(), chunk_size=16)
 
 
+def test_varlen_with_several_partial_k_and_v_blocks():
+    """Packed sequences with K = 80 and V = 48 (two K-blocks in the dq/dk pass and several V-blocks in every
+    kernel, the last of each partial), in 32-token chunks: the chunk-parallel kernels index varlen chunks
+    by their state row."""
+    cu_seqlens = torch.tensor([0, 17, 17, 50, 90], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=90, H=2, K=80, V=48, N=4)
+    check(inputs, S0, R0, 0.8, 1.0, "clip", cu_seqlens=cu_seqlens, chunk_size=32)
+
+
 def test_zero_initial_state_default_scale_unused_final_state():
     inputs, _, _ = make_inputs(B=2, T=20, H=3, K=32, V=16)
     check(inputs, None, None, None, 1.0, "clip", final_grads=False, chunk_size=16)
