@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share
-from .bench.model import cache_argument, output_cache
+from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share, padded_positions
+from .compat import cache_argument, output_cache
 from .errors import UserError
 
 WARMUP_STEPS = 2  # eager steps before the capture: lazy initialisation and Triton compiles happen there
@@ -85,7 +85,7 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
         raise UserError(f"cuda_graph=True: {refusal}")
     use_graph = cuda_graph is not False and refusal is None and max_new_tokens > WARMUP_STEPS + 1
     note = refusal if cuda_graph is None and refusal and device.type == "cuda" else ""
-    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    eos = _eos_ids(eos_token_id)
 
     model.eval()
     _sync(device)
@@ -105,8 +105,11 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
     if use_graph:
         # The capture's eager warm-up steps generate real tokens: they are recorded; the capture itself runs
         # the step's Python without its kernels, so it generates none.
-        replay = GraphedGreedyStep(_Recording(step, out, produced), warmup=WARMUP_STEPS)
-        produced += WARMUP_STEPS
+        recording = _Recording(step, out, produced)
+        replay = GraphedGreedyStep(recording, warmup=WARMUP_STEPS)
+        produced = recording.next
+    finished = torch.zeros(out.shape[0], dtype=torch.bool, device=device)
+    checked = 0  # tokens already looked at for eos
     _sync(device)
     t0 = time.perf_counter()
     while produced < max_new_tokens:
@@ -114,8 +117,11 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
         out[:, produced] = step.token[:, 0]
         produced += 1
         timed_steps += 1
-        if eos and produced % EOS_CHECK_EVERY == 0 and _all_finished(out[:, :produced], eos):
-            break
+        if eos and produced % EOS_CHECK_EVERY == 0:
+            finished |= _is_eos(out[:, checked:produced], eos).any(dim=1)
+            checked = produced
+            if bool(finished.all()):
+                break
     _sync(device)
     decode_s = time.perf_counter() - t0
     tokens = _cut_after_eos(out[:, :produced], eos, pad_token_id)
@@ -129,13 +135,13 @@ class _CachedStep:
     by its own tokens, as ``generate`` does."""
 
     def __init__(self, model, ids: torch.Tensor, cache_kwarg: str, attention_mask: torch.Tensor | None = None):
-        extra = {}
+        extra, self.position = {}, None
         if attention_mask is not None:
-            extra = dict(attention_mask=attention_mask, position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0))
+            prompt_positions, self.position = padded_positions(attention_mask)
+            extra = dict(attention_mask=attention_mask, position_ids=prompt_positions)
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
         self.model, self.cache_kwarg, self.cache = model, cache_kwarg, output_cache(out)
         self.mask = attention_mask
-        self.position = attention_mask.long().sum(-1, keepdim=True) if attention_mask is not None else None
         self.token = out.logits[:, -1:].argmax(-1)
 
     def __call__(self) -> torch.Tensor:
@@ -169,14 +175,14 @@ def _is_eos(tokens: torch.Tensor, eos: list[int]) -> torch.Tensor:
     return torch.isin(tokens, torch.tensor(eos, device=tokens.device))
 
 
-def _all_finished(tokens: torch.Tensor, eos: list[int]) -> bool:
-    return bool(_is_eos(tokens, eos).any(dim=1).all())
+def _eos_ids(eos: int | list[int] | None) -> list[int]:
+    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def _cut_after_eos(tokens: torch.Tensor, eos: int | list[int] | None, pad_token_id: int | None) -> torch.Tensor:
     """Tokens after each row's first eos become ``pad_token_id`` (the first eos id when None); columns no row
     needs go."""
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    eos = _eos_ids(eos)
     if not eos:
         return tokens
     is_eos = _is_eos(tokens, eos)

@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rla_convert.bench.model import cache_argument, output_cache
+from rla_convert.compat import cache_argument, output_cache
 from rla_convert.config import ConversionConfig
 from rla_convert.convert import convert_model
 

@@ -51,7 +51,7 @@ def test_greedy_step_decodes_what_generate_does(convert):
     from transformers import StaticCache
 
     from rla_convert.bench.graphed import GraphedGreedyStep, GreedyStep
-    from rla_convert.bench.model import cache_argument
+    from rla_convert.compat import cache_argument
     from rla_convert.config import ConversionConfig
     from rla_convert.convert import convert_model
 

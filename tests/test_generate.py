@@ -71,7 +71,7 @@ def test_left_padded_prompts_continue_as_each_prompt_alone(convert):
 def test_a_left_padded_row_gets_the_logits_of_its_prompt_alone(step_class):
     # Tokens alone would not show wrong positions in a tiny model; logits do (RoPE before SiLU is not relative).
     from rla_convert.bench.graphed import GreedyStep
-    from rla_convert.bench.model import cache_argument
+    from rla_convert.compat import cache_argument
     from rla_convert.generate import _CachedStep
 
     model = _tiny_converted()

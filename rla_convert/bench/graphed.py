@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..compat import output_cache
 from ..config import VARIANTS
 from ..inspect import describe_layers
 from ..models.cache import RecurrentStateLayer
@@ -32,6 +33,13 @@ def converted_share(model) -> tuple[int, int]:
     """(converted decoder layers, decoder layers): all converted, the cache holds states only."""
     kinds = [layer.kind for layer in describe_layers(model)]
     return sum(kind in VARIANTS for kind in kinds), len(kinds)
+
+
+def padded_positions(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts [B, T], positions numbered per row as ``generate`` does: (the prompt's position ids,
+    0 on the pads; each row's next position [B, 1])."""
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1, keepdim=True)
 
 
 class GreedyStep:
@@ -46,8 +54,6 @@ class GreedyStep:
         """``attention_mask`` [B, T] (left padding, fully converted models only): the prefill skips the pads, and
         each row's positions count its own tokens (as ``generate`` numbers them); steps need no mask then."""
         from transformers import StaticCache
-
-        from .model import output_cache  # model.py imports this module
 
         self.model, self.cache_kwarg = model, cache_kwarg
         B, T = ids.shape
@@ -66,7 +72,7 @@ class GreedyStep:
             if converted == layers:
                 extra = {}
                 if attention_mask is not None:
-                    extra = dict(attention_mask=attention_mask, position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0))
+                    extra = dict(attention_mask=attention_mask, position_ids=padded_positions(attention_mask)[0])
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
                 self.cache = output_cache(out)
             else:  # KV layers: a static cache, whose tensors stay put while decoding
@@ -79,7 +85,7 @@ class GreedyStep:
         self.token = out.logits[:, -1:].argmax(-1)
         self.position = torch.full((1,), T, dtype=torch.long, device=device)
         # each row's next position: T, or its own token count when left-padded
-        self.row_position = (attention_mask.long().sum(-1, keepdim=True) if attention_mask is not None
+        self.row_position = (padded_positions(attention_mask)[1] if attention_mask is not None
                              else self.position.expand(B, 1).clone())
         self.batch = B
         self.recurrent = [layer for layer in getattr(self.cache, "layers", []) if isinstance(layer, RecurrentStateLayer)]

@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import gc
 import importlib.metadata
-import inspect
 import shlex
 import statistics
 import time
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..compat import cache_argument, output_cache
 from ..errors import describe
 from .graphed import GraphedGreedyStep, GreedyStep
 
@@ -223,19 +223,6 @@ def _step_times(point: Point, times: list[float], device) -> None:
     point.ms = statistics.median(times[2:] if len(times) > 4 else times)
     point.tokens_per_s = point.batch / point.ms * 1e3
     point.peak_mb = _peak_mb(device)
-
-
-def cache_argument(model) -> str:
-    """The keyword a model's forward takes its cache by: ``cache`` from transformers 5.24 (which deprecates
-    ``past_key_values``), ``past_key_values`` before (the GPU machine has 5.17)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def output_cache(out):
-    """The cache a forward returned: ``out.cache`` from transformers 5.24 (where ``past_key_values`` is a
-    deprecated alias that logs a warning), ``out.past_key_values`` before."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 def position_limit(model) -> int | None:
