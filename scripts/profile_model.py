@@ -1,14 +1,16 @@
 """Where a converted model's prefill and decode step spend their time: host vs device, kernels per call.
 
     . scripts/gpu_env.sh && python3 scripts/profile_model.py [--contexts 1024,4096] [--variant rdn] [--top 25]
-        [--models teacher,converted] [--python] [--no-decode] [--segments auto,1]
+        [--models teacher,converted] [--python] [--no-decode] [--segments auto,1] [--prep auto,off]
 
 Builds a randomly initialised Llama with SmolLM2-135M's configuration (speed does not depend on the
 weights, and no download or GGUF is needed), converts it, and for the teacher and the converted model
 prints per call: wall ms (host clock around a synchronised call), GPU ms (sum of kernel times), kernel
 launches, then the converted model's busiest host ops (self CPU time). A wall time far above the GPU
 time means the call is bound by Python and launch overhead, not by the kernels. ``--segments auto,1``
-profiles the converted prefill once per RDN segment rule: the launcher's choice, then fixed counts.
+profiles the converted prefill once per RDN segment rule: the launcher's choice, then fixed counts;
+``--prep auto,off`` profiles the converted model with the layers' one-launch q/k feature map and gates (auto:
+used on CUDA for inference) and without them (their PyTorch ops).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rla_convert.compat import cache_argument, output_cache
 from rla_convert.config import ConversionConfig
 from rla_convert.convert import convert_model
+from rla_convert.layers import ResidualAttention
 
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
@@ -111,6 +114,8 @@ def main():
     parser.add_argument("--python", action="store_true", help="also the Python functions by own time (cProfile)")
     parser.add_argument("--no-decode", action="store_true")
     parser.add_argument("--segments", default="auto", help="RDN forward segment rules to compare: auto and/or counts")
+    parser.add_argument("--prep", default="auto", help="the layers' q/k feature map and gates: auto (one launch each "
+                        "on CUDA) and/or off (PyTorch ops)")
     args = parser.parse_args()
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(torch.bfloat16)
@@ -122,19 +127,22 @@ def main():
             continue
         model.cuda().eval()
         top = args.top if name == "converted" else 0
-        for context in map(int, args.contexts.split(",")):
-            ids = torch.randint(3, SMOLLM2_135M["vocab_size"], (1, context), device="cuda")
-            for rule in args.segments.split(",") if name == "converted" else ["auto"]:
-                with segment_rule(rule):
-                    report(name, f"prefill {context}" + (f" P={rule}" if rule != "auto" else ""),
-                           lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), top, args.python)
-            if args.no_decode:
-                continue
-            cache = output_cache(model(input_ids=ids, use_cache=True, logits_to_keep=1))
-            token, cache_kw = ids[:, -1:], {cache_argument(model): cache}
-            # Decode steps re-feed one token to the same cache: the teacher's KV grows by a token a call.
-            report(name, f"decode {context}", lambda: model(input_ids=token, use_cache=True, **cache_kw), top,
-                   args.python)
+        for prep in args.prep.split(",") if name == "converted" else ["auto"]:
+            ResidualAttention.fused_prep = None if prep == "auto" else False
+            tag = "" if prep == "auto" else " prep=off"
+            for context in map(int, args.contexts.split(",")):
+                ids = torch.randint(3, SMOLLM2_135M["vocab_size"], (1, context), device="cuda")
+                for rule in args.segments.split(",") if name == "converted" else ["auto"]:
+                    with segment_rule(rule):
+                        report(name, f"prefill {context}" + (f" P={rule}" if rule != "auto" else "") + tag,
+                               lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), top, args.python)
+                if args.no_decode:
+                    continue
+                cache = output_cache(model(input_ids=ids, use_cache=True, logits_to_keep=1))
+                token, cache_kw = ids[:, -1:], {cache_argument(model): cache}
+                # Decode steps re-feed one token to the same cache: the teacher's KV grows by a token a call.
+                report(name, f"decode {context}{tag}", lambda: model(input_ids=token, use_cache=True, **cache_kw),
+                       top, args.python)
         model.cpu()
 
 

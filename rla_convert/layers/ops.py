@@ -23,3 +23,19 @@ def kernel_op(variant: str, backend: str | None = None):
     if backend is None:
         return op
     return lambda *args, **kwargs: op(*args, backend=backend, **kwargs)
+
+
+def prep_ops():
+    """rla_kernels' one-launch inference kernels for the layer's elementwise work, or None where Triton is not
+    installed: ``feature_map`` (q/k: RoPE, mask, SiLU, L2 norm, head repeat) and ``gates`` (g, beta, gamma).
+    Forward only; the layer calls them on CUDA tensors when no gradient is wanted."""
+    from rla_kernels.backend import triton_importable
+
+    if not triton_importable():
+        return None
+    from types import SimpleNamespace
+
+    from rla_kernels.feature_map import feature_map
+    from rla_kernels.gates import gates
+
+    return SimpleNamespace(feature_map=feature_map, gates=gates)

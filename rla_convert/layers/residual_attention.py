@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.cache import state_layer
-from .ops import kernel_op
+from .ops import kernel_op, prep_ops
 
 CALL_STYLES = ("pair", "tensor", "triple")  # what the host block unpacks: (o, weights) | o | (o, None, cache)
 
@@ -80,6 +80,10 @@ class ResidualAttention(nn.Module):
     # Debug mode: the kernels also check values (gates in range, finite inputs), at a device sync per call.
     # On for every layer with RLA_CONVERT_DEBUG=1, or per layer by setting ``layer.debug = True``.
     debug = os.environ.get("RLA_CONVERT_DEBUG") == "1"
+    # The q/k feature map and the gates in one Triton launch each (rla_kernels.feature_map, .gates) instead of
+    # ~21 PyTorch ops: None uses them on CUDA when no gradient is wanted (the feature map also needs no short
+    # conv); True also on CPU under TRITON_INTERPRET=1 (tests); False never.
+    fused_prep: bool | None = None
 
     def __init__(
         self,
@@ -148,6 +152,7 @@ class ResidualAttention(nn.Module):
             self.g_proj = nn.Linear(hidden_size, self.num_v_heads * self.head_v_dim, bias=False)
             self.o_norm = HeadRMSNorm(self.head_v_dim, norm_eps)
         self._op = kernel_op(variant, backend)
+        self._prep = prep_ops()
         self.reset_gates()
 
     def reset_gates(self) -> None:
@@ -181,40 +186,22 @@ class ResidualAttention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_v_heads, self.head_v_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        # q's and k's heads go through RoPE, the mask, SiLU and the L2 norm as one tensor: the same math in
-        # half the kernel launches (eager decoding is bound by launches). fp32 results are unchanged; in bf16
-        # the norm's row sums may round differently in the last bit (checked on CPU against the per-tensor
-        # version: equal in fp32, within one bf16 ulp of the output otherwise).
-        num_q = q.shape[2]
-        qk = torch.cat([q, k], dim=2)
-        if self.rope:
-            if position_embeddings is None:
-                raise ValueError("this layer keeps RoPE but the model passed no position_embeddings")
-            cos, sin = (t.unsqueeze(2) for t in position_embeddings)
-            qk = qk * cos + _rotate_half(qk) * sin
-        if valid is not None:
-            keep = valid[:, :, None, None]  # each in its own dtype: under autocast x is fp32, q/k/v bf16
-            qk, v = qk * keep.to(qk.dtype), v * keep.to(v.dtype)
-        # under autocast RoPE's fp32 cos/sin promote q and k while v stays bf16: the kernels take one dtype
-        if self.conv_size:  # separate convolution weights for q, k and v
-            q, k = qk[:, :, :num_q], qk[:, :, num_q:]
-            q, k, v = (self._conv(name, t, state, seq_starts) for name, t in (("q", q), ("k", k), ("v", v)))
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
-            q, k = _l2norm(q).to(v.dtype), _l2norm(k).to(v.dtype)
+        rope_ok = not self.rope or position_embeddings is not None  # else the PyTorch path says what is missing
+        if (not self.conv_size and rope_ok and q.dtype != torch.float64
+                and self._fused(q, k, *(position_embeddings if self.rope else ()))):
+            cos, sin = position_embeddings if self.rope else (None, None)
+            q, k = (self._prep.feature_map(t, cos, sin, valid, self.num_heads, v.dtype) for t in (q, k))
+            v = self._repeat(v * valid[:, :, None, None].to(v.dtype) if valid is not None else v)
         else:
-            qk = _l2norm(F.silu(qk)).to(v.dtype)
-            # contiguous, as the kernels take them (and as before: the torch backend's matmuls round by layout)
-            q, k = qk[:, :, :num_q].contiguous(), qk[:, :, num_q:].contiguous()
-        q, k, v = (self._repeat(t) for t in (q, k, v))
+            q, k, v = self._feature_maps(q, k, v, valid, position_embeddings, state, seq_starts)
 
         gate_dtype = torch.promote_types(x.dtype, torch.float32)  # decay in fp32 at least: bf16 would round a to 1
-        g = -self.A_log.to(gate_dtype).exp() * F.softplus(self.a_proj(x).to(gate_dtype) + self.dt_bias.to(gate_dtype))
-        beta = torch.sigmoid(self.b_proj(x))
-        gamma = torch.sigmoid(self.gamma_proj(x)) if hasattr(self, "gamma_proj") else None
-        if valid is not None:  # a padded token: a = 1, nothing written
-            keep = valid[..., None]
-            g, beta = g * keep, beta * keep.to(beta.dtype)
-            gamma = gamma * keep.to(gamma.dtype) if gamma is not None else None
+        a, b = self.a_proj(x), self.b_proj(x)
+        c = self.gamma_proj(x) if hasattr(self, "gamma_proj") else None
+        if a.dtype != torch.float64 and self._fused(a, b, *([c] if c is not None else []), self.A_log, self.dt_bias):
+            g, beta, gamma = self._prep.gates(a, b, c, self.A_log, self.dt_bias, valid)
+        else:
+            g, beta, gamma = self._gates(a, b, c, valid, gate_dtype)
 
         initial = state.recurrent_state if state is not None else None
         o, final = self._op(q, k, v, g, beta, gamma, scale=self.scale, clip=self.clip, residual=self.residual,
@@ -235,6 +222,60 @@ class ResidualAttention(nn.Module):
         if self.call_style == "triple":
             return o, None, cache
         return o, None
+
+    def _feature_maps(self, q, k, v, valid, position_embeddings, state, seq_starts):
+        """RoPE, the padding mask, the short conv, SiLU and the L2 norm of q and k (v: mask, conv, SiLU), then
+        the heads repeated to the layer's count, in PyTorch ops (rla_kernels.feature_map is the one-launch
+        version, used for inference on CUDA).
+
+        q's and k's heads go through RoPE, the mask, SiLU and the L2 norm as one tensor: the same math in half
+        the kernel launches (eager decoding is bound by launches). fp32 results are unchanged; in bf16 the
+        norm's row sums may round differently in the last bit (checked on CPU against the per-tensor version:
+        equal in fp32, within one bf16 ulp of the output otherwise).
+        """
+        num_q = q.shape[2]
+        qk = torch.cat([q, k], dim=2)
+        if self.rope:
+            if position_embeddings is None:
+                raise ValueError("this layer keeps RoPE but the model passed no position_embeddings")
+            cos, sin = (t.unsqueeze(2) for t in position_embeddings)
+            qk = qk * cos + _rotate_half(qk) * sin
+        if valid is not None:
+            keep = valid[:, :, None, None]  # each in its own dtype: under autocast x is fp32, q/k/v bf16
+            qk, v = qk * keep.to(qk.dtype), v * keep.to(v.dtype)
+        # under autocast RoPE's fp32 cos/sin promote q and k while v stays bf16: the kernels take one dtype
+        if self.conv_size:  # separate convolution weights for q, k and v
+            q, k = qk[:, :, :num_q], qk[:, :, num_q:]
+            q, k, v = (self._conv(name, t, state, seq_starts) for name, t in (("q", q), ("k", k), ("v", v)))
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+            q, k = _l2norm(q).to(v.dtype), _l2norm(k).to(v.dtype)
+        else:
+            qk = _l2norm(F.silu(qk)).to(v.dtype)
+            # contiguous, as the kernels take them (and as before: the torch backend's matmuls round by layout)
+            q, k = qk[:, :, :num_q].contiguous(), qk[:, :, num_q:].contiguous()
+        return tuple(self._repeat(t) for t in (q, k, v))
+
+    def _fused(self, *tensors) -> bool:
+        """Whether the one-launch inference kernels may run on these tensors: on CUDA (or forced), without
+        autograd wanting their gradients, outside torch.compile."""
+        wanted = self.fused_prep
+        if wanted is False or self._prep is None or (wanted is None and not tensors[0].is_cuda):
+            return False
+        if torch.compiler.is_compiling():
+            return False
+        return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+    def _gates(self, a, b, c, valid, gate_dtype):
+        """g (log decay), beta and gamma from the projections a, b, c of x, in PyTorch ops (rla_kernels.gates is
+        the one-launch version)."""
+        g = -self.A_log.to(gate_dtype).exp() * F.softplus(a.to(gate_dtype) + self.dt_bias.to(gate_dtype))
+        beta = torch.sigmoid(b)
+        gamma = torch.sigmoid(c) if c is not None else None
+        if valid is not None:  # a padded token: a = 1, nothing written
+            keep = valid[..., None]
+            g, beta = g * keep, beta * keep.to(beta.dtype)
+            gamma = gamma * keep.to(gamma.dtype) if gamma is not None else None
+        return g, beta, gamma
 
     def _conv(self, name, x, state, seq_starts):
         B, T, heads, dim = x.shape
