@@ -21,7 +21,8 @@ import triton
 
 from ..triton_utils import (GRID_AXIS_LIMIT, INTERPRET, dot_precision, prepare_chunk_indices, prepare_chunk_offsets,
                            sm_count)
-from .chunk_bwd import _dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel
+from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
+                        _rla_bwd_intra_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
 from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 
@@ -195,14 +196,25 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
 
+    # dq, dk, dg and gamma's output term: first each chunk's token-to-token matrices M, Mk (sums over all of V)
+    # and gamma's in-chunk term, then per K-block the state terms, reading M and Mk.
+    chunk_grid = L.parallel_grid(L.V)[1:]  # (chunk, head) or (chunk, (sequence, head))
+    m, mk = (q.new_empty(L.n_chunks, L.H, L.BT, L.BT, dtype=torch.float32) for _ in range(2))
+    dgamma_intra = torch.zeros_like(gamma, dtype=torch.float32)
+    _rla_bwd_intra_kernel[chunk_grid](
+        q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra,
+        L.cu_seqlens, L.chunk_indices, scale, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_dqkg,
+        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+    )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     nk = triton.cdiv(L.K, L.BK_par)
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
     dgamma_out_part = torch.empty_like(dg_part)
-    grid = (nk,) + L.parallel_grid(L.V)[1:]  # per K-block, chunk and head; each loops over V-blocks
+    grid = (nk,) + chunk_grid  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
-        q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r,
+        q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,
         dq, dk, dg_part, dgamma_out_part,
         L.cu_seqlens, L.chunk_indices, scale, L.T, g.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
@@ -210,6 +222,6 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     )
     dg = dg_part.sum(0)
     dbeta = dbeta_part.sum(0)
-    dgamma = dgamma_out_part.sum(0) + dgamma_part.sum(0)
+    dgamma = dgamma_out_part.sum(0) + dgamma_part.sum(0) + dgamma_intra
     return (dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dgamma.to(gamma.dtype),
             None if S0 is None else dS0.to(S0.dtype), None if R0 is None else dR0.to(R0.dtype))

@@ -17,10 +17,14 @@ Only step 3 is sequential, and dh_R does not depend on anything but dO2: ``_dsta
 dh_R backwards alone (one dot a chunk) and stores each chunk's dh_R'; ``_rla_bwd_du_kernel`` does step 1
 for every chunk in parallel; the same walk kernel carries dh_S with du in it (two dots a chunk); and
 ``_rla_bwd_dv_kernel`` does step 2 for every chunk in parallel. dq, dk, dg and gamma's
-output term need sums over all of V: ``_rla_bwd_dqkg_kernel`` runs chunk-parallel, one program per
-K-block looping over V-blocks (a whole-K tile of every accumulator would not fit in shared memory at
-K=128). Everything it sums over K -- q.k products, dg's q.dq - k.dk, gamma's q^T h_R -- is linear in
-the K-block contributions, so each K-block writes its partial dg and dgamma and the launcher adds them.
+output term need sums over all of V, in two chunk-parallel kernels: ``_rla_bwd_intra_kernel``, one
+program per chunk, sums the token-to-token matrices over V (M and Mk, what dq and dk read of the other
+tokens; stored [BT, BT] per chunk) and gamma's in-chunk term; ``_rla_bwd_dqkg_kernel``, one program per
+K-block looping over V-blocks, sums the state terms and combines. (One kernel did both until 2026-11-30:
+eight [BT, BK] and [BT, BT] fp32 accumulators live through its V loop, 3.4 of the 6.6 ms backward at
+B=16, T=2k, H=16, D=128 on the H200.) Everything the second sums over K -- q.k products, dg's
+q.dq - k.dk, gamma's q^T h_R -- is linear in the K-block contributions, so each K-block writes its
+partial dg and dgamma and the launcher adds them.
 
 dg uses the scalar-decay trick: treat G_t and Gm_t as free variables. Every factor exp(G_t - G_i) adds
 its term to dG_t and subtracts it from dG_i, so dG_t = q_t.dq_t - k_t.dk_t(as key), dGm_t = k_t.dk_t(as
@@ -210,10 +214,70 @@ def _rla_bwd_dv_kernel(
     store_tile(dv + tok_v, b_beta[:, None] * b_X - b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32"])
+@triton.jit(do_not_specialize=["T"])
+def _rla_bwd_intra_kernel(
+    q, k, v, g, beta, gamma, res, do, du, m_out, mk_out, dgamma_intra,
+    cu_seqlens, chunk_indices, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """One program per (chunk, head): the chunk's token-to-token matrices, summed over all of V,
+        M  = [t > i] exp(G_t - G_i) beta_i (dO1_t . v_i) + exp(G_t - G_i) gamma_t gamma_i (dO1_t . r_i)
+        Mk = [t > i] exp(Gm_t - G_i) beta_i (du_t . v_i)
+    (what dq, dk read of the other tokens, as query t and key i), stored [BT, BT] per chunk for the dq/dk
+    kernel, and gamma's output term through the chunk, sum_i A_ti D_ti gamma_i (dO1_t . r_i) with the whole
+    q.k product A (so the dq/dk kernel, one program per K-block, holds no [BT, BT] V-sums in its V loop)."""
+    i_t = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
+    DT = q.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+    o_t = tl.arange(0, BT)
+    rows = i_c * BT + o_t
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_Gm = b_G - b_g
+    tok_v = (bos * H + i_h) * V
+    b_P1 = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . v_i
+    b_Q = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . r_i
+    b_P3 = tl.zeros([BT, BT], dtype=tl.float32)  # du_t  . v_i
+    for i_loop in range(0, tl.cdiv(V, BV)):
+        i_v = tl.cast(i_loop, tl.int64)
+        b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        # the extra fp32 cast: Triton's interpreter scales a bf16 load's fp32 result wrongly without it
+        b_dO1 = (load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale).to(DT)
+        b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        b_P1 += tl.dot(b_dO1, tl.trans(b_v), input_precision=DOT_PREC)
+        b_Q += tl.dot(b_dO1, tl.trans(b_r), input_precision=DOT_PREC)
+        b_P3 += tl.dot(b_du, tl.trans(b_v), input_precision=DOT_PREC)
+    incl = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    b_D = exp_where(incl, b_G[:, None] - b_G[None, :])
+    b_Dm = exp_where(strict, b_Gm[:, None] - b_G[None, :])
+    b_M = tl.where(strict, b_P1 * b_beta[None, :], 0.0) * b_D + b_Q * (b_gamma[:, None] * b_gamma[None, :]) * b_D
+    b_Mk = b_P3 * b_beta[None, :] * b_Dm
+    m_off = (i_row * H + i_h) * BT * BT
+    store_tile(m_out + m_off, b_M, 0, BT, BT, 0, BT, BT, BT)
+    store_tile(mk_out + m_off, b_Mk, 0, BT, BT, 0, BT, BT, BT)
+    tok_k = (bos * H + i_h) * K
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+    tl.store(dgamma_intra + gate_off, tl.sum(b_A * b_D * b_gamma[None, :] * b_Q, axis=1), mask=in_seq)
+
+
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dqkg_kernel(
-    q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r,
+    q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in,
     dq, dk, dg_part, dgamma_part,
     cu_seqlens, chunk_indices, scale, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -242,14 +306,9 @@ def _rla_bwd_dqkg_kernel(
 
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
-    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
 
-    # Over the V loop only V-sums are accumulated; decays, masks and the q.k matrix come after it, so
-    # fewer [BT, BT] tiles are live inside (register pressure). dO2 = gamma_t dO1 is folded in later.
-    b_P1 = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . v_i
-    b_Q = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . r_i
-    b_P3 = tl.zeros([BT, BT], dtype=tl.float32)  # du_t  . v_i
+    # Over the V loop only the state terms are accumulated ([BT, BK] each); the token-to-token matrices M
+    # and Mk, summed over V, come from _rla_bwd_intra_kernel. dO2 = gamma_t dO1 is folded in later.
     b_Zs = tl.zeros([BT, BK], dtype=tl.float32)  # h_S dO1_t
     b_Zr = tl.zeros([BT, BK], dtype=tl.float32)  # h_R dO1_t
     b_dk_h = tl.zeros([BT, BK], dtype=tl.float32)  # h_S du_t
@@ -258,40 +317,29 @@ def _rla_bwd_dqkg_kernel(
     h_off = (i_row * H + i_h) * K * V
     for i_loop in range(0, tl.cdiv(V, BV)):
         i_v = tl.cast(i_loop, tl.int64)
-        b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-        b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
-        b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dO1 = (load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale).to(DT)
+        b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         b_hs = load_tile(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_hr = load_tile(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_Zs += tl.dot(b_dO1, tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
+        b_Zr += tl.dot(b_dO1, tl.trans(b_hr.to(DT)), input_precision=DOT_PREC)
+        b_dk_h += tl.dot(b_du, tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
         b_dhs = load_tile(dh_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_dhr = load_tile(dh_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-
-        b_dO1c = b_dO1.to(DT)
-        b_P1 += tl.dot(b_dO1c, tl.trans(b_v), input_precision=DOT_PREC)
-        b_Q += tl.dot(b_dO1c, tl.trans(b_r.to(DT)), input_precision=DOT_PREC)
-        b_P3 += tl.dot(b_du.to(DT), tl.trans(b_v), input_precision=DOT_PREC)
-        b_Zs += tl.dot(b_dO1c, tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
-        b_Zr += tl.dot(b_dO1c, tl.trans(b_hr.to(DT)), input_precision=DOT_PREC)
-        b_dk_h += tl.dot(b_du.to(DT), tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
-        b_vb = (b_v.to(tl.float32) * b_beta[:, None]).to(DT)
-        b_rg = (b_r * b_gamma[:, None]).to(DT)
+        b_hdh += tl.sum(b_hs * b_dhs + b_hr * b_dhr, axis=1)
+        b_vb = (load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * b_beta[:, None]).to(DT)
+        b_rg = (load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV) * b_gamma[:, None]).to(DT)
         b_dk_end += tl.dot(b_vb, tl.trans(b_dhs.to(DT)), input_precision=DOT_PREC)
         b_dk_end += tl.dot(b_rg, tl.trans(b_dhr.to(DT)), input_precision=DOT_PREC)
-        b_hdh += tl.sum(b_hs * b_dhs + b_hr * b_dhr, axis=1)
 
-    # [query t, key i] decays: inclusive for the q queries, strict and from Gm for the k queries.
-    incl = o_t[:, None] >= o_t[None, :]
-    strict = o_t[:, None] > o_t[None, :]
-    b_D = exp_where(incl, b_G[:, None] - b_G[None, :])
-    b_Dm = exp_where(strict, b_Gm[:, None] - b_G[None, :])
-    b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-    # gamma's output term scale do_t . o2_t, o2_t = exp(G_t) h_R^T q_t + sum_i A_ti D_ti gamma_i r_i.
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+    m_off = (i_row * H + i_h) * BT * BT
+    b_M = load_tile(m_in + m_off, 0, BT, BT, 0, BT, BT, BT)
+    b_Mk = load_tile(mk_in + m_off, 0, BT, BT, 0, BT, BT, BT)
+    # gamma's output term through the start state R (the in-chunk term comes from the intra kernel)
     b_qf = b_q.to(tl.float32)
-    b_dgamma = tl.exp(b_G) * tl.sum(b_qf * b_Zr, axis=1) + tl.sum(b_A * b_D * b_gamma[None, :] * b_Q, axis=1)
-    # dO2_t . r_i = gamma_t (dO1_t . r_i); h_S dO1_t + h_R dO2_t likewise.
-    b_M = tl.where(strict, b_P1 * b_beta[None, :], 0.0) * b_D + b_Q * (b_gamma[:, None] * b_gamma[None, :]) * b_D
-    b_Mk = b_P3 * b_beta[None, :] * b_Dm
+    b_dgamma = tl.exp(b_G) * tl.sum(b_qf * b_Zr, axis=1)
     b_dq = tl.exp(b_G)[:, None] * (b_Zs + b_gamma[:, None] * b_Zr)
     b_dq += tl.dot(b_M.to(DT), b_k, input_precision=DOT_PREC)
     b_dk_query = tl.exp(b_Gm)[:, None] * b_dk_h + tl.dot(b_Mk.to(DT), b_k, input_precision=DOT_PREC)
