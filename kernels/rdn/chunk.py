@@ -205,15 +205,15 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
     )
 
-    # Three chunk-parallel kernels (chunk_bwd.py): per V-block, per K-block, per chunk.
+    # Three chunk-parallel kernels (chunk_bwd.py): per chunk looping over V-blocks, per K-block, per chunk.
     dv = torch.empty_like(v)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
     if L.n_chunks:
         u, w, dx, dsk, dy = (L.per_token(q, L.V) for _ in range(5))
         NTH = L.B * L.T * L.H
-        rows_part = q.new_empty(4, L.NV, NTH, dtype=torch.float32)
-        _rdn_bwd_dv_kernel[L.chunk_grid_v](
+        rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the dv kernel sums its rows over all of V
+        _rdn_bwd_dv_kernel[L.chunk_grid](
             q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, h_s, h_r, h_ds, h_dr, x, do,
             dv, u, w, dx, dsk, dy, rows_part,
             L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.clip, L.T, NTH,

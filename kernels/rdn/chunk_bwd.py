@@ -3,7 +3,8 @@ in parallel.
 
 The forward is column-wise in V, so the adjoints of the states (dS, dR, carried from chunk end to chunk
 start) and dv are exact per V-block, while the gradients of the shared inputs (q, k, g, beta, gamma) are
-sums over V-blocks: each program writes its partial sums and the launcher adds them.
+sums over V-blocks: the dv kernel sums its row terms over its own V loop, the dq/dk kernel writes partial
+sums per K-block, and the gates kernel adds them.
 
 The reverse walk (one program per (sequence, head, V-block)) carries only what links the chunks: from the
 adjoints dS, dR of a chunk's end states, through the output reads, the UT transform of R, rho (zero gradient
@@ -18,8 +19,8 @@ transform of S, to the adjoints of its start states:
     dS0 = exp(GL) dS - K^T (exp(Gp) dX + beta exp(G) dyv) + Q^T (exp(G) dsq)
 
 It stores dS, dR at every chunk end. The gradients then come chunk-parallel in three kernels (see the
-comment above ``_rdn_bwd_dv_kernel``): per (chunk, V-block) the chain rule of the chunk step as far as it
-stays column-wise in V, per (chunk, K-block) the state terms of dq and dk, and per chunk the gradients of
+comment above ``_rdn_bwd_dv_kernel``): per chunk, V-block by V-block, the chain rule of the chunk step as far
+as it stays column-wise in V, per (chunk, K-block) the state terms of dq and dk, and per chunk the gradients of
 the decay-weighted k.k and q.k matrices, which hand theirs to k, q, beta, gamma and to the within-chunk
 cumulative decay G, whose gradient becomes dg by a reverse cumsum.
 """
@@ -118,15 +119,16 @@ def _rdn_bwd_walk_kernel(
 
 
 # The gradients split three ways, as fla splits its gated delta rule's backward, so that no program holds
-# both a chunk's [K, V]-block states and [BT, K] accumulators: _rdn_bwd_dv_kernel per (chunk, V-block) does
-# everything column-wise in V (dv, U, W and the adjoints dX, dsk, dy that the other two read);
+# both a chunk's [K, V]-block states and [BT, K] accumulators: _rdn_bwd_dv_kernel per chunk, one V-block at a
+# time, does everything column-wise in V (dv, U, W and the adjoints dX, dsk, dy that the other two read);
 # _rdn_bwd_dqk_kernel per (chunk, K-block) sums the state terms of dq and dk over the V-blocks;
 # _rdn_bwd_gates_kernel per chunk sums the chunk matrices' gradients over the V-blocks and turns them into
 # the rest of dq, dk and into dg, dbeta, dgamma.
 
 
-# Eight warps first: four [K, BV] fp32 state tiles (64 KiB at K = 128) and the chunk's [BT, BV] work.
-@autotune(configs=launch_configs((8, 1), (4, 1)),
+# Eight warps first: four [K, BV] fp32 state tiles (64 KiB at K = 128) and the chunk's [BT, BV] work a V-block,
+# beside q, k and four [BT, BT] matrices held for the whole V loop. Two stages too: the loop streams the states.
+@autotune(configs=launch_configs((8, 1), (4, 1), (8, 2)),
           key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_dv_kernel(
@@ -137,13 +139,13 @@ def _rdn_bwd_dv_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One program per (chunk, V-block, head): the chunk's forward intermediates from its start states and
-    X (chunk_fwd.py's docstring), then the chain rule of the chunk step as far as it stays column-wise in V.
-    Writes dv, U, W, dX, dsk, dy per token and per-V-block partial row sums of dG, dGp, dbeta, dgamma
-    (``rows_part`` [4, NV, B*T*H])."""
+    """One program per (chunk, head), looping over V-blocks: the chunk's forward intermediates from its start
+    states and X (chunk_fwd.py's docstring), then the chain rule of the chunk step as far as it stays
+    column-wise in V. Writes dv, U, W, dX, dsk, dy per token and the row sums of dG, dGp, dbeta, dgamma
+    (``rows_part`` [4, B*T*H]). q, k and the chunk's four [BT, BT] matrices are loaded once for all V-blocks
+    (until 2026-11-30 one program per V-block loaded them again, and wrote per-V-block row sums)."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_v = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
     h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     o_t = tl.arange(0, BT)
@@ -152,18 +154,11 @@ def _rdn_bwd_dv_kernel(
     tok_v = (bos * H + i_h) * V
     tok_t = (bos * H + i_h) * BT
 
-    b_s = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_r = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_ds = load_tile(h_ds + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_dr = load_tile(h_dr + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
     b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
     b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
@@ -171,57 +166,69 @@ def _rdn_bwd_dv_kernel(
     b_mq = tl.where(strict, b_mqi, 0.0)
     b_eG = tl.exp(b_G)[:, None]
     b_eGp = tl.exp(b_Gp)[:, None]
-
-    # Forward: U = T_beta (beta * yv), yv = v - exp(G) K S0; W = T_gamma (gamma * yr), yr = rho(X) - exp(G) K R0;
-    # rq = exp(G) Q R0 + Mqi W (the R read of the output).
-    b_ks = tl.dot(b_k, b_s, input_precision=DOT_PREC)
-    b_qs = tl.dot(b_q, b_s, input_precision=DOT_PREC)
-    b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
-    b_qr = tl.dot(b_q, b_r, input_precision=DOT_PREC)
-    b_yv = b_v - b_eG * b_ks
-    b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
-    b_res = _rho(b_x, clip, RESIDUAL)
-    b_yr = b_res - b_eG * b_kr
-    b_w = tl.dot(b_tc, b_gamma[:, None] * b_yr, input_precision=DOT_PREC)
-    b_rq = b_eG * b_qr + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
-
-    # o = scale * (sq + gamma * rq); chunk-end states M1 = exp(GL) M0 + Kd^T (U or W), Kd = K * exp(GL - G).
-    b_dsq = scale * b_do
-    b_drq = (scale * b_gamma)[:, None] * b_do
-    b_dc = scale * tl.sum(b_do * b_rq, axis=1)
     b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
-    b_du = tl.dot(b_kd, b_ds, input_precision=DOT_PREC)
-    b_dw = tl.dot(b_kd, b_dr, input_precision=DOT_PREC)
-    # rq = exp(G) * Q R0 + Mqi W
-    b_dG = tl.sum(b_eG * b_drq * b_qr, axis=1)
-    b_dw += tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
-    # W = T_gamma (gamma * yr)
-    b_dx = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
-    b_dc += tl.sum(b_dx * b_yr, axis=1)
-    b_dG += tl.sum(-(b_gamma[:, None] * b_eG) * b_dx * b_kr, axis=1)
-    # res = rho(X), X = v - sk: the mask comes from the walk's X, as in the reverse walk
-    b_dxv = _rho_grad(b_x, b_res, clip, RESIDUAL) * (b_gamma[:, None] * b_dx)
-    b_dsk = -b_dxv
-    # sk = exp(Gp) * K S0 + Mk U;  sq = exp(G) * Q S0 + Mq U
-    b_dGp = tl.sum(b_eGp * b_dsk * b_ks, axis=1)
-    b_du += tl.dot(tl.trans(b_mk), b_dsk, input_precision=DOT_PREC)
-    b_dG += tl.sum(b_eG * b_dsq * b_qs, axis=1)
-    b_du += tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC)
-    # U = T_beta (beta * yv)
-    b_dy = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
-    b_db = tl.sum(b_dy * b_yv, axis=1)
-    b_dG += tl.sum(-(b_beta[:, None] * b_eG) * b_dy * b_ks, axis=1)
+    b_dG = tl.zeros([BT], dtype=tl.float32)
+    b_dGp = tl.zeros([BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dc = tl.zeros([BT], dtype=tl.float32)
 
-    store_tile(dv + tok_v, b_dxv + b_beta[:, None] * b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    store_tile(dsk_out + tok_v, b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    store_tile(dy_out + tok_v, b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    for i_loop in range(0, tl.cdiv(V, BV)):
+        i_v = tl.cast(i_loop, tl.int64)
+        b_s = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_r = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+        # Forward: U = T_beta (beta * yv), yv = v - exp(G) K S0; W = T_gamma (gamma * yr), yr = rho(X) - exp(G) K R0;
+        # rq = exp(G) Q R0 + Mqi W (the R read of the output).
+        b_ks = tl.dot(b_k, b_s, input_precision=DOT_PREC)
+        b_qs = tl.dot(b_q, b_s, input_precision=DOT_PREC)
+        b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
+        b_qr = tl.dot(b_q, b_r, input_precision=DOT_PREC)
+        b_yv = b_v - b_eG * b_ks
+        b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
+        b_res = _rho(b_x, clip, RESIDUAL)
+        b_yr = b_res - b_eG * b_kr
+        b_w = tl.dot(b_tc, b_gamma[:, None] * b_yr, input_precision=DOT_PREC)
+        b_rq = b_eG * b_qr + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
+
+        # o = scale * (sq + gamma * rq); chunk-end states M1 = exp(GL) M0 + Kd^T (U or W), Kd = K * exp(GL - G).
+        b_dsq = scale * b_do
+        b_drq = (scale * b_gamma)[:, None] * b_do
+        b_dc += scale * tl.sum(b_do * b_rq, axis=1)
+        b_du = tl.dot(b_kd, load_tile(h_ds + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
+        b_dw = tl.dot(b_kd, load_tile(h_dr + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
+        # rq = exp(G) * Q R0 + Mqi W
+        b_dG += tl.sum(b_eG * b_drq * b_qr, axis=1)
+        b_dw += tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
+        # W = T_gamma (gamma * yr)
+        b_dx = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
+        b_dc += tl.sum(b_dx * b_yr, axis=1)
+        b_dG += tl.sum(-(b_gamma[:, None] * b_eG) * b_dx * b_kr, axis=1)
+        # res = rho(X), X = v - sk: the mask comes from the walk's X, as in the reverse walk
+        b_dxv = _rho_grad(b_x, b_res, clip, RESIDUAL) * (b_gamma[:, None] * b_dx)
+        b_dsk = -b_dxv
+        # sk = exp(Gp) * K S0 + Mk U;  sq = exp(G) * Q S0 + Mq U
+        b_dGp += tl.sum(b_eGp * b_dsk * b_ks, axis=1)
+        b_du += tl.dot(tl.trans(b_mk), b_dsk, input_precision=DOT_PREC)
+        b_dG += tl.sum(b_eG * b_dsq * b_qs, axis=1)
+        b_du += tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC)
+        # U = T_beta (beta * yv)
+        b_dy = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
+        b_db += tl.sum(b_dy * b_yv, axis=1)
+        b_dG += tl.sum(-(b_beta[:, None] * b_eG) * b_dy * b_ks, axis=1)
+
+        store_tile(dv + tok_v, b_dxv + b_beta[:, None] * b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dsk_out + tok_v, b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dy_out + tok_v, b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     rows = i_t * BT + o_t
     in_seq = rows < T_seq
-    part = tl.cast(NTH, tl.int64) * i_v + (bos + rows) * H + i_h
-    block = tl.cast(NTH, tl.int64) * tl.cdiv(V, BV)  # one [NV, B*T*H] slab per row sum
+    part = (bos + rows) * H + i_h
+    block = tl.cast(NTH, tl.int64)  # one [B*T*H] slab per row sum
     tl.store(rows_part + part, b_dG, mask=in_seq)
     tl.store(rows_part + block + part, b_dGp, mask=in_seq)
     tl.store(rows_part + 2 * block + part, b_db, mask=in_seq)
@@ -383,14 +390,12 @@ def _rdn_bwd_gates_kernel(
     b_dq += tl.dot(b_dqk, b_k, input_precision=DOT_PREC)
 
     # The other kernels' row sums (rows past the sequence end are 0 there) and the chunk-end number.
-    block = tl.cast(NTH, tl.int64) * NV
+    block = tl.cast(NTH, tl.int64)
     b_end = tl.zeros([BT], dtype=tl.float32)
-    for j in range(0, NV):
-        part = tl.cast(NTH, tl.int64) * j + row_off
-        b_dG += tl.load(rows_part + part, mask=in_seq, other=0.0)
-        b_dGp += tl.load(rows_part + block + part, mask=in_seq, other=0.0)
-        b_db += tl.load(rows_part + 2 * block + part, mask=in_seq, other=0.0)
-        b_dc += tl.load(rows_part + 3 * block + part, mask=in_seq, other=0.0)
+    b_dG += tl.load(rows_part + row_off, mask=in_seq, other=0.0)
+    b_dGp += tl.load(rows_part + block + row_off, mask=in_seq, other=0.0)
+    b_db += tl.load(rows_part + 2 * block + row_off, mask=in_seq, other=0.0)
+    b_dc += tl.load(rows_part + 3 * block + row_off, mask=in_seq, other=0.0)
     for j in range(0, NK):
         b_dG += tl.load(rows_part_k + tl.cast(NTH, tl.int64) * j + row_off, mask=in_seq, other=0.0)
         b_end += tl.load(chunk_part + (tl.cast(NCH, tl.int64) * j + i_row) * H + i_h)
