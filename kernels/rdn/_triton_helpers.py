@@ -5,7 +5,8 @@ owned by the RLA kernels; these are kept here so the RDN kernels do not depend o
   autotuner gets its first config only (Triton launches a single config without benchmarking); the
   environment variable RLA_KERNELS_FIXED_CONFIG=1 (one switch for both ops, read in triton_utils) does
   the same on a GPU (quick checks: one compile each).
-- ``load_tile`` / ``store_tile``: masked tiles of a row-major matrix (outside reads 0, is not written).
+- ``load_tile`` / ``store_tile``: masked tiles of a row-major matrix (outside reads 0, is not written);
+  ``load_tile_raw`` keeps the input dtype for dot operands.
 - ``exp_masked``: exp of an exponent only where a mask holds, 0 elsewhere, so an exponent that would
   overflow outside the causal triangle never meets a multiply by 0 (inf * 0 = NaN).
 - ``seq_bounds`` / ``chunk_coords``: where a sequence or a chunk lives in the flattened [B*T, H] layout.
@@ -17,7 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG
+from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, INTERPRET
+
+# Triton's interpreter (3.9) multiplies bf16 dot operands as their uint16 bit patterns: raw tiles are cast
+# to fp32 there, which for half inputs is the same product.
+_CAST_RAW = tl.constexpr(INTERPRET)
 
 
 def autotune(configs: list, key: list):
@@ -56,6 +61,18 @@ def load_tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC
     """fp32 tile rows row0..row0+BR, columns col0..col0+BC of an [n_rows, n_cols] matrix."""
     ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
     return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_tile_raw(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """``load_tile`` in the tensor's own dtype: for dot operands that are inputs. A bf16/fp16 value is
+    exact in tf32, so a dot of raw half tiles equals the tf32 dot of their fp32 casts, at twice the tensor
+    core rate and half the registers. Under the interpreter it is cast to fp32 (see ``_CAST_RAW``)."""
+    ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if _CAST_RAW:
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
