@@ -18,11 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, INTERPRET
+from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, HALF_DOTS_IN_FP32
 
-# Triton's interpreter (3.9) multiplies bf16 dot operands as their uint16 bit patterns: raw tiles are cast
-# to fp32 there, which for half inputs is the same product.
-_CAST_RAW = tl.constexpr(INTERPRET)
+_CAST_RAW = tl.constexpr(HALF_DOTS_IN_FP32)  # load_tile_raw's tiles are dot operands
 
 
 def autotune(configs: list, key: list):
@@ -67,7 +65,7 @@ def load_tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC
 def load_tile_raw(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
     """``load_tile`` in the tensor's own dtype: for dot operands that are inputs. A bf16/fp16 value is
     exact in tf32, so a dot of raw half tiles equals the tf32 dot of their fp32 casts, at twice the tensor
-    core rate and half the registers. Under the interpreter it is cast to fp32 (see ``_CAST_RAW``)."""
+    core rate and half the registers. Under the interpreter it is cast to fp32 (triton_utils.HALF_DOTS_IN_FP32)."""
     ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
     x = tl.load(ptrs, mask=mask, other=0.0)
     if _CAST_RAW:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..triton_utils import (GRID_AXIS_LIMIT, INTERPRET, dot_precision, prepare_chunk_indices, prepare_chunk_offsets,
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, prepare_chunk_indices, prepare_chunk_offsets,
                            sm_count)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel)
@@ -66,8 +66,7 @@ class _Layout:
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
         self.dot_prec = dot_precision(q.dtype)
-        # The interpreter (3.9) gets tl.dot on bf16/fp16 operands wrong: it computes every dot in fp32.
-        self.dots_fp32 = INTERPRET or q.dtype == torch.float32
+        self.dots_fp32 = HALF_DOTS_IN_FP32 or q.dtype == torch.float32
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
         if self.varlen:
