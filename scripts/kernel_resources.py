@@ -9,7 +9,10 @@ How: the ops' host code runs on CPU tensors with every launch intercepted (nothi
 arguments give the kernel's signature and constexprs, which are compiled with Triton's own ptxas for the
 target, once per autotune config. Prints one line per (kernel, config): warps, stages, registers a
 thread, spill stack bytes a thread, shared bytes. Numbers are ptxas's for this machine's Triton, which may
-differ from the GPU machine's (3.6): use them to compare versions of a kernel, not as the truth.
+differ from the GPU machine's (3.6): use them to compare versions of a kernel, not as the truth. Some
+configs come out at 32 registers with kilobytes of spills (e.g. RLA's 2-warp ones): that is what this
+ptxas (the header names it; Triton runs it with --regAllocOptLevel=2) chose, not yet compared with the GPU
+machine's.
 """
 from __future__ import annotations
 
@@ -105,7 +108,9 @@ def main():
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     wanted = [w for w in args.kernels.split(",") if w]
     seen = set()
-    print(f"triton {triton.__version__}, sm_{args.arch}a, shape {args.shape}, {args.dtype}")
+    ptxas = subprocess.run([os.path.join(os.path.dirname(tool), "ptxas"), "--version"], capture_output=True,
+                           text=True).stdout.strip().splitlines()[-1]
+    print(f"triton {triton.__version__} ({ptxas}), sm_{args.arch}a, shape {args.shape}, {args.dtype}")
     print(f"{'kernel':28s} {'warps':>5s} {'stages':>6s} {'regs':>5s} {'spill B':>8s} {'shared B':>9s}  constexprs")
     for fn, bound, configs in launches:
         name = fn.__name__
