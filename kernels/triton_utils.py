@@ -4,7 +4,7 @@ Kept small and stable on purpose (other kernel modules import from it):
 
 - ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 (the CPU machine) there is no GPU to benchmark
   on, so the autotuner gets only its first config and never benchmarks; on a GPU it tunes over all
-  (unless RLA_KERNELS_FIXED_CONFIG=1). ``HALF_DOTS_IN_FP32``: the interpreter's half-precision dots are wrong.
+  (unless RLA_KERNELS_FIXED_CONFIG=1). ``HALF_DOTS_IN_FP32``: the interpreter's bf16 dots are wrong.
 - ``load_tile`` / ``store_tile`` / ``exp_where``: masked tile access and safe causal decays in kernels.
 - ``prepare_chunk_indices`` / ``prepare_chunk_offsets``: the bookkeeping that maps chunk-parallel
   programs to (sequence, chunk) pairs and sequences to their rows in a per-chunk state buffer, for
@@ -27,8 +27,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # RLA_KERNELS_FIXED_CONFIG=1 skips autotuning on a GPU too (each config is a separate compile, which
 # dominates short correctness runs). Read once, at import.
 FIXED_CONFIG = INTERPRET or os.environ.get("RLA_KERNELS_FIXED_CONFIG") == "1"
-# Triton's interpreter (3.9) multiplies bf16/fp16 tl.dot operands as their raw bit patterns: under it, the
-# kernels cast half dot operands to fp32 first (the same products: a half value is exact in fp32).
+# Triton's interpreter (3.9) multiplies bf16 tl.dot operands as their raw uint16 bit patterns (its fp16 dots
+# are right): under it, the kernels cast half dot operands to fp32 first (the same products: a half value is
+# exact in fp32).
 HALF_DOTS_IN_FP32 = INTERPRET
 
 

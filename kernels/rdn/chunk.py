@@ -81,8 +81,8 @@ class _Layout:
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
-        # Every dot runs on fp32 operands: exact (ieee) for fp32 inputs; tf32 for half inputs, whose own
-        # rounding (~4e-3) dominates tf32's.
+        # Dots of fp32 operands are exact (ieee) for fp32 inputs, tf32 for half inputs, whose own rounding
+        # (~4e-3) dominates tf32's; dots of two raw half input tiles (wy.py's k k^T) are exact either way.
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
