@@ -35,8 +35,8 @@ from .wy import _rdn_wy_kernel
 
 CHUNK_SIZE = 64
 # The backward chunks by 32 tokens: its single gradient kernel of before 2026-11-30 did not fit sm_90's shared
-# memory at 64-token chunks and K = 128, nor does the dv kernel that replaced it: ptxas (sm_90a,
-# scripts/kernel_resources.py, 2026-11-30) gives it 233-303 KiB of shared memory at 64 (the H200 has 227).
+# memory at 64-token chunks and K = 128, nor does the dv kernel that replaced it: Triton allocates it 260-336
+# KiB of shared memory at 64 (scripts/kernel_resources.py, sm_90, 2026-11-30; the H200 has 227).
 # The backward reruns the forward walk itself, so it may chunk differently from the forward call: the math is
 # exact, the rounding is not (the rerun's X, whose sign against +-c is the clip's gradient mask, comes from 32-token
 # chunks at tf32x3, the forward's output from 64-token chunks at tf32: an element within rounding of the
