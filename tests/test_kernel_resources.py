@@ -1,0 +1,28 @@
+"""scripts/kernel_resources.py, the offline register/spill report: it leans on Triton internals (the launch
+binder, ``_pack_args``), so a Triton upgrade that moves them should fail here, not in a device session."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "kernel_resources.py")
+ROW = re.compile(r"^(_\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\{.*\})$")
+
+
+@pytest.mark.slow
+def test_reports_every_config_of_the_rdn_wy_kernel_specialised_as_a_launch():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, SCRIPT, "--ops", "rdn", "--shape", "1,64,2,32", "--kernels", "wy"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [m.groups() for m in map(ROW.match, out.stdout.splitlines()) if m]
+    # The forward (64-token chunks) and the backward (32-token chunks, with Mqi) each compile every config
+    # of the WY autotuner: (4, 1), (2, 1), (8, 1).
+    assert sorted((r[0], int(r[1]), int(r[2])) for r in rows) == sorted(
+        [("_rdn_wy_kernel", w, 1) for w in (4, 2, 8)] * 2)
+    for name, warps, stages, regs, stack, shared, constexprs in rows:
+        assert 0 < int(regs) <= 255 and int(shared) > 0
+        assert "'K': 32" in constexprs and "'H': 2" in constexprs
+    assert {("'BT': 64" in r[6], "'STORE_MQI': True" in r[6]) for r in rows} == {(True, False), (False, True)}
