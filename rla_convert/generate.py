@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share, padded_positions
+from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share, prefill
 from .compat import cache_argument, output_cache
 from .errors import UserError
 
@@ -135,11 +135,7 @@ class _CachedStep:
     by its own tokens, as ``generate`` does."""
 
     def __init__(self, model, ids: torch.Tensor, cache_kwarg: str, attention_mask: torch.Tensor | None = None):
-        extra, self.position = {}, None
-        if attention_mask is not None:
-            prompt_positions, self.position = padded_positions(attention_mask)
-            extra = dict(attention_mask=attention_mask, position_ids=prompt_positions)
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
+        out, self.position = prefill(model, ids, attention_mask)
         self.model, self.cache_kwarg, self.cache = model, cache_kwarg, output_cache(out)
         self.mask = attention_mask
         self.token = out.logits[:, -1:].argmax(-1)

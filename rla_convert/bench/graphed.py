@@ -42,6 +42,16 @@ def padded_positions(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.
     return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1, keepdim=True)
 
 
+def prefill(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """One forward over the prompt ``ids`` [B, T] that fills the model's own cache, left-padded prompts numbered
+    per row (``padded_positions``): (the output, each row's next position [B, 1], or None without a mask)."""
+    extra, next_position = {}, None
+    if attention_mask is not None:
+        positions, next_position = padded_positions(attention_mask)
+        extra = dict(attention_mask=attention_mask, position_ids=positions)
+    return model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra), next_position
+
+
 class GreedyStep:
     """Prefill ``ids`` [B, T], then each call decodes one greedy token for every row, in place.
 
@@ -68,12 +78,10 @@ class GreedyStep:
         if attention_mask is not None and converted < layers:
             raise ValueError("left-padded prompts decode as a graph only on a fully converted model: a softmax "
                              "layer's steps would need the padding mask too")
+        next_position = None
         with torch.no_grad():
             if converted == layers:
-                extra = {}
-                if attention_mask is not None:
-                    extra = dict(attention_mask=attention_mask, position_ids=padded_positions(attention_mask)[0])
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
+                out, next_position = prefill(model, ids, attention_mask)
                 self.cache = output_cache(out)
             else:  # KV layers: a static cache, whose tensors stay put while decoding
                 self.cache = StaticCache(config=model.config, max_cache_len=T + max_new_tokens)
@@ -85,9 +93,7 @@ class GreedyStep:
         self.token = out.logits[:, -1:].argmax(-1)
         self.position = torch.full((1,), T, dtype=torch.long, device=device)
         # each row's next position: T, or its own token count when left-padded
-        self.row_position = (padded_positions(attention_mask)[1] if attention_mask is not None
-                             else self.position.expand(B, 1).clone())
-        self.batch = B
+        self.row_position = next_position if next_position is not None else self.position.expand(B, 1).clone()
         self.recurrent = [layer for layer in getattr(self.cache, "layers", []) if isinstance(layer, RecurrentStateLayer)]
 
     @torch.no_grad()

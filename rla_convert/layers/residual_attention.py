@@ -187,8 +187,7 @@ class ResidualAttention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         rope_ok = not self.rope or position_embeddings is not None  # else the PyTorch path says what is missing
-        if (not self.conv_size and rope_ok and q.dtype != torch.float64
-                and self._fused(q, k, *(position_embeddings if self.rope else ()))):
+        if not self.conv_size and rope_ok and self._fused(q, k, *(position_embeddings if self.rope else ())):
             cos, sin = position_embeddings if self.rope else (None, None)
             q, k = (self._prep.feature_map(t, cos, sin, valid, self.num_heads, v.dtype) for t in (q, k))
             v = self._repeat(v * valid[:, :, None, None].to(v.dtype) if valid is not None else v)
@@ -198,7 +197,7 @@ class ResidualAttention(nn.Module):
         gate_dtype = torch.promote_types(x.dtype, torch.float32)  # decay in fp32 at least: bf16 would round a to 1
         a, b = self.a_proj(x), self.b_proj(x)
         c = self.gamma_proj(x) if hasattr(self, "gamma_proj") else None
-        if a.dtype != torch.float64 and self._fused(a, b, *([c] if c is not None else []), self.A_log, self.dt_bias):
+        if self._fused(a, b, *([c] if c is not None else []), self.A_log, self.dt_bias):
             g, beta, gamma = self._prep.gates(a, b, c, self.A_log, self.dt_bias, valid)
         else:
             g, beta, gamma = self._gates(a, b, c, valid, gate_dtype)
@@ -256,10 +255,12 @@ class ResidualAttention(nn.Module):
         return tuple(self._repeat(t) for t in (q, k, v))
 
     def _fused(self, *tensors) -> bool:
-        """Whether the one-launch inference kernels may run on these tensors: on CUDA (or forced), without
-        autograd wanting their gradients, outside torch.compile."""
+        """Whether the one-launch inference kernels may run on these tensors: on CUDA (or forced), not float64
+        (they compute in float32), without autograd wanting their gradients, outside torch.compile."""
         wanted = self.fused_prep
         if wanted is False or self._prep is None or (wanted is None and not tensors[0].is_cuda):
+            return False
+        if tensors[0].dtype == torch.float64:
             return False
         if torch.compiler.is_compiling():
             return False
