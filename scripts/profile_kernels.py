@@ -1,7 +1,7 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32]
+        [--bwd-chunks 64,32] [--walk-warps 8,4]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -58,17 +58,30 @@ def main():
     parser.add_argument("--tune", action="store_true", help="autotune (read by gpu_check_rdn at import)")
     parser.add_argument("--bwd-chunks", default="64", help="backward chunk sizes to profile, e.g. 64,32 (RDN's "
                         "backward chunks by at most 32 whatever is asked: chunk.BWD_CHUNK_SIZE)")
+    parser.add_argument("--walk-warps", default="", help="RDN only: warps of the state walks to compare, e.g. 8,4 "
+                        "(default: chunk.WALK_WARPS)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
+        chunk = sys.modules[f"rla_kernels.{op}.chunk"]
+        widths = [int(w) for w in args.walk_warps.split(",") if w] if op == "rdn" else []
         for shape in args.shapes:
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
             do = torch.randn_like(x[2])
-            passes = [("fwd", lambda: fwd(*x, None, 1.0, "clip"))]
-            for c in map(int, args.bwd_chunks.split(",")):
-                passes.append((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd",
-                               lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c)))
+            passes = []
+            for width in widths or [None]:
+                def setting(fn, width=width):
+                    def run():
+                        if width is not None:
+                            chunk.WALK_WARPS = width
+                        return fn()
+                    return run
+                tag = f" (walk warps {width})" if width is not None else ""
+                passes.append((f"fwd{tag}", setting(lambda: fwd(*x, None, 1.0, "clip"))))
+                for c in map(int, args.bwd_chunks.split(",")):
+                    passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
+                        lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c))))
             for name, fn in passes:
                 try:
                     times = profile(fn)

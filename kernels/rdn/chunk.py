@@ -39,9 +39,16 @@ CHUNK_SIZE = 64
 # KiB of shared memory at 64 (scripts/kernel_resources.py, sm_90, 2026-11-30; the H200 has 227).
 # The backward reruns the forward walk itself, so it may chunk differently from the forward call: the math is
 # exact, the rounding is not (the rerun's X, whose sign against +-c is the clip's gradient mask, comes from 32-token
-# chunks at tf32x3, the forward's output from 64-token chunks at tf32: an element within rounding of the
-# clip may be masked as the other side of the forward it belongs to).
+# chunks, its chunk-matrix dots at tf32x3, the forward's output from 64-token chunks at tf32; the rerun reads k.S
+# through a split dot, ~2^-16, the forward at tf32, _walk says why): an element within rounding of the clip may
+# be masked as the other side of the forward it belongs to.
 BWD_CHUNK_SIZE = 32
+# Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
+# bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk: 424 /
+# 416 / 512 at four warps, 552 / 168 / 136 at eight. Fewer spills did not make eight faster: at B=16 T=2k
+# (H200, 2026-11-30, profile_kernels.py) the walks took 2.40 / 2.93 / 3.24 ms at four warps, 5.49 ms (reverse)
+# at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one.
+WALK_WARPS = 4
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -78,6 +85,7 @@ class _Layout:
         # that is below the GPU's SM count (a long prefill at batch 1), narrower V-blocks give more programs.
         self.walk_BV = 16 if self.N * self.H * self.NV < sm_count(q.device) else self.BV
         self.walk_NV = triton.cdiv(self.V, self.walk_BV)
+        self.walk_warps = WALK_WARPS
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -133,7 +141,11 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     h_s, h_r = L.chunk_states(k), L.chunk_states(k)
     u, w, x = (None, None, L.per_token(k, L.V)) if store_x else (L.per_token(k, L.V), L.per_token(k, L.V), None)
     S_T, R_T = L.state(k), L.state(k)
-    # X decides the clip's gradient mask: for the backward its S path runs at ~fp32 (tf32x3).
+    # Raw half k only at 32-token chunks: at 64 (the forward's) the same kernel gave NaN at K = 64 and an
+    # illegal memory access at K = 128 on the H200 (Triton 3.6, 4 and 8 warps alike), where fp32 k tiles, or
+    # raw ones at 32-token chunks, agree with the float64 oracle (scripts/gpu_check_rdn.py, 2026-11-30).
+    # X decides the clip's gradient mask: for the backward its chunk-matrix dots run at ~fp32 (tf32x3); its
+    # k.S read is a split dot (~2^-16) where k is raw, a tf32 dot at 64-token chunks.
     x_prec = "tf32x3" if store_x and L.dot_prec == "tf32" else L.dot_prec
     _rdn_walk_kernel[(L.walk_NV, L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
@@ -142,6 +154,8 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_UW=not store_x, STORE_X=store_x, IS_VARLEN=L.varlen,
+        RAW_K=L.BT <= 32,
+        num_warps=L.walk_warps, num_stages=1,
     )
     return h_s, h_r, u, w, x, S_T, R_T
 
@@ -203,6 +217,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
         HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
+        num_warps=L.walk_warps, num_stages=1,
     )
 
     # Three chunk-parallel kernels (chunk_bwd.py): per chunk looping over V-blocks, per K-block, per chunk.

@@ -30,7 +30,9 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
-from ._triton_helpers import autotune, chunk_coords, exp_masked, launch_configs, load_tile, seq_bounds, store_tile
+from ..triton_utils import dot_split
+from ._triton_helpers import (autotune, chunk_coords, exp_masked, launch_configs, load_tile, load_tile_raw,
+                              seq_bounds, store_tile)
 from .chunk_fwd import chunk_decays, load_gate, state_row
 
 
@@ -48,9 +50,7 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
     return d
 
 
-# One config, as the forward walk (chunk_fwd.py says why).
-@autotune(configs=launch_configs((4, 1)),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
+# No autotuner, as the forward walk (chunk_fwd.py says why): the launcher picks the width.
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_walk_kernel(
     q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, ds_t, dr_t,
@@ -87,8 +87,10 @@ def _rdn_bwd_walk_kernel(
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-        b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        # q and k stay in their input dtype, their dots with fp32 tiles split those (dot_split, as the
+        # forward walk): no fp32 [BT, K] copies live in the loop.
+        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
@@ -97,22 +99,22 @@ def _rdn_bwd_walk_kernel(
         b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_eG = tl.exp(b_G)[:, None]
         b_eGL = tl.exp(b_GL)
-        b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
+        b_dL = tl.exp(b_GL - b_G)[:, None]  # (K exp(GL - G)) dR as exp(GL - G) (K dR): no decayed K tile
         b_dsq = scale * b_do
         b_drq = b_gamma[:, None] * b_dsq
 
-        b_dw = tl.dot(b_kd, b_dr, input_precision=DOT_PREC) + tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
+        b_dw = b_dL * dot_split(b_k, b_dr, DOT_PREC) + tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
         b_dyr = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
         b_dx = _rho_grad(b_x, _rho(b_x, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma[:, None] * b_dyr)
         b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
-        b_du = (tl.dot(b_kd, b_ds, input_precision=DOT_PREC) - tl.dot(tl.trans(b_mk), b_dx, input_precision=DOT_PREC)
+        b_du = (b_dL * dot_split(b_k, b_ds, DOT_PREC) - tl.dot(tl.trans(b_mk), b_dx, input_precision=DOT_PREC)
                 + tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC))
         b_dyv = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
-        b_dr = (b_eGL * b_dr + tl.dot(tl.trans(b_q), b_eG * b_drq, input_precision=DOT_PREC)
-                - tl.dot(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, input_precision=DOT_PREC))
-        b_ds = (b_eGL * b_ds + tl.dot(tl.trans(b_q), b_eG * b_dsq, input_precision=DOT_PREC)
-                - tl.dot(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
-                         input_precision=DOT_PREC))
+        b_dr = (b_eGL * b_dr + dot_split(tl.trans(b_q), b_eG * b_drq, DOT_PREC)
+                - dot_split(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, DOT_PREC))
+        b_ds = (b_eGL * b_ds + dot_split(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
+                - dot_split(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
+                            DOT_PREC))
 
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
@@ -166,7 +168,7 @@ def _rdn_bwd_dv_kernel(
     b_mq = tl.where(strict, b_mqi, 0.0)
     b_eG = tl.exp(b_G)[:, None]
     b_eGp = tl.exp(b_Gp)[:, None]
-    b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
+    b_dL = tl.exp(b_GL - b_G)[:, None]  # Kd M as exp(GL - G) (K M): no decayed K tile
     b_dG = tl.zeros([BT], dtype=tl.float32)
     b_dGp = tl.zeros([BT], dtype=tl.float32)
     b_db = tl.zeros([BT], dtype=tl.float32)
@@ -197,8 +199,8 @@ def _rdn_bwd_dv_kernel(
         b_dsq = scale * b_do
         b_drq = (scale * b_gamma)[:, None] * b_do
         b_dc += scale * tl.sum(b_do * b_rq, axis=1)
-        b_du = tl.dot(b_kd, load_tile(h_ds + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
-        b_dw = tl.dot(b_kd, load_tile(h_dr + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
+        b_du = b_dL * tl.dot(b_k, load_tile(h_ds + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
+        b_dw = b_dL * tl.dot(b_k, load_tile(h_dr + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
         # rq = exp(G) * Q R0 + Mqi W
         b_dG += tl.sum(b_eG * b_drq * b_qr, axis=1)
         b_dw += tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)

@@ -21,7 +21,9 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
-from ._triton_helpers import autotune, chunk_coords, exp_masked, launch_configs, load_tile, seq_bounds, store_tile
+from ..triton_utils import dot_split
+from ._triton_helpers import (autotune, chunk_coords, exp_masked, launch_configs, load_tile, load_tile_raw,
+                              seq_bounds, store_tile)
 
 
 @triton.jit
@@ -50,12 +52,10 @@ def state_row(chunk_offsets, i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS
     return row
 
 
-# One config: on the H200 (Triton 3.6) autotuning the forward walk at T = 32k, B = 1 (16-wide V-blocks)
-# hit an illegal memory access twice, with {4, 8} warps x {1, 2} stages and with 4 or 8 warps at 1 stage;
-# 4 warps, 1 stage alone ran there and passed the float64 checks (2026-11-30). Not narrowed down further.
-@autotune(configs=launch_configs((4, 1)),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "X_PREC", "STORE_UW",
-               "STORE_X"])
+# No autotuner: the launcher picks the width (_Layout.walk_warps in chunk.py). On the H200 (Triton 3.6) autotuning this walk
+# at T = 32k, B = 1 (16-wide V-blocks) hit an illegal memory access twice, with {4, 8} warps x {1, 2} stages
+# and with 4 or 8 warps at 1 stage; 4 warps, 1 stage alone ran there and passed the float64 checks
+# (2026-11-30). Not narrowed down further.
 @triton.jit(do_not_specialize=["T"])
 def _rdn_walk_kernel(
     k, v, g, beta, gamma, t_beta, t_gamma, m_k, s0, r0,
@@ -65,11 +65,12 @@ def _rdn_walk_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, X_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_UW: tl.constexpr, STORE_X: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr,
 ):
-    """STORE_UW for the forward's output kernel, STORE_X for the backward. X_PREC: the precision of the S
-    path's dots up to X. The backward asks for tf32x3 (about fp32) because the clip's gradient jumps where
-    |X| crosses c, and its mask comes from the X stored here."""
+    """STORE_UW for the forward's output kernel, STORE_X for the backward. X_PREC: the precision of the
+    chunk-matrix dots on the S path up to X (k.S itself is a split dot, ~2^-16, whatever X_PREC says). The
+    backward asks for tf32x3 (about fp32) because the clip's gradient jumps where |X| crosses c, and its mask
+    comes from the X stored here."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
@@ -95,17 +96,23 @@ def _rdn_walk_kernel(
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        # RAW_K: k stays in its input dtype, its dots with the fp32 states split them into two half tiles
+        # (dot_split, ~2^-16), so no fp32 copy of the [BT, K] tile (nor a decayed one) is live in the loop.
+        # Else an fp32 k and plain dots at DOT_PREC (the launcher says when).
+        if RAW_K:
+            b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        else:
+            b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_eG = tl.exp(b_G)[:, None]
 
-        b_ks = tl.dot(b_k, b_s, input_precision=X_PREC)
+        b_ks = dot_split(b_k, b_s, X_PREC)
         b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision=X_PREC)
         b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + tl.dot(b_mk, b_u, input_precision=X_PREC))
-        b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
+        b_kr = dot_split(b_k, b_r, DOT_PREC)
         b_w = tl.dot(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), input_precision=DOT_PREC)
 
         if STORE_UW:
@@ -113,9 +120,10 @@ def _rdn_walk_kernel(
             store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         if STORE_X:
             store_tile(x_out + tok_v, b_x, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
-        b_s = b_s * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_u, input_precision=DOT_PREC)
-        b_r = b_r * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_w, input_precision=DOT_PREC)
+        # (K exp(GL - G))^T U as K^T (exp(GL - G) U): the decay goes on the [BT, BV] side.
+        b_dL = tl.exp(b_GL - b_G)[:, None]
+        b_s = b_s * tl.exp(b_GL) + dot_split(tl.trans(b_k), b_dL * b_u, DOT_PREC)
+        b_r = b_r * tl.exp(b_GL) + dot_split(tl.trans(b_k), b_dL * b_w, DOT_PREC)
 
     store_tile(s_out + i_nh * K * V, b_s, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(r_out + i_nh * K * V, b_r, 0, K, V, i_v * BV, V, BK, BV)
