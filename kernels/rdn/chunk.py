@@ -85,7 +85,6 @@ class _Layout:
         # that is below the GPU's SM count (a long prefill at batch 1), narrower V-blocks give more programs.
         self.walk_BV = 16 if self.N * self.H * self.NV < sm_count(q.device) else self.BV
         self.walk_NV = triton.cdiv(self.V, self.walk_BV)
-        self.walk_warps = WALK_WARPS
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -155,7 +154,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_UW=not store_x, STORE_X=store_x, IS_VARLEN=L.varlen,
         RAW_K=L.BT <= 32,
-        num_warps=L.walk_warps, num_stages=1,
+        num_warps=WALK_WARPS, num_stages=1,
     )
     return h_s, h_r, u, w, x, S_T, R_T
 
@@ -217,7 +216,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
         HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
-        num_warps=L.walk_warps, num_stages=1,
+        num_warps=WALK_WARPS, num_stages=1,
     )
 
     # Three chunk-parallel kernels (chunk_bwd.py): per chunk looping over V-blocks, per K-block, per chunk.

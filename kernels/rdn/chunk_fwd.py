@@ -52,7 +52,7 @@ def state_row(chunk_offsets, i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS
     return row
 
 
-# No autotuner: the launcher picks the width (_Layout.walk_warps in chunk.py). On the H200 (Triton 3.6) autotuning this walk
+# No autotuner: the launcher picks the width (chunk.WALK_WARPS). On the H200 (Triton 3.6) autotuning this walk
 # at T = 32k, B = 1 (16-wide V-blocks) hit an illegal memory access twice, with {4, 8} warps x {1, 2} stages
 # and with 4 or 8 warps at 1 stage; 4 warps, 1 stage alone ran there and passed the float64 checks
 # (2026-11-30). Not narrowed down further.
@@ -68,9 +68,9 @@ def _rdn_walk_kernel(
     IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr,
 ):
     """STORE_UW for the forward's output kernel, STORE_X for the backward. X_PREC: the precision of the
-    chunk-matrix dots on the S path up to X (k.S itself is a split dot, ~2^-16, whatever X_PREC says). The
-    backward asks for tf32x3 (about fp32) because the clip's gradient jumps where |X| crosses c, and its mask
-    comes from the X stored here."""
+    chunk-matrix dots on the S path up to X, and of k.S too without RAW_K (with it, k.S is a split dot, ~2^-16,
+    whatever X_PREC says). The backward asks for tf32x3 (about fp32) because the clip's gradient jumps where |X|
+    crosses c, and its mask comes from the X stored here."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
