@@ -28,15 +28,16 @@ import triton
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
-from .chunk_bwd import _rdn_bwd_dqk_kernel, _rdn_bwd_dv_kernel, _rdn_bwd_gates_kernel, _rdn_bwd_walk_kernel
+from .chunk_bwd import _rdn_bwd_dqk_kernel, _rdn_bwd_gates_kernel, _rdn_bwd_rows_kernel, _rdn_bwd_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
 
 CHUNK_SIZE = 64
-# The backward chunks by 32 tokens: its single gradient kernel of before 2026-11-30 did not fit sm_90's shared
-# memory at 64-token chunks and K = 128, nor does the dv kernel that replaced it: Triton allocates it 260-336
-# KiB of shared memory at 64 (scripts/kernel_resources.py, sm_90, 2026-11-30; the H200 has 227).
+# The backward chunks by 32 tokens. Its kernels of before (the single gradient kernel, then the dv kernel) did not
+# fit sm_90's shared memory at 64-token chunks and K = 128; the rows kernel does (152-201 KiB of 227), but at 64
+# the rerun and reverse walks spill 1392 and 1320 bytes a thread against 416 and 600 at 32
+# (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms).
 # The backward reruns the forward walk itself, so it may chunk differently from the forward call: the math is
 # exact, the rounding is not (the rerun's X, whose sign against +-c is the clip's gradient mask, comes from 32-token
 # chunks, its chunk-matrix dots at tf32x3, the forward's output from 64-token chunks at tf32; the rerun reads k.S
@@ -45,7 +46,8 @@ CHUNK_SIZE = 64
 BWD_CHUNK_SIZE = 32
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
 # bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk: 424 /
-# 416 / 512 at four warps, 552 / 168 / 136 at eight. Fewer spills did not make eight faster: at B=16 T=2k
+# 416 / 512 at four warps, 552 / 168 / 136 at eight (the reverse walk 600 at four since it stores dyr, dX,
+# dyv). Fewer spills did not make eight faster: at B=16 T=2k
 # (H200, 2026-11-30, profile_kernels.py) the walks took 2.40 / 2.93 / 3.24 ms at four warps, 5.49 ms (reverse)
 # at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one.
 WALK_WARPS = 4
@@ -209,9 +211,10 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     h_s, h_r, _, _, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
+    dyr, dxc, dyv = (L.per_token(q, L.V) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
     _rdn_bwd_walk_kernel[(L.walk_NV, L.N * L.H)](
         q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
-        h_ds, h_dr, dS0, dR0,
+        h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
@@ -224,12 +227,12 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
     if L.n_chunks:
-        u, w, dx, dsk, dy = (L.per_token(q, L.V) for _ in range(5))
+        u, w = L.per_token(q, L.V), L.per_token(q, L.V)
         NTH = L.B * L.T * L.H
-        rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the dv kernel sums its rows over all of V
-        _rdn_bwd_dv_kernel[L.chunk_grid](
-            q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, h_s, h_r, h_ds, h_dr, x, do,
-            dv, u, w, dx, dsk, dy, rows_part,
+        rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the rows kernel sums its rows over all of V
+        _rdn_bwd_rows_kernel[L.chunk_grid](
+            q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
+            dv, u, w, rows_part,
             L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.clip, L.T, NTH,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
             RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
@@ -241,14 +244,14 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         rows_part_k = q.new_empty(NK, NTH, dtype=torch.float32)
         chunk_part = q.new_empty(NK, L.n_chunks, L.H, dtype=torch.float32)
         _rdn_bwd_dqk_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
-            q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dx, dsk, dy,
+            q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv,
             dq_acc, dk_acc, rows_part_k, chunk_part,
             L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH, L.n_chunks,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
         )
         del h_s, h_r, h_ds, h_dr
         _rdn_bwd_gates_kernel[L.chunk_grid](
-            q, k, g, beta, gamma, do, u, w, dx, dsk, dy, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
+            q, k, g, beta, gamma, do, u, w, dyr, dxc, dyv, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
             dq, dk, dg, dbeta, dgamma,
             L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH, L.n_chunks,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, NV=L.NV, NK=NK,

@@ -3,7 +3,7 @@ in parallel.
 
 The forward is column-wise in V, so the adjoints of the states (dS, dR, carried from chunk end to chunk
 start) and dv are exact per V-block, while the gradients of the shared inputs (q, k, g, beta, gamma) are
-sums over V-blocks: the dv kernel sums its row terms over its own V loop, the dq/dk kernel writes partial
+sums over V-blocks: the rows kernel sums its row terms over its own V loop, the dq/dk kernel writes partial
 sums per K-block, and the gates kernel adds them.
 
 The reverse walk (one program per (sequence, head, V-block)) carries only what links the chunks: from the
@@ -18,11 +18,11 @@ transform of S, to the adjoints of its start states:
     dR0 = exp(GL) dR + Q^T (exp(G) drq) - K^T (gamma exp(G) dyr)
     dS0 = exp(GL) dS - K^T (exp(Gp) dX + beta exp(G) dyv) + Q^T (exp(G) dsq)
 
-It stores dS, dR at every chunk end. The gradients then come chunk-parallel in three kernels (see the
-comment above ``_rdn_bwd_dv_kernel``): per chunk, V-block by V-block, the chain rule of the chunk step as far
-as it stays column-wise in V, per (chunk, K-block) the state terms of dq and dk, and per chunk the gradients of
-the decay-weighted k.k and q.k matrices, which hand theirs to k, q, beta, gamma and to the within-chunk
-cumulative decay G, whose gradient becomes dg by a reverse cumsum.
+It stores dS, dR at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients
+then come chunk-parallel in three kernels (see the comment above ``_rdn_bwd_rows_kernel``): per chunk, V-block
+by V-block, dv, the forward's U and W again and the row sums of the gate terms; per (chunk, K-block) the state
+terms of dq and dk; per chunk the gradients of the decay-weighted k.k and q.k matrices, which hand theirs to
+k, q, beta, gamma and to the within-chunk cumulative decay G, whose gradient becomes dg by a reverse cumsum.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_walk_kernel(
     q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, ds_t, dr_t,
-    h_ds, h_dr, ds0, dr0,
+    h_ds, h_dr, ds0, dr0, dyr_out, dx_out, dyv_out,
     cu_seqlens, chunk_offsets, scale, clip, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -115,43 +115,48 @@ def _rdn_bwd_walk_kernel(
         b_ds = (b_eGL * b_ds + dot_split(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
                 - dot_split(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
                             DOT_PREC))
+        # The chunk's column-wise adjoints are final: the chunk-parallel kernels read them (dv = dX + beta dyv;
+        # -dX is the adjoint of S_{t-1} k_t). Stored last: stores amid the chain cost the walk stack.
+        store_tile(dyr_out + tok_v, b_dyr, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dyv_out + tok_v, b_dyv, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
 
 
 # The gradients split three ways, as fla splits its gated delta rule's backward, so that no program holds
-# both a chunk's [K, V]-block states and [BT, K] accumulators: _rdn_bwd_dv_kernel per chunk, one V-block at a
-# time, does everything column-wise in V (dv, U, W and the adjoints dX, dsk, dy that the other two read);
+# both a chunk's [K, V]-block states and [BT, K] accumulators: the reverse walk already wrote the column-wise
+# adjoints (dyr, dX, dyv); _rdn_bwd_rows_kernel per chunk, one V-block at a time, writes dv, recomputes the
+# forward's U and W (which the dq/dk and gates kernels read) and sums the row terms of dG, dGp, dbeta, dgamma;
 # _rdn_bwd_dqk_kernel per (chunk, K-block) sums the state terms of dq and dk over the V-blocks;
 # _rdn_bwd_gates_kernel per chunk sums the chunk matrices' gradients over the V-blocks and turns them into
 # the rest of dq, dk and into dg, dbeta, dgamma.
 
 
-# Eight warps first: four [K, BV] fp32 state tiles (64 KiB at K = 128) and the chunk's [BT, BV] work a V-block,
-# beside q, k and four [BT, BT] matrices held for the whole V loop. Two stages too: the loop streams the states.
-@autotune(configs=launch_configs((8, 1), (4, 1), (8, 2)),
+# Two [K, BV] fp32 state tiles (32 KiB at K = 128) and the chunk's [BT, BV] work a V-block, beside q, k and
+# three [BT, BT] matrices held for the whole V loop. Two stages too: the loop streams the states.
+@autotune(configs=launch_configs((4, 1), (8, 1), (4, 2)),
           key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH"])
-def _rdn_bwd_dv_kernel(
-    q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, h_s, h_r, h_ds, h_dr, x, do,
-    dv, u_out, w_out, dx_out, dsk_out, dy_out, rows_part,
+def _rdn_bwd_rows_kernel(
+    q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
+    dv, u_out, w_out, rows_part,
     cu_seqlens, chunk_indices, chunk_offsets, scale, clip, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """One program per (chunk, head), looping over V-blocks: the chunk's forward intermediates from its start
-    states and X (chunk_fwd.py's docstring), then the chain rule of the chunk step as far as it stays
-    column-wise in V. Writes dv, U, W, dX, dsk, dy per token and the row sums of dG, dGp, dbeta, dgamma
-    (``rows_part`` [4, B*T*H]). q, k and the chunk's four [BT, BT] matrices are loaded once for all V-blocks
-    (until 2026-11-30 one program per V-block loaded them again, and wrote per-V-block row sums)."""
+    states and X (chunk_fwd.py's docstring), U and W stored per token, dv, and the row sums of dG, dGp, dbeta,
+    dgamma (``rows_part`` [4, B*T*H]) from the adjoints dyr, dX (``dxc``), dyv that the reverse walk stored. Until
+    2026-11-30 this kernel also redid the reverse walk's adjoint chain from the stored chunk-end adjoints (two
+    more state reads, three more [BT, K] x [K, BV] dots) to write dv and those adjoints itself."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
     h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     o_t = tl.arange(0, BT)
-    strict = o_t[:, None] > o_t[None, :]
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     tok_t = (bos * H + i_h) * BT
@@ -163,12 +168,9 @@ def _rdn_bwd_dv_kernel(
     b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
     b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_mq = tl.where(strict, b_mqi, 0.0)
     b_eG = tl.exp(b_G)[:, None]
     b_eGp = tl.exp(b_Gp)[:, None]
-    b_dL = tl.exp(b_GL - b_G)[:, None]  # Kd M as exp(GL - G) (K M): no decayed K tile
     b_dG = tl.zeros([BT], dtype=tl.float32)
     b_dGp = tl.zeros([BT], dtype=tl.float32)
     b_db = tl.zeros([BT], dtype=tl.float32)
@@ -181,6 +183,9 @@ def _rdn_bwd_dv_kernel(
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
+        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
         # Forward: U = T_beta (beta * yv), yv = v - exp(G) K S0; W = T_gamma (gamma * yr), yr = rho(X) - exp(G) K R0;
         # rq = exp(G) Q R0 + Mqi W (the R read of the output).
@@ -190,43 +195,24 @@ def _rdn_bwd_dv_kernel(
         b_qr = tl.dot(b_q, b_r, input_precision=DOT_PREC)
         b_yv = b_v - b_eG * b_ks
         b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
-        b_res = _rho(b_x, clip, RESIDUAL)
-        b_yr = b_res - b_eG * b_kr
+        b_yr = _rho(b_x, clip, RESIDUAL) - b_eG * b_kr
         b_w = tl.dot(b_tc, b_gamma[:, None] * b_yr, input_precision=DOT_PREC)
         b_rq = b_eG * b_qr + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
 
-        # o = scale * (sq + gamma * rq); chunk-end states M1 = exp(GL) M0 + Kd^T (U or W), Kd = K * exp(GL - G).
+        # o = scale * (sq + gamma * rq): the gate and decay terms, each a row sum of an adjoint times what it
+        # multiplied (the reverse walk's chain: rq, W = T_gamma (gamma * yr), sk = exp(Gp) K S0 + Mk U,
+        # sq = exp(G) Q S0 + Mq U, U = T_beta (beta * yv)).
         b_dsq = scale * b_do
-        b_drq = (scale * b_gamma)[:, None] * b_do
-        b_dc += scale * tl.sum(b_do * b_rq, axis=1)
-        b_du = b_dL * tl.dot(b_k, load_tile(h_ds + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
-        b_dw = b_dL * tl.dot(b_k, load_tile(h_dr + h_off, 0, K, V, i_v * BV, V, BK, BV), input_precision=DOT_PREC)
-        # rq = exp(G) * Q R0 + Mqi W
-        b_dG += tl.sum(b_eG * b_drq * b_qr, axis=1)
-        b_dw += tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
-        # W = T_gamma (gamma * yr)
-        b_dx = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
-        b_dc += tl.sum(b_dx * b_yr, axis=1)
-        b_dG += tl.sum(-(b_gamma[:, None] * b_eG) * b_dx * b_kr, axis=1)
-        # res = rho(X), X = v - sk: the mask comes from the walk's X, as in the reverse walk
-        b_dxv = _rho_grad(b_x, b_res, clip, RESIDUAL) * (b_gamma[:, None] * b_dx)
-        b_dsk = -b_dxv
-        # sk = exp(Gp) * K S0 + Mk U;  sq = exp(G) * Q S0 + Mq U
+        b_drq = b_gamma[:, None] * b_dsq
+        b_dc += tl.sum(b_dsq * b_rq + b_dyr * b_yr, axis=1)
+        b_dG += tl.sum(b_eG * (b_drq * b_qr + b_dsq * b_qs
+                               - (b_gamma[:, None] * b_dyr) * b_kr - (b_beta[:, None] * b_dyv) * b_ks), axis=1)
         b_dGp += tl.sum(b_eGp * b_dsk * b_ks, axis=1)
-        b_du += tl.dot(tl.trans(b_mk), b_dsk, input_precision=DOT_PREC)
-        b_dG += tl.sum(b_eG * b_dsq * b_qs, axis=1)
-        b_du += tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC)
-        # U = T_beta (beta * yv)
-        b_dy = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
-        b_db += tl.sum(b_dy * b_yv, axis=1)
-        b_dG += tl.sum(-(b_beta[:, None] * b_eG) * b_dy * b_ks, axis=1)
+        b_db += tl.sum(b_dyv * b_yv, axis=1)
 
-        store_tile(dv + tok_v, b_dxv + b_beta[:, None] * b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        store_tile(dsk_out + tok_v, b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        store_tile(dy_out + tok_v, b_dy, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     rows = i_t * BT + o_t
     in_seq = rows < T_seq
     part = (bos + rows) * H + i_h
@@ -242,7 +228,7 @@ def _rdn_bwd_dv_kernel(
 @autotune(configs=launch_configs((8, 1), (4, 1)), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH", "NCH"])
 def _rdn_bwd_dqk_kernel(
-    q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dx, dsk, dy,
+    q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dx, dxc, dy,
     dq_acc, dk_acc, rows_part_k, chunk_part,
     cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH, NCH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -284,7 +270,7 @@ def _rdn_bwd_dqk_kernel(
         b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dx = load_tile(dx + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = load_tile(dsk + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
         b_dy = load_tile(dy + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dsq = scale * b_do
         b_drq = (scale * b_gamma)[:, None] * b_do
@@ -313,7 +299,7 @@ def _rdn_bwd_dqk_kernel(
 @autotune(configs=launch_configs((8, 1), (4, 1)), key=["H", "K", "V", "BT", "BK", "BV", "NV", "NK", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH", "NCH"])
 def _rdn_bwd_gates_kernel(
-    q, k, g, beta, gamma, do, u, w, dx, dsk, dy, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
+    q, k, g, beta, gamma, do, u, w, dx, dxc, dy, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
     dq, dk, dg, dbeta, dgamma,
     cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH, NCH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -360,7 +346,7 @@ def _rdn_bwd_gates_kernel(
         b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dx = load_tile(dx + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = load_tile(dsk + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
         b_dy = load_tile(dy + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dsq = scale * b_do
         b_dMqi += tl.dot((scale * b_gamma)[:, None] * b_do, tl.trans(b_w), input_precision=DOT_PREC)
