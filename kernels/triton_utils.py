@@ -132,13 +132,13 @@ def dot_split(a, b, DOT_PREC: tl.constexpr):
     """``a @ b`` where one operand is a half tile (bf16/fp16, exact: an input) and the other fp32 (a state, a
     state gradient, a decayed matrix): the fp32 one is split into two half tiles, two half dots. About 2^-16
     relative error instead of the 2^-9 of one bf16 cast, at twice one half dot's cost and one more half tile,
-    never an fp32 operand tile. Two fp32 operands: the plain dot at DOT_PREC."""
-    if a.dtype == tl.float32:
-        if b.dtype == tl.float32:
-            out = tl.dot(a, b, input_precision=DOT_PREC)
-        else:
-            hi, lo = _split_half(a, b.dtype)
-            out = tl.dot(lo, b, tl.dot(hi, b, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    never an fp32 operand tile. Two operands of one dtype (two fp32 tiles, or two half tiles such as an input and a
+    state stored in the input dtype): the plain dot at DOT_PREC."""
+    if a.dtype == b.dtype:
+        out = tl.dot(a, b, input_precision=DOT_PREC)
+    elif a.dtype == tl.float32:
+        hi, lo = _split_half(a, b.dtype)
+        out = tl.dot(lo, b, tl.dot(hi, b, input_precision=DOT_PREC), input_precision=DOT_PREC)
     else:
         hi, lo = _split_half(b.to(tl.float32), a.dtype)
         out = tl.dot(a, lo, tl.dot(a, hi, input_precision=DOT_PREC), input_precision=DOT_PREC)

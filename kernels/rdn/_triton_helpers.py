@@ -63,9 +63,10 @@ def load_tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC
 
 @triton.jit
 def load_tile_raw(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
-    """``load_tile`` in the tensor's own dtype: for dot operands that are inputs. A bf16/fp16 value is
-    exact in tf32, so a dot of raw half tiles equals the tf32 dot of their fp32 casts, at twice the tensor
-    core rate and half the registers. Under the interpreter it is cast to fp32 (triton_utils.HALF_DOTS_IN_FP32)."""
+    """``load_tile`` in the tensor's own dtype: for dot operands stored in the input dtype (inputs, and the
+    chunk states, which chunk.py stores in it). A bf16/fp16 value is exact in tf32, so a dot of raw half tiles
+    equals the tf32 dot of their fp32 casts, at twice the tensor core rate and half the registers. Under the
+    interpreter it is cast to fp32 (triton_utils.HALF_DOTS_IN_FP32)."""
     ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
     x = tl.load(ptrs, mask=mask, other=0.0)
     if _CAST_RAW:

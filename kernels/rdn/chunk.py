@@ -115,7 +115,12 @@ class _Layout:
         return q.new_empty(self.N, self.H, self.K, self.V, dtype=torch.float32)
 
     def chunk_states(self, q):
-        return q.new_empty(self.n_chunks, self.H, self.K, self.V, dtype=torch.float32)
+        """The walks' stored chunk-start states (and state adjoints), in the input dtype, as fla stores its h and
+        dh: the walks carry fp32 states in registers, so only the chunk-parallel kernels' reads round (2^-9 for
+        bf16, no build-up across chunks), and the bytes that every chunk-parallel kernel streams halve. Float64
+        error with bf16 states, H200 2026-11-30 (a monkeypatch of this method, gpu_check_rdn.check's bf16
+        K = 128 cases): 2.9e-3 against 2.1e-3 with fp32 ones."""
+        return q.new_empty(self.n_chunks, self.H, self.K, self.V, dtype=q.dtype)
 
     def per_token(self, q, width):
         return q.new_empty(self.B, self.T, self.H, width, dtype=torch.float32)
@@ -181,6 +186,9 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     if segments > 1:
         h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(
             L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments)
+        # In the input dtype as the walk's (_Layout.chunk_states): the output kernel's q.S is then one half dot
+        # (a split dot at 64-token chunks is unchecked on the GPU: the walk's failed there, _walk).
+        h_s, h_r = h_s.to(q.dtype), h_r.to(q.dtype)
     else:
         h_s, h_r, u, w, _, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, False)
     o = torch.empty_like(v)

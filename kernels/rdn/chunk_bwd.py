@@ -134,7 +134,7 @@ def _rdn_bwd_walk_kernel(
 # the rest of dq, dk and into dg, dbeta, dgamma.
 
 
-# Two [K, BV] fp32 state tiles (32 KiB at K = 128) and the chunk's [BT, BV] work a V-block, beside q, k and
+# Two [K, BV] state tiles (in the input dtype) and the chunk's [BT, BV] work a V-block, beside q, k and
 # three [BT, BT] matrices held for the whole V loop. Two stages too: the loop streams the states.
 @autotune(configs=launch_configs((4, 1), (8, 1), (4, 2)),
           key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
@@ -164,8 +164,11 @@ def _rdn_bwd_rows_kernel(
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    # q, k and the states raw: the states are stored in the input dtype (chunk.py chunk_states), so their
+    # products with q and k are single half dots (dot_split's same-dtype case: it would split fp32 states, at
+    # a large stack cost), and no fp32 [BT, K] or [K, BV] copy is live.
+    b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
     b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
@@ -178,8 +181,8 @@ def _rdn_bwd_rows_kernel(
 
     for i_loop in range(0, tl.cdiv(V, BV)):
         i_v = tl.cast(i_loop, tl.int64)
-        b_s = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_r = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_s = load_tile_raw(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_r = load_tile_raw(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
@@ -189,10 +192,10 @@ def _rdn_bwd_rows_kernel(
 
         # Forward: U = T_beta (beta * yv), yv = v - exp(G) K S0; W = T_gamma (gamma * yr), yr = rho(X) - exp(G) K R0;
         # rq = exp(G) Q R0 + Mqi W (the R read of the output).
-        b_ks = tl.dot(b_k, b_s, input_precision=DOT_PREC)
-        b_qs = tl.dot(b_q, b_s, input_precision=DOT_PREC)
-        b_kr = tl.dot(b_k, b_r, input_precision=DOT_PREC)
-        b_qr = tl.dot(b_q, b_r, input_precision=DOT_PREC)
+        b_ks = dot_split(b_k, b_s, DOT_PREC)
+        b_qs = dot_split(b_q, b_s, DOT_PREC)
+        b_kr = dot_split(b_k, b_r, DOT_PREC)
+        b_qr = dot_split(b_q, b_r, DOT_PREC)
         b_yv = b_v - b_eG * b_ks
         b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
         b_yr = _rho(b_x, clip, RESIDUAL) - b_eG * b_kr

@@ -145,18 +145,20 @@ def _rdn_out_kernel(
     o_t = tl.arange(0, BT)
     b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    b_q = load_tile(q + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_k = load_tile(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    # q, k and the states raw: the states come in the input dtype (chunk.py chunk_states), so q.S is one half
+    # dot and no fp32 [BT, K] or [K, BV] copy is live.
+    b_q = load_tile_raw(q + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_k = load_tile_raw(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
     b_u = load_tile(u + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     b_w = load_tile(w + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    b_s = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_r = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_s = load_tile_raw(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_r = load_tile_raw(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     b_mqi = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(
         o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
     b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
     b_eG = tl.exp(b_G)[:, None]
-    b_sq = b_eG * tl.dot(b_q, b_s, input_precision=DOT_PREC) + tl.dot(b_mq, b_u, input_precision=DOT_PREC)
-    b_rq = b_eG * tl.dot(b_q, b_r, input_precision=DOT_PREC) + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
+    b_sq = b_eG * dot_split(b_q, b_s, DOT_PREC) + tl.dot(b_mq, b_u, input_precision=DOT_PREC)
+    b_rq = b_eG * dot_split(b_q, b_r, DOT_PREC) + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
     b_o = scale * (b_sq + b_gamma[:, None] * b_rq)
     store_tile(o + (bos * H + i_h) * V, b_o, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
