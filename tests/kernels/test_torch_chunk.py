@@ -34,7 +34,8 @@ def run_with_grads(fn, xs, init, dtype, **kw):
         state_leaves = [s.detach().double().requires_grad_() for s in init]
     o, (S, R) = fn(*leaves, initial_state=state_leaves, output_final_state=True, **kw)
     gen = torch.Generator().manual_seed(1)
-    weights = [torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in (o, S, R)]
+    # drawn on the CPU so that every device sees the same functional
+    weights = [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device) for x in (o, S, R)]
     loss = sum((x.double() * w).sum() for x, w in zip((o, S, R), weights))
     loss.backward()
     grads = [x.grad for x in leaves] + ([] if state_leaves is None else [s.grad for s in state_leaves])
