@@ -84,6 +84,27 @@ def test_rendering_from_saved_results(capsys, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_an_op_keeps_its_colour_in_every_panel_whatever_the_point_order():
+    """Merged result files list points in measurement order; the plot must not recolour ops by that order."""
+    import matplotlib.pyplot as plt
+
+    doc = _document()
+    doc["points"] = [dict(p, ms=p["ms"] or 1.0) for p in doc["points"]]
+    doc["points"].insert(0, dict(doc["points"][2], op="rdn", mode="fwd+bwd"))  # rdn drawn first in fwd+bwd only
+    doc["points"].append(dict(doc["points"][1], op="rdn"))  # and last in fwd
+    fig = plot.kernel_figure(doc)
+    try:
+        colours = {}
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+    finally:
+        plt.close(fig)
+    assert colours["RDN (ours)"] == {plot.COLORS["rdn"]} and colours["RLA (ours)"] == {plot.COLORS["rla"]}
+    assert all(len(cs) == 1 for cs in colours.values())
+    assert len({c for cs in colours.values() for c in cs}) == len(colours)  # and no two ops share one
+
+
 def test_a_failing_point_is_recorded_and_the_run_goes_on(monkeypatch):
     real = bench_kernels.SEQUENCE_BUILDERS["sdpa_flash"]
 

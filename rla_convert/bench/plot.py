@@ -8,6 +8,10 @@ from __future__ import annotations
 LABELS = {"rla": "RLA (ours)", "rdn": "RDN (ours)", "fla_gdn": "fla GDN", "fla_simple_gla": "fla simple GLA",
           "sdpa_flash": "SDPA flash"}
 DECODE_LABELS = {**LABELS, "sdpa_flash": "SDPA flash (KV cache)"}
+# One colour an op in every panel and every saved plot, whatever order the points came in (merged result files
+# list them in the order they were measured).
+COLORS = {"rla": "tab:red", "rdn": "tab:purple", "fla_gdn": "tab:blue", "fla_simple_gla": "tab:orange",
+          "sdpa_flash": "tab:green"}
 
 
 class _Footnotes:
@@ -104,6 +108,15 @@ def markdown(doc: dict) -> str:
 
 def save_plot(doc: dict, path: str) -> None:
     """Time against T, one line per op: forward and forward+backward panels, plus decode against context."""
+    import matplotlib.pyplot as plt
+
+    fig = kernel_figure(doc)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def kernel_figure(doc: dict):
+    """The figure ``save_plot`` writes (open: the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +134,8 @@ def save_plot(doc: dict, path: str) -> None:
             line = sorted((p["seq_len"], p["ms"]) for p in ok if p["mode"] == mode and p["op"] == op)
             if line:
                 style = "-o" if op in ("rla", "rdn") else "--s"
-                ax.plot([x for x, _ in line], [y for _, y in line], style, label=labels.get(op, op), markersize=4)
+                ax.plot([x for x, _ in line], [y for _, y in line], style, label=labels.get(op, op), markersize=4,
+                        color=COLORS.get(op))
         xs = sorted({p["seq_len"] for p in doc["points"] if p["mode"] == mode})
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"{x // 1024}k" if x >= 1024 and x % 1024 == 0 else str(x) for x in xs])
@@ -135,8 +149,7 @@ def save_plot(doc: dict, path: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(_title(doc), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ model bench
