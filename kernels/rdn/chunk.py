@@ -28,7 +28,7 @@ import triton
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
-from .chunk_bwd import _rdn_bwd_dqk_kernel, _rdn_bwd_gates_kernel, _rdn_bwd_rows_kernel, _rdn_bwd_walk_kernel
+from .chunk_bwd import _rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_rows_kernel, _rdn_bwd_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
@@ -51,6 +51,16 @@ BWD_CHUNK_SIZE = 32
 # (H200, 2026-11-30, profile_kernels.py) the walks took 2.40 / 2.93 / 3.24 ms at four warps, 5.49 ms (reverse)
 # at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one.
 WALK_WARPS = 4
+# The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs to time on the GPU (neither timed yet).
+# GRAD_HALF_STATE_DOTS: its state dots as single half dots (the token tile rounds to 2^-9, as fla's dv/dh
+# operands; twice the tensor rate, half the state tile registers) instead of tf32 on fp32 copies of the stored
+# states (the precision of the float64 GPU checks of 2026-11-30). GRAD_BK: its K-block width. 64 (two programs
+# a chunk at K = 128, each redoing the [BT, BT] work and rereading the token tiles) or 128 (one program, half the
+# token reads, more registers). Stack bytes a thread by ptxas (sm_90, K = V = 128, bf16, 8 / 4 warps, 1 stage;
+# scripts/kernel_resources.py, 2026-12-01): BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912
+# (tf32), 192 / 424 (half).
+GRAD_HALF_STATE_DOTS = False
+GRAD_BK = 64
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -230,7 +240,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         num_warps=WALK_WARPS, num_stages=1,
     )
 
-    # Three chunk-parallel kernels (chunk_bwd.py): per chunk looping over V-blocks, per K-block, per chunk.
+    # The chunk-parallel kernels (chunk_bwd.py): the rows kernel per chunk looping over V-blocks, the gradient
+    # kernel per (chunk, K-block), and dg's reverse cumsum per chunk.
     dv = torch.empty_like(v)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
@@ -246,24 +257,19 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
         )
         del x, m_k, m_qi, t_beta, t_gamma
-        BKB = min(64, L.BK)
+        BKB = min(GRAD_BK, L.BK)
         NK = triton.cdiv(L.K, BKB)
-        dq_acc, dk_acc = L.per_token(q, L.K), L.per_token(q, L.K)
-        rows_part_k = q.new_empty(NK, NTH, dtype=torch.float32)
-        chunk_part = q.new_empty(NK, L.n_chunks, L.H, dtype=torch.float32)
-        _rdn_bwd_dqk_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
-            q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv,
-            dq_acc, dk_acc, rows_part_k, chunk_part,
-            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH, L.n_chunks,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+        dg_part = q.new_empty(NK + 1, NTH, dtype=torch.float32)  # dg's rows a K-block, and block 0's -dGp
+        _rdn_bwd_grad_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
+            q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, rows_part,
+            dq, dk, dbeta, dgamma, dg_part,
+            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BKF=L.BK, BV=L.BV, DOT_PREC=L.dot_prec,
+            HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, IS_VARLEN=L.varlen,
         )
-        del h_s, h_r, h_ds, h_dr
-        _rdn_bwd_gates_kernel[L.chunk_grid](
-            q, k, g, beta, gamma, do, u, w, dyr, dxc, dyv, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
-            dq, dk, dg, dbeta, dgamma,
-            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH, L.n_chunks,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, NV=L.NV, NK=NK,
-            DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+        _rdn_bwd_dg_kernel[L.chunk_grid](
+            g, dg_part, dg, L.cu_seqlens, L.chunk_indices, L.T, NTH,
+            H=L.H, BT=L.BT, NK=NK, IS_VARLEN=L.varlen, num_warps=1,
         )
     return (dq, dk, dv, dg, dbeta, dgamma,
             None if S0 is None else dS0, None if R0 is None else dR0)

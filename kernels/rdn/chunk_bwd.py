@@ -3,8 +3,8 @@ in parallel.
 
 The forward is column-wise in V, so the adjoints of the states (dS, dR, carried from chunk end to chunk
 start) and dv are exact per V-block, while the gradients of the shared inputs (q, k, g, beta, gamma) are
-sums over V-blocks: the rows kernel sums its row terms over its own V loop, the dq/dk kernel writes partial
-sums per K-block, and the gates kernel adds them.
+sums over V-blocks: the rows kernel sums its row terms over its own V loop, the gradient kernel sums the rest
+over its V loops, per K-block, and dg's rows, which cross K-blocks, are summed by a small last pass.
 
 The reverse walk (one program per (sequence, head, V-block)) carries only what links the chunks: from the
 adjoints dS, dR of a chunk's end states, through the output reads, the UT transform of R, rho (zero gradient
@@ -19,10 +19,10 @@ transform of S, to the adjoints of its start states:
     dS0 = exp(GL) dS - K^T (exp(Gp) dX + beta exp(G) dyv) + Q^T (exp(G) dsq)
 
 It stores dS, dR at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients
-then come chunk-parallel in three kernels (see the comment above ``_rdn_bwd_rows_kernel``): per chunk, V-block
-by V-block, dv, the forward's U and W again and the row sums of the gate terms; per (chunk, K-block) the state
-terms of dq and dk; per chunk the gradients of the decay-weighted k.k and q.k matrices, which hand theirs to
-k, q, beta, gamma and to the within-chunk cumulative decay G, whose gradient becomes dg by a reverse cumsum.
+then come chunk-parallel (see the comment above ``_rdn_bwd_rows_kernel``): per chunk, V-block by V-block,
+dv, the forward's U and W again and the row sums of the gate terms; per (chunk, K-block) dq and dk whole, from
+the states and from the gradients of the decay-weighted k.k and q.k matrices, which also hand theirs to beta,
+gamma and to the within-chunk cumulative decay G, whose gradient becomes dg by a reverse cumsum per chunk.
 """
 from __future__ import annotations
 
@@ -125,13 +125,12 @@ def _rdn_bwd_walk_kernel(
     store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
 
 
-# The gradients split three ways, as fla splits its gated delta rule's backward, so that no program holds
-# both a chunk's [K, V]-block states and [BT, K] accumulators: the reverse walk already wrote the column-wise
+# The gradients split two ways, as fla splits its gated delta rule's backward, so that no program holds
+# both a chunk's whole [K, V] states and [BT, K] accumulators: the reverse walk already wrote the column-wise
 # adjoints (dyr, dX, dyv); _rdn_bwd_rows_kernel per chunk, one V-block at a time, writes dv, recomputes the
-# forward's U and W (which the dq/dk and gates kernels read) and sums the row terms of dG, dGp, dbeta, dgamma;
-# _rdn_bwd_dqk_kernel per (chunk, K-block) sums the state terms of dq and dk over the V-blocks;
-# _rdn_bwd_gates_kernel per chunk sums the chunk matrices' gradients over the V-blocks and turns them into
-# the rest of dq, dk and into dg, dbeta, dgamma.
+# forward's U and W (which the gradient kernel reads) and sums the row terms of dG, dGp, dbeta, dgamma;
+# _rdn_bwd_grad_kernel per (chunk, K-block) writes dq, dk, dbeta, dgamma and dg's rows, which
+# _rdn_bwd_dg_kernel sums over K-blocks and reverse-cumsums.
 
 
 # Two [K, BV] state tiles (in the input dtype) and the chunk's [BT, BV] work a V-block, beside q, k and
@@ -226,98 +225,55 @@ def _rdn_bwd_rows_kernel(
     tl.store(rows_part + 3 * block + part, b_dc, mask=in_seq)
 
 
-# Eight warps first (~100 KiB of fp32 tiles live at K = V = 128: three [BT, BK] accumulators, four [BK, BV]
-# states, six [BT, BV] token tiles), as for the gates kernel below.
-@autotune(configs=launch_configs((8, 1), (4, 1)), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
-@triton.jit(do_not_specialize=["T", "NTH", "NCH"])
-def _rdn_bwd_dqk_kernel(
-    q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dx, dxc, dy,
-    dq_acc, dk_acc, rows_part_k, chunk_part,
-    cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH, NCH,
+@triton.jit
+def _state_dot(a, s, DOT_PREC: tl.constexpr, HALF: tl.constexpr):
+    """a s^T for an fp32 [BT, BV] token tile a and a [BK, BV] chunk state s in the input dtype. HALF: one half
+    dot (a rounds to 2^-9, as fla's dv/dh operands); else a tf32 dot on an fp32 copy of s (the precision the
+    float64 GPU checks passed with, 2026-11-30)."""
+    if HALF:
+        out = tl.dot(a.to(s.dtype), tl.trans(s), input_precision=DOT_PREC)
+    else:
+        out = tl.dot(a, tl.trans(s.to(tl.float32)), input_precision=DOT_PREC)
+    return out
+
+
+# One program per (chunk, K-block, head) finishes its K-block of dq and dk, written once in the input dtype. It
+# replaces a dq/dk kernel (per K-block; fp32 partials to memory) and a gates kernel (per chunk; every token tensor
+# read again, and the partials): 3.34 + 2.03 ms at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-11-30).
+# The [BT, BT] chunk-matrix gradients do not depend on K, so every K-block program sums them itself (five small
+# dots a V-block, about +1.25 of one [BT, K] x [K, V] dot at BT = 32, K = 2 x 64): that lets their epilogue
+# (dk += (dkk + dkk^T) k, dq += dqk k, separable by K columns) run here. Only dg's rows cross K-blocks (the
+# chunk-end decay's -Dd and one number a chunk): each program writes its slab, block 0 adds the K-free rows,
+# and _rdn_bwd_dg_kernel sums and reverse-cumsums them.
+# Two V loops, not one: with the five [BT, BT] sums and the six state dots in one loop ptxas (sm_90, 12.9) gave
+# 32 registers and 5-6.6 KiB of stack at every config (scripts/kernel_resources.py, 2026-12-01); either half
+# alone fits (255 registers, 0-184 B), and two loops give 128-400 B (BK = 64, chunk.py GRAD_BK). So pass 1 sums
+# the chunk matrices and turns them into the starting dq, dk; pass 2 streams the four state tiles and reads the
+# six token tiles again, which the program has just read (L2, not DRAM, for the most part). Eight warps first,
+# as the two kernels it replaces.
+@autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2)),
+          key=["H", "K", "V", "BT", "BK", "BKF", "BV", "DOT_PREC", "HALF_STATE_DOTS"])
+@triton.jit(do_not_specialize=["T", "NTH"])
+def _rdn_bwd_grad_kernel(
+    q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, rows_part,
+    dq, dk, dbeta, dgamma, dg_part,
+    cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, HALF_STATE_DOTS: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One program per (chunk, K-block, head), the V-blocks in a loop: the terms of dq and dk that read the
-    chunk's states, whole over V (fp32 into ``dq_acc``, ``dk_acc``), and the chunk-end decay's share of dG:
-    -Dd per row (``rows_part_k`` [NK, B*T*H]) and one number a chunk added to every row's dg
-    (``chunk_part`` [NK, n_chunks, H])."""
+    """dq and dk of K-block i_k, from the chunk's start states S0, R0 and end adjoints dS, dR (the terms that
+    read them) and from the gradients of its decay-weighted k.k and q.k matrices (A_x = x_t (k_t.k_i)
+    exp(G_t - G_i), i < t, for x = beta, gamma; Mk = (k_t.k_i) exp(Gp_t - G_i); Mq, Mqi = (q_t.k_i)
+    exp(G_t - G_i)). d(I + A)^{-1} gives dA = -(T^T dU) U^T, strictly lower. A log-decay gradient is the
+    matrix gradient times the matrix: rows get +, columns get -. Block 0 also writes dbeta and dgamma
+    (their row sums do not depend on K) and the K-free part of dg's rows; ``dg_part`` [NK + 1, B*T*H]: a
+    slab a K-block to be summed and reverse-cumsummed, and one (from block 0) added after."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_k = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
     bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    i_row = state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN)
-    h_off = (i_row * H + i_h) * K * V
-    o_t = tl.arange(0, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-
-    b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
-    b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
-    b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    b_eG = tl.exp(b_G)[:, None]
-    b_eGp = tl.exp(b_Gp)[:, None]
-    b_dec = tl.exp(b_GL - b_G)
-    b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
-    b_hdh = tl.zeros([BK], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_s = load_tile(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_r = load_tile(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_ds = load_tile(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_dr = load_tile(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dx = load_tile(dx + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
-        b_dy = load_tile(dy + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsq = scale * b_do
-        b_drq = (scale * b_gamma)[:, None] * b_do
-        # M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...; yr = res - exp(G) K R0;
-        # sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0
-        b_dkd += tl.dot(b_u, tl.trans(b_ds), input_precision=DOT_PREC)
-        b_dkd += tl.dot(b_w, tl.trans(b_dr), input_precision=DOT_PREC)
-        b_dq += b_eG * tl.dot(b_drq, tl.trans(b_r), input_precision=DOT_PREC)
-        b_dk += tl.dot(-(b_gamma[:, None] * b_eG) * b_dx, tl.trans(b_r), input_precision=DOT_PREC)
-        b_dq += b_eG * tl.dot(b_dsq, tl.trans(b_s), input_precision=DOT_PREC)
-        b_dk += tl.dot(b_eGp * b_dsk - (b_beta[:, None] * b_eG) * b_dy, tl.trans(b_s), input_precision=DOT_PREC)
-        b_hdh += tl.sum(b_ds * b_s + b_dr * b_r, axis=1)
-
-    b_dk += b_dkd * b_dec[:, None]
-    b_Dd = tl.sum(b_dkd * (b_k * b_dec[:, None]), axis=1)
-    store_tile(dq_acc + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    store_tile(dk_acc + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    rows = i_t * BT + o_t
-    tl.store(rows_part_k + tl.cast(NTH, tl.int64) * i_k + (bos + rows) * H + i_h, -b_Dd, mask=rows < T_seq)
-    # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both sit on the chunk's last row, whose
-    # dG reaches every row's dg through the reverse cumsum.
-    b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
-    tl.store(chunk_part + (tl.cast(NCH, tl.int64) * i_k + i_row) * H + i_h, b_end)
-
-
-@autotune(configs=launch_configs((8, 1), (4, 1)), key=["H", "K", "V", "BT", "BK", "BV", "NV", "NK", "DOT_PREC"])
-@triton.jit(do_not_specialize=["T", "NTH", "NCH"])
-def _rdn_bwd_gates_kernel(
-    q, k, g, beta, gamma, do, u, w, dx, dxc, dy, dq_acc, dk_acc, rows_part, rows_part_k, chunk_part,
-    dq, dk, dg, dbeta, dgamma,
-    cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH, NCH,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, NK: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    """One program per (chunk, head), the V-blocks in a loop: the gradients of the decay-weighted k.k and
-    q.k matrices (A_x = x_t (k_t.k_i) exp(G_t - G_i), i < t, for x = beta, gamma; Mk = (k_t.k_i)
-    exp(Gp_t - G_i); Mq, Mqi = (q_t.k_i) exp(G_t - G_i)). d(I + A)^{-1} gives dA = -(T^T dU) U^T, strictly
-    lower. They hand the rest of dq and dk, and with the other kernels' row sums dg, dbeta, dgamma. A
-    log-decay gradient is the matrix gradient times the matrix: rows get +, columns get -."""
-    i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    i_row = state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN)
+    h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]
     incl = o_t[:, None] >= o_t[None, :]
@@ -330,33 +286,37 @@ def _rdn_bwd_gates_kernel(
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
-    b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
-    b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
-    b_Mk = b_kk * b_Ep
-    b_Mqi = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_Eg
-    b_Mq = tl.where(strict, b_Mqi, 0.0)
+    b_eG = tl.exp(b_G)[:, None]
+    b_eGp = tl.exp(b_Gp)[:, None]
 
+    # Pass 1: the chunk matrices' gradients, summed over V (the same in every K-block program).
     b_dAb = tl.zeros([BT, BT], dtype=tl.float32)
     b_dAc = tl.zeros([BT, BT], dtype=tl.float32)
     b_dMk = tl.zeros([BT, BT], dtype=tl.float32)
     b_dMq = tl.zeros([BT, BT], dtype=tl.float32)
     b_dMqi = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(0, NV):
+    for i_v in range(0, tl.cdiv(V, BV)):
         b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dx = load_tile(dx + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
-        b_dy = load_tile(dy + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsq = scale * b_do
+        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dMqi += tl.dot((scale * b_gamma)[:, None] * b_do, tl.trans(b_w), input_precision=DOT_PREC)
-        b_dAc += tl.dot(b_dx, tl.trans(b_w), input_precision=DOT_PREC)
+        b_dAc += tl.dot(b_dyr, tl.trans(b_w), input_precision=DOT_PREC)
         b_dMk += tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC)
-        b_dMq += tl.dot(b_dsq, tl.trans(b_u), input_precision=DOT_PREC)
-        b_dAb += tl.dot(b_dy, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dMq += tl.dot(scale * b_do, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dAb += tl.dot(b_dyv, tl.trans(b_u), input_precision=DOT_PREC)
+
+    # Their epilogue, from the whole of q and k (raw: one exact product a pair, for any K-block).
+    b_qf = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
+    b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
+    b_kk = tl.dot(b_kf, tl.trans(b_kf), input_precision=DOT_PREC)
+    b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
+    b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
+    b_Mk = b_kk * b_Ep
+    b_Mqi = tl.dot(b_qf, tl.trans(b_kf), input_precision=DOT_PREC) * b_Eg
+    b_Mq = tl.where(strict, b_Mqi, 0.0)
     b_dAb = -tl.where(strict, b_dAb, 0.0)
     b_dAc = -tl.where(strict, b_dAc, 0.0)
     b_dMk = tl.where(strict, b_dMk, 0.0)
@@ -374,29 +334,80 @@ def _rdn_bwd_gates_kernel(
     b_dGp = tl.sum(b_Dk, axis=1)
     b_dG -= tl.sum(b_Dk, axis=0)
     b_dqk = (b_dMq + b_dMqi) * b_Eg
-    b_dk = load_tile(dk_acc + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k, input_precision=DOT_PREC)
-    b_dk += tl.dot(tl.trans(b_dqk), b_q, input_precision=DOT_PREC)
-    b_dq = load_tile(dq_acc + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_dq += tl.dot(b_dqk, b_k, input_precision=DOT_PREC)
+    b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_dk = tl.dot(b_dkk + tl.trans(b_dkk), b_kb, input_precision=DOT_PREC)
+    b_dk += tl.dot(tl.trans(b_dqk), b_qb, input_precision=DOT_PREC)
+    b_dq = tl.dot(b_dqk, b_kb, input_precision=DOT_PREC)
 
-    # The other kernels' row sums (rows past the sequence end are 0 there) and the chunk-end number.
+    # Block 0 adds the K-free rows: the chunk matrices' and the rows kernel's (rows past the sequence end are 0).
+    first = in_seq & ((o_t * 0 + i_k) == 0)
     block = tl.cast(NTH, tl.int64)
-    b_end = tl.zeros([BT], dtype=tl.float32)
-    b_dG += tl.load(rows_part + row_off, mask=in_seq, other=0.0)
-    b_dGp += tl.load(rows_part + block + row_off, mask=in_seq, other=0.0)
-    b_db += tl.load(rows_part + 2 * block + row_off, mask=in_seq, other=0.0)
-    b_dc += tl.load(rows_part + 3 * block + row_off, mask=in_seq, other=0.0)
-    for j in range(0, NK):
-        b_dG += tl.load(rows_part_k + tl.cast(NTH, tl.int64) * j + row_off, mask=in_seq, other=0.0)
-        b_end += tl.load(chunk_part + (tl.cast(NCH, tl.int64) * j + i_row) * H + i_h)
-    # Gp = G - g and G = cumsum(g): dg_s = -dGp_s + sum_{t >= s} (dG_t + dGp_t); the chunk-end number sits
-    # on the last row, so every s gets it.
-    b_dG += b_dGp
-    b_dg = tl.sum(tl.where(incl, b_dG[:, None], 0.0), axis=0) - b_dGp + b_end
+    b_dG += tl.load(rows_part + row_off, mask=first, other=0.0)
+    b_dGp += tl.load(rows_part + block + row_off, mask=first, other=0.0)
+    b_db += tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
+    b_dc += tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
+    tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=first)
+    tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=first)
+    # Gp = G - g and G = cumsum(g): dg_s = sum_{t >= s} (dG_t + dGp_t) - dGp_s.
+    b_part = tl.where(first, b_dG + b_dGp, 0.0)
+    tl.store(dg_part + tl.cast(tl.num_programs(1), tl.int64) * block + row_off, -b_dGp, mask=first)
 
-    store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    # Pass 2: the state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...;
+    # yr = res - exp(G) K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0.
+    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsq = (scale * b_eG) * b_do
+        b_dkd += _state_dot(b_u, b_ds, DOT_PREC, HALF_STATE_DOTS) + _state_dot(b_w, b_dr, DOT_PREC, HALF_STATE_DOTS)
+        b_dq += (_state_dot(b_gamma[:, None] * b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
+                 + _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS))
+        b_dk += _state_dot(-(b_gamma[:, None] * b_eG) * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
+        b_dk += _state_dot(b_eGp * b_dsk - (b_beta[:, None] * b_eG) * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
+        b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
+
+    # Kd = K exp(GL - G): its gradient dkd goes to dk, and its decay's to dG (-Dd per row, sum(Dd) at the end).
+    b_dec = tl.exp(b_GL - b_G)
+    b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_dk += b_dkd * b_dec[:, None]
+    b_Dd = tl.sum(b_dkd * (b_kb * b_dec[:, None]), axis=1)
+    store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both on the chunk's last row, whose dG
+    # reaches every row's dg through the reverse cumsum; put on its last row in the sequence, they reach the same.
+    b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
+    b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
+    tl.store(dg_part + i_k * block + row_off, b_part, mask=in_seq)
+
+
+@triton.jit(do_not_specialize=["T", "NTH"])
+def _rdn_bwd_dg_kernel(
+    g, dg_part, dg, cu_seqlens, chunk_indices, T, NTH,
+    H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """dg of one chunk: the reverse cumsum of the K-blocks' summed row partials, plus block 0's -dGp (the
+    finisher of _rdn_bwd_grad_kernel; fla's chunk_local_cumsum(reverse=True) in its gated delta rule)."""
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    o_t = tl.arange(0, BT)
+    rows = i_t * BT + o_t
+    in_seq = rows < T_seq
+    row_off = (bos + rows) * H + i_h
+    block = tl.cast(NTH, tl.int64)
+    b_p = tl.zeros([BT], dtype=tl.float32)
+    for j in range(0, NK):
+        b_p += tl.load(dg_part + j * block + row_off, mask=in_seq, other=0.0)
+    b_dg = tl.sum(tl.where(o_t[:, None] >= o_t[None, :], b_p[:, None], 0.0), axis=0)
+    b_dg += tl.load(dg_part + NK * block + row_off, mask=in_seq, other=0.0)
     tl.store(dg + row_off, b_dg.to(dg.dtype.element_ty), mask=in_seq)
-    tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=in_seq)
-    tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=in_seq)

@@ -213,10 +213,37 @@ def test_backward_bf16_inputs():
 
 
 def test_backward_splits_k_into_blocks_for_dq_dk():
-    """K=96: the dq/dk kernel takes two 64-row K-blocks, the second partial, and sums their shares of dg;
-    V=40: two V-blocks, the second partial, whose row sums the gates kernel adds."""
+    """K=96: the gradient kernel takes two 64-row K-blocks, the second partial, whose shares of dg the dg pass
+    sums (the chunk-end number on the last row of a partial tail chunk); V=40: two V-blocks, the second partial."""
     inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=96, V=40)
     check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
+
+
+def test_backward_varlen_two_k_blocks_partial_chunks():
+    """Packed sequences ending mid-chunk with two K-blocks: each K-block's dg rows, and block 0's K-free rows,
+    must land on their own sequence's rows before the per-chunk reverse cumsum."""
+    cu = torch.tensor([0, 7, 8, 30, 45], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=45, H=2, K=96, V=24, N=4)
+    check_backward(inputs, S0, R0, 0.6, 0.8, "tanh", cu, chunk_size=16)
+
+
+@pytest.mark.parametrize("bk", [32, 128])
+def test_backward_gradient_kernel_k_block_width(monkeypatch, bk):
+    """chunk.GRAD_BK: one K-block (128 >= K = 96) or three (32), the last partial at 32 wide, with a tail chunk."""
+    chunk = sys.modules[chunk_rdn_bwd.__module__]
+    monkeypatch.setattr(chunk, "GRAD_BK", bk)
+    inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=80, V=40)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_backward_half_state_dots(monkeypatch, dtype):
+    """chunk.GRAD_HALF_STATE_DOTS: the gradient kernel's state dots as single half dots (the interpreter casts
+    the half operands back to fp32, so this checks the code path and the bookkeeping, not the GPU rounding)."""
+    chunk = sys.modules[chunk_rdn_bwd.__module__]
+    monkeypatch.setattr(chunk, "GRAD_HALF_STATE_DOTS", True)
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=96, V=40, dtype=dtype)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1e-2, chunk_size=16)
 
 
 def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
