@@ -65,6 +65,15 @@ class _Layout:
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
+        # Chunk states (h_S, h_R and the backward's dh_R', dh_S') are stored in the input dtype, as fla stores
+        # its forward h: the walks carry fp32 states in registers and round only what they store (nothing
+        # builds up across chunks), and every chunk-parallel read of them halves. Where a reader needs ~16 bits
+        # -- h_S in the residuals (the clip's mask), dh' in du and dv -- the walk also stores the rounding
+        # error (a lo tile beside the hi one, the split dot_split made in those kernels before): same bytes as
+        # one fp32 state for those readers, half for the output and dq/dk/dg kernels, which read hi alone (one
+        # half cast, as they made before). fp32 inputs keep fp32 states and no lo.
+        self.state_dtype = q.dtype
+        self.split_states = q.dtype != torch.float32
         self.dot_prec = dot_precision(q.dtype)
         self.dots_fp32 = HALF_DOTS_IN_FP32 or q.dtype == torch.float32
         self.cu_seqlens = cu_seqlens
@@ -93,42 +102,55 @@ def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def _walk(L: _Layout, k, x, g, rate, h0, split: bool):
-    """One additive state over every chunk: its chunk-start states and its final state (fp32)."""
-    h = k.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=torch.float32)
+def _chunk_states(L: _Layout, like, lo: bool):
+    """A walk's per-chunk state buffer in the state dtype, and its lo buffer (None unless ``lo`` and the
+    states are half: see _Layout.split_states)."""
+    h = like.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=L.state_dtype)
+    return h, (torch.empty_like(h) if lo and L.split_states else None)
+
+
+def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool):
+    """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32)."""
+    h, h_lo = _chunk_states(L, k, lo)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     _state_walk_kernel[L.walk_grid](
-        k, x, g, rate, h0, h, final, L.cu_seqlens, L.chunk_offsets, L.T,
+        k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, L.chunk_offsets, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
-        SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None, IS_VARLEN=L.varlen,
+        SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None,
+        HAS_LO=h_lo is not None, IS_VARLEN=L.varlen,
     )
-    return h, final
+    return h, h_lo, final
 
 
 def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
-    """The forward's passes up to the output: chunk-start states of S and R, residuals, final states."""
-    h_s, S_T = _walk(L, k, v, g, beta, S0, True)
+    """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
+    h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without."""
+    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True)
     res = v.new_empty(v.shape, dtype=torch.float32)
     _rla_residual_kernel[L.parallel_grid(L.BV_par)](
-        k, v, g, beta, h_s, res, L.cu_seqlens, L.chunk_indices, L.clip, L.T,
+        k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, L.cu_seqlens, L.chunk_indices, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_par,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=h_s_lo is not None,
+        IS_VARLEN=L.varlen,
     )
-    h_r, R_T = _walk(L, k, res, g, gamma, R0, False)
+    del h_s_lo  # only the residuals read it
+    h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False)
     return h_s, h_r, res, S_T, R_T
 
 
 def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
-    """One state gradient carried backwards: each chunk's end-state gradient and the initial state's."""
-    dh = q.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=torch.float32)
+    """One state gradient carried backwards: each chunk's end-state gradient (hi, and lo for half inputs: du
+    and dv read ~16 bits of it) and the initial state's (fp32)."""
+    dh, dh_lo = _chunk_states(L, q, True)
     dh0 = q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     _dstate_walk_kernel[L.walk_grid](
-        q, do, k, du, g, rate, dh_t, dh, dh0, L.cu_seqlens, L.chunk_offsets, scale, L.T,
+        q, do, k, du, g, rate, dh_t, dh, dh if dh_lo is None else dh_lo, dh0,
+        L.cu_seqlens, L.chunk_offsets, scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
         HAS_RATE=rate is not None, HAS_KEYS=k is not None, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        HAS_DHT=dh_t is not None, IS_VARLEN=L.varlen,
+        HAS_DHT=dh_t is not None, HAS_LO=dh_lo is not None, IS_VARLEN=L.varlen,
     )
-    return dh, dh0
+    return dh, dh_lo, dh0
 
 
 def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
@@ -176,24 +198,27 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     # then dv and dbeta. The per-V-block partial sums are reduced below.
     nv = triton.cdiv(L.V, L.BV_grad)
     grid = L.parallel_grid(L.BV_grad)
-    dh_r, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
+    dh_r, dh_r_lo, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)
     dgamma_part = q.new_empty(nv, *gamma.shape, dtype=torch.float32)
     _rla_bwd_du_kernel[grid](
-        q, k, g, gamma, res, do, dh_r, du, dgamma_part,
+        q, k, g, gamma, res, do, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_r_lo is not None,
+        IS_VARLEN=L.varlen,
     )
-    dh_s, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
+    del dh_r_lo
+    dh_s, dh_s_lo, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[grid](
-        q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
+        q, k, v, g, beta, do, du, dh_s, dh_s if dh_s_lo is None else dh_s_lo, dv, dbeta_part,
         L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_s_lo is not None, IS_VARLEN=L.varlen,
     )
+    del dh_s_lo
 
     # dq, dk, dg and gamma's output term: first each chunk's token-to-token matrices M, Mk (sums over all of V)
     # and gamma's in-chunk term, then per K-block the state terms, reading M and Mk.

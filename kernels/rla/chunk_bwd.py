@@ -36,8 +36,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import autotune, dot_split, exp_where, load_tile, store_tile, warps_stages_configs
-from .chunk_fwd import _chunk_coords, _seq_bounds
+from ..triton_utils import autotune, exp_where, load_tile, store_tile, warps_stages_configs
+from .chunk_fwd import _chunk_coords, _dot_state, _seq_bounds, _store_state
 
 
 @triton.jit
@@ -60,17 +60,18 @@ def _drho_from_residual(r, clip, RESIDUAL: tl.constexpr):
           key=["H", "K", "V", "BT", "BK", "BV", "HAS_RATE", "HAS_KEYS", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T"])
 def _dstate_walk_kernel(
-    q, do, k, du, g, rate, dh_t, dh, dh0,
+    q, do, k, du, g, rate, dh_t, dh, dh_lo, dh0,
     cu_seqlens, chunk_offsets, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_RATE: tl.constexpr, HAS_KEYS: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
-    HAS_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_DHT: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """A state gradient carried backwards over a sequence's chunks,
         dh <- exp(G_L) dh + sum_t exp(G_t) q_t (scale rate_t do_t)^T [+ exp(Gm_t) k_t du_t^T],
     dh_R with rate = gamma, dh_S with rate = 1 and the key-query term. Stores each chunk's END-state
-    gradient (read by the chunk-parallel kernels) and the initial state's. One program per (K-block,
+    gradient (read by the chunk-parallel kernels; in dh's dtype, with HAS_LO its rounding error in dh_lo,
+    as the forward walk stores its states) and the initial state's (fp32). One program per (K-block,
     V-block, sequence x head)."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
@@ -89,7 +90,7 @@ def _dstate_walk_kernel(
         b_dh += load_tile(dh_t + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     for i_loop in range(0, NT):
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
-        store_tile(dh + ((boh + i_t) * H + i_h) * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        _store_state(dh, dh_lo, ((boh + i_t) * H + i_h) * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV, HAS_LO)
         tok_k = (bos * H + i_h) * K
         tok_v = (bos * H + i_h) * V
         rows = i_t * BT + o_t
@@ -116,11 +117,12 @@ def _dstate_walk_kernel(
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_du_kernel(
-    q, k, g, gamma, res, do, dh_r, du, dgamma_part,
+    q, k, g, gamma, res, do, dh_r, dh_r_lo, du, dgamma_part,
     cu_seqlens, chunk_indices, scale, clip, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """Step 1 (the R path) for every chunk in parallel, from the stored dh_R': du, and the residual's
     share of dgamma per V-block. One program per (V-block, chunk, head)."""
@@ -146,18 +148,22 @@ def _rla_bwd_du_kernel(
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     b_do = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-    b_dhr = load_tile(dh_r + (i_row * H + i_h) * K * V, 0, K, V, i_v * BV, V, BK, BV)
+    h_off = (i_row * H + i_h) * K * V
+    b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_dhr_lo = b_dhr
+    if HAS_LO:
+        b_dhr_lo = load_tile(dh_r_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     b_dO2 = b_do * (scale * b_gamma)[:, None]
     key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
     b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
     b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
     b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
-    # dh' (fp32) reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last
-    # tokens): it keeps ~16 bits there (bf16 hi + lo halves, dot_split) instead of one bf16 cast, whose
-    # 2^-9 went straight into them (bf16 K=128, emulated: dv's error off the clip's edge 2.5e-3 -> 1.9e-3,
-    # dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
-    b_Y += tl.exp(b_GL - b_G)[:, None] * dot_split(b_k, b_dhr, DOT_PREC)
+    # dh' reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last
+    # tokens): it keeps ~16 bits there (the walk's stored bf16 hi + lo halves, as dot_split made them from
+    # the fp32 tile) instead of one bf16 cast, whose 2^-9 went straight into them (bf16 K=128, emulated:
+    # dv's error off the clip's edge 2.5e-3 -> 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
+    b_Y += tl.exp(b_GL - b_G)[:, None] * _dot_state(b_k, b_dhr, b_dhr_lo, DT, DOT_PREC, HAS_LO)
     tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
     # Through rho (its mask read from the rerun's r: see chunk_fwd's residual kernel): du = -de.
     b_du = -(b_gamma[:, None] * b_Y * _drho_from_residual(b_r, clip, RESIDUAL))
@@ -167,11 +173,11 @@ def _rla_bwd_du_kernel(
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dv_kernel(
-    q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
+    q, k, v, g, beta, do, du, dh_s, dh_s_lo, dv, dbeta_part,
     cu_seqlens, chunk_indices, scale, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """Step 2 (the S path) for every chunk in parallel, from the stored dh_S' and du: dv, and dbeta per
     V-block. One program per (V-block, chunk, head)."""
@@ -199,7 +205,11 @@ def _rla_bwd_dv_kernel(
     b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
     b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    b_dhs = load_tile(dh_s + (i_row * H + i_h) * K * V, 0, K, V, i_v * BV, V, BK, BV)
+    h_off = (i_row * H + i_h) * K * V
+    b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_dhs_lo = b_dhs
+    if HAS_LO:
+        b_dhs_lo = load_tile(dh_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     # Values beta_i v_i, read by the q queries (decay from G_t) and the k queries (from Gm_t), i < t.
     key_lt_query = o_t[:, None] < o_t[None, :]  # [key i, query t]
@@ -209,7 +219,7 @@ def _rla_bwd_dv_kernel(
     b_Ak = b_Ak * exp_where(key_lt_query, b_Gm[None, :] - b_G[:, None])
     b_X = tl.dot(b_Aq.to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
     b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
-    b_X += tl.exp(b_GL - b_G)[:, None] * dot_split(b_k, b_dhs, DOT_PREC)
+    b_X += tl.exp(b_GL - b_G)[:, None] * _dot_state(b_k, b_dhs, b_dhs_lo, DT, DOT_PREC, HAS_LO)
     tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v * b_X, axis=1), mask=in_seq)
     store_tile(dv + tok_v, b_beta[:, None] * b_X - b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
@@ -326,7 +336,9 @@ def _rla_bwd_dqkg_kernel(
         b_dk_h += tl.dot(b_du, tl.trans(b_hs.to(DT)), input_precision=DOT_PREC)
         b_dhs = load_tile(dh_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_dhr = load_tile(dh_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_hdh += tl.sum(b_hs * b_dhs + b_hr * b_dhr, axis=1)
+        # the stored (input-dtype) states, products in fp32: what fla's dg_last reads of its h and dh
+        b_hdh += tl.sum(b_hs.to(tl.float32) * b_dhs.to(tl.float32), axis=1)
+        b_hdh += tl.sum(b_hr.to(tl.float32) * b_dhr.to(tl.float32), axis=1)
         b_vb = (load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * b_beta[:, None]).to(DT)
         b_rg = (load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV) * b_gamma[:, None]).to(DT)
         b_dk_end += tl.dot(b_vb, tl.trans(b_dhs.to(DT)), input_precision=DOT_PREC)

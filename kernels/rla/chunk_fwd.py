@@ -1,7 +1,8 @@
 """RLA chunk forward in Triton: two lean state walks around chunk-parallel residuals, then chunk-parallel outputs.
 
 Per (sequence, head), chunks of BT tokens, G = inclusive cumsum of the log decay g inside a chunk,
-Gm = G - g (the exclusive sum), h_S / h_R the states at the chunk start ([K, V], fp32):
+Gm = G - g (the exclusive sum), h_S / h_R the states at the chunk start ([K, V]; the walks carry them in
+fp32 and store them in the input dtype, h_S with its rounding error beside it for half inputs: see chunk.py):
 
     u_t  = S_{t-1}^T k_t = exp(Gm_t) h_S^T k_t + sum_{i<t}  exp(Gm_t - G_i) beta_i  (k_i.k_t) v_i
     r_t  = rho(v_t - u_t)
@@ -42,21 +43,44 @@ def _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, NT_fixed, IS_VARLEN: tl.const
     return bos, eos - bos, boh
 
 
+@triton.jit
+def _store_state(h, h_lo, off, b_h, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr,
+                 HAS_LO: tl.constexpr):
+    """A walk's fp32 state tile stored in h's dtype (the input dtype: rounded to nearest) and, with HAS_LO,
+    the part that rounding lost in h_lo (same dtype): hi + lo carries ~16 bits for bf16, what dot_split
+    gave from an fp32 tile, and hi alone is the one half cast the other readers made before."""
+    store_tile(h + off, b_h, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    if HAS_LO:
+        b_hi = b_h.to(h.dtype.element_ty).to(tl.float32)
+        store_tile(h_lo + off, b_h - b_hi, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+
+
+@triton.jit
+def _dot_state(a, b_hi, b_lo, DT: tl.constexpr, DOT_PREC: tl.constexpr, HAS_LO: tl.constexpr):
+    """a @ state, the state read as its stored hi tile plus, with HAS_LO, its lo tile: two half dots, the
+    products and their order those of dot_split on the fp32 tile (hi first, lo accumulated onto it)."""
+    out = tl.dot(a, b_hi.to(DT), input_precision=DOT_PREC)
+    if HAS_LO:
+        out = tl.dot(a, b_lo.to(DT), out, input_precision=DOT_PREC)
+    return out
+
+
 # Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
 # hit a CUDA illegal memory access (cause not found), and a walk has little to tune.
 @autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
           key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T"])
 def _state_walk_kernel(
-    k, x, g, rate, h0, h, h_final,
+    k, x, g, rate, h0, h, h_lo, h_final,
     cu_seqlens, chunk_offsets, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
-    HAS_H0: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """One gated additive state over a sequence's chunks, h <- exp(G_L) h + (k exp(G_L - G) rate)^T x:
-    S with (rate, x) = (beta, v), R with (gamma, r). Stores every chunk-start state and the final one.
+    S with (rate, x) = (beta, v), R with (gamma, r). Stores every chunk-start state (in h's dtype; with
+    HAS_LO also what that rounding lost, in h_lo: _store_state) and the final one (fp32).
     One program per (K-block, V-block, sequence x head): rows of h in different K-blocks never mix."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
@@ -75,7 +99,7 @@ def _state_walk_kernel(
         b_h += load_tile(h0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
-        store_tile(h + ((boh + i_t) * H + i_h) * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        _store_state(h, h_lo, ((boh + i_t) * H + i_h) * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV, HAS_LO)
         b_k = load_tile(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
         b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         rows = i_t * BT + o_t
@@ -121,11 +145,12 @@ def _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H: tl.constexpr, BT: 
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_residual_kernel(
-    k, v, g, beta, h_s, res,
+    k, v, g, beta, h_s, h_s_lo, res,
     cu_seqlens, chunk_indices, clip, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
     every chunk in parallel, one program per (V-block, chunk, head)."""
@@ -147,16 +172,21 @@ def _rla_residual_kernel(
     b_Gm = b_G - b_g
     b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-    b_hs = load_tile(h_s + (i_row * H + i_h) * K * V, 0, K, V, i_v * BV, V, BK, BV)
+    h_off = (i_row * H + i_h) * K * V
+    b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_hs_lo = b_hs
+    if HAS_LO:
+        b_hs_lo = load_tile(h_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
     b_A = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
     b_A = b_A * exp_where(strict, b_Gm[:, None] - b_G[None, :]) * b_beta[None, :]
     # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this kernel's rerun: an
     # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
-    # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the fp32 state
-    # h_S and the decayed matrix A enter as hi + lo bf16 halves (dot_split), k and v exact.
-    b_u = dot_split(b_k, b_hs, DOT_PREC) * tl.exp(b_Gm)[:, None]
+    # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the state h_S
+    # enters as its stored hi + lo halves (the walk's fp32 state, split as dot_split would), the decayed
+    # matrix A through dot_split, k and v exact.
+    b_u = _dot_state(b_k, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_Gm)[:, None]
     b_u += dot_split(b_A, b_v, DOT_PREC)
     b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
     store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
