@@ -223,7 +223,9 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     # dq, dk, dg and gamma's output term: first each chunk's token-to-token matrices M, Mk (sums over all of V)
     # and gamma's in-chunk term, then per K-block the state terms, reading M and Mk.
     chunk_grid = L.parallel_grid(L.V)[1:]  # (chunk, head) or (chunk, (sequence, head))
-    m, mk = (q.new_empty(L.n_chunks, L.H, L.BT, L.BT, dtype=torch.float32) for _ in range(2))
+    # M and Mk in the input dtype: the dq/dk kernel casts them to it in every dot that reads them (fp32 inputs:
+    # fp32), so storing them rounded changes nothing there and halves their bytes (written once, read per K-block).
+    m, mk = (q.new_empty(L.n_chunks, L.H, L.BT, L.BT, dtype=L.state_dtype) for _ in range(2))
     dgamma_intra = torch.zeros_like(gamma, dtype=torch.float32)
     _rla_bwd_intra_kernel[chunk_grid](
         q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra,

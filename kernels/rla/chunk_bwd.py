@@ -236,8 +236,8 @@ def _rla_bwd_intra_kernel(
     """One program per (chunk, head): the chunk's token-to-token matrices, summed over all of V,
         M  = [t > i] exp(G_t - G_i) beta_i (dO1_t . v_i) + exp(G_t - G_i) gamma_t gamma_i (dO1_t . r_i)
         Mk = [t > i] exp(Gm_t - G_i) beta_i (du_t . v_i)
-    (what dq, dk read of the other tokens, as query t and key i), stored [BT, BT] per chunk for the dq/dk
-    kernel, and gamma's output term through the chunk, sum_i A_ti D_ti gamma_i (dO1_t . r_i) with the whole
+    (what dq, dk read of the other tokens, as query t and key i), stored [BT, BT] per chunk (in the input
+    dtype: the dq/dk kernel's dots cast them to it) for the dq/dk kernel, and gamma's output term through the chunk, sum_i A_ti D_ti gamma_i (dO1_t . r_i) with the whole
     q.k product A (so the dq/dk kernel, one program per K-block, holds no [BT, BT] V-sums in its V loop)."""
     i_t = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
