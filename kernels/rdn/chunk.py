@@ -51,15 +51,15 @@ BWD_CHUNK_SIZE = 32
 # (H200, 2026-11-30, profile_kernels.py) the walks took 2.40 / 2.93 / 3.24 ms at four warps, 5.49 ms (reverse)
 # at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one.
 WALK_WARPS = 4
-# The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs to time on the GPU (neither timed yet).
-# GRAD_HALF_STATE_DOTS: its state dots as single half dots (the token tile rounds to 2^-9, as fla's dv/dh
-# operands; twice the tensor rate, half the state tile registers) instead of tf32 on fp32 copies of the stored
-# states (the precision of the float64 GPU checks of 2026-11-30). GRAD_BK: its K-block width. 64 (two programs
-# a chunk at K = 128, each redoing the [BT, BT] work and rereading the token tiles) or 128 (one program, half the
-# token reads, more registers). Stack bytes a thread by ptxas (sm_90, K = V = 128, bf16, 8 / 4 warps, 1 stage;
-# scripts/kernel_resources.py, 2026-12-01): BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912
-# (tf32), 192 / 424 (half).
-GRAD_HALF_STATE_DOTS = False
+# The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01, B=16 T=2k,
+# profile_kernels.py --tune): half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
+# (BK 128); half, BK 128 4.12. GRAD_HALF_STATE_DOTS: its state dots as single half dots (the token tile rounds
+# to 2^-9, as fla's dv/dh operands; the stored states are bf16 already) instead of tf32 on fp32 copies; the
+# float64 check passed either way (bf16 worst 3.3e-3 half, 3.1e-3 tf32). GRAD_BK: its K-block width, 64 (two
+# programs a chunk at K = 128, each redoing the [BT, BT] work) or 128 (one program, more registers). Stack
+# bytes a thread by ptxas (sm_90, K = V = 128, bf16, 8 / 4 warps, 1 stage; scripts/kernel_resources.py):
+# BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912 (tf32), 192 / 424 (half).
+GRAD_HALF_STATE_DOTS = True
 GRAD_BK = 64
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
