@@ -3,10 +3,14 @@
 The two entry points the API layer wraps in an autograd function (states fp32 [N, H, K, V]; S0/R0 None
 mean zeros, and then dS0/dR0 come back None):
 
-    chunk_rdn_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, segments=None)
-        -> (o, S_T, R_T)
-    chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T)
+    chunk_rdn_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, segments=None,
+                  save_wy=False)
+        -> (o, S_T, R_T), or with save_wy (o, S_T, R_T, wy)
+    chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, *, wy=None)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
+
+``wy`` [3, B, T, H, BT] fp32 is the forward's T_beta, T_gamma and Mk (wy.py), which the backward then does
+not recompute; a backward without it (or with another chunk size's) recomputes them.
 
 Semantics are exactly ``naive.py``. The work is split the way fla splits its gated delta rule, so that only
 what links the chunks runs sequentially:
@@ -14,11 +18,11 @@ what links the chunks runs sequentially:
     forward:  wy.py (chunk-local matrices, chunk-parallel) -> chunk_fwd walk (states, sequential per
               (sequence, head, V-block)) -> chunk_fwd output (chunk-parallel); at small batch and long T
               the walk is cut along the sequence instead (segmented.py, ``segments=``)
-    backward: wy.py again -> the forward walk again, storing X -> chunk_bwd reverse walk (state adjoints)
-              -> chunk_bwd gradients (chunk-parallel)
+    backward: Mqi (wy.py; all of wy.py without the forward's saved matrices) -> the forward walk again,
+              storing X -> chunk_bwd reverse walk (state adjoints) -> chunk_bwd gradients (chunk-parallel)
 
-The backward reruns the forward walk instead of keeping its buffers alive between forward and backward
-(the API saves only the inputs).
+The backward reruns the forward walk instead of keeping its states alive between forward and backward (the
+API saves the inputs and the chunk matrices: [T, BT] a head against [K, V] a chunk for the states).
 """
 from __future__ import annotations
 
@@ -31,23 +35,27 @@ from ._triton_helpers import chunk_tables
 from .chunk_bwd import _rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_rows_kernel, _rdn_bwd_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
-from .wy import _rdn_wy_kernel
+from .wy import _rdn_mqi_kernel, _rdn_wy_kernel
 
-CHUNK_SIZE = 64
-# The backward chunks by 32 tokens. Its kernels of before (the single gradient kernel, then the dv kernel) did not
-# fit sm_90's shared memory at 64-token chunks and K = 128; the rows kernel does (152-201 KiB of 227), but at 64
-# the rerun and reverse walks spill 1392 and 1320 bytes a thread against 416 and 600 at 32
+# The forward chunks by 32 tokens, as the backward, so that the backward reuses its T_beta, T_gamma and Mk (plan
+# P4: the backward's _rdn_wy_kernel took 0.96 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01, its Mqi alone is
+# one q k^T dot a chunk). At 32 the forward walk takes the raw-k path (_walk, RAW_K), measured no slower than at 64
+# (2.00 vs 2.08 ms with bf16 states, H200, 2026-11-30); the output kernel reads twice the chunk states.
+CHUNK_SIZE = 32
+# The backward chunks by 32 tokens whatever the forward did. Its kernels of before (the single gradient kernel, then
+# the dv kernel) did not fit sm_90's shared memory at 64-token chunks and K = 128; the rows kernel does (152-201 KiB
+# of 227), but at 64 the rerun and reverse walks spill 1392 and 1320 bytes a thread against 416 and 600 at 32
 # (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms).
-# The backward reruns the forward walk itself, so it may chunk differently from the forward call: the math is
-# exact, the rounding is not (the rerun's X, whose sign against +-c is the clip's gradient mask, comes from 32-token
-# chunks, its chunk-matrix dots at tf32x3, the forward's output from 64-token chunks at tf32; the rerun reads k.S
-# through a split dot, ~2^-16, the forward at tf32, _walk says why): an element within rounding of the clip may
-# be masked as the other side of the forward it belongs to.
+# The backward reruns the forward walk itself: the math is exact, the rounding is not (the rerun's X, whose sign
+# against +-c is the clip's gradient mask, has its chunk-matrix dots at tf32x3, the forward's at tf32; a forward
+# called with chunk_size=64 also chunks differently and reads k.S at tf32 instead of a split dot, _walk says why):
+# an element within rounding of the clip may be masked as the other side of the forward it belongs to.
 BWD_CHUNK_SIZE = 32
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
 # bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk: 424 /
 # 416 / 512 at four warps, 552 / 168 / 136 at eight (the reverse walk 600 at four since it stores dyr, dX,
-# dyv). Fewer spills did not make eight faster: at B=16 T=2k
+# dyv; the forward walk 240 at four at 32-token chunks, against 440 at 64, 2026-12-01). Fewer spills did not
+# make eight faster: at B=16 T=2k
 # (H200, 2026-11-30, profile_kernels.py) the walks took 2.40 / 2.93 / 3.24 ms at four warps, 5.49 ms (reverse)
 # at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one.
 WALK_WARPS = 4
@@ -140,15 +148,33 @@ def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def _wy(L: _Layout, q, k, g, beta, gamma, with_mqi: bool):
-    """T_beta, T_gamma, Mk and (for the backward) Mqi of every chunk, [B, T, H, BT] fp32."""
-    t_beta, t_gamma, m_k = (L.per_token(k, L.BT) for _ in range(3))
+def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
+    """Shape of the forward's saved chunk matrices (``save_wy``): T_beta, T_gamma, Mk as [3, B, T, H, BT] fp32."""
+    return (3, *q.shape[:3], chunk_size)
+
+
+def _wy(L: _Layout, q, k, g, beta, gamma, with_mqi: bool, out=None):
+    """T_beta, T_gamma, Mk and (for the backward) Mqi of every chunk, [B, T, H, BT] fp32; the first three in
+    ``out`` ([3, B, T, H, BT], the forward's saved copy) when given."""
+    if out is None:
+        out = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
+    t_beta, t_gamma, m_k = out.unbind(0)
     m_qi = L.per_token(k, L.BT) if with_mqi else None
     if L.n_chunks:
         _rdn_wy_kernel[L.chunk_grid](
             q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, L.cu_seqlens, L.chunk_indices, L.T,
             H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, STORE_MQI=with_mqi, IS_VARLEN=L.varlen)
     return t_beta, t_gamma, m_k, m_qi
+
+
+def _mqi(L: _Layout, q, k, g):
+    """Mqi alone (wy.py), for a backward that has the forward's T_beta, T_gamma and Mk."""
+    m_qi = L.per_token(k, L.BT)
+    if L.n_chunks:
+        _rdn_mqi_kernel[L.chunk_grid](
+            q, k, g, m_qi, L.cu_seqlens, L.chunk_indices, L.T,
+            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
+    return m_qi
 
 
 def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x):
@@ -177,11 +203,15 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
 
 
 def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
-                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, segments: int | None = None):
+                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, segments: int | None = None,
+                  save_wy: bool = False):
     """RDN forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
 
     ``segments``: cut each sequence into that many pieces walked in parallel (segmented.py; fixed-length
     batches only); None chooses by the GPU's size (only long sequences at small batch are cut).
+    ``save_wy``: also return the chunk matrices T_beta, T_gamma, Mk ([3, B, T, H, chunk_size] fp32, ``wy_shape``)
+    for ``chunk_rdn_bwd(..., wy=)``. fp32, not the input dtype: the backward's rerun walk takes X, whose sign
+    against the clip masks the gradient, through them at ~fp32 (tf32x3).
     """
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     if segments is not None and (segments < 1 or (cu_seqlens is not None and segments != 1)):
@@ -192,7 +222,8 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
-    t_beta, t_gamma, m_k, _ = _wy(L, q, k, g, beta, gamma, False)
+    wy = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
+    t_beta, t_gamma, m_k, _ = _wy(L, q, k, g, beta, gamma, False, wy)
     if segments > 1:
         h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(
             L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments)
@@ -206,15 +237,16 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         _rdn_out_kernel[L.chunk_grid_v](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
-    return o, S_T, R_T
+    return (o, S_T, R_T, wy) if save_wy else (o, S_T, R_T)
 
 
 def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
-                  *, chunk_size: int = CHUNK_SIZE):
+                  *, chunk_size: int = CHUNK_SIZE, wy=None):
     """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype (states fp32).
 
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when
-    ``S0``/``R0`` are None.
+    ``S0``/``R0`` are None. ``wy``: the forward's saved chunk matrices (``chunk_rdn_fwd(save_wy=True)``), used
+    when they have this call's chunking (else, or when None or empty, recomputed).
     """
     _check_chunk_size(chunk_size)
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
@@ -225,7 +257,11 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             raise ValueError(f"{name} must be [N, H, K, V] = {[L.N, L.H, L.K, L.V]}; got {tuple(d.shape)}")
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
-    t_beta, t_gamma, m_k, m_qi = _wy(L, q, k, g, beta, gamma, True)
+    if wy is not None and tuple(wy.shape) == wy_shape(k, L.BT) and wy.dtype == torch.float32:
+        t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
+        m_qi = _mqi(L, q, k, g)
+    else:
+        t_beta, t_gamma, m_k, m_qi = _wy(L, q, k, g, beta, gamma, True)
     h_s, h_r, _, _, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)

@@ -10,7 +10,9 @@ kernel stores, for every chunk, as [B*T, H, BT] fp32 (row t of the chunk's matri
 
     T_beta = (I + A_beta)^{-1},  T_gamma = (I + A_gamma)^{-1}
     Mk[t, i]  = exp(Gp_t - G_i) k_t . k_i   (i < t)    the residual query's in-chunk read of S
-    Mqi[t, i] = exp(G_t - G_i)  q_t . k_i   (i <= t)   the output query's (only when STORE_MQI)
+    Mqi[t, i] = exp(G_t - G_i)  q_t . k_i   (i <= t)   the output query's (only when STORE_MQI; the
+                                                        backward of a forward that saved the other three
+                                                        gets it alone from _rdn_mqi_kernel)
 
 so that the sequential walks (chunk_fwd.py, chunk_bwd.py) do no K x K work. One k k^T dot gives Mk, and
 A_x = diag(x exp(g)) Mk, since exp(G_t - G_i) = exp(g_t) exp(Gp_t - G_i); the inversions read Mk's blocks back
@@ -161,3 +163,28 @@ def _rdn_wy_kernel(
     tl.debug_barrier()  # every thread's Mk stores before any thread reads them back
     _blocked_inverse(t_beta, m_k, beta, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
     _blocked_inverse(t_gamma, m_k, gamma, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
+
+
+# The backward's only chunk matrix that the forward does not save (chunk.py chunk_rdn_fwd ``save_wy``): one
+# q k^T dot a chunk, against the inverses' 16-row substitution loops of _rdn_wy_kernel.
+@autotune(configs=launch_configs((4, 1), (2, 1)), key=["H", "K", "BT", "BK", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T"])
+def _rdn_mqi_kernel(
+    q, k, g, m_qi, cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    o_t = tl.arange(0, BT)
+    rows = i_t * BT + o_t
+    b_g = tl.load(g + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    tok_k = (bos * H + i_h) * K
+    b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    # As _rdn_wy_kernel's STORE_MQI: the same dot and mask, so either source gives the same Mqi.
+    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+    b_mqi = b_qk * exp_masked(o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
+    store_tile(m_qi + (bos * H + i_h) * BT, b_mqi, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)

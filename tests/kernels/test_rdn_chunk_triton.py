@@ -182,7 +182,7 @@ def test_backward_single_token():
 
 
 def test_backward_partial_tail_no_states_output_only():
-    """T = 70 in chunks of 64, odd head dims, no initial state and unused final states."""
+    """T = 70 in chunks of 32, odd head dims, no initial state and unused final states."""
     inputs, _, _ = make_inputs(B=1, T=70, H=1, K=20, V=40)
     check_backward(inputs, None, None, None, 1.0, "tanh", final_grads=False)
 
@@ -348,3 +348,49 @@ def test_gpu_real_shapes(K, dtype):
     inputs, S0, R0 = make_inputs(B=1, T=517, H=4, K=K, V=K, N=4, dtype=dtype, device="cuda")
     check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol)
     check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol)
+
+
+class _NoLaunch:
+    """Stands for a kernel that must not run: launching it fails the test."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("the backward recomputed the chunk matrices the forward saved")
+
+
+@pytest.mark.parametrize("case", ["tail", "varlen", "segmented", "no_states_bf16"])
+def test_backward_takes_the_forward_chunk_matrices(case, monkeypatch):
+    """chunk_rdn_fwd(save_wy=True) hands T_beta, T_gamma, Mk to chunk_rdn_bwd(wy=), which then computes only Mqi
+    (no _rdn_wy_kernel): same gradients as recomputing, and the oracle's; on packed sequences, on a forward cut
+    into segments, on T not a multiple of the chunk, without initial states."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu, kw, tol = None, {}, 1e-4
+    if case == "tail":
+        inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
+    elif case == "varlen":
+        cu = torch.tensor([0, 5, 6, 29, 40], dtype=torch.int32)
+        inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=16, N=4)
+    elif case == "segmented":
+        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16)
+        kw = dict(segments=2)
+    else:
+        inputs, _, _ = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
+        S0 = R0 = None
+        tol = 1e-2
+    o, S, R, wy = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, chunk_size=16, save_wy=True, **kw)
+    assert wy.shape == (3, *inputs[0].shape[:3], 16) and wy.dtype == torch.float32
+    o_ref, S_ref, R_ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, chunk_size=16, **kw)
+    assert torch.equal(o, o_ref) and torch.equal(S, S_ref) and torch.equal(R, R_ref)
+    torch.manual_seed(0)
+    recomputed = check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, chunk_size=16)
+    monkeypatch.setattr(chunk, "_rdn_wy_kernel", _NoLaunch())
+    torch.manual_seed(0)
+    reused = check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, chunk_size=16, wy=wy)
+    assert reused == pytest.approx(recomputed, rel=1e-3, abs=1e-7)
+
+
+def test_backward_recomputes_chunk_matrices_of_another_chunk_size():
+    """Matrices saved at 64-token chunks do not fit a 32-token backward: it recomputes them."""
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=1, K=16, V=16)
+    *_, wy = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=64, save_wy=True)
+    assert wy.shape[-1] == 64
+    check_backward(inputs, S0, R0, None, 1.0, "clip", wy=wy)
