@@ -86,5 +86,6 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
     tensors = (q, k, v, g, beta, gamma, S0, R0)
     op = torch.ops.rla_kernels.fused_recurrent_fwd if _decoding(q, N, initial_state, tensors) \
         else torch.ops.rla_kernels.chunk_fwd
-    o, S_T, R_T = op(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, float(scale), clip, residual)
+    # [:3]: chunk_fwd's fourth output is for its own backward (library.py)
+    o, S_T, R_T = op(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, float(scale), clip, residual)[:3]
     return o, ((S_T, R_T) if output_final_state else None)

@@ -12,6 +12,10 @@ forward under autograd (no activations kept). Eager calls skip the op and use au
 
 Custom ops cannot return None: missing initial states come in as None, and their gradients go out as
 empty tensors that the autograd formula turns back into None.
+
+``chunk_fwd`` returns one tensor more than the API hands on: what the variant's backward takes from its forward
+instead of recomputing it (``_SAVED``; RDN's chunk matrices), or an empty tensor. The autograd formula saves it
+and passes it to ``chunk_bwd``.
 """
 from __future__ import annotations
 
@@ -63,20 +67,37 @@ def _empty_states(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor]) -> tuple[T
     return q.new_empty(shape, dtype=torch.float32), q.new_empty(shape, dtype=torch.float32)
 
 
+# Per variant, the forward's by-product its backward takes instead of recomputing it: the Triton forward's keyword
+# that returns it (as a fourth output), the backward's keyword that takes it, and its fp32 shape. RDN: T_beta,
+# T_gamma, Mk at the forward's 32-token chunks (rdn/chunk.py save_wy, wy_shape; 32 is its CHUNK_SIZE, written here
+# because that module imports triton; tests/kernels/test_api.py checks they agree).
+_SAVED = {"rdn": ("save_wy", "wy", lambda q: (3, *q.shape[:3], 32))}
+
+
+def _nothing_saved(q: Tensor) -> Tensor:
+    return q.new_empty(0, dtype=torch.float32)
+
+
 # ---- forward (training and prefill) ----
 
 @torch.library.custom_op("rla_kernels::chunk_fwd", mutates_args=())
 def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
-              scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor]:
+              scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     fn = triton_function(variant, "chunk", f"chunk_{variant}_fwd")
-    o, S_T, R_T = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens)
-    return tuple(_unaliased((o, S_T, R_T), (q, k, v, g, beta, gamma, S0, R0)))
+    if variant in _SAVED:
+        o, S_T, R_T, saved = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens,
+                                **{_SAVED[variant][0]: True})
+    else:
+        o, S_T, R_T = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens)
+        saved = _nothing_saved(q)
+    return tuple(_unaliased((o, S_T, R_T, saved), (q, k, v, g, beta, gamma, S0, R0)))
 
 
 @chunk_fwd.register_fake
 def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual):
-    return (_dense_like(v), *_empty_states(q, v, cu_seqlens))
+    saved = q.new_empty(_SAVED[variant][2](q), dtype=torch.float32) if variant in _SAVED else _nothing_saved(q)
+    return (_dense_like(v), *_empty_states(q, v, cu_seqlens), saved)
 
 
 # ---- backward ----
@@ -85,17 +106,20 @@ def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale,
 def chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
               scale: float, clip: Optional[float], residual: str,
-              do: Tensor, dS_T: Optional[Tensor], dR_T: Optional[Tensor]) -> list[Tensor]:
+              do: Tensor, dS_T: Optional[Tensor], dR_T: Optional[Tensor], saved: Tensor) -> list[Tensor]:
     fn = triton_function(variant, "chunk", f"chunk_{variant}_bwd")
-    grads = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do.contiguous(), dS_T, dR_T)
+    kw = {_SAVED[variant][1]: saved} if variant in _SAVED and saved.numel() else {}
+    grads = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do.contiguous(), dS_T, dR_T, **kw)
     dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = grads
     dS0 = _placeholder(q) if S0 is None else (torch.zeros_like(S0) if dS0 is None else dS0).float()
     dR0 = _placeholder(q) if R0 is None else (torch.zeros_like(R0) if dR0 is None else dR0).float()
-    return _unaliased((dq, dk, dv, dg, dbeta, dgamma, dS0, dR0), (q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T))
+    return _unaliased((dq, dk, dv, dg, dbeta, dgamma, dS0, dR0),
+                      (q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T, saved))
 
 
 @chunk_bwd.register_fake
-def _chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T):
+def _chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T,
+                    saved):
     return [_dense_like(x) for x in (q, k, v, g, beta, gamma)] + [
         _placeholder(q) if S0 is None else _dense_like(S0, torch.float32),
         _placeholder(q) if R0 is None else _dense_like(R0, torch.float32),
@@ -103,19 +127,23 @@ def _chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale,
 
 
 def _setup_context(ctx, inputs, output):
+    """Saves the inputs and, from an op with a fourth output (chunk_fwd), that output for the backward."""
     variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual = inputs
-    ctx.save_for_backward(q, k, v, g, beta, gamma, S0, R0, cu_seqlens)
+    saved = tuple(output[3:])
+    ctx.mark_non_differentiable(*saved)
+    ctx.save_for_backward(q, k, v, g, beta, gamma, S0, R0, cu_seqlens, *saved)
     ctx.settings = (variant, scale, clip, residual)
 
 
 def _autograd_through(bwd_op):
-    """The autograd formula of a forward op whose gradients come from ``bwd_op`` (same argument list)."""
+    """The autograd formula of a forward op whose gradients come from ``bwd_op`` (same argument list, then the
+    forward's cotangents and its saved fourth output if it has one)."""
 
-    def backward(ctx, do, dS_T, dR_T):
-        q, k, v, g, beta, gamma, S0, R0, cu_seqlens = ctx.saved_tensors
+    def backward(ctx, do, dS_T, dR_T, *_):
+        q, k, v, g, beta, gamma, S0, R0, cu_seqlens, *saved = ctx.saved_tensors
         variant, scale, clip, residual = ctx.settings
         dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = bwd_op(
-            variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T)
+            variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T, *saved)
         dS0 = None if S0 is None else dS0.to(S0.dtype)
         dR0 = None if R0 is None else dR0.to(R0.dtype)
         return None, dq, dk, dv, dg, dbeta, dgamma, dS0, dR0, None, None, None, None

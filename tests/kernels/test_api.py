@@ -151,11 +151,13 @@ def _torch_stand_ins(variant):
 
     chunk = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}[variant]
 
-    def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens):
+    def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, save_wy=False):
         o, (S, R) = chunk(q, k, v, g, beta, gamma, scale, clip, residual, (S0, R0), True, cu_seqlens)
-        return o, S, R
+        # RDN's forward also hands its chunk matrices to its backward (library._SAVED): a stand-in of that shape
+        return (o, S, R) + ((q.new_zeros(library._SAVED[variant][2](q)),) if save_wy else ())
 
-    def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T):
+    def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, wy=None):
+        assert (wy is not None) == (variant in library._SAVED)
         grads = library.torch_chunk_bwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip,
                                         residual, do, dS_T, dR_T)
         return (*grads[:6], None if S0 is None else grads[6], None if R0 is None else grads[7])
@@ -184,13 +186,24 @@ def test_triton_chunk_op_autograd_wiring(variant, compiled, monkeypatch):
         assert rel(x, r) < 1e-4
 
 
-def test_triton_chunk_ops_pass_opcheck(monkeypatch):
-    _spy_triton(monkeypatch, _torch_stand_ins("rla"))
+@pytest.mark.parametrize("variant", OPS)
+def test_triton_chunk_ops_pass_opcheck(variant, monkeypatch):
+    _spy_triton(monkeypatch, _torch_stand_ins(variant))
     xs, init = inputs(T=9)
     xs = [x.requires_grad_() for x in xs]
     for S0, R0 in ((init[0], init[1]), (None, None)):
-        args = ("rla", *xs, S0, R0, None, 0.25, 1.0, "clip")
+        args = (variant, *xs, S0, R0, None, 0.25, 1.0, "clip")
         torch.library.opcheck(torch.ops.rla_kernels.chunk_fwd.default, args)
+
+
+def test_rdn_saved_chunk_matrices_shape_matches_the_kernels():
+    """library._SAVED's RDN shape (the fake's, written without importing triton) is what chunk_rdn_fwd saves."""
+    from rla_kernels.rdn import chunk
+
+    xs, init = inputs(B=1, T=37, H=2)
+    out = chunk.chunk_rdn_fwd(*xs, None, 1.0, "clip", *init[:1], None, None, save_wy=True)
+    assert tuple(out[3].shape) == library._SAVED["rdn"][2](xs[0]) == chunk.wy_shape(xs[0])
+    assert out[3].dtype == torch.float32
 
 
 @pytest.mark.parametrize("variant", OPS)
