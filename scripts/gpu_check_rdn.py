@@ -71,8 +71,9 @@ def check(B, T, H, K, dtype, clip, residual, cu=None):
     do = torch.randn_like(inputs[2])
     dS_T, dR_T = torch.randn_like(S0), torch.randn_like(R0)
     start = time.time()
-    o, S, R = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu)
-    grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T)
+    # As the API (kernels/library.py) does: the backward takes the forward's chunk matrices
+    o, S, R, wy = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True)
+    grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T, wy=wy)
     torch.cuda.synchronize()
     seconds = time.time() - start  # mostly compile on a new variant
 
@@ -142,11 +143,11 @@ def rough_timing():
     do = torch.randn_like(inputs[2])
 
     def fwd():
-        return chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None)
+        return chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, save_wy=True)
 
     def fwd_bwd():
-        fwd()
-        return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None)
+        wy = fwd()[3]
+        return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None, wy=wy)
 
     out = {name: cuda_ms(fn) for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd))}
     return f"bf16 B={B} T={T} H={H} D={D}: fwd {out['fwd']:.2f} ms, fwd+bwd {out['fwd+bwd']:.2f} ms"

@@ -88,8 +88,11 @@ def run_ops(ops, shape, dtype, sms):
             if name.startswith("rla_kernels.") and hasattr(module, "sm_count"):
                 module.sm_count = lambda device: sms
         fwd, bwd = getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
-        fwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None)
-        bwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None, do, None, None)
+        # RDN as the API runs it: the backward takes the forward's chunk matrices (kernels/library.py)
+        saving = op == "rdn"
+        out = fwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None, **({"save_wy": True} if saving else {}))
+        bwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None, do, None, None,
+            **({"wy": out[3]} if saving else {}))
 
 
 def main():

@@ -69,6 +69,8 @@ def main():
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
             do = torch.randn_like(x[2])
+            # RDN's backward takes the forward's chunk matrices, as the API hands them on (kernels/library.py)
+            saved = {"wy": fwd(*x, None, 1.0, "clip", save_wy=True)[3]} if op == "rdn" else {}
             passes = []
             for width in widths or [None]:
                 def setting(fn, width=width):
@@ -81,7 +83,8 @@ def main():
                 passes.append((f"fwd{tag}", setting(lambda: fwd(*x, None, 1.0, "clip"))))
                 for c in map(int, args.bwd_chunks.split(",")):
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
-                        lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c))))
+                        lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c,
+                                        **saved))))
             for name, fn in passes:
                 try:
                     times = profile(fn)
@@ -93,7 +96,7 @@ def main():
                 print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU", flush=True)
                 for kernel, ms in times.most_common(8):
                     print(f"    {ms:8.3f} ms  {kernel}", flush=True)
-            del x, do
+            del x, do, saved
             torch.cuda.empty_cache()
         for line in chosen_configs(op):
             print(line, flush=True)
