@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import library  # noqa: F401  (registers the torch.library ops used by the triton path)
+from .library import ops
 from .backend import choose_backend, is_decode, needs_grad
 from .rdn.naive import naive_recurrent_rdn
 from .rdn.torch_chunk import chunk_rdn_torch
@@ -68,7 +68,7 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
     S0, R0 = (None, None) if initial_state is None else initial_state
 
     if name == "torch" and torch.compiler.is_compiling():
-        o, S_T, R_T = torch.ops.rla_kernels.torch_chunk_fwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens,
+        o, S_T, R_T = ops.torch_chunk_fwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens,
                                                             float(scale), clip, residual)
         return o, ((S_T, R_T) if output_final_state else None)
     if name == "torch":
@@ -84,8 +84,7 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(q.device, non_blocking=True)
     tensors = (q, k, v, g, beta, gamma, S0, R0)
-    op = torch.ops.rla_kernels.fused_recurrent_fwd if _decoding(q, N, initial_state, tensors) \
-        else torch.ops.rla_kernels.chunk_fwd
+    op = ops.fused_recurrent_fwd if _decoding(q, N, initial_state, tensors) else ops.chunk_fwd
     # [:3]: chunk_fwd's fourth output is for its own backward (library.py)
     o, S_T, R_T = op(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, float(scale), clip, residual)[:3]
     return o, ((S_T, R_T) if output_final_state else None)

@@ -1,11 +1,11 @@
 """The ops as torch.library custom ops, so torch.compile sees one opaque op per call.
 
-Triton path: ``rla_kernels::chunk_fwd`` (with a fake for tracing and an autograd formula calling
-``rla_kernels::chunk_bwd``) and ``rla_kernels::fused_recurrent_fwd`` (decode, no backward). ``variant``
+Triton path: ``NAMESPACE::chunk_fwd`` (with a fake for tracing and an autograd formula calling
+``NAMESPACE::chunk_bwd``) and ``NAMESPACE::fused_recurrent_fwd`` (decode, no backward). ``variant``
 ('rla' or 'rdn') picks the kernel module; the kernels themselves are imported on first use, so this
 file imports on machines without Triton and without the kernels written yet.
 
-Torch path under torch.compile: ``rla_kernels::torch_chunk_fwd``/``torch_chunk_bwd``. Traced inline, the
+Torch path under torch.compile: ``NAMESPACE::torch_chunk_fwd``/``torch_chunk_bwd``. Traced inline, the
 python loop over chunks unrolls into a graph that takes a minute to compile and recompiles for every
 new number of chunks; as one op it compiles in seconds for any length. Its backward recomputes the
 forward under autograd (no activations kept). Eager calls skip the op and use autograd directly.
@@ -13,12 +13,20 @@ forward under autograd (no activations kept). Eager calls skip the op and use au
 Custom ops cannot return None: missing initial states come in as None, and their gradients go out as
 empty tensors that the autograd formula turns back into None.
 
+The namespace is ``rla_kernels_<hash of this file>`` (``NAMESPACE``; call the ops through ``ops``): torch's compile
+caches (inductor's FX graph cache, AOTAutograd's cache, kept across runs in /tmp/torchinductor_$USER) key a
+custom op by its name, not its schema or autograd formula, so after a change here a compiled graph cached by the
+previous version would call the new ops with the old arguments (seen 2026-12-01: "chunk_bwd() is missing value for
+argument 'saved'"). A name that changes with this file makes those entries miss instead.
+
 ``chunk_fwd`` returns one tensor more than the API hands on: what the variant's backward takes from its forward
 instead of recomputing it (``_SAVED``; RDN's chunk matrices), or an empty tensor. The autograd formula saves it
 and passes it to ``chunk_bwd``.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -29,6 +37,7 @@ from .rdn.torch_chunk import chunk_rdn_torch
 from .rla.torch_chunk import chunk_rla_torch
 
 _TORCH_CHUNK = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}
+NAMESPACE = "rla_kernels_" + hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]
 
 
 def _num_sequences(q: Tensor, cu_seqlens: Optional[Tensor]) -> int:
@@ -80,7 +89,7 @@ def _nothing_saved(q: Tensor) -> Tensor:
 
 # ---- forward (training and prefill) ----
 
-@torch.library.custom_op("rla_kernels::chunk_fwd", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::chunk_fwd", mutates_args=())
 def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
               scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -102,7 +111,7 @@ def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale,
 
 # ---- backward ----
 
-@torch.library.custom_op("rla_kernels::chunk_bwd", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::chunk_bwd", mutates_args=())
 def chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
               scale: float, clip: Optional[float], residual: str,
@@ -156,7 +165,7 @@ chunk_fwd.register_autograd(_autograd_through(chunk_bwd), setup_context=_setup_c
 
 # ---- decode ----
 
-@torch.library.custom_op("rla_kernels::fused_recurrent_fwd", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::fused_recurrent_fwd", mutates_args=())
 def fused_recurrent_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
                         S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
                         scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -172,7 +181,7 @@ def _fused_recurrent_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqle
 
 # ---- torch backend as one op (used while compiling) ----
 
-@torch.library.custom_op("rla_kernels::torch_chunk_fwd", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::torch_chunk_fwd", mutates_args=())
 def torch_chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
                     S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
                     scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -189,7 +198,7 @@ def _torch_chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, 
     return _dense_like(v), q.new_empty(shape, dtype=state_dtype), q.new_empty(shape, dtype=state_dtype)
 
 
-@torch.library.custom_op("rla_kernels::torch_chunk_bwd", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::torch_chunk_bwd", mutates_args=())
 def torch_chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
                     S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
                     scale: float, clip: Optional[float], residual: str,
@@ -221,3 +230,5 @@ def _torch_chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, 
 
 
 torch_chunk_fwd.register_autograd(_autograd_through(torch_chunk_bwd), setup_context=_setup_context)
+
+ops = getattr(torch.ops, NAMESPACE)

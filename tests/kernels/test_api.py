@@ -193,7 +193,7 @@ def test_triton_chunk_ops_pass_opcheck(variant, monkeypatch):
     xs = [x.requires_grad_() for x in xs]
     for S0, R0 in ((init[0], init[1]), (None, None)):
         args = (variant, *xs, S0, R0, None, 0.25, 1.0, "clip")
-        torch.library.opcheck(torch.ops.rla_kernels.chunk_fwd.default, args)
+        torch.library.opcheck(library.ops.chunk_fwd.default, args)
 
 
 def test_rdn_saved_chunk_matrices_shape_matches_the_kernels():
@@ -252,3 +252,19 @@ def test_cuda_default_is_triton_and_compiles_fullgraph(variant, monkeypatch):
                                 backend="naive")
     assert asked[-1] == f"fused_recurrent_{variant}_fwd"
     assert rel(o.cpu(), o_ref) < 1e-2
+
+
+def test_op_names_follow_the_wiring_source(tmp_path):
+    """torch's compile caches key a custom op by name: an edited library.py must register under a new namespace,
+    or a graph cached with the old wiring would call the new ops with old arguments (library.py docstring)."""
+    import importlib.util
+    from pathlib import Path
+
+    edited = tmp_path / "library_edited.py"
+    edited.write_text(Path(library.__file__).read_text() + "\n# an edit\n")
+    spec = importlib.util.spec_from_file_location("rla_kernels.library_edited", edited)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NAMESPACE != library.NAMESPACE and module.NAMESPACE.startswith("rla_kernels_")
+    assert module.ops.chunk_fwd.default is not library.ops.chunk_fwd.default
+    assert library.ops.chunk_fwd.default.name() == f"{library.NAMESPACE}::chunk_fwd"

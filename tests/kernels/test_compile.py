@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rla_kernels.library  # noqa: F401  (registers the ops opcheck inspects)
+import rla_kernels.library as library
 from rla_kernels import rdn, rla
 
 
@@ -55,7 +55,7 @@ def test_torch_chunk_op_passes_opcheck(variant):
         (variant, q[:1], k[:1], v[:1], g[:1], beta[:1], gamma[:1], S0, None, cu, 0.25, 1.0, "clip"),
     ]
     for args in cases:
-        torch.library.opcheck(torch.ops.rla_kernels.torch_chunk_fwd.default, args)
+        torch.library.opcheck(library.ops.torch_chunk_fwd.default, args)
 
 
 def test_validate_inside_compile_is_a_clear_error():
