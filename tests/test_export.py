@@ -93,8 +93,13 @@ def test_other_architectures_round_trip_and_decode(tmp_path, build):
     model, out = convert_and_save(build(), tmp_path, variant="rdn")
     ids = torch.randint(1, 128, (1, 7))
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    # the converted model keeps the base's kernel choices (it had lost the MoE experts': eager loop vs grouped_mm)
+    assert model.config._experts_implementation == reloaded.config._experts_implementation
+    assert model.config._attn_implementation == reloaded.config._attn_implementation
     with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+        # not bitwise: qwen3-next's grouped experts matmul rounds differently for equal weights at other
+        # addresses (ulp-level; measured 2026-12-01 with every layer's input equal)
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-6)
     cached = reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     steps = ids
     with torch.no_grad():

@@ -61,5 +61,8 @@ class RLAConfig(PretrainedConfig):
         classes = {"model": f"{base_model_class.__module__}:{base_model_class.__name__}",
                    "config": f"{type(base_config).__module__}:{type(base_config).__name__}"}
         config = cls(base_config=base, conversion=conversion, base_classes=classes)
+        # Not in to_dict(): the kernels the base model dispatches to (attention, MoE experts). Without them the
+        # converted model fell back to the eager experts loop, slower and not bit-equal to its reloaded self.
         config._attn_implementation = getattr(base_config, "_attn_implementation", None)
+        config._experts_implementation = getattr(base_config, "_experts_implementation", None)
         return config
