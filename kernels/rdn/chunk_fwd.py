@@ -103,16 +103,19 @@ def _rdn_walk_kernel(
             b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         else:
             b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_eG = tl.exp(b_G)[:, None]
 
+        # Both k-state dots first, and v loaded just before it is used: this order, only, took ptxas's stack (sm_90,
+        # K = V = 128, BV = 32, 4 warps; scripts/kernel_resources.py) from 240 to 88 bytes a thread here and from 368
+        # to 240 in the backward's rerun (STORE_X, tf32x3); loading the chunk matrices late as well did not help both.
         b_ks = dot_split(b_k, b_s, X_PREC)
+        b_kr = dot_split(b_k, b_r, DOT_PREC)
+        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision=X_PREC)
         b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + tl.dot(b_mk, b_u, input_precision=X_PREC))
-        b_kr = dot_split(b_k, b_r, DOT_PREC)
         b_w = tl.dot(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), input_precision=DOT_PREC)
 
         if STORE_UW:
