@@ -74,6 +74,17 @@ class _Layout:
         # half cast, as they made before). fp32 inputs keep fp32 states and no lo.
         self.state_dtype = q.dtype
         self.split_states = q.dtype != torch.float32
+        # The residuals r and their gradient du are stored in the input dtype too (fp32 inputs: fp32): every
+        # dot that reads them casts them to it, so only three fp32 reads change -- du's r.Y (dgamma's residual
+        # term), dv's direct -du and dq/dk's gamma r (cast after the product) -- and ~15 passes over an [E, V]
+        # tensor halve. The clip's mask is read back from r (|r| < c): a non-saturated r that rounds onto the
+        # stored c would flip it (dv moves by a whole gamma Y), so the residual kernel stores such an r as the
+        # largest value below the stored c (clip_below, one ulp inside) and du compares with the stored c
+        # (clip_mask). tanh and no clip have no mask: clip_mask = clip there.
+        self.res_dtype = q.dtype
+        self.clip_mask, self.clip_below = self.clip, self.clip
+        if self.residual_code == _RESIDUAL_CLIP:
+            self.clip_mask, self.clip_below = _stored_clip(self.clip, self.res_dtype)
         self.dot_prec = dot_precision(q.dtype)
         self.dots_fp32 = HALF_DOTS_IN_FP32 or q.dtype == torch.float32
         self.cu_seqlens = cu_seqlens
@@ -96,6 +107,18 @@ class _Layout:
         if self.parallel_grid(self.V)[1] > GRID_AXIS_LIMIT:
             raise ValueError(f"at most {GRID_AXIS_LIMIT} chunks of {self.BT} tokens per call (one CUDA grid "
                              f"axis); got {self.parallel_grid(self.V)[1]}: split the call")
+
+
+def _stored_clip(clip: float, dtype: torch.dtype):
+    """The clip value c as the kernels hold it (fp32), rounded to ``dtype`` -- what a saturated residual
+    stores -- and the largest ``dtype`` value below that, where a non-saturated one that would round onto it
+    is stored instead."""
+    int_dtype = {2: torch.int16, 4: torch.int32}[dtype.itemsize]
+    c = torch.tensor([clip], dtype=torch.float32).to(dtype)
+    if c.item() == 0:  # a clip below the dtype's smallest value: every residual is 0 and saturated
+        return 0.0, 0.0
+    below = (c.view(int_dtype) - 1).view(dtype)  # c > 0: one step down the bit pattern is the next value down
+    return float(c.float()), float(below.float())
 
 
 def _contiguous(*xs):
@@ -126,9 +149,10 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
     h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without."""
     h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True)
-    res = v.new_empty(v.shape, dtype=torch.float32)
+    res = v.new_empty(v.shape, dtype=L.res_dtype)
     _rla_residual_kernel[L.parallel_grid(L.BV_par)](
-        k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, L.cu_seqlens, L.chunk_indices, L.clip, L.T,
+        k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, L.cu_seqlens, L.chunk_indices, L.clip,
+        L.clip_mask, L.clip_below, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_par,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=h_s_lo is not None,
         IS_VARLEN=L.varlen,
@@ -199,11 +223,11 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     nv = triton.cdiv(L.V, L.BV_grad)
     grid = L.parallel_grid(L.BV_grad)
     dh_r, dh_r_lo, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
-    du = torch.empty_like(res)
+    du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     dgamma_part = q.new_empty(nv, *gamma.shape, dtype=torch.float32)
     _rla_bwd_du_kernel[grid](
         q, k, g, gamma, res, do, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
-        L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, gamma.numel(),
+        L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_r_lo is not None,
         IS_VARLEN=L.varlen,
@@ -242,9 +266,9 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,
         dq, dk, dg_part, dgamma_out_part,
-        L.cu_seqlens, L.chunk_indices, scale, L.T, g.numel(),
+        L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, g.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
     dg = dg_part.sum(0)
     dbeta = dbeta_part.sum(0)

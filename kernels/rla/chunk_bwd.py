@@ -36,14 +36,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import autotune, exp_where, load_tile, store_tile, warps_stages_configs
+from ..triton_utils import autotune, dot_split, exp_where, load_tile, store_tile, warps_stages_configs
 from .chunk_fwd import _chunk_coords, _dot_state, _seq_bounds, _store_state
 
 
 @triton.jit
 def _drho_from_residual(r, clip, RESIDUAL: tl.constexpr):
     """rho'(e) written through r = rho(e): clip passes the gradient where it did not saturate
-    (|r| < c; the boundary |e| = c has measure zero), c tanh(e/c) has slope 1 - (r/c)^2."""
+    (|r| < c; the boundary |e| = c has measure zero), c tanh(e/c) has slope 1 - (r/c)^2. With r stored in a
+    half dtype: r as stored and clip as c rounded to it (the residual kernel keeps every non-saturated r
+    strictly inside)."""
     if RESIDUAL == 1:
         d = tl.where(tl.abs(r) < clip, 1.0, 0.0)
     elif RESIDUAL == 2:
@@ -52,6 +54,16 @@ def _drho_from_residual(r, clip, RESIDUAL: tl.constexpr):
     else:
         d = tl.full(r.shape, 1.0, tl.float32)
     return d
+
+
+@triton.jit
+def _residual_value(r_stored, clip, clip_mask, RESIDUAL: tl.constexpr):
+    """r in fp32 from its stored value (input dtype: see chunk.py's _Layout.res_dtype). A saturated clip residual
+    stores c rounded (clip_mask, e.g. 0.69921875 for c = 0.7 in bf16); it is +-c exactly, as the fp32 r was."""
+    r = r_stored.to(tl.float32)
+    if RESIDUAL == 1:
+        r = tl.where(tl.abs(r) >= clip_mask, tl.where(r < 0, -clip, clip), r)
+    return r
 
 
 # Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
@@ -107,7 +119,7 @@ def _dstate_walk_kernel(
         b_upd = tl.dot(tl.trans(b_qg), b_do.to(DT), input_precision=DOT_PREC)
         if HAS_KEYS:
             b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
-            b_du = load_tile(du + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_du = load_tile(du + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
             b_kg = (b_k * tl.exp(b_G - b_g)[:, None]).to(DT)
             b_upd += tl.dot(tl.trans(b_kg), b_du.to(DT), input_precision=DOT_PREC)
         b_dh = b_dh * tl.exp(b_GL) + b_upd
@@ -118,7 +130,7 @@ def _dstate_walk_kernel(
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_du_kernel(
     q, k, g, gamma, res, do, dh_r, dh_r_lo, du, dgamma_part,
-    cu_seqlens, chunk_indices, scale, clip, T, part_stride,
+    cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
@@ -146,7 +158,8 @@ def _rla_bwd_du_kernel(
     tok_v = (bos * H + i_h) * V
     b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
     b_do = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     h_off = (i_row * H + i_h) * K * V
     b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
@@ -165,8 +178,9 @@ def _rla_bwd_du_kernel(
     # dv's error off the clip's edge 2.5e-3 -> 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
     b_Y += tl.exp(b_GL - b_G)[:, None] * _dot_state(b_k, b_dhr, b_dhr_lo, DT, DOT_PREC, HAS_LO)
     tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
-    # Through rho (its mask read from the rerun's r: see chunk_fwd's residual kernel): du = -de.
-    b_du = -(b_gamma[:, None] * b_Y * _drho_from_residual(b_r, clip, RESIDUAL))
+    # Through rho (its mask read from the rerun's r: see chunk_fwd's residual kernel): du = -de, stored in
+    # the input dtype (every reader but dv's direct -du casts it to that dtype anyway).
+    b_du = -(b_gamma[:, None] * b_Y * _drho_from_residual(b_r_stored, clip_mask, RESIDUAL))
     store_tile(du + tok_v, b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
@@ -204,7 +218,7 @@ def _rla_bwd_dv_kernel(
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
-    b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     h_off = (i_row * H + i_h) * K * V
     b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_dhs_lo = b_dhs
@@ -284,15 +298,15 @@ def _rla_bwd_intra_kernel(
     tl.store(dgamma_intra + gate_off, tl.sum(b_A * b_D * b_gamma[None, :] * b_Q, axis=1), mask=in_seq)
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32"])
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dqkg_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in,
     dq, dk, dg_part, dgamma_part,
-    cu_seqlens, chunk_indices, scale, T, part_stride,
+    cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_t = tl.cast(tl.program_id(1), tl.int64)
@@ -340,9 +354,13 @@ def _rla_bwd_dqkg_kernel(
         b_hdh += tl.sum(b_hs.to(tl.float32) * b_dhs.to(tl.float32), axis=1)
         b_hdh += tl.sum(b_hr.to(tl.float32) * b_dhr.to(tl.float32), axis=1)
         b_vb = (load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * b_beta[:, None]).to(DT)
-        b_rg = (load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV) * b_gamma[:, None]).to(DT)
+        # r is stored rounded to the input dtype: gamma r rounded again would add a second 2^-9 (bf16, no clip:
+        # dk 9.0e-3 -> 1.04e-2, dg 5.8e-3 -> 7.8e-3 against float64, emulated), so gamma r (exact in fp32 up to
+        # 2^-24) enters as hi + lo halves: r's own rounding is the only one left, as before r was stored half.
+        b_rg = _residual_value(load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV), clip, clip_mask,
+                               RESIDUAL) * b_gamma[:, None]
         b_dk_end += tl.dot(b_vb, tl.trans(b_dhs.to(DT)), input_precision=DOT_PREC)
-        b_dk_end += tl.dot(b_rg, tl.trans(b_dhr.to(DT)), input_precision=DOT_PREC)
+        b_dk_end += dot_split(b_rg, tl.trans(b_dhr.to(DT)), DOT_PREC)
 
     b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)

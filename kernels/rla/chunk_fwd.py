@@ -146,14 +146,15 @@ def _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H: tl.constexpr, BT: 
 @triton.jit(do_not_specialize=["T"])
 def _rla_residual_kernel(
     k, v, g, beta, h_s, h_s_lo, res,
-    cu_seqlens, chunk_indices, clip, T,
+    cu_seqlens, chunk_indices, clip, clip_mask, clip_below, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
     IS_VARLEN: tl.constexpr,
 ):
     """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
-    every chunk in parallel, one program per (V-block, chunk, head)."""
+    every chunk in parallel, one program per (V-block, chunk, head). Stored in res's dtype (the input
+    dtype), the clip's mask kept: see the end."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_t = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -189,6 +190,13 @@ def _rla_residual_kernel(
     b_u = _dot_state(b_k, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_Gm)[:, None]
     b_u += dot_split(b_A, b_v, DOT_PREC)
     b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
+    if RESIDUAL == 1:
+        # The backward reads the clip's mask back from the stored r as |r| < clip_mask (the clip rounded to
+        # res's dtype, what a saturated r stores). A non-saturated r within half an ulp of it would round onto
+        # it and read as saturated (dv off by a whole gamma Y): store those one ulp inside, at clip_below.
+        b_rounded = b_res.to(res.dtype.element_ty).to(tl.float32)
+        onto = (tl.abs(b_res) < clip) & (tl.abs(b_rounded) >= clip_mask)
+        b_res = tl.where(onto, tl.where(b_res < 0, -clip_below, clip_below), b_res)
     store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 

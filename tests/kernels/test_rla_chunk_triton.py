@@ -151,6 +151,27 @@ def test_bf16_inputs():
     check(inputs, S0, R0, 0.7, 1.0, "clip", tol=1e-2, chunk_size=16)
 
 
+@pytest.mark.parametrize("dtype, clip, e", [
+    (torch.bfloat16, 0.7, 0.69921875 + 2.0**-11),  # bf16 cannot hold 0.7: a saturated r stores 0.69921875
+    (torch.float16, 1.0, 1.0 - 2.0**-13),
+    (torch.bfloat16, 1.0, 1.0 - 3 * 2.0**-11),  # rounds onto 1.0 on a GPU; the interpreter truncates
+])
+def test_half_residual_just_inside_the_clip_keeps_its_gradient(dtype, clip, e):
+    """r is stored in the input dtype and the backward reads the clip's mask back from it: a residual just
+    inside c that rounds onto the stored c must still pass its gradient (the residual kernel stores it one
+    ulp inside). Token 0 gets e = v - S0^T k = +-e exactly (k a unit vector, S0's row exact in hi + lo); a
+    flipped mask there moves dv by a whole gamma Y on 16 of its 528 rows (dv error ~0.4)."""
+    inputs, S0, R0 = make_inputs(B=1, T=33, H=1, K=16, V=16, dtype=dtype)
+    sign = torch.where(torch.arange(16) % 2 == 0, 1.0, -1.0)
+    inputs[1][0, 0, 0] = 0.0
+    inputs[1][0, 0, 0, 0] = 1.0
+    inputs[2][0, 0, 0] = (1.5 * sign).to(dtype)
+    S0[0, 0, 0] = (1.5 - e) * sign
+    assert ((inputs[2][0, 0, 0].double() - S0[0, 0, 0].double()).abs() == e).all() and e < clip
+    assert torch.tensor(e).to(dtype).item() >= torch.tensor(clip).to(dtype).item()  # rounds onto c (RNE)
+    check(inputs, S0, R0, 0.7, clip, "clip", tol=1e-2, chunk_size=16)
+
+
 def test_bad_arguments_raise_value_errors():
     inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=16, V=16)
     with pytest.raises(ValueError, match="residual"):
