@@ -158,8 +158,6 @@ def _rla_bwd_du_kernel(
     tok_v = (bos * H + i_h) * V
     b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
     b_do = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     h_off = (i_row * H + i_h) * K * V
     b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
@@ -177,6 +175,9 @@ def _rla_bwd_du_kernel(
     # the fp32 tile) instead of one bf16 cast, whose 2^-9 went straight into them (bf16 K=128, emulated:
     # dv's error off the clip's edge 2.5e-3 -> 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
     b_Y += tl.exp(b_GL - b_G)[:, None] * _dot_state(b_k, b_dhr, b_dhr_lo, DT, DOT_PREC, HAS_LO)
+    # r only now (fewer live tiles through the dots above): as stored for the mask, as +-c where saturated
+    b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
     tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
     # Through rho (its mask read from the rerun's r: see chunk_fwd's residual kernel): du = -de, stored in
     # the input dtype (every reader but dv's direct -du casts it to that dtype anyway).
