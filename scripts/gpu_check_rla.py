@@ -5,6 +5,7 @@ any failure.
     python scripts/gpu_check_rla.py                 # correctness table, fixed launch config (~1 min)
     python scripts/gpu_check_rla.py --all-configs   # + every autotune config at two shapes
     python scripts/gpu_check_rla.py --bench         # + autotuned timings at B=4, T=8192, H=16, D=128
+    TRITON_INTERPRET=1 python scripts/gpu_check_rla.py --smoke [--gpu-dots]   # tiny shapes on the CPU
 
 Relative error is ||x - ref|| / ||ref||, the reference being the naive loop in float64 (on the GPU) on the
 same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1e-2 for bf16/fp16.
@@ -48,6 +49,32 @@ def import_kernels():
 
 
 naive, chunk_fwd, chunk_bwd, KERNELS, all_configs = import_kernels()
+
+
+def emulate_gpu_half_dots():
+    """--smoke --gpu-dots: bf16/fp16 dots as the GPU makes them (half operands, fp32 products and sums) instead
+    of the kernels' interpreter fallback (HALF_DOTS_IN_FP32: every half dot operand cast to fp32, so the
+    kernels' roundings to the input dtype before a dot vanish on the CPU). Triton's interpreter multiplies bf16
+    dot operands as raw uint16 bit patterns: its create_dot is patched to convert them to fp32 first."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as interp
+    from rla_kernels.rla import chunk
+
+    orig = interp.InterpreterBuilder.create_dot
+
+    def as_fp32(h):
+        if h.dtype.scalar == tl.bfloat16:
+            return interp._convert_float(h.data, tl.bfloat16, tl.float32, None).view(np.float32)
+        return h.data.astype(np.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if tl.bfloat16 in (a.dtype.scalar, b.dtype.scalar):
+            return interp.TensorHandle(np.matmul(as_fp32(a), as_fp32(b), dtype=d.data.dtype) + d.data, d.dtype.scalar)
+        return orig(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    interp.InterpreterBuilder.create_dot = create_dot
+    chunk.HALF_DOTS_IN_FP32 = False
 # --smoke runs the script's own code on the CPU (under TRITON_INTERPRET=1, tiny shapes) before spending GPU time.
 DEVICE = "cpu" if "--smoke" in sys.argv else "cuda"
 COLUMNS = ("o", "S_T", "R_T", "dq", "dk", "dv", "dg", "dbeta", "dgamma", "dS0", "dR0")
@@ -131,8 +158,14 @@ def main():
     ap.add_argument("--all-configs", action="store_true", help="check every autotune config at two shapes")
     ap.add_argument("--bench", action="store_true", help="autotuned timings at B=4, T=8192, H=16, D=128")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (set TRITON_INTERPRET=1)")
+    ap.add_argument("--gpu-dots", action="store_true",
+                    help="with --smoke: half dots as the GPU makes them (see emulate_gpu_half_dots)")
     ap.add_argument("--case", default="", help="only the cases whose name contains this text")
     args = ap.parse_args()
+    if args.gpu_dots:
+        if not args.smoke:
+            ap.error("--gpu-dots only applies to --smoke")
+        emulate_gpu_half_dots()
     cases = [c for c in CASES if args.case in c[0]]
     import triton
     where = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
