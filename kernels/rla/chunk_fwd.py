@@ -191,12 +191,15 @@ def _rla_residual_kernel(
     b_u += dot_split(b_A, b_v, DOT_PREC)
     b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
     if RESIDUAL == 1:
-        # The backward reads the clip's mask back from the stored r as |r| < clip_mask (the clip rounded to
-        # res's dtype, what a saturated r stores). A non-saturated r within half an ulp of it would round onto
-        # it and read as saturated (dv off by a whole gamma Y): store those one ulp inside, at clip_below.
+        # The backward reads the clip's mask back from the stored r as |r| < clip_mask (c rounded to res's dtype
+        # on the host). A saturated r is stored as +-clip_mask itself (exact: not left to this conversion's
+        # rounding mode, which need not be the host's -- Triton's interpreter truncates); a non-saturated r
+        # that would round onto it or past it (dv off by a whole gamma Y) is stored one ulp inside, at clip_below.
         b_rounded = b_res.to(res.dtype.element_ty).to(tl.float32)
-        onto = (tl.abs(b_res) < clip) & (tl.abs(b_rounded) >= clip_mask)
-        b_res = tl.where(onto, tl.where(b_res < 0, -clip_below, clip_below), b_res)
+        sat = tl.abs(b_res) >= clip
+        onto = (tl.abs(b_rounded) >= clip_mask) & (~sat)
+        b_res = tl.where(sat, tl.where(b_res < 0, -clip_mask, clip_mask),
+                         tl.where(onto, tl.where(b_res < 0, -clip_below, clip_below), b_res))
     store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 

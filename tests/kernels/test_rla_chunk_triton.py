@@ -172,6 +172,15 @@ def test_half_residual_just_inside_the_clip_keeps_its_gradient(dtype, clip, e):
     check(inputs, S0, R0, 0.7, clip, "clip", tol=1e-2, chunk_size=16)
 
 
+@pytest.mark.parametrize("clip", [0.3, 2.9])
+def test_half_residual_with_a_clip_the_dtype_rounds_up(clip):
+    """bf16 rounds 0.3 and 2.9 up (0.30078125, 2.90625): a saturated r must still store c as the host rounded
+    it, whatever the kernel's own fp32 -> bf16 conversion does (the interpreter's truncates)."""
+    inputs, S0, R0 = make_inputs(B=1, T=33, H=2, K=16, V=16, dtype=torch.bfloat16)
+    assert torch.tensor(clip).to(torch.bfloat16).item() > clip
+    check(inputs, S0, R0, 0.7, clip, "clip", tol=1e-2, chunk_size=16)
+
+
 def test_bad_arguments_raise_value_errors():
     inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=16, V=16)
     with pytest.raises(ValueError, match="residual"):
