@@ -4,13 +4,15 @@ The two entry points the API layer wraps in an autograd function (states fp32 [N
 mean zeros, and then dS0/dR0 come back None):
 
     chunk_rdn_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, segments=None,
-                  save_wy=False)
-        -> (o, S_T, R_T), or with save_wy (o, S_T, R_T, wy)
-    chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, *, wy=None)
+                  save_wy=False, keep_walk=False)
+        -> (o, S_T, R_T), then wy with save_wy, then walk with keep_walk
+    chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, *, wy=None,
+                  walk=None)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
 
 ``wy`` [3, B, T, H, BT] fp32 is the forward's T_beta, T_gamma and Mk (wy.py), which the backward then does
-not recompute; a backward without it (or with another chunk size's) recomputes them.
+not recompute; a backward without it (or with another chunk size's) recomputes them. ``walk`` (opt-in, memory
+for time) is the forward walk's (h_s, h_r, X) (``kept_walk_shapes``), which the backward then does not rerun.
 
 Semantics are exactly ``naive.py``. The work is split the way fla splits its gated delta rule, so that only
 what links the chunks runs sequentially:
@@ -21,8 +23,12 @@ what links the chunks runs sequentially:
     backward: Mqi (wy.py; all of wy.py without the forward's saved matrices) -> the forward walk again,
               storing X -> chunk_bwd reverse walk (state adjoints) -> chunk_bwd gradients (chunk-parallel)
 
-The backward reruns the forward walk instead of keeping its states alive between forward and backward (the
-API saves the inputs and the chunk matrices: [T, BT] a head against [K, V] a chunk for the states).
+By default the backward reruns the forward walk instead of keeping its states alive between forward and backward
+(the API saves the inputs and the chunk matrices: [T, BT] a head against [K, V] a chunk for the states). With
+``keep_walk`` the forward's walk also stores X, at the rerun's precision, and hands h_s, h_r, X to the backward:
+one walk fewer (the rerun: 2.41 of the backward's 11.98 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for
+2 x n_chunks x H x K x V input-dtype elements plus B x T x H x V fp32 kept from forward to backward (1.34 GB
+a layer at that shape).
 """
 from __future__ import annotations
 
@@ -132,13 +138,20 @@ class _Layout:
     def state(self, q):
         return q.new_empty(self.N, self.H, self.K, self.V, dtype=torch.float32)
 
-    def chunk_states(self, q):
+    @property
+    def kept_rows(self) -> int:
+        """Rows of a kept walk's chunk-state buffers (``kept_walk_shapes``): the chunk count of a fixed-length
+        batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
+        ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens."""
+        return self.n_chunks if not self.varlen else max(triton.cdiv(self.T, self.BT) + self.N - 1, self.n_chunks)
+
+    def chunk_states(self, q, rows=None):
         """The walks' stored chunk-start states (and state adjoints), in the input dtype, as fla stores its h and
         dh: the walks carry fp32 states in registers, so only the chunk-parallel kernels' reads round (2^-9 for
         bf16, no build-up across chunks), and the bytes that every chunk-parallel kernel streams halve. Float64
         error with bf16 states, H200 2026-11-30 (a monkeypatch of this method, gpu_check_rdn.check's bf16
         K = 128 cases): 2.9e-3 against 2.1e-3 with fp32 ones."""
-        return q.new_empty(self.n_chunks, self.H, self.K, self.V, dtype=q.dtype)
+        return q.new_empty(self.n_chunks if rows is None else rows, self.H, self.K, self.V, dtype=q.dtype)
 
     def per_token(self, q, width):
         return q.new_empty(self.B, self.T, self.H, width, dtype=torch.float32)
@@ -151,6 +164,14 @@ def _contiguous(*xs):
 def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shape of the forward's saved chunk matrices (``save_wy``): T_beta, T_gamma, Mk as [3, B, T, H, BT] fp32."""
     return (3, *q.shape[:3], chunk_size)
+
+
+def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
+    """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] in q's dtype (rows:
+    _Layout.kept_rows) and X [B, T, H, V] fp32."""
+    B, T, H, K = q.shape
+    rows = B * triton.cdiv(T, chunk_size) if cu_seqlens is None else triton.cdiv(T, chunk_size) + len(cu_seqlens) - 2
+    return (max(rows, 0), H, K, V), (max(rows, 0), H, K, V), (B, T, H, V)
 
 
 def _wy(L: _Layout, q, k, g, beta, gamma, with_mqi: bool, out=None):
@@ -177,11 +198,15 @@ def _mqi(L: _Layout, q, k, g):
     return m_qi
 
 
-def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x):
-    """The forward walk: chunk-start states, final states, and U, W for the output or (``store_x``, for the
-    backward) X (see chunk_fwd.py)."""
-    h_s, h_r = L.chunk_states(k), L.chunk_states(k)
-    u, w, x = (None, None, L.per_token(k, L.V)) if store_x else (L.per_token(k, L.V), L.per_token(k, L.V), None)
+def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, store_uw=None):
+    """The forward walk: chunk-start states, final states, and U, W for the output (``store_uw``, by default
+    when not ``store_x``) and/or X (``store_x``: for the backward, at its precision) (see chunk_fwd.py). With both
+    (the forward of ``keep_walk``) the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces."""
+    store_uw = not store_x if store_uw is None else store_uw
+    rows = L.kept_rows if store_x and store_uw else None
+    h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
+    u, w = (L.per_token(k, L.V), L.per_token(k, L.V)) if store_uw else (None, None)
+    x = L.per_token(k, L.V) if store_x else None
     S_T, R_T = L.state(k), L.state(k)
     # Raw half k only at 32-token chunks: at 64 (the forward's) the same kernel gave NaN at K = 64 and an
     # illegal memory access at K = 128 on the H200 (Triton 3.6, 4 and 8 warps alike), where fp32 k tiles, or
@@ -195,7 +220,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         L.cu_seqlens, L.chunk_offsets, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
-        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_UW=not store_x, STORE_X=store_x, IS_VARLEN=L.varlen,
+        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_UW=store_uw, STORE_X=store_x, IS_VARLEN=L.varlen,
         RAW_K=L.BT <= 32,
         num_warps=WALK_WARPS, num_stages=1,
     )
@@ -204,7 +229,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
 
 def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
                   cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, segments: int | None = None,
-                  save_wy: bool = False):
+                  save_wy: bool = False, keep_walk: bool = False):
     """RDN forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
 
     ``segments``: cut each sequence into that many pieces walked in parallel (segmented.py; fixed-length
@@ -212,13 +237,20 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     ``save_wy``: also return the chunk matrices T_beta, T_gamma, Mk ([3, B, T, H, chunk_size] fp32, ``wy_shape``)
     for ``chunk_rdn_bwd(..., wy=)``. fp32, not the input dtype: the backward's rerun walk takes X, whose sign
     against the clip masks the gradient, through them at ~fp32 (tf32x3).
+    ``keep_walk``: also return the walk's ``(h_s, h_r, X)`` (``kept_walk_shapes``) for ``chunk_rdn_bwd(...,
+    walk=)``, which then skips its rerun of this walk. The walk then stores X besides U and W, and runs its S
+    path at the rerun's precision (tf32x3 for half inputs; U, W and the states round as the rerun's, within tf32
+    of the default forward's). Never cut into segments: the segmented walk has no X; ``segments`` > 1 with it is
+    an error, and None means 1 (a backward would rerun the uncut walk anyway).
     """
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     if segments is not None and (segments < 1 or (cu_seqlens is not None and segments != 1)):
         raise ValueError(f"segments must be a positive int, and 1 with cu_seqlens (packed batches are not cut); "
                          f"got {segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
+    if keep_walk and segments not in (None, 1):
+        raise ValueError(f"keep_walk needs the uncut walk (the segmented one stores no X); got segments={segments}")
     if segments is None:
-        segments = 1 if L.varlen else auto_segments(L.B, L.T, L.H, L.K, L.V, L.BT, sm_count(q.device))
+        segments = 1 if L.varlen or keep_walk else auto_segments(L.B, L.T, L.H, L.K, L.V, L.BT, sm_count(q.device))
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
@@ -231,22 +263,33 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         # (a split dot at 64-token chunks is unchecked on the GPU: the walk's failed there, _walk).
         h_s, h_r = h_s.to(q.dtype), h_r.to(q.dtype)
     else:
-        h_s, h_r, u, w, _, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, False)
+        h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, keep_walk, True)
     o = torch.empty_like(v)
     if L.n_chunks:
         _rdn_out_kernel[L.chunk_grid_v](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
-    return (o, S_T, R_T, wy) if save_wy else (o, S_T, R_T)
+    return (o, S_T, R_T) + ((wy,) if save_wy else ()) + (((h_s, h_r, x),) if keep_walk else ())
+
+
+def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
+    """Whether ``walk`` is a kept forward walk of this call's shapes and chunking (its states in q's dtype)."""
+    if walk is None or len(walk) != 3:
+        return False
+    dtypes = (q.dtype, q.dtype, torch.float32)
+    shapes = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
+    return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, shapes, dtypes))
 
 
 def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
-                  *, chunk_size: int = CHUNK_SIZE, wy=None):
+                  *, chunk_size: int = CHUNK_SIZE, wy=None, walk=None):
     """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype (states fp32).
 
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when
     ``S0``/``R0`` are None. ``wy``: the forward's saved chunk matrices (``chunk_rdn_fwd(save_wy=True)``), used
-    when they have this call's chunking (else, or when None or empty, recomputed).
+    when they have this call's chunking (else, or when None or empty, recomputed). ``walk``: the forward walk's
+    ``(h_s, h_r, X)`` (``chunk_rdn_fwd(keep_walk=True)``), used with ``wy`` (whose chunking it shares) when both fit
+    this call, instead of rerunning the walk.
     """
     _check_chunk_size(chunk_size)
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
@@ -257,12 +300,16 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             raise ValueError(f"{name} must be [N, H, K, V] = {[L.N, L.H, L.K, L.V]}; got {tuple(d.shape)}")
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
-    if wy is not None and tuple(wy.shape) == wy_shape(k, L.BT) and wy.dtype == torch.float32:
+    saved_wy = wy is not None and tuple(wy.shape) == wy_shape(k, L.BT) and wy.dtype == torch.float32
+    if saved_wy:
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
         m_qi = _mqi(L, q, k, g)
     else:
         t_beta, t_gamma, m_k, m_qi = _wy(L, q, k, g, beta, gamma, True)
-    h_s, h_r, _, _, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
+    if saved_wy and _fits(walk, L, q, cu_seqlens):
+        h_s, h_r, x = (t.contiguous() for t in walk)
+    else:
+        h_s, h_r, _, _, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.per_token(q, L.V) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)

@@ -423,3 +423,69 @@ def test_api_backward_reuses_the_forward_chunk_matrices(monkeypatch):
     assert rel_err(o, o_ref) < 1e-4
     for got, ref in zip(grads, refs):
         assert rel_err(got, ref) < 1e-4
+
+
+class _NoWalk:
+    """Stands for the forward walk kernel where the backward must not rerun it."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("the backward reran the forward walk it was handed")
+
+
+@pytest.mark.parametrize("case", ["tail", "varlen", "no_states_bf16", "clip_saturating"])
+def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
+    """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, X to chunk_rdn_bwd(walk=), which then launches no walk of
+    the forward: the forward's outputs and the gradients equal the default path's, and the oracle's. At the real
+    32-token chunks: T not a multiple of 32; packed sequences (whose kept buffers take the shape-only row bound);
+    no initial states in bf16; values large enough that the clip saturates most elements."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu, tol = None, 1e-4
+    if case == "tail":
+        inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
+    elif case == "varlen":
+        cu = torch.tensor([0, 5, 6, 40, 77], dtype=torch.int32)  # 6 chunks, the bound ceil(77 / 32) + 3 = 6
+        inputs, S0, R0 = make_inputs(B=1, T=77, H=2, K=16, V=16, N=4)
+    elif case == "no_states_bf16":
+        inputs, _, _ = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
+        S0 = R0 = None
+        tol = 1e-2
+    else:
+        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16, value_scale=30.0)
+        assert clipped_share(inputs, S0, 1.0, "clip") > 0.8
+    o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
+    assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], inputs[2].shape[-1], cu))
+    assert [t.dtype for t in walk] == [inputs[0].dtype, inputs[0].dtype, torch.float32]
+    o_ref, S_ref, R_ref, wy_ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True)
+    for x, ref in ((o, o_ref), (S, S_ref), (R, R_ref), (wy, wy_ref)):
+        torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, keep_walk=False)
+
+    do = torch.randn_like(inputs[2])
+    final = [None if S0 is None else torch.randn_like(S0), None if R0 is None else torch.randn_like(R0)]
+    rerun = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy)
+    torch.manual_seed(1)
+    recomputed = check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, final_grads=S0 is not None, wy=wy)
+    monkeypatch.setattr(chunk, "_rdn_walk_kernel", _NoWalk())
+    kept = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=walk)
+    for x, ref in zip(kept, rerun):
+        if ref is None:
+            assert x is None
+        else:
+            torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(1)
+    reused = check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, final_grads=S0 is not None, wy=wy,
+                            walk=walk)
+    assert reused == pytest.approx(recomputed, rel=1e-4, abs=1e-7)
+
+
+def test_kept_walk_is_ignored_where_it_does_not_fit_and_refuses_segments():
+    """A walk kept at 16-token chunks (or without the chunk matrices it was walked with) is rerun, not misread;
+    the segmented forward stores no X, so keep_walk refuses segments > 1."""
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=1, K=16, V=16)
+    *_, wy16, walk16 = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, save_wy=True,
+                                     keep_walk=True)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", walk=walk16)  # backward at 32: refits neither
+    *_, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, keep_walk=True)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", walk=walk)  # no wy: recomputes both
+    with pytest.raises(ValueError, match="keep_walk needs the uncut walk"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=2, keep_walk=True)
