@@ -19,9 +19,15 @@ custom op by its name, not its schema or autograd formula, so after a change her
 previous version would call the new ops with the old arguments (seen 2026-12-01: "chunk_bwd() is missing value for
 argument 'saved'"). A name that changes with this file makes those entries miss instead.
 
-``chunk_fwd`` returns one tensor more than the API hands on: what the variant's backward takes from its forward
-instead of recomputing it (``_SAVED``; RDN's chunk matrices), or an empty tensor. The autograd formula saves it
-and passes it to ``chunk_bwd``.
+``chunk_fwd`` returns ``N_SAVED`` tensors more than the API hands on: what the variant's backward takes from its
+forward instead of recomputing it (``_SAVED``; RDN's chunk matrices and, with ``keep_walk``, its walk's chunk
+states and X), empty tensors where there is nothing. A fixed count keeps the schema one for every variant and
+setting, and a saved tensor's shape follows from the input shapes alone (the fake's; for packed sequences an
+upper bound on the chunk count, rdn/chunk.py kept_walk_shapes), so torch.compile sees no data-dependent size. The
+autograd formula saves them and passes them to ``chunk_bwd`` as one list.
+
+``keep_walk`` (the API's ``rdn(recompute_states=False)``): memory for time. Only variants in ``_KEEPS_WALK`` take
+it; the others refuse it (the API never asks them).
 """
 from __future__ import annotations
 
@@ -76,15 +82,36 @@ def _empty_states(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor]) -> tuple[T
     return q.new_empty(shape, dtype=torch.float32), q.new_empty(shape, dtype=torch.float32)
 
 
-# Per variant, the forward's by-product its backward takes instead of recomputing it: the Triton forward's keyword
-# that returns it (as a fourth output), the backward's keyword that takes it, and its fp32 shape. RDN: T_beta,
-# T_gamma, Mk at the forward's 32-token chunks (rdn/chunk.py save_wy, wy_shape; 32 is its CHUNK_SIZE, written here
-# because that module imports triton; tests/kernels/test_api.py checks they agree).
-_SAVED = {"rdn": ("save_wy", "wy", lambda q: (3, *q.shape[:3], 32))}
+# chunk_fwd's outputs after (o, S_T, R_T): what a variant's backward takes from its forward, padded with empties.
+N_SAVED = 4
+# RDN's forward chunks by 32 tokens (rdn/chunk.py CHUNK_SIZE, written here because that module imports triton;
+# tests/kernels/test_api.py checks that the shapes below are the kernels').
+_RDN_CHUNK = 32
 
 
-def _nothing_saved(q: Tensor) -> Tensor:
-    return q.new_empty(0, dtype=torch.float32)
+def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
+    """(shape, dtype) of what RDN's forward hands its backward: T_beta, T_gamma, Mk as [3, B, T, H, 32] fp32
+    (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] in q's dtype and X
+    [B, T, H, V] fp32 (chunk.py keep_walk, kept_walk_shapes: rows is the chunk count, or for packed sequences
+    its bound ceil(T / 32) + N - 1)."""
+    B, T, H, K = q.shape
+    saved = [((3, B, T, H, _RDN_CHUNK), torch.float32)]
+    if keep_walk:
+        chunks = (T + _RDN_CHUNK - 1) // _RDN_CHUNK
+        rows = B * chunks if cu_seqlens is None else chunks + cu_seqlens.shape[0] - 2
+        saved += [((rows, H, K, v.shape[3]), q.dtype)] * 2 + [((B, T, H, v.shape[3]), torch.float32)]
+    return saved
+
+
+# Per variant: the saved tensors' (shape, dtype) (see _rdn_saved). The Triton forward returns them after (o, S_T,
+# R_T) when called with save_wy=True (the chunk matrices) and keep_walk=True (the walk, as one tuple); the
+# backward takes them as wy= and walk=.
+_SAVED = {"rdn": _rdn_saved}
+_KEEPS_WALK = {"rdn"}
+
+
+def _padded(q: Tensor, saved) -> list[Tensor]:
+    return list(saved) + [q.new_empty(0, dtype=torch.float32) for _ in range(N_SAVED - len(saved))]
 
 
 # ---- forward (training and prefill) ----
@@ -92,21 +119,26 @@ def _nothing_saved(q: Tensor) -> Tensor:
 @torch.library.custom_op(f"{NAMESPACE}::chunk_fwd", mutates_args=())
 def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
-              scale: float, clip: Optional[float], residual: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              scale: float, clip: Optional[float], residual: str,
+              keep_walk: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if keep_walk and variant not in _KEEPS_WALK:
+        raise ValueError(f"keep_walk (recompute_states=False) is RDN's; {variant} has no walk to keep")
     fn = triton_function(variant, "chunk", f"chunk_{variant}_fwd")
     if variant in _SAVED:
-        o, S_T, R_T, saved = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens,
-                                **{_SAVED[variant][0]: True})
+        o, S_T, R_T, wy, *walk = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens,
+                                    save_wy=True, **({"keep_walk": True} if keep_walk else {}))
+        saved = [wy, *(walk[0] if walk else ())]
     else:
         o, S_T, R_T = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens)
-        saved = _nothing_saved(q)
-    return tuple(_unaliased((o, S_T, R_T, saved), (q, k, v, g, beta, gamma, S0, R0)))
+        saved = []
+    return tuple(_unaliased((o, S_T, R_T, *_padded(q, saved)), (q, k, v, g, beta, gamma, S0, R0)))
 
 
 @chunk_fwd.register_fake
-def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual):
-    saved = q.new_empty(_SAVED[variant][2](q), dtype=torch.float32) if variant in _SAVED else _nothing_saved(q)
-    return (_dense_like(v), *_empty_states(q, v, cu_seqlens), saved)
+def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, keep_walk=False):
+    specs = _SAVED[variant](q, v, cu_seqlens, keep_walk) if variant in _SAVED else []
+    saved = [q.new_empty(shape, dtype=dtype) for shape, dtype in specs]
+    return (_dense_like(v), *_empty_states(q, v, cu_seqlens), *_padded(q, saved))
 
 
 # ---- backward ----
@@ -115,15 +147,19 @@ def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale,
 def chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
               scale: float, clip: Optional[float], residual: str,
-              do: Tensor, dS_T: Optional[Tensor], dR_T: Optional[Tensor], saved: Tensor) -> list[Tensor]:
+              do: Tensor, dS_T: Optional[Tensor], dR_T: Optional[Tensor], saved: list[Tensor]) -> list[Tensor]:
     fn = triton_function(variant, "chunk", f"chunk_{variant}_bwd")
-    kw = {_SAVED[variant][1]: saved} if variant in _SAVED and saved.numel() else {}
+    kw = {}
+    if variant in _SAVED and saved[0].numel():
+        kw["wy"] = saved[0]
+        if saved[3].numel():  # X: the walk was kept
+            kw["walk"] = tuple(saved[1:4])
     grads = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do.contiguous(), dS_T, dR_T, **kw)
     dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = grads
     dS0 = _placeholder(q) if S0 is None else (torch.zeros_like(S0) if dS0 is None else dS0).float()
     dR0 = _placeholder(q) if R0 is None else (torch.zeros_like(R0) if dR0 is None else dR0).float()
     return _unaliased((dq, dk, dv, dg, dbeta, dgamma, dS0, dR0),
-                      (q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T, saved))
+                      (q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T, *saved))
 
 
 @chunk_bwd.register_fake
@@ -136,26 +172,29 @@ def _chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale,
 
 
 def _setup_context(ctx, inputs, output):
-    """Saves the inputs and, from an op with a fourth output (chunk_fwd), that output for the backward."""
-    variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual = inputs
+    """Saves the inputs and, from an op with saved outputs after (o, S_T, R_T) (chunk_fwd), those for the backward.
+    Arguments after ``residual`` (chunk_fwd's keep_walk) only shape the forward."""
+    variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual = inputs[:13]
     saved = tuple(output[3:])
     ctx.mark_non_differentiable(*saved)
     ctx.save_for_backward(q, k, v, g, beta, gamma, S0, R0, cu_seqlens, *saved)
     ctx.settings = (variant, scale, clip, residual)
+    ctx.n_inputs = len(inputs)
 
 
 def _autograd_through(bwd_op):
-    """The autograd formula of a forward op whose gradients come from ``bwd_op`` (same argument list, then the
-    forward's cotangents and its saved fourth output if it has one)."""
+    """The autograd formula of a forward op whose gradients come from ``bwd_op`` (the forward's first 13
+    arguments, then its cotangents and, if it has saved outputs, those as one list)."""
 
     def backward(ctx, do, dS_T, dR_T, *_):
         q, k, v, g, beta, gamma, S0, R0, cu_seqlens, *saved = ctx.saved_tensors
         variant, scale, clip, residual = ctx.settings
         dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = bwd_op(
-            variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T, *saved)
+            variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, do, dS_T, dR_T,
+            *((list(saved),) if saved else ()))
         dS0 = None if S0 is None else dS0.to(S0.dtype)
         dR0 = None if R0 is None else dR0.to(R0.dtype)
-        return None, dq, dk, dv, dg, dbeta, dgamma, dS0, dR0, None, None, None, None
+        return (None, dq, dk, dv, dg, dbeta, dgamma, dS0, dR0) + (None,) * (ctx.n_inputs - 9)
 
     return backward
 

@@ -151,37 +151,49 @@ def _torch_stand_ins(variant):
 
     chunk = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}[variant]
 
-    def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, save_wy=False):
+    def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, save_wy=False, keep_walk=False):
         o, (S, R) = chunk(q, k, v, g, beta, gamma, scale, clip, residual, (S0, R0), True, cu_seqlens)
-        # RDN's forward also hands its chunk matrices to its backward (library._SAVED): a stand-in of that shape
-        return (o, S, R) + ((q.new_zeros(library._SAVED[variant][2](q)),) if save_wy else ())
+        # RDN's forward also hands its chunk matrices (and with keep_walk its walk) to its backward
+        # (library._SAVED): stand-ins of those shapes
+        specs = library._SAVED[variant](q, v, cu_seqlens, keep_walk) if variant in library._SAVED else []
+        saved = [q.new_zeros(shape, dtype=dtype) for shape, dtype in specs]
+        return (o, S, R) + ((saved[0],) if save_wy else ()) + ((tuple(saved[1:]),) if keep_walk else ())
 
-    def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, wy=None):
+    def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, wy=None, walk=None):
         assert (wy is not None) == (variant in library._SAVED)
+        kept.append(walk is not None)
+        if walk is not None:
+            assert [tuple(t.shape) for t in walk] == [s for s, _ in library._SAVED[variant](q, v, cu_seqlens, True)[1:]]
         grads = library.torch_chunk_bwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip,
                                         residual, do, dS_T, dR_T)
         return (*grads[:6], None if S0 is None else grads[6], None if R0 is None else grads[7])
 
-    return {f"chunk_{variant}_fwd": fwd, f"chunk_{variant}_bwd": bwd}
+    kept = []  # per backward call: whether it was handed a kept walk
+    return {f"chunk_{variant}_fwd": fwd, f"chunk_{variant}_bwd": bwd, "kept": kept}
 
 
-@pytest.mark.parametrize("variant", OPS)
+@pytest.mark.parametrize("variant", ["rla", "rdn", "rdn_keep"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_triton_chunk_op_autograd_wiring(variant, compiled, monkeypatch):
-    asked = _spy_triton(monkeypatch, _torch_stand_ins(variant))
+    keep = variant == "rdn_keep"  # rdn(recompute_states=False): the forward's walk goes to the backward
+    variant = variant.removesuffix("_keep")
+    stand_ins = _torch_stand_ins(variant)
+    asked = _spy_triton(monkeypatch, stand_ins)
     xs, init = inputs(B=1, T=23, N=3)
     cu = torch.tensor([0, 7, 8, 23])
     leaves = [x.clone().requires_grad_() for x in xs] + [init[0].clone().requires_grad_()]
+    kw = {"recompute_states": False} if keep else {}
 
     def loss(*ts, backend):
         o, (S, R) = OPS[variant](*ts[:6], initial_state=(ts[6], None), output_final_state=True, cu_seqlens=cu,
-                                 backend=backend, use_qk_l2norm_in_kernel=True)
+                                 backend=backend, use_qk_l2norm_in_kernel=True, **kw)
         return (o.square().sum() + (S * R).sum(),)
 
     fn = torch.compile(loss, fullgraph=True) if compiled else loss
     got = torch.autograd.grad(fn(*leaves, backend="triton")[0], leaves)
     ref = torch.autograd.grad(loss(*leaves, backend="naive")[0], leaves)
     assert f"chunk_{variant}_fwd" in asked and f"chunk_{variant}_bwd" in asked
+    assert stand_ins["kept"] == [keep]
     for x, r in zip(got, ref):
         assert rel(x, r) < 1e-4
 
@@ -191,19 +203,88 @@ def test_triton_chunk_ops_pass_opcheck(variant, monkeypatch):
     _spy_triton(monkeypatch, _torch_stand_ins(variant))
     xs, init = inputs(T=9)
     xs = [x.requires_grad_() for x in xs]
-    for S0, R0 in ((init[0], init[1]), (None, None)):
-        args = (variant, *xs, S0, R0, None, 0.25, 1.0, "clip")
-        torch.library.opcheck(library.ops.chunk_fwd.default, args)
+    packed = [x[:1] for x in xs]
+    cu = torch.tensor([0, 4, 9])
+    keeps = (False, True) if variant == "rdn" else (False,)
+    for keep in keeps:
+        for args in ((variant, *xs, *init, None, 0.25, 1.0, "clip", keep),
+                     (variant, *xs, None, None, None, 0.25, 1.0, "clip", keep),
+                     (variant, *packed, init[0][:2], None, cu, 0.25, 1.0, "clip", keep)):
+            torch.library.opcheck(library.ops.chunk_fwd.default, args)
 
 
-def test_rdn_saved_chunk_matrices_shape_matches_the_kernels():
-    """library._SAVED's RDN shape (the fake's, written without importing triton) is what chunk_rdn_fwd saves."""
+def test_rla_refuses_keep_walk_at_the_op():
+    """rla() has no recompute_states; the op, called directly with keep_walk, says RLA has no walk to keep."""
+    xs, init = inputs(T=5)
+    with pytest.raises(TypeError):
+        rla(*xs, recompute_states=False)
+    with pytest.raises(ValueError, match="rla has no walk to keep"):
+        library.ops.chunk_fwd("rla", *xs, None, None, None, 0.25, 1.0, "clip", True)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "varlen"])
+def test_rdn_saved_shapes_match_the_kernels(packed):
+    """library._SAVED's RDN shapes (the fake's, written without importing triton) are what chunk_rdn_fwd saves:
+    the chunk matrices, and with keep_walk the walk's chunk states (a bound on packed chunks) and X."""
     from rla_kernels.rdn import chunk
 
-    xs, init = inputs(B=1, T=37, H=2)
-    out = chunk.chunk_rdn_fwd(*xs, None, 1.0, "clip", *init[:1], None, None, save_wy=True)
-    assert tuple(out[3].shape) == library._SAVED["rdn"][2](xs[0]) == chunk.wy_shape(xs[0])
-    assert out[3].dtype == torch.float32
+    B, cu = (1, torch.tensor([0, 3, 40, 41, 77], dtype=torch.int32)) if packed else (2, None)
+    xs, init = inputs(B=B, T=77 if packed else 37, H=2, V=8, dtype=torch.bfloat16, N=4 if packed else B)
+    out = chunk.chunk_rdn_fwd(*xs, None, 1.0, "clip", init[0], None, cu, save_wy=True, keep_walk=True)
+    specs = library._SAVED["rdn"](xs[0], xs[2], cu, True)
+    saved = [out[3], *out[4]]
+    assert [(tuple(t.shape), t.dtype) for t in saved] == specs
+    assert specs[0][0] == chunk.wy_shape(xs[0]) and library._RDN_CHUNK == chunk.CHUNK_SIZE
+    assert [s for s, _ in specs[1:]] == list(chunk.kept_walk_shapes(xs[0], 8, cu))
+    assert library._SAVED["rdn"](xs[0], xs[2], cu, False) == specs[:1]
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_rdn_recompute_states_false_keeps_the_walk_only_for_a_backward(grad, monkeypatch):
+    """The real kernels through the API: with recompute_states=False the walk kernel runs once (in the forward,
+    storing U, W and X) and the gradients equal the default path's and the oracle's; without autograd nothing is
+    kept (the forward as by default)."""
+    import sys
+
+    from rla_kernels.rdn.chunk import chunk_rdn_fwd
+
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    launches = []
+
+    class Counting:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append((kw["STORE_UW"], kw["STORE_X"]))
+                return walk_kernel[grid](*args, **kw)
+            return launch
+
+    walk_kernel = chunk._rdn_walk_kernel
+    xs, init = inputs(B=1, T=45, H=2, K=16, V=16, N=3)
+    cu = torch.tensor([0, 7, 8, 45])
+    leaves = [x.clone().requires_grad_(grad) for x in xs] + [s.clone().requires_grad_(grad) for s in init]
+
+    def run(ts, **kw):
+        # without autograd and with initial states these short sequences would decode (fused recurrent)
+        o, (S, R) = rdn(*ts[:6], initial_state=tuple(ts[6:]) if grad else None, output_final_state=True,
+                        cu_seqlens=cu, **kw)
+        return (o * torch.linspace(-1, 1, 16, dtype=o.dtype)).sum() + S.sum() + R.square().sum()
+
+    ref = run(leaves, backend="triton")
+    ref_grads = torch.autograd.grad(ref, leaves) if grad else None
+    monkeypatch.setattr(chunk, "_rdn_walk_kernel", Counting())
+    got = run(leaves, backend="triton", recompute_states=False)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    if not grad:
+        assert launches == [(True, False)]
+        return
+    assert launches == [(True, True)]
+    grads = torch.autograd.grad(got, leaves)
+    assert launches == [(True, True)]  # the backward reran no walk
+    f64 = [x.detach().double().requires_grad_() for x in leaves]
+    oracle = torch.autograd.grad(run(f64, backend="naive"), f64)
+    for x, r, o in zip(grads, ref_grads, oracle):
+        torch.testing.assert_close(x, r, rtol=1e-5, atol=1e-6)
+        assert rel(x, o) < 1e-4
 
 
 @pytest.mark.parametrize("variant", OPS)

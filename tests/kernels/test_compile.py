@@ -63,3 +63,42 @@ def test_validate_inside_compile_is_a_clear_error():
     fn = torch.compile(lambda *xs: rla(*xs, validate=True)[0], fullgraph=True)
     with pytest.raises(Exception, match="validate=True reads tensor values"):
         fn(q, k, v, g, beta, gamma)
+
+
+def test_fullgraph_compile_of_rdn_keeping_its_walk_matches_eager(monkeypatch):
+    """rdn(recompute_states=False) with the Triton kernels (the interpreter here): chunk_fwd's saved outputs (the
+    walk's chunk states and X, sized by the fake from shapes alone, a row bound for packed sequences) reach the
+    backward in a fullgraph compile at two lengths, dense and packed, with the eager default path's numbers."""
+    import sys
+
+    from rla_kernels.rdn.chunk import chunk_rdn_fwd
+
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    walk_kernel, stores = chunk._rdn_walk_kernel, []
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                stores.append((kw["STORE_UW"], kw["STORE_X"]))
+                return walk_kernel[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(chunk, "_rdn_walk_kernel", Recording())
+    torch._dynamo.reset()
+
+    def loss(q, k, v, g, beta, gamma, S0, R0, cu=None, keep=True):
+        o, (S, R) = rdn(q, k, v, g, beta, gamma, initial_state=(S0, R0), output_final_state=True, cu_seqlens=cu,
+                        backend="triton", recompute_states=not keep)
+        return (o * torch.linspace(-1, 1, o.shape[-1])).sum() + S.square().sum() + R.sum()
+
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True)
+    for T, cu in ((37, None), (70, None), (70, torch.tensor([0, 3, 40, 70]))):
+        xs = _inputs(T, B=1 if cu is not None else 2, H=1, K=16, V=16)
+        if cu is not None:
+            xs[6:] = [torch.randn(3, 1, 16, 16, requires_grad=True) for _ in range(2)]
+        stores.clear()
+        got = torch.autograd.grad(compiled(*xs, cu=cu), xs)
+        assert stores == [(True, True)]  # one walk, the forward's, storing X too
+        ref = torch.autograd.grad(loss(*xs, cu=cu, keep=False), xs)
+        for x, r in zip(got, ref):
+            assert ((x - r).norm() / r.norm()).item() < 1e-5
