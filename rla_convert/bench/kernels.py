@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from ..errors import describe
 
-SEQUENCE_OPS = ("rla", "rdn", "fla_gdn", "fla_simple_gla", "sdpa_flash")
+# rdn_keep: RDN with recompute_states=False (its backward takes the forward's walk instead of rerunning it; more
+# memory). The torch backend of the CPU smoke run ignores that option, so there it times as rdn.
+SEQUENCE_OPS = ("rla", "rdn", "rdn_keep", "fla_gdn", "fla_simple_gla", "sdpa_flash")
 DECODE_OPS = ("rla", "rdn", "fla_gdn", "sdpa_flash")
 MODES = ("fwd", "fwd+bwd")
 FLA_OPS = ("fla_gdn", "fla_simple_gla")
@@ -114,13 +116,15 @@ def _our_op(name):
     return getattr(api, name)
 
 
-def _build_ours(name):
+def _build_ours(name, **options):
+    """``options``: keywords of the public op (rdn_keep: recompute_states=False)."""
     def build(shape: Shape, backward: bool):
         op = _our_op(name)
         q, k, v = _qkv(shape, shape.seq_len, backward)
         g, beta, gamma = _gates(shape.batch, shape.seq_len, shape.heads, shape.device, backward)
         leaves = [q, k, v, g, beta, gamma]
-        return _with_backward(lambda: op(q, k, v, g, beta, gamma, backend=shape.backend)[0], leaves, backward)
+        return _with_backward(lambda: op(q, k, v, g, beta, gamma, backend=shape.backend, **options)[0], leaves,
+                              backward)
 
     return build
 
@@ -172,7 +176,8 @@ def _with_backward(forward, leaves, backward):
 
 
 SEQUENCE_BUILDERS = {
-    "rla": _build_ours("rla"), "rdn": _build_ours("rdn"), "fla_gdn": _build_fla_gdn,
+    "rla": _build_ours("rla"), "rdn": _build_ours("rdn"), "rdn_keep": _build_ours("rdn", recompute_states=False),
+    "fla_gdn": _build_fla_gdn,
     "fla_simple_gla": _build_fla_simple_gla, "sdpa_flash": _build_sdpa_flash,
 }
 
