@@ -2,9 +2,13 @@
 
 Run on the GPU machine from the repository root, in one call:
 
-    . scripts/gpu_env.sh && python3 scripts/gpu_check_rdn.py [--all] [--time] [--tune]
+    . scripts/gpu_env.sh && python3 scripts/gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]
 
-By default three cases (fp32 K=128, bf16 K=64 tanh, bf16 K=128 varlen); ``--all`` adds four more. Each
+By default three cases (fp32 K=128, bf16 K=64 tanh, bf16 K=128 varlen); ``--all`` adds four more. Each case runs
+twice: as the API runs by default (the backward reruns the forward walk) and, as ``keep`` rows, with the walk kept
+(``keep_walk``, the API's ``rdn(recompute_states=False)``: the backward takes the forward's h_s, h_r, X); the
+keep rows' forward o must pass as well, since its walk runs at the rerun's precision. ``--keep`` runs only the
+keep rows, ``--no-keep`` none of them. Each
 case is a new kernel variant, and the backward kernel is large: compile time dominates, so the seconds
 column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes (slower still).
 
@@ -65,15 +69,16 @@ def rel(x, ref):
     return ((x - ref).norm() / ref.norm()).item()
 
 
-def check(B, T, H, K, dtype, clip, residual, cu=None):
+def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False):
     N = B if cu is None else len(cu) - 1
     inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype)
     do = torch.randn_like(inputs[2])
     dS_T, dR_T = torch.randn_like(S0), torch.randn_like(R0)
     start = time.time()
-    # As the API (kernels/library.py) does: the backward takes the forward's chunk matrices
-    o, S, R, wy = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True)
-    grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T, wy=wy)
+    # As the API (kernels/library.py) does: the backward takes the forward's chunk matrices (and with keep its walk)
+    o, S, R, wy, *walk = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True, keep_walk=keep)
+    grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T, wy=wy,
+                          walk=walk[0] if keep else None)
     torch.cuda.synchronize()
     seconds = time.time() - start  # mostly compile on a new variant
 
@@ -117,13 +122,13 @@ def run_case(name, checker, kw, columns):
     try:
         errs, seconds = checker(**kw)
     except Exception as error:  # noqa: BLE001 -- e.g. out of shared memory on this GPU: report it, go on
-        print(f"{name:18s} ERROR {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
+        print(f"{name:23s} ERROR {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
         return False
     tol = 1e-3 if kw["dtype"] == torch.float32 else 1e-2
     worst = max(errs) if all(e == e for e in errs) else float("nan")
     ok = worst == worst and worst < tol
     cells = " ".join(f"{e:8.1e}" if columns is None else f"{c} {e:8.1e}" for c, e in zip(columns or errs, errs))
-    print(f"{name:18s} {cells} {worst:8.1e} {'ok' if ok else 'FAIL':>5s} {seconds:5.1f}", flush=True)
+    print(f"{name:23s} {cells} {worst:8.1e} {'ok' if ok else 'FAIL':>5s} {seconds:5.1f}", flush=True)
     return ok
 
 
@@ -149,8 +154,16 @@ def rough_timing():
         wy = fwd()[3]
         return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None, wy=wy)
 
-    out = {name: cuda_ms(fn) for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd))}
-    return f"bf16 B={B} T={T} H={H} D={D}: fwd {out['fwd']:.2f} ms, fwd+bwd {out['fwd+bwd']:.2f} ms"
+    def fwd_keep():
+        return chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, save_wy=True, keep_walk=True)
+
+    def fwd_bwd_keep():
+        _, _, _, wy, walk = fwd_keep()
+        return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None, wy=wy, walk=walk)
+
+    out = {name: cuda_ms(fn) for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd), ("fwd keep", fwd_keep),
+                                              ("fwd+bwd keep", fwd_bwd_keep))}
+    return f"bf16 B={B} T={T} H={H} D={D}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in out.items())
 
 
 def main():
@@ -180,8 +193,10 @@ def main():
         cases = [c for c in cases if wanted in c[0]]
         segmented = [c for c in segmented if wanted in c[0]]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
-    print(f"{'case':18s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
-    results = [run_case(name, check, kw, None) for name, kw in cases]
+    print(f"{'case':23s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
+    keeps = [True] if "--keep" in sys.argv else [False] if "--no-keep" in sys.argv else [False, True]
+    results = [run_case(name + (" keep" if keep else ""), check, dict(kw, keep=keep), None)
+               for name, kw in cases for keep in keeps]
     results += [run_case(name, check_segmented, kw, ["o", "S_T", "R_T"]) for name, kw in segmented]
     failed = not all(results)
     if "--time" in sys.argv:

@@ -55,7 +55,8 @@ CHUNK_SIZE = 32
 # The backward reruns the forward walk itself: the math is exact, the rounding is not (the rerun's X, whose sign
 # against +-c is the clip's gradient mask, has its chunk-matrix dots at tf32x3, the forward's at tf32; a forward
 # called with chunk_size=64 also chunks differently and reads k.S at tf32 instead of a split dot, _walk says why):
-# an element within rounding of the clip may be masked as the other side of the forward it belongs to.
+# an element within rounding of the clip may be masked as the other side of the forward it belongs to. Not so with
+# keep_walk: the forward's o and the backward's mask then come from one walk, one X.
 BWD_CHUNK_SIZE = 32
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
 # bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk: 424 /
@@ -63,7 +64,9 @@ BWD_CHUNK_SIZE = 32
 # dyv; the forward walk 240 at four at 32-token chunks, against 440 at 64, 2026-12-01). Fewer spills did not
 # make eight faster: at B=16 T=2k
 # (H200, 2026-11-30, profile_kernels.py) the walks took 2.40 / 2.93 / 3.24 ms at four warps, 5.49 ms (reverse)
-# at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one.
+# at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one. keep_walk's forward walk (U, W and X
+# stored, S path at tf32x3) at four: 400 bytes, against 368 for the rerun and 240 for the default forward walk, all
+# three by this CPU machine's Triton 3.9 ptxas (2026-12-01; untimed on the GPU).
 WALK_WARPS = 4
 # The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01, B=16 T=2k,
 # profile_kernels.py --tune): half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
