@@ -1,7 +1,7 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32] [--walk-warps 8,4]
+        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -60,6 +60,8 @@ def main():
                         "backward chunks by at most 32 whatever is asked: chunk.BWD_CHUNK_SIZE)")
     parser.add_argument("--walk-warps", default="", help="RDN only: warps of the state walks to compare, e.g. 8,4 "
                         "(default: chunk.WALK_WARPS)")
+    parser.add_argument("--keep-walk", action="store_true", help="RDN only: also profile the forward and backward "
+                        "with the walk kept (rdn(recompute_states=False): keep_walk, the backward takes h_s, h_r, X)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -85,6 +87,14 @@ def main():
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
                         lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c,
                                         **saved))))
+                if args.keep_walk and op == "rdn":
+                    kept = fwd(*x, None, 1.0, "clip", save_wy=True, keep_walk=True)
+                    passes.append((f"fwd, walk kept{tag}", setting(
+                        lambda: fwd(*x, None, 1.0, "clip", save_wy=True, keep_walk=True))))
+                    passes.append((f"bwd, walk kept{tag}", setting(
+                        lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, wy=kept[3],
+                                              walk=kept[4]))))
+                    del kept
             for name, fn in passes:
                 try:
                     times = profile(fn)
