@@ -40,12 +40,14 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     ``recompute_states`` (training with the Triton backend; memory against time): True (default), the backward
     reruns the forward's sequential state walk; False, the forward keeps that walk's outputs (the chunk-start
     states S and R in q's dtype and the pre-residual X in fp32) alive until the backward, which then skips its
-    rerun. At B=16 T=2048 H=16 K=V=128 bf16 on an H200 that is about 2.4 ms less backward for about 0.4-0.5 ms
-    more forward (its walk runs at the rerun's precision and also stores X), and it keeps
-    ``2 * ceil(T / 32) * B * H * K * V`` elements of q's dtype plus ``B * T * H * V`` fp32 per call (about
-    1.34 GB a layer at that shape; packed sequences: ``ceil(T / 32) + N - 1`` chunks instead of
-    ``B * ceil(T / 32)``) until the backward runs. Ignored where nothing is kept: without autograd, by the
-    torch and naive backends and by decode. ``rla`` has no such walk and no such argument.
+    rerun. Expected at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (estimated from the walks' times, not yet timed
+    as such): about 2.4 ms less backward for 0.4-0.5 ms more forward (its walk runs at the rerun's precision and
+    also stores X). It keeps ``2 * B * ceil(T / 32) * H * K * V`` elements of q's dtype plus ``B * T * H * V``
+    fp32 per call until the backward runs (1.34 GB a layer at that shape; packed sequences: ``ceil(T / 32) + N -
+    1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into segments (the default forward's
+    is, at batch 1 and long T; the backward's rerun never is, so the trade holds there too). Ignored where nothing
+    is kept: without autograd, by the torch and naive backends, and by decode. ``rla`` has no such walk and no
+    such argument.
     """
     return _run("rdn", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
                 cu_seqlens, use_qk_l2norm_in_kernel, backend, validate, not recompute_states)
