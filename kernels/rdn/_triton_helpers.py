@@ -7,7 +7,6 @@ owned by the RLA kernels; these are kept here so the RDN kernels do not depend o
   the same on a GPU (quick checks: one compile each).
 - ``load_tile`` / ``store_tile``: masked tiles of a row-major matrix (outside reads 0, is not written);
   ``load_tile_raw`` keeps the input dtype for dot operands.
-- ``dot_split_acc``: triton_utils.dot_split accumulated into a given tile (the reverse walk's state updates).
 - ``exp_masked``: exp of an exponent only where a mask holds, 0 elsewhere, so an exponent that would
   overflow outside the causal triangle never meets a multiply by 0 (inf * 0 = NaN).
 - ``seq_bounds`` / ``chunk_coords``: where a sequence or a chunk lives in the flattened [B*T, H] layout.
@@ -19,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, HALF_DOTS_IN_FP32, _split_half
+from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, HALF_DOTS_IN_FP32
 
 _CAST_RAW = tl.constexpr(HALF_DOTS_IN_FP32)  # load_tile_raw's tiles are dot operands
 
@@ -79,24 +78,6 @@ def load_tile_raw(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr
 def store_tile(base, value, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
     ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
     tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def dot_split_acc(a, b, acc, DOT_PREC: tl.constexpr):
-    """``acc + a @ b`` as triton_utils.dot_split computes ``a @ b`` (its fp32 operand split into two half tiles
-    when the other is a half tile; one dot at DOT_PREC for one dtype), its dots accumulating into ``acc``: the
-    reverse walk updates a [K, BV] state as acc = decay * state, then one of these a term, instead of adding
-    separate product tiles (fewer instructions and spills there; in the forward walk it measured worse). The same
-    products at the same precision; only the order of the fp32 additions differs."""
-    if a.dtype == b.dtype:
-        out = tl.dot(a, b, acc, input_precision=DOT_PREC)
-    elif a.dtype == tl.float32:
-        hi, lo = _split_half(a, b.dtype)
-        out = tl.dot(lo, b, tl.dot(hi, b, acc, input_precision=DOT_PREC), input_precision=DOT_PREC)
-    else:
-        hi, lo = _split_half(b.to(tl.float32), a.dtype)
-        out = tl.dot(a, lo, tl.dot(a, hi, acc, input_precision=DOT_PREC), input_precision=DOT_PREC)
-    return out
 
 
 @triton.jit

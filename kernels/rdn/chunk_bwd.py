@@ -31,8 +31,8 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import (autotune, chunk_coords, dot_split_acc, exp_masked, launch_configs, load_tile,
-                              load_tile_raw, seq_bounds, store_tile)
+from ._triton_helpers import (autotune, chunk_coords, exp_masked, launch_configs, load_tile, load_tile_raw,
+                              seq_bounds, store_tile)
 from .chunk_fwd import chunk_decays, load_gate, state_row
 
 
@@ -95,6 +95,7 @@ def _rdn_bwd_walk_kernel(
         b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_eG = tl.exp(b_G)[:, None]
         b_eGL = tl.exp(b_GL)
@@ -104,20 +105,16 @@ def _rdn_bwd_walk_kernel(
 
         b_dw = b_dL * dot_split(b_k, b_dr, DOT_PREC) + tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
         b_dyr = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
-        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dx = _rho_grad(b_x, _rho(b_x, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma[:, None] * b_dyr)
         b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
         b_du = (b_dL * dot_split(b_k, b_ds, DOT_PREC) - tl.dot(tl.trans(b_mk), b_dx, input_precision=DOT_PREC)
                 + tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC))
         b_dyv = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
-        # The state updates accumulate into decay * state (dot_split_acc), and X is loaded where rho' needs it: ptxas
-        # stack 600 -> 560 bytes a thread, loop 2394 -> 2252 instructions (sm_90, K = V = 128, BV = 32, 4 warps;
-        # scripts/kernel_resources.py). Other orders tried (both k-state dots first, the q terms first, the dS update
-        # first, q or do loaded late, each state as two 64-row halves) gave 576-808 bytes.
-        b_dr = dot_split_acc(tl.trans(b_k), -(b_gamma[:, None] * b_eG) * b_dyr,
-                             dot_split_acc(tl.trans(b_q), b_eG * b_drq, b_eGL * b_dr, DOT_PREC), DOT_PREC)
-        b_ds = dot_split_acc(tl.trans(b_k), -(tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv),
-                             dot_split_acc(tl.trans(b_q), b_eG * b_dsq, b_eGL * b_ds, DOT_PREC), DOT_PREC)
+        b_dr = (b_eGL * b_dr + dot_split(tl.trans(b_q), b_eG * b_drq, DOT_PREC)
+                - dot_split(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, DOT_PREC))
+        b_ds = (b_eGL * b_ds + dot_split(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
+                - dot_split(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
+                            DOT_PREC))
         # The chunk's column-wise adjoints are final: the chunk-parallel kernels read them (dv = dX + beta dyv;
         # -dX is the adjoint of S_{t-1} k_t). Stored last: stores amid the chain cost the walk stack.
         store_tile(dyr_out + tok_v, b_dyr, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
