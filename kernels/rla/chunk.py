@@ -3,16 +3,24 @@
 The two entry points the API layer wraps in an autograd function (states fp32 [N, H, K, V]; S0/R0 None
 mean zeros and then dS0/dR0 come back None):
 
-    chunk_rla_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens) -> (o, S_T, R_T)
-    chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T)
+    chunk_rla_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, keep_walk=False)
+        -> (o, S_T, R_T), then walk with keep_walk
+    chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, *, walk=None)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
 
 Semantics are exactly ``naive.py``. The forward is chunk_fwd.py: a lean walk stores the chunk states of S,
 the residuals come chunk-parallel from them, the same walk runs R over the residuals, and a chunk-parallel
-output pass reads both. The backward reruns those three passes instead of keeping their results alive
-between forward and backward, then runs chunk_bwd.py the same way: a lean reverse walk for dh_R, du
+output pass reads both. By default the backward reruns those three passes instead of keeping their results
+alive between forward and backward, then runs chunk_bwd.py the same way: a lean reverse walk for dh_R, du
 chunk-parallel from it, a lean reverse walk for dh_S, dv chunk-parallel from that, and a chunk-parallel
 pass for dq, dk, dg.
+
+``keep_walk`` (opt-in, memory for time; the API's ``rla(recompute_states=False)``): the forward hands what the
+backward's rerun makes and reads -- h_S (hi only: its lo part is read by the residual kernel alone), h_R and the
+residuals r (``kept_walk_shapes``), all in the input dtype -- to ``chunk_rla_bwd(walk=)``, which then skips the
+rerun (both walks and the residual kernel: 0.70 + 0.35 of the backward's 4.32 ms at B=16 T=2k H=16 K=V=128 bf16,
+H200, profile_kernels.py). Same kernels and launches as the default forward, so the same numbers: only the
+buffers live on, 2 x n_chunks x H x K x V plus B x T x H x V input-dtype elements (0.67 GB a layer at that shape).
 """
 from __future__ import annotations
 
@@ -108,6 +116,22 @@ class _Layout:
             raise ValueError(f"at most {GRID_AXIS_LIMIT} chunks of {self.BT} tokens per call (one CUDA grid "
                              f"axis); got {self.parallel_grid(self.V)[1]}: split the call")
 
+    @property
+    def kept_rows(self) -> int:
+        """Rows of a kept walk's chunk-state buffers (``kept_walk_shapes``): the chunk count of a fixed-length
+        batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
+        ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens (the kernels
+        index rows by chunk_offsets and never touch the rows past the chunk count)."""
+        return self.n_chunks if not self.varlen else max(triton.cdiv(self.T, self.BT) + self.N - 1, self.n_chunks)
+
+
+def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
+    """Shapes of the forward's kept outputs (``keep_walk``): h_S, h_R [rows, H, K, V] (rows: _Layout.kept_rows)
+    and the residuals r [B, T, H, V], all three in q's dtype (_Layout.state_dtype, res_dtype)."""
+    B, T, H, K = q.shape
+    rows = B * triton.cdiv(T, chunk_size) if cu_seqlens is None else triton.cdiv(T, chunk_size) + len(cu_seqlens) - 2
+    return (max(rows, 0), H, K, V), (max(rows, 0), H, K, V), (B, T, H, V)
+
 
 def _stored_clip(clip: float, dtype: torch.dtype):
     """The clip value c as the kernels hold it (fp32), rounded to ``dtype`` -- what a saturated residual
@@ -125,16 +149,16 @@ def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def _chunk_states(L: _Layout, like, lo: bool):
-    """A walk's per-chunk state buffer in the state dtype, and its lo buffer (None unless ``lo`` and the
-    states are half: see _Layout.split_states)."""
-    h = like.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=L.state_dtype)
+def _chunk_states(L: _Layout, like, lo: bool, rows=None):
+    """A walk's per-chunk state buffer in the state dtype (``rows`` rows, by default the chunk count), and its lo
+    buffer (None unless ``lo`` and the states are half: see _Layout.split_states)."""
+    h = like.new_empty(L.n_chunks if rows is None else rows, L.H, L.K, L.V, dtype=L.state_dtype)
     return h, (torch.empty_like(h) if lo and L.split_states else None)
 
 
-def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool):
+def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, rows=None):
     """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32)."""
-    h, h_lo = _chunk_states(L, k, lo)
+    h, h_lo = _chunk_states(L, k, lo, rows)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     _state_walk_kernel[L.walk_grid](
         k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, L.chunk_offsets, L.T,
@@ -145,10 +169,12 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool):
     return h, h_lo, final
 
 
-def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
+def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
-    h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without."""
-    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True)
+    h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without. ``keep``: the chunk states get
+    ``L.kept_rows`` rows, the shape the op's fake announces for a kept walk."""
+    rows = L.kept_rows if keep else None
+    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, rows)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
     _rla_residual_kernel[L.parallel_grid(L.BV_par)](
         k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, L.cu_seqlens, L.chunk_indices, L.clip,
@@ -158,7 +184,7 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
         IS_VARLEN=L.varlen,
     )
     del h_s_lo  # only the residuals read it
-    h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False)
+    h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, rows)
     return h_s, h_r, res, S_T, R_T
 
 
@@ -178,15 +204,20 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
 
 
 def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
-                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE):
-    """RLA forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V]."""
+                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, keep_walk: bool = False):
+    """RLA forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
+
+    ``keep_walk``: also return ``(h_s, h_r, r)`` (``kept_walk_shapes``) for ``chunk_rla_bwd(..., walk=)``, which then
+    skips its rerun of the state walks and the residuals. The same passes run either way; only their buffers are
+    returned (h_S without its lo part, which only the residual kernel reads).
+    """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share dtype and q, k shape; got q {q.dtype} {tuple(q.shape)}, "
                          f"k {k.dtype} {tuple(k.shape)}, v {v.dtype}")
     L = _Layout(q, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
-    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, g, beta, gamma, S0, R0)
+    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, g, beta, gamma, S0, R0, keep_walk)
     o = torch.empty_like(v)
     _rla_fwd_output_kernel[L.parallel_grid(L.BV_par)](
         q, k, v, g, beta, gamma, h_s, h_r, res, o,
@@ -194,15 +225,27 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_par,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
-    return o, S_T, R_T
+    return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ())
+
+
+def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
+    """Whether ``walk`` is a kept forward walk of this call's shapes and chunking (all three in q's dtype). The
+    shapes pin the chunking down: chunk sizes are powers of two, and two give the same row count only when every
+    sequence fits one chunk of either, where the chunk-start states are the initial ones."""
+    if walk is None or len(walk) != 3:
+        return False
+    shapes = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
+    dtypes = (L.state_dtype, L.state_dtype, L.res_dtype)
+    return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, shapes, dtypes))
 
 
 def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
-                  *, chunk_size: int = CHUNK_SIZE):
+                  *, chunk_size: int = CHUNK_SIZE, walk=None):
     """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype.
 
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when ``S0``/``R0``
-    are None.
+    are None. ``walk``: the forward's ``(h_s, h_r, r)`` (``chunk_rla_fwd(keep_walk=True)``), used instead of
+    rerunning the walks and the residuals when it fits this call (else, or when None, rerun).
     """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share dtype and q, k shape; got q {q.dtype} {tuple(q.shape)}, "
@@ -216,7 +259,10 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
-    h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0)
+    if _fits(walk, L, q, cu_seqlens):
+        h_s, h_r, res = (t.contiguous() for t in walk)
+    else:
+        h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta. The per-V-block partial sums are reduced below.

@@ -197,6 +197,95 @@ def test_bad_arguments_raise_value_errors():
         chunk_rla_bwd(*inputs, None, 1.0, "clip", None, None, None, inputs[2][:, :2], None, None)
 
 
+class _NoRerun:
+    """Stands for a forward pass (a state walk, the residual kernel) where the backward must not rerun it."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("the backward reran a forward pass it was handed")
+
+
+# name: make_inputs arguments, cu_seqlens, initial states, (clip, residual), chunk size, tolerance against float64
+KEEP_CASES = {
+    "tail_tanh": (dict(B=2, T=70, H=2, K=16, V=24), None, True, (0.7, "tanh"), 64, 1e-3),
+    "varlen": (dict(B=1, T=150, H=2, K=16, V=16, N=4), [0, 5, 5, 40, 150], True, (1.0, "clip"), 64, 1e-3),
+    "no_states_bf16": (dict(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16), None, False, (1.0, "clip"), 64,
+                       1e-2),
+    "varlen_bf16_chunk16": (dict(B=1, T=90, H=2, K=16, V=16, N=4, dtype=torch.bfloat16), [0, 17, 17, 50, 90],
+                            True, (1.0, "clip"), 16, 1e-2),
+    "no_clip_fp16": (dict(B=1, T=45, H=1, K=32, V=16, dtype=torch.float16), None, True, (None, "clip"), 32, 1e-2),
+}
+
+
+@pytest.mark.parametrize("case", KEEP_CASES)
+def test_backward_takes_the_kept_walk(case, monkeypatch):
+    """chunk_rla_fwd(keep_walk=True) hands h_S, h_R and r to chunk_rla_bwd(walk=), which then launches neither a
+    state walk nor the residual kernel: the forward's outputs equal the default forward's (the same passes), the
+    gradients the rerun's, and both the float64 oracle's. T not a multiple of the chunk; packed sequences (whose
+    kept states take the shape-only row bound, more rows than chunks here); no initial states; half inputs (states
+    and r stored in the input dtype), at 16-token chunks with the clip biting; no clip."""
+    import sys
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, with_states, (clip, residual), chunk_size, tol = KEEP_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    if not with_states:
+        S0 = R0 = None
+    kw = dict(chunk_size=chunk_size)
+    o, S_T, R_T, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
+    dtype = inputs[0].dtype
+    assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], shape["V"], cu, chunk_size))
+    assert [t.dtype for t in walk] == [dtype] * 3
+    for x, ref in zip((o, S_T, R_T), chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
+        assert torch.equal(x, ref)
+
+    do = torch.randn_like(o)
+    dS_T, dR_T = torch.randn_like(S_T), torch.randn_like(R_T)
+    rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, **kw)
+    monkeypatch.setattr(chunk, "_state_walk_kernel", _NoRerun())
+    monkeypatch.setattr(chunk, "_rla_residual_kernel", _NoRerun())
+    kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=walk, **kw)
+    want, want_grads = oracle(inputs, S0, R0, 0.7, clip, residual, cu, do, dS_T, dR_T)
+    errors = {name: rel_err(x, ref) for name, x, ref in zip(("o", "S_T", "R_T"), (o, S_T, R_T), want)}
+    for name, x, ref, want_grad, inp in zip(GRAD_NAMES, kept, rerun, want_grads, list(inputs) + [S0, R0]):
+        if inp is None:
+            assert x is None and ref is None, name
+            continue
+        assert x.dtype == inp.dtype and x.shape == inp.shape, name
+        assert torch.equal(x, ref), name
+        errors[name] = rel_err(x, want_grad)
+    bad = {n: e for n, e in errors.items() if not e < tol}
+    assert not bad, f"relative errors over {tol}: {bad}"
+
+
+def test_kept_walk_is_rerun_where_it_does_not_fit(monkeypatch):
+    """A walk kept at other chunks, in another dtype or incomplete is rerun, not misread: same gradients as
+    without it."""
+    import sys
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    launches = []
+    walk_kernel = chunk._state_walk_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return walk_kernel[grid]
+
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=1, K=16, V=16)
+    *_, walk16 = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, keep_walk=True)
+    *_, walk32 = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=32, keep_walk=True)
+    do = torch.randn_like(inputs[2])
+    ref = chunk_rla_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, None, None, chunk_size=32)
+    monkeypatch.setattr(chunk, "_state_walk_kernel", Counting())
+    for walk in (walk16, tuple(t.double() for t in walk32), walk32[:2], walk32):
+        launches.clear()
+        got = chunk_rla_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, None, None, chunk_size=32, walk=walk)
+        assert len(launches) == (0 if walk is walk32 else 2)
+        for x, r in zip(got, ref):
+            assert torch.equal(x, r)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("K", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
