@@ -20,14 +20,14 @@ previous version would call the new ops with the old arguments (seen 2026-12-01:
 argument 'saved'"). A name that changes with this file makes those entries miss instead.
 
 ``chunk_fwd`` returns ``N_SAVED`` tensors more than the API hands on: what the variant's backward takes from its
-forward instead of recomputing it (``_SAVED``; RDN's chunk matrices and, with ``keep_walk``, its walk's chunk
-states and X), empty tensors where there is nothing. A fixed count keeps the schema one for every variant and
-setting, and a saved tensor's shape follows from the input shapes alone (the fake's; for packed sequences an
-upper bound on the chunk count, rdn/chunk.py kept_walk_shapes), so torch.compile sees no data-dependent size. The
-autograd formula saves them and passes them to ``chunk_bwd`` as one list.
+forward instead of recomputing it (``_SAVED``; RDN's chunk matrices, and with ``keep_walk`` the walk: RDN's chunk
+states and X, RLA's chunk states and residuals), empty tensors where there is nothing. A fixed count keeps the
+schema one for every variant and setting, and a saved tensor's shape follows from the input shapes alone (the
+fake's; for packed sequences an upper bound on the chunk count, ``_kept_rows``), so torch.compile sees no
+data-dependent size. The autograd formula saves them and passes them to ``chunk_bwd`` as one list.
 
-``keep_walk`` (the API's ``rdn(recompute_states=False)``): memory for time. Only variants in ``_KEEPS_WALK`` take
-it; the others refuse it (the API never asks them).
+``keep_walk`` (the API's ``rla/rdn(recompute_states=False)``): memory for time. Only variants in ``_KEEPS_WALK``
+take it; the others refuse it (the API never asks them).
 """
 from __future__ import annotations
 
@@ -84,30 +84,49 @@ def _empty_states(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor]) -> tuple[T
 
 # chunk_fwd's outputs after (o, S_T, R_T): what a variant's backward takes from its forward, padded with empties.
 N_SAVED = 4
-# RDN's forward chunks by 32 tokens (rdn/chunk.py CHUNK_SIZE, written here because that module imports triton;
-# tests/kernels/test_api.py checks that the shapes below are the kernels').
+# The forwards' chunk sizes, RDN's 32 and RLA's 64 tokens ({rdn,rla}/chunk.py CHUNK_SIZE, written here because
+# those modules import triton; tests/kernels/test_api.py checks that the shapes below are the kernels').
 _RDN_CHUNK = 32
+_RLA_CHUNK = 64
+
+
+def _kept_rows(q: Tensor, cu_seqlens: Optional[Tensor], chunk: int) -> int:
+    """Rows of a kept walk's chunk states ({rdn,rla}/chunk.py kept_walk_shapes): the chunk count, or for packed
+    sequences its bound ceil(T / chunk) + N - 1."""
+    B, T = q.shape[:2]
+    chunks = (T + chunk - 1) // chunk
+    return B * chunks if cu_seqlens is None else max(chunks + cu_seqlens.shape[0] - 2, 0)
 
 
 def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
     """(shape, dtype) of what RDN's forward hands its backward: T_beta, T_gamma, Mk as [3, B, T, H, 32] fp32
     (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] in q's dtype and X
-    [B, T, H, V] fp32 (chunk.py keep_walk, kept_walk_shapes: rows is the chunk count, or for packed sequences
-    its bound ceil(T / 32) + N - 1)."""
+    [B, T, H, V] fp32 (chunk.py keep_walk, kept_walk_shapes)."""
     B, T, H, K = q.shape
     saved = [((3, B, T, H, _RDN_CHUNK), torch.float32)]
     if keep_walk:
-        chunks = (T + _RDN_CHUNK - 1) // _RDN_CHUNK
-        rows = B * chunks if cu_seqlens is None else chunks + cu_seqlens.shape[0] - 2
+        rows = _kept_rows(q, cu_seqlens, _RDN_CHUNK)
         saved += [((rows, H, K, v.shape[3]), q.dtype)] * 2 + [((B, T, H, v.shape[3]), torch.float32)]
     return saved
 
 
-# Per variant: the saved tensors' (shape, dtype) (see _rdn_saved). The Triton forward returns them after (o, S_T,
-# R_T) when called with save_wy=True (the chunk matrices) and keep_walk=True (the walk, as one tuple); the
-# backward takes them as wy= and walk=.
-_SAVED = {"rdn": _rdn_saved}
-_KEEPS_WALK = {"rdn"}
+def _rla_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
+    """(shape, dtype) of what RLA's forward hands its backward: nothing by default; with ``keep_walk`` the chunk
+    states h_S, h_R [rows, H, K, V] and the residuals r [B, T, H, V], all in q's dtype (chunk.py keep_walk,
+    kept_walk_shapes)."""
+    if not keep_walk:
+        return []
+    B, T, H, K = q.shape
+    rows = _kept_rows(q, cu_seqlens, _RLA_CHUNK)
+    return [((rows, H, K, v.shape[3]), q.dtype)] * 2 + [((B, T, H, v.shape[3]), q.dtype)]
+
+
+# Per variant: the saved tensors' (shape, dtype) (_rdn_saved, _rla_saved). The Triton forward returns them after
+# (o, S_T, R_T): the chunk matrices when called with save_wy=True (variants in _WITH_WY, always), then the walk as
+# one tuple when called with keep_walk=True; the backward takes them as wy= and walk=.
+_SAVED = {"rdn": _rdn_saved, "rla": _rla_saved}
+_WITH_WY = {"rdn"}
+_KEEPS_WALK = {"rdn", "rla"}
 
 
 def _padded(q: Tensor, saved) -> list[Tensor]:
@@ -122,21 +141,19 @@ def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
               scale: float, clip: Optional[float], residual: str,
               keep_walk: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     if keep_walk and variant not in _KEEPS_WALK:
-        raise ValueError(f"keep_walk (recompute_states=False) is RDN's; {variant} has no walk to keep")
+        raise ValueError(f"keep_walk (recompute_states=False) is not {variant}'s; it has no walk to keep")
     fn = triton_function(variant, "chunk", f"chunk_{variant}_fwd")
-    if variant in _SAVED:
-        o, S_T, R_T, wy, *walk = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens,
-                                    save_wy=True, **({"keep_walk": True} if keep_walk else {}))
-        saved = [wy, *(walk[0] if walk else ())]
-    else:
-        o, S_T, R_T = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens)
-        saved = []
+    kw = {"save_wy": True} if variant in _WITH_WY else {}
+    if keep_walk:
+        kw["keep_walk"] = True
+    o, S_T, R_T, *rest = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, **kw)
+    saved = [*rest[:-1], *rest[-1]] if keep_walk else rest  # (wy,) and/or the walk's tuple, flattened
     return tuple(_unaliased((o, S_T, R_T, *_padded(q, saved)), (q, k, v, g, beta, gamma, S0, R0)))
 
 
 @chunk_fwd.register_fake
 def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, keep_walk=False):
-    specs = _SAVED[variant](q, v, cu_seqlens, keep_walk) if variant in _SAVED else []
+    specs = _SAVED[variant](q, v, cu_seqlens, keep_walk)
     saved = [q.new_empty(shape, dtype=dtype) for shape, dtype in specs]
     return (_dense_like(v), *_empty_states(q, v, cu_seqlens), *_padded(q, saved))
 
@@ -150,10 +167,13 @@ def chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
               do: Tensor, dS_T: Optional[Tensor], dR_T: Optional[Tensor], saved: list[Tensor]) -> list[Tensor]:
     fn = triton_function(variant, "chunk", f"chunk_{variant}_bwd")
     kw = {}
-    if variant in _SAVED and saved[0].numel():
+    n_wy = int(variant in _WITH_WY)
+    if n_wy and saved[0].numel():
         kw["wy"] = saved[0]
-        if saved[3].numel():  # X: the walk was kept
-            kw["walk"] = tuple(saved[1:4])
+    n_walk = len(_SAVED[variant](q, v, cu_seqlens, True)) - n_wy
+    walk = tuple(saved[n_wy:n_wy + n_walk])
+    if n_walk and walk[-1].numel():  # the walk's per-token tensor (RDN's X, RLA's r): the walk was kept
+        kw["walk"] = walk
     grads = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do.contiguous(), dS_T, dR_T, **kw)
     dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = grads
     dS0 = _placeholder(q) if S0 is None else (torch.zeros_like(S0) if dS0 is None else dS0).float()

@@ -153,17 +153,21 @@ def _torch_stand_ins(variant):
 
     def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, save_wy=False, keep_walk=False):
         o, (S, R) = chunk(q, k, v, g, beta, gamma, scale, clip, residual, (S0, R0), True, cu_seqlens)
-        # RDN's forward also hands its chunk matrices (and with keep_walk its walk) to its backward
+        # RDN's forward also hands its chunk matrices, and with keep_walk either forward its walk, to its backward
         # (library._SAVED): stand-ins of those shapes
-        specs = library._SAVED[variant](q, v, cu_seqlens, keep_walk) if variant in library._SAVED else []
-        saved = [q.new_zeros(shape, dtype=dtype) for shape, dtype in specs]
-        return (o, S, R) + ((saved[0],) if save_wy else ()) + ((tuple(saved[1:]),) if keep_walk else ())
+        assert save_wy == (variant in library._WITH_WY)
+        saved = [q.new_zeros(shape, dtype=dtype) for shape, dtype in library._SAVED[variant](q, v, cu_seqlens,
+                                                                                           keep_walk)]
+        n_wy = int(save_wy)
+        return (o, S, R) + tuple(saved[:n_wy]) + ((tuple(saved[n_wy:]),) if keep_walk else ())
 
     def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, wy=None, walk=None):
-        assert (wy is not None) == (variant in library._SAVED)
+        n_wy = int(variant in library._WITH_WY)
+        assert (wy is not None) == bool(n_wy)
         kept.append(walk is not None)
         if walk is not None:
-            assert [tuple(t.shape) for t in walk] == [s for s, _ in library._SAVED[variant](q, v, cu_seqlens, True)[1:]]
+            specs = library._SAVED[variant](q, v, cu_seqlens, True)[n_wy:]
+            assert [(tuple(t.shape), t.dtype) for t in walk] == specs
         grads = library.torch_chunk_bwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip,
                                         residual, do, dS_T, dR_T)
         return (*grads[:6], None if S0 is None else grads[6], None if R0 is None else grads[7])
@@ -172,10 +176,10 @@ def _torch_stand_ins(variant):
     return {f"chunk_{variant}_fwd": fwd, f"chunk_{variant}_bwd": bwd, "kept": kept}
 
 
-@pytest.mark.parametrize("variant", ["rla", "rdn", "rdn_keep"])
+@pytest.mark.parametrize("variant", ["rla", "rdn", "rla_keep", "rdn_keep"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_triton_chunk_op_autograd_wiring(variant, compiled, monkeypatch):
-    keep = variant == "rdn_keep"  # rdn(recompute_states=False): the forward's walk goes to the backward
+    keep = variant.endswith("_keep")  # recompute_states=False: the forward's walk goes to the backward
     variant = variant.removesuffix("_keep")
     stand_ins = _torch_stand_ins(variant)
     asked = _spy_triton(monkeypatch, stand_ins)
@@ -205,21 +209,43 @@ def test_triton_chunk_ops_pass_opcheck(variant, monkeypatch):
     xs = [x.requires_grad_() for x in xs]
     packed = [x[:1] for x in xs]
     cu = torch.tensor([0, 4, 9])
-    keeps = (False, True) if variant == "rdn" else (False,)
-    for keep in keeps:
+    for keep in (False, True):
         for args in ((variant, *xs, *init, None, 0.25, 1.0, "clip", keep),
                      (variant, *xs, None, None, None, 0.25, 1.0, "clip", keep),
                      (variant, *packed, init[0][:2], None, cu, 0.25, 1.0, "clip", keep)):
             torch.library.opcheck(library.ops.chunk_fwd.default, args)
 
 
-def test_rla_refuses_keep_walk_at_the_op():
-    """rla() has no recompute_states; the op, called directly with keep_walk, says RLA has no walk to keep."""
+@pytest.mark.parametrize("variant", OPS)
+def test_recompute_states_is_an_api_argument_that_only_the_triton_training_path_reads(variant, monkeypatch):
+    """Both ops take recompute_states (default True); it reaches the chunk op as keep_walk only with autograd, and
+    the torch and naive backends ignore it (same numbers); a variant outside _KEEPS_WALK is refused at the op."""
+    import inspect
+
+    assert inspect.signature(OPS[variant]).parameters["recompute_states"].default is True
     xs, init = inputs(T=5)
-    with pytest.raises(TypeError):
-        rla(*xs, recompute_states=False)
-    with pytest.raises(ValueError, match="rla has no walk to keep"):
-        library.ops.chunk_fwd("rla", *xs, None, None, None, 0.25, 1.0, "clip", True)
+    for backend in ("torch", "naive"):
+        assert torch.equal(OPS[variant](*xs, backend=backend, recompute_states=False)[0],
+                           OPS[variant](*xs, backend=backend)[0])
+    asked = []
+
+    def lookup(v, module, name):
+        fn = triton_function(v, module, name)
+
+        def call(*args, **kw):
+            asked.append(kw.get("keep_walk", False))
+            return fn(*args, **kw)
+
+        return call
+
+    monkeypatch.setattr(library, "triton_function", lookup)
+    OPS[variant](*xs, backend="triton", recompute_states=False)  # no autograd: nothing to keep
+    OPS[variant](*[x.requires_grad_() for x in xs], backend="triton")
+    OPS[variant](*xs, backend="triton", recompute_states=False)
+    assert asked == [False, False, True]
+    monkeypatch.setattr(library, "_KEEPS_WALK", library._KEEPS_WALK - {variant})
+    with pytest.raises(ValueError, match=f"not {variant}'s"):
+        library.ops.chunk_fwd(variant, *xs, None, None, None, 0.25, 1.0, "clip", True)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "varlen"])
@@ -237,6 +263,79 @@ def test_rdn_saved_shapes_match_the_kernels(packed):
     assert specs[0][0] == chunk.wy_shape(xs[0]) and library._RDN_CHUNK == chunk.CHUNK_SIZE
     assert [s for s, _ in specs[1:]] == list(chunk.kept_walk_shapes(xs[0], 8, cu))
     assert library._SAVED["rdn"](xs[0], xs[2], cu, False) == specs[:1]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "varlen"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rla_saved_shapes_match_the_kernels(packed, dtype):
+    """library._SAVED's RLA shapes (the fake's, written without importing triton) are what chunk_rla_fwd keeps:
+    nothing by default; with keep_walk the chunk states h_S, h_R (a bound on packed chunks) and the residuals r,
+    all in q's dtype."""
+    from rla_kernels.rla import chunk
+
+    B, cu = (1, torch.tensor([0, 3, 40, 41, 150], dtype=torch.int32)) if packed else (2, None)
+    xs, init = inputs(B=B, T=150 if packed else 70, H=2, V=8, dtype=dtype, N=4 if packed else B)
+    out = chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu, keep_walk=True)
+    specs = library._SAVED["rla"](xs[0], xs[2], cu, True)
+    assert [(tuple(t.shape), t.dtype) for t in out[3]] == specs and len(out) == 4
+    assert library._RLA_CHUNK == chunk.CHUNK_SIZE
+    assert [s for s, _ in specs] == list(chunk.kept_walk_shapes(xs[0], 8, cu))
+    assert all(d == dtype for _, d in specs)
+    if packed:  # 1 + 1 + 1 + 2 chunks, and rows for the bound ceil(150 / 64) + 3 = 6
+        assert specs[0][0][0] == 6
+    assert library._SAVED["rla"](xs[0], xs[2], cu, False) == []
+    assert len(chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu)) == 3
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_rla_recompute_states_false_keeps_the_walk_only_for_a_backward(grad, monkeypatch):
+    """The real kernels through the API: with recompute_states=False the state walks and the residual kernel run
+    once (in the forward) and the gradients equal the default path's and the oracle's; without autograd nothing is
+    kept (the forward as by default)."""
+    import sys
+
+    from rla_kernels.rla.chunk import chunk_rla_fwd
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    launches = []
+
+    class Counting:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append(self.name)
+                return self.kernel[grid](*args, **kw)
+            return launch
+
+    xs, init = inputs(B=1, T=150, H=2, K=16, V=16, N=3)
+    cu = torch.tensor([0, 7, 8, 150])
+    leaves = [x.clone().requires_grad_(grad) for x in xs] + [s.clone().requires_grad_(grad) for s in init]
+
+    def run(ts, **kw):
+        # without autograd and with initial states these short sequences would decode (fused recurrent)
+        o, (S, R) = rla(*ts[:6], initial_state=tuple(ts[6:]) if grad else None, output_final_state=True,
+                        cu_seqlens=cu, **kw)
+        return (o * torch.linspace(-1, 1, 16, dtype=o.dtype)).sum() + S.sum() + R.square().sum()
+
+    ref = run(leaves, backend="triton")
+    ref_grads = torch.autograd.grad(ref, leaves) if grad else None
+    for name in ("_state_walk_kernel", "_rla_residual_kernel"):
+        monkeypatch.setattr(chunk, name, Counting(name, getattr(chunk, name)))
+    got = run(leaves, backend="triton", recompute_states=False)
+    assert got.item() == ref.item()  # the same kernels: the same numbers
+    forward = ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
+    assert launches == forward
+    if not grad:
+        return
+    grads = torch.autograd.grad(got, leaves)
+    assert launches == forward  # the backward reran neither walk nor the residuals
+    f64 = [x.detach().double().requires_grad_() for x in leaves]
+    oracle = torch.autograd.grad(run(f64, backend="naive"), f64)
+    for x, r, o in zip(grads, ref_grads, oracle):
+        assert torch.equal(x, r)
+        assert rel(x, o) < 1e-4
 
 
 @pytest.mark.parametrize("grad", [True, False])

@@ -102,3 +102,48 @@ def test_fullgraph_compile_of_rdn_keeping_its_walk_matches_eager(monkeypatch):
         ref = torch.autograd.grad(loss(*xs, cu=cu, keep=False), xs)
         for x, r in zip(got, ref):
             assert ((x - r).norm() / r.norm()).item() < 1e-5
+
+
+def test_fullgraph_compile_of_rla_keeping_its_walk_matches_eager(monkeypatch):
+    """rla(recompute_states=False) with the Triton kernels (the interpreter here): chunk_fwd's saved outputs (the
+    chunk states h_S, h_R and the residuals r, sized by the fake from shapes alone, a row bound for packed
+    sequences) reach the backward in a fullgraph compile at two lengths, dense and packed, with the eager default
+    path's numbers; the backward reruns neither walk nor the residual kernel."""
+    import sys
+
+    from rla_kernels.rla.chunk import chunk_rla_fwd
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    launches = []
+
+    class Recording:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append(self.name)
+                return self.kernel[grid](*args, **kw)
+            return launch
+
+    for name in ("_state_walk_kernel", "_rla_residual_kernel"):
+        monkeypatch.setattr(chunk, name, Recording(name, getattr(chunk, name)))
+    torch._dynamo.reset()
+
+    def loss(q, k, v, g, beta, gamma, S0, R0, cu=None, keep=True):
+        o, (S, R) = rla(q, k, v, g, beta, gamma, initial_state=(S0, R0), output_final_state=True, cu_seqlens=cu,
+                        backend="triton", recompute_states=not keep)
+        return (o * torch.linspace(-1, 1, o.shape[-1])).sum() + S.square().sum() + R.sum()
+
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True)
+    for T, cu in ((37, None), (70, None), (140, torch.tensor([0, 3, 70, 140]))):
+        xs = _inputs(T, B=1 if cu is not None else 2, H=1, K=16, V=16)
+        if cu is not None:
+            xs[6:] = [torch.randn(3, 1, 16, 16, requires_grad=True) for _ in range(2)]
+        launches.clear()
+        got = torch.autograd.grad(compiled(*xs, cu=cu), xs)
+        # the forward's passes, once: the backward took them
+        assert launches == ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
+        ref = torch.autograd.grad(loss(*xs, cu=cu, keep=False), xs)
+        for x, r in zip(got, ref):
+            assert ((x - r).norm() / r.norm()).item() < 1e-5
