@@ -35,9 +35,9 @@ def test_cpu_smoke_writes_table_json_markdown_and_plot(capsys, tmp_path):
     assert status == 0
     doc = json.loads(paths["r.json"].read_text())
     points = doc["points"]
-    # 2 lengths x 6 ops x 2 modes, then 2 contexts x 4 decode ops.
-    assert len(points) == 2 * 6 * 2 + 2 * 4
-    assert {p["op"] for p in points if p["mode"] != "decode"} >= {"rdn", "rdn_keep"}
+    # 2 lengths x 7 ops x 2 modes, then 2 contexts x 4 decode ops.
+    assert len(points) == 2 * 7 * 2 + 2 * 4
+    assert {p["op"] for p in points if p["mode"] != "decode"} >= {"rla", "rdn", "rla_keep", "rdn_keep"}
     for p in points:
         if p["op"] == "sdpa_flash":
             assert p["error"] is None and p["ms"] > 0, p
@@ -194,28 +194,32 @@ def test_our_ops_are_called_as_the_api_contract_says(monkeypatch):
     assert (12, False, True, "torch") in calls and (1, True, True, "torch") in calls  # prefill, then decode
 
 
-def test_rdn_keep_times_rdn_with_its_walk_kept(monkeypatch):
-    """rdn_keep is the public rdn with recompute_states=False, in both modes, with a colour and label of its own."""
+@pytest.mark.parametrize("variant", ["rla", "rdn"])
+def test_keep_op_times_the_op_with_its_walk_kept(variant, monkeypatch):
+    """rla_keep / rdn_keep is the public rla / rdn with recompute_states=False, in both modes, with a colour and label
+    of its own."""
     calls = []
+    naive = {"rla": naive_recurrent_rla, "rdn": naive_recurrent_rdn}[variant]
 
-    def rdn(q, k, v, g, beta, gamma, **kw):
+    def op(q, k, v, g, beta, gamma, **kw):
         calls.append(kw)
-        return naive_recurrent_rdn(q, k, v, g, beta, gamma, None, 1.0, "clip", None, False)
+        return naive(q, k, v, g, beta, gamma, None, 1.0, "clip", None, False)
 
     fake = types.ModuleType("rla_kernels.api")
-    fake.rdn = rdn
+    setattr(fake, variant, op)
     import rla_kernels
 
     monkeypatch.setitem(sys.modules, "rla_kernels.api", fake)
     monkeypatch.setattr(rla_kernels, "api", fake, raising=False)
-    settings = bench_kernels.Settings(seq_lens=[8], tokens=16, heads=2, head_dim=8, dtype="fp32", ops=["rdn_keep"],
+    name = f"{variant}_keep"
+    settings = bench_kernels.Settings(seq_lens=[8], tokens=16, heads=2, head_dim=8, dtype="fp32", ops=[name],
                                       decode_contexts=[12], cpu_smoke=True)
     points = bench_kernels.run(settings, torch.device("cpu"), progress=False)
-    assert [(p.op, p.mode) for p in points] == [("rdn_keep", "fwd"), ("rdn_keep", "fwd+bwd")]  # no decode point
+    assert [(p.op, p.mode) for p in points] == [(name, "fwd"), (name, "fwd+bwd")]  # no decode point
     assert all(p.error is None and p.ms > 0 for p in points), points
     assert calls and all(kw == {"backend": "torch", "recompute_states": False} for kw in calls)
-    assert plot.COLORS["rdn_keep"] not in {c for op, c in plot.COLORS.items() if op != "rdn_keep"}
-    assert plot.LABELS["rdn_keep"] != plot.LABELS["rdn"]
+    assert plot.COLORS[name] not in {c for op, c in plot.COLORS.items() if op != name}
+    assert plot.LABELS[name] not in {label for op, label in plot.LABELS.items() if op != name}
 
 
 def test_bad_options_and_models_fail_cleanly(capsys):

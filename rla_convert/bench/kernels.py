@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from ..errors import describe
 
-# rdn_keep: RDN with recompute_states=False (its backward takes the forward's walk instead of rerunning it; more
-# memory). The torch backend of the CPU smoke run ignores that option, so there it times as rdn.
-SEQUENCE_OPS = ("rla", "rdn", "rdn_keep", "fla_gdn", "fla_simple_gla", "sdpa_flash")
+# rla_keep, rdn_keep: RLA, RDN with recompute_states=False (the backward takes the forward's walk instead of
+# rerunning it; more memory). The torch backend of the CPU smoke run ignores that option, so there they time as
+# rla, rdn.
+SEQUENCE_OPS = ("rla", "rdn", "rla_keep", "rdn_keep", "fla_gdn", "fla_simple_gla", "sdpa_flash")
 DECODE_OPS = ("rla", "rdn", "fla_gdn", "sdpa_flash")
 MODES = ("fwd", "fwd+bwd")
 FLA_OPS = ("fla_gdn", "fla_simple_gla")
@@ -117,7 +118,7 @@ def _our_op(name):
 
 
 def _build_ours(name, **options):
-    """``options``: keywords of the public op (rdn_keep: recompute_states=False)."""
+    """``options``: keywords of the public op (rla_keep, rdn_keep: recompute_states=False)."""
     def build(shape: Shape, backward: bool):
         op = _our_op(name)
         q, k, v = _qkv(shape, shape.seq_len, backward)
@@ -176,8 +177,8 @@ def _with_backward(forward, leaves, backward):
 
 
 SEQUENCE_BUILDERS = {
-    "rla": _build_ours("rla"), "rdn": _build_ours("rdn"), "rdn_keep": _build_ours("rdn", recompute_states=False),
-    "fla_gdn": _build_fla_gdn,
+    "rla": _build_ours("rla"), "rdn": _build_ours("rdn"), "rla_keep": _build_ours("rla", recompute_states=False),
+    "rdn_keep": _build_ours("rdn", recompute_states=False), "fla_gdn": _build_fla_gdn,
     "fla_simple_gla": _build_fla_simple_gla, "sdpa_flash": _build_sdpa_flash,
 }
 

@@ -5,13 +5,14 @@ Everything here reads the results document of ``kernels.results_document`` (the 
 """
 from __future__ import annotations
 
-LABELS = {"rla": "RLA (ours)", "rdn": "RDN (ours)", "rdn_keep": "RDN, walk kept (ours)", "fla_gdn": "fla GDN",
-          "fla_simple_gla": "fla simple GLA", "sdpa_flash": "SDPA flash"}
+LABELS = {"rla": "RLA (ours)", "rdn": "RDN (ours)", "rla_keep": "RLA, walk kept (ours)",
+          "rdn_keep": "RDN, walk kept (ours)", "fla_gdn": "fla GDN", "fla_simple_gla": "fla simple GLA",
+          "sdpa_flash": "SDPA flash"}
 DECODE_LABELS = {**LABELS, "sdpa_flash": "SDPA flash (KV cache)"}
 # One colour an op in every panel and every saved plot, whatever order the points came in (merged result files
 # list them in the order they were measured).
-COLORS = {"rla": "tab:red", "rdn": "tab:purple", "rdn_keep": "tab:brown", "fla_gdn": "tab:blue",
-          "fla_simple_gla": "tab:orange", "sdpa_flash": "tab:green"}
+COLORS = {"rla": "tab:red", "rdn": "tab:purple", "rla_keep": "tab:pink", "rdn_keep": "tab:brown",
+          "fla_gdn": "tab:blue", "fla_simple_gla": "tab:orange", "sdpa_flash": "tab:green"}
 
 
 class _Footnotes:
@@ -133,7 +134,7 @@ def kernel_figure(doc: dict):
         for op in dict.fromkeys(p["op"] for p in doc["points"] if p["mode"] == mode):
             line = sorted((p["seq_len"], p["ms"]) for p in ok if p["mode"] == mode and p["op"] == op)
             if line:
-                style = "-o" if op in ("rla", "rdn", "rdn_keep") else "--s"
+                style = "-o" if op in ("rla", "rdn", "rla_keep", "rdn_keep") else "--s"
                 ax.plot([x for x, _ in line], [y for _, y in line], style, label=labels.get(op, op), markersize=4,
                         color=COLORS.get(op))
         xs = sorted({p["seq_len"] for p in doc["points"] if p["mode"] == mode})

@@ -42,9 +42,9 @@ def bench():
 @click.option("--heads", type=int, default=None, help="Heads H [default: 16; smoke: 2].")
 @click.option("--head-dim", type=int, default=None, help="Head dim of q, k and v [default: 128; smoke: 32].")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None, help="[default: bf16; smoke: fp32]")
-@click.option("--ops", default="rla,rdn,rdn_keep,fla_gdn,fla_simple_gla,sdpa_flash", show_default=True,
-              help="Ops to time (rdn_keep: rdn with recompute_states=False; decode times those of rla, rdn, fla_gdn, "
-                   "sdpa_flash).")
+@click.option("--ops", default="rla,rdn,rla_keep,rdn_keep,fla_gdn,fla_simple_gla,sdpa_flash", show_default=True,
+              help="Ops to time (rla_keep, rdn_keep: rla, rdn with recompute_states=False; decode times those of rla, "
+                   "rdn, fla_gdn, sdpa_flash).")
 @click.option("--modes", default="fwd,fwd+bwd", show_default=True, help="fwd and/or fwd+bwd.")
 @click.option("--decode-contexts", default=None,
               help=f"Context lengths before the timed decode token [default: {GPU_DECODE_CONTEXTS}; smoke: 32,128].")
