@@ -3,12 +3,16 @@
 any failure.
 
     python scripts/gpu_check_rla.py                 # correctness table, fixed launch config (~1 min)
+    python scripts/gpu_check_rla.py --keep          # only the keep rows (--no-keep: none of them)
     python scripts/gpu_check_rla.py --all-configs   # + every autotune config at two shapes
     python scripts/gpu_check_rla.py --bench         # + autotuned timings at B=4, T=8192, H=16, D=128
     TRITON_INTERPRET=1 python scripts/gpu_check_rla.py --smoke [--gpu-dots]   # tiny shapes on the CPU
 
 Relative error is ||x - ref|| / ||ref||, the reference being the naive loop in float64 (on the GPU) on the
 same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1e-2 for bf16/fp16.
+Each case runs twice: as the API runs by default (the backward reruns the forward's state walks and residuals)
+and, as ``keep`` rows, with them kept (``keep_walk``, the API's ``rla(recompute_states=False)``: the backward
+takes the forward's h_S, h_R and r). The same kernels run either way, so a keep row compiles nothing new.
 Works from the repository root with or without the package installed.
 """
 from __future__ import annotations
@@ -106,8 +110,8 @@ def rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True):
-    torch.manual_seed(zlib.crc32(name.encode()))
+def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True, keep=False):
+    torch.manual_seed(zlib.crc32((name + (" keep" if keep else "")).encode()))
     if DEVICE == "cpu":
         T, K = min(T, 40), 16
         lengths = None if lengths is None else [n // 25 + 1 for n in lengths]
@@ -117,9 +121,10 @@ def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True)
         T = int(cu[-1])
     N = B if cu is None else len(lengths)
     inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype, states)
-    o, S_T, R_T = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu)
+    # keep: as the API's rla(recompute_states=False) runs it (kernels/library.py): the backward takes the walk
+    o, S_T, R_T, *walk = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu, keep_walk=keep)
     do, dS, dR = torch.randn_like(o), torch.randn_like(S_T), torch.randn_like(R_T)
-    grads = chunk_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS, dR)
+    grads = chunk_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS, dR, walk=walk[0] if keep else None)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     want = reference(inputs, S0, R0, clip, residual, cu, do, dS, dR)
@@ -161,7 +166,11 @@ def main():
     ap.add_argument("--gpu-dots", action="store_true",
                     help="with --smoke: half dots as the GPU makes them (see emulate_gpu_half_dots)")
     ap.add_argument("--case", default="", help="only the cases whose name contains this text")
+    keep = ap.add_mutually_exclusive_group()
+    keep.add_argument("--keep", action="store_true", help="only the keep rows (the walk kept, recompute_states=False)")
+    keep.add_argument("--no-keep", action="store_true", help="no keep rows")
     args = ap.parse_args()
+    keeps = [True] if args.keep else [False] if args.no_keep else [False, True]
     if args.gpu_dots:
         if not args.smoke:
             ap.error("--gpu-dots only applies to --smoke")
@@ -174,10 +183,12 @@ def main():
     t0 = time.time()
     failed = 0
     for name, B, T, H, K, dtype, clip, residual, lengths, states in cases:
-        errs, worst, ok = run_case(name, B, T, H, K, dtype, clip, residual, lengths, states)
-        print_row(name, errs, worst, ok)
-        failed += not ok
-    print(f"correctness: {len(cases) - failed}/{len(cases)} ok in {time.time() - t0:.0f} s (fixed config)")
+        for keep in keeps:
+            errs, worst, ok = run_case(name, B, T, H, K, dtype, clip, residual, lengths, states, keep)
+            print_row(name + (" keep" if keep else ""), errs, worst, ok)
+            failed += not ok
+    rows = len(cases) * len(keeps)
+    print(f"correctness: {rows - failed}/{rows} ok in {time.time() - t0:.0f} s (fixed config)")
 
     if args.all_configs:
         for cfg in all_configs():
@@ -198,13 +209,17 @@ def main():
         do = torch.randn_like(inputs[2])
         fwd = lambda: chunk_fwd(*inputs, None, 1.0, "clip", None, None, None)  # noqa: E731
         bwd = lambda: chunk_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None)  # noqa: E731
+        walk = chunk_fwd(*inputs, None, 1.0, "clip", None, None, None, keep_walk=True)[3]
+        bwd_kept = lambda: chunk_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None,  # noqa: E731
+                                     walk=walk)
         t1 = time.time()
         fwd(), bwd()  # autotune here, outside the timings
         torch.cuda.synchronize()
         tune_s = time.time() - t1
-        ms_fwd, ms_bwd = do_bench(fwd), do_bench(bwd)
+        ms_fwd, ms_bwd, ms_kept = do_bench(fwd), do_bench(bwd), do_bench(bwd_kept)
         print(f"bench bf16 B={B} T={T} H={H} D={D}: fwd {ms_fwd:.2f} ms, bwd (recomputes fwd states) "
-              f"{ms_bwd:.2f} ms, fwd+bwd {ms_fwd + ms_bwd:.2f} ms (autotune took {tune_s:.0f} s)")
+              f"{ms_bwd:.2f} ms, fwd+bwd {ms_fwd + ms_bwd:.2f} ms (autotune took {tune_s:.0f} s); bwd with the "
+              f"walk kept {ms_kept:.2f} ms (the forward is the same either way)")
         for kern in KERNELS:
             best = getattr(kern, "best_config", None)
             print(f"  {kern.fn.__name__}: {best}")
