@@ -88,15 +88,16 @@ def run_ops(ops, shape, dtype, sms):
             if name.startswith("rla_kernels.") and hasattr(module, "sm_count"):
                 module.sm_count = lambda device: sms
         fwd, bwd = getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
-        # RDN as the API runs it: the backward takes the forward's chunk matrices (kernels/library.py); then as
-        # rdn(recompute_states=False) runs it: the forward walk stores U, W and X, and the backward takes that walk
-        # (launches already seen compile once: the rows of this pass are the forward walk with both stores)
+        # As the API runs it: RDN's backward takes the forward's chunk matrices (kernels/library.py); then as
+        # recompute_states=False runs it: the forward hands its walk to the backward (last of its outputs). Launches
+        # already seen compile once: for RDN the rows of this pass are the forward walk with both stores (U, W and
+        # X); RLA's keep runs the default forward's launches and adds none.
         saving = op == "rdn"
-        for keep in (False, True) if saving else (False,):
-            out = fwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None,
-                      **({"save_wy": True, "keep_walk": keep} if saving else {}))
+        for keep in (False, True):
+            out = fwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None, keep_walk=keep,
+                      **({"save_wy": True} if saving else {}))
             bwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None, do, None, None,
-                **({"wy": out[3], "walk": out[4] if keep else None} if saving else {}))
+                walk=out[-1] if keep else None, **({"wy": out[3]} if saving else {}))
 
 
 def main():

@@ -60,8 +60,9 @@ def main():
                         "backward chunks by at most 32 whatever is asked: chunk.BWD_CHUNK_SIZE)")
     parser.add_argument("--walk-warps", default="", help="RDN only: warps of the state walks to compare, e.g. 8,4 "
                         "(default: chunk.WALK_WARPS)")
-    parser.add_argument("--keep-walk", action="store_true", help="RDN only: also profile the forward and backward "
-                        "with the walk kept (rdn(recompute_states=False): keep_walk, the backward takes h_s, h_r, X)")
+    parser.add_argument("--keep-walk", action="store_true", help="also profile the forward and backward with the "
+                        "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, X, RLA's h_S, "
+                        "h_R, r)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -72,7 +73,8 @@ def main():
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
             do = torch.randn_like(x[2])
             # RDN's backward takes the forward's chunk matrices, as the API hands them on (kernels/library.py)
-            saved = {"wy": fwd(*x, None, 1.0, "clip", save_wy=True)[3]} if op == "rdn" else {}
+            save = {"save_wy": True} if op == "rdn" else {}
+            saved = {"wy": fwd(*x, None, 1.0, "clip", **save)[3]} if op == "rdn" else {}
             passes = []
             for width in widths or [None]:
                 def setting(fn, width=width):
@@ -87,13 +89,14 @@ def main():
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
                         lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c,
                                         **saved))))
-                if args.keep_walk and op == "rdn":
-                    kept = fwd(*x, None, 1.0, "clip", save_wy=True, keep_walk=True)
+                if args.keep_walk:
+                    # the walk comes last, after RDN's chunk matrices (chunk_{op}_fwd)
+                    kept = fwd(*x, None, 1.0, "clip", keep_walk=True, **save)
+                    kept = {"walk": kept[-1], **({"wy": kept[3]} if op == "rdn" else {})}
                     passes.append((f"fwd, walk kept{tag}", setting(
-                        lambda: fwd(*x, None, 1.0, "clip", save_wy=True, keep_walk=True))))
+                        lambda: fwd(*x, None, 1.0, "clip", keep_walk=True, **save))))
                     passes.append((f"bwd, walk kept{tag}", setting(
-                        lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, wy=kept[3],
-                                              walk=kept[4]))))
+                        lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, **kept))))
                     del kept
             for name, fn in passes:
                 try:
