@@ -5,6 +5,10 @@ function and its clip threshold, the gate-initialisation strategy, which layers 
 short convolution, whether RoPE is kept, and the kernel backend. The pipeline fills in ``source``
 (what was converted) and ``layers`` (one entry per replaced module: its path and the constructor
 arguments of its new layer), which is all the exported modeling code needs to rebuild the model.
+
+One field changes only how training runs, not what the model computes: ``recompute_states`` (see
+``TRAINING_ONLY``). It reaches the layers of the live model and the distill recipes, but exports do not
+store it and a resumed run may change it.
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ from .errors import UserError
 VARIANTS = ("rla", "rdn", "gdn")
 RESIDUAL_FUNCTIONS = ("clip", "tanh")
 BACKENDS = (None, "torch", "triton", "naive")
+# Fields that set how a model trains, not what it computes: the exported checkpoint's config does not store
+# them (a reloaded model takes the layer defaults; rla_convert.layers.set_recompute_states changes them) and
+# a distillation run resumes across a change of them (rla_convert.distill.trainer.recipe_fingerprint).
+TRAINING_ONLY = ("recompute_states",)
 
 
 @dataclass
@@ -31,6 +39,13 @@ class ConversionConfig:
     output_gate: bool = False  # softmax sources: add GDN's output norm + SiLU gate
     backend: str | None = None  # kernel backend; None lets rla_kernels pick
     seed: int = 0  # for the random parts of gate initialisation
+    # training with the Triton kernels, memory against time (rla_kernels.rdn's docstring): True (default), the
+    # backward reruns the forward's chunk-state walk; False, the forward keeps it for the backward (RDN at
+    # B=16 T=2k H=16 K=V=128 on an H200: ~1.4 ms less fwd+bwd per layer, for 2*B*ceil(T/32)*H*K*V elements of
+    # q's dtype plus B*T*H*V fp32 per layer held until the backward). Passed to the rdn / rla op only when
+    # False; ignored by inference, the torch backend and the gdn baseline. Training-only (TRAINING_ONLY): not
+    # stored in exports.
+    recompute_states: bool = True
     source: dict = field(default_factory=dict)  # filled by the pipeline: base model type, class, name
     layers: list[dict] = field(default_factory=list)  # filled by the pipeline: replaced modules
 
@@ -52,11 +67,18 @@ class ConversionConfig:
 
         if self.gate_init != "auto" and self.gate_init not in STRATEGIES:
             raise UserError(f"--gate-init {self.gate_init!r} is not known; accepted: auto, {', '.join(STRATEGIES)}")
+        if not isinstance(self.recompute_states, bool):
+            raise UserError(f"recompute_states must be true or false (false keeps the state walk for the backward), "
+                            f"got {self.recompute_states!r}")
         if any(i < 0 for i in self.keep_softmax):
             raise UserError(f"--keep-softmax: layer indices must be >= 0, got {self.keep_softmax}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def model_dict(self) -> dict:
+        """``to_dict`` without the TRAINING_ONLY fields: what an exported checkpoint stores as ``conversion``."""
+        return {k: v for k, v in self.to_dict().items() if k not in TRAINING_ONLY}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConversionConfig":

@@ -78,7 +78,8 @@ def _promote(model, config: ConversionConfig) -> None:
 
     base_config, base_class = model.config, type(model)
     _drop_gguf_quantizer(model, base_config)
-    rla_config = RLAConfig.from_base(base_config, config.to_dict(), base_class)
+    # the training-only fields (recompute_states) stay on the live layers and out of the saved config
+    rla_config = RLAConfig.from_base(base_config, config.model_dict(), base_class)
     for module in model.modules():
         if getattr(module, "config", None) is base_config:
             module.config = rla_config

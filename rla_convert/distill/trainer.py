@@ -537,9 +537,17 @@ def _median(xs):
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
-    """What a resume must share with the run it continues: model, conversion, data, stages, seed."""
+    """What a resume must share with the run it continues: model, conversion, data, stages, seed.
+
+    Not the conversion's training-only fields (config.TRAINING_ONLY: recompute_states): they change memory and
+    speed, not the model, so a run may resume with another choice (e.g. on a smaller GPU; its losses may then
+    differ from the uninterrupted run's in rounding), and runs from before those fields existed still match.
+    """
     import hashlib
+
+    from ..config import TRAINING_ONLY
 
     d = asdict(recipe)
     keep = {k: d[k] for k in ("model", "conversion", "data", "stage1", "stage2", "seed", "precision")}
+    keep["conversion"] = {k: v for k, v in keep["conversion"].items() if k not in TRAINING_ONLY}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]

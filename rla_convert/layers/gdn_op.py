@@ -12,7 +12,8 @@ other backend name means "fla where it can run"). The guard is lifted process-wi
 the process: use the baseline in a process of its own when other fla ops matter. States are 1-tuples
 ``(S,)``, S [N, H, K, V] float32 as in rla_kernels. ``gamma``, ``clip`` and ``residual`` are accepted and
 ignored: there is no residual branch; so is ``validate`` (the layers' debug mode): neither implementation
-has value checks.
+has value checks; and so is ``recompute_states`` (the layers' training-time choice for rla_kernels' walk):
+fla's backward decides for itself what it recomputes.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ _guard_lifted = False
 
 
 def gated_delta_rule(q, k, v, g, beta, gamma=None, scale=None, clip=None, residual=None, initial_state=None,
-                     output_final_state=False, cu_seqlens=None, backend=None, validate=False):
+                     output_final_state=False, cu_seqlens=None, backend=None, validate=False, recompute_states=True):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S0 = None if initial_state is None else initial_state[0]
     use_fla = backend != "torch" and q.is_cuda and _fla_importable()

@@ -18,7 +18,9 @@ get a = 1, beta = gamma = 0 and zero inputs, so they leave the states untouched.
 ``cu_seqlens`` (or transformers' ``cu_seq_lens_q``) with batch size 1.
 
 The constructor arguments are plain JSON values: the exported config stores them and the modeling code
-rebuilds the layer from them.
+rebuilds the layer from them, all but ``recompute_states``, a training-time choice of memory against time
+(rla_convert.config.TRAINING_ONLY) that a rebuilt layer takes at its default; ``set_recompute_states``
+changes it on a loaded model.
 """
 from __future__ import annotations
 
@@ -108,6 +110,7 @@ class ResidualAttention(nn.Module):
         b_bias: bool = True,
         call_style: str = "pair",
         backend: str | None = None,
+        recompute_states: bool = True,
     ):
         super().__init__()
         if variant not in ("rla", "rdn", "gdn"):
@@ -126,6 +129,9 @@ class ResidualAttention(nn.Module):
         self.head_v_dim = head_v_dim or head_dim
         self.layer_idx, self.clip, self.residual = layer_idx, clip, residual
         self.conv_size, self.rope, self.call_style, self.backend = conv_size, rope, call_style, backend
+        # False: the op's forward keeps its chunk-state walk for the backward instead of the backward rerunning it
+        # (rla_kernels.rdn's docstring: faster training for memory held until the backward); read at each call
+        self.recompute_states = recompute_states
         self.scale = head_dim ** -0.5
         H = self.num_heads
 
@@ -203,9 +209,11 @@ class ResidualAttention(nn.Module):
             g, beta, gamma = self._gates(a, b, c, valid, gate_dtype)
 
         initial = state.recurrent_state if state is not None else None
+        # only when not the default, so a default call is the op's plain call
+        keep = {} if self.recompute_states else {"recompute_states": False}
         o, final = self._op(q, k, v, g, beta, gamma, scale=self.scale, clip=self.clip, residual=self.residual,
                             initial_state=initial, output_final_state=state is not None, cu_seqlens=cu_seqlens,
-                            validate=self.debug)
+                            validate=self.debug, **keep)
         if state is not None:
             state.write_recurrent_state(tuple(s.to(gate_dtype) for s in final))
             state.seen_tokens += T
@@ -320,4 +328,16 @@ class ResidualAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"variant={self.variant}, heads={self.num_heads} (q {self.num_q_heads}, k {self.num_k_heads}, "
-                f"v {self.num_v_heads}), head_dim={self.head_dim}, clip={self.clip}, conv={self.conv_size}, rope={self.rope}")
+                f"v {self.num_v_heads}), head_dim={self.head_dim}, clip={self.clip}, conv={self.conv_size}, rope={self.rope}"
+                + ("" if self.recompute_states else ", recompute_states=False"))
+
+
+def set_recompute_states(model: nn.Module, recompute_states: bool) -> int:
+    """Set ``recompute_states`` on every ResidualAttention layer of ``model`` (e.g. a reloaded export, before
+    fine-tuning it: exports do not store the choice); returns how many layers were set."""
+    if not isinstance(recompute_states, bool):
+        raise TypeError(f"recompute_states must be True or False, got {recompute_states!r}")
+    layers = [m for m in model.modules() if isinstance(m, ResidualAttention)]
+    for layer in layers:
+        layer.recompute_states = recompute_states
+    return len(layers)

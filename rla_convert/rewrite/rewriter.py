@@ -122,7 +122,9 @@ def _build_layer(module, site: Site, adapter, index, model, config: ConversionCo
     kwargs.update(variant=config.variant, clip=config.clip, residual=config.residual, layer_idx=index,
                   call_style=adapter.call_style, backend=config.backend)
     reference = next(module.parameters())
-    layer = ResidualAttention(**kwargs)
+    # recompute_states is training-only (config.TRAINING_ONLY): the live layer gets it, the spec (which exports
+    # store and rebuild layers from) does not
+    layer = ResidualAttention(**kwargs, recompute_states=config.recompute_states)
     weights = adapter.weights(module)
     missing, unexpected = layer.load_state_dict(weights, strict=False)
     if unexpected:
