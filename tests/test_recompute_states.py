@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,6 +164,13 @@ def test_a_bad_recipe_value_is_one_line_naming_the_key(tmp_path, value, shown):
     message = str(err.value)
     assert "\n" not in message
     assert f"field 'conversion.recompute_states' must be true or false, got {shown}" in message
+
+
+def test_the_smollm2_rdn_recipes_turn_it_on_and_the_others_keep_the_default():
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    values = {p.stem: load_recipe(p).conversion.recompute_states for p in sorted(recipes.glob("*.yaml"))}
+    assert values["smollm2-135m-rdn"] is False and values["smollm2-135m-rdn-hybrid"] is False
+    assert {name for name, value in values.items() if value is False} == {"smollm2-135m-rdn", "smollm2-135m-rdn-hybrid"}
 
 
 def test_resuming_may_change_it(tmp_path):

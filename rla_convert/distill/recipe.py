@@ -3,7 +3,8 @@
 Every field is typed (the dataclasses below are the schema). A wrong field name or type is reported
 with the file and line it sits on; `--set a.b=value` overrides any field before the checks run.
 The `conversion` section takes the fields of `rla_convert.config.ConversionConfig` (one schema for
-conversion options, here and on the command line).
+conversion options, here and on the command line), including the training-only `recompute_states`
+(false: the kernels keep their state walk for the backward, memory for speed; see its comment there).
 """
 from __future__ import annotations
 
