@@ -354,7 +354,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, IS_VARLEN=L.varlen,
         )
         _rdn_bwd_dg_kernel[L.chunk_grid](
-            g, dg_part, dg, L.cu_seqlens, L.chunk_indices, L.T, NTH,
+            dg_part, dg, L.cu_seqlens, L.chunk_indices, L.T, NTH,
             H=L.H, BT=L.BT, NK=NK, IS_VARLEN=L.varlen, num_warps=1,
         )
     return (dq, dk, dv, dg, dbeta, dgamma,

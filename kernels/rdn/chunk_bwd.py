@@ -392,7 +392,7 @@ def _rdn_bwd_grad_kernel(
 
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_dg_kernel(
-    g, dg_part, dg, cu_seqlens, chunk_indices, T, NTH,
+    dg_part, dg, cu_seqlens, chunk_indices, T, NTH,
     H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """dg of one chunk: the reverse cumsum of the K-blocks' summed row partials, plus block 0's -dGp (the
