@@ -270,7 +270,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     o = torch.empty_like(v)
     if L.n_chunks:
         _rdn_out_kernel[L.chunk_grid_v](
-            q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T,
+            q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
     return (o, S_T, R_T) + ((wy,) if save_wy else ()) + (((h_s, h_r, x),) if keep_walk else ())
 
@@ -338,7 +338,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         _rdn_bwd_rows_kernel[L.chunk_grid](
             q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
             dv, u, w, rows_part,
-            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.clip, L.T, NTH,
+            L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
             RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
         )
@@ -349,7 +349,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         _rdn_bwd_grad_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
             q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, rows_part,
             dq, dk, dbeta, dgamma, dg_part,
-            L.cu_seqlens, L.chunk_indices, L.chunk_offsets, scale, L.T, NTH,
+            L.cu_seqlens, L.chunk_indices, scale, L.T, NTH,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BKF=L.BK, BV=L.BV, DOT_PREC=L.dot_prec,
             HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, IS_VARLEN=L.varlen,
         )

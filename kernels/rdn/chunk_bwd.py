@@ -141,7 +141,7 @@ def _rdn_bwd_walk_kernel(
 def _rdn_bwd_rows_kernel(
     q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
     dv, u_out, w_out, rows_part,
-    cu_seqlens, chunk_indices, chunk_offsets, scale, clip, T, NTH,
+    cu_seqlens, chunk_indices, scale, clip, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -154,7 +154,7 @@ def _rdn_bwd_rows_kernel(
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
+    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     o_t = tl.arange(0, BT)
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
@@ -257,7 +257,7 @@ def _state_dot(a, s, DOT_PREC: tl.constexpr, HALF: tl.constexpr):
 def _rdn_bwd_grad_kernel(
     q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, rows_part,
     dq, dk, dbeta, dgamma, dg_part,
-    cu_seqlens, chunk_indices, chunk_offsets, scale, T, NTH,
+    cu_seqlens, chunk_indices, scale, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, HALF_STATE_DOTS: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -273,7 +273,7 @@ def _rdn_bwd_grad_kernel(
     i_k = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
     bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
+    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]
     incl = o_t[:, None] >= o_t[None, :]

@@ -43,7 +43,7 @@ def load_gate(x, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def state_row(chunk_offsets, i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+def state_row(i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """Row of a chunk-parallel program's chunk in the per-chunk state buffers [n_chunks, H, K, V]."""
     if IS_VARLEN:
         row = i_c  # chunk_tables orders the chunks as the state rows
@@ -135,7 +135,7 @@ def _rdn_walk_kernel(
 @autotune(configs=launch_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_out_kernel(
-    q, k, g, gamma, h_s, h_r, u, w, o, cu_seqlens, chunk_indices, chunk_offsets, scale, T,
+    q, k, g, gamma, h_s, h_r, u, w, o, cu_seqlens, chunk_indices, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -144,7 +144,7 @@ def _rdn_out_kernel(
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
     bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
+    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     o_t = tl.arange(0, BT)
     b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)

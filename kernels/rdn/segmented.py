@@ -72,7 +72,7 @@ def _delta_walk_kernel(
 @autotune(configs=launch_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "WITH_RESIDUAL"])
 @triton.jit(do_not_specialize=["T"])
 def _pseudo_values_kernel(
-    k, y, g, rate, t_x, m_k, h, u, r, cu_seqlens, chunk_indices, chunk_offsets, clip, T,
+    k, y, g, rate, t_x, m_k, h, u, r, cu_seqlens, chunk_indices, clip, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, WITH_RESIDUAL: tl.constexpr,
@@ -84,7 +84,7 @@ def _pseudo_values_kernel(
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
     bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, False)
-    h_off = (state_row(chunk_offsets, i_c, i_nh, T, H, BT, False) * H + i_h) * K * V
+    h_off = (state_row(i_c, i_nh, T, H, BT, False) * H + i_h) * K * V
     tok_v = (bos * H + i_h) * V
     b_G, b_Gp, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_x = load_gate(rate, bos, T_seq, i_t, i_h, H, BT)
@@ -192,7 +192,7 @@ def chunk_rdn_fwd_segmented(L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0
     del h, final
     u, r = L.per_token(k, L.V), L.per_token(k, L.V)
     _pseudo_values_kernel[L.chunk_grid_v](
-        k, v, g, beta, t_beta, m_k, h_s, u, r, None, None, None, L.clip, L.T,
+        k, v, g, beta, t_beta, m_k, h_s, u, r, None, None, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, WITH_RESIDUAL=True)
 
@@ -201,7 +201,7 @@ def chunk_rdn_fwd_segmented(L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0
     del h, final
     w = L.per_token(k, L.V)
     _pseudo_values_kernel[L.chunk_grid_v](
-        k, r, g, gamma, t_gamma, None, h_r, w, None, None, None, None, L.clip, L.T,
+        k, r, g, gamma, t_gamma, None, h_r, w, None, None, None, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, WITH_RESIDUAL=False)
     return h_s, h_r, u, w, S_T, R_T
