@@ -31,8 +31,8 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import (autotune, chunk_coords, exp_masked, launch_configs, load_tile, load_tile_raw,
-                              seq_bounds, store_tile)
+from ._triton_helpers import (autotune, chunk_prologue, exp_masked, launch_configs, load_tile,
+                              load_tile_raw, seq_bounds, store_tile)
 from .chunk_fwd import chunk_decays, load_gate, state_row
 
 
@@ -153,9 +153,9 @@ def _rdn_bwd_rows_kernel(
     more state reads, three more [BT, K] x [K, BV] dots) to write dv and those adjoints itself."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    bos, T_seq, i_t, i_h, _, _, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
-    o_t = tl.arange(0, BT)
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     tok_t = (bos * H + i_h) * BT
@@ -215,14 +215,11 @@ def _rdn_bwd_rows_kernel(
         store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    rows = i_t * BT + o_t
-    in_seq = rows < T_seq
-    part = (bos + rows) * H + i_h
     block = tl.cast(NTH, tl.int64)  # one [B*T*H] slab per row sum
-    tl.store(rows_part + part, b_dG, mask=in_seq)
-    tl.store(rows_part + block + part, b_dGp, mask=in_seq)
-    tl.store(rows_part + 2 * block + part, b_db, mask=in_seq)
-    tl.store(rows_part + 3 * block + part, b_dc, mask=in_seq)
+    tl.store(rows_part + row_off, b_dG, mask=in_seq)
+    tl.store(rows_part + block + row_off, b_dGp, mask=in_seq)
+    tl.store(rows_part + 2 * block + row_off, b_db, mask=in_seq)
+    tl.store(rows_part + 3 * block + row_off, b_dc, mask=in_seq)
 
 
 @triton.jit
@@ -272,16 +269,13 @@ def _rdn_bwd_grad_kernel(
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_k = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
-    o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]
     incl = o_t[:, None] >= o_t[None, :]
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
-    rows = i_t * BT + o_t
-    in_seq = rows < T_seq
-    row_off = (bos + rows) * H + i_h
 
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
@@ -399,11 +393,7 @@ def _rdn_bwd_dg_kernel(
     finisher of _rdn_bwd_grad_kernel; fla's chunk_local_cumsum(reverse=True) in its gated delta rule)."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    o_t = tl.arange(0, BT)
-    rows = i_t * BT + o_t
-    in_seq = rows < T_seq
-    row_off = (bos + rows) * H + i_h
+    _, _, _, _, o_t, _, in_seq, row_off = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     block = tl.cast(NTH, tl.int64)
     b_p = tl.zeros([BT], dtype=tl.float32)
     for j in range(0, NK):

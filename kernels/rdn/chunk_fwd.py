@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import (autotune, chunk_coords, exp_masked, launch_configs, load_tile, load_tile_raw,
+from ._triton_helpers import (autotune, chunk_prologue, exp_masked, launch_configs, load_tile, load_tile_raw,
                               seq_bounds, store_tile)
 
 
@@ -143,9 +143,8 @@ def _rdn_out_kernel(
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
+    bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
-    o_t = tl.arange(0, BT)
     b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
     # q, k and the states raw: the states come in the input dtype (chunk.py chunk_states), so q.S is one half

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import GRID_AXIS_LIMIT
-from ._triton_helpers import autotune, chunk_coords, launch_configs, load_tile, seq_bounds, store_tile
+from ._triton_helpers import autotune, chunk_prologue, launch_configs, load_tile, seq_bounds, store_tile
 from .chunk_fwd import chunk_decays, load_gate, state_row
 
 
@@ -83,7 +83,7 @@ def _pseudo_values_kernel(
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, False)
+    bos, T_seq, i_t, i_h, _, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, False)
     h_off = (state_row(i_c, i_nh, T, H, BT, False) * H + i_h) * K * V
     tok_v = (bos * H + i_h) * V
     b_G, b_Gp, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)

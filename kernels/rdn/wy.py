@@ -29,7 +29,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_helpers import autotune, chunk_coords, exp_masked, launch_configs, load_tile, load_tile_raw, store_tile
+from ._triton_helpers import (autotune, chunk_prologue, exp_masked, launch_configs, load_tile, load_tile_raw,
+                              store_tile)
 
 
 @triton.jit
@@ -137,12 +138,9 @@ def _rdn_wy_kernel(
     MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    o_t = tl.arange(0, BT)
-    rows = i_t * BT + o_t
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    bos, T_seq, i_t, i_h, o_t, _, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    b_g = tl.load(g + row_off, mask=in_seq, other=0.0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     b_Gp = b_G - b_g
     tok_k = (bos * H + i_h) * K
@@ -176,10 +174,9 @@ def _rdn_mqi_kernel(
 ):
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
-    o_t = tl.arange(0, BT)
-    rows = i_t * BT + o_t
-    b_g = tl.load(g + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
+    bos, T_seq, i_t, i_h, o_t, _, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    b_g = tl.load(g + row_off, mask=in_seq, other=0.0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     tok_k = (bos * H + i_h) * K
     b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
