@@ -20,7 +20,7 @@ what links the chunks runs sequentially:
     forward:  wy.py (chunk-local matrices, chunk-parallel) -> chunk_fwd walk (states, sequential per
               (sequence, head, V-block)) -> chunk_fwd output (chunk-parallel); at small batch and long T
               the walk is cut along the sequence instead (segmented.py, ``segments=``)
-    backward: Mqi (wy.py; all of wy.py without the forward's saved matrices) -> the forward walk again,
+    backward: Mqi (wy.py; and its other matrices without the forward's saved ones) -> the forward walk again,
               storing X -> chunk_bwd reverse walk (state adjoints) -> chunk_bwd gradients (chunk-parallel)
 
 By default the backward reruns the forward walk instead of keeping its states alive between forward and backward
@@ -177,22 +177,22 @@ def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -
     return (max(rows, 0), H, K, V), (max(rows, 0), H, K, V), (B, T, H, V)
 
 
-def _wy(L: _Layout, q, k, g, beta, gamma, with_mqi: bool, out=None):
-    """T_beta, T_gamma, Mk and (for the backward) Mqi of every chunk, [B, T, H, BT] fp32; the first three in
-    ``out`` ([3, B, T, H, BT], the forward's saved copy) when given."""
+def _wy(L: _Layout, k, g, beta, gamma, out=None):
+    """T_beta, T_gamma, Mk of every chunk, [B, T, H, BT] fp32, as the three of ``out`` ([3, B, T, H, BT], the
+    forward's saved copy) when given. The backward's Mqi comes from ``_mqi``."""
     if out is None:
         out = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
     t_beta, t_gamma, m_k = out.unbind(0)
-    m_qi = L.per_token(k, L.BT) if with_mqi else None
     if L.n_chunks:
         _rdn_wy_kernel[L.chunk_grid](
-            q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, L.cu_seqlens, L.chunk_indices, L.T,
-            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, STORE_MQI=with_mqi, IS_VARLEN=L.varlen)
-    return t_beta, t_gamma, m_k, m_qi
+            k, g, beta, gamma, t_beta, t_gamma, m_k, L.cu_seqlens, L.chunk_indices, L.T,
+            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
+    return t_beta, t_gamma, m_k
 
 
 def _mqi(L: _Layout, q, k, g):
-    """Mqi alone (wy.py), for a backward that has the forward's T_beta, T_gamma and Mk."""
+    """Mqi of every chunk (wy.py), [B, T, H, BT] fp32, for the backward (with or without the forward's T_beta,
+    T_gamma and Mk)."""
     m_qi = L.per_token(k, L.BT)
     if L.n_chunks:
         _rdn_mqi_kernel[L.chunk_grid](
@@ -258,7 +258,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
     wy = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
-    t_beta, t_gamma, m_k, _ = _wy(L, q, k, g, beta, gamma, False, wy)
+    t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma, wy)
     if segments > 1:
         h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(
             L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments)
@@ -306,9 +306,9 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     saved_wy = wy is not None and tuple(wy.shape) == wy_shape(k, L.BT) and wy.dtype == torch.float32
     if saved_wy:
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
-        m_qi = _mqi(L, q, k, g)
     else:
-        t_beta, t_gamma, m_k, m_qi = _wy(L, q, k, g, beta, gamma, True)
+        t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
+    m_qi = _mqi(L, q, k, g)
     if saved_wy and _fits(walk, L, q, cu_seqlens):
         h_s, h_r, x = (t.contiguous() for t in walk)
     else:

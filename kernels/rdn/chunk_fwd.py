@@ -22,8 +22,8 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import (autotune, chunk_prologue, exp_masked, launch_configs, load_tile, load_tile_raw,
-                              seq_bounds, store_tile)
+from ._triton_helpers import autotune, chunk_prologue, launch_configs, load_tile, load_tile_raw, seq_bounds, store_tile
+from .wy import mqi_tile
 
 
 @triton.jit
@@ -156,8 +156,7 @@ def _rdn_out_kernel(
     b_s = load_tile_raw(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_r = load_tile_raw(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
-    b_mqi = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(
-        o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
+    b_mqi = mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC)
     b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
     b_eG = tl.exp(b_G)[:, None]
     b_sq = b_eG * dot_split(b_q, b_s, DOT_PREC) + tl.dot(b_mq, b_u, input_precision=DOT_PREC)

@@ -5,14 +5,15 @@ of a gated delta rule with rate x (beta for S, gamma for R) solve the unit-lower
 
     (I + A_x) U = diag(x) (values - diag(exp G) K M0),   A_x[t, i] = x_t exp(G_t - G_i) k_t . k_i  (i < t)
 
-S and R share k and g, so both matrices come from one k k^T and differ only in the row scale. This
-kernel stores, for every chunk, as [B*T, H, BT] fp32 (row t of the chunk's matrix at token t):
+S and R share k and g, so both matrices come from one k k^T and differ only in the row scale. _rdn_wy_kernel
+stores, for every chunk, as [B*T, H, BT] fp32 (row t of the chunk's matrix at token t):
 
     T_beta = (I + A_beta)^{-1},  T_gamma = (I + A_gamma)^{-1}
     Mk[t, i]  = exp(Gp_t - G_i) k_t . k_i   (i < t)    the residual query's in-chunk read of S
-    Mqi[t, i] = exp(G_t - G_i)  q_t . k_i   (i <= t)   the output query's (only when STORE_MQI; the
-                                                        backward of a forward that saved the other three
-                                                        gets it alone from _rdn_mqi_kernel)
+
+and _rdn_mqi_kernel, for the backward only (the forward's output kernel makes its own, ``mqi_tile``):
+
+    Mqi[t, i] = exp(G_t - G_i)  q_t . k_i   (i <= t)   the output query's
 
 so that the sequential walks (chunk_fwd.py, chunk_bwd.py) do no K x K work. One k k^T dot gives Mk, and
 A_x = diag(x exp(g)) Mk, since exp(G_t - G_i) = exp(g_t) exp(Gp_t - G_i); the inversions read Mk's blocks back
@@ -126,13 +127,21 @@ def _blocked_inverse(t, m_k, x, g, out, bos, i_h, i_t, T_seq,
         _store_block(t, out, X33, i_t, 3, 3, T_seq, H, BT)
 
 
+@triton.jit
+def mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC: tl.constexpr):
+    """Mqi of a chunk from its q and k tiles and G: (q_t . k_i) exp(G_t - G_i), i <= t (_rdn_mqi_kernel's, and the
+    forward output kernel's, which needs it once and makes its own)."""
+    return tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(
+        o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
+
+
 # Two warps as an option: most of the kernel is 16 x 16 tiles, where fewer warps mean fewer cross-warp steps.
-@autotune(configs=launch_configs((4, 1), (2, 1), (8, 1)), key=["H", "K", "BT", "BK", "DOT_PREC", "STORE_MQI"])
+@autotune(configs=launch_configs((4, 1), (2, 1), (8, 1)), key=["H", "K", "BT", "BK", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_wy_kernel(
-    q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, cu_seqlens, chunk_indices, T,
+    k, g, beta, gamma, t_beta, t_gamma, m_k, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    DOT_PREC: tl.constexpr, STORE_MQI: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     # The merges are tiny 16 x 16 products; tf32x3 keeps them at fp32 accuracy for half inputs.
     MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
@@ -147,15 +156,10 @@ def _rdn_wy_kernel(
     b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
     out = (bos * H + i_h) * BT
 
-    # Mk (and Mqi) on the whole chunk: one dot each.
+    # Mk on the whole chunk: one dot.
     strict = o_t[:, None] > o_t[None, :]
     b_mk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(strict, b_Gp[:, None] - b_G[None, :])
     store_tile(m_k + out, b_mk, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    if STORE_MQI:
-        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-        b_mqi = b_qk * exp_masked(o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
-        store_tile(m_qi + out, b_mqi, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
 
     # The inverses, in 16-row blocks read back from Mk (A_x = diag(x exp(g)) Mk): one k k^T dot serves all.
     tl.debug_barrier()  # every thread's Mk stores before any thread reads them back
@@ -163,8 +167,9 @@ def _rdn_wy_kernel(
     _blocked_inverse(t_gamma, m_k, gamma, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
 
 
-# The backward's only chunk matrix that the forward does not save (chunk.py chunk_rdn_fwd ``save_wy``): one
-# q k^T dot a chunk, against the inverses' 16-row substitution loops of _rdn_wy_kernel.
+# The backward's only chunk matrix that the forward does not save (chunk.py chunk_rdn_fwd ``save_wy``), and that
+# _rdn_wy_kernel never makes: one q k^T dot a chunk, against the inverses' 16-row substitution loops there. A
+# backward without the forward's matrices launches both kernels (k and g read twice, one launch more).
 @autotune(configs=launch_configs((4, 1), (2, 1)), key=["H", "K", "BT", "BK", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_mqi_kernel(
@@ -181,7 +186,5 @@ def _rdn_mqi_kernel(
     tok_k = (bos * H + i_h) * K
     b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
     b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    # As _rdn_wy_kernel's STORE_MQI: the same dot and mask, so either source gives the same Mqi.
-    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-    b_mqi = b_qk * exp_masked(o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
+    b_mqi = mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC)
     store_tile(m_qi + (bos * H + i_h) * BT, b_mqi, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
