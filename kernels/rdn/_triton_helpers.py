@@ -9,8 +9,8 @@ owned by the RLA kernels; these are kept here so the RDN kernels do not depend o
   ``load_tile_raw`` keeps the input dtype for dot operands.
 - ``exp_masked``: exp of an exponent only where a mask holds, 0 elsewhere, so an exponent that would
   overflow outside the causal triangle never meets a multiply by 0 (inf * 0 = NaN).
-- ``seq_bounds`` / ``chunk_prologue``: where a sequence or a chunk (and the chunk's rows) lives in the
-  flattened [B*T, H] layout.
+- ``seq_bounds`` / ``chunk_coords``: where a sequence or a chunk lives in the flattened [B*T, H] layout;
+  ``chunk_prologue``: ``chunk_coords`` and the chunk's rows, the opening of the chunk-parallel kernels.
 """
 from __future__ import annotations
 
@@ -102,15 +102,9 @@ def seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: t
 
 
 @triton.jit
-def chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr,
-                   IS_VARLEN: tl.constexpr):
-    """Where the chunk of a chunk-parallel program lives (axes: chunk i_c, and (sequence, head) i_nh or just the
-    head when packed): sequence start bos, sequence length T_seq, chunk within the sequence i_t, head i_h (int64
-    when the ids are); then the chunk's BT rows: o_t (0..BT-1), rows (within the sequence), in_seq (rows <
-    T_seq) and row_off, each row's offset in a per-token [B*T, H] tensor (g, beta, gamma, their gradients).
-    Values a kernel leaves unused are not computed (inlined, then dead code). One function, no nested call:
-    a nested chunk_coords moved constants in the inlined IR, and ptxas then scheduled _rdn_wy_kernel at
-    K = 64, four warps, into one register more (scripts/kernel_resources.py, 2026-12-01)."""
+def chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """For a chunk-parallel program (axis: chunk i_c, and (sequence, head) i_nh or just the head when
+    packed): sequence start, sequence length, chunk within the sequence, head (int64 when the ids are)."""
     if IS_VARLEN:
         i_n = tl.cast(tl.load(chunk_indices + i_c * 2), tl.int64)
         i_t = tl.cast(tl.load(chunk_indices + i_c * 2 + 1), tl.int64)
@@ -123,6 +117,16 @@ def chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, BT:
         i_t = i_c
         bos = i_n * T
         T_seq = T + 0 * i_n
+    return bos, T_seq, i_t, i_h
+
+
+@triton.jit
+def chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr,
+                   IS_VARLEN: tl.constexpr):
+    """``chunk_coords``, then the chunk's BT rows: o_t (0..BT-1), rows (within the sequence), in_seq (rows <
+    T_seq) and row_off, each row's offset in a per-token [B*T, H] tensor (g, beta, gamma, their gradients).
+    Values a kernel leaves unused are not computed (inlined, then dead code)."""
+    bos, T_seq, i_t, i_h = chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H, IS_VARLEN)
     o_t = tl.arange(0, BT)
     rows = i_t * BT + o_t
     in_seq = rows < T_seq

@@ -153,8 +153,7 @@ def _rdn_bwd_rows_kernel(
     more state reads, three more [BT, K] x [K, BV] dots) to write dv and those adjoints itself."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h, _, _, in_seq, row_off = chunk_prologue(
-        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
@@ -215,6 +214,11 @@ def _rdn_bwd_rows_kernel(
         store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    # The rows' offsets here, not from the prologue: there they would live across the V loop (8 more
+    # instructions, packed sequences, sm_90).
+    rows = i_t * BT + o_t
+    in_seq = rows < T_seq
+    row_off = (bos + rows) * H + i_h
     block = tl.cast(NTH, tl.int64)  # one [B*T*H] slab per row sum
     tl.store(rows_part + row_off, b_dG, mask=in_seq)
     tl.store(rows_part + block + row_off, b_dGp, mask=in_seq)
