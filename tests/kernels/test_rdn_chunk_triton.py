@@ -388,12 +388,27 @@ def test_backward_takes_the_forward_chunk_matrices(case, monkeypatch):
     assert reused == pytest.approx(recomputed, rel=1e-3, abs=1e-7)
 
 
-def test_backward_recomputes_chunk_matrices_of_another_chunk_size():
-    """Matrices saved at 64-token chunks do not fit a 32-token backward: it recomputes them."""
+def test_backward_recomputes_chunk_matrices_of_another_chunk_size(monkeypatch):
+    """Matrices saved at 64-token chunks do not fit a 32-token backward: it recomputes them, by one launch of the
+    WY kernel (T_beta, T_gamma, Mk) and one of the Mqi kernel, as the default path gets Mqi."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
     inputs, S0, R0 = make_inputs(B=1, T=40, H=1, K=16, V=16)
     *_, wy = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=64, save_wy=True)
     assert wy.shape[-1] == 64
+    launches = []
+
+    class Counting:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches.append(self.name)
+            return self.kernel[grid]
+
+    for name in ("_rdn_wy_kernel", "_rdn_mqi_kernel"):
+        monkeypatch.setattr(chunk, name, Counting(name, getattr(chunk, name)))
     check_backward(inputs, S0, R0, None, 1.0, "clip", wy=wy)
+    assert launches == ["_rdn_wy_kernel", "_rdn_mqi_kernel"]
 
 
 def test_api_backward_reuses_the_forward_chunk_matrices(monkeypatch):
