@@ -32,6 +32,8 @@ a layer at that shape).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
@@ -39,6 +41,7 @@ from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
 from .chunk_bwd import _rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_rows_kernel, _rdn_bwd_walk_kernel
+from .chunk_bwd import _rdn_bwd_walk_r_kernel, _rdn_bwd_walk_s_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_mqi_kernel, _rdn_wy_kernel
@@ -68,6 +71,12 @@ BWD_CHUNK_SIZE = 32
 # stored, S path at tf32x3) at four: 400 bytes, against 368 for the rerun and 240 for the default forward walk, all
 # three by this CPU machine's Triton 3.9 ptxas (2026-12-01; untimed on the GPU).
 WALK_WARPS = 4
+# The backward's reverse walk as two launches (chunk_bwd._rdn_bwd_walk_r_kernel carrying dR, then
+# _rdn_bwd_walk_s_kernel carrying dS and reading the dX the first stored) instead of one carrying both
+# (_rdn_bwd_walk_kernel): one state tile and half the dots a program, for fewer registers and more programs an SM,
+# at the cost of a second launch and dX read back (B x T x H x V fp32). Same products, same precisions. Off until the
+# GPU says it pays (docs/next/rdn-backward-plan.md, P5); RLA_RDN_SPLIT_REVERSE_WALK=1 turns it on at import (A/B).
+SPLIT_REVERSE_WALK = os.environ.get("RLA_RDN_SPLIT_REVERSE_WALK") == "1"
 # The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01, B=16 T=2k,
 # profile_kernels.py --tune): half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
 # (BK 128); half, BK 128 4.12. GRAD_HALF_STATE_DOTS: its state dots as single half dots (the token tile rounds
@@ -284,6 +293,27 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
     return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, shapes, dtypes))
 
 
+def _split_reverse_walk(L: _Layout, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
+                        h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale):
+    """The reverse walk as two launches (SPLIT_REVERSE_WALK): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads
+    that dX (h_ds, dS0, dyv). Same outputs as _rdn_bwd_walk_kernel; warps and stages by each kernel's autotuner."""
+    grid = (L.walk_NV, L.N * L.H)
+    _rdn_bwd_walk_r_kernel[grid](
+        q, k, g, gamma, t_gamma, m_qi, x, do, dR_T,
+        h_dr, dR0, dyr, dxc,
+        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
+    )
+    _rdn_bwd_walk_s_kernel[grid](
+        q, k, g, beta, t_beta, m_k, m_qi, dxc, do, dS_T,
+        h_ds, dS0, dyv,
+        L.cu_seqlens, L.chunk_offsets, scale, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        DOT_PREC=L.dot_prec, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen,
+    )
+
+
 def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
                   *, chunk_size: int = CHUNK_SIZE, wy=None, walk=None):
     """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype (states fp32).
@@ -316,15 +346,19 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.per_token(q, L.V) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
-    _rdn_bwd_walk_kernel[(L.walk_NV, L.N * L.H)](
-        q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
-        h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
-        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
-        HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
-        num_warps=WALK_WARPS, num_stages=1,
-    )
+    if SPLIT_REVERSE_WALK:
+        _split_reverse_walk(L, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
+                            h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
+    else:
+        _rdn_bwd_walk_kernel[(L.walk_NV, L.N * L.H)](
+            q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
+            h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
+            L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+            RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
+            HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
+            num_warps=WALK_WARPS, num_stages=1,
+        )
 
     # The chunk-parallel kernels (chunk_bwd.py): the rows kernel per chunk looping over V-blocks, the gradient
     # kernel per (chunk, K-block), and dg's reverse cumsum per chunk.

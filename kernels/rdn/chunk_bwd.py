@@ -125,6 +125,137 @@ def _rdn_bwd_walk_kernel(
     store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
 
 
+# The reverse walk split in two launches (chunk.SPLIT_REVERSE_WALK; docs/next/rdn-backward-plan.md, P5): the
+# dR chain above (dW, dyr, dX, dR0) reads no dS, and the dS chain (dU, dyv, dS0) reads the R chain only through
+# dX. So walk 1 carries dR alone and stores dyr and dX per token; walk 2 carries dS alone and reads dX back (fp32,
+# as stored: bit for bit the value walk 1 held). Each program then holds one [K, BV] state tile and about half the
+# dots of _rdn_bwd_walk_kernel, the same products at the same precisions, in the same order.
+# ptxas (sm_90, Triton 3.9, K = V = 128 bf16, BV = 32; scripts/kernel_resources.py, 2026-12-01), registers / stack
+# bytes a thread, walk 1 and walk 2, against 255 / 600 for the single walk at 4 warps, 1 stage:
+#   4 warps 1 stage 255 / 32, 252 / 0; 4 warps 2 stages 255 / 72, 255 / 72; 8 warps 1 stage 236 / 0, 214 / 0;
+#   2 warps 255 / 528, 255 / 648; capped at 168 (3 programs an SM at 4 warps) 376, 288 bytes of stack; at 128 (4
+#   an SM) 600, 536.
+# So one state tile removes the spills but not the registers: at 4 warps still two programs an SM. Autotuned over
+# launch parameters and that cap (maxnreg) for the GPU to say which wins; the fixed config (first) is the single
+# walk's launch, 4 warps, 1 stage, uncapped. Every output is written, never accumulated, so the autotuner may
+# rerun them. The forward walk's autotuning fault at T = 32k, B = 1 (chunk_fwd.py) was not narrowed down: if it
+# shows here too, compare configs with RLA_KERNELS_FIXED_CONFIG=1 and this list reordered instead.
+_SPLIT_WALK_CONFIGS = [triton.Config({}, num_warps=w, num_stages=st, maxnreg=cap)
+                       for w, st, cap in ((4, 1, None), (4, 2, None), (4, 1, 168), (8, 1, None), (2, 1, None))]
+
+
+@autotune(configs=_SPLIT_WALK_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T"])
+def _rdn_bwd_walk_r_kernel(
+    q, k, g, gamma, t_gamma, m_qi, x, do, dr_t,
+    h_dr, dr0, dyr_out, dx_out,
+    cu_seqlens, chunk_offsets, scale, clip, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Walk 1 of the split reverse walk: dR from chunk end to chunk start, h_dr at every chunk end, dyr and dX
+    per token (the lines of _rdn_bwd_walk_kernel that touch dR, unchanged)."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+
+    b_dr = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DRT:
+        b_dr += load_tile(dr_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+
+    for i_loop in range(0, NT):
+        i_t = tl.cast(NT - 1 - i_loop, tl.int64)
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile(h_dr + h_off, b_dr, 0, K, V, i_v * BV, V, BK, BV)
+        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_eG = tl.exp(b_G)[:, None]
+        b_eGL = tl.exp(b_GL)
+        b_dL = tl.exp(b_GL - b_G)[:, None]
+        b_drq = b_gamma[:, None] * (scale * b_do)
+
+        b_dw = b_dL * dot_split(b_k, b_dr, DOT_PREC) + tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
+        b_dyr = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
+        b_dx = _rho_grad(b_x, _rho(b_x, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma[:, None] * b_dyr)
+        b_dr = (b_eGL * b_dr + dot_split(tl.trans(b_q), b_eG * b_drq, DOT_PREC)
+                - dot_split(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, DOT_PREC))
+        store_tile(dyr_out + tok_v, b_dyr, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+    store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
+
+
+@autotune(configs=_SPLIT_WALK_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T"])
+def _rdn_bwd_walk_s_kernel(
+    q, k, g, beta, t_beta, m_k, m_qi, dxc, do, ds_t,
+    h_ds, ds0, dyv_out,
+    cu_seqlens, chunk_offsets, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Walk 2 of the split reverse walk, after walk 1: dS from chunk end to chunk start, h_ds at every chunk end,
+    dyv per token, from the dX (``dxc``) walk 1 stored (the lines of _rdn_bwd_walk_kernel that touch dS,
+    unchanged)."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    o_t = tl.arange(0, BT)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+
+    b_ds = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DST:
+        b_ds += load_tile(ds_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+
+    for i_loop in range(0, NT):
+        i_t = tl.cast(NT - 1 - i_loop, tl.int64)
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile(h_ds + h_off, b_ds, 0, K, V, i_v * BV, V, BK, BV)
+        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dx = load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_eG = tl.exp(b_G)[:, None]
+        b_eGL = tl.exp(b_GL)
+        b_dL = tl.exp(b_GL - b_G)[:, None]
+        b_dsq = scale * b_do
+
+        b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
+        b_du = (b_dL * dot_split(b_k, b_ds, DOT_PREC) - tl.dot(tl.trans(b_mk), b_dx, input_precision=DOT_PREC)
+                + tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC))
+        b_dyv = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
+        b_ds = (b_eGL * b_ds + dot_split(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
+                - dot_split(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
+                            DOT_PREC))
+        store_tile(dyv_out + tok_v, b_dyv, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+    store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
+
 # The gradients split two ways, as fla splits its gated delta rule's backward, so that no program holds
 # both a chunk's whole [K, V] states and [BT, K] accumulators: the reverse walk already wrote the column-wise
 # adjoints (dyr, dX, dyv); _rdn_bwd_rows_kernel per chunk, one V-block at a time, writes dv, recomputes the
