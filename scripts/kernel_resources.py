@@ -9,7 +9,9 @@ How: the ops' host code runs on CPU tensors with every launch intercepted (nothi
 compiled as Triton would compile it on the GPU: its own binder specialises the arguments (aligned pointers,
 ints divisible by 16, ints equal to 1), once per autotune config, by the ptxas of this machine's Triton.
 Prints one line per (kernel, config): warps, stages, registers a thread, the stack frame a thread (spilled
-registers, mostly), shared bytes (Triton's allocation). This machine's Triton and ptxas (named in the
+registers, mostly), shared bytes (Triton's allocation); a config's register cap (maxnreg) leads its constexprs.
+RDN's split reverse walk (rla_kernels.rdn.chunk.SPLIT_REVERSE_WALK) with RLA_RDN_SPLIT_REVERSE_WALK=1 in the
+environment. This machine's Triton and ptxas (named in the
 header) are not the GPU machine's (Triton 3.6): compare versions of a kernel with it, and time on the GPU.
 """
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _autotuner_run(self, *args, **kwargs):
 
 def _jit_run(self, *args, **kwargs):
     kwargs = _launch_kwargs(kwargs)
-    config = triton.Config({}, num_warps=kwargs.pop("num_warps", 4), num_stages=kwargs.pop("num_stages", 3))
+    config = triton.Config({}, num_warps=kwargs.pop("num_warps", 4), num_stages=kwargs.pop("num_stages", 3),
+                           maxnreg=kwargs.pop("maxnreg", None))
     launches.append((self, args, kwargs, [config]))
 
 
@@ -55,10 +58,12 @@ def _prepare(fn: JITFunction, args, kwargs, config, target):
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = {**kwargs, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    if config.maxnreg is not None:  # a register cap a thread (ptx .maxnreg)
+        kwargs["maxnreg"] = config.maxnreg
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     key = (fn.__name__, repr(signature), repr(sorted(constexprs.items(), key=repr)), repr(attrs),
-           config.num_warps, config.num_stages)
+           config.num_warps, config.num_stages, config.maxnreg)
     shown = {fn.arg_names[path[0]]: v for path, v in constexprs.items()
              if v is not None and fn.params[path[0]].is_constexpr}
     return ASTSource(fn, signature, constexprs, attrs), options, key, shown
@@ -134,6 +139,8 @@ def main():
             seen.add(key)
             compiled = triton.compile(src, target=target, options=options.__dict__)
             regs, stack = _usage(compiled.asm["cubin"], tool)
+            if config.maxnreg is not None:
+                shown = {"maxnreg": config.maxnreg, **shown}
             print(f"{name:28s} {config.num_warps:5d} {config.num_stages:6d} {regs:5d} {stack:8d} "
                   f"{compiled.metadata.shared:9d}  {shown}", flush=True)
 

@@ -1,7 +1,7 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk]
+        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk] [--split-reverse-walk]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -63,6 +63,8 @@ def main():
     parser.add_argument("--keep-walk", action="store_true", help="also profile the forward and backward with the "
                         "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, X, RLA's h_S, "
                         "h_R, r)")
+    parser.add_argument("--split-reverse-walk", action="store_true", help="RDN only: also profile each backward with "
+                        "chunk.SPLIT_REVERSE_WALK on (the reverse walk as two launches, dR's then dS's)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -98,6 +100,16 @@ def main():
                     passes.append((f"bwd, walk kept{tag}", setting(
                         lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, **kept))))
                     del kept
+            if args.split_reverse_walk and op == "rdn":
+                def split(fn):
+                    def run():
+                        before, chunk.SPLIT_REVERSE_WALK = chunk.SPLIT_REVERSE_WALK, True
+                        try:
+                            return fn()
+                        finally:
+                            chunk.SPLIT_REVERSE_WALK = before
+                    return run
+                passes += [(f"{name}, split reverse walk", split(fn)) for name, fn in list(passes) if "bwd" in name]
             for name, fn in passes:
                 try:
                     times = profile(fn)
