@@ -1,7 +1,7 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk] [--split-reverse-walk]
+        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk] [--split-reverse-walk [--split-walk-bv 0,16]]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -65,6 +65,8 @@ def main():
                         "h_R, r)")
     parser.add_argument("--split-reverse-walk", action="store_true", help="RDN only: also profile each backward with "
                         "chunk.SPLIT_REVERSE_WALK on (the reverse walk as two launches, dR's then dS's)")
+    parser.add_argument("--split-walk-bv", default="0", help="RDN, with --split-reverse-walk: the split walks' V-block "
+                        "widths to profile, e.g. 0,16 (chunk.SPLIT_WALK_BV; 0: the walks' own)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -101,15 +103,18 @@ def main():
                         lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, **kept))))
                     del kept
             if args.split_reverse_walk and op == "rdn":
-                def split(fn):
+                def split(fn, bv):
                     def run():
-                        before, chunk.SPLIT_REVERSE_WALK = chunk.SPLIT_REVERSE_WALK, True
+                        before = chunk.SPLIT_REVERSE_WALK, chunk.SPLIT_WALK_BV
+                        chunk.SPLIT_REVERSE_WALK, chunk.SPLIT_WALK_BV = True, bv
                         try:
                             return fn()
                         finally:
-                            chunk.SPLIT_REVERSE_WALK = before
+                            chunk.SPLIT_REVERSE_WALK, chunk.SPLIT_WALK_BV = before
                     return run
-                passes += [(f"{name}, split reverse walk", split(fn)) for name, fn in list(passes) if "bwd" in name]
+                passes += [(f"{name}, split reverse walk" + (f" BV {bv}" if bv else ""), split(fn, bv))
+                           for bv in map(int, args.split_walk_bv.split(",")) for name, fn in list(passes)
+                           if "bwd" in name]
             for name, fn in passes:
                 try:
                     times = profile(fn)

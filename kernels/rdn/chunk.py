@@ -77,6 +77,10 @@ WALK_WARPS = 4
 # at the cost of a second launch and dX read back (B x T x H x V fp32). Same products, same precisions. Off until the
 # GPU says it pays (docs/next/rdn-backward-plan.md, P5); RLA_RDN_SPLIT_REVERSE_WALK=1 turns it on at import (A/B).
 SPLIT_REVERSE_WALK = os.environ.get("RLA_RDN_SPLIT_REVERSE_WALK") == "1"
+# The split walks' V-block width: 0 takes the walks' (_Layout.walk_BV: 32, 16 on a GPU with more SMs than programs).
+# 16 to compare: twice the programs, each with half a state tile; ptxas (sm_90, K = V = 128 bf16, 4 warps) gives the
+# walks 228 / 210 registers and no stack, or 168 with 144 / 80 bytes (3 programs an SM; at 32: 376 / 288).
+SPLIT_WALK_BV = 0
 # The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01, B=16 T=2k,
 # profile_kernels.py --tune): half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
 # (BK 128); half, BK 128 4.12. GRAD_HALF_STATE_DOTS: its state dots as single half dots (the token tile rounds
@@ -296,20 +300,22 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
 def _split_reverse_walk(L: _Layout, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
                         h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale):
     """The reverse walk as two launches (SPLIT_REVERSE_WALK): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads
-    that dX (h_ds, dS0, dyv). Same outputs as _rdn_bwd_walk_kernel; warps and stages by each kernel's autotuner."""
-    grid = (L.walk_NV, L.N * L.H)
+    that dX (h_ds, dS0, dyv). Same outputs as _rdn_bwd_walk_kernel; warps, stages and a register cap by each kernel's
+    autotuner, V-blocks SPLIT_WALK_BV wide."""
+    BV = SPLIT_WALK_BV or L.walk_BV
+    grid = (triton.cdiv(L.V, BV), L.N * L.H)
     _rdn_bwd_walk_r_kernel[grid](
         q, k, g, gamma, t_gamma, m_qi, x, do, dR_T,
         h_dr, dR0, dyr, dxc,
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
     )
     _rdn_bwd_walk_s_kernel[grid](
         q, k, g, beta, t_beta, m_k, m_qi, dxc, do, dS_T,
         h_ds, dS0, dyv,
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         DOT_PREC=L.dot_prec, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen,
     )
 

@@ -514,13 +514,15 @@ class _NoReverseWalk:
 
 
 @pytest.mark.parametrize("case", ["clip", "tanh", "none", "tail_no_states_tanh", "varlen", "varlen_v_blocks",
-                                  "bf16", "clip_saturating", "strong_decay", "narrow_walk", "kept_walk"])
+                                  "bf16", "clip_saturating", "strong_decay", "narrow_walk", "split_bv16",
+                                  "kept_walk"])
 def test_split_reverse_walk_matches_the_oracle_and_the_single_walk(case, monkeypatch):
     """chunk.SPLIT_REVERSE_WALK: the reverse walk as two launches (dR's, then dS's reading dX back): all eight
     gradients against the float64 oracle, and equal to the single walk's, on fresh inputs for each case: several
     chunks with states and each residual function; T not a multiple of the chunk without states or final-state
     cotangents (tanh, odd head dims); packed sequences (with partial V- and K-blocks); bf16; the clip saturating
-    most elements; a decay that underflows; 16-wide walk V-blocks; the kept forward walk."""
+    most elements; a decay that underflows; 16-wide walk V-blocks (the launcher's, or chunk.SPLIT_WALK_BV's with
+    a partial last one); the kept forward walk."""
     chunk = sys.modules[chunk_rdn_bwd.__module__]
     cu, kw, tol, final_grads, scale, clip, residual = None, dict(chunk_size=16), 1e-4, True, None, 1.0, "clip"
     if case in RESIDUALS:
@@ -552,6 +554,9 @@ def test_split_reverse_walk_matches_the_oracle_and_the_single_walk(case, monkeyp
         monkeypatch.setattr(chunk, "sm_count", lambda device: 1 << 20)
         inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=48)
         assert chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 16).walk_BV == 16
+    elif case == "split_bv16":
+        monkeypatch.setattr(chunk, "SPLIT_WALK_BV", 16)
+        inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=40)
     else:
         inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
         *_, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_walk=True)
