@@ -74,8 +74,10 @@ WALK_WARPS = 4
 # The backward's reverse walk as two launches (chunk_bwd._rdn_bwd_walk_r_kernel carrying dR, then
 # _rdn_bwd_walk_s_kernel carrying dS and reading the dX the first stored) instead of one carrying both
 # (_rdn_bwd_walk_kernel): one state tile and half the dots a program, for fewer registers and more programs an SM,
-# at the cost of a second launch and dX read back (B x T x H x V fp32). Same products, same precisions. Off until the
-# GPU says it pays (docs/next/rdn-backward-plan.md, P5); RLA_RDN_SPLIT_REVERSE_WALK=1 turns it on at import (A/B).
+# at the cost of a second launch and dX read back (B x T x H x V fp32). Same products, same precisions. The H200 says
+# it pays (2026-12-01, B=16 T=2k, autotuned: 2.75 ms against 3.27; docs/next/rdn-backward-plan.md, P5) but it stays
+# off until its winning config (4 warps, 2 stages) has passed the float64 check (that day's ran 4 warps, 1 stage);
+# RLA_RDN_SPLIT_REVERSE_WALK=1 turns it on at import (A/B).
 SPLIT_REVERSE_WALK = os.environ.get("RLA_RDN_SPLIT_REVERSE_WALK") == "1"
 # The split walks' V-block width: 0 takes the walks' (_Layout.walk_BV: 32, 16 on a GPU with more SMs than programs).
 # 16 to compare: twice the programs, each with half a state tile; ptxas (sm_90, K = V = 128 bf16, 4 warps) gives the
