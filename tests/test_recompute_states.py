@@ -57,14 +57,11 @@ def _capture(layer):
 
 
 def _recording_op(monkeypatch, variant="rdn"):
-    """Wrap rla_kernels.rdn / .rla itself (the op a layer binds at construction) and record its kwargs: rdn gets
-    every kwarg; rla not recompute_states until the kernels take it there too (only its arrival is checked)."""
+    """Wrap rla_kernels.rdn / .rla itself (the op a layer binds at construction) and record its kwargs."""
     calls, real = [], getattr(rla_kernels, variant)
 
     def op(*args, **kwargs):
         calls.append(dict(kwargs))
-        if variant == "rla":
-            kwargs.pop("recompute_states", None)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rla_kernels, variant, op)
@@ -89,13 +86,14 @@ def test_the_layer_passes_it_to_the_op_only_when_false(variant):
     assert "recompute_states" not in default_calls[-1]
 
 
-def test_rdn_layer_runs_forward_and_backward_with_it_end_to_end(monkeypatch):
-    """The real rla_kernels.rdn receives recompute_states=False (the torch backend ignores it): same output and
+@pytest.mark.parametrize("variant", ["rla", "rdn"])
+def test_layer_runs_forward_and_backward_with_it_end_to_end(variant, monkeypatch):
+    """The real rla_kernels op receives recompute_states=False (the torch backend ignores it): same output and
     gradients as the default layer."""
-    calls = _recording_op(monkeypatch)
+    calls = _recording_op(monkeypatch, variant)
     torch.manual_seed(0)
-    keep = _layer("rdn", recompute_states=False).double()
-    rerun = _layer("rdn").double()
+    keep = _layer(variant, recompute_states=False).double()
+    rerun = _layer(variant).double()
     rerun.load_state_dict(keep.state_dict())
     x = torch.randn(2, 40, 32, dtype=torch.float64)
     outs = []
@@ -109,9 +107,10 @@ def test_rdn_layer_runs_forward_and_backward_with_it_end_to_end(monkeypatch):
         assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
-def test_rdn_layer_keeps_the_triton_walk_with_the_same_gradients(monkeypatch):
+@pytest.mark.parametrize("variant", ["rla", "rdn"])
+def test_layer_keeps_the_triton_walk_with_the_same_gradients(variant, monkeypatch):
     """With the Triton backend (the interpreter on CPU) the kept walk is really used: gradients match the rerun."""
-    calls = _recording_op(monkeypatch)
+    calls = _recording_op(monkeypatch, variant)
     import rla_kernels.api as api
 
     walks, real_ops = [], api.ops
@@ -126,8 +125,8 @@ def test_rdn_layer_keeps_the_triton_walk_with_the_same_gradients(monkeypatch):
 
     monkeypatch.setattr(api, "ops", SpyOps())
     torch.manual_seed(0)
-    keep = _layer("rdn", recompute_states=False, backend="triton")
-    rerun = _layer("rdn", backend="triton")
+    keep = _layer(variant, recompute_states=False, backend="triton")
+    rerun = _layer(variant, backend="triton")
     rerun.load_state_dict(keep.state_dict())
     x = torch.randn(1, 40, 32)
     grads = []
@@ -166,11 +165,11 @@ def test_a_bad_recipe_value_is_one_line_naming_the_key(tmp_path, value, shown):
     assert f"field 'conversion.recompute_states' must be true or false, got {shown}" in message
 
 
-def test_the_smollm2_rdn_recipes_turn_it_on_and_the_others_keep_the_default():
+def test_the_smollm2_rdn_and_rla_recipes_turn_it_on_and_the_others_keep_the_default():
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     values = {p.stem: load_recipe(p).conversion.recompute_states for p in sorted(recipes.glob("*.yaml"))}
-    assert values["smollm2-135m-rdn"] is False and values["smollm2-135m-rdn-hybrid"] is False
-    assert {name for name, value in values.items() if value is False} == {"smollm2-135m-rdn", "smollm2-135m-rdn-hybrid"}
+    assert {name for name, value in values.items() if value is False} == {
+        "smollm2-135m-rdn", "smollm2-135m-rdn-hybrid", "smollm2-135m-rla"}
 
 
 def test_resuming_may_change_it(tmp_path):
