@@ -33,8 +33,8 @@ def rla(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     reruns the forward's state walks and residual pass; False, the forward keeps their outputs (the chunk-start
     states S and R and the residuals r, all in q's dtype) alive until the backward, which then skips that rerun.
     The forward runs the same kernels either way (same numbers, same time); only its buffers live longer.
-    Expected at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (estimated from the rerun's kernel times, 0.70 + 0.35
-    ms, not yet timed as such): about 1.0 ms less backward (of 4.3 ms). It keeps ``2 * B * ceil(T / 64) * H * K *
+    Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01, BENCHMARKS.md): backward 4.35 -> 3.30 ms,
+    forward unchanged. It keeps ``2 * B * ceil(T / 64) * H * K *
     V + B * T * H * V`` elements of q's dtype per call until the backward runs (0.67 GB a layer at that shape;
     packed sequences: ``ceil(T / 64) + N - 1`` chunks instead of ``B * ceil(T / 64)``). Ignored where nothing is
     kept: without autograd, by the torch and naive backends, and by decode.
@@ -51,9 +51,9 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     ``recompute_states`` (training with the Triton backend; memory against time): True (default), the backward
     reruns the forward's sequential state walk; False, the forward keeps that walk's outputs (the chunk-start
     states S and R in q's dtype and the pre-residual X in fp32) alive until the backward, which then skips its
-    rerun. Expected at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (estimated from the walks' times, not yet timed
-    as such): about 2.4 ms less backward for 0.4-0.5 ms more forward (its walk runs at the rerun's precision and
-    also stores X). It keeps ``2 * B * ceil(T / 32) * H * K * V`` elements of q's dtype plus ``B * T * H * V``
+    rerun. Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01, BENCHMARKS.md): backward 11.86 ->
+    9.57 ms for forward 3.43 -> 3.94 (its walk runs at the rerun's precision and also stores X), fwd+bwd 15.52 ->
+    14.12. It keeps ``2 * B * ceil(T / 32) * H * K * V`` elements of q's dtype plus ``B * T * H * V``
     fp32 per call until the backward runs (1.34 GB a layer at that shape; packed sequences: ``ceil(T / 32) + N -
     1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into segments (the default forward's
     is, at batch 1 and long T; the backward's rerun never is, so the trade holds there too). Ignored where nothing
