@@ -13,7 +13,7 @@ forward under autograd (no activations kept). Eager calls skip the op and use au
 Custom ops cannot return None: missing initial states come in as None, and their gradients go out as
 empty tensors that the autograd formula turns back into None.
 
-The namespace is ``rla_kernels_<hash of this file>`` (``NAMESPACE``; call the ops through ``ops``): torch's compile
+The namespace is ``rla_kernels_<hash of this file and shapes.py>`` (``NAMESPACE``; call the ops through ``ops``): torch's compile
 caches (inductor's FX graph cache, AOTAutograd's cache, kept across runs in /tmp/torchinductor_$USER) key a
 custom op by its name, not its schema or autograd formula, so after a change here a compiled graph cached by the
 previous version would call the new ops with the old arguments (seen 2026-12-01: "chunk_bwd() is missing value for
@@ -23,7 +23,7 @@ argument 'saved'"). A name that changes with this file makes those entries miss 
 forward instead of recomputing it (``_SAVED``; RDN's chunk matrices, and with ``keep_walk`` the walk: RDN's chunk
 states and X, RLA's chunk states and residuals), empty tensors where there is nothing. A fixed count keeps the
 schema one for every variant and setting, and a saved tensor's shape follows from the input shapes alone (the
-fake's; for packed sequences an upper bound on the chunk count, ``_kept_rows``), so torch.compile sees no
+fake's; for packed sequences an upper bound on the chunk count, ``shapes.kept_rows``), so torch.compile sees no
 data-dependent size. The autograd formula saves them and passes them to ``chunk_bwd`` as one list.
 
 ``keep_walk`` (the API's ``rla/rdn(recompute_states=False)``): memory for time. Only variants in ``_KEEPS_WALK``
@@ -38,12 +38,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import shapes
 from .backend import triton_function
 from .rdn.torch_chunk import chunk_rdn_torch
 from .rla.torch_chunk import chunk_rla_torch
 
 _TORCH_CHUNK = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}
-NAMESPACE = "rla_kernels_" + hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]
+# shapes.py too: the fakes' saved-tensor shapes come from it
+NAMESPACE = "rla_kernels_" + hashlib.sha1(
+    Path(__file__).read_bytes() + Path(shapes.__file__).read_bytes()).hexdigest()[:10]
 
 
 def _num_sequences(q: Tensor, cu_seqlens: Optional[Tensor]) -> int:
@@ -84,29 +87,19 @@ def _empty_states(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor]) -> tuple[T
 
 # chunk_fwd's outputs after (o, S_T, R_T): what a variant's backward takes from its forward, padded with empties.
 N_SAVED = 4
-# The forwards' chunk sizes, RDN's 32 and RLA's 64 tokens ({rdn,rla}/chunk.py CHUNK_SIZE, written here because
-# those modules import triton; tests/kernels/test_api.py checks that the shapes below are the kernels').
-_RDN_CHUNK = 32
-_RLA_CHUNK = 64
-
-
-def _kept_rows(q: Tensor, cu_seqlens: Optional[Tensor], chunk: int) -> int:
-    """Rows of a kept walk's chunk states ({rdn,rla}/chunk.py kept_walk_shapes): the chunk count, or for packed
-    sequences its bound ceil(T / chunk) + N - 1."""
-    B, T = q.shape[:2]
-    chunks = (T + chunk - 1) // chunk
-    return B * chunks if cu_seqlens is None else max(chunks + cu_seqlens.shape[0] - 2, 0)
+# The forwards' chunk sizes (shapes.py, which {rdn,rla}/chunk.py's CHUNK_SIZE take too).
+_RDN_CHUNK = shapes.RDN_CHUNK_SIZE
+_RLA_CHUNK = shapes.RLA_CHUNK_SIZE
 
 
 def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
     """(shape, dtype) of what RDN's forward hands its backward: T_beta, T_gamma, Mk as [3, B, T, H, 32] fp32
     (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] in q's dtype and X
     [B, T, H, V] fp32 (chunk.py keep_walk, kept_walk_shapes)."""
-    B, T, H, K = q.shape
-    saved = [((3, B, T, H, _RDN_CHUNK), torch.float32)]
+    saved = [((3, *q.shape[:3], _RDN_CHUNK), torch.float32)]
     if keep_walk:
-        rows = _kept_rows(q, cu_seqlens, _RDN_CHUNK)
-        saved += [((rows, H, K, v.shape[3]), q.dtype)] * 2 + [((B, T, H, v.shape[3]), torch.float32)]
+        h_s, h_r, x = shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RDN_CHUNK)
+        saved += [(h_s, q.dtype), (h_r, q.dtype), (x, torch.float32)]
     return saved
 
 
@@ -116,9 +109,7 @@ def _rla_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bo
     kept_walk_shapes)."""
     if not keep_walk:
         return []
-    B, T, H, K = q.shape
-    rows = _kept_rows(q, cu_seqlens, _RLA_CHUNK)
-    return [((rows, H, K, v.shape[3]), q.dtype)] * 2 + [((B, T, H, v.shape[3]), q.dtype)]
+    return [(shape, q.dtype) for shape in shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RLA_CHUNK)]
 
 
 # Per variant: the saved tensors' (shape, dtype) (_rdn_saved, _rla_saved). The Triton forward returns them after

@@ -37,6 +37,7 @@ import os
 import torch
 import triton
 
+from .. import shapes
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
@@ -50,7 +51,7 @@ from .wy import _rdn_mqi_kernel, _rdn_wy_kernel
 # P4: the backward's _rdn_wy_kernel took 0.96 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01, its Mqi alone is
 # one q k^T dot a chunk). At 32 the forward walk takes the raw-k path (_walk, RAW_K), measured no slower than at 64
 # (2.00 vs 2.08 ms with bf16 states, H200, 2026-11-30); the output kernel reads twice the chunk states.
-CHUNK_SIZE = 32
+CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # The backward chunks by 32 tokens whatever the forward did. Its kernels of before (the single gradient kernel, then
 # the dv kernel) did not fit sm_90's shared memory at 64-token chunks and K = 128; the rows kernel does (152-201 KiB
 # of 227), but at 64 the rerun and reverse walks spill 1392 and 1320 bytes a thread against 416 and 600 at 32
@@ -161,7 +162,7 @@ class _Layout:
         """Rows of a kept walk's chunk-state buffers (``kept_walk_shapes``): the chunk count of a fixed-length
         batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
         ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens."""
-        return self.n_chunks if not self.varlen else max(triton.cdiv(self.T, self.BT) + self.N - 1, self.n_chunks)
+        return self.n_chunks if not self.varlen else max(shapes.kept_rows(1, self.T, self.BT, self.N), self.n_chunks)
 
     def chunk_states(self, q, rows=None):
         """The walks' stored chunk-start states (and state adjoints), in the input dtype, as fla stores its h and
@@ -187,9 +188,7 @@ def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] in q's dtype (rows:
     _Layout.kept_rows) and X [B, T, H, V] fp32."""
-    B, T, H, K = q.shape
-    rows = B * triton.cdiv(T, chunk_size) if cu_seqlens is None else triton.cdiv(T, chunk_size) + len(cu_seqlens) - 2
-    return (max(rows, 0), H, K, V), (max(rows, 0), H, K, V), (B, T, H, V)
+    return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size)
 
 
 def _wy(L: _Layout, k, g, beta, gamma, out=None):

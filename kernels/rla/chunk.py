@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from .. import shapes
 from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, prepare_chunk_indices, prepare_chunk_offsets,
                            sm_count)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
@@ -34,7 +35,7 @@ from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_k
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
 from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 
-CHUNK_SIZE = 64
+CHUNK_SIZE = shapes.RLA_CHUNK_SIZE
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -122,15 +123,13 @@ class _Layout:
         batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
         ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens (the kernels
         index rows by chunk_offsets and never touch the rows past the chunk count)."""
-        return self.n_chunks if not self.varlen else max(triton.cdiv(self.T, self.BT) + self.N - 1, self.n_chunks)
+        return self.n_chunks if not self.varlen else max(shapes.kept_rows(1, self.T, self.BT, self.N), self.n_chunks)
 
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shapes of the forward's kept outputs (``keep_walk``): h_S, h_R [rows, H, K, V] (rows: _Layout.kept_rows)
     and the residuals r [B, T, H, V], all three in q's dtype (_Layout.state_dtype, res_dtype)."""
-    B, T, H, K = q.shape
-    rows = B * triton.cdiv(T, chunk_size) if cu_seqlens is None else triton.cdiv(T, chunk_size) + len(cu_seqlens) - 2
-    return (max(rows, 0), H, K, V), (max(rows, 0), H, K, V), (B, T, H, V)
+    return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size)
 
 
 def _stored_clip(clip: float, dtype: torch.dtype):

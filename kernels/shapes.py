@@ -1,0 +1,22 @@
+"""What the Triton chunk kernels and the ops' fakes (library.py) must agree on, in a module without triton, so
+library.py can size a kept walk from shapes alone on any machine."""
+from __future__ import annotations
+
+RDN_CHUNK_SIZE = 32  # rdn/chunk.py's forward chunk (its CHUNK_SIZE)
+RLA_CHUNK_SIZE = 64  # rla/chunk.py's (its CHUNK_SIZE)
+
+
+def kept_rows(batch: int, T: int, chunk_size: int, n_seqs: int | None = None) -> int:
+    """Rows of a kept walk's chunk-state buffers: the chunk count of a fixed-length batch; of ``n_seqs`` packed
+    sequences (batch 1) an upper bound that needs no cu_seqlens values, sum_i ceil(l_i / BT) <= ceil(T / BT) + N - 1
+    (the kernels index rows by chunk offsets and never touch the rows past the chunk count)."""
+    chunks = -(-T // chunk_size)
+    return batch * chunks if n_seqs is None else max(chunks + n_seqs - 1, 0)
+
+
+def kept_walk_shapes(q, V: int, cu_seqlens, chunk_size: int) -> tuple:
+    """Shapes of a kept forward walk (``keep_walk``), both variants: two chunk-state buffers [rows, H, K, V] and one
+    per-token tensor [B, T, H, V] (RDN's X, RLA's residuals r; the dtypes are each variant's)."""
+    B, T, H, K = q.shape
+    rows = kept_rows(B, T, chunk_size, None if cu_seqlens is None else len(cu_seqlens) - 1)
+    return (rows, H, K, V), (rows, H, K, V), (B, T, H, V)
