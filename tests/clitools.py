@@ -31,3 +31,14 @@ def run_process(*args, timeout=300) -> subprocess.CompletedProcess:
     """``rla-convert ARGS`` in a fresh interpreter (what a user's shell sees: exit status, text output)."""
     code = "import sys; from rla_convert.cli import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
+
+
+# Prepended to a script run in a fresh interpreter (python -c) to show exported code works without the toolkit:
+# importing rla_convert or rla_kernels fails there, as on a machine that only has torch and transformers.
+WITHOUT_TOOLKIT = """import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("rla_convert", "rla_kernels"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+"""

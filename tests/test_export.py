@@ -10,6 +10,8 @@ import torch
 import transformers as tf
 from transformers import AutoModelForCausalLM
 
+from clitools import WITHOUT_TOOLKIT
+
 import rla_convert  # noqa: F401  (registers model_type "rla")
 from rla_convert.config import ConversionConfig
 from rla_convert.convert import convert_model
@@ -21,13 +23,7 @@ SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
              num_key_value_heads=2, max_position_embeddings=256)
 
 # Run in a fresh interpreter that cannot import the toolkit: only torch + transformers.
-REMOTE = textwrap.dedent("""
-    import sys, importlib.abc
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("rla_convert", "rla_kernels"):
-                raise ImportError("blocked " + name)
-    sys.meta_path.insert(0, Block())
+REMOTE = WITHOUT_TOOLKIT + textwrap.dedent("""
     import torch
     from transformers import AutoModelForCausalLM
     directory, ids_file, out_file = sys.argv[1:4]

@@ -16,6 +16,8 @@ import torch
 import transformers as tf
 from transformers import AutoModelForCausalLM
 
+from clitools import WITHOUT_TOOLKIT
+
 import rla_convert  # noqa: F401  (registers model_type "rla")
 import rla_kernels
 from rla_convert.config import TRAINING_ONLY, ConversionConfig
@@ -221,13 +223,7 @@ def test_exports_do_not_store_it_and_a_reloaded_model_sets_it(tmp_path):
 
 # The exported modeling code in a fresh interpreter without the toolkit: its shipped kernel selector must take
 # (and ignore) recompute_states=False, for a user who sets it on the reloaded layers before fine-tuning.
-REMOTE = textwrap.dedent("""
-    import sys, importlib.abc
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("rla_convert", "rla_kernels"):
-                raise ImportError("blocked " + name)
-    sys.meta_path.insert(0, Block())
+REMOTE = WITHOUT_TOOLKIT + textwrap.dedent("""
     import torch
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)

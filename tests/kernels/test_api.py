@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import rla_kernels.library as library
+from kerneltools import record_launches, walk_stores
 from rla_kernels import BackendUnavailableError, choose_backend, rdn, rla
 from rla_kernels.backend import ENV_VAR, triton_function
 
@@ -297,18 +298,6 @@ def test_rla_recompute_states_false_keeps_the_walk_only_for_a_backward(grad, mon
     from rla_kernels.rla.chunk import chunk_rla_fwd
 
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    launches = []
-
-    class Counting:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                launches.append(self.name)
-                return self.kernel[grid](*args, **kw)
-            return launch
-
     xs, init = inputs(B=1, T=150, H=2, K=16, V=16, N=3)
     cu = torch.tensor([0, 7, 8, 150])
     leaves = [x.clone().requires_grad_(grad) for x in xs] + [s.clone().requires_grad_(grad) for s in init]
@@ -321,8 +310,7 @@ def test_rla_recompute_states_false_keeps_the_walk_only_for_a_backward(grad, mon
 
     ref = run(leaves, backend="triton")
     ref_grads = torch.autograd.grad(ref, leaves) if grad else None
-    for name in ("_state_walk_kernel", "_rla_residual_kernel"):
-        monkeypatch.setattr(chunk, name, Counting(name, getattr(chunk, name)))
+    launches = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel"))
     got = run(leaves, backend="triton", recompute_states=False)
     assert got.item() == ref.item()  # the same kernels: the same numbers
     forward = ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
@@ -348,16 +336,6 @@ def test_rdn_recompute_states_false_keeps_the_walk_only_for_a_backward(grad, mon
     from rla_kernels.rdn.chunk import chunk_rdn_fwd
 
     chunk = sys.modules[chunk_rdn_fwd.__module__]
-    launches = []
-
-    class Counting:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                launches.append((kw["STORE_UW"], kw["STORE_X"]))
-                return walk_kernel[grid](*args, **kw)
-            return launch
-
-    walk_kernel = chunk._rdn_walk_kernel
     xs, init = inputs(B=1, T=45, H=2, K=16, V=16, N=3)
     cu = torch.tensor([0, 7, 8, 45])
     leaves = [x.clone().requires_grad_(grad) for x in xs] + [s.clone().requires_grad_(grad) for s in init]
@@ -370,7 +348,7 @@ def test_rdn_recompute_states_false_keeps_the_walk_only_for_a_backward(grad, mon
 
     ref = run(leaves, backend="triton")
     ref_grads = torch.autograd.grad(ref, leaves) if grad else None
-    monkeypatch.setattr(chunk, "_rdn_walk_kernel", Counting())
+    launches = record_launches(monkeypatch, chunk, ("_rdn_walk_kernel",), walk_stores)
     got = run(leaves, backend="triton", recompute_states=False)
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
     if not grad:

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import rla_kernels.library as library
+from kerneltools import record_launches, walk_stores
 from rla_kernels import rdn, rla
 
 
@@ -74,16 +75,7 @@ def test_fullgraph_compile_of_rdn_keeping_its_walk_matches_eager(monkeypatch):
     from rla_kernels.rdn.chunk import chunk_rdn_fwd
 
     chunk = sys.modules[chunk_rdn_fwd.__module__]
-    walk_kernel, stores = chunk._rdn_walk_kernel, []
-
-    class Recording:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                stores.append((kw["STORE_UW"], kw["STORE_X"]))
-                return walk_kernel[grid](*args, **kw)
-            return launch
-
-    monkeypatch.setattr(chunk, "_rdn_walk_kernel", Recording())
+    stores = record_launches(monkeypatch, chunk, ("_rdn_walk_kernel",), walk_stores)
     torch._dynamo.reset()
 
     def loss(q, k, v, g, beta, gamma, S0, R0, cu=None, keep=True):
@@ -114,20 +106,7 @@ def test_fullgraph_compile_of_rla_keeping_its_walk_matches_eager(monkeypatch):
     from rla_kernels.rla.chunk import chunk_rla_fwd
 
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    launches = []
-
-    class Recording:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                launches.append(self.name)
-                return self.kernel[grid](*args, **kw)
-            return launch
-
-    for name in ("_state_walk_kernel", "_rla_residual_kernel"):
-        monkeypatch.setattr(chunk, name, Recording(name, getattr(chunk, name)))
+    launches = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel"))
     torch._dynamo.reset()
 
     def loss(q, k, v, g, beta, gamma, S0, R0, cu=None, keep=True):

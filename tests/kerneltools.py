@@ -1,0 +1,29 @@
+"""Shared helpers for the kernel tests: which Triton kernels a call launches, and with what."""
+
+
+class _Recorded:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` notes the launch's keyword arguments, then launches."""
+
+    def __init__(self, kernel, note):
+        self.kernel, self.note = kernel, note
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.note(kw)
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+def record_launches(monkeypatch, module, names, entry=lambda name, kw: name) -> list:
+    """Wrap each kernel ``module.<name>`` so that its launches run as before and append ``entry(name, kwargs)``
+    to the list returned (one list for all of them, in launch order)."""
+    log = []
+    for name in names:
+        monkeypatch.setattr(module, name, _Recorded(getattr(module, name),
+                                                    lambda kw, name=name: log.append(entry(name, kw))))
+    return log
+
+
+def walk_stores(name, kw):
+    """RDN's forward walk launch as (STORE_UW, STORE_X): what it stored."""
+    return kw["STORE_UW"], kw["STORE_X"]
