@@ -294,8 +294,8 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
     if walk is None or len(walk) != 3:
         return False
     dtypes = (q.dtype, q.dtype, torch.float32)
-    shapes = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
-    return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, shapes, dtypes))
+    expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
+    return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
 
 
 def _split_reverse_walk(L: _Layout, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,

@@ -233,9 +233,9 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
     sequence fits one chunk of either, where the chunk-start states are the initial ones."""
     if walk is None or len(walk) != 3:
         return False
-    shapes = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
+    expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
     dtypes = (L.state_dtype, L.state_dtype, L.res_dtype)
-    return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, shapes, dtypes))
+    return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
 
 
 def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
