@@ -2,6 +2,7 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk] [--split-reverse-walk [--split-walk-bv 0,16]]
+        [--grad-rows]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -67,6 +68,9 @@ def main():
                         "chunk.SPLIT_REVERSE_WALK on (the reverse walk as two launches, dR's then dS's)")
     parser.add_argument("--split-walk-bv", default="0", help="RDN, with --split-reverse-walk: the split walks' V-block "
                         "widths to profile, e.g. 0,16 (chunk.SPLIT_WALK_BV; 0: the walks' own)")
+    parser.add_argument("--grad-rows", action="store_true", help="RDN only: also profile each backward (with the "
+                        "split ones) with chunk.GRAD_ROWS on (no rows kernel: the rerun walk stores U, W and the "
+                        "gradient kernel writes dv and the gate rows)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -115,6 +119,17 @@ def main():
                 passes += [(f"{name}, split reverse walk" + (f" BV {bv}" if bv else ""), split(fn, bv))
                            for bv in map(int, args.split_walk_bv.split(",")) for name, fn in list(passes)
                            if "bwd" in name]
+            if args.grad_rows and op == "rdn":
+                def rows_in_grad(fn):
+                    def run():
+                        before = chunk.GRAD_ROWS
+                        chunk.GRAD_ROWS = True
+                        try:
+                            return fn()
+                        finally:
+                            chunk.GRAD_ROWS = before
+                    return run
+                passes += [(f"{name}, grad rows", rows_in_grad(fn)) for name, fn in list(passes) if "bwd" in name]
             for name, fn in passes:
                 try:
                     times = profile(fn)

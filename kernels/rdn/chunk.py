@@ -94,6 +94,14 @@ SPLIT_WALK_BV = 0
 # BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912 (tf32), 192 / 424 (half).
 GRAD_HALF_STATE_DOTS = True
 GRAD_BK = 64
+# No rows kernel (docs/next/rdn-backward-plan.md, P6): the rerun walk stores U and W besides X (as keep_walk's forward
+# walk does), and the gradient kernel takes the rest of _rdn_bwd_rows_kernel's work: block 0 writes dv and the
+# rows of dyv.v and dyr.rho(X), and every K-block sums the rows that read the states from its own K-side products
+# (one more state dot a V-block: 7), into [4, NK] slabs that _rdn_bwd_dg_kernel adds up. Saves the rows kernel
+# (2.08 ms at B=16 T=2k H=16 K=V=128 bf16, H200) for the walk's two stores and a heavier gradient kernel; untimed
+# on the GPU, so off (RLA_RDN_GRAD_ROWS=1 at import turns it on). A backward given a kept walk (keep_walk, which
+# keeps no U, W) runs the rows kernel either way.
+GRAD_ROWS = os.environ.get("RLA_RDN_GRAD_ROWS") == "1"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -215,12 +223,14 @@ def _mqi(L: _Layout, q, k, g):
     return m_qi
 
 
-def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, store_uw=None):
+def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, store_uw=None, kept=None):
     """The forward walk: chunk-start states, final states, and U, W for the output (``store_uw``, by default
     when not ``store_x``) and/or X (``store_x``: for the backward, at its precision) (see chunk_fwd.py). With both
-    (the forward of ``keep_walk``) the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces."""
+    (the forward of ``keep_walk``; ``kept`` False for the backward's rerun of GRAD_ROWS) the chunk states get
+    ``L.kept_rows`` rows, the shape the op's fake announces."""
     store_uw = not store_x if store_uw is None else store_uw
-    rows = L.kept_rows if store_x and store_uw else None
+    kept = store_x and store_uw if kept is None else kept
+    rows = L.kept_rows if kept else None
     h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
     u, w = (L.per_token(k, L.V), L.per_token(k, L.V)) if store_uw else (None, None)
     x = L.per_token(k, L.V) if store_x else None
@@ -346,10 +356,14 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
     m_qi = _mqi(L, q, k, g)
+    fused_rows = False
     if saved_wy and _fits(walk, L, q, cu_seqlens):
         h_s, h_r, x = (t.contiguous() for t in walk)
     else:
-        h_s, h_r, _, _, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
+        # GRAD_ROWS: the rerun also stores U and W (at the walk's precision: fp32 states), for the gradient kernel
+        fused_rows = GRAD_ROWS
+        h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True,
+                                        store_uw=fused_rows, kept=False)
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.per_token(q, L.V) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
@@ -373,30 +387,36 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
     if L.n_chunks:
-        u, w = L.per_token(q, L.V), L.per_token(q, L.V)
         NTH = L.B * L.T * L.H
-        rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the rows kernel sums its rows over all of V
-        _rdn_bwd_rows_kernel[L.chunk_grid](
-            q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
-            dv, u, w, rows_part,
-            L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
-            RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
-        )
-        del x, m_k, m_qi, t_beta, t_gamma
         BKB = min(GRAD_BK, L.BK)
         NK = triton.cdiv(L.K, BKB)
-        dg_part = q.new_empty(NK + 1, NTH, dtype=torch.float32)  # dg's rows a K-block, and block 0's -dGp
+        if fused_rows:
+            dg_part = q.new_empty(4, NK, NTH, dtype=torch.float32)  # dg's rows, -dGp, dbeta, dgamma a K-block
+            rows_part = dg_part  # unread
+        else:
+            u, w = L.per_token(q, L.V), L.per_token(q, L.V)
+            rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the rows kernel sums its rows over all of V
+            _rdn_bwd_rows_kernel[L.chunk_grid](
+                q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
+                dv, u, w, rows_part,
+                L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
+                H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
+                RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+            )
+            dg_part = q.new_empty(NK + 1, NTH, dtype=torch.float32)  # dg's rows a K-block, and block 0's -dGp
+            x = dxc  # unread by the gradient kernel here: the rerun's X is freed before it, as before GRAD_ROWS
+        del m_k, m_qi, t_beta, t_gamma
         _rdn_bwd_grad_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
-            q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, rows_part,
-            dq, dk, dbeta, dgamma, dg_part,
-            L.cu_seqlens, L.chunk_indices, scale, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BKF=L.BK, BV=L.BV, DOT_PREC=L.dot_prec,
-            HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, IS_VARLEN=L.varlen,
+            q, k, v, g, beta, gamma, h_s, h_r, h_ds, h_dr, x, do, u, w, dyr, dxc, dyv, rows_part,
+            dq, dk, dv, dbeta, dgamma, dg_part,
+            L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BKF=L.BK, BV=L.BV, RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
+            HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, FUSED_ROWS=fused_rows,
+            IS_VARLEN=L.varlen,
         )
         _rdn_bwd_dg_kernel[L.chunk_grid](
-            dg_part, dg, L.cu_seqlens, L.chunk_indices, L.T, NTH,
-            H=L.H, BT=L.BT, NK=NK, IS_VARLEN=L.varlen, num_warps=1,
+            dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,
+            H=L.H, BT=L.BT, NK=NK, FUSED_ROWS=fused_rows, IS_VARLEN=L.varlen, num_warps=1,
         )
     return (dq, dk, dv, dg, dbeta, dgamma,
             None if S0 is None else dS0, None if R0 is None else dR0)
