@@ -102,6 +102,12 @@ GRAD_BK = 64
 # on the GPU, so off (RLA_RDN_GRAD_ROWS=1 at import turns it on). A backward given a kept walk (keep_walk, which
 # keeps no U, W) runs the rows kernel either way.
 GRAD_ROWS = os.environ.get("RLA_RDN_GRAD_ROWS") == "1"
+# With GRAD_ROWS only (docs/next/rdn-backward-plan.md, P6c): the gradient kernel's pass 1 (the five [BT, BT] chunk
+# matrix gradients over all of V, the same in every K-block program, with block 0's dv and K-free rows) as a launch
+# of its own, one program a chunk (_rdn_bwd_grad_kernel MATS=1), which hands the K-block programs (MATS=2) two
+# [BT, BT] fp32 matrices a chunk and four rows: the token tensors are read by pass 1 once, not once a K-block, and
+# the K-block programs hold no [BT, BT] accumulators. Untimed; off (RLA_RDN_GRAD_SPLIT_MATS=1 at import).
+GRAD_SPLIT_MATS = os.environ.get("RLA_RDN_GRAD_SPLIT_MATS") == "1"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -406,14 +412,22 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             dg_part = q.new_empty(NK + 1, NTH, dtype=torch.float32)  # dg's rows a K-block, and block 0's -dGp
             x = dxc  # unread by the gradient kernel here: the rerun's X is freed before it, as before GRAD_ROWS
         del m_k, m_qi, t_beta, t_gamma
-        _rdn_bwd_grad_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
-            q, k, v, g, beta, gamma, h_s, h_r, h_ds, h_dr, x, do, u, w, dyr, dxc, dyv, rows_part,
-            dq, dk, dv, dbeta, dgamma, dg_part,
-            L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BKF=L.BK, BV=L.BV, RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
-            HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, FUSED_ROWS=fused_rows,
-            IS_VARLEN=L.varlen,
-        )
+        mats, mats_mode = rows_part, 0  # unread without GRAD_SPLIT_MATS
+        steps = [NK]
+        if fused_rows and GRAD_SPLIT_MATS:
+            rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the K-free rows, for block 0
+            mats = q.new_empty(2, L.B, L.T, L.H, L.BT, dtype=torch.float32)  # dkk + dkk^T and dqk a chunk
+            mats_mode, steps = 1, [1, NK]
+        for n_blocks in steps:
+            _rdn_bwd_grad_kernel[(L.chunk_grid[0], n_blocks, L.chunk_grid[1])](
+                q, k, v, g, beta, gamma, h_s, h_r, h_ds, h_dr, x, do, u, w, dyr, dxc, dyv, rows_part, mats,
+                dq, dk, dv, dbeta, dgamma, dg_part,
+                L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
+                H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BKF=L.BK, BV=L.BV, RESIDUAL=L.residual_code,
+                DOT_PREC=L.dot_prec, HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32,
+                FUSED_ROWS=fused_rows, MATS=mats_mode, IS_VARLEN=L.varlen,
+            )
+            mats_mode += 1
         _rdn_bwd_dg_kernel[L.chunk_grid](
             dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,
             H=L.H, BT=L.BT, NK=NK, FUSED_ROWS=fused_rows, IS_VARLEN=L.varlen, num_warps=1,

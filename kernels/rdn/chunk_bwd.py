@@ -386,16 +386,16 @@ def _state_dot(a, s, DOT_PREC: tl.constexpr, HALF: tl.constexpr):
 # six token tiles again, which the program has just read (L2, not DRAM, for the most part). Eight warps first,
 # as the two kernels it replaces.
 @autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2)),
-          key=["H", "K", "V", "BT", "BK", "BKF", "BV", "RESIDUAL", "DOT_PREC", "HALF_STATE_DOTS", "FUSED_ROWS"])
+          key=["H", "K", "V", "BT", "BK", "BKF", "BV", "RESIDUAL", "DOT_PREC", "HALF_STATE_DOTS", "FUSED_ROWS", "MATS"])
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_grad_kernel(
-    q, k, v, g, beta, gamma, h_s, h_r, h_ds, h_dr, x, do, u, w, dyr, dxc, dyv, rows_part,
+    q, k, v, g, beta, gamma, h_s, h_r, h_ds, h_dr, x, do, u, w, dyr, dxc, dyv, rows_part, mats,
     dq, dk, dv, dbeta, dgamma, dg_part,
     cu_seqlens, chunk_indices, scale, clip, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, HALF_STATE_DOTS: tl.constexpr, FUSED_ROWS: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    MATS: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """dq and dk of K-block i_k, from the chunk's start states S0, R0 and end adjoints dS, dR (the terms that
     read them) and from the gradients of its decay-weighted k.k and q.k matrices (A_x = x_t (k_t.k_i)
@@ -409,7 +409,13 @@ def _rdn_bwd_grad_kernel(
     and sums the rows that read only V-side tensors (dyv.v, dyr.rho(X)), and the rows that read the states (the
     rows kernel's k.S, q.S, k.R, q.R) come from this block's K-side products: sum_v a (k S) = sum_k k (a S^T).
     Every block then writes four slabs ``dg_part`` [4, NK, B*T*H] (dg's rows, -dGp, dbeta, dgamma) that
-    _rdn_bwd_dg_kernel sums."""
+    _rdn_bwd_dg_kernel sums.
+
+    MATS (with FUSED_ROWS; chunk.GRAD_SPLIT_MATS): 0, pass 1 and its epilogue in every K-block program (above);
+    1, a launch of one program a chunk (grid axis 1 of size 1) that does only those and writes the two [BT, BT]
+    products that reach dq and dk (dkk + dkk^T and dqk, ``mats`` [2, B, T, H, BT] fp32) and the K-free rows
+    (``rows_part`` [4, B*T*H]: dG, dGp, dbeta, dgamma), besides dv; 2, the gradient kernel after it: no pass 1,
+    dq and dk start from those two matrices and block 0 from those rows."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_k = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -427,159 +433,186 @@ def _rdn_bwd_grad_kernel(
     b_eG = tl.exp(b_G)[:, None]
     b_eGp = tl.exp(b_Gp)[:, None]
 
-    # Pass 1: the chunk matrices' gradients, summed over V (the same in every K-block program).
-    b_dAb = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dAc = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dMk = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dMq = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dMqi = tl.zeros([BT, BT], dtype=tl.float32)
-    if FUSED_ROWS:
-        # block 0 alone reads v and X and writes dv (the other blocks' masks hold no row)
-        n_first = tl.where(i_k == 0, T_seq, 0)
-        b_dbv = tl.zeros([BT], dtype=tl.float32)
-        b_dcx = tl.zeros([BT], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
-        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        if FUSED_ROWS:
-            # gamma after the sum: the unscaled (scale do) W^T also gives dgamma's row rowsum(Mqi * it)
-            b_dMqi += tl.dot(scale * b_do, tl.trans(b_w), input_precision=DOT_PREC)
-        else:
-            b_dMqi += tl.dot((scale * b_gamma)[:, None] * b_do, tl.trans(b_w), input_precision=DOT_PREC)
-        b_dAc += tl.dot(b_dyr, tl.trans(b_w), input_precision=DOT_PREC)
-        b_dMk += tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC)
-        b_dMq += tl.dot(scale * b_do, tl.trans(b_u), input_precision=DOT_PREC)
-        b_dAb += tl.dot(b_dyv, tl.trans(b_u), input_precision=DOT_PREC)
-        if FUSED_ROWS:
-            b_v = load_tile(v + tok_v, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
-            b_x = load_tile(x + tok_v, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
-            b_dbv += tl.sum(b_dyv * b_v, axis=1)
-            b_dcx += tl.sum(b_dyr * _rho(b_x, clip, RESIDUAL), axis=1)
-            store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
-
-    # Their epilogue, from the whole of q and k (raw: one exact product a pair, for any K-block).
-    b_qf = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
-    b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
-    b_kk = tl.dot(b_kf, tl.trans(b_kf), input_precision=DOT_PREC)
-    b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
-    b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
-    b_Mk = b_kk * b_Ep
-    b_Mqi = tl.dot(b_qf, tl.trans(b_kf), input_precision=DOT_PREC) * b_Eg
-    b_Mq = tl.where(strict, b_Mqi, 0.0)
-    b_dAb = -tl.where(strict, b_dAb, 0.0)
-    b_dAc = -tl.where(strict, b_dAc, 0.0)
-    b_dMk = tl.where(strict, b_dMk, 0.0)
-    b_dMq = tl.where(strict, b_dMq, 0.0)
-    b_dMqi = tl.where(incl, b_dMqi, 0.0)
-    if FUSED_ROWS:
-        b_dcx += tl.sum(b_dMqi * b_Mqi, axis=1)  # sum_v dsq (Mqi W): dgamma's, through rq
-        b_dMqi = b_gamma[:, None] * b_dMqi
-
-    b_kkEs = tl.where(strict, b_kk * b_Eg, 0.0)
-    b_dA_rows = b_dAb * b_beta[:, None] + b_dAc * b_gamma[:, None]
-    b_db = tl.sum(b_dAb * b_kkEs, axis=1)
-    b_dc = tl.sum(b_dAc * b_kkEs, axis=1)
-    b_dkk = b_dA_rows * tl.where(strict, b_Eg, 0.0) + b_dMk * b_Ep
-    b_Dm = b_dA_rows * b_kkEs + b_dMq * b_Mq + b_dMqi * b_Mqi
-    b_dG = tl.sum(b_Dm, axis=1) - tl.sum(b_Dm, axis=0)
-    b_Dk = b_dMk * b_Mk
-    b_dGp = tl.sum(b_Dk, axis=1)
-    b_dG -= tl.sum(b_Dk, axis=0)
-    b_dqk = (b_dMq + b_dMqi) * b_Eg
-    b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    b_dk = tl.dot(b_dkk + tl.trans(b_dkk), b_kb, input_precision=DOT_PREC)
-    b_dk += tl.dot(tl.trans(b_dqk), b_qb, input_precision=DOT_PREC)
-    b_dq = tl.dot(b_dqk, b_kb, input_precision=DOT_PREC)
-
-    # Block 0 adds the K-free rows: the chunk matrices' and the rows kernel's (rows past the sequence end are 0).
     first = in_seq & ((o_t * 0 + i_k) == 0)
     block = tl.cast(NTH, tl.int64)
-    if FUSED_ROWS:
-        # the K-free rows count once (block 0); the state rows of every block are added in pass 2
-        k_free = (o_t * 0 + i_k) == 0
-        b_dG = tl.where(k_free, b_dG, 0.0)
-        b_dGp = tl.where(k_free, b_dGp, 0.0)
-        b_db = tl.where(k_free, b_db + b_dbv, 0.0)
-        b_dc = tl.where(k_free, b_dc + b_dcx, 0.0)
+    mat_block = tl.cast(NTH, tl.int64) * BT
+    tok_t = (bos * H + i_h) * BT
+    if MATS == 2:
+        # pass 1 ran in the MATS == 1 launch: its two [BT, BT] products and block 0's K-free rows
+        b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+        b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+        b_dk = tl.dot(b_DKK, b_kb, input_precision=DOT_PREC)
+        b_dk += tl.dot(tl.trans(b_DQK), b_qb, input_precision=DOT_PREC)
+        b_dq = tl.dot(b_DQK, b_kb, input_precision=DOT_PREC)
+        b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
+        b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
+        b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
+        b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
         b_part = tl.zeros([BT], dtype=tl.float32)
     else:
-        b_dG += tl.load(rows_part + row_off, mask=first, other=0.0)
-        b_dGp += tl.load(rows_part + block + row_off, mask=first, other=0.0)
-        b_db += tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
-        b_dc += tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
-        tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=first)
-        tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=first)
-        # Gp = G - g and G = cumsum(g): dg_s = sum_{t >= s} (dG_t + dGp_t) - dGp_s.
-        b_part = tl.where(first, b_dG + b_dGp, 0.0)
-        tl.store(dg_part + tl.cast(tl.num_programs(1), tl.int64) * block + row_off, -b_dGp, mask=first)
-
-    # Pass 2: the state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...;
-    # yr = res - exp(G) K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0.
-    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
-    b_hdh = tl.zeros([BK], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsq = (scale * b_eG) * b_do
-        b_dkd += _state_dot(b_u, b_ds, DOT_PREC, HALF_STATE_DOTS) + _state_dot(b_w, b_dr, DOT_PREC, HALF_STATE_DOTS)
+        # Pass 1: the chunk matrices' gradients, summed over V (the same in every K-block program).
+        b_dAb = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dAc = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dMk = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dMq = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dMqi = tl.zeros([BT, BT], dtype=tl.float32)
         if FUSED_ROWS:
-            # The row gates after the dots (row scalings commute with them), so that each product's rows against
-            # this block's q or k columns give the rows kernel's sums: sum_v a (q R) = sum_k q (a R^T), etc.
-            b_pqr = _state_dot(b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
-            b_pqs = _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS)
-            b_dq += b_gamma[:, None] * b_pqr + b_pqs
-            b_tqr = tl.sum(b_qb * b_pqr, axis=1)
-            b_dG += tl.sum(b_qb * b_pqs, axis=1) + b_gamma * b_tqr
-            b_dc += b_tqr
-            b_pkr = _state_dot(b_eG * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
-            b_pkv = _state_dot(b_eG * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
-            b_pkx = _state_dot(b_eGp * b_dsk, b_s, DOT_PREC, HALF_STATE_DOTS)
-            b_dk += b_pkx - b_beta[:, None] * b_pkv - b_gamma[:, None] * b_pkr
-            b_tkr = tl.sum(b_kb * b_pkr, axis=1)
-            b_tkv = tl.sum(b_kb * b_pkv, axis=1)
-            b_dG -= b_gamma * b_tkr + b_beta * b_tkv
-            b_dGp += tl.sum(b_kb * b_pkx, axis=1)
-            b_db -= b_tkv
-            b_dc -= b_tkr
-        else:
-            b_dq += (_state_dot(b_gamma[:, None] * b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
-                     + _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS))
-            b_dk += _state_dot(-(b_gamma[:, None] * b_eG) * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
-            b_dk += _state_dot(b_eGp * b_dsk - (b_beta[:, None] * b_eG) * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
-        b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
+            # block 0 alone reads v and X and writes dv (the other blocks' masks hold no row)
+            n_first = tl.where(i_k == 0, T_seq, 0)
+            b_dbv = tl.zeros([BT], dtype=tl.float32)
+            b_dcx = tl.zeros([BT], dtype=tl.float32)
+        for i_v in range(0, tl.cdiv(V, BV)):
+            b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
+            b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            if FUSED_ROWS:
+                # gamma after the sum: the unscaled (scale do) W^T also gives dgamma's row rowsum(Mqi * it)
+                b_dMqi += tl.dot(scale * b_do, tl.trans(b_w), input_precision=DOT_PREC)
+            else:
+                b_dMqi += tl.dot((scale * b_gamma)[:, None] * b_do, tl.trans(b_w), input_precision=DOT_PREC)
+            b_dAc += tl.dot(b_dyr, tl.trans(b_w), input_precision=DOT_PREC)
+            b_dMk += tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC)
+            b_dMq += tl.dot(scale * b_do, tl.trans(b_u), input_precision=DOT_PREC)
+            b_dAb += tl.dot(b_dyv, tl.trans(b_u), input_precision=DOT_PREC)
+            if FUSED_ROWS:
+                b_v = load_tile(v + tok_v, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
+                b_x = load_tile(x + tok_v, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
+                b_dbv += tl.sum(b_dyv * b_v, axis=1)
+                b_dcx += tl.sum(b_dyr * _rho(b_x, clip, RESIDUAL), axis=1)
+                store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
 
-    # Kd = K exp(GL - G): its gradient dkd goes to dk, and its decay's to dG (-Dd per row, sum(Dd) at the end).
-    b_dec = tl.exp(b_GL - b_G)
-    b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    b_dk += b_dkd * b_dec[:, None]
-    b_Dd = tl.sum(b_dkd * (b_kb * b_dec[:, None]), axis=1)
-    store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both on the chunk's last row, whose dG
-    # reaches every row's dg through the reverse cumsum; put on its last row in the sequence, they reach the same.
-    b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
-    if FUSED_ROWS:
-        b_part = b_dG + b_dGp
-    b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
-    tl.store(dg_part + i_k * block + row_off, b_part, mask=in_seq)
-    if FUSED_ROWS:
-        nk = tl.cast(tl.num_programs(1), tl.int64)
-        tl.store(dg_part + (nk + i_k) * block + row_off, -b_dGp, mask=in_seq)
-        tl.store(dg_part + (2 * nk + i_k) * block + row_off, b_db, mask=in_seq)
-        tl.store(dg_part + (3 * nk + i_k) * block + row_off, b_dc, mask=in_seq)
+        # Their epilogue, from the whole of q and k (raw: one exact product a pair, for any K-block).
+        b_qf = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
+        b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
+        b_kk = tl.dot(b_kf, tl.trans(b_kf), input_precision=DOT_PREC)
+        b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
+        b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
+        b_Mk = b_kk * b_Ep
+        b_Mqi = tl.dot(b_qf, tl.trans(b_kf), input_precision=DOT_PREC) * b_Eg
+        b_Mq = tl.where(strict, b_Mqi, 0.0)
+        b_dAb = -tl.where(strict, b_dAb, 0.0)
+        b_dAc = -tl.where(strict, b_dAc, 0.0)
+        b_dMk = tl.where(strict, b_dMk, 0.0)
+        b_dMq = tl.where(strict, b_dMq, 0.0)
+        b_dMqi = tl.where(incl, b_dMqi, 0.0)
+        if FUSED_ROWS:
+            b_dcx += tl.sum(b_dMqi * b_Mqi, axis=1)  # sum_v dsq (Mqi W): dgamma's, through rq
+            b_dMqi = b_gamma[:, None] * b_dMqi
+
+        b_kkEs = tl.where(strict, b_kk * b_Eg, 0.0)
+        b_dA_rows = b_dAb * b_beta[:, None] + b_dAc * b_gamma[:, None]
+        b_db = tl.sum(b_dAb * b_kkEs, axis=1)
+        b_dc = tl.sum(b_dAc * b_kkEs, axis=1)
+        b_dkk = b_dA_rows * tl.where(strict, b_Eg, 0.0) + b_dMk * b_Ep
+        b_Dm = b_dA_rows * b_kkEs + b_dMq * b_Mq + b_dMqi * b_Mqi
+        b_dG = tl.sum(b_Dm, axis=1) - tl.sum(b_Dm, axis=0)
+        b_Dk = b_dMk * b_Mk
+        b_dGp = tl.sum(b_Dk, axis=1)
+        b_dG -= tl.sum(b_Dk, axis=0)
+        b_dqk = (b_dMq + b_dMqi) * b_Eg
+        if MATS == 1:
+            store_tile(mats + tok_t, b_dkk + tl.trans(b_dkk), i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            store_tile(mats + mat_block + tok_t, b_dqk, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            tl.store(rows_part + row_off, b_dG, mask=in_seq)
+            tl.store(rows_part + block + row_off, b_dGp, mask=in_seq)
+            tl.store(rows_part + 2 * block + row_off, b_db + b_dbv, mask=in_seq)
+            tl.store(rows_part + 3 * block + row_off, b_dc + b_dcx, mask=in_seq)
+        else:
+            b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+            b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+            b_dk = tl.dot(b_dkk + tl.trans(b_dkk), b_kb, input_precision=DOT_PREC)
+            b_dk += tl.dot(tl.trans(b_dqk), b_qb, input_precision=DOT_PREC)
+            b_dq = tl.dot(b_dqk, b_kb, input_precision=DOT_PREC)
+
+            # Block 0 adds the K-free rows: the chunk matrices' and the rows kernel's (rows past the sequence
+            # end are 0).
+            if FUSED_ROWS:
+                # the K-free rows count once (block 0); the state rows of every block are added in pass 2
+                k_free = (o_t * 0 + i_k) == 0
+                b_dG = tl.where(k_free, b_dG, 0.0)
+                b_dGp = tl.where(k_free, b_dGp, 0.0)
+                b_db = tl.where(k_free, b_db + b_dbv, 0.0)
+                b_dc = tl.where(k_free, b_dc + b_dcx, 0.0)
+                b_part = tl.zeros([BT], dtype=tl.float32)
+            else:
+                b_dG += tl.load(rows_part + row_off, mask=first, other=0.0)
+                b_dGp += tl.load(rows_part + block + row_off, mask=first, other=0.0)
+                b_db += tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
+                b_dc += tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
+                tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=first)
+                tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=first)
+                # Gp = G - g and G = cumsum(g): dg_s = sum_{t >= s} (dG_t + dGp_t) - dGp_s.
+                b_part = tl.where(first, b_dG + b_dGp, 0.0)
+                tl.store(dg_part + tl.cast(tl.num_programs(1), tl.int64) * block + row_off, -b_dGp, mask=first)
+
+    if MATS != 1:
+        # Pass 2: the state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...;
+        # yr = res - exp(G) K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0.
+        b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
+        b_hdh = tl.zeros([BK], dtype=tl.float32)
+        for i_v in range(0, tl.cdiv(V, BV)):
+            b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+            b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+            b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+            b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+            b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_dsq = (scale * b_eG) * b_do
+            b_dkd += _state_dot(b_u, b_ds, DOT_PREC, HALF_STATE_DOTS) + _state_dot(b_w, b_dr, DOT_PREC, HALF_STATE_DOTS)
+            if FUSED_ROWS:
+                # The row gates after the dots (row scalings commute with them), so that each product's rows against
+                # this block's q or k columns give the rows kernel's sums: sum_v a (q R) = sum_k q (a R^T), etc.
+                b_pqr = _state_dot(b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
+                b_pqs = _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS)
+                b_dq += b_gamma[:, None] * b_pqr + b_pqs
+                b_tqr = tl.sum(b_qb * b_pqr, axis=1)
+                b_dG += tl.sum(b_qb * b_pqs, axis=1) + b_gamma * b_tqr
+                b_dc += b_tqr
+                b_pkr = _state_dot(b_eG * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
+                b_pkv = _state_dot(b_eG * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
+                b_pkx = _state_dot(b_eGp * b_dsk, b_s, DOT_PREC, HALF_STATE_DOTS)
+                b_dk += b_pkx - b_beta[:, None] * b_pkv - b_gamma[:, None] * b_pkr
+                b_tkr = tl.sum(b_kb * b_pkr, axis=1)
+                b_tkv = tl.sum(b_kb * b_pkv, axis=1)
+                b_dG -= b_gamma * b_tkr + b_beta * b_tkv
+                b_dGp += tl.sum(b_kb * b_pkx, axis=1)
+                b_db -= b_tkv
+                b_dc -= b_tkr
+            else:
+                b_dq += (_state_dot(b_gamma[:, None] * b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
+                         + _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS))
+                b_dk += _state_dot(-(b_gamma[:, None] * b_eG) * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
+                b_dk += _state_dot(b_eGp * b_dsk - (b_beta[:, None] * b_eG) * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
+            b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
+
+        # Kd = K exp(GL - G): its gradient dkd goes to dk, and its decay's to dG (-Dd per row, sum(Dd) at the end).
+        b_dec = tl.exp(b_GL - b_G)
+        b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+        b_dk += b_dkd * b_dec[:, None]
+        b_Dd = tl.sum(b_dkd * (b_kb * b_dec[:, None]), axis=1)
+        store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+        store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+        # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both on the chunk's last row, whose dG
+        # reaches every row's dg through the reverse cumsum; put on its last row in the sequence, they reach the same.
+        b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
+        if FUSED_ROWS:
+            b_part = b_dG + b_dGp
+        b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
+        tl.store(dg_part + i_k * block + row_off, b_part, mask=in_seq)
+        if FUSED_ROWS:
+            nk = tl.cast(tl.num_programs(1), tl.int64)
+            tl.store(dg_part + (nk + i_k) * block + row_off, -b_dGp, mask=in_seq)
+            tl.store(dg_part + (2 * nk + i_k) * block + row_off, b_db, mask=in_seq)
+            tl.store(dg_part + (3 * nk + i_k) * block + row_off, b_dc, mask=in_seq)
 
 
 @triton.jit(do_not_specialize=["T", "NTH"])

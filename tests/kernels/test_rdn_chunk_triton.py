@@ -582,7 +582,8 @@ class _NoRowsKernel:
 
 @pytest.mark.parametrize("case", ["clip", "tanh", "none", "tail_no_states_tanh", "varlen", "varlen_v_blocks",
                                   "bf16", "clip_saturating", "strong_decay", "bk32", "bk128", "split_walk",
-                                  "kept_walk"])
+                                  "kept_walk", "mats_clip", "mats_tail_no_states_tanh", "mats_varlen_v_blocks",
+                                  "mats_bf16", "mats_bk32", "mats_clip_saturating"])
 def test_gradient_kernel_takes_the_rows(case, monkeypatch):
     """chunk.GRAD_ROWS: no rows kernel (the rerun walk stores U and W; the gradient kernel writes dv and sums the
     gate rows, the state ones from its K-side products, in per-K-block slabs): all eight gradients against the
@@ -590,8 +591,12 @@ def test_gradient_kernel_takes_the_rows(case, monkeypatch):
     each residual function; T not a multiple of the chunk without states or final-state cotangents (tanh, odd
     head dims); packed sequences (with partial V- and K-blocks); bf16; the clip saturating most elements; a decay
     that underflows; three K-blocks (the last partial) and one; with the split reverse walk; and the kept forward
-    walk, which keeps no U, W, so the rows kernel runs there."""
+    walk, which keeps no U, W, so the rows kernel runs there. The "mats_" cases repeat some with
+    chunk.GRAD_SPLIT_MATS (pass 1 as a launch of its own)."""
     chunk = sys.modules[chunk_rdn_bwd.__module__]
+    if case.startswith("mats_"):
+        monkeypatch.setattr(chunk, "GRAD_SPLIT_MATS", True)
+        case = case[len("mats_"):]
     cu, kw, tol, final_grads, scale, clip, residual = None, dict(chunk_size=16), 1e-4, True, None, 1.0, "clip"
     if case in RESIDUALS:
         clip, residual = RESIDUALS[case]
