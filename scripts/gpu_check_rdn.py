@@ -3,7 +3,7 @@
 Run on the GPU machine from the repository root, in one call:
 
     . scripts/gpu_env.sh && python3 scripts/gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]
-        [--split-reverse-walk] [--grad-rows]
+        [--split-reverse-walk] [--grad-rows [--grad-split-mats]]
 
 By default three cases (fp32 K=128, bf16 K=64 tanh, bf16 K=128 varlen); ``--all`` adds four more. Each case runs
 twice: as the API runs by default (the backward reruns the forward walk) and, as ``keep`` rows, with the walk kept
@@ -15,7 +15,8 @@ column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes 
 ``--split-reverse-walk`` runs every backward with chunk.SPLIT_REVERSE_WALK on (the reverse walk as two launches;
 case names get " split"), the timing included. ``--grad-rows`` runs every backward with chunk.GRAD_ROWS on (no
 rows kernel: the rerun walk stores U and W, the gradient kernel writes dv and the gate rows; " rows" in the
-names; the keep rows still run the rows kernel, as the kept walk has no U, W).
+names; the keep rows still run the rows kernel, as the kept walk has no U, W); with ``--grad-split-mats`` also
+chunk.GRAD_SPLIT_MATS (the gradient kernel's pass 1 a launch of its own; " mats" in the names).
 
 For each case it runs chunk_rdn_fwd and chunk_rdn_bwd and prints the relative error ||x - ref|| / ||ref||
 of o, both final states and all eight gradients against naive_recurrent_rdn in float64 on the same GPU
@@ -203,6 +204,9 @@ def main():
     if "--grad-rows" in sys.argv:
         sys.modules["rla_kernels.rdn.chunk"].GRAD_ROWS = True
         cases = [(name + " rows", kw) for name, kw in cases]
+        if "--grad-split-mats" in sys.argv:
+            sys.modules["rla_kernels.rdn.chunk"].GRAD_SPLIT_MATS = True
+            cases = [(name + " mats", kw) for name, kw in cases]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
     print(f"{'case':23s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
     keeps = [True] if "--keep" in sys.argv else [False] if "--no-keep" in sys.argv else [False, True]

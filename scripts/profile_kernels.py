@@ -2,7 +2,7 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk] [--split-reverse-walk [--split-walk-bv 0,16]]
-        [--grad-rows]
+        [--grad-rows] [--grad-split-mats]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -71,6 +71,9 @@ def main():
     parser.add_argument("--grad-rows", action="store_true", help="RDN only: also profile each backward (with the "
                         "split ones) with chunk.GRAD_ROWS on (no rows kernel: the rerun walk stores U, W and the "
                         "gradient kernel writes dv and the gate rows)")
+    parser.add_argument("--grad-split-mats", action="store_true", help="RDN only: also profile each backward with "
+                        "chunk.GRAD_ROWS and chunk.GRAD_SPLIT_MATS on (the gradient kernel's pass 1 a launch of its "
+                        "own, one program a chunk)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -119,17 +122,19 @@ def main():
                 passes += [(f"{name}, split reverse walk" + (f" BV {bv}" if bv else ""), split(fn, bv))
                            for bv in map(int, args.split_walk_bv.split(",")) for name, fn in list(passes)
                            if "bwd" in name]
-            if args.grad_rows and op == "rdn":
-                def rows_in_grad(fn):
+            if (args.grad_rows or args.grad_split_mats) and op == "rdn":
+                def rows_in_grad(fn, split_mats):
                     def run():
-                        before = chunk.GRAD_ROWS
-                        chunk.GRAD_ROWS = True
+                        before = chunk.GRAD_ROWS, chunk.GRAD_SPLIT_MATS
+                        chunk.GRAD_ROWS, chunk.GRAD_SPLIT_MATS = True, split_mats
                         try:
                             return fn()
                         finally:
-                            chunk.GRAD_ROWS = before
+                            chunk.GRAD_ROWS, chunk.GRAD_SPLIT_MATS = before
                     return run
-                passes += [(f"{name}, grad rows", rows_in_grad(fn)) for name, fn in list(passes) if "bwd" in name]
+                variants = [False] * args.grad_rows + [True] * args.grad_split_mats
+                passes += [(f"{name}, grad rows" + (" split mats" if sm else ""), rows_in_grad(fn, sm))
+                           for sm in variants for name, fn in list(passes) if "bwd" in name]
             for name, fn in passes:
                 try:
                     times = profile(fn)
