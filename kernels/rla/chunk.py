@@ -24,6 +24,8 @@ buffers live on, 2 x n_chunks x H x K x V plus B x T x H x V input-dtype element
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
@@ -37,6 +39,17 @@ from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH,
 
 CHUNK_SIZE = shapes.RLA_CHUNK_SIZE
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Plan P3 (docs/next/rla-plan.md), off until timed on the H200: dq/dk/dg holds two [BT, BK] state sums through its
+# V loop instead of four, and the row sums it took of single state terms (dgamma's through h_R, dg's query-side
+# state term and carried chunk-end terms) move into the du and dv kernels, one more dot and one more state tile
+# each (chunk_bwd._rla_bwd_dqkg_two_acc). Measured before r and du went to the input dtype: dq/dk/dg 1.49 -> 1.11 ms,
+# du and dv +0.19 each. RLA_RLA_TWO_ACCUMULATORS=1 turns it on at import (A/B); read at each backward call.
+TWO_ACCUMULATORS = os.environ.get("RLA_RLA_TWO_ACCUMULATORS") == "1"
+# Plan P6, off (a precision decision, not yet timed): the reverse walks store dh_R', dh_S' without their lo part, so
+# du and dv read one half cast of them (as RDN does): -2 x 0.27 GB written and read at B=16 T=2k H=16 K=V=128 bf16.
+# Emulated cost (gpu_check_rla.py --smoke --gpu-dots --no-dh-lo): docs/next/rla-plan.md, section 4.
+# RLA_RLA_NO_DH_LO=1 turns it on at import; read at each backward call. No effect with fp32 inputs (no lo there).
+NO_DH_LO = os.environ.get("RLA_RLA_NO_DH_LO") == "1"
 
 
 class _Layout:
@@ -189,8 +202,8 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
 
 def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
     """One state gradient carried backwards: each chunk's end-state gradient (hi, and lo for half inputs: du
-    and dv read ~16 bits of it) and the initial state's (fp32)."""
-    dh, dh_lo = _chunk_states(L, q, True)
+    and dv read ~16 bits of it; none with NO_DH_LO) and the initial state's (fp32)."""
+    dh, dh_lo = _chunk_states(L, q, not NO_DH_LO)
     dh0 = q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     _dstate_walk_kernel[L.walk_grid](
         q, do, k, du, g, rate, dh_t, dh, dh if dh_lo is None else dh_lo, dh0,
@@ -266,26 +279,34 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta. The per-V-block partial sums are reduced below.
     nv = triton.cdiv(L.V, L.BV_grad)
+    nk = triton.cdiv(L.K, L.BK_par)
     grid = L.parallel_grid(L.BV_grad)
+    two_acc = TWO_ACCUMULATORS
+    # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks; with two_acc also nv each from du and dv (the row
+    # sums of single state terms that those kernels then form beside their operands; see chunk_bwd.py)
+    dg_part = q.new_empty(nk + (2 * nv if two_acc else 0), *g.shape, dtype=torch.float32)
     dh_r, dh_r_lo, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     dgamma_part = q.new_empty(nv, *gamma.shape, dtype=torch.float32)
     _rla_bwd_du_kernel[grid](
-        q, k, g, gamma, res, do, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
+        q, k, g, gamma, res, do, h_r, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
+        dg_part[nk:] if two_acc else dg_part,
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_r_lo is not None,
-        IS_VARLEN=L.varlen,
+        IS_VARLEN=L.varlen, TWO_ACC=two_acc,
     )
     del dh_r_lo
     dh_s, dh_s_lo, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[grid](
-        q, k, v, g, beta, do, du, dh_s, dh_s if dh_s_lo is None else dh_s_lo, dv, dbeta_part,
+        q, k, v, g, beta, do, du, h_s, dh_s, dh_s if dh_s_lo is None else dh_s_lo, dv, dbeta_part,
+        dg_part[nk + nv:] if two_acc else dg_part,
         L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_s_lo is not None, IS_VARLEN=L.varlen,
+        TWO_ACC=two_acc,
     )
     del dh_s_lo
 
@@ -304,19 +325,19 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
-    nk = triton.cdiv(L.K, L.BK_par)
-    dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
-    dgamma_out_part = torch.empty_like(dg_part)
+    dgamma_out_part = dgamma_part if two_acc else q.new_empty(nk, *g.shape, dtype=torch.float32)  # unused with two_acc
     grid = (nk,) + chunk_grid  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,
         dq, dk, dg_part, dgamma_out_part,
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, g.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, TWO_ACC=two_acc,
     )
     dg = dg_part.sum(0)
     dbeta = dbeta_part.sum(0)
-    dgamma = dgamma_out_part.sum(0) + dgamma_part.sum(0) + dgamma_intra
+    dgamma = dgamma_part.sum(0) + dgamma_intra
+    if not two_acc:
+        dgamma += dgamma_out_part.sum(0)
     return (dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dgamma.to(gamma.dtype),
             None if S0 is None else dS0.to(S0.dtype), None if R0 is None else dR0.to(R0.dtype))
