@@ -45,11 +45,6 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # each (chunk_bwd._rla_bwd_dqkg_two_acc). Measured before r and du went to the input dtype: dq/dk/dg 1.49 -> 1.11 ms,
 # du and dv +0.19 each. RLA_RLA_TWO_ACCUMULATORS=1 turns it on at import (A/B); read at each backward call.
 TWO_ACCUMULATORS = os.environ.get("RLA_RLA_TWO_ACCUMULATORS") == "1"
-# Plan P6, off (a precision decision, not yet timed): the reverse walks store dh_R', dh_S' without their lo part, so
-# du and dv read one half cast of them (as RDN does): -2 x 0.27 GB written and read at B=16 T=2k H=16 K=V=128 bf16.
-# Emulated cost (gpu_check_rla.py --smoke --gpu-dots --no-dh-lo): docs/next/rla-plan.md, section 4.
-# RLA_RLA_NO_DH_LO=1 turns it on at import; read at each backward call. No effect with fp32 inputs (no lo there).
-NO_DH_LO = os.environ.get("RLA_RLA_NO_DH_LO") == "1"
 
 
 class _Layout:
@@ -202,8 +197,8 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
 
 def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
     """One state gradient carried backwards: each chunk's end-state gradient (hi, and lo for half inputs: du
-    and dv read ~16 bits of it; none with NO_DH_LO) and the initial state's (fp32)."""
-    dh, dh_lo = _chunk_states(L, q, not NO_DH_LO)
+    and dv read ~16 bits of it) and the initial state's (fp32)."""
+    dh, dh_lo = _chunk_states(L, q, True)
     dh0 = q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     _dstate_walk_kernel[L.walk_grid](
         q, do, k, du, g, rate, dh_t, dh, dh if dh_lo is None else dh_lo, dh0,

@@ -485,6 +485,8 @@ def _rla_bwd_dqkg_four_acc(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
+    """The default: four [BT, BK] state sums through the V loop (dq's through h_S and h_R, dk's through h_S and
+    through the chunk-end gradients), so that dg and dgamma take their row sums of single terms here."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_t = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
