@@ -33,7 +33,7 @@ from .. import shapes
 from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, prepare_chunk_indices, prepare_chunk_offsets,
                            sm_count)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
-                        _rla_bwd_intra_kernel)
+                        _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
 from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 
@@ -45,6 +45,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # each (chunk_bwd._rla_bwd_dqkg_two_acc). Measured before r and du went to the input dtype: dq/dk/dg 1.49 -> 1.11 ms,
 # du and dv +0.19 each. RLA_RLA_TWO_ACCUMULATORS=1 turns it on at import (A/B); read at each backward call.
 TWO_ACCUMULATORS = os.environ.get("RLA_RLA_TWO_ACCUMULATORS") == "1"
+SUMS_BLOCK = 1024  # gates a program of the backward's final partial-sum kernel
 
 
 class _Layout:
@@ -282,7 +283,9 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dg_part = q.new_empty(nk + (2 * nv if two_acc else 0), *g.shape, dtype=torch.float32)
     dh_r, dh_r_lo, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
-    dgamma_part = q.new_empty(nv, *gamma.shape, dtype=torch.float32)
+    # dgamma's partial sums: nv from du (the residual's term), then without two_acc nk from dq/dk/dg (the output
+    # term through h_R); all reduced with dg's and dbeta's by one small kernel at the end
+    dgamma_part = q.new_empty(nv + (0 if two_acc else nk), *gamma.shape, dtype=torch.float32)
     _rla_bwd_du_kernel[grid](
         q, k, g, gamma, res, do, h_r, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
         dg_part[nk:] if two_acc else dg_part,
@@ -311,7 +314,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     # M and Mk in the input dtype: the dq/dk kernel casts them to it in every dot that reads them (fp32 inputs:
     # fp32), so storing them rounded changes nothing there and halves their bytes (written once, read per K-block).
     m, mk = (q.new_empty(L.n_chunks, L.H, L.BT, L.BT, dtype=L.state_dtype) for _ in range(2))
-    dgamma_intra = torch.zeros_like(gamma, dtype=torch.float32)
+    dgamma_intra = torch.empty_like(gamma, dtype=torch.float32)  # every token written by the intra kernel
     _rla_bwd_intra_kernel[chunk_grid](
         q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra,
         L.cu_seqlens, L.chunk_indices, scale, L.T,
@@ -320,19 +323,20 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
-    dgamma_out_part = dgamma_part if two_acc else q.new_empty(nk, *g.shape, dtype=torch.float32)  # unused with two_acc
     grid = (nk,) + chunk_grid  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,
-        dq, dk, dg_part, dgamma_out_part,
+        dq, dk, dg_part, dgamma_part if two_acc else dgamma_part[nv:],  # not written with two_acc
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, g.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, TWO_ACC=two_acc,
     )
-    dg = dg_part.sum(0)
-    dbeta = dbeta_part.sum(0)
-    dgamma = dgamma_part.sum(0) + dgamma_intra
-    if not two_acc:
-        dgamma += dgamma_out_part.sum(0)
-    return (dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dgamma.to(gamma.dtype),
+    # the partial sums, added and cast in one launch (plan P7: it replaces four torch sums, two adds and a zero fill)
+    dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
+    E = g.numel()
+    _rla_bwd_sums_kernel[(max(1, triton.cdiv(E, SUMS_BLOCK)),)](
+        dg_part, dg_part.shape[0], dbeta_part, dbeta_part.shape[0], dgamma_part, dgamma_part.shape[0], dgamma_intra,
+        dg, dbeta, dgamma, E, BLOCK=SUMS_BLOCK,
+    )
+    return (dq, dk, dv, dg, dbeta, dgamma,
             None if S0 is None else dS0.to(S0.dtype), None if R0 is None else dR0.to(R0.dtype))

@@ -569,3 +569,26 @@ def _rla_bwd_dqkg_four_acc(
     store_tile(dk + tok_k, (b_dk_query + b_dk_key).to(dk.dtype.element_ty), i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK)
     tl.store(dg_part + i_k * part_stride + gate_off, b_dg, mask=in_seq)
     tl.store(dgamma_part + i_k * part_stride + gate_off, b_dgamma, mask=in_seq)
+
+
+@triton.jit
+def _rla_bwd_sums_kernel(dg_part, n_dg, dbeta_part, n_dbeta, dgamma_part, n_dgamma, dgamma_intra, dg, dbeta, dgamma,
+                         E, BLOCK: tl.constexpr):
+    """The backward's per-block partial sums reduced in one launch (plan P7): dg = sum of dg_part's n_dg rows,
+    dbeta of dbeta_part's n_dbeta, dgamma = dgamma_intra + the sum of dgamma_part's n_dgamma, each row E (= the gates'
+    numel) fp32 values, each result stored in its own dtype. Replaces four torch sums, two adds and a zero fill
+    (dgamma_intra's: every token it covers, the intra kernel writes). One program per BLOCK gates."""
+    o = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = o < E
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for p in range(0, n_dg):
+        acc += tl.load(dg_part + tl.cast(p, tl.int64) * E + o, mask=m, other=0.0)
+    tl.store(dg + o, acc.to(dg.dtype.element_ty), mask=m)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for p in range(0, n_dbeta):
+        acc += tl.load(dbeta_part + tl.cast(p, tl.int64) * E + o, mask=m, other=0.0)
+    tl.store(dbeta + o, acc.to(dbeta.dtype.element_ty), mask=m)
+    acc = tl.load(dgamma_intra + o, mask=m, other=0.0)
+    for p in range(0, n_dgamma):
+        acc += tl.load(dgamma_part + tl.cast(p, tl.int64) * E + o, mask=m, other=0.0)
+    tl.store(dgamma + o, acc.to(dgamma.dtype.element_ty), mask=m)

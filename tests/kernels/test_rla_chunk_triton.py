@@ -387,3 +387,22 @@ def test_two_accumulators_against_float64(case, monkeypatch):
     kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, None, None, walk=walk, chunk_size=chunk_size)
     for name, x, ref in zip(GRAD_NAMES, kept, rerun):
         assert (x is None and ref is None) or torch.equal(x, ref), name
+
+
+@pytest.mark.parametrize("two_acc", [False, True])
+def test_gate_gradients_come_back_in_the_gates_dtype(two_acc, monkeypatch):
+    """dg, dbeta, dgamma are reduced from fp32 partial sums and cast by one kernel at the end of the backward
+    (_rla_bwd_sums_kernel, plan P7): half gates get half gradients, close to the float64 oracle's; both layouts of
+    the partial sums (chunk.TWO_ACCUMULATORS off and on)."""
+    import sys
+
+    monkeypatch.setattr(sys.modules[chunk_rla_fwd.__module__], "TWO_ACCUMULATORS", two_acc)
+    inputs, S0, R0 = make_inputs(B=2, T=37, H=2, K=16, V=16)
+    inputs = inputs[:3] + [x.to(torch.bfloat16) for x in inputs[3:]]
+    o, S_T, R_T = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, chunk_size=16)
+    do = torch.randn_like(o)
+    grads = chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, do, None, None, chunk_size=16)
+    _, want = oracle(inputs, S0, R0, 0.7, 1.0, "clip", None, do, None, None)
+    for name, x, ref in list(zip(GRAD_NAMES, grads, want))[3:6]:
+        assert x.dtype == torch.bfloat16 and x.shape == ref.shape, name
+        assert rel_err(x, ref) < 1e-2, name
