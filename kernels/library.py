@@ -21,7 +21,7 @@ argument 'saved'"). A name that changes with this file makes those entries miss 
 
 ``chunk_fwd`` returns ``N_SAVED`` tensors more than the API hands on: what the variant's backward takes from its
 forward instead of recomputing it (``_SAVED``; RDN's chunk matrices, and with ``keep_walk`` the walk: RDN's chunk
-states and X, RLA's chunk states and residuals), empty tensors where there is nothing. A fixed count keeps the
+states, U, W and X, RLA's chunk states and residuals), empty tensors where there is nothing. A fixed count keeps the
 schema one for every variant and setting, and a saved tensor's shape follows from the input shapes alone (the
 fake's; for packed sequences an upper bound on the chunk count, ``shapes.kept_rows``), so torch.compile sees no
 data-dependent size. The autograd formula saves them and passes them to ``chunk_bwd`` as one list.
@@ -86,7 +86,7 @@ def _empty_states(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor]) -> tuple[T
 
 
 # chunk_fwd's outputs after (o, S_T, R_T): what a variant's backward takes from its forward, padded with empties.
-N_SAVED = 4
+N_SAVED = 6
 # The forwards' chunk sizes (shapes.py, which {rdn,rla}/chunk.py's CHUNK_SIZE take too).
 _RDN_CHUNK = shapes.RDN_CHUNK_SIZE
 _RLA_CHUNK = shapes.RLA_CHUNK_SIZE
@@ -94,12 +94,12 @@ _RLA_CHUNK = shapes.RLA_CHUNK_SIZE
 
 def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
     """(shape, dtype) of what RDN's forward hands its backward: T_beta, T_gamma, Mk as [3, B, T, H, 32] fp32
-    (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] in q's dtype and X
-    [B, T, H, V] fp32 (chunk.py keep_walk, kept_walk_shapes)."""
+    (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] in q's dtype and U,
+    W, X [B, T, H, V] fp32 (chunk.py keep_walk, kept_walk_shapes)."""
     saved = [((3, *q.shape[:3], _RDN_CHUNK), torch.float32)]
     if keep_walk:
-        h_s, h_r, x = shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RDN_CHUNK)
-        saved += [(h_s, q.dtype), (h_r, q.dtype), (x, torch.float32)]
+        h_s, h_r, *per_token = shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RDN_CHUNK, per_token=3)
+        saved += [(h_s, q.dtype), (h_r, q.dtype)] + [(shape, torch.float32) for shape in per_token]
     return saved
 
 
@@ -130,7 +130,7 @@ def _padded(q: Tensor, saved) -> list[Tensor]:
 def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
               scale: float, clip: Optional[float], residual: str,
-              keep_walk: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+              keep_walk: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     if keep_walk and variant not in _KEEPS_WALK:
         raise ValueError(f"keep_walk (recompute_states=False) is not {variant}'s; it has no walk to keep")
     fn = triton_function(variant, "chunk", f"chunk_{variant}_fwd")

@@ -14,9 +14,9 @@ def kept_rows(batch: int, T: int, chunk_size: int, n_seqs: int | None = None) ->
     return batch * chunks if n_seqs is None else max(chunks + n_seqs - 1, 0)
 
 
-def kept_walk_shapes(q, V: int, cu_seqlens, chunk_size: int) -> tuple:
-    """Shapes of a kept forward walk (``keep_walk``), both variants: two chunk-state buffers [rows, H, K, V] and one
-    per-token tensor [B, T, H, V] (RDN's X, RLA's residuals r; the dtypes are each variant's)."""
+def kept_walk_shapes(q, V: int, cu_seqlens, chunk_size: int, per_token: int = 1) -> tuple:
+    """Shapes of a kept forward walk (``keep_walk``), both variants: two chunk-state buffers [rows, H, K, V] and
+    ``per_token`` tensors [B, T, H, V] (RDN's U, W, X: 3; RLA's residuals r: 1; the dtypes are each variant's)."""
     B, T, H, K = q.shape
     rows = kept_rows(B, T, chunk_size, None if cu_seqlens is None else len(cu_seqlens) - 1)
-    return (rows, H, K, V), (rows, H, K, V), (B, T, H, V)
+    return ((rows, H, K, V), (rows, H, K, V)) + ((B, T, H, V),) * per_token

@@ -3,20 +3,14 @@
 Run on the GPU machine from the repository root, in one call:
 
     . scripts/gpu_env.sh && python3 scripts/gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]
-        [--split-reverse-walk] [--grad-rows [--grad-split-mats]]
 
 By default three cases (fp32 K=128, bf16 K=64 tanh, bf16 K=128 varlen); ``--all`` adds four more. Each case runs
 twice: as the API runs by default (the backward reruns the forward walk) and, as ``keep`` rows, with the walk kept
-(``keep_walk``, the API's ``rdn(recompute_states=False)``: the backward takes the forward's h_s, h_r, X); the
+(``keep_walk``, the API's ``rdn(recompute_states=False)``: the backward takes the forward's h_s, h_r, U, W, X); the
 keep rows' forward o must pass as well, since its walk runs at the rerun's precision. ``--keep`` runs only the
 keep rows, ``--no-keep`` none of them. Each
 case is a new kernel variant, and the backward kernel is large: compile time dominates, so the seconds
 column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes (slower still).
-``--split-reverse-walk`` runs every backward with chunk.SPLIT_REVERSE_WALK on (the reverse walk as two launches;
-case names get " split"), the timing included. ``--grad-rows`` runs every backward with chunk.GRAD_ROWS on (no
-rows kernel: the rerun walk stores U and W, the gradient kernel writes dv and the gate rows; " rows" in the
-names; the keep rows still run the rows kernel, as the kept walk has no U, W); with ``--grad-split-mats`` also
-chunk.GRAD_SPLIT_MATS (the gradient kernel's pass 1 a launch of its own; " mats" in the names).
 
 For each case it runs chunk_rdn_fwd and chunk_rdn_bwd and prints the relative error ||x - ref|| / ||ref||
 of o, both final states and all eight gradients against naive_recurrent_rdn in float64 on the same GPU
@@ -198,15 +192,6 @@ def main():
         wanted = sys.argv[sys.argv.index("--case") + 1]
         cases = [c for c in cases if wanted in c[0]]
         segmented = [c for c in segmented if wanted in c[0]]
-    if "--split-reverse-walk" in sys.argv:
-        sys.modules["rla_kernels.rdn.chunk"].SPLIT_REVERSE_WALK = True
-        cases = [(name + " split", kw) for name, kw in cases]
-    if "--grad-rows" in sys.argv:
-        sys.modules["rla_kernels.rdn.chunk"].GRAD_ROWS = True
-        cases = [(name + " rows", kw) for name, kw in cases]
-        if "--grad-split-mats" in sys.argv:
-            sys.modules["rla_kernels.rdn.chunk"].GRAD_SPLIT_MATS = True
-            cases = [(name + " mats", kw) for name, kw in cases]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
     print(f"{'case':23s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
     keeps = [True] if "--keep" in sys.argv else [False] if "--no-keep" in sys.argv else [False, True]

@@ -10,10 +10,8 @@ compiled as Triton would compile it on the GPU: its own binder specialises the a
 ints divisible by 16, ints equal to 1), once per autotune config, by the ptxas of this machine's Triton.
 Prints one line per (kernel, config): warps, stages, registers a thread, the stack frame a thread (spilled
 registers, mostly), shared bytes (Triton's allocation); a config's register cap (maxnreg) leads its constexprs.
-RDN's split reverse walk (rla_kernels.rdn.chunk.SPLIT_REVERSE_WALK) with RLA_RDN_SPLIT_REVERSE_WALK=1 in the
-environment, its rows-in-gradient-kernel backward (chunk.GRAD_ROWS) with RLA_RDN_GRAD_ROWS=1 (and its pass 1 split off,
-chunk.GRAD_SPLIT_MATS, with RLA_RDN_GRAD_SPLIT_MATS=1 too). This machine's Triton and ptxas (named in the
-header) are not the GPU machine's (Triton 3.6): compare versions of a kernel with it, and time on the GPU.
+This machine's Triton and ptxas (named in the header) are not the GPU machine's (Triton 3.6): compare versions of a
+kernel with it, and time on the GPU.
 """
 from __future__ import annotations
 

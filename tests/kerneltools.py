@@ -25,5 +25,5 @@ def record_launches(monkeypatch, module, names, entry=lambda name, kw: name) -> 
 
 
 def walk_stores(name, kw):
-    """RDN's forward walk launch as (STORE_UW, STORE_X): what it stored."""
-    return kw["STORE_UW"], kw["STORE_X"]
+    """RDN's forward walk launch as STORE_X: whether it stored X for a backward (U and W it always stores)."""
+    return kw["STORE_X"]

@@ -12,7 +12,7 @@ mean zeros, and then dS0/dR0 come back None):
 
 ``wy`` [3, B, T, H, BT] fp32 is the forward's T_beta, T_gamma and Mk (wy.py), which the backward then does
 not recompute; a backward without it (or with another chunk size's) recomputes them. ``walk`` (opt-in, memory
-for time) is the forward walk's (h_s, h_r, X) (``kept_walk_shapes``), which the backward then does not rerun.
+for time) is the forward walk's (h_s, h_r, U, W, X) (``kept_walk_shapes``), which the backward then does not rerun.
 
 Semantics are exactly ``naive.py``. The work is split the way fla splits its gated delta rule, so that only
 what links the chunks runs sequentially:
@@ -21,18 +21,18 @@ what links the chunks runs sequentially:
               (sequence, head, V-block)) -> chunk_fwd output (chunk-parallel); at small batch and long T
               the walk is cut along the sequence instead (segmented.py, ``segments=``)
     backward: Mqi (wy.py; and its other matrices without the forward's saved ones) -> the forward walk again,
-              storing X -> chunk_bwd reverse walk (state adjoints) -> chunk_bwd gradients (chunk-parallel)
+              storing U, W, X -> chunk_bwd reverse walk (state adjoints; dR's, then dS's) -> chunk_bwd
+              gradients (chunk-parallel: the chunk matrices' per chunk, then per K-block)
 
 By default the backward reruns the forward walk instead of keeping its states alive between forward and backward
 (the API saves the inputs and the chunk matrices: [T, BT] a head against [K, V] a chunk for the states). With
-``keep_walk`` the forward's walk also stores X, at the rerun's precision, and hands h_s, h_r, X to the backward:
-one walk fewer (the rerun: 2.41 of the backward's 11.98 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for
-2 x n_chunks x H x K x V input-dtype elements plus B x T x H x V fp32 kept from forward to backward (1.34 GB
-a layer at that shape).
+``keep_walk`` the forward's walk also stores X, at the rerun's precision, and hands h_s, h_r, U, W, X to the
+backward: one walk fewer (the rerun: 2.43 of the backward's 9.57 ms at B=16 T=2k H=16 K=V=128 bf16, H200,
+2026-12-01) for 2 x n_chunks x H x K x V input-dtype elements plus 3 x B x T x H x V fp32 kept from forward to
+backward (1.88 GB a layer at that shape).
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -41,8 +41,8 @@ from .. import shapes
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
-from .chunk_bwd import _rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_rows_kernel, _rdn_bwd_walk_kernel
-from .chunk_bwd import _rdn_bwd_walk_r_kernel, _rdn_bwd_walk_s_kernel
+from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_walk_r_kernel,
+                        _rdn_bwd_walk_s_kernel)
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_mqi_kernel, _rdn_wy_kernel
@@ -72,18 +72,10 @@ BWD_CHUNK_SIZE = 32
 # stored, S path at tf32x3) at four: 400 bytes, against 368 for the rerun and 240 for the default forward walk, all
 # three by this CPU machine's Triton 3.9 ptxas (2026-12-01; untimed on the GPU).
 WALK_WARPS = 4
-# The backward's reverse walk as two launches (chunk_bwd._rdn_bwd_walk_r_kernel carrying dR, then
-# _rdn_bwd_walk_s_kernel carrying dS and reading the dX the first stored) instead of one carrying both
-# (_rdn_bwd_walk_kernel): one state tile and half the dots a program, for fewer registers and more programs an SM,
-# at the cost of a second launch and dX read back (B x T x H x V fp32). Same products, same precisions. The H200 says
-# it pays (2026-12-01, B=16 T=2k, autotuned: 2.75 ms against 3.27; docs/next/rdn-backward-plan.md, P5) but it stays
-# off until its winning config (4 warps, 2 stages) has passed the float64 check (that day's ran 4 warps, 1 stage);
-# RLA_RDN_SPLIT_REVERSE_WALK=1 turns it on at import (A/B).
-SPLIT_REVERSE_WALK = os.environ.get("RLA_RDN_SPLIT_REVERSE_WALK") == "1"
-# The split walks' V-block width: 0 takes the walks' (_Layout.walk_BV: 32, 16 on a GPU with more SMs than programs).
-# 16 to compare: twice the programs, each with half a state tile; ptxas (sm_90, K = V = 128 bf16, 4 warps) gives the
-# walks 228 / 210 registers and no stack, or 168 with 144 / 80 bytes (3 programs an SM; at 32: 376 / 288).
-SPLIT_WALK_BV = 0
+# The backward's reverse walk runs as two launches (chunk_bwd.py says why), at four warps (WALK_WARPS) and two
+# stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config the same day (every case
+# of scripts/gpu_check_rdn.py --all).
+REVERSE_WALK_STAGES = 2
 # The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01, B=16 T=2k,
 # profile_kernels.py --tune): half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
 # (BK 128); half, BK 128 4.12. GRAD_HALF_STATE_DOTS: its state dots as single half dots (the token tile rounds
@@ -94,20 +86,6 @@ SPLIT_WALK_BV = 0
 # BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912 (tf32), 192 / 424 (half).
 GRAD_HALF_STATE_DOTS = True
 GRAD_BK = 64
-# No rows kernel (docs/next/rdn-backward-plan.md, P6): the rerun walk stores U and W besides X (as keep_walk's forward
-# walk does), and the gradient kernel takes the rest of _rdn_bwd_rows_kernel's work: block 0 writes dv and the
-# rows of dyv.v and dyr.rho(X), and every K-block sums the rows that read the states from its own K-side products
-# (one more state dot a V-block: 7), into [4, NK] slabs that _rdn_bwd_dg_kernel adds up. Saves the rows kernel
-# (2.08 ms at B=16 T=2k H=16 K=V=128 bf16, H200) for the walk's two stores and a heavier gradient kernel; untimed
-# on the GPU, so off (RLA_RDN_GRAD_ROWS=1 at import turns it on). A backward given a kept walk (keep_walk, which
-# keeps no U, W) runs the rows kernel either way.
-GRAD_ROWS = os.environ.get("RLA_RDN_GRAD_ROWS") == "1"
-# With GRAD_ROWS only (docs/next/rdn-backward-plan.md, P6c): the gradient kernel's pass 1 (the five [BT, BT] chunk
-# matrix gradients over all of V, the same in every K-block program, with block 0's dv and K-free rows) as a launch
-# of its own, one program a chunk (_rdn_bwd_grad_kernel MATS=1), which hands the K-block programs (MATS=2) two
-# [BT, BT] fp32 matrices a chunk and four rows: the token tensors are read by pass 1 once, not once a K-block, and
-# the K-block programs hold no [BT, BT] accumulators. Untimed; off (RLA_RDN_GRAD_SPLIT_MATS=1 at import).
-GRAD_SPLIT_MATS = os.environ.get("RLA_RDN_GRAD_SPLIT_MATS") == "1"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -201,8 +179,8 @@ def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] in q's dtype (rows:
-    _Layout.kept_rows) and X [B, T, H, V] fp32."""
-    return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size)
+    _Layout.kept_rows) and U, W, X [B, T, H, V] fp32."""
+    return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size, per_token=3)
 
 
 def _wy(L: _Layout, k, g, beta, gamma, out=None):
@@ -229,16 +207,13 @@ def _mqi(L: _Layout, q, k, g):
     return m_qi
 
 
-def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, store_uw=None, kept=None):
-    """The forward walk: chunk-start states, final states, and U, W for the output (``store_uw``, by default
-    when not ``store_x``) and/or X (``store_x``: for the backward, at its precision) (see chunk_fwd.py). With both
-    (the forward of ``keep_walk``; ``kept`` False for the backward's rerun of GRAD_ROWS) the chunk states get
-    ``L.kept_rows`` rows, the shape the op's fake announces."""
-    store_uw = not store_x if store_uw is None else store_uw
-    kept = store_x and store_uw if kept is None else kept
+def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, kept=False):
+    """The forward walk: chunk-start states, final states, U and W (for the output and the backward's gradients)
+    and, with ``store_x``, X (for the backward, at its precision) (see chunk_fwd.py). ``kept`` (the forward of
+    ``keep_walk``): the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces."""
     rows = L.kept_rows if kept else None
     h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
-    u, w = (L.per_token(k, L.V), L.per_token(k, L.V)) if store_uw else (None, None)
+    u, w = L.per_token(k, L.V), L.per_token(k, L.V)
     x = L.per_token(k, L.V) if store_x else None
     S_T, R_T = L.state(k), L.state(k)
     # Raw half k only at 32-token chunks: at 64 (the forward's) the same kernel gave NaN at K = 64 and an
@@ -253,7 +228,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         L.cu_seqlens, L.chunk_offsets, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
-        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_UW=store_uw, STORE_X=store_x, IS_VARLEN=L.varlen,
+        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x, IS_VARLEN=L.varlen,
         RAW_K=L.BT <= 32,
         num_warps=WALK_WARPS, num_stages=1,
     )
@@ -270,7 +245,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     ``save_wy``: also return the chunk matrices T_beta, T_gamma, Mk ([3, B, T, H, chunk_size] fp32, ``wy_shape``)
     for ``chunk_rdn_bwd(..., wy=)``. fp32, not the input dtype: the backward's rerun walk takes X, whose sign
     against the clip masks the gradient, through them at ~fp32 (tf32x3).
-    ``keep_walk``: also return the walk's ``(h_s, h_r, X)`` (``kept_walk_shapes``) for ``chunk_rdn_bwd(...,
+    ``keep_walk``: also return the walk's ``(h_s, h_r, U, W, X)`` (``kept_walk_shapes``) for ``chunk_rdn_bwd(...,
     walk=)``, which then skips its rerun of this walk. The walk then stores X besides U and W, and runs its S
     path at the rerun's precision (tf32x3 for half inputs; U, W and the states round as the rerun's, within tf32
     of the default forward's). Never cut into segments: the segmented walk has no X; ``segments`` > 1 with it is
@@ -296,44 +271,45 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         # (a split dot at 64-token chunks is unchecked on the GPU: the walk's failed there, _walk).
         h_s, h_r = h_s.to(q.dtype), h_r.to(q.dtype)
     else:
-        h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, keep_walk, True)
+        h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, keep_walk,
+                                            kept=keep_walk)
     o = torch.empty_like(v)
     if L.n_chunks:
         _rdn_out_kernel[L.chunk_grid_v](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
-    return (o, S_T, R_T) + ((wy,) if save_wy else ()) + (((h_s, h_r, x),) if keep_walk else ())
+    return (o, S_T, R_T) + ((wy,) if save_wy else ()) + (((h_s, h_r, u, w, x),) if keep_walk else ())
 
 
 def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
     """Whether ``walk`` is a kept forward walk of this call's shapes and chunking (its states in q's dtype)."""
-    if walk is None or len(walk) != 3:
+    if walk is None or len(walk) != 5:
         return False
-    dtypes = (q.dtype, q.dtype, torch.float32)
+    dtypes = (q.dtype, q.dtype, torch.float32, torch.float32, torch.float32)
     expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
     return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
 
 
-def _split_reverse_walk(L: _Layout, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
-                        h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale):
-    """The reverse walk as two launches (SPLIT_REVERSE_WALK): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads
-    that dX (h_ds, dS0, dyv). Same outputs as _rdn_bwd_walk_kernel; warps, stages and a register cap by each kernel's
-    autotuner, V-blocks SPLIT_WALK_BV wide."""
-    BV = SPLIT_WALK_BV or L.walk_BV
-    grid = (triton.cdiv(L.V, BV), L.N * L.H)
+def _reverse_walk(L: _Layout, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
+                  h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale):
+    """The reverse walk as two launches (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that
+    dX (h_ds, dS0, dyv)."""
+    grid = (L.walk_NV, L.N * L.H)
     _rdn_bwd_walk_r_kernel[grid](
         q, k, g, gamma, t_gamma, m_qi, x, do, dR_T,
         h_dr, dR0, dyr, dxc,
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
+        num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
     )
     _rdn_bwd_walk_s_kernel[grid](
         q, k, g, beta, t_beta, m_k, m_qi, dxc, do, dS_T,
         h_ds, dS0, dyv,
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         DOT_PREC=L.dot_prec, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen,
+        num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
     )
 
 
@@ -362,33 +338,19 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
     m_qi = _mqi(L, q, k, g)
-    fused_rows = False
     if saved_wy and _fits(walk, L, q, cu_seqlens):
-        h_s, h_r, x = (t.contiguous() for t in walk)
+        h_s, h_r, u, w, x = (t.contiguous() for t in walk)
     else:
-        # GRAD_ROWS: the rerun also stores U and W (at the walk's precision: fp32 states), for the gradient kernel
-        fused_rows = GRAD_ROWS
-        h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True,
-                                        store_uw=fused_rows, kept=False)
+        h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.per_token(q, L.V) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
-    if SPLIT_REVERSE_WALK:
-        _split_reverse_walk(L, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
-                            h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
-    else:
-        _rdn_bwd_walk_kernel[(L.walk_NV, L.N * L.H)](
-            q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
-            h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
-            L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
-            RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
-            HAS_DST=dS_T is not None, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
-            num_warps=WALK_WARPS, num_stages=1,
-        )
+    _reverse_walk(L, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
+                  h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
+    del m_k, m_qi, t_beta, t_gamma
 
-    # The chunk-parallel kernels (chunk_bwd.py): the rows kernel per chunk looping over V-blocks, the gradient
-    # kernel per (chunk, K-block), and dg's reverse cumsum per chunk.
+    # The chunk-parallel kernels (chunk_bwd.py): the chunk matrices' per chunk, the gradient kernel per (chunk,
+    # K-block), the rows' sums and dg's reverse cumsum per chunk.
     dv = torch.empty_like(v)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
@@ -396,41 +358,26 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         NTH = L.B * L.T * L.H
         BKB = min(GRAD_BK, L.BK)
         NK = triton.cdiv(L.K, BKB)
-        if fused_rows:
-            dg_part = q.new_empty(4, NK, NTH, dtype=torch.float32)  # dg's rows, -dGp, dbeta, dgamma a K-block
-            rows_part = dg_part  # unread
-        else:
-            u, w = L.per_token(q, L.V), L.per_token(q, L.V)
-            rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the rows kernel sums its rows over all of V
-            _rdn_bwd_rows_kernel[L.chunk_grid](
-                q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
-                dv, u, w, rows_part,
-                L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
-                H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
-                RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
-            )
-            dg_part = q.new_empty(NK + 1, NTH, dtype=torch.float32)  # dg's rows a K-block, and block 0's -dGp
-            x = dxc  # unread by the gradient kernel here: the rerun's X is freed before it, as before GRAD_ROWS
-        del m_k, m_qi, t_beta, t_gamma
-        mats, mats_mode = rows_part, 0  # unread without GRAD_SPLIT_MATS
-        steps = [NK]
-        if fused_rows and GRAD_SPLIT_MATS:
-            rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the K-free rows, for block 0
-            mats = q.new_empty(2, L.B, L.T, L.H, L.BT, dtype=torch.float32)  # dkk + dkk^T and dqk a chunk
-            mats_mode, steps = 1, [1, NK]
-        for n_blocks in steps:
-            _rdn_bwd_grad_kernel[(L.chunk_grid[0], n_blocks, L.chunk_grid[1])](
-                q, k, v, g, beta, gamma, h_s, h_r, h_ds, h_dr, x, do, u, w, dyr, dxc, dyv, rows_part, mats,
-                dq, dk, dv, dbeta, dgamma, dg_part,
-                L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
-                H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BKF=L.BK, BV=L.BV, RESIDUAL=L.residual_code,
-                DOT_PREC=L.dot_prec, HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32,
-                FUSED_ROWS=fused_rows, MATS=mats_mode, IS_VARLEN=L.varlen,
-            )
-            mats_mode += 1
+        mats = q.new_empty(2, L.B, L.T, L.H, L.BT, dtype=torch.float32)  # dkk + dkk^T and dqk a chunk
+        rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the rows that read no state: dG, dGp, dbeta, dgamma
+        _rdn_bwd_mats_kernel[L.chunk_grid](
+            q, k, v, g, beta, gamma, x, do, u, w, dyr, dxc, dyv,
+            mats, rows_part, dv,
+            L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BKF=L.BK, BV=L.BV, RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
+            IS_VARLEN=L.varlen,
+        )
+        dg_part = q.new_empty(4, NK, NTH, dtype=torch.float32)  # dg's rows, -dGp, dbeta, dgamma a K-block
+        _rdn_bwd_grad_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
+            q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,
+            dq, dk, dg_part,
+            L.cu_seqlens, L.chunk_indices, scale, L.T, NTH,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.BV, DOT_PREC=L.dot_prec,
+            HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, IS_VARLEN=L.varlen,
+        )
         _rdn_bwd_dg_kernel[L.chunk_grid](
             dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,
-            H=L.H, BT=L.BT, NK=NK, FUSED_ROWS=fused_rows, IS_VARLEN=L.varlen, num_warps=1,
+            H=L.H, BT=L.BT, NK=NK, IS_VARLEN=L.varlen, num_warps=1,
         )
     return (dq, dk, dv, dg, dbeta, dgamma,
             None if S0 is None else dS0, None if R0 is None else dR0)

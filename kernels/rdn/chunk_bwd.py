@@ -1,12 +1,13 @@
-"""RDN chunk backward in Triton: a lean reverse walk for the state adjoints, then every gradient, all chunks
-in parallel.
+"""RDN chunk backward in Triton: a reverse walk for the state adjoints (two launches), then every gradient, all
+chunks in parallel.
 
 The forward is column-wise in V, so the adjoints of the states (dS, dR, carried from chunk end to chunk
 start) and dv are exact per V-block, while the gradients of the shared inputs (q, k, g, beta, gamma) are
-sums over V-blocks: the rows kernel sums its row terms over its own V loop, the gradient kernel sums the rest
-over its V loops, per K-block, and dg's rows, which cross K-blocks, are summed by a small last pass.
+sums over V-blocks: the chunk-matrix kernel sums its [BT, BT] gradients and the rows that read no state over V,
+the gradient kernel the state terms over its V loop, per K-block, and the rows, which cross K-blocks, are summed
+by a small last pass.
 
-The reverse walk (one program per (sequence, head, V-block)) carries only what links the chunks: from the
+The reverse walk (programs per (sequence, head, V-block)) carries only what links the chunks: from the
 adjoints dS, dR of a chunk's end states, through the output reads, the UT transform of R, rho (zero gradient
 where the clip saturates; the mask is the X the forward walk stored), the residual read of S and the UT
 transform of S, to the adjoints of its start states:
@@ -18,11 +19,11 @@ transform of S, to the adjoints of its start states:
     dR0 = exp(GL) dR + Q^T (exp(G) drq) - K^T (gamma exp(G) dyr)
     dS0 = exp(GL) dS - K^T (exp(Gp) dX + beta exp(G) dyv) + Q^T (exp(G) dsq)
 
-It stores dS, dR at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients
-then come chunk-parallel (see the comment above ``_rdn_bwd_rows_kernel``): per chunk, V-block by V-block,
-dv, the forward's U and W again and the row sums of the gate terms; per (chunk, K-block) dq and dk whole, from
-the states and from the gradients of the decay-weighted k.k and q.k matrices, which also hand theirs to beta,
-gamma and to the within-chunk cumulative decay G, whose gradient becomes dg by a reverse cumsum per chunk.
+It stores dS, dR at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients then come
+chunk-parallel (see the comment above ``_rdn_bwd_mats_kernel``): per chunk, from the U and W the forward walk
+stored, the gradients of the decay-weighted k.k and q.k matrices, dv and the rows that read no state; per (chunk,
+K-block) dq and dk whole, from those and from the states, and the rows that read the states; the rows go to beta,
+gamma and the within-chunk cumulative decay G, whose gradient becomes dg by a reverse cumsum per chunk.
 """
 from __future__ import annotations
 
@@ -50,103 +51,22 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
     return d
 
 
-# No autotuner, as the forward walk (chunk_fwd.py says why): the launcher picks the width.
-@triton.jit(do_not_specialize=["T"])
-def _rdn_bwd_walk_kernel(
-    q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, ds_t, dr_t,
-    h_ds, h_dr, ds0, dr0, dyr_out, dx_out, dyv_out,
-    cu_seqlens, chunk_offsets, scale, clip, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
-    HAS_DST: tl.constexpr, HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
-    o_t = tl.arange(0, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
 
-    b_ds = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dr = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DST:
-        b_ds += load_tile(ds_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
-    if HAS_DRT:
-        b_dr += load_tile(dr_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
-
-    for i_loop in range(0, NT):
-        i_t = tl.cast(NT - 1 - i_loop, tl.int64)
-        h_off = ((boh + i_t) * H + i_h) * K * V
-        store_tile(h_ds + h_off, b_ds, 0, K, V, i_v * BV, V, BK, BV)
-        store_tile(h_dr + h_off, b_dr, 0, K, V, i_v * BV, V, BK, BV)
-        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
-        b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
-        b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-        # q and k stay in their input dtype, their dots with fp32 tiles split those (dot_split, as the
-        # forward walk): no fp32 [BT, K] copies live in the loop.
-        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_eG = tl.exp(b_G)[:, None]
-        b_eGL = tl.exp(b_GL)
-        b_dL = tl.exp(b_GL - b_G)[:, None]  # (K exp(GL - G)) dR as exp(GL - G) (K dR): no decayed K tile
-        b_dsq = scale * b_do
-        b_drq = b_gamma[:, None] * b_dsq
-
-        b_dw = b_dL * dot_split(b_k, b_dr, DOT_PREC) + tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
-        b_dyr = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
-        b_dx = _rho_grad(b_x, _rho(b_x, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma[:, None] * b_dyr)
-        b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
-        b_du = (b_dL * dot_split(b_k, b_ds, DOT_PREC) - tl.dot(tl.trans(b_mk), b_dx, input_precision=DOT_PREC)
-                + tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC))
-        b_dyv = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
-        b_dr = (b_eGL * b_dr + dot_split(tl.trans(b_q), b_eG * b_drq, DOT_PREC)
-                - dot_split(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, DOT_PREC))
-        b_ds = (b_eGL * b_ds + dot_split(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
-                - dot_split(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
-                            DOT_PREC))
-        # The chunk's column-wise adjoints are final: the chunk-parallel kernels read them (dv = dX + beta dyv;
-        # -dX is the adjoint of S_{t-1} k_t). Stored last: stores amid the chain cost the walk stack.
-        store_tile(dyr_out + tok_v, b_dyr, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        store_tile(dyv_out + tok_v, b_dyv, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-
-    store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
-    store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
-
-
-# The reverse walk split in two launches (chunk.SPLIT_REVERSE_WALK; docs/next/rdn-backward-plan.md, P5): the
-# dR chain above (dW, dyr, dX, dR0) reads no dS, and the dS chain (dU, dyv, dS0) reads the R chain only through
-# dX. So walk 1 carries dR alone and stores dyr and dX per token; walk 2 carries dS alone and reads dX back (fp32,
-# as stored: bit for bit the value walk 1 held). Each program then holds one [K, BV] state tile and about half the
-# dots of _rdn_bwd_walk_kernel, the same products at the same precisions, in the same order.
+# The reverse walk in two launches, as chunk.py's _reverse_walk calls them (docs/next/rdn-backward-plan.md, P5): the
+# dR chain (dW, dyr, dX, dR0) reads no dS, and the dS chain (dU, dyv, dS0) reads the R chain only through dX. So
+# walk 1 carries dR alone and stores dyr and dX per token; walk 2 carries dS alone and reads dX back (fp32, as
+# stored: bit for bit the value walk 1 held). Each program holds one [K, BV] state tile and about half the dots of a
+# walk carrying both, which is what ran until 2026-12-01 (in git history as _rdn_bwd_walk_kernel; same products at
+# the same precisions): 3.27 ms against 1.29 + 1.46 = 2.75 for the two at B=16 T=2k H=16 K=V=128 bf16 (H200,
+# Triton 3.6, profile_kernels.py, 2026-12-01).
 # ptxas (sm_90, Triton 3.9, K = V = 128 bf16, BV = 32; scripts/kernel_resources.py, 2026-12-01), registers / stack
 # bytes a thread, walk 1 and walk 2, against 255 / 600 for the single walk at 4 warps, 1 stage:
 #   4 warps 1 stage 255 / 32, 252 / 0; 4 warps 2 stages 255 / 72, 255 / 72; 8 warps 1 stage 236 / 0, 214 / 0;
 #   2 warps 255 / 528, 255 / 648; capped at 168 (3 programs an SM at 4 warps) 376, 288 bytes of stack; at 128 (4
 #   an SM) 600, 536.
-# So one state tile removes the spills but not the registers: at 4 warps still two programs an SM. On the H200
-# (Triton 3.6, B=16 T=2k H=16 K=V=128 bf16, profile_kernels.py --tune over the configs below, 2026-12-01 05:35)
-# both walks picked 4 warps, 2 stages: dR 1.29 ms + dS 1.46 = 2.75 against the single walk's 3.27. That config
-# comes first, so RLA_KERNELS_FIXED_CONFIG=1 (the float64 checks) runs it; the checks of that day ran 4 warps,
-# 1 stage (all ok). Every output is written, never accumulated, so the autotuner may rerun them. The forward walk's
-# autotuning fault at T = 32k, B = 1 (chunk_fwd.py) was not narrowed down: pin the winner before turning the split
-# on by default.
-_SPLIT_WALK_CONFIGS = [triton.Config({}, num_warps=w, num_stages=st, maxnreg=cap)
-                       for w, st, cap in ((4, 2, None), (4, 1, None), (4, 1, 168), (8, 1, None), (2, 1, None))]
-
-
-@autotune(configs=_SPLIT_WALK_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
+# So one state tile removes the spills but not the registers: at 4 warps still two programs an SM. The H200's
+# autotuner over those configs picked 4 warps, 2 stages for both walks (2026-12-01, 05:35 and 07:35), which the
+# launcher pins (chunk.py REVERSE_WALK_STAGES; no walk is autotuned: chunk_fwd.py says why).
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_walk_r_kernel(
     q, k, g, gamma, t_gamma, m_qi, x, do, dr_t,
@@ -157,8 +77,7 @@ def _rdn_bwd_walk_r_kernel(
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """Walk 1 of the split reverse walk: dR from chunk end to chunk start, h_dr at every chunk end, dyr and dX
-    per token (the lines of _rdn_bwd_walk_kernel that touch dR, unchanged)."""
+    """Walk 1: dR from chunk end to chunk start, h_dr at every chunk end, dyr and dX per token."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
@@ -179,6 +98,8 @@ def _rdn_bwd_walk_r_kernel(
         store_tile(h_dr + h_off, b_dr, 0, K, V, i_v * BV, V, BK, BV)
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+        # q and k stay in their input dtype, their dots with fp32 tiles split those (dot_split, as the forward
+        # walk): no fp32 [BT, K] copies live in the loop.
         b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
@@ -187,7 +108,7 @@ def _rdn_bwd_walk_r_kernel(
         b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_eG = tl.exp(b_G)[:, None]
         b_eGL = tl.exp(b_GL)
-        b_dL = tl.exp(b_GL - b_G)[:, None]
+        b_dL = tl.exp(b_GL - b_G)[:, None]  # (K exp(GL - G)) dR as exp(GL - G) (K dR): no decayed K tile
         b_drq = b_gamma[:, None] * (scale * b_do)
 
         b_dw = b_dL * dot_split(b_k, b_dr, DOT_PREC) + tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
@@ -201,7 +122,6 @@ def _rdn_bwd_walk_r_kernel(
     store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
 
 
-@autotune(configs=_SPLIT_WALK_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_walk_s_kernel(
     q, k, g, beta, t_beta, m_k, m_qi, dxc, do, ds_t,
@@ -211,9 +131,8 @@ def _rdn_bwd_walk_s_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """Walk 2 of the split reverse walk, after walk 1: dS from chunk end to chunk start, h_ds at every chunk end,
-    dyv per token, from the dX (``dxc``) walk 1 stored (the lines of _rdn_bwd_walk_kernel that touch dS,
-    unchanged)."""
+    """Walk 2, after walk 1: dS from chunk end to chunk start, h_ds at every chunk end, dyv per token, from the dX
+    (``dxc``) walk 1 stored."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
@@ -258,106 +177,6 @@ def _rdn_bwd_walk_s_kernel(
 
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
 
-# The gradients split two ways, as fla splits its gated delta rule's backward, so that no program holds
-# both a chunk's whole [K, V] states and [BT, K] accumulators: the reverse walk already wrote the column-wise
-# adjoints (dyr, dX, dyv); _rdn_bwd_rows_kernel per chunk, one V-block at a time, writes dv, recomputes the
-# forward's U and W (which the gradient kernel reads) and sums the row terms of dG, dGp, dbeta, dgamma;
-# _rdn_bwd_grad_kernel per (chunk, K-block) writes dq, dk, dbeta, dgamma and dg's rows, which
-# _rdn_bwd_dg_kernel sums over K-blocks and reverse-cumsums.
-
-
-# Two [K, BV] state tiles (in the input dtype) and the chunk's [BT, BV] work a V-block, beside q, k and
-# three [BT, BT] matrices held for the whole V loop. Two stages too: the loop streams the states.
-@autotune(configs=launch_configs((4, 1), (8, 1), (4, 2)),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC"])
-@triton.jit(do_not_specialize=["T", "NTH"])
-def _rdn_bwd_rows_kernel(
-    q, k, v, g, beta, gamma, t_beta, t_gamma, m_qi, h_s, h_r, x, do, dyr, dxc, dyv,
-    dv, u_out, w_out, rows_part,
-    cu_seqlens, chunk_indices, scale, clip, T, NTH,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    """One program per (chunk, head), looping over V-blocks: the chunk's forward intermediates from its start
-    states and X (chunk_fwd.py's docstring), U and W stored per token, dv, and the row sums of dG, dGp, dbeta,
-    dgamma (``rows_part`` [4, B*T*H]) from the adjoints dyr, dX (``dxc``), dyv that the reverse walk stored. Until
-    2026-11-30 this kernel also redid the reverse walk's adjoint chain from the stored chunk-end adjoints (two
-    more state reads, three more [BT, K] x [K, BV] dots) to write dv and those adjoints itself."""
-    i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
-    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
-
-    b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
-    b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
-    b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    # q, k and the states raw: the states are stored in the input dtype (chunk.py chunk_states), so their
-    # products with q and k are single half dots (dot_split's same-dtype case: it would split fp32 states, at
-    # a large stack cost), and no fp32 [BT, K] or [K, BV] copy is live.
-    b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_eG = tl.exp(b_G)[:, None]
-    b_eGp = tl.exp(b_Gp)[:, None]
-    b_dG = tl.zeros([BT], dtype=tl.float32)
-    b_dGp = tl.zeros([BT], dtype=tl.float32)
-    b_db = tl.zeros([BT], dtype=tl.float32)
-    b_dc = tl.zeros([BT], dtype=tl.float32)
-
-    for i_loop in range(0, tl.cdiv(V, BV)):
-        i_v = tl.cast(i_loop, tl.int64)
-        b_s = load_tile_raw(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_r = load_tile_raw(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
-        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-
-        # Forward: U = T_beta (beta * yv), yv = v - exp(G) K S0; W = T_gamma (gamma * yr), yr = rho(X) - exp(G) K R0;
-        # rq = exp(G) Q R0 + Mqi W (the R read of the output).
-        b_ks = dot_split(b_k, b_s, DOT_PREC)
-        b_qs = dot_split(b_q, b_s, DOT_PREC)
-        b_kr = dot_split(b_k, b_r, DOT_PREC)
-        b_qr = dot_split(b_q, b_r, DOT_PREC)
-        b_yv = b_v - b_eG * b_ks
-        b_u = tl.dot(b_tb, b_beta[:, None] * b_yv, input_precision=DOT_PREC)
-        b_yr = _rho(b_x, clip, RESIDUAL) - b_eG * b_kr
-        b_w = tl.dot(b_tc, b_gamma[:, None] * b_yr, input_precision=DOT_PREC)
-        b_rq = b_eG * b_qr + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
-
-        # o = scale * (sq + gamma * rq): the gate and decay terms, each a row sum of an adjoint times what it
-        # multiplied (the reverse walk's chain: rq, W = T_gamma (gamma * yr), sk = exp(Gp) K S0 + Mk U,
-        # sq = exp(G) Q S0 + Mq U, U = T_beta (beta * yv)).
-        b_dsq = scale * b_do
-        b_drq = b_gamma[:, None] * b_dsq
-        b_dc += tl.sum(b_dsq * b_rq + b_dyr * b_yr, axis=1)
-        b_dG += tl.sum(b_eG * (b_drq * b_qr + b_dsq * b_qs
-                               - (b_gamma[:, None] * b_dyr) * b_kr - (b_beta[:, None] * b_dyv) * b_ks), axis=1)
-        b_dGp += tl.sum(b_eGp * b_dsk * b_ks, axis=1)
-        b_db += tl.sum(b_dyv * b_yv, axis=1)
-
-        store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    # The rows' offsets here, not from the prologue: there they would live across the V loop (8 more
-    # instructions, packed sequences, sm_90).
-    rows = i_t * BT + o_t
-    in_seq = rows < T_seq
-    row_off = (bos + rows) * H + i_h
-    block = tl.cast(NTH, tl.int64)  # one [B*T*H] slab per row sum
-    tl.store(rows_part + row_off, b_dG, mask=in_seq)
-    tl.store(rows_part + block + row_off, b_dGp, mask=in_seq)
-    tl.store(rows_part + 2 * block + row_off, b_db, mask=in_seq)
-    tl.store(rows_part + 3 * block + row_off, b_dc, mask=in_seq)
-
 
 @triton.jit
 def _state_dot(a, s, DOT_PREC: tl.constexpr, HALF: tl.constexpr):
@@ -371,61 +190,142 @@ def _state_dot(a, s, DOT_PREC: tl.constexpr, HALF: tl.constexpr):
     return out
 
 
-# One program per (chunk, K-block, head) finishes its K-block of dq and dk, written once in the input dtype. It
-# replaces a dq/dk kernel (per K-block; fp32 partials to memory) and a gates kernel (per chunk; every token tensor
-# read again, and the partials): 3.34 + 2.03 ms at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-11-30).
-# The [BT, BT] chunk-matrix gradients do not depend on K, so every K-block program sums them itself (five small
-# dots a V-block, about +1.25 of one [BT, K] x [K, V] dot at BT = 32, K = 2 x 64): that lets their epilogue
-# (dk += (dkk + dkk^T) k, dq += dqk k, separable by K columns) run here. Only dg's rows cross K-blocks (the
-# chunk-end decay's -Dd and one number a chunk): each program writes its slab, block 0 adds the K-free rows,
-# and _rdn_bwd_dg_kernel sums and reverse-cumsums them.
-# Two V loops, not one: with the five [BT, BT] sums and the six state dots in one loop ptxas (sm_90, 12.9) gave
-# 32 registers and 5-6.6 KiB of stack at every config (scripts/kernel_resources.py, 2026-12-01); either half
-# alone fits (255 registers, 0-184 B), and two loops give 128-400 B (BK = 64, chunk.py GRAD_BK). So pass 1 sums
-# the chunk matrices and turns them into the starting dq, dk; pass 2 streams the four state tiles and reads the
-# six token tiles again, which the program has just read (L2, not DRAM, for the most part). Eight warps first,
-# as the two kernels it replaces.
+# The gradients, chunk-parallel, split as fla splits its gated delta rule's backward so that no program holds both
+# a chunk's whole [K, V] states and [BT, K] accumulators. The reverse walk stored the column-wise adjoints (dyr, dX,
+# dyv), the forward walk (its rerun, or the kept forward walk) U and W. Then three launches:
+#   _rdn_bwd_mats_kernel, per (chunk, head), V-block by V-block: the five [BT, BT] chunk-matrix gradients, turned
+#     into the two products that reach dq and dk (dkk + dkk^T, dqk), dv, and the rows that read no state;
+#   _rdn_bwd_grad_kernel, per (chunk, K-block, head): its K-block of dq and dk, whole (those products against its q
+#     and k columns, then the state reads), written once in the input dtype, and the rows that read the states from
+#     its own K-side products (sum_v a (k S) = sum_k k (a S^T)), a slab a K-block;
+#   _rdn_bwd_dg_kernel, per (chunk, head): the slabs summed into dbeta, dgamma, and dg's reverse cumsum.
+# At B=16 T=2k H=16 K=V=128 bf16 on the H200 the gradients took 3.34 + 2.03 ms as a dq/dk and a gates kernel
+# (2026-11-30), 2.09 + 4.10 as a rows kernel (recomputing U, W from the states, summing the rows) and a gradient
+# kernel that redid the chunk matrices in each K-block program (2026-12-01 morning), 4.31 as these two (the rerun
+# walk storing U, W instead: +0.11 ms there; backward 11.33 -> 9.57 ms, 2026-12-01 07:35;
+# docs/next/rdn-backward-plan.md, P6). Two kernels, not two passes of one: the five [BT, BT] sums and the six state
+# dots in one V loop spilled 5-6.6 KiB a thread (ptxas sm_90, 2026-12-01), and one pass 1 a chunk reads the token
+# tensors once, not once a K-block. Eight warps first, as the kernels they replace.
 @autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2)),
-          key=["H", "K", "V", "BT", "BK", "BKF", "BV", "RESIDUAL", "DOT_PREC", "HALF_STATE_DOTS", "FUSED_ROWS", "MATS"])
+          key=["H", "K", "V", "BT", "BKF", "BV", "RESIDUAL", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T", "NTH"])
+def _rdn_bwd_mats_kernel(
+    q, k, v, g, beta, gamma, x, do, u, w, dyr, dxc, dyv,
+    mats, rows_part, dv,
+    cu_seqlens, chunk_indices, scale, clip, T, NTH,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """The gradients of a chunk's decay-weighted k.k and q.k matrices (A_x = x_t (k_t.k_i) exp(G_t - G_i), i < t,
+    for x = beta, gamma; Mk = (k_t.k_i) exp(Gp_t - G_i); Mq, Mqi = (q_t.k_i) exp(G_t - G_i)), summed over V:
+    d(I + A)^{-1} gives dA = -(T^T dU) U^T, strictly lower. Writes the two products that reach dq and dk
+    (``mats`` [2, B, T, H, BT] fp32: dkk + dkk^T, dqk), dv, and the rows that read no state (``rows_part``
+    [4, B*T*H]: dG, dGp, dbeta, dgamma; with dyv.v and dyr.rho(X)). A log-decay gradient is the matrix gradient
+    times the matrix: rows get +, columns get -."""
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    bos, T_seq, i_t, i_h, o_t, _, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    strict = o_t[:, None] > o_t[None, :]
+    incl = o_t[:, None] >= o_t[None, :]
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+    block = tl.cast(NTH, tl.int64)
+    mat_block = tl.cast(NTH, tl.int64) * BT
+
+    b_G, b_Gp, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+
+    b_dAb = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dAc = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dMk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dMq = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dMqi = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dbv = tl.zeros([BT], dtype=tl.float32)
+    b_dcx = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
+        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        # gamma after the sum: the unscaled (scale do) W^T also gives dgamma's row rowsum(Mqi * it)
+        b_dMqi += tl.dot(scale * b_do, tl.trans(b_w), input_precision=DOT_PREC)
+        b_dAc += tl.dot(b_dyr, tl.trans(b_w), input_precision=DOT_PREC)
+        b_dMk += tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dMq += tl.dot(scale * b_do, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dAb += tl.dot(b_dyv, tl.trans(b_u), input_precision=DOT_PREC)
+        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dbv += tl.sum(b_dyv * b_v, axis=1)
+        b_dcx += tl.sum(b_dyr * _rho(b_x, clip, RESIDUAL), axis=1)
+        store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+    # The matrices themselves, from the whole of q and k (raw: one exact product a pair).
+    b_qf = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
+    b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
+    b_kk = tl.dot(b_kf, tl.trans(b_kf), input_precision=DOT_PREC)
+    b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
+    b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
+    b_Mk = b_kk * b_Ep
+    b_Mqi = tl.dot(b_qf, tl.trans(b_kf), input_precision=DOT_PREC) * b_Eg
+    b_Mq = tl.where(strict, b_Mqi, 0.0)
+    b_dAb = -tl.where(strict, b_dAb, 0.0)
+    b_dAc = -tl.where(strict, b_dAc, 0.0)
+    b_dMk = tl.where(strict, b_dMk, 0.0)
+    b_dMq = tl.where(strict, b_dMq, 0.0)
+    b_dMqi = tl.where(incl, b_dMqi, 0.0)
+    b_dcx += tl.sum(b_dMqi * b_Mqi, axis=1)  # sum_v dsq (Mqi W): dgamma's, through rq
+    b_dMqi = b_gamma[:, None] * b_dMqi
+
+    b_kkEs = tl.where(strict, b_kk * b_Eg, 0.0)
+    b_dA_rows = b_dAb * b_beta[:, None] + b_dAc * b_gamma[:, None]
+    b_db = tl.sum(b_dAb * b_kkEs, axis=1)
+    b_dc = tl.sum(b_dAc * b_kkEs, axis=1)
+    b_dkk = b_dA_rows * tl.where(strict, b_Eg, 0.0) + b_dMk * b_Ep
+    b_Dm = b_dA_rows * b_kkEs + b_dMq * b_Mq + b_dMqi * b_Mqi
+    b_dG = tl.sum(b_Dm, axis=1) - tl.sum(b_Dm, axis=0)
+    b_Dk = b_dMk * b_Mk
+    b_dGp = tl.sum(b_Dk, axis=1)
+    b_dG -= tl.sum(b_Dk, axis=0)
+    b_dqk = (b_dMq + b_dMqi) * b_Eg
+    store_tile(mats + tok_t, b_dkk + tl.trans(b_dkk), i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    store_tile(mats + mat_block + tok_t, b_dqk, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    tl.store(rows_part + row_off, b_dG, mask=in_seq)
+    tl.store(rows_part + block + row_off, b_dGp, mask=in_seq)
+    tl.store(rows_part + 2 * block + row_off, b_db + b_dbv, mask=in_seq)
+    tl.store(rows_part + 3 * block + row_off, b_dc + b_dcx, mask=in_seq)
+
+
+@autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2)),
+          key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "HALF_STATE_DOTS"])
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_grad_kernel(
-    q, k, v, g, beta, gamma, h_s, h_r, h_ds, h_dr, x, do, u, w, dyr, dxc, dyv, rows_part, mats,
-    dq, dk, dv, dbeta, dgamma, dg_part,
-    cu_seqlens, chunk_indices, scale, clip, T, NTH,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, HALF_STATE_DOTS: tl.constexpr, FUSED_ROWS: tl.constexpr,
-    MATS: tl.constexpr, IS_VARLEN: tl.constexpr,
+    q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,
+    dq, dk, dg_part,
+    cu_seqlens, chunk_indices, scale, T, NTH,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, HALF_STATE_DOTS: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """dq and dk of K-block i_k, from the chunk's start states S0, R0 and end adjoints dS, dR (the terms that
-    read them) and from the gradients of its decay-weighted k.k and q.k matrices (A_x = x_t (k_t.k_i)
-    exp(G_t - G_i), i < t, for x = beta, gamma; Mk = (k_t.k_i) exp(Gp_t - G_i); Mq, Mqi = (q_t.k_i)
-    exp(G_t - G_i)). d(I + A)^{-1} gives dA = -(T^T dU) U^T, strictly lower. A log-decay gradient is the
-    matrix gradient times the matrix: rows get +, columns get -. Block 0 also writes dbeta and dgamma
-    (their row sums do not depend on K) and the K-free part of dg's rows; ``dg_part`` [NK + 1, B*T*H]: a
-    slab a K-block to be summed and reverse-cumsummed, and one (from block 0) added after.
-
-    FUSED_ROWS (chunk.GRAD_ROWS): no rows kernel ran before; U and W come from the rerun walk, block 0 writes dv
-    and sums the rows that read only V-side tensors (dyv.v, dyr.rho(X)), and the rows that read the states (the
-    rows kernel's k.S, q.S, k.R, q.R) come from this block's K-side products: sum_v a (k S) = sum_k k (a S^T).
-    Every block then writes four slabs ``dg_part`` [4, NK, B*T*H] (dg's rows, -dGp, dbeta, dgamma) that
-    _rdn_bwd_dg_kernel sums.
-
-    MATS (with FUSED_ROWS; chunk.GRAD_SPLIT_MATS): 0, pass 1 and its epilogue in every K-block program (above);
-    1, a launch of one program a chunk (grid axis 1 of size 1) that does only those and writes the two [BT, BT]
-    products that reach dq and dk (dkk + dkk^T and dqk, ``mats`` [2, B, T, H, BT] fp32) and the K-free rows
-    (``rows_part`` [4, B*T*H]: dG, dGp, dbeta, dgamma), besides dv; 2, the gradient kernel after it: no pass 1,
-    dq and dk start from those two matrices and block 0 from those rows."""
+    """dq and dk of K-block i_k: _rdn_bwd_mats_kernel's two products against this block's q and k columns, then
+    the terms that read the chunk's start states S0, R0 and end adjoints dS, dR. The rows that read the states
+    come from this block's K-side products (the row gates after the dots, which they commute with); block 0 adds
+    the mats kernel's rows. Every block writes four slabs ``dg_part`` [4, NK, B*T*H] (dg's rows, -dGp, dbeta,
+    dgamma) that _rdn_bwd_dg_kernel sums."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_k = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
     bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
         cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
-    strict = o_t[:, None] > o_t[None, :]
-    incl = o_t[:, None] >= o_t[None, :]
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+    block = tl.cast(NTH, tl.int64)
+    mat_block = tl.cast(NTH, tl.int64) * BT
 
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
@@ -433,196 +333,81 @@ def _rdn_bwd_grad_kernel(
     b_eG = tl.exp(b_G)[:, None]
     b_eGp = tl.exp(b_Gp)[:, None]
 
-    first = in_seq & ((o_t * 0 + i_k) == 0)
-    block = tl.cast(NTH, tl.int64)
-    mat_block = tl.cast(NTH, tl.int64) * BT
-    tok_t = (bos * H + i_h) * BT
-    if MATS == 2:
-        # pass 1 ran in the MATS == 1 launch: its two [BT, BT] products and block 0's K-free rows
-        b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-        b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-        b_dk = tl.dot(b_DKK, b_kb, input_precision=DOT_PREC)
-        b_dk += tl.dot(tl.trans(b_DQK), b_qb, input_precision=DOT_PREC)
-        b_dq = tl.dot(b_DQK, b_kb, input_precision=DOT_PREC)
-        b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
-        b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
-        b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
-        b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
-        b_part = tl.zeros([BT], dtype=tl.float32)
-    else:
-        # Pass 1: the chunk matrices' gradients, summed over V (the same in every K-block program).
-        b_dAb = tl.zeros([BT, BT], dtype=tl.float32)
-        b_dAc = tl.zeros([BT, BT], dtype=tl.float32)
-        b_dMk = tl.zeros([BT, BT], dtype=tl.float32)
-        b_dMq = tl.zeros([BT, BT], dtype=tl.float32)
-        b_dMqi = tl.zeros([BT, BT], dtype=tl.float32)
-        if FUSED_ROWS:
-            # block 0 alone reads v and X and writes dv (the other blocks' masks hold no row)
-            n_first = tl.where(i_k == 0, T_seq, 0)
-            b_dbv = tl.zeros([BT], dtype=tl.float32)
-            b_dcx = tl.zeros([BT], dtype=tl.float32)
-        for i_v in range(0, tl.cdiv(V, BV)):
-            b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
-            b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            if FUSED_ROWS:
-                # gamma after the sum: the unscaled (scale do) W^T also gives dgamma's row rowsum(Mqi * it)
-                b_dMqi += tl.dot(scale * b_do, tl.trans(b_w), input_precision=DOT_PREC)
-            else:
-                b_dMqi += tl.dot((scale * b_gamma)[:, None] * b_do, tl.trans(b_w), input_precision=DOT_PREC)
-            b_dAc += tl.dot(b_dyr, tl.trans(b_w), input_precision=DOT_PREC)
-            b_dMk += tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC)
-            b_dMq += tl.dot(scale * b_do, tl.trans(b_u), input_precision=DOT_PREC)
-            b_dAb += tl.dot(b_dyv, tl.trans(b_u), input_precision=DOT_PREC)
-            if FUSED_ROWS:
-                b_v = load_tile(v + tok_v, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
-                b_x = load_tile(x + tok_v, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
-                b_dbv += tl.sum(b_dyv * b_v, axis=1)
-                b_dcx += tl.sum(b_dyr * _rho(b_x, clip, RESIDUAL), axis=1)
-                store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, n_first, H * V, i_v * BV, V, BT, BV)
+    b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_dk = tl.dot(b_DKK, b_kb, input_precision=DOT_PREC)
+    b_dk += tl.dot(tl.trans(b_DQK), b_qb, input_precision=DOT_PREC)
+    b_dq = tl.dot(b_DQK, b_kb, input_precision=DOT_PREC)
+    first = in_seq & ((o_t * 0 + i_k) == 0)  # the mats kernel's rows count once
+    b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
+    b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
+    b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
+    b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
 
-        # Their epilogue, from the whole of q and k (raw: one exact product a pair, for any K-block).
-        b_qf = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
-        b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
-        b_kk = tl.dot(b_kf, tl.trans(b_kf), input_precision=DOT_PREC)
-        b_Eg = exp_masked(incl, b_G[:, None] - b_G[None, :])
-        b_Ep = exp_masked(strict, b_Gp[:, None] - b_G[None, :])
-        b_Mk = b_kk * b_Ep
-        b_Mqi = tl.dot(b_qf, tl.trans(b_kf), input_precision=DOT_PREC) * b_Eg
-        b_Mq = tl.where(strict, b_Mqi, 0.0)
-        b_dAb = -tl.where(strict, b_dAb, 0.0)
-        b_dAc = -tl.where(strict, b_dAc, 0.0)
-        b_dMk = tl.where(strict, b_dMk, 0.0)
-        b_dMq = tl.where(strict, b_dMq, 0.0)
-        b_dMqi = tl.where(incl, b_dMqi, 0.0)
-        if FUSED_ROWS:
-            b_dcx += tl.sum(b_dMqi * b_Mqi, axis=1)  # sum_v dsq (Mqi W): dgamma's, through rq
-            b_dMqi = b_gamma[:, None] * b_dMqi
+    # The state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...; yr = res - exp(G)
+    # K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0.
+    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsq = (scale * b_eG) * b_do
+        b_dkd += _state_dot(b_u, b_ds, DOT_PREC, HALF_STATE_DOTS) + _state_dot(b_w, b_dr, DOT_PREC, HALF_STATE_DOTS)
+        # The row gates after the dots (row scalings commute with them), so that each product's rows against this
+        # block's q or k columns give the row sums: sum_v a (q R) = sum_k q (a R^T), etc.
+        b_pqr = _state_dot(b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
+        b_pqs = _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS)
+        b_dq += b_gamma[:, None] * b_pqr + b_pqs
+        b_tqr = tl.sum(b_qb * b_pqr, axis=1)
+        b_dG += tl.sum(b_qb * b_pqs, axis=1) + b_gamma * b_tqr
+        b_dc += b_tqr
+        b_pkr = _state_dot(b_eG * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
+        b_pkv = _state_dot(b_eG * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
+        b_pkx = _state_dot(b_eGp * b_dsk, b_s, DOT_PREC, HALF_STATE_DOTS)
+        b_dk += b_pkx - b_beta[:, None] * b_pkv - b_gamma[:, None] * b_pkr
+        b_tkr = tl.sum(b_kb * b_pkr, axis=1)
+        b_tkv = tl.sum(b_kb * b_pkv, axis=1)
+        b_dG -= b_gamma * b_tkr + b_beta * b_tkv
+        b_dGp += tl.sum(b_kb * b_pkx, axis=1)
+        b_db -= b_tkv
+        b_dc -= b_tkr
+        b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
 
-        b_kkEs = tl.where(strict, b_kk * b_Eg, 0.0)
-        b_dA_rows = b_dAb * b_beta[:, None] + b_dAc * b_gamma[:, None]
-        b_db = tl.sum(b_dAb * b_kkEs, axis=1)
-        b_dc = tl.sum(b_dAc * b_kkEs, axis=1)
-        b_dkk = b_dA_rows * tl.where(strict, b_Eg, 0.0) + b_dMk * b_Ep
-        b_Dm = b_dA_rows * b_kkEs + b_dMq * b_Mq + b_dMqi * b_Mqi
-        b_dG = tl.sum(b_Dm, axis=1) - tl.sum(b_Dm, axis=0)
-        b_Dk = b_dMk * b_Mk
-        b_dGp = tl.sum(b_Dk, axis=1)
-        b_dG -= tl.sum(b_Dk, axis=0)
-        b_dqk = (b_dMq + b_dMqi) * b_Eg
-        if MATS == 1:
-            store_tile(mats + tok_t, b_dkk + tl.trans(b_dkk), i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-            store_tile(mats + mat_block + tok_t, b_dqk, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-            tl.store(rows_part + row_off, b_dG, mask=in_seq)
-            tl.store(rows_part + block + row_off, b_dGp, mask=in_seq)
-            tl.store(rows_part + 2 * block + row_off, b_db + b_dbv, mask=in_seq)
-            tl.store(rows_part + 3 * block + row_off, b_dc + b_dcx, mask=in_seq)
-        else:
-            b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-            b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-            b_dk = tl.dot(b_dkk + tl.trans(b_dkk), b_kb, input_precision=DOT_PREC)
-            b_dk += tl.dot(tl.trans(b_dqk), b_qb, input_precision=DOT_PREC)
-            b_dq = tl.dot(b_dqk, b_kb, input_precision=DOT_PREC)
-
-            # Block 0 adds the K-free rows: the chunk matrices' and the rows kernel's (rows past the sequence
-            # end are 0).
-            if FUSED_ROWS:
-                # the K-free rows count once (block 0); the state rows of every block are added in pass 2
-                k_free = (o_t * 0 + i_k) == 0
-                b_dG = tl.where(k_free, b_dG, 0.0)
-                b_dGp = tl.where(k_free, b_dGp, 0.0)
-                b_db = tl.where(k_free, b_db + b_dbv, 0.0)
-                b_dc = tl.where(k_free, b_dc + b_dcx, 0.0)
-                b_part = tl.zeros([BT], dtype=tl.float32)
-            else:
-                b_dG += tl.load(rows_part + row_off, mask=first, other=0.0)
-                b_dGp += tl.load(rows_part + block + row_off, mask=first, other=0.0)
-                b_db += tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
-                b_dc += tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
-                tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=first)
-                tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=first)
-                # Gp = G - g and G = cumsum(g): dg_s = sum_{t >= s} (dG_t + dGp_t) - dGp_s.
-                b_part = tl.where(first, b_dG + b_dGp, 0.0)
-                tl.store(dg_part + tl.cast(tl.num_programs(1), tl.int64) * block + row_off, -b_dGp, mask=first)
-
-    if MATS != 1:
-        # Pass 2: the state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...;
-        # yr = res - exp(G) K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0.
-        b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
-        b_hdh = tl.zeros([BK], dtype=tl.float32)
-        for i_v in range(0, tl.cdiv(V, BV)):
-            b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-            b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-            b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-            b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-            b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            b_dsq = (scale * b_eG) * b_do
-            b_dkd += _state_dot(b_u, b_ds, DOT_PREC, HALF_STATE_DOTS) + _state_dot(b_w, b_dr, DOT_PREC, HALF_STATE_DOTS)
-            if FUSED_ROWS:
-                # The row gates after the dots (row scalings commute with them), so that each product's rows against
-                # this block's q or k columns give the rows kernel's sums: sum_v a (q R) = sum_k q (a R^T), etc.
-                b_pqr = _state_dot(b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
-                b_pqs = _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS)
-                b_dq += b_gamma[:, None] * b_pqr + b_pqs
-                b_tqr = tl.sum(b_qb * b_pqr, axis=1)
-                b_dG += tl.sum(b_qb * b_pqs, axis=1) + b_gamma * b_tqr
-                b_dc += b_tqr
-                b_pkr = _state_dot(b_eG * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
-                b_pkv = _state_dot(b_eG * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
-                b_pkx = _state_dot(b_eGp * b_dsk, b_s, DOT_PREC, HALF_STATE_DOTS)
-                b_dk += b_pkx - b_beta[:, None] * b_pkv - b_gamma[:, None] * b_pkr
-                b_tkr = tl.sum(b_kb * b_pkr, axis=1)
-                b_tkv = tl.sum(b_kb * b_pkv, axis=1)
-                b_dG -= b_gamma * b_tkr + b_beta * b_tkv
-                b_dGp += tl.sum(b_kb * b_pkx, axis=1)
-                b_db -= b_tkv
-                b_dc -= b_tkr
-            else:
-                b_dq += (_state_dot(b_gamma[:, None] * b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
-                         + _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS))
-                b_dk += _state_dot(-(b_gamma[:, None] * b_eG) * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
-                b_dk += _state_dot(b_eGp * b_dsk - (b_beta[:, None] * b_eG) * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
-            b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
-
-        # Kd = K exp(GL - G): its gradient dkd goes to dk, and its decay's to dG (-Dd per row, sum(Dd) at the end).
-        b_dec = tl.exp(b_GL - b_G)
-        b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-        b_dk += b_dkd * b_dec[:, None]
-        b_Dd = tl.sum(b_dkd * (b_kb * b_dec[:, None]), axis=1)
-        store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-        store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-        # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both on the chunk's last row, whose dG
-        # reaches every row's dg through the reverse cumsum; put on its last row in the sequence, they reach the same.
-        b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
-        if FUSED_ROWS:
-            b_part = b_dG + b_dGp
-        b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
-        tl.store(dg_part + i_k * block + row_off, b_part, mask=in_seq)
-        if FUSED_ROWS:
-            nk = tl.cast(tl.num_programs(1), tl.int64)
-            tl.store(dg_part + (nk + i_k) * block + row_off, -b_dGp, mask=in_seq)
-            tl.store(dg_part + (2 * nk + i_k) * block + row_off, b_db, mask=in_seq)
-            tl.store(dg_part + (3 * nk + i_k) * block + row_off, b_dc, mask=in_seq)
+    # Kd = K exp(GL - G): its gradient dkd goes to dk, and its decay's to dG (-Dd per row, sum(Dd) at the end).
+    b_dec = tl.exp(b_GL - b_G)
+    b_dk += b_dkd * b_dec[:, None]
+    b_Dd = tl.sum(b_dkd * (b_kb * b_dec[:, None]), axis=1)
+    store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both on the chunk's last row, whose dG reaches
+    # every row's dg through the reverse cumsum; put on its last row in the sequence, they reach the same.
+    b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
+    b_part = b_dG + b_dGp
+    b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
+    nk = tl.cast(tl.num_programs(1), tl.int64)
+    tl.store(dg_part + i_k * block + row_off, b_part, mask=in_seq)
+    tl.store(dg_part + (nk + i_k) * block + row_off, -b_dGp, mask=in_seq)
+    tl.store(dg_part + (2 * nk + i_k) * block + row_off, b_db, mask=in_seq)
+    tl.store(dg_part + (3 * nk + i_k) * block + row_off, b_dc, mask=in_seq)
 
 
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_dg_kernel(
     dg_part, dg, dbeta, dgamma, cu_seqlens, chunk_indices, T, NTH,
-    H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr, FUSED_ROWS: tl.constexpr, IS_VARLEN: tl.constexpr,
+    H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """dg of one chunk: the reverse cumsum of the K-blocks' summed row partials, plus block 0's -dGp (the
-    finisher of _rdn_bwd_grad_kernel; fla's chunk_local_cumsum(reverse=True) in its gated delta rule). With
-    FUSED_ROWS every block wrote its -dGp, dbeta and dgamma rows too ([4, NK] slabs): all summed here."""
+    """dg, dbeta, dgamma of one chunk (the finisher of _rdn_bwd_grad_kernel): the K-blocks' four slabs summed, dg
+    as the reverse cumsum of its rows plus -dGp (fla's chunk_local_cumsum(reverse=True) in its gated delta rule)."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     _, _, _, _, o_t, _, in_seq, row_off = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
@@ -631,15 +416,12 @@ def _rdn_bwd_dg_kernel(
     for j in range(0, NK):
         b_p += tl.load(dg_part + j * block + row_off, mask=in_seq, other=0.0)
     b_dg = tl.sum(tl.where(o_t[:, None] >= o_t[None, :], b_p[:, None], 0.0), axis=0)
-    if FUSED_ROWS:
-        b_db = tl.zeros([BT], dtype=tl.float32)
-        b_dc = tl.zeros([BT], dtype=tl.float32)
-        for j in range(0, NK):
-            b_dg += tl.load(dg_part + (NK + j) * block + row_off, mask=in_seq, other=0.0)
-            b_db += tl.load(dg_part + (2 * NK + j) * block + row_off, mask=in_seq, other=0.0)
-            b_dc += tl.load(dg_part + (3 * NK + j) * block + row_off, mask=in_seq, other=0.0)
-        tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=in_seq)
-        tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=in_seq)
-    else:
-        b_dg += tl.load(dg_part + NK * block + row_off, mask=in_seq, other=0.0)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dc = tl.zeros([BT], dtype=tl.float32)
+    for j in range(0, NK):
+        b_dg += tl.load(dg_part + (NK + j) * block + row_off, mask=in_seq, other=0.0)
+        b_db += tl.load(dg_part + (2 * NK + j) * block + row_off, mask=in_seq, other=0.0)
+        b_dc += tl.load(dg_part + (3 * NK + j) * block + row_off, mask=in_seq, other=0.0)
+    tl.store(dbeta + row_off, b_db.to(dbeta.dtype.element_ty), mask=in_seq)
+    tl.store(dgamma + row_off, b_dc.to(dgamma.dtype.element_ty), mask=in_seq)
     tl.store(dg + row_off, b_dg.to(dg.dtype.element_ty), mask=in_seq)

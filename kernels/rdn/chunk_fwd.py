@@ -64,10 +64,10 @@ def _rdn_walk_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, X_PREC: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_UW: tl.constexpr, STORE_X: tl.constexpr,
+    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr,
     IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr,
 ):
-    """STORE_UW for the forward's output kernel, STORE_X for the backward. X_PREC: the precision of the
+    """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. X_PREC: the precision of the
     chunk-matrix dots on the S path up to X, and of k.S too without RAW_K (with it, k.S is a split dot, ~2^-16,
     whatever X_PREC says). The backward asks for tf32x3 (about fp32) because the clip's gradient jumps where |X|
     crosses c, and its mask comes from the X stored here."""
@@ -118,9 +118,8 @@ def _rdn_walk_kernel(
         b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + tl.dot(b_mk, b_u, input_precision=X_PREC))
         b_w = tl.dot(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), input_precision=DOT_PREC)
 
-        if STORE_UW:
-            store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-            store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         if STORE_X:
             store_tile(x_out + tok_v, b_x, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         # (K exp(GL - G))^T U as K^T (exp(GL - G) U): the decay goes on the [BT, BV] side.

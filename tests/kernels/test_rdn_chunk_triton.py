@@ -439,7 +439,7 @@ class _NoWalk:
 
 @pytest.mark.parametrize("case", ["tail", "varlen", "no_states_bf16", "clip_saturating"])
 def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
-    """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, X to chunk_rdn_bwd(walk=), which then launches no walk of
+    """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, U, W, X to chunk_rdn_bwd(walk=), which then launches no walk of
     the forward: the forward's outputs and the gradients equal the default path's, and the oracle's. At the real
     32-token chunks: T not a multiple of 32; packed sequences (whose kept buffers take the shape-only row bound);
     no initial states in bf16; values large enough that the clip saturates most elements."""
@@ -459,7 +459,7 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
         assert clipped_share(inputs, S0, 1.0, "clip") > 0.8
     o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
     assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], inputs[2].shape[-1], cu))
-    assert [t.dtype for t in walk] == [inputs[0].dtype, inputs[0].dtype, torch.float32]
+    assert [t.dtype for t in walk] == [inputs[0].dtype] * 2 + [torch.float32] * 3
     o_ref, S_ref, R_ref, wy_ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True)
     for x, ref in ((o, o_ref), (S, S_ref), (R, R_ref), (wy, wy_ref)):
         torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
@@ -494,164 +494,3 @@ def test_kept_walk_is_ignored_where_it_does_not_fit_and_refuses_segments():
     check_backward(inputs, S0, R0, None, 1.0, "clip", walk=walk)  # no wy: recomputes both
     with pytest.raises(ValueError, match="keep_walk needs the uncut walk"):
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=2, keep_walk=True)
-
-
-class _NoReverseWalk:
-    """Stands for the single reverse walk where the split one (chunk.SPLIT_REVERSE_WALK) must run instead."""
-
-    def __getitem__(self, grid):
-        raise AssertionError("the backward launched the single reverse walk with SPLIT_REVERSE_WALK on")
-
-
-@pytest.mark.parametrize("case", ["clip", "tanh", "none", "tail_no_states_tanh", "varlen", "varlen_v_blocks",
-                                  "bf16", "clip_saturating", "strong_decay", "narrow_walk", "split_bv16",
-                                  "kept_walk"])
-def test_split_reverse_walk_matches_the_oracle_and_the_single_walk(case, monkeypatch):
-    """chunk.SPLIT_REVERSE_WALK: the reverse walk as two launches (dR's, then dS's reading dX back): all eight
-    gradients against the float64 oracle, and equal to the single walk's, on fresh inputs for each case: several
-    chunks with states and each residual function; T not a multiple of the chunk without states or final-state
-    cotangents (tanh, odd head dims); packed sequences (with partial V- and K-blocks); bf16; the clip saturating
-    most elements; a decay that underflows; 16-wide walk V-blocks (the launcher's, or chunk.SPLIT_WALK_BV's with
-    a partial last one); the kept forward walk."""
-    chunk = sys.modules[chunk_rdn_bwd.__module__]
-    cu, kw, tol, final_grads, scale, clip, residual = None, dict(chunk_size=16), 1e-4, True, None, 1.0, "clip"
-    if case in RESIDUALS:
-        clip, residual = RESIDUALS[case]
-        inputs, S0, R0 = make_inputs(B=2, T=40, H=1, K=16, V=16)
-        scale = 0.7
-    elif case == "tail_no_states_tanh":
-        inputs, _, _ = make_inputs(B=1, T=70, H=1, K=20, V=40)
-        S0 = R0 = None
-        residual, final_grads, kw = "tanh", False, {}
-    elif case == "varlen":
-        cu = torch.tensor([0, 5, 6, 29, 40], dtype=torch.int32)
-        inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=16, N=4)
-    elif case == "varlen_v_blocks":
-        cu = torch.tensor([0, 31, 32, 70], dtype=torch.int32)
-        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=40, V=72, N=3)
-        kw = {}
-    elif case == "bf16":
-        inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
-        tol = 1e-2
-    elif case == "clip_saturating":
-        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16, value_scale=30.0)
-        assert clipped_share(inputs, S0, 1.0, "clip") > 0.8
-        kw = {}
-    elif case == "strong_decay":
-        inputs, S0, R0 = make_inputs(B=1, T=33, H=1, K=16, V=16)
-        inputs[3] = -30.0 * torch.rand_like(inputs[3])
-    elif case == "narrow_walk":
-        monkeypatch.setattr(chunk, "sm_count", lambda device: 1 << 20)
-        inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=48)
-        assert chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 16).walk_BV == 16
-    elif case == "split_bv16":
-        monkeypatch.setattr(chunk, "SPLIT_WALK_BV", 16)
-        inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=40)
-    else:
-        inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
-        *_, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_walk=True)
-        kw = dict(wy=wy, walk=walk)
-    if clip is not None and S0 is not None and cu is None:
-        assert clipped_share(inputs, S0, clip, residual) > 0.3  # the zero-gradient region is exercised
-
-    do = torch.randn_like(inputs[2])
-    N = inputs[0].shape[0] if cu is None else len(cu) - 1
-    shape = (N, inputs[0].shape[2], inputs[0].shape[3], inputs[2].shape[3])
-    final = [torch.randn(shape), torch.randn(shape)] if final_grads else [None, None]
-    args = (*inputs, scale, clip, residual, S0, R0, cu, do, *final)
-    monkeypatch.setattr(chunk, "SPLIT_REVERSE_WALK", False)
-    single = chunk_rdn_bwd(*args, **kw)
-    monkeypatch.setattr(chunk, "SPLIT_REVERSE_WALK", True)
-    monkeypatch.setattr(chunk, "_rdn_bwd_walk_kernel", _NoReverseWalk())
-    split = chunk_rdn_bwd(*args, **kw)
-    for x, ref in zip(split, single):
-        if ref is None:
-            assert x is None
-        else:
-            assert torch.isfinite(x).all()
-            torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
-    check_backward(inputs, S0, R0, scale, clip, residual, cu, tol=tol, final_grads=final_grads, **kw)
-
-
-class _NoRowsKernel:
-    """Stands for the rows kernel where the gradient kernel must do its work (chunk.GRAD_ROWS)."""
-
-    def __getitem__(self, grid):
-        raise AssertionError("the backward launched the rows kernel with GRAD_ROWS on")
-
-
-@pytest.mark.parametrize("case", ["clip", "tanh", "none", "tail_no_states_tanh", "varlen", "varlen_v_blocks",
-                                  "bf16", "clip_saturating", "strong_decay", "bk32", "bk128", "split_walk",
-                                  "kept_walk", "mats_clip", "mats_tail_no_states_tanh", "mats_varlen_v_blocks",
-                                  "mats_bf16", "mats_bk32", "mats_clip_saturating"])
-def test_gradient_kernel_takes_the_rows(case, monkeypatch):
-    """chunk.GRAD_ROWS: no rows kernel (the rerun walk stores U and W; the gradient kernel writes dv and sums the
-    gate rows, the state ones from its K-side products, in per-K-block slabs): all eight gradients against the
-    float64 oracle and close to the rows kernel's, on fresh inputs for each case: several chunks with states and
-    each residual function; T not a multiple of the chunk without states or final-state cotangents (tanh, odd
-    head dims); packed sequences (with partial V- and K-blocks); bf16; the clip saturating most elements; a decay
-    that underflows; three K-blocks (the last partial) and one; with the split reverse walk; and the kept forward
-    walk, which keeps no U, W, so the rows kernel runs there. The "mats_" cases repeat some with
-    chunk.GRAD_SPLIT_MATS (pass 1 as a launch of its own)."""
-    chunk = sys.modules[chunk_rdn_bwd.__module__]
-    if case.startswith("mats_"):
-        monkeypatch.setattr(chunk, "GRAD_SPLIT_MATS", True)
-        case = case[len("mats_"):]
-    cu, kw, tol, final_grads, scale, clip, residual = None, dict(chunk_size=16), 1e-4, True, None, 1.0, "clip"
-    if case in RESIDUALS:
-        clip, residual = RESIDUALS[case]
-        inputs, S0, R0 = make_inputs(B=2, T=40, H=1, K=16, V=16)
-        scale = 0.7
-    elif case == "tail_no_states_tanh":
-        inputs, _, _ = make_inputs(B=1, T=70, H=1, K=20, V=40)
-        S0 = R0 = None
-        residual, final_grads, kw = "tanh", False, {}
-    elif case == "varlen":
-        cu = torch.tensor([0, 5, 6, 29, 40], dtype=torch.int32)
-        inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=16, N=4)
-    elif case == "varlen_v_blocks":
-        cu = torch.tensor([0, 31, 32, 70], dtype=torch.int32)
-        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=40, V=72, N=3)
-        kw = {}
-    elif case == "bf16":
-        inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
-        tol = 1e-2
-    elif case == "clip_saturating":
-        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16, value_scale=30.0)
-        assert clipped_share(inputs, S0, 1.0, "clip") > 0.8
-        kw = {}
-    elif case == "strong_decay":
-        inputs, S0, R0 = make_inputs(B=1, T=33, H=1, K=16, V=16)
-        inputs[3] = -30.0 * torch.rand_like(inputs[3])
-    elif case in ("bk32", "bk128"):
-        monkeypatch.setattr(chunk, "GRAD_BK", int(case[2:]))
-        inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=80, V=40)
-    elif case == "split_walk":
-        monkeypatch.setattr(chunk, "SPLIT_REVERSE_WALK", True)
-        inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=40)
-    else:
-        inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
-        *_, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_walk=True)
-        kw = dict(wy=wy, walk=walk)
-    if clip is not None and S0 is not None and cu is None:
-        assert clipped_share(inputs, S0, clip, residual) > 0.3  # the zero-gradient region is exercised
-
-    do = torch.randn_like(inputs[2])
-    N = inputs[0].shape[0] if cu is None else len(cu) - 1
-    shape = (N, inputs[0].shape[2], inputs[0].shape[3], inputs[2].shape[3])
-    final = [torch.randn(shape), torch.randn(shape)] if final_grads else [None, None]
-    args = (*inputs, scale, clip, residual, S0, R0, cu, do, *final)
-    monkeypatch.setattr(chunk, "GRAD_ROWS", False)
-    rows = chunk_rdn_bwd(*args, **kw)
-    monkeypatch.setattr(chunk, "GRAD_ROWS", True)
-    if case != "kept_walk":
-        monkeypatch.setattr(chunk, "_rdn_bwd_rows_kernel", _NoRowsKernel())
-    fused = chunk_rdn_bwd(*args, **kw)
-    for x, ref in zip(fused, rows):
-        if ref is None:
-            assert x is None
-        else:
-            assert torch.isfinite(x).all()
-            if inputs[0].dtype == torch.float32:
-                torch.testing.assert_close(x, ref, rtol=1e-4, atol=1e-5)
-    check_backward(inputs, S0, R0, scale, clip, residual, cu, tol=tol, final_grads=final_grads, **kw)
