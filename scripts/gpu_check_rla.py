@@ -7,7 +7,6 @@ any failure.
     python scripts/gpu_check_rla.py --all-configs   # + every autotune config at two shapes
     python scripts/gpu_check_rla.py --bench         # + autotuned timings at B=4, T=8192, H=16, D=128
     TRITON_INTERPRET=1 python scripts/gpu_check_rla.py --smoke [--gpu-dots]   # tiny shapes on the CPU
-    python scripts/gpu_check_rla.py --two-accumulators   # the backward with chunk.TWO_ACCUMULATORS on
 
 Relative error is ||x - ref|| / ||ref||, the reference being the naive loop in float64 (on the GPU) on the
 same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1e-2 for bf16/fp16.
@@ -170,11 +169,7 @@ def main():
     keep = ap.add_mutually_exclusive_group()
     keep.add_argument("--keep", action="store_true", help="only the keep rows (the walk kept, recompute_states=False)")
     keep.add_argument("--no-keep", action="store_true", help="no keep rows")
-    ap.add_argument("--two-accumulators", action="store_true",
-                    help="the backward with chunk.TWO_ACCUMULATORS on (plan P3: dq/dk/dg with two state sums)")
     args = ap.parse_args()
-    from rla_kernels.rla import chunk
-    chunk.TWO_ACCUMULATORS = chunk.TWO_ACCUMULATORS or args.two_accumulators
     keeps = [True] if args.keep else [False] if args.no_keep else [False, True]
     if args.gpu_dots:
         if not args.smoke:
@@ -183,8 +178,7 @@ def main():
     cases = [c for c in CASES if args.case in c[0]]
     import triton
     where = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
-    print(f"device {where}, torch {torch.__version__}, triton {triton.__version__}; "
-          f"chunk.TWO_ACCUMULATORS={chunk.TWO_ACCUMULATORS}")
+    print(f"device {where}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"{'case':<34} " + " ".join(f"{c:>8}" for c in COLUMNS) + f" {'worst':>8}  status")
     t0 = time.time()
     failed = 0

@@ -3,7 +3,6 @@
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk] [--split-reverse-walk [--split-walk-bv 0,16]]
         [--grad-rows] [--grad-split-mats]
-        [--rla-bwd-switches TWO_ACCUMULATORS]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -75,9 +74,6 @@ def main():
     parser.add_argument("--grad-split-mats", action="store_true", help="RDN only: also profile each backward with "
                         "chunk.GRAD_ROWS and chunk.GRAD_SPLIT_MATS on (the gradient kernel's pass 1 a launch of its "
                         "own, one program a chunk)")
-    parser.add_argument("--rla-bwd-switches", default="", help="RLA only: also profile each backward with these "
-                        "rla.chunk switches on, comma-separated variants, '+' joining switches of one variant, e.g. "
-                        "TWO_ACCUMULATORS (plan P3: docs/next/rla-plan.md)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -139,25 +135,6 @@ def main():
                 variants = [False] * args.grad_rows + [True] * args.grad_split_mats
                 passes += [(f"{name}, grad rows" + (" split mats" if sm else ""), rows_in_grad(fn, sm))
                            for sm in variants for name, fn in list(passes) if "bwd" in name]
-            if args.rla_bwd_switches and op == "rla":
-                def switched(fn, names):
-                    def run():
-                        before = {n: getattr(chunk, n) for n in names}
-                        for n in names:
-                            setattr(chunk, n, True)
-                        try:
-                            return fn()
-                        finally:
-                            for n, value in before.items():
-                                setattr(chunk, n, value)
-                    return run
-                backwards = [(name, fn) for name, fn in passes if name.startswith("bwd")]
-                for variant in args.rla_bwd_switches.split(","):
-                    names = variant.split("+")
-                    missing = [n for n in names if not hasattr(chunk, n)]
-                    if missing:
-                        raise SystemExit(f"--rla-bwd-switches: no switch {missing} in rla.chunk")
-                    passes += [(f"{name}, {variant}", switched(fn, names)) for name, fn in backwards]
             for name, fn in passes:
                 try:
                     times = profile(fn)

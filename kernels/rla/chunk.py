@@ -24,8 +24,6 @@ buffers live on, 2 x n_chunks x H x K x V plus B x T x H x V input-dtype element
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 
@@ -39,12 +37,6 @@ from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH,
 
 CHUNK_SIZE = shapes.RLA_CHUNK_SIZE
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Plan P3 (docs/next/rla-plan.md), off until timed on the H200: dq/dk/dg holds two [BT, BK] state sums through its
-# V loop instead of four, and the row sums it took of single state terms (dgamma's through h_R, dg's query-side
-# state term and carried chunk-end terms) move into the du and dv kernels, one more dot and one more state tile
-# each (chunk_bwd._rla_bwd_dqkg_two_acc). Measured before r and du went to the input dtype: dq/dk/dg 1.49 -> 1.11 ms,
-# du and dv +0.19 each. RLA_RLA_TWO_ACCUMULATORS=1 turns it on at import (A/B); read at each backward call.
-TWO_ACCUMULATORS = os.environ.get("RLA_RLA_TWO_ACCUMULATORS") == "1"
 SUMS_BLOCK = 1024  # gates a program of the backward's final partial-sum kernel
 
 
@@ -277,34 +269,29 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     nv = triton.cdiv(L.V, L.BV_grad)
     nk = triton.cdiv(L.K, L.BK_par)
     grid = L.parallel_grid(L.BV_grad)
-    two_acc = TWO_ACCUMULATORS
-    # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks; with two_acc also nv each from du and dv (the row
-    # sums of single state terms that those kernels then form beside their operands; see chunk_bwd.py)
-    dg_part = q.new_empty(nk + (2 * nv if two_acc else 0), *g.shape, dtype=torch.float32)
+    # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
+    dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
     dh_r, dh_r_lo, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
-    # dgamma's partial sums: nv from du (the residual's term), then without two_acc nk from dq/dk/dg (the output
-    # term through h_R); all reduced with dg's and dbeta's by one small kernel at the end
-    dgamma_part = q.new_empty(nv + (0 if two_acc else nk), *gamma.shape, dtype=torch.float32)
+    # dgamma's partial sums: nv from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
+    # all reduced with dg's and dbeta's by one small kernel at the end
+    dgamma_part = q.new_empty(nv + nk, *gamma.shape, dtype=torch.float32)
     _rla_bwd_du_kernel[grid](
-        q, k, g, gamma, res, do, h_r, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
-        dg_part[nk:] if two_acc else dg_part,
+        q, k, g, gamma, res, do, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_r_lo is not None,
-        IS_VARLEN=L.varlen, TWO_ACC=two_acc,
+        IS_VARLEN=L.varlen,
     )
     del dh_r_lo
     dh_s, dh_s_lo, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[grid](
-        q, k, v, g, beta, do, du, h_s, dh_s, dh_s if dh_s_lo is None else dh_s_lo, dv, dbeta_part,
-        dg_part[nk + nv:] if two_acc else dg_part,
+        q, k, v, g, beta, do, du, dh_s, dh_s if dh_s_lo is None else dh_s_lo, dv, dbeta_part,
         L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_s_lo is not None, IS_VARLEN=L.varlen,
-        TWO_ACC=two_acc,
     )
     del dh_s_lo
 
@@ -326,10 +313,10 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     grid = (nk,) + chunk_grid  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,
-        dq, dk, dg_part, dgamma_part if two_acc else dgamma_part[nv:],  # not written with two_acc
+        dq, dk, dg_part, dgamma_part[nv:],
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, g.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, TWO_ACC=two_acc,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
     # the partial sums, added and cast in one launch (plan P7: it replaces four torch sums, two adds and a zero fill)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)

@@ -126,21 +126,18 @@ def _dstate_walk_kernel(
     store_tile(dh0 + i_nh * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
 
-@autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "TWO_ACC"])
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_du_kernel(
-    q, k, g, gamma, res, do, h_r, dh_r, dh_r_lo, du, dgamma_part, dg_part,
+    q, k, g, gamma, res, do, dh_r, dh_r_lo, du, dgamma_part,
     cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
-    IS_VARLEN: tl.constexpr, TWO_ACC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """Step 1 (the R path) for every chunk in parallel, from the stored dh_R': du, and the residual's
-    share of dgamma per V-block. With TWO_ACC (chunk.TWO_ACCUMULATORS) also, per V-block, the row sums the
-    dq/dk/dg kernel then no longer forms: gamma's output term through h_R and dg's carried R terms (h_r and
-    dg_part are read/written only then). One program per (V-block, chunk, head)."""
+    share of dgamma per V-block. One program per (V-block, chunk, head)."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_t = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -169,71 +166,37 @@ def _rla_bwd_du_kernel(
         b_dhr_lo = load_tile(dh_r_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     b_to_end = tl.exp(b_GL - b_G)
-    if TWO_ACC:
-        # The state terms first, so that the state tiles are dead before the [BT, BT] matrix is formed.
-        # dg's carried R terms, the same for every row of the chunk (G_L is in every row's suffix sum):
-        # exp(G_L) <h_R, dh_R'> (~16-bit dh_R'), and k.dk through dh_R', sum_i gamma_i r_i.(exp(G_L - G_i)
-        # dh_R'^T k_i), from the operands the dq/dk/dg kernel rounds for its dk (hi dh_R'; the scaled r in
-        # fp32, which that kernel reads as hi + lo halves), so the two cancel for i >= j as they did in one
-        # kernel (with ~16-bit dh_R' here, bf16 dg's error grew by 30%).
-        b_hr = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_hdh = tl.sum(tl.sum(b_hr.to(tl.float32) * b_dhr.to(tl.float32), axis=1), axis=0)
-        if HAS_LO:  # a second reduction, not hi + lo as one fp32 [K, BV] tile (registers)
-            b_hdh += tl.sum(tl.sum(b_hr.to(tl.float32) * b_dhr_lo.to(tl.float32), axis=1), axis=0)
-        b_carried = tl.exp(b_GL) * b_hdh
-        # gamma's output term through R, exp(G_t) q_t^T h_R dO1_t = exp(G_t) (q h_R)_t.dO1_t: a row sum the
-        # dq/dk/dg kernel takes from a [BT, BK] accumulator of its own without TWO_ACC
-        b_qhr = tl.dot(b_q, b_hr.to(DT), input_precision=DOT_PREC)
-        b_dgamma = tl.exp(b_G) * scale * tl.sum(b_qhr * b_do, axis=1)
-        b_kdh = tl.dot(b_k, b_dhr.to(DT), input_precision=DOT_PREC)
-        b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-        b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
-        b_carried += tl.sum(tl.sum(b_r * (b_to_end * b_gamma)[:, None] * b_kdh, axis=1), axis=0)
-        tl.store(dg_part + i_v * part_stride + gate_off, tl.zeros([BT], dtype=tl.float32) + b_carried, mask=in_seq)
-        if HAS_LO:
-            b_kdh = tl.dot(b_k, b_dhr_lo.to(DT), b_kdh, input_precision=DOT_PREC)
-        b_Y = b_to_end[:, None] * b_kdh
-        b_dO2 = b_do * (scale * b_gamma)[:, None]
-        key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
-        b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
-        b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
-        b_Y += tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
-        tl.store(dgamma_part + i_v * part_stride + gate_off, b_dgamma + tl.sum(b_r * b_Y, axis=1), mask=in_seq)
-    else:
-        b_dO2 = b_do * (scale * b_gamma)[:, None]
-        key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
-        b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
-        b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
-        b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
-        # dh' reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last
-        # tokens): it keeps ~16 bits there (the walk's stored bf16 hi + lo halves, as dot_split made them from
-        # the fp32 tile) instead of one bf16 cast, whose 2^-9 went straight into them (bf16 K=128, emulated:
-        # dv's error off the clip's edge 2.5e-3 -> 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
-        b_Y += b_to_end[:, None] * _dot_state(b_k, b_dhr, b_dhr_lo, DT, DOT_PREC, HAS_LO)
-        # r only now (fewer live tiles through the dots above): as stored for the mask, as +-c where saturated
-        b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-        b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
-        tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
+    b_dO2 = b_do * (scale * b_gamma)[:, None]
+    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
+    b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
+    b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
+    b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
+    # dh' reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last
+    # tokens): it keeps ~16 bits there (the walk's stored bf16 hi + lo halves, as dot_split made them from
+    # the fp32 tile) instead of one bf16 cast, whose 2^-9 went straight into them (bf16 K=128, emulated:
+    # dv's error off the clip's edge 2.5e-3 -> 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
+    b_Y += b_to_end[:, None] * _dot_state(b_k, b_dhr, b_dhr_lo, DT, DOT_PREC, HAS_LO)
+    # r only now (fewer live tiles through the dots above): as stored for the mask, as +-c where saturated
+    b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
+    tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
     # Through rho (its mask read from the rerun's r: see chunk_fwd's residual kernel): du = -de, stored in
     # the input dtype (every reader but dv's direct -du casts it to that dtype anyway).
     b_du = -(b_gamma[:, None] * b_Y * _drho_from_residual(b_r_stored, clip_mask, RESIDUAL))
     store_tile(du + tok_v, b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32", "TWO_ACC"])
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dv_kernel(
-    q, k, v, g, beta, do, du, h_s, dh_s, dh_s_lo, dv, dbeta_part, dg_part,
+    q, k, v, g, beta, do, du, dh_s, dh_s_lo, dv, dbeta_part,
     cu_seqlens, chunk_indices, scale, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr,
-    TWO_ACC: tl.constexpr,
 ):
     """Step 2 (the S path) for every chunk in parallel, from the stored dh_S' and du: dv, and dbeta per
-    V-block. With TWO_ACC (chunk.TWO_ACCUMULATORS) also, per V-block, dg's terms that the dq/dk/dg kernel
-    then cannot split off its one dk state accumulator (k's query-side state term through h_S, the carried
-    S terms; h_s and dg_part are read/written only then). One program per (V-block, chunk, head)."""
+    V-block. One program per (V-block, chunk, head)."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_t = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -259,11 +222,10 @@ def _rla_bwd_dv_kernel(
     b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
     b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     h_off = (i_row * H + i_h) * K * V
-    if not TWO_ACC:
-        b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_dhs_lo = b_dhs
-        if HAS_LO:
-            b_dhs_lo = load_tile(dh_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_dhs_lo = b_dhs
+    if HAS_LO:
+        b_dhs_lo = load_tile(dh_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     # Values beta_i v_i, read by the q queries (decay from G_t) and the k queries (from Gm_t), i < t.
     key_lt_query = o_t[:, None] < o_t[None, :]  # [key i, query t]
@@ -274,33 +236,7 @@ def _rla_bwd_dv_kernel(
     b_X = tl.dot(b_Aq.to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
     b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
     b_to_end = tl.exp(b_GL - b_G)
-    if TWO_ACC:
-        # The state terms after the [BT, BT] matrices are dead, their tiles loaded only here (registers).
-        # dg's S terms that the dq/dk/dg kernel sums into its one dk state accumulator come from the operands
-        # it rounds there, so that they cancel against its k.dk as they did in one kernel (see the du kernel):
-        # k_t as a query of h_S, dGm_t's state part exp(Gm_t) k_t^T h_S du_t = (k h_S)_t.(exp(Gm_t) du_t) (du
-        # scaled in fp32: that kernel reads it as hi + lo halves), enters dg as sum_{t>=j} 2 dGm_t - dGm_j;
-        # every row gets exp(G_L) <h_S, dh_S'> (~16-bit dh_S') and the carried k.dk through dh_S',
-        # sum_i beta_i v_i.(exp(G_L - G_i) dh_S'^T k_i) (hi dh_S', beta v scaled then cast).
-        b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_khs = tl.dot(b_k, b_hs.to(DT), input_precision=DOT_PREC)
-        b_dGm = tl.sum(b_khs * (b_du * tl.exp(b_Gm)[:, None]), axis=1)
-        b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-        b_hdh = tl.sum(tl.sum(b_hs.to(tl.float32) * b_dhs.to(tl.float32), axis=1), axis=0)
-        if HAS_LO:  # a second reduction, not hi + lo as one fp32 [K, BV] tile (registers)
-            b_dhs_lo = load_tile(dh_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
-            b_hdh += tl.sum(tl.sum(b_hs.to(tl.float32) * b_dhs_lo.to(tl.float32), axis=1), axis=0)
-        b_carried = tl.exp(b_GL) * b_hdh
-        b_kdh = tl.dot(b_k, b_dhs.to(DT), input_precision=DOT_PREC)
-        b_vb = (b_v * (b_to_end * b_beta)[:, None]).to(DT).to(tl.float32)
-        b_carried += tl.sum(tl.sum(b_vb * b_kdh, axis=1), axis=0)
-        b_dg = 2.0 * (tl.sum(b_dGm, axis=0) - tl.cumsum(b_dGm, axis=0) + b_dGm) - b_dGm + b_carried
-        tl.store(dg_part + i_v * part_stride + gate_off, b_dg, mask=in_seq)
-        if HAS_LO:
-            b_kdh = tl.dot(b_k, b_dhs_lo.to(DT), b_kdh, input_precision=DOT_PREC)
-        b_X += b_to_end[:, None] * b_kdh
-    else:
-        b_X += b_to_end[:, None] * _dot_state(b_k, b_dhs, b_dhs_lo, DT, DOT_PREC, HAS_LO)
+    b_X += b_to_end[:, None] * _dot_state(b_k, b_dhs, b_dhs_lo, DT, DOT_PREC, HAS_LO)
     tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v * b_X, axis=1), mask=in_seq)
     store_tile(dv + tok_v, b_beta[:, None] * b_X - b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
@@ -365,8 +301,7 @@ def _rla_bwd_intra_kernel(
     tl.store(dgamma_intra + gate_off, tl.sum(b_A * b_D * b_gamma[None, :] * b_Q, axis=1), mask=in_seq)
 
 
-@autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "TWO_ACC"])
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dqkg_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in,
@@ -375,118 +310,10 @@ def _rla_bwd_dqkg_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
-    TWO_ACC: tl.constexpr,
 ):
-    """dq, dk and per K-block dg and gamma's output term through h_R (see the module docstring). TWO_ACC
-    (chunk.TWO_ACCUMULATORS): see _rla_bwd_dqkg_two_acc; dgamma_part is then not written."""
-    if TWO_ACC:
-        _rla_bwd_dqkg_two_acc(q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in, dq, dk,
-                              dg_part, cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
-                              H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, DOTS_FP32, IS_VARLEN)
-    else:
-        _rla_bwd_dqkg_four_acc(q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in, dq, dk,
-                               dg_part, dgamma_part, cu_seqlens, chunk_indices, scale, clip, clip_mask, T,
-                               part_stride, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, DOTS_FP32, IS_VARLEN)
-
-
-@triton.jit
-def _rla_bwd_dqkg_two_acc(
-    q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in, dq, dk, dg_part,
-    cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    """Plan P3: one [BT, BK] state sum per gradient through the V loop instead of four (the four spill at 8
-    warps). dq's state terms h_S dO1 + h_R dO2 and dk's exp(Gm) h_S du + exp(G_L - G)(beta dh_S' v + gamma dh_R' r)
-    each go into one sum, row factors folded into the [BT, BV] operands before the dots. The row sums dg and
-    dgamma need of single state terms come from the du and dv kernels (TWO_ACC there), which hold their operands:
-    gamma's term through h_R as (q h_R).dO1 in du, dGm's state part as (k h_S).du in dv, the carried chunk-end terms
-    (k.dk through dh', <h, dh'>) in both. du and r are stored rounded to the input dtype, so du exp(Gm) and r gamma
-    exp(G_L - G) enter as hi + lo halves (dot_split): a second rounding there would add 2^-9 to dk and dg (see the
-    four-accumulator kernel's note on gamma r)."""
-    i_k = tl.cast(tl.program_id(0), tl.int64)
-    i_t = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
-    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
-    DT = q.dtype.element_ty
-    if DOTS_FP32:
-        DT = tl.float32
-
-    o_t = tl.arange(0, BT)
-    rows = i_c * BT + o_t
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_Gm = b_G - b_g
-    b_GL = tl.sum(b_g, axis=0)
-    # row factors of the state terms, applied to the [BT, BV] operands before their dots (all <= 1)
-    b_egm = tl.exp(b_Gm)
-    b_to_end = tl.exp(b_GL - b_G)
-    b_vscale = b_to_end * b_beta
-    b_rscale = b_to_end * b_gamma
-
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    b_dq_h = tl.zeros([BT, BK], dtype=tl.float32)  # h_S dO1_t + h_R dO2_t
-    # exp(Gm_t) h_S du_t + exp(G_L - G_t) (beta_t dh_S' v_t + gamma_t dh_R' r_t)
-    b_dk_h = tl.zeros([BT, BK], dtype=tl.float32)
-    h_off = (i_row * H + i_h) * K * V
-    for i_loop in range(0, tl.cdiv(V, BV)):
-        i_v = tl.cast(i_loop, tl.int64)
-        b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
-        b_hs = load_tile(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(DT)
-        b_hr = load_tile(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(DT)
-        b_dq_h += tl.dot(b_dO1.to(DT), tl.trans(b_hs), input_precision=DOT_PREC)
-        b_dq_h += tl.dot((b_dO1 * b_gamma[:, None]).to(DT), tl.trans(b_hr), input_precision=DOT_PREC)
-        b_due = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * b_egm[:, None]
-        b_dk_h += dot_split(b_due, tl.trans(b_hs), DOT_PREC)
-        b_dhs = load_tile(dh_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(DT)
-        b_dhr = load_tile(dh_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(DT)
-        b_vb = (load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-                * b_vscale[:, None]).to(DT)
-        b_rg = _residual_value(load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV), clip, clip_mask,
-                               RESIDUAL) * b_rscale[:, None]
-        b_dk_h += tl.dot(b_vb, tl.trans(b_dhs), input_precision=DOT_PREC)
-        b_dk_h += dot_split(b_rg, tl.trans(b_dhr), DOT_PREC)
-
-    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-    m_off = (i_row * H + i_h) * BT * BT
-    b_M = load_tile(m_in + m_off, 0, BT, BT, 0, BT, BT, BT)
-    b_Mk = load_tile(mk_in + m_off, 0, BT, BT, 0, BT, BT, BT)
-    b_dq = tl.exp(b_G)[:, None] * b_dq_h + tl.dot(b_M.to(DT), b_k, input_precision=DOT_PREC)
-    b_dk_mk = tl.dot(b_Mk.to(DT), b_k, input_precision=DOT_PREC)  # k_t as a query of the in-chunk values
-    b_dk = b_dk_h + b_dk_mk + tl.dot(tl.trans(b_M).to(DT), b_q, input_precision=DOT_PREC)
-    b_dk += tl.dot(tl.trans(b_Mk).to(DT), b_k, input_precision=DOT_PREC)
-
-    # dG_t = q.dq - k.dk(as key) and dGm_t = k.dk(as query) = dk - dk(as key), so dG + dGm = q.dq - k.dk
-    # + 2 dGm. Here dGm's in-chunk part; its state part exp(Gm_t) (k h_S)_t.du_t, the carried chunk-end
-    # terms (k.dk through dh', <h, dh'>) and gamma's term through h_R come from the dv and du kernels.
-    b_qf = b_q.to(tl.float32)
-    b_kf = b_k.to(tl.float32)
-    b_dGm = tl.sum(b_kf * b_dk_mk, axis=1)
-    b_tot = tl.sum(b_qf * b_dq, axis=1) - tl.sum(b_kf * b_dk, axis=1) + 2.0 * b_dGm
-    b_dg = tl.sum(b_tot, axis=0) - tl.cumsum(b_tot, axis=0) + b_tot - b_dGm
-
-    store_tile(dq + tok_k, b_dq.to(dq.dtype.element_ty), i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    store_tile(dk + tok_k, b_dk.to(dk.dtype.element_ty), i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    tl.store(dg_part + i_k * part_stride + gate_off, b_dg, mask=in_seq)
-
-
-@triton.jit
-def _rla_bwd_dqkg_four_acc(
-    q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in, dq, dk, dg_part, dgamma_part,
-    cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    """The default: four [BT, BK] state sums through the V loop (dq's through h_S and h_R, dk's through h_S and
-    through the chunk-end gradients), so that dg and dgamma take their row sums of single terms here."""
+    """dq, dk and per K-block dg and gamma's output term through h_R (see the module docstring): four [BT, BK]
+    state sums through the V loop (dq's through h_S and h_R, dk's through h_S and through the chunk-end gradients),
+    so that dg and dgamma take their row sums of single terms here."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_t = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)

@@ -348,55 +348,9 @@ def test_more_sequences_times_heads_than_a_grid_axis_is_refused_before_any_launc
         chunk_rla_fwd(*inputs, None, 1.0, "clip", None, None, cu)
 
 
-# name: make_inputs arguments, cu_seqlens, initial states, (clip, residual), chunk size, tolerance against float64
-SWITCH_CASES = {
-    "fp32_tail_clip_two_k_blocks": (dict(B=2, T=70, H=2, K=80, V=48), None, True, (1.0, "clip"), 32, 1e-3),
-    "fp32_varlen_tanh": (dict(B=1, T=90, H=2, K=16, V=24, N=4), [0, 17, 17, 50, 90], True, (0.7, "tanh"), 16, 1e-3),
-    "bf16_tail_clip": (dict(B=2, T=45, H=2, K=32, V=32, dtype=torch.bfloat16), None, True, (1.0, "clip"), 16, 1e-2),
-    "bf16_varlen_clip_no_states": (dict(B=1, T=90, H=2, K=16, V=16, N=4, dtype=torch.bfloat16), [0, 17, 17, 50, 90],
-                                   False, (1.0, "clip"), 16, 1e-2),
-    "fp16_no_clip": (dict(B=1, T=45, H=1, K=32, V=16, dtype=torch.float16), None, True, (None, "clip"), 32, 1e-2),
-}
-
-
-@pytest.mark.parametrize("case", SWITCH_CASES)
-def test_two_accumulators_against_float64(case, monkeypatch):
-    """chunk.TWO_ACCUMULATORS (plan P3: dq/dk/dg with two state sums, the row sums it took of single state terms
-    moved into du and dv) on fresh random inputs against the float64 oracle: T not a multiple of the chunk, two
-    K-blocks and partial V-blocks, packed sequences (one empty), initial states or none, the clip saturating (values
-    scaled up), tanh and no clip; fp32 < 1e-3, half < 1e-2, and a NaN or inf fails (rel_err). The kept walk
-    (recompute_states=False) gives the same gradients as the rerun."""
-    import sys
-
-    chunk = sys.modules[chunk_rla_fwd.__module__]
-    monkeypatch.setattr(chunk, "TWO_ACCUMULATORS", True)
-    shape, cu, with_states, (clip, residual), chunk_size, tol = SWITCH_CASES[case]
-    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    inputs, S0, R0 = make_inputs(**shape)
-    if not with_states:
-        S0 = R0 = None
-    if clip == 1.0:  # the clip must bite on a good share of the residuals for the mask's gradient to be tested
-        k, v = inputs[1], inputs[2]
-        raw = v[:, 0].double() - (0 if S0 is None else torch.einsum("bhk,bhkv->bhv", k[:, 0].double(), S0[:1].double()))
-        assert (apply_residual(raw, clip, residual) - raw).abs().gt(1e-3).float().mean() > 0.3
-    errors = check(inputs, S0, R0, 0.7, clip, residual, cu_seqlens=cu, tol=tol, chunk_size=chunk_size)
-    assert all(e == e for e in errors.values())
-    o, S_T, R_T, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, chunk_size=chunk_size)
-    do = torch.randn_like(o)
-    rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, None, None, chunk_size=chunk_size)
-    kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, None, None, walk=walk, chunk_size=chunk_size)
-    for name, x, ref in zip(GRAD_NAMES, kept, rerun):
-        assert (x is None and ref is None) or torch.equal(x, ref), name
-
-
-@pytest.mark.parametrize("two_acc", [False, True])
-def test_gate_gradients_come_back_in_the_gates_dtype(two_acc, monkeypatch):
+def test_gate_gradients_come_back_in_the_gates_dtype():
     """dg, dbeta, dgamma are reduced from fp32 partial sums and cast by one kernel at the end of the backward
-    (_rla_bwd_sums_kernel, plan P7): half gates get half gradients, close to the float64 oracle's; both layouts of
-    the partial sums (chunk.TWO_ACCUMULATORS off and on)."""
-    import sys
-
-    monkeypatch.setattr(sys.modules[chunk_rla_fwd.__module__], "TWO_ACCUMULATORS", two_acc)
+    (_rla_bwd_sums_kernel, plan P7): half gates get half gradients, close to the float64 oracle's."""
     inputs, S0, R0 = make_inputs(B=2, T=37, H=2, K=16, V=16)
     inputs = inputs[:3] + [x.to(torch.bfloat16) for x in inputs[3:]]
     o, S_T, R_T = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, chunk_size=16)
