@@ -1,8 +1,7 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk] [--split-reverse-walk [--split-walk-bv 0,16]]
-        [--grad-rows] [--grad-split-mats]
+        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -62,18 +61,8 @@ def main():
     parser.add_argument("--walk-warps", default="", help="RDN only: warps of the state walks to compare, e.g. 8,4 "
                         "(default: chunk.WALK_WARPS)")
     parser.add_argument("--keep-walk", action="store_true", help="also profile the forward and backward with the "
-                        "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, X, RLA's h_S, "
-                        "h_R, r)")
-    parser.add_argument("--split-reverse-walk", action="store_true", help="RDN only: also profile each backward with "
-                        "chunk.SPLIT_REVERSE_WALK on (the reverse walk as two launches, dR's then dS's)")
-    parser.add_argument("--split-walk-bv", default="0", help="RDN, with --split-reverse-walk: the split walks' V-block "
-                        "widths to profile, e.g. 0,16 (chunk.SPLIT_WALK_BV; 0: the walks' own)")
-    parser.add_argument("--grad-rows", action="store_true", help="RDN only: also profile each backward (with the "
-                        "split ones) with chunk.GRAD_ROWS on (no rows kernel: the rerun walk stores U, W and the "
-                        "gradient kernel writes dv and the gate rows)")
-    parser.add_argument("--grad-split-mats", action="store_true", help="RDN only: also profile each backward with "
-                        "chunk.GRAD_ROWS and chunk.GRAD_SPLIT_MATS on (the gradient kernel's pass 1 a launch of its "
-                        "own, one program a chunk)")
+                        "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, U, W, X, "
+                        "RLA's h_S, h_R, r)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -109,32 +98,6 @@ def main():
                     passes.append((f"bwd, walk kept{tag}", setting(
                         lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, **kept))))
                     del kept
-            if args.split_reverse_walk and op == "rdn":
-                def split(fn, bv):
-                    def run():
-                        before = chunk.SPLIT_REVERSE_WALK, chunk.SPLIT_WALK_BV
-                        chunk.SPLIT_REVERSE_WALK, chunk.SPLIT_WALK_BV = True, bv
-                        try:
-                            return fn()
-                        finally:
-                            chunk.SPLIT_REVERSE_WALK, chunk.SPLIT_WALK_BV = before
-                    return run
-                passes += [(f"{name}, split reverse walk" + (f" BV {bv}" if bv else ""), split(fn, bv))
-                           for bv in map(int, args.split_walk_bv.split(",")) for name, fn in list(passes)
-                           if "bwd" in name]
-            if (args.grad_rows or args.grad_split_mats) and op == "rdn":
-                def rows_in_grad(fn, split_mats):
-                    def run():
-                        before = chunk.GRAD_ROWS, chunk.GRAD_SPLIT_MATS
-                        chunk.GRAD_ROWS, chunk.GRAD_SPLIT_MATS = True, split_mats
-                        try:
-                            return fn()
-                        finally:
-                            chunk.GRAD_ROWS, chunk.GRAD_SPLIT_MATS = before
-                    return run
-                variants = [False] * args.grad_rows + [True] * args.grad_split_mats
-                passes += [(f"{name}, grad rows" + (" split mats" if sm else ""), rows_in_grad(fn, sm))
-                           for sm in variants for name, fn in list(passes) if "bwd" in name]
             for name, fn in passes:
                 try:
                     times = profile(fn)
