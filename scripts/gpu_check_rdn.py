@@ -3,6 +3,7 @@
 Run on the GPU machine from the repository root, in one call:
 
     . scripts/gpu_env.sh && python3 scripts/gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]
+        [--set NAME=INT ...]
 
 By default three cases (fp32 K=128, bf16 K=64 tanh, bf16 K=128 varlen); ``--all`` adds four more. Each case runs
 twice: as the API runs by default (the backward reruns the forward walk) and, as ``keep`` rows, with the walk kept
@@ -10,7 +11,9 @@ twice: as the API runs by default (the backward reruns the forward walk) and, as
 keep rows' forward o must pass as well, since its walk runs at the rerun's precision. ``--keep`` runs only the
 keep rows, ``--no-keep`` none of them. Each
 case is a new kernel variant, and the backward kernel is large: compile time dominates, so the seconds
-column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes (slower still).
+column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes (slower still). ``--set
+WALK_STAGES=2`` (repeatable) sets an int launch knob of rla_kernels.rdn.chunk first (WALK_WARPS, WALK_STAGES,
+REVERSE_WALK_STAGES, GRAD_BK): the check of a setting that profile_kernels.py found faster; case names get it.
 
 For each case it runs chunk_rdn_fwd and chunk_rdn_bwd and prints the relative error ||x - ref|| / ||ref||
 of o, both final states and all eight gradients against naive_recurrent_rdn in float64 on the same GPU
@@ -192,6 +195,14 @@ def main():
         wanted = sys.argv[sys.argv.index("--case") + 1]
         cases = [c for c in cases if wanted in c[0]]
         segmented = [c for c in segmented if wanted in c[0]]
+    chunk = sys.modules["rla_kernels.rdn.chunk"]
+    for i, arg in enumerate(sys.argv):
+        if arg == "--set":
+            name, _, value = sys.argv[i + 1].partition("=")
+            if not isinstance(getattr(chunk, name, None), int) or not value.lstrip("-").isdigit():
+                sys.exit(f"--set takes NAME=INT for an int knob of rla_kernels.rdn.chunk; got {sys.argv[i + 1]!r}")
+            setattr(chunk, name, int(value))
+            cases = [(f"{case} {name}={value}", kw) for case, kw in cases]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
     print(f"{'case':23s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
     keeps = [True] if "--keep" in sys.argv else [False] if "--no-keep" in sys.argv else [False, True]

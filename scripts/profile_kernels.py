@@ -1,7 +1,7 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32] [--walk-warps 8,4] [--keep-walk]
+        [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128] [--keep-walk]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import os
 import sys
 
@@ -60,6 +61,10 @@ def main():
                         "backward chunks by at most 32 whatever is asked: chunk.BWD_CHUNK_SIZE)")
     parser.add_argument("--walk-warps", default="", help="RDN only: warps of the state walks to compare, e.g. 8,4 "
                         "(default: chunk.WALK_WARPS)")
+    parser.add_argument("--walk-stages", default="", help="RDN only: pipelining stages of the forward walk and its "
+                        "rerun to compare, e.g. 1,2 (default: chunk.WALK_STAGES)")
+    parser.add_argument("--grad-bk", default="", help="RDN only: K-block widths of the backward's gradient kernel "
+                        "to compare, e.g. 64,128 (default: chunk.GRAD_BK)")
     parser.add_argument("--keep-walk", action="store_true", help="also profile the forward and backward with the "
                         "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, U, W, X, "
                         "RLA's h_S, h_R, r)")
@@ -67,7 +72,6 @@ def main():
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
         chunk = sys.modules[f"rla_kernels.{op}.chunk"]
-        widths = [int(w) for w in args.walk_warps.split(",") if w] if op == "rdn" else []
         for shape in args.shapes:
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
@@ -76,14 +80,25 @@ def main():
             save = {"save_wy": True} if op == "rdn" else {}
             saved = {"wy": fwd(*x, None, 1.0, "clip", **save)[3]} if op == "rdn" else {}
             passes = []
-            for width in widths or [None]:
-                def setting(fn, width=width):
+            # RDN's launch knobs to compare: (chunk attribute, values) pairs, every combination a setting
+            knobs = [(attr, [int(v) for v in given.split(",") if v])
+                     for attr, given in (("WALK_WARPS", args.walk_warps), ("WALK_STAGES", args.walk_stages),
+                                         ("GRAD_BK", args.grad_bk)) if given and op == "rdn"]
+            for values in itertools.product(*(vals for _, vals in knobs)):
+                chosen = dict(zip((attr for attr, _ in knobs), values))
+
+                def setting(fn, chosen=chosen):
                     def run():
-                        if width is not None:
-                            chunk.WALK_WARPS = width
-                        return fn()
+                        before = {attr: getattr(chunk, attr) for attr in chosen}
+                        for attr, value in chosen.items():
+                            setattr(chunk, attr, value)
+                        try:
+                            return fn()
+                        finally:
+                            for attr, value in before.items():
+                                setattr(chunk, attr, value)
                     return run
-                tag = f" (walk warps {width})" if width is not None else ""
+                tag = (" (" + ", ".join(f"{attr} {value}" for attr, value in chosen.items()) + ")") if chosen else ""
                 passes.append((f"fwd{tag}", setting(lambda: fwd(*x, None, 1.0, "clip"))))
                 for c in map(int, args.bwd_chunks.split(",")):
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(

@@ -72,6 +72,10 @@ BWD_CHUNK_SIZE = 32
 # stored, S path at tf32x3) at four: 400 bytes, against 368 for the rerun and 240 for the default forward walk, all
 # three by this CPU machine's Triton 3.9 ptxas (2026-12-01; untimed on the GPU).
 WALK_WARPS = 4
+# Software-pipelining stages of the forward walk (and its rerun in the backward): one, as measured since 2026-11-30.
+# Two were never timed on their own; the reverse walks below gained from them (profile_kernels.py --walk-stages 1,2
+# times both).
+WALK_STAGES = 1
 # The backward's reverse walk runs as two launches (chunk_bwd.py says why), at four warps (WALK_WARPS) and two
 # stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config the same day (every case
 # of scripts/gpu_check_rdn.py --all).
@@ -230,7 +234,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x, IS_VARLEN=L.varlen,
         RAW_K=L.BT <= 32,
-        num_warps=WALK_WARPS, num_stages=1,
+        num_warps=WALK_WARPS, num_stages=WALK_STAGES,
     )
     return h_s, h_r, u, w, x, S_T, R_T
 
