@@ -262,7 +262,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     if keep_walk and segments not in (None, 1):
         raise ValueError(f"keep_walk needs the uncut walk (the segmented one stores no X); got segments={segments}")
     if segments is None:
-        segments = 1 if L.varlen or keep_walk else auto_segments(L.B, L.T, L.H, L.K, L.V, L.BT, sm_count(q.device))
+        segments = 1 if L.varlen or keep_walk else auto_segments(L.B, L.T, L.H, L.K, L.V, sm_count(q.device))
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)

@@ -111,7 +111,7 @@ MIN_CUT_TOKENS = 32768
 MIN_SEGMENT_TOKENS = 4096
 
 
-def auto_segments(B: int, T: int, H: int, K: int, V: int, chunk_size: int, sm_count: int) -> int:
+def auto_segments(B: int, T: int, H: int, K: int, V: int, sm_count: int) -> int:
     """How many segments to cut each sequence into: enough for the walks' programs to fill the GPU four
     times, each at least MIN_SEGMENT_TOKENS long; 1 (do not split) for sequences under MIN_CUT_TOKENS, or
     when the fused walk leaves under half the SMs idle (the segmented walks do about twice its work). Four,

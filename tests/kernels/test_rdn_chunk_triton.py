@@ -291,17 +291,16 @@ def test_segmented_forward_odd_head_dims_no_states_bf16():
 def test_segments_are_chosen_only_when_the_fused_walk_starves_the_gpu():
     from rla_kernels.rdn.segmented import auto_segments, usable_segments
 
-    assert auto_segments(B=16, T=2048, H=16, K=128, V=128, chunk_size=64, sm_count=132) == 1
-    assert auto_segments(B=1, T=32768, H=16, K=128, V=128, chunk_size=64, sm_count=132) == 1  # 128 programs
-    prefill = auto_segments(B=1, T=32768, H=9, K=64, V=64, chunk_size=64, sm_count=132)
+    assert auto_segments(B=16, T=2048, H=16, K=128, V=128, sm_count=132) == 1
+    assert auto_segments(B=1, T=32768, H=16, K=128, V=128, sm_count=132) == 1  # 128 programs
+    prefill = auto_segments(B=1, T=32768, H=9, K=64, V=64, sm_count=132)
     assert prefill == 8  # the fastest count measured there (segmented.auto_segments)
-    assert auto_segments(B=1, T=256, H=9, K=64, V=64, chunk_size=64, sm_count=132) == 1  # too short to cut
+    assert auto_segments(B=1, T=256, H=9, K=64, V=64, sm_count=132) == 1  # too short to cut
     # a cut costs host time: only sequences of 32k tokens or more are cut, into segments of 4k tokens or more
-    assert auto_segments(B=1, T=16384, H=9, K=64, V=64, chunk_size=64, sm_count=132) == 1
-    assert auto_segments(B=1, T=16384, H=9, K=64, V=64, chunk_size=32, sm_count=132) == 1
-    assert auto_segments(B=1, T=65536, H=9, K=64, V=64, chunk_size=64, sm_count=132) == 8
-    assert auto_segments(B=1, T=32768, H=2, K=64, V=64, chunk_size=64, sm_count=132) == 8  # 4k-token segments
-    assert auto_segments(B=1, T=32768, H=9, K=64, V=64, chunk_size=64, sm_count=0) == 1  # no GPU
+    assert auto_segments(B=1, T=16384, H=9, K=64, V=64, sm_count=132) == 1
+    assert auto_segments(B=1, T=65536, H=9, K=64, V=64, sm_count=132) == 8
+    assert auto_segments(B=1, T=32768, H=2, K=64, V=64, sm_count=132) == 8  # 4k-token segments
+    assert auto_segments(B=1, T=32768, H=9, K=64, V=64, sm_count=0) == 1  # no GPU
     inputs, S0, R0 = make_inputs(B=1, T=20, H=1, K=16, V=16)
     with pytest.raises(ValueError, match="segments must be a positive int"):
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, torch.tensor([0, 20], dtype=torch.int32), segments=2)
