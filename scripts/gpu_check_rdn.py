@@ -198,11 +198,13 @@ def main():
     chunk = sys.modules["rla_kernels.rdn.chunk"]
     for i, arg in enumerate(sys.argv):
         if arg == "--set":
-            name, _, value = sys.argv[i + 1].partition("=")
+            given = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+            name, _, value = given.partition("=")
             if not isinstance(getattr(chunk, name, None), int) or not value.lstrip("-").isdigit():
-                sys.exit(f"--set takes NAME=INT for an int knob of rla_kernels.rdn.chunk; got {sys.argv[i + 1]!r}")
+                sys.exit(f"--set takes NAME=INT for an int knob of rla_kernels.rdn.chunk; got {given!r}")
             setattr(chunk, name, int(value))
-            cases = [(f"{case} {name}={value}", kw) for case, kw in cases]
+            cases = [(f"{case} {given}", kw) for case, kw in cases]
+            segmented = [(f"{case} {given}", kw) for case, kw in segmented]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
     print(f"{'case':23s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
     keeps = [True] if "--keep" in sys.argv else [False] if "--no-keep" in sys.argv else [False, True]

@@ -33,7 +33,6 @@ backward (1.88 GB a layer at that shape).
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 
@@ -52,10 +51,11 @@ from .wy import _rdn_mqi_kernel, _rdn_wy_kernel
 # one q k^T dot a chunk). At 32 the forward walk takes the raw-k path (_walk, RAW_K), measured no slower than at 64
 # (2.00 vs 2.08 ms with bf16 states, H200, 2026-11-30); the output kernel reads twice the chunk states.
 CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
-# The backward chunks by 32 tokens whatever the forward did. Its kernels of before (the single gradient kernel, then
-# the dv kernel) did not fit sm_90's shared memory at 64-token chunks and K = 128; the rows kernel does (152-201 KiB
-# of 227), but at 64 the rerun and reverse walks spill 1392 and 1320 bytes a thread against 416 and 600 at 32
-# (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms).
+# The backward chunks by 32 tokens whatever the forward did. Its chunk-parallel kernels of 2026-11-30 (a single
+# gradient kernel, then a dv kernel) did not fit sm_90's shared memory at 64-token chunks and K = 128; at 64 the rerun
+# and the (then single) reverse walk spilled 1392 and 1320 bytes a thread against 416 and 600 at 32
+# (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms). The
+# kernels of today were not tried at 64.
 # The backward reruns the forward walk itself: the math is exact, the rounding is not (the rerun's X, whose sign
 # against +-c is the clip's gradient mask, has its chunk-matrix dots at tf32x3, the forward's at tf32; a forward
 # called with chunk_size=64 also chunks differently and reads k.S at tf32 instead of a split dot, _walk says why):
@@ -63,7 +63,8 @@ CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # keep_walk: the forward's o and the backward's mask then come from one walk, one X.
 BWD_CHUNK_SIZE = 32
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
-# bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk: 424 /
+# bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk (the single
+# one of 2026-11-30, since split in two: chunk_bwd.py has the split walks' numbers): 424 /
 # 416 / 512 at four warps, 552 / 168 / 136 at eight (the reverse walk 600 at four since it stores dyr, dX,
 # dyv; the forward walk 240 at four at 32-token chunks, against 440 at 64, 2026-12-01). Fewer spills did not
 # make eight faster: at B=16 T=2k
@@ -80,14 +81,15 @@ WALK_STAGES = 1
 # stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config the same day (every case
 # of scripts/gpu_check_rdn.py --all).
 REVERSE_WALK_STAGES = 2
-# The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01, B=16 T=2k,
-# profile_kernels.py --tune): half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
-# (BK 128); half, BK 128 4.12. GRAD_HALF_STATE_DOTS: its state dots as single half dots (the token tile rounds
-# to 2^-9, as fla's dv/dh operands; the stored states are bf16 already) instead of tf32 on fp32 copies; the
-# float64 check passed either way (bf16 worst 3.3e-3 half, 3.1e-3 tf32). GRAD_BK: its K-block width, 64 (two
-# programs a chunk at K = 128, each redoing the [BT, BT] work) or 128 (one program, more registers). Stack
-# bytes a thread by ptxas (sm_90, K = V = 128, bf16, 8 / 4 warps, 1 stage; scripts/kernel_resources.py):
-# BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912 (tf32), 192 / 424 (half).
+# The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01 morning, B=16 T=2k,
+# profile_kernels.py --tune) on its version of then, which also did the chunk-matrix work (now _rdn_bwd_mats_kernel's,
+# once a chunk) in every K-block program: half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
+# (BK 128); half, BK 128 4.12. Not re-timed since (profile_kernels.py --grad-bk). GRAD_HALF_STATE_DOTS: its state dots
+# as single half dots (the token tile rounds to 2^-9, as fla's dv/dh operands; the stored states are bf16 already)
+# instead of tf32 on fp32 copies; the float64 check passed either way (bf16 worst 3.3e-3 half, 3.1e-3 tf32). GRAD_BK:
+# its K-block width, 64 (two programs a chunk at K = 128, each reading the chunk's token tensors) or 128 (one program,
+# more registers). Stack bytes a thread by ptxas of that version (sm_90, K = V = 128, bf16, 8 / 4 warps, 1 stage;
+# kernel_resources.py): BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912 (tf32), 192 / 424 (half).
 GRAD_HALF_STATE_DOTS = True
 GRAD_BK = 64
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -323,9 +325,9 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
 
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when
     ``S0``/``R0`` are None. ``wy``: the forward's saved chunk matrices (``chunk_rdn_fwd(save_wy=True)``), used
-    when they have this call's chunking (else, or when None or empty, recomputed). ``walk``: the forward walk's
-    ``(h_s, h_r, X)`` (``chunk_rdn_fwd(keep_walk=True)``), used with ``wy`` (whose chunking it shares) when both fit
-    this call, instead of rerunning the walk.
+    when they have this call's chunking (else, or when None or empty, recomputed). ``walk``: the forward walk's ``(h_s,
+    h_r, U, W, X)`` (``chunk_rdn_fwd(keep_walk=True)``), used with ``wy`` (whose chunking it shares) when both fit this
+    call, instead of rerunning the walk.
     """
     _check_chunk_size(chunk_size)
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
@@ -371,6 +373,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             H=L.H, K=L.K, V=L.V, BT=L.BT, BKF=L.BK, BV=L.BV, RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
             IS_VARLEN=L.varlen,
         )
+        del x  # the rerun's X (or the kept one's reference): only the chunk-matrix kernel reads it
         dg_part = q.new_empty(4, NK, NTH, dtype=torch.float32)  # dg's rows, -dGp, dbeta, dgamma a K-block
         _rdn_bwd_grad_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
             q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,

@@ -51,7 +51,6 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
     return d
 
 
-
 # The reverse walk in two launches, as chunk.py's _reverse_walk calls them (docs/next/rdn-backward-plan.md, P5): the
 # dR chain (dW, dyr, dX, dR0) reads no dS, and the dS chain (dU, dyv, dS0) reads the R chain only through dX. So
 # walk 1 carries dR alone and stores dyr and dX per token; walk 2 carries dS alone and reads dX back (fp32, as

@@ -12,8 +12,8 @@ taken as exp(G_t - G_i) or exp(Gp_t - G_i), exponents <= 0 where used:
 
 The walk (one program per (sequence, head, V-block): every quantity is column-wise in V once the
 K-reductions are done) carries S and R in registers and does only what the recurrence needs: seven small
-dots a chunk, no K x K work (that is wy.py's, chunk-parallel). It stores every chunk-start state and, for the
-output kernel (one program per (chunk, head, V-block)), U and W; for the backward, X instead.
+dots a chunk, no K x K work (that is wy.py's, chunk-parallel). It stores every chunk-start state, U and W (for the
+output kernel, one program per (chunk, head, V-block), and the backward's gradients) and, for the backward, X.
 """
 from __future__ import annotations
 
@@ -67,10 +67,10 @@ def _rdn_walk_kernel(
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr,
     IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr,
 ):
-    """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. X_PREC: the precision of the
-    chunk-matrix dots on the S path up to X, and of k.S too without RAW_K (with it, k.S is a split dot, ~2^-16,
-    whatever X_PREC says). The backward asks for tf32x3 (about fp32) because the clip's gradient jumps where |X|
-    crosses c, and its mask comes from the X stored here."""
+    """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. X_PREC: the
+    precision of the chunk-matrix dots on the S path up to X, and of k.S too without RAW_K (with it, k.S is a split
+    dot, ~2^-16, whatever X_PREC says). The backward asks for tf32x3 (about fp32) because the clip's gradient jumps
+    where |X| crosses c, and its mask comes from the X stored here."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H

@@ -264,6 +264,7 @@ def test_rdn_saved_shapes_match_the_kernels(packed):
     assert specs[0][0] == chunk.wy_shape(xs[0]) and library._RDN_CHUNK == chunk.CHUNK_SIZE
     assert [s for s, _ in specs[1:]] == list(chunk.kept_walk_shapes(xs[0], 8, cu))
     assert library._SAVED["rdn"](xs[0], xs[2], cu, False) == specs[:1]
+    assert len(specs) == library.N_SAVED  # the op's fixed count of saved outputs is RDN's kept walk's
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "varlen"])

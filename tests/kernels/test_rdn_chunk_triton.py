@@ -230,29 +230,31 @@ def test_backward_varlen_two_k_blocks_partial_chunks():
 
 @pytest.mark.parametrize("bk", [32, 128])
 def test_backward_gradient_kernel_k_block_width(monkeypatch, bk):
-    """chunk.GRAD_BK: one K-block (128 >= K = 96) or three (32), the last partial at 32 wide, with a tail chunk."""
+    """chunk.GRAD_BK: one K-block (128 >= K = 80) or three (32), the last partial at 32 wide, with a tail chunk."""
     chunk = sys.modules[chunk_rdn_bwd.__module__]
     monkeypatch.setattr(chunk, "GRAD_BK", bk)
     inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=80, V=40)
     check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
 
 
+@pytest.mark.parametrize("half_dots", [True, False], ids=["half", "tf32"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_backward_half_state_dots(monkeypatch, dtype):
-    """chunk.GRAD_HALF_STATE_DOTS: the gradient kernel's state dots as single half dots (the interpreter casts
-    the half operands back to fp32, so this checks the code path and the bookkeeping, not the GPU rounding)."""
+def test_backward_half_state_dots(monkeypatch, dtype, half_dots):
+    """chunk.GRAD_HALF_STATE_DOTS: the gradient kernel's state dots as single half dots (the default), or as tf32
+    dots on fp32 copies of the states (the interpreter casts the half operands back to fp32, so this checks the
+    code paths and the bookkeeping, not the GPU rounding)."""
     chunk = sys.modules[chunk_rdn_bwd.__module__]
-    monkeypatch.setattr(chunk, "GRAD_HALF_STATE_DOTS", True)
+    monkeypatch.setattr(chunk, "GRAD_HALF_STATE_DOTS", half_dots)
     inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=96, V=40, dtype=dtype)
     check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1e-2, chunk_size=16)
 
 
 def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
     """On a GPU with more SMs than walk programs the walks take 16-wide V-blocks while the chunk-parallel
-    kernels keep 32: forward and backward must not depend on that split."""
+    kernels keep 32: forward and backward must not depend on that split (V = 40: the last block of each partial)."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "sm_count", lambda device: 1 << 20)
-    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=48)
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=40)
     layout = chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 16)
     assert (layout.walk_BV, layout.BV) == (16, 32)
     check_forward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
