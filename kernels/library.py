@@ -13,9 +13,9 @@ forward under autograd (no activations kept). Eager calls skip the op and use au
 Custom ops cannot return None: missing initial states come in as None, and their gradients go out as
 empty tensors that the autograd formula turns back into None.
 
-The namespace is ``rla_kernels_<hash of this file and shapes.py>`` (``NAMESPACE``; call the ops through ``ops``): torch's compile
-caches (inductor's FX graph cache, AOTAutograd's cache, kept across runs in /tmp/torchinductor_$USER) key a
-custom op by its name, not its schema or autograd formula, so after a change here a compiled graph cached by the
+The namespace is ``rla_kernels_<hash of this file and shapes.py>`` (``NAMESPACE``; call the ops through
+``ops``): torch's compile caches (inductor's FX graph cache, AOTAutograd's cache, kept across runs in
+/tmp/torchinductor_$USER) key a custom op by its name, not its schema or autograd formula, so after a change here a compiled graph cached by the
 previous version would call the new ops with the old arguments (seen 2026-12-01: "chunk_bwd() is missing value for
 argument 'saved'"). A name that changes with this file makes those entries miss instead.
 
