@@ -94,12 +94,12 @@ _RLA_CHUNK = shapes.RLA_CHUNK_SIZE
 
 def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
     """(shape, dtype) of what RDN's forward hands its backward: T_beta, T_gamma, Mk as [3, B, T, H, 32] fp32
-    (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] in q's dtype and U,
-    W, X [B, T, H, V] fp32 (chunk.py keep_walk, kept_walk_shapes)."""
+    (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] and U, W, X [B, T, H,
+    V] (chunk.py keep_walk, kept_walk_shapes; dtypes shapes.rdn_kept_walk_dtypes)."""
     saved = [((3, *q.shape[:3], _RDN_CHUNK), torch.float32)]
     if keep_walk:
-        h_s, h_r, *per_token = shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RDN_CHUNK, per_token=3)
-        saved += [(h_s, q.dtype), (h_r, q.dtype)] + [(shape, torch.float32) for shape in per_token]
+        walk = shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RDN_CHUNK, per_token=3)
+        saved += list(zip(walk, shapes.rdn_kept_walk_dtypes(q.dtype)))
     return saved
 
 

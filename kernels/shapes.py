@@ -2,6 +2,8 @@
 library.py can size a kept walk from shapes alone on any machine."""
 from __future__ import annotations
 
+import torch
+
 RDN_CHUNK_SIZE = 32  # rdn/chunk.py's forward chunk (its CHUNK_SIZE)
 RLA_CHUNK_SIZE = 64  # rla/chunk.py's (its CHUNK_SIZE)
 
@@ -20,3 +22,9 @@ def kept_walk_shapes(q, V: int, cu_seqlens, chunk_size: int, per_token: int = 1)
     B, T, H, K = q.shape
     rows = kept_rows(B, T, chunk_size, None if cu_seqlens is None else len(cu_seqlens) - 1)
     return ((rows, H, K, V), (rows, H, K, V)) + ((B, T, H, V),) * per_token
+
+
+def rdn_kept_walk_dtypes(dtype: torch.dtype) -> tuple:
+    """dtypes of RDN's kept walk (h_s, h_r, U, W, X), for inputs of ``dtype``: all in it but X, whose sign against the
+    clip is the gradient's mask and stays fp32."""
+    return (dtype, dtype, dtype, dtype, torch.float32)

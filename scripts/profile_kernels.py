@@ -1,7 +1,8 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128] [--keep-walk]
+        [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128] [--knob NAME=V1,V2 ...]
+        [--keep-walk]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -65,6 +66,8 @@ def main():
                         "rerun to compare, e.g. 1,2 (default: chunk.WALK_STAGES)")
     parser.add_argument("--grad-bk", default="", help="RDN only: K-block widths of the backward's gradient kernel "
                         "to compare, e.g. 64,128 (default: chunk.GRAD_BK)")
+    parser.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2",
+                        help="any int launch knob of the op's chunk module to compare, e.g. OUT_BV=32,64 (repeatable)")
     parser.add_argument("--keep-walk", action="store_true", help="also profile the forward and backward with the "
                         "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, U, W, X, "
                         "RLA's h_S, h_R, r)")
@@ -84,6 +87,11 @@ def main():
             knobs = [(attr, [int(v) for v in given.split(",") if v])
                      for attr, given in (("WALK_WARPS", args.walk_warps), ("WALK_STAGES", args.walk_stages),
                                          ("GRAD_BK", args.grad_bk)) if given and op == "rdn"]
+            for given in args.knob:
+                attr, _, values = given.partition("=")
+                if not isinstance(getattr(chunk, attr, None), int) or not values:
+                    sys.exit(f"--knob takes NAME=V1,V2 for an int knob of rla_kernels.{op}.chunk; got {given!r}")
+                knobs.append((attr, [int(v) for v in values.split(",") if v]))
             for values in itertools.product(*(vals for _, vals in knobs)):
                 chosen = dict(zip((attr for attr, _ in knobs), values))
 

@@ -7,6 +7,7 @@ owned by the RLA kernels; these are kept here so the RDN kernels do not depend o
   the same on a GPU (quick checks: one compile each).
 - ``load_tile`` / ``store_tile``: masked tiles of a row-major matrix (outside reads 0, is not written);
   ``load_tile_raw`` keeps the input dtype for dot operands.
+- ``dot_cast``: a dot of a half tile and an fp32 one as one half dot, the fp32 one rounded (fla's walks' precision).
 - ``exp_masked``: exp of an exponent only where a mask holds, 0 elsewhere, so an exponent that would
   overflow outside the causal triangle never meets a multiply by 0 (inf * 0 = NaN).
 - ``seq_bounds`` / ``chunk_coords``: where a sequence or a chunk lives in the flattened [B*T, H] layout;
@@ -79,6 +80,22 @@ def load_tile_raw(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr
 def store_tile(base, value, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
     ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
     tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def dot_cast(a, b, DOT_PREC: tl.constexpr):
+    """``a @ b`` as one dot in the dtype of the operand that is not fp32 (an input tile, or a chunk operator stored
+    in the input dtype): the fp32 one (a state, a state adjoint, a pseudo-value tile) rounds to it, 2^-9 for bf16,
+    as fla's gated delta rule walks round their states and v_new. Against ``triton_utils.dot_split`` (~2^-16, two
+    dots): half the dots and no lo tile. Two operands of one dtype: the plain dot at DOT_PREC (so fp32 inputs keep
+    their exact dots)."""
+    if a.dtype == b.dtype:
+        out = tl.dot(a, b, input_precision=DOT_PREC)
+    elif a.dtype == tl.float32:
+        out = tl.dot(a.to(b.dtype), b, input_precision=DOT_PREC)
+    else:
+        out = tl.dot(a, b.to(a.dtype), input_precision=DOT_PREC)
+    return out
 
 
 @triton.jit

@@ -20,16 +20,17 @@ what links the chunks runs sequentially:
     forward:  wy.py (chunk-local matrices, chunk-parallel) -> chunk_fwd walk (states, sequential per
               (sequence, head, V-block)) -> chunk_fwd output (chunk-parallel); at small batch and long T
               the walk is cut along the sequence instead (segmented.py, ``segments=``)
-    backward: Mqi (wy.py; and its other matrices without the forward's saved ones) -> the forward walk again,
-              storing U, W, X -> chunk_bwd reverse walk (state adjoints; dR's, then dS's) -> chunk_bwd
-              gradients (chunk-parallel: the chunk matrices' per chunk, then per K-block)
+    backward: (wy.py's matrices, without the forward's saved ones) -> the reverse walks' chunk operators
+              (chunk_bwd, chunk-parallel) -> the forward walk again, storing U, W, X -> chunk_bwd reverse walk
+              (state adjoints; dR's, then dS's) -> chunk_bwd gradients (chunk-parallel: the chunk matrices' per
+              chunk, then per K-block)
 
 By default the backward reruns the forward walk instead of keeping its states alive between forward and backward
 (the API saves the inputs and the chunk matrices: [T, BT] a head against [K, V] a chunk for the states). With
 ``keep_walk`` the forward's walk also stores X, at the rerun's precision, and hands h_s, h_r, U, W, X to the
-backward: one walk fewer (the rerun: 2.43 of the backward's 9.57 ms at B=16 T=2k H=16 K=V=128 bf16, H200,
-2026-12-01) for 2 x n_chunks x H x K x V input-dtype elements plus 3 x B x T x H x V fp32 kept from forward to
-backward (1.88 GB a layer at that shape).
+backward: one walk fewer (the rerun: 1.84 of the backward's 7.47 ms at B=16 T=2k H=16 K=V=128 bf16, H200,
+2026-12-01) for 2 x n_chunks x H x K x V + 2 x B x T x H x V input-dtype elements plus B x T x H x V fp32 kept from
+forward to backward (1.61 GB a layer at that shape).
 """
 from __future__ import annotations
 
@@ -40,11 +41,11 @@ from .. import shapes
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
-from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_walk_r_kernel,
-                        _rdn_bwd_walk_s_kernel)
+from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_kernel,
+                        _rdn_bwd_walk_r_kernel, _rdn_bwd_walk_s_kernel)
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
-from .wy import _rdn_mqi_kernel, _rdn_wy_kernel
+from .wy import _rdn_wy_kernel
 
 # The forward chunks by 32 tokens, as the backward, so that the backward reuses its T_beta, T_gamma and Mk (plan
 # P4: the backward's _rdn_wy_kernel took 0.96 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01, its Mqi alone is
@@ -73,10 +74,10 @@ BWD_CHUNK_SIZE = 32
 # stored, S path at tf32x3) at four: 400 bytes, against 368 for the rerun and 240 for the default forward walk, all
 # three by this CPU machine's Triton 3.9 ptxas (2026-12-01; untimed on the GPU).
 WALK_WARPS = 4
-# Software-pipelining stages of the forward walk (and its rerun in the backward): one, as measured since 2026-11-30.
-# Two were never timed on their own; the reverse walks below gained from them (profile_kernels.py --walk-stages 1,2
-# times both).
-WALK_STAGES = 1
+# Software-pipelining stages of the forward walk (and its rerun in the backward): two. At B=16 T=2k H=16 K=V=128 bf16
+# (H200, Triton 3.6, profile_kernels.py --walk-stages 1,2, 2026-12-01 10:30, the walk of then with split R dots) one
+# stage took 1.92 ms forward / 2.43 rerun / 2.44 kept forward, two 1.73 / 2.16 / 2.16.
+WALK_STAGES = 2
 # The backward's reverse walk runs as two launches (chunk_bwd.py says why), at four warps (WALK_WARPS) and two
 # stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config the same day (every case
 # of scripts/gpu_check_rdn.py --all).
@@ -84,7 +85,8 @@ REVERSE_WALK_STAGES = 2
 # The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01 morning, B=16 T=2k,
 # profile_kernels.py --tune) on its version of then, which also did the chunk-matrix work (now _rdn_bwd_mats_kernel's,
 # once a chunk) in every K-block program: half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
-# (BK 128); half, BK 128 4.12. Not re-timed since (profile_kernels.py --grad-bk). GRAD_HALF_STATE_DOTS: its state dots
+# (BK 128); half, BK 128 4.12. Re-timed on today's kernel (2026-12-01 10:30, profile_kernels.py --grad-bk 64,128):
+# BK 64 2.69 ms, BK 128 3.19-3.20 (the autotuner's best of each). GRAD_HALF_STATE_DOTS: its state dots
 # as single half dots (the token tile rounds to 2^-9, as fla's dv/dh operands; the stored states are bf16 already)
 # instead of tf32 on fp32 copies; the float64 check passed either way (bf16 worst 3.3e-3 half, 3.1e-3 tf32). GRAD_BK:
 # its K-block width, 64 (two programs a chunk at K = 128, each reading the chunk's token tensors) or 128 (one program,
@@ -92,6 +94,14 @@ REVERSE_WALK_STAGES = 2
 # kernel_resources.py): BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912 (tf32), 192 / 424 (half).
 GRAD_HALF_STATE_DOTS = True
 GRAD_BK = 64
+# V-block width of the forward's output kernel (chunk_fwd._rdn_out_kernel): each program remakes the chunk's Mqi and
+# reads its q and k, once a V-block. At B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01, profile_kernels.py --knob
+# OUT_BV=32,64 and 64,128, U and W in bf16): 1.32 ms at 32 wide (0.90 with U, W fp32), 0.575 at 64, 0.58 at 128.
+OUT_BV = 64
+# K-block width of the reverse walks' operator kernel (chunk_bwd._rdn_bwd_prep_kernel): 0.46 ms at 64 wide, as one
+# program a chunk making all five operators took (0.45; 255 registers and 120-368 bytes of stack by ptxas, sm_90,
+# Triton 3.9) at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01). Its traffic (~1.2 GB) would take ~0.3 ms.
+PREP_BK = 64
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -173,6 +183,13 @@ class _Layout:
     def per_token(self, q, width):
         return q.new_empty(self.B, self.T, self.H, width, dtype=torch.float32)
 
+    def tokens(self, q):
+        """A [B, T, H, V] tensor that one kernel hands to the next (the walks' U, W; the reverse walk's dyr, dX,
+        dyv) in the input dtype, as fla hands on its v_new and dv: their readers' state dots round them to it
+        anyway, their [BT, BT] gradient dots then multiply exact half values, and the chunk-parallel kernels, which
+        stream them (the gradient kernel once a K-block), read half the bytes. X stays fp32 (the clip's mask)."""
+        return q.new_empty(self.B, self.T, self.H, self.V)
+
 
 def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
@@ -184,14 +201,14 @@ def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
 
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
-    """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] in q's dtype (rows:
-    _Layout.kept_rows) and U, W, X [B, T, H, V] fp32."""
+    """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] (rows: _Layout.kept_rows)
+    and U, W, X [B, T, H, V]; all in q's dtype but X, fp32 (shapes.rdn_kept_walk_dtypes)."""
     return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size, per_token=3)
 
 
 def _wy(L: _Layout, k, g, beta, gamma, out=None):
     """T_beta, T_gamma, Mk of every chunk, [B, T, H, BT] fp32, as the three of ``out`` ([3, B, T, H, BT], the
-    forward's saved copy) when given. The backward's Mqi comes from ``_mqi``."""
+    forward's saved copy) when given."""
     if out is None:
         out = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
     t_beta, t_gamma, m_k = out.unbind(0)
@@ -202,15 +219,17 @@ def _wy(L: _Layout, k, g, beta, gamma, out=None):
     return t_beta, t_gamma, m_k
 
 
-def _mqi(L: _Layout, q, k, g):
-    """Mqi of every chunk (wy.py), [B, T, H, BT] fp32, for the backward (with or without the forward's T_beta,
-    T_gamma and Mk)."""
-    m_qi = L.per_token(k, L.BT)
+def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
+    """The reverse walks' chunk operators (chunk_bwd._rdn_bwd_prep_kernel): Kb, Kc [B, T, H, K] in k's dtype and Pb,
+    Qb, Pc [B, T, H, BT] fp32."""
+    k_b, k_c = torch.empty_like(k), torch.empty_like(k)
+    p_b, q_b, p_c = (L.per_token(k, L.BT) for _ in range(3))
     if L.n_chunks:
-        _rdn_mqi_kernel[L.chunk_grid](
-            q, k, g, m_qi, L.cu_seqlens, L.chunk_indices, L.T,
-            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
-    return m_qi
+        BKP = min(PREP_BK, L.BK)
+        _rdn_bwd_prep_kernel[(L.chunk_grid[0], triton.cdiv(L.K, BKP) + 1, L.chunk_grid[1])](
+            q, k, g, t_beta, t_gamma, m_k, k_b, k_c, p_b, q_b, p_c, L.cu_seqlens, L.chunk_indices, L.T,
+            H=L.H, K=L.K, BT=L.BT, BK=L.BK, BKP=BKP, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
+    return k_b, k_c, p_b, q_b, p_c
 
 
 def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, kept=False):
@@ -219,7 +238,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     ``keep_walk``): the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces."""
     rows = L.kept_rows if kept else None
     h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
-    u, w = L.per_token(k, L.V), L.per_token(k, L.V)
+    u, w = L.tokens(k), L.tokens(k)
     x = L.per_token(k, L.V) if store_x else None
     S_T, R_T = L.state(k), L.state(k)
     # Raw half k only at 32-token chunks: at 64 (the forward's) the same kernel gave NaN at K = 64 and an
@@ -235,7 +254,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x, IS_VARLEN=L.varlen,
-        RAW_K=L.BT <= 32,
+        RAW_K=L.BT <= 32, SPLIT_S=store_x,
         num_warps=WALK_WARPS, num_stages=WALK_STAGES,
     )
     return h_s, h_r, u, w, x, S_T, R_T
@@ -281,9 +300,10 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
                                             kept=keep_walk)
     o = torch.empty_like(v)
     if L.n_chunks:
-        _rdn_out_kernel[L.chunk_grid_v](
+        BVO = min(OUT_BV, max(16, triton.next_power_of_2(L.V)))
+        _rdn_out_kernel[(L.chunk_grid[0], triton.cdiv(L.V, BVO), L.chunk_grid[1])](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
     return (o, S_T, R_T) + ((wy,) if save_wy else ()) + (((h_s, h_r, u, w, x),) if keep_walk else ())
 
 
@@ -291,18 +311,19 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
     """Whether ``walk`` is a kept forward walk of this call's shapes and chunking (its states in q's dtype)."""
     if walk is None or len(walk) != 5:
         return False
-    dtypes = (q.dtype, q.dtype, torch.float32, torch.float32, torch.float32)
+    dtypes = shapes.rdn_kept_walk_dtypes(q.dtype)
     expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
     return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
 
 
-def _reverse_walk(L: _Layout, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
-                  h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale):
+def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
+                  scale):
     """The reverse walk as two launches (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that
-    dX (h_ds, dS0, dyv)."""
+    dX (h_ds, dS0, dyv); ``operators``: ``_walk_operators``'s."""
+    k_b, k_c, p_b, q_b, p_c = operators
     grid = (L.walk_NV, L.N * L.H)
     _rdn_bwd_walk_r_kernel[grid](
-        q, k, g, gamma, t_gamma, m_qi, x, do, dR_T,
+        q, k, g, gamma, k_c, p_c, x, do, dR_T,
         h_dr, dR0, dyr, dxc,
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
@@ -310,7 +331,7 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, 
         num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
     )
     _rdn_bwd_walk_s_kernel[grid](
-        q, k, g, beta, t_beta, m_k, m_qi, dxc, do, dS_T,
+        q, k, g, beta, k_b, p_b, q_b, dxc, do, dS_T,
         h_ds, dS0, dyv,
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
@@ -343,17 +364,16 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
-    m_qi = _mqi(L, q, k, g)
+    operators = _walk_operators(L, q, k, g, t_beta, t_gamma, m_k)
     if saved_wy and _fits(walk, L, q, cu_seqlens):
         h_s, h_r, u, w, x = (t.contiguous() for t in walk)
     else:
         h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
-    dyr, dxc, dyv = (L.per_token(q, L.V) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
-    _reverse_walk(L, q, k, g, beta, gamma, t_beta, t_gamma, m_k, m_qi, x, do, dS_T, dR_T,
-                  h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
-    del m_k, m_qi, t_beta, t_gamma
+    dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
+    _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
+    del m_k, t_beta, t_gamma, operators
 
     # The chunk-parallel kernels (chunk_bwd.py): the chunk matrices' per chunk, the gradient kernel per (chunk,
     # K-block), the rows' sums and dg's reverse cumsum per chunk.

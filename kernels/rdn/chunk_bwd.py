@@ -19,7 +19,9 @@ transform of S, to the adjoints of its start states:
     dR0 = exp(GL) dR + Q^T (exp(G) drq) - K^T (gamma exp(G) dyr)
     dS0 = exp(GL) dS - K^T (exp(Gp) dX + beta exp(G) dyv) + Q^T (exp(G) dsq)
 
-It stores dS, dR at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients then come
+The walks take this with T_gamma^T Kd, T_gamma^T Mqi^T, T_beta^T Kd, T_beta^T Mq^T and T_beta^T Mk^T made beforehand
+(``_rdn_bwd_prep_kernel``), so that only two [BT, K] x [K, BV] dots a step are on a walk's chain. It stores dS, dR
+at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients then come
 chunk-parallel (see the comment above ``_rdn_bwd_mats_kernel``): per chunk, from the U and W the forward walk
 stored, the gradients of the decay-weighted k.k and q.k matrices, dv and the rows that read no state; per (chunk,
 K-block) dq and dk whole, from those and from the states, and the rows that read the states; the rows go to beta,
@@ -32,9 +34,10 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import (autotune, chunk_prologue, exp_masked, launch_configs, load_tile,
+from ._triton_helpers import (autotune, chunk_prologue, dot_cast, exp_masked, launch_configs, load_tile,
                               load_tile_raw, seq_bounds, store_tile)
 from .chunk_fwd import chunk_decays, load_gate, state_row
+from .wy import mqi_tile
 
 
 @triton.jit
@@ -51,24 +54,70 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
     return d
 
 
-# The reverse walk in two launches, as chunk.py's _reverse_walk calls them (docs/next/rdn-backward-plan.md, P5): the
-# dR chain (dW, dyr, dX, dR0) reads no dS, and the dS chain (dU, dyv, dS0) reads the R chain only through dX. So
-# walk 1 carries dR alone and stores dyr and dX per token; walk 2 carries dS alone and reads dX back (fp32, as
-# stored: bit for bit the value walk 1 held). Each program holds one [K, BV] state tile and about half the dots of a
-# walk carrying both, which is what ran until 2026-12-01 (in git history as _rdn_bwd_walk_kernel; same products at
-# the same precisions): 3.27 ms against 1.29 + 1.46 = 2.75 for the two at B=16 T=2k H=16 K=V=128 bf16 (H200,
-# Triton 3.6, profile_kernels.py, 2026-12-01).
-# ptxas (sm_90, Triton 3.9, K = V = 128 bf16, BV = 32; scripts/kernel_resources.py, 2026-12-01), registers / stack
-# bytes a thread, walk 1 and walk 2, against 255 / 600 for the single walk at 4 warps, 1 stage:
-#   4 warps 1 stage 255 / 32, 252 / 0; 4 warps 2 stages 255 / 72, 255 / 72; 8 warps 1 stage 236 / 0, 214 / 0;
-#   2 warps 255 / 528, 255 / 648; capped at 168 (3 programs an SM at 4 warps) 376, 288 bytes of stack; at 128 (4
-#   an SM) 600, 536.
-# So one state tile removes the spills but not the registers: at 4 warps still two programs an SM. The H200's
-# autotuner over those configs picked 4 warps, 2 stages for both walks (2026-12-01, 05:35 and 07:35), which the
-# launcher pins (chunk.py REVERSE_WALK_STAGES; no walk is autotuned: chunk_fwd.py says why).
+# The reverse walks' chunk operators, made chunk-parallel before them (as fla's gated delta rule makes its w and u
+# before its walks), so that no [BT, BT] dot and no split dot is on a walk's chain. From the walk's recurrence
+# (module docstring), with dL = exp(GL - G):
+#     dyr = Kc dR + Pc drq,                Kc = T_gamma^T diag(dL) K,  Pc = T_gamma^T Mqi^T
+#     dyv = Kb dS + Pb dsq - Qb dX,        Kb = T_beta^T diag(dL) K,   Pb = T_beta^T Mq^T,  Qb = T_beta^T Mk^T
+# Kc and Kb ([BT, K] a chunk) are stored in k's dtype, the walks' dots with them round the state adjoint to it as
+# fla's bwd_dhu rounds dh (one half dot, 2^-9); Pc, Pb, Qb ([BT, BT]) in fp32, made at ~fp32 (tf32x3).
+# One program per (chunk, K-block or the [BT, BT] three, head): the K-blocks' programs make Kb and Kc, the last one
+# Pb, Qb and Pc (from the whole of q and k for Mqi), so that no program holds [BT, K] fp32 products and the rest.
+@autotune(configs=launch_configs((4, 1), (2, 1), (8, 1)), key=["H", "K", "BT", "BK", "BKP", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T"])
+def _rdn_bwd_prep_kernel(
+    q, k, g, t_beta, t_gamma, m_k, k_b, k_c, p_b, q_b, p_c,
+    cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BKP: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_k = tl.program_id(1)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    tok_k = (bos * H + i_h) * K
+    tok_t = (bos * H + i_h) * BT
+    b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    if i_k < tl.cdiv(K, BKP):
+        # T^T diag(dL) as (diag(dL) T)^T: the decay scales T's rows; dot_split keeps that fp32 operand to ~2^-16
+        # before the product rounds to k's dtype.
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
+        b_dL = tl.exp(b_GL - b_G)[:, None]
+        b_kb = dot_split(tl.trans(b_dL * b_tb), b_k, DOT_PREC)
+        store_tile(k_b + tok_k, b_kb, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
+        b_kc = dot_split(tl.trans(b_dL * b_tc), b_k, DOT_PREC)
+        store_tile(k_c + tok_k, b_kc, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
+    else:
+        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_mqi = mqi_tile(b_q, b_kf, b_G, o_t, DOT_PREC)
+        b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
+        b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_tbt = tl.trans(b_tb)
+        store_tile(p_b + tok_t, tl.dot(b_tbt, tl.trans(b_mq), input_precision=MERGE_PREC),
+                   i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        store_tile(q_b + tok_t, tl.dot(b_tbt, tl.trans(b_mk), input_precision=MERGE_PREC),
+                   i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        store_tile(p_c + tok_t, tl.dot(tl.trans(b_tc), tl.trans(b_mqi), input_precision=MERGE_PREC),
+                   i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+
+
+# The reverse walk in two launches, as chunk.py's _reverse_walk calls them: the dR chain reads no dS, and the dS
+# chain reads the R chain only through dX. So walk 1 carries dR alone and stores dyr and dX per token; walk 2
+# carries dS alone and reads dX back (in the input dtype, chunk.py _Layout.tokens). Each step's chain is
+# fla's bwd_dhu's: a [BT, K] x [K, BV] dot with the chunk operator (Kc or Kb), then the state update's K^T dot; the
+# chunk-local terms (Pc drq; Pb dsq - Qb dX; Q^T(exp(G) dsq)) hang off the chain. Every big dot is one half dot
+# (dot_cast: the adjoint tiles round to the input dtype, 2^-9, as fla's dh and dv); the clip's mask reads the X
+# of the forward walk (its rerun), whose S path stays at ~fp32.
+# Until 2026-12-01 the walks loaded Mqi, T and Mk and did the [BT, BT] dots on the chain, with split dots (6 half
+# dots a step): 1.29 and 1.46 ms at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, profile_kernels.py), in git
+# history before the prep kernel. Before that one walk carried both (3.27 ms).
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_walk_r_kernel(
-    q, k, g, gamma, t_gamma, m_qi, x, do, dr_t,
+    q, k, g, gamma, k_c, p_c, x, do, dr_t,
     h_dr, dr0, dyr_out, dx_out,
     cu_seqlens, chunk_offsets, scale, clip, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -95,26 +144,20 @@ def _rdn_bwd_walk_r_kernel(
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
         h_off = ((boh + i_t) * H + i_h) * K * V
         store_tile(h_dr + h_off, b_dr, 0, K, V, i_v * BV, V, BK, BV)
-        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-        # q and k stay in their input dtype, their dots with fp32 tiles split those (dot_split, as the forward
-        # walk): no fp32 [BT, K] copies live in the loop.
+        b_kc = load_tile_raw(k_c + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_pc = load_tile(p_c + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_drq = b_gamma[:, None] * (scale * b_do)
+        b_dyr = dot_cast(b_kc, b_dr, DOT_PREC) + tl.dot(b_pc, b_drq, input_precision=DOT_PREC)
         b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_eG = tl.exp(b_G)[:, None]
-        b_eGL = tl.exp(b_GL)
-        b_dL = tl.exp(b_GL - b_G)[:, None]  # (K exp(GL - G)) dR as exp(GL - G) (K dR): no decayed K tile
-        b_drq = b_gamma[:, None] * (scale * b_do)
-
-        b_dw = b_dL * dot_split(b_k, b_dr, DOT_PREC) + tl.dot(tl.trans(b_mqi), b_drq, input_precision=DOT_PREC)
-        b_dyr = tl.dot(tl.trans(b_tc), b_dw, input_precision=DOT_PREC)
+        b_dr = (tl.exp(b_GL) * b_dr + dot_cast(tl.trans(b_q), b_eG * b_drq, DOT_PREC)
+                - dot_cast(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, DOT_PREC))
+        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dx = _rho_grad(b_x, _rho(b_x, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma[:, None] * b_dyr)
-        b_dr = (b_eGL * b_dr + dot_split(tl.trans(b_q), b_eG * b_drq, DOT_PREC)
-                - dot_split(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, DOT_PREC))
         store_tile(dyr_out + tok_v, b_dyr, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
@@ -123,7 +166,7 @@ def _rdn_bwd_walk_r_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_walk_s_kernel(
-    q, k, g, beta, t_beta, m_k, m_qi, dxc, do, ds_t,
+    q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t,
     h_ds, ds0, dyv_out,
     cu_seqlens, chunk_offsets, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -138,7 +181,6 @@ def _rdn_bwd_walk_s_kernel(
     i_h = i_nh % H
     bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
     NT = tl.cdiv(T_seq, BT)
-    o_t = tl.arange(0, BT)
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     tok_t = (bos * H + i_h) * BT
@@ -153,25 +195,19 @@ def _rdn_bwd_walk_s_kernel(
         store_tile(h_ds + h_off, b_ds, 0, K, V, i_v * BV, V, BK, BV)
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+        b_kb = load_tile_raw(k_b + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_pb = load_tile(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_qb = load_tile(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dx = load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dsq = scale * load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = (dot_cast(b_kb, b_ds, DOT_PREC) + tl.dot(b_pb, b_dsq, input_precision=DOT_PREC)
+                 - tl.dot(b_qb, b_dx, input_precision=DOT_PREC))
         b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_mqi = load_tile(m_qi + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_dx = load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_eG = tl.exp(b_G)[:, None]
-        b_eGL = tl.exp(b_GL)
-        b_dL = tl.exp(b_GL - b_G)[:, None]
-        b_dsq = scale * b_do
-
-        b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
-        b_du = (b_dL * dot_split(b_k, b_ds, DOT_PREC) - tl.dot(tl.trans(b_mk), b_dx, input_precision=DOT_PREC)
-                + tl.dot(tl.trans(b_mq), b_dsq, input_precision=DOT_PREC))
-        b_dyv = tl.dot(tl.trans(b_tb), b_du, input_precision=DOT_PREC)
-        b_ds = (b_eGL * b_ds + dot_split(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
-                - dot_split(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
-                            DOT_PREC))
+        b_ds = (tl.exp(b_GL) * b_ds + dot_cast(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
+                - dot_cast(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
+                           DOT_PREC))
         store_tile(dyv_out + tok_v, b_dyv, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
@@ -245,23 +281,26 @@ def _rdn_bwd_mats_kernel(
     b_dbv = tl.zeros([BT], dtype=tl.float32)
     b_dcx = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)  # the walk stored dX
-        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        # gamma after the sum: the unscaled (scale do) W^T also gives dgamma's row rowsum(Mqi * it)
-        b_dMqi += tl.dot(scale * b_do, tl.trans(b_w), input_precision=DOT_PREC)
+        # Every operand raw: do and the walks' U, W, dyr, dX, dyv are stored in the input dtype (chunk.py
+        # _Layout.tokens), so the five sums are exact-product half dots; the scalings come after the loop.
+        b_do = load_tile_raw(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile_raw(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile_raw(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile_raw(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dx = load_tile_raw(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = load_tile_raw(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dMqi += tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PREC)
         b_dAc += tl.dot(b_dyr, tl.trans(b_w), input_precision=DOT_PREC)
-        b_dMk += tl.dot(b_dsk, tl.trans(b_u), input_precision=DOT_PREC)
-        b_dMq += tl.dot(scale * b_do, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dMk += tl.dot(b_dx, tl.trans(b_u), input_precision=DOT_PREC)
+        b_dMq += tl.dot(b_do, tl.trans(b_u), input_precision=DOT_PREC)
         b_dAb += tl.dot(b_dyv, tl.trans(b_u), input_precision=DOT_PREC)
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = b_dyv.to(tl.float32)
         b_dbv += tl.sum(b_dyv * b_v, axis=1)
-        b_dcx += tl.sum(b_dyr * _rho(b_x, clip, RESIDUAL), axis=1)
-        store_tile(dv + tok_v, b_beta[:, None] * b_dyv - b_dsk, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dcx += tl.sum(b_dyr.to(tl.float32) * _rho(b_x, clip, RESIDUAL), axis=1)
+        store_tile(dv + tok_v, b_beta[:, None] * b_dyv + b_dx.to(tl.float32), i_t * BT, T_seq, H * V, i_v * BV, V,
+                   BT, BV)
 
     # The matrices themselves, from the whole of q and k (raw: one exact product a pair).
     b_qf = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BKF)
@@ -274,9 +313,10 @@ def _rdn_bwd_mats_kernel(
     b_Mq = tl.where(strict, b_Mqi, 0.0)
     b_dAb = -tl.where(strict, b_dAb, 0.0)
     b_dAc = -tl.where(strict, b_dAc, 0.0)
-    b_dMk = tl.where(strict, b_dMk, 0.0)
-    b_dMq = tl.where(strict, b_dMq, 0.0)
-    b_dMqi = tl.where(incl, b_dMqi, 0.0)
+    b_dMk = -tl.where(strict, b_dMk, 0.0)  # summed as dX U^T; Mk's adjoint is dsk U^T, dsk = -dX
+    b_dMq = scale * tl.where(strict, b_dMq, 0.0)
+    # gamma after the sum: the unscaled (scale do) W^T also gives dgamma's row rowsum(Mqi * it)
+    b_dMqi = scale * tl.where(incl, b_dMqi, 0.0)
     b_dcx += tl.sum(b_dMqi * b_Mqi, axis=1)  # sum_v dsq (Mqi W): dgamma's, through rq
     b_dMqi = b_gamma[:, None] * b_dMqi
 

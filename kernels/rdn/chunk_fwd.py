@@ -10,9 +10,9 @@ taken as exp(G_t - G_i) or exp(Gp_t - G_i), exponents <= 0 where used:
     S1  = exp(GL) S0 + (K * exp(GL - G))^T U,   R1 likewise with W
     o   = scale * (exp(G) * Q S0 + Mq U + gamma * (exp(G) * Q R0 + Mqi W)),   Mq = Mqi without its diagonal
 
-The walk (one program per (sequence, head, V-block): every quantity is column-wise in V once the
-K-reductions are done) carries S and R in registers and does only what the recurrence needs: seven small
-dots a chunk, no K x K work (that is wy.py's, chunk-parallel). It stores every chunk-start state, U and W (for the
+The walk (one program per (sequence, head, V-block): every quantity is column-wise in V once the K-reductions are done)
+carries S and R in registers and does only what the recurrence needs: four [BT, K] x [K, BV] dots and three [BT, BT]
+ones a chunk, no K x K work (that is wy.py's, chunk-parallel). It stores every chunk-start state, U and W (for the
 output kernel, one program per (chunk, head, V-block), and the backward's gradients) and, for the backward, X.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import autotune, chunk_prologue, launch_configs, load_tile, load_tile_raw, seq_bounds, store_tile
+from ._triton_helpers import (autotune, chunk_prologue, dot_cast, launch_configs, load_tile, load_tile_raw, seq_bounds,
+                              store_tile)
 from .wy import mqi_tile
 
 
@@ -65,12 +66,13 @@ def _rdn_walk_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, X_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr,
-    IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr,
+    IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr, SPLIT_S: tl.constexpr,
 ):
     """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. X_PREC: the
-    precision of the chunk-matrix dots on the S path up to X, and of k.S too without RAW_K (with it, k.S is a split
-    dot, ~2^-16, whatever X_PREC says). The backward asks for tf32x3 (about fp32) because the clip's gradient jumps
-    where |X| crosses c, and its mask comes from the X stored here."""
+    precision of the chunk-matrix dots on the S path up to X, and of k.S too without RAW_K. SPLIT_S (with RAW_K): S's
+    two dots with raw k split the state (dot_split, ~2^-16) instead of rounding it to k's dtype (dot_cast, 2^-9).
+    The backward asks for both, tf32x3 and split (about fp32), because the clip's gradient jumps where |X| crosses c,
+    and its mask comes from the X stored here. R never reaches X: its dots always round (dot_cast), as fla's walks."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
@@ -96,9 +98,9 @@ def _rdn_walk_kernel(
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-        # RAW_K: k stays in its input dtype, its dots with the fp32 states split them into two half tiles
-        # (dot_split, ~2^-16), so no fp32 copy of the [BT, K] tile (nor a decayed one) is live in the loop.
-        # Else an fp32 k and plain dots at DOT_PREC (the launcher says when).
+        # RAW_K: k stays in its input dtype, its dots with the fp32 states round those (dot_cast) or, S's with
+        # SPLIT_S, split them into two half tiles (dot_split), so no fp32 copy of the [BT, K] tile (nor a decayed
+        # one) is live in the loop. Else an fp32 k and plain dots at DOT_PREC (the launcher says when).
         if RAW_K:
             b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         else:
@@ -111,8 +113,11 @@ def _rdn_walk_kernel(
         # Both k-state dots first, and v loaded just before it is used: this order, only, took ptxas's stack (sm_90,
         # K = V = 128, BV = 32, 4 warps; scripts/kernel_resources.py) from 240 to 88 bytes a thread here and from 368
         # to 240 in the backward's rerun (STORE_X, tf32x3); loading the chunk matrices late as well did not help both.
-        b_ks = dot_split(b_k, b_s, X_PREC)
-        b_kr = dot_split(b_k, b_r, DOT_PREC)
+        if SPLIT_S:
+            b_ks = dot_split(b_k, b_s, X_PREC)
+        else:
+            b_ks = dot_cast(b_k, b_s, X_PREC)
+        b_kr = dot_cast(b_k, b_r, DOT_PREC)
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision=X_PREC)
         b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + tl.dot(b_mk, b_u, input_precision=X_PREC))
@@ -124,8 +129,11 @@ def _rdn_walk_kernel(
             store_tile(x_out + tok_v, b_x, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         # (K exp(GL - G))^T U as K^T (exp(GL - G) U): the decay goes on the [BT, BV] side.
         b_dL = tl.exp(b_GL - b_G)[:, None]
-        b_s = b_s * tl.exp(b_GL) + dot_split(tl.trans(b_k), b_dL * b_u, DOT_PREC)
-        b_r = b_r * tl.exp(b_GL) + dot_split(tl.trans(b_k), b_dL * b_w, DOT_PREC)
+        if SPLIT_S:
+            b_s = b_s * tl.exp(b_GL) + dot_split(tl.trans(b_k), b_dL * b_u, DOT_PREC)
+        else:
+            b_s = b_s * tl.exp(b_GL) + dot_cast(tl.trans(b_k), b_dL * b_u, DOT_PREC)
+        b_r = b_r * tl.exp(b_GL) + dot_cast(tl.trans(b_k), b_dL * b_w, DOT_PREC)
 
     store_tile(s_out + i_nh * K * V, b_s, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(r_out + i_nh * K * V, b_r, 0, K, V, i_v * BV, V, BK, BV)

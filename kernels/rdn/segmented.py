@@ -190,7 +190,7 @@ def chunk_rdn_fwd_segmented(L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0
     h, final = _walk_segments(L, k, v, g, beta, t_beta, cu, chunk_offsets, L.B * P)
     h_s, S_T = _chain(L, h, final, S0, P, chunk_segment)
     del h, final
-    u, r = L.per_token(k, L.V), L.per_token(k, L.V)
+    u, r = L.tokens(k), L.per_token(k, L.V)
     _pseudo_values_kernel[L.chunk_grid_v](
         k, v, g, beta, t_beta, m_k, h_s, u, r, None, None, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,
@@ -199,7 +199,7 @@ def chunk_rdn_fwd_segmented(L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0
     h, final = _walk_segments(L, k, r, g, gamma, t_gamma, cu, chunk_offsets, L.B * P)
     h_r, R_T = _chain(L, h, final, R0, P, chunk_segment)
     del h, final
-    w = L.per_token(k, L.V)
+    w = L.tokens(k)
     _pseudo_values_kernel[L.chunk_grid_v](
         k, r, g, gamma, t_gamma, None, h_r, w, None, None, None, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV,

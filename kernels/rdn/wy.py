@@ -11,7 +11,8 @@ stores, for every chunk, as [B*T, H, BT] fp32 (row t of the chunk's matrix at to
     T_beta = (I + A_beta)^{-1},  T_gamma = (I + A_gamma)^{-1}
     Mk[t, i]  = exp(Gp_t - G_i) k_t . k_i   (i < t)    the residual query's in-chunk read of S
 
-and _rdn_mqi_kernel, for the backward only (the forward's output kernel makes its own, ``mqi_tile``):
+and ``mqi_tile``, for the output kernel (chunk_fwd.py) and the backward's walk operators (chunk_bwd.py), each making
+its own from the chunk's q and k:
 
     Mqi[t, i] = exp(G_t - G_i)  q_t . k_i   (i <= t)   the output query's
 
@@ -129,8 +130,8 @@ def _blocked_inverse(t, m_k, x, g, out, bos, i_h, i_t, T_seq,
 
 @triton.jit
 def mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC: tl.constexpr):
-    """Mqi of a chunk from its q and k tiles and G: (q_t . k_i) exp(G_t - G_i), i <= t (_rdn_mqi_kernel's, and the
-    forward output kernel's, which needs it once and makes its own)."""
+    """Mqi of a chunk from its q and k tiles and G: (q_t . k_i) exp(G_t - G_i), i <= t (the forward output kernel's,
+    and the backward's operator kernel's, chunk_bwd._rdn_bwd_prep_kernel)."""
     return tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(
         o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
 
@@ -165,26 +166,3 @@ def _rdn_wy_kernel(
     tl.debug_barrier()  # every thread's Mk stores before any thread reads them back
     _blocked_inverse(t_beta, m_k, beta, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
     _blocked_inverse(t_gamma, m_k, gamma, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
-
-
-# The backward's only chunk matrix that the forward does not save (chunk.py chunk_rdn_fwd ``save_wy``), and that
-# _rdn_wy_kernel never makes: one q k^T dot a chunk, against the inverses' 16-row substitution loops there. A
-# backward without the forward's matrices launches both kernels (k and g read twice, one launch more).
-@autotune(configs=launch_configs((4, 1), (2, 1)), key=["H", "K", "BT", "BK", "DOT_PREC"])
-@triton.jit(do_not_specialize=["T"])
-def _rdn_mqi_kernel(
-    q, k, g, m_qi, cu_seqlens, chunk_indices, T,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
-    bos, T_seq, i_t, i_h, o_t, _, in_seq, row_off = chunk_prologue(
-        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
-    b_g = tl.load(g + row_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    tok_k = (bos * H + i_h) * K
-    b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_mqi = mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC)
-    store_tile(m_qi + (bos * H + i_h) * BT, b_mqi, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
