@@ -29,29 +29,36 @@ def rla(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     ``backend``: 'torch' | 'triton' | 'naive' | None (see ``backend.py``); ``validate=True`` also checks
     values (gate ranges, finiteness), which synchronises with the device.
 
-    ``recompute_states`` (training with the Triton backend; memory against time): True (default), the backward reruns
-    the forward's state walks and residual pass; False, the forward keeps their outputs (the chunk-start states S and R
-    and the residuals r, all in q's dtype) alive until the backward, which then skips that rerun. The forward runs the
-    same kernels either way (same numbers, same time); only its buffers live longer. Measured at B=16 T=2048 H=16
-    K=V=128 bf16 on an H200 (2026-12-01, BENCHMARKS.md): backward 4.35 -> 3.30 ms, forward unchanged. It keeps ``2 * B *
-    ceil(T / 64) * H * K * V + B * T * H * V`` elements of q's dtype per call until the backward runs (0.67 GB a layer
-    at that shape; packed sequences: ``ceil(T / 64) + N - 1`` chunks instead of ``B * ceil(T / 64)``). Ignored where
-    nothing is kept: without autograd, by the torch and naive backends, and by decode. """ return _run("rla", q, k, v,
-    g, beta, gamma, scale, clip, residual, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel,
-    backend, validate, not recompute_states) def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip",
-    initial_state=None, output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False, backend=None,
-    validate=False, recompute_states=True): """Residual Delta Net (paper Section 3.4; semantics in ``rdn/naive.py``).
-    Arguments as ``rla``, and: ``recompute_states`` (training with the Triton backend; memory against time): True
-    (default), the backward reruns the forward's sequential state walk; False, the forward keeps that walk's outputs
-    (the chunk-start states S and R and U, W in q's dtype, and the pre-residual X in fp32) alive until the backward,
-    which then skips its rerun. Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01 10:50, BENCHMARKS.md):
-    backward 7.47 -> 5.64 ms for forward 2.34 -> 3.01 (profile; its walk runs at the rerun's precision and also stores
-    X), fwd+bwd 9.85 -> 9.15 (bench). It keeps ``2 * B * ceil(T / 32) * H * K * V + 2 * B * T * H * V`` elements of q's
-    dtype plus ``B * T * H * V`` fp32 per call until the backward runs (1.61 GB a layer at that shape; packed sequences:
-    ``ceil(T / 32) + N - 1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into segments (the
-    default forward's is, at batch 1 and long T; the backward's rerun never is, so the trade holds there too). Ignored
-    where nothing is kept: without autograd, by the torch and naive backends, and by decode. ``rla`` takes the same
-    argument (it keeps its chunk states and residuals).
+    ``recompute_states`` (training with the Triton backend; memory against time): True (default), the backward
+    reruns the forward's state walks and residual pass; False, the forward keeps their outputs (the chunk-start
+    states S and R and the residuals r, all in q's dtype) alive until the backward, which then skips that rerun.
+    The forward runs the same kernels either way (same numbers, same time); only its buffers live longer.
+    Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01, BENCHMARKS.md): backward 4.35 -> 3.30 ms,
+    forward unchanged. It keeps ``2 * B * ceil(T / 64) * H * K *
+    V + B * T * H * V`` elements of q's dtype per call until the backward runs (0.67 GB a layer at that shape;
+    packed sequences: ``ceil(T / 64) + N - 1`` chunks instead of ``B * ceil(T / 64)``). Ignored where nothing is
+    kept: without autograd, by the torch and naive backends, and by decode.
+    """
+    return _run("rla", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
+                cu_seqlens, use_qk_l2norm_in_kernel, backend, validate, not recompute_states)
+
+
+def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_state=None,
+        output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False, backend=None, validate=False,
+        recompute_states=True):
+    """Residual Delta Net (paper Section 3.4; semantics in ``rdn/naive.py``). Arguments as ``rla``, and:
+
+    ``recompute_states`` (training with the Triton backend; memory against time): True (default), the backward
+    reruns the forward's sequential state walk; False, the forward keeps that walk's outputs (the chunk-start
+    states S and R and U, W in q's dtype, and the pre-residual X in fp32) alive until the backward, which then
+    skips its rerun. Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01 10:50, BENCHMARKS.md): backward
+    7.47 -> 5.64 ms for forward 2.34 -> 3.01 (profile; its walk runs at the rerun's precision and also stores X),
+    fwd+bwd 9.85 -> 9.15 (bench). It keeps ``2 * B * ceil(T / 32) * H * K * V + 2 * B * T * H * V`` elements of q's
+    dtype plus ``B * T * H * V`` fp32 per call until the backward runs (1.61 GB a layer at that shape; packed
+    sequences: ``ceil(T / 32) + N - 1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into
+    segments (the default forward's is, at batch 1 and long T; the backward's rerun never is, so the trade holds there
+    too). Ignored where nothing is kept: without autograd, by the torch and naive backends, and by decode. ``rla``
+    takes the same argument (it keeps its chunk states and residuals).
     """
     return _run("rdn", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
                 cu_seqlens, use_qk_l2norm_in_kernel, backend, validate, not recompute_states)
