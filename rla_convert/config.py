@@ -41,7 +41,7 @@ class ConversionConfig:
     seed: int = 0  # for the random parts of gate initialisation
     # training with the Triton kernels, memory against time (the rdn / rla ops' docstrings say what each keeps):
     # True (default), the backward reruns the forward's chunk-state walk; False, the forward keeps it for the
-    # backward (B=16 T=2k H=16 K=V=128 bf16 on an H200: RDN ~0.7 ms less fwd+bwd per layer for 1.61 GB held
+    # backward (B=16 T=2k H=16 K=V=128 bf16 on an H200: RDN ~0.6 ms less fwd+bwd per layer for 1.61 GB held
     # until the backward, RLA ~0.7 ms for 0.67 GB). Passed to the rdn / rla op only when
     # False; ignored by inference, the torch backend and the gdn baseline. Training-only (TRAINING_ONLY): not
     # stored in exports.

@@ -86,13 +86,11 @@ REVERSE_WALK_STAGES = 2
 # profile_kernels.py --tune) on its version of then, which also did the chunk-matrix work (now _rdn_bwd_mats_kernel's,
 # once a chunk) in every K-block program: half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
 # (BK 128); half, BK 128 4.12. Re-timed on today's kernel (2026-12-01 10:30, profile_kernels.py --grad-bk 64,128):
-# BK 64 2.69 ms, BK 128 3.19-3.20 (the autotuner's best of each). GRAD_HALF_STATE_DOTS: its state dots
-# as single half dots (the token tile rounds to 2^-9, as fla's dv/dh operands; the stored states are bf16 already)
-# instead of tf32 on fp32 copies; the float64 check passed either way (bf16 worst 3.3e-3 half, 3.1e-3 tf32). GRAD_BK:
-# its K-block width, 64 (two programs a chunk at K = 128, each reading the chunk's token tensors) or 128 (one program,
-# more registers). Stack bytes a thread by ptxas of that version (sm_90, K = V = 128, bf16, 8 / 4 warps, 1 stage;
-# kernel_resources.py): BK 64: 192 / 384 (tf32), 192 / 256 (half); BK 128: 488 / 912 (tf32), 192 / 424 (half).
-GRAD_HALF_STATE_DOTS = True
+# BK 64 2.69 ms, BK 128 3.19-3.20 (the autotuner's best of each); with the token tensors in bf16, 2.57 and 2.96.
+# GRAD_BK: its K-block width, 64 (two programs a chunk at K = 128, each reading the chunk's token tensors) or 128 (one
+# program, more registers). Its state dots were a switch until 2026-12-01 (half dots on rounded token tiles, or tf32
+# on fp32 copies; the float64 check passed either way, bf16 worst 3.3e-3 and 3.1e-3): with the token tensors stored
+# in the input dtype they are exact-product half dots with the row gates after them, no switch left.
 GRAD_BK = 64
 # V-block width of the forward's output kernel (chunk_fwd._rdn_out_kernel): each program remakes the chunk's Mqi and
 # reads its q and k, once a V-block. At B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01, profile_kernels.py --knob
@@ -399,8 +397,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,
             dq, dk, dg_part,
             L.cu_seqlens, L.chunk_indices, scale, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.BV, DOT_PREC=L.dot_prec,
-            HALF_STATE_DOTS=GRAD_HALF_STATE_DOTS and q.dtype != torch.float32, IS_VARLEN=L.varlen,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
         )
         _rdn_bwd_dg_kernel[L.chunk_grid](
             dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,

@@ -213,18 +213,6 @@ def _rdn_bwd_walk_s_kernel(
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
 
 
-@triton.jit
-def _state_dot(a, s, DOT_PREC: tl.constexpr, HALF: tl.constexpr):
-    """a s^T for an fp32 [BT, BV] token tile a and a [BK, BV] chunk state s in the input dtype. HALF: one half
-    dot (a rounds to 2^-9, as fla's dv/dh operands); else a tf32 dot on an fp32 copy of s (the precision the
-    float64 GPU checks passed with, 2026-11-30)."""
-    if HALF:
-        out = tl.dot(a.to(s.dtype), tl.trans(s), input_precision=DOT_PREC)
-    else:
-        out = tl.dot(a, tl.trans(s.to(tl.float32)), input_precision=DOT_PREC)
-    return out
-
-
 # The gradients, chunk-parallel, split as fla splits its gated delta rule's backward so that no program holds both
 # a chunk's whole [K, V] states and [BT, K] accumulators. The reverse walk stored the column-wise adjoints (dyr, dX,
 # dyv), the forward walk (its rerun, or the kept forward walk) U and W. Then three launches:
@@ -340,14 +328,14 @@ def _rdn_bwd_mats_kernel(
 
 
 @autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2)),
-          key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "HALF_STATE_DOTS"])
+          key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_grad_kernel(
     q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,
     dq, dk, dg_part,
     cu_seqlens, chunk_indices, scale, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, HALF_STATE_DOTS: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """dq and dk of K-block i_k: _rdn_bwd_mats_kernel's two products against this block's q and k columns, then
     the terms that read the chunk's start states S0, R0 and end adjoints dS, dR. The rows that read the states
@@ -394,25 +382,27 @@ def _rdn_bwd_grad_kernel(
         b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
         b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyr = load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsk = -load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyv = load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsq = (scale * b_eG) * b_do
-        b_dkd += _state_dot(b_u, b_ds, DOT_PREC, HALF_STATE_DOTS) + _state_dot(b_w, b_dr, DOT_PREC, HALF_STATE_DOTS)
-        # The row gates after the dots (row scalings commute with them), so that each product's rows against this
-        # block's q or k columns give the row sums: sum_v a (q R) = sum_k q (a R^T), etc.
-        b_pqr = _state_dot(b_dsq, b_r, DOT_PREC, HALF_STATE_DOTS)
-        b_pqs = _state_dot(b_dsq, b_s, DOT_PREC, HALF_STATE_DOTS)
+        # The token tiles raw too: do and the walks' U, W, dyr, dX, dyv are in the input dtype (chunk.py
+        # _Layout.tokens), as the states, so each state dot is one exact-product half dot, and every row gate (scale,
+        # exp(G), exp(Gp), the sign of dsk = -dX) comes after it: row scalings commute with the dot. That also lets
+        # each product's rows against this block's q or k columns give the row sums: sum_v a (q R) = sum_k q (a R^T).
+        b_do = load_tile_raw(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile_raw(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile_raw(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dkd += (tl.dot(b_u, tl.trans(b_ds), input_precision=DOT_PREC)
+                  + tl.dot(b_w, tl.trans(b_dr), input_precision=DOT_PREC))
+        b_pqr = (scale * b_eG) * tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PREC)
+        b_pqs = (scale * b_eG) * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PREC)
         b_dq += b_gamma[:, None] * b_pqr + b_pqs
         b_tqr = tl.sum(b_qb * b_pqr, axis=1)
         b_dG += tl.sum(b_qb * b_pqs, axis=1) + b_gamma * b_tqr
         b_dc += b_tqr
-        b_pkr = _state_dot(b_eG * b_dyr, b_r, DOT_PREC, HALF_STATE_DOTS)
-        b_pkv = _state_dot(b_eG * b_dyv, b_s, DOT_PREC, HALF_STATE_DOTS)
-        b_pkx = _state_dot(b_eGp * b_dsk, b_s, DOT_PREC, HALF_STATE_DOTS)
+        b_dyr = load_tile_raw(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = load_tile_raw(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dx = load_tile_raw(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_pkr = b_eG * tl.dot(b_dyr, tl.trans(b_r), input_precision=DOT_PREC)
+        b_pkv = b_eG * tl.dot(b_dyv, tl.trans(b_s), input_precision=DOT_PREC)
+        b_pkx = -b_eGp * tl.dot(b_dx, tl.trans(b_s), input_precision=DOT_PREC)
         b_dk += b_pkx - b_beta[:, None] * b_pkv - b_gamma[:, None] * b_pkr
         b_tkr = tl.sum(b_kb * b_pkr, axis=1)
         b_tkv = tl.sum(b_kb * b_pkv, axis=1)
