@@ -100,6 +100,15 @@ OUT_BV = 64
 # program a chunk making all five operators took (0.45; 255 registers and 120-368 bytes of stack by ptxas, sm_90,
 # Triton 3.9) at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01). Its traffic (~1.2 GB) would take ~0.3 ms.
 PREP_BK = 64
+# V-block widths never timed against others (all 32 since 2026-11-30), for profile_kernels.py --knob: the forward walk
+# and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the chunk-matrix kernel (MATS_BV) and the gradient
+# kernel (GRAD_BV). 0 for a walk: 32, or 16 where (sequence, head, V-block) programs would not fill the GPU
+# (_Layout.walk_BV). Narrower walks run more programs (the walks are latency-bound at two programs an SM), wider
+# chunk-parallel ones fewer V-loop turns.
+WALK_BV = 0
+REVERSE_WALK_BV = 0
+MATS_BV = 32
+GRAD_BV = 32
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -135,7 +144,6 @@ class _Layout:
         # The walks are sequential over chunks: their only parallelism is (sequence, head, V-block). When
         # that is below the GPU's SM count (a long prefill at batch 1), narrower V-blocks give more programs.
         self.walk_BV = 16 if self.N * self.H * self.NV < sm_count(q.device) else self.BV
-        self.walk_NV = triton.cdiv(self.V, self.walk_BV)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -153,6 +161,10 @@ class _Layout:
             nt = triton.cdiv(self.T, self.BT)
             self.n_chunks = self.B * nt
             self.chunk_grid = (nt, self.B * self.H)
+
+    def width(self, forced: int, auto: int) -> int:
+        """A V-block width: ``forced`` (a launch knob; 0 means ``auto``), no wider than V's power of two."""
+        return min(forced or auto, max(16, triton.next_power_of_2(self.V)))
 
     @property
     def chunk_grid_v(self):
@@ -245,11 +257,12 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     # X decides the clip's gradient mask: for the backward its chunk-matrix dots run at ~fp32 (tf32x3); its
     # k.S read is a split dot (~2^-16) where k is raw, a tf32 dot at 64-token chunks.
     x_prec = "tf32x3" if store_x and L.dot_prec == "tf32" else L.dot_prec
-    _rdn_walk_kernel[(L.walk_NV, L.N * L.H)](
+    BV = L.width(WALK_BV, L.walk_BV)
+    _rdn_walk_kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
         L.cu_seqlens, L.chunk_offsets, L.clip, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x, IS_VARLEN=L.varlen,
         RAW_K=L.BT <= 32, SPLIT_S=store_x,
@@ -319,12 +332,13 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
     """The reverse walk as two launches (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that
     dX (h_ds, dS0, dyv); ``operators``: ``_walk_operators``'s."""
     k_b, k_c, p_b, q_b, p_c = operators
-    grid = (L.walk_NV, L.N * L.H)
+    BV = L.width(REVERSE_WALK_BV, L.walk_BV)
+    grid = (triton.cdiv(L.V, BV), L.N * L.H)
     _rdn_bwd_walk_r_kernel[grid](
         q, k, g, gamma, k_c, p_c, x, do, dR_T,
         h_dr, dR0, dyr, dxc,
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
         num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
     )
@@ -332,7 +346,7 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
         q, k, g, beta, k_b, p_b, q_b, dxc, do, dS_T,
         h_ds, dS0, dyv,
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.walk_BV,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         DOT_PREC=L.dot_prec, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen,
         num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
     )
@@ -388,7 +402,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             q, k, v, g, beta, gamma, x, do, u, w, dyr, dxc, dyv,
             mats, rows_part, dv,
             L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BKF=L.BK, BV=L.BV, RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BKF=L.BK, BV=L.width(MATS_BV, 32), RESIDUAL=L.residual_code,
+            DOT_PREC=L.dot_prec,
             IS_VARLEN=L.varlen,
         )
         del x  # the rerun's X (or the kept one's reference): only the chunk-matrix kernel reads it
@@ -397,7 +412,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,
             dq, dk, dg_part,
             L.cu_seqlens, L.chunk_indices, scale, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.BV, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.width(GRAD_BV, 32), DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
         )
         _rdn_bwd_dg_kernel[L.chunk_grid](
             dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,

@@ -252,6 +252,19 @@ def test_backward_half_inputs_two_k_blocks_partial_v_blocks(dtype):
     check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1.5e-2 if dtype == torch.bfloat16 else 1e-2, chunk_size=16)
 
 
+@pytest.mark.parametrize("knobs", [dict(WALK_BV=16, REVERSE_WALK_BV=16), dict(MATS_BV=64, GRAD_BV=64, WALK_BV=64)],
+                         ids=["narrow_walks", "wide_blocks"])
+def test_v_block_width_knobs(monkeypatch, knobs):
+    """The V-block widths profile_kernels.py --knob compares (chunk.WALK_BV, REVERSE_WALK_BV, MATS_BV, GRAD_BV) give
+    the oracle's outputs and gradients at widths other than the defaults, with V = 40 leaving a partial block."""
+    chunk = sys.modules[chunk_rdn_bwd.__module__]
+    for name, value in knobs.items():
+        monkeypatch.setattr(chunk, name, value)
+    inputs, S0, R0 = make_inputs(B=1, T=45, H=2, K=32, V=40)
+    check_forward(inputs, S0, R0, None, 1.0, "clip")
+    check_backward(inputs, S0, R0, None, 1.0, "clip")
+
+
 def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
     """On a GPU with more SMs than walk programs the walks take 16-wide V-blocks while the chunk-parallel
     kernels keep 32: forward and backward must not depend on that split (V = 40: the last block of each partial)."""
