@@ -52,13 +52,13 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     reruns the forward's sequential state walk; False, the forward keeps that walk's outputs (the chunk-start states S
     and R and U, W in q's dtype, and the pre-residual X in fp32) alive until the backward, which then skips its rerun.
     Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01, BENCHMARKS.md): backward 7.47 -> 5.64 ms for
-    forward 2.34 -> 3.01 (profile, 10:50; its walk runs at the rerun's precision and also stores X), fwd+bwd 9.64 ->
-    9.03 (bench, 11:10). It keeps ``2 * B * ceil(T / 32) * H * K * V + 2 * B * T * H * V`` elements of q's dtype plus
-    ``B * T * H * V`` fp32 per call until the backward runs (1.61 GB a layer at that shape; packed sequences:
-    ``ceil(T / 32) + N - 1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into segments (the
-    default forward's is, at batch 1 and long T; the backward's rerun never is, so the trade holds there too). Ignored
-    where nothing is kept: without autograd, by the torch and naive backends, and by decode. ``rla`` takes the same
-    argument (it keeps its chunk states and residuals).
+    forward 2.34 -> 3.01 (profile, about 10:45; its walk runs at the rerun's precision and also stores X), fwd+bwd
+    9.64 -> 9.03 (bench, 11:10). It keeps ``2 * B * ceil(T / 32) * H * K * V + 2 * B * T * H * V`` elements of q's
+    dtype plus ``B * T * H * V`` fp32 per call until the backward runs (1.61 GB a layer at that shape; packed
+    sequences: ``ceil(T / 32) + N - 1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into
+    segments (the default forward's is, at batch 1 and long T; the backward's rerun never is, so the trade holds there
+    too). Ignored where nothing is kept: without autograd, by the torch and naive backends, and by decode. ``rla``
+    takes the same argument (it keeps its chunk states and residuals).
     """
     return _run("rdn", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
                 cu_seqlens, use_qk_l2norm_in_kernel, backend, validate, not recompute_states)

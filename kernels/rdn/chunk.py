@@ -28,7 +28,7 @@ what links the chunks runs sequentially:
 By default the backward reruns the forward walk instead of keeping its states alive between forward and backward
 (the API saves the inputs and the chunk matrices: [T, BT] a head against [K, V] a chunk for the states). With
 ``keep_walk`` the forward's walk also stores X, at the rerun's precision, and hands h_s, h_r, U, W, X to the
-backward: one walk fewer (the rerun: 1.84 of the backward's 7.47 ms at B=16 T=2k H=16 K=V=128 bf16, H200,
+backward: one walk fewer (the rerun: 1.83 of the backward's 7.28 ms at B=16 T=2k H=16 K=V=128 bf16, H200,
 2026-12-01) for 2 x n_chunks x H x K x V + 2 x B x T x H x V input-dtype elements plus B x T x H x V fp32 kept from
 forward to backward (1.61 GB a layer at that shape).
 """
@@ -58,10 +58,12 @@ CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms). The
 # kernels of today were not tried at 64.
 # The backward reruns the forward walk itself: the math is exact, the rounding is not (the rerun's X, whose sign
-# against +-c is the clip's gradient mask, has its chunk-matrix dots at tf32x3, the forward's at tf32; a forward
-# called with chunk_size=64 also chunks differently and reads k.S at tf32 instead of a split dot, _walk says why):
-# an element within rounding of the clip may be masked as the other side of the forward it belongs to. Not so with
-# keep_walk: the forward's o and the backward's mask then come from one walk, one X.
+# against +-c is the clip's gradient mask, reads S through split dots and its chunk-matrix dots at tf32x3, ~fp32; the
+# default forward's S dots round the state to the input dtype (dot_cast, 2^-9 for bf16) and its chunk-matrix dots are
+# tf32, so its X, which only feeds o through the continuous rho, is within ~2^-9 of the rerun's; a forward called with
+# chunk_size=64 also chunks differently, _walk says why): an element within rounding of the clip may be masked as the
+# other side of the forward it belongs to. Not so with keep_walk: the forward's o and the backward's mask then come
+# from one walk, one X.
 BWD_CHUNK_SIZE = 32
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
 # bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk (the single
@@ -86,7 +88,8 @@ REVERSE_WALK_STAGES = 2
 # profile_kernels.py --tune) on its version of then, which also did the chunk-matrix work (now _rdn_bwd_mats_kernel's,
 # once a chunk) in every K-block program: half state dots, 64-wide K-blocks 4.10 ms; tf32 state dots 4.42 (BK 64) / 4.34
 # (BK 128); half, BK 128 4.12. Re-timed on today's kernel (2026-12-01 10:30, profile_kernels.py --grad-bk 64,128):
-# BK 64 2.69 ms, BK 128 3.19-3.20 (the autotuner's best of each); with the token tensors in bf16, 2.57 and 2.96.
+# BK 64 2.69 ms, BK 128 3.19-3.20 (the autotuner's best of each); with the token tensors in bf16, 2.57 and 2.96;
+# on raw token tiles (2026-12-01 11:08) BK 64 2.39.
 # GRAD_BK: its K-block width, 64 (two programs a chunk at K = 128, each reading the chunk's token tensors) or 128 (one
 # program, more registers). Its state dots were a switch until 2026-12-01 (half dots on rounded token tiles, or tf32
 # on fp32 copies; the float64 check passed either way, bf16 worst 3.3e-3 and 3.1e-3): with the token tensors stored
@@ -184,8 +187,9 @@ class _Layout:
 
     def chunk_states(self, q, rows=None):
         """The walks' stored chunk-start states (and state adjoints), in the input dtype, as fla stores its h and
-        dh: the walks carry fp32 states in registers, so only the chunk-parallel kernels' reads round (2^-9 for
-        bf16, no build-up across chunks), and the bytes that every chunk-parallel kernel streams halve. Float64
+        dh: the walks carry fp32 states in registers, so the stored copies round once (2^-9 for bf16, no build-up
+        across chunks; the walks' own half dots round their operand the same way, except the ~fp32 S path of the
+        backward's X), and the bytes that every chunk-parallel kernel streams halve. Float64
         error with bf16 states, H200 2026-11-30 (a monkeypatch of this method, gpu_check_rdn.check's bf16
         K = 128 cases): 2.9e-3 against 2.1e-3 with fp32 ones."""
         return q.new_empty(self.n_chunks if rows is None else rows, self.H, self.K, self.V, dtype=q.dtype)
@@ -311,7 +315,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
                                             kept=keep_walk)
     o = torch.empty_like(v)
     if L.n_chunks:
-        BVO = min(OUT_BV, max(16, triton.next_power_of_2(L.V)))
+        BVO = L.width(OUT_BV, OUT_BV)
         _rdn_out_kernel[(L.chunk_grid[0], triton.cdiv(L.V, BVO), L.chunk_grid[1])](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
@@ -354,7 +358,8 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
 
 def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
                   *, chunk_size: int = CHUNK_SIZE, wy=None, walk=None):
-    """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype (states fp32).
+    """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype (states fp32). ``do`` is
+    taken in v's dtype (cast where it differs).
 
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when
     ``S0``/``R0`` are None. ``wy``: the forward's saved chunk matrices (``chunk_rdn_fwd(save_wy=True)``), used
@@ -371,16 +376,17 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             raise ValueError(f"{name} must be [N, H, K, V] = {[L.N, L.H, L.K, L.V]}; got {tuple(d.shape)}")
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
+    do = do.to(v.dtype)  # the chunk-parallel kernels dot it raw with the token tensors, which are in v's dtype
     saved_wy = wy is not None and tuple(wy.shape) == wy_shape(k, L.BT) and wy.dtype == torch.float32
     if saved_wy:
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
-    operators = _walk_operators(L, q, k, g, t_beta, t_gamma, m_k)
     if saved_wy and _fits(walk, L, q, cu_seqlens):
         h_s, h_r, u, w, x = (t.contiguous() for t in walk)
     else:
         h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
+    operators = _walk_operators(L, q, k, g, t_beta, t_gamma, m_k)  # after the rerun: not live through it
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)

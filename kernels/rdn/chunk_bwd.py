@@ -226,7 +226,8 @@ def _rdn_bwd_walk_s_kernel(
 # (2026-11-30), 2.09 + 4.10 as a rows kernel (recomputing U, W from the states, summing the rows) and a gradient
 # kernel that redid the chunk matrices in each K-block program (2026-12-01 morning), 4.31 as these two (the rerun
 # walk storing U, W instead: +0.11 ms there; backward 11.33 -> 9.57 ms, 2026-12-01 07:35;
-# docs/next/rdn-backward-plan.md, P6). Two kernels, not two passes of one: the five [BT, BT] sums and the six state
+# docs/next/rdn-backward-plan.md, P6), 0.82 + 2.39 since the token tensors are bf16 and read raw (2026-12-01 11:08,
+# backward 7.28 ms). Two kernels, not two passes of one: the five [BT, BT] sums and the six state
 # dots in one V loop spilled 5-6.6 KiB a thread (ptxas sm_90, 2026-12-01), and one pass 1 a chunk reads the token
 # tensors once, not once a K-block. Eight warps first, as the kernels they replace.
 @autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2)),

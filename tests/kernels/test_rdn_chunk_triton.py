@@ -252,15 +252,17 @@ def test_backward_half_inputs_two_k_blocks_partial_v_blocks(dtype):
     check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1.5e-2 if dtype == torch.bfloat16 else 1e-2, chunk_size=16)
 
 
-@pytest.mark.parametrize("knobs", [dict(WALK_BV=16, REVERSE_WALK_BV=16), dict(MATS_BV=64, GRAD_BV=64, WALK_BV=64)],
-                         ids=["narrow_walks", "wide_blocks"])
-def test_v_block_width_knobs(monkeypatch, knobs):
-    """The V-block widths profile_kernels.py --knob compares (chunk.WALK_BV, REVERSE_WALK_BV, MATS_BV, GRAD_BV) give
-    the oracle's outputs and gradients at widths other than the defaults, with V = 40 leaving a partial block."""
+@pytest.mark.parametrize("knobs", [dict(WALK_BV=16, REVERSE_WALK_BV=16, OUT_BV=16, PREP_BK=32),
+                                   dict(MATS_BV=64, GRAD_BV=64, WALK_BV=64, OUT_BV=128)],
+                         ids=["narrow", "wide"])
+def test_block_width_knobs(monkeypatch, knobs):
+    """The block widths profile_kernels.py --knob compares (chunk.WALK_BV, REVERSE_WALK_BV, MATS_BV, GRAD_BV, OUT_BV,
+    PREP_BK) give the oracle's outputs and gradients at widths other than the defaults, with V = 40 and K = 48 leaving
+    partial blocks (the operator kernel's second 32-wide K-block half empty)."""
     chunk = sys.modules[chunk_rdn_bwd.__module__]
     for name, value in knobs.items():
         monkeypatch.setattr(chunk, name, value)
-    inputs, S0, R0 = make_inputs(B=1, T=45, H=2, K=32, V=40)
+    inputs, S0, R0 = make_inputs(B=1, T=45, H=2, K=48, V=40)
     check_forward(inputs, S0, R0, None, 1.0, "clip")
     check_backward(inputs, S0, R0, None, 1.0, "clip")
 
@@ -454,12 +456,13 @@ class _NoWalk:
         raise AssertionError("the backward reran the forward walk it was handed")
 
 
-@pytest.mark.parametrize("case", ["tail", "varlen", "no_states_bf16", "clip_saturating"])
+@pytest.mark.parametrize("case", ["tail", "varlen", "no_states_bf16", "fp16", "clip_saturating"])
 def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, U, W, X to chunk_rdn_bwd(walk=), which then launches no walk of
     the forward: the forward's outputs and the gradients equal the default path's, and the oracle's. At the real
     32-token chunks: T not a multiple of 32; packed sequences (whose kept buffers take the shape-only row bound);
-    no initial states in bf16; values large enough that the clip saturates most elements."""
+    no initial states in bf16; fp16 (its U, W kept in fp16); values large enough that the clip saturates most
+    elements."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     cu, tol = None, 1e-4
     if case == "tail":
@@ -470,6 +473,9 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     elif case == "no_states_bf16":
         inputs, _, _ = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
         S0 = R0 = None
+        tol = 1e-2
+    elif case == "fp16":
+        inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.float16)
         tol = 1e-2
     else:
         inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16, value_scale=30.0)
