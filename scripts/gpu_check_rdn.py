@@ -12,8 +12,8 @@ keep rows' forward o must pass as well, since its walk runs at the rerun's preci
 keep rows, ``--no-keep`` none of them. Each
 case is a new kernel variant, and the backward kernel is large: compile time dominates, so the seconds
 column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes (slower still). ``--set
-WALK_STAGES=2`` (repeatable) sets an int launch knob of rla_kernels.rdn.chunk first (WALK_WARPS, WALK_STAGES,
-REVERSE_WALK_STAGES, GRAD_BK): the check of a setting that profile_kernels.py found faster; case names get it.
+WALK_STAGES=2`` (repeatable) sets an int launch knob of rla_kernels.rdn.chunk first (WALK_STAGES, GRAD_BK, OUT_BV,
+...): the check of a setting that profile_kernels.py --knob found faster; case names get it.
 
 For each case it runs chunk_rdn_fwd and chunk_rdn_bwd and prints the relative error ||x - ref|| / ||ref||
 of o, both final states and all eight gradients against naive_recurrent_rdn in float64 on the same GPU
@@ -63,6 +63,18 @@ def make_inputs(B, T, H, K, V, N, dtype):
     S0 = 0.5 * torch.randn(N, H, K, V, device="cuda")
     R0 = 0.3 * torch.randn(N, H, K, V, device="cuda")
     return [x.to(dtype) for x in (q, k, v, g, beta, gamma)], S0, R0
+
+
+def knob_values(chunk, given: str, flag: str, single: bool = False) -> tuple[str, list[int]]:
+    """``NAME=V1,V2`` (``NAME=INT`` when ``single``) for an int launch knob of ``chunk``, an op's chunk module: the
+    name and the ints; else one line naming what is accepted, and exit. For --set here and profile_kernels --knob."""
+    name, _, values = given.partition("=")
+    ints = [v for v in values.split(",") if v]
+    if (not isinstance(getattr(chunk, name, None), int) or not ints or (single and len(ints) > 1)
+            or not all(v.lstrip("-").isdigit() for v in ints)):
+        sys.exit(f"{flag} takes NAME={'INT' if single else 'V1,V2'} for an int knob of {chunk.__name__}; "
+                 f"got {given!r}")
+    return name, [int(v) for v in ints]
 
 
 def rel(x, ref):
@@ -199,10 +211,8 @@ def main():
     for i, arg in enumerate(sys.argv):
         if arg == "--set":
             given = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
-            name, _, value = given.partition("=")
-            if not isinstance(getattr(chunk, name, None), int) or not value.lstrip("-").isdigit():
-                sys.exit(f"--set takes NAME=INT for an int knob of rla_kernels.rdn.chunk; got {given!r}")
-            setattr(chunk, name, int(value))
+            name, (value,) = knob_values(chunk, given, "--set", single=True)
+            setattr(chunk, name, value)
             cases = [(f"{case} {given}", kw) for case, kw in cases]
             segmented = [(f"{case} {given}", kw) for case, kw in segmented]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")

@@ -20,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
-from gpu_check_rdn import make_inputs  # noqa: E402  (also puts rla_kernels on the path; fixed configs unless --tune)
+from gpu_check_rdn import knob_values, make_inputs  # noqa: E402  (also puts rla_kernels on the path; fixed configs unless --tune)
 
 MODULES = {"rdn": ("wy", "chunk_fwd", "segmented", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
 
@@ -75,6 +75,12 @@ def main():
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
         chunk = sys.modules[f"rla_kernels.{op}.chunk"]
+        # The launch knobs to compare, parsed before any GPU work: (chunk attribute, values), every combination a
+        # setting; --walk-warps, --walk-stages and --grad-bk name three of RDN's.
+        named = [f"{attr}={given}" for attr, given in (("WALK_WARPS", args.walk_warps),
+                                                       ("WALK_STAGES", args.walk_stages), ("GRAD_BK", args.grad_bk))
+                 if given and op == "rdn"]
+        knobs = [knob_values(chunk, given, "--knob") for given in named + args.knob]
         for shape in args.shapes:
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
@@ -83,15 +89,6 @@ def main():
             save = {"save_wy": True} if op == "rdn" else {}
             saved = {"wy": fwd(*x, None, 1.0, "clip", **save)[3]} if op == "rdn" else {}
             passes = []
-            # RDN's launch knobs to compare: (chunk attribute, values) pairs, every combination a setting
-            knobs = [(attr, [int(v) for v in given.split(",") if v])
-                     for attr, given in (("WALK_WARPS", args.walk_warps), ("WALK_STAGES", args.walk_stages),
-                                         ("GRAD_BK", args.grad_bk)) if given and op == "rdn"]
-            for given in args.knob:
-                attr, _, values = given.partition("=")
-                if not isinstance(getattr(chunk, attr, None), int) or not values:
-                    sys.exit(f"--knob takes NAME=V1,V2 for an int knob of rla_kernels.{op}.chunk; got {given!r}")
-                knobs.append((attr, [int(v) for v in values.split(",") if v]))
             for values in itertools.product(*(vals for _, vals in knobs)):
                 chosen = dict(zip((attr for attr, _ in knobs), values))
 
