@@ -20,7 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
-from gpu_check_rdn import knob_values, make_inputs  # noqa: E402  (also puts rla_kernels on the path; fixed configs unless --tune)
+# gpu_check_rdn also puts rla_kernels on the path, and pins fixed configs unless --tune
+from gpu_check_rdn import knob_values, make_inputs  # noqa: E402
 
 MODULES = {"rdn": ("wy", "chunk_fwd", "segmented", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
 
