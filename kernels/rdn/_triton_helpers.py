@@ -30,9 +30,11 @@ def autotune(configs: list, key: list):
     return triton.autotune(configs=configs[:1] if _ONE_CONFIG else configs, key=key)
 
 
-def launch_configs(*pairs: tuple[int, int]) -> list:
-    """Launch configs from (num_warps, num_stages) pairs; the first is the fixed config."""
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in pairs or ((4, 1), (8, 1))]
+def launch_configs(*pairs: tuple) -> list:
+    """Launch configs from (num_warps, num_stages) pairs, or (num_warps, num_stages, maxnreg) triples (a register
+    cap a thread: ptxas spills above it); the first is the fixed config."""
+    return [triton.Config({}, num_warps=p[0], num_stages=p[1], maxnreg=p[2] if len(p) > 2 else None)
+            for p in pairs or ((4, 1), (8, 1))]
 
 
 def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,6 +94,8 @@ REVERSE_WALK_STAGES = 2
 # program, more registers). Its state dots were a switch until 2026-12-01 (half dots on rounded token tiles, or tf32
 # on fp32 copies; the float64 check passed either way, bf16 worst 3.3e-3 and 3.1e-3): with the token tensors stored
 # in the input dtype they are exact-product half dots with the row gates after them, no switch left.
+# Since 2026-12-01 noon the gradient kernel holds its products as [BK, BT] (wgmma at BK = 64, chunk_bwd.py); a
+# 128-wide K-block would hold six [128, 32] fp32 accumulators: untimed, docs/next/rdn-grad-plan.md.
 GRAD_BK = 64
 # V-block width of the forward's output kernel (chunk_fwd._rdn_out_kernel): each program remakes the chunk's Mqi and
 # reads its q and k, once a V-block. At B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01, profile_kernels.py --knob
@@ -103,15 +105,16 @@ OUT_BV = 64
 # program a chunk making all five operators took (0.45; 255 registers and 120-368 bytes of stack by ptxas, sm_90,
 # Triton 3.9) at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01). Its traffic (~1.2 GB) would take ~0.3 ms.
 PREP_BK = 64
-# V-block widths never timed against others (all 32 since 2026-11-30), for profile_kernels.py --knob: the forward walk
-# and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the chunk-matrix kernel (MATS_BV) and the gradient
-# kernel (GRAD_BV). 0 for a walk: 32, or 16 where (sequence, head, V-block) programs would not fill the GPU
-# (_Layout.walk_BV). Narrower walks run more programs (the walks are latency-bound at two programs an SM), wider
-# chunk-parallel ones fewer V-loop turns.
+# V-block widths of the forward walk and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the
+# chunk-matrix kernel (MATS_BV) and the gradient kernel (GRAD_BV). 0 for a walk: 32, or 16 where (sequence, head,
+# V-block) programs would not fill the GPU (_Layout.walk_BV). Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6,
+# 2026-12-01 13:30, profile_kernels.py --tune --knob): walks at 16 wide are slower (forward walk 1.17 -> 1.74 ms,
+# rerun 1.85 -> 2.13, reverse walks 0.94 + 0.84 -> 1.56 + 1.33), at 32 the same as auto; the chunk-parallel kernels
+# gain at 64 wide (half the V-loop turns): chunk matrices 0.82 -> 0.74, gradient kernel 1.62 -> 1.41.
 WALK_BV = 0
 REVERSE_WALK_BV = 0
-MATS_BV = 32
-GRAD_BV = 32
+MATS_BV = 64
+GRAD_BV = 64
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 

@@ -328,7 +328,30 @@ def _rdn_bwd_mats_kernel(
     tl.store(rows_part + 3 * block + row_off, b_dc + b_dcx, mask=in_seq)
 
 
-@autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2)),
+@triton.jit
+def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """``store_tile`` of the transpose of ``value_t`` [BC, BR]: rows row0.., columns col0.. of the matrix."""
+    rows = row0 + tl.arange(0, BR)
+    cols = col0 + tl.arange(0, BC)
+    ptrs = base + rows[None, :] * row_stride + cols[:, None]
+    mask = (rows < n_rows)[None, :] & (cols < n_cols)[:, None]
+    tl.store(ptrs, value_t.to(base.dtype.element_ty), mask=mask)
+
+
+# The gradient kernel's V loop is only loads and accumulating dots: its seven state dots go into six fp32
+# products, summed over V, and every row gate (scale, exp(G), exp(Gp), exp(GL - G), beta, gamma, the sign of
+# dsk = -dX), the row sums and the mats kernel's two dots come once, after the loop. Row gates commute with the
+# dots and with the sum over V, so the products are the same exact-product half dots as before; only the fp32
+# order of the gating changes. The products are held transposed, [BK, BT] = state tile x token tile^T: with
+# BK = 64 rows a dot is a Hopper warpgroup MMA (wgmma) reading both operands from the pipeline's shared memory,
+# where a [BT = 32, BK] product is an mma.sync whose every warp holds the whole token tile in registers. The
+# epilogue stays transposed (a token's gate scales a column, its row sum is a column sum, dq and dk are stored
+# through transposed pointers): no layout change of the six accumulators. With the register cap (maxnreg 128)
+# two 8-warp programs fit an SM (ptxas spills ~100-180 bytes a thread, in the epilogue); docs/next/rdn-grad-plan.md.
+# Until 2026-12-01 the loop gated each V-block's [BT, BK] products and took five row sums a turn (cross-warp
+# reductions through shared memory), with dq, dk, dkd and the fp32 q, k tiles live across it: 255 registers and
+# 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.
+@autotune(configs=launch_configs((8, 1), (4, 1), (8, 2), (4, 2), (4, 3), (8, 3), (8, 2, 128), (8, 3, 128)),
           key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_grad_kernel(
@@ -338,11 +361,11 @@ def _rdn_bwd_grad_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """dq and dk of K-block i_k: _rdn_bwd_mats_kernel's two products against this block's q and k columns, then
-    the terms that read the chunk's start states S0, R0 and end adjoints dS, dR. The rows that read the states
-    come from this block's K-side products (the row gates after the dots, which they commute with); block 0 adds
-    the mats kernel's rows. Every block writes four slabs ``dg_part`` [4, NK, B*T*H] (dg's rows, -dGp, dbeta,
-    dgamma) that _rdn_bwd_dg_kernel sums."""
+    """dq and dk of K-block i_k: the terms that read the chunk's start states S0, R0 and end adjoints dS, dR, then
+    _rdn_bwd_mats_kernel's two products against this block's q and k columns. The rows that read the states come
+    from this block's K-side products (sum_v a (k S) = sum_k k (a S^T)); block 0 adds the mats kernel's rows.
+    Every block writes four slabs ``dg_part`` [4, NK, B*T*H] (dg's rows, -dGp, dbeta, dgamma) that
+    _rdn_bwd_dg_kernel sums."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_k = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -355,73 +378,85 @@ def _rdn_bwd_grad_kernel(
     block = tl.cast(NTH, tl.int64)
     mat_block = tl.cast(NTH, tl.int64) * BT
 
+    # The state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...; yr = res - exp(G)
+    # K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0. Their adjoints' products,
+    # ungated and transposed, [BK, BT] (a state tile times a token tile^T; the comment above the kernel says why):
+    b_pqr_t = tl.zeros([BK, BT], dtype=tl.float32)  # R0 do^T       -> dq, gate scale exp(G) gamma
+    b_pqs_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 do^T       -> dq, gate scale exp(G)
+    b_pkr_t = tl.zeros([BK, BT], dtype=tl.float32)  # R0 dyr^T      -> dk, gate -gamma exp(G)
+    b_pkv_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dyv^T      -> dk, gate -beta exp(G)
+    b_pkx_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dX^T       -> dk, gate -exp(Gp)
+    b_pkd_t = tl.zeros([BK, BT], dtype=tl.float32)  # dS U^T + dR W^T -> dk, gate exp(GL - G)
+    b_hdh = tl.zeros([BK, BV], dtype=tl.float32)  # <S0, dS> + <R0, dR>, summed over V last
+    for i_v in range(0, tl.cdiv(V, BV)):
+        # Every operand raw: the states and do, U, W, dyr, dX, dyv are in the input dtype (chunk.py
+        # _Layout.tokens), so each dot is one exact-product half dot.
+        b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_do = load_tile_raw(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile_raw(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile_raw(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile_raw(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = load_tile_raw(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dx = load_tile_raw(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_pkd_t = tl.dot(b_ds, tl.trans(b_u), b_pkd_t, input_precision=DOT_PREC)
+        b_pkd_t = tl.dot(b_dr, tl.trans(b_w), b_pkd_t, input_precision=DOT_PREC)
+        b_pqr_t = tl.dot(b_r, tl.trans(b_do), b_pqr_t, input_precision=DOT_PREC)
+        b_pqs_t = tl.dot(b_s, tl.trans(b_do), b_pqs_t, input_precision=DOT_PREC)
+        b_pkr_t = tl.dot(b_r, tl.trans(b_dyr), b_pkr_t, input_precision=DOT_PREC)
+        b_pkv_t = tl.dot(b_s, tl.trans(b_dyv), b_pkv_t, input_precision=DOT_PREC)
+        b_pkx_t = tl.dot(b_s, tl.trans(b_dx), b_pkx_t, input_precision=DOT_PREC)
+        b_hdh += b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32)
+
+    # Gated and summed in the loop's [BK, BT] orientation (a token's gate scales a column, its row sum is a column
+    # sum): no layout change of the six accumulators.
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    b_eG = tl.exp(b_G)[:, None]
-    b_eGp = tl.exp(b_Gp)[:, None]
-
-    b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_kb = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    b_qb = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    b_dk = tl.dot(b_DKK, b_kb, input_precision=DOT_PREC)
-    b_dk += tl.dot(tl.trans(b_DQK), b_qb, input_precision=DOT_PREC)
-    b_dq = tl.dot(b_DQK, b_kb, input_precision=DOT_PREC)
+    b_eG = tl.exp(b_G)[None, :]
     first = in_seq & ((o_t * 0 + i_k) == 0)  # the mats kernel's rows count once
     b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
     b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
     b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
     b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
+    b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_kb_t = tl.trans(load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
+    b_qb_t = tl.trans(load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
 
-    # The state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...; yr = res - exp(G)
-    # K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0.
-    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)
-    b_hdh = tl.zeros([BK], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        # The token tiles raw too: do and the walks' U, W, dyr, dX, dyv are in the input dtype (chunk.py
-        # _Layout.tokens), as the states, so each state dot is one exact-product half dot, and every row gate (scale,
-        # exp(G), exp(Gp), the sign of dsk = -dX) comes after it: row scalings commute with the dot. That also lets
-        # each product's rows against this block's q or k columns give the row sums: sum_v a (q R) = sum_k q (a R^T).
-        b_do = load_tile_raw(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = load_tile_raw(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_w = load_tile_raw(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dkd += (tl.dot(b_u, tl.trans(b_ds), input_precision=DOT_PREC)
-                  + tl.dot(b_w, tl.trans(b_dr), input_precision=DOT_PREC))
-        b_pqr = (scale * b_eG) * tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PREC)
-        b_pqs = (scale * b_eG) * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PREC)
-        b_dq += b_gamma[:, None] * b_pqr + b_pqs
-        b_tqr = tl.sum(b_qb * b_pqr, axis=1)
-        b_dG += tl.sum(b_qb * b_pqs, axis=1) + b_gamma * b_tqr
-        b_dc += b_tqr
-        b_dyr = load_tile_raw(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyv = load_tile_raw(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dx = load_tile_raw(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_pkr = b_eG * tl.dot(b_dyr, tl.trans(b_r), input_precision=DOT_PREC)
-        b_pkv = b_eG * tl.dot(b_dyv, tl.trans(b_s), input_precision=DOT_PREC)
-        b_pkx = -b_eGp * tl.dot(b_dx, tl.trans(b_s), input_precision=DOT_PREC)
-        b_dk += b_pkx - b_beta[:, None] * b_pkv - b_gamma[:, None] * b_pkr
-        b_tkr = tl.sum(b_kb * b_pkr, axis=1)
-        b_tkv = tl.sum(b_kb * b_pkv, axis=1)
-        b_dG -= b_gamma * b_tkr + b_beta * b_tkv
-        b_dGp += tl.sum(b_kb * b_pkx, axis=1)
-        b_db -= b_tkv
-        b_dc -= b_tkr
-        b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
+    # dq, and the rows through q: sum_v a (q R) = sum_k q (a R^T).
+    b_pqr_t = (scale * b_eG) * b_pqr_t
+    b_pqs_t = (scale * b_eG) * b_pqs_t
+    b_dq_t = tl.dot(b_kb_t, tl.trans(b_DQK), input_precision=DOT_PREC) + b_gamma[None, :] * b_pqr_t + b_pqs_t
+    _store_tile_t(dq + tok_k, b_dq_t, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_tqr = tl.sum(b_qb_t * b_pqr_t, axis=0)
+    b_dG += tl.sum(b_qb_t * b_pqs_t, axis=0) + b_gamma * b_tqr
+    b_dc += b_tqr
 
-    # Kd = K exp(GL - G): its gradient dkd goes to dk, and its decay's to dG (-Dd per row, sum(Dd) at the end).
+    # dk, and the rows through k. Kd = K exp(GL - G): its gradient goes to dk, and its decay's to dG (-Dd per
+    # row, sum(Dd) at the end).
+    b_pkr_t = b_eG * b_pkr_t
+    b_pkv_t = b_eG * b_pkv_t
+    b_pkx_t = -tl.exp(b_Gp)[None, :] * b_pkx_t
     b_dec = tl.exp(b_GL - b_G)
-    b_dk += b_dkd * b_dec[:, None]
-    b_Dd = tl.sum(b_dkd * (b_kb * b_dec[:, None]), axis=1)
-    store_tile(dq + tok_k, b_dq, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
-    store_tile(dk + tok_k, b_dk, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_pkd_t = b_pkd_t * b_dec[None, :]
+    b_dk_t = tl.dot(b_kb_t, tl.trans(b_DKK), input_precision=DOT_PREC)
+    b_dk_t += tl.dot(b_qb_t, b_DQK, input_precision=DOT_PREC)
+    b_dk_t += b_pkx_t - b_beta[None, :] * b_pkv_t - b_gamma[None, :] * b_pkr_t + b_pkd_t
+    _store_tile_t(dk + tok_k, b_dk_t, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    b_tkr = tl.sum(b_kb_t * b_pkr_t, axis=0)
+    b_tkv = tl.sum(b_kb_t * b_pkv_t, axis=0)
+    b_dG -= b_gamma * b_tkr + b_beta * b_tkv
+    b_dGp += tl.sum(b_kb_t * b_pkx_t, axis=0)
+    b_db -= b_tkv
+    b_dc -= b_tkr
+    b_Dd = tl.sum(b_kb_t * b_pkd_t, axis=0)
+
     # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both on the chunk's last row, whose dG reaches
     # every row's dg through the reverse cumsum; put on its last row in the sequence, they reach the same.
-    b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
+    b_end = tl.exp(b_GL) * tl.sum(tl.sum(b_hdh, axis=1), axis=0) + tl.sum(b_Dd, axis=0)
     b_part = b_dG + b_dGp
     b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
     nk = tl.cast(tl.num_programs(1), tl.int64)

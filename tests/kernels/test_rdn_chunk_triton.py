@@ -252,8 +252,9 @@ def test_backward_half_inputs_two_k_blocks_partial_v_blocks(dtype):
     check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1.5e-2 if dtype == torch.bfloat16 else 1e-2, chunk_size=16)
 
 
-@pytest.mark.parametrize("knobs", [dict(WALK_BV=16, REVERSE_WALK_BV=16, OUT_BV=16, PREP_BK=32),
-                                   dict(MATS_BV=64, GRAD_BV=64, WALK_BV=64, OUT_BV=128)],
+@pytest.mark.parametrize("knobs", [dict(WALK_BV=16, REVERSE_WALK_BV=16, OUT_BV=16, PREP_BK=32, MATS_BV=16,
+                                        GRAD_BV=32),
+                                   dict(WALK_BV=64, REVERSE_WALK_BV=64, OUT_BV=32)],
                          ids=["narrow", "wide"])
 def test_block_width_knobs(monkeypatch, knobs):
     """The block widths profile_kernels.py --knob compares (chunk.WALK_BV, REVERSE_WALK_BV, MATS_BV, GRAD_BV, OUT_BV,
