@@ -65,6 +65,14 @@ CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # other side of the forward it belongs to. Not so with keep_walk: the forward's o and the backward's mask then come
 # from one walk, one X.
 BWD_CHUNK_SIZE = 32
+# 1: the walk's chunk-matrix dots up to X (T_beta's, making U, and Mk's, making X) run at tf32x3 when X is stored
+# (the rerun, keep_walk's forward); 0: both at tf32, one pass instead of three on the S chain (walks plan W4b(1),
+# docs/next/rdn-walks-plan.md); 2: T_beta's at tf32x3 (U feeds S's update, so S stays ~fp32), Mk's at tf32.
+# Rerun walk at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01 13:52-14:01, profile_kernels.py --knob X_TF32X3=1,0
+# and 1,2): 1.83-1.85 ms at 1, 1.42 at 0, 1.66 at 2. Float64 check (gpu_check_rdn.py --all --case bf16 --set), dv at
+# bf16 K=128 over two draws of inputs: 3.3e-3 at 1; 1.1e-2 and 1.2e-2 at 0 (fails the 1e-2 bound: tf32 X flips the
+# clip's mask too often); 3.3e-3 to 8.9e-3 at 2 (passes, with little room). 1 stays: -0.17 ms is not worth the room.
+X_TF32X3 = 1
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
 # bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk (the single
 # one of 2026-11-30, since split in two: chunk_bwd.py has the split walks' numbers): 424 /
@@ -94,8 +102,8 @@ REVERSE_WALK_STAGES = 2
 # program, more registers). Its state dots were a switch until 2026-12-01 (half dots on rounded token tiles, or tf32
 # on fp32 copies; the float64 check passed either way, bf16 worst 3.3e-3 and 3.1e-3): with the token tensors stored
 # in the input dtype they are exact-product half dots with the row gates after them, no switch left.
-# Since 2026-12-01 noon the gradient kernel holds its products as [BK, BT] (wgmma at BK = 64, chunk_bwd.py); a
-# 128-wide K-block would hold six [128, 32] fp32 accumulators: untimed, docs/next/rdn-grad-plan.md.
+# Since 2026-12-01 13:30 the kernel holds its products as [BK, BT] (wgmma at BK = 64, chunk_bwd.py), six [BK, 32]
+# fp32 accumulators: at GRAD_BV 64, 1.41 ms at BK 64, 1.52 at 128 (8 warps, 3 stages; --knob GRAD_BK=64,128, 13:53).
 GRAD_BK = 64
 # V-block width of the forward's output kernel (chunk_fwd._rdn_out_kernel): each program remakes the chunk's Mqi and
 # reads its q and k, once a V-block. At B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01, profile_kernels.py --knob
@@ -263,14 +271,16 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     # raw ones at 32-token chunks, agree with the float64 oracle (scripts/gpu_check_rdn.py, 2026-11-30).
     # X decides the clip's gradient mask: for the backward its chunk-matrix dots run at ~fp32 (tf32x3); its
     # k.S read is a split dot (~2^-16) where k is raw, a tf32 dot at 64-token chunks.
-    x_prec = "tf32x3" if store_x and L.dot_prec == "tf32" else L.dot_prec
+    precise = store_x and L.dot_prec == "tf32"
+    u_prec = "tf32x3" if precise and X_TF32X3 in (1, 2) else L.dot_prec
+    x_prec = "tf32x3" if precise and X_TF32X3 == 1 else L.dot_prec
     BV = L.width(WALK_BV, L.walk_BV)
     _rdn_walk_kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
         L.cu_seqlens, L.chunk_offsets, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, X_PREC=x_prec,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x, IS_VARLEN=L.varlen,
         RAW_K=L.BT <= 32, SPLIT_S=store_x,
         num_warps=WALK_WARPS, num_stages=WALK_STAGES,

@@ -348,6 +348,8 @@ def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.
 # epilogue stays transposed (a token's gate scales a column, its row sum is a column sum, dq and dk are stored
 # through transposed pointers): no layout change of the six accumulators. With the register cap (maxnreg 128)
 # two 8-warp programs fit an SM (ptxas spills ~100-180 bytes a thread, in the epilogue); docs/next/rdn-grad-plan.md.
+# On the H200 (Triton 3.6, B=16 T=2k H=16 K=V=128 bf16, 2026-12-01 13:29-13:41) the autotuner never picked those:
+# 4 warps and 3 stages at 32-wide V-blocks (1.62 ms), 4 warps and 2 stages at 64 (1.41 ms, chunk.GRAD_BV).
 # Until 2026-12-01 the loop gated each V-block's [BT, BK] products and took five row sums a turn (cross-warp
 # reductions through shared memory), with dq, dk, dkd and the fp32 q, k tiles live across it: 255 registers and
 # 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.

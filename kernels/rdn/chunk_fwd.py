@@ -64,15 +64,15 @@ def _rdn_walk_kernel(
     cu_seqlens, chunk_offsets, clip, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, X_PREC: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, U_PREC: tl.constexpr, X_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr,
     IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr, SPLIT_S: tl.constexpr,
 ):
-    """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. X_PREC: the
-    precision of the chunk-matrix dots on the S path up to X, and of k.S too without RAW_K. SPLIT_S (with RAW_K): S's
-    two dots with raw k split the state (dot_split, ~2^-16) instead of rounding it to k's dtype (dot_cast, 2^-9).
-    The backward asks for both, tf32x3 and split (about fp32), because the clip's gradient jumps where |X| crosses c,
-    and its mask comes from the X stored here. R never reaches X: its dots always round (dot_cast), as fla's walks."""
+    """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. U_PREC: the
+    precision of T_beta's dot (U, which S's update carries on); X_PREC: of Mk's (X) and of k.S too without RAW_K.
+    SPLIT_S (with RAW_K): S's two dots with raw k split the state (dot_split, ~2^-16) instead of rounding it to k's
+    dtype (dot_cast, 2^-9). The backward asks for both, tf32x3 and split (about fp32), because the clip's gradient
+    jumps where |X| crosses c, and its mask comes from the X stored here. R never reaches X: its dots always round (dot_cast), as fla's walks."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
@@ -119,7 +119,7 @@ def _rdn_walk_kernel(
             b_ks = dot_cast(b_k, b_s, X_PREC)
         b_kr = dot_cast(b_k, b_r, DOT_PREC)
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision=X_PREC)
+        b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision=U_PREC)
         b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + tl.dot(b_mk, b_u, input_precision=X_PREC))
         b_w = tl.dot(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), input_precision=DOT_PREC)
 

@@ -253,13 +253,13 @@ def test_backward_half_inputs_two_k_blocks_partial_v_blocks(dtype):
 
 
 @pytest.mark.parametrize("knobs", [dict(WALK_BV=16, REVERSE_WALK_BV=16, OUT_BV=16, PREP_BK=32, MATS_BV=16,
-                                        GRAD_BV=32),
-                                   dict(WALK_BV=64, REVERSE_WALK_BV=64, OUT_BV=32)],
+                                        GRAD_BV=32, X_TF32X3=0),
+                                   dict(WALK_BV=64, REVERSE_WALK_BV=64, OUT_BV=32, X_TF32X3=2)],
                          ids=["narrow", "wide"])
 def test_block_width_knobs(monkeypatch, knobs):
-    """The block widths profile_kernels.py --knob compares (chunk.WALK_BV, REVERSE_WALK_BV, MATS_BV, GRAD_BV, OUT_BV,
-    PREP_BK) give the oracle's outputs and gradients at widths other than the defaults, with V = 40 and K = 48 leaving
-    partial blocks (the operator kernel's second 32-wide K-block half empty)."""
+    """The launch knobs profile_kernels.py --knob compares (chunk.WALK_BV, REVERSE_WALK_BV, MATS_BV, GRAD_BV, OUT_BV,
+    PREP_BK, X_TF32X3) give the oracle's outputs and gradients at values other than the defaults, with V = 40 and
+    K = 48 leaving partial blocks (the operator kernel's second 32-wide K-block half empty)."""
     chunk = sys.modules[chunk_rdn_bwd.__module__]
     for name, value in knobs.items():
         monkeypatch.setattr(chunk, name, value)
