@@ -72,7 +72,8 @@ def _rdn_walk_kernel(
     precision of T_beta's dot (U, which S's update carries on); X_PREC: of Mk's (X) and of k.S too without RAW_K.
     SPLIT_S (with RAW_K): S's two dots with raw k split the state (dot_split, ~2^-16) instead of rounding it to k's
     dtype (dot_cast, 2^-9). The backward asks for both, tf32x3 and split (about fp32), because the clip's gradient
-    jumps where |X| crosses c, and its mask comes from the X stored here. R never reaches X: its dots always round (dot_cast), as fla's walks."""
+    jumps where |X| crosses c, and its mask comes from the X stored here. R never reaches X: its dots always round
+    (dot_cast), as fla's walks."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
