@@ -19,10 +19,10 @@ def test_reports_every_config_of_the_rdn_wy_kernels_specialised_as_launches():
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [m.groups() for m in map(ROW.match, out.stdout.splitlines()) if m]
-    # The forward (32-token chunks) compiles every config of the WY autotuner, (4, 1), (2, 1), (8, 1); the backward
-    # takes its matrices and compiles only the walk-operator kernel's, (4, 1), (2, 1), (8, 1).
+    # The forward (32-token chunks) compiles every config of the WY autotuner, (1, 1), (2, 1), (4, 1), (8, 1); the
+    # backward takes its matrices and compiles only the walk-operator kernel's, (4, 1), (2, 1), (8, 1).
     assert sorted((r[0], int(r[1]), int(r[2])) for r in rows) == sorted(
-        [("_rdn_wy_kernel", w, 1) for w in (4, 2, 8)] + [("_rdn_bwd_prep_kernel", w, 1) for w in (4, 2, 8)])
+        [("_rdn_wy_kernel", w, 1) for w in (1, 2, 4, 8)] + [("_rdn_bwd_prep_kernel", w, 1) for w in (4, 2, 8)])
     for name, warps, stages, regs, stack, shared, constexprs in rows:
         assert 0 < int(regs) <= 255 and int(shared) > 0
         assert "'K': 32" in constexprs and "'H': 2" in constexprs and "'BT': 32" in constexprs

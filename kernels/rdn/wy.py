@@ -24,7 +24,10 @@ powers of A, as fla's solve_tril). A row-by-row loop over the whole 64 x 64 bloc
 forward at T = 2k on the H200 (64 dependent full-tile reductions); the blocks keep that loop at 16 x 16
 and hand the rest to tl.dot. Ten k-block dots per chunk before 2026-11-30 evening held [16, K] tiles and
 their products live at once: ptxas (sm_90a) gave 255 registers and 736-1312 bytes of spills a thread at
-64-token chunks, K = 128.
+64-token chunks, K = 128. Until 2026-12-01 the diagonal blocks were solved one after another (4 blocks x 15
+dependent row steps at BT = 32, each waiting on a load: 0.59 ms at B=16 T=2k H=16 K=128 bf16, H200);
+_diagonal_inverses now takes the 15 steps once for all blocks of both matrices (docs/next/rdn-chunk-kernels.md):
+0.13 ms there, the autotuner's pick one warp (2026-12-01 16:49).
 """
 from __future__ import annotations
 
@@ -54,23 +57,44 @@ def _a_block(m_k, out, s_I, i_t, I: tl.constexpr, J: tl.constexpr, T_seq, H: tl.
 
 
 @triton.jit
-def _diagonal_inverse(m_k, out, x, g, bos, i_h, i_t, I: tl.constexpr, T_seq, H: tl.constexpr,
-                      BT: tl.constexpr):
-    """(I + A)^{-1} for the strictly lower-triangular 16 x 16 diagonal block I, by forward substitution:
-    row i of the inverse is e_i - sum_{j<i} A[i, j] (row j of the inverse). A's rows are read from the
-    stored Mk (a row taken out of a register tile is a cross-warp reduction, a row read from memory is a
-    load, as in fla's solve_tril), each scaled by its token's x exp(g)."""
-    o = tl.arange(0, 16)
-    row0 = i_t * BT + I * 16
-    inv = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
-    for i in range(1, 16):
-        live = row0 + i + 0 * o < T_seq  # as a vector: the interpreter takes no scalar masks
-        off = (bos + row0 + i) * H + i_h + 0 * o  # row i's scale in every lane: a broadcast load
-        s_i = (tl.load(x + off, mask=live, other=0.0).to(tl.float32)
-               * tl.exp(tl.load(g + off, mask=live, other=0.0).to(tl.float32)))
-        a_i = s_i * tl.load(m_k + out + (row0 + i) * H * BT + I * 16 + o, mask=(o < i) & live, other=0.0)
-        inv += tl.where(o[:, None] == i, -tl.sum(a_i[:, None] * inv, axis=0)[None, :], 0.0)
-    return inv
+def _diagonal_inverses(t_beta, t_gamma, m_k, beta, gamma, g, out, bos, i_h, i_t, T_seq,
+                       H: tl.constexpr, BT: tl.constexpr):
+    """Store (I + A)^{-1} of every 16 x 16 diagonal block of both matrices (A_beta, A_gamma) by forward substitution,
+    all NB = 2 BT / 16 blocks at once, so that the 15 dependent row steps are taken once for all of them (they were
+    taken once a block, 60 steps at BT = 32, each waiting on a load). The inverses are one [NB, 16, 16] tile held
+    transposed, inv[p, c, j] = (block p's inverse)[j, c] (blocks of T_beta, then of T_gamma): a step's sum over j
+    runs along the last axis, which Triton gives to lanes: at one warp the sum is shuffles, no shared memory.
+    Step i: row i of every block becomes e_i - sum_{j<i} A[i, j] (row j of its inverse); A's rows are read from the
+    stored Mk and scaled by the token's x exp(g) (loads off the chain: the unrolled loop lets them go first)."""
+    NBM: tl.constexpr = BT // 16  # blocks a matrix
+    NB: tl.constexpr = 2 * NBM
+    o_p = tl.arange(0, NB)
+    o_16 = tl.arange(0, 16)
+    first = (o_p % NBM) * 16  # the block's first chunk row
+    is_b = (o_p < NBM)[:, None]
+    inv = tl.where(o_16[None, :, None] == o_16[None, None, :], 1.0, 0.0) + tl.zeros([NB, 16, 16], dtype=tl.float32)
+    for i in tl.static_range(1, 16):
+        row = (i_t * BT + first + i)[:, None]  # [NB, 1]: the sequence row of block p's step
+        live = row < T_seq
+        off = (bos + row) * H + i_h
+        x = tl.where(is_b, tl.load(beta + off, mask=live, other=0.0).to(tl.float32),
+                     tl.load(gamma + off, mask=live, other=0.0).to(tl.float32))
+        a = x * tl.exp(tl.load(g + off, mask=live, other=0.0).to(tl.float32)) * tl.load(
+            m_k + out + row * H * BT + first[:, None] + o_16[None, :], mask=live & (o_16[None, :] < i), other=0.0)
+        step = tl.sum(a[:, None, :] * inv, axis=2)  # [NB, 16]: sum_j A[i, j] inv_j[c]
+        inv = tl.where(o_16[None, None, :] == i, inv - step[:, :, None], inv)  # row i was e_i
+    rows = (i_t * BT + first)[:, None, None] + o_16[None, None, :]
+    ptrs = out + rows * H * BT + first[:, None, None] + o_16[None, :, None]
+    in_seq = rows < T_seq
+    tl.store(t_beta + ptrs, inv, mask=in_seq & is_b[:, :, None])
+    tl.store(t_gamma + ptrs, inv, mask=in_seq & (~is_b)[:, :, None])
+
+
+@triton.jit
+def _diagonal_block(t, out, i_t, I: tl.constexpr, T_seq, H: tl.constexpr, BT: tl.constexpr):
+    """Diagonal block I of the inverse, as _diagonal_inverses stored it (rows past the sequence end read 0: their
+    columns of A are 0, so they meet nothing in the merges, and their rows are not stored)."""
+    return load_tile(t + out, i_t * BT + I * 16, T_seq, H * BT, I * 16, BT, 16, 16)
 
 
 @triton.jit
@@ -86,29 +110,27 @@ def _blocked_inverse(t, m_k, x, g, out, bos, i_h, i_t, T_seq,
     are used, so that few [16, 16] tiles are live at once."""
     NB: tl.constexpr = BT // 16
     zero = tl.zeros([16, 16], dtype=tl.float32)
-    X00 = _diagonal_inverse(m_k, out, x, g, bos, i_h, i_t, 0, T_seq, H, BT)
-    _store_block(t, out, X00, i_t, 0, 0, T_seq, H, BT)
+    X00 = _diagonal_block(t, out, i_t, 0, T_seq, H, BT)
     if NB > 1:
         s1 = _row_scale(x, g, bos, i_h, i_t * BT + 16, T_seq, H)
-        X11 = _diagonal_inverse(m_k, out, x, g, bos, i_h, i_t, 1, T_seq, H, BT)
+        X11 = _diagonal_block(t, out, i_t, 1, T_seq, H, BT)
         X10 = -tl.dot(X11, tl.dot(_a_block(m_k, out, s1, i_t, 1, 0, T_seq, H, BT), X00,
                                   input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         _store_block(t, out, zero, i_t, 0, 1, T_seq, H, BT)
         _store_block(t, out, X10, i_t, 1, 0, T_seq, H, BT)
-        _store_block(t, out, X11, i_t, 1, 1, T_seq, H, BT)
     if NB > 2:
         s2 = _row_scale(x, g, bos, i_h, i_t * BT + 32, T_seq, H)
         s3 = _row_scale(x, g, bos, i_h, i_t * BT + 48, T_seq, H)
         A20 = _a_block(m_k, out, s2, i_t, 2, 0, T_seq, H, BT)
         A21 = _a_block(m_k, out, s2, i_t, 2, 1, T_seq, H, BT)
-        X22 = _diagonal_inverse(m_k, out, x, g, bos, i_h, i_t, 2, T_seq, H, BT)
+        X22 = _diagonal_block(t, out, i_t, 2, T_seq, H, BT)
         X21 = -tl.dot(X22, tl.dot(A21, X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         X20 = -tl.dot(X22, tl.dot(A20, X00, input_precision=MERGE_PREC)
                       + tl.dot(A21, X10, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         A30 = _a_block(m_k, out, s3, i_t, 3, 0, T_seq, H, BT)
         A31 = _a_block(m_k, out, s3, i_t, 3, 1, T_seq, H, BT)
         A32 = _a_block(m_k, out, s3, i_t, 3, 2, T_seq, H, BT)
-        X33 = _diagonal_inverse(m_k, out, x, g, bos, i_h, i_t, 3, T_seq, H, BT)
+        X33 = _diagonal_block(t, out, i_t, 3, T_seq, H, BT)
         X32 = -tl.dot(X33, tl.dot(A32, X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
         X31 = -tl.dot(X33, tl.dot(A31, X11, input_precision=MERGE_PREC)
                       + tl.dot(A32, X21, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
@@ -121,11 +143,9 @@ def _blocked_inverse(t, m_k, x, g, out, bos, i_h, i_t, T_seq,
         _store_block(t, out, zero, i_t, 2, 3, T_seq, H, BT)
         _store_block(t, out, X20, i_t, 2, 0, T_seq, H, BT)
         _store_block(t, out, X21, i_t, 2, 1, T_seq, H, BT)
-        _store_block(t, out, X22, i_t, 2, 2, T_seq, H, BT)
         _store_block(t, out, X30, i_t, 3, 0, T_seq, H, BT)
         _store_block(t, out, X31, i_t, 3, 1, T_seq, H, BT)
         _store_block(t, out, X32, i_t, 3, 2, T_seq, H, BT)
-        _store_block(t, out, X33, i_t, 3, 3, T_seq, H, BT)
 
 
 @triton.jit
@@ -136,8 +156,12 @@ def mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC: tl.constexpr):
         o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
 
 
-# Two warps as an option: most of the kernel is 16 x 16 tiles, where fewer warps mean fewer cross-warp steps.
-@autotune(configs=launch_configs((4, 1), (2, 1), (8, 1)), key=["H", "K", "BT", "BK", "DOT_PREC"])
+# One warp first (the fixed config, the one the float64 check runs): _diagonal_inverses' step sums then never leave
+# the warp (shuffles only; the steps' rows are gathered before the chain starts), at 138 registers a thread
+# against 96 at four warps, where Triton 3.9 splits the summed axis over two warps (a barrier or more a step). Two
+# warps were the H200's pick for the old row-by-row kernel (2026-12-01): most of the kernel is 16 x 16 tiles, where
+# fewer warps mean fewer cross-warp steps.
+@autotune(configs=launch_configs((1, 1), (2, 1), (4, 1), (8, 1)), key=["H", "K", "BT", "BK", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_wy_kernel(
     k, g, beta, gamma, t_beta, t_gamma, m_k, cu_seqlens, chunk_indices, T,
@@ -162,7 +186,10 @@ def _rdn_wy_kernel(
     b_mk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(strict, b_Gp[:, None] - b_G[None, :])
     store_tile(m_k + out, b_mk, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
 
-    # The inverses, in 16-row blocks read back from Mk (A_x = diag(x exp(g)) Mk): one k k^T dot serves all.
+    # The inverses, in 16-row blocks read back from Mk (A_x = diag(x exp(g)) Mk): one k k^T dot serves all. The
+    # diagonal blocks of both first, in one pass, then the merges below them, matrix by matrix.
     tl.debug_barrier()  # every thread's Mk stores before any thread reads them back
+    _diagonal_inverses(t_beta, t_gamma, m_k, beta, gamma, g, out, bos, i_h, i_t, T_seq, H, BT)
+    tl.debug_barrier()  # the diagonal blocks stored before the merges read them back
     _blocked_inverse(t_beta, m_k, beta, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
     _blocked_inverse(t_gamma, m_k, gamma, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)

@@ -519,3 +519,56 @@ def test_kept_walk_is_ignored_where_it_does_not_fit_and_refuses_segments():
     check_backward(inputs, S0, R0, None, 1.0, "clip", walk=walk)  # no wy: recomputes both
     with pytest.raises(ValueError, match="keep_walk needs the uncut walk"):
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=2, keep_walk=True)
+
+
+def wy_reference(k, g, beta, gamma, BT, cu_seqlens=None):
+    """T_beta, T_gamma, Mk of every chunk in float64 by torch.linalg (the kernel's layout: [B, T, H, BT], row t of the
+    chunk's matrix at token t), from the definitions in wy.py's docstring."""
+    k, g, beta, gamma = (x.double() for x in (k, g, beta, gamma))
+    B, T, H, _ = k.shape
+    out = torch.zeros(3, B, T, H, BT, dtype=torch.float64)
+    bounds = cu_seqlens.tolist() if cu_seqlens is not None else None
+    spans = ([(0, b, 0, T) for b in range(B)] if bounds is None
+             else [(0, 0, s, e) for s, e in zip(bounds[:-1], bounds[1:])])
+    for _, b, s, e in spans:
+        for c0 in range(s, e, BT):
+            c1 = min(c0 + BT, e)
+            n = c1 - c0
+            G = torch.cumsum(g[b, c0:c1], 0)  # [n, H]
+            Gp = G - g[b, c0:c1]
+            kk = torch.einsum("thk,ihk->hti", k[b, c0:c1], k[b, c0:c1])
+            strict = torch.tril(torch.ones(n, n, dtype=torch.bool), -1)
+            mk = torch.where(strict, kk * torch.exp(Gp.T[:, :, None] - G.T[:, None, :]), 0.0)
+            for idx, x in ((0, beta), (1, gamma)):
+                a = (x[b, c0:c1] * torch.exp(g[b, c0:c1])).T[:, :, None] * mk
+                out[idx, b, c0:c1, :, :n] = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + a).permute(1, 0, 2)
+            out[2, b, c0:c1, :, :n] = mk.permute(1, 0, 2)
+    return out
+
+
+@pytest.mark.parametrize("BT", [16, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_wy_matrices_match_float64_inverses(BT, dtype):
+    """_rdn_wy_kernel's T_beta, T_gamma (the doubling inverses) and Mk against torch.linalg in float64, at every chunk
+    size and a partial tail, with near-aligned keys and gates up to 1 (inverses far from I), and on packed
+    sequences; the rows past each sequence's end and the columns past a chunk's tokens are left at zero. (Unit-norm keys
+    keep the inverses' entries O(1): a large one needs k.k near -1 between many pairs.)"""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    gen = torch.Generator().manual_seed(BT)
+    B, T, H, K = 2, 2 * BT + 7, 2, 32
+    base = F.normalize(torch.randn(1, 1, H, K, generator=gen), dim=-1)  # shared direction: large k.k
+    k = F.normalize(base + 0.3 * torch.randn(B, T, H, K, generator=gen), dim=-1).to(dtype)
+    g = (-0.05 * torch.rand(B, T, H, generator=gen)).to(dtype)
+    beta = (0.5 + 0.5 * torch.rand(B, T, H, generator=gen)).to(dtype)
+    gamma = torch.rand(B, T, H, generator=gen).to(dtype)
+    tol = 1e-5  # both dtypes: half inputs are exact in fp32, the merges run at ~fp32 (tf32x3)
+    for cu in (None, torch.tensor([0, BT - 5, 2 * T - 3], dtype=torch.int32)):
+        kk, gg, bb, cc = ((x.reshape(1, B * T, *x.shape[2:])[:, :2 * T - 3] if cu is not None else x)
+                          for x in (k, g, beta, gamma))
+        L = chunk._Layout(kk, kk, kk, gg, bb, cc, 1.0, "clip", None, None, cu, BT)
+        got = torch.stack(chunk._wy(L, kk.contiguous(), gg.contiguous(), bb.contiguous(), cc.contiguous()))
+        ref = wy_reference(kk, gg, bb, cc, BT, cu)
+        inv = ref[:2]
+        assert inv[inv != 1].abs().max() > 0.3  # off the unit diagonal: far from I
+        for name, x, r in zip(("T_beta", "T_gamma", "Mk"), got, ref):
+            assert rel_err(x, r) < tol, (name, rel_err(x, r))
