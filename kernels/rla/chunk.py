@@ -28,8 +28,8 @@ import torch
 import triton
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, prepare_chunk_indices, prepare_chunk_offsets,
-                           sm_count)
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, prepare_chunk_indices,
+                           prepare_chunk_offsets, sm_count)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -77,11 +77,11 @@ class _Layout:
         self.clip = 1.0 if clip is None else float(clip)
         # Chunk states (h_S, h_R and the backward's dh_R', dh_S') are stored in the input dtype, as fla stores
         # its forward h: the walks carry fp32 states in registers and round only what they store (nothing
-        # builds up across chunks), and every chunk-parallel read of them halves. Where a reader needs ~16 bits
-        # -- h_S in the residuals (the clip's mask), dh' in du and dv -- the walk also stores the rounding
-        # error (a lo tile beside the hi one, the split dot_split made in those kernels before): same bytes as
-        # one fp32 state for those readers, half for the output and dq/dk/dg kernels, which read hi alone (one
-        # half cast, as they made before). fp32 inputs keep fp32 states and no lo.
+        # builds up across chunks), and every chunk-parallel read of them halves. h_S needs ~16 bits in the
+        # residuals (the clip's mask): its walk also stores the rounding error (a lo tile beside the hi one,
+        # the split dot_split made there before), which the residual kernel alone reads; every other reader
+        # takes hi alone (one half cast). dh_R', dh_S' have no lo since plan P6 (docs/next/rla-p6.md): du and
+        # dv read them with one half cast, as RDN and fla do. fp32 inputs keep fp32 states and no lo.
         self.state_dtype = q.dtype
         self.split_states = q.dtype != torch.float32
         # The residuals r and their gradient du are stored in the input dtype too (fp32 inputs: fp32): every
@@ -189,18 +189,18 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
 
 
 def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
-    """One state gradient carried backwards: each chunk's end-state gradient (hi, and lo for half inputs: du
-    and dv read ~16 bits of it) and the initial state's (fp32)."""
-    dh, dh_lo = _chunk_states(L, q, True)
+    """One state gradient carried backwards: each chunk's end-state gradient (in the state dtype, no lo: see
+    _Layout.split_states) and the initial state's (fp32)."""
+    dh, _ = _chunk_states(L, q, False)
     dh0 = q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     _dstate_walk_kernel[L.walk_grid](
-        q, do, k, du, g, rate, dh_t, dh, dh if dh_lo is None else dh_lo, dh0,
+        q, do, k, du, g, rate, dh_t, dh, dh0,
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
         HAS_RATE=rate is not None, HAS_KEYS=k is not None, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        HAS_DHT=dh_t is not None, HAS_LO=dh_lo is not None, IS_VARLEN=L.varlen,
+        HAS_DHT=dh_t is not None, IS_VARLEN=L.varlen,
     )
-    return dh, dh_lo, dh0
+    return dh, dh0
 
 
 def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
@@ -271,29 +271,26 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     grid = L.parallel_grid(L.BV_grad)
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
-    dh_r, dh_r_lo, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
+    dh_r, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     # dgamma's partial sums: nv from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
     # all reduced with dg's and dbeta's by one small kernel at the end
     dgamma_part = q.new_empty(nv + nk, *gamma.shape, dtype=torch.float32)
     _rla_bwd_du_kernel[grid](
-        q, k, g, gamma, res, do, dh_r, dh_r if dh_r_lo is None else dh_r_lo, du, dgamma_part,
+        q, k, g, gamma, res, do, dh_r, du, dgamma_part,
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_r_lo is not None,
-        IS_VARLEN=L.varlen,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
-    del dh_r_lo
-    dh_s, dh_s_lo, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
+    dh_s, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[grid](
-        q, k, v, g, beta, do, du, dh_s, dh_s if dh_s_lo is None else dh_s_lo, dv, dbeta_part,
+        q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
         L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=dh_s_lo is not None, IS_VARLEN=L.varlen,
+        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
-    del dh_s_lo
 
     # dq, dk, dg and gamma's output term: first each chunk's token-to-token matrices M, Mk (sums over all of V)
     # and gamma's in-chunk term, then per K-block the state terms, reading M and Mk.

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import autotune, dot_split, exp_where, load_tile, store_tile, warps_stages_configs
-from .chunk_fwd import _chunk_coords, _dot_state, _seq_bounds, _store_state
+from .chunk_fwd import _chunk_coords, _seq_bounds
 
 
 @triton.jit
@@ -72,19 +72,19 @@ def _residual_value(r_stored, clip, clip_mask, RESIDUAL: tl.constexpr):
           key=["H", "K", "V", "BT", "BK", "BV", "HAS_RATE", "HAS_KEYS", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T"])
 def _dstate_walk_kernel(
-    q, do, k, du, g, rate, dh_t, dh, dh_lo, dh0,
+    q, do, k, du, g, rate, dh_t, dh, dh0,
     cu_seqlens, chunk_offsets, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_RATE: tl.constexpr, HAS_KEYS: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
-    HAS_DHT: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """A state gradient carried backwards over a sequence's chunks,
         dh <- exp(G_L) dh + sum_t exp(G_t) q_t (scale rate_t do_t)^T [+ exp(Gm_t) k_t du_t^T],
     dh_R with rate = gamma, dh_S with rate = 1 and the key-query term. Stores each chunk's END-state
-    gradient (read by the chunk-parallel kernels; in dh's dtype, with HAS_LO its rounding error in dh_lo,
-    as the forward walk stores its states) and the initial state's (fp32). One program per (K-block,
-    V-block, sequence x head)."""
+    gradient (read by the chunk-parallel kernels) in dh's dtype, the input dtype, without the rounding error
+    the forward walk keeps for h_S (see the du kernel), and the initial state's (fp32). One program per
+    (K-block, V-block, sequence x head)."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -102,7 +102,7 @@ def _dstate_walk_kernel(
         b_dh += load_tile(dh_t + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     for i_loop in range(0, NT):
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
-        _store_state(dh, dh_lo, ((boh + i_t) * H + i_h) * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV, HAS_LO)
+        store_tile(dh + ((boh + i_t) * H + i_h) * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
         tok_k = (bos * H + i_h) * K
         tok_v = (bos * H + i_h) * V
         rows = i_t * BT + o_t
@@ -129,12 +129,11 @@ def _dstate_walk_kernel(
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_du_kernel(
-    q, k, g, gamma, res, do, dh_r, dh_r_lo, du, dgamma_part,
+    q, k, g, gamma, res, do, dh_r, du, dgamma_part,
     cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """Step 1 (the R path) for every chunk in parallel, from the stored dh_R': du, and the residual's
     share of dgamma per V-block. One program per (V-block, chunk, head)."""
@@ -160,10 +159,7 @@ def _rla_bwd_du_kernel(
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_do = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     h_off = (i_row * H + i_h) * K * V
-    b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_dhr_lo = b_dhr
-    if HAS_LO:
-        b_dhr_lo = load_tile(dh_r_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV).to(DT)
 
     b_to_end = tl.exp(b_GL - b_G)
     b_dO2 = b_do * (scale * b_gamma)[:, None]
@@ -171,11 +167,14 @@ def _rla_bwd_du_kernel(
     b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
     b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
     b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
-    # dh' reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last
-    # tokens): it keeps ~16 bits there (the walk's stored bf16 hi + lo halves, as dot_split made them from
-    # the fp32 tile) instead of one bf16 cast, whose 2^-9 went straight into them (bf16 K=128, emulated:
-    # dv's error off the clip's edge 2.5e-3 -> 1.9e-3, dbeta 1.7e-3 -> 0.8e-3, dgamma 1.4e-3 -> 0.5e-3).
-    b_Y += b_to_end[:, None] * _dot_state(b_k, b_dhr, b_dhr_lo, DT, DOT_PREC, HAS_LO)
+    # dh' reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last tokens):
+    # the stored dh' is one rounding to the input dtype (as RDN's and fla's dv read dh), whose 2^-9 goes straight
+    # into them. Until plan P6 the walk also stored the rounding error (lo) for a second dot here, ~16 bits: 0.54 GB
+    # more written and read at B=16 T=2k H=16 K=V=128 bf16, for (emulated with the GPU's rounding, K=128 T=1000 clip)
+    # dv 2.5e-3 -> 1.9e-3, dbeta 1.7e-3 -> 0.6e-3, dgamma 1.4e-3 -> 0.5e-3 (docs/next/rla-p6.md). fp32: fp32 dh'.
+    # On the H200 (2026-12-01, gpu_check_rla.py, bf16 K=128 clip): dv 2.5e-3, dbeta 1.8e-3, dgamma 1.9e-3, and du
+    # 0.43 -> 0.31 ms, dv 0.56 -> 0.49, both dh walks 0.78 -> 0.67 (B=16 T=2k H=16 K=V=128).
+    b_Y += b_to_end[:, None] * tl.dot(b_k, b_dhr, input_precision=DOT_PREC)
     # r only now (fewer live tiles through the dots above): as stored for the mask, as +-c where saturated
     b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
@@ -189,11 +188,11 @@ def _rla_bwd_du_kernel(
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dv_kernel(
-    q, k, v, g, beta, do, du, dh_s, dh_s_lo, dv, dbeta_part,
+    q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
     cu_seqlens, chunk_indices, scale, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """Step 2 (the S path) for every chunk in parallel, from the stored dh_S' and du: dv, and dbeta per
     V-block. One program per (V-block, chunk, head)."""
@@ -222,10 +221,7 @@ def _rla_bwd_dv_kernel(
     b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
     b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     h_off = (i_row * H + i_h) * K * V
-    b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_dhs_lo = b_dhs
-    if HAS_LO:
-        b_dhs_lo = load_tile(dh_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_dhs = load_tile(dh_s + h_off, 0, K, V, i_v * BV, V, BK, BV).to(DT)
 
     # Values beta_i v_i, read by the q queries (decay from G_t) and the k queries (from Gm_t), i < t.
     key_lt_query = o_t[:, None] < o_t[None, :]  # [key i, query t]
@@ -236,7 +232,7 @@ def _rla_bwd_dv_kernel(
     b_X = tl.dot(b_Aq.to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
     b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
     b_to_end = tl.exp(b_GL - b_G)
-    b_X += b_to_end[:, None] * _dot_state(b_k, b_dhs, b_dhs_lo, DT, DOT_PREC, HAS_LO)
+    b_X += b_to_end[:, None] * tl.dot(b_k, b_dhs, input_precision=DOT_PREC)  # dh_S' as stored (see du)
     tl.store(dbeta_part + i_v * part_stride + gate_off, tl.sum(b_v * b_X, axis=1), mask=in_seq)
     store_tile(dv + tok_v, b_beta[:, None] * b_X - b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
@@ -254,8 +250,9 @@ def _rla_bwd_intra_kernel(
         M  = [t > i] exp(G_t - G_i) beta_i (dO1_t . v_i) + exp(G_t - G_i) gamma_t gamma_i (dO1_t . r_i)
         Mk = [t > i] exp(Gm_t - G_i) beta_i (du_t . v_i)
     (what dq, dk read of the other tokens, as query t and key i), stored [BT, BT] per chunk (in the input
-    dtype: the dq/dk kernel's dots cast them to it) for the dq/dk kernel, and gamma's output term through the chunk, sum_i A_ti D_ti gamma_i (dO1_t . r_i) with the whole
-    q.k product A (so the dq/dk kernel, one program per K-block, holds no [BT, BT] V-sums in its V loop)."""
+    dtype: the dq/dk kernel's dots cast them to it) for the dq/dk kernel, and gamma's output term through the chunk,
+    sum_i A_ti D_ti gamma_i (dO1_t . r_i) with the whole q.k product A (so the dq/dk kernel, one program per
+    K-block, holds no [BT, BT] V-sums in its V loop)."""
     i_t = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
@@ -272,19 +269,22 @@ def _rla_bwd_intra_kernel(
     b_G = tl.cumsum(b_g, axis=0)
     b_Gm = b_G - b_g
     tok_v = (bos * H + i_h) * V
-    b_P1 = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . v_i
-    b_Q = tl.zeros([BT, BT], dtype=tl.float32)  # dO1_t . r_i
-    b_P3 = tl.zeros([BT, BT], dtype=tl.float32)  # du_t  . v_i
+    # Raw tiles into accumulating dots (both operands from shared memory on the GPU), scale after the loop: the
+    # exact products of the stored values, where do scale was rounded to the input dtype until 2026-12-01.
+    b_P1 = tl.zeros([BT, BT], dtype=tl.float32)  # do_t . v_i
+    b_Q = tl.zeros([BT, BT], dtype=tl.float32)  # do_t . r_i
+    b_P3 = tl.zeros([BT, BT], dtype=tl.float32)  # du_t . v_i
     for i_loop in range(0, tl.cdiv(V, BV)):
         i_v = tl.cast(i_loop, tl.int64)
         b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-        # the extra fp32 cast: Triton's interpreter scales a bf16 load's fp32 result wrongly without it
-        b_dO1 = (load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale).to(DT)
+        b_do = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         b_du = load_tile(du + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-        b_P1 += tl.dot(b_dO1, tl.trans(b_v), input_precision=DOT_PREC)
-        b_Q += tl.dot(b_dO1, tl.trans(b_r), input_precision=DOT_PREC)
-        b_P3 += tl.dot(b_du, tl.trans(b_v), input_precision=DOT_PREC)
+        b_P1 = tl.dot(b_do, tl.trans(b_v), b_P1, input_precision=DOT_PREC)
+        b_Q = tl.dot(b_do, tl.trans(b_r), b_Q, input_precision=DOT_PREC)
+        b_P3 = tl.dot(b_du, tl.trans(b_v), b_P3, input_precision=DOT_PREC)
+    b_P1 *= scale  # dO1_t . v_i
+    b_Q *= scale  # dO1_t . r_i
     incl = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     b_D = exp_where(incl, b_G[:, None] - b_G[None, :])
@@ -359,7 +359,8 @@ def _rla_bwd_dqkg_kernel(
         # the stored (input-dtype) states, products in fp32: what fla's dg_last reads of its h and dh
         b_hdh += tl.sum(b_hs.to(tl.float32) * b_dhs.to(tl.float32), axis=1)
         b_hdh += tl.sum(b_hr.to(tl.float32) * b_dhr.to(tl.float32), axis=1)
-        b_vb = (load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * b_beta[:, None]).to(DT)
+        b_vb = (load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+                * b_beta[:, None]).to(DT)
         # r is stored rounded to the input dtype: gamma r rounded again would add a second 2^-9 (bf16, no clip:
         # dk 9.0e-3 -> 1.04e-2, dg 5.8e-3 -> 7.8e-3 against float64, emulated), so gamma r (exact in fp32 up to
         # 2^-24) enters as hi + lo halves: r's own rounding is the only one left, as before r was stored half.

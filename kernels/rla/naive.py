@@ -33,7 +33,8 @@ def naive_recurrent_rla(
 def rla_step(S, R, q_t, k_t, v_t, a_t, b_t, c_t, rho):
     r_t = rho(v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
     R = a_t[..., None, None] * R + c_t[..., None, None] * torch.einsum("bhk,bhv->bhkv", k_t, r_t)
-    o_t = a_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, S) + c_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, R)
+    o_t = (a_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, S)
+           + c_t[..., None] * torch.einsum("bhk,bhkv->bhv", q_t, R))
     S = a_t[..., None, None] * S + b_t[..., None, None] * torch.einsum("bhk,bhv->bhkv", k_t, v_t)
     return S, R, o_t
 

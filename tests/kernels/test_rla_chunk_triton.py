@@ -360,3 +360,42 @@ def test_gate_gradients_come_back_in_the_gates_dtype():
     for name, x, ref in list(zip(GRAD_NAMES, grads, want))[3:6]:
         assert x.dtype == torch.bfloat16 and x.shape == ref.shape, name
         assert rel_err(x, ref) < 1e-2, name
+
+
+class _NoLaunch:
+    """A kernel whose launches do nothing: only the host code's allocations are looked at."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize("dtype, n_states", [(torch.bfloat16, 5), (torch.float32, 4)])
+def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_states):
+    """Plan P6: the reverse walks store dh_R', dh_S' in the input dtype without their rounding error, so the
+    backward's chunk-state buffers are h_S, h_R, dh_R', dh_S' and, with half inputs, h_S's lo (the residual
+    kernel's, in the rerun of the forward) -- no dh' lo (two more buffers before). Launches are stubbed out."""
+    import sys
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    for name in ("_state_walk_kernel", "_rla_residual_kernel", "_dstate_walk_kernel", "_rla_bwd_du_kernel",
+                 "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel", "_rla_bwd_sums_kernel"):
+        monkeypatch.setattr(chunk, name, _NoLaunch())
+
+    class Allocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if "empty" in func.__name__ and isinstance(out, torch.Tensor):
+                self.made.append((tuple(out.shape), out.dtype))
+            return out
+
+    inputs, _, _ = make_inputs(B=2, T=40, H=2, K=32, V=32, dtype=dtype)  # K, V > BT: M, Mk differ in shape
+    do = torch.randn_like(inputs[2])
+    with Allocations() as allocs:
+        chunk_rla_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=16)
+    assert allocs.made.count(((2 * 3, 2, 32, 32), dtype)) == n_states
