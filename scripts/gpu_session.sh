@@ -24,7 +24,7 @@ assemble_gguf() {
 for part in $parts; do
   echo "=== $part $(date +%T)"
   case $part in
-    rla) timeout ${RLA_LIMIT:-150} python3 scripts/gpu_check_rla.py ${RLA_ARGS:-} 2>&1 | tee "$OUT/check_rla.txt" ;;
+    rla) timeout ${RLA_LIMIT:-250} python3 scripts/gpu_check_rla.py ${RLA_ARGS:-} 2>&1 | tee "$OUT/check_rla.txt" ;;
     rdn) RLA_KERNELS_FIXED_CONFIG=1 timeout ${RDN_LIMIT:-280} python3 scripts/gpu_check_rdn.py ${RDN_ARGS:-} 2>&1 | tee "$OUT/check_rdn.txt" ;;
     profile) timeout ${PROFILE_LIMIT:-150} python3 scripts/profile_kernels.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile.txt" ;;
     tests) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${TESTS_LIMIT:-240} python3 -m pytest -q -p no:cacheprovider -m gpu --durations=8 ${TESTS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.txt" ;;
