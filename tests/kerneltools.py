@@ -24,6 +24,19 @@ def record_launches(monkeypatch, module, names, entry=lambda name, kw: name) -> 
     return log
 
 
+class _Stub:
+    """Stands in for a Triton kernel whose launches do nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: None
+
+
+def stub_launches(monkeypatch, module, names) -> None:
+    """Replace each kernel ``module.<name>`` by one whose launches do nothing: only the host code runs."""
+    for name in names:
+        monkeypatch.setattr(module, name, _Stub())
+
+
 def walk_stores(name, kw):
     """RDN's forward walk launch as STORE_X: whether it stored X for a backward (U and W it always stores)."""
     return kw["STORE_X"]

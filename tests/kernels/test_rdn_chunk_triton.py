@@ -528,9 +528,8 @@ def wy_reference(k, g, beta, gamma, BT, cu_seqlens=None):
     B, T, H, _ = k.shape
     out = torch.zeros(3, B, T, H, BT, dtype=torch.float64)
     bounds = cu_seqlens.tolist() if cu_seqlens is not None else None
-    spans = ([(0, b, 0, T) for b in range(B)] if bounds is None
-             else [(0, 0, s, e) for s, e in zip(bounds[:-1], bounds[1:])])
-    for _, b, s, e in spans:
+    spans = [(b, 0, T) for b in range(B)] if bounds is None else [(0, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+    for b, s, e in spans:
         for c0 in range(s, e, BT):
             c1 = min(c0 + BT, e)
             n = c1 - c0

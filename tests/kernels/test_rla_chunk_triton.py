@@ -5,6 +5,7 @@ imported) on tiny shapes; a small chunk size gives several chunks, and a partial
 The ``gpu`` test repeats the check at real head sizes and lengths on CUDA.
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import triton.language as tl
 # are first imported.
 os.environ.setdefault("RLA_KERNELS_FIXED_CONFIG", "1")
 
+from kerneltools import stub_launches  # noqa: E402
 from rla_kernels import naive_recurrent_rla  # noqa: E402
 from rla_kernels.residual import apply_residual  # noqa: E402
 from rla_kernels.rla.chunk import chunk_rla_bwd, chunk_rla_fwd  # noqa: E402
@@ -362,26 +364,16 @@ def test_gate_gradients_come_back_in_the_gates_dtype():
         assert rel_err(x, ref) < 1e-2, name
 
 
-class _NoLaunch:
-    """A kernel whose launches do nothing: only the host code's allocations are looked at."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
 @pytest.mark.parametrize("dtype, n_states", [(torch.bfloat16, 5), (torch.float32, 4)])
 def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_states):
     """Plan P6: the reverse walks store dh_R', dh_S' in the input dtype without their rounding error, so the
     backward's chunk-state buffers are h_S, h_R, dh_R', dh_S' and, with half inputs, h_S's lo (the residual
     kernel's, in the rerun of the forward) -- no dh' lo (two more buffers before). Launches are stubbed out."""
-    import sys
-
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    chunk = sys.modules[chunk_rla_fwd.__module__]
-    for name in ("_state_walk_kernel", "_rla_residual_kernel", "_dstate_walk_kernel", "_rla_bwd_du_kernel",
-                 "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel", "_rla_bwd_sums_kernel"):
-        monkeypatch.setattr(chunk, name, _NoLaunch())
+    stub_launches(monkeypatch, sys.modules[chunk_rla_fwd.__module__], (
+        "_state_walk_kernel", "_rla_residual_kernel", "_dstate_walk_kernel", "_rla_bwd_du_kernel",
+        "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel", "_rla_bwd_sums_kernel"))
 
     class Allocations(TorchDispatchMode):
         def __init__(self):
