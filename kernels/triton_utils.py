@@ -11,6 +11,7 @@ Kept small and stable on purpose (other kernel modules import from it):
   packed variable-length batches (``cu_seqlens``).
 - ``dot_precision``: how ``tl.dot`` should treat fp32 operands.
 - ``dot_split``: a dot of an exact half tile with an fp32 tile that keeps ~16 mantissa bits of the fp32 one.
+- ``knob_width``: a block width from a launch knob (RLA's and RDN's chunk modules' ints), validated.
 
 Written against the Triton 3.6 API (the GPU machine) and checked on 3.9 (this machine).
 """
@@ -54,6 +55,22 @@ def dot_precision(dtype: torch.dtype) -> str:
     """``input_precision`` for tl.dot: exact fp32 when the inputs are fp32 (tf32 would cost ~1e-3
     relative error, which the fp32 path exists to avoid); bf16/fp16 operands ignore it."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def knob_width(name: str, value: int, auto: int, dim: int) -> int:
+    """The block width a launch knob asks for: a module int of an op's chunk module (``name`` = ``value``) that
+    profile_kernels.py --knob and the gpu checks' --set change. 0 means ``auto``, the launcher's own choice. The
+    width is clamped to ``dim``'s power of two (at least 16: tl.arange and tl.dot's least): a wider block would
+    only be masked, so a knob set wider than a head dim means the whole dim. Anything but 0 or a power of two >= 16
+    is a ValueError naming the knob."""
+    if not isinstance(value, int) or isinstance(value, bool) or (
+            value != 0 and (value < 16 or value & (value - 1))):
+        raise ValueError(f"launch knob {name} must be 0 (automatic) or a power of two >= 16 (16, 32, 64, 128, ...); "
+                         f"got {value!r}")
+    width = value or auto
+    if width < 16:
+        raise ValueError(f"launch knob {name} has no automatic width: set it to a power of two >= 16; got {value!r}")
+    return min(width, max(16, triton.next_power_of_2(dim)))
 
 
 # CUDA caps grid axes 1 and 2 at 65535 programs (axis 0 at 2^31 - 1): launchers check what they put there.

@@ -6,6 +6,7 @@ any failure.
     python scripts/gpu_check_rla.py --keep          # only the keep rows (--no-keep: none of them)
     python scripts/gpu_check_rla.py --all-configs   # + every autotune config at two shapes
     python scripts/gpu_check_rla.py --bench         # + autotuned timings at B=4, T=8192, H=16, D=128
+    python scripts/gpu_check_rla.py --set DQKG_BV=32   # an int launch knob of rla_kernels.rla.chunk first (repeatable)
     TRITON_INTERPRET=1 python scripts/gpu_check_rla.py --smoke [--gpu-dots]   # tiny shapes on the CPU
 
 Relative error is ||x - ref|| / ||ref||, the reference being the naive loop in float64 (on the GPU) on the
@@ -13,6 +14,9 @@ same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1
 Each case runs twice: as the API runs by default (the backward reruns the forward's state walks and residuals)
 and, as ``keep`` rows, with them kept (``keep_walk``, the API's ``rla(recompute_states=False)``: the backward
 takes the forward's h_S, h_R and r). The same kernels run either way, so a keep row compiles nothing new.
+``--set NAME=INT`` (repeatable) sets a launch knob of rla_kernels.rla.chunk (DQKG_BK, DQKG_BV, GRAD_BV, OUT_BV, ...)
+before any case: the check of a setting that profile_kernels.py --knob found faster; rows get it in their name
+(their inputs are the default run's: the seed is the case's).
 Works from the repository root with or without the package installed.
 """
 from __future__ import annotations
@@ -180,6 +184,8 @@ def main():
     ap.add_argument("--gpu-dots", action="store_true",
                     help="with --smoke: half dots as the GPU makes them (see emulate_gpu_half_dots)")
     ap.add_argument("--case", default="", help="only the cases whose name contains this text")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
+                    help="set an int launch knob of rla_kernels.rla.chunk first, e.g. DQKG_BV=32 (repeatable)")
     keep = ap.add_mutually_exclusive_group()
     keep.add_argument("--keep", action="store_true", help="only the keep rows (the walk kept, recompute_states=False)")
     keep.add_argument("--no-keep", action="store_true", help="no keep rows")
@@ -190,6 +196,17 @@ def main():
             ap.error("--gpu-dots only applies to --smoke")
         emulate_gpu_half_dots()
     cases = [c for c in CASES if args.case in c[0]]
+    if args.set:
+        # the parser gpu_check_rdn's --set and profile_kernels' --knob use (imported here only: it has side effects,
+        # FIXED_CONFIG among them, that this script's own defaults already match)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from gpu_check_rdn import knob_values
+
+        from rla_kernels.rla import chunk
+        for given in args.set:
+            name, (value,) = knob_values(chunk, given, "--set", single=True)
+            setattr(chunk, name, value)
+    tag = "".join(" " + given for given in args.set)  # in each row's name; the seed stays the case's (same inputs)
     import triton
     where = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
     print(f"device {where}, torch {torch.__version__}, triton {triton.__version__}")
@@ -199,7 +216,7 @@ def main():
     for name, B, T, H, K, dtype, clip, residual, lengths, states in cases:
         for keep in keeps:
             errs, worst, ok = run_case(name, B, T, H, K, dtype, clip, residual, lengths, states, keep)
-            print_row(name + (" keep" if keep else ""), errs, worst, ok)
+            print_row(name + (" keep" if keep else "") + tag, errs, worst, ok)
             failed += not ok
     rows = len(cases) * len(keeps)
     print(f"correctness: {rows - failed}/{rows} ok in {time.time() - t0:.0f} s (fixed config)")

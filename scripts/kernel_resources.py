@@ -3,7 +3,7 @@ sm_90 (H100/H200), on a machine without a GPU: spills are the first suspect when
 answers in minutes of CPU time instead of device time.
 
     .venv/bin/python scripts/kernel_resources.py [--ops rdn,rla] [--shape B,T,H,K] [--dtype bf16]
-        [--kernels wy,dv] [--arch 90] [--sms 132]
+        [--kernels wy,dv] [--arch 90] [--sms 132] [--set NAME=INT ...]
 
 How: the ops' host code runs on CPU tensors with every launch intercepted (nothing runs). Each launch is
 compiled as Triton would compile it on the GPU: its own binder specialises the arguments (aligned pointers,
@@ -11,7 +11,8 @@ ints divisible by 16, ints equal to 1), once per autotune config, by the ptxas o
 Prints one line per (kernel, config): warps, stages, registers a thread, the stack frame a thread (spilled
 registers, mostly), shared bytes (Triton's allocation); a config's register cap (maxnreg) leads its constexprs.
 This machine's Triton and ptxas (named in the header) are not the GPU machine's (Triton 3.6): compare versions of a
-kernel with it, and time on the GPU.
+kernel with it, and time on the GPU. ``--set DQKG_BV=32`` (repeatable) sets an int launch knob of each op's chunk
+module that has one (as gpu_check_rdn.py --set does): the resources of a width profile_kernels.py --knob would time.
 """
 from __future__ import annotations
 
@@ -104,6 +105,22 @@ def run_ops(ops, shape, dtype, sms):
                 walk=out[-1] if keep else None, **({"wy": out[3]} if saving else {}))
 
 
+def set_knobs(settings, ops):
+    """--set: each ``NAME=INT`` on every op's chunk module with an int of that name; none: the shared parser's
+    message (gpu_check_rdn.knob_values; imported here only: it sets RLA_KERNELS_FIXED_CONFIG, which triton_utils
+    read at this script's import, so every config is still reported)."""
+    if not settings:
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gpu_check_rdn import knob_values
+    chunks = [__import__(f"rla_kernels.{op}.chunk", fromlist=["chunk"]) for op in ops]
+    for given in settings:
+        name = given.partition("=")[0]
+        for chunk in [c for c in chunks if isinstance(getattr(c, name, None), int)] or chunks[:1]:
+            name, (value,) = knob_values(chunk, given, "--set", single=True)
+            setattr(chunk, name, value)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", default="rdn,rla")
@@ -111,11 +128,14 @@ def main():
     parser.add_argument("--dtype", default="bf16", choices=sorted(_HALF))
     parser.add_argument("--kernels", default="", help="comma-separated substrings of kernel names to keep")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90 for the H100/H200")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="set an int launch knob of "
+                        "the chunk module of each op that has it, e.g. DQKG_BV=32 (repeatable)")
     parser.add_argument("--sms", type=int, default=132, help="SM count the launchers plan for (132: H100/H200); "
                         "it decides the narrow walks and the segment cuts of long sequences at small batch")
     args = parser.parse_args()
     if FIXED_CONFIG:
         print("note: RLA_KERNELS_FIXED_CONFIG=1 is set: only each kernel's first config is reported")
+    set_knobs(args.set, args.ops.split(","))
     Autotuner.run = _autotuner_run
     JITFunction.run = _jit_run
     run_ops(args.ops.split(","), [int(x) for x in args.shape.split(",")], _HALF[args.dtype], args.sms)

@@ -7,7 +7,9 @@
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
 With --tune the kernels autotune (every config compiled and timed) and the configs chosen are printed;
-without, each kernel runs its first (fixed) config.
+without, each kernel runs its first (fixed) config. --knob names an int of each op's chunk module (RDN's MATS_BV,
+GRAD_BV, ...; RLA's DQKG_BK, DQKG_BV, GRAD_BV, INTRA_BV, OUT_BV, RES_BV, WALK_BK, WALK_BV, REVERSE_WALK_BK,
+REVERSE_WALK_BV): give --ops the op it belongs to (a knob an op lacks ends the run before any GPU work).
 """
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def main():
                     torch.cuda.synchronize()  # raises again if the context is gone: nothing later could run
                     continue
                 print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU", flush=True)
-                for kernel, ms in times.most_common(8):
+                for kernel, ms in times.most_common(12):  # RDN's backward alone launches 8 kernels
                     print(f"    {ms:8.3f} ms  {kernel}", flush=True)
             del x, do, saved
             torch.cuda.empty_cache()

@@ -20,12 +20,16 @@ def test_reports_every_config_of_the_rdn_wy_kernels_specialised_as_launches():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [m.groups() for m in map(ROW.match, out.stdout.splitlines()) if m]
     # The forward (32-token chunks) compiles every config of the WY autotuner, (1, 1), (2, 1), (4, 1), (8, 1); the
-    # backward takes its matrices and compiles only the walk-operator kernel's, (4, 1), (2, 1), (8, 1).
-    assert sorted((r[0], int(r[1]), int(r[2])) for r in rows) == sorted(
-        [("_rdn_wy_kernel", w, 1) for w in (1, 2, 4, 8)] + [("_rdn_bwd_prep_kernel", w, 1) for w in (4, 2, 8)])
+    # backward takes its matrices and compiles only the walk-operator kernels', (2, 1), (4, 1), (1, 1) for Kb, Kc and
+    # (2, 1) capped at 200 registers, (2, 1), (2, 1) capped at 168, (4, 1), (8, 1) for Pb, Qb, Pc.
+    assert sorted((r[0], int(r[1]), int(r[2]), "maxnreg" in r[6]) for r in rows) == sorted(
+        [("_rdn_wy_kernel", w, 1, False) for w in (1, 2, 4, 8)]
+        + [("_rdn_bwd_prep_k_kernel", w, 1, False) for w in (2, 4, 1)]
+        + [("_rdn_bwd_prep_p_kernel", w, 1, cap)
+           for w, cap in ((2, True), (2, False), (2, True), (4, False), (8, False))])
     for name, warps, stages, regs, stack, shared, constexprs in rows:
         assert 0 < int(regs) <= 255 and int(shared) > 0
         assert "'K': 32" in constexprs and "'H': 2" in constexprs and "'BT': 32" in constexprs
-    # The walk operators are the prep kernel's alone: the WY kernel has no switch for them (a backward without the
+    # The walk operators are the prep kernels' alone: the WY kernel has no switch for them (a backward without the
     # forward's matrices launches both kernels).
     assert not any("MQI" in r[6] for r in rows)

@@ -37,12 +37,12 @@ from __future__ import annotations
 import torch
 import triton
 
-from .. import shapes
+from .. import shapes, triton_utils
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
-from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_kernel,
-                        _rdn_bwd_walk_r_kernel, _rdn_bwd_walk_s_kernel)
+from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
+                        _rdn_bwd_prep_p_kernel, _rdn_bwd_walk_r_kernel, _rdn_bwd_walk_s_kernel)
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
@@ -109,10 +109,12 @@ GRAD_BK = 64
 # reads its q and k, once a V-block. At B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01, profile_kernels.py --knob
 # OUT_BV=32,64 and 64,128, U and W in bf16): 1.32 ms at 32 wide (0.90 with U, W fp32), 0.575 at 64, 0.58 at 128.
 OUT_BV = 64
-# K-block width of the reverse walks' operator kernel (chunk_bwd._rdn_bwd_prep_kernel): 0.46 ms at 64 wide, as one
-# program a chunk making all five operators took (0.45; 255 registers and 120-368 bytes of stack by ptxas, sm_90,
-# Triton 3.9) at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-01). Its traffic (~1.2 GB) would take ~0.3 ms.
-PREP_BK = 64
+# K-block width of the reverse walks' Kb, Kc kernel (chunk_bwd._rdn_bwd_prep_k_kernel). Until 2026-12-01 one kernel
+# made all five operators, its K-block programs beside one [BT, BT] program a chunk: 0.46 ms at 64 wide. Split since
+# (the Pb, Qb, Pc kernel 0.22 ms), at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-01 19:28,
+# profile_kernels.py --tune --knob PREP_BK=64,128): Kb, Kc 0.19 ms at 64 wide, 0.15 at 128 (T_beta, T_gamma and the
+# decays read once a chunk).
+PREP_BK = 128
 # V-block widths of the forward walk and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the
 # chunk-matrix kernel (MATS_BV) and the gradient kernel (GRAD_BV). 0 for a walk: 32, or 16 where (sequence, head,
 # V-block) programs would not fill the GPU (_Layout.walk_BV). Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6,
@@ -176,9 +178,10 @@ class _Layout:
             self.n_chunks = self.B * nt
             self.chunk_grid = (nt, self.B * self.H)
 
-    def width(self, forced: int, auto: int) -> int:
-        """A V-block width: ``forced`` (a launch knob; 0 means ``auto``), no wider than V's power of two."""
-        return min(forced or auto, max(16, triton.next_power_of_2(self.V)))
+    def width(self, knob: str, auto: int) -> int:
+        """A V-block width: the launch knob named ``knob`` (a module int above; 0 means ``auto``), validated and no
+        wider than V's power of two (triton_utils.knob_width)."""
+        return triton_utils.knob_width(knob, globals()[knob], auto, self.V)
 
     @property
     def chunk_grid_v(self):
@@ -245,15 +248,18 @@ def _wy(L: _Layout, k, g, beta, gamma, out=None):
 
 
 def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
-    """The reverse walks' chunk operators (chunk_bwd._rdn_bwd_prep_kernel): Kb, Kc [B, T, H, K] in k's dtype and Pb,
-    Qb, Pc [B, T, H, BT] fp32."""
+    """The reverse walks' chunk operators (chunk_bwd.py): Kb, Kc [B, T, H, K] in k's dtype (_rdn_bwd_prep_k_kernel)
+    and Pb, Qb, Pc [B, T, H, BT] fp32 (_rdn_bwd_prep_p_kernel)."""
     k_b, k_c = torch.empty_like(k), torch.empty_like(k)
     p_b, q_b, p_c = (L.per_token(k, L.BT) for _ in range(3))
     if L.n_chunks:
         BKP = min(PREP_BK, L.BK)
-        _rdn_bwd_prep_kernel[(L.chunk_grid[0], triton.cdiv(L.K, BKP) + 1, L.chunk_grid[1])](
-            q, k, g, t_beta, t_gamma, m_k, k_b, k_c, p_b, q_b, p_c, L.cu_seqlens, L.chunk_indices, L.T,
-            H=L.H, K=L.K, BT=L.BT, BK=L.BK, BKP=BKP, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
+        _rdn_bwd_prep_k_kernel[(L.chunk_grid[0], triton.cdiv(L.K, BKP), L.chunk_grid[1])](
+            k, g, t_beta, t_gamma, k_b, k_c, L.cu_seqlens, L.chunk_indices, L.T,
+            H=L.H, K=L.K, BT=L.BT, BKP=BKP, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
+        _rdn_bwd_prep_p_kernel[L.chunk_grid](
+            q, k, g, t_beta, t_gamma, m_k, p_b, q_b, p_c, L.cu_seqlens, L.chunk_indices, L.T,
+            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
     return k_b, k_c, p_b, q_b, p_c
 
 
@@ -274,7 +280,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     precise = store_x and L.dot_prec == "tf32"
     u_prec = "tf32x3" if precise and X_TF32X3 in (1, 2) else L.dot_prec
     x_prec = "tf32x3" if precise and X_TF32X3 == 1 else L.dot_prec
-    BV = L.width(WALK_BV, L.walk_BV)
+    BV = L.width("WALK_BV", L.walk_BV)
     _rdn_walk_kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
@@ -328,7 +334,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
                                             kept=keep_walk)
     o = torch.empty_like(v)
     if L.n_chunks:
-        BVO = L.width(OUT_BV, OUT_BV)
+        BVO = L.width("OUT_BV", OUT_BV)
         _rdn_out_kernel[(L.chunk_grid[0], triton.cdiv(L.V, BVO), L.chunk_grid[1])](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
@@ -349,7 +355,7 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
     """The reverse walk as two launches (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that
     dX (h_ds, dS0, dyv); ``operators``: ``_walk_operators``'s."""
     k_b, k_c, p_b, q_b, p_c = operators
-    BV = L.width(REVERSE_WALK_BV, L.walk_BV)
+    BV = L.width("REVERSE_WALK_BV", L.walk_BV)
     grid = (triton.cdiv(L.V, BV), L.N * L.H)
     _rdn_bwd_walk_r_kernel[grid](
         q, k, g, gamma, k_c, p_c, x, do, dR_T,
@@ -413,7 +419,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
     if L.n_chunks:
         NTH = L.B * L.T * L.H
-        BKB = min(GRAD_BK, L.BK)
+        BKB = triton_utils.knob_width("GRAD_BK", GRAD_BK, GRAD_BK, L.K)  # min(GRAD_BK, L.BK), validated
         NK = triton.cdiv(L.K, BKB)
         mats = q.new_empty(2, L.B, L.T, L.H, L.BT, dtype=torch.float32)  # dkk + dkk^T and dqk a chunk
         rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the rows that read no state: dG, dGp, dbeta, dgamma
@@ -421,7 +427,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             q, k, v, g, beta, gamma, x, do, u, w, dyr, dxc, dyv,
             mats, rows_part, dv,
             L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BKF=L.BK, BV=L.width(MATS_BV, 32), RESIDUAL=L.residual_code,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BKF=L.BK, BV=L.width("MATS_BV", 32), RESIDUAL=L.residual_code,
             DOT_PREC=L.dot_prec,
             IS_VARLEN=L.varlen,
         )
@@ -431,7 +437,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,
             dq, dk, dg_part,
             L.cu_seqlens, L.chunk_indices, scale, L.T, NTH,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.width(GRAD_BV, 32), DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.width("GRAD_BV", 32), DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
         )
         _rdn_bwd_dg_kernel[L.chunk_grid](
             dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,

@@ -20,12 +20,12 @@ transform of S, to the adjoints of its start states:
     dS0 = exp(GL) dS - K^T (exp(Gp) dX + beta exp(G) dyv) + Q^T (exp(G) dsq)
 
 The walks take this with T_gamma^T Kd, T_gamma^T Mqi^T, T_beta^T Kd, T_beta^T Mq^T and T_beta^T Mk^T made beforehand
-(``_rdn_bwd_prep_kernel``), so that only two [BT, K] x [K, BV] dots a step are on a walk's chain. It stores dS, dR
-at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients then come
-chunk-parallel (see the comment above ``_rdn_bwd_mats_kernel``): per chunk, from the U and W the forward walk
-stored, the gradients of the decay-weighted k.k and q.k matrices, dv and the rows that read no state; per (chunk,
-K-block) dq and dk whole, from those and from the states, and the rows that read the states; the rows go to beta,
-gamma and the within-chunk cumulative decay G, whose gradient becomes dg by a reverse cumsum per chunk.
+(``_rdn_bwd_prep_k_kernel`` and ``_rdn_bwd_prep_p_kernel``), so that only two [BT, K] x [K, BV] dots a step are on a
+walk's chain. It stores dS, dR at every chunk end, and per token dyr, dX and dyv (dv = dX + beta dyv). The gradients
+then come chunk-parallel (see the comment above ``_rdn_bwd_mats_kernel``): per chunk, from the U and W the forward
+walk stored, the gradients of the decay-weighted k.k and q.k matrices, dv and the rows that read no state; per
+(chunk, K-block) dq and dk whole, from those and from the states, and the rows that read the states; the rows go to
+beta, gamma and the within-chunk cumulative decay G, whose gradient becomes dg by a reverse cumsum per chunk.
 """
 from __future__ import annotations
 
@@ -61,48 +61,73 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
 #     dyv = Kb dS + Pb dsq - Qb dX,        Kb = T_beta^T diag(dL) K,   Pb = T_beta^T Mq^T,  Qb = T_beta^T Mk^T
 # Kc and Kb ([BT, K] a chunk) are stored in k's dtype, the walks' dots with them round the state adjoint to it as
 # fla's bwd_dhu rounds dh (one half dot, 2^-9); Pc, Pb, Qb ([BT, BT]) in fp32, made at ~fp32 (tf32x3).
-# One program per (chunk, K-block or the [BT, BT] three, head): the K-blocks' programs make Kb and Kc, the last one
-# Pb, Qb and Pc (from the whole of q and k for Mqi), so that no program holds [BT, K] fp32 products and the rest.
-@autotune(configs=launch_configs((4, 1), (2, 1), (8, 1)), key=["H", "K", "BT", "BK", "BKP", "DOT_PREC"])
+# Two kernels, each with its own autotuner: one kernel with a branch for each (until 2026-12-01) compiled every
+# program with the [BT, BT] branch's registers (188 at 2 warps), the K-block programs too, which need far fewer.
+# Separate kernels (not one specialised by a constexpr) so that each has its own config list and its own profile row.
+
+
+# Kb and Kc, one program per (chunk, K-block, head). Registers by ptxas (sm_90, Triton 3.9, BT 32, K 128 bf16) at
+# 2 / 4 / 1 warps: 110 / 72 / 190 at BKP 64 (9 / 7 / 10 programs an SM), 153 / 118 / 255 and 152 bytes of stack at
+# 128 (chunk.PREP_BK). Two warps first (the fixed config): the most bytes in flight an SM short of one warp's serial
+# dots. k before the T's, T_gamma after Kb's store: the merged kernel's order (both T's, then k) takes 145 / 107 / 190.
+@autotune(configs=launch_configs((2, 1), (4, 1), (1, 1)), key=["H", "K", "BT", "BKP", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
-def _rdn_bwd_prep_kernel(
-    q, k, g, t_beta, t_gamma, m_k, k_b, k_c, p_b, q_b, p_c,
-    cu_seqlens, chunk_indices, T,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BKP: tl.constexpr,
+def _rdn_bwd_prep_k_kernel(
+    k, g, t_beta, t_gamma, k_b, k_c, cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BKP: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_k = tl.program_id(1)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    bos, T_seq, i_t, i_h, _, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    tok_k = (bos * H + i_h) * K
+    tok_t = (bos * H + i_h) * BT
+    b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_dL = tl.exp(b_GL - b_G)[:, None]
+    b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
+    # T^T diag(dL) as (diag(dL) T)^T: the decay scales T's rows; dot_split keeps that fp32 operand to ~2^-16 before
+    # the product rounds to k's dtype.
+    b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_kb = dot_split(tl.trans(b_dL * b_tb), b_k, DOT_PREC)
+    store_tile(k_b + tok_k, b_kb, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
+    b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_kc = dot_split(tl.trans(b_dL * b_tc), b_k, DOT_PREC)
+    store_tile(k_c + tok_k, b_kc, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
+
+
+# Pb, Qb and Pc, one program per (chunk, head), from the whole of q and k (for Mqi). Registers (as above) at 2 / 4 / 8
+# warps: 234 / 247 / 248 (4 / 2 / 1 programs an SM; 1 warp: 255 and 176 bytes of stack, not listed). Capped at 2
+# warps, ptxas needs no more than 200 (no stack: 5 programs an SM), first as the expected pick; at 168, 136 bytes of
+# stack (6 an SM). Eight warps for fp32 inputs (ieee dots), where only they do not spill (178 registers).
+@autotune(configs=launch_configs((2, 1, 200), (2, 1), (2, 1, 168), (4, 1), (8, 1)),
+          key=["H", "K", "BT", "BK", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T"])
+def _rdn_bwd_prep_p_kernel(
+    q, k, g, t_beta, t_gamma, m_k, p_b, q_b, p_c, cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
     i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_k = tl.program_id(1)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     tok_k = (bos * H + i_h) * K
     tok_t = (bos * H + i_h) * BT
-    b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
-    b_tb = load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+    b_mqi = mqi_tile(b_q, b_kf, b_G, o_t, DOT_PREC)
+    b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
+    b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_tbt = tl.trans(load_tile(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT))
     b_tc = load_tile(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    if i_k < tl.cdiv(K, BKP):
-        # T^T diag(dL) as (diag(dL) T)^T: the decay scales T's rows; dot_split keeps that fp32 operand to ~2^-16
-        # before the product rounds to k's dtype.
-        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
-        b_dL = tl.exp(b_GL - b_G)[:, None]
-        b_kb = dot_split(tl.trans(b_dL * b_tb), b_k, DOT_PREC)
-        store_tile(k_b + tok_k, b_kb, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
-        b_kc = dot_split(tl.trans(b_dL * b_tc), b_k, DOT_PREC)
-        store_tile(k_c + tok_k, b_kc, i_t * BT, T_seq, H * K, i_k * BKP, K, BT, BKP)
-    else:
-        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_kf = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_mqi = mqi_tile(b_q, b_kf, b_G, o_t, DOT_PREC)
-        b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
-        b_mk = load_tile(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_tbt = tl.trans(b_tb)
-        store_tile(p_b + tok_t, tl.dot(b_tbt, tl.trans(b_mq), input_precision=MERGE_PREC),
-                   i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        store_tile(q_b + tok_t, tl.dot(b_tbt, tl.trans(b_mk), input_precision=MERGE_PREC),
-                   i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        store_tile(p_c + tok_t, tl.dot(tl.trans(b_tc), tl.trans(b_mqi), input_precision=MERGE_PREC),
-                   i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    store_tile(p_b + tok_t, tl.dot(b_tbt, tl.trans(b_mq), input_precision=MERGE_PREC),
+               i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    store_tile(q_b + tok_t, tl.dot(b_tbt, tl.trans(b_mk), input_precision=MERGE_PREC),
+               i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    store_tile(p_c + tok_t, tl.dot(tl.trans(b_tc), tl.trans(b_mqi), input_precision=MERGE_PREC),
+               i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
 
 
 # The reverse walk in two launches, as chunk.py's _reverse_walk calls them: the dR chain reads no dS, and the dS

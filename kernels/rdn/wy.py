@@ -151,7 +151,7 @@ def _blocked_inverse(t, m_k, x, g, out, bos, i_h, i_t, T_seq,
 @triton.jit
 def mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC: tl.constexpr):
     """Mqi of a chunk from its q and k tiles and G: (q_t . k_i) exp(G_t - G_i), i <= t (the forward output kernel's,
-    and the backward's operator kernel's, chunk_bwd._rdn_bwd_prep_kernel)."""
+    and the backward's operator kernel's, chunk_bwd._rdn_bwd_prep_p_kernel)."""
     return tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * exp_masked(
         o_t[:, None] >= o_t[None, :], b_G[:, None] - b_G[None, :])
 

@@ -28,7 +28,7 @@ import torch
 import triton
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, prepare_chunk_indices,
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, knob_width, prepare_chunk_indices,
                            prepare_chunk_offsets, sm_count)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
@@ -38,6 +38,23 @@ from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH,
 CHUNK_SIZE = shapes.RLA_CHUNK_SIZE
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SUMS_BLOCK = 1024  # gates a program of the backward's final partial-sum kernel
+# Launch knobs: block widths, module ints that profile_kernels.py --knob NAME=V1,V2 and gpu_check_rla.py --set NAME=V
+# change (as RDN's, rdn/chunk.py). 0, every default, is the launcher's own choice (_Layout says which and why); else a
+# power of two >= 16, clamped to the head dim's power of two (triton_utils.knob_width; anything else is a ValueError).
+# Every kernel masks partial blocks, so any such width works (tests/kernels/test_rla_chunk_triton.py, float64 oracle).
+# Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-01 19:29-19:40, profile_kernels.py --tune --knob):
+# the automatic widths below are the winners (docs/next/rla-width-knobs.md had the sweep). K-blocks of the kernels that
+# hold all of K (the residual, output, du, dv and intra kernels) are no knob: they are K's power of two.
+WALK_BK = 0  # the forward walks (S, then R over the residuals; the backward's rerun too): K-block, auto 64
+WALK_BV = 0  # and V-block, auto 32 (16 where the walk programs would not fill the GPU)
+REVERSE_WALK_BK = 0  # the backward's walks (dh_R', then dh_S'): auto 128 where that fills the GPU, else the forward's
+REVERSE_WALK_BV = 0  # auto as the forward walks'
+RES_BV = 0  # the residual kernel's V-block: auto 128 (64 for fp32 inputs)
+OUT_BV = 0  # the output kernel's V-block: auto 64
+GRAD_BV = 0  # du's and dv's V-block: auto 128 (32 for fp32 inputs)
+INTRA_BV = 0  # the intra kernel's V-loop block (M, Mk): auto 64 (32 for fp32 inputs)
+DQKG_BK = 0  # the dq/dk/dg kernel's K-block (one program each): auto 64
+DQKG_BV = 0  # and its V-loop block: auto 32
 
 
 class _Layout:
@@ -58,20 +75,30 @@ class _Layout:
         self.BK = max(16, triton.next_power_of_2(self.K))
         # The walks split K and V (rows and columns of a state never mix): 64 x 32 blocks, or 64 x 16 when
         # that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel.
-        self.BK_walk = min(64, self.BK)
-        self.BV_walk = max(16, min(32, triton.next_power_of_2(self.V)))
-        walk_programs = self.N * self.H * triton.cdiv(self.K, self.BK_walk) * triton.cdiv(self.V, self.BV_walk)
-        if walk_programs < sm_count(q.device):
-            self.BV_walk = 16
-        self.walk_grid = (triton.cdiv(self.K, self.BK_walk), triton.cdiv(self.V, self.BV_walk), self.N * self.H)
-        self.BV_par = max(16, min(64, triton.next_power_of_2(self.V)))
-        # The dq/dk/dg pass splits K (see chunk_bwd.py) and pipelines its V loop; with fp32 tiles a
-        # 64-wide V-block would need ~224 KiB of shared memory at K=128 (H100: 227 KiB), so 32.
-        self.BK_par = min(64, self.BK)
-        self.BV_dqkg = min(32 if q.dtype == torch.float32 else 64, self.BV_par)
-        # du and dv hold a [K, BV] adjoint beside q and k [BT, K] and five [BT, BV] tiles, about what the
-        # output kernel holds; with fp32 inputs every one of them is fp32, so the narrower block there too.
-        self.BV_grad = self.BV_dqkg
+        self.BK_walk, self.BV_walk, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", 64, q.device)
+        # The reverse walks at one 128-wide K-block (dh_R', dh_S' rows read once a chunk): 0.67 -> 0.61 ms at B=16
+        # T=2k (H200, 2026-12-01 19:40); only where (sequence, head, 32-wide V-block) programs still fill the GPU.
+        self.BK_dwalk, self.BV_dwalk, self.dwalk_grid = self._walk_blocks("REVERSE_WALK_BK", "REVERSE_WALK_BV", 128,
+                                                                          q.device)
+        # Widths of the chunk-parallel kernels, timed with bf16 inputs at K=128 (the header's date): fp32 inputs and
+        # K > 128 keep the narrower ones sized for fp32 tiles' shared memory (with fp32 tiles a 64-wide dq/dk/dg
+        # V-block would need ~224 KiB at K=128; H100: 227 KiB) and for a [K, BV] fp32 tile in registers.
+        half = q.dtype != torch.float32
+        wide = half and self.K <= 128
+        V2 = max(16, triton.next_power_of_2(self.V))
+        # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
+        # (0.46 -> 0.52)
+        self.BV_res = self._knob("RES_BV", min(128 if wide else 64, V2), self.V)
+        self.BV_out = self._knob("OUT_BV", min(64, V2), self.V)
+        # The dq/dk/dg pass splits K (see chunk_bwd.py) and pipelines its V loop: 32-wide V turns (4 at V=128) take
+        # 1.20 -> 1.00 ms against 64 (2 turns, never a steady pipeline); one 128-wide K-block 1.47-1.72 (8 warps).
+        self.BK_par = self._knob("DQKG_BK", min(64, self.BK), self.K)
+        self.BV_dqkg = self._knob("DQKG_BV", min(32, V2), self.V)
+        # du and dv hold a [K, BV] adjoint beside q and k [BT, K] and five [BT, BV] tiles, about what the output
+        # kernel holds: with bf16 one 128-wide V-block takes dv 0.49 -> 0.38 ms (du 0.31 -> 0.32); fp32: 32.
+        # The intra kernel loops over V-blocks: 64 (32 was 0.25 -> 0.26 ms).
+        self.BV_grad = self._knob("GRAD_BV", min(128 if wide else 64 if half else 32, V2), self.V)
+        self.BV_intra = self._knob("INTRA_BV", min(64 if half else 32, V2), self.V)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -117,6 +144,24 @@ class _Layout:
         if self.parallel_grid(self.V)[1] > GRID_AXIS_LIMIT:
             raise ValueError(f"at most {GRID_AXIS_LIMIT} chunks of {self.BT} tokens per call (one CUDA grid "
                              f"axis); got {self.parallel_grid(self.V)[1]}: split the call")
+
+    @staticmethod
+    def _knob(name: str, auto: int, dim: int) -> int:
+        """The width the launch knob ``name`` (a module int above) asks for, ``auto`` at 0: knob_width's rules."""
+        return knob_width(name, globals()[name], auto, dim)
+
+    def _walk_blocks(self, bk_knob: str, bv_knob: str, wide_bk: int, device):
+        """A walk's (K-block, V-block, grid) from its two knobs: ``wide_bk`` x 32 where (sequence x head, V-block)
+        programs fill the GPU's SMs, else 64 x 32, or 64 x 16 where (K-block, V-block, sequence x head) programs at
+        32 wide would be fewer than the SMs."""
+        sms = sm_count(device)
+        BV = max(16, min(32, triton.next_power_of_2(self.V)))
+        BK = min(wide_bk if self.N * self.H * triton.cdiv(self.V, BV) >= sms else 64, self.BK)
+        BK = self._knob(bk_knob, BK, self.K)
+        if self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, BV) < sms:
+            BV = 16
+        BV = self._knob(bv_knob, BV, self.V)
+        return BK, BV, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
 
     @property
     def kept_rows(self) -> int:
@@ -176,10 +221,10 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
     rows = L.kept_rows if keep else None
     h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, rows)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
-    _rla_residual_kernel[L.parallel_grid(L.BV_par)](
+    _rla_residual_kernel[L.parallel_grid(L.BV_res)](
         k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, L.cu_seqlens, L.chunk_indices, L.clip,
         L.clip_mask, L.clip_below, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_par,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_res,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=h_s_lo is not None,
         IS_VARLEN=L.varlen,
     )
@@ -193,10 +238,10 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
     _Layout.split_states) and the initial state's (fp32)."""
     dh, _ = _chunk_states(L, q, False)
     dh0 = q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
-    _dstate_walk_kernel[L.walk_grid](
+    _dstate_walk_kernel[L.dwalk_grid](
         q, do, k, du, g, rate, dh_t, dh, dh0,
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_dwalk, BV=L.BV_dwalk,
         HAS_RATE=rate is not None, HAS_KEYS=k is not None, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
         HAS_DHT=dh_t is not None, IS_VARLEN=L.varlen,
     )
@@ -219,10 +264,10 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
     h_s, h_r, res, S_T, R_T = _run_states(L, k, v, g, beta, gamma, S0, R0, keep_walk)
     o = torch.empty_like(v)
-    _rla_fwd_output_kernel[L.parallel_grid(L.BV_par)](
+    _rla_fwd_output_kernel[L.parallel_grid(L.BV_out)](
         q, k, v, g, beta, gamma, h_s, h_r, res, o,
         L.cu_seqlens, L.chunk_indices, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_par,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
     return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ())
@@ -302,7 +347,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     _rla_bwd_intra_kernel[chunk_grid](
         q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra,
         L.cu_seqlens, L.chunk_indices, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_dqkg,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_intra,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
     dq = torch.empty_like(q)

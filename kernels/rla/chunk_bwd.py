@@ -301,7 +301,10 @@ def _rla_bwd_intra_kernel(
     tl.store(dgamma_intra + gate_off, tl.sum(b_A * b_D * b_gamma[None, :] * b_Q, axis=1), mask=in_seq)
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
+# BK in the key: the launch knob DQKG_BK (chunk.py) changes it at fixed K, and profile_kernels.py --tune must tune
+# each width, not reuse the first one's config.
+@autotune(configs=warps_stages_configs(),
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dqkg_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m_in, mk_in,

@@ -268,6 +268,19 @@ def test_block_width_knobs(monkeypatch, knobs):
     check_backward(inputs, S0, R0, None, 1.0, "clip")
 
 
+@pytest.mark.parametrize("name, value", [("WALK_BV", 24), ("GRAD_BK", 8), ("OUT_BV", 0)])
+def test_block_width_knobs_are_validated(monkeypatch, name, value):
+    """A width knob is a power of two >= 16, or 0 where the launcher has an automatic width (OUT_BV has none): else a
+    ValueError naming it (triton_utils.knob_width, shared with RLA's knobs)."""
+    chunk = sys.modules[chunk_rdn_bwd.__module__]
+    monkeypatch.setattr(chunk, name, value)
+    inputs, S0, R0 = make_inputs(B=1, T=16, H=1, K=16, V=16)
+    do = torch.randn_like(inputs[2])
+    with pytest.raises(ValueError, match=f"launch knob {name} "):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16)
+        chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, None, None, chunk_size=16)
+
+
 def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
     """On a GPU with more SMs than walk programs the walks take 16-wide V-blocks while the chunk-parallel
     kernels keep 32: forward and backward must not depend on that split (V = 40: the last block of each partial)."""
@@ -411,14 +424,15 @@ def test_backward_takes_the_forward_chunk_matrices(case, monkeypatch):
 
 def test_backward_recomputes_chunk_matrices_of_another_chunk_size(monkeypatch):
     """Matrices saved at 64-token chunks do not fit a 32-token backward: it recomputes them, by one launch of the
-    WY kernel (T_beta, T_gamma, Mk), then one of the walk-operator kernel, as the default path makes those."""
+    WY kernel (T_beta, T_gamma, Mk), then one of each walk-operator kernel, as the default path makes those."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     inputs, S0, R0 = make_inputs(B=1, T=40, H=1, K=16, V=16)
     *_, wy = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=64, save_wy=True)
     assert wy.shape[-1] == 64
-    launches = record_launches(monkeypatch, chunk, ("_rdn_wy_kernel", "_rdn_bwd_prep_kernel"))
+    kernels = ("_rdn_wy_kernel", "_rdn_bwd_prep_k_kernel", "_rdn_bwd_prep_p_kernel")
+    launches = record_launches(monkeypatch, chunk, kernels)
     check_backward(inputs, S0, R0, None, 1.0, "clip", wy=wy)
-    assert launches == ["_rdn_wy_kernel", "_rdn_bwd_prep_kernel"]
+    assert launches == list(kernels)
 
 
 def test_api_backward_reuses_the_forward_chunk_matrices(monkeypatch):
@@ -571,3 +585,59 @@ def test_wy_matrices_match_float64_inverses(BT, dtype):
         assert inv[inv != 1].abs().max() > 0.3  # off the unit diagonal: far from I
         for name, x, r in zip(("T_beta", "T_gamma", "Mk"), got, ref):
             assert rel_err(x, r) < tol, (name, rel_err(x, r))
+
+
+def operators_reference(q, k, g, t_beta, t_gamma, m_k, BT, cu_seqlens=None):
+    """The reverse walks' chunk operators in float64 from their definitions (chunk_bwd.py, above the prep kernels),
+    in the kernels' layout: Kb, Kc [B, T, H, K] and Pb, Qb, Pc [B, T, H, BT], row i of a chunk's matrix at token i."""
+    q, k, g, tb, tc, mk = (x.double() for x in (q, k, g, t_beta, t_gamma, m_k))
+    B, T, H, K = k.shape
+    kb, kc = torch.zeros(2, B, T, H, K, dtype=torch.float64)
+    pb, qb, pc = torch.zeros(3, B, T, H, BT, dtype=torch.float64)
+    bounds = cu_seqlens.tolist() if cu_seqlens is not None else None
+    spans = [(b, 0, T) for b in range(B)] if bounds is None else [(0, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+    for b, s, e in spans:
+        for c0 in range(s, e, BT):
+            c1 = min(c0 + BT, e)
+            n = c1 - c0
+            G = torch.cumsum(g[b, c0:c1], 0)  # [n, H]
+            dL = torch.exp(G[-1] - G)
+            Tb, Tc = tb[b, c0:c1, :, :n], tc[b, c0:c1, :, :n]  # [t, H, i]: only rows and columns of the chunk's tokens
+            kb[b, c0:c1] = torch.einsum("thi,th,thk->ihk", Tb, dL, k[b, c0:c1])
+            kc[b, c0:c1] = torch.einsum("thi,th,thk->ihk", Tc, dL, k[b, c0:c1])
+            qk = torch.einsum("thk,ihk->hti", q[b, c0:c1], k[b, c0:c1])
+            decay = torch.exp(G.T[:, :, None] - G.T[:, None, :])  # [H, t, i]: exp(G_t - G_i)
+            causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            mqi = torch.where(causal, qk * decay, 0.0)
+            mq = torch.where(torch.tril(causal, -1), mqi, 0.0)
+            mkc = mk[b, c0:c1, :, :n].permute(1, 0, 2)  # [H, j, t]
+            pb[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tb, mq)
+            qb[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tb, mkc)
+            pc[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tc, mqi)
+    return kb, kc, pb, qb, pc
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_walk_operators_match_float64_definitions(monkeypatch, dtype):
+    """The two prep kernels' Kb, Kc (K-block programs) and Pb, Qb, Pc (a program a chunk) against their definitions in
+    float64, from random T_beta, T_gamma and Mk: K = 48 in 32-wide K-blocks (the second one half empty), a partial
+    tail, and packed sequences (one shorter than a chunk, one crossing the batch rows' boundary). Kb and Kc are
+    stored in k's dtype (bf16: 3.3e-3 here, as the interpreter truncates to bf16), Pb, Qb, Pc in fp32 at ~fp32 (~1e-7
+    either way); swapped T_beta and T_gamma would be off by ~1.4."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    monkeypatch.setattr(chunk, "PREP_BK", 32)
+    gen = torch.Generator().manual_seed(2)
+    BT, B, T, H, K = 16, 2, 45, 2, 48
+    q, k = (F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1).to(dtype) for _ in range(2))
+    g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 3.0).to(dtype)
+    mats = torch.randn(3, B, T, H, BT, generator=gen)
+    tols = (1e-2 if dtype == torch.bfloat16 else 1e-5,) * 2 + (1e-5,) * 3
+    for cu in (None, torch.tensor([0, 5, 6, 29, 2 * T - 3], dtype=torch.int32)):
+        qq, kk, gg, *tt = ((x.reshape(1, B * T, *x.shape[2:])[:, :2 * T - 3].contiguous() if cu is not None else x)
+                           for x in (q, k, g, *mats))
+        L = chunk._Layout(qq, kk, kk, gg, gg, gg, 1.0, "clip", None, None, cu, BT)
+        got = chunk._walk_operators(L, qq, kk, gg, *tt)
+        assert got[0].dtype == got[1].dtype == dtype and all(x.dtype == torch.float32 for x in got[2:])
+        for name, x, r, tol in zip(("Kb", "Kc", "Pb", "Qb", "Pc"), got, operators_reference(qq, kk, gg, *tt, BT, cu),
+                                   tols):
+            assert rel_err(x, r) < tol, (name, cu is not None, rel_err(x, r))

@@ -18,7 +18,7 @@ import triton.language as tl
 # are first imported.
 os.environ.setdefault("RLA_KERNELS_FIXED_CONFIG", "1")
 
-from kerneltools import stub_launches  # noqa: E402
+from kerneltools import record_launches, stub_launches  # noqa: E402
 from rla_kernels import naive_recurrent_rla  # noqa: E402
 from rla_kernels.residual import apply_residual  # noqa: E402
 from rla_kernels.rla.chunk import chunk_rla_bwd, chunk_rla_fwd  # noqa: E402
@@ -391,3 +391,137 @@ def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_
     with Allocations() as allocs:
         chunk_rla_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=16)
     assert allocs.made.count(((2 * 3, 2, 32, 32), dtype)) == n_states
+
+
+KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
+         "DQKG_BK", "DQKG_BV")
+
+
+def _automatic_widths(dtype, N, H, K, V, sms):
+    """_Layout's block widths at every knob 0, as rla/chunk.py's comments state the rules (timed on the H200,
+    2026-12-01 19:29-19:40), written out again here."""
+    BK = max(16, triton.next_power_of_2(K))
+    V2 = max(16, triton.next_power_of_2(V))
+    half, wide = dtype != torch.float32, dtype != torch.float32 and K <= 128
+
+    def walk(wide_bk):
+        BV = min(32, V2)
+        BK_w = min(wide_bk if N * H * triton.cdiv(V, BV) >= sms else 64, BK)
+        if N * H * triton.cdiv(K, BK_w) * triton.cdiv(V, BV) < sms:
+            BV = 16
+        return BK_w, BV
+
+    (BK_walk, BV_walk), (BK_dwalk, BV_dwalk) = walk(64), walk(128)
+    return dict(BK=BK, BK_walk=BK_walk, BV_walk=BV_walk, BK_dwalk=BK_dwalk, BV_dwalk=BV_dwalk,
+                BV_res=min(128 if wide else 64, V2), BV_out=min(64, V2), BK_par=min(64, BK), BV_dqkg=min(32, V2),
+                BV_grad=min(128 if wide else 64 if half else 32, V2), BV_intra=min(64 if half else 32, V2))
+
+
+@pytest.mark.parametrize("sms", [0, 132])
+@pytest.mark.parametrize("dtype, K, V", [(torch.bfloat16, 128, 128), (torch.float32, 128, 128),
+                                         (torch.bfloat16, 64, 64), (torch.float32, 64, 64),
+                                         (torch.bfloat16, 64, 80), (torch.float16, 96, 80),
+                                         (torch.float32, 16, 16), (torch.bfloat16, 256, 32)])
+def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, sms, dtype, K, V):
+    """Every launch knob defaults to 0, the automatic width; at 132 SMs the smaller shapes take 16-wide walks and
+    the reverse walks fall back from one 128-wide K-block to 64."""
+    import sys
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    assert all(getattr(chunk, name) == 0 for name in KNOBS)
+    monkeypatch.setattr(chunk, "sm_count", lambda device: sms)
+    for B, H in ((1, 2), (16, 16)):
+        inputs, S0, R0 = make_inputs(B=B, T=4, H=H, K=K, V=V, dtype=dtype)
+        L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 64)
+        want = _automatic_widths(dtype, B, H, K, V, sms)
+        assert {name: getattr(L, name) for name in want} == want
+        assert L.walk_grid == (triton.cdiv(K, want["BK_walk"]), triton.cdiv(V, want["BV_walk"]), B * H)
+        assert L.dwalk_grid == (triton.cdiv(K, want["BK_dwalk"]), triton.cdiv(V, want["BV_dwalk"]), B * H)
+
+
+def test_automatic_widths_at_the_benchmark_shape(monkeypatch):
+    """The widths the H200 timed fastest (2026-12-01 19:29-19:40) at B=16 H=16 K=V=128 bf16, 132 SMs, and the
+    batch-1 walks of 32k-token prefill (16 heads: too few programs for 128-wide K-blocks)."""
+    import sys
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 132)
+    for B, dwalk in ((16, (128, 32)), (1, (64, 16))):
+        inputs, S0, R0 = make_inputs(B=B, T=4, H=16, K=128, V=128, dtype=torch.bfloat16)
+        L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 64)
+        assert (L.BK_dwalk, L.BV_dwalk) == dwalk
+        assert (L.BV_res, L.BV_out, L.BV_grad, L.BV_intra, L.BK_par, L.BV_dqkg) == (128, 64, 128, 64, 64, 32)
+
+
+def test_launch_knobs_are_validated_and_clamped(monkeypatch):
+    """A knob is 0 or a power of two >= 16 (else a ValueError naming it and what it accepts); one wider than its
+    head dim's power of two means the whole dim (as RDN's knobs)."""
+    import sys
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=48, V=80)
+
+    def layout():
+        return chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 64)
+
+    for name in KNOBS:
+        for bad in (8, 48, -16, 1, 2.0):
+            monkeypatch.setattr(chunk, name, bad)
+            with pytest.raises(ValueError, match=f"{name} must be 0 .automatic. or a power of two >= 16"):
+                layout()
+        monkeypatch.setattr(chunk, name, 0)
+    for name, value, attr, want in (("DQKG_BK", 256, "BK_par", 64), ("DQKG_BK", 16, "BK_par", 16),
+                                    ("DQKG_BV", 512, "BV_dqkg", 128), ("WALK_BK", 128, "BK_walk", 64),
+                                    ("REVERSE_WALK_BV", 16, "BV_dwalk", 16), ("OUT_BV", 32, "BV_out", 32)):
+        monkeypatch.setattr(chunk, name, value)
+        assert getattr(layout(), attr) == want, name
+        monkeypatch.setattr(chunk, name, 0)
+
+
+# name: knob settings, make_inputs arguments, cu_seqlens, (clip, residual), tolerance against float64
+KNOB_CASES = {
+    # every width at its narrowest (16; 32 where two blocks are partial): several K-blocks in the dq/dk/dg kernel
+    # and the walks, several V-blocks everywhere, partial last ones (K = 48, V = 40)
+    "narrow_fp32": (dict(WALK_BK=16, WALK_BV=16, REVERSE_WALK_BK=32, REVERSE_WALK_BV=16, RES_BV=16, OUT_BV=32,
+                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16),
+                    dict(B=1, T=70, H=2, K=48, V=40), None, (1.0, "clip"), 1e-4),
+    # every width as wide as the head dims (one K-block and one V-block everywhere, both partial: K = 96, V = 80),
+    # packed sequences
+    "wide_bf16_varlen": (dict(WALK_BK=128, WALK_BV=128, REVERSE_WALK_BK=128, REVERSE_WALK_BV=64, RES_BV=128,
+                              OUT_BV=128, GRAD_BV=128, INTRA_BV=128, DQKG_BK=128, DQKG_BV=128),
+                         dict(B=1, T=70, H=1, K=96, V=80, N=3, dtype=torch.bfloat16), [0, 30, 31, 70],
+                         (0.7, "tanh"), 1e-2),
+    # the benchmark's head dims at other widths than the defaults: dq/dk/dg with one 128-wide K-block and two
+    # 64-wide V turns (its width until 2026-12-01), narrower du/dv, output and residual blocks
+    "dqkg_candidates_bf16": (dict(DQKG_BK=128, DQKG_BV=64, GRAD_BV=32, OUT_BV=32, RES_BV=32),
+                             dict(B=1, T=70, H=1, K=128, V=128, dtype=torch.bfloat16), None, (1.0, "clip"), 1e-2),
+}
+
+
+@pytest.mark.parametrize("case", KNOB_CASES)
+def test_launch_knobs_give_the_oracle(monkeypatch, case):
+    """The launch knobs profile_kernels.py --knob compares, at values other than the defaults: forward and every
+    gradient against the float64 oracle (default 64-token chunks, a partial tail chunk)."""
+    import sys
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    knobs, shape, cu, (clip, residual), tol = KNOB_CASES[case]
+    for name, value in knobs.items():
+        monkeypatch.setattr(chunk, name, value)
+    inputs, S0, R0 = make_inputs(**shape)
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], clip, residual, S0, R0, cu, 64)
+    dims = dict(WALK_BK=shape["K"], REVERSE_WALK_BK=shape["K"], DQKG_BK=shape["K"])
+    got = dict(zip(KNOBS, (L.BK_walk, L.BV_walk, L.BK_dwalk, L.BV_dwalk, L.BV_res, L.BV_out, L.BV_grad, L.BV_intra,
+                           L.BK_par, L.BV_dqkg)))
+    for name, value in knobs.items():
+        assert got[name] == min(value, max(16, triton.next_power_of_2(dims.get(name, shape["V"])))), name
+    kernels = ("_state_walk_kernel", "_dstate_walk_kernel", "_rla_residual_kernel", "_rla_fwd_output_kernel",
+               "_rla_bwd_du_kernel", "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel")
+    log = record_launches(monkeypatch, chunk, kernels, lambda name, kw: (name, kw["BK"], kw["BV"]))
+    check(inputs, S0, R0, 0.7, clip, residual, cu_seqlens=cu, tol=tol)
+    assert set(log) == {  # each kernel launched at its knobs' widths (the forward walks and residuals twice)
+        ("_state_walk_kernel", L.BK_walk, L.BV_walk), ("_dstate_walk_kernel", L.BK_dwalk, L.BV_dwalk),
+        ("_rla_residual_kernel", L.BK, L.BV_res), ("_rla_fwd_output_kernel", L.BK, L.BV_out),
+        ("_rla_bwd_du_kernel", L.BK, L.BV_grad), ("_rla_bwd_dv_kernel", L.BK, L.BV_grad),
+        ("_rla_bwd_intra_kernel", L.BK, L.BV_intra), ("_rla_bwd_dqkg_kernel", L.BK_par, L.BV_dqkg)}
