@@ -85,6 +85,46 @@ def test_rendering_from_saved_results(capsys, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_a_later_run_merges_into_saved_results(capsys, tmp_path):
+    """--merge: the later run's points replace the saved ones at the same (op, mode, T), the rest stay, and the
+    merged file's command says where each came from; runs of another dtype or device are refused in one line."""
+    base = _document()
+    later = _document()
+    later["meta"].update(date="2026-12-01", command="rla-convert bench kernels --ops rla --no-decode")
+    later["meta"]["settings"].update(seq_lens=[2048, 16384], ops=["rla"], decode_contexts=[])
+    ms = 0.5 + torch.rand(()).item()
+    later["points"] = [dict(base["points"][0], ms=ms), dict(base["points"][0], seq_len=16384, batch=2, ms=ms * 3)]
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    status, out, _ = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "base.json"),
+                              "--merge", str(tmp_path / "later.json"), "--json", str(tmp_path / "merged.json"))
+    assert status == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    key = lambda p: (p["op"], p["mode"], p["seq_len"])  # noqa: E731
+    got = {key(p): p["ms"] for p in merged["points"]}
+    assert got[("rla", "fwd", 2048)] == ms and got[("rla", "fwd", 16384)] == ms * 3
+    assert got[("rla", "fwd", 4096)] == 1.25 and got[("sdpa_flash", "decode", 8192)] == 0.05
+    assert len(merged["points"]) == len(base["points"]) + 1
+    assert merged["meta"]["settings"]["seq_lens"] == [2048, 4096, 16384]
+    assert merged["meta"]["date"] == "2026-12-01"
+    command = merged["meta"]["command"]
+    assert command.startswith("merged: rla (fwd) from later.json (2026-12-01, 'rla-convert bench kernels --ops rla")
+    assert command.endswith(base["meta"]["command"])
+    assert f"{ms:.2f}" in out
+
+    later["meta"]["settings"]["dtype"] = "fp16"
+    (tmp_path / "fp16.json").write_text(json.dumps(later))
+    status, _, err = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "base.json"),
+                              "--merge", str(tmp_path / "fp16.json"))
+    assert status == 2 and "dtype bf16 vs fp16" in one_error_line(err)
+    status, _, err = run_main(capsys, "bench", "kernels", "--cpu-smoke", "--merge", str(tmp_path / "later.json"))
+    assert status == 2 and "--from-json" in one_error_line(err)
+    (tmp_path / "other.json").write_text(json.dumps({"points": []}))
+    status, _, err = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "base.json"),
+                              "--merge", str(tmp_path / "other.json"))
+    assert status == 2 and "not results of" in one_error_line(err)
+
+
 def test_an_op_keeps_its_colour_in_every_panel_whatever_the_point_order():
     """Merged result files list points in measurement order; the plot must not recolour ops by that order."""
     import matplotlib.pyplot as plt

@@ -430,3 +430,38 @@ def environment(device: torch.device) -> dict:
 def results_document(settings: Settings, points: list[Point], device: torch.device) -> dict:
     return {"meta": {**environment(device), "command": settings.command(), "settings": asdict(settings)},
             "points": [asdict(p) for p in points]}
+
+
+# Settings two result files must share for their points to sit in one table: the same device and per-call shape.
+_MERGE_MUST_MATCH = ("tokens", "heads", "head_dim", "dtype")
+
+
+def merge_results(base: dict, new: dict, new_name: str) -> dict:
+    """``base`` with every point of ``new`` in place of base's point at the same (op, mode, T), others kept.
+
+    BENCHMARKS.md's current table grows from runs that each time some ops: meta.command then says which points
+    came from which run (``new_name``, its date and its command) before base's own account. ValueError naming the
+    setting when the two runs are not comparable (another device, dtype or per-call shape)."""
+    b_meta, n_meta = base["meta"], new["meta"]
+    clashes = [f"{key} {b_meta['settings'][key]} vs {n_meta['settings'][key]}" for key in _MERGE_MUST_MATCH
+               if b_meta["settings"][key] != n_meta["settings"][key]]
+    if b_meta["device"] != n_meta["device"]:
+        clashes.insert(0, f"device {b_meta['device']!r} vs {n_meta['device']!r}")
+    if clashes:
+        raise ValueError(f"cannot merge {new_name} into these results: {'; '.join(clashes)} (merge runs of one "
+                         f"device, dtype and shape)")
+    key = lambda p: (p["op"], p["mode"], p["seq_len"])  # noqa: E731
+    replaced = {key(p) for p in new["points"]}
+    points = [p for p in base["points"] if key(p) not in replaced] + list(new["points"])
+    settings = dict(b_meta["settings"])
+    for name in ("seq_lens", "ops", "modes", "decode_contexts"):
+        settings[name] = sorted(set(settings[name]) | set(n_meta["settings"][name]))
+    ops = sorted({p["op"] for p in new["points"]})
+    modes = sorted({p["mode"] for p in new["points"]})
+    command = (f"merged: {', '.join(ops)} ({', '.join(modes)}) from {new_name} ({n_meta['date']}, "
+               f"'{n_meta['command']}'); before that: {b_meta['command']}")
+    meta = {**b_meta, "date": max(b_meta["date"], n_meta["date"]), "command": command, "settings": settings}
+    for lib in ("torch", "triton", "fla"):
+        if b_meta.get(lib) != n_meta.get(lib):
+            meta[lib] = f"{n_meta.get(lib)} (merged runs: {b_meta.get(lib)})"
+    return {"meta": meta, "points": points}

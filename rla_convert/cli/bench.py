@@ -57,9 +57,12 @@ def bench():
 @click.option("--cpu-smoke", is_flag=True, help="Tiny shapes on the PyTorch backend, CPU: tests the command path.")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False),
               help="Measure nothing: re-render the table, --plot and --markdown from a saved --json file.")
+@click.option("--merge", "merge_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="With --from-json: a later run's --json whose points replace the saved ones at the same op, mode "
+                   "and T (repeatable; --json writes the merged file, its command says where each point came from).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def kernels(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_contexts, decode_batch, no_decode,
-            json_path, plot_path, markdown_path, cpu_smoke, from_json, no_progress):
+            json_path, plot_path, markdown_path, cpu_smoke, from_json, merge_paths, no_progress):
     """Time RLA and RDN next to fla's gated delta rule and simple GLA and FlashAttention (SDPA).
 
     Forward and forward+backward at B*T tokens per call for each T, and one decode step after contexts of
@@ -67,13 +70,28 @@ def kernels(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_context
     """
     from ..bench import plot
 
+    if merge_paths and not from_json:
+        raise UserError("--merge adds a run's points to saved results: give those with --from-json BASE.json")
     if from_json:
         doc = json.loads(Path(from_json).read_text())
+        for path in merge_paths:
+            doc = _merged(doc, path)
     else:
         doc = _measure(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_contexts, decode_batch,
                        no_decode, cpu_smoke, no_progress, plot_path)
-    _write_outputs(doc, None if from_json else json_path, markdown_path, plot_path,
+    _write_outputs(doc, None if from_json and not merge_paths else json_path, markdown_path, plot_path,
                    plot.text_table, plot.markdown, plot.save_plot)
+
+
+def _merged(doc: dict, path: str) -> dict:
+    from ..bench.kernels import merge_results
+
+    try:
+        return merge_results(doc, json.loads(Path(path).read_text()), Path(path).name)
+    except ValueError as err:  # json's decode errors too
+        raise UserError(f"--merge {path}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise UserError(f"--merge {path}: not results of `rla-convert bench kernels --json` (no {err})") from None
 
 
 def _have_matplotlib() -> bool:
