@@ -112,7 +112,7 @@ OUT_BV = 64
 # K-block width of the reverse walks' Kb, Kc kernel (chunk_bwd._rdn_bwd_prep_k_kernel). Until 2026-12-01 one kernel
 # made all five operators, its K-block programs beside one [BT, BT] program a chunk: 0.46 ms at 64 wide. Split since
 # (the Pb, Qb, Pc kernel 0.22 ms), at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-01 19:28,
-# profile_kernels.py --tune --knob PREP_BK=64,128): Kb, Kc 0.19 ms at 64 wide, 0.15 at 128 (T_beta, T_gamma and the
+# profile_kernels.py --tune --knob PREP_BK=64,128): Kb, Kc 0.189 ms at 64 wide, 0.155 at 128 (T_beta, T_gamma and the
 # decays read once a chunk).
 PREP_BK = 128
 # V-block widths of the forward walk and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the
@@ -253,7 +253,7 @@ def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
     k_b, k_c = torch.empty_like(k), torch.empty_like(k)
     p_b, q_b, p_c = (L.per_token(k, L.BT) for _ in range(3))
     if L.n_chunks:
-        BKP = min(PREP_BK, L.BK)
+        BKP = triton_utils.knob_width("PREP_BK", PREP_BK, PREP_BK, L.K)  # min(PREP_BK, L.BK), validated
         _rdn_bwd_prep_k_kernel[(L.chunk_grid[0], triton.cdiv(L.K, BKP), L.chunk_grid[1])](
             k, g, t_beta, t_gamma, k_b, k_c, L.cu_seqlens, L.chunk_indices, L.T,
             H=L.H, K=L.K, BT=L.BT, BKP=BKP, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)

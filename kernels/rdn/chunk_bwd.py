@@ -69,7 +69,8 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
 # Kb and Kc, one program per (chunk, K-block, head). Registers by ptxas (sm_90, Triton 3.9, BT 32, K 128 bf16) at
 # 2 / 4 / 1 warps: 110 / 72 / 190 at BKP 64 (9 / 7 / 10 programs an SM), 153 / 118 / 255 and 152 bytes of stack at
 # 128 (chunk.PREP_BK). Two warps first (the fixed config): the most bytes in flight an SM short of one warp's serial
-# dots. k before the T's, T_gamma after Kb's store: the merged kernel's order (both T's, then k) takes 145 / 107 / 190.
+# dots, reasoned at BKP 64; at 128 the H200's tuner picked 1 warp (0.155 ms, 2026-12-01 19:28; 2 warps there untimed).
+# k before the T's, T_gamma after Kb's store: the merged kernel's order (both T's, then k) takes 145 / 107 / 190.
 @autotune(configs=launch_configs((2, 1), (4, 1), (1, 1)), key=["H", "K", "BT", "BKP", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_prep_k_kernel(

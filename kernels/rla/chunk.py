@@ -18,8 +18,8 @@ pass for dq, dk, dg.
 ``keep_walk`` (opt-in, memory for time; the API's ``rla(recompute_states=False)``): the forward hands what the
 backward's rerun makes and reads -- h_S (hi only: its lo part is read by the residual kernel alone), h_R and the
 residuals r (``kept_walk_shapes``), all in the input dtype -- to ``chunk_rla_bwd(walk=)``, which then skips the
-rerun (both walks and the residual kernel: 0.70 + 0.35 of the backward's 4.32 ms at B=16 T=2k H=16 K=V=128 bf16,
-H200, profile_kernels.py). Same kernels and launches as the default forward, so the same numbers: only the
+rerun (both walks and the residual kernel: 0.70 + 0.34 of the backward's ~3.6 ms at B=16 T=2k H=16 K=V=128 bf16,
+H200, 2026-12-01, profile_kernels.py). Same kernels and launches as the default forward, so the same numbers: only the
 buffers live on, 2 x n_chunks x H x K x V plus B x T x H x V input-dtype elements (0.67 GB a layer at that shape).
 """
 from __future__ import annotations
@@ -47,14 +47,16 @@ SUMS_BLOCK = 1024  # gates a program of the backward's final partial-sum kernel
 # hold all of K (the residual, output, du, dv and intra kernels) are no knob: they are K's power of two.
 WALK_BK = 0  # the forward walks (S, then R over the residuals; the backward's rerun too): K-block, auto 64
 WALK_BV = 0  # and V-block, auto 32 (16 where the walk programs would not fill the GPU)
-REVERSE_WALK_BK = 0  # the backward's walks (dh_R', then dh_S'): auto 128 where that fills the GPU, else the forward's
-REVERSE_WALK_BV = 0  # auto as the forward walks'
-RES_BV = 0  # the residual kernel's V-block: auto 128 (64 for fp32 inputs)
+REVERSE_WALK_BK = 0  # the backward's walks (dh_R', then dh_S'): auto 128 (bf16/fp16, K <= 128) where that fills the
+REVERSE_WALK_BV = 0  # GPU, else as the forward walks'
+RES_BV = 0  # the residual kernel's V-block: auto 128 (bf16/fp16, K <= 128), else 64
 OUT_BV = 0  # the output kernel's V-block: auto 64
-GRAD_BV = 0  # du's and dv's V-block: auto 128 (32 for fp32 inputs)
+GRAD_BV = 0  # du's and dv's V-block: auto 128 (bf16/fp16, K <= 128), 64 (K > 128), 32 (fp32 inputs)
 INTRA_BV = 0  # the intra kernel's V-loop block (M, Mk): auto 64 (32 for fp32 inputs)
 DQKG_BK = 0  # the dq/dk/dg kernel's K-block (one program each): auto 64
-DQKG_BV = 0  # and its V-loop block: auto 32
+DQKG_BV = 0  # and its V-loop block: auto 32 (64 for bf16/fp16 at K > 128)
+LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
+                "DQKG_BK", "DQKG_BV")
 
 
 class _Layout:
@@ -73,18 +75,18 @@ class _Layout:
             raise ValueError(f"chunk_size must be 16, 32, 64 or 128; got {chunk_size}")
         self.BT = chunk_size
         self.BK = max(16, triton.next_power_of_2(self.K))
-        # The walks split K and V (rows and columns of a state never mix): 64 x 32 blocks, or 64 x 16 when
-        # that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel.
+        # New widths were timed with bf16 inputs at K=128 (the header's date): fp32 inputs and K > 128 keep the
+        # widths of before, sized for fp32 tiles' shared memory (with fp32 tiles a 64-wide dq/dk/dg V-block would
+        # need ~224 KiB at K=128; H100: 227 KiB) and for a [K, BV] fp32 tile in registers.
+        half = q.dtype != torch.float32
+        wide = half and self.K <= 128
+        # The walks split K and V (rows and columns of a state never mix): the forward walks 64 x 32 blocks, or
+        # 64 x 16 when that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel.
         self.BK_walk, self.BV_walk, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", 64, q.device)
         # The reverse walks at one 128-wide K-block (dh_R', dh_S' rows read once a chunk): 0.67 -> 0.61 ms at B=16
         # T=2k (H200, 2026-12-01 19:40); only where (sequence, head, 32-wide V-block) programs still fill the GPU.
-        self.BK_dwalk, self.BV_dwalk, self.dwalk_grid = self._walk_blocks("REVERSE_WALK_BK", "REVERSE_WALK_BV", 128,
-                                                                          q.device)
-        # Widths of the chunk-parallel kernels, timed with bf16 inputs at K=128 (the header's date): fp32 inputs and
-        # K > 128 keep the narrower ones sized for fp32 tiles' shared memory (with fp32 tiles a 64-wide dq/dk/dg
-        # V-block would need ~224 KiB at K=128; H100: 227 KiB) and for a [K, BV] fp32 tile in registers.
-        half = q.dtype != torch.float32
-        wide = half and self.K <= 128
+        self.BK_dwalk, self.BV_dwalk, self.dwalk_grid = self._walk_blocks("REVERSE_WALK_BK", "REVERSE_WALK_BV",
+                                                                          128 if wide else 64, q.device)
         V2 = max(16, triton.next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
         # (0.46 -> 0.52)
@@ -93,7 +95,7 @@ class _Layout:
         # The dq/dk/dg pass splits K (see chunk_bwd.py) and pipelines its V loop: 32-wide V turns (4 at V=128) take
         # 1.20 -> 1.00 ms against 64 (2 turns, never a steady pipeline); one 128-wide K-block 1.47-1.72 (8 warps).
         self.BK_par = self._knob("DQKG_BK", min(64, self.BK), self.K)
-        self.BV_dqkg = self._knob("DQKG_BV", min(32, V2), self.V)
+        self.BV_dqkg = self._knob("DQKG_BV", min(32 if wide or not half else 64, V2), self.V)
         # du and dv hold a [K, BV] adjoint beside q and k [BT, K] and five [BT, BV] tiles, about what the output
         # kernel holds: with bf16 one 128-wide V-block takes dv 0.49 -> 0.38 ms (du 0.31 -> 0.32); fp32: 32.
         # The intra kernel loops over V-blocks: 64 (32 was 0.25 -> 0.26 ms).
