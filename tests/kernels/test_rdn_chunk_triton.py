@@ -268,10 +268,11 @@ def test_block_width_knobs(monkeypatch, knobs):
     check_backward(inputs, S0, R0, None, 1.0, "clip")
 
 
-@pytest.mark.parametrize("name, value", [("WALK_BV", 24), ("GRAD_BK", 8), ("OUT_BV", 0)])
+@pytest.mark.parametrize("name, value", [("WALK_BV", 24), ("GRAD_BK", 8), ("OUT_BV", 0), ("PREP_BK", 48),
+                                         ("PREP_BK", 0), ("MATS_BV", 24)])
 def test_block_width_knobs_are_validated(monkeypatch, name, value):
-    """A width knob is a power of two >= 16, or 0 where the launcher has an automatic width (OUT_BV has none): else a
-    ValueError naming it (triton_utils.knob_width, shared with RLA's knobs)."""
+    """A width knob is a power of two >= 16, or 0 where the launcher has an automatic width (OUT_BV and PREP_BK have
+    none): else a ValueError naming it (triton_utils.knob_width, shared with RLA's knobs)."""
     chunk = sys.modules[chunk_rdn_bwd.__module__]
     monkeypatch.setattr(chunk, name, value)
     inputs, S0, R0 = make_inputs(B=1, T=16, H=1, K=16, V=16)
@@ -535,27 +536,33 @@ def test_kept_walk_is_ignored_where_it_does_not_fit_and_refuses_segments():
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=2, keep_walk=True)
 
 
+def chunk_spans(B, T, BT, cu_seqlens=None):
+    """(batch row, first token, one past the last) of every chunk of BT tokens, sequence by sequence: the rows of a
+    [B, T] batch, or the packed sequences cu_seqlens bounds in row 0."""
+    bounds = cu_seqlens.tolist() if cu_seqlens is not None else None
+    spans = [(b, 0, T) for b in range(B)] if bounds is None else [(0, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+    for b, s, e in spans:
+        for c0 in range(s, e, BT):
+            yield b, c0, min(c0 + BT, e)
+
+
 def wy_reference(k, g, beta, gamma, BT, cu_seqlens=None):
     """T_beta, T_gamma, Mk of every chunk in float64 by torch.linalg (the kernel's layout: [B, T, H, BT], row t of the
     chunk's matrix at token t), from the definitions in wy.py's docstring."""
     k, g, beta, gamma = (x.double() for x in (k, g, beta, gamma))
     B, T, H, _ = k.shape
     out = torch.zeros(3, B, T, H, BT, dtype=torch.float64)
-    bounds = cu_seqlens.tolist() if cu_seqlens is not None else None
-    spans = [(b, 0, T) for b in range(B)] if bounds is None else [(0, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
-    for b, s, e in spans:
-        for c0 in range(s, e, BT):
-            c1 = min(c0 + BT, e)
-            n = c1 - c0
-            G = torch.cumsum(g[b, c0:c1], 0)  # [n, H]
-            Gp = G - g[b, c0:c1]
-            kk = torch.einsum("thk,ihk->hti", k[b, c0:c1], k[b, c0:c1])
-            strict = torch.tril(torch.ones(n, n, dtype=torch.bool), -1)
-            mk = torch.where(strict, kk * torch.exp(Gp.T[:, :, None] - G.T[:, None, :]), 0.0)
-            for idx, x in ((0, beta), (1, gamma)):
-                a = (x[b, c0:c1] * torch.exp(g[b, c0:c1])).T[:, :, None] * mk
-                out[idx, b, c0:c1, :, :n] = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + a).permute(1, 0, 2)
-            out[2, b, c0:c1, :, :n] = mk.permute(1, 0, 2)
+    for b, c0, c1 in chunk_spans(B, T, BT, cu_seqlens):
+        n = c1 - c0
+        G = torch.cumsum(g[b, c0:c1], 0)  # [n, H]
+        Gp = G - g[b, c0:c1]
+        kk = torch.einsum("thk,ihk->hti", k[b, c0:c1], k[b, c0:c1])
+        strict = torch.tril(torch.ones(n, n, dtype=torch.bool), -1)
+        mk = torch.where(strict, kk * torch.exp(Gp.T[:, :, None] - G.T[:, None, :]), 0.0)
+        for idx, x in ((0, beta), (1, gamma)):
+            a = (x[b, c0:c1] * torch.exp(g[b, c0:c1])).T[:, :, None] * mk
+            out[idx, b, c0:c1, :, :n] = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + a).permute(1, 0, 2)
+        out[2, b, c0:c1, :, :n] = mk.permute(1, 0, 2)
     return out
 
 
@@ -594,26 +601,22 @@ def operators_reference(q, k, g, t_beta, t_gamma, m_k, BT, cu_seqlens=None):
     B, T, H, K = k.shape
     kb, kc = torch.zeros(2, B, T, H, K, dtype=torch.float64)
     pb, qb, pc = torch.zeros(3, B, T, H, BT, dtype=torch.float64)
-    bounds = cu_seqlens.tolist() if cu_seqlens is not None else None
-    spans = [(b, 0, T) for b in range(B)] if bounds is None else [(0, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
-    for b, s, e in spans:
-        for c0 in range(s, e, BT):
-            c1 = min(c0 + BT, e)
-            n = c1 - c0
-            G = torch.cumsum(g[b, c0:c1], 0)  # [n, H]
-            dL = torch.exp(G[-1] - G)
-            Tb, Tc = tb[b, c0:c1, :, :n], tc[b, c0:c1, :, :n]  # [t, H, i]: only rows and columns of the chunk's tokens
-            kb[b, c0:c1] = torch.einsum("thi,th,thk->ihk", Tb, dL, k[b, c0:c1])
-            kc[b, c0:c1] = torch.einsum("thi,th,thk->ihk", Tc, dL, k[b, c0:c1])
-            qk = torch.einsum("thk,ihk->hti", q[b, c0:c1], k[b, c0:c1])
-            decay = torch.exp(G.T[:, :, None] - G.T[:, None, :])  # [H, t, i]: exp(G_t - G_i)
-            causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
-            mqi = torch.where(causal, qk * decay, 0.0)
-            mq = torch.where(torch.tril(causal, -1), mqi, 0.0)
-            mkc = mk[b, c0:c1, :, :n].permute(1, 0, 2)  # [H, j, t]
-            pb[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tb, mq)
-            qb[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tb, mkc)
-            pc[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tc, mqi)
+    for b, c0, c1 in chunk_spans(B, T, BT, cu_seqlens):
+        n = c1 - c0
+        G = torch.cumsum(g[b, c0:c1], 0)  # [n, H]
+        dL = torch.exp(G[-1] - G)
+        Tb, Tc = tb[b, c0:c1, :, :n], tc[b, c0:c1, :, :n]  # [t, H, i]: only rows and columns of the chunk's tokens
+        kb[b, c0:c1] = torch.einsum("thi,th,thk->ihk", Tb, dL, k[b, c0:c1])
+        kc[b, c0:c1] = torch.einsum("thi,th,thk->ihk", Tc, dL, k[b, c0:c1])
+        qk = torch.einsum("thk,ihk->hti", q[b, c0:c1], k[b, c0:c1])
+        decay = torch.exp(G.T[:, :, None] - G.T[:, None, :])  # [H, t, i]: exp(G_t - G_i)
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+        mqi = torch.where(causal, qk * decay, 0.0)
+        mq = torch.where(torch.tril(causal, -1), mqi, 0.0)
+        mkc = mk[b, c0:c1, :, :n].permute(1, 0, 2)  # [H, j, t]
+        pb[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tb, mq)
+        qb[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tb, mkc)
+        pc[b, c0:c1, :, :n] = torch.einsum("thi,hjt->ihj", Tc, mqi)
     return kb, kc, pb, qb, pc
 
 

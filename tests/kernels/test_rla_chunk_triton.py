@@ -333,11 +333,12 @@ def test_walks_split_k_and_narrow_v_blocks_at_low_parallelism(monkeypatch):
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=96, V=48)
     layout = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 16)
-    assert (layout.BK_walk, layout.BV_walk) == (64, 32)
+    assert (layout.BK_walk, layout.BV_walk) == (layout.BK_dwalk, layout.BV_dwalk) == (64, 32)
     check(inputs, S0, R0, 0.6, 1.0, "clip", chunk_size=16)
     monkeypatch.setattr(chunk, "sm_count", lambda device: 1 << 20)
     layout = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 16)
     assert (layout.BK_walk, layout.BV_walk, layout.walk_grid) == (64, 16, (2, 3, 2))
+    assert (layout.BK_dwalk, layout.BV_dwalk, layout.dwalk_grid) == (64, 16, (2, 3, 2))
     check(inputs, S0, R0, 0.6, 0.7, "tanh", chunk_size=16)
 
 
@@ -393,64 +394,36 @@ def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_
     assert allocs.made.count(((2 * 3, 2, 32, 32), dtype)) == n_states
 
 
-KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
-         "DQKG_BK", "DQKG_BV")
+KNOBS = sys.modules[chunk_rla_fwd.__module__].LAUNCH_KNOBS
+WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg")
+
+# (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0, in WIDTHS' order, worked out by hand from the rules in
+# rla/chunk.py's comments (the H200's winners of 2026-12-01 19:29-19:40 for bf16/fp16 at K <= 128, the widths of
+# before for fp32 and K > 128; walks 16 wide where their programs would leave SMs idle)
+AUTOMATIC_WIDTHS = [
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32)),  # the benchmark's shape
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32)),  # batch-1 prefill
+    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32)),
+    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32)),  # SmolLM2's head dim, no GPU
+    ((torch.float16, 1, 2, 96, 80, 0), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32)),
+    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64)),
+    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32)),
+]
 
 
-def _automatic_widths(dtype, N, H, K, V, sms):
-    """_Layout's block widths at every knob 0, as rla/chunk.py's comments state the rules (timed on the H200,
-    2026-12-01 19:29-19:40), written out again here."""
-    BK = max(16, triton.next_power_of_2(K))
-    V2 = max(16, triton.next_power_of_2(V))
-    half, wide = dtype != torch.float32, dtype != torch.float32 and K <= 128
-
-    def walk(wide_bk):
-        BV = min(32, V2)
-        BK_w = min(wide_bk if N * H * triton.cdiv(V, BV) >= sms else 64, BK)
-        if N * H * triton.cdiv(K, BK_w) * triton.cdiv(V, BV) < sms:
-            BV = 16
-        return BK_w, BV
-
-    (BK_walk, BV_walk), (BK_dwalk, BV_dwalk) = walk(64), walk(128)
-    return dict(BK=BK, BK_walk=BK_walk, BV_walk=BV_walk, BK_dwalk=BK_dwalk, BV_dwalk=BV_dwalk,
-                BV_res=min(128 if wide else 64, V2), BV_out=min(64, V2), BK_par=min(64, BK), BV_dqkg=min(32, V2),
-                BV_grad=min(128 if wide else 64 if half else 32, V2), BV_intra=min(64 if half else 32, V2))
-
-
-@pytest.mark.parametrize("sms", [0, 132])
-@pytest.mark.parametrize("dtype, K, V", [(torch.bfloat16, 128, 128), (torch.float32, 128, 128),
-                                         (torch.bfloat16, 64, 64), (torch.float32, 64, 64),
-                                         (torch.bfloat16, 64, 80), (torch.float16, 96, 80),
-                                         (torch.float32, 16, 16), (torch.bfloat16, 256, 32)])
-def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, sms, dtype, K, V):
-    """Every launch knob defaults to 0, the automatic width; at 132 SMs the smaller shapes take 16-wide walks and
-    the reverse walks fall back from one 128-wide K-block to 64."""
-    import sys
-
+@pytest.mark.parametrize("shape, want", AUTOMATIC_WIDTHS)
+def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want):
+    """Every launch knob defaults to 0, the automatic width, and that is the width the table above says."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     assert all(getattr(chunk, name) == 0 for name in KNOBS)
+    dtype, B, H, K, V, sms = shape
     monkeypatch.setattr(chunk, "sm_count", lambda device: sms)
-    for B, H in ((1, 2), (16, 16)):
-        inputs, S0, R0 = make_inputs(B=B, T=4, H=H, K=K, V=V, dtype=dtype)
-        L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 64)
-        want = _automatic_widths(dtype, B, H, K, V, sms)
-        assert {name: getattr(L, name) for name in want} == want
-        assert L.walk_grid == (triton.cdiv(K, want["BK_walk"]), triton.cdiv(V, want["BV_walk"]), B * H)
-        assert L.dwalk_grid == (triton.cdiv(K, want["BK_dwalk"]), triton.cdiv(V, want["BV_dwalk"]), B * H)
-
-
-def test_automatic_widths_at_the_benchmark_shape(monkeypatch):
-    """The widths the H200 timed fastest (2026-12-01 19:29-19:40) at B=16 H=16 K=V=128 bf16, 132 SMs, and the
-    batch-1 walks of 32k-token prefill (16 heads: too few programs for 128-wide K-blocks)."""
-    import sys
-
-    chunk = sys.modules[chunk_rla_fwd.__module__]
-    monkeypatch.setattr(chunk, "sm_count", lambda device: 132)
-    for B, dwalk in ((16, (128, 32)), (1, (64, 16))):
-        inputs, S0, R0 = make_inputs(B=B, T=4, H=16, K=128, V=128, dtype=torch.bfloat16)
-        L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 64)
-        assert (L.BK_dwalk, L.BV_dwalk) == dwalk
-        assert (L.BV_res, L.BV_out, L.BV_grad, L.BV_intra, L.BK_par, L.BV_dqkg) == (128, 64, 128, 64, 64, 32)
+    inputs, S0, R0 = make_inputs(B=B, T=4, H=H, K=K, V=V, dtype=dtype)
+    L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, 64)
+    assert tuple(getattr(L, name) for name in WIDTHS) == want
+    assert L.walk_grid == (triton.cdiv(K, want[0]), triton.cdiv(V, want[1]), B * H)
+    assert L.dwalk_grid == (triton.cdiv(K, want[2]), triton.cdiv(V, want[3]), B * H)
 
 
 def test_launch_knobs_are_validated_and_clamped(monkeypatch):
@@ -512,8 +485,7 @@ def test_launch_knobs_give_the_oracle(monkeypatch, case):
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], clip, residual, S0, R0, cu, 64)
     dims = dict(WALK_BK=shape["K"], REVERSE_WALK_BK=shape["K"], DQKG_BK=shape["K"])
-    got = dict(zip(KNOBS, (L.BK_walk, L.BV_walk, L.BK_dwalk, L.BV_dwalk, L.BV_res, L.BV_out, L.BV_grad, L.BV_intra,
-                           L.BK_par, L.BV_dqkg)))
+    got = dict(zip(KNOBS, (getattr(L, name) for name in WIDTHS)))
     for name, value in knobs.items():
         assert got[name] == min(value, max(16, triton.next_power_of_2(dims.get(name, shape["V"])))), name
     kernels = ("_state_walk_kernel", "_dstate_walk_kernel", "_rla_residual_kernel", "_rla_fwd_output_kernel",
