@@ -85,44 +85,99 @@ def test_rendering_from_saved_results(capsys, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def _merge(capsys, tmp_path, base, *later, out="merged.json"):
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    args = ["bench", "kernels", "--from-json", str(tmp_path / "base.json"), "--json", str(tmp_path / out)]
+    for i, doc in enumerate(later):
+        (tmp_path / f"later{i}.json").write_text(json.dumps(doc))
+        args += ["--merge", str(tmp_path / f"later{i}.json")]
+    status, out_text, err = run_main(capsys, *args)
+    merged = json.loads((tmp_path / out).read_text()) if status == 0 else None
+    return status, out_text, err, merged
+
+
+def _later_rla_run(ms, date="2026-12-01", **meta):
+    later = _document()
+    later["meta"].update(date=date, command=f"rla-convert bench kernels --ops rla --no-decode # {date}", **meta)
+    later["meta"]["settings"].update(seq_lens=[2048, 16384], ops=["rla"], decode_contexts=[])
+    later["points"] = [dict(later["points"][0], ms=ms), dict(later["points"][0], seq_len=16384, batch=2, ms=ms * 3)]
+    return later
+
+
+def _by_key(doc):
+    return {(p["op"], p["mode"], p["seq_len"]): p["ms"] for p in doc["points"]}
+
+
 def test_a_later_run_merges_into_saved_results(capsys, tmp_path):
     """--merge: the later run's points replace the saved ones at the same (op, mode, T), the rest stay, and the
-    merged file's command says where each came from; runs of another dtype or device are refused in one line."""
+    merged file's command says where each came from."""
     base = _document()
-    later = _document()
-    later["meta"].update(date="2026-12-01", command="rla-convert bench kernels --ops rla --no-decode")
-    later["meta"]["settings"].update(seq_lens=[2048, 16384], ops=["rla"], decode_contexts=[])
     ms = 0.5 + torch.rand(()).item()
-    later["points"] = [dict(base["points"][0], ms=ms), dict(base["points"][0], seq_len=16384, batch=2, ms=ms * 3)]
-    (tmp_path / "base.json").write_text(json.dumps(base))
-    (tmp_path / "later.json").write_text(json.dumps(later))
-    status, out, _ = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "base.json"),
-                              "--merge", str(tmp_path / "later.json"), "--json", str(tmp_path / "merged.json"))
+    status, out, _, merged = _merge(capsys, tmp_path, base, _later_rla_run(ms))
     assert status == 0
-    merged = json.loads((tmp_path / "merged.json").read_text())
-    key = lambda p: (p["op"], p["mode"], p["seq_len"])  # noqa: E731
-    got = {key(p): p["ms"] for p in merged["points"]}
+    got = _by_key(merged)
     assert got[("rla", "fwd", 2048)] == ms and got[("rla", "fwd", 16384)] == ms * 3
     assert got[("rla", "fwd", 4096)] == 1.25 and got[("sdpa_flash", "decode", 8192)] == 0.05
     assert len(merged["points"]) == len(base["points"]) + 1
     assert merged["meta"]["settings"]["seq_lens"] == [2048, 4096, 16384]
     assert merged["meta"]["date"] == "2026-12-01"
     command = merged["meta"]["command"]
-    assert command.startswith("merged: rla (fwd) from later.json (2026-12-01, 'rla-convert bench kernels --ops rla")
+    assert command.startswith("merged: rla (fwd) from later0.json (2026-12-01, 'rla-convert bench kernels --ops rla")
     assert command.endswith(base["meta"]["command"])
     assert f"{ms:.2f}" in out
 
-    later["meta"]["settings"]["dtype"] = "fp16"
-    (tmp_path / "fp16.json").write_text(json.dumps(later))
-    status, _, err = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "base.json"),
-                              "--merge", str(tmp_path / "fp16.json"))
-    assert status == 2 and "dtype bf16 vs fp16" in one_error_line(err)
-    status, _, err = run_main(capsys, "bench", "kernels", "--cpu-smoke", "--merge", str(tmp_path / "later.json"))
+
+def test_merges_in_a_row_failed_points_and_versions(capsys, tmp_path):
+    """Two --merge in order (the last one's point wins, the command names both, newest first); a point that failed in
+    the later run keeps the earlier measurement and the command says so; each library version appears once."""
+    first, second = 0.5 + torch.rand(()).item(), 2.5 + torch.rand(()).item()
+    later = _later_rla_run(second, date="2026-12-02", triton="3.7.0")
+    later["points"][1].update(ms=None, error="timeout")  # T=16384: nothing measured before either
+    failed = dict(later["points"][0], seq_len=4096, batch=8, ms=None, error="out of memory")
+    later["points"].append(failed)
+    earlier = _later_rla_run(first)
+    earlier["points"] = earlier["points"][:1]  # T=2048 only
+    _, _, _, merged = _merge(capsys, tmp_path, _document(), earlier, later)
+    got = _by_key(merged)
+    assert got[("rla", "fwd", 2048)] == second  # the later of the two
+    assert got[("rla", "fwd", 16384)] is None  # failed, and no measurement to keep
+    assert got[("rla", "fwd", 4096)] == 1.25  # failed in the later run: the saved measurement stays
+    command = merged["meta"]["command"]
+    assert command.index("from later1.json (2026-12-02") < command.index("from later0.json (2026-12-01")
+    assert "there failed, so kept from before: rla fwd T=4096" in command
+    assert merged["meta"]["triton"] == "3.6.0, 3.7.0" and merged["meta"]["torch"] == "2.11.0"
+    _, _, _, again = _merge(capsys, tmp_path, merged, later, out="again.json")
+    assert again["meta"]["triton"] == "3.6.0, 3.7.0"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["meta"]["settings"].update(dtype="fp16"), "dtype bf16 vs fp16"),
+    (lambda d: d["meta"].update(device="NVIDIA H200"), "device 'NVIDIA H100 80GB HBM3' vs 'NVIDIA H200'"),
+    (lambda d: d["meta"]["settings"].update(decode_batch=4), "decode_batch 8 vs 4"),
+    (lambda d: d["meta"]["settings"].pop("tokens"), "not results of `rla-convert bench kernels --json` (no "
+                                                    "meta.settings.tokens)"),
+    (lambda d: d["points"][0].pop("ms"), "(no points[0].ms)"),
+])
+def test_runs_that_cannot_merge_are_refused_in_one_line(capsys, tmp_path, edit, message):
+    later = _document()  # decode points on both sides: the decode batch must match too
+    edit(later)
+    status, _, err, _ = _merge(capsys, tmp_path, _document(), later)
+    assert status == 2 and message in one_error_line(err) and "--merge" in one_error_line(err)
+
+
+def test_merge_needs_saved_results_and_json(capsys, tmp_path):
+    status, _, err = run_main(capsys, "bench", "kernels", "--cpu-smoke", "--merge", __file__)
     assert status == 2 and "--from-json" in one_error_line(err)
-    (tmp_path / "other.json").write_text(json.dumps({"points": []}))
-    status, _, err = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "base.json"),
-                              "--merge", str(tmp_path / "other.json"))
-    assert status == 2 and "not results of" in one_error_line(err)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "text.json").write_text("rla 1.2 ms")
+    (tmp_path / "base.json").write_text(json.dumps(_document()))
+    for bad, message in (("list.json", "it needs a meta object and a points list"), ("text.json", "not JSON")):
+        status, _, err = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "base.json"),
+                                  "--merge", str(tmp_path / bad))
+        assert status == 2 and f"--merge {tmp_path / bad}: " in one_error_line(err) and message in one_error_line(err)
+    status, _, err = run_main(capsys, "bench", "kernels", "--from-json", str(tmp_path / "list.json"),
+                              "--merge", str(tmp_path / "base.json"))
+    assert status == 2 and f"--from-json {tmp_path / 'list.json'}: not results of" in one_error_line(err)
 
 
 def test_an_op_keeps_its_colour_in_every_panel_whatever_the_point_order():

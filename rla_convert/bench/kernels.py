@@ -434,16 +434,39 @@ def results_document(settings: Settings, points: list[Point], device: torch.devi
 
 # Settings two result files must share for their points to sit in one table: the same device and per-call shape.
 _MERGE_MUST_MATCH = ("tokens", "heads", "head_dim", "dtype")
+_SETTINGS_KEYS = _MERGE_MUST_MATCH + ("seq_lens", "ops", "modes", "decode_contexts", "decode_batch")
+_POINT_KEYS = ("op", "mode", "seq_len", "ms")
+
+
+def check_results(doc) -> None:
+    """ValueError naming the first thing missing unless ``doc`` has the layout of ``bench kernels --json``."""
+    what = "not results of `rla-convert bench kernels --json`"
+    if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or not isinstance(doc.get("points"), list):
+        raise ValueError(f"{what} (it needs a meta object and a points list)")
+    meta = doc["meta"]
+    settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    missing = ([f"meta.{key}" for key in ("device", "date", "command") if key not in meta]
+               + [f"meta.settings.{key}" for key in _SETTINGS_KEYS if key not in settings]
+               + [f"points[{i}].{key}" for i, p in enumerate(doc["points"]) for key in _POINT_KEYS
+                  if not isinstance(p, dict) or key not in p])
+    if missing:
+        raise ValueError(f"{what} (no {missing[0]})")
 
 
 def merge_results(base: dict, new: dict, new_name: str) -> dict:
-    """``base`` with every point of ``new`` in place of base's point at the same (op, mode, T), others kept.
+    """``base`` with every measured point of ``new`` in place of base's point at the same (op, mode, T), others kept.
 
-    BENCHMARKS.md's current table grows from runs that each time some ops: meta.command then says which points
-    came from which run (``new_name``, its date and its command) before base's own account. ValueError naming the
-    setting when the two runs are not comparable (another device, dtype or per-call shape)."""
+    BENCHMARKS.md's current table grows from runs that each time some ops: meta.command then says which points came
+    from which run (``new_name``, its date and its command) before base's own account. A point that failed in ``new``
+    (no ms) does not replace a measured one; meta.command names those. ValueError naming the setting when the two
+    runs are not comparable (another device, dtype, per-call shape or decode batch), or when ``new`` is not results
+    of bench kernels."""
+    check_results(new)
     b_meta, n_meta = base["meta"], new["meta"]
-    clashes = [f"{key} {b_meta['settings'][key]} vs {n_meta['settings'][key]}" for key in _MERGE_MUST_MATCH
+    must_match = _MERGE_MUST_MATCH
+    if any(p["mode"] == "decode" for p in base["points"]) and any(p["mode"] == "decode" for p in new["points"]):
+        must_match += ("decode_batch",)
+    clashes = [f"{key} {b_meta['settings'][key]} vs {n_meta['settings'][key]}" for key in must_match
                if b_meta["settings"][key] != n_meta["settings"][key]]
     if b_meta["device"] != n_meta["device"]:
         clashes.insert(0, f"device {b_meta['device']!r} vs {n_meta['device']!r}")
@@ -451,17 +474,23 @@ def merge_results(base: dict, new: dict, new_name: str) -> dict:
         raise ValueError(f"cannot merge {new_name} into these results: {'; '.join(clashes)} (merge runs of one "
                          f"device, dtype and shape)")
     key = lambda p: (p["op"], p["mode"], p["seq_len"])  # noqa: E731
-    replaced = {key(p) for p in new["points"]}
-    points = [p for p in base["points"] if key(p) not in replaced] + list(new["points"])
+    measured = {key(p) for p in base["points"] if p["ms"] is not None}
+    failed = [p for p in new["points"] if p["ms"] is None and key(p) in measured]
+    taken = [p for p in new["points"] if not (p["ms"] is None and key(p) in measured)]
+    replaced = {key(p) for p in taken}
+    points = [p for p in base["points"] if key(p) not in replaced] + taken
     settings = dict(b_meta["settings"])
     for name in ("seq_lens", "ops", "modes", "decode_contexts"):
         settings[name] = sorted(set(settings[name]) | set(n_meta["settings"][name]))
-    ops = sorted({p["op"] for p in new["points"]})
-    modes = sorted({p["mode"] for p in new["points"]})
-    command = (f"merged: {', '.join(ops)} ({', '.join(modes)}) from {new_name} ({n_meta['date']}, "
-               f"'{n_meta['command']}'); before that: {b_meta['command']}")
-    meta = {**b_meta, "date": max(b_meta["date"], n_meta["date"]), "command": command, "settings": settings}
-    for lib in ("torch", "triton", "fla"):
-        if b_meta.get(lib) != n_meta.get(lib):
-            meta[lib] = f"{n_meta.get(lib)} (merged runs: {b_meta.get(lib)})"
+    ops = sorted({p["op"] for p in taken})
+    modes = sorted({p["mode"] for p in taken})
+    command = f"merged: {', '.join(ops)} ({', '.join(modes)}) from {new_name} ({n_meta['date']}, '{n_meta['command']}')"
+    if failed:
+        command += ("; there failed, so kept from before: "
+                    + ", ".join(f"{p['op']} {p['mode']} T={p['seq_len']}" for p in failed))
+    meta = {**b_meta, "date": max(b_meta["date"], n_meta["date"]),
+            "command": f"{command}; before that: {b_meta['command']}", "settings": settings}
+    for lib in ("torch", "triton", "fla"):  # each version once, however many runs were merged
+        versions = {v for m in (b_meta, n_meta) for v in str(m.get(lib)).split(", ")}
+        meta[lib] = ", ".join(sorted(versions)) if len(versions) > 1 else b_meta.get(lib)
     return {"meta": meta, "points": points}

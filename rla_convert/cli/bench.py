@@ -73,7 +73,14 @@ def kernels(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_context
     if merge_paths and not from_json:
         raise UserError("--merge adds a run's points to saved results: give those with --from-json BASE.json")
     if from_json:
-        doc = json.loads(Path(from_json).read_text())
+        doc = _read_results(from_json, "--from-json")
+        if merge_paths:
+            from ..bench.kernels import check_results
+
+            try:
+                check_results(doc)
+            except ValueError as err:
+                raise UserError(f"--from-json {from_json}: {err}") from None
         for path in merge_paths:
             doc = _merged(doc, path)
     else:
@@ -87,11 +94,16 @@ def _merged(doc: dict, path: str) -> dict:
     from ..bench.kernels import merge_results
 
     try:
-        return merge_results(doc, json.loads(Path(path).read_text()), Path(path).name)
-    except ValueError as err:  # json's decode errors too
+        return merge_results(doc, _read_results(path, "--merge"), Path(path).name)
+    except ValueError as err:
         raise UserError(f"--merge {path}: {err}") from None
-    except (KeyError, TypeError) as err:
-        raise UserError(f"--merge {path}: not results of `rla-convert bench kernels --json` (no {err})") from None
+
+
+def _read_results(path: str, option: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as err:  # json's decode error
+        raise UserError(f"{option} {path}: not JSON ({err}); give a file `bench kernels --json` wrote") from None
 
 
 def _have_matplotlib() -> bool:
