@@ -51,12 +51,13 @@ REVERSE_WALK_BK = 0  # the backward's walks (dh_R', then dh_S'): auto 128 (bf16/
 REVERSE_WALK_BV = 0  # GPU, else as the forward walks'
 RES_BV = 0  # the residual kernel's V-block: auto 128 (bf16/fp16, K <= 128), else 64
 OUT_BV = 0  # the output kernel's V-block: auto 64
-GRAD_BV = 0  # du's and dv's V-block: auto 128 (bf16/fp16, K <= 128), 64 (K > 128), 32 (fp32 inputs)
+GRAD_BV = 0  # dv's V-block: auto 128 (bf16/fp16, K <= 128), 64 (K > 128), 32 (fp32 inputs)
+DU_BV = 0  # du's V-block: auto GRAD_BV's width (du alone untimed; it took 0.31 ms at 64, 0.32 at 128)
 INTRA_BV = 0  # the intra kernel's V-loop block (M, Mk): auto 64 (32 for fp32 inputs)
 DQKG_BK = 0  # the dq/dk/dg kernel's K-block (one program each): auto 64
 DQKG_BV = 0  # and its V-loop block: auto 32 (64 for bf16/fp16 at K > 128)
 LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
-                "DQKG_BK", "DQKG_BV")
+                "DQKG_BK", "DQKG_BV", "DU_BV")
 
 
 class _Layout:
@@ -100,6 +101,7 @@ class _Layout:
         # kernel holds: with bf16 one 128-wide V-block takes dv 0.49 -> 0.38 ms (du 0.31 -> 0.32); fp32: 32.
         # The intra kernel loops over V-blocks: 64 (32 was 0.25 -> 0.26 ms).
         self.BV_grad = self._knob("GRAD_BV", min(128 if wide else 64 if half else 32, V2), self.V)
+        self.BV_du = self._knob("DU_BV", self.BV_grad, self.V)
         self.BV_intra = self._knob("INTRA_BV", min(64 if half else 32, V2), self.V)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
@@ -313,26 +315,25 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta. The per-V-block partial sums are reduced below.
-    nv = triton.cdiv(L.V, L.BV_grad)
+    nv_du, nv_dv = triton.cdiv(L.V, L.BV_du), triton.cdiv(L.V, L.BV_grad)
     nk = triton.cdiv(L.K, L.BK_par)
-    grid = L.parallel_grid(L.BV_grad)
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
     dh_r, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
-    # dgamma's partial sums: nv from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
+    # dgamma's partial sums: nv_du from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
     # all reduced with dg's and dbeta's by one small kernel at the end
-    dgamma_part = q.new_empty(nv + nk, *gamma.shape, dtype=torch.float32)
-    _rla_bwd_du_kernel[grid](
+    dgamma_part = q.new_empty(nv_du + nk, *gamma.shape, dtype=torch.float32)
+    _rla_bwd_du_kernel[L.parallel_grid(L.BV_du)](
         q, k, g, gamma, res, do, dh_r, du, dgamma_part,
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_du,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
     dh_s, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
-    dbeta_part = q.new_empty(nv, *beta.shape, dtype=torch.float32)
-    _rla_bwd_dv_kernel[grid](
+    dbeta_part = q.new_empty(nv_dv, *beta.shape, dtype=torch.float32)
+    _rla_bwd_dv_kernel[L.parallel_grid(L.BV_grad)](
         q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
         L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
@@ -357,7 +358,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     grid = (nk,) + chunk_grid  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,
-        dq, dk, dg_part, dgamma_part[nv:],
+        dq, dk, dg_part, dgamma_part[nv_du:],
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, g.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,

@@ -395,20 +395,21 @@ def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_
 
 
 KNOBS = sys.modules[chunk_rla_fwd.__module__].LAUNCH_KNOBS
-WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg")
+WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg",
+          "BV_du")
 
 # (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0, in WIDTHS' order, worked out by hand from the rules in
 # rla/chunk.py's comments (the H200's winners of 2026-12-01 19:29-19:40 for bf16/fp16 at K <= 128, the widths of
 # before for fp32 and K > 128; walks 16 wide where their programs would leave SMs idle)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32)),  # the benchmark's shape
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32)),  # batch-1 prefill
-    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32)),
-    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32)),  # SmolLM2's head dim, no GPU
-    ((torch.float16, 1, 2, 96, 80, 0), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32)),
-    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64)),
-    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32)),
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32, 128)),  # the benchmark's shape
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 128)),  # batch-1 prefill
+    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32)),
+    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64)),  # SmolLM2's head dim, no GPU
+    ((torch.float16, 1, 2, 96, 80, 0), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32, 128)),
+    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64)),
+    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 128)),
 ]
 
 
@@ -456,12 +457,12 @@ KNOB_CASES = {
     # every width at its narrowest (16; 32 where two blocks are partial): several K-blocks in the dq/dk/dg kernel
     # and the walks, several V-blocks everywhere, partial last ones (K = 48, V = 40)
     "narrow_fp32": (dict(WALK_BK=16, WALK_BV=16, REVERSE_WALK_BK=32, REVERSE_WALK_BV=16, RES_BV=16, OUT_BV=32,
-                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16),
+                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16, DU_BV=32),
                     dict(B=1, T=70, H=2, K=48, V=40), None, (1.0, "clip"), 1e-4),
     # every width as wide as the head dims (one K-block and one V-block everywhere, both partial: K = 96, V = 80),
     # packed sequences
     "wide_bf16_varlen": (dict(WALK_BK=128, WALK_BV=128, REVERSE_WALK_BK=128, REVERSE_WALK_BV=64, RES_BV=128,
-                              OUT_BV=128, GRAD_BV=128, INTRA_BV=128, DQKG_BK=128, DQKG_BV=128),
+                              OUT_BV=128, GRAD_BV=128, INTRA_BV=128, DQKG_BK=128, DQKG_BV=128, DU_BV=128),
                          dict(B=1, T=70, H=1, K=96, V=80, N=3, dtype=torch.bfloat16), [0, 30, 31, 70],
                          (0.7, "tanh"), 1e-2),
     # the benchmark's head dims at other widths than the defaults: dq/dk/dg with one 128-wide K-block and two
@@ -495,5 +496,5 @@ def test_launch_knobs_give_the_oracle(monkeypatch, case):
     assert set(log) == {  # each kernel launched at its knobs' widths (the forward walks and residuals twice)
         ("_state_walk_kernel", L.BK_walk, L.BV_walk), ("_dstate_walk_kernel", L.BK_dwalk, L.BV_dwalk),
         ("_rla_residual_kernel", L.BK, L.BV_res), ("_rla_fwd_output_kernel", L.BK, L.BV_out),
-        ("_rla_bwd_du_kernel", L.BK, L.BV_grad), ("_rla_bwd_dv_kernel", L.BK, L.BV_grad),
+        ("_rla_bwd_du_kernel", L.BK, L.BV_du), ("_rla_bwd_dv_kernel", L.BK, L.BV_grad),
         ("_rla_bwd_intra_kernel", L.BK, L.BV_intra), ("_rla_bwd_dqkg_kernel", L.BK_par, L.BV_dqkg)}
