@@ -181,7 +181,34 @@ def rough_timing():
     return f"bf16 B={B} T={T} H={H} D={D}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in out.items())
 
 
+FLAGS = ("--all", "--time", "--tune", "--keep", "--no-keep")
+OPTIONS = ("--set", "--case")  # each takes the next argument
+
+
+def bad_arguments(argv: list[str]) -> str | None:
+    """One line on the first argument this script does not take (it reads sys.argv by hand), else None."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in OPTIONS and i + 1 < len(argv):
+            i += 2
+            continue
+        if argv[i] not in FLAGS:
+            what = f"{argv[i]} needs a value" if argv[i] in OPTIONS else f"unknown argument {argv[i]!r}"
+            return f"gpu_check_rdn.py: {what}; it takes {' '.join(FLAGS)} and {' '.join(o + ' VALUE' for o in OPTIONS)}"
+        i += 1
+    return None
+
+
 def main():
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__)
+        return 0
+    problem = bad_arguments(sys.argv[1:])
+    if problem is None and not torch.cuda.is_available():
+        problem = "gpu_check_rdn.py needs a CUDA GPU and torch sees none (run it on the GPU machine: README)"
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     cu = torch.tensor([0, 1, 130, 200, 517], dtype=torch.int32, device="cuda")
     cases = [

@@ -190,6 +190,8 @@ def main():
     keep.add_argument("--keep", action="store_true", help="only the keep rows (the walk kept, recompute_states=False)")
     keep.add_argument("--no-keep", action="store_true", help="no keep rows")
     args = ap.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU and torch sees none (run it on the GPU machine, or --smoke under TRITON_INTERPRET=1)")
     keeps = [True] if args.keep else [False] if args.no_keep else [False, True]
     if args.gpu_dots:
         if not args.smoke:
