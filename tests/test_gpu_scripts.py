@@ -1,0 +1,41 @@
+"""The GPU check scripts' command lines on a machine without CUDA: a device call is too dear to spend on a typo, so
+bad arguments and a missing GPU must be one line and exit 2 here, before anything is measured."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+def run_script(name, *args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, name), *args], capture_output=True, text=True,
+                         timeout=300, env=env)
+    return out.returncode, out.stdout, out.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--al"], "unknown argument '--al'"),
+    (["--all", "--set"], "--set needs a value"),
+    (["--no-keep", "--case"], "--case needs a value"),
+])
+def test_gpu_check_rdn_refuses_arguments_it_does_not_take(args, message):
+    status, _, err = run_script("gpu_check_rdn.py", *args)
+    assert status == 2 and len(err) == 1 and message in err[0] and "--all --time --tune" in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_gpu_checks_without_cuda_say_so_in_one_line():
+    status, _, err = run_script("gpu_check_rdn.py", "--all", "--set", "PREP_BK=64", "--no-keep")
+    assert status == 2 and err == ["gpu_check_rdn.py needs a CUDA GPU and torch sees none (run it on the GPU "
+                                   "machine: README)"]
+    status, _, err = run_script("gpu_check_rla.py", "--case", "bf16")
+    assert status == 2 and "needs a CUDA GPU and torch sees none" in err[-1]
+
+
+def test_gpu_check_rdn_help_is_its_usage():
+    status, out, _ = run_script("gpu_check_rdn.py", "--help")
+    assert status == 0 and "gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]" in out
