@@ -77,6 +77,16 @@ def knob_values(chunk, given: str, flag: str, single: bool = False) -> tuple[str
     return name, [int(v) for v in ints]
 
 
+def set_knobs(chunks, settings) -> None:
+    """--set: each ``NAME=INT`` of ``settings`` on every chunk module of ``chunks`` with an int of that name
+    (knob_values' line and exit when none has it). The one place the check scripts and kernel_resources.py set knobs."""
+    for given in settings:
+        name = given.partition("=")[0]
+        for chunk in [c for c in chunks if isinstance(getattr(c, name, None), int)] or chunks[:1]:
+            name, (value,) = knob_values(chunk, given, "--set", single=True)
+            setattr(chunk, name, value)
+
+
 def rel(x, ref):
     x = x.double()
     if not torch.isfinite(x).all():
@@ -235,13 +245,11 @@ def main():
         cases = [c for c in cases if wanted in c[0]]
         segmented = [c for c in segmented if wanted in c[0]]
     chunk = sys.modules["rla_kernels.rdn.chunk"]
-    for i, arg in enumerate(sys.argv):
-        if arg == "--set":
-            given = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
-            name, (value,) = knob_values(chunk, given, "--set", single=True)
-            setattr(chunk, name, value)
-            cases = [(f"{case} {given}", kw) for case, kw in cases]
-            segmented = [(f"{case} {given}", kw) for case, kw in segmented]
+    settings = [sys.argv[i + 1] for i, arg in enumerate(sys.argv) if arg == "--set"]  # bad_arguments: each has one
+    set_knobs([chunk], settings)
+    tag = "".join(" " + given for given in settings)
+    cases = [(case + tag, kw) for case, kw in cases]
+    segmented = [(case + tag, kw) for case, kw in segmented]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
     print(f"{'case':23s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
     keeps = [True] if "--keep" in sys.argv else [False] if "--no-keep" in sys.argv else [False, True]

@@ -199,15 +199,13 @@ def main():
         emulate_gpu_half_dots()
     cases = [c for c in CASES if args.case in c[0]]
     if args.set:
-        # the parser gpu_check_rdn's --set and profile_kernels' --knob use (imported here only: it has side effects,
+        # gpu_check_rdn's --set and the parser profile_kernels' --knob uses (imported here only: it has side effects,
         # FIXED_CONFIG among them, that this script's own defaults already match)
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from gpu_check_rdn import knob_values
+        from gpu_check_rdn import set_knobs
 
         from rla_kernels.rla import chunk
-        for given in args.set:
-            name, (value,) = knob_values(chunk, given, "--set", single=True)
-            setattr(chunk, name, value)
+        set_knobs([chunk], args.set)
     tag = "".join(" " + given for given in args.set)  # in each row's name; the seed stays the case's (same inputs)
     import triton
     where = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()

@@ -106,19 +106,13 @@ def run_ops(ops, shape, dtype, sms):
 
 
 def set_knobs(settings, ops):
-    """--set: each ``NAME=INT`` on every op's chunk module with an int of that name; none: the shared parser's
-    message (gpu_check_rdn.knob_values; imported here only: it sets RLA_KERNELS_FIXED_CONFIG, which triton_utils
-    read at this script's import, so every config is still reported)."""
+    """--set: gpu_check_rdn.set_knobs on the ops' chunk modules (imported here only: gpu_check_rdn sets
+    RLA_KERNELS_FIXED_CONFIG, which triton_utils read at this script's import, so every config is still reported)."""
     if not settings:
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from gpu_check_rdn import knob_values
-    chunks = [__import__(f"rla_kernels.{op}.chunk", fromlist=["chunk"]) for op in ops]
-    for given in settings:
-        name = given.partition("=")[0]
-        for chunk in [c for c in chunks if isinstance(getattr(c, name, None), int)] or chunks[:1]:
-            name, (value,) = knob_values(chunk, given, "--set", single=True)
-            setattr(chunk, name, value)
+    from gpu_check_rdn import set_knobs as set_chunk_knobs
+    set_chunk_knobs([__import__(f"rla_kernels.{op}.chunk", fromlist=["chunk"]) for op in ops], settings)
 
 
 def main():

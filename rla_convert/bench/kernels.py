@@ -475,8 +475,9 @@ def merge_results(base: dict, new: dict, new_name: str) -> dict:
                          f"device, dtype and shape)")
     key = lambda p: (p["op"], p["mode"], p["seq_len"])  # noqa: E731
     measured = {key(p) for p in base["points"] if p["ms"] is not None}
-    failed = [p for p in new["points"] if p["ms"] is None and key(p) in measured]
-    taken = [p for p in new["points"] if not (p["ms"] is None and key(p) in measured)]
+    keeps_base = lambda p: p["ms"] is None and key(p) in measured  # noqa: E731  (failed where base has a number)
+    failed = [p for p in new["points"] if keeps_base(p)]
+    taken = [p for p in new["points"] if not keeps_base(p)]
     replaced = {key(p) for p in taken}
     points = [p for p in base["points"] if key(p) not in replaced] + taken
     settings = dict(b_meta["settings"])
