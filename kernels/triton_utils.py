@@ -5,7 +5,8 @@ Kept small and stable on purpose (other kernel modules import from it):
 - ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 (the CPU machine) there is no GPU to benchmark
   on, so the autotuner gets only its first config and never benchmarks; on a GPU it tunes over all
   (unless RLA_KERNELS_FIXED_CONFIG=1). ``HALF_DOTS_IN_FP32``: the interpreter's bf16 dots are wrong.
-- ``load_tile`` / ``store_tile`` / ``exp_where``: masked tile access and safe causal decays in kernels.
+- ``load_tile`` / ``load_tile_t`` / ``store_tile`` / ``exp_where``: masked tile access (``load_tile_t``
+  transposed) and safe causal decays in kernels.
 - ``prepare_chunk_indices`` / ``prepare_chunk_offsets``: the bookkeeping that maps chunk-parallel
   programs to (sequence, chunk) pairs and sequences to their rows in a per-chunk state buffer, for
   packed variable-length batches (``cu_seqlens``).
@@ -128,6 +129,17 @@ def _tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl
 @triton.jit
 def load_tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
     ptrs, mask = _tile(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def load_tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """The tile load_tile reads, transposed ([BC, BR]) by its addresses: a dot's left operand k^T or q^T comes
+    from memory as the dot wants it, as fla's walks load it, not through an in-register tl.trans."""
+    rows = row0 + tl.arange(0, BR)
+    cols = col0 + tl.arange(0, BC)
+    ptrs = base + rows[None, :] * row_stride + cols[:, None]
+    mask = (rows < n_rows)[None, :] & (cols < n_cols)[:, None]
     return tl.load(ptrs, mask=mask, other=0.0)
 
 

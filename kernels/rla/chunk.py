@@ -45,14 +45,14 @@ SUMS_BLOCK = 1024  # gates a program of the backward's final partial-sum kernel
 # Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-01 19:29-19:40, profile_kernels.py --tune --knob):
 # the automatic widths below are the winners (docs/next/rla-width-knobs.md had the sweep). K-blocks of the kernels that
 # hold all of K (the residual, output, du, dv and intra kernels) are no knob: they are K's power of two.
-WALK_BK = 0  # the forward walks (S, then R over the residuals; the backward's rerun too): K-block, auto 64
+WALK_BK = 0  # the forward walks (S, then R over the residuals; the backward's rerun too): K-block, auto as the reverse
 WALK_BV = 0  # and V-block, auto 32 (16 where the walk programs would not fill the GPU)
 REVERSE_WALK_BK = 0  # the backward's walks (dh_R', then dh_S'): auto 128 (bf16/fp16, K <= 128) where that fills the
 REVERSE_WALK_BV = 0  # GPU, else as the forward walks'
 RES_BV = 0  # the residual kernel's V-block: auto 128 (bf16/fp16, K <= 128), else 64
 OUT_BV = 0  # the output kernel's V-block: auto 64
 GRAD_BV = 0  # dv's V-block: auto 128 (bf16/fp16, K <= 128), 64 (K > 128), 32 (fp32 inputs)
-DU_BV = 0  # du's V-block: auto GRAD_BV's width (du alone untimed; it took 0.31 ms at 64, 0.32 at 128)
+DU_BV = 0  # du's V-block: auto 64 (32 for fp32 inputs)
 INTRA_BV = 0  # the intra kernel's V-loop block (M, Mk): auto 64 (32 for fp32 inputs)
 DQKG_BK = 0  # the dq/dk/dg kernel's K-block (one program each): auto 64
 DQKG_BV = 0  # and its V-loop block: auto 32 (64 for bf16/fp16 at K > 128)
@@ -81,11 +81,15 @@ class _Layout:
         # need ~224 KiB at K=128; H100: 227 KiB) and for a [K, BV] fp32 tile in registers.
         half = q.dtype != torch.float32
         wide = half and self.K <= 128
-        # The walks split K and V (rows and columns of a state never mix): the forward walks 64 x 32 blocks, or
+        # The walks split K and V (rows and columns of a state never mix): the forward walks 128 x 32 blocks where
+        # (sequence, head, V-block) programs fill the GPU (bf16/fp16, K <= 128: 0.55 -> 0.49 ms at B=16 T=2k, H200,
+        # 2026-12-01 23:11, since the walks load k^T as fla's fwd_h does; 0.70 -> 0.76 before), else 64 x 32, or
         # 64 x 16 when that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel.
-        self.BK_walk, self.BV_walk, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", 64, q.device)
+        self.BK_walk, self.BV_walk, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", 128 if wide else 64,
+                                                                       q.device)
         # The reverse walks at one 128-wide K-block (dh_R', dh_S' rows read once a chunk): 0.67 -> 0.61 ms at B=16
-        # T=2k (H200, 2026-12-01 19:40); only where (sequence, head, 32-wide V-block) programs still fill the GPU.
+        # T=2k (H200, 2026-12-01 19:40; 0.53 -> 0.52 in fwd_h form, 23:11); only where (sequence, head, 32-wide
+        # V-block) programs still fill the GPU (B=1 T=32k: 64 1.72 ms, 128 1.99).
         self.BK_dwalk, self.BV_dwalk, self.dwalk_grid = self._walk_blocks("REVERSE_WALK_BK", "REVERSE_WALK_BV",
                                                                           128 if wide else 64, q.device)
         V2 = max(16, triton.next_power_of_2(self.V))
@@ -101,7 +105,8 @@ class _Layout:
         # kernel holds: with bf16 one 128-wide V-block takes dv 0.49 -> 0.38 ms (du 0.31 -> 0.32); fp32: 32.
         # The intra kernel loops over V-blocks: 64 (32 was 0.25 -> 0.26 ms).
         self.BV_grad = self._knob("GRAD_BV", min(128 if wide else 64 if half else 32, V2), self.V)
-        self.BV_du = self._knob("DU_BV", self.BV_grad, self.V)
+        # du alone is faster 64 wide: 0.325 -> 0.310 ms (H200, 2026-12-01 22:58, --knob DU_BV=64,128)
+        self.BV_du = self._knob("DU_BV", min(64 if half else 32, V2), self.V)
         self.BV_intra = self._knob("INTRA_BV", min(64 if half else 32, V2), self.V)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)

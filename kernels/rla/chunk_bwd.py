@@ -36,7 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import autotune, dot_split, exp_where, load_tile, store_tile, warps_stages_configs
+from ..triton_utils import autotune, dot_split, exp_where, load_tile, load_tile_t, store_tile, warps_stages_configs
 from .chunk_fwd import _chunk_coords, _seq_bounds
 
 
@@ -111,17 +111,18 @@ def _dstate_walk_kernel(
         b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
         b_GL = tl.sum(b_g, axis=0)
-        b_q = load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
+        # As the forward walk: q^T and k^T raw from memory, every gate on the [BT, BV] side (one rounding to DT
+        # there, where a decayed q or k tile was a second).
+        b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+        b_w = tl.exp(b_G) * scale
         if HAS_RATE:
-            b_do *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)[:, None]
-        b_qg = (b_q * tl.exp(b_G)[:, None]).to(DT)
-        b_upd = tl.dot(tl.trans(b_qg), b_do.to(DT), input_precision=DOT_PREC)
+            b_w *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+        b_upd = tl.dot(b_qt, (b_do * b_w[:, None]).to(DT), input_precision=DOT_PREC)
         if HAS_KEYS:
-            b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
+            b_kt = load_tile_t(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
             b_du = load_tile(du + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-            b_kg = (b_k * tl.exp(b_G - b_g)[:, None]).to(DT)
-            b_upd += tl.dot(tl.trans(b_kg), b_du.to(DT), input_precision=DOT_PREC)
+            b_upd = tl.dot(b_kt, (b_du * tl.exp(b_G - b_g)[:, None]).to(DT), b_upd, input_precision=DOT_PREC)
         b_dh = b_dh * tl.exp(b_GL) + b_upd
     store_tile(dh0 + i_nh * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import autotune, dot_split, exp_where, load_tile, store_tile, warps_stages_configs
+from ..triton_utils import autotune, dot_split, exp_where, load_tile, load_tile_t, store_tile, warps_stages_configs
 from .fused_recurrent import _rho
 
 
@@ -100,21 +100,22 @@ def _state_walk_kernel(
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
         _store_state(h, h_lo, ((boh + i_t) * H + i_h) * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV, HAS_LO)
-        b_k = load_tile(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(tl.float32)
-        b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        # fla's fwd_h form: k^T raw from memory, the gates on the [BT, BV] side (not on a [BT, BK] fp32 k
+        # tile turned in registers). Rows past the end load g = 0 (G stays flat) and k = x = 0 (they add nothing).
+        b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+        b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
         rows = i_t * BT + o_t
         in_seq = rows < T_seq
         gate_off = (bos + rows) * H + i_h
-        # Rows past the end load g = 0 (G stays flat) and k = x = 0 (they add nothing).
         b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
         b_rate = tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
         b_GL = tl.sum(b_g, axis=0)
-        b_kw = b_k * (tl.exp(b_GL - b_G) * b_rate)[:, None]
-        if SPLIT:  # S: the clip's mask reads it, keep ~16 bits of the decayed keys (see the residual kernel)
-            b_upd = dot_split(tl.trans(b_kw), b_x, DOT_PREC)
+        b_xw = b_x * (tl.exp(b_GL - b_G) * b_rate)[:, None]
+        if SPLIT:  # S: the clip's mask reads it, keep ~16 bits of the gated values (see the residual kernel)
+            b_upd = dot_split(b_kt, b_xw, DOT_PREC)
         else:
-            b_upd = tl.dot(tl.trans(b_kw.to(DT)), b_x, input_precision=DOT_PREC)
+            b_upd = tl.dot(b_kt, b_xw.to(DT), input_precision=DOT_PREC)
         b_h = b_h * tl.exp(b_GL) + b_upd
     store_tile(h_final + i_nh * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV)
 

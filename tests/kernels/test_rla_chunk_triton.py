@@ -399,17 +399,17 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
           "BV_du")
 
 # (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0, in WIDTHS' order, worked out by hand from the rules in
-# rla/chunk.py's comments (the H200's winners of 2026-12-01 19:29-19:40 for bf16/fp16 at K <= 128, the widths of
-# before for fp32 and K > 128; walks 16 wide where their programs would leave SMs idle)
+# rla/chunk.py's comments (the H200's winners of 2026-12-01 19:29-19:40, 22:58 (du) and 23:11 (walks) for bf16/fp16 at
+# K <= 128, the widths of before for fp32 and K > 128; walks 16 wide where their programs would leave SMs idle)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32, 128)),  # the benchmark's shape
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 128)),  # batch-1 prefill
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64)),  # the benchmark
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 64)),  # batch-1 prefill
     ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32)),
     ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64)),  # SmolLM2's head dim, no GPU
-    ((torch.float16, 1, 2, 96, 80, 0), (64, 32, 128, 32, 128, 64, 128, 64, 64, 32, 128)),
+    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64)),
     ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64)),
     ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 128)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 64)),
 ]
 
 
