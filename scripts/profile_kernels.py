@@ -1,8 +1,8 @@
 """Where the RLA and RDN chunk kernels spend their time: GPU time per kernel (torch.profiler), fwd and bwd.
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
-        [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128] [--knob NAME=V1,V2 ...]
-        [--keep-walk]
+        [--fwd-chunks 64,128] [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128]
+        [--knob NAME=V1,V2 ...] [--keep-walk]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -61,6 +61,8 @@ def main():
     parser.add_argument("--ops", default="rdn,rla")
     parser.add_argument("--shapes", nargs="*", default=["16,2048,16,128", "1,32768,16,128", "1,32768,9,64"])
     parser.add_argument("--tune", action="store_true", help="autotune (read by gpu_check_rdn at import)")
+    parser.add_argument("--fwd-chunks", default="", help="forward chunk sizes to profile, e.g. 64,128 (default: "
+                        "the op's own, RLA 64, RDN 32); the backward runs at --bwd-chunks, its rerun at that size")
     parser.add_argument("--bwd-chunks", default="64", help="backward chunk sizes to profile, e.g. 64,32 (RDN's "
                         "backward chunks by at most 32 whatever is asked: chunk.BWD_CHUNK_SIZE)")
     parser.add_argument("--walk-warps", default="", help="RDN only: warps of the state walks to compare, e.g. 8,4 "
@@ -107,7 +109,9 @@ def main():
                                 setattr(chunk, attr, value)
                     return run
                 tag = (" (" + ", ".join(f"{attr} {value}" for attr, value in chosen.items()) + ")") if chosen else ""
-                passes.append((f"fwd{tag}", setting(lambda: fwd(*x, None, 1.0, "clip"))))
+                for c in (map(int, args.fwd_chunks.split(",")) if args.fwd_chunks else [None]):
+                    passes.append(((f"fwd (chunk {c})" if c else "fwd") + tag, setting(
+                        lambda c=c: fwd(*x, None, 1.0, "clip", **({"chunk_size": c} if c else {})))))
                 for c in map(int, args.bwd_chunks.split(",")):
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
                         lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c,
