@@ -115,6 +115,16 @@ def test_default_chunk_partial_tail_and_wide_heads():
     check(inputs, S0, R0, 0.6, 1.0, "clip")
 
 
+def test_largest_chunk_size():
+    """128-token chunks, the largest chunk_size accepted: T=150 is a full chunk and a partial one, varlen packs a
+    sequence shorter than a chunk beside one spanning two ([128, 128] intra tiles in every chunk-parallel kernel)."""
+    inputs, S0, R0 = make_inputs(B=1, T=150, H=2, K=16, V=16)
+    check(inputs, S0, R0, 0.7, 1.0, "clip", chunk_size=128)
+    cu_seqlens = torch.tensor([0, 20, 150], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=150, H=1, K=16, V=16, N=2)
+    check(inputs, S0, R0, 0.7, 0.8, "tanh", cu_seqlens=cu_seqlens, chunk_size=128)
+
+
 def test_varlen_matches_per_sequence_oracle():
     """Packed sequences (one empty, one shorter than a chunk, one spanning three) in chunks of 16."""
     cu_seqlens = torch.tensor([0, 5, 5, 40, 52], dtype=torch.int32)
