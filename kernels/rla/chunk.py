@@ -42,11 +42,11 @@ SUMS_BLOCK = 1024  # gates a program of the backward's final partial-sum kernel
 # change (as RDN's, rdn/chunk.py). 0, every default, is the launcher's own choice (_Layout says which and why); else a
 # power of two >= 16, clamped to the head dim's power of two (triton_utils.knob_width; anything else is a ValueError).
 # Every kernel masks partial blocks, so any such width works (tests/kernels/test_rla_chunk_triton.py, float64 oracle).
-# Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-01 19:29-19:40, profile_kernels.py --tune --knob):
+# Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-01 19:29-23:11, profile_kernels.py --tune --knob):
 # the automatic widths below are the winners (docs/next/rla-width-knobs.md had the sweep). K-blocks of the kernels that
 # hold all of K (the residual, output, du, dv and intra kernels) are no knob: they are K's power of two.
-WALK_BK = 0  # the forward walks (S, then R over the residuals; the backward's rerun too): K-block, auto as the reverse
-WALK_BV = 0  # and V-block, auto 32 (16 where the walk programs would not fill the GPU)
+WALK_BK = 0  # the forward walks (S, then R over the residuals; the backward's rerun too): K-block, auto 128 (bf16/fp16,
+WALK_BV = 0  # K <= 128) where that fills the GPU, else 64; V-block auto 32 (16 where the programs would not fill it)
 REVERSE_WALK_BK = 0  # the backward's walks (dh_R', then dh_S'): auto 128 (bf16/fp16, K <= 128) where that fills the
 REVERSE_WALK_BV = 0  # GPU, else as the forward walks'
 RES_BV = 0  # the residual kernel's V-block: auto 128 (bf16/fp16, K <= 128), else 64

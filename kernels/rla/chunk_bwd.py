@@ -111,8 +111,8 @@ def _dstate_walk_kernel(
         b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
         b_GL = tl.sum(b_g, axis=0)
-        # As the forward walk: q^T and k^T raw from memory, every gate on the [BT, BV] side (one rounding to DT
-        # there, where a decayed q or k tile was a second).
+        # As the forward walk: q^T and k^T raw from memory, every gate on the [BT, BV] side: the gated do and du are
+        # the only operands rounded to DT (a decayed q or k tile was a second rounding).
         b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
         b_w = tl.exp(b_G) * scale
         if HAS_RATE:
