@@ -85,13 +85,13 @@ class _Layout:
         # (sequence, head, V-block) programs fill the GPU (bf16/fp16, K <= 128: 0.55 -> 0.49 ms at B=16 T=2k, H200,
         # 2026-12-01 23:11, since the walks load k^T as fla's fwd_h does; 0.70 -> 0.76 before), else 64 x 32, or
         # 64 x 16 when that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel.
-        self.BK_walk, self.BV_walk, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", 128 if wide else 64,
-                                                                       q.device)
+        wide_bk = 128 if wide else 64
+        self.BK_walk, self.BV_walk, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", wide_bk, q.device)
         # The reverse walks at one 128-wide K-block (dh_R', dh_S' rows read once a chunk): 0.67 -> 0.61 ms at B=16
         # T=2k (H200, 2026-12-01 19:40; 0.53 -> 0.52 in fwd_h form, 23:11); only where (sequence, head, 32-wide
         # V-block) programs still fill the GPU (B=1 T=32k: 64 1.72 ms, 128 1.99).
         self.BK_dwalk, self.BV_dwalk, self.dwalk_grid = self._walk_blocks("REVERSE_WALK_BK", "REVERSE_WALK_BV",
-                                                                          128 if wide else 64, q.device)
+                                                                          wide_bk, q.device)
         V2 = max(16, triton.next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
         # (0.46 -> 0.52)
@@ -105,9 +105,10 @@ class _Layout:
         # kernel holds: with bf16 one 128-wide V-block takes dv 0.49 -> 0.38 ms (du 0.31 -> 0.32); fp32: 32.
         # The intra kernel loops over V-blocks: 64 (32 was 0.25 -> 0.26 ms).
         self.BV_grad = self._knob("GRAD_BV", min(128 if wide else 64 if half else 32, V2), self.V)
-        # du alone is faster 64 wide: 0.325 -> 0.310 ms (H200, 2026-12-01 22:58, --knob DU_BV=64,128)
-        self.BV_du = self._knob("DU_BV", min(64 if half else 32, V2), self.V)
-        self.BV_intra = self._knob("INTRA_BV", min(64 if half else 32, V2), self.V)
+        # du alone is faster 64 wide, the intra kernel's width: 0.325 -> 0.310 ms (H200, 2026-12-01 22:58)
+        narrow_bv = min(64 if half else 32, V2)
+        self.BV_du = self._knob("DU_BV", narrow_bv, self.V)
+        self.BV_intra = self._knob("INTRA_BV", narrow_bv, self.V)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
