@@ -14,9 +14,9 @@ same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1
 Each case runs twice: as the API runs by default (the backward reruns the forward's state walks and residuals)
 and, as ``keep`` rows, with them kept (``keep_walk``, the API's ``rla(recompute_states=False)``: the backward
 takes the forward's h_S, h_R and r). The same kernels run either way, so a keep row compiles nothing new.
-``--set NAME=INT`` (repeatable) sets a launch knob of rla_kernels.rla.chunk (its LAUNCH_KNOBS: DQKG_BV, DU_BV, ...)
-before any case: the check of a setting that profile_kernels.py --knob found faster; rows get it in their name
-(their inputs are the default run's: the seed is the case's).
+``--set NAME=INT`` (repeatable) sets a launch knob of rla_kernels.rla.chunk (its LAUNCH_KNOBS: DQKG_BV, DU_BV, ...;
+WALK_STEPS) before any case: the check of a setting that profile_kernels.py --knob found faster; rows get it in their
+name (their inputs are the default run's: the seed is the case's).
 Works from the repository root with or without the package installed.
 """
 from __future__ import annotations

@@ -8,8 +8,8 @@ Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at 
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
 With --tune the kernels autotune (every config compiled and timed) and the configs chosen are printed;
 without, each kernel runs its first (fixed) config. --knob names an int of each op's chunk module (RDN's MATS_BV,
-GRAD_BV, PREP_BK, ...; RLA's are listed in rla/chunk.py's LAUNCH_KNOBS): give --ops the op it belongs to (a knob an
-op lacks ends the run before any GPU work).
+GRAD_BV, PREP_BK, ...; RLA's are listed in rla/chunk.py's LAUNCH_KNOBS, and WALK_STEPS=1,2): give --ops the op it
+belongs to (a knob an op lacks ends the run before any GPU work).
 """
 from __future__ import annotations
 

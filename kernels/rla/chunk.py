@@ -58,6 +58,14 @@ DQKG_BK = 0  # the dq/dk/dg kernel's K-block (one program each): auto 64
 DQKG_BV = 0  # and its V-loop block: auto 32 (64 for bf16/fp16 at K > 128)
 LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
                 "DQKG_BK", "DQKG_BV", "DU_BV")
+# Chunks a walk (forward and reverse) steps per loop turn: 0 automatic, or 1 or 2. Not a width, so not in LAUNCH_KNOBS
+# (its users validate widths), but set by name the same way (--knob WALK_STEPS=1,2, --set WALK_STEPS=2). With 2 a turn
+# issues two 64-token chunks' loads and dots together (only the carry h <- exp(G_L) h + update is sequential); each
+# step's arithmetic is the same either way. Auto: 2 where the walk's programs leave SMs idle (its 16-wide V-blocks),
+# else 1. H200, 2026-12-02 01:27 (profile_kernels.py --tune --knob WALK_STEPS=1,2): B=1 T=32k forward walks 1.87 ->
+# 1.66 ms, reverse 1.62 -> 1.55; B=16 T=2k, where the programs fill the GPU, 0.49 -> 0.70 and 0.52 -> 0.84 (twice
+# the shared memory a program).
+WALK_STEPS = 0
 
 
 class _Layout:
@@ -84,14 +92,16 @@ class _Layout:
         # The walks split K and V (rows and columns of a state never mix): the forward walks 128 x 32 blocks where
         # (sequence, head, V-block) programs fill the GPU (bf16/fp16, K <= 128: 0.55 -> 0.49 ms at B=16 T=2k, H200,
         # 2026-12-01 23:11, since the walks load k^T as fla's fwd_h does; 0.70 -> 0.76 before), else 64 x 32, or
-        # 64 x 16 when that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel.
+        # 64 x 16 when that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel, two
+        # chunks a loop turn (WALK_STEPS).
         wide_bk = 128 if wide else 64
-        self.BK_walk, self.BV_walk, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", wide_bk, q.device)
+        self.BK_walk, self.BV_walk, self.walk_steps, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", wide_bk,
+                                                                                        q.device)
         # The reverse walks at one 128-wide K-block (dh_R', dh_S' rows read once a chunk): 0.67 -> 0.61 ms at B=16
         # T=2k (H200, 2026-12-01 19:40; 0.53 -> 0.52 in fwd_h form, 23:11); only where (sequence, head, 32-wide
         # V-block) programs still fill the GPU (B=1 T=32k: 64 1.72 ms, 128 1.99).
-        self.BK_dwalk, self.BV_dwalk, self.dwalk_grid = self._walk_blocks("REVERSE_WALK_BK", "REVERSE_WALK_BV",
-                                                                          wide_bk, q.device)
+        self.BK_dwalk, self.BV_dwalk, self.dwalk_steps, self.dwalk_grid = self._walk_blocks(
+            "REVERSE_WALK_BK", "REVERSE_WALK_BV", wide_bk, q.device)
         V2 = max(16, triton.next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
         # (0.46 -> 0.52)
@@ -161,17 +171,20 @@ class _Layout:
         return knob_width(name, globals()[name], auto, dim)
 
     def _walk_blocks(self, bk_knob: str, bv_knob: str, wide_bk: int, device):
-        """A walk's (K-block, V-block, grid) from its two knobs: ``wide_bk`` x 32 where (sequence x head, V-block)
-        programs fill the GPU's SMs, else 64 x 32, or 64 x 16 where (K-block, V-block, sequence x head) programs at
-        32 wide would be fewer than the SMs."""
+        """A walk's (K-block, V-block, chunks a loop turn, grid) from its two knobs and WALK_STEPS: ``wide_bk`` x 32
+        where (sequence x head, V-block) programs fill the GPU's SMs, else 64 x 32, or 64 x 16, two chunks a turn,
+        where (K-block, V-block, sequence x head) programs at 32 wide would be fewer than the SMs."""
         sms = sm_count(device)
         BV = max(16, min(32, triton.next_power_of_2(self.V)))
         BK = min(wide_bk if self.N * self.H * triton.cdiv(self.V, BV) >= sms else 64, self.BK)
         BK = self._knob(bk_knob, BK, self.K)
-        if self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, BV) < sms:
-            BV = 16
-        BV = self._knob(bv_knob, BV, self.V)
-        return BK, BV, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
+        idle = self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, BV) < sms
+        BV = self._knob(bv_knob, 16 if idle else BV, self.V)
+        if type(WALK_STEPS) is not int or WALK_STEPS not in (0, 1, 2):
+            raise ValueError(f"launch knob WALK_STEPS must be 0 (automatic), 1 or 2 (chunks a walk's loop turn "
+                             f"steps); got {WALK_STEPS!r}")
+        steps = WALK_STEPS or (2 if idle else 1)
+        return BK, BV, steps, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
 
     @property
     def kept_rows(self) -> int:
@@ -219,7 +232,7 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, rows=None):
         k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, L.chunk_offsets, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
         SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None,
-        HAS_LO=h_lo is not None, IS_VARLEN=L.varlen,
+        HAS_LO=h_lo is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps,
     )
     return h, h_lo, final
 
@@ -253,7 +266,7 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_dwalk, BV=L.BV_dwalk,
         HAS_RATE=rate is not None, HAS_KEYS=k is not None, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        HAS_DHT=dh_t is not None, IS_VARLEN=L.varlen,
+        HAS_DHT=dh_t is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.dwalk_steps,
     )
     return dh, dh0
 

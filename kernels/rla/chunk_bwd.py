@@ -66,10 +66,40 @@ def _residual_value(r_stored, clip, clip_mask, RESIDUAL: tl.constexpr):
     return r
 
 
+@triton.jit
+def _dstate_walk_step(q, do, k, du, g, rate, bos, T_seq, i_t, i_h, i_k, i_v, scale,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, HAS_RATE: tl.constexpr, HAS_KEYS: tl.constexpr, DOT_PREC: tl.constexpr,
+                      DT: tl.constexpr):
+    """Chunk i_t's step of _dstate_walk_kernel, dh <- exp(G_L) dh + update: returns (exp(G_L), update),
+    neither of which depends on the state gradient. A chunk past the sequence's end gives (1, 0): dh unchanged."""
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    rows = i_t * BT + tl.arange(0, BT)
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
+    # As the forward walk: q^T and k^T raw from memory, every gate on the [BT, BV] side: the gated do and du are
+    # the only operands rounded to DT (a decayed q or k tile was a second rounding).
+    b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+    b_w = tl.exp(b_G) * scale
+    if HAS_RATE:
+        b_w *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_upd = tl.dot(b_qt, (b_do * b_w[:, None]).to(DT), input_precision=DOT_PREC)
+    if HAS_KEYS:
+        b_kt = load_tile_t(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+        b_du = load_tile(du + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+        b_upd = tl.dot(b_kt, (b_du * tl.exp(b_G - b_g)[:, None]).to(DT), b_upd, input_precision=DOT_PREC)
+    return tl.exp(b_GL), b_upd
+
+
 # Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
 # hit a CUDA illegal memory access (cause not found), and a walk has little to tune.
 @autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
-          key=["H", "K", "V", "BT", "BK", "BV", "HAS_RATE", "HAS_KEYS", "DOT_PREC", "DOTS_FP32"])
+          key=["H", "K", "V", "BT", "BK", "BV", "HAS_RATE", "HAS_KEYS", "DOT_PREC", "DOTS_FP32", "WALK_STEPS"])
 @triton.jit(do_not_specialize=["T"])
 def _dstate_walk_kernel(
     q, do, k, du, g, rate, dh_t, dh, dh0,
@@ -77,14 +107,15 @@ def _dstate_walk_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_RATE: tl.constexpr, HAS_KEYS: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
-    HAS_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_DHT: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
 ):
     """A state gradient carried backwards over a sequence's chunks,
         dh <- exp(G_L) dh + sum_t exp(G_t) q_t (scale rate_t do_t)^T [+ exp(Gm_t) k_t du_t^T],
     dh_R with rate = gamma, dh_S with rate = 1 and the key-query term. Stores each chunk's END-state
     gradient (read by the chunk-parallel kernels) in dh's dtype, the input dtype, without the rounding error
     the forward walk keeps for h_S (see the du kernel), and the initial state's (fp32). One program per
-    (K-block, V-block, sequence x head)."""
+    (K-block, V-block, sequence x head). WALK_STEPS (1 or 2) chunks a loop turn: with 2, chunks 2i+1 and 2i, the
+    forward walk's pairs."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -95,35 +126,29 @@ def _dstate_walk_kernel(
     DT = q.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
-    o_t = tl.arange(0, BT)
 
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         b_dh += load_tile(dh_t + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-    for i_loop in range(0, NT):
-        i_t = tl.cast(NT - 1 - i_loop, tl.int64)
-        store_tile(dh + ((boh + i_t) * H + i_h) * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
-        tok_k = (bos * H + i_h) * K
-        tok_v = (bos * H + i_h) * V
-        rows = i_t * BT + o_t
-        in_seq = rows < T_seq
-        gate_off = (bos + rows) * H + i_h
-        b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_G = tl.cumsum(b_g, axis=0)
-        b_GL = tl.sum(b_g, axis=0)
-        # As the forward walk: q^T and k^T raw from memory, every gate on the [BT, BV] side: the gated do and du are
-        # the only operands rounded to DT (a decayed q or k tile was a second rounding).
-        b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-        b_w = tl.exp(b_G) * scale
-        if HAS_RATE:
-            b_w *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-        b_upd = tl.dot(b_qt, (b_do * b_w[:, None]).to(DT), input_precision=DOT_PREC)
-        if HAS_KEYS:
-            b_kt = load_tile_t(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-            b_du = load_tile(du + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-            b_upd = tl.dot(b_kt, (b_du * tl.exp(b_G - b_g)[:, None]).to(DT), b_upd, input_precision=DOT_PREC)
-        b_dh = b_dh * tl.exp(b_GL) + b_upd
+    n_turns = tl.cdiv(NT, WALK_STEPS)
+    for i_loop in range(0, n_turns):
+        # the turn's last chunk; with two steps and NT odd, the first turn's is one past the end, as in the forward
+        # (a chunk before 0 would load the previous sequence's rows)
+        i_t = tl.cast((n_turns - i_loop) * WALK_STEPS - 1, tl.int64)
+        n_rows = K
+        if WALK_STEPS == 2:
+            n_rows = tl.where(i_t < NT, K, 0)  # past the end: the row is the next sequence's
+        store_tile(dh + ((boh + i_t) * H + i_h) * K * V, b_dh, i_k * BK, n_rows, V, i_v * BV, V, BK, BV)
+        b_a, b_upd = _dstate_walk_step(q, do, k, du, g, rate, bos, T_seq, i_t, i_h, i_k, i_v, scale, H, K, V, BT,
+                                       BK, BV, HAS_RATE, HAS_KEYS, DOT_PREC, DT)
+        if WALK_STEPS == 2:
+            # chunk i_t - 1's step reads no state gradient: its loads and dots issue beside chunk i_t's
+            b_a0, b_upd0 = _dstate_walk_step(q, do, k, du, g, rate, bos, T_seq, i_t - 1, i_h, i_k, i_v, scale, H, K,
+                                             V, BT, BK, BV, HAS_RATE, HAS_KEYS, DOT_PREC, DT)
+            b_dh = b_dh * b_a + b_upd
+            store_tile(dh + ((boh + i_t - 1) * H + i_h) * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
+            b_a, b_upd = b_a0, b_upd0
+        b_dh = b_dh * b_a + b_upd
     store_tile(dh0 + i_nh * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
 

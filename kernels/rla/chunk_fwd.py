@@ -65,10 +65,35 @@ def _dot_state(a, b_hi, b_lo, DT: tl.constexpr, DOT_PREC: tl.constexpr, HAS_LO: 
     return out
 
 
+@triton.jit
+def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
+    """Chunk i_t's step of _state_walk_kernel, h <- exp(G_L) h + update: returns (exp(G_L), update),
+    neither of which depends on the state. A chunk past the sequence's end gives (1, 0): h unchanged."""
+    # fla's fwd_h form: k^T raw from memory, the gates on the [BT, BV] side (not on a [BT, BK] fp32 k
+    # tile turned in registers). Rows past the end load g = 0 (G stays flat) and k = x = 0 (they add nothing).
+    b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+    b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    rows = i_t * BT + tl.arange(0, BT)
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_rate = tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
+    b_xw = b_x * (tl.exp(b_GL - b_G) * b_rate)[:, None]
+    if SPLIT:  # S: the clip's mask reads it, keep ~16 bits of the gated values (see the residual kernel)
+        b_upd = dot_split(b_kt, b_xw, DOT_PREC)
+    else:
+        b_upd = tl.dot(b_kt, b_xw.to(DT), input_precision=DOT_PREC)
+    return tl.exp(b_GL), b_upd
+
+
 # Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
 # hit a CUDA illegal memory access (cause not found), and a walk has little to tune.
 @autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
-          key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32"])
+          key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32", "WALK_STEPS"])
 @triton.jit(do_not_specialize=["T"])
 def _state_walk_kernel(
     k, x, g, rate, h0, h, h_lo, h_final,
@@ -76,12 +101,13 @@ def _state_walk_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
 ):
     """One gated additive state over a sequence's chunks, h <- exp(G_L) h + (k exp(G_L - G) rate)^T x:
     S with (rate, x) = (beta, v), R with (gamma, r). Stores every chunk-start state (in h's dtype; with
     HAS_LO also what that rounding lost, in h_lo: _store_state) and the final one (fp32).
-    One program per (K-block, V-block, sequence x head): rows of h in different K-blocks never mix."""
+    One program per (K-block, V-block, sequence x head): rows of h in different K-blocks never mix.
+    WALK_STEPS (1 or 2) chunks a loop turn: with 2, chunks 2i and 2i+1 (chunk.py's WALK_STEPS says why)."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
@@ -92,31 +118,25 @@ def _state_walk_kernel(
     DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
-    o_t = tl.arange(0, BT)
 
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         b_h += load_tile(h0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-    for i_loop in range(0, NT):
-        i_t = tl.cast(i_loop, tl.int64)
+    for i_loop in range(0, tl.cdiv(NT, WALK_STEPS)):
+        i_t = tl.cast(i_loop, tl.int64) * WALK_STEPS
         _store_state(h, h_lo, ((boh + i_t) * H + i_h) * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV, HAS_LO)
-        # fla's fwd_h form: k^T raw from memory, the gates on the [BT, BV] side (not on a [BT, BK] fp32 k
-        # tile turned in registers). Rows past the end load g = 0 (G stays flat) and k = x = 0 (they add nothing).
-        b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-        b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-        rows = i_t * BT + o_t
-        in_seq = rows < T_seq
-        gate_off = (bos + rows) * H + i_h
-        b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_rate = tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-        b_G = tl.cumsum(b_g, axis=0)
-        b_GL = tl.sum(b_g, axis=0)
-        b_xw = b_x * (tl.exp(b_GL - b_G) * b_rate)[:, None]
-        if SPLIT:  # S: the clip's mask reads it, keep ~16 bits of the gated values (see the residual kernel)
-            b_upd = dot_split(b_kt, b_xw, DOT_PREC)
-        else:
-            b_upd = tl.dot(b_kt, b_xw.to(DT), input_precision=DOT_PREC)
-        b_h = b_h * tl.exp(b_GL) + b_upd
+        b_a, b_upd = _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
+                                DOT_PREC, DT)
+        if WALK_STEPS == 2:
+            # Chunk i_t + 1's step reads no state, so its loads and dots issue beside chunk i_t's. Past the last
+            # chunk (odd NT) it changes nothing, and its state row (the next sequence's) is not stored.
+            b_a1, b_upd1 = _walk_step(k, x, g, rate, bos, T_seq, i_t + 1, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
+                                      DOT_PREC, DT)
+            b_h = b_h * b_a + b_upd
+            _store_state(h, h_lo, ((boh + i_t + 1) * H + i_h) * K * V, b_h, i_k * BK, tl.where(i_t + 1 < NT, K, 0),
+                         V, i_v * BV, V, BK, BV, HAS_LO)
+            b_a, b_upd = b_a1, b_upd1
+        b_h = b_h * b_a + b_upd
     store_tile(h_final + i_nh * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
 

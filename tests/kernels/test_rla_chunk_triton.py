@@ -67,14 +67,17 @@ def rel_err(x, ref):
     return err
 
 
-def check(inputs, S0, R0, scale, clip, residual, cu_seqlens=None, tol=1e-4, final_grads=True, **kw):
-    """Run fwd and bwd, compare everything with the oracle; return the worst error for information."""
+def check(inputs, S0, R0, scale, clip, residual, cu_seqlens=None, tol=1e-4, final_grads=True, out=None, **kw):
+    """Run fwd and bwd, compare everything with the oracle; return the worst error for information. ``out``, a
+    dict: gets the outputs, the cotangents fed to the backward and the gradients."""
     o, S_T, R_T = chunk_rla_fwd(*inputs, scale, clip, residual, S0, R0, cu_seqlens, **kw)
     assert o.dtype == inputs[2].dtype and S_T.dtype == R_T.dtype == torch.float32
     do = torch.randn_like(o)
     dS_T = torch.randn_like(S_T) if final_grads else None
     dR_T = torch.randn_like(R_T) if final_grads else None
     grads = chunk_rla_bwd(*inputs, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, **kw)
+    if out is not None:
+        out.update(outputs=(o, S_T, R_T), cotangents=(do, dS_T, dR_T), grads=grads)
     want, want_grads = oracle(inputs, S0, R0, scale, clip, residual, cu_seqlens, do, dS_T, dR_T)
     errors = {}
     for name, x, ref in zip(("o", "S_T", "R_T"), (o, S_T, R_T), want):
@@ -408,26 +411,28 @@ KNOBS = sys.modules[chunk_rla_fwd.__module__].LAUNCH_KNOBS
 WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg",
           "BV_du")
 
-# (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0, in WIDTHS' order, worked out by hand from the rules in
+# (dtype, B, H, K, V, SMs), _Layout's widths at every knob 0 in WIDTHS' order, and the walks' chunks a loop turn at
+# WALK_STEPS 0, worked out by hand from the rules in
 # rla/chunk.py's comments (the H200's winners of 2026-12-01 19:29-19:40, 22:58 (du) and 23:11 (walks) for bf16/fp16 at
-# K <= 128, the widths of before for fp32 and K > 128; walks 16 wide where their programs would leave SMs idle)
+# K <= 128, the widths of before for fp32 and K > 128; walks 16 wide and two chunks a turn where their programs would
+# leave SMs idle)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64)),  # the benchmark
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 64)),  # batch-1 prefill
-    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32)),
-    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64)),  # SmolLM2's head dim, no GPU
-    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64)),
-    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64)),
-    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 64)),
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), 1),  # the benchmark
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 64), 2),  # batch-1 prefill
+    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32), 1),
+    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64), 1),  # SmolLM2's head dim, no GPU
+    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), 1),
+    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64), 1),
+    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), 2),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 64), 1),
 ]
 
 
-@pytest.mark.parametrize("shape, want", AUTOMATIC_WIDTHS)
-def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want):
+@pytest.mark.parametrize("shape, want, steps", AUTOMATIC_WIDTHS)
+def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want, steps):
     """Every launch knob defaults to 0, the automatic width, and that is the width the table above says."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    assert all(getattr(chunk, name) == 0 for name in KNOBS)
+    assert all(getattr(chunk, name) == 0 for name in KNOBS + ("WALK_STEPS",))
     dtype, B, H, K, V, sms = shape
     monkeypatch.setattr(chunk, "sm_count", lambda device: sms)
     inputs, S0, R0 = make_inputs(B=B, T=4, H=H, K=K, V=V, dtype=dtype)
@@ -435,6 +440,7 @@ def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want
     assert tuple(getattr(L, name) for name in WIDTHS) == want
     assert L.walk_grid == (triton.cdiv(K, want[0]), triton.cdiv(V, want[1]), B * H)
     assert L.dwalk_grid == (triton.cdiv(K, want[2]), triton.cdiv(V, want[3]), B * H)
+    assert (L.walk_steps, L.dwalk_steps) == (steps, steps)
 
 
 def test_launch_knobs_are_validated_and_clamped(monkeypatch):
@@ -508,3 +514,90 @@ def test_launch_knobs_give_the_oracle(monkeypatch, case):
         ("_rla_residual_kernel", L.BK, L.BV_res), ("_rla_fwd_output_kernel", L.BK, L.BV_out),
         ("_rla_bwd_du_kernel", L.BK, L.BV_du), ("_rla_bwd_dv_kernel", L.BK, L.BV_grad),
         ("_rla_bwd_intra_kernel", L.BK, L.BV_intra), ("_rla_bwd_dqkg_kernel", L.BK_par, L.BV_dqkg)}
+
+
+# name: make_inputs arguments, cu_seqlens, chunk size, (clip, residual), tolerance against float64
+WALK_STEP_CASES = {
+    # 3 chunks (odd), the last partial; fixed length: the row past a sequence's last chunk is the next sequence's
+    "odd_chunks": (dict(B=2, T=37, H=2, K=16, V=16), None, 16, (1.0, "clip"), 1e-4),
+    "even_chunks": (dict(B=2, T=60, H=1, K=16, V=16), None, 16, (0.7, "tanh"), 1e-4),  # 4, the last partial
+    "one_chunk": (dict(B=1, T=10, H=2, K=16, V=16), None, 16, (1.0, "clip"), 1e-4),  # one turn, half of it past
+    # packed: 1 chunk, none (empty), 2 (the last partial), 2 (full), 3 (the last partial; last sequence)
+    "varlen": (dict(B=1, T=92, H=2, K=16, V=16, N=5), [0, 5, 5, 25, 57, 92], 16, (0.8, "tanh"), 1e-4),
+    # two K-blocks and two V-blocks in the walks (64 x 32, the second of each partial), 3 chunks
+    "blocks": (dict(B=1, T=70, H=1, K=80, V=48), None, 32, (1.0, "clip"), 1e-4),
+    # half inputs: the forward walk of S also stores its lo tile, under the same mask
+    "odd_chunks_bf16": (dict(B=2, T=37, H=1, K=16, V=16, dtype=torch.bfloat16), None, 16, (1.0, "clip"), 1e-2),
+}
+
+
+def _nan_padded_state_buffers(monkeypatch, chunk) -> list:
+    """Every walk's chunk-state buffers (_chunk_states) made NaN with two more rows past their end: a walk must
+    write every row below the chunk count and none from there on (the row past a sequence's last chunk). Returns
+    the list of (chunk count, whole buffers) made."""
+    made = []
+
+    def chunk_states(L, like, lo, rows=None):
+        n = L.n_chunks if rows is None else rows
+        whole = [like.new_full((n + 2, L.H, L.K, L.V), float("nan"), dtype=L.state_dtype)
+                 for _ in range(2 if lo and L.split_states else 1)]
+        made.append((L.n_chunks, whole))
+        return whole[0][:n], (whole[1][:n] if len(whole) == 2 else None)
+
+    monkeypatch.setattr(chunk, "_chunk_states", chunk_states)
+    return made
+
+
+@pytest.mark.parametrize("case", WALK_STEP_CASES)
+def test_two_walk_steps_a_turn(monkeypatch, case):
+    """WALK_STEPS=2 (both walks step chunks 2i and 2i+1 in one loop turn): the float64 oracle's numbers and exactly
+    WALK_STEPS=1's (each step's arithmetic is the same), the default backward (rerun walks) and the kept walk's. An
+    odd chunk count ends on a step past the last chunk, which must change no state and store no row."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, (clip, residual), tol = WALK_STEP_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    buffers = _nan_padded_state_buffers(monkeypatch, chunk)
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_dstate_walk_kernel"),
+                          lambda name, kw: kw["WALK_STEPS"])
+    kw = dict(chunk_size=chunk_size)
+    results = []
+    for steps in (1, 2):
+        monkeypatch.setattr(chunk, "WALK_STEPS", steps)
+        torch.manual_seed(0)  # the same cotangents for both
+        got = {}
+        check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=got, **kw)
+        *outputs, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
+        kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *got["cotangents"], walk=walk, **kw)
+        for x, ref in zip(outputs + list(kept), list(got["outputs"]) + list(got["grads"])):
+            assert (x is None and ref is None) or torch.equal(x, ref)  # the kept walk's passes are the same
+        results.append(list(got["outputs"]) + list(walk) + list(got["grads"]))
+    # each call's walks launched with the knob: check (fwd 2, bwd 2 + 2 reverse), keep fwd 2, kept bwd 2 reverse
+    assert log == [1] * 10 + [2] * 10
+    for i, (x, ref) in enumerate(zip(*results)):  # a packed batch's kept walk has NaN rows past its chunks
+        assert (x is None and ref is None) or torch.equal(x.nan_to_num(7.0), ref.nan_to_num(7.0)), i
+    for n_chunks, whole in buffers:
+        for b in whole:
+            assert not b[:n_chunks].isnan().any() and b[n_chunks:].isnan().all()
+
+
+def test_walk_steps_knob_is_validated_and_set_by_name(monkeypatch):
+    """WALK_STEPS is 0 (automatic, the default), 1 or 2, else a ValueError naming it. Not a width, so not in
+    LAUNCH_KNOBS (whose users take widths), but profile_kernels.py --knob and gpu_check_rla.py --set set it by name
+    all the same."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    assert chunk.WALK_STEPS == 0 and "WALK_STEPS" not in KNOBS
+    inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=16, V=16)
+    for bad in (3, -1, 2.0, True, "2"):
+        monkeypatch.setattr(chunk, "WALK_STEPS", bad)
+        with pytest.raises(ValueError, match=r"launch knob WALK_STEPS must be 0 \(automatic\), 1 or 2"):
+            chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
+    monkeypatch.setattr(chunk, "WALK_STEPS", 1)
+    # the scripts' parser and setter (gpu_check_rdn sets this variable at import: restored afterwards)
+    monkeypatch.setenv("RLA_KERNELS_FIXED_CONFIG", os.environ.get("RLA_KERNELS_FIXED_CONFIG", "1"))
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+    from gpu_check_rdn import knob_values, set_knobs
+
+    assert knob_values(chunk, "WALK_STEPS=1,2", "--knob") == ("WALK_STEPS", [1, 2])
+    set_knobs([chunk], ["WALK_STEPS=2"])
+    assert chunk.WALK_STEPS == 2
