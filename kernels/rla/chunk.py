@@ -24,6 +24,8 @@ buffers live on, 2 x n_chunks x H x K x V plus B x T x H x V input-dtype element
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
@@ -61,10 +63,11 @@ LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES
 # Chunks a walk (forward and reverse) steps per loop turn: 0 automatic, or 1 or 2. Not a width, so not in LAUNCH_KNOBS
 # (its users validate widths), but set by name the same way (--knob WALK_STEPS=1,2, --set WALK_STEPS=2). With 2 a turn
 # issues two 64-token chunks' loads and dots together (only the carry h <- exp(G_L) h + update is sequential); each
-# step's arithmetic is the same either way. Auto: 2 where the walk's programs leave SMs idle (its 16-wide V-blocks),
-# else 1. H200, 2026-12-02 01:27 (profile_kernels.py --tune --knob WALK_STEPS=1,2): B=1 T=32k forward walks 1.87 ->
-# 1.66 ms, reverse 1.62 -> 1.55; B=16 T=2k, where the programs fill the GPU, 0.49 -> 0.70 and 0.52 -> 0.84 (twice
-# the shared memory a program).
+# step's arithmetic is the same either way, at twice the shared memory a program. Auto (H200, 2026-12-02, ms a walk
+# call, profile_kernels.py --knob WALK_STEPS=1,2): the forward walks take 2 where their programs are fewer than two an
+# SM (256 at B=1 T=32k 1.87 -> 1.66, B=2 T=16k 1.11 -> 1.00, B=4 T=8k 0.71 -> 0.65; 1024 at B=16 T=2k 0.49 -> 0.70),
+# the reverse walks only where their programs leave SMs idle (their 16-wide V-blocks: B=1 T=32k 1.62 -> 1.55; B=2
+# T=16k 0.92 -> 0.91, B=4 T=8k 0.61 -> 0.81, B=16 T=2k 0.52 -> 0.84).
 WALK_STEPS = 0
 
 
@@ -92,16 +95,20 @@ class _Layout:
         # The walks split K and V (rows and columns of a state never mix): the forward walks 128 x 32 blocks where
         # (sequence, head, V-block) programs fill the GPU (bf16/fp16, K <= 128: 0.55 -> 0.49 ms at B=16 T=2k, H200,
         # 2026-12-01 23:11, since the walks load k^T as fla's fwd_h does; 0.70 -> 0.76 before), else 64 x 32, or
-        # 64 x 16 when that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel, two
-        # chunks a loop turn (WALK_STEPS).
+        # 64 x 16 when that still leaves SMs idle (batch-1 prefill), for programs enough to walk in parallel (and
+        # WALK_STEPS: where a walk takes two chunks a loop turn).
         wide_bk = 128 if wide else 64
-        self.BK_walk, self.BV_walk, self.walk_steps, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", wide_bk,
-                                                                                        q.device)
+        self.BK_walk, self.BV_walk, _, self.walk_grid = self._walk_blocks("WALK_BK", "WALK_BV", wide_bk, q.device)
         # The reverse walks at one 128-wide K-block (dh_R', dh_S' rows read once a chunk): 0.67 -> 0.61 ms at B=16
         # T=2k (H200, 2026-12-01 19:40; 0.53 -> 0.52 in fwd_h form, 23:11); only where (sequence, head, 32-wide
         # V-block) programs still fill the GPU (B=1 T=32k: 64 1.72 ms, 128 1.99).
-        self.BK_dwalk, self.BV_dwalk, self.dwalk_steps, self.dwalk_grid = self._walk_blocks(
+        self.BK_dwalk, self.BV_dwalk, dwalk_idle, self.dwalk_grid = self._walk_blocks(
             "REVERSE_WALK_BK", "REVERSE_WALK_BV", wide_bk, q.device)
+        if type(WALK_STEPS) is not int or WALK_STEPS not in (0, 1, 2):
+            raise ValueError(f"launch knob WALK_STEPS must be 0 (automatic), 1 or 2 (chunks a walk's loop turn "
+                             f"steps); got {WALK_STEPS!r}")
+        few = math.prod(self.walk_grid) < 2 * sm_count(q.device)
+        self.walk_steps, self.dwalk_steps = WALK_STEPS or (2 if few else 1), WALK_STEPS or (2 if dwalk_idle else 1)
         V2 = max(16, triton.next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
         # (0.46 -> 0.52)
@@ -171,20 +178,16 @@ class _Layout:
         return knob_width(name, globals()[name], auto, dim)
 
     def _walk_blocks(self, bk_knob: str, bv_knob: str, wide_bk: int, device):
-        """A walk's (K-block, V-block, chunks a loop turn, grid) from its two knobs and WALK_STEPS: ``wide_bk`` x 32
-        where (sequence x head, V-block) programs fill the GPU's SMs, else 64 x 32, or 64 x 16, two chunks a turn,
-        where (K-block, V-block, sequence x head) programs at 32 wide would be fewer than the SMs."""
+        """A walk's (K-block, V-block, idle, grid) from its two knobs: ``wide_bk`` x 32 where (sequence x head,
+        V-block) programs fill the GPU's SMs, else 64 x 32, or 64 x 16 where (K-block, V-block, sequence x head)
+        programs at 32 wide would be fewer than the SMs (``idle``)."""
         sms = sm_count(device)
         BV = max(16, min(32, triton.next_power_of_2(self.V)))
         BK = min(wide_bk if self.N * self.H * triton.cdiv(self.V, BV) >= sms else 64, self.BK)
         BK = self._knob(bk_knob, BK, self.K)
         idle = self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, BV) < sms
         BV = self._knob(bv_knob, 16 if idle else BV, self.V)
-        if type(WALK_STEPS) is not int or WALK_STEPS not in (0, 1, 2):
-            raise ValueError(f"launch knob WALK_STEPS must be 0 (automatic), 1 or 2 (chunks a walk's loop turn "
-                             f"steps); got {WALK_STEPS!r}")
-        steps = WALK_STEPS or (2 if idle else 1)
-        return BK, BV, steps, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
+        return BK, BV, idle, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
 
     @property
     def kept_rows(self) -> int:

@@ -411,20 +411,21 @@ KNOBS = sys.modules[chunk_rla_fwd.__module__].LAUNCH_KNOBS
 WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg",
           "BV_du")
 
-# (dtype, B, H, K, V, SMs), _Layout's widths at every knob 0 in WIDTHS' order, and the walks' chunks a loop turn at
-# WALK_STEPS 0, worked out by hand from the rules in
-# rla/chunk.py's comments (the H200's winners of 2026-12-01 19:29-19:40, 22:58 (du) and 23:11 (walks) for bf16/fp16 at
-# K <= 128, the widths of before for fp32 and K > 128; walks 16 wide and two chunks a turn where their programs would
-# leave SMs idle)
+# (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0 in WIDTHS' order and the walks' chunks a loop turn at
+# WALK_STEPS 0 (forward, reverse), worked out by hand from the rules in rla/chunk.py's comments (the H200's winners of
+# 2026-12-01 19:29-19:40, 22:58 (du) and 23:11 (walks) for bf16/fp16 at K <= 128, the widths of before for fp32 and
+# K > 128; walks 16 wide where their programs would leave SMs idle; two steps a turn in the forward walks where their
+# programs are fewer than two an SM, in the reverse walks where they are 16 wide)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), 1),  # the benchmark
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 64), 2),  # batch-1 prefill
-    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32), 1),
-    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64), 1),  # SmolLM2's head dim, no GPU
-    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), 1),
-    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64), 1),
-    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), 2),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 64), 1),
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (1, 1)),  # benchmark 2k
+    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (2, 1)),  # its 8k
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 64), (2, 2)),  # batch-1 prefill
+    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32), (1, 1)),
+    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64), (1, 1)),  # SmolLM2's dim, no GPU
+    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (1, 1)),
+    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64), (1, 1)),
+    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 64), (1, 1)),
 ]
 
 
@@ -440,7 +441,7 @@ def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want
     assert tuple(getattr(L, name) for name in WIDTHS) == want
     assert L.walk_grid == (triton.cdiv(K, want[0]), triton.cdiv(V, want[1]), B * H)
     assert L.dwalk_grid == (triton.cdiv(K, want[2]), triton.cdiv(V, want[3]), B * H)
-    assert (L.walk_steps, L.dwalk_steps) == (steps, steps)
+    assert (L.walk_steps, L.dwalk_steps) == steps
 
 
 def test_launch_knobs_are_validated_and_clamped(monkeypatch):
