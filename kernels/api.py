@@ -29,10 +29,11 @@ def rla(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     ``backend``: 'torch' | 'triton' | 'naive' | None (see ``backend.py``); ``validate=True`` also checks
     values (gate ranges, finiteness), which synchronises with the device.
 
-    ``recompute_states`` (training with the Triton backend; memory against time): True (default), the backward
-    reruns the forward's state walks and residual pass; False, the forward keeps their outputs (the chunk-start
-    states S and R and the residuals r, all in q's dtype) alive until the backward, which then skips that rerun.
-    The forward runs the same kernels either way (same numbers, same time); only its buffers live longer.
+    ``recompute_states`` (training with the Triton backend; memory against time): True (default), the forward keeps
+    its residuals r (one [B, T, H, V] tensor in q's dtype, as large as v) and the backward reruns its two state walks
+    over them; False, the forward also keeps the chunk-start states S and R (in q's dtype) alive until the backward,
+    which then skips the walks too. The forward runs the same kernels either way (same numbers, same time); only its
+    buffers live longer.
     Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01, BENCHMARKS.md): backward 4.35 -> 3.30 ms,
     forward unchanged. It keeps ``2 * B * ceil(T / 64) * H * K *
     V + B * T * H * V`` elements of q's dtype per call until the backward runs (0.67 GB a layer at that shape;

@@ -20,10 +20,10 @@ previous version would call the new ops with the old arguments (seen 2026-12-01:
 argument 'saved'"). A name that changes with this file makes those entries miss instead.
 
 ``chunk_fwd`` returns ``N_SAVED`` tensors more than the API hands on: what the variant's backward takes from its
-forward instead of recomputing it (``_SAVED``; RDN's chunk matrices, and with ``keep_walk`` the walk: RDN's chunk
-states, U, W and X, RLA's chunk states and residuals), empty tensors where there is nothing. A fixed count keeps the
-schema one for every variant and setting, and a saved tensor's shape follows from the input shapes alone (the
-fake's; for packed sequences an upper bound on the chunk count, ``shapes.kept_rows``), so torch.compile sees no
+forward instead of recomputing it (``_SAVED``; RDN's chunk matrices, RLA's residuals, and with ``keep_walk`` the walk:
+RDN's chunk states, U, W and X, RLA's chunk states and residuals), empty tensors where there is nothing. A fixed count
+keeps the schema one for every variant and setting, and a saved tensor's shape follows from the input shapes alone
+(the fake's; for packed sequences an upper bound on the chunk count, ``shapes.kept_rows``), so torch.compile sees no
 data-dependent size. The autograd formula saves them and passes them to ``chunk_bwd`` as one list.
 
 ``keep_walk`` (the API's ``rla/rdn(recompute_states=False)``): memory for time. Only variants in ``_KEEPS_WALK``
@@ -104,20 +104,21 @@ def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bo
 
 
 def _rla_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
-    """(shape, dtype) of what RLA's forward hands its backward: nothing by default; with ``keep_walk`` the chunk
-    states h_S, h_R [rows, H, K, V] and the residuals r [B, T, H, V], all in q's dtype (chunk.py keep_walk,
-    kept_walk_shapes)."""
-    if not keep_walk:
-        return []
-    return [(shape, q.dtype) for shape in shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RLA_CHUNK)]
+    """(shape, dtype) of what RLA's forward hands its backward: the residuals r [B, T, H, V] (chunk.py
+    keep_residuals); with ``keep_walk`` first the chunk states h_S, h_R [rows, H, K, V] too, all in q's dtype
+    (chunk.py keep_walk, kept_walk_shapes)."""
+    walk = [(shape, q.dtype) for shape in shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RLA_CHUNK)]
+    return walk if keep_walk else walk[-1:]
 
 
 # Per variant: the saved tensors' (shape, dtype) (_rdn_saved, _rla_saved). The Triton forward returns them after
 # (o, S_T, R_T): the chunk matrices when called with save_wy=True (variants in _WITH_WY, always), then the walk as
-# one tuple when called with keep_walk=True; the backward takes them as wy= and walk=.
+# one tuple when called with keep_walk=True, or the residuals as one tuple when called with keep_residuals=True
+# (variants in _KEEPS_RESIDUALS, unless keep_walk); the backward takes them as wy= and walk=.
 _SAVED = {"rdn": _rdn_saved, "rla": _rla_saved}
 _WITH_WY = {"rdn"}
 _KEEPS_WALK = {"rdn", "rla"}
+_KEEPS_RESIDUALS = {"rla"}
 
 
 def _padded(q: Tensor, saved) -> list[Tensor]:
@@ -137,8 +138,11 @@ def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
     kw = {"save_wy": True} if variant in _WITH_WY else {}
     if keep_walk:
         kw["keep_walk"] = True
+    elif variant in _KEEPS_RESIDUALS:
+        kw["keep_residuals"] = True
     o, S_T, R_T, *rest = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, **kw)
-    saved = [*rest[:-1], *rest[-1]] if keep_walk else rest  # (wy,) and/or the walk's tuple, flattened
+    # (wy,) and/or the walk's (or the residuals') tuple, flattened
+    saved = [*rest[:-1], *rest[-1]] if "keep_walk" in kw or "keep_residuals" in kw else rest
     return tuple(_unaliased((o, S_T, R_T, *_padded(q, saved)), (q, k, v, g, beta, gamma, S0, R0)))
 
 
@@ -162,8 +166,9 @@ def chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
     if n_wy and saved[0].numel():
         kw["wy"] = saved[0]
     n_walk = len(_SAVED[variant](q, v, cu_seqlens, True)) - n_wy
-    walk = tuple(saved[n_wy:n_wy + n_walk])
-    if n_walk and walk[-1].numel():  # the walk's per-token tensor (RDN's X, RLA's r): the walk was kept
+    # what the forward kept of its walk: all of it, RLA's residuals alone, or nothing (_padded's empty tensors)
+    walk = tuple(t for t in saved[n_wy:n_wy + n_walk] if t.numel())
+    if walk:
         kw["walk"] = walk
     grads = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do.contiguous(), dS_T, dR_T, **kw)
     dq, dk, dv, dg, dbeta, dgamma, dS0, dR0 = grads

@@ -11,9 +11,10 @@ any failure.
 
 Relative error is ||x - ref|| / ||ref||, the reference being the naive loop in float64 (on the GPU) on the
 same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1e-2 for bf16/fp16.
-Each case runs twice: as the API runs by default (the backward reruns the forward's state walks and residuals)
-and, as ``keep`` rows, with them kept (``keep_walk``, the API's ``rla(recompute_states=False)``: the backward
-takes the forward's h_S, h_R and r). The same kernels run either way, so a keep row compiles nothing new.
+Each case runs twice: as the API runs by default (the forward keeps its residuals r, ``keep_residuals``, and the
+backward reruns the two state walks over them) and, as ``keep`` rows, with the walk kept too (``keep_walk``, the
+API's ``rla(recompute_states=False)``: the backward takes the forward's h_S, h_R and r). The same kernels run
+either way, so a keep row compiles nothing new.
 ``--set NAME=INT`` (repeatable) sets a launch knob of rla_kernels.rla.chunk (its LAUNCH_KNOBS: DQKG_BV, DU_BV, ...;
 WALK_STEPS) before any case: the check of a setting that profile_kernels.py --knob found faster; rows get it in their
 name (their inputs are the default run's: the seed is the case's).
@@ -139,10 +140,11 @@ def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True,
         T = int(cu[-1])
     N = B if cu is None else len(lengths)
     inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype, states)
-    # keep: as the API's rla(recompute_states=False) runs it (kernels/library.py): the backward takes the walk
-    o, S_T, R_T, *walk = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu, keep_walk=keep)
+    # as the API runs it (kernels/library.py): the backward takes the residuals, with keep (recompute_states=False)
+    # the whole walk
+    o, S_T, R_T, walk = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu, keep_walk=keep, keep_residuals=True)
     do, dS, dR = torch.randn_like(o), torch.randn_like(S_T), torch.randn_like(R_T)
-    grads = chunk_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS, dR, walk=walk[0] if keep else None)
+    grads = chunk_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS, dR, walk=walk)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     want = reference(inputs, S0, R0, clip, residual, cu, do, dS, dR)

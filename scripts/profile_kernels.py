@@ -90,9 +90,10 @@ def main():
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
             do = torch.randn_like(x[2])
-            # RDN's backward takes the forward's chunk matrices, as the API hands them on (kernels/library.py)
-            save = {"save_wy": True} if op == "rdn" else {}
-            saved = {"wy": fwd(*x, None, 1.0, "clip", **save)[3]} if op == "rdn" else {}
+            # the backward takes what the API's forward hands it by default (kernels/library.py): RDN's chunk
+            # matrices, RLA's residuals
+            save = {"save_wy": True} if op == "rdn" else {"keep_residuals": True}
+            saved = {"wy" if op == "rdn" else "walk": fwd(*x, None, 1.0, "clip", **save)[3]}
             passes = []
             for values in itertools.product(*(vals for _, vals in knobs)):
                 chosen = dict(zip((attr for attr, _ in knobs), values))

@@ -3,22 +3,24 @@
 The two entry points the API layer wraps in an autograd function (states fp32 [N, H, K, V]; S0/R0 None
 mean zeros and then dS0/dR0 come back None):
 
-    chunk_rla_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, keep_walk=False)
-        -> (o, S_T, R_T), then walk with keep_walk
+    chunk_rla_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, keep_walk=False,
+                  keep_residuals=False)
+        -> (o, S_T, R_T), then walk with keep_walk, (r,) with keep_residuals
     chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, *, walk=None)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
 
 Semantics are exactly ``naive.py``. The forward is chunk_fwd.py: a lean walk stores the chunk states of S,
 the residuals come chunk-parallel from them, the same walk runs R over the residuals, and a chunk-parallel
-output pass reads both. By default the backward reruns those three passes instead of keeping their results
-alive between forward and backward, then runs chunk_bwd.py the same way: a lean reverse walk for dh_R, du
-chunk-parallel from it, a lean reverse walk for dh_S, dv chunk-parallel from that, and a chunk-parallel
-pass for dq, dk, dg.
+output pass reads both. The backward reruns those passes instead of keeping their results alive between forward
+and backward, then runs chunk_bwd.py the same way: a lean reverse walk for dh_R, du chunk-parallel from it, a lean
+reverse walk for dh_S, dv chunk-parallel from that, and a chunk-parallel pass for dq, dk, dg.
 
-``keep_walk`` (opt-in, memory for time; the API's ``rla(recompute_states=False)``): the forward hands what the
-backward's rerun makes and reads -- h_S (hi only: its lo part is read by the residual kernel alone), h_R and the
-residuals r (``kept_walk_shapes``), all in the input dtype -- to ``chunk_rla_bwd(walk=)``, which then skips the
-rerun (both walks and the residual kernel: 0.70 + 0.34 of the backward's ~3.6 ms at B=16 T=2k H=16 K=V=128 bf16,
+What the forward hands the backward (the API layer, library.py): by default the residuals r (``keep_residuals``, one
+[B, T, H, V] tensor in the input dtype, as large as v), so that the rerun is the two walks alone, not the residual
+kernel (0.33-0.35 ms at every T of the benchmark, H200, 2026-12-02) nor h_S's lo buffer. ``keep_walk`` (opt-in,
+memory for time; the API's ``rla(recompute_states=False)``): also h_S (hi only: its lo part is read by the residual
+kernel alone) and h_R (``kept_walk_shapes``), all in the input dtype, to ``chunk_rla_bwd(walk=)``, which then skips
+the rerun (both walks and the residual kernel: 0.70 + 0.34 of the backward's ~3.6 ms at B=16 T=2k H=16 K=V=128 bf16,
 H200, 2026-12-01, profile_kernels.py). Same kernels and launches as the default forward, so the same numbers: only the
 buffers live on, 2 x n_chunks x H x K x V plus B x T x H x V input-dtype elements (0.67 GB a layer at that shape).
 """
@@ -240,11 +242,16 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, rows=None):
     return h, h_lo, final
 
 
-def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
+def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False, res=None):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
     h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without. ``keep``: the chunk states get
-    ``L.kept_rows`` rows, the shape the op's fake announces for a kept walk."""
+    ``L.kept_rows`` rows, the shape the op's fake announces for a kept walk. ``res``: the forward's residuals, kept
+    (the backward's rerun): the two walks alone, and S's without its lo buffer, which only the residual kernel reads."""
     rows = L.kept_rows if keep else None
+    if res is not None:
+        h_s, _, S_T = _walk(L, k, v, g, beta, S0, True, False, rows)
+        h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, rows)
+        return h_s, h_r, res, S_T, R_T
     h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, rows)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
     _rla_residual_kernel[L.parallel_grid(L.BV_res)](
@@ -275,12 +282,15 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
 
 
 def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
-                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, keep_walk: bool = False):
+                  cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, keep_walk: bool = False,
+                  keep_residuals: bool = False):
     """RLA forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
 
     ``keep_walk``: also return ``(h_s, h_r, r)`` (``kept_walk_shapes``) for ``chunk_rla_bwd(..., walk=)``, which then
-    skips its rerun of the state walks and the residuals. The same passes run either way; only their buffers are
-    returned (h_S without its lo part, which only the residual kernel reads).
+    skips its rerun of the state walks and the residuals. ``keep_residuals`` (without keep_walk): also return ``(r,)``,
+    the residuals alone (v's shape and dtype), with which the backward reruns the two walks but not the residual
+    kernel. The same passes run either way; only their buffers are returned (h_S without its lo part, which only the
+    residual kernel reads).
     """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share dtype and q, k shape; got q {q.dtype} {tuple(q.shape)}, "
@@ -296,17 +306,18 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
-    return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ())
+    return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ((res,),) if keep_residuals else ())
 
 
 def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
-    """Whether ``walk`` is a kept forward walk of this call's shapes and chunking (all three in q's dtype). The
-    shapes pin the chunking down: chunk sizes are powers of two, and two give the same row count only when every
-    sequence fits one chunk of either, where the chunk-start states are the initial ones."""
-    if walk is None or len(walk) != 3:
+    """Whether ``walk`` is what a forward of this call's shapes and chunking kept: its walk (h_s, h_r, r) or its
+    residuals (r,), all in q's dtype. The states' shapes pin the chunking down: chunk sizes are powers of two, and two
+    give the same row count only when every sequence fits one chunk of either, where the chunk-start states are the
+    initial ones. The residuals do not depend on the chunking but through rounding."""
+    if walk is None or len(walk) not in (1, 3):
         return False
-    expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
-    dtypes = (L.state_dtype, L.state_dtype, L.res_dtype)
+    expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)[-len(walk):]
+    dtypes = (L.state_dtype, L.state_dtype, L.res_dtype)[-len(walk):]
     return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
 
 
@@ -316,7 +327,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
 
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when ``S0``/``R0``
     are None. ``walk``: the forward's ``(h_s, h_r, r)`` (``chunk_rla_fwd(keep_walk=True)``), used instead of
-    rerunning the walks and the residuals when it fits this call (else, or when None, rerun).
+    rerunning the walks and the residuals when it fits this call, or its ``(r,)`` (``keep_residuals=True``), used
+    instead of rerunning the residuals (else, or when None, rerun all three passes).
     """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share dtype and q, k shape; got q {q.dtype} {tuple(q.shape)}, "
@@ -330,10 +342,11 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
-    if _fits(walk, L, q, cu_seqlens):
-        h_s, h_r, res = (t.contiguous() for t in walk)
+    kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
+    if len(kept) == 3:
+        h_s, h_r, res = kept
     else:
-        h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0)
+        h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0, res=kept[0] if kept else None)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta. The per-V-block partial sums are reduced below.

@@ -152,28 +152,30 @@ def _torch_stand_ins(variant):
 
     chunk = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}[variant]
 
-    def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, save_wy=False, keep_walk=False):
+    def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, save_wy=False, keep_walk=False,
+            keep_residuals=False):
         o, (S, R) = chunk(q, k, v, g, beta, gamma, scale, clip, residual, (S0, R0), True, cu_seqlens)
-        # RDN's forward also hands its chunk matrices, and with keep_walk either forward its walk, to its backward
-        # (library._SAVED): stand-ins of those shapes
+        # RDN's forward also hands its chunk matrices, RLA's its residuals, and with keep_walk either forward its
+        # walk, to its backward (library._SAVED): stand-ins of those shapes
         assert save_wy == (variant in library._WITH_WY)
-        saved = [q.new_zeros(shape, dtype=dtype) for shape, dtype in library._SAVED[variant](q, v, cu_seqlens,
-                                                                                           keep_walk)]
+        assert keep_residuals == (variant in library._KEEPS_RESIDUALS and not keep_walk)
+        saved = [q.new_ones(shape, dtype=dtype) for shape, dtype in library._SAVED[variant](q, v, cu_seqlens,
+                                                                                          keep_walk)]
         n_wy = int(save_wy)
-        return (o, S, R) + tuple(saved[:n_wy]) + ((tuple(saved[n_wy:]),) if keep_walk else ())
+        return (o, S, R) + tuple(saved[:n_wy]) + ((tuple(saved[n_wy:]),) if keep_walk or keep_residuals else ())
 
     def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, wy=None, walk=None):
         n_wy = int(variant in library._WITH_WY)
         assert (wy is not None) == bool(n_wy)
-        kept.append(walk is not None)
+        specs = library._SAVED[variant](q, v, cu_seqlens, True)[n_wy:]
+        kept.append(None if walk is None else "walk" if len(walk) == len(specs) else "residuals")
         if walk is not None:
-            specs = library._SAVED[variant](q, v, cu_seqlens, True)[n_wy:]
-            assert [(tuple(t.shape), t.dtype) for t in walk] == specs
+            assert [(tuple(t.shape), t.dtype) for t in walk] == specs[-len(walk):]
         grads = library.torch_chunk_bwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip,
                                         residual, do, dS_T, dR_T)
         return (*grads[:6], None if S0 is None else grads[6], None if R0 is None else grads[7])
 
-    kept = []  # per backward call: whether it was handed a kept walk
+    kept = []  # per backward call: what it was handed of the forward's walk ("walk", "residuals" or None)
     return {f"chunk_{variant}_fwd": fwd, f"chunk_{variant}_bwd": bwd, "kept": kept}
 
 
@@ -198,7 +200,7 @@ def test_triton_chunk_op_autograd_wiring(variant, compiled, monkeypatch):
     got = torch.autograd.grad(fn(*leaves, backend="triton")[0], leaves)
     ref = torch.autograd.grad(loss(*leaves, backend="naive")[0], leaves)
     assert f"chunk_{variant}_fwd" in asked and f"chunk_{variant}_bwd" in asked
-    assert stand_ins["kept"] == [keep]
+    assert stand_ins["kept"] == ["walk" if keep else "residuals" if variant == "rla" else None]
     for x, r in zip(got, ref):
         assert rel(x, r) < 1e-4
 
@@ -271,8 +273,8 @@ def test_rdn_saved_shapes_match_the_kernels(packed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rla_saved_shapes_match_the_kernels(packed, dtype):
     """library._SAVED's RLA shapes (the fake's, written without importing triton) are what chunk_rla_fwd keeps:
-    nothing by default; with keep_walk the chunk states h_S, h_R (a bound on packed chunks) and the residuals r,
-    all in q's dtype."""
+    the residuals r by default (keep_residuals); with keep_walk the chunk states h_S, h_R (a bound on packed chunks)
+    and the residuals, all in q's dtype."""
     from rla_kernels.rla import chunk
 
     B, cu = (1, torch.tensor([0, 3, 40, 41, 150], dtype=torch.int32)) if packed else (2, None)
@@ -285,7 +287,9 @@ def test_rla_saved_shapes_match_the_kernels(packed, dtype):
     assert all(d == dtype for _, d in specs)
     if packed:  # 1 + 1 + 1 + 2 chunks, and rows for the bound ceil(150 / 64) + 3 = 6
         assert specs[0][0][0] == 6
-    assert library._SAVED["rla"](xs[0], xs[2], cu, False) == []
+    residuals = chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu, keep_residuals=True)
+    assert len(residuals) == 4 and len(residuals[3]) == 1 and torch.equal(residuals[3][0], out[3][2])
+    assert library._SAVED["rla"](xs[0], xs[2], cu, False) == specs[2:] == [(tuple(xs[2].shape), dtype)]
     assert len(chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu)) == 3
 
 

@@ -273,6 +273,39 @@ def test_backward_takes_the_kept_walk(case, monkeypatch):
     assert not bad, f"relative errors over {tol}: {bad}"
 
 
+@pytest.mark.parametrize("case", KEEP_CASES)
+def test_backward_takes_the_kept_residuals(case, monkeypatch):
+    """chunk_rla_fwd(keep_residuals=True) hands r alone (the API's default) to chunk_rla_bwd(walk=(r,)), which then
+    reruns the two state walks, S's without its lo buffer, and not the residual kernel: the gradients are the full
+    rerun's, bit for bit (the same walks over the same r). A residual tensor in another dtype is not misread: all
+    three passes rerun."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, with_states, (clip, residual), chunk_size, _ = KEEP_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    if not with_states:
+        S0 = R0 = None
+    kw = dict(chunk_size=chunk_size)
+    *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_residuals=True, **kw)
+    *_, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
+    assert len(kept) == 1 and torch.equal(kept[0], walk[2])
+    for x, ref in zip(outputs, chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
+        assert torch.equal(x, ref)
+
+    do = torch.randn_like(outputs[0])
+    dS_T, dR_T = torch.randn_like(outputs[1]), torch.randn_like(outputs[2])
+    rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, **kw)
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel"),
+                          lambda name, kw: (name, kw.get("HAS_LO")))
+    got = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=kept, **kw)
+    assert log == [("_state_walk_kernel", False)] * 2
+    for x, ref in zip(got, rerun):
+        assert (x is None and ref is None) or torch.equal(x, ref)
+    log.clear()
+    chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=(kept[0].double(),), **kw)
+    assert [name for name, _ in log] == ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
+
+
 def test_kept_walk_is_rerun_where_it_does_not_fit(monkeypatch):
     """A walk kept at other chunks, in another dtype or incomplete is rerun, not misread: same gradients as
     without it."""
