@@ -231,6 +231,16 @@ KEEP_CASES = {
 }
 
 
+def _keep_case(case: str):
+    """KEEP_CASES[case] made: inputs, S0, R0 (None without initial states), cu_seqlens, clip, residual, chunk size,
+    tolerance."""
+    shape, cu, with_states, (clip, residual), chunk_size, tol = KEEP_CASES[case]
+    inputs, S0, R0 = make_inputs(**shape)
+    if not with_states:
+        S0 = R0 = None
+    return inputs, S0, R0, None if cu is None else torch.tensor(cu, dtype=torch.int32), clip, residual, chunk_size, tol
+
+
 @pytest.mark.parametrize("case", KEEP_CASES)
 def test_backward_takes_the_kept_walk(case, monkeypatch):
     """chunk_rla_fwd(keep_walk=True) hands h_S, h_R and r to chunk_rla_bwd(walk=), which then launches neither a
@@ -238,18 +248,12 @@ def test_backward_takes_the_kept_walk(case, monkeypatch):
     gradients the rerun's, and both the float64 oracle's. T not a multiple of the chunk; packed sequences (whose
     kept states take the shape-only row bound, more rows than chunks here); no initial states; half inputs (states
     and r stored in the input dtype), at 16-token chunks with the clip biting; no clip."""
-    import sys
-
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    shape, cu, with_states, (clip, residual), chunk_size, tol = KEEP_CASES[case]
-    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    inputs, S0, R0 = make_inputs(**shape)
-    if not with_states:
-        S0 = R0 = None
+    inputs, S0, R0, cu, clip, residual, chunk_size, tol = _keep_case(case)
     kw = dict(chunk_size=chunk_size)
     o, S_T, R_T, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
-    dtype = inputs[0].dtype
-    assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], shape["V"], cu, chunk_size))
+    dtype, V = inputs[0].dtype, inputs[2].shape[-1]
+    assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], V, cu, chunk_size))
     assert [t.dtype for t in walk] == [dtype] * 3
     for x, ref in zip((o, S_T, R_T), chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
         assert torch.equal(x, ref)
@@ -280,11 +284,7 @@ def test_backward_takes_the_kept_residuals(case, monkeypatch):
     rerun's, bit for bit (the same walks over the same r). A residual tensor in another dtype is not misread: all
     three passes rerun."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    shape, cu, with_states, (clip, residual), chunk_size, _ = KEEP_CASES[case]
-    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    inputs, S0, R0 = make_inputs(**shape)
-    if not with_states:
-        S0 = R0 = None
+    inputs, S0, R0, cu, clip, residual, chunk_size, _ = _keep_case(case)
     kw = dict(chunk_size=chunk_size)
     *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_residuals=True, **kw)
     *_, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
