@@ -136,13 +136,11 @@ def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
         raise ValueError(f"keep_walk (recompute_states=False) is not {variant}'s; it has no walk to keep")
     fn = triton_function(variant, "chunk", f"chunk_{variant}_fwd")
     kw = {"save_wy": True} if variant in _WITH_WY else {}
-    if keep_walk:
-        kw["keep_walk"] = True
-    elif variant in _KEEPS_RESIDUALS:
-        kw["keep_residuals"] = True
+    keeps = keep_walk or variant in _KEEPS_RESIDUALS  # the forward returns a tuple of what it kept, last
+    if keeps:
+        kw["keep_walk" if keep_walk else "keep_residuals"] = True
     o, S_T, R_T, *rest = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, **kw)
-    # (wy,) and/or the walk's (or the residuals') tuple, flattened
-    saved = [*rest[:-1], *rest[-1]] if "keep_walk" in kw or "keep_residuals" in kw else rest
+    saved = [*rest[:-1], *rest[-1]] if keeps else rest  # (wy,) and/or the kept tuple, flattened
     return tuple(_unaliased((o, S_T, R_T, *_padded(q, saved)), (q, k, v, g, beta, gamma, S0, R0)))
 
 
