@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .library import ops
+from .library import KEEP_TOKENS, KEEP_WALK, ops
 from .backend import choose_backend, is_decode, needs_grad
 from .rdn.naive import naive_recurrent_rdn
 from .rdn.torch_chunk import chunk_rdn_torch
@@ -49,17 +49,21 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
         recompute_states=True):
     """Residual Delta Net (paper Section 3.4; semantics in ``rdn/naive.py``). Arguments as ``rla``, and:
 
-    ``recompute_states`` (training with the Triton backend; memory against time): True (default), the backward
-    reruns the forward's sequential state walk; False, the forward keeps that walk's outputs (the chunk-start states S
-    and R and U, W in q's dtype, and the pre-residual X in fp32) alive until the backward, which then skips its rerun.
-    Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-01, BENCHMARKS.md): backward 7.47 -> 5.64 ms for
+    ``recompute_states`` (training with the Triton backend; memory against time): True (default), the forward keeps
+    its walk's per-token tensors U, W (q's dtype) and X (fp32; the clip's gradient mask), ``2 * B * T * H * V``
+    elements of q's dtype and ``B * T * H * V`` fp32, and the backward rebuilds the chunk-start states from U and W with
+    two linear walks instead of rerunning the walk (which is then never cut into segments, as below); False, the
+    forward also keeps the chunk-start states S and R (in q's dtype) alive until the backward, which then skips those
+    walks too.
+    False, measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 against a backward rerunning the walk (2026-12-01,
+    BENCHMARKS.md, before the per-token tensors were kept by default): backward 7.47 -> 5.64 ms for
     forward 2.34 -> 3.01 (profile, about 10:45; its walk runs at the rerun's precision and also stores X), fwd+bwd
     9.64 -> 9.03 (bench, 11:10). It keeps ``2 * B * ceil(T / 32) * H * K * V + 2 * B * T * H * V`` elements of q's
     dtype plus ``B * T * H * V`` fp32 per call until the backward runs (1.61 GB a layer at that shape; packed
     sequences: ``ceil(T / 32) + N - 1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into
-    segments (the default forward's is, at batch 1 and long T; the backward's rerun never is, so the trade holds there
-    too). Ignored where nothing is kept: without autograd, by the torch and naive backends, and by decode. ``rla``
-    takes the same argument (it keeps its chunk states and residuals).
+    segments (the default forward's is, at batch 1 and long T, without autograd). Ignored where nothing is kept:
+    without autograd, by the torch and naive backends, and by decode. ``rla`` takes the same argument (it keeps its
+    chunk states and residuals).
     """
     return _run("rdn", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
                 cu_seqlens, use_qk_l2norm_in_kernel, backend, validate, not recompute_states)
@@ -114,7 +118,8 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
     if _decoding(q, N, initial_state, tensors):
         o, S_T, R_T = ops.fused_recurrent_fwd(*args)
     else:
-        # [:3]: chunk_fwd's further outputs are for its own backward (library.py); keeping the walk pays only
-        # when a backward will take it
-        o, S_T, R_T = ops.chunk_fwd(*args, bool(keep_walk) and needs_grad(tensors))[:3]
+        # [:3]: chunk_fwd's further outputs are for its own backward (library.py); keeping any of the walk pays
+        # only when a backward will take it
+        keep = (KEEP_WALK if keep_walk else KEEP_TOKENS) if needs_grad(tensors) else 0
+        o, S_T, R_T = ops.chunk_fwd(*args, keep)[:3]
     return o, ((S_T, R_T) if output_final_state else None)

@@ -20,14 +20,16 @@ previous version would call the new ops with the old arguments (seen 2026-12-01:
 argument 'saved'"). A name that changes with this file makes those entries miss instead.
 
 ``chunk_fwd`` returns ``N_SAVED`` tensors more than the API hands on: what the variant's backward takes from its
-forward instead of recomputing it (``_SAVED``; RDN's chunk matrices, RLA's residuals, and with ``keep_walk`` the walk:
-RDN's chunk states, U, W and X, RLA's chunk states and residuals), empty tensors where there is nothing. A fixed count
-keeps the schema one for every variant and setting, and a saved tensor's shape follows from the input shapes alone
-(the fake's; for packed sequences an upper bound on the chunk count, ``shapes.kept_rows``), so torch.compile sees no
-data-dependent size. The autograd formula saves them and passes them to ``chunk_bwd`` as one list.
+forward instead of recomputing it (``_SAVED``; RDN's chunk matrices, and, as ``keep`` asks, the walk's per-token
+tensors (RLA's residuals, RDN's U, W, X) or the whole walk (the chunk states too)), empty tensors where there is
+nothing. A fixed count keeps the schema one for every variant and setting, and a saved tensor's shape follows from the
+input shapes alone (the fake's; for packed sequences an upper bound on the chunk count, ``shapes.kept_rows``), so
+torch.compile sees no data-dependent size. The autograd formula saves them and passes them to ``chunk_bwd`` as one
+list.
 
-``keep_walk`` (the API's ``rla/rdn(recompute_states=False)``): memory for time. Only variants in ``_KEEPS_WALK``
-take it; the others refuse it (the API never asks them).
+``keep`` (the API's: KEEP_TOKENS with autograd, KEEP_WALK with ``rla/rdn(recompute_states=False)``, memory for
+time; KEEP_NOTHING without autograd). Only variants in ``_KEEPS_WALK`` take it; the others refuse it (the API never
+asks them).
 """
 from __future__ import annotations
 
@@ -92,33 +94,42 @@ _RDN_CHUNK = shapes.RDN_CHUNK_SIZE
 _RLA_CHUNK = shapes.RLA_CHUNK_SIZE
 
 
-def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
+# What a forward keeps for its backward beyond what it always hands on (chunk_fwd's ``keep``): nothing (no autograd),
+# the walk's per-token tensors (the default with autograd: RLA's residuals r, RDN's U, W, X; the variant's
+# keep_tokens), or its whole walk (keep_walk: the chunk states too; the API's recompute_states=False).
+KEEP_NOTHING, KEEP_TOKENS, KEEP_WALK = 0, 1, 2
+
+
+def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep: int) -> list[tuple]:
     """(shape, dtype) of what RDN's forward hands its backward: T_beta, T_gamma, Mk as [3, B, T, H, 32] fp32
-    (chunk.py save_wy, wy_shape); with ``keep_walk`` also the walk's h_s, h_r [rows, H, K, V] and U, W, X [B, T, H,
-    V] (chunk.py keep_walk, kept_walk_shapes; dtypes shapes.rdn_kept_walk_dtypes)."""
-    saved = [((3, *q.shape[:3], _RDN_CHUNK), torch.float32)]
-    if keep_walk:
-        walk = shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RDN_CHUNK, per_token=3)
-        saved += list(zip(walk, shapes.rdn_kept_walk_dtypes(q.dtype)))
-    return saved
+    (chunk.py save_wy, wy_shape); with KEEP_TOKENS also the walk's U, W, X [B, T, H, V], with KEEP_WALK first its
+    h_s, h_r [rows, H, K, V] too (chunk.py keep_tokens, keep_walk, kept_walk_shapes; dtypes
+    shapes.rdn_kept_walk_dtypes)."""
+    walk = list(zip(shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RDN_CHUNK, per_token=3),
+                    shapes.rdn_kept_walk_dtypes(q.dtype)))
+    return [((3, *q.shape[:3], _RDN_CHUNK), torch.float32)] + _kept(walk, keep, 3)
 
 
-def _rla_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep_walk: bool) -> list[tuple]:
-    """(shape, dtype) of what RLA's forward hands its backward: the residuals r [B, T, H, V] (chunk.py
-    keep_residuals); with ``keep_walk`` first the chunk states h_S, h_R [rows, H, K, V] too, all in q's dtype
-    (chunk.py keep_walk, kept_walk_shapes)."""
+def _rla_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep: int) -> list[tuple]:
+    """(shape, dtype) of what RLA's forward hands its backward: with KEEP_TOKENS the residuals r [B, T, H, V], with
+    KEEP_WALK first the chunk states h_S, h_R [rows, H, K, V] too, all in q's dtype (chunk.py keep_tokens, keep_walk,
+    kept_walk_shapes)."""
     walk = [(shape, q.dtype) for shape in shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RLA_CHUNK)]
-    return walk if keep_walk else walk[-1:]
+    return _kept(walk, keep, 1)
+
+
+def _kept(walk: list, keep: int, per_token: int) -> list:
+    """What ``keep`` keeps of a walk's (shape, dtype) list, whose last ``per_token`` entries are its per-token
+    tensors."""
+    return walk if keep == KEEP_WALK else walk[-per_token:] if keep == KEEP_TOKENS else []
 
 
 # Per variant: the saved tensors' (shape, dtype) (_rdn_saved, _rla_saved). The Triton forward returns them after
-# (o, S_T, R_T): the chunk matrices when called with save_wy=True (variants in _WITH_WY, always), then the walk as
-# one tuple when called with keep_walk=True, or the residuals as one tuple when called with keep_residuals=True
-# (variants in _KEEPS_RESIDUALS, unless keep_walk); the backward takes them as wy= and walk=.
+# (o, S_T, R_T): the chunk matrices when called with save_wy=True (variants in _WITH_WY, always), then what it kept of
+# its walk as one tuple (keep_tokens=True or keep_walk=True); the backward takes them as wy= and walk=.
 _SAVED = {"rdn": _rdn_saved, "rla": _rla_saved}
 _WITH_WY = {"rdn"}
 _KEEPS_WALK = {"rdn", "rla"}
-_KEEPS_RESIDUALS = {"rla"}
 
 
 def _padded(q: Tensor, saved) -> list[Tensor]:
@@ -131,22 +142,25 @@ def _padded(q: Tensor, saved) -> list[Tensor]:
 def chunk_fwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, gamma: Tensor,
               S0: Optional[Tensor], R0: Optional[Tensor], cu_seqlens: Optional[Tensor],
               scale: float, clip: Optional[float], residual: str,
-              keep_walk: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if keep_walk and variant not in _KEEPS_WALK:
-        raise ValueError(f"keep_walk (recompute_states=False) is not {variant}'s; it has no walk to keep")
+              keep: int = KEEP_NOTHING
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if keep not in (KEEP_NOTHING, KEEP_TOKENS, KEEP_WALK):
+        raise ValueError(f"keep must be {KEEP_NOTHING} (nothing), {KEEP_TOKENS} (the walk's per-token tensors) or "
+                         f"{KEEP_WALK} (the whole walk); got {keep!r}")
+    if keep and variant not in _KEEPS_WALK:
+        raise ValueError(f"keep={keep} is not {variant}'s; it has no walk to keep")
     fn = triton_function(variant, "chunk", f"chunk_{variant}_fwd")
     kw = {"save_wy": True} if variant in _WITH_WY else {}
-    keeps = keep_walk or variant in _KEEPS_RESIDUALS  # the forward returns a tuple of what it kept, last
-    if keeps:
-        kw["keep_walk" if keep_walk else "keep_residuals"] = True
+    if keep:
+        kw["keep_walk" if keep == KEEP_WALK else "keep_tokens"] = True
     o, S_T, R_T, *rest = fn(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, **kw)
-    saved = [*rest[:-1], *rest[-1]] if keeps else rest  # (wy,) and/or the kept tuple, flattened
+    saved = [*rest[:-1], *rest[-1]] if keep else rest  # (wy,) and/or what was kept of the walk, flattened
     return tuple(_unaliased((o, S_T, R_T, *_padded(q, saved)), (q, k, v, g, beta, gamma, S0, R0)))
 
 
 @chunk_fwd.register_fake
-def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, keep_walk=False):
-    specs = _SAVED[variant](q, v, cu_seqlens, keep_walk)
+def _chunk_fwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual, keep=KEEP_NOTHING):
+    specs = _SAVED[variant](q, v, cu_seqlens, keep)
     saved = [q.new_empty(shape, dtype=dtype) for shape, dtype in specs]
     return (_dense_like(v), *_empty_states(q, v, cu_seqlens), *_padded(q, saved))
 
@@ -163,8 +177,8 @@ def chunk_bwd(variant: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
     n_wy = int(variant in _WITH_WY)
     if n_wy and saved[0].numel():
         kw["wy"] = saved[0]
-    n_walk = len(_SAVED[variant](q, v, cu_seqlens, True)) - n_wy
-    # what the forward kept of its walk: all of it, RLA's residuals alone, or nothing (_padded's empty tensors)
+    n_walk = len(_SAVED[variant](q, v, cu_seqlens, KEEP_WALK)) - n_wy
+    # what the forward kept of its walk: all of it, its per-token tensors, or nothing (_padded's empty tensors)
     walk = tuple(t for t in saved[n_wy:n_wy + n_walk] if t.numel())
     if walk:
         kw["walk"] = walk
@@ -187,7 +201,7 @@ def _chunk_bwd_fake(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale,
 
 def _setup_context(ctx, inputs, output):
     """Saves the inputs and, from an op with saved outputs after (o, S_T, R_T) (chunk_fwd), those for the backward.
-    Arguments after ``residual`` (chunk_fwd's keep_walk) only shape the forward."""
+    Arguments after ``residual`` (chunk_fwd's keep) only shape the forward."""
     variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual = inputs[:13]
     saved = tuple(output[3:])
     ctx.mark_non_differentiable(*saved)

@@ -6,9 +6,10 @@ Run on the GPU machine from the repository root, in one call:
         [--set NAME=INT ...]
 
 By default three cases (fp32 K=128, bf16 K=64 tanh, bf16 K=128 varlen); ``--all`` adds four more. Each case runs
-twice: as the API runs by default (the backward reruns the forward walk) and, as ``keep`` rows, with the walk kept
-(``keep_walk``, the API's ``rdn(recompute_states=False)``: the backward takes the forward's h_s, h_r, U, W, X); the
-keep rows' forward o must pass as well, since its walk runs at the rerun's precision. ``--keep`` runs only the
+twice: as the API runs by default with autograd (the forward keeps its walk's U, W, X, ``keep_tokens``, and the
+backward rebuilds the chunk states from U and W) and, as ``keep`` rows, with the whole walk kept (``keep_walk``, the
+API's ``rdn(recompute_states=False)``: the backward takes the forward's h_s, h_r, U, W, X); both forwards walk at the
+rerun's precision, so o must pass either way. ``--keep`` runs only the
 keep rows, ``--no-keep`` none of them. Each
 case is a new kernel variant, and the backward kernel is large: compile time dominates, so the seconds
 column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes (slower still). ``--set
@@ -100,10 +101,11 @@ def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False):
     do = torch.randn_like(inputs[2])
     dS_T, dR_T = torch.randn_like(S0), torch.randn_like(R0)
     start = time.time()
-    # As the API (kernels/library.py) does: the backward takes the forward's chunk matrices (and with keep its walk)
-    o, S, R, wy, *walk = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True, keep_walk=keep)
-    grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T, wy=wy,
-                          walk=walk[0] if keep else None)
+    # As the API (kernels/library.py) does with autograd: the backward takes the forward's chunk matrices and its
+    # walk's per-token tensors (with keep its whole walk)
+    o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True, keep_walk=keep,
+                                      keep_tokens=True)
+    grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T, wy=wy, walk=walk)
     torch.cuda.synchronize()
     seconds = time.time() - start  # mostly compile on a new variant
 
@@ -175,9 +177,10 @@ def rough_timing():
     def fwd():
         return chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, save_wy=True)
 
-    def fwd_bwd():
-        wy = fwd()[3]
-        return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None, wy=wy)
+    def fwd_bwd():  # as the API with autograd: the per-token tensors kept
+        _, _, _, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, save_wy=True,
+                                            keep_tokens=True)
+        return chunk_rdn_bwd(*inputs, None, 1.0, "clip", None, None, None, do, None, None, wy=wy, walk=tokens)
 
     def fwd_keep():
         return chunk_rdn_fwd(*inputs, None, 1.0, "clip", None, None, None, save_wy=True, keep_walk=True)

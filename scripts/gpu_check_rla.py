@@ -11,7 +11,7 @@ any failure.
 
 Relative error is ||x - ref|| / ||ref||, the reference being the naive loop in float64 (on the GPU) on the
 same (rounded) inputs, with autograd for the gradients. Limits: 1e-3 for fp32, 1e-2 for bf16/fp16.
-Each case runs twice: as the API runs by default (the forward keeps its residuals r, ``keep_residuals``, and the
+Each case runs twice: as the API runs by default (the forward keeps its residuals r, ``keep_tokens``, and the
 backward reruns the two state walks over them) and, as ``keep`` rows, with the walk kept too (``keep_walk``, the
 API's ``rla(recompute_states=False)``: the backward takes the forward's h_S, h_R and r). The same kernels run
 either way, so a keep row compiles nothing new.
@@ -142,7 +142,7 @@ def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True,
     inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype, states)
     # as the API runs it (kernels/library.py): the backward takes the residuals, with keep (recompute_states=False)
     # the whole walk
-    o, S_T, R_T, walk = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu, keep_walk=keep, keep_residuals=True)
+    o, S_T, R_T, walk = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu, keep_walk=keep, keep_tokens=True)
     do, dS, dR = torch.randn_like(o), torch.randn_like(S_T), torch.randn_like(R_T)
     grads = chunk_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS, dR, walk=walk)
     if DEVICE == "cuda":

@@ -90,10 +90,12 @@ def main():
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
             do = torch.randn_like(x[2])
-            # the backward takes what the API's forward hands it by default (kernels/library.py): RDN's chunk
-            # matrices, RLA's residuals
-            save = {"save_wy": True} if op == "rdn" else {"keep_residuals": True}
-            saved = {"wy" if op == "rdn" else "walk": fwd(*x, None, 1.0, "clip", **save)[3]}
+            # the backward takes what the API's forward hands it by default with autograd (kernels/library.py):
+            # RDN's chunk matrices, and either op's per-token tensors of its walk (RLA's residuals, RDN's U, W, X)
+            save = {"save_wy": True} if op == "rdn" else {}
+            tokens = fwd(*x, None, 1.0, "clip", keep_tokens=True, **save)
+            saved = {"walk": tokens[-1], **({"wy": tokens[3]} if op == "rdn" else {})}
+            del tokens
             passes = []
             for values in itertools.product(*(vals for _, vals in knobs)):
                 chosen = dict(zip((attr for attr, _ in knobs), values))
@@ -111,8 +113,10 @@ def main():
                     return run
                 tag = (" (" + ", ".join(f"{attr} {value}" for attr, value in chosen.items()) + ")") if chosen else ""
                 for c in (map(int, args.fwd_chunks.split(",")) if args.fwd_chunks else [None]):
+                    # the forward as training runs it (the API with autograd: keep_tokens)
                     passes.append(((f"fwd (chunk {c})" if c else "fwd") + tag, setting(
-                        lambda c=c: fwd(*x, None, 1.0, "clip", **({"chunk_size": c} if c else {})))))
+                        lambda c=c: fwd(*x, None, 1.0, "clip", keep_tokens=True, **save,
+                                        **({"chunk_size": c} if c else {})))))
                 for c in map(int, args.bwd_chunks.split(",")):
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
                         lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c,

@@ -4,8 +4,8 @@ The two entry points the API layer wraps in an autograd function (states fp32 [N
 mean zeros, and then dS0/dR0 come back None):
 
     chunk_rdn_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, segments=None,
-                  save_wy=False, keep_walk=False)
-        -> (o, S_T, R_T), then wy with save_wy, then walk with keep_walk
+                  save_wy=False, keep_walk=False, keep_tokens=False)
+        -> (o, S_T, R_T), then wy with save_wy, then walk with keep_walk (or its tokens with keep_tokens)
     chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, *, wy=None,
                   walk=None)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
@@ -25,12 +25,16 @@ what links the chunks runs sequentially:
               (state adjoints; dR's, then dS's) -> chunk_bwd gradients (chunk-parallel: the chunk matrices' per
               chunk, then per K-block)
 
-By default the backward reruns the forward walk instead of keeping its states alive between forward and backward
-(the API saves the inputs and the chunk matrices: [T, BT] a head against [K, V] a chunk for the states). With
-``keep_walk`` the forward's walk also stores X, at the rerun's precision, and hands h_s, h_r, U, W, X to the
-backward: one walk fewer (the rerun: 1.83 of the backward's 7.28 ms at B=16 T=2k H=16 K=V=128 bf16, H200,
-2026-12-01) for 2 x n_chunks x H x K x V + 2 x B x T x H x V input-dtype elements plus B x T x H x V fp32 kept from
-forward to backward (1.61 GB a layer at that shape).
+The API's forward with autograd (``keep_tokens``) walks at the rerun's precision, stores X too, and hands the walk's
+per-token tensors U, W, X (not its chunk states: [B, T, H, V] each against [K, V] a chunk) with the chunk matrices to
+the backward, which rebuilds the chunk states from U and W with two linear walks (_rebuild_states, RLA's walk kernel:
+S1 = exp(GL) S0 + (K exp(GL - G))^T U) instead of rerunning the walk; a backward handed nothing reruns it. That
+forward's precise walk costs 1.84 ms against the default's 1.17, the rebuild 0.64 against the rerun's 1.85 (B=16 T=2k
+H=16 K=V=128 bf16, H200, 2026-12-02: fwd+bwd 8.18 -> 7.73 ms; BENCHMARKS.md). With
+``keep_walk`` the forward also hands h_s, h_r to the backward: no walk at all (the rerun: 1.83 of the backward's
+7.28 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for 2 x n_chunks x H x K x V + 2 x B x T x H x V
+input-dtype elements plus B x T x H x V fp32 kept from forward to backward (1.61 GB a layer at that shape; the
+per-token tensors alone 0.27 GB).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
 from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
                         _rdn_bwd_prep_p_kernel, _rdn_bwd_walk_r_kernel, _rdn_bwd_walk_s_kernel)
+from ..rla.chunk_fwd import _state_walk_kernel
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
@@ -123,6 +128,18 @@ PREP_BK = 128
 # gain at 64 wide (half the V-loop turns): chunk matrices 0.82 -> 0.74, gradient kernel 1.62 -> 1.41.
 WALK_BV = 0
 REVERSE_WALK_BV = 0
+# K-block width of the backward's two linear walks that rebuild the chunk states from kept U and W (keep_tokens,
+# _rebuild_states; RLA's walk kernel): 0 automatic, 64 or 128 (one program a V-block, k^T read once). Both walks at
+# H=16 K=V=128 bf16 (H200, Triton 3.6, profile_kernels.py --knob REBUILD_BK=64,128 [--knob REBUILD_STEPS=1,2],
+# 2026-12-02 04:37-04:55), at one chunk a turn / two: B=16 T=2k 0.737 ms at 64, 0.640 at 128; B=2 T=16k 1.575 / 1.441
+# at 64, 1.672 / 1.520 at 128; B=1 T=32k 2.95 / 2.41 at 64, 3.07 / 2.69 at 128. Automatic: 128 where its programs
+# fill the GPU twice, 64 where they would not (more programs for a latency-bound walk).
+REBUILD_BK = 0
+# Chunks the rebuild's walks step per loop turn (RLA's WALK_STEPS): 0 automatic, 1 or 2. Same profiles, one chunk a
+# turn / two: B=8 T=4k 0.625 / 0.616 ms, B=4 T=8k 0.945 / 0.883 (both 512 programs), B=2 T=16k and B=1 T=32k above.
+# Automatic: 2 where the programs are fewer than four an SM (4k up at these dims), 1 at B=16 T=2k (1024 programs;
+# RLA's walks there lost at 2, 0.49 -> 0.70 ms).
+REBUILD_STEPS = 0
 MATS_BV = 64
 GRAD_BV = 64
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -296,7 +313,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
 
 def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
                   cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, segments: int | None = None,
-                  save_wy: bool = False, keep_walk: bool = False):
+                  save_wy: bool = False, keep_walk: bool = False, keep_tokens: bool = False):
     """RDN forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
 
     ``segments``: cut each sequence into that many pieces walked in parallel (segmented.py; fixed-length
@@ -309,15 +326,20 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     path at the rerun's precision (tf32x3 for half inputs; U, W and the states round as the rerun's, within tf32
     of the default forward's). Never cut into segments: the segmented walk has no X; ``segments`` > 1 with it is
     an error, and None means 1 (a backward would rerun the uncut walk anyway).
+    ``keep_tokens`` (without keep_walk; the API's default with autograd): also return the walk's per-token tensors
+    ``(U, W, X)`` alone, made as keep_walk makes them, from which ``chunk_rdn_bwd(..., walk=)`` rebuilds the chunk
+    states with two linear walks (S1 = exp(GL) S0 + (K exp(GL - G))^T U, R likewise with W) instead of rerunning this
+    one. Uncut as keep_walk.
     """
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     if segments is not None and (segments < 1 or (cu_seqlens is not None and segments != 1)):
         raise ValueError(f"segments must be a positive int, and 1 with cu_seqlens (packed batches are not cut); "
                          f"got {segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
-    if keep_walk and segments not in (None, 1):
-        raise ValueError(f"keep_walk needs the uncut walk (the segmented one stores no X); got segments={segments}")
+    keep = "keep_walk" if keep_walk else "keep_tokens" if keep_tokens else ""
+    if keep and segments not in (None, 1):
+        raise ValueError(f"{keep} needs the uncut walk (the segmented one stores no X); got segments={segments}")
     if segments is None:
-        segments = 1 if L.varlen or keep_walk else auto_segments(L.B, L.T, L.H, L.K, L.V, sm_count(q.device))
+        segments = 1 if L.varlen or keep else auto_segments(L.B, L.T, L.H, L.K, L.V, sm_count(q.device))
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
@@ -330,7 +352,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         # (a split dot at 64-token chunks is unchecked on the GPU: the walk's failed there, _walk).
         h_s, h_r = h_s.to(q.dtype), h_r.to(q.dtype)
     else:
-        h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, keep_walk,
+        h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, bool(keep),
                                             kept=keep_walk)
     o = torch.empty_like(v)
     if L.n_chunks:
@@ -338,16 +360,49 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         _rdn_out_kernel[(L.chunk_grid[0], triton.cdiv(L.V, BVO), L.chunk_grid[1])](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
-    return (o, S_T, R_T) + ((wy,) if save_wy else ()) + (((h_s, h_r, u, w, x),) if keep_walk else ())
+    kept = ((h_s, h_r, u, w, x),) if keep_walk else ((u, w, x),) if keep_tokens else ()
+    return (o, S_T, R_T) + ((wy,) if save_wy else ()) + kept
 
 
 def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
-    """Whether ``walk`` is a kept forward walk of this call's shapes and chunking (its states in q's dtype)."""
-    if walk is None or len(walk) != 5:
+    """Whether ``walk`` is what a forward of this call's shapes kept: its walk (h_s, h_r, U, W, X; the states' rows
+    pin its chunking) or its per-token tensors (U, W, X; their chunking is the saved chunk matrices', with which
+    chunk_rdn_bwd takes them)."""
+    if walk is None or len(walk) not in (3, 5):
         return False
-    dtypes = shapes.rdn_kept_walk_dtypes(q.dtype)
-    expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)
+    dtypes = shapes.rdn_kept_walk_dtypes(q.dtype)[-len(walk):]
+    expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)[-len(walk):]
     return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
+
+
+def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[int, int]:
+    """The rebuild walks' K-block width and chunks a loop turn (REBUILD_BK, REBUILD_STEPS; 0 means this automatic
+    choice): ``programs`` (sequence x head) programs a K- and V-block, ``BV`` wide, on ``sms`` SMs."""
+    if type(REBUILD_STEPS) is not int or REBUILD_STEPS not in (0, 1, 2):
+        raise ValueError(f"launch knob REBUILD_STEPS must be 0 (automatic), 1 or 2 (chunks a rebuild walk's loop turn "
+                         f"steps); got {REBUILD_STEPS!r}")
+    per_k_block = triton.cdiv(V, BV) * programs
+    BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128 if per_k_block >= 2 * sms else 64, K)
+    return BK, REBUILD_STEPS or (2 if triton.cdiv(K, BK) * per_k_block < 4 * sms else 1)
+
+
+def _rebuild_states(L: _Layout, k, g, u, w, S0, R0):
+    """The chunk-start states h_s, h_r (L.chunk_states) from the forward's U and W (keep_tokens): two linear walks,
+    RLA's walk kernel with no rate (ones), S's update split as the forward walk's (dot_split), R's rounded."""
+    BV = L.width("WALK_BV", L.walk_BV)
+    BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sm_count(k.device))
+    ones = g.new_ones(g.shape)
+    states = []
+    for x, h0, split in ((u, S0, True), (w, R0, False)):
+        h = L.chunk_states(k)
+        _state_walk_kernel[(triton.cdiv(L.K, BK), triton.cdiv(L.V, BV), L.N * L.H)](
+            k, x, g, ones, h0, h, h, L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BK, BV=BV,
+            SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=triton_utils.HALF_DOTS_IN_FP32 or k.dtype == torch.float32,
+            HAS_H0=h0 is not None, HAS_LO=False, IS_VARLEN=L.varlen, WALK_STEPS=steps,
+        )
+        states.append(h)
+    return states
 
 
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
@@ -384,7 +439,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     ``S0``/``R0`` are None. ``wy``: the forward's saved chunk matrices (``chunk_rdn_fwd(save_wy=True)``), used
     when they have this call's chunking (else, or when None or empty, recomputed). ``walk``: the forward walk's ``(h_s,
     h_r, U, W, X)`` (``chunk_rdn_fwd(keep_walk=True)``), used with ``wy`` (whose chunking it shares) when both fit this
-    call, instead of rerunning the walk.
+    call, instead of rerunning the walk; or its ``(U, W, X)`` (``keep_tokens=True``), from which, with ``wy``, two
+    linear walks rebuild the chunk states (_rebuild_states) instead.
     """
     _check_chunk_size(chunk_size)
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
@@ -401,8 +457,12 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
-    if saved_wy and _fits(walk, L, q, cu_seqlens):
-        h_s, h_r, u, w, x = (t.contiguous() for t in walk)
+    kept = [t.contiguous() for t in walk] if saved_wy and _fits(walk, L, q, cu_seqlens) else []
+    if len(kept) == 5:
+        h_s, h_r, u, w, x = kept
+    elif kept:
+        u, w, x = kept
+        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0)
     else:
         h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
     operators = _walk_operators(L, q, k, g, t_beta, t_gamma, m_k)  # after the rerun: not live through it

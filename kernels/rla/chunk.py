@@ -4,8 +4,8 @@ The two entry points the API layer wraps in an autograd function (states fp32 [N
 mean zeros and then dS0/dR0 come back None):
 
     chunk_rla_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, *, keep_walk=False,
-                  keep_residuals=False)
-        -> (o, S_T, R_T), then walk with keep_walk, (r,) with keep_residuals
+                  keep_tokens=False)
+        -> (o, S_T, R_T), then walk with keep_walk, (r,) with keep_tokens
     chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, *, walk=None)
         -> (dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)
 
@@ -15,7 +15,7 @@ output pass reads both. The backward reruns those passes instead of keeping thei
 and backward, then runs chunk_bwd.py the same way: a lean reverse walk for dh_R, du chunk-parallel from it, a lean
 reverse walk for dh_S, dv chunk-parallel from that, and a chunk-parallel pass for dq, dk, dg.
 
-What the forward hands the backward (the API layer, library.py): by default the residuals r (``keep_residuals``, one
+What the forward hands the backward (the API layer, library.py): by default the residuals r (``keep_tokens``, one
 [B, T, H, V] tensor in the input dtype, as large as v), so that the rerun is the two walks alone, not the residual
 kernel (0.33-0.35 ms at every T of the benchmark, H200, 2026-12-02) nor h_S's lo buffer. ``keep_walk`` (opt-in,
 memory for time; the API's ``rla(recompute_states=False)``): also h_S (hi only: its lo part is read by the residual
@@ -283,11 +283,11 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
 
 def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
                   cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, keep_walk: bool = False,
-                  keep_residuals: bool = False):
+                  keep_tokens: bool = False):
     """RLA forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
 
     ``keep_walk``: also return ``(h_s, h_r, r)`` (``kept_walk_shapes``) for ``chunk_rla_bwd(..., walk=)``, which then
-    skips its rerun of the state walks and the residuals. ``keep_residuals`` (without keep_walk): also return ``(r,)``,
+    skips its rerun of the state walks and the residuals. ``keep_tokens`` (without keep_walk): also return ``(r,)``,
     the residuals alone (v's shape and dtype), with which the backward reruns the two walks but not the residual
     kernel. The same passes run either way; only their buffers are returned (h_S without its lo part, which only the
     residual kernel reads).
@@ -306,7 +306,7 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
     )
-    return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ((res,),) if keep_residuals else ())
+    return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ((res,),) if keep_tokens else ())
 
 
 def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
@@ -327,7 +327,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
 
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when ``S0``/``R0``
     are None. ``walk``: the forward's ``(h_s, h_r, r)`` (``chunk_rla_fwd(keep_walk=True)``), used instead of
-    rerunning the walks and the residuals when it fits this call, or its ``(r,)`` (``keep_residuals=True``), used
+    rerunning the walks and the residuals when it fits this call, or its ``(r,)`` (``keep_tokens=True``), used
     instead of rerunning the residuals (else, or when None, rerun all three passes).
     """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:

@@ -153,29 +153,28 @@ def _torch_stand_ins(variant):
     chunk = {"rla": chunk_rla_torch, "rdn": chunk_rdn_torch}[variant]
 
     def fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, save_wy=False, keep_walk=False,
-            keep_residuals=False):
+            keep_tokens=False):
         o, (S, R) = chunk(q, k, v, g, beta, gamma, scale, clip, residual, (S0, R0), True, cu_seqlens)
-        # RDN's forward also hands its chunk matrices, RLA's its residuals, and with keep_walk either forward its
-        # walk, to its backward (library._SAVED): stand-ins of those shapes
-        assert save_wy == (variant in library._WITH_WY)
-        assert keep_residuals == (variant in library._KEEPS_RESIDUALS and not keep_walk)
-        saved = [q.new_ones(shape, dtype=dtype) for shape, dtype in library._SAVED[variant](q, v, cu_seqlens,
-                                                                                          keep_walk)]
+        # RDN's forward also hands its chunk matrices, and with keep_tokens either forward its walk's per-token
+        # tensors, with keep_walk its whole walk, to its backward (library._SAVED): stand-ins of those shapes
+        assert save_wy == (variant in library._WITH_WY) and not (keep_walk and keep_tokens)
+        keep = library.KEEP_WALK if keep_walk else library.KEEP_TOKENS if keep_tokens else library.KEEP_NOTHING
+        saved = [q.new_ones(shape, dtype=dtype) for shape, dtype in library._SAVED[variant](q, v, cu_seqlens, keep)]
         n_wy = int(save_wy)
-        return (o, S, R) + tuple(saved[:n_wy]) + ((tuple(saved[n_wy:]),) if keep_walk or keep_residuals else ())
+        return (o, S, R) + tuple(saved[:n_wy]) + ((tuple(saved[n_wy:]),) if keep_walk or keep_tokens else ())
 
     def bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T, wy=None, walk=None):
         n_wy = int(variant in library._WITH_WY)
         assert (wy is not None) == bool(n_wy)
-        specs = library._SAVED[variant](q, v, cu_seqlens, True)[n_wy:]
-        kept.append(None if walk is None else "walk" if len(walk) == len(specs) else "residuals")
+        specs = library._SAVED[variant](q, v, cu_seqlens, library.KEEP_WALK)[n_wy:]
+        kept.append(None if walk is None else "walk" if len(walk) == len(specs) else "tokens")
         if walk is not None:
             assert [(tuple(t.shape), t.dtype) for t in walk] == specs[-len(walk):]
         grads = library.torch_chunk_bwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip,
                                         residual, do, dS_T, dR_T)
         return (*grads[:6], None if S0 is None else grads[6], None if R0 is None else grads[7])
 
-    kept = []  # per backward call: what it was handed of the forward's walk ("walk", "residuals" or None)
+    kept = []  # per backward call: what it was handed of the forward's walk ("walk", "tokens" or None)
     return {f"chunk_{variant}_fwd": fwd, f"chunk_{variant}_bwd": bwd, "kept": kept}
 
 
@@ -200,7 +199,7 @@ def test_triton_chunk_op_autograd_wiring(variant, compiled, monkeypatch):
     got = torch.autograd.grad(fn(*leaves, backend="triton")[0], leaves)
     ref = torch.autograd.grad(loss(*leaves, backend="naive")[0], leaves)
     assert f"chunk_{variant}_fwd" in asked and f"chunk_{variant}_bwd" in asked
-    assert stand_ins["kept"] == ["walk" if keep else "residuals" if variant == "rla" else None]
+    assert stand_ins["kept"] == ["walk" if keep else "tokens"]
     for x, r in zip(got, ref):
         assert rel(x, r) < 1e-4
 
@@ -212,7 +211,7 @@ def test_triton_chunk_ops_pass_opcheck(variant, monkeypatch):
     xs = [x.requires_grad_() for x in xs]
     packed = [x[:1] for x in xs]
     cu = torch.tensor([0, 4, 9])
-    for keep in (False, True):
+    for keep in (library.KEEP_NOTHING, library.KEEP_TOKENS, library.KEEP_WALK):
         for args in ((variant, *xs, *init, None, 0.25, 1.0, "clip", keep),
                      (variant, *xs, None, None, None, 0.25, 1.0, "clip", keep),
                      (variant, *packed, init[0][:2], None, cu, 0.25, 1.0, "clip", keep)):
@@ -221,8 +220,10 @@ def test_triton_chunk_ops_pass_opcheck(variant, monkeypatch):
 
 @pytest.mark.parametrize("variant", OPS)
 def test_recompute_states_is_an_api_argument_that_only_the_triton_training_path_reads(variant, monkeypatch):
-    """Both ops take recompute_states (default True); it reaches the chunk op as keep_walk only with autograd, and
-    the torch and naive backends ignore it (same numbers); a variant outside _KEEPS_WALK is refused at the op."""
+    """Both ops take recompute_states (default True); with autograd the chunk op keeps the walk's per-token tensors
+    (keep_tokens), or the whole walk (keep_walk) with recompute_states=False, and nothing without; the torch and
+    naive backends ignore it (same numbers); a variant outside _KEEPS_WALK is refused at the op, and so is a keep
+    outside 0, 1, 2."""
     import inspect
 
     assert inspect.signature(OPS[variant]).parameters["recompute_states"].default is True
@@ -236,7 +237,7 @@ def test_recompute_states_is_an_api_argument_that_only_the_triton_training_path_
         fn = triton_function(v, module, name)
 
         def call(*args, **kw):
-            asked.append(kw.get("keep_walk", False))
+            asked.append("walk" if kw.get("keep_walk") else "tokens" if kw.get("keep_tokens") else None)
             return fn(*args, **kw)
 
         return call
@@ -245,27 +246,33 @@ def test_recompute_states_is_an_api_argument_that_only_the_triton_training_path_
     OPS[variant](*xs, backend="triton", recompute_states=False)  # no autograd: nothing to keep
     OPS[variant](*[x.requires_grad_() for x in xs], backend="triton")
     OPS[variant](*xs, backend="triton", recompute_states=False)
-    assert asked == [False, False, True]
+    assert asked == [None, "tokens", "walk"]
+    with pytest.raises(ValueError, match="keep must be 0 .nothing., 1 .* or 2 .the whole walk.; got 3"):
+        library.ops.chunk_fwd(variant, *xs, None, None, None, 0.25, 1.0, "clip", 3)
     monkeypatch.setattr(library, "_KEEPS_WALK", library._KEEPS_WALK - {variant})
     with pytest.raises(ValueError, match=f"not {variant}'s"):
-        library.ops.chunk_fwd(variant, *xs, None, None, None, 0.25, 1.0, "clip", True)
+        library.ops.chunk_fwd(variant, *xs, None, None, None, 0.25, 1.0, "clip", library.KEEP_WALK)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "varlen"])
 def test_rdn_saved_shapes_match_the_kernels(packed):
     """library._SAVED's RDN shapes (the fake's, written without importing triton) are what chunk_rdn_fwd saves:
-    the chunk matrices, and with keep_walk the walk's chunk states (a bound on packed chunks), U, W and X."""
+    the chunk matrices, with keep_tokens the walk's U, W and X, with keep_walk its chunk states (a bound on packed
+    chunks) too."""
     from rla_kernels.rdn import chunk
 
     B, cu = (1, torch.tensor([0, 3, 40, 41, 77], dtype=torch.int32)) if packed else (2, None)
     xs, init = inputs(B=B, T=77 if packed else 37, H=2, V=8, dtype=torch.bfloat16, N=4 if packed else B)
     out = chunk.chunk_rdn_fwd(*xs, None, 1.0, "clip", init[0], None, cu, save_wy=True, keep_walk=True)
-    specs = library._SAVED["rdn"](xs[0], xs[2], cu, True)
+    specs = library._SAVED["rdn"](xs[0], xs[2], cu, library.KEEP_WALK)
     saved = [out[3], *out[4]]
     assert [(tuple(t.shape), t.dtype) for t in saved] == specs
     assert specs[0][0] == chunk.wy_shape(xs[0]) and library._RDN_CHUNK == chunk.CHUNK_SIZE
     assert [s for s, _ in specs[1:]] == list(chunk.kept_walk_shapes(xs[0], 8, cu))
-    assert library._SAVED["rdn"](xs[0], xs[2], cu, False) == specs[:1]
+    tokens = chunk.chunk_rdn_fwd(*xs, None, 1.0, "clip", init[0], None, cu, save_wy=True, keep_tokens=True)
+    assert [(tuple(t.shape), t.dtype) for t in [tokens[3], *tokens[4]]] == specs[:1] + specs[3:]
+    assert library._SAVED["rdn"](xs[0], xs[2], cu, library.KEEP_TOKENS) == specs[:1] + specs[3:]
+    assert library._SAVED["rdn"](xs[0], xs[2], cu, library.KEEP_NOTHING) == specs[:1]
     assert len(specs) == library.N_SAVED  # the op's fixed count of saved outputs is RDN's kept walk's
 
 
@@ -273,23 +280,24 @@ def test_rdn_saved_shapes_match_the_kernels(packed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rla_saved_shapes_match_the_kernels(packed, dtype):
     """library._SAVED's RLA shapes (the fake's, written without importing triton) are what chunk_rla_fwd keeps:
-    the residuals r by default (keep_residuals); with keep_walk the chunk states h_S, h_R (a bound on packed chunks)
-    and the residuals, all in q's dtype."""
+    the residuals r with keep_tokens (the default with autograd); with keep_walk the chunk states h_S, h_R (a bound
+    on packed chunks) and the residuals, all in q's dtype."""
     from rla_kernels.rla import chunk
 
     B, cu = (1, torch.tensor([0, 3, 40, 41, 150], dtype=torch.int32)) if packed else (2, None)
     xs, init = inputs(B=B, T=150 if packed else 70, H=2, V=8, dtype=dtype, N=4 if packed else B)
     out = chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu, keep_walk=True)
-    specs = library._SAVED["rla"](xs[0], xs[2], cu, True)
+    specs = library._SAVED["rla"](xs[0], xs[2], cu, library.KEEP_WALK)
     assert [(tuple(t.shape), t.dtype) for t in out[3]] == specs and len(out) == 4
     assert library._RLA_CHUNK == chunk.CHUNK_SIZE
     assert [s for s, _ in specs] == list(chunk.kept_walk_shapes(xs[0], 8, cu))
     assert all(d == dtype for _, d in specs)
     if packed:  # 1 + 1 + 1 + 2 chunks, and rows for the bound ceil(150 / 64) + 3 = 6
         assert specs[0][0][0] == 6
-    residuals = chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu, keep_residuals=True)
+    residuals = chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu, keep_tokens=True)
     assert len(residuals) == 4 and len(residuals[3]) == 1 and torch.equal(residuals[3][0], out[3][2])
-    assert library._SAVED["rla"](xs[0], xs[2], cu, False) == specs[2:] == [(tuple(xs[2].shape), dtype)]
+    assert library._SAVED["rla"](xs[0], xs[2], cu, library.KEEP_TOKENS) == specs[2:] == [(tuple(xs[2].shape), dtype)]
+    assert library._SAVED["rla"](xs[0], xs[2], cu, library.KEEP_NOTHING) == []
     assert len(chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu)) == 3
 
 

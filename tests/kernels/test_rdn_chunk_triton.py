@@ -523,6 +523,92 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     assert reused == pytest.approx(recomputed, rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.parametrize("case", ["tail", "varlen", "no_states_bf16", "fp16", "clip_saturating"])
+def test_backward_rebuilds_the_states_from_the_kept_tokens(case, monkeypatch):
+    """chunk_rdn_fwd(keep_tokens=True) hands U, W, X alone (the API's default with autograd: keep_walk's, without
+    the chunk states) to chunk_rdn_bwd(walk=), which then reruns no forward walk but rebuilds h_s, h_r with two
+    linear walks (RLA's kernel): gradients as the rerun's (fp32: to rounding; half inputs: U, W are kept rounded,
+    so the rebuilt states round differently) and the float64 oracle's."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu, tol = None, 1e-4
+    if case == "tail":
+        inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
+    elif case == "varlen":
+        cu = torch.tensor([0, 5, 6, 40, 77], dtype=torch.int32)
+        inputs, S0, R0 = make_inputs(B=1, T=77, H=2, K=16, V=16, N=4)
+    elif case == "no_states_bf16":
+        inputs, _, _ = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
+        S0 = R0 = None
+        tol = 1e-2
+    elif case == "fp16":
+        inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.float16)
+        tol = 1e-2
+    else:
+        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16, value_scale=30.0)
+        assert clipped_share(inputs, S0, 1.0, "clip") > 0.8
+    *outputs, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
+    *kept_outputs, _, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
+    assert len(tokens) == 3 and all(torch.equal(x, ref) for x, ref in zip(tokens, walk[2:]))
+    assert all(torch.equal(x, ref) for x, ref in zip(outputs, kept_outputs))
+
+    do = torch.randn_like(inputs[2])
+    final = [None if S0 is None else torch.randn_like(S0), None if R0 is None else torch.randn_like(R0)]
+    rerun = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy)
+    monkeypatch.setattr(chunk, "_rdn_walk_kernel", _NoWalk())
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel",), lambda name, kw: kw["SPLIT"])
+    rebuilt = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
+    assert log == [True, False]  # S's walk (split), then R's
+    half = inputs[0].dtype != torch.float32
+    for x, ref in zip(rebuilt, rerun):
+        if ref is None:
+            assert x is None
+        else:
+            assert rel_err(x, ref) < (1e-2 if half else 1e-5)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, final_grads=S0 is not None, wy=wy, walk=tokens)
+
+
+def test_rebuild_walks_two_chunks_a_turn_as_one(monkeypatch):
+    """REBUILD_STEPS=2 (the rebuild's walks two chunks a loop turn) gives one chunk a turn's gradients bit for bit,
+    with odd chunk counts (the last turn's second step past a sequence's end) and packed sequences."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu = torch.tensor([0, 5, 75, 112, 141], dtype=torch.int32)  # 1, 3, 2 and 1 chunks of 32 tokens
+    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=4)
+    *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
+    do = torch.randn_like(inputs[2])
+    final = [torch.randn_like(S0), torch.randn_like(R0)]
+    grads = {}
+    for steps in (1, 2):
+        monkeypatch.setattr(chunk, "REBUILD_STEPS", steps)
+        log = record_launches(monkeypatch, chunk, ("_state_walk_kernel",), lambda name, kw: kw["WALK_STEPS"])
+        grads[steps] = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
+        assert log == [steps, steps]
+    assert all(torch.equal(a, b) for a, b in zip(grads[1], grads[2]))
+
+
+def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
+    """128-wide K-blocks where the rebuild's programs fill the H200's 132 SMs twice, else 64; two chunks a turn where
+    all its programs are fewer than four an SM. The knobs override; a bad one is a ValueError naming it."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    # (K, V, the walks' V-block, sequences x heads) at H=16 K=V=128: B=16 T=2k, 8 T=4k, 4 T=8k, 2 T=16k, 1 T=32k
+    assert chunk.rebuild_blocks(128, 128, 32, 16 * 16, 132) == (128, 1)
+    assert chunk.rebuild_blocks(128, 128, 32, 8 * 16, 132) == (128, 2)
+    assert chunk.rebuild_blocks(128, 128, 32, 4 * 16, 132) == (64, 2)
+    assert chunk.rebuild_blocks(128, 128, 16, 2 * 16, 132) == (64, 2)
+    assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (64, 2)
+    assert chunk.rebuild_blocks(64, 64, 16, 1 * 16, 132) == (64, 2)  # a 64-wide head: one K-block either way
+    monkeypatch.setattr(chunk, "REBUILD_BK", 128)
+    assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (128, 2)
+    monkeypatch.setattr(chunk, "REBUILD_STEPS", 1)
+    assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (128, 1)
+    monkeypatch.setattr(chunk, "REBUILD_STEPS", 3)
+    with pytest.raises(ValueError, match="REBUILD_STEPS must be 0"):
+        chunk.rebuild_blocks(128, 128, 16, 16, 132)
+    monkeypatch.setattr(chunk, "REBUILD_STEPS", 0)
+    monkeypatch.setattr(chunk, "REBUILD_BK", 48)
+    with pytest.raises(ValueError, match="REBUILD_BK must be 0"):
+        chunk.rebuild_blocks(128, 128, 16, 16, 132)
+
+
 def test_kept_walk_is_ignored_where_it_does_not_fit_and_refuses_segments():
     """A walk kept at 16-token chunks (or without the chunk matrices it was walked with) is rerun, not misread;
     the segmented forward stores no X, so keep_walk refuses segments > 1."""
@@ -534,6 +620,10 @@ def test_kept_walk_is_ignored_where_it_does_not_fit_and_refuses_segments():
     check_backward(inputs, S0, R0, None, 1.0, "clip", walk=walk)  # no wy: recomputes both
     with pytest.raises(ValueError, match="keep_walk needs the uncut walk"):
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=2, keep_walk=True)
+    with pytest.raises(ValueError, match="keep_tokens needs the uncut walk"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=2, keep_tokens=True)
+    *_, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, keep_tokens=True)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", walk=tokens)  # no wy: recomputes both, reruns the walk
 
 
 def chunk_spans(B, T, BT, cu_seqlens=None):

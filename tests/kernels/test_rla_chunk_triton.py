@@ -279,14 +279,14 @@ def test_backward_takes_the_kept_walk(case, monkeypatch):
 
 @pytest.mark.parametrize("case", KEEP_CASES)
 def test_backward_takes_the_kept_residuals(case, monkeypatch):
-    """chunk_rla_fwd(keep_residuals=True) hands r alone (the API's default) to chunk_rla_bwd(walk=(r,)), which then
+    """chunk_rla_fwd(keep_tokens=True) hands r alone (the API's default) to chunk_rla_bwd(walk=(r,)), which then
     reruns the two state walks, S's without its lo buffer, and not the residual kernel: the gradients are the full
     rerun's, bit for bit (the same walks over the same r). A residual tensor in another dtype is not misread: all
     three passes rerun."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0, cu, clip, residual, chunk_size, _ = _keep_case(case)
     kw = dict(chunk_size=chunk_size)
-    *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_residuals=True, **kw)
+    *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
     *_, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
     assert len(kept) == 1 and torch.equal(kept[0], walk[2])
     for x, ref in zip(outputs, chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
