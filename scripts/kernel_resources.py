@@ -93,14 +93,15 @@ def run_ops(ops, shape, dtype, sms):
             if name.startswith("rla_kernels.") and hasattr(module, "sm_count"):
                 module.sm_count = lambda device: sms
         fwd, bwd = getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
-        # As the API runs it: RDN's backward takes the forward's chunk matrices (kernels/library.py); then as
-        # recompute_states=False runs it: the forward hands its walk to the backward (last of its outputs). Launches
-        # already seen compile once: for RDN the rows of this pass are the forward walk with both stores (U, W and
-        # X); RLA's keep runs the default forward's launches and adds none.
+        # As the API runs it: the forward with autograd keeps its per-token tensors (RDN: U, W, X, with its chunk
+        # matrices; kernels/library.py), so RDN's backward rebuilds its chunk states instead of rerunning its walk;
+        # then with nothing kept (the rerun) and as recompute_states=False runs it (the whole walk kept). Launches
+        # already seen compile once: for RDN the first pass's rows are the forward walk with X stored and the
+        # rebuild, the second's the default forward walk and the rerun; RLA's rows are all the first pass's.
         saving = op == "rdn"
-        for keep in (False, True):
-            out = fwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None, keep_walk=keep,
-                      **({"save_wy": True} if saving else {}))
+        for keep in ("keep_tokens", "", "keep_walk"):
+            out = fwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None,
+                      **({keep: True} if keep else {}), **({"save_wy": True} if saving else {}))
             bwd(q, k, v, g, beta, gamma, None, 1.0, "clip", None, None, None, do, None, None,
                 walk=out[-1] if keep else None, **({"wy": out[3]} if saving else {}))
 
