@@ -472,19 +472,18 @@ class _NoWalk:
         raise AssertionError("the backward reran the forward walk it was handed")
 
 
-@pytest.mark.parametrize("case", ["tail", "varlen", "no_states_bf16", "fp16", "clip_saturating"])
-def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
-    """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, U, W, X to chunk_rdn_bwd(walk=), which then launches no walk of
-    the forward: the forward's outputs and the gradients equal the default path's, and the oracle's. At the real
-    32-token chunks: T not a multiple of 32; packed sequences (whose kept buffers take the shape-only row bound);
-    no initial states in bf16; fp16 (its U, W kept in fp16); values large enough that the clip saturates most
-    elements."""
-    chunk = sys.modules[chunk_rdn_fwd.__module__]
+KEPT_CASES = ["tail", "varlen", "no_states_bf16", "fp16", "clip_saturating"]
+
+
+def kept_case(case: str):
+    """(inputs, S0, R0, cu_seqlens, tolerance) of a kept-walk test case at the real 32-token chunks: T not a multiple
+    of 32; packed sequences (6 chunks, the kept buffers' shape-only row bound ceil(77 / 32) + 3 = 6); no initial states
+    in bf16; fp16 (its U, W kept in fp16); values large enough that the clip saturates most elements."""
     cu, tol = None, 1e-4
     if case == "tail":
         inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
     elif case == "varlen":
-        cu = torch.tensor([0, 5, 6, 40, 77], dtype=torch.int32)  # 6 chunks, the bound ceil(77 / 32) + 3 = 6
+        cu = torch.tensor([0, 5, 6, 40, 77], dtype=torch.int32)
         inputs, S0, R0 = make_inputs(B=1, T=77, H=2, K=16, V=16, N=4)
     elif case == "no_states_bf16":
         inputs, _, _ = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
@@ -496,6 +495,16 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     else:
         inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16, value_scale=30.0)
         assert clipped_share(inputs, S0, 1.0, "clip") > 0.8
+    return inputs, S0, R0, cu, tol
+
+
+@pytest.mark.parametrize("case", KEPT_CASES)
+def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
+    """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, U, W, X to chunk_rdn_bwd(walk=), which then launches no walk of
+    the forward: the forward's outputs and the gradients equal the default path's, and the oracle's (kept_case's
+    cases)."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    inputs, S0, R0, cu, tol = kept_case(case)
     o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
     assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], inputs[2].shape[-1], cu))
     # h_s, h_r, U, W in the input dtype, X (the clip's mask) fp32
@@ -523,29 +532,14 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     assert reused == pytest.approx(recomputed, rel=1e-4, abs=1e-7)
 
 
-@pytest.mark.parametrize("case", ["tail", "varlen", "no_states_bf16", "fp16", "clip_saturating"])
+@pytest.mark.parametrize("case", KEPT_CASES)
 def test_backward_rebuilds_the_states_from_the_kept_tokens(case, monkeypatch):
     """chunk_rdn_fwd(keep_tokens=True) hands U, W, X alone (the API's default with autograd: keep_walk's, without
     the chunk states) to chunk_rdn_bwd(walk=), which then reruns no forward walk but rebuilds h_s, h_r with two
     linear walks (RLA's kernel): gradients as the rerun's (fp32: to rounding; half inputs: U, W are kept rounded,
     so the rebuilt states round differently) and the float64 oracle's."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
-    cu, tol = None, 1e-4
-    if case == "tail":
-        inputs, S0, R0 = make_inputs(B=2, T=45, H=2, K=16, V=24)
-    elif case == "varlen":
-        cu = torch.tensor([0, 5, 6, 40, 77], dtype=torch.int32)
-        inputs, S0, R0 = make_inputs(B=1, T=77, H=2, K=16, V=16, N=4)
-    elif case == "no_states_bf16":
-        inputs, _, _ = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
-        S0 = R0 = None
-        tol = 1e-2
-    elif case == "fp16":
-        inputs, S0, R0 = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.float16)
-        tol = 1e-2
-    else:
-        inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16, value_scale=30.0)
-        assert clipped_share(inputs, S0, 1.0, "clip") > 0.8
+    inputs, S0, R0, cu, tol = kept_case(case)
     *outputs, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
     *kept_outputs, _, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
     assert len(tokens) == 3 and all(torch.equal(x, ref) for x, ref in zip(tokens, walk[2:]))
