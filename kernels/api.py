@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .library import KEEP_TOKENS, KEEP_WALK, ops
+from .library import KEEP_NOTHING, KEEP_TOKENS, KEEP_WALK, ops
 from .backend import choose_backend, is_decode, needs_grad
 from .rdn.naive import naive_recurrent_rdn
 from .rdn.torch_chunk import chunk_rdn_torch
@@ -121,6 +121,6 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
     else:
         # [:3]: chunk_fwd's further outputs are for its own backward (library.py); keeping any of the walk pays
         # only when a backward will take it
-        keep = (KEEP_WALK if keep_walk else KEEP_TOKENS) if needs_grad(tensors) else 0
+        keep = (KEEP_WALK if keep_walk else KEEP_TOKENS) if needs_grad(tensors) else KEEP_NOTHING
         o, S_T, R_T = ops.chunk_fwd(*args, keep)[:3]
     return o, ((S_T, R_T) if output_final_state else None)

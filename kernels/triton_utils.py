@@ -78,6 +78,16 @@ def knob_width(name: str, value: int, auto: int, dim: int) -> int:
 GRID_AXIS_LIMIT = 65535
 
 
+
+def knob_steps(name: str, value: int) -> int:
+    """A walk's chunks a loop turn as a launch knob asks for them (``name`` = ``value``, a module int of an op's chunk
+    module): 0 (the launcher's automatic choice), 1 or 2, returned as given; anything else a ValueError naming the
+    knob."""
+    if type(value) is not int or value not in (0, 1, 2):
+        raise ValueError(f"launch knob {name} must be 0 (automatic), 1 or 2 (chunks a walk's loop turn steps); "
+                         f"got {value!r}")
+    return value
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device, 0 elsewhere: launchers size their grids by it."""
     if device.type != "cuda":

@@ -378,12 +378,10 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
 def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[int, int]:
     """The rebuild walks' K-block width and chunks a loop turn (REBUILD_BK, REBUILD_STEPS; 0 means this automatic
     choice): ``programs`` (sequence x head) programs a K- and V-block, ``BV`` wide, on ``sms`` SMs."""
-    if type(REBUILD_STEPS) is not int or REBUILD_STEPS not in (0, 1, 2):
-        raise ValueError(f"launch knob REBUILD_STEPS must be 0 (automatic), 1 or 2 (chunks a rebuild walk's loop turn "
-                         f"steps); got {REBUILD_STEPS!r}")
+    steps = triton_utils.knob_steps("REBUILD_STEPS", REBUILD_STEPS)
     per_k_block = triton.cdiv(V, BV) * programs
     BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128 if per_k_block >= 2 * sms else 64, K)
-    return BK, REBUILD_STEPS or (2 if triton.cdiv(K, BK) * per_k_block < 4 * sms else 1)
+    return BK, steps or (2 if triton.cdiv(K, BK) * per_k_block < 4 * sms else 1)
 
 
 def _rebuild_states(L: _Layout, k, g, u, w, S0, R0):

@@ -32,8 +32,8 @@ import torch
 import triton
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, knob_width, prepare_chunk_indices,
-                           prepare_chunk_offsets, sm_count)
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, knob_steps, knob_width,
+                           prepare_chunk_indices, prepare_chunk_offsets, sm_count)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -106,11 +106,9 @@ class _Layout:
         # V-block) programs still fill the GPU (B=1 T=32k: 64 1.72 ms, 128 1.99).
         self.BK_dwalk, self.BV_dwalk, dwalk_idle, self.dwalk_grid = self._walk_blocks(
             "REVERSE_WALK_BK", "REVERSE_WALK_BV", wide_bk, q.device)
-        if type(WALK_STEPS) is not int or WALK_STEPS not in (0, 1, 2):
-            raise ValueError(f"launch knob WALK_STEPS must be 0 (automatic), 1 or 2 (chunks a walk's loop turn "
-                             f"steps); got {WALK_STEPS!r}")
+        steps = knob_steps("WALK_STEPS", WALK_STEPS)
         few = math.prod(self.walk_grid) < 2 * sm_count(q.device)
-        self.walk_steps, self.dwalk_steps = WALK_STEPS or (2 if few else 1), WALK_STEPS or (2 if dwalk_idle else 1)
+        self.walk_steps, self.dwalk_steps = steps or (2 if few else 1), steps or (2 if dwalk_idle else 1)
         V2 = max(16, triton.next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
         # (0.46 -> 0.52)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ..errors import describe
 
 # rla_keep, rdn_keep: RLA, RDN with recompute_states=False (the backward takes the forward's whole walk, chunk
-# states included, instead of rebuilding them from its per-token tensors; more memory). The torch backend of the CPU smoke run ignores that option, so there they time as
-# rla, rdn.
+# states included, instead of rebuilding them from its per-token tensors; more memory). The torch backend of the CPU
+# smoke run ignores that option, so there they time as rla, rdn.
 SEQUENCE_OPS = ("rla", "rdn", "rla_keep", "rdn_keep", "fla_gdn", "fla_simple_gla", "sdpa_flash")
 DECODE_OPS = ("rla", "rdn", "fla_gdn", "sdpa_flash")
 MODES = ("fwd", "fwd+bwd")
