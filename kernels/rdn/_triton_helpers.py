@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, HALF_DOTS_IN_FP32
+from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, HALF_DOTS_IN_FP32, _split_half
 
 _CAST_RAW = tl.constexpr(HALF_DOTS_IN_FP32)  # load_tile_raw's tiles are dot operands
 
@@ -151,3 +151,25 @@ def chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, BT:
     in_seq = rows < T_seq
     row_off = (bos + rows) * H + i_h
     return bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off
+
+
+@triton.jit
+def dot_at(a, b, PREC: tl.constexpr, HALF: tl.constexpr):
+    """``a @ b`` of two fp32 tiles at PREC: a tl.dot input precision, or "half3": each operand split into two HALF
+    tiles (hi + lo, ~2^-16 of it for bf16) and three half dots, the small products first (lo.hi, hi.lo, then hi.hi
+    onto them; lo.lo, ~2^-32, left out). About 2^-16 relative, as the walks' split state dots (dot_split), for three
+    half dots where tf32x3 issues three tf32 ones (on sm_90's mma.sync a tf32 dot takes twice a half dot's
+    instructions). Each product of two half values is exact in fp32, so under the interpreter (whose half dots are
+    wrong) the split tiles are dotted as fp32 with the same result."""
+    if PREC == "half3":
+        a_hi, a_lo = _split_half(a, HALF)
+        b_hi, b_lo = _split_half(b, HALF)
+        if _CAST_RAW:
+            a_hi, a_lo = a_hi.to(tl.float32), a_lo.to(tl.float32)
+            b_hi, b_lo = b_hi.to(tl.float32), b_lo.to(tl.float32)
+        out = tl.dot(a_lo, b_hi, input_precision="tf32")
+        out = tl.dot(a_hi, b_lo, out, input_precision="tf32")
+        out = tl.dot(a_hi, b_hi, out, input_precision="tf32")
+    else:
+        out = tl.dot(a, b, input_precision=PREC)
+    return out

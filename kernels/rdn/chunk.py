@@ -27,10 +27,10 @@ what links the chunks runs sequentially:
 
 The API's forward with autograd (``keep_tokens``) walks at the rerun's precision, stores X too, and hands the walk's
 per-token tensors U, W, X (not its chunk states: [B, T, H, V] each against [K, V] a chunk) with the chunk matrices to
-the backward, which rebuilds the chunk states from U and W with two linear walks (_rebuild_states, RLA's walk kernel:
-S1 = exp(GL) S0 + (K exp(GL - G))^T U) instead of rerunning the walk; a backward handed nothing reruns it. That
-forward's precise walk costs 1.84 ms against the default's 1.17, the rebuild 0.64 against the rerun's 1.85 (B=16 T=2k
-H=16 K=V=128 bf16, H200, 2026-12-02: fwd+bwd 8.18 -> 7.73 ms; BENCHMARKS.md). With
+the backward, which rebuilds the chunk states from U and W with two linear walks in one launch (_rebuild_states,
+RLA's walk: S1 = exp(GL) S0 + (K exp(GL - G))^T U) instead of rerunning the walk; a backward handed nothing reruns
+it. That forward's precise walk costs 1.60 ms against the default's 1.17, the rebuild 0.59 against the rerun's 1.85
+(B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02: fwd+bwd 7.46 ms; BENCHMARKS.md). With
 ``keep_walk`` the forward also hands h_s, h_r to the backward: no walk at all (the rerun: 1.83 of the backward's
 7.28 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for 2 x n_chunks x H x K x V + 2 x B x T x H x V
 input-dtype elements plus B x T x H x V fp32 kept from forward to backward (1.61 GB a layer at that shape; the
@@ -46,8 +46,8 @@ from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_
 from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
 from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
-                        _rdn_bwd_prep_p_kernel, _rdn_bwd_walk_r_kernel, _rdn_bwd_walk_s_kernel)
-from ..rla.chunk_fwd import _state_walk_kernel
+                        _rdn_bwd_prep_p_kernel, _rdn_bwd_rebuild_kernel, _rdn_bwd_walk_r_kernel,
+                        _rdn_bwd_walk_s_kernel)
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
@@ -78,6 +78,13 @@ BWD_CHUNK_SIZE = 32
 # bf16 K=128 over two draws of inputs: 3.3e-3 at 1; 1.1e-2 and 1.2e-2 at 0 (fails the 1e-2 bound: tf32 X flips the
 # clip's mask too often); 3.3e-3 to 8.9e-3 at 2 (passes, with little room). 1 stays: -0.17 ms is not worth the room.
 X_TF32X3 = 1
+# 1: those ~fp32 dots (X_TF32X3's) as three half dots of split operands instead of tf32x3 (_triton_helpers.dot_at,
+# ~2^-16 relative: the precision of the walk's split state dots, which the clip's mask already relies on), for bf16
+# inputs at 32-token chunks (raw k; fp16 keeps tf32x3: its lo part would underflow where bf16's does not). Expected
+# before measuring: -0.1 to -0.3 ms. Measured (H=16 K=V=128 bf16, H200, Triton 3.6, 2026-12-02 07:35,
+# profile_kernels.py --knob X_HALF3=0,1): the precise walk 1.84 -> 1.60 ms at B=16 T=2k, 3.50 -> 3.31 at B=1 T=32k;
+# gpu_check_rdn.py --all --set X_HALF3=1: every case ok, bf16 <= 4.3e-3 (dv 3.3e-3, as at 0).
+X_HALF3 = 1
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
 # bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk (the single
 # one of 2026-11-30, since split in two: chunk_bwd.py has the split walks' numbers): 424 /
@@ -129,16 +136,16 @@ PREP_BK = 128
 WALK_BV = 0
 REVERSE_WALK_BV = 0
 # K-block width of the backward's two linear walks that rebuild the chunk states from kept U and W (keep_tokens,
-# _rebuild_states; RLA's walk kernel): 0 automatic, 64 or 128 (one program a V-block, k^T read once). Both walks at
-# H=16 K=V=128 bf16 (H200, Triton 3.6, profile_kernels.py --knob REBUILD_BK=64,128 [--knob REBUILD_STEPS=1,2],
-# 2026-12-02 04:37-04:55), at one chunk a turn / two: B=16 T=2k 0.737 ms at 64, 0.640 at 128; B=2 T=16k 1.575 / 1.441
-# at 64, 1.672 / 1.520 at 128; B=1 T=32k 2.95 / 2.41 at 64, 3.07 / 2.69 at 128. Automatic: 128 where its programs
-# fill the GPU twice, 64 where they would not (more programs for a latency-bound walk).
+# _rebuild_states; one launch of both, chunk_bwd._rdn_bwd_rebuild_kernel): 0 automatic (128, k^T read once a
+# V-block), 64 or 128; and the chunks they step a loop turn (RLA's WALK_STEPS): 0 automatic, 1 or 2. Both walks, ms,
+# at H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-02 07:35-07:56, RLA_KERNELS_FIXED_CONFIG=1
+# profile_kernels.py --ops rdn --knob REBUILD_BK=64,128 --knob REBUILD_STEPS=1,2), BK 64 at 1 / 2 chunks a turn, then
+# BK 128 at 1 / 2: B=8 T=4k 0.761 / 0.804, 0.596 / 0.708; B=4 T=8k 0.914 / 0.823, 0.600 / 0.849; B=2 T=16k
+# 1.206 / 1.516, 0.956 / 1.433; B=1 T=32k 1.590 / 1.448, 1.574 / 1.389; B=16 T=2k 0.692 (BK 64), 0.593 / 0.697.
+# Automatic: 128 wide always; 2 chunks a turn where the launch's programs (both walks) are fewer than two an SM (32k
+# only at these dims: 256 programs on 132 SMs). As two launches (RLA's walk kernel each) they took 0.64 ms at 2k and
+# 2.41 at 32k.
 REBUILD_BK = 0
-# Chunks the rebuild's walks step per loop turn (RLA's WALK_STEPS): 0 automatic, 1 or 2. Same profiles, one chunk a
-# turn / two: B=8 T=4k 0.625 / 0.616 ms, B=4 T=8k 0.945 / 0.883 (both 512 programs), B=2 T=16k and B=1 T=32k above.
-# Automatic: 2 where the programs are fewer than four an SM (4k up at these dims), 1 at B=16 T=2k (1024 programs;
-# RLA's walks there lost at 2, 0.49 -> 0.70 ms).
 REBUILD_STEPS = 0
 MATS_BV = 64
 GRAD_BV = 64
@@ -295,8 +302,9 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     # X decides the clip's gradient mask: for the backward its chunk-matrix dots run at ~fp32 (tf32x3); its
     # k.S read is a split dot (~2^-16) where k is raw, a tf32 dot at 64-token chunks.
     precise = store_x and L.dot_prec == "tf32"
-    u_prec = "tf32x3" if precise and X_TF32X3 in (1, 2) else L.dot_prec
-    x_prec = "tf32x3" if precise and X_TF32X3 == 1 else L.dot_prec
+    exact = "half3" if X_HALF3 and k.dtype == torch.bfloat16 and L.BT <= 32 else "tf32x3"
+    u_prec = exact if precise and X_TF32X3 in (1, 2) else L.dot_prec
+    x_prec = exact if precise and X_TF32X3 == 1 else L.dot_prec
     BV = L.width("WALK_BV", L.walk_BV)
     _rdn_walk_kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
@@ -376,31 +384,30 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
 
 
 def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[int, int]:
-    """The rebuild walks' K-block width and chunks a loop turn (REBUILD_BK, REBUILD_STEPS; 0 means this automatic
-    choice): ``programs`` (sequence x head) programs a K- and V-block, ``BV`` wide, on ``sms`` SMs."""
+    """The rebuild walks' K-block width and chunks a loop turn (REBUILD_BK, REBUILD_STEPS; 0 means the automatic
+    choice, whose measurements are at REBUILD_BK): ``programs`` (sequence x head) programs a walk, K- and V-block,
+    ``BV`` wide, on ``sms`` SMs."""
     steps = triton_utils.knob_steps("REBUILD_STEPS", REBUILD_STEPS)
-    per_k_block = triton.cdiv(V, BV) * programs
-    BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128 if per_k_block >= 2 * sms else 64, K)
-    return BK, steps or (2 if triton.cdiv(K, BK) * per_k_block < 4 * sms else 1)
+    BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
+    # S's and R's walks share the launch: 2 x its programs
+    programs = 2 * triton.cdiv(K, BK) * triton.cdiv(V, BV) * programs
+    return BK, steps or (2 if programs < 2 * sms else 1)
 
 
 def _rebuild_states(L: _Layout, k, g, u, w, S0, R0):
-    """The chunk-start states h_s, h_r (L.chunk_states) from the forward's U and W (keep_tokens): two linear walks,
-    RLA's walk kernel with no rate (ones), S's update split as the forward walk's (dot_split), R's rounded."""
+    """The chunk-start states h_s, h_r (L.chunk_states) from the forward's U and W (keep_tokens): two linear walks
+    in one launch (chunk_bwd._rdn_bwd_rebuild_kernel: RLA's walk with no rate, S's update split as the forward walk's,
+    R's rounded)."""
     BV = L.width("WALK_BV", L.walk_BV)
     BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sm_count(k.device))
-    ones = g.new_ones(g.shape)
-    states = []
-    for x, h0, split in ((u, S0, True), (w, R0, False)):
-        h = L.chunk_states(k)
-        _state_walk_kernel[(triton.cdiv(L.K, BK), triton.cdiv(L.V, BV), L.N * L.H)](
-            k, x, g, ones, h0, h, h, L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BK, BV=BV,
-            SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=triton_utils.HALF_DOTS_IN_FP32 or k.dtype == torch.float32,
-            HAS_H0=h0 is not None, HAS_LO=False, IS_VARLEN=L.varlen, WALK_STEPS=steps,
-        )
-        states.append(h)
-    return states
+    h_s, h_r = L.chunk_states(k), L.chunk_states(k)
+    _rdn_bwd_rebuild_kernel[(2 * triton.cdiv(L.K, BK), triton.cdiv(L.V, BV), L.N * L.H)](
+        k, u, w, g, S0, R0, h_s, h_r, L.state(k), L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BK, BV=BV, DOT_PREC=L.dot_prec,
+        DOTS_FP32=triton_utils.HALF_DOTS_IN_FP32 or k.dtype == torch.float32, HAS_S0=S0 is not None,
+        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=steps, num_warps=4, num_stages=2,
+    )
+    return h_s, h_r
 
 
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..rla.chunk_fwd import _walk_states
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
 from ._triton_helpers import (autotune, chunk_prologue, dot_cast, exp_masked, launch_configs, load_tile,
@@ -129,6 +130,32 @@ def _rdn_bwd_prep_p_kernel(
                i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     store_tile(p_c + tok_t, tl.dot(tl.trans(b_tc), tl.trans(b_mqi), input_precision=MERGE_PREC),
                i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+
+
+# The chunk-start states h_s, h_r rebuilt from the forward's kept U and W (chunk.py's _rebuild_states): two linear
+# walks, S1 = exp(GL) S0 + (K exp(GL - G))^T U and R likewise with W, RLA's walk (_walk_states, no rate). They share k
+# and the gates and neither waits on the other, so they run as one launch: axis 0 is (walk, K-block), S's programs
+# first (its update split, as the forward walk's S path), then R's (rounded). At B=1 T=32k H=16 K=V=128 each walk alone
+# had ~256 programs for 132 SMs (latency-bound: 2.41 ms for both as two launches, H200, 2026-12-02).
+@triton.jit(do_not_specialize=["T"])
+def _rdn_bwd_rebuild_kernel(
+    k, u, w, g, s0, r0, h_s, h_r, s_t, r_t,
+    cu_seqlens, chunk_offsets, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_S0: tl.constexpr, HAS_R0: tl.constexpr,
+    IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
+):
+    NK: tl.constexpr = (K + BK - 1) // BK
+    i_wk = tl.program_id(0)
+    i_k = tl.cast(i_wk % NK, tl.int64)
+    i_v = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    if i_wk < NK:
+        _walk_states(k, u, g, g, s0, h_s, h_s, s_t, cu_seqlens, chunk_offsets, T, i_k, i_v, i_nh,
+                     H, K, V, BT, BK, BV, True, DOT_PREC, DOTS_FP32, HAS_S0, False, IS_VARLEN, WALK_STEPS, False)
+    else:
+        _walk_states(k, w, g, g, r0, h_r, h_r, r_t, cu_seqlens, chunk_offsets, T, i_k, i_v, i_nh,
+                     H, K, V, BT, BK, BV, False, DOT_PREC, DOTS_FP32, HAS_R0, False, IS_VARLEN, WALK_STEPS, False)
 
 
 # The reverse walk in two launches, as chunk.py's _reverse_walk calls them: the dR chain reads no dS, and the dS

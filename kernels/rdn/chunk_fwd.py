@@ -22,8 +22,8 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import (autotune, chunk_prologue, dot_cast, launch_configs, load_tile, load_tile_raw, seq_bounds,
-                              store_tile)
+from ._triton_helpers import (autotune, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile, load_tile_raw,
+                              seq_bounds, store_tile)
 from .wy import mqi_tile
 
 
@@ -69,7 +69,8 @@ def _rdn_walk_kernel(
     IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr, SPLIT_S: tl.constexpr,
 ):
     """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. U_PREC: the
-    precision of T_beta's dot (U, which S's update carries on); X_PREC: of Mk's (X) and of k.S too without RAW_K.
+    precision of T_beta's dot (U, which S's update carries on); X_PREC: of Mk's (X) and of k.S too without RAW_K;
+    either may be "half3" (_triton_helpers.dot_at: three half dots of split operands, ~2^-16; with RAW_K only).
     SPLIT_S (with RAW_K): S's two dots with raw k split the state (dot_split, ~2^-16) instead of rounding it to k's
     dtype (dot_cast, 2^-9). The backward asks for both, tf32x3 and split (about fp32), because the clip's gradient
     jumps where |X| crosses c, and its mask comes from the X stored here. R never reaches X: its dots always round
@@ -114,14 +115,16 @@ def _rdn_walk_kernel(
         # Both k-state dots first, and v loaded just before it is used: this order, only, took ptxas's stack (sm_90,
         # K = V = 128, BV = 32, 4 warps; scripts/kernel_resources.py) from 240 to 88 bytes a thread here and from 368
         # to 240 in the backward's rerun (STORE_X, tf32x3); loading the chunk matrices late as well did not help both.
-        if SPLIT_S:
+        if X_PREC == "half3":  # only with raw half k (chunk.py): k.S is then half dots whatever the precision
+            b_ks = dot_split(b_k, b_s, DOT_PREC)
+        elif SPLIT_S:
             b_ks = dot_split(b_k, b_s, X_PREC)
         else:
             b_ks = dot_cast(b_k, b_s, X_PREC)
         b_kr = dot_cast(b_k, b_r, DOT_PREC)
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_u = tl.dot(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), input_precision=U_PREC)
-        b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + tl.dot(b_mk, b_u, input_precision=X_PREC))
+        b_u = dot_at(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), U_PREC, k.dtype.element_ty)
+        b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + dot_at(b_mk, b_u, X_PREC, k.dtype.element_ty))
         b_w = tl.dot(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), input_precision=DOT_PREC)
 
         store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)

@@ -68,9 +68,11 @@ def _dot_state(a, b_hi, b_lo, DT: tl.constexpr, DOT_PREC: tl.constexpr, HAS_LO: 
 @triton.jit
 def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
+               BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr,
+               HAS_RATE: tl.constexpr = True):
     """Chunk i_t's step of _state_walk_kernel, h <- exp(G_L) h + update: returns (exp(G_L), update),
-    neither of which depends on the state. A chunk past the sequence's end gives (1, 0): h unchanged."""
+    neither of which depends on the state. A chunk past the sequence's end gives (1, 0): h unchanged.
+    Without HAS_RATE the rate is 1 and not read (RDN's rebuild walks)."""
     # fla's fwd_h form: k^T raw from memory, the gates on the [BT, BV] side (not on a [BT, BK] fp32 k
     # tile turned in registers). Rows past the end load g = 0 (G stays flat) and k = x = 0 (they add nothing).
     b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
@@ -79,10 +81,12 @@ def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
     in_seq = rows < T_seq
     gate_off = (bos + rows) * H + i_h
     b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_rate = tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     b_GL = tl.sum(b_g, axis=0)
-    b_xw = b_x * (tl.exp(b_GL - b_G) * b_rate)[:, None]
+    b_w = tl.exp(b_GL - b_G)
+    if HAS_RATE:
+        b_w *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_xw = b_x * b_w[:, None]
     if SPLIT:  # S: the clip's mask reads it, keep ~16 bits of the gated values (see the residual kernel)
         b_upd = dot_split(b_kt, b_xw, DOT_PREC)
     else:
@@ -108,9 +112,20 @@ def _state_walk_kernel(
     HAS_LO also what that rounding lost, in h_lo: _store_state) and the final one (fp32).
     One program per (K-block, V-block, sequence x head): rows of h in different K-blocks never mix.
     WALK_STEPS (1 or 2) chunks a loop turn: with 2, chunks 2i and 2i+1 (chunk.py's WALK_STEPS says why)."""
-    i_k = tl.cast(tl.program_id(0), tl.int64)
-    i_v = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets, T,
+                 tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64),
+                 tl.cast(tl.program_id(2), tl.int64), H, K, V, BT, BK, BV, SPLIT, DOT_PREC, DOTS_FP32, HAS_H0, HAS_LO,
+                 IS_VARLEN, WALK_STEPS)
+
+
+@triton.jit
+def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets, T, i_k, i_v, i_nh,
+                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                 BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
+                 HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
+                 HAS_RATE: tl.constexpr = True):
+    """_state_walk_kernel's walk for its (K-block, V-block, sequence x head) program (i_k, i_v, i_nh, int64): also
+    RDN's rebuild kernel's, which runs two such walks in one launch without a rate (HAS_RATE False: rate 1)."""
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
@@ -126,12 +141,12 @@ def _state_walk_kernel(
         i_t = tl.cast(i_loop, tl.int64) * WALK_STEPS
         _store_state(h, h_lo, ((boh + i_t) * H + i_h) * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV, HAS_LO)
         b_a, b_upd = _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
-                                DOT_PREC, DT)
+                                DOT_PREC, DT, HAS_RATE)
         if WALK_STEPS == 2:
             # Chunk i_t + 1's step reads no state, so its loads and dots issue beside chunk i_t's. Past the last
             # chunk (odd NT) it changes nothing, and its state row (the next sequence's) is not stored.
             b_a1, b_upd1 = _walk_step(k, x, g, rate, bos, T_seq, i_t + 1, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
-                                      DOT_PREC, DT)
+                                      DOT_PREC, DT, HAS_RATE)
             b_h = b_h * b_a + b_upd
             _store_state(h, h_lo, ((boh + i_t + 1) * H + i_h) * K * V, b_h, i_k * BK, tl.where(i_t + 1 < NT, K, 0),
                          V, i_v * BV, V, BK, BV, HAS_LO)

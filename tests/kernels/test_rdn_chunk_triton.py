@@ -8,11 +8,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 from kerneltools import record_launches
 from rla_kernels.rdn.chunk import chunk_rdn_bwd, chunk_rdn_fwd
 from rla_kernels.rdn.naive import naive_recurrent_rdn
+from rla_kernels.rla.chunk_fwd import _state_walk_kernel
 from rla_kernels.residual import apply_residual
+from rla_kernels.triton_utils import HALF_DOTS_IN_FP32
 
 RESIDUALS = {"clip": (1.0, "clip"), "tanh": (0.7, "tanh"), "none": (None, "clip")}
 
@@ -511,7 +514,10 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     assert [t.dtype for t in walk] == [inputs[0].dtype] * 4 + [torch.float32]
     o_ref, S_ref, R_ref, wy_ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True)
     for x, ref in ((o, o_ref), (S, S_ref), (R, R_ref), (wy, wy_ref)):
-        torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
+        if inputs[0].dtype == torch.bfloat16:  # the kept walk's ~fp32 dots are three half dots (X_HALF3, ~2^-16)
+            assert rel_err(x, ref) < 1e-4
+        else:
+            torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
     check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, keep_walk=False)
 
     do = torch.randn_like(inputs[2])
@@ -549,9 +555,9 @@ def test_backward_rebuilds_the_states_from_the_kept_tokens(case, monkeypatch):
     final = [None if S0 is None else torch.randn_like(S0), None if R0 is None else torch.randn_like(R0)]
     rerun = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy)
     monkeypatch.setattr(chunk, "_rdn_walk_kernel", _NoWalk())
-    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel",), lambda name, kw: kw["SPLIT"])
+    log = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",))
     rebuilt = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
-    assert log == [True, False]  # S's walk (split), then R's
+    assert log == ["_rdn_bwd_rebuild_kernel"]  # both walks, one launch
     half = inputs[0].dtype != torch.float32
     for x, ref in zip(rebuilt, rerun):
         if ref is None:
@@ -573,23 +579,52 @@ def test_rebuild_walks_two_chunks_a_turn_as_one(monkeypatch):
     grads = {}
     for steps in (1, 2):
         monkeypatch.setattr(chunk, "REBUILD_STEPS", steps)
-        log = record_launches(monkeypatch, chunk, ("_state_walk_kernel",), lambda name, kw: kw["WALK_STEPS"])
+        log = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",), lambda name, kw: kw["WALK_STEPS"])
         grads[steps] = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
-        assert log == [steps, steps]
+        assert log == [steps]
     assert all(torch.equal(a, b) for a, b in zip(grads[1], grads[2]))
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
+    """The rebuild's one launch (_rdn_bwd_rebuild_kernel: S's and R's walks side by side) makes the chunk states that
+    RLA's walk kernel makes as two launches (rate 1, S's update split, R's rounded), bit for bit: packed sequences,
+    odd chunk counts, two K-blocks a walk, bf16, one and two chunks a loop turn."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu = torch.tensor([0, 5, 75, 112, 141], dtype=torch.int32)  # 1, 3, 2 and 1 chunks of 32 tokens
+    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=32, V=32, N=4, dtype=torch.bfloat16)
+    q, k, v, g, beta, gamma = inputs
+    *_, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, keep_tokens=True)
+    u, w, _ = tokens
+    monkeypatch.setattr(chunk, "REBUILD_STEPS", steps)
+    monkeypatch.setattr(chunk, "REBUILD_BK", 16)
+    L = chunk._Layout(q, k, v, g, beta, gamma, 1.0, "clip", S0, R0, cu, chunk.BWD_CHUNK_SIZE)
+    rebuilt = chunk._rebuild_states(L, k, g, u, w, S0, R0)
+    BV = L.width("WALK_BV", L.walk_BV)
+    for x, h0, split, got in ((u, S0, True, rebuilt[0]), (w, R0, False, rebuilt[1])):
+        h = L.chunk_states(k)
+        _state_walk_kernel[(2, triton.cdiv(L.V, BV), L.N * L.H)](
+            k, x, g, torch.ones_like(g), h0, h, h, L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=16, BV=BV, SPLIT=split, DOT_PREC=L.dot_prec,
+            DOTS_FP32=HALF_DOTS_IN_FP32, HAS_H0=True, HAS_LO=False, IS_VARLEN=True, WALK_STEPS=steps)
+        assert torch.equal(got, h)
+        assert got.abs().amax() > 0
+
+
 def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
-    """128-wide K-blocks where the rebuild's programs fill the H200's 132 SMs twice, else 64; two chunks a turn where
-    all its programs are fewer than four an SM. The knobs override; a bad one is a ValueError naming it."""
+    """128-wide K-blocks (k^T read once) unless the head is narrower; two chunks a turn where the launch's programs
+    (both walks) are fewer than two an SM of the H200's 132. The knobs override; a bad one is a ValueError naming it."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     # (K, V, the walks' V-block, sequences x heads) at H=16 K=V=128: B=16 T=2k, 8 T=4k, 4 T=8k, 2 T=16k, 1 T=32k
     assert chunk.rebuild_blocks(128, 128, 32, 16 * 16, 132) == (128, 1)
-    assert chunk.rebuild_blocks(128, 128, 32, 8 * 16, 132) == (128, 2)
-    assert chunk.rebuild_blocks(128, 128, 32, 4 * 16, 132) == (64, 2)
-    assert chunk.rebuild_blocks(128, 128, 16, 2 * 16, 132) == (64, 2)
-    assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (64, 2)
-    assert chunk.rebuild_blocks(64, 64, 16, 1 * 16, 132) == (64, 2)  # a 64-wide head: one K-block either way
+    assert chunk.rebuild_blocks(128, 128, 32, 8 * 16, 132) == (128, 1)
+    assert chunk.rebuild_blocks(128, 128, 32, 4 * 16, 132) == (128, 1)
+    assert chunk.rebuild_blocks(128, 128, 16, 2 * 16, 132) == (128, 1)
+    assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (128, 2)
+    assert chunk.rebuild_blocks(64, 64, 16, 1 * 16, 132) == (64, 2)  # a 64-wide head: one K-block
+    monkeypatch.setattr(chunk, "REBUILD_BK", 64)
+    assert chunk.rebuild_blocks(128, 128, 32, 16 * 16, 132) == (64, 1)
+    assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (64, 1)
     monkeypatch.setattr(chunk, "REBUILD_BK", 128)
     assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (128, 2)
     monkeypatch.setattr(chunk, "REBUILD_STEPS", 1)
@@ -601,6 +636,51 @@ def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
     monkeypatch.setattr(chunk, "REBUILD_BK", 48)
     with pytest.raises(ValueError, match="REBUILD_BK must be 0"):
         chunk.rebuild_blocks(128, 128, 16, 16, 132)
+
+
+@pytest.mark.parametrize("case", ["bf16", "bf16_varlen_saturating", "fp32"])
+def test_precise_walk_in_three_half_dots(case, monkeypatch):
+    """X_HALF3=1: the precise walk's T_beta and Mk dots (the forward with autograd's, the backward's rerun's) as three
+    half dots of split operands (dot_at "half3") instead of tf32x3, for bf16 inputs: X within ~2^-16 of the tf32x3
+    walk's, gradients (from the kept tokens, and from the rerun) within 2e-3 of the tf32x3 walk's and, without initial
+    states, 1e-2 of the float64 oracle's (gpu_check_rdn.py --set X_HALF3=1 checks the rest at real sizes). fp32
+    inputs keep their exact dots."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu = None
+    if case == "bf16":  # no initial states: at these shapes bf16 inputs with them sit at the oracle's 1e-2 either way
+        inputs, _, _ = make_inputs(B=1, T=37, H=2, K=16, V=16, dtype=torch.bfloat16)
+        S0 = R0 = None
+    elif case == "bf16_varlen_saturating":
+        cu = torch.tensor([0, 9, 50, 101], dtype=torch.int32)
+        inputs, S0, R0 = make_inputs(B=1, T=101, H=2, K=32, V=32, N=3, dtype=torch.bfloat16, value_scale=30.0)
+        assert clipped_share(inputs, S0[:1], 1.0, "clip") > 0.5
+    else:
+        inputs, S0, R0 = make_inputs(B=2, T=70, H=2, K=32, V=32)
+    half = case != "fp32"
+    do = torch.randn_like(inputs[2])
+    final = [None, None] if S0 is None else [torch.randn_like(S0), torch.randn_like(R0)]
+    runs = {}
+    for half3 in (0, 1):
+        monkeypatch.setattr(chunk, "X_HALF3", half3)
+        log = record_launches(monkeypatch, chunk, ("_rdn_walk_kernel",), lambda name, kw: (kw["U_PREC"], kw["X_PREC"]))
+        *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
+        assert log == [("half3", "half3") if half and half3 else ("tf32x3", "tf32x3") if half else ("ieee", "ieee")]
+        kept = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
+        rerun = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy)
+        runs[half3] = tokens, kept, rerun
+    (tokens0, kept0, rerun0), (tokens1, kept1, rerun1) = runs[0], runs[1]
+    if not half:
+        assert all(torch.equal(a, b) for a, b in zip((*tokens0, *kept0), (*tokens1, *kept1)))
+        return
+    assert not torch.equal(tokens0[2], tokens1[2]) and rel_err(tokens1[2], tokens0[2]) < 2e-5
+    for got, ref in zip((*kept1, *rerun1), (*kept0, *rerun0)):
+        if ref is None:
+            assert got is None
+        else:
+            assert rel_err(got, ref) < 2e-3
+    if S0 is None:
+        monkeypatch.setattr(chunk, "X_HALF3", 1)
+        check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=1e-2, final_grads=False, wy=wy, walk=tokens1)
 
 
 def test_kept_walk_is_ignored_where_it_does_not_fit_and_refuses_segments():
