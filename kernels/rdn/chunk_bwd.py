@@ -135,8 +135,9 @@ def _rdn_bwd_prep_p_kernel(
 # The chunk-start states h_s, h_r rebuilt from the forward's kept U and W (chunk.py's _rebuild_states): two linear
 # walks, S1 = exp(GL) S0 + (K exp(GL - G))^T U and R likewise with W, RLA's walk (_walk_states, no rate). They share k
 # and the gates and neither waits on the other, so they run as one launch: axis 0 is (walk, K-block), S's programs
-# first (its update split, as the forward walk's S path), then R's (rounded). At B=1 T=32k H=16 K=V=128 each walk alone
-# had ~256 programs for 132 SMs (latency-bound: 2.41 ms for both as two launches, H200, 2026-12-02).
+# first (its update split, as the forward walk's S path), then R's (rounded); g stands in for the unread rate. At B=1
+# T=32k H=16 K=V=128 each walk alone had ~256 programs for 132 SMs (latency-bound): 2.41 ms as two launches, 1.39 as
+# this one (H200, 2026-12-02; chunk.py's REBUILD_BK has the sweep).
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_rebuild_kernel(
     k, u, w, g, s0, r0, h_s, h_r, s_t, r_t,
