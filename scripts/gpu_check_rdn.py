@@ -3,14 +3,15 @@
 Run on the GPU machine from the repository root, in one call:
 
     . scripts/gpu_env.sh && python3 scripts/gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]
-        [--set NAME=INT ...]
+        [--rerun] [--set NAME=INT ...]
 
 By default three cases (fp32 K=128, bf16 K=64 tanh, bf16 K=128 varlen); ``--all`` adds four more. Each case runs
 twice: as the API runs by default with autograd (the forward keeps its walk's U, W, X, ``keep_tokens``, and the
 backward rebuilds the chunk states from U and W) and, as ``keep`` rows, with the whole walk kept (``keep_walk``, the
 API's ``rdn(recompute_states=False)``: the backward takes the forward's h_s, h_r, U, W, X); both forwards walk at the
 rerun's precision, so o must pass either way. ``--keep`` runs only the
-keep rows, ``--no-keep`` none of them. Each
+keep rows, ``--no-keep`` none of them. ``--rerun`` adds ``rerun`` rows: the backward handed no walk, which reruns the
+forward's walk at that precision (a forward at another chunk size, or chunk_rdn_bwd called without ``walk=``). Each
 case is a new kernel variant, and the backward kernel is large: compile time dominates, so the seconds
 column is worth reading. ``--time`` adds one rough timing, ``--tune`` autotunes (slower still). ``--set
 WALK_STAGES=2`` (repeatable) sets an int launch knob of rla_kernels.rdn.chunk first (WALK_STAGES, GRAD_BK, OUT_BV,
@@ -95,7 +96,7 @@ def rel(x, ref):
     return ((x - ref).norm() / ref.norm()).item()
 
 
-def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False):
+def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False, rerun=False):
     N = B if cu is None else len(cu) - 1
     inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype)
     do = torch.randn_like(inputs[2])
@@ -103,8 +104,11 @@ def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False):
     start = time.time()
     # As the API (kernels/library.py) does with autograd: the backward takes the forward's chunk matrices and its
     # walk's per-token tensors (with keep its whole walk)
-    o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True, keep_walk=keep,
-                                      keep_tokens=True)
+    if rerun:
+        (o, S, R, wy), walk = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True), None
+    else:
+        o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True, keep_walk=keep,
+                                          keep_tokens=True)
     grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T, wy=wy, walk=walk)
     torch.cuda.synchronize()
     seconds = time.time() - start  # mostly compile on a new variant
@@ -194,7 +198,7 @@ def rough_timing():
     return f"bf16 B={B} T={T} H={H} D={D}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in out.items())
 
 
-FLAGS = ("--all", "--time", "--tune", "--keep", "--no-keep")
+FLAGS = ("--all", "--time", "--tune", "--keep", "--no-keep", "--rerun")
 OPTIONS = ("--set", "--case")  # each takes the next argument
 
 
@@ -255,9 +259,10 @@ def main():
     segmented = [(case + tag, kw) for case, kw in segmented]
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, {torch.cuda.get_device_name()}")
     print(f"{'case':23s} " + " ".join(f"{n:>8s}" for n in NAMES) + "   max     pass   s")
-    keeps = [True] if "--keep" in sys.argv else [False] if "--no-keep" in sys.argv else [False, True]
-    results = [run_case(name + (" keep" if keep else ""), check, dict(kw, keep=keep), None)
-               for name, kw in cases for keep in keeps]
+    suffixes = [" keep"] if "--keep" in sys.argv else [""] if "--no-keep" in sys.argv else ["", " keep"]
+    suffixes += [" rerun"] if "--rerun" in sys.argv else []
+    results = [run_case(name + suffix, check, dict(kw, keep=suffix == " keep", rerun=suffix == " rerun"), None)
+               for name, kw in cases for suffix in suffixes]
     results += [run_case(name, check_segmented, kw, ["o", "S_T", "R_T"]) for name, kw in segmented]
     failed = not all(results)
     if "--time" in sys.argv:

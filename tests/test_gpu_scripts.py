@@ -29,7 +29,7 @@ def test_gpu_check_rdn_refuses_arguments_it_does_not_take(args, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_gpu_checks_without_cuda_say_so_in_one_line():
-    status, _, err = run_script("gpu_check_rdn.py", "--all", "--set", "PREP_BK=64", "--no-keep")
+    status, _, err = run_script("gpu_check_rdn.py", "--all", "--set", "PREP_BK=64", "--no-keep", "--rerun")
     assert status == 2 and err == ["gpu_check_rdn.py needs a CUDA GPU and torch sees none (run it on the GPU "
                                    "machine: README)"]
     status, _, err = run_script("gpu_check_rla.py", "--case", "bf16")
@@ -39,3 +39,4 @@ def test_gpu_checks_without_cuda_say_so_in_one_line():
 def test_gpu_check_rdn_help_is_its_usage():
     status, out, _ = run_script("gpu_check_rdn.py", "--help")
     assert status == 0 and "gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]" in out
+    assert "--rerun" in out
