@@ -147,6 +147,9 @@ REVERSE_WALK_BV = 0
 # 2.41 at 32k.
 REBUILD_BK = 0
 REBUILD_STEPS = 0
+# Warps of the rebuild kernel (58 registers, 37.9 KB shared at 4 by ptxas sm_90): 4, its one timed setting. A knob so
+# that the long-T rows (B=1 T=32k: 256 programs, one or two an SM) can try 8 (docs/next/README.md).
+REBUILD_WARPS = 4
 MATS_BV = 64
 GRAD_BV = 64
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -405,7 +408,7 @@ def _rebuild_states(L: _Layout, k, g, u, w, S0, R0):
         k, u, w, g, S0, R0, h_s, h_r, L.state(k), L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BK, BV=BV, DOT_PREC=L.dot_prec,
         DOTS_FP32=triton_utils.HALF_DOTS_IN_FP32 or k.dtype == torch.float32, HAS_S0=S0 is not None,
-        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=steps, num_warps=4, num_stages=2,
+        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=steps, num_warps=REBUILD_WARPS, num_stages=2,
     )
     return h_s, h_r
 

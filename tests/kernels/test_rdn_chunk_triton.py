@@ -569,7 +569,8 @@ def test_backward_rebuilds_the_states_from_the_kept_tokens(case, monkeypatch):
 
 def test_rebuild_walks_two_chunks_a_turn_as_one(monkeypatch):
     """REBUILD_STEPS=2 (the rebuild's walks two chunks a loop turn) gives one chunk a turn's gradients bit for bit,
-    with odd chunk counts (the last turn's second step past a sequence's end) and packed sequences."""
+    with odd chunk counts (the last turn's second step past a sequence's end) and packed sequences. REBUILD_WARPS
+    reaches the launch."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     cu = torch.tensor([0, 5, 75, 112, 141], dtype=torch.int32)  # 1, 3, 2 and 1 chunks of 32 tokens
     inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=4)
@@ -577,11 +578,13 @@ def test_rebuild_walks_two_chunks_a_turn_as_one(monkeypatch):
     do = torch.randn_like(inputs[2])
     final = [torch.randn_like(S0), torch.randn_like(R0)]
     grads = {}
-    for steps in (1, 2):
+    for steps, warps in ((1, 4), (2, 8)):
         monkeypatch.setattr(chunk, "REBUILD_STEPS", steps)
-        log = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",), lambda name, kw: kw["WALK_STEPS"])
+        monkeypatch.setattr(chunk, "REBUILD_WARPS", warps)
+        log = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",),
+                              lambda name, kw: (kw["WALK_STEPS"], kw["num_warps"]))
         grads[steps] = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
-        assert log == [steps]
+        assert log == [(steps, warps)]
     assert all(torch.equal(a, b) for a, b in zip(grads[1], grads[2]))
 
 
