@@ -147,8 +147,9 @@ REVERSE_WALK_BV = 0
 # 2.41 at 32k.
 REBUILD_BK = 0
 REBUILD_STEPS = 0
-# Warps of the rebuild kernel (58 registers, 37.9 KB shared at 4 by ptxas sm_90): 4, its one timed setting. A knob so
-# that the long-T rows (B=1 T=32k: 256 programs, one or two an SM) can try 8 (docs/next/README.md).
+# Warps of the rebuild kernel: 4, its one timed setting (ptxas sm_90 at B=1 T=32k, BK 128, BV 16, two chunks a turn:
+# 84 registers, 70 KB shared). A knob so that the long-T rows (256 programs there, two an SM) can try 8
+# (docs/next/README.md).
 REBUILD_WARPS = 4
 MATS_BV = 64
 GRAD_BV = 64
