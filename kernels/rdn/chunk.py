@@ -393,9 +393,8 @@ def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[in
     ``BV`` wide, on ``sms`` SMs."""
     steps = triton_utils.knob_steps("REBUILD_STEPS", REBUILD_STEPS)
     BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
-    # S's and R's walks share the launch: 2 x its programs
-    programs = 2 * triton.cdiv(K, BK) * triton.cdiv(V, BV) * programs
-    return BK, steps or (2 if programs < 2 * sms else 1)
+    launched = 2 * triton.cdiv(K, BK) * triton.cdiv(V, BV) * programs  # S's and R's walks share the launch
+    return BK, steps or (2 if launched < 2 * sms else 1)
 
 
 def _rebuild_states(L: _Layout, k, g, u, w, S0, R0):
