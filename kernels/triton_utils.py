@@ -13,6 +13,7 @@ Kept small and stable on purpose (other kernel modules import from it):
 - ``dot_precision``: how ``tl.dot`` should treat fp32 operands.
 - ``dot_split``: a dot of an exact half tile with an fp32 tile that keeps ~16 mantissa bits of the fp32 one.
 - ``knob_width``: a block width from a launch knob (RLA's and RDN's chunk modules' ints), validated.
+- ``Beside``: launches queued on a second CUDA stream, beside the current stream's next ones.
 
 Written against the Triton 3.6 API (the GPU machine) and checked on 3.9 (this machine).
 """
@@ -87,6 +88,56 @@ def knob_steps(name: str, value: int) -> int:
         raise ValueError(f"launch knob {name} must be 0 (automatic), 1 or 2 (chunks a walk's loop turn steps); "
                          f"got {value!r}")
     return value
+
+
+class Beside:
+    """Launches that need nothing the current stream queues after this point, run beside it on a second stream.
+
+    Why: a walk with about one program an SM (long sequences, few heads) is latency-bound and leaves most of each
+    SM's registers and shared memory idle; another kernel's programs fit there. ``with beside:`` queues launches on
+    the device's second stream, which first waits for everything the current stream has queued so far;
+    ``beside.join()`` makes the current stream wait for them (and ends the fork). Every tensor such a launch reads or writes goes to
+    ``use`` (``record_stream``): the caching allocator then keeps its memory from the current stream until the
+    launch is done, however early the tensor is freed. Off CUDA, with ``enabled`` false, or while the current
+    stream is being captured into a CUDA graph (whose allocator pools and cudagraph trees' checkpoints assume one
+    stream's frees), every launch stays on the current stream and ``use``/``join`` do nothing."""
+
+    def __init__(self, like: torch.Tensor, enabled: bool = True):
+        self.stream = self.current = None
+        if enabled and like.is_cuda and not torch.cuda.is_current_stream_capturing():
+            self.current = torch.cuda.current_stream(like.device)
+            self.stream = _second_stream(like.device.index if like.device.index is not None
+                                         else torch.cuda.current_device())
+            self.stream.wait_stream(self.current)
+
+    def __enter__(self):
+        self._context = torch.cuda.stream(self.stream) if self.stream is not None else None
+        if self._context is not None:
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._context is not None:
+            self._context.__exit__(*exc)
+        return False
+
+    def use(self, *tensors) -> None:
+        if self.stream is not None:
+            for t in tensors:
+                if t is not None:
+                    t.record_stream(self.stream)
+
+    def join(self) -> None:
+        """The current stream waits for the launches queued so far; later ``with beside:`` launches run on it."""
+        if self.stream is not None:
+            self.current.wait_stream(self.stream)
+            self.stream = None
+
+
+@functools.lru_cache(maxsize=None)
+def _second_stream(index: int):
+    return torch.cuda.Stream(device=index)
+
 
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device, 0 elsewhere: launchers size their grids by it."""

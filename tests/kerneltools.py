@@ -40,3 +40,21 @@ def stub_launches(monkeypatch, module, names) -> None:
 def walk_stores(name, kw):
     """RDN's forward walk launch as STORE_X: whether it stored X for a backward (U and W it always stores)."""
     return kw["STORE_X"]
+
+
+def graph_replayed(fn):
+    """``fn()``'s outputs as a CUDA graph of it replays them: warmed up (compiles, autotuning) on a side stream, then
+    captured, then replayed once. A launch on a stream the capture never joins fails the capture."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return outputs

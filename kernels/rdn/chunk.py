@@ -153,6 +153,10 @@ REBUILD_STEPS = 0
 REBUILD_WARPS = 4
 MATS_BV = 64
 GRAD_BV = 64
+# The rebuilt chunk states (keep_tokens) are read by the gradient kernel alone: the rebuild runs on a second stream
+# (triton_utils.Beside) beside the operators, the reverse walks and the chunk matrices. 0: one stream; 1: the
+# rebuild queued first; 2: queued after the reverse walks, its stream forked after the operators.
+OVERLAP = 1
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -397,19 +401,23 @@ def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[in
     return BK, steps or (2 if launched < 2 * sms else 1)
 
 
-def _rebuild_states(L: _Layout, k, g, u, w, S0, R0):
+def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside | None = None):
     """The chunk-start states h_s, h_r (L.chunk_states) from the forward's U and W (keep_tokens): two linear walks
     in one launch (chunk_bwd._rdn_bwd_rebuild_kernel: RLA's walk with no rate, S's update split as the forward walk's,
-    R's rounded)."""
+    R's rounded); ``beside``: queued on its stream."""
+    beside = beside or triton_utils.Beside(k, False)
     BV = L.width("WALK_BV", L.walk_BV)
     BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sm_count(k.device))
     h_s, h_r = L.chunk_states(k), L.chunk_states(k)
-    _rdn_bwd_rebuild_kernel[(2 * triton.cdiv(L.K, BK), triton.cdiv(L.V, BV), L.N * L.H)](
-        k, u, w, g, S0, R0, h_s, h_r, L.state(k), L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BK, BV=BV, DOT_PREC=L.dot_prec,
-        DOTS_FP32=triton_utils.HALF_DOTS_IN_FP32 or k.dtype == torch.float32, HAS_S0=S0 is not None,
-        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=steps, num_warps=REBUILD_WARPS, num_stages=2,
-    )
+    finals = L.state(k), L.state(k)  # written, never read
+    with beside:
+        _rdn_bwd_rebuild_kernel[(2 * triton.cdiv(L.K, BK), triton.cdiv(L.V, BV), L.N * L.H)](
+            k, u, w, g, S0, R0, h_s, h_r, *finals, L.cu_seqlens, L.chunk_offsets, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BK, BV=BV, DOT_PREC=L.dot_prec,
+            DOTS_FP32=triton_utils.HALF_DOTS_IN_FP32 or k.dtype == torch.float32, HAS_S0=S0 is not None,
+            HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=steps, num_warps=REBUILD_WARPS, num_stages=2,
+        )
+    beside.use(k, u, w, g, S0, R0, h_s, h_r, *finals, L.cu_seqlens, L.chunk_offsets)
     return h_s, h_r
 
 
@@ -466,18 +474,25 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
     kept = [t.contiguous() for t in walk] if saved_wy and _fits(walk, L, q, cu_seqlens) else []
+    rebuild = len(kept) == 3
     if len(kept) == 5:
         h_s, h_r, u, w, x = kept
-    elif kept:
+    elif rebuild:
         u, w, x = kept
-        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0)
     else:
         h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
+    if rebuild and OVERLAP != 2:
+        beside = triton_utils.Beside(k, OVERLAP == 1)
+        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside)
     operators = _walk_operators(L, q, k, g, t_beta, t_gamma, m_k)  # after the rerun: not live through it
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
+    if rebuild and OVERLAP == 2:
+        beside = triton_utils.Beside(k)
     _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
+    if rebuild and OVERLAP == 2:
+        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside)
     del m_k, t_beta, t_gamma, operators
 
     # The chunk-parallel kernels (chunk_bwd.py): the chunk matrices' per chunk, the gradient kernel per (chunk,
@@ -500,6 +515,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             IS_VARLEN=L.varlen,
         )
         del x  # the rerun's X (or the kept one's reference): only the chunk-matrix kernel reads it
+        if rebuild:
+            beside.join()  # the rebuilt states, for the gradient kernel
         dg_part = q.new_empty(4, NK, NTH, dtype=torch.float32)  # dg's rows, -dGp, dbeta, dgamma a K-block
         _rdn_bwd_grad_kernel[(L.chunk_grid[0], NK, L.chunk_grid[1])](
             q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part,
@@ -511,5 +528,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,
             H=L.H, BT=L.BT, NK=NK, IS_VARLEN=L.varlen, num_warps=1,
         )
+    if rebuild:
+        beside.join()  # (without chunks)
     return (dq, dk, dv, dg, dbeta, dgamma,
             None if S0 is None else dS0, None if R0 is None else dR0)

@@ -32,7 +32,7 @@ import torch
 import triton
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, dot_precision, knob_steps, knob_width,
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, dot_precision, knob_steps, knob_width,
                            prepare_chunk_indices, prepare_chunk_offsets, sm_count)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
@@ -71,6 +71,10 @@ LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES
 # the reverse walks only where their programs leave SMs idle (their 16-wide V-blocks: B=1 T=32k 1.62 -> 1.55; B=2
 # T=16k 0.92 -> 0.91, B=4 T=8k 0.61 -> 0.81, B=16 T=2k 0.52 -> 0.84).
 WALK_STEPS = 0
+# The backward's rerun walks (the residuals kept) feed the dq/dk/dg kernel alone: they run on a second stream
+# (triton_utils.Beside) beside dh's walks and the du, dv and intra kernels. 0: one stream; 1: the rerun queued
+# first; 2: queued after dh_R's walk.
+OVERLAP = 1
 
 
 class _Layout:
@@ -227,29 +231,28 @@ def _chunk_states(L: _Layout, like, lo: bool, rows=None):
     return h, (torch.empty_like(h) if lo and L.split_states else None)
 
 
-def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, rows=None):
-    """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32)."""
+def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, rows=None, beside: Beside | None = None):
+    """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32).
+    ``beside``: queued on its stream."""
     h, h_lo = _chunk_states(L, k, lo, rows)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
-    _state_walk_kernel[L.walk_grid](
-        k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, L.chunk_offsets, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
-        SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None,
-        HAS_LO=h_lo is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps,
-    )
+    beside = beside or Beside(k, False)
+    with beside:
+        _state_walk_kernel[L.walk_grid](
+            k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, L.chunk_offsets, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
+            SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None,
+            HAS_LO=h_lo is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps,
+        )
+    beside.use(k, x, g, rate, h0, h, h_lo, final, L.cu_seqlens, L.chunk_offsets)
     return h, h_lo, final
 
 
-def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False, res=None):
+def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
     h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without. ``keep``: the chunk states get
-    ``L.kept_rows`` rows, the shape the op's fake announces for a kept walk. ``res``: the forward's residuals, kept
-    (the backward's rerun): the two walks alone, and S's without its lo buffer, which only the residual kernel reads."""
+    ``L.kept_rows`` rows, the shape the op's fake announces for a kept walk."""
     rows = L.kept_rows if keep else None
-    if res is not None:
-        h_s, _, S_T = _walk(L, k, v, g, beta, S0, True, False, rows)
-        h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, rows)
-        return h_s, h_r, res, S_T, R_T
     h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, rows)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
     _rla_residual_kernel[L.parallel_grid(L.BV_res)](
@@ -262,6 +265,14 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False, re
     del h_s_lo  # only the residuals read it
     h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, rows)
     return h_s, h_r, res, S_T, R_T
+
+
+def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside):
+    """The backward's chunk-start states h_s, h_r from the kept residuals, both walks queued on ``beside``'s
+    stream."""
+    h_s, _, _ = _walk(L, k, v, g, beta, S0, True, False, beside=beside)
+    h_r, _, _ = _walk(L, k, res, g, gamma, R0, False, False, beside=beside)
+    return h_s, h_r
 
 
 def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
@@ -341,10 +352,16 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
     kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
+    rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
     if len(kept) == 3:
         h_s, h_r, res = kept
+    elif not rerun:
+        h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0)
     else:
-        h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0, res=kept[0] if kept else None)
+        res = kept[0]
+        beside = Beside(k, OVERLAP != 0)
+        if OVERLAP != 2:
+            h_s, h_r = _rerun_walks(L, k, v, g, beta, gamma, S0, R0, res, beside)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta. The per-V-block partial sums are reduced below.
@@ -353,6 +370,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
     dh_r, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
+    if rerun and OVERLAP == 2:
+        h_s, h_r = _rerun_walks(L, k, v, g, beta, gamma, S0, R0, res, beside)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     # dgamma's partial sums: nv_du from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
     # all reduced with dg's and dbeta's by one small kernel at the end
@@ -388,6 +407,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
+    if rerun:
+        beside.join()  # the rerun's chunk states
     grid = (nk,) + chunk_grid  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,

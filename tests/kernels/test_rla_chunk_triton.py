@@ -306,6 +306,55 @@ def test_backward_takes_the_kept_residuals(case, monkeypatch):
     assert [name for name, _ in log] == ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
 
 
+RERUN_ORDER = {0: ["walk", "walk", "dwalk", "dwalk", "dqkg"], 1: ["walk", "walk", "dwalk", "dwalk", "dqkg"],
+               2: ["dwalk", "walk", "walk", "dwalk", "dqkg"]}
+_RERUN_KERNELS = {"_state_walk_kernel": "walk", "_dstate_walk_kernel": "dwalk", "_rla_bwd_dqkg_kernel": "dqkg"}
+
+
+def _overlap_grads(monkeypatch, device, shape, cu=None):
+    """The kept-residuals backward at each OVERLAP, with its launch order: {overlap: (grads, [kernel, ...])}, and
+    its inputs."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(**shape, device=device)
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=device)
+    *outputs, kept = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, keep_tokens=True)
+    do, dS_T, dR_T = torch.randn_like(outputs[0]), torch.randn_like(outputs[1]), torch.randn_like(outputs[2])
+    args = (*inputs, None, 1.0, "clip", S0, R0, cu, do, dS_T, dR_T)
+    runs = {}
+    for overlap in RERUN_ORDER:
+        monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        log = record_launches(monkeypatch, chunk, list(_RERUN_KERNELS), lambda name, kw: _RERUN_KERNELS[name])
+        runs[overlap] = chunk_rla_bwd(*args, walk=kept), list(log)
+        monkeypatch.undo()
+    return runs, args, kept
+
+
+def test_rerun_walks_are_queued_beside_the_dh_walks_in_either_order(monkeypatch):
+    """OVERLAP 1 queues the backward's rerun walks (the residuals kept; on a GPU on a second stream) first, 2 after
+    dh_R's walk, 0 as 1 on the one stream: the dq/dk/dg kernel after them every time, the gradients bit for bit
+    alike (packed sequences)."""
+    runs, _, _ = _overlap_grads(monkeypatch, "cpu", dict(B=1, T=150, H=2, K=16, V=16, N=4), cu=[0, 5, 5, 40, 150])
+    for overlap, (grads, log) in runs.items():
+        assert log == RERUN_ORDER[overlap]
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, runs[0][0]))
+
+
+@pytest.mark.gpu
+def test_gpu_rerun_beside_the_dh_walks_is_exact(monkeypatch):
+    """CUDA: the rerun walks on a second stream (OVERLAP 1, 2) give the one-stream gradients bit for bit, eagerly
+    and replayed from a CUDA graph (captured on the one stream), at a shape whose walks leave SMs to them (B=1
+    T=4096 H=4 K=V=128 bf16)."""
+    from kerneltools import graph_replayed
+
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    runs, args, kept = _overlap_grads(monkeypatch, "cuda", dict(B=1, T=4096, H=4, K=128, V=128, dtype=torch.bfloat16))
+    for overlap, (grads, _) in runs.items():
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, runs[0][0])), overlap
+    monkeypatch.setattr(chunk, "OVERLAP", 1)
+    replayed = graph_replayed(lambda: chunk_rla_bwd(*args, walk=kept))
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(replayed, runs[0][0]))
+
+
 def test_kept_walk_is_rerun_where_it_does_not_fit(monkeypatch):
     """A walk kept at other chunks, in another dtype or incomplete is rerun, not misread: same gradients as
     without it."""
