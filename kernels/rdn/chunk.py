@@ -47,7 +47,7 @@ from ..triton_utils import GRID_AXIS_LIMIT, sm_count
 from ._triton_helpers import chunk_tables
 from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
                         _rdn_bwd_prep_p_kernel, _rdn_bwd_rebuild_kernel, _rdn_bwd_walk_r_kernel,
-                        _rdn_bwd_walk_s_kernel)
+                        _rdn_bwd_walk_s_kernel, _rdn_bwd_walks_kernel)
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
@@ -157,6 +157,10 @@ GRAD_BV = 64
 # (triton_utils.Beside) beside the operators, the reverse walks and the chunk matrices. 0: one stream; 1: the
 # rebuild queued first; 2: queued after the reverse walks, its stream forked after the operators.
 OVERLAP = 1
+# The reverse walks as one launch, dS's walk trailing dR's by a chunk or more (chunk_bwd._rdn_bwd_walks_kernel),
+# where the two walks' programs all fit at once, two an SM: 0 automatic (trailed_walks), 1 two launches, 2 one.
+# Why: at B=1 T=32k (128 programs a walk, 132 SMs) each walk alone runs one latency-bound program an SM.
+TRAILED_WALKS = 0
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -421,13 +425,34 @@ def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside 
     return h_s, h_r
 
 
+def trailed_walks(pairs: int, sms: int) -> bool:
+    """Whether the reverse walks run as one launch, dS's trailing dR's (TRAILED_WALKS; 0 automatic): where both
+    walks' ``pairs`` (V-block, sequence x head) programs fit on ``sms`` SMs at once, two an SM."""
+    if TRAILED_WALKS not in (0, 1, 2):
+        raise ValueError(f"launch knob TRAILED_WALKS must be 0 (automatic), 1 (two launches) or 2 (one launch, dS's "
+                         f"walk trailing dR's); got {TRAILED_WALKS!r}")
+    return TRAILED_WALKS == 2 or (TRAILED_WALKS == 0 and pairs <= sms)
+
+
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
                   scale):
-    """The reverse walk as two launches (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that
-    dX (h_ds, dS0, dyv); ``operators``: ``_walk_operators``'s."""
+    """The reverse walk (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that dX (h_ds, dS0,
+    dyv), as two launches or as one (trailed_walks); ``operators``: ``_walk_operators``'s."""
     k_b, k_c, p_b, q_b, p_c = operators
     BV = L.width("REVERSE_WALK_BV", L.walk_BV)
     grid = (triton.cdiv(L.V, BV), L.N * L.H)
+    pairs = grid[0] * grid[1]
+    if trailed_walks(pairs, sm_count(q.device)):
+        progress = torch.zeros(1 + pairs, dtype=torch.int32, device=q.device)
+        _rdn_bwd_walks_kernel[(2 * pairs,)](
+            q, k, g, beta, gamma, k_c, p_c, k_b, p_b, q_b, x, do, dR_T, dS_T,
+            h_dr, dR0, dyr, dxc, h_ds, dS0, dyv, progress,
+            L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T, pairs,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
+            RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, HAS_DRT=dR_T is not None, HAS_DST=dS_T is not None,
+            IS_VARLEN=L.varlen, num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
+        )
+        return
     _rdn_bwd_walk_r_kernel[grid](
         q, k, g, gamma, k_c, p_c, x, do, dR_T,
         h_dr, dR0, dyr, dxc,

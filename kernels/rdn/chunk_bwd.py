@@ -169,19 +169,19 @@ def _rdn_bwd_rebuild_kernel(
 # Until 2026-12-01 the walks loaded Mqi, T and Mk and did the [BT, BT] dots on the chain, with split dots (6 half
 # dots a step): 1.29 and 1.46 ms at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, profile_kernels.py), in git
 # history before the prep kernel. Before that one walk carried both (3.27 ms).
-@triton.jit(do_not_specialize=["T"])
-def _rdn_bwd_walk_r_kernel(
-    q, k, g, gamma, k_c, p_c, x, do, dr_t,
-    h_dr, dr0, dyr_out, dx_out,
+@triton.jit
+def _walk_r(
+    i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t,
+    h_dr, dr0, dyr_out, dx_out, done,
     cu_seqlens, chunk_offsets, scale, clip, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
-    HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr, TRAILED: tl.constexpr,
 ):
-    """Walk 1: dR from chunk end to chunk start, h_dr at every chunk end, dyr and dX per token."""
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    """Walk 1 of (sequence x head ``i_nh``, V-block ``i_v``): dR from chunk end to chunk start, h_dr at every chunk
+    end, dyr and dX per token. ``TRAILED``: after each chunk's dX it publishes the chunks done in ``done`` (release:
+    walk 2 of the same program pair reads them after its acquire)."""
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
@@ -214,23 +214,25 @@ def _rdn_bwd_walk_r_kernel(
         b_dx = _rho_grad(b_x, _rho(b_x, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma[:, None] * b_dyr)
         store_tile(dyr_out + tok_v, b_dyr, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        if TRAILED:
+            tl.debug_barrier()  # every thread's dX stores before the one release below
+            tl.atomic_xchg(done, tl.cast(i_loop + 1, tl.int32), sem="release", scope="gpu")
 
     store_tile(dr0 + i_nh * K * V, b_dr, 0, K, V, i_v * BV, V, BK, BV)
 
 
-@triton.jit(do_not_specialize=["T"])
-def _rdn_bwd_walk_s_kernel(
-    q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t,
-    h_ds, ds0, dyv_out,
+@triton.jit
+def _walk_s(
+    i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t,
+    h_ds, ds0, dyv_out, done,
     cu_seqlens, chunk_offsets, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr, TRAILED: tl.constexpr,
 ):
-    """Walk 2, after walk 1: dS from chunk end to chunk start, h_ds at every chunk end, dyv per token, from the dX
-    (``dxc``) walk 1 stored."""
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    """Walk 2 of (``i_nh``, ``i_v``), after walk 1's dX (``dxc``): dS from chunk end to chunk start, h_ds at every
+    chunk end, dyv per token. ``TRAILED``: walk 1 runs alongside; each chunk waits (acquire) until ``done`` says
+    walk 1 has stored that chunk's dX."""
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
@@ -252,6 +254,11 @@ def _rdn_bwd_walk_s_kernel(
         b_kb = load_tile_raw(k_b + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_pb = load_tile(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_qb = load_tile(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        if TRAILED:
+            seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
+            while seen <= i_loop:
+                seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
+            tl.debug_barrier()  # every thread's dX loads after the acquire
         b_dx = load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dsq = scale * load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dyv = (dot_cast(b_kb, b_ds, DOT_PREC) + tl.dot(b_pb, b_dsq, input_precision=DOT_PREC)
@@ -265,6 +272,68 @@ def _rdn_bwd_walk_s_kernel(
         store_tile(dyv_out + tok_v, b_dyv, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _rdn_bwd_walk_r_kernel(
+    q, k, g, gamma, k_c, p_c, x, do, dr_t,
+    h_dr, dr0, dyr_out, dx_out,
+    cu_seqlens, chunk_offsets, scale, clip, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Walk 1 alone, a program a (V-block, sequence x head)."""
+    _walk_r(tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64),
+            q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, dr0,
+            cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT, IS_VARLEN,
+            False)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _rdn_bwd_walk_s_kernel(
+    q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t,
+    h_ds, ds0, dyv_out,
+    cu_seqlens, chunk_offsets, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Walk 2 alone, after walk 1's launch, a program a (V-block, sequence x head)."""
+    _walk_s(tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64),
+            q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t, h_ds, ds0, dyv_out, ds0,
+            cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, False)
+
+
+@triton.jit(do_not_specialize=["T", "PAIRS"])
+def _rdn_bwd_walks_kernel(
+    q, k, g, beta, gamma, k_c, p_c, k_b, p_b, q_b, x, do, dr_t, ds_t,
+    h_dr, dr0, dyr_out, dx_out, h_ds, ds0, dyv_out, progress,
+    cu_seqlens, chunk_offsets, scale, clip, T, PAIRS,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DRT: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Both walks in one launch, walk 2 trailing walk 1 by a chunk or more (for when one walk's programs leave the
+    SMs half idle). ``progress`` (int32, zeroed): a ticket counter, then each (sequence x head, V-block) pair's
+    chunks done by walk 1. A program's role comes from the ticket it draws, not its program id: the first PAIRS
+    tickets walk 1, the rest walk 2, so every walk 1 a walk 2 waits on belongs to a program already running,
+    whatever order the hardware starts programs in (no deadlock)."""
+    ticket = tl.atomic_add(progress, 1)
+    pair = ticket % PAIRS
+    NV = tl.cdiv(V, BV)
+    i_v = tl.cast(pair % NV, tl.int64)
+    i_nh = tl.cast(pair // NV, tl.int64)
+    done = progress + 1 + pair
+    if ticket < PAIRS:
+        _walk_r(i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, done,
+                cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT,
+                IS_VARLEN, True)
+    else:
+        _walk_s(i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dx_out, do, ds_t, h_ds, ds0, dyv_out, done,
+                cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, True)
 
 
 # The gradients, chunk-parallel, split as fla splits its gated delta rule's backward so that no program holds both

@@ -640,6 +640,61 @@ def test_gpu_rebuild_beside_the_walks_is_exact(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(replayed, runs[0][0]))
 
 
+def test_trailed_reverse_walks_are_the_two_launches(monkeypatch):
+    """TRAILED_WALKS=2: the reverse walks as one launch (_rdn_bwd_walks_kernel, dS's walk trailing dR's through
+    per-pair chunk counters and drawn tickets) give the two launches' gradients bit for bit: packed sequences, final
+    state gradients, both residual modes with a clip."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu = torch.tensor([0, 5, 75, 112, 141], dtype=torch.int32)  # 1, 3, 2 and 1 chunks of 32 tokens
+    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=4)
+    do = torch.randn_like(inputs[2])
+    final = [torch.randn_like(S0), torch.randn_like(R0)]
+    for residual in ("clip", "tanh"):
+        *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, residual, S0, R0, cu, save_wy=True, keep_tokens=True)
+        grads = {}
+        for trailed, kernels in ((1, ["walk_r", "walk_s"]), (2, ["walks"])):
+            monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
+            names = [f"_rdn_bwd_{name}_kernel" for name in ("walk_r", "walk_s", "walks")]
+            log = record_launches(monkeypatch, chunk, names, lambda name, kw: name[len("_rdn_bwd_"):-len("_kernel")])
+            grads[trailed] = chunk_rdn_bwd(*inputs, None, 1.0, residual, S0, R0, cu, do, *final, wy=wy, walk=tokens)
+            assert log == kernels
+        assert all(torch.equal(a, b) for a, b in zip(grads[1], grads[2]))
+
+
+def test_trailed_walks_where_both_walks_fit_at_once(monkeypatch):
+    """Automatic: one launch where both walks' programs fit two an SM (B=1 T=32k H=16 at 16-wide V-blocks: 128 pairs
+    on 132 SMs), two launches elsewhere and off CUDA (0 SMs); the knob overrides, a bad one is a ValueError."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    assert chunk.trailed_walks(8 * 16, 132) and not chunk.trailed_walks(2 * 8 * 16, 132)
+    assert not chunk.trailed_walks(4, 0)
+    monkeypatch.setattr(chunk, "TRAILED_WALKS", 2)
+    assert chunk.trailed_walks(4 * 8 * 16, 132)
+    monkeypatch.setattr(chunk, "TRAILED_WALKS", 1)
+    assert not chunk.trailed_walks(8 * 16, 132)
+    monkeypatch.setattr(chunk, "TRAILED_WALKS", 3)
+    with pytest.raises(ValueError, match="TRAILED_WALKS must be 0"):
+        chunk.trailed_walks(8, 132)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B, T", [(1, 8192), (16, 1024)])
+def test_gpu_trailed_walks_are_the_two_launches(B, T, monkeypatch):
+    """CUDA: the one-launch reverse walks give the two launches' gradients bit for bit where their programs all fit
+    (B=1 T=8k H=4: 32 pairs) and where they are eight times the SMs' room (B=16 T=1k H=16 K=V=128 bf16: the drawn
+    tickets keep every walk 2 behind a running walk 1)."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    H = 4 if B == 1 else 16
+    inputs, S0, R0 = make_inputs(B=B, T=T, H=H, K=128, V=128, dtype=torch.bfloat16, device="cuda")
+    *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_tokens=True)
+    do = torch.randn_like(inputs[2])
+    final = [torch.randn_like(S0), torch.randn_like(R0)]
+    grads = {}
+    for trailed in (1, 2):
+        monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
+        grads[trailed] = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, *final, wy=wy, walk=tokens)
+    assert all(torch.equal(a, b) for a, b in zip(grads[1], grads[2]))
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
     """The rebuild's one launch (_rdn_bwd_rebuild_kernel: S's and R's walks side by side) makes the chunk states that
