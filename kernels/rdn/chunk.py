@@ -94,14 +94,17 @@ X_HALF3 = 1
 # (H200, 2026-11-30, profile_kernels.py) the walks took 2.40 / 2.93 / 3.24 ms at four warps, 5.49 ms (reverse)
 # at eight, 6.47 (reverse) at two; four runs two programs an SM, eight one. keep_walk's forward walk (U, W and X
 # stored, S path at tf32x3) at four: 400 bytes, against 368 for the rerun and 240 for the default forward walk, all
-# three by this CPU machine's Triton 3.9 ptxas (2026-12-01; untimed on the GPU).
+# three by this CPU machine's Triton 3.9 ptxas (2026-12-01; untimed on the GPU). Eight again where a walk has one
+# program an SM (H200, 2026-12-02 11:17, profile_kernels.py --knob WALK_WARPS=4,8), ms at B=1 T=32k / B=2 T=16k:
+# forward walk (kept X) 3.33 -> 4.28 / 1.99 -> 4.29, dR walk 2.86 -> 2.75 / 1.52 -> 2.73, dS walk 2.45 -> 2.38 /
+# 1.34 -> 2.30. Four stays.
 WALK_WARPS = 4
 # Software-pipelining stages of the forward walk (and its rerun in the backward): two. At B=16 T=2k H=16 K=V=128 bf16
 # (H200, Triton 3.6, profile_kernels.py --walk-stages 1,2, 2026-12-01 10:30, the walk of then with split R dots) one
 # stage took 1.92 ms forward / 2.43 rerun / 2.44 kept forward, two 1.73 / 2.16 / 2.16.
 WALK_STAGES = 2
-# The backward's reverse walk runs as two launches (chunk_bwd.py says why), at four warps (WALK_WARPS) and two
-# stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config the same day (every case
+# The backward's reverse walk runs as two walks (chunk_bwd.py says why; one launch or two, TRAILED_WALKS), at four
+# warps (WALK_WARPS) and two stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config the same day (every case
 # of scripts/gpu_check_rdn.py --all).
 REVERSE_WALK_STAGES = 2
 # The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01 morning, B=16 T=2k,
@@ -147,15 +150,17 @@ REVERSE_WALK_BV = 0
 # 2.41 at 32k.
 REBUILD_BK = 0
 REBUILD_STEPS = 0
-# Warps of the rebuild kernel: 4, its one timed setting (ptxas sm_90 at B=1 T=32k, BK 128, BV 16, two chunks a turn:
-# 84 registers, 70 KB shared). A knob so that the long-T rows (256 programs there, two an SM) can try 8
-# (docs/next/README.md).
+# Warps of the rebuild kernel (ptxas sm_90 at B=1 T=32k, BK 128, BV 16, two chunks a turn: 84 registers, 70 KB
+# shared at 4). 4 -> 8 (H200, 2026-12-02 11:17, profile_kernels.py --knob REBUILD_WARPS=4,8): 1.389 -> 1.390 ms at
+# B=1 T=32k, 0.97 -> 1.08 at B=2 T=16k.
 REBUILD_WARPS = 4
 MATS_BV = 64
 GRAD_BV = 64
-# The rebuilt chunk states (keep_tokens) are read by the gradient kernel alone: the rebuild runs on a second stream
-# (triton_utils.Beside) beside the operators, the reverse walks and the chunk matrices. 0: one stream; 1: the
-# rebuild queued first; 2: queued after the reverse walks, its stream forked after the operators.
+# 1: the rebuilt chunk states (keep_tokens), read by the gradient kernel alone, are rebuilt on a second stream
+# (triton_utils.Beside) beside the reverse walks and the chunk matrices, its stream forked after the operators and
+# the rebuild queued after the walks; 0: on the one stream, after the walks. Backward ms at H=16 K=V=128 bf16 (H200,
+# Triton 3.6, 2026-12-02 12:12, autotuned, two walk launches): B=1 T=32k 9.38 -> 8.37, B=2 T=16k 6.53 -> 6.26,
+# B=16 T=2k 4.90 -> 4.88. Queued before the operators it took the SMs first and lost (9.47, 6.65, 4.87).
 OVERLAP = 1
 # The reverse walks as one launch, dS's walk trailing dR's by a chunk or more (chunk_bwd._rdn_bwd_walks_kernel),
 # where the two walks' programs all fit at once, two an SM: 0 automatic (trailed_walks), 1 two launches, 2 one.
@@ -506,17 +511,14 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         u, w, x = kept
     else:
         h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
-    if rebuild and OVERLAP != 2:
-        beside = triton_utils.Beside(k, OVERLAP == 1)
-        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside)
     operators = _walk_operators(L, q, k, g, t_beta, t_gamma, m_k)  # after the rerun: not live through it
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
-    if rebuild and OVERLAP == 2:
-        beside = triton_utils.Beside(k)
+    if rebuild:
+        beside = triton_utils.Beside(k, OVERLAP == 1)  # forked here: nothing queued after needs it
     _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
-    if rebuild and OVERLAP == 2:
+    if rebuild:  # after the walks' launch, so that the walks get their SMs first
         h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside)
     del m_k, t_beta, t_gamma, operators
 

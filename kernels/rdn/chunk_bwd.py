@@ -1,5 +1,5 @@
-"""RDN chunk backward in Triton: a reverse walk for the state adjoints (two launches), then every gradient, all
-chunks in parallel.
+"""RDN chunk backward in Triton: a reverse walk for the state adjoints (two walks: two launches, or one launch whose
+second walk trails the first, ``_rdn_bwd_walks_kernel``), then every gradient, all chunks in parallel.
 
 The forward is column-wise in V, so the adjoints of the states (dS, dR, carried from chunk end to chunk
 start) and dv are exact per V-block, while the gradients of the shared inputs (q, k, g, beta, gamma) are

@@ -71,9 +71,10 @@ LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES
 # the reverse walks only where their programs leave SMs idle (their 16-wide V-blocks: B=1 T=32k 1.62 -> 1.55; B=2
 # T=16k 0.92 -> 0.91, B=4 T=8k 0.61 -> 0.81, B=16 T=2k 0.52 -> 0.84).
 WALK_STEPS = 0
-# The backward's rerun walks (the residuals kept) feed the dq/dk/dg kernel alone: they run on a second stream
-# (triton_utils.Beside) beside dh's walks and the du, dv and intra kernels. 0: one stream; 1: the rerun queued
-# first; 2: queued after dh_R's walk.
+# 1: the backward's rerun walks (the residuals kept), read by the dq/dk/dg kernel alone, run on a second stream
+# (triton_utils.Beside) beside dh's walks and the du, dv and intra kernels; 0: on the one stream. Backward ms at H=16
+# K=V=128 bf16 (H200, Triton 3.6, 2026-12-02 12:12, autotuned): B=1 T=32k 4.56 -> 4.30, B=2 T=16k 3.58 -> 3.32,
+# B=16 T=2k 2.94 -> 2.92 (queued after dh_R's walk instead: 4.30, 3.31, 3.19).
 OVERLAP = 1
 
 
@@ -359,9 +360,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0)
     else:
         res = kept[0]
-        beside = Beside(k, OVERLAP != 0)
-        if OVERLAP != 2:
-            h_s, h_r = _rerun_walks(L, k, v, g, beta, gamma, S0, R0, res, beside)
+        beside = Beside(k, OVERLAP == 1)
+        h_s, h_r = _rerun_walks(L, k, v, g, beta, gamma, S0, R0, res, beside)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta. The per-V-block partial sums are reduced below.
@@ -370,8 +370,6 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
     dh_r, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
-    if rerun and OVERLAP == 2:
-        h_s, h_r = _rerun_walks(L, k, v, g, beta, gamma, S0, R0, res, beside)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     # dgamma's partial sums: nv_du from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
     # all reduced with dg's and dbeta's by one small kernel at the end

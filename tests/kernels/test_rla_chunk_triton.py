@@ -306,8 +306,7 @@ def test_backward_takes_the_kept_residuals(case, monkeypatch):
     assert [name for name, _ in log] == ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
 
 
-RERUN_ORDER = {0: ["walk", "walk", "dwalk", "dwalk", "dqkg"], 1: ["walk", "walk", "dwalk", "dwalk", "dqkg"],
-               2: ["dwalk", "walk", "walk", "dwalk", "dqkg"]}
+RERUN_ORDER = ["walk", "walk", "dwalk", "dwalk", "dqkg"]
 _RERUN_KERNELS = {"_state_walk_kernel": "walk", "_dstate_walk_kernel": "dwalk", "_rla_bwd_dqkg_kernel": "dqkg"}
 
 
@@ -321,7 +320,7 @@ def _overlap_grads(monkeypatch, device, shape, cu=None):
     do, dS_T, dR_T = torch.randn_like(outputs[0]), torch.randn_like(outputs[1]), torch.randn_like(outputs[2])
     args = (*inputs, None, 1.0, "clip", S0, R0, cu, do, dS_T, dR_T)
     runs = {}
-    for overlap in RERUN_ORDER:
+    for overlap in (0, 1):
         monkeypatch.setattr(chunk, "OVERLAP", overlap)
         log = record_launches(monkeypatch, chunk, list(_RERUN_KERNELS), lambda name, kw: _RERUN_KERNELS[name])
         runs[overlap] = chunk_rla_bwd(*args, walk=kept), list(log)
@@ -329,19 +328,19 @@ def _overlap_grads(monkeypatch, device, shape, cu=None):
     return runs, args, kept
 
 
-def test_rerun_walks_are_queued_beside_the_dh_walks_in_either_order(monkeypatch):
-    """OVERLAP 1 queues the backward's rerun walks (the residuals kept; on a GPU on a second stream) first, 2 after
-    dh_R's walk, 0 as 1 on the one stream: the dq/dk/dg kernel after them every time, the gradients bit for bit
-    alike (packed sequences)."""
+def test_rerun_walks_are_queued_first(monkeypatch):
+    """The backward's rerun walks (the residuals kept) are queued first (with OVERLAP 1, on a GPU, on a second
+    stream) and the dq/dk/dg kernel after them, at OVERLAP 0 and 1, the gradients bit for bit alike (packed
+    sequences)."""
     runs, _, _ = _overlap_grads(monkeypatch, "cpu", dict(B=1, T=150, H=2, K=16, V=16, N=4), cu=[0, 5, 5, 40, 150])
     for overlap, (grads, log) in runs.items():
-        assert log == RERUN_ORDER[overlap]
+        assert log == RERUN_ORDER
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, runs[0][0]))
 
 
 @pytest.mark.gpu
 def test_gpu_rerun_beside_the_dh_walks_is_exact(monkeypatch):
-    """CUDA: the rerun walks on a second stream (OVERLAP 1, 2) give the one-stream gradients bit for bit, eagerly
+    """CUDA: the rerun walks on a second stream (OVERLAP 1) give the one-stream gradients bit for bit, eagerly
     and replayed from a CUDA graph (captured on the one stream), at a shape whose walks leave SMs to them (B=1
     T=4096 H=4 K=V=128 bf16)."""
     from kerneltools import graph_replayed
