@@ -410,15 +410,19 @@ def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[in
     return BK, steps or (2 if launched < 2 * sms else 1)
 
 
-def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside | None = None):
+def _rebuild_buffers(L: _Layout, k) -> tuple:
+    """The rebuild's outputs: h_s, h_r (L.chunk_states) and the final states it writes but nobody reads."""
+    return L.chunk_states(k), L.chunk_states(k), L.state(k), L.state(k)
+
+
+def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside | None = None, out=None):
     """The chunk-start states h_s, h_r (L.chunk_states) from the forward's U and W (keep_tokens): two linear walks
     in one launch (chunk_bwd._rdn_bwd_rebuild_kernel: RLA's walk with no rate, S's update split as the forward walk's,
-    R's rounded); ``beside``: queued on its stream."""
+    R's rounded); ``beside``: queued on its stream, into ``out`` (``_rebuild_buffers``, allocated before its fork)."""
     beside = beside or triton_utils.Beside(k, False)
     BV = L.width("WALK_BV", L.walk_BV)
     BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sm_count(k.device))
-    h_s, h_r = L.chunk_states(k), L.chunk_states(k)
-    finals = L.state(k), L.state(k)  # written, never read
+    h_s, h_r, *finals = out or _rebuild_buffers(L, k)
     with beside:
         _rdn_bwd_rebuild_kernel[(2 * triton.cdiv(L.K, BK), triton.cdiv(L.V, BV), L.N * L.H)](
             k, u, w, g, S0, R0, h_s, h_r, *finals, L.cu_seqlens, L.chunk_offsets, L.T,
@@ -516,10 +520,14 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
     if rebuild:
-        beside = triton_utils.Beside(k, OVERLAP == 1)  # forked here: nothing queued after needs it
+        # Its outputs allocated before the fork (Beside says why), its stream forked before the walks (it needs
+        # nothing they make) and the rebuild queued after them, so that the walks get their SMs first.
+        rebuilt = _rebuild_buffers(L, k)
+        beside = triton_utils.Beside(k, OVERLAP == 1)
     _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
-    if rebuild:  # after the walks' launch, so that the walks get their SMs first
-        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside)
+    if rebuild:
+        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside, rebuilt)
+        del rebuilt
     del m_k, t_beta, t_gamma, operators
 
     # The chunk-parallel kernels (chunk_bwd.py): the chunk matrices' per chunk, the gradient kernel per (chunk,
