@@ -160,11 +160,15 @@ GRAD_BV = 64
 # (triton_utils.Beside) beside the reverse walks and the chunk matrices, its stream forked after the operators and
 # the rebuild queued after the walks; 0: on the one stream, after the walks. Backward ms at H=16 K=V=128 bf16 (H200,
 # Triton 3.6, 2026-12-02 12:12, autotuned, two walk launches): B=1 T=32k 9.38 -> 8.37, B=2 T=16k 6.53 -> 6.26,
-# B=16 T=2k 4.90 -> 4.88. Queued before the operators it took the SMs first and lost (9.47, 6.65, 4.87).
+# B=16 T=2k 4.90 -> 4.88. Queued before the operators it took the SMs first and lost (9.47, 6.65, 4.87). Never beside
+# the one-launch walks (TRAILED_WALKS): at B=1 T=32k 7.81-7.84 ms on the one stream, 8.23-8.29 beside them (12:22).
 OVERLAP = 1
 # The reverse walks as one launch, dS's walk trailing dR's by a chunk or more (chunk_bwd._rdn_bwd_walks_kernel),
 # where the two walks' programs all fit at once, two an SM: 0 automatic (trailed_walks), 1 two launches, 2 one.
-# Why: at B=1 T=32k (128 programs a walk, 132 SMs) each walk alone runs one latency-bound program an SM.
+# Why: at B=1 T=32k (128 programs a walk, 132 SMs) each walk alone runs one latency-bound program an SM. Backward ms
+# at H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-02 12:12-12:23, autotuned, the rebuild on the one stream): B=1
+# T=32k 9.38-9.40 -> 7.81-7.84; where the programs do not fit, slower: B=2 T=16k 6.53 -> 7.62, B=16 T=2k 4.90 ->
+# 5.88. One launch holds both walks' registers: 254 a thread (ptxas sm_90), still two programs an SM.
 TRAILED_WALKS = 0
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -443,6 +447,11 @@ def trailed_walks(pairs: int, sms: int) -> bool:
     return TRAILED_WALKS == 2 or (TRAILED_WALKS == 0 and pairs <= sms)
 
 
+def _walks_trailed(L: _Layout, device) -> bool:
+    """Whether this call's reverse walks run as one launch (trailed_walks at their V-blocks)."""
+    return trailed_walks(triton.cdiv(L.V, L.width("REVERSE_WALK_BV", L.walk_BV)) * L.N * L.H, sm_count(device))
+
+
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
                   scale):
     """The reverse walk (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that dX (h_ds, dS0,
@@ -451,7 +460,7 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
     BV = L.width("REVERSE_WALK_BV", L.walk_BV)
     grid = (triton.cdiv(L.V, BV), L.N * L.H)
     pairs = grid[0] * grid[1]
-    if trailed_walks(pairs, sm_count(q.device)):
+    if _walks_trailed(L, q.device):
         progress = torch.zeros(1 + pairs, dtype=torch.int32, device=q.device)
         _rdn_bwd_walks_kernel[(2 * pairs,)](
             q, k, g, beta, gamma, k_c, p_c, k_b, p_b, q_b, x, do, dR_T, dS_T,
@@ -521,9 +530,10 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
     if rebuild:
         # Its outputs allocated before the fork (Beside says why), its stream forked before the walks (it needs
-        # nothing they make) and the rebuild queued after them, so that the walks get their SMs first.
+        # nothing they make) and the rebuild queued after them, so that the walks get their SMs first. Not beside
+        # walks trailed in one launch: those need every SM's room for their own programs (OVERLAP says by how much).
         rebuilt = _rebuild_buffers(L, k)
-        beside = triton_utils.Beside(k, OVERLAP == 1)
+        beside = triton_utils.Beside(k, OVERLAP == 1 and not _walks_trailed(L, q.device))
     _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
     if rebuild:
         h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside, rebuilt)

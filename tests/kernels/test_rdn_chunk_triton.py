@@ -604,6 +604,7 @@ def _overlap_grads(monkeypatch, device, B, T, H, K, dtype, cu=None):
     runs = {}
     for overlap in (0, 1):
         monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        monkeypatch.setattr(chunk, "TRAILED_WALKS", 1)  # two launches: the rebuild beside them
         log = record_launches(monkeypatch, chunk, kernels, lambda name, kw: name[len("_rdn_bwd_"):-len("_kernel")])
         grads = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
         runs[overlap] = grads, list(log)
@@ -633,6 +634,7 @@ def test_gpu_rebuild_beside_the_walks_is_exact(monkeypatch):
     for overlap, (grads, _) in runs.items():
         assert all(torch.equal(a, b) for a, b in zip(grads, runs[0][0])), overlap
     monkeypatch.setattr(chunk, "OVERLAP", 1)
+    monkeypatch.setattr(chunk, "TRAILED_WALKS", 1)
     replayed = graph_replayed(lambda: chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy,
                                                     walk=tokens))
     assert all(torch.equal(a, b) for a, b in zip(replayed, runs[0][0]))
@@ -672,6 +674,29 @@ def test_trailed_walks_where_both_walks_fit_at_once(monkeypatch):
     monkeypatch.setattr(chunk, "TRAILED_WALKS", 3)
     with pytest.raises(ValueError, match="TRAILED_WALKS must be 0"):
         chunk.trailed_walks(8, 132)
+
+
+def test_rebuild_is_beside_only_walks_in_two_launches(monkeypatch):
+    """The rebuild's second stream is asked for (OVERLAP 1) where the reverse walks are two launches, not where they
+    are one (it would take the room their trailing programs need), nor at OVERLAP 0."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    asked = []
+    real = chunk.triton_utils.Beside
+
+    def recording(like, enabled=True):
+        asked.append(enabled)
+        return real(like, enabled)
+
+    monkeypatch.setattr(chunk.triton_utils, "Beside", recording)
+    inputs, S0, R0 = make_inputs(B=1, T=70, H=2, K=16, V=16)
+    *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_tokens=True)
+    do = torch.randn_like(inputs[2])
+    for overlap, trailed, expected in ((1, 1, True), (1, 2, False), (0, 1, False)):
+        monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
+        asked.clear()
+        chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, None, None, wy=wy, walk=tokens)
+        assert asked == [expected]
 
 
 @pytest.mark.gpu
