@@ -2,14 +2,16 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--fwd-chunks 64,128] [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128]
-        [--knob NAME=V1,V2 ...] [--keep-walk]
+        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
 With --tune the kernels autotune (every config compiled and timed) and the configs chosen are printed;
 without, each kernel runs its first (fixed) config. --knob names an int of each op's chunk module (RDN's MATS_BV,
 GRAD_BV, PREP_BK, ...; RLA's are listed in rla/chunk.py's LAUNCH_KNOBS, and WALK_STEPS=1,2): give --ops the op it
-belongs to (a knob an op lacks ends the run before any GPU work).
+belongs to (a knob an op lacks ends the run before any GPU work). --wall adds each pass's wall time (the median of
+triton.testing.do_bench): kernels on two streams (the backwards' OVERLAP) or waiting on each other in one launch (RDN's
+TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 import sys
 
 import torch
+import triton.testing
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 # gpu_check_rdn also puts rla_kernels on the path, and pins fixed configs unless --tune
@@ -76,6 +79,7 @@ def main():
     parser.add_argument("--keep-walk", action="store_true", help="also profile the forward and backward with the "
                         "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, U, W, X, "
                         "RLA's h_S, h_R, r)")
+    parser.add_argument("--wall", action="store_true", help="also time each pass as a whole (do_bench median)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -138,7 +142,8 @@ def main():
                           f"{str(err).splitlines()[0][:160]}", flush=True)
                     torch.cuda.synchronize()  # raises again if the context is gone: nothing later could run
                     continue
-                print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU", flush=True)
+                wall = f", {triton.testing.do_bench(fn, warmup=50, rep=300):.3f} ms wall" if args.wall else ""
+                print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU{wall}", flush=True)
                 for kernel, ms in times.most_common(12):  # RDN's backward alone launches 8 kernels
                     print(f"    {ms:8.3f} ms  {kernel}", flush=True)
             del x, do, saved
