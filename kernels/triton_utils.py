@@ -96,15 +96,18 @@ class Beside:
     Why: a walk with about one program an SM (long sequences, few heads) is latency-bound and leaves most of each
     SM's registers and shared memory idle; another kernel's programs fit there. ``with beside:`` queues launches on
     the device's second stream, which first waits for everything the current stream has queued so far;
-    ``beside.join()`` makes the current stream wait for them (and ends the fork). Every tensor such a launch reads or writes goes to
-    ``use`` (``record_stream``): the caching allocator then keeps its memory from the current stream until the
-    launch is done, however early the tensor is freed. What the launches write must be allocated before the fork, or
-    after it with nothing queued on the current stream in between: memory the current stream frees after the fork
-    (a buffer of a kernel still running there) goes to its next allocations, which the second stream does not wait
-    for (2026-12-02: an illegal memory access, the rebuild's buffers over the reverse walks' ticket counters). Off
-    CUDA, with ``enabled`` false, or while the current
-    stream is being captured into a CUDA graph (whose allocator pools and cudagraph trees' checkpoints assume one
-    stream's frees), every launch stays on the current stream and ``use``/``join`` do nothing."""
+    ``beside.join()`` makes the current stream wait for them (and ends the fork).
+
+    Memory: every tensor such a launch reads or writes goes to ``use`` (``record_stream``), so the caching allocator
+    keeps its memory from the current stream until the launch is done, however early the tensor is freed. And what
+    the launches write is allocated before the fork, or after it with nothing queued on the current stream in
+    between: memory the current stream frees after the fork (a buffer of a kernel still running there) goes to its
+    next allocations, which the second stream does not wait for (2026-12-02: an illegal memory access, the RDN
+    rebuild's buffers over the one-launch reverse walks' ticket counters).
+
+    Off CUDA, with ``enabled`` false, or while the current stream is being captured into a CUDA graph (whose
+    allocator pools and cudagraph trees' checkpoints assume one stream's frees), every launch stays on the current
+    stream and ``use``/``join`` do nothing."""
 
     def __init__(self, like: torch.Tensor, enabled: bool = True):
         self.stream = self.current = None
