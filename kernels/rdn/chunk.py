@@ -104,8 +104,8 @@ WALK_WARPS = 4
 # stage took 1.92 ms forward / 2.43 rerun / 2.44 kept forward, two 1.73 / 2.16 / 2.16.
 WALK_STAGES = 2
 # The backward's reverse walk runs as two walks (chunk_bwd.py says why; one launch or two, TRAILED_WALKS), at four
-# warps (WALK_WARPS) and two stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config the same day (every case
-# of scripts/gpu_check_rdn.py --all).
+# warps (WALK_WARPS) and two stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config
+# the same day (every case of scripts/gpu_check_rdn.py --all).
 REVERSE_WALK_STAGES = 2
 # The gradient kernel (chunk_bwd._rdn_bwd_grad_kernel), two knobs timed on the H200 (2026-12-01 morning, B=16 T=2k,
 # profile_kernels.py --tune) on its version of then, which also did the chunk-matrix work (now _rdn_bwd_mats_kernel's,
@@ -447,20 +447,15 @@ def trailed_walks(pairs: int, sms: int) -> bool:
     return TRAILED_WALKS == 2 or (TRAILED_WALKS == 0 and pairs <= sms)
 
 
-def _walks_trailed(L: _Layout, device) -> bool:
-    """Whether this call's reverse walks run as one launch (trailed_walks at their V-blocks)."""
-    return trailed_walks(triton.cdiv(L.V, L.width("REVERSE_WALK_BV", L.walk_BV)) * L.N * L.H, sm_count(device))
-
-
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
-                  scale):
+                  scale, trailed: bool):
     """The reverse walk (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that dX (h_ds, dS0,
-    dyv), as two launches or as one (trailed_walks); ``operators``: ``_walk_operators``'s."""
+    dyv), as two launches or, ``trailed`` (trailed_walks), as one; ``operators``: ``_walk_operators``'s."""
     k_b, k_c, p_b, q_b, p_c = operators
     BV = L.width("REVERSE_WALK_BV", L.walk_BV)
     grid = (triton.cdiv(L.V, BV), L.N * L.H)
     pairs = grid[0] * grid[1]
-    if _walks_trailed(L, q.device):
+    if trailed:
         progress = torch.zeros(1 + pairs, dtype=torch.int32, device=q.device)
         _rdn_bwd_walks_kernel[(2 * pairs,)](
             q, k, g, beta, gamma, k_c, p_c, k_b, p_b, q_b, x, do, dR_T, dS_T,
@@ -528,13 +523,15 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
+    trailed = trailed_walks(triton.cdiv(L.V, L.width("REVERSE_WALK_BV", L.walk_BV)) * L.N * L.H, sm_count(q.device))
     if rebuild:
         # Its outputs allocated before the fork (Beside says why), its stream forked before the walks (it needs
         # nothing they make) and the rebuild queued after them, so that the walks get their SMs first. Not beside
         # walks trailed in one launch: those need every SM's room for their own programs (OVERLAP says by how much).
         rebuilt = _rebuild_buffers(L, k)
-        beside = triton_utils.Beside(k, OVERLAP == 1 and not _walks_trailed(L, q.device))
-    _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale)
+        beside = triton_utils.Beside(k, OVERLAP == 1 and not trailed)
+    _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale,
+                  trailed)
     if rebuild:
         h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside, rebuilt)
         del rebuilt
