@@ -204,6 +204,45 @@ def test_triton_chunk_op_autograd_wiring(variant, compiled, monkeypatch):
         assert rel(x, r) < 1e-4
 
 
+@pytest.mark.parametrize("variant", ["rla", "rdn", "rla_keep", "rdn_keep"])
+def test_unused_outputs_reach_the_backward_as_none(variant, monkeypatch):
+    """Autograd hands the chunk backward None, not zeros, for what the loss did not use: the saved tensors (no
+    cotangent is filled for them: U, W, X or a whole walk's chunk states) and unused final states (the kernels then
+    skip their reads). A loss of the final states alone gets a zero do. Gradients as the naive backend's."""
+    keep = variant.endswith("_keep")
+    variant = variant.removesuffix("_keep")
+    stand_ins = _torch_stand_ins(variant)
+    handed = []
+    bwd = stand_ins[f"chunk_{variant}_bwd"]
+
+    def spy(*args, **kw):
+        do, dS_T, dR_T = args[12:15]
+        handed.append((dS_T is None, dR_T is None, bool(do.abs().sum() == 0)))
+        return bwd(*args, **kw)
+
+    stand_ins[f"chunk_{variant}_bwd"] = spy
+    _spy_triton(monkeypatch, stand_ins)
+    xs, init = inputs(B=2, T=9)
+    leaves = [x.clone().requires_grad_() for x in xs]
+    for uses, expected in ((("o",), (True, True, False)), (("S",), (False, True, True)),
+                           (("o", "R"), (True, False, False))):
+        def loss(*ts, backend):
+            o, (S, R) = OPS[variant](*ts, output_final_state=True, backend=backend,
+                                     recompute_states=not keep)
+            parts = {"o": o.square().sum(), "S": S.sin().sum(), "R": R.cos().sum()}
+            return sum(parts[u] for u in uses)
+
+        handed.clear()
+        got = torch.autograd.grad(loss(*leaves, backend="triton"), leaves)
+        ref = torch.autograd.grad(loss(*leaves, backend="naive"), leaves, allow_unused=True)  # q: not in S, R
+        assert handed == [expected], uses
+        for x, r in zip(got, ref):
+            if r is None:
+                assert not x.any(), uses
+            else:
+                assert rel(x, r) < 1e-4, uses
+
+
 @pytest.mark.parametrize("variant", OPS)
 def test_triton_chunk_ops_pass_opcheck(variant, monkeypatch):
     _spy_triton(monkeypatch, _torch_stand_ins(variant))
