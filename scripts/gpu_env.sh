@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine: put fla's wheels (carried in .whl/) and this package on the path, in /tmp/site.
 # Source it: `. scripts/gpu_env.sh`. The GPU image has torch, triton and transformers already.
+# Drop setuptools' build/ first: the device keeps ignored outputs between calls, and build_py recopies a source only
+# when it is newer than its build/lib copy, so a file patched by one call and restored by the next (an older mtime)
+# stayed patched in /tmp/site (2026-12-02: three calls benched a `git apply`'d forward walk that way).
+rm -rf build
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target /tmp/site . \
   && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
