@@ -1,4 +1,4 @@
-"""The GPU check scripts' command lines on a machine without CUDA: a device call is too dear to spend on a typo, so
+"""The GPU check scripts' command lines (and gpu_env.sh's install) on a machine without CUDA: a device call is too dear to spend on a typo, so
 bad arguments and a missing GPU must be one line and exit 2 here, before anything is measured."""
 import os
 import subprocess
@@ -40,3 +40,25 @@ def test_gpu_check_rdn_help_is_its_usage():
     status, out, _ = run_script("gpu_check_rdn.py", "--help")
     assert status == 0 and "gpu_check_rdn.py [--all] [--time] [--tune] [--keep | --no-keep]" in out
     assert "--rerun" in out
+
+
+def test_gpu_env_installs_from_the_sources_not_a_kept_build(tmp_path):
+    """The device keeps ignored outputs between calls: a build/lib left by an earlier call (newer than a source
+    restored since) must not be what gets installed. gpu_env.sh removes build/ before pip runs (here a stand-in
+    python3 that logs whether build/ still exists when it is called)."""
+    work = tmp_path / "tree"
+    (work / "build" / "lib").mkdir(parents=True)
+    (work / "build" / "lib" / "stale.py").write_text("patched = True\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text('#!/bin/sh\nif [ -d build ]; then state=build; else state=clean; fi\n'
+                    'echo "$state $*" >> calls.log\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", f". {os.path.join(SCRIPTS, 'gpu_env.sh')} && echo $PYTHONPATH"], cwd=work,
+                         env=env, capture_output=True, text=True, timeout=60)
+    calls = (work / "calls.log").read_text().splitlines()
+    assert out.returncode == 0 and out.stdout.startswith("/tmp/site")
+    assert len(calls) == 2 and all(c.startswith("clean -m pip install") for c in calls), calls
+    assert not (work / "build").exists()
