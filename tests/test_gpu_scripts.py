@@ -1,5 +1,6 @@
-"""The GPU check scripts' command lines (and gpu_env.sh's install) on a machine without CUDA: a device call is too dear to spend on a typo, so
-bad arguments and a missing GPU must be one line and exit 2 here, before anything is measured."""
+"""The GPU check scripts' command lines (and gpu_env.sh's install) on a machine without CUDA: a device call is too
+dear to spend on a typo, so bad arguments and a missing GPU must be one line and exit 2 here, before anything is
+measured."""
 import os
 import subprocess
 import sys
