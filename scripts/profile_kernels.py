@@ -2,7 +2,7 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--fwd-chunks 64,128] [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128]
-        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall]
+        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall] [--api]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -11,7 +11,10 @@ without, each kernel runs its first (fixed) config. --knob names an int of each 
 GRAD_BV, PREP_BK, ...; RLA's are listed in rla/chunk.py's LAUNCH_KNOBS, and WALK_STEPS=1,2): give --ops the op it
 belongs to (a knob an op lacks ends the run before any GPU work). --wall adds each pass's wall time (the median of
 triton.testing.do_bench): kernels on two streams (the backwards' OVERLAP) or waiting on each other in one launch (RDN's
-TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes.
+TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes. --api adds fwd+bwd through the public
+op with autograd (rla_kernels.api, as `rla-convert bench kernels` times it): what the chunk functions' passes do not
+show, the op's own tensor work around the kernels (it found autograd zero-filling the saved tensors' cotangents, 0.5
+ms a call, 2026-12-02).
 """
 from __future__ import annotations
 
@@ -50,6 +53,21 @@ def profile(fn, iters=3):
     return per_kernel
 
 
+def api_pass(op, x, do):
+    """fwd+bwd through the public op, its gradients set to None before each call (none accumulate): the pass and
+    its leaves (copies of ``x``)."""
+    from rla_kernels import api
+
+    leaves = [t.detach().clone().requires_grad_() for t in x]
+
+    def run():
+        for t in leaves:
+            t.grad = None
+        getattr(api, op)(*leaves)[0].backward(do)
+
+    return run, leaves
+
+
 def chosen_configs(op):
     """Each autotuned kernel's choice per key, from the autotuners' caches."""
     for module in MODULES[op]:
@@ -80,6 +98,8 @@ def main():
                         "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, U, W, X, "
                         "RLA's h_S, h_R, r)")
     parser.add_argument("--wall", action="store_true", help="also time each pass as a whole (do_bench median)")
+    parser.add_argument("--api", action="store_true", help="also profile fwd+bwd through the public op with autograd "
+                        "(rla_kernels.api: the kernels and the op's own tensor work)")
     args = parser.parse_args()
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
@@ -134,6 +154,8 @@ def main():
                     passes.append((f"bwd, walk kept{tag}", setting(
                         lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, **kept))))
                     del kept
+                if args.api:
+                    passes.append((f"fwd+bwd (API){tag}", setting(api_pass(op, x, do)[0])))
             for name, fn in passes:
                 try:
                     times = profile(fn)

@@ -63,3 +63,24 @@ def test_gpu_env_installs_from_the_sources_not_a_kept_build(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("/tmp/site")
     assert len(calls) == 2 and all(c.startswith("clean -m pip install") for c in calls), calls
     assert not (work / "build").exists()
+
+
+def test_profile_api_pass_runs_the_public_op_without_accumulating_gradients():
+    """profile_kernels.py --api's pass: fwd+bwd through the public op (here its CPU backend), each call starting from
+    no gradients, so a profile of several calls times each the same (an accumulating .grad would add a kernel)."""
+    sys.path.insert(0, SCRIPTS)
+    try:
+        import profile_kernels
+    finally:
+        sys.path.remove(SCRIPTS)
+    torch.manual_seed(0)
+    x = [torch.randn(1, 9, 2, 8), torch.randn(1, 9, 2, 8), torch.randn(1, 9, 2, 8),
+         -torch.rand(1, 9, 2), torch.rand(1, 9, 2), torch.rand(1, 9, 2)]
+    do = torch.randn(1, 9, 2, 8)
+    for op in ("rla", "rdn"):
+        run, leaves = profile_kernels.api_pass(op, x, do)
+        run()
+        first = [t.grad.clone() for t in leaves]
+        run()
+        assert all(torch.equal(a, t.grad) for a, t in zip(first, leaves)), op
+        assert all(a.abs().sum() > 0 for a in first), op
