@@ -5,7 +5,14 @@
 # RLA/RDN kernel (scripts/profile_kernels.py; PROFILE_ARGS="--tune" autotunes, "--ops rdn" one op).
 #   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile tests bench distill convert flagship benchmodel
 #                                            (default: rla rdn tests bench)
+# PATCHES="docs/next/0001-x.patch ...": applied to the tree before gpu_env.sh installs it, so that every part runs
+# them (a patch applied after the install does not reach the installed kernels the parts import: 2026-12-02); one
+# that does not apply ends the call before any GPU work.
 set -o pipefail
+for patch in ${PATCHES:-}; do
+  git apply "$patch" || { echo "gpu_session.sh: $patch does not apply to this tree"; exit 2; }
+  echo "applied $patch"
+done
 . scripts/gpu_env.sh
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 parts=${*:-rla rdn tests bench}

@@ -84,3 +84,33 @@ def test_profile_api_pass_runs_the_public_op_without_accumulating_gradients():
         run()
         assert all(torch.equal(a, t.grad) for a, t in zip(first, leaves)), op
         assert all(a.abs().sum() > 0 for a in first), op
+
+
+def test_gpu_session_applies_patches_before_the_install(tmp_path):
+    """PATCHES: each applied to the tree before gpu_env.sh installs it (here a stand-in gpu_env.sh that logs what it
+    would install); one that does not apply is one line and exit 2, before the install and any GPU work."""
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(os.path.join(SCRIPTS, "gpu_session.sh"), tmp_path / "scripts")
+    (tmp_path / "scripts" / "gpu_env.sh").write_text("cat kernel.py > installed.log\n")
+    (tmp_path / "kernel.py").write_text("WIDTH = 16\n")
+    (tmp_path / "good.patch").write_text("--- a/kernel.py\n+++ b/kernel.py\n@@ -1 +1 @@\n-WIDTH = 16\n+WIDTH = 32\n")
+    (tmp_path / "bad.patch").write_text("--- a/kernel.py\n+++ b/kernel.py\n@@ -1 +1 @@\n-WIDTH = 64\n+WIDTH = 8\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("nvidia-smi", "python3"):  # the device's, stood in for: nothing to query here
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+
+    def session(patches):
+        return subprocess.run(["bash", "scripts/gpu_session.sh", "none"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60, env={**env, "PATCHES": patches})
+
+    bad = session("bad.patch")
+    assert bad.returncode == 2 and "gpu_session.sh: bad.patch does not apply to this tree" in bad.stdout
+    assert not (tmp_path / "installed.log").exists()
+    good = session("good.patch")
+    assert good.returncode == 0 and "applied good.patch" in good.stdout
+    assert (tmp_path / "installed.log").read_text() == "WIDTH = 32\n"
