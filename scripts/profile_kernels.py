@@ -13,7 +13,7 @@ belongs to (a knob an op lacks ends the run before any GPU work). --wall adds ea
 triton.testing.do_bench): kernels on two streams (the backwards' OVERLAP) or waiting on each other in one launch (RDN's
 TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes. --api adds fwd+bwd through the public
 op with autograd (rla_kernels.api, as `rla-convert bench kernels` times it): what the chunk functions' passes do not
-show, the op's own tensor work around the kernels (it found autograd zero-filling the saved tensors' cotangents, 0.5
+show, the op's own tensor work around the kernels (it found autograd zero-filling the saved tensors' cotangents, 0.2-0.5
 ms a call, 2026-12-02).
 """
 from __future__ import annotations
