@@ -43,6 +43,16 @@ def test_gpu_check_rdn_help_is_its_usage():
     assert "--rerun" in out
 
 
+def _stand_ins(tmp_path, **scripts):
+    """An environment whose PATH finds, first, a shell script for each named tool (``name=body``)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
 def test_gpu_env_installs_from_the_sources_not_a_kept_build(tmp_path):
     """The device keeps ignored outputs between calls: a build/lib left by an earlier call (newer than a source
     restored since) must not be what gets installed. gpu_env.sh removes build/ before pip runs (here a stand-in
@@ -50,13 +60,8 @@ def test_gpu_env_installs_from_the_sources_not_a_kept_build(tmp_path):
     work = tmp_path / "tree"
     (work / "build" / "lib").mkdir(parents=True)
     (work / "build" / "lib" / "stale.py").write_text("patched = True\n")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "python3"
-    fake.write_text('#!/bin/sh\nif [ -d build ]; then state=build; else state=clean; fi\n'
-                    'echo "$state $*" >> calls.log\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = _stand_ins(tmp_path, python3='if [ -d build ]; then state=build; else state=clean; fi\n'
+                                       'echo "$state $*" >> calls.log\n')
     out = subprocess.run(["bash", "-c", f". {os.path.join(SCRIPTS, 'gpu_env.sh')} && echo $PYTHONPATH"], cwd=work,
                          env=env, capture_output=True, text=True, timeout=60)
     calls = (work / "calls.log").read_text().splitlines()
@@ -97,12 +102,8 @@ def test_gpu_session_applies_patches_before_the_install(tmp_path):
     (tmp_path / "kernel.py").write_text("WIDTH = 16\n")
     (tmp_path / "good.patch").write_text("--- a/kernel.py\n+++ b/kernel.py\n@@ -1 +1 @@\n-WIDTH = 16\n+WIDTH = 32\n")
     (tmp_path / "bad.patch").write_text("--- a/kernel.py\n+++ b/kernel.py\n@@ -1 +1 @@\n-WIDTH = 64\n+WIDTH = 8\n")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("nvidia-smi", "python3"):  # the device's, stood in for: nothing to query here
-        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
-        (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    # the device's tools, stood in for: nothing to query here
+    env = {**_stand_ins(tmp_path, **{"nvidia-smi": "exit 0\n", "python3": "exit 0\n"}), "OUT": str(tmp_path / "out")}
 
     def session(patches):
         return subprocess.run(["bash", "scripts/gpu_session.sh", "none"], cwd=tmp_path, capture_output=True,

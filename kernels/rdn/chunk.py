@@ -447,13 +447,18 @@ def trailed_walks(pairs: int, sms: int) -> bool:
     return TRAILED_WALKS == 2 or (TRAILED_WALKS == 0 and pairs <= sms)
 
 
+def _reverse_walk_grid(L: _Layout) -> tuple[int, tuple[int, int]]:
+    """The reverse walks' V-block width and their (V-block, sequence x head) programs a walk."""
+    BV = L.width("REVERSE_WALK_BV", L.walk_BV)
+    return BV, (triton.cdiv(L.V, BV), L.N * L.H)
+
+
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
                   scale, trailed: bool):
     """The reverse walk (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that dX (h_ds, dS0,
     dyv), as two launches or, ``trailed`` (trailed_walks), as one; ``operators``: ``_walk_operators``'s."""
     k_b, k_c, p_b, q_b, p_c = operators
-    BV = L.width("REVERSE_WALK_BV", L.walk_BV)
-    grid = (triton.cdiv(L.V, BV), L.N * L.H)
+    BV, grid = _reverse_walk_grid(L)
     pairs = grid[0] * grid[1]
     if trailed:
         progress = torch.zeros(1 + pairs, dtype=torch.int32, device=q.device)
@@ -523,7 +528,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
-    trailed = trailed_walks(triton.cdiv(L.V, L.width("REVERSE_WALK_BV", L.walk_BV)) * L.N * L.H, sm_count(q.device))
+    walks = _reverse_walk_grid(L)[1]
+    trailed = trailed_walks(walks[0] * walks[1], sm_count(q.device))
     if rebuild:
         # Its outputs allocated before the fork (Beside says why), its stream forked before the walks (it needs
         # nothing they make) and the rebuild queued after them, so that the walks get their SMs first. Not beside
