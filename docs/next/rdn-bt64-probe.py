@@ -1,20 +1,22 @@
-"""RDN with both passes at 64-token chunks, today's kernels unchanged (only chunk.BWD_CHUNK_SIZE lifted to 64): GPU ms
-per kernel and each pass's wall time against the default 32, and how far its gradients land from 32's.
+"""RDN with both passes at 64-token chunks, today's kernels unchanged (only chunk.BWD_CHUNK_SIZE lifted to 64, and at
+64 once more with one pipelining stage in the walks): GPU ms per kernel and each pass's wall time against the default
+32, and how far the gradients land from 32's; then fla's own walks at 32 and 64.
 
 The open question it settles (chunk.py, BWD_CHUNK_SIZE's comment: "The kernels of today were not tried at 64"): do
-today's walks, which cost 3-4x fla's per state largely for their 32-token steps (docs/next/rdn-fwd-split-walks.md),
+today's walks, which cost 3-4x fla's per state, in part for their 32-token steps (docs/next/rdn-fwd-split-walks.md),
 gain at 64 as they are, or only once they are fla-shaped (docs/next/rdn-walks-plan.md, W5)? Written 2026-12-02 16:55
-on the CPU machine (no device time left that session). ptxas sm_90 (this machine's Triton 3.9,
-scripts/kernel_resources.py with the passes at 64): the reverse walks at 64 need 152 KB (dR) and 197 KB (dS) of shared
-memory at two stages, so one program an SM (at 32: two), 208/227 registers, no spills; the rebuild 118 registers /
-74 KB; the gradient kernel 255 registers with 120-1900 B of spills. Expected, written before any measurement: slower,
-+0.3 to +0.8 ms fwd+bwd at B=16 T=2k (the walks' [BT, BT] dots grow 4x per chunk at half the chunks, one walk program
-an SM; the old rerun was 3.71 ms at 64 against 2.93 at 32 on 2026-11-30); if it is faster anywhere, BT=64 is the
-first thing to try in the walks plan.
+on the CPU machine (no device time left that session). ptxas sm_90 (this machine's Triton 3.9, kernel_resources.py's
+launches made at 64): at two stages the forward walk takes 255 registers, 1.2 KB of spills and 120 KB of shared memory,
+the reverse walks 208 / 227 registers and 152 / 197 KB (one program an SM; at 32: two); at one stage 66 / 49 / 74 KB
+(two programs an SM, 255 registers, the forward's spills unchanged); the rebuild 118 registers / 74 KB; the gradient
+kernel 255 registers with 120-1900 B of spills. Expected, written before any measurement: slower at two stages, +0.3
+to +0.8 ms fwd+bwd at B=16 T=2k (the walks' [BT, BT] dots grow 4x a chunk at half the chunks, one walk program an SM;
+the old rerun was 3.71 ms at 64 against 2.93 at 32 on 2026-11-30); at one stage within +-0.3 of 32. If 64 is faster
+anywhere, it is the first thing to try in the walks plan.
 
 GPU machine: `. scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3 docs/next/rdn-bt64-probe.py 16,2048,16,128
-1,32768,16,128` (~1-2 min; B,T,H,D, bf16, V = D). On a CPU (under TRITON_INTERPRET=1, tiny shapes such as 1,100,2,32)
-it checks only that both chunk sizes run and agree. Then fla's own walks at 32 and 64 (GPU only).
+1,32768,16,128` (~2-3 min; B,T,H,D, bf16, V = D). On a CPU (under TRITON_INTERPRET=1, tiny shapes such as 1,100,2,32)
+it checks only that every setting runs and agrees with 32. fla's walks are timed on a GPU only.
 """
 import os
 import sys
@@ -43,6 +45,11 @@ def passes(x, do, c):
     def backward():
         return bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c, **saved)
     return forward, backward
+
+
+# (chunk size, launch knobs of chunk.py for that run): 32 is main; at 64 the walks' two pipelining stages take 120 KB
+# (forward) and 152 / 197 KB (reverse) of shared memory, one program an SM; at one stage 66 / 49 / 74 KB (ptxas sm_90).
+SETTINGS = [(32, {}), (64, {}), (64, {"WALK_STAGES": 1, "REVERSE_WALK_STAGES": 1})]
 
 
 def fla_walks(B, T, H, D):
@@ -79,23 +86,31 @@ for shape in sys.argv[1:]:
     x = [t.to(torch.bfloat16) for t in (q, k, v, g, beta, gamma)]
     do = torch.randn_like(x[2])
     grads = {}
-    for c in (32, 64):
-        chunk.BWD_CHUNK_SIZE = c
-        forward, backward = passes(x, do, c)
-        grads[c] = backward()
-        for name, fn in (("fwd", forward), ("bwd", backward)) if cuda else ():
-            times = profile(fn)
-            wall = triton.testing.do_bench(fn, warmup=50, rep=300)
-            print(f"rdn B={B} T={T} H={H} D={D} chunk {c} {name}: {sum(times.values()):.3f} ms GPU, {wall:.3f} ms wall",
-                  flush=True)
-            for kernel, ms in times.most_common(10):
-                print(f"    {ms:8.3f} ms  {kernel}", flush=True)
-    chunk.BWD_CHUNK_SIZE = 32
+    for c, knobs in SETTINGS:
+        tag = f"chunk {c}" + "".join(f", {name} {value}" for name, value in knobs.items())
+        before = {name: getattr(chunk, name) for name in ("BWD_CHUNK_SIZE", *knobs)}
+        for name, value in {"BWD_CHUNK_SIZE": c, **knobs}.items():
+            setattr(chunk, name, value)
+        try:
+            forward, backward = passes(x, do, c)
+            grads[tag] = backward()
+            for name, fn in (("fwd", forward), ("bwd", backward)) if cuda else ():
+                times = profile(fn)
+                wall = triton.testing.do_bench(fn, warmup=50, rep=300)
+                print(f"rdn B={B} T={T} H={H} D={D} {tag} {name}: {sum(times.values()):.3f} ms GPU, {wall:.3f} ms "
+                      "wall", flush=True)
+                for kernel, ms in times.most_common(10):
+                    print(f"    {ms:8.3f} ms  {kernel}", flush=True)
+        finally:
+            for name, value in before.items():
+                setattr(chunk, name, value)
     names = ("dq", "dk", "dv", "dg", "dbeta", "dgamma")
-    diffs = {n: ((a.double() - b.double()).norm() / b.double().norm()).item()
-             for n, a, b in zip(names, grads[64], grads[32])}
-    print(f"rdn B={B} T={T} gradients at 64 against 32 (relative): "
-          + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items()), flush=True)
-    assert all(d < 5e-2 for d in diffs.values()), diffs
+    first, *others = grads
+    for tag in others:
+        diffs = {n: ((a.double() - b.double()).norm() / b.double().norm()).item()
+                 for n, a, b in zip(names, grads[tag], grads[first])}
+        print(f"rdn B={B} T={T} gradients at {tag} against {first} (relative): "
+              + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items()), flush=True)
+        assert all(d < 5e-2 for d in diffs.values()), diffs
     if cuda:
         fla_walks(B, T, H, D)
