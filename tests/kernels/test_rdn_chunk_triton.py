@@ -439,6 +439,24 @@ def test_backward_recomputes_chunk_matrices_of_another_chunk_size(monkeypatch):
     assert launches == list(kernels)
 
 
+def test_both_passes_at_64_token_chunks(monkeypatch):
+    """With chunk.BWD_CHUNK_SIZE lifted to 64 (what docs/next/rdn-bt64-probe.py times), a forward at 64-token chunks
+    that keeps its tokens and chunk matrices hands them to a backward at 64, which takes them as they are (no WY or
+    operator recompute: the operators are made per chunk from them): outputs and every gradient against the float64
+    oracle, packed sequences with a part-filled last chunk, non-zero initial states."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 64)
+    cu = torch.tensor([0, 37, 150, 171], dtype=torch.int32)  # 1, 2 and 1 chunks of 64 tokens
+    inputs, S0, R0 = make_inputs(B=1, T=171, H=2, K=32, V=32, N=3)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=1e-5, chunk_size=64)
+    *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True,
+                                   chunk_size=64)
+    assert wy.shape[-1] == 64
+    launches = record_launches(monkeypatch, chunk, ("_rdn_wy_kernel", "_rdn_walk_kernel", "_rdn_bwd_rebuild_kernel"))
+    check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=1e-5, chunk_size=64, wy=wy, walk=tokens)
+    assert launches == ["_rdn_bwd_rebuild_kernel"]  # the chunk matrices and U, W, X reused: no WY, no walk rerun
+
+
 def test_api_backward_reuses_the_forward_chunk_matrices(monkeypatch):
     """Through the public op (kernels/library.py saves chunk_fwd's fourth output): the WY kernel runs once, in
     the forward, and the gradients match the oracle."""
