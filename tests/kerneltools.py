@@ -1,4 +1,24 @@
-"""Shared helpers for the kernel tests: which Triton kernels a call launches, and with what."""
+"""Shared helpers for the kernel tests: model-like random inputs, and which Triton kernels a call launches, and with
+what."""
+import torch
+import torch.nn.functional as F
+
+
+def make_inputs(B, T, H, K, V, N=None, dtype=torch.float32, device="cpu", value_scale=3.0, gates_in_dtype=True):
+    """Model-like inputs: q, k unit norm (SiLU + L2 norm in the layer), decays near 1, gates in (0, 1), values large
+    enough to clip; fresh draws from the global generator. ``([q, k, v, g, beta, gamma], S0, R0)``: q, k, v in
+    ``dtype``, the three gates too unless ``gates_in_dtype`` is false (fp32), the initial states fp32 [N, H, K, V]."""
+    N = B if N is None else N
+    q = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
+    v = value_scale * torch.randn(B, T, H, V, device=device)
+    g = F.logsigmoid(torch.randn(B, T, H, device=device) + 3.0)
+    beta = torch.rand(B, T, H, device=device)
+    gamma = torch.rand(B, T, H, device=device)
+    S0 = 0.5 * torch.randn(N, H, K, V, device=device)
+    R0 = 0.3 * torch.randn(N, H, K, V, device=device)
+    gates = [x.to(dtype) if gates_in_dtype else x for x in (g, beta, gamma)]
+    return [x.to(dtype) for x in (q, k, v)] + gates, S0, R0
 
 
 class _Recorded:

@@ -5,8 +5,8 @@ On the CPU machine these run under TRITON_INTERPRET=1 (set by tests/conftest.py)
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
+from kerneltools import make_inputs
 from rla_kernels import naive_recurrent_rdn, naive_recurrent_rla
 from rla_kernels.rdn.fused_recurrent import fused_recurrent_rdn_fwd
 from rla_kernels.residual import apply_residual
@@ -18,21 +18,6 @@ OPS = {
 }
 # (clip, residual): clip=1 with values scaled up saturates many elements; None is the raw residual.
 RESIDUALS = {"clip": (1.0, "clip"), "tanh": (0.7, "tanh"), "none": (None, "clip")}
-
-
-def make_inputs(B, T, H, K, V, N=None, dtype=torch.float32, device="cpu", value_scale=3.0):
-    """Model-like inputs: q, k unit norm (SiLU + L2 norm in the layer), decays near 1, gates in (0, 1)."""
-    N = B if N is None else N
-    q = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
-    k = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
-    v = value_scale * torch.randn(B, T, H, V, device=device)
-    g = F.logsigmoid(torch.randn(B, T, H, device=device) + 3.0)
-    beta = torch.rand(B, T, H, device=device)
-    gamma = torch.rand(B, T, H, device=device)
-    S0 = 0.5 * torch.randn(N, H, K, V, device=device)
-    R0 = 0.3 * torch.randn(N, H, K, V, device=device)
-    inputs = [x.to(dtype) for x in (q, k, v, g, beta, gamma)]
-    return inputs, S0, R0
 
 
 def oracle(op, inputs, S0, R0, scale, clip, residual, cu_seqlens=None):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from kerneltools import record_launches
+from kerneltools import make_inputs, record_launches
 from rla_kernels.rdn.chunk import chunk_rdn_bwd, chunk_rdn_fwd
 from rla_kernels.rdn.naive import naive_recurrent_rdn
 from rla_kernels.rla.chunk_fwd import _state_walk_kernel
@@ -18,20 +18,6 @@ from rla_kernels.residual import apply_residual
 from rla_kernels.triton_utils import HALF_DOTS_IN_FP32
 
 RESIDUALS = {"clip": (1.0, "clip"), "tanh": (0.7, "tanh"), "none": (None, "clip")}
-
-
-def make_inputs(B, T, H, K, V, N=None, dtype=torch.float32, device="cpu", value_scale=3.0):
-    """Model-like inputs: q, k unit norm, decays near 1, gates in (0, 1), values large enough to clip."""
-    N = B if N is None else N
-    q = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
-    k = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
-    v = value_scale * torch.randn(B, T, H, V, device=device)
-    g = F.logsigmoid(torch.randn(B, T, H, device=device) + 3.0)
-    beta = torch.rand(B, T, H, device=device)
-    gamma = torch.rand(B, T, H, device=device)
-    S0 = 0.5 * torch.randn(N, H, K, V, device=device)
-    R0 = 0.3 * torch.randn(N, H, K, V, device=device)
-    return [x.to(dtype) for x in (q, k, v, g, beta, gamma)], S0, R0
 
 
 def oracle_forward(inputs, S0, R0, scale, clip, residual, cu_seqlens=None):

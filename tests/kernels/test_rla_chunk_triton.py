@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -18,6 +17,7 @@ import triton.language as tl
 # are first imported.
 os.environ.setdefault("RLA_KERNELS_FIXED_CONFIG", "1")
 
+from kerneltools import make_inputs as shared_make_inputs  # noqa: E402
 from kerneltools import record_launches, stub_launches  # noqa: E402
 from rla_kernels import naive_recurrent_rla  # noqa: E402
 from rla_kernels.residual import apply_residual  # noqa: E402
@@ -29,19 +29,9 @@ RESIDUALS = {"clip": (1.0, "clip"), "tanh": (0.7, "tanh"), "none": (None, "clip"
 GRAD_NAMES = ("dq", "dk", "dv", "dg", "dbeta", "dgamma", "dS0", "dR0")
 
 
-def make_inputs(B, T, H, K, V, N=None, dtype=torch.float32, device="cpu", value_scale=3.0):
-    """Model-like inputs: q, k unit norm (SiLU + L2 norm in the layer), decays near 1, gates in (0, 1)."""
-    N = B if N is None else N
-    q = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
-    k = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1)
-    v = value_scale * torch.randn(B, T, H, V, device=device)
-    g = F.logsigmoid(torch.randn(B, T, H, device=device) + 3.0)
-    beta = torch.rand(B, T, H, device=device)
-    gamma = torch.rand(B, T, H, device=device)
-    S0 = 0.5 * torch.randn(N, H, K, V, device=device)
-    R0 = 0.3 * torch.randn(N, H, K, V, device=device)
-    qkv = [x.to(dtype) for x in (q, k, v)]
-    return qkv + [g, beta, gamma], S0, R0
+def make_inputs(*args, **kw):
+    """kerneltools.make_inputs with the gates fp32, as the RLA layer hands them."""
+    return shared_make_inputs(*args, gates_in_dtype=False, **kw)
 
 
 def oracle(inputs, S0, R0, scale, clip, residual, cu_seqlens, do, dS_T, dR_T):
