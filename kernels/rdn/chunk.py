@@ -30,7 +30,7 @@ per-token tensors U, W, X (not its chunk states: [B, T, H, V] each against [K, V
 the backward, which rebuilds the chunk states from U and W with two linear walks in one launch (_rebuild_states,
 RLA's walk: S1 = exp(GL) S0 + (K exp(GL - G))^T U) instead of rerunning the walk; a backward handed nothing reruns
 it. That forward's precise walk costs 1.60 ms against the default's 1.17, the rebuild 0.59 against the rerun's 1.85
-(B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02: fwd+bwd 7.29 ms; BENCHMARKS.md). With
+(B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02: fwd+bwd 6.77 ms; BENCHMARKS.md). With
 ``keep_walk`` the forward also hands h_s, h_r to the backward: no walk at all (the rerun: 1.83 of the backward's
 7.28 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for 2 x n_chunks x H x K x V + 2 x B x T x H x V
 input-dtype elements plus B x T x H x V fp32 kept from forward to backward (1.61 GB a layer at that shape; the
@@ -131,12 +131,20 @@ OUT_BV = 64
 # decays read once a chunk).
 PREP_BK = 128
 # V-block widths of the forward walk and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the
-# chunk-matrix kernel (MATS_BV) and the gradient kernel (GRAD_BV). 0 for a walk: 32, or 16 where (sequence, head,
-# V-block) programs would not fill the GPU (_Layout.walk_BV). Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6,
+# chunk-matrix kernel (MATS_BV) and the gradient kernel (GRAD_BV). 0 for the forward walk: 32, or 16 where (sequence,
+# head, V-block) programs would not fill the GPU (_Layout.walk_BV). Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6,
 # 2026-12-01 13:30, profile_kernels.py --tune --knob): walks at 16 wide are slower (forward walk 1.17 -> 1.74 ms,
 # rerun 1.85 -> 2.13, reverse walks 0.94 + 0.84 -> 1.56 + 1.33), at 32 the same as auto; the chunk-parallel kernels
 # gain at 64 wide (half the V-loop turns): chunk matrices 0.82 -> 0.74, gradient kernel 1.62 -> 1.41.
 WALK_BV = 0
+# The reverse walks: 0 is 64 wide where (sequence, head, 64-wide V-block) programs outnumber the SMs, else as WALK_BV
+# (_Layout.reverse_walk_BV). Backward wall ms at H=16 K=V=128 bf16, 32 -> 64 wide (H200, Triton 3.6, 2026-12-02 19:22,
+# RLA_KERNELS_FIXED_CONFIG=1 profile_kernels.py --ops rdn --wall --bwd-chunks 32 --knob REVERSE_WALK_BV=32,64): B=16
+# T=2k 7.06 -> 6.70 (dR's walk 0.96 -> 0.64, dS's 0.93 -> 0.89), B=8 T=4k 7.09 -> 6.73, B=4 T=8k 7.29 -> 7.31 (64 wide
+# the walks fit at once and run as one launch, TRAILED_WALKS), B=2 T=16k 8.68 -> 8.63, B=1 T=32k 10.89 -> 11.39 (both
+# against 32 wide; the automatic 16 there is faster still). Three pipelining stages at 64 wide slowed dS's walk to
+# 1.55 ms at 2k; at 32 wide they changed nothing (+-0.05). dR's walk alone at 2k (walk_anatomy probe, 19:19): 0.94 ms
+# at 32 wide, 0.62 at 64, 1.47 at 16; fla's bwd_dhu 0.43 at 32-token chunks.
 REVERSE_WALK_BV = 0
 # K-block width of the backward's two linear walks that rebuild the chunk states from kept U and W (keep_tokens,
 # _rebuild_states; one launch of both, chunk_bwd._rdn_bwd_rebuild_kernel): 0 automatic (128, k^T read once a
@@ -204,7 +212,12 @@ class _Layout:
         self.NV = triton.cdiv(self.V, self.BV)
         # The walks are sequential over chunks: their only parallelism is (sequence, head, V-block). When
         # that is below the GPU's SM count (a long prefill at batch 1), narrower V-blocks give more programs.
-        self.walk_BV = 16 if self.N * self.H * self.NV < sm_count(q.device) else self.BV
+        sms = sm_count(q.device)
+        self.walk_BV = 16 if self.N * self.H * self.NV < sms else self.BV
+        # The reverse walks take 64-wide V-blocks where those still give more programs than SMs (REVERSE_WALK_BV's
+        # comment has the measurements): half the programs, each carrying twice the columns through the same chain.
+        wide = self.V > 32 and self.N * self.H * triton.cdiv(self.V, 64) > sms > 0
+        self.reverse_walk_BV = 64 if wide else self.walk_BV
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -449,7 +462,7 @@ def trailed_walks(pairs: int, sms: int) -> bool:
 
 def _reverse_walk_grid(L: _Layout) -> tuple[int, tuple[int, int]]:
     """The reverse walks' V-block width and their (V-block, sequence x head) programs a walk."""
-    BV = L.width("REVERSE_WALK_BV", L.walk_BV)
+    BV = L.width("REVERSE_WALK_BV", L.reverse_walk_BV)
     return BV, (triton.cdiv(L.V, BV), L.N * L.H)
 
 

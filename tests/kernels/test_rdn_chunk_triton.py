@@ -283,6 +283,20 @@ def test_narrow_walk_v_blocks_at_low_parallelism(monkeypatch):
     check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
 
 
+def test_wide_reverse_walks_where_their_programs_outnumber_the_sms(monkeypatch):
+    """The reverse walks take 64-wide V-blocks where (sequence, head, 64-wide block) programs still outnumber the SMs,
+    the forward walk and the chunk-parallel kernels keep theirs: the backward must not depend on the split (V = 80:
+    the second 64-wide block partial)."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=80)
+    for sms, widths in ((3, (64, 32)), (4, (32, 32)), (1 << 20, (16, 16))):
+        monkeypatch.setattr(chunk, "sm_count", lambda device, sms=sms: sms)
+        layout = chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 16)
+        assert (layout.reverse_walk_BV, layout.walk_BV) == widths, sms
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 1)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", chunk_size=16)
+
+
 def test_more_sequences_times_heads_than_a_grid_axis_is_refused_before_any_launch():
     """32769 one-token sequences x 2 heads: the walks' grid axis would pass CUDA's 65535."""
     N = 32769
