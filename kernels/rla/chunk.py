@@ -52,7 +52,8 @@ SUMS_BLOCK = 1024  # gates a program of the backward's final partial-sum kernel
 WALK_BK = 0  # the forward walks (S, then R over the residuals; the backward's rerun too): K-block, auto 128 (bf16/fp16,
 WALK_BV = 0  # K <= 128) where that fills the GPU, else 64; V-block auto 32 (16 where the programs would not fill it)
 REVERSE_WALK_BK = 0  # the backward's walks (dh_R', then dh_S'): auto 128 (bf16/fp16, K <= 128) where that fills the
-REVERSE_WALK_BV = 0  # GPU, else as the forward walks'
+REVERSE_WALK_BV = 0  # GPU, else as the forward walks'; V-block auto 64 where 64-wide programs outnumber the SMs (the
+#                      same inputs), else as the forward walks'
 RES_BV = 0  # the residual kernel's V-block: auto 128 (bf16/fp16, K <= 128), else 64
 OUT_BV = 0  # the output kernel's V-block: auto 64
 GRAD_BV = 0  # dv's V-block: auto 128 (bf16/fp16, K <= 128), 64 (K > 128), 32 (fp32 inputs)
@@ -109,8 +110,12 @@ class _Layout:
         # The reverse walks at one 128-wide K-block (dh_R', dh_S' rows read once a chunk): 0.67 -> 0.61 ms at B=16
         # T=2k (H200, 2026-12-01 19:40; 0.53 -> 0.52 in fwd_h form, 23:11); only where (sequence, head, 32-wide
         # V-block) programs still fill the GPU (B=1 T=32k: 64 1.72 ms, 128 1.99).
+        # Their V-blocks 64 wide where those programs still outnumber the SMs (bf16/fp16, K <= 128; RDN's reverse
+        # walks do the same): backward 3.04 -> 2.96 ms at B=16 T=2k, 3.09 -> 3.00 at B=8 T=4k (dh walks 0.64 -> 0.52,
+        # 0.73 -> 0.56; H200, Triton 3.6, 2026-12-02 19:36, RLA_KERNELS_FIXED_CONFIG=1 profile_kernels.py --ops rla
+        # --wall --knob REVERSE_WALK_BV=32,64). The forward walks lose at 64 (0.53 -> 0.56 ms at 2k): they keep 32.
         self.BK_dwalk, self.BV_dwalk, dwalk_idle, self.dwalk_grid = self._walk_blocks(
-            "REVERSE_WALK_BK", "REVERSE_WALK_BV", wide_bk, q.device)
+            "REVERSE_WALK_BK", "REVERSE_WALK_BV", wide_bk, q.device, wide_bv=wide)
         steps = knob_steps("WALK_STEPS", WALK_STEPS)
         few = math.prod(self.walk_grid) < 2 * sm_count(q.device)
         self.walk_steps, self.dwalk_steps = steps or (2 if few else 1), steps or (2 if dwalk_idle else 1)
@@ -182,15 +187,18 @@ class _Layout:
         """The width the launch knob ``name`` (a module int above) asks for, ``auto`` at 0: knob_width's rules."""
         return knob_width(name, globals()[name], auto, dim)
 
-    def _walk_blocks(self, bk_knob: str, bv_knob: str, wide_bk: int, device):
+    def _walk_blocks(self, bk_knob: str, bv_knob: str, wide_bk: int, device, wide_bv: bool = False):
         """A walk's (K-block, V-block, idle, grid) from its two knobs: ``wide_bk`` x 32 where (sequence x head,
         V-block) programs fill the GPU's SMs, else 64 x 32, or 64 x 16 where (K-block, V-block, sequence x head)
-        programs at 32 wide would be fewer than the SMs (``idle``)."""
+        programs at 32 wide would be fewer than the SMs (``idle``); with ``wide_bv``, 64 wide where those programs
+        at 64 wide still outnumber the SMs."""
         sms = sm_count(device)
         BV = max(16, min(32, triton.next_power_of_2(self.V)))
         BK = min(wide_bk if self.N * self.H * triton.cdiv(self.V, BV) >= sms else 64, self.BK)
         BK = self._knob(bk_knob, BK, self.K)
         idle = self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, BV) < sms
+        if wide_bv and self.V > 32 and self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, 64) > sms > 0:
+            BV = 64
         BV = self._knob(bv_knob, 16 if idle else BV, self.V)
         return BK, BV, idle, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
 

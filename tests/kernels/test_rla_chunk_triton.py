@@ -486,9 +486,10 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
 # WALK_STEPS 0 (forward, reverse), worked out by hand from the rules in rla/chunk.py's comments (the H200's winners of
 # 2026-12-01 19:29-19:40, 22:58 (du) and 23:11 (walks) for bf16/fp16 at K <= 128, the widths of before for fp32 and
 # K > 128; walks 16 wide where their programs would leave SMs idle; two steps a turn in the forward walks where their
-# programs are fewer than two an SM, in the reverse walks where they are 16 wide)
+# programs are fewer than two an SM, in the reverse walks where they are 16 wide; the reverse walks 64 wide for
+# bf16/fp16 at K <= 128 where 64-wide programs still outnumber the SMs, 2026-12-02 19:36)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (1, 1)),  # benchmark 2k
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 128, 64, 128, 64, 64, 32, 64), (1, 1)),  # benchmark 2k
     ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (2, 1)),  # its 8k
     ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 64), (2, 2)),  # batch-1 prefill
     ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32), (1, 1)),
@@ -496,7 +497,7 @@ AUTOMATIC_WIDTHS = [
     ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (1, 1)),
     ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64), (1, 1)),
     ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 32, 128, 64, 128, 64, 64, 32, 64), (1, 1)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 128, 64, 128, 64, 64, 32, 64), (1, 1)),
 ]
 
 
