@@ -130,21 +130,21 @@ OUT_BV = 64
 # profile_kernels.py --tune --knob PREP_BK=64,128): Kb, Kc 0.189 ms at 64 wide, 0.155 at 128 (T_beta, T_gamma and the
 # decays read once a chunk).
 PREP_BK = 128
-# V-block widths of the forward walk and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the
-# chunk-matrix kernel (MATS_BV) and the gradient kernel (GRAD_BV). 0 for the forward walk: 32, or 16 where (sequence,
-# head, V-block) programs would not fill the GPU (_Layout.walk_BV). Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6,
-# 2026-12-01 13:30, profile_kernels.py --tune --knob): walks at 16 wide are slower (forward walk 1.17 -> 1.74 ms,
-# rerun 1.85 -> 2.13, reverse walks 0.94 + 0.84 -> 1.56 + 1.33), at 32 the same as auto; the chunk-parallel kernels
-# gain at 64 wide (half the V-loop turns): chunk matrices 0.82 -> 0.74, gradient kernel 1.62 -> 1.41.
+# V-block widths of the forward walk and its rerun (WALK_BV), the two reverse walks (REVERSE_WALK_BV), the chunk-matrix
+# kernel (MATS_BV) and the gradient kernel (GRAD_BV). 0 for the forward walk: 32, or 16 where (sequence, head, V-block)
+# programs would not fill the GPU (_Layout.walk_BV). Timed at B=16 T=2k H=16 K=V=128 bf16 (H200, Triton 3.6, 2026-12-01
+# 13:30, profile_kernels.py --tune --knob): walks at 16 wide are slower (forward walk 1.17 -> 1.74 ms, rerun 1.85 ->
+# 2.13, reverse walks 0.94 + 0.84 -> 1.56 + 1.33), at 32 the same as auto; the chunk-parallel kernels gain at 64 wide
+# (half the V-loop turns): chunk matrices 0.82 -> 0.74, gradient kernel 1.62 -> 1.41.
 WALK_BV = 0
 # The reverse walks: 0 is 64 wide where (sequence, head, 64-wide V-block) programs outnumber the SMs, else as WALK_BV
 # (_Layout.reverse_walk_BV). Backward wall ms at H=16 K=V=128 bf16, 32 -> 64 wide (H200, Triton 3.6, 2026-12-02 19:22,
 # RLA_KERNELS_FIXED_CONFIG=1 profile_kernels.py --ops rdn --wall --bwd-chunks 32 --knob REVERSE_WALK_BV=32,64): B=16
 # T=2k 7.06 -> 6.70 (dR's walk 0.96 -> 0.64, dS's 0.93 -> 0.89), B=8 T=4k 7.09 -> 6.73, B=4 T=8k 7.29 -> 7.31 (64 wide
 # the walks fit at once and run as one launch, TRAILED_WALKS), B=2 T=16k 8.68 -> 8.63, B=1 T=32k 10.89 -> 11.39 (both
-# against 32 wide; the automatic 16 there is faster still). Three pipelining stages at 64 wide slowed dS's walk to
-# 1.55 ms at 2k; at 32 wide they changed nothing (+-0.05). dR's walk alone at 2k (walk_anatomy probe, 19:19): 0.94 ms
-# at 32 wide, 0.62 at 64, 1.47 at 16; fla's bwd_dhu 0.43 at 32-token chunks.
+# against 32 wide; the automatic 16 there is faster still). Three pipelining stages at 64 wide slowed dS's walk to 1.55
+# ms at 2k; at 32 wide they changed nothing (+-0.05). dR's walk alone at 2k (docs/next/rdn-walk-anatomy.py, 19:19): 0.94
+# ms at 32 wide, 0.62 at 64, 1.47 at 16; fla's bwd_dhu 0.43 at 32-token chunks.
 REVERSE_WALK_BV = 0
 # K-block width of the backward's two linear walks that rebuild the chunk states from kept U and W (keep_tokens,
 # _rebuild_states; one launch of both, chunk_bwd._rdn_bwd_rebuild_kernel): 0 automatic (128, k^T read once a

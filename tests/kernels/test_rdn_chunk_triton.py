@@ -440,10 +440,10 @@ def test_backward_recomputes_chunk_matrices_of_another_chunk_size(monkeypatch):
 
 
 def test_both_passes_at_64_token_chunks(monkeypatch):
-    """With chunk.BWD_CHUNK_SIZE lifted to 64 (what docs/bench/rdn-bt64-probe-2026-12-02.py timed), a forward at 64-token chunks
-    that keeps its tokens and chunk matrices hands them to a backward at 64, which takes them as they are (no WY or
-    operator recompute: the operators are made per chunk from them): outputs and every gradient against the float64
-    oracle, packed sequences with a part-filled last chunk, non-zero initial states."""
+    """With chunk.BWD_CHUNK_SIZE lifted to 64 (what docs/bench/rdn-bt64-probe-2026-12-02.py timed), a forward at
+    64-token chunks that keeps its tokens and chunk matrices hands them to a backward at 64, which takes them as they
+    are (no WY or operator recompute: the operators are made per chunk from them): outputs and every gradient against
+    the float64 oracle, packed sequences with a part-filled last chunk, non-zero initial states."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 64)
     cu = torch.tensor([0, 37, 150, 171], dtype=torch.int32)  # 1, 2 and 1 chunks of 64 tokens
