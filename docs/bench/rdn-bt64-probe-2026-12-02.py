@@ -17,10 +17,12 @@ anywhere, it is the first thing to try in the walks plan.
 GPU machine: `. scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3 docs/bench/rdn-bt64-probe-2026-12-02.py
 16,2048,16,128 1,32768,16,128` (~2-3 min; B,T,H,D, bf16, V = D).
 
-Run on the H200 2026-12-02 19:07 (BENCHMARKS.md, entry "2026-12-02 19:07-19:32"): 64 is much slower in the forward
+Run on the H200 2026-12-02 19:07 (BENCHMARKS.md, entry "2026-12-02 19:07-19:39"): 64 is much slower in the forward
 (the walk 1.60 -> 4.46 ms at B=16 T=2k, 3.65 at one stage), the backward at one stage hit an illegal memory access
-before the gradients were compared; fla's walks (run again alone, 19:09) gain at 64 at 32k (1.7x) but not at 2k. On a CPU (under TRITON_INTERPRET=1, tiny shapes such as 1,100,2,32)
-it checks only that every setting runs and agrees with 32. fla's walks are timed on a GPU only.
+before the gradients were compared; fla's walks (run again alone, 19:09) gain at 64 at 32k (1.7x) but not at 2k.
+
+On a CPU (under TRITON_INTERPRET=1, tiny shapes such as 1,100,2,32) it checks only that every setting runs and agrees
+with 32. fla's walks are timed on a GPU only.
 """
 import os
 import sys

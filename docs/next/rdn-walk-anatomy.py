@@ -7,7 +7,7 @@ GPU machine (~3 min, most of it compiling ~40 variants): `. scripts/gpu_env.sh &
 16,2048,16,128 1,32768,16,128 2>&1 | tee $OUT/anatomy.txt` (B,T,H,D; bf16, V = D). On a CPU under TRITON_INTERPRET=1
 (tiny shapes, e.g. 1,64,2,32) every variant runs once, untimed.
 
-Run 2026-12-02 19:19 on the H200 with dR's walk only, 32 wide (BENCHMARKS.md, entry "2026-12-02 19:07-19:32"): main
+Run 2026-12-02 19:19 on the H200 with dR's walk only, 32 wide (BENCHMARKS.md, entry "2026-12-02 19:07-19:39"): main
 0.97 / 2.97 ms at B=16 T=2k / B=1 T=32k; the chain alone 0.32 / 1.36 (fla's bwd_dhu 0.43 / 2.28); the dyr and dX
 stores 0.23 / 0.76 of it, X's load 0.16 / 0.57, the Pc dot 0.13 / 0.36, the q^T dot 0.10 / 0.30, the h_dr store 0.07 /
 0.05; 64 wide 0.62 / 3.31. That run led to the 64-wide reverse walks (chunk.REVERSE_WALK_BV), where dS's walk gained
