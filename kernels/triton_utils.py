@@ -153,6 +153,14 @@ def sm_count(device: torch.device) -> int:
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def wide_reverse_walk(V: int, programs_a_block: int, sms: int) -> bool:
+    """Whether a reverse walk takes 64-wide V-blocks: V wider than 32, and its programs at 64 wide (``programs_a_block``
+    a V-block) still outnumber the ``sms`` SMs (0 off a GPU: never). Half the programs, each carrying twice the columns
+    through the same chain; where they would not outnumber the SMs it tied or lost (H200, 2026-12-02: rdn/chunk.py's
+    REVERSE_WALK_BV, rla/chunk.py's _Layout). RDN's and RLA's launchers both ask here."""
+    return V > 32 and programs_a_block * triton.cdiv(V, 64) > sms > 0
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count

@@ -216,7 +216,7 @@ class _Layout:
         self.walk_BV = 16 if self.N * self.H * self.NV < sms else self.BV
         # The reverse walks take 64-wide V-blocks where those still give more programs than SMs (REVERSE_WALK_BV's
         # comment has the measurements): half the programs, each carrying twice the columns through the same chain.
-        wide = self.V > 32 and self.N * self.H * triton.cdiv(self.V, 64) > sms > 0
+        wide = triton_utils.wide_reverse_walk(self.V, self.N * self.H, sms)
         self.reverse_walk_BV = 64 if wide else self.walk_BV
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)

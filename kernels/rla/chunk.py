@@ -33,7 +33,7 @@ import triton
 
 from .. import shapes
 from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, dot_precision, knob_steps, knob_width,
-                           prepare_chunk_indices, prepare_chunk_offsets, sm_count)
+                           prepare_chunk_indices, prepare_chunk_offsets, sm_count, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -197,7 +197,7 @@ class _Layout:
         BK = min(wide_bk if self.N * self.H * triton.cdiv(self.V, BV) >= sms else 64, self.BK)
         BK = self._knob(bk_knob, BK, self.K)
         idle = self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, BV) < sms
-        if wide_bv and self.V > 32 and self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, 64) > sms > 0:
+        if wide_bv and wide_reverse_walk(self.V, self.N * self.H * triton.cdiv(self.K, BK), sms):
             BV = 64
         BV = self._knob(bv_knob, 16 if idle else BV, self.V)
         return BK, BV, idle, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
