@@ -21,13 +21,14 @@ Expected, written 2026-12-02 20:40 before any run: at B=16 T=2k, the copy ~1.6 m
 small dots at tf32 instead of half3 ~-0.2 (the 2026-12-02 07:35 measurement: half3 1.60 against tf32x3 1.84, and a
 tf32 X 1.42 on 2026-12-01); S's dots cast instead of split ~-0.15; no R path ~-0.4; 16 wide ~1.9.
 """
+import importlib.util
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-import triton.testing
 
 from rla_kernels.rdn._triton_helpers import dot_at, dot_cast, load_tile, load_tile_raw, store_tile
 from rla_kernels.rdn.chunk import chunk_rdn_fwd
@@ -36,6 +37,12 @@ from rla_kernels.rla.fused_recurrent import _rho
 from rla_kernels.triton_utils import dot_split
 
 chunk = sys.modules[chunk_rdn_fwd.__module__]  # the module, not the package's same-named attribute
+# the reverse walks' probe beside this file: its programs' opening and its timer
+_spec = importlib.util.spec_from_file_location(
+    "rdn_walk_anatomy", os.path.join(os.path.dirname(os.path.abspath(__file__)), "rdn-walk-anatomy.py"))
+_anatomy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_anatomy)
+walk_coords, bench = _anatomy.walk_coords, _anatomy.bench
 FLAGS = ("NO_HSTORE", "NO_UWSTORE", "NO_XSTORE", "CAST_S", "TF32_X", "NO_R", "NO_MK")
 
 
@@ -47,15 +54,7 @@ def walk_abl(k, v, g, beta, gamma, t_beta, t_gamma, m_k, h_s, h_r, u_out, w_out,
     """_rdn_walk_kernel at STORE_X, RAW_K, SPLIT_S, U_PREC = X_PREC = "half3", the clip, fixed-length sequences, no
     initial states. CAST_S: S's dots round S (dot_cast) instead of splitting it; TF32_X: T_beta's and Mk's dots at
     tf32; NO_R: no R path (k.R, W, R's update); NO_MK: X without Mk U."""
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
-    i_h = i_nh % H
-    bos = (i_nh // H) * T
-    boh = (i_nh // H) * tl.cdiv(T, BT)
-    NT = tl.cdiv(T, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    i_v, i_nh, i_h, bos, boh, NT, tok_k, tok_v, tok_t = walk_coords(T, H, K, V, BT)
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
     b_r = tl.zeros([BK, BV], dtype=tl.float32)
     for i_loop in range(0, NT):
@@ -136,13 +135,6 @@ def main(shape: str):
     s_out, r_out = (torch.empty(B, H, D, D, device=dev) for _ in range(2))
     auto_bv = L.width("WALK_BV", L.walk_BV)
 
-    def bench(fn):
-        fn()
-        if dev == "cpu":
-            return float("nan")
-        torch.cuda.synchronize()
-        return triton.testing.do_bench(fn, warmup=20, rep=150)
-
     def launch(flags, config):
         f = {name: False for name in FLAGS}
         f.update(flags)
@@ -159,7 +151,7 @@ def main(shape: str):
     print(f"B={B} T={T} H={H} D={D}, {BT}-token chunks, {name} bf16; the forward walk alone (X stored, ~fp32 S path), "
           f"do_bench median ms; {auto_bv} wide, {chunk.WALK_WARPS} warps, {chunk.WALK_STAGES} stages unless named",
           flush=True)
-    print(f"  main's walk (chunk._walk, its allocations included) {bench(main_walk):.3f}", flush=True)
+    print(f"  main's walk (chunk._walk, its allocations included) {bench(main_walk, dev):.3f}", flush=True)
     want = main_walk()
     launch({}, {})()
     got = (h_s, h_r, u, w, x, s_out, r_out)
@@ -169,7 +161,7 @@ def main(shape: str):
         for cname, config in CONFIGS if case == "copy" else CONFIGS[:1]:
             tag = f"{case}{', ' + cname if cname else ''}"
             try:
-                print(f"    {tag:34s} {bench(launch(flags, config)):.3f}", flush=True)
+                print(f"    {tag:34s} {bench(launch(flags, config), dev):.3f}", flush=True)
             except Exception as err:  # noqa: BLE001 -- one line and on (shared memory, a compile error)
                 print(f"    {tag:34s} failed: {type(err).__name__}: {str(err).splitlines()[0][:100]}", flush=True)
     if dev == "cpu":
@@ -182,7 +174,7 @@ def main(shape: str):
         return
     for c in (32, 64):
         gc = chunk_local_cumsum(g.float(), chunk_size=c, scale=1.4426950408889634)  # log2 decays, as fla 0.6.0
-        ms = bench(lambda: chunk_gated_delta_rule_fwd_h(k=k, w=k, u=v, g=gc, chunk_size=c))
+        ms = bench(lambda: chunk_gated_delta_rule_fwd_h(k=k, w=k, u=v, g=gc, chunk_size=c), dev)
         print(f"  fla fwd_h (one state), {c}-token chunks: {ms:.3f}", flush=True)
 
 

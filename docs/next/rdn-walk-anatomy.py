@@ -35,6 +35,29 @@ from rla_kernels.rla.fused_recurrent import _rho
 FLAGS = ("NO_X", "NO_PC", "NO_QDOT", "NO_HSTORE", "NO_TOKSTORE", "PC_HALF", "NO_QB", "NO_DX")
 
 
+@triton.jit
+def walk_coords(T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
+    """A walk program's opening for fixed-length sequences (the walks' seq_bounds without cu_seqlens): its V-block,
+    (sequence, head), head, first token, first chunk-state row, chunk count, and the offsets of its [., K], [., V] and
+    [., BT] token rows. Shared with rdn-fwd-walk-anatomy.py."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_h = i_nh % H
+    bos = (i_nh // H) * T
+    boh = (i_nh // H) * tl.cdiv(T, BT)
+    return (i_v, i_nh, i_h, bos, boh, tl.cdiv(T, BT), (bos * H + i_h) * K, (bos * H + i_h) * V,
+            (bos * H + i_h) * BT)
+
+
+def bench(fn, dev: str) -> float:
+    """do_bench median ms of ``fn`` after one call (compile); on a CPU (the interpreter) the call alone, NaN."""
+    fn()
+    if dev == "cpu":
+        return float("nan")
+    torch.cuda.synchronize()
+    return triton.testing.do_bench(fn, warmup=20, rep=150)
+
+
 @triton.jit(do_not_specialize=["T"])
 def walk_r_abl(q, k, g, gamma, k_c, p_c, x, do, h_dr, dr0, dyr_out, dx_out, scale, clip, T,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -42,15 +65,7 @@ def walk_r_abl(q, k, g, gamma, k_c, p_c, x, do, h_dr, dr0, dyr_out, dx_out, scal
                NO_HSTORE: tl.constexpr, NO_TOKSTORE: tl.constexpr, PC_HALF: tl.constexpr, NO_QB: tl.constexpr,
                NO_DX: tl.constexpr):
     """chunk_bwd._walk_r, fixed-length sequences, clip, no final-state adjoint (NO_QB, NO_DX: dS's flags, unused)."""
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
-    i_h = i_nh % H
-    bos = (i_nh // H) * T
-    boh = (i_nh // H) * tl.cdiv(T, BT)
-    NT = tl.cdiv(T, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    i_v, i_nh, i_h, bos, boh, NT, tok_k, tok_v, tok_t = walk_coords(T, H, K, V, BT)
     b_dr = tl.zeros([BK, BV], dtype=tl.float32)
     for i_loop in range(0, NT):
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
@@ -95,15 +110,7 @@ def walk_s_abl(q, k, g, beta, k_b, p_b, q_b, dxc, do, h_ds, ds0, dyv_out, scale,
                NO_DX: tl.constexpr):
     """chunk_bwd._walk_s, fixed-length sequences, no final-state adjoint. NO_PC drops the Pb dot, NO_QB the Qb dot,
     PC_HALF makes both half dots, NO_DX reads no dX (dsq stands in for it); NO_X is dR's flag (unused)."""
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
-    i_h = i_nh % H
-    bos = (i_nh // H) * T
-    boh = (i_nh // H) * tl.cdiv(T, BT)
-    NT = tl.cdiv(T, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    i_v, i_nh, i_h, bos, boh, NT, tok_k, tok_v, tok_t = walk_coords(T, H, K, V, BT)
     b_ds = tl.zeros([BK, BV], dtype=tl.float32)
     for i_loop in range(0, NT):
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
@@ -169,13 +176,6 @@ def main(shape: str):
     d0 = torch.empty(B, H, D, D, device=dev)
     out1, out2 = torch.empty_like(do), torch.empty_like(do)
 
-    def bench(fn):
-        fn()
-        if dev == "cpu":
-            return float("nan")
-        torch.cuda.synchronize()
-        return triton.testing.do_bench(fn, warmup=20, rep=150)
-
     def launch(walk, BV, flags, config):
         f = {name: False for name in FLAGS}
         f.update(flags)
@@ -205,7 +205,7 @@ def main(shape: str):
           "bf16; each walk alone, do_bench median ms", flush=True)
     for walk in ("dR", "dS"):
         for BV in (32, 64):
-            print(f"  {walk} walk, {BV} wide: main's kernel {bench(main_walk(walk, BV)):.3f}", flush=True)
+            print(f"  {walk} walk, {BV} wide: main's kernel {bench(main_walk(walk, BV), dev):.3f}", flush=True)
             main_walk(walk, BV)()
             want = (d0.clone(), h.clone(), out1.clone())
             launch(walk, BV, {}, {})()
@@ -218,7 +218,7 @@ def main(shape: str):
                 for cname, config in CONFIGS if name == "copy" else CONFIGS[:1]:
                     tag = f"{name}{', ' + cname if cname else ''}"
                     try:
-                        print(f"    {tag:28s} {bench(launch(walk, BV, flags, config)):.3f}", flush=True)
+                        print(f"    {tag:28s} {bench(launch(walk, BV, flags, config), dev):.3f}", flush=True)
                     except Exception as err:  # noqa: BLE001 -- one line and on (shared memory, a compile error)
                         print(f"    {tag:28s} failed: {type(err).__name__}: {str(err).splitlines()[0][:100]}",
                               flush=True)
@@ -234,7 +234,7 @@ def main(shape: str):
     for c in (32, 64):
         gc = chunk_local_cumsum(g, chunk_size=c, scale=1.4426950408889634)  # log2 decays, as fla 0.6.0 passes them
         ms = bench(lambda: chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=kc, do=do, dv=dv, g=gc, scale=0.1,
-                                                          chunk_size=c))
+                                                          chunk_size=c), dev)
         print(f"  fla bwd_dhu, {c}-token chunks: {ms:.3f}", flush=True)
 
 
