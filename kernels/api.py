@@ -50,8 +50,8 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     """Residual Delta Net (paper Section 3.4; semantics in ``rdn/naive.py``). Arguments as ``rla``, and:
 
     ``recompute_states`` (training with the Triton backend; memory against time): True (default), the forward keeps
-    its walk's per-token tensors U, W (q's dtype) and X (fp32; the clip's gradient mask), ``2 * B * T * H * V``
-    elements of q's dtype and ``B * T * H * V`` fp32, and the backward rebuilds the chunk-start states from U and W with
+    its walk's per-token tensors U, W and X (X rounded so that its side of the clip, the gradient's mask, stays),
+    ``3 * B * T * H * V`` elements of q's dtype, and the backward rebuilds the chunk-start states from U and W with
     two linear walks instead of rerunning the walk (which is then never cut into segments, as below); False, the
     forward also keeps the chunk-start states S and R (in q's dtype) alive until the backward, which then skips those
     walks too.
@@ -59,8 +59,8 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     (2026-12-02 19:30), 11.38 -> 10.33 at B=1 T=32768 (16:11-16:15; BENCHMARKS.md); against a backward rerunning the
     walk (2026-12-01, before the per-token tensors were kept by default): backward 7.47 -> 5.64 ms for
     forward 2.34 -> 3.01 (profile, about 10:45; its walk runs at the rerun's precision and also stores X), fwd+bwd
-    9.64 -> 9.03 (bench, 11:10). It keeps ``2 * B * ceil(T / 32) * H * K * V + 2 * B * T * H * V`` elements of q's
-    dtype plus ``B * T * H * V`` fp32 per call until the backward runs (1.61 GB a layer at that shape; packed
+    9.64 -> 9.03 (bench, 11:10). It keeps ``2 * B * ceil(T / 32) * H * K * V + 3 * B * T * H * V`` elements of q's
+    dtype per call until the backward runs (1.48 GB a layer at that shape; packed
     sequences: ``ceil(T / 32) + N - 1`` chunks instead of ``B * ceil(T / 32)``). Its forward walk is never cut into
     segments (the default forward's is, at batch 1 and long T, without autograd). Ignored where nothing is kept:
     without autograd, by the torch and naive backends, and by decode. ``rla`` takes the same argument (it keeps its

@@ -25,6 +25,6 @@ def kept_walk_shapes(q, V: int, cu_seqlens, chunk_size: int, per_token: int = 1)
 
 
 def rdn_kept_walk_dtypes(dtype: torch.dtype) -> tuple:
-    """dtypes of RDN's kept walk (h_s, h_r, U, W, X), for inputs of ``dtype``: all in it but X, whose sign against the
-    clip is the gradient's mask and stays fp32."""
-    return (dtype, dtype, dtype, dtype, torch.float32)
+    """dtypes of RDN's kept walk (h_s, h_r, U, W, X), for inputs of ``dtype``: all in it. X's side of the clip is the
+    gradient's mask: the walk stores it rounded so that the side stays (rdn/chunk_fwd.py, NUDGE_X)."""
+    return (dtype, dtype, dtype, dtype, dtype)

@@ -40,9 +40,9 @@ class ConversionConfig:
     backend: str | None = None  # kernel backend; None lets rla_kernels pick
     seed: int = 0  # for the random parts of gate initialisation
     # training with the Triton kernels, memory against time (the rdn / rla ops' docstrings say what each keeps):
-    # True (default), the backward reruns the forward's chunk-state walk; False, the forward keeps it for the
-    # backward (B=16 T=2k H=16 K=V=128 bf16 on an H200: RDN ~0.6 ms less fwd+bwd per layer for 1.61 GB held
-    # until the backward, RLA ~0.7 ms for 0.67 GB). Passed to the rdn / rla op only when
+    # True (default), the backward rebuilds the chunk states from the walk's kept per-token tensors; False, the
+    # forward keeps the states too (B=16 T=2k H=16 K=V=128 bf16 on an H200: RDN ~0.6 ms less fwd+bwd per layer
+    # for 1.48 GB held until the backward, RLA ~0.7 ms for 0.67 GB). Passed to the rdn / rla op only when
     # False; ignored by inference, the torch backend and the gdn baseline. Training-only (TRAINING_ONLY): not
     # stored in exports.
     recompute_states: bool = True

@@ -29,12 +29,12 @@ The API's forward with autograd (``keep_tokens``) walks at the rerun's precision
 per-token tensors U, W, X (not its chunk states: [B, T, H, V] each against [K, V] a chunk) with the chunk matrices to
 the backward, which rebuilds the chunk states from U and W with two linear walks in one launch (_rebuild_states,
 RLA's walk: S1 = exp(GL) S0 + (K exp(GL - G))^T U) instead of rerunning the walk; a backward handed nothing reruns
-it. That forward's precise walk costs 1.60 ms against the default's 1.17, the rebuild 0.59 against the rerun's 1.85
-(B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02: fwd+bwd 6.77 ms; BENCHMARKS.md). With
+it. That forward's precise walk costs 1.54 ms (X stored in the input dtype) against the default's 1.17, the rebuild
+0.59 against the rerun's 1.85 (B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02: fwd+bwd 6.77 ms; BENCHMARKS.md). With
 ``keep_walk`` the forward also hands h_s, h_r to the backward: no walk at all (the rerun: 1.83 of the backward's
-7.28 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for 2 x n_chunks x H x K x V + 2 x B x T x H x V
-input-dtype elements plus B x T x H x V fp32 kept from forward to backward (1.61 GB a layer at that shape; the
-per-token tensors alone 0.27 GB).
+7.28 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for 2 x n_chunks x H x K x V + 3 x B x T x H x V
+input-dtype elements kept from forward to backward (1.48 GB a layer at that shape; the per-token tensors alone
+0.40 GB, 0.54 while X was fp32).
 """
 from __future__ import annotations
 
@@ -221,6 +221,7 @@ class _Layout:
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
+        self.x_sides = clip_sides(self.clip, q.dtype)
         # Dots of fp32 operands are exact (ieee) for fp32 inputs, tf32 for half inputs, whose own rounding
         # (~4e-3) dominates tf32's; dots of two raw half input tiles (wy.py's k k^T) are exact either way.
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
@@ -270,11 +271,24 @@ class _Layout:
         return q.new_empty(self.B, self.T, self.H, width, dtype=torch.float32)
 
     def tokens(self, q):
-        """A [B, T, H, V] tensor that one kernel hands to the next (the walks' U, W; the reverse walk's dyr, dX,
+        """A [B, T, H, V] tensor that one kernel hands to the next (the walks' U, W, X; the reverse walk's dyr, dX,
         dyv) in the input dtype, as fla hands on its v_new and dv: their readers' state dots round them to it
         anyway, their [BT, BT] gradient dots then multiply exact half values, and the chunk-parallel kernels, which
-        stream them (the gradient kernel once a K-block), read half the bytes. X stays fp32 (the clip's mask)."""
+        stream them (the gradient kernel once a K-block), read half the bytes. X keeps its side of the clip (the
+        gradient's mask) through the rounding: chunk_fwd.py, NUDGE_X."""
         return q.new_empty(self.B, self.T, self.H, self.V)
+
+
+def clip_sides(clip: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The values of ``dtype`` next to the clip c on either side, as fp32 floats: the largest <= c and the smallest
+    > c, where the forward walk stores an X whose rounding to ``dtype`` would cross c (chunk_fwd.py, NUDGE_X)."""
+    int_dtype = {2: torch.int16, 4: torch.int32}[dtype.itemsize]
+    c = torch.tensor([clip], dtype=torch.float32)  # as the kernels compare: in fp32
+    near = c.to(dtype)  # c > 0 rounded: its bit pattern steps by one value either way
+    down, up = ((near.view(int_dtype) + step).view(dtype) for step in (-1, 1))
+    below = bool(near.float() <= c)
+    inside, outside = (near, up) if below else (down, near)
+    return float(inside.float()), float(outside.float())
 
 
 def _contiguous(*xs):
@@ -288,7 +302,7 @@ def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] (rows: _Layout.kept_rows)
-    and U, W, X [B, T, H, V]; all in q's dtype but X, fp32 (shapes.rdn_kept_walk_dtypes)."""
+    and U, W, X [B, T, H, V]; all in q's dtype (shapes.rdn_kept_walk_dtypes)."""
     return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size, per_token=3)
 
 
@@ -327,8 +341,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     ``keep_walk``): the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces."""
     rows = L.kept_rows if kept else None
     h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
-    u, w = L.tokens(k), L.tokens(k)
-    x = L.per_token(k, L.V) if store_x else None
+    u, w, x = L.tokens(k), L.tokens(k), (L.tokens(k) if store_x else None)
     S_T, R_T = L.state(k), L.state(k)
     # Raw half k only at 32-token chunks: at 64 (the forward's) the same kernel gave NaN at K = 64 and an
     # illegal memory access at K = 128 on the H200 (Triton 3.6, 4 and 8 warps alike), where fp32 k tiles, or
@@ -343,10 +356,11 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     _rdn_walk_kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
-        L.cu_seqlens, L.chunk_offsets, L.clip, L.T,
+        L.cu_seqlens, L.chunk_offsets, L.clip, *L.x_sides, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec,
-        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x, IS_VARLEN=L.varlen,
+        HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x,
+        NUDGE_X=store_x and L.residual_code == _RESIDUAL_CLIP and k.dtype != torch.float32, IS_VARLEN=L.varlen,
         RAW_K=L.BT <= 32, SPLIT_S=store_x,
         num_warps=WALK_WARPS, num_stages=WALK_STAGES,
     )

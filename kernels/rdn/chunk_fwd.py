@@ -61,11 +61,11 @@ def state_row(i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.con
 def _rdn_walk_kernel(
     k, v, g, beta, gamma, t_beta, t_gamma, m_k, s0, r0,
     h_s, h_r, u_out, w_out, x_out, s_out, r_out,
-    cu_seqlens, chunk_offsets, clip, T,
+    cu_seqlens, chunk_offsets, clip, x_inside, x_outside, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, U_PREC: tl.constexpr, X_PREC: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr,
+    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr, NUDGE_X: tl.constexpr,
     IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr, SPLIT_S: tl.constexpr,
 ):
     """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. U_PREC: the
@@ -74,7 +74,10 @@ def _rdn_walk_kernel(
     SPLIT_S (with RAW_K): S's two dots with raw k split the state (dot_split, ~2^-16) instead of rounding it to k's
     dtype (dot_cast, 2^-9). The backward asks for both, tf32x3 and split (about fp32), because the clip's gradient
     jumps where |X| crosses c, and its mask comes from the X stored here. R never reaches X: its dots always round
-    (dot_cast), as fla's walks."""
+    (dot_cast), as fla's walks. X is stored in the input dtype (half its fp32 bytes, for this store and its two
+    readers); NUDGE_X (the clip, half inputs): an X whose rounding would cross c is stored as the input dtype's value
+    next to c on its own side (``x_inside`` <= c < ``x_outside``, with X's sign), so that the mask read back from the
+    stored X is the fp32 X's."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
@@ -130,7 +133,12 @@ def _rdn_walk_kernel(
         store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         if STORE_X:
-            store_tile(x_out + tok_v, b_x, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+            b_xs = b_x
+            if NUDGE_X:
+                inside = tl.abs(b_x) <= clip
+                stays = inside == (tl.abs(b_x.to(x_out.dtype.element_ty).to(tl.float32)) <= clip)
+                b_xs = tl.where(stays, b_x, tl.where(b_x < 0, -1.0, 1.0) * tl.where(inside, x_inside, x_outside))
+            store_tile(x_out + tok_v, b_xs, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         # (K exp(GL - G))^T U as K^T (exp(GL - G) U): the decay goes on the [BT, BV] side.
         b_dL = tl.exp(b_GL - b_G)[:, None]
         if SPLIT_S:

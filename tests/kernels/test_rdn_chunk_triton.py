@@ -519,6 +519,33 @@ def kept_case(case: str):
     return inputs, S0, R0, cu, tol
 
 
+@pytest.mark.parametrize("dtype, clip, spread", [(torch.bfloat16, 0.7, 3e-3), (torch.float16, 1.0, 1.5e-3)])
+def test_stored_x_keeps_its_side_of_the_clip(dtype, clip, spread):
+    """The walk stores X in the input dtype for the backward, whose clip mask is |X| <= c: an X within a rounding of c
+    must land on its own side (chunk_fwd.py, NUDGE_X). One-token sequences whose X = v - k.S0 is set by S0 (fp32) to
+    values around +-c (within ``spread``, a few of the dtype's steps there; 5e-5 or more away from it), of which a
+    plain rounding would move a tenth or more across."""
+    gen = torch.Generator().manual_seed(5)
+    N, H, K, V = 4, 2, 16, 32
+    q, k = (F.normalize(torch.randn(N, 1, H, K, generator=gen), dim=-1).to(dtype) for _ in range(2))
+    v = torch.randn(N, 1, H, V, generator=gen).to(dtype)
+    offsets = (2 * torch.rand(N, H, V, generator=gen) - 1) * spread
+    offsets = torch.where(offsets.abs() < 5e-5, 5e-5, offsets)
+    sign = torch.where(torch.rand(N, H, V, generator=gen) < 0.5, -1.0, 1.0)
+    target = sign * (clip + offsets)  # float64-exact enough: the walk's k.S0 is a split dot, ~2^-16
+    kf = k[:, 0].float()  # [N, H, K]
+    S0 = kf[..., :, None] * (v[:, 0].float() - target)[..., None, :] / (kf * kf).sum(-1)[..., None, None]
+    g = torch.zeros(N, 1, H, dtype=dtype)
+    beta, gamma = (torch.rand(N, 1, H, generator=gen).to(dtype) for _ in range(2))
+    *_, (u, w, x) = chunk_rdn_fwd(q, k, v, g, beta, gamma, None, clip, "clip", S0, torch.zeros_like(S0), None,
+                                  save_wy=True, keep_tokens=True, chunk_size=16)
+    c = torch.tensor(clip, dtype=torch.float32)
+    inside = target.abs() <= c
+    assert x.dtype == dtype
+    assert torch.equal(x[:, 0].float().abs() <= c, inside)
+    assert (target.to(dtype).float().abs() <= c).ne(inside).float().mean() > 0.1  # the rounding alone would cross
+
+
 @pytest.mark.parametrize("case", KEPT_CASES)
 def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, U, W, X to chunk_rdn_bwd(walk=), which then launches no walk of
@@ -528,11 +555,16 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     inputs, S0, R0, cu, tol = kept_case(case)
     o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
     assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], inputs[2].shape[-1], cu))
-    # h_s, h_r, U, W in the input dtype, X (the clip's mask) fp32
-    assert [t.dtype for t in walk] == [inputs[0].dtype] * 4 + [torch.float32]
+    # all in the input dtype (X keeping its side of the clip: test_stored_x_keeps_its_side_of_the_clip)
+    assert [t.dtype for t in walk] == [inputs[0].dtype] * 5
     o_ref, S_ref, R_ref, wy_ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True)
     for x, ref in ((o, o_ref), (S, S_ref), (R, R_ref), (wy, wy_ref)):
-        if inputs[0].dtype == torch.bfloat16:  # the kept walk's ~fp32 dots are three half dots (X_HALF3, ~2^-16)
+        if x.dtype == torch.bfloat16:
+            # o from two walks whose dots differ at tf32 (the default's) against ~2^-16 (the kept one's), rounded to
+            # bf16: elements may round apart by a bf16 step of o's scale (2^-8 of its largest), no more. A norm-wise
+            # bound would not do: one element rounded apart of this case's 1184 is already ~1e-4 of the norm.
+            torch.testing.assert_close(x, ref, rtol=2 ** -8, atol=2 ** -8 * ref.abs().max().item())
+        elif inputs[0].dtype == torch.bfloat16:  # the kept walk's ~fp32 dots are three half dots (X_HALF3, ~2^-16)
             assert rel_err(x, ref) < 1e-4
         else:
             torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
@@ -792,8 +824,8 @@ def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
 @pytest.mark.parametrize("case", ["bf16", "bf16_varlen_saturating", "fp32"])
 def test_precise_walk_in_three_half_dots(case, monkeypatch):
     """X_HALF3=1: the precise walk's T_beta and Mk dots (the forward with autograd's, the backward's rerun's) as three
-    half dots of split operands (dot_at "half3") instead of tf32x3, for bf16 inputs: X within ~2^-16 of the tf32x3
-    walk's, gradients (from the kept tokens, and from the rerun) within 2e-3 of the tf32x3 walk's and, without initial
+    half dots of split operands (dot_at "half3") instead of tf32x3, for bf16 inputs: X (stored in bf16) within a
+    rounding of the tf32x3 walk's, gradients (from the kept tokens, and from the rerun) within 2e-3 of the tf32x3 walk's and, without initial
     states, 1e-2 of the float64 oracle's (gpu_check_rdn.py --set X_HALF3=1 checks the rest at real sizes). fp32
     inputs keep their exact dots."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
@@ -823,7 +855,7 @@ def test_precise_walk_in_three_half_dots(case, monkeypatch):
     if not half:
         assert all(torch.equal(a, b) for a, b in zip((*tokens0, *kept0), (*tokens1, *kept1)))
         return
-    assert not torch.equal(tokens0[2], tokens1[2]) and rel_err(tokens1[2], tokens0[2]) < 2e-5
+    assert not torch.equal(tokens0[2], tokens1[2]) and rel_err(tokens1[2], tokens0[2]) < 1e-3
     for got, ref in zip((*kept1, *rerun1), (*kept0, *rerun0)):
         if ref is None:
             assert got is None
