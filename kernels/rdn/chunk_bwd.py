@@ -251,24 +251,33 @@ def _walk_s(
         store_tile(h_ds + h_off, b_ds, 0, K, V, i_v * BV, V, BK, BV)
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+        # Alone: each operand loaded just before its dot, the state's update in three steps (the anatomy probe's
+        # order, docs/next/rdn-walk-anatomy.py): ptxas's stack at 64 wide 336 -> 88 bytes a thread, the walk 0.89 ->
+        # 0.65 ms at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-02). Trailed, Pb and Qb load before the wait, as
+        # before: that order there took the one-launch walks at B=1 T=32k from 3.89 to 4.94 ms.
         b_kb = load_tile_raw(k_b + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_pb = load_tile(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_qb = load_tile(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dsq = scale * load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         if TRAILED:
+            b_pb = load_tile(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_qb = load_tile(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
             seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
             while seen <= i_loop:
                 seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
             tl.debug_barrier()  # every thread's dX loads after the acquire
         b_dx = load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dsq = scale * load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_dyv = (dot_cast(b_kb, b_ds, DOT_PREC) + tl.dot(b_pb, b_dsq, input_precision=DOT_PREC)
-                 - tl.dot(b_qb, b_dx, input_precision=DOT_PREC))
-        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_dyv = dot_cast(b_kb, b_ds, DOT_PREC)
+        if not TRAILED:
+            b_pb = load_tile(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dyv += tl.dot(b_pb, b_dsq, input_precision=DOT_PREC)
+        if not TRAILED:
+            b_qb = load_tile(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dyv -= tl.dot(b_qb, b_dx, input_precision=DOT_PREC)
         b_eG = tl.exp(b_G)[:, None]
-        b_ds = (tl.exp(b_GL) * b_ds + dot_cast(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
-                - dot_cast(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv,
-                           DOT_PREC))
+        b_ds = tl.exp(b_GL) * b_ds
+        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_ds += dot_cast(tl.trans(b_q), b_eG * b_dsq, DOT_PREC)
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_ds -= dot_cast(tl.trans(b_k), tl.exp(b_Gp)[:, None] * b_dx + (b_beta[:, None] * b_eG) * b_dyv, DOT_PREC)
         store_tile(dyv_out + tok_v, b_dyv, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
