@@ -7,8 +7,9 @@ or made cheaper).
 GPU machine (~3 min, most of it compiling ~20 variants): `. scripts/gpu_env.sh && python3
 docs/next/rdn-fwd-walk-anatomy.py 16,2048,16,128 1,32768,16,128 2>&1 | tee $OUT/fwd-anatomy.txt` (B,T,H,D; bf16,
 V = D). On a CPU under TRITON_INTERPRET=1 (tiny shapes, e.g. 1,64,2,32) every variant runs once, untimed, and the
-copy is checked against main's kernel. Written for main as of 2026-12-02 20:45 (X stored fp32): once 0002 lands
-(X stored in the input dtype, nudged), the copy needs the same store (and an x buffer in bf16) to match main again.
+copy is checked against main's kernel. Written for main as of 2026-12-02 20:45 (X stored fp32) and run on it at
+22:05 (results: BENCHMARKS.md, entry "2026-12-02 21:59-23:55"); main stores X in the input dtype since (NUDGE_X): the
+copy needs the same store (and an x buffer in bf16) to match main again.
 
 Why: the forward walk is the largest kernel left (1.60 ms of RDN's 6.77 fwd+bwd at B=16 T=2k H=16 K=V=128 bf16, 3.34
 of 11.38 at B=1 T=32k; H200, 2026-12-02), against fla's fwd_h at 0.31 ms a state at 32-token chunks. Its chain a step
