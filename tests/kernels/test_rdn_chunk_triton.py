@@ -825,9 +825,9 @@ def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
 def test_precise_walk_in_three_half_dots(case, monkeypatch):
     """X_HALF3=1: the precise walk's T_beta and Mk dots (the forward with autograd's, the backward's rerun's) as three
     half dots of split operands (dot_at "half3") instead of tf32x3, for bf16 inputs: X (stored in bf16) within a
-    rounding of the tf32x3 walk's, gradients (from the kept tokens, and from the rerun) within 2e-3 of the tf32x3 walk's and, without initial
-    states, 1e-2 of the float64 oracle's (gpu_check_rdn.py --set X_HALF3=1 checks the rest at real sizes). fp32
-    inputs keep their exact dots."""
+    rounding of the tf32x3 walk's, gradients (from the kept tokens, and from the rerun) within 2e-3 of the tf32x3
+    walk's and, without initial states, 1e-2 of the float64 oracle's (gpu_check_rdn.py --set X_HALF3=1 checks the
+    rest at real sizes). fp32 inputs keep their exact dots."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     cu = None
     if case == "bf16":  # no initial states: at these shapes bf16 inputs with them sit at the oracle's 1e-2 either way
