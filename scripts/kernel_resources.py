@@ -11,7 +11,11 @@ ints divisible by 16, ints equal to 1), once per autotune config, by the ptxas o
 Prints one line per (kernel, config): warps, stages, registers a thread, the stack frame a thread (spilled
 registers, mostly), shared bytes (Triton's allocation); a config's register cap (maxnreg) leads its constexprs.
 This machine's Triton and ptxas (named in the header) are not the GPU machine's (Triton 3.6): compare versions of a
-kernel with it, and time on the GPU. ``--set DQKG_BV=32`` (repeatable) sets an int launch knob of each op's chunk
+kernel with it, and time on the GPU. ``--census`` adds a second line a kernel: its SASS instructions counted by kind
+(static counts of the whole kernel, not executed ones; a walk's loop is most of its code): tensor-core ops (HMMA:
+mma.sync, HGMMA: wgmma), shared-memory loads/stores and barriers (the layout conversions between dots), global loads
+and stores, local (spill) traffic, conversions (F2FP). Two versions of a kernel differ there before any GPU time: the
+state reads of 2026-12-03 (docs/next/rdn-walk-state-reads.patch) show as their extra HMMA. ``--set DQKG_BV=32`` (repeatable) sets an int launch knob of each op's chunk
 module that has one (as gpu_check_rdn.py --set does): the resources of a width profile_kernels.py --knob would time.
 """
 from __future__ import annotations
@@ -78,6 +82,27 @@ def _usage(cubin: bytes, tool: str) -> tuple[int, int]:
     return int(regs), int(stack)
 
 
+# SASS opcode (without its modifiers) -> census column; unlisted opcodes only count in "all"
+_CENSUS = {"HMMA": "HMMA", "HGMMA": "HGMMA", "LDS": "LDS", "LDSM": "LDS", "STS": "STS", "STSM": "STS", "BAR": "BAR",
+           "SHFL": "SHFL", "LDG": "LDG", "LDGSTS": "LDG", "STG": "STG", "LDL": "LDL", "STL": "STL", "F2FP": "F2FP"}
+_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def census(cubin: bytes, tool: str) -> str:
+    """The kernel's SASS instructions counted by kind (_CENSUS), one line."""
+    path = "/tmp/kernel_resources.cubin"
+    with open(path, "wb") as f:
+        f.write(cubin)
+    sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True).stdout
+    counts = dict.fromkeys(dict.fromkeys(_CENSUS.values()), 0)
+    total = 0
+    for opcode in _SASS_LINE.findall(sass):
+        total += 1
+        if opcode in _CENSUS:
+            counts[_CENSUS[opcode]] += 1
+    return "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  all {total}"
+
+
 def run_ops(ops, shape, dtype, sms):
     """Both passes of each op on CPU tensors (q, k, v in ``dtype``, fp32 gates as `bench kernels` makes them),
     with every kernel launch recorded instead of run; ``sms``: the SM count the launchers size grids by."""
@@ -127,6 +152,7 @@ def main():
                         "the chunk module of each op that has it, e.g. DQKG_BV=32 (repeatable)")
     parser.add_argument("--sms", type=int, default=132, help="SM count the launchers plan for (132: H100/H200); "
                         "it decides the narrow walks and the segment cuts of long sequences at small batch")
+    parser.add_argument("--census", action="store_true", help="also count each kernel's SASS instructions by kind")
     args = parser.parse_args()
     if FIXED_CONFIG:
         print("note: RLA_KERNELS_FIXED_CONFIG=1 is set: only each kernel's first config is reported")
@@ -157,6 +183,8 @@ def main():
                 shown = {"maxnreg": config.maxnreg, **shown}
             print(f"{name:28s} {config.num_warps:5d} {config.num_stages:6d} {regs:5d} {stack:8d} "
                   f"{compiled.metadata.shared:9d}  {shown}", flush=True)
+            if args.census:
+                print(f"{'':28s} SASS: {census(compiled.asm['cubin'], tool)}", flush=True)
 
 if __name__ == "__main__":
     main()
