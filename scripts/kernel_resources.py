@@ -15,8 +15,9 @@ kernel with it, and time on the GPU. ``--census`` adds a second line a kernel: i
 (static counts of the whole kernel, not executed ones; a walk's loop is most of its code): tensor-core ops (HMMA:
 mma.sync, HGMMA: wgmma), shared-memory loads/stores and barriers (the layout conversions between dots), global loads
 and stores, local (spill) traffic, conversions (F2FP). Two versions of a kernel differ there before any GPU time: the
-state reads of 2026-12-03 (docs/next/rdn-walk-state-reads.patch) show as their extra HMMA. ``--set DQKG_BV=32`` (repeatable) sets an int launch knob of each op's chunk
-module that has one (as gpu_check_rdn.py --set does): the resources of a width profile_kernels.py --knob would time.
+state reads of 2026-12-03 (docs/next/rdn-walk-state-reads.patch) show as their extra HMMA. ``--set DQKG_BV=32``
+(repeatable) sets an int launch knob of each op's chunk module that has one (as gpu_check_rdn.py --set does): the
+resources of a width profile_kernels.py --knob would time.
 """
 from __future__ import annotations
 
@@ -73,11 +74,16 @@ def _prepare(fn: JITFunction, args, kwargs, config, target):
     return ASTSource(fn, signature, constexprs, attrs), options, key, shown
 
 
-def _usage(cubin: bytes, tool: str) -> tuple[int, int]:
+def _cuobjdump(cubin: bytes, tool: str, flag: str) -> str:
+    """cuobjdump's text for one cubin (it reads files only)."""
     path = "/tmp/kernel_resources.cubin"
     with open(path, "wb") as f:
         f.write(cubin)
-    text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+    return subprocess.run([tool, flag, path], capture_output=True, text=True).stdout
+
+
+def _usage(cubin: bytes, tool: str) -> tuple[int, int]:
+    text = _cuobjdump(cubin, tool, "--dump-resource-usage")
     regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", text).groups()
     return int(regs), int(stack)
 
@@ -90,13 +96,9 @@ _SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-
 
 def census(cubin: bytes, tool: str) -> str:
     """The kernel's SASS instructions counted by kind (_CENSUS), one line."""
-    path = "/tmp/kernel_resources.cubin"
-    with open(path, "wb") as f:
-        f.write(cubin)
-    sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True).stdout
-    counts = dict.fromkeys(dict.fromkeys(_CENSUS.values()), 0)
+    counts = {kind: 0 for kind in _CENSUS.values()}
     total = 0
-    for opcode in _SASS_LINE.findall(sass):
+    for opcode in _SASS_LINE.findall(_cuobjdump(cubin, tool, "-sass")):
         total += 1
         if opcode in _CENSUS:
             counts[_CENSUS[opcode]] += 1

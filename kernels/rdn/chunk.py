@@ -481,11 +481,12 @@ def _reverse_walk_grid(L: _Layout) -> tuple[int, tuple[int, int]]:
 
 
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
-                  scale, trailed: bool):
+                  scale, walk_grid, trailed: bool):
     """The reverse walk (chunk_bwd.py): dR's walk (h_dr, dR0, dyr, dX), then dS's, which reads that dX (h_ds, dS0,
-    dyv), as two launches or, ``trailed`` (trailed_walks), as one; ``operators``: ``_walk_operators``'s."""
+    dyv), as two launches or, ``trailed`` (trailed_walks), as one; ``operators``: ``_walk_operators``'s;
+    ``walk_grid``: ``_reverse_walk_grid``'s."""
     k_b, k_c, p_b, q_b, p_c = operators
-    BV, grid = _reverse_walk_grid(L)
+    BV, grid = walk_grid
     pairs = grid[0] * grid[1]
     if trailed:
         progress = torch.zeros(1 + pairs, dtype=torch.int32, device=q.device)
@@ -555,8 +556,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
     dyr, dxc, dyv = (L.tokens(q) for _ in range(3))  # the reverse walk's adjoints (chunk_bwd.py)
-    walks = _reverse_walk_grid(L)[1]
-    trailed = trailed_walks(walks[0] * walks[1], sm_count(q.device))
+    walk_grid = _reverse_walk_grid(L)
+    trailed = trailed_walks(walk_grid[1][0] * walk_grid[1][1], sm_count(q.device))
     if rebuild:
         # Its outputs allocated before the fork (Beside says why), its stream forked before the walks (it needs
         # nothing they make) and the rebuild queued after them, so that the walks get their SMs first. Not beside
@@ -564,7 +565,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         rebuilt = _rebuild_buffers(L, k)
         beside = triton_utils.Beside(k, OVERLAP == 1 and not trailed)
     _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale,
-                  trailed)
+                  walk_grid, trailed)
     if rebuild:
         h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside, rebuilt)
         del rebuilt
