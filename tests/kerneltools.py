@@ -57,6 +57,10 @@ def stub_launches(monkeypatch, module, names) -> None:
         monkeypatch.setattr(module, name, _Stub())
 
 
+# RDN's forward walk kernels (rdn/chunk.py _walk picks one by width): a test that watches or forbids the walk names both.
+RDN_FORWARD_WALKS = ("_rdn_walk_kernel", "_rdn_walk_t_kernel")
+
+
 def walk_stores(name, kw):
     """RDN's forward walk launch as STORE_X: whether it stored X for a backward (U and W it always stores)."""
     return kw["STORE_X"]

@@ -85,6 +85,40 @@ def store_tile(base, value, row0, n_rows, row_stride, col0, n_cols, BR: tl.const
 
 
 @triton.jit
+def _tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """_tile's addresses transposed: the [BC, BR] tile whose (c, r) is the matrix's (row0 + r, col0 + c)."""
+    rows = row0 + tl.arange(0, BR)
+    cols = col0 + tl.arange(0, BC)
+    ptrs = base + rows[None, :] * row_stride + cols[:, None]
+    mask = (rows < n_rows)[None, :] & (cols < n_cols)[:, None]
+    return ptrs, mask
+
+
+@triton.jit
+def load_tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """``load_tile``'s tile transposed by its addresses ([BC, BR], fp32)."""
+    ptrs, mask = _tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_tile_t_raw(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """``load_tile_raw``'s tile transposed by its addresses ([BC, BR], the tensor's dtype; fp32 when interpreted)."""
+    ptrs, mask = _tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if _CAST_RAW:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def store_tile_t(base, value, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """Store a [BC, BR] tile where ``store_tile`` stores its transpose."""
+    ptrs, mask = _tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def dot_cast(a, b, DOT_PREC: tl.constexpr):
     """``a @ b`` as one dot in the dtype of the operand that is not fp32 (an input tile, or a chunk operator stored
     in the input dtype): the fp32 one (a state, a state adjoint, a pseudo-value tile) rounds to it, 2^-9 for bf16,

@@ -48,7 +48,7 @@ from ._triton_helpers import chunk_tables
 from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
                         _rdn_bwd_prep_p_kernel, _rdn_bwd_rebuild_kernel, _rdn_bwd_walk_r_kernel,
                         _rdn_bwd_walk_s_kernel, _rdn_bwd_walks_kernel)
-from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel
+from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel, _rdn_walk_t_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
 from .wy import _rdn_wy_kernel
 
@@ -137,6 +137,14 @@ PREP_BK = 128
 # 2.13, reverse walks 0.94 + 0.84 -> 1.56 + 1.33), at 32 the same as auto; the chunk-parallel kernels gain at 64 wide
 # (half the V-loop turns): chunk matrices 0.82 -> 0.74, gradient kernel 1.62 -> 1.41.
 WALK_BV = 0
+# The forward walk transposed (chunk_fwd._rdn_walk_t_kernel, every dot with the V-block's rows; 1: at 32-token chunks
+# where the walk runs its full width, 0: never) and its warps. Walk ms at H=16 K=V=128 bf16, untransposed -> transposed
+# (H200, Triton 3.6, 2026-12-03 05:57-06:01, RLA_KERNELS_FIXED_CONFIG=1 profile_kernels.py --ops rdn --knob WALK_T=0,1
+# --knob WALK_T_BV=16,32,64 --knob WALK_T_WARPS=2,4,8): 32 wide, 4 warps, B=16 T=2k 1.55 -> 1.35, B=4 T=8k 1.55 -> 1.33;
+# the narrowed 16-wide walk (few programs: B=1 T=32k) 3.32 -> 3.58 at best (8 warps), so it stays untransposed there;
+# 64 wide 1.71 (4 warps) and 1.84 (8) at 2k; a 168-register cap (three programs an SM) took the walk 1.53 -> 2.60.
+WALK_T = 1
+WALK_T_WARPS = 4
 # The reverse walks: 0 is 64 wide where (sequence, head, 64-wide V-block) programs outnumber the SMs, else as WALK_BV
 # (_Layout.reverse_walk_BV). Backward wall ms at H=16 K=V=128 bf16, 32 -> 64 wide (H200, Triton 3.6, 2026-12-02 19:22,
 # RLA_KERNELS_FIXED_CONFIG=1 profile_kernels.py --ops rdn --wall --bwd-chunks 32 --knob REVERSE_WALK_BV=32,64): B=16
@@ -353,7 +361,12 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     u_prec = exact if precise and X_TF32X3 in (1, 2) else L.dot_prec
     x_prec = exact if precise and X_TF32X3 == 1 else L.dot_prec
     BV = L.width("WALK_BV", L.walk_BV)
-    _rdn_walk_kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
+    # Transposed where the walk runs its full width (WALK_T has the times); that kernel's k is always raw.
+    if WALK_T and L.BT <= 32 and BV == L.BV:
+        kernel, launch = _rdn_walk_t_kernel, dict(num_warps=WALK_T_WARPS)
+    else:
+        kernel, launch = _rdn_walk_kernel, dict(RAW_K=L.BT <= 32, num_warps=WALK_WARPS)
+    kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
         L.cu_seqlens, L.chunk_offsets, L.clip, *L.x_sides, L.T,
@@ -361,8 +374,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x,
         NUDGE_X=store_x and L.residual_code == _RESIDUAL_CLIP and k.dtype != torch.float32, IS_VARLEN=L.varlen,
-        RAW_K=L.BT <= 32, SPLIT_S=store_x,
-        num_warps=WALK_WARPS, num_stages=WALK_STAGES,
+        SPLIT_S=store_x, num_stages=WALK_STAGES, **launch,
     )
     return h_s, h_r, u, w, x, S_T, R_T
 

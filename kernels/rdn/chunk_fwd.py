@@ -23,7 +23,7 @@ import triton.language as tl
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
 from ._triton_helpers import (autotune, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile, load_tile_raw,
-                              seq_bounds, store_tile)
+                              load_tile_t, load_tile_t_raw, seq_bounds, store_tile, store_tile_t)
 from .wy import mqi_tile
 
 
@@ -149,6 +149,91 @@ def _rdn_walk_kernel(
 
     store_tile(s_out + i_nh * K * V, b_s, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(r_out + i_nh * K * V, b_r, 0, K, V, i_v * BV, V, BK, BV)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _rdn_walk_t_kernel(
+    k, v, g, beta, gamma, t_beta, t_gamma, m_k, s0, r0,
+    h_s, h_r, u_out, w_out, x_out, s_out, r_out,
+    cu_seqlens, chunk_offsets, clip, x_inside, x_outside, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, U_PREC: tl.constexpr, X_PREC: tl.constexpr,
+    HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr, NUDGE_X: tl.constexpr,
+    IS_VARLEN: tl.constexpr, SPLIT_S: tl.constexpr,
+):
+    """_rdn_walk_kernel (raw half k) transposed: it carries S^T, R^T [BV, K] and makes every [BT, BV] token tile as
+    its transpose [BV, BT], so that every dot has the V-block's BV rows (the state, and the tiles the chain makes,
+    on the left; k, k^T and the chunk matrices, inputs, on the right) where the untransposed walk's token dots have
+    BT = 32 rows. Why: Hopper's wgmma takes 64 rows or more a warpgroup (Triton gives fewer rows mma.sync, about
+    half its rate), and a left operand can stay in registers from the dot that made it, where a right one goes
+    through shared memory: the chain U -> X -> W never leaves registers. Same math, dot for dot, as
+    _rdn_walk_kernel (its docstring has the precisions); the per-token gates scale columns here."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+
+    b_st = tl.zeros([BV, BK], dtype=tl.float32)
+    b_rt = tl.zeros([BV, BK], dtype=tl.float32)
+    if HAS_S0:
+        b_st += load_tile_t(s0 + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+    if HAS_R0:
+        b_rt += load_tile_t(r0 + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+
+    for i_loop in range(0, NT):
+        i_t = tl.cast(i_loop, tl.int64)
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile_t(h_s + h_off, b_st, 0, K, V, i_v * BV, V, BK, BV)
+        store_tile_t(h_r + h_off, b_rt, 0, K, V, i_v * BV, V, BK, BV)
+        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+        b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+        b_kt = load_tile_t_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)  # k^T [K, BT]
+        b_tbt = load_tile_t(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)  # T_beta^T
+        b_tct = load_tile_t(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_mkt = load_tile_t(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_eG = tl.exp(b_G)[None, :]
+
+        # (k S)^T = S^T k^T, (k R)^T likewise
+        if X_PREC == "half3":
+            b_kst = dot_split(b_st, b_kt, DOT_PREC)
+        elif SPLIT_S:
+            b_kst = dot_split(b_st, b_kt, X_PREC)
+        else:
+            b_kst = dot_cast(b_st, b_kt, X_PREC)
+        b_krt = dot_cast(b_rt, b_kt, DOT_PREC)
+        b_vt = load_tile_t(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_ut = dot_at(b_beta[None, :] * (b_vt - b_eG * b_kst), b_tbt, U_PREC, k.dtype.element_ty)
+        b_xt = b_vt - (tl.exp(b_Gp)[None, :] * b_kst + dot_at(b_ut, b_mkt, X_PREC, k.dtype.element_ty))
+        b_wt = tl.dot(b_gamma[None, :] * (_rho(b_xt, clip, RESIDUAL) - b_eG * b_krt), b_tct,
+                      input_precision=DOT_PREC)
+
+        store_tile_t(u_out + tok_v, b_ut, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile_t(w_out + tok_v, b_wt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        if STORE_X:
+            b_xs = b_xt
+            if NUDGE_X:
+                inside = tl.abs(b_xt) <= clip
+                stays = inside == (tl.abs(b_xt.to(x_out.dtype.element_ty).to(tl.float32)) <= clip)
+                b_xs = tl.where(stays, b_xt, tl.where(b_xt < 0, -1.0, 1.0) * tl.where(inside, x_inside, x_outside))
+            store_tile_t(x_out + tok_v, b_xs, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        # S^T <- exp(GL) S^T + (exp(GL - G) U)^T k: k as the right operand [BT, K], loaded as it lies
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_dL = tl.exp(b_GL - b_G)[None, :]
+        if SPLIT_S:
+            b_st = b_st * tl.exp(b_GL) + dot_split(b_dL * b_ut, b_k, DOT_PREC)
+        else:
+            b_st = b_st * tl.exp(b_GL) + dot_cast(b_dL * b_ut, b_k, DOT_PREC)
+        b_rt = b_rt * tl.exp(b_GL) + dot_cast(b_dL * b_wt, b_k, DOT_PREC)
+
+    store_tile_t(s_out + i_nh * K * V, b_st, 0, K, V, i_v * BV, V, BK, BV)
+    store_tile_t(r_out + i_nh * K * V, b_rt, 0, K, V, i_v * BV, V, BK, BV)
 
 
 @autotune(configs=launch_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])

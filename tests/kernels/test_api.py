@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import rla_kernels.library as library
-from kerneltools import record_launches, walk_stores
+from kerneltools import RDN_FORWARD_WALKS, record_launches, walk_stores
 from rla_kernels import BackendUnavailableError, choose_backend, rdn, rla
 from rla_kernels.backend import ENV_VAR, triton_function
 
@@ -400,7 +400,7 @@ def test_rdn_recompute_states_false_keeps_the_walk_only_for_a_backward(grad, mon
 
     ref = run(leaves, backend="triton")
     ref_grads = torch.autograd.grad(ref, leaves) if grad else None
-    launches = record_launches(monkeypatch, chunk, ("_rdn_walk_kernel",), walk_stores)
+    launches = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, walk_stores)
     got = run(leaves, backend="triton", recompute_states=False)
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
     if not grad:

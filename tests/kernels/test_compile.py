@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import rla_kernels.library as library
-from kerneltools import record_launches, walk_stores
+from kerneltools import RDN_FORWARD_WALKS, record_launches, walk_stores
 from rla_kernels import rdn, rla
 
 
@@ -75,7 +75,7 @@ def test_fullgraph_compile_of_rdn_keeping_its_walk_matches_eager(monkeypatch):
     from rla_kernels.rdn.chunk import chunk_rdn_fwd
 
     chunk = sys.modules[chunk_rdn_fwd.__module__]
-    stores = record_launches(monkeypatch, chunk, ("_rdn_walk_kernel",), walk_stores)
+    stores = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, walk_stores)
     torch._dynamo.reset()
 
     def loss(q, k, v, g, beta, gamma, S0, R0, cu=None, keep=True):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from kerneltools import make_inputs, record_launches
+from kerneltools import RDN_FORWARD_WALKS, make_inputs, record_launches
 from rla_kernels.rdn.chunk import chunk_rdn_bwd, chunk_rdn_fwd
 from rla_kernels.rdn.naive import naive_recurrent_rdn
 from rla_kernels.rla.chunk_fwd import _state_walk_kernel
@@ -452,7 +452,7 @@ def test_both_passes_at_64_token_chunks(monkeypatch):
     *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True,
                                    chunk_size=64)
     assert wy.shape[-1] == 64
-    launches = record_launches(monkeypatch, chunk, ("_rdn_wy_kernel", "_rdn_walk_kernel", "_rdn_bwd_rebuild_kernel"))
+    launches = record_launches(monkeypatch, chunk, ("_rdn_wy_kernel", *RDN_FORWARD_WALKS, "_rdn_bwd_rebuild_kernel"))
     check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=1e-5, chunk_size=64, wy=wy, walk=tokens)
     assert launches == ["_rdn_bwd_rebuild_kernel"]  # the chunk matrices and U, W, X reused: no WY, no walk rerun
 
@@ -575,7 +575,8 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     rerun = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy)
     torch.manual_seed(1)
     recomputed = check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, final_grads=S0 is not None, wy=wy)
-    monkeypatch.setattr(chunk, "_rdn_walk_kernel", _NoWalk())
+    for name in RDN_FORWARD_WALKS:
+        monkeypatch.setattr(chunk, name, _NoWalk())
     kept = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=walk)
     for x, ref in zip(kept, rerun):
         if ref is None:
@@ -604,7 +605,8 @@ def test_backward_rebuilds_the_states_from_the_kept_tokens(case, monkeypatch):
     do = torch.randn_like(inputs[2])
     final = [None if S0 is None else torch.randn_like(S0), None if R0 is None else torch.randn_like(R0)]
     rerun = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy)
-    monkeypatch.setattr(chunk, "_rdn_walk_kernel", _NoWalk())
+    for name in RDN_FORWARD_WALKS:
+        monkeypatch.setattr(chunk, name, _NoWalk())
     log = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",))
     rebuilt = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
     assert log == ["_rdn_bwd_rebuild_kernel"]  # both walks, one launch
@@ -845,7 +847,7 @@ def test_precise_walk_in_three_half_dots(case, monkeypatch):
     runs = {}
     for half3 in (0, 1):
         monkeypatch.setattr(chunk, "X_HALF3", half3)
-        log = record_launches(monkeypatch, chunk, ("_rdn_walk_kernel",), lambda name, kw: (kw["U_PREC"], kw["X_PREC"]))
+        log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, lambda name, kw: (kw["U_PREC"], kw["X_PREC"]))
         *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
         assert log == [("half3", "half3") if half and half3 else ("tf32x3", "tf32x3") if half else ("ieee", "ieee")]
         kept = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
@@ -991,3 +993,57 @@ def test_walk_operators_match_float64_definitions(monkeypatch, dtype):
         for name, x, r, tol in zip(("Kb", "Kc", "Pb", "Qb", "Pc"), got, operators_reference(qq, kk, gg, *tt, BT, cu),
                                    tols):
             assert rel_err(x, r) < tol, (name, cu is not None, rel_err(x, r))
+
+
+def assert_same_rounded_output(o, ref):
+    """o of two forwards whose fp32 values differ below the output dtype's rounding: fp32 o to float rounding; half o
+    may round apart by one step of the dtype at o's scale (2^-8 of its largest element for bf16, 2^-11 for fp16)."""
+    if o.dtype == torch.float32:
+        torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-6)
+    else:
+        step = torch.finfo(o.dtype).eps / 2
+        torch.testing.assert_close(o, ref, rtol=step, atol=step * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("case", [*KEPT_CASES, "two_blocks"])
+def test_transposed_forward_walk_is_the_walk(case, monkeypatch):
+    """chunk.WALK_T: the forward walk carrying S^T, R^T (chunk_fwd._rdn_walk_t_kernel), which runs where the walk
+    takes its full width, makes what the untransposed walk makes, in each of its uses (the default forward,
+    keep_tokens' precise walk with X, keep_walk's, the backward's rerun): to fp32 rounding, the dots being the same
+    products in another orientation; half inputs round their stored tensors alike but for an element now and then
+    (o: assert_same_rounded_output's bound). V = 16 is one block, V = 24 one partial block of 32, V = 64 two."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    if case == "two_blocks":
+        (inputs, S0, R0), cu, tol = make_inputs(B=1, T=40, H=1, K=16, V=64), None, 1e-4
+    else:
+        inputs, S0, R0, cu, tol = kept_case(case)
+    half = inputs[0].dtype != torch.float32
+    monkeypatch.setattr(chunk, "WALK_BV", 32)
+    if inputs[2].shape[-1] > 16:  # narrower than its full width (the launcher's few-programs case): untransposed
+        monkeypatch.setattr(chunk, "WALK_BV", 16)
+        log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS)
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
+        assert log == ["_rdn_walk_kernel"]
+        monkeypatch.setattr(chunk, "WALK_BV", 32)
+
+    def both(**kw):
+        monkeypatch.setattr(chunk, "WALK_T", 0)
+        ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, **kw)
+        monkeypatch.setattr(chunk, "WALK_T", 1)
+        log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS)
+        got = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, **kw)
+        assert log == ["_rdn_walk_t_kernel"]
+        return got, ref
+
+    for kw in ({}, {"keep_tokens": True}, {"keep_walk": True}):
+        got, ref = both(**kw)
+        assert_same_rounded_output(got[0], ref[0])
+        flat = [*got[1:4], *(got[4] if len(got) > 4 else ())], [*ref[1:4], *(ref[4] if len(ref) > 4 else ())]
+        for x, r in zip(*flat):  # S_T, R_T, wy, then U, W, X (and h_s, h_r)
+            if half and x.dtype != torch.float32:
+                torch.testing.assert_close(x, r, rtol=2 * torch.finfo(x.dtype).eps, atol=torch.finfo(x.dtype).eps)
+            else:
+                torch.testing.assert_close(x, r, rtol=1e-5, atol=1e-6)
+    check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol)
+    torch.manual_seed(2)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, final_grads=S0 is not None)  # the rerun, transposed
