@@ -195,11 +195,11 @@ def main(shape: str):
             return lambda: _rdn_bwd_walk_r_kernel[grid](
                 q, k, g, gamma, kc, pc, x, do, None, h, d0, out1, out2, None, None, 0.1, 1.0, T,
                 H=H, K=D, V=D, BT=BT, BK=D, BV=BV, RESIDUAL=1, DOT_PREC="tf32", HAS_DRT=False, IS_VARLEN=False,
-                num_warps=4, num_stages=2)
+                TRANSPOSED=False, num_warps=4, num_stages=2)
         return lambda: _rdn_bwd_walk_s_kernel[grid](
             q, k, g, beta, kb, pb, qb, dxc, do, None, h, d0, out1, None, None, 0.1, T,
             H=H, K=D, V=D, BT=BT, BK=D, BV=BV, DOT_PREC="tf32", HAS_DST=False, IS_VARLEN=False,
-            num_warps=4, num_stages=2)
+            TRANSPOSED=False, num_warps=4, num_stages=2)
 
     print(f"B={B} T={T} H={H} D={D}, 32-token chunks, {torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'} "
           "bf16; each walk alone, do_bench median ms", flush=True)

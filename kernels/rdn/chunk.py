@@ -154,6 +154,25 @@ WALK_T_WARPS = 4
 # ms at 2k; at 32 wide they changed nothing (+-0.05). dR's walk alone at 2k (docs/next/rdn-walk-anatomy.py, 19:19): 0.94
 # ms at 32 wide, 0.62 at 64, 1.47 at 16; fla's bwd_dhu 0.43 at 32-token chunks.
 REVERSE_WALK_BV = 0
+# dR's and dS's reverse walks transposed (chunk_bwd._walk_r_t, _walk_s_t; 0: never, 1: dR's automatic, 2: always), as
+# the forward walk (WALK_T). First-config ms at H=16 K=V=128 bf16, untransposed -> transposed (H200, Triton 3.6,
+# 2026-12-03, RLA_KERNELS_FIXED_CONFIG=1 profile_kernels.py --ops rdn --wall --bwd-chunks 32). Both walks (06:16):
+# dR's 0.64 -> 0.54 at B=16 T=2k (64 wide), 0.66 -> 0.54 at 4k, 0.97 -> 0.83 at 8k (32 wide), 1.91 -> 1.29 at 16k
+# (16 wide); dS's 0.65 -> 0.72, 0.79 -> 0.87, 1.19 -> 1.41, 1.33 -> 2.65. dR's alone (06:23, --knob DR_WALK_T=0,1),
+# backward wall: 6.42 -> 6.31 at 2k, 7.30 -> 7.19 at 8k, 10.19 -> 9.93 at B=1 T=32k (one launch, TRAILED_WALKS, 16
+# wide), but 8.32 -> 8.90 at B=2 T=16k (two 16-wide launches, the rebuild beside them: dR's walk 1.95 -> 1.32 and then
+# dS's 1.33 -> 2.53 with the rebuild moved onto it). So dR's walk transposed but as a 16-wide launch of its own.
+DR_WALK_T = 1
+DS_WALK_T = 0
+
+
+def transposed_reverse_walks(BV: int, trailed: bool) -> tuple[bool, bool]:
+    """Whether dR's and dS's reverse walks run transposed (DR_WALK_T, DS_WALK_T) at V-block width ``BV``, ``trailed``
+    (one launch) or not."""
+    for name, value in (("DR_WALK_T", DR_WALK_T), ("DS_WALK_T", DS_WALK_T)):
+        if value not in (0, 1, 2):
+            raise ValueError(f"launch knob {name} must be 0 (never), 1 (automatic) or 2 (always); got {value!r}")
+    return DR_WALK_T == 2 or (DR_WALK_T == 1 and (trailed or BV > 16)), DS_WALK_T == 2
 # K-block width of the backward's two linear walks that rebuild the chunk states from kept U and W (keep_tokens,
 # _rebuild_states; one launch of both, chunk_bwd._rdn_bwd_rebuild_kernel): 0 automatic (128, k^T read once a
 # V-block), 64 or 128; and the chunks they step a loop turn (RLA's WALK_STEPS): 0 automatic, 1 or 2. Both walks, ms,
@@ -500,6 +519,7 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
     k_b, k_c, p_b, q_b, p_c = operators
     BV, grid = walk_grid
     pairs = grid[0] * grid[1]
+    dr_t, ds_t = transposed_reverse_walks(BV, trailed)
     if trailed:
         progress = torch.zeros(1 + pairs, dtype=torch.int32, device=q.device)
         _rdn_bwd_walks_kernel[(2 * pairs,)](
@@ -508,7 +528,8 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
             L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T, pairs,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
             RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, HAS_DRT=dR_T is not None, HAS_DST=dS_T is not None,
-            IS_VARLEN=L.varlen, num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
+            IS_VARLEN=L.varlen, TRANSPOSED_R=dr_t, TRANSPOSED_S=ds_t, num_warps=WALK_WARPS,
+            num_stages=REVERSE_WALK_STAGES,
         )
         return
     _rdn_bwd_walk_r_kernel[grid](
@@ -517,7 +538,7 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, HAS_DRT=dR_T is not None, IS_VARLEN=L.varlen,
-        num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
+        TRANSPOSED=dr_t, num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
     )
     _rdn_bwd_walk_s_kernel[grid](
         q, k, g, beta, k_b, p_b, q_b, dxc, do, dS_T,
@@ -525,7 +546,7 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
         L.cu_seqlens, L.chunk_offsets, scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         DOT_PREC=L.dot_prec, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen,
-        num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
+        TRANSPOSED=ds_t, num_warps=WALK_WARPS, num_stages=REVERSE_WALK_STAGES,
     )
 
 

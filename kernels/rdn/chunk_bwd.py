@@ -36,7 +36,7 @@ from ..rla.chunk_fwd import _walk_states
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
 from ._triton_helpers import (autotune, chunk_prologue, dot_cast, exp_masked, launch_configs, load_tile,
-                              load_tile_raw, seq_bounds, store_tile)
+                              load_tile_raw, load_tile_t, load_tile_t_raw, seq_bounds, store_tile, store_tile_t)
 from .chunk_fwd import chunk_decays, load_gate, state_row
 from .wy import mqi_tile
 
@@ -283,6 +283,116 @@ def _walk_s(
     store_tile(ds0 + i_nh * K * V, b_ds, 0, K, V, i_v * BV, V, BK, BV)
 
 
+# The two walks transposed (TRANSPOSED in the kernels below; chunk.DR_WALK_T, DS_WALK_T), as the forward walk is
+# (chunk_fwd._rdn_walk_t_kernel): each carries its adjoint as dR^T (dS^T) [BV, K] and makes every [BT, BV] token tile
+# as its transpose, so that every dot has the V-block's BV rows (wgmma at 64 wide, 4 warps) and the adjoint tiles
+# the chain makes are left operands (registers, not shared memory). Same math, dot for dot and rounding for rounding,
+# as _walk_r and _walk_s. ptxas (sm_90, K = V = 128, 64 wide, 4 warps; scripts/kernel_resources.py --census): dR's
+# walk 241 registers, no stack, HMMA 0 / HGMMA 16 (untransposed: 255, 144 bytes, 48 / 8); dS's 254, none, 0 / 20
+# (255, 88 bytes, 64 / 8).
+@triton.jit
+def _walk_r_t(
+    i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t,
+    h_dr, dr0, dyr_out, dx_out, done,
+    cu_seqlens, chunk_offsets, scale, clip, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr, TRAILED: tl.constexpr,
+):
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+
+    b_drt = tl.zeros([BV, BK], dtype=tl.float32)
+    if HAS_DRT:
+        b_drt += load_tile_t(dr_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+
+    for i_loop in range(0, NT):
+        i_t = tl.cast(NT - 1 - i_loop, tl.int64)
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile_t(h_dr + h_off, b_drt, 0, K, V, i_v * BV, V, BK, BV)
+        b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)[None, :]
+        b_kct = load_tile_t_raw(k_c + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)  # Kc^T [K, BT]
+        b_pct = load_tile_t(p_c + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_drqt = b_gamma * (scale * load_tile_t(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV))
+        b_dyrt = dot_cast(b_drt, b_kct, DOT_PREC) + tl.dot(b_drqt, b_pct, input_precision=DOT_PREC)
+        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_eG = tl.exp(b_G)[None, :]
+        b_drt = (tl.exp(b_GL) * b_drt + dot_cast(b_eG * b_drqt, b_q, DOT_PREC)
+                 - dot_cast((b_gamma * b_eG) * b_dyrt, b_k, DOT_PREC))
+        b_xt = load_tile_t(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dxt = _rho_grad(b_xt, _rho(b_xt, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma * b_dyrt)
+        store_tile_t(dyr_out + tok_v, b_dyrt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        store_tile_t(dx_out + tok_v, b_dxt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        if TRAILED:
+            tl.debug_barrier()  # every thread's dX stores before the one release below
+            tl.atomic_xchg(done, tl.cast(i_loop + 1, tl.int32), sem="release", scope="gpu")
+
+    store_tile_t(dr0 + i_nh * K * V, b_drt, 0, K, V, i_v * BV, V, BK, BV)
+
+
+@triton.jit
+def _walk_s_t(
+    i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t,
+    h_ds, ds0, dyv_out, done,
+    cu_seqlens, chunk_offsets, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr, TRAILED: tl.constexpr,
+):
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+
+    b_dst = tl.zeros([BV, BK], dtype=tl.float32)
+    if HAS_DST:
+        b_dst += load_tile_t(ds_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+
+    for i_loop in range(0, NT):
+        i_t = tl.cast(NT - 1 - i_loop, tl.int64)
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile_t(h_ds + h_off, b_dst, 0, K, V, i_v * BV, V, BK, BV)
+        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)[None, :]
+        b_kbt = load_tile_t_raw(k_b + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)  # Kb^T [K, BT]
+        b_dsqt = scale * load_tile_t(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        if TRAILED:
+            b_pbt = load_tile_t(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_qbt = load_tile_t(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
+            while seen <= i_loop:
+                seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
+            tl.debug_barrier()  # every thread's dX loads after the acquire
+        b_dxt = load_tile_t(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyvt = dot_cast(b_dst, b_kbt, DOT_PREC)
+        if not TRAILED:
+            b_pbt = load_tile_t(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dyvt += tl.dot(b_dsqt, b_pbt, input_precision=DOT_PREC)
+        if not TRAILED:
+            b_qbt = load_tile_t(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dyvt -= tl.dot(b_dxt, b_qbt, input_precision=DOT_PREC)
+        b_eG = tl.exp(b_G)[None, :]
+        b_dst = tl.exp(b_GL) * b_dst
+        b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_dst += dot_cast(b_eG * b_dsqt, b_q, DOT_PREC)
+        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
+        b_dst -= dot_cast(tl.exp(b_Gp)[None, :] * b_dxt + (b_beta * b_eG) * b_dyvt, b_k, DOT_PREC)
+        store_tile_t(dyv_out + tok_v, b_dyvt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+    store_tile_t(ds0 + i_nh * K * V, b_dst, 0, K, V, i_v * BV, V, BK, BV)
+
+
 @triton.jit(do_not_specialize=["T"])
 def _rdn_bwd_walk_r_kernel(
     q, k, g, gamma, k_c, p_c, x, do, dr_t,
@@ -291,13 +401,18 @@ def _rdn_bwd_walk_r_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
-    HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):
     """Walk 1 alone, a program a (V-block, sequence x head)."""
-    _walk_r(tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64),
-            q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, dr0,
-            cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT, IS_VARLEN,
-            False)
+    i_v, i_nh = tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64)
+    if TRANSPOSED:
+        _walk_r_t(i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, dr0,
+                  cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT,
+                  IS_VARLEN, False)
+    else:
+        _walk_r(i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, dr0,
+                cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT,
+                IS_VARLEN, False)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -307,12 +422,16 @@ def _rdn_bwd_walk_s_kernel(
     cu_seqlens, chunk_offsets, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):
     """Walk 2 alone, after walk 1's launch, a program a (V-block, sequence x head)."""
-    _walk_s(tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64),
-            q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t, h_ds, ds0, dyv_out, ds0,
-            cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, False)
+    i_v, i_nh = tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64)
+    if TRANSPOSED:
+        _walk_s_t(i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t, h_ds, ds0, dyv_out, ds0,
+                  cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, False)
+    else:
+        _walk_s(i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dxc, do, ds_t, h_ds, ds0, dyv_out, ds0,
+                cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, False)
 
 
 @triton.jit(do_not_specialize=["T", "PAIRS"])
@@ -324,6 +443,7 @@ def _rdn_bwd_walks_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_DRT: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr,
+    TRANSPOSED_R: tl.constexpr, TRANSPOSED_S: tl.constexpr,
 ):
     """Both walks in one launch, walk 2 trailing walk 1 by a chunk or more (for when one walk's programs leave the
     SMs half idle). ``progress`` (int32, zeroed): a ticket counter, then each (sequence x head, V-block) pair's
@@ -337,12 +457,21 @@ def _rdn_bwd_walks_kernel(
     i_nh = tl.cast(pair // NV, tl.int64)
     done = progress + 1 + pair
     if ticket < PAIRS:
-        _walk_r(i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, done,
-                cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT,
-                IS_VARLEN, True)
+        if TRANSPOSED_R:
+            _walk_r_t(i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, done,
+                      cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT,
+                      IS_VARLEN, True)
+        else:
+            _walk_r(i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t, h_dr, dr0, dyr_out, dx_out, done,
+                    cu_seqlens, chunk_offsets, scale, clip, T, H, K, V, BT, BK, BV, RESIDUAL, DOT_PREC, HAS_DRT,
+                    IS_VARLEN, True)
     else:
-        _walk_s(i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dx_out, do, ds_t, h_ds, ds0, dyv_out, done,
-                cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, True)
+        if TRANSPOSED_S:
+            _walk_s_t(i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dx_out, do, ds_t, h_ds, ds0, dyv_out, done,
+                      cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, True)
+        else:
+            _walk_s(i_v, i_nh, q, k, g, beta, k_b, p_b, q_b, dx_out, do, ds_t, h_ds, ds0, dyv_out, done,
+                    cu_seqlens, chunk_offsets, scale, T, H, K, V, BT, BK, BV, DOT_PREC, HAS_DST, IS_VARLEN, True)
 
 
 # The gradients, chunk-parallel, split as fla splits its gated delta rule's backward so that no program holds both

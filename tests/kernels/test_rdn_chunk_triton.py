@@ -695,13 +695,14 @@ def test_gpu_rebuild_beside_the_walks_is_exact(monkeypatch):
 def test_trailed_reverse_walks_are_the_two_launches(monkeypatch):
     """TRAILED_WALKS=2: the reverse walks as one launch (_rdn_bwd_walks_kernel, dS's walk trailing dR's through
     per-pair chunk counters and drawn tickets) give the two launches' gradients bit for bit: packed sequences, final
-    state gradients, both residual modes with a clip."""
+    state gradients, both residual modes with a clip, dR's walk untransposed and transposed."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     cu = torch.tensor([0, 5, 75, 112, 141], dtype=torch.int32)  # 1, 3, 2 and 1 chunks of 32 tokens
     inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=4)
     do = torch.randn_like(inputs[2])
     final = [torch.randn_like(S0), torch.randn_like(R0)]
-    for residual in ("clip", "tanh"):
+    for residual, dr_t in (("clip", 0), ("tanh", 0), ("clip", 2)):  # one orientation for both launch forms
+        monkeypatch.setattr(chunk, "DR_WALK_T", dr_t)
         *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, residual, S0, R0, cu, save_wy=True, keep_tokens=True)
         grads = {}
         for trailed, kernels in ((1, ["walk_r", "walk_s"]), (2, ["walks"])):
@@ -711,6 +712,64 @@ def test_trailed_reverse_walks_are_the_two_launches(monkeypatch):
             grads[trailed] = chunk_rdn_bwd(*inputs, None, 1.0, residual, S0, R0, cu, do, *final, wy=wy, walk=tokens)
             assert log == kernels
         assert all(torch.equal(a, b) for a, b in zip(grads[1], grads[2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_transposed_reverse_walks_are_the_walks(dtype, monkeypatch):
+    """DR_WALK_T, DS_WALK_T: the reverse walks carrying dR^T, dS^T (chunk_bwd._walk_r_t, _walk_s_t), each or both,
+    as two launches and as one (TRAILED_WALKS), give the untransposed walks' gradients, the same products in another
+    orientation (fp32: to float rounding; bf16: the stored adjoints round alike but for an element now and then), on
+    packed sequences with final-state gradients, both residual modes, and two V-blocks (V = 48 at 32 wide: one whole,
+    one partial); and the float64 oracle's."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    monkeypatch.setattr(chunk, "REVERSE_WALK_BV", 32)
+    cu = torch.tensor([0, 5, 75, 112], dtype=torch.int32)  # 1, 3 and 2 chunks of 32 tokens
+    inputs, S0, R0 = make_inputs(B=1, T=112, H=2, K=16, V=48, N=3, dtype=dtype)
+    do = torch.randn_like(inputs[2])
+    final = [torch.randn_like(S0), torch.randn_like(R0)]
+    names = [f"_rdn_bwd_{name}_kernel" for name in ("walk_r", "walk_s", "walks")]
+
+    def transposed(name, kw):
+        return (kw["TRANSPOSED_R"], kw["TRANSPOSED_S"]) if name.endswith("walks_kernel") else kw["TRANSPOSED"]
+
+    for residual, trailed in (("clip", 1), ("tanh", 1), ("clip", 2)):
+        monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
+        *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, residual, S0, R0, cu, save_wy=True, keep_tokens=True)
+        grads = {}
+        for dr, ds in ((0, 0), (2, 2), (2, 0), (0, 2)):
+            monkeypatch.setattr(chunk, "DR_WALK_T", dr)
+            monkeypatch.setattr(chunk, "DS_WALK_T", ds)
+            log = record_launches(monkeypatch, chunk, names, transposed)
+            grads[dr, ds] = chunk_rdn_bwd(*inputs, None, 1.0, residual, S0, R0, cu, do, *final, wy=wy, walk=tokens)
+            assert log == ([bool(dr), bool(ds)] if trailed == 1 else [(bool(dr), bool(ds))])
+        for key in ((2, 2), (2, 0), (0, 2)):
+            for a, b in zip(grads[key], grads[0, 0]):
+                if dtype == torch.float32 or a.dtype == torch.float32:
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+                else:
+                    assert rel_err(a, b) < 4e-3
+    monkeypatch.setattr(chunk, "DS_WALK_T", 2)  # the defaults' check is everyone else's: both transposed here
+    torch.manual_seed(3)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=1e-4 if dtype == torch.float32 else 1e-2,
+                   final_grads=True)
+
+
+def test_transposed_reverse_walks_where_they_gained(monkeypatch):
+    """Automatic (DR_WALK_T=1, DS_WALK_T=0): dR's walk transposed at 32 and 64 wide and in one launch at 16, not as
+    a 16-wide launch of its own; dS's never; 2 forces, 0 stops; another value is a ValueError naming the knob."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    assert [chunk.transposed_reverse_walks(bv, trailed) for bv, trailed in ((64, False), (32, False), (16, True),
+                                                                            (16, False))] == \
+        [(True, False), (True, False), (True, False), (False, False)]
+    monkeypatch.setattr(chunk, "DR_WALK_T", 2)
+    monkeypatch.setattr(chunk, "DS_WALK_T", 2)
+    assert chunk.transposed_reverse_walks(16, False) == (True, True)
+    monkeypatch.setattr(chunk, "DR_WALK_T", 0)
+    monkeypatch.setattr(chunk, "DS_WALK_T", 0)
+    assert chunk.transposed_reverse_walks(64, True) == (False, False)
+    monkeypatch.setattr(chunk, "DS_WALK_T", 3)
+    with pytest.raises(ValueError, match="DS_WALK_T must be 0"):
+        chunk.transposed_reverse_walks(64, True)
 
 
 def test_trailed_walks_where_both_walks_fit_at_once(monkeypatch):
@@ -764,6 +823,7 @@ def test_gpu_trailed_walks_are_the_two_launches(B, T, monkeypatch):
     do = torch.randn_like(inputs[2])
     final = [torch.randn_like(S0), torch.randn_like(R0)]
     grads = {}
+    monkeypatch.setattr(chunk, "DR_WALK_T", 2)  # one orientation for both (automatic: not as a 16-wide launch)
     for trailed in (1, 2):
         monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
         grads[trailed] = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, *final, wy=wy, walk=tokens)
