@@ -165,10 +165,10 @@ def _rdn_walk_t_kernel(
     """_rdn_walk_kernel (raw half k) transposed: it carries S^T, R^T [BV, K] and makes every [BT, BV] token tile as
     its transpose [BV, BT], so that every dot has the V-block's BV rows (the state, and the tiles the chain makes,
     on the left; k, k^T and the chunk matrices, inputs, on the right) where the untransposed walk's token dots have
-    BT = 32 rows. Why: Hopper's wgmma takes 64 rows or more a warpgroup (Triton gives fewer rows mma.sync, about
-    half its rate), and a left operand can stay in registers from the dot that made it, where a right one goes
-    through shared memory: the chain U -> X -> W never leaves registers. Same math, dot for dot, as
-    _rdn_walk_kernel (its docstring has the precisions); the per-token gates scale columns here."""
+    BT = 32 rows. Why: a left operand can stay in registers from the dot that made it, where a right one goes
+    through shared memory, so the chain U -> X -> W never leaves registers (at 32 wide the dots are still mma.sync:
+    Hopper's wgmma takes 64 rows or more a warpgroup, and 64 wide was slower; chunk.WALK_T has the times). Same
+    math, dot for dot, as _rdn_walk_kernel (its docstring has the precisions); the per-token gates scale columns."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_n = i_nh // H
