@@ -164,15 +164,6 @@ REVERSE_WALK_BV = 0
 # dS's 1.33 -> 2.53 with the rebuild moved onto it). So dR's walk transposed but as a 16-wide launch of its own.
 DR_WALK_T = 1
 DS_WALK_T = 0
-
-
-def transposed_reverse_walks(BV: int, trailed: bool) -> tuple[bool, bool]:
-    """Whether dR's and dS's reverse walks run transposed (DR_WALK_T, DS_WALK_T) at V-block width ``BV``, ``trailed``
-    (one launch) or not."""
-    for name, value in (("DR_WALK_T", DR_WALK_T), ("DS_WALK_T", DS_WALK_T)):
-        if value not in (0, 1, 2):
-            raise ValueError(f"launch knob {name} must be 0 (never), 1 (automatic) or 2 (always); got {value!r}")
-    return DR_WALK_T == 2 or (DR_WALK_T == 1 and (trailed or BV > 16)), DS_WALK_T == 2
 # K-block width of the backward's two linear walks that rebuild the chunk states from kept U and W (keep_tokens,
 # _rebuild_states; one launch of both, chunk_bwd._rdn_bwd_rebuild_kernel): 0 automatic (128, k^T read once a
 # V-block), 64 or 128; and the chunks they step a loop turn (RLA's WALK_STEPS): 0 automatic, 1 or 2. Both walks, ms,
@@ -503,6 +494,15 @@ def trailed_walks(pairs: int, sms: int) -> bool:
         raise ValueError(f"launch knob TRAILED_WALKS must be 0 (automatic), 1 (two launches) or 2 (one launch, dS's "
                          f"walk trailing dR's); got {TRAILED_WALKS!r}")
     return TRAILED_WALKS == 2 or (TRAILED_WALKS == 0 and pairs <= sms)
+
+
+def transposed_reverse_walks(BV: int, trailed: bool) -> tuple[bool, bool]:
+    """Whether dR's and dS's reverse walks run transposed (DR_WALK_T, DS_WALK_T) at V-block width ``BV``, ``trailed``
+    (one launch) or not."""
+    for name, value in (("DR_WALK_T", DR_WALK_T), ("DS_WALK_T", DS_WALK_T)):
+        if value not in (0, 1, 2):
+            raise ValueError(f"launch knob {name} must be 0 (never), 1 (automatic) or 2 (always); got {value!r}")
+    return DR_WALK_T == 2 or (DR_WALK_T == 1 and (trailed or BV > 16)), DS_WALK_T == 2
 
 
 def _reverse_walk_grid(L: _Layout) -> tuple[int, tuple[int, int]]:
