@@ -289,7 +289,7 @@ def _walk_s(
 # the chain makes are left operands (registers, not shared memory). Same math, dot for dot and rounding for rounding,
 # as _walk_r and _walk_s. ptxas (sm_90, K = V = 128, 64 wide, 4 warps; scripts/kernel_resources.py --census): dR's
 # walk 241 registers, no stack, HMMA 0 / HGMMA 16 (untransposed: 255, 144 bytes, 48 / 8); dS's 254, none, 0 / 20
-# (255, 88 bytes, 64 / 8).
+# (255, 88 bytes, 64 / 8). Yet only dR's is faster on the H200 (dS's is off by default; chunk.DR_WALK_T has the times).
 @triton.jit
 def _walk_r_t(
     i_v, i_nh, q, k, g, gamma, k_c, p_c, x, do, dr_t,
