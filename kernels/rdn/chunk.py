@@ -30,7 +30,7 @@ per-token tensors U, W, X (not its chunk states: [B, T, H, V] each against [K, V
 the backward, which rebuilds the chunk states from U and W with two linear walks in one launch (_rebuild_states, RLA's
 walk: S1 = exp(GL) S0 + (K exp(GL - G))^T U) instead of rerunning the walk; a backward handed nothing reruns it. That
 forward's precise walk costs 1.54 ms (X stored in the input dtype) against the default's 1.17, the rebuild 0.59 against
-the rerun's 1.85 (B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02; the precise walk 1.35 transposed, WALK_T; fwd+bwd 6.24
+the rerun's 1.85 (B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02; the precise walk 1.35 transposed, WALK_T; fwd+bwd 6.28
 ms on 2026-12-03, BENCHMARKS.md). With
 ``keep_walk`` the forward also hands h_s, h_r to the backward: no walk at all (the rerun: 1.83 of the backward's 7.28 ms
 at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for 2 x n_chunks x H x K x V + 3 x B x T x H x V input-dtype elements
