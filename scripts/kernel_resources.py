@@ -155,6 +155,8 @@ def main():
     parser.add_argument("--sms", type=int, default=132, help="SM count the launchers plan for (132: H100/H200); "
                         "it decides the narrow walks and the segment cuts of long sequences at small batch")
     parser.add_argument("--census", action="store_true", help="also count each kernel's SASS instructions by kind")
+    parser.add_argument("--dump", metavar="DIR", help="also write each compiled kernel's TTGIR and SASS to DIR (one "
+                        "file pair a kernel and config, named by its row's order), to diff two versions of a kernel")
     args = parser.parse_args()
     if FIXED_CONFIG:
         print("note: RLA_KERNELS_FIXED_CONFIG=1 is set: only each kernel's first config is reported")
@@ -187,6 +189,14 @@ def main():
                   f"{compiled.metadata.shared:9d}  {shown}", flush=True)
             if args.census:
                 print(f"{'':28s} SASS: {census(compiled.asm['cubin'], tool)}", flush=True)
+            if args.dump:
+                stem = os.path.join(args.dump, f"{len(seen):02d}-{name}-w{config.num_warps}s{config.num_stages}")
+                os.makedirs(args.dump, exist_ok=True)
+                with open(stem + ".ttgir", "w") as f:
+                    f.write(compiled.asm["ttgir"])
+                with open(stem + ".sass", "w") as f:
+                    f.write(_cuobjdump(compiled.asm["cubin"], tool, "-sass"))
+                print(f"{'':28s} written: {stem}.ttgir, .sass", flush=True)
 
 if __name__ == "__main__":
     main()
