@@ -55,8 +55,8 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     two linear walks instead of rerunning the walk (which is then never cut into segments, as below); False, the
     forward also keeps the chunk-start states S and R (in q's dtype) alive until the backward, which then skips those
     walks too.
-    False, measured at H=16 K=V=128 bf16 on an H200: fwd+bwd 6.28 -> 5.69 ms against the default at B=16 T=2048,
-    11.22 -> 10.06 at B=1 T=32768 (2026-12-03 08:26; BENCHMARKS.md); against a backward rerunning the
+    False, measured at H=16 K=V=128 bf16 on an H200: fwd+bwd 6.20 -> 5.69 ms against the default at B=16 T=2048,
+    11.12 -> 10.06 at B=1 T=32768 (2026-12-03 08:26-09:37; BENCHMARKS.md); against a backward rerunning the
     walk (2026-12-01, before the per-token tensors were kept by default): backward 7.47 -> 5.64 ms for
     forward 2.34 -> 3.01 (profile, about 10:45; its walk runs at the rerun's precision and also stores X), fwd+bwd
     9.64 -> 9.03 (bench, 11:10). It keeps ``2 * B * ceil(T / 32) * H * K * V + 3 * B * T * H * V`` elements of q's

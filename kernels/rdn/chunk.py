@@ -30,7 +30,7 @@ per-token tensors U, W, X (not its chunk states: [B, T, H, V] each against [K, V
 the backward, which rebuilds the chunk states from U and W with two linear walks in one launch (_rebuild_states, RLA's
 walk: S1 = exp(GL) S0 + (K exp(GL - G))^T U) instead of rerunning the walk; a backward handed nothing reruns it. That
 forward's precise walk costs 1.54 ms (X stored in the input dtype) against the default's 1.17, the rebuild 0.59 against
-the rerun's 1.85 (B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02; the precise walk 1.35 transposed, WALK_T; fwd+bwd 6.28
+the rerun's 1.85 (B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-02; the precise walk 1.35 transposed, WALK_T; fwd+bwd 6.20
 ms on 2026-12-03, BENCHMARKS.md). With
 ``keep_walk`` the forward also hands h_s, h_r to the backward: no walk at all (the rerun: 1.83 of the backward's 7.28 ms
 at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01) for 2 x n_chunks x H x K x V + 3 x B x T x H x V input-dtype elements
@@ -181,6 +181,18 @@ REBUILD_STEPS = 0
 # shared at 4). 4 -> 8 (H200, 2026-12-02 11:17, profile_kernels.py --knob REBUILD_WARPS=4,8): 1.389 -> 1.390 ms at
 # B=1 T=32k, 0.97 -> 1.08 at B=2 T=16k.
 REBUILD_WARPS = 4
+# 2: the forward walk stores the even chunks' start states alone (half its state stores) where only the output
+# kernel reads them (not kept for the backward), and the output kernel runs at twice the walk's chunk (64 tokens),
+# reading those states: o = exp(G) Q S0 + Mq U + gamma (exp(G) Q R0 + Mqi W) holds at any chunking of the per-token
+# U, W (the pseudo-values of a chunk's tokens against its own start state; the 64-token Mq's off-diagonal block is
+# what steps the second half's start state from the first's), and at 64 rows its dots run on wgmma where 32-row ones
+# are mma.sync. 1: every chunk's state, the output at the walk's chunk. Equal-length batches at 32-token chunks.
+# Forward ms at H=16 K=V=128 bf16, 1 -> 2 (H200, Triton 3.6, 2026-12-03 09:33, RLA_KERNELS_FIXED_CONFIG=1
+# profile_kernels.py --ops rdn --wall --knob STATE_EVERY=1,2): B=16 T=2k 2.06 -> 1.95 (walk 1.35 -> 1.27, output 0.57
+# -> 0.54), B=1 T=32k 4.10 -> 4.02; autotuned (bench) 1.81 -> 1.65 and 3.12 -> 2.99. The same halving for the
+# backward's rebuild and gradient kernel, the gradient kernel stepping each odd chunk's state itself at 32 rows, lost
+# (docs/next/rdn-states-every-other-chunk.patch: gradient kernel 2.67 -> 3.48 ms at 2k, spilling).
+STATE_EVERY = 2
 MATS_BV = 64
 GRAD_BV = 64
 # 1: the rebuilt chunk states (keep_tokens), read by the gradient kernel alone, are rebuilt on a second stream
@@ -354,11 +366,12 @@ def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
     return k_b, k_c, p_b, q_b, p_c
 
 
-def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, kept=False):
+def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, kept=False, every=1):
     """The forward walk: chunk-start states, final states, U and W (for the output and the backward's gradients)
     and, with ``store_x``, X (for the backward, at its precision) (see chunk_fwd.py). ``kept`` (the forward of
-    ``keep_walk``): the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces."""
-    rows = L.kept_rows if kept else None
+    ``keep_walk``): the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces. ``every`` 2: the
+    even chunks' states alone (STATE_EVERY)."""
+    rows = L.kept_rows if kept else _state_rows(L, every)
     h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
     u, w, x = L.tokens(k), L.tokens(k), (L.tokens(k) if store_x else None)
     S_T, R_T = L.state(k), L.state(k)
@@ -385,7 +398,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x,
         NUDGE_X=store_x and L.residual_code == _RESIDUAL_CLIP and k.dtype != torch.float32, IS_VARLEN=L.varlen,
-        SPLIT_S=store_x, num_stages=WALK_STAGES, **launch,
+        SPLIT_S=store_x, STATE_EVERY=every, num_stages=WALK_STAGES, **launch,
     )
     return h_s, h_r, u, w, x, S_T, R_T
 
@@ -424,6 +437,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
     wy = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
     t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma, wy)
+    every = 1 if keep_walk or segments > 1 else state_every(L)
     if segments > 1:
         h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(
             L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments)
@@ -432,13 +446,15 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         h_s, h_r = h_s.to(q.dtype), h_r.to(q.dtype)
     else:
         h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, bool(keep),
-                                            kept=keep_walk)
+                                            kept=keep_walk, every=every)
     o = torch.empty_like(v)
     if L.n_chunks:
         BVO = L.width("OUT_BV", OUT_BV)
-        _rdn_out_kernel[(L.chunk_grid[0], triton.cdiv(L.V, BVO), L.chunk_grid[1])](
+        BTO = every * L.BT  # (the output's chunk: its state rows are the walk's every-th, STATE_EVERY)
+        grid = L.chunk_grid if every == 1 else (triton.cdiv(L.T, BTO), L.chunk_grid[1])
+        _rdn_out_kernel[(grid[0], triton.cdiv(L.V, BVO), grid[1])](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
+            H=L.H, K=L.K, V=L.V, BT=BTO, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
     kept = ((h_s, h_r, u, w, x),) if keep_walk else ((u, w, x),) if keep_tokens else ()
     return (o, S_T, R_T) + ((wy,) if save_wy else ()) + kept
 
@@ -462,6 +478,19 @@ def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[in
     BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
     launched = 2 * triton.cdiv(K, BK) * triton.cdiv(V, BV) * programs  # S's and R's walks share the launch
     return BK, steps or (2 if launched < 2 * sms else 1)
+
+
+def state_every(L: _Layout) -> int:
+    """Every how many chunks the forward walk stores a start state for the output kernel (STATE_EVERY; 1 for packed
+    batches and other chunk sizes than 32)."""
+    if STATE_EVERY not in (1, 2):
+        raise ValueError(f"launch knob STATE_EVERY must be 1 (every chunk's state) or 2 (the even chunks'); "
+                         f"got {STATE_EVERY!r}")
+    return 1 if L.varlen or L.BT != 32 else STATE_EVERY
+
+
+def _state_rows(L: _Layout, every: int) -> int:
+    return L.n_chunks if every == 1 else L.B * triton.cdiv(triton.cdiv(L.T, L.BT), every)
 
 
 def _rebuild_buffers(L: _Layout, k) -> tuple:

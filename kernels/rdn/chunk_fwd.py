@@ -12,8 +12,9 @@ taken as exp(G_t - G_i) or exp(Gp_t - G_i), exponents <= 0 where used:
 
 The walk (one program per (sequence, head, V-block): every quantity is column-wise in V once the K-reductions are done)
 carries S and R in registers and does only what the recurrence needs: four [BT, K] x [K, BV] dots and three [BT, BT]
-ones a chunk, no K x K work (that is wy.py's, chunk-parallel). It stores every chunk-start state, U and W (for the
-output kernel, one program per (chunk, head, V-block), and the backward's gradients) and, for the backward, X.
+ones a chunk, no K x K work (that is wy.py's, chunk-parallel). It stores the chunk-start states (every other one where
+only the output kernel reads them, which then runs at 64-token chunks: chunk.STATE_EVERY), U and W (for the output
+kernel, one program per (chunk, head, V-block), and the backward's gradients) and, for the backward, X.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def _rdn_walk_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, U_PREC: tl.constexpr, X_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr, NUDGE_X: tl.constexpr,
-    IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr, SPLIT_S: tl.constexpr,
+    IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr, SPLIT_S: tl.constexpr, STATE_EVERY: tl.constexpr,
 ):
     """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. U_PREC: the
     precision of T_beta's dot (U, which S's update carries on); X_PREC: of Mk's (X) and of k.S too without RAW_K;
@@ -83,6 +84,8 @@ def _rdn_walk_kernel(
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    if STATE_EVERY == 2:  # the even chunks' start states alone (chunk.STATE_EVERY)
+        boh = i_n * tl.cdiv(tl.cdiv(T, BT), 2)
     NT = tl.cdiv(T_seq, BT)
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
@@ -97,9 +100,12 @@ def _rdn_walk_kernel(
 
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
-        h_off = ((boh + i_t) * H + i_h) * K * V
-        store_tile(h_s + h_off, b_s, 0, K, V, i_v * BV, V, BK, BV)
-        store_tile(h_r + h_off, b_r, 0, K, V, i_v * BV, V, BK, BV)
+        h_off = ((boh + i_t // STATE_EVERY) * H + i_h) * K * V
+        h_rows = K
+        if STATE_EVERY == 2:
+            h_rows = tl.where(i_t % 2 == 0, K, 0)  # an odd chunk's stores masked off
+        store_tile(h_s + h_off, b_s, 0, h_rows, V, i_v * BV, V, BK, BV)
+        store_tile(h_r + h_off, b_r, 0, h_rows, V, i_v * BV, V, BK, BV)
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
@@ -160,7 +166,7 @@ def _rdn_walk_t_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, U_PREC: tl.constexpr, X_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr, NUDGE_X: tl.constexpr,
-    IS_VARLEN: tl.constexpr, SPLIT_S: tl.constexpr,
+    IS_VARLEN: tl.constexpr, SPLIT_S: tl.constexpr, STATE_EVERY: tl.constexpr,
 ):
     """_rdn_walk_kernel (raw half k) transposed: it carries S^T, R^T [BV, K] and makes every [BT, BV] token tile as
     its transpose [BV, BT], so that every dot has the V-block's BV rows (the state, and the tiles the chain makes,
@@ -174,6 +180,8 @@ def _rdn_walk_t_kernel(
     i_n = i_nh // H
     i_h = i_nh % H
     bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    if STATE_EVERY == 2:  # the even chunks' start states alone (chunk.STATE_EVERY)
+        boh = i_n * tl.cdiv(tl.cdiv(T, BT), 2)
     NT = tl.cdiv(T_seq, BT)
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
@@ -188,9 +196,12 @@ def _rdn_walk_t_kernel(
 
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
-        h_off = ((boh + i_t) * H + i_h) * K * V
-        store_tile_t(h_s + h_off, b_st, 0, K, V, i_v * BV, V, BK, BV)
-        store_tile_t(h_r + h_off, b_rt, 0, K, V, i_v * BV, V, BK, BV)
+        h_off = ((boh + i_t // STATE_EVERY) * H + i_h) * K * V
+        h_rows = K
+        if STATE_EVERY == 2:
+            h_rows = tl.where(i_t % 2 == 0, K, 0)  # an odd chunk's stores masked off
+        store_tile_t(h_s + h_off, b_st, 0, h_rows, V, i_v * BV, V, BK, BV)
+        store_tile_t(h_r + h_off, b_rt, 0, h_rows, V, i_v * BV, V, BK, BV)
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
@@ -244,6 +255,8 @@ def _rdn_out_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
+    """o of one (chunk, V-block). The chunk need not be the walk's: with chunk.STATE_EVERY 2 it is two of them (64
+    tokens), whose start states are the walk's every other one (see there)."""
     i_c = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)

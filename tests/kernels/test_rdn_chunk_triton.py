@@ -546,6 +546,14 @@ def test_stored_x_keeps_its_side_of_the_clip(dtype, clip, spread):
     assert (target.to(dtype).float().abs() <= c).ne(inside).float().mean() > 0.1  # the rounding alone would cross
 
 
+def assert_rounded_apart_at_most(x, ref):
+    """Two half-precision results of sums that differ in fp32 (dot precision, order): elements may round apart by
+    one step of the dtype at the result's scale, no more. A norm-wise bound would not do: one element rounded apart
+    of a test case's ~1000 is already ~1e-4 of the norm."""
+    step = 2 ** -8 if x.dtype == torch.bfloat16 else 2 ** -10
+    torch.testing.assert_close(x, ref, rtol=step, atol=step * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("case", KEPT_CASES)
 def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, U, W, X to chunk_rdn_bwd(walk=), which then launches no walk of
@@ -559,15 +567,12 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     assert [t.dtype for t in walk] == [inputs[0].dtype] * 5
     o_ref, S_ref, R_ref, wy_ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True)
     for x, ref in ((o, o_ref), (S, S_ref), (R, R_ref), (wy, wy_ref)):
-        if x.dtype == torch.bfloat16:
-            # o from two walks whose dots differ at tf32 (the default's) against ~2^-16 (the kept one's), rounded to
-            # bf16: elements may round apart by a bf16 step of o's scale (2^-8 of its largest), no more. A norm-wise
-            # bound would not do: one element rounded apart of this case's 1184 is already ~1e-4 of the norm.
-            torch.testing.assert_close(x, ref, rtol=2 ** -8, atol=2 ** -8 * ref.abs().max().item())
+        if x.dtype in (torch.bfloat16, torch.float16):
+            assert_rounded_apart_at_most(x, ref)
         elif inputs[0].dtype == torch.bfloat16:  # the kept walk's ~fp32 dots are three half dots (X_HALF3, ~2^-16)
             assert rel_err(x, ref) < 1e-4
         else:
-            torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-6)
+            assert rel_err(x, ref) < 1e-5
     check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, keep_walk=False)
 
     do = torch.randn_like(inputs[2])
@@ -600,7 +605,13 @@ def test_backward_rebuilds_the_states_from_the_kept_tokens(case, monkeypatch):
     *outputs, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
     *kept_outputs, _, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
     assert len(tokens) == 3 and all(torch.equal(x, ref) for x, ref in zip(tokens, walk[2:]))
-    assert all(torch.equal(x, ref) for x, ref in zip(outputs, kept_outputs))
+    assert all(torch.equal(x, ref) for x, ref in zip(outputs[1:], kept_outputs[1:]))  # the final states
+    # o: the same walk, but the kept walk's output kernel reads every chunk's state at 32-token chunks, the default's
+    # every other one at 64 (chunk.STATE_EVERY, packed batches aside): the same sums in another order.
+    if outputs[0].dtype == torch.float32:
+        assert rel_err(outputs[0], kept_outputs[0]) < 1e-5
+    else:
+        assert_rounded_apart_at_most(outputs[0], kept_outputs[0])
 
     do = torch.randn_like(inputs[2])
     final = [None if S0 is None else torch.randn_like(S0), None if R0 is None else torch.randn_like(R0)]
@@ -854,6 +865,40 @@ def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
             DOTS_FP32=HALF_DOTS_IN_FP32, HAS_H0=True, HAS_LO=False, IS_VARLEN=True, WALK_STEPS=steps)
         assert torch.equal(got, h)
         assert got.abs().amax() > 0
+
+
+def test_output_at_two_walk_chunks_from_every_other_state(monkeypatch):
+    """STATE_EVERY=2 (equal-length batches, 32-token chunks): the forward walk (both orientations) stores the even
+    chunks' start states alone and the output kernel runs at 64-token chunks on them: o as with every chunk's state
+    and 32-token output chunks to fp32 rounding, and the float64 oracle's, with even and odd chunk counts (a last
+    64-token chunk of one walk chunk); the final states are the same. A kept walk (keep_walk, whose states the
+    backward reads) and packed batches store every chunk's; a bad knob is named."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    for B, T in ((2, 100), (3, 70)):
+        inputs, S0, R0 = make_inputs(B=B, T=T, H=2, K=16, V=24)
+        for walk_t in (0, 1):
+            monkeypatch.setattr(chunk, "WALK_T", walk_t)
+            out = {}
+            for every in (1, 2):
+                monkeypatch.setattr(chunk, "STATE_EVERY", every)
+                log = record_launches(monkeypatch, chunk, (*RDN_FORWARD_WALKS, "_rdn_out_kernel"),
+                                      lambda name, kw: kw.get("STATE_EVERY", kw["BT"]))
+                out[every] = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
+                assert log == [every, 32 * every]
+            assert rel_err(out[2][0], out[1][0]) < 1e-6
+            assert torch.equal(out[2][1], out[1][1]) and torch.equal(out[2][2], out[1][2])
+        check_forward(inputs, S0, R0, None, 1.0, "clip")
+        log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, lambda name, kw: kw["STATE_EVERY"])
+        *_, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_walk=True)
+        assert log == [1] and walk[0].shape[0] == B * triton.cdiv(T, 32)
+    cu = torch.tensor([0, 40, 141], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=2)
+    log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, lambda name, kw: kw["STATE_EVERY"])
+    check_forward(inputs, S0, R0, None, 1.0, "clip", cu)
+    assert log == [1]
+    monkeypatch.setattr(chunk, "STATE_EVERY", 3)
+    with pytest.raises(ValueError, match="STATE_EVERY must be 1"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
 
 
 def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
