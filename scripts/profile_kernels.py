@@ -2,7 +2,7 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--fwd-chunks 64,128] [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128]
-        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall] [--api]
+        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall] [--api] [--packed]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -14,7 +14,8 @@ triton.testing.do_bench): kernels on two streams (the backwards' OVERLAP) or wai
 TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes. --api adds fwd+bwd through the public
 op with autograd (rla_kernels.api, as `rla-convert bench kernels` times it): what the chunk functions' passes do not
 show, the op's own tensor work around the kernels (it found autograd zero-filling the saved tensors' cotangents, 0.2-0.5
-ms a call, 2026-12-02).
+ms a call, 2026-12-02). --packed times a shape B,T as training feeds it (distillation packs its batches): one row of
+B sequences through cu_seqlens, the same B*T tokens, lengths uneven (about T +- T/4, none a multiple of 32; packed_lengths).
 """
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 from gpu_check_rdn import knob_values, make_inputs  # noqa: E402
 
 MODULES = {"rdn": ("wy", "chunk_fwd", "segmented", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
+
+
+def packed_lengths(B, T):
+    """B sequence lengths summing to B*T, drawn within T/4 of T (the last takes the remainder) and none a multiple
+    of 32 when B > 1 (a packed batch whose sequences end mid-chunk), the same for every run."""
+    gen = torch.Generator().manual_seed(B * 100003 + T)
+    lengths = [T + int(d) for d in torch.randint(-(T // 4), T // 4 + 1, (B,), generator=gen)]
+    lengths = [n + 1 if n % 32 == 0 else n for n in lengths]
+    lengths[-1] += B * T - sum(lengths)
+    if B > 1 and (lengths[-1] < 1 or lengths[-1] % 32 == 0):
+        lengths[-1], lengths[0] = lengths[-1] + 3, lengths[0] - 3
+    return lengths
 
 
 def entry_points(op):
@@ -100,7 +113,11 @@ def main():
     parser.add_argument("--wall", action="store_true", help="also time each pass as a whole (do_bench median)")
     parser.add_argument("--api", action="store_true", help="also profile fwd+bwd through the public op with autograd "
                         "(rla_kernels.api: the kernels and the op's own tensor work)")
+    parser.add_argument("--packed", action="store_true", help="each shape B,T as one packed row of B sequences of "
+                        "uneven lengths (cu_seqlens), as distillation feeds the ops; not with --api")
     args = parser.parse_args()
+    if args.packed and args.api:
+        sys.exit("--packed and --api: the API pass takes equal-length batches only here; give one of them")
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
         chunk = sys.modules[f"rla_kernels.{op}.chunk"]
@@ -113,11 +130,17 @@ def main():
         for shape in args.shapes:
             B, T, H, K = (int(x) for x in shape.split(","))
             x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
+            cu = None
+            if args.packed:
+                x = [t.reshape(1, B * T, *t.shape[2:]) for t in x]
+                lengths = packed_lengths(B, T)
+                cu = torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
+                print(f"{op} B={B} T={T} packed: lengths {min(lengths)}-{max(lengths)}", flush=True)
             do = torch.randn_like(x[2])
             # the backward takes what the API's forward hands it by default with autograd (kernels/library.py):
             # RDN's chunk matrices, and either op's per-token tensors of its walk (RLA's residuals, RDN's U, W, X)
             save = {"save_wy": True} if op == "rdn" else {}
-            tokens = fwd(*x, None, 1.0, "clip", keep_tokens=True, **save)
+            tokens = fwd(*x, None, 1.0, "clip", None, None, cu, keep_tokens=True, **save)
             saved = {"walk": tokens[-1], **({"wy": tokens[3]} if op == "rdn" else {})}
             del tokens
             passes = []
@@ -139,20 +162,20 @@ def main():
                 for c in (map(int, args.fwd_chunks.split(",")) if args.fwd_chunks else [None]):
                     # the forward as training runs it (the API with autograd: keep_tokens)
                     passes.append(((f"fwd (chunk {c})" if c else "fwd") + tag, setting(
-                        lambda c=c: fwd(*x, None, 1.0, "clip", keep_tokens=True, **save,
+                        lambda c=c: fwd(*x, None, 1.0, "clip", None, None, cu, keep_tokens=True, **save,
                                         **({"chunk_size": c} if c else {})))))
                 for c in map(int, args.bwd_chunks.split(",")):
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
-                        lambda c=c: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, chunk_size=c,
+                        lambda c=c: bwd(*x, None, 1.0, "clip", None, None, cu, do, None, None, chunk_size=c,
                                         **saved))))
                 if args.keep_walk:
                     # the walk comes last, after RDN's chunk matrices (chunk_{op}_fwd)
-                    kept = fwd(*x, None, 1.0, "clip", keep_walk=True, **save)
+                    kept = fwd(*x, None, 1.0, "clip", None, None, cu, keep_walk=True, **save)
                     kept = {"walk": kept[-1], **({"wy": kept[3]} if op == "rdn" else {})}
                     passes.append((f"fwd, walk kept{tag}", setting(
-                        lambda: fwd(*x, None, 1.0, "clip", keep_walk=True, **save))))
+                        lambda: fwd(*x, None, 1.0, "clip", None, None, cu, keep_walk=True, **save))))
                     passes.append((f"bwd, walk kept{tag}", setting(
-                        lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, **kept))))
+                        lambda kept=kept: bwd(*x, None, 1.0, "clip", None, None, cu, do, None, None, **kept))))
                     del kept
                 if args.api:
                     passes.append((f"fwd+bwd (API){tag}", setting(api_pass(op, x, do)[0])))
