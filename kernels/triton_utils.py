@@ -47,7 +47,12 @@ def autotune(configs: list, key: list, **kwargs):
     return triton.autotune(configs=configs[:1] if FIXED_CONFIG else configs, key=key, **kwargs)
 
 
-def warps_stages_configs(warps=(2, 4, 8), stages=(2, 3), first=(4, 2)) -> list:
+# No 2-warp configs: RLA's chunk-parallel kernels (residual, output, du, dv, intra, dq/dk/dg) all compile at 2 warps to
+# 255 registers and a spill stack (160 B to 21 KB a thread, the dots on mma.sync) where 4 and 8 warps have none and use
+# wgmma, at SmolLM2's heads (H=9, K=V=64) as at the benchmark's (H=16, K=V=128) (scripts/kernel_resources.py --ops rla,
+# sm_90, 2026-12-03), and the H200's autotuner never picked 2 warps for them: they were a third of every first call's
+# tuning for nothing.
+def warps_stages_configs(warps=(4, 8), stages=(2, 3), first=(4, 2)) -> list:
     """A small grid of launch configs (no block sizes), ``first`` leading: it is the fixed config."""
     pairs = [first] + [(w, s) for w in warps for s in stages if (w, s) != first]
     return [triton.Config({}, num_warps=w, num_stages=s) for w, s in pairs]
