@@ -14,8 +14,9 @@ triton.testing.do_bench): kernels on two streams (the backwards' OVERLAP) or wai
 TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes. --api adds fwd+bwd through the public
 op with autograd (rla_kernels.api, as `rla-convert bench kernels` times it): what the chunk functions' passes do not
 show, the op's own tensor work around the kernels (it found autograd zero-filling the saved tensors' cotangents, 0.2-0.5
-ms a call, 2026-12-02). --packed times a shape B,T as training feeds it (distillation packs its batches): one row of
-B sequences through cu_seqlens, the same B*T tokens, lengths uneven (about T +- T/4, none a multiple of 32; packed_lengths).
+ms a call, 2026-12-02). --packed times a shape B,T as training feeds it (distillation packs its batches): one row
+of B sequences through cu_seqlens, the same B*T tokens, lengths uneven (about T +- T/4, none a multiple of 32;
+packed_lengths).
 """
 from __future__ import annotations
 

@@ -37,16 +37,22 @@ def launch_configs(*pairs: tuple) -> list:
             for p in pairs or ((4, 1), (8, 1))]
 
 
-def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For packed sequences: ``indices`` [num_chunks, 2] int32 rows (sequence, chunk within it), in the
-    order of the per-chunk state buffers, and ``offsets`` [N + 1] int32, sequence n owning state rows
-    offsets[n]:offsets[n + 1]."""
-    counts = triton.cdiv(cu_seqlens[1:] - cu_seqlens[:-1], chunk_size)
-    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    seq = torch.repeat_interleave(torch.arange(len(counts), device=cu_seqlens.device), counts)
-    within = torch.arange(len(seq), device=cu_seqlens.device) - offsets[:-1][seq]
-    indices = torch.stack([seq, within], 1).to(torch.int32).contiguous()
-    return indices, offsets.to(torch.int32).contiguous()
+def chunk_tables(cu_seqlens: torch.Tensor, *chunk_sizes: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For packed sequences, at each chunk size: ``indices`` [num_chunks, 2] int32 rows (sequence, chunk within it),
+    in the order of the per-chunk state buffers, and ``offsets`` [N + 1] int32, sequence n owning state rows
+    offsets[n]:offsets[n + 1]. The tables' sizes take one device sync for all the sizes asked for (chunk._Layout
+    makes them at once, before its call's first launch: a second sync between launches drained the GPU mid-call)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    counts = [triton.cdiv(lengths, size) for size in chunk_sizes]
+    totals = torch.stack([c.sum() for c in counts]).tolist()  # the sync
+    tables = []
+    for c, total in zip(counts, totals):
+        offsets = torch.cat([c.new_zeros(1), torch.cumsum(c, 0)])
+        seq = torch.repeat_interleave(torch.arange(len(c), device=cu_seqlens.device), c, output_size=total)
+        within = torch.arange(total, device=cu_seqlens.device) - offsets[:-1][seq]
+        indices = torch.stack([seq, within], 1).to(torch.int32).contiguous()
+        tables.append((indices, offsets.to(torch.int32).contiguous()))
+    return tables
 
 
 @triton.jit
@@ -152,6 +158,18 @@ def seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: t
         eos = bos + T
         boh = i_n * tl.cdiv(T, BT)
     return bos, eos - bos, boh
+
+
+@triton.jit
+def walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """A walk program's sequence x head ``i_nh``: seq_bounds (first token, length, first state row), its chunk count,
+    head, and where its head's rows start in the per-token tensors of width K, V and BT."""
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    return bos, T_seq, boh, NT, i_h, (bos * H + i_h) * K, (bos * H + i_h) * V, (bos * H + i_h) * BT
 
 
 @triton.jit

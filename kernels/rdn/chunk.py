@@ -186,10 +186,13 @@ REBUILD_WARPS = 4
 # reading those states: o = exp(G) Q S0 + Mq U + gamma (exp(G) Q R0 + Mqi W) holds at any chunking of the per-token
 # U, W (the pseudo-values of a chunk's tokens against its own start state; the 64-token Mq's off-diagonal block is
 # what steps the second half's start state from the first's), and at 64 rows its dots run on wgmma where 32-row ones
-# are mma.sync. 1: every chunk's state, the output at the walk's chunk. Equal-length batches at 32-token chunks.
+# are mma.sync. 1: every chunk's state, the output at the walk's chunk. At 32-token chunks (packed batches with
+# the chunk tables at 64: a sequence's state rows are then ceil(len / 64)).
 # Forward ms at H=16 K=V=128 bf16, 1 -> 2 (H200, Triton 3.6, 2026-12-03 09:33, RLA_KERNELS_FIXED_CONFIG=1
 # profile_kernels.py --ops rdn --wall --knob STATE_EVERY=1,2): B=16 T=2k 2.06 -> 1.95 (walk 1.35 -> 1.27, output 0.57
-# -> 0.54), B=1 T=32k 4.10 -> 4.02; autotuned (bench) 1.81 -> 1.65 and 3.12 -> 2.99. The same halving for the
+# -> 0.54), B=1 T=32k 4.10 -> 4.02; autotuned (bench) 1.81 -> 1.65 and 3.12 -> 2.99. Packed (profile_kernels.py
+# --packed, 16 sequences of 1615-2600 tokens, 2026-12-03 12:03): GPU 2.33 -> 2.24, wall 3.08 -> 3.10 (the output's
+# tables cost their host work; _Layout.output_tables). The same halving for the
 # backward's rebuild and gradient kernel, the gradient kernel stepping each odd chunk's state itself at 32 rows, lost
 # (docs/next/rdn-states-every-other-chunk.patch: gradient kernel 2.67 -> 3.48 ms at 2k, spilling).
 STATE_EVERY = 2
@@ -220,7 +223,7 @@ def _check_chunk_size(chunk_size: int) -> None:
 class _Layout:
     """Shapes, launch geometry and varlen bookkeeping shared by the kernels of one call."""
 
-    def __init__(self, q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size):
+    def __init__(self, q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size, output_every=1):
         self.N = _check_inputs(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, False)
         if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             raise ValueError(f"q, k, v must share one dtype among float32, bfloat16, float16; got "
@@ -258,8 +261,14 @@ class _Layout:
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
+        # A packed batch's tables at twice the chunk too when the output kernel will run there (_output_chunks):
+        # one sync for both. Made after the walk's launch, as first written, the output's drained the walk mid-call:
+        # packed forward 2.96 -> 3.72 ms wall at B=16 T=2k (H200, 2026-12-03 11:54) for 2.32 -> 2.26 ms of GPU time.
+        self.output_tables = None
         if self.varlen:
-            self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT)
+            sizes = (self.BT, output_every * self.BT) if output_every > 1 else (self.BT,)
+            (self.chunk_indices, self.chunk_offsets), *rest = chunk_tables(cu_seqlens, *sizes)
+            self.output_tables = rest[0] if rest else None
             self.n_chunks = self.chunk_indices.shape[0]
             self.chunk_grid = (self.n_chunks, self.H)
         else:
@@ -372,6 +381,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     ``keep_walk``): the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces. ``every`` 2: the
     even chunks' states alone (STATE_EVERY)."""
     rows = L.kept_rows if kept else _state_rows(L, every)
+    offsets = _output_chunks(L, every)[3] if L.varlen else L.chunk_offsets
     h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
     u, w, x = L.tokens(k), L.tokens(k), (L.tokens(k) if store_x else None)
     S_T, R_T = L.state(k), L.state(k)
@@ -393,7 +403,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
-        L.cu_seqlens, L.chunk_offsets, L.clip, *L.x_sides, L.T,
+        L.cu_seqlens, offsets, L.clip, *L.x_sides, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x,
@@ -423,7 +433,8 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     states with two linear walks (S1 = exp(GL) S0 + (K exp(GL - G))^T U, R likewise with W) instead of rerunning this
     one. Uncut as keep_walk.
     """
-    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
+    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size,
+                output_every=1 if keep_walk else state_every(chunk_size))
     if segments is not None and (segments < 1 or (cu_seqlens is not None and segments != 1)):
         raise ValueError(f"segments must be a positive int, and 1 with cu_seqlens (packed batches are not cut); "
                          f"got {segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
@@ -435,9 +446,9 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
+    every = 1 if keep_walk or segments > 1 else state_every(L.BT)
     wy = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
     t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma, wy)
-    every = 1 if keep_walk or segments > 1 else state_every(L)
     if segments > 1:
         h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(
             L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments)
@@ -450,10 +461,9 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     o = torch.empty_like(v)
     if L.n_chunks:
         BVO = L.width("OUT_BV", OUT_BV)
-        BTO = every * L.BT  # (the output's chunk: its state rows are the walk's every-th, STATE_EVERY)
-        grid = L.chunk_grid if every == 1 else (triton.cdiv(L.T, BTO), L.chunk_grid[1])
+        BTO, grid, indices, _ = _output_chunks(L, every)  # (its state rows: the walk's every-th, STATE_EVERY)
         _rdn_out_kernel[(grid[0], triton.cdiv(L.V, BVO), grid[1])](
-            q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, L.chunk_indices, scale, L.T,
+            q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=BTO, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen)
     kept = ((h_s, h_r, u, w, x),) if keep_walk else ((u, w, x),) if keep_tokens else ()
     return (o, S_T, R_T) + ((wy,) if save_wy else ()) + kept
@@ -480,17 +490,34 @@ def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[in
     return BK, steps or (2 if launched < 2 * sms else 1)
 
 
-def state_every(L: _Layout) -> int:
-    """Every how many chunks the forward walk stores a start state for the output kernel (STATE_EVERY; 1 for packed
-    batches and other chunk sizes than 32)."""
+def state_every(chunk_size: int) -> int:
+    """Every how many chunks the forward walk stores a start state for the output kernel (STATE_EVERY; 1 at other
+    chunk sizes than 32)."""
     if STATE_EVERY not in (1, 2):
         raise ValueError(f"launch knob STATE_EVERY must be 1 (every chunk's state) or 2 (the even chunks'); "
                          f"got {STATE_EVERY!r}")
-    return 1 if L.varlen or L.BT != 32 else STATE_EVERY
+    return 1 if chunk_size != 32 else STATE_EVERY
+
+
+def _output_chunks(L: _Layout, every: int) -> tuple:
+    """The output kernel's chunk, grid (chunk, head or (sequence, head)) and packed tables (chunk_tables: its chunk
+    indices, and the state offsets the walk stores by) at ``every`` walk chunks."""
+    if every == 1:
+        return L.BT, L.chunk_grid, L.chunk_indices, L.chunk_offsets
+    BT = every * L.BT
+    if not L.varlen:
+        return BT, (triton.cdiv(L.T, BT), L.chunk_grid[1]), None, None
+    if L.output_tables is None:  # a layout made without output_every: one more sync
+        (L.output_tables,) = chunk_tables(L.cu_seqlens, BT)
+    indices, offsets = L.output_tables
+    return BT, (indices.shape[0], L.H), indices, offsets
 
 
 def _state_rows(L: _Layout, every: int) -> int:
-    return L.n_chunks if every == 1 else L.B * triton.cdiv(triton.cdiv(L.T, L.BT), every)
+    if every == 1:
+        return L.n_chunks
+    _, grid, _, _ = _output_chunks(L, every)
+    return grid[0] * (1 if L.varlen else L.B)
 
 
 def _rebuild_buffers(L: _Layout, k) -> tuple:

@@ -36,7 +36,7 @@ from ..rla.chunk_fwd import _walk_states
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
 from ._triton_helpers import (autotune, chunk_prologue, dot_cast, exp_masked, launch_configs, load_tile,
-                              load_tile_raw, load_tile_t, load_tile_t_raw, seq_bounds, store_tile, store_tile_t)
+                              load_tile_raw, load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
 from .chunk_fwd import chunk_decays, load_gate, state_row
 from .wy import mqi_tile
 
@@ -182,13 +182,8 @@ def _walk_r(
     """Walk 1 of (sequence x head ``i_nh``, V-block ``i_v``): dR from chunk end to chunk start, h_dr at every chunk
     end, dyr and dX per token. ``TRAILED``: after each chunk's dX it publishes the chunks done in ``done`` (release:
     walk 2 of the same program pair reads them after its acquire)."""
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
+                                                                IS_VARLEN)
 
     b_dr = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DRT:
@@ -233,13 +228,8 @@ def _walk_s(
     """Walk 2 of (``i_nh``, ``i_v``), after walk 1's dX (``dxc``): dS from chunk end to chunk start, h_ds at every
     chunk end, dyv per token. ``TRAILED``: walk 1 runs alongside; each chunk waits (acquire) until ``done`` says
     walk 1 has stored that chunk's dX."""
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
+                                                                IS_VARLEN)
 
     b_ds = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DST:
@@ -300,13 +290,8 @@ def _walk_r_t(
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_DRT: tl.constexpr, IS_VARLEN: tl.constexpr, TRAILED: tl.constexpr,
 ):
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
+                                                                IS_VARLEN)
 
     b_drt = tl.zeros([BV, BK], dtype=tl.float32)
     if HAS_DRT:
@@ -347,13 +332,8 @@ def _walk_s_t(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr, TRAILED: tl.constexpr,
 ):
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
+                                                                IS_VARLEN)
 
     b_dst = tl.zeros([BV, BK], dtype=tl.float32)
     if HAS_DST:

@@ -24,7 +24,7 @@ import triton.language as tl
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
 from ._triton_helpers import (autotune, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile, load_tile_raw,
-                              load_tile_t, load_tile_t_raw, seq_bounds, store_tile, store_tile_t)
+                              load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
 from .wy import mqi_tile
 
 
@@ -54,6 +54,17 @@ def state_row(i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.con
     return row
 
 
+@triton.jit
+def walk_state_slot(i_t, boh, i_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, STATE_EVERY: tl.constexpr):
+    """Where a forward walk stores chunk i_t's start state: its offset in the state buffers, whose sequence starts
+    at row ``boh``, and the rows it stores (K; with STATE_EVERY 2 none for an odd chunk, whose state the output
+    kernel at twice the chunk never reads: chunk.STATE_EVERY)."""
+    h_rows = K
+    if STATE_EVERY == 2:
+        h_rows = tl.where(i_t % 2 == 0, K, 0)
+    return ((boh + i_t // STATE_EVERY) * H + i_h) * K * V, h_rows
+
+
 # No autotuner: the launcher picks the width (chunk.WALK_WARPS). On the H200 (Triton 3.6) autotuning this walk
 # at T = 32k, B = 1 (16-wide V-blocks) hit an illegal memory access twice, with {4, 8} warps x {1, 2} stages
 # and with 4 or 8 warps at 1 stage; 4 warps, 1 stage alone ran there and passed the float64 checks
@@ -81,15 +92,11 @@ def _rdn_walk_kernel(
     stored X is the fp32 X's."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
-    if STATE_EVERY == 2:  # the even chunks' start states alone (chunk.STATE_EVERY)
-        boh = i_n * tl.cdiv(tl.cdiv(T, BT), 2)
-    NT = tl.cdiv(T_seq, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
+                                                                IS_VARLEN)
+    if STATE_EVERY == 2 and not IS_VARLEN:  # the even chunks' start states alone (walk_state_slot; packed: the
+        # launcher passes chunk_offsets at twice the chunk)
+        boh = (i_nh // H) * tl.cdiv(tl.cdiv(T, BT), 2)
 
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
     b_r = tl.zeros([BK, BV], dtype=tl.float32)
@@ -100,10 +107,7 @@ def _rdn_walk_kernel(
 
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
-        h_off = ((boh + i_t // STATE_EVERY) * H + i_h) * K * V
-        h_rows = K
-        if STATE_EVERY == 2:
-            h_rows = tl.where(i_t % 2 == 0, K, 0)  # an odd chunk's stores masked off
+        h_off, h_rows = walk_state_slot(i_t, boh, i_h, H, K, V, STATE_EVERY)
         store_tile(h_s + h_off, b_s, 0, h_rows, V, i_v * BV, V, BK, BV)
         store_tile(h_r + h_off, b_r, 0, h_rows, V, i_v * BV, V, BK, BV)
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
@@ -177,15 +181,11 @@ def _rdn_walk_t_kernel(
     math, dot for dot, as _rdn_walk_kernel (its docstring has the precisions); the per-token gates scale columns."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
-    if STATE_EVERY == 2:  # the even chunks' start states alone (chunk.STATE_EVERY)
-        boh = i_n * tl.cdiv(tl.cdiv(T, BT), 2)
-    NT = tl.cdiv(T_seq, BT)
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
+                                                                IS_VARLEN)
+    if STATE_EVERY == 2 and not IS_VARLEN:  # the even chunks' start states alone (walk_state_slot; packed: the
+        # launcher passes chunk_offsets at twice the chunk)
+        boh = (i_nh // H) * tl.cdiv(tl.cdiv(T, BT), 2)
 
     b_st = tl.zeros([BV, BK], dtype=tl.float32)
     b_rt = tl.zeros([BV, BK], dtype=tl.float32)
@@ -196,10 +196,7 @@ def _rdn_walk_t_kernel(
 
     for i_loop in range(0, NT):
         i_t = tl.cast(i_loop, tl.int64)
-        h_off = ((boh + i_t // STATE_EVERY) * H + i_h) * K * V
-        h_rows = K
-        if STATE_EVERY == 2:
-            h_rows = tl.where(i_t % 2 == 0, K, 0)  # an odd chunk's stores masked off
+        h_off, h_rows = walk_state_slot(i_t, boh, i_h, H, K, V, STATE_EVERY)
         store_tile_t(h_s + h_off, b_st, 0, h_rows, V, i_v * BV, V, BK, BV)
         store_tile_t(h_r + h_off, b_rt, 0, h_rows, V, i_v * BV, V, BK, BV)
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)

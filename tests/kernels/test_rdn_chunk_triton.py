@@ -868,11 +868,11 @@ def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
 
 
 def test_output_at_two_walk_chunks_from_every_other_state(monkeypatch):
-    """STATE_EVERY=2 (equal-length batches, 32-token chunks): the forward walk (both orientations) stores the even
-    chunks' start states alone and the output kernel runs at 64-token chunks on them: o as with every chunk's state
-    and 32-token output chunks to fp32 rounding, and the float64 oracle's, with even and odd chunk counts (a last
-    64-token chunk of one walk chunk); the final states are the same. A kept walk (keep_walk, whose states the
-    backward reads) and packed batches store every chunk's; a bad knob is named."""
+    """STATE_EVERY=2 (32-token chunks): the forward walk (both orientations) stores the even chunks' start states
+    alone and the output kernel runs at 64-token chunks on them: o as with every chunk's state and 32-token output
+    chunks to fp32 rounding, and the float64 oracle's, with even and odd chunk counts (a last 64-token chunk of one
+    walk chunk), equal-length and packed; the final states are the same. A kept walk (keep_walk, whose states the
+    backward reads) stores every chunk's; a bad knob is named."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     for B, T in ((2, 100), (3, 70)):
         inputs, S0, R0 = make_inputs(B=B, T=T, H=2, K=16, V=24)
@@ -891,14 +891,44 @@ def test_output_at_two_walk_chunks_from_every_other_state(monkeypatch):
         log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, lambda name, kw: kw["STATE_EVERY"])
         *_, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_walk=True)
         assert log == [1] and walk[0].shape[0] == B * triton.cdiv(T, 32)
-    cu = torch.tensor([0, 40, 141], dtype=torch.int32)
-    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=2)
-    log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, lambda name, kw: kw["STATE_EVERY"])
-    check_forward(inputs, S0, R0, None, 1.0, "clip", cu)
-    assert log == [1]
+    cu = torch.tensor([0, 5, 75, 112, 141, 230], dtype=torch.int32)  # 1, 3, 2, 1 and 3 chunks of 32 tokens
+    inputs, S0, R0 = make_inputs(B=1, T=230, H=2, K=16, V=16, N=5)
+    for every in (1, 2):
+        monkeypatch.setattr(chunk, "STATE_EVERY", every)
+        log = record_launches(monkeypatch, chunk, (*RDN_FORWARD_WALKS, "_rdn_out_kernel"),
+                              lambda name, kw: kw.get("STATE_EVERY", kw["BT"]))
+        check_forward(inputs, S0, R0, None, 1.0, "clip", cu)
+        assert log == [every, 32 * every]
     monkeypatch.setattr(chunk, "STATE_EVERY", 3)
     with pytest.raises(ValueError, match="STATE_EVERY must be 1"):
         chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
+
+
+def test_packed_tables_at_two_chunk_sizes_in_one_call(monkeypatch):
+    """A packed forward whose output runs at 64-token chunks makes its 32- and 64-token chunk tables in one
+    chunk_tables call, before any launch (their sizes take a device sync; one made between launches drained the
+    GPU mid-call: 2.96 -> 3.72 ms wall on the H200). Each size's tables are those of a call for it alone: per
+    chunk its (sequence, chunk within it), and each sequence's first row."""
+    from rla_kernels.rdn._triton_helpers import chunk_tables
+    cu = torch.tensor([0, 5, 70, 71, 200, 200, 264], dtype=torch.int32)  # an empty sequence too
+    both = chunk_tables(cu, 32, 64)
+    for (indices, offsets), size in zip(both, (32, 64)):
+        (alone_i, alone_o), = chunk_tables(cu, size)
+        assert torch.equal(indices, alone_i) and torch.equal(offsets, alone_o)
+        counts = [-(-(int(b) - int(a)) // size) for a, b in zip(cu[:-1], cu[1:])]
+        assert offsets.tolist() == [sum(counts[:n]) for n in range(len(counts) + 1)]
+        assert indices.tolist() == [[n, c] for n, count in enumerate(counts) for c in range(count)]
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    calls = []
+    real = chunk.chunk_tables
+    monkeypatch.setattr(chunk, "chunk_tables", lambda cu, *sizes: calls.append(sizes) or real(cu, *sizes))
+    inputs, S0, R0 = make_inputs(B=1, T=264, H=2, K=16, V=16, N=6)
+    monkeypatch.setattr(chunk, "STATE_EVERY", 2)
+    chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
+    assert calls == [(32, 64)]
+    calls.clear()
+    chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)  # every state: 32 alone
+    assert calls == [(32,)]
 
 
 def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
