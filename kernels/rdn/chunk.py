@@ -433,8 +433,8 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     states with two linear walks (S1 = exp(GL) S0 + (K exp(GL - G))^T U, R likewise with W) instead of rerunning this
     one. Uncut as keep_walk.
     """
-    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size,
-                output_every=1 if keep_walk else state_every(chunk_size))
+    every = 1 if keep_walk else state_every(chunk_size)  # (1 too for a cut walk: below; packed ones are never cut)
+    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size, output_every=every)
     if segments is not None and (segments < 1 or (cu_seqlens is not None and segments != 1)):
         raise ValueError(f"segments must be a positive int, and 1 with cu_seqlens (packed batches are not cut); "
                          f"got {segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
@@ -446,7 +446,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
-    every = 1 if keep_walk or segments > 1 else state_every(L.BT)
+    every = 1 if segments > 1 else every
     wy = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
     t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma, wy)
     if segments > 1:
@@ -507,9 +507,7 @@ def _output_chunks(L: _Layout, every: int) -> tuple:
     BT = every * L.BT
     if not L.varlen:
         return BT, (triton.cdiv(L.T, BT), L.chunk_grid[1]), None, None
-    if L.output_tables is None:  # a layout made without output_every: one more sync
-        (L.output_tables,) = chunk_tables(L.cu_seqlens, BT)
-    indices, offsets = L.output_tables
+    indices, offsets = L.output_tables  # made by the layout (output_every), with its own tables in one sync
     return BT, (indices.shape[0], L.H), indices, offsets
 
 
