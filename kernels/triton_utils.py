@@ -48,7 +48,7 @@ def autotune(configs: list, key: list, **kwargs):
 
 
 # No 2-warp configs: RLA's chunk-parallel kernels (residual, output, du, dv, intra, dq/dk/dg) all compile at 2 warps to
-# 255 registers and a spill stack (160 B to 21 KB a thread, the dots on mma.sync) where 4 and 8 warps have none and use
+# 255 registers and a spill stack (88 B to 21 KB a thread, the dots on mma.sync) where 4 and 8 warps have none and use
 # wgmma, at SmolLM2's heads (H=9, K=V=64) as at the benchmark's (H=16, K=V=128) (scripts/kernel_resources.py --ops rla,
 # sm_90, 2026-12-03), and the H200's autotuner never picked 2 warps for them: they were a third of every first call's
 # tuning for nothing.
