@@ -37,24 +37,6 @@ def launch_configs(*pairs: tuple) -> list:
             for p in pairs or ((4, 1), (8, 1))]
 
 
-def chunk_tables(cu_seqlens: torch.Tensor, *chunk_sizes: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For packed sequences, at each chunk size: ``indices`` [num_chunks, 2] int32 rows (sequence, chunk within it),
-    in the order of the per-chunk state buffers, and ``offsets`` [N + 1] int32, sequence n owning state rows
-    offsets[n]:offsets[n + 1]. The tables' sizes take one device sync for all the sizes asked for (chunk._Layout
-    makes them at once, before its call's first launch: a second sync between launches drained the GPU mid-call)."""
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    counts = [triton.cdiv(lengths, size) for size in chunk_sizes]
-    totals = torch.stack([c.sum() for c in counts]).tolist()  # the sync
-    tables = []
-    for c, total in zip(counts, totals):
-        offsets = torch.cat([c.new_zeros(1), torch.cumsum(c, 0)])
-        seq = torch.repeat_interleave(torch.arange(len(c), device=cu_seqlens.device), c, output_size=total)
-        within = torch.arange(total, device=cu_seqlens.device) - offsets[:-1][seq]
-        indices = torch.stack([seq, within], 1).to(torch.int32).contiguous()
-        tables.append((indices, offsets.to(torch.int32).contiguous()))
-    return tables
-
-
 @triton.jit
 def _tile(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
     rows = row0 + tl.arange(0, BR)

@@ -44,8 +44,7 @@ import triton
 
 from .. import shapes, triton_utils
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
-from ..triton_utils import GRID_AXIS_LIMIT, sm_count
-from ._triton_helpers import chunk_tables
+from ..triton_utils import GRID_AXIS_LIMIT, chunk_tables, sm_count
 from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
                         _rdn_bwd_prep_p_kernel, _rdn_bwd_rebuild_kernel, _rdn_bwd_walk_r_kernel,
                         _rdn_bwd_walk_s_kernel, _rdn_bwd_walks_kernel)
@@ -192,7 +191,7 @@ REBUILD_WARPS = 4
 # profile_kernels.py --ops rdn --wall --knob STATE_EVERY=1,2): B=16 T=2k 2.06 -> 1.95 (walk 1.35 -> 1.27, output 0.57
 # -> 0.54), B=1 T=32k 4.10 -> 4.02; autotuned (bench) 1.81 -> 1.65 and 3.12 -> 2.99. Packed (profile_kernels.py
 # --packed, 16 sequences of 1615-2600 tokens, 2026-12-03 12:03): GPU 2.33 -> 2.24, wall 3.08 -> 3.10 (the output's
-# tables cost their host work; _Layout.output_tables). The same halving for the
+# tables cost their host work, and then each took a device sync; triton_utils.chunk_tables). The same halving for the
 # backward's rebuild and gradient kernel, the gradient kernel stepping each odd chunk's state itself at 32 rows, lost
 # (docs/next/rdn-states-every-other-chunk.patch: gradient kernel 2.67 -> 3.48 ms at 2k, spilling).
 STATE_EVERY = 2
@@ -223,7 +222,7 @@ def _check_chunk_size(chunk_size: int) -> None:
 class _Layout:
     """Shapes, launch geometry and varlen bookkeeping shared by the kernels of one call."""
 
-    def __init__(self, q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size, output_every=1):
+    def __init__(self, q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size):
         self.N = _check_inputs(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, False)
         if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             raise ValueError(f"q, k, v must share one dtype among float32, bfloat16, float16; got "
@@ -261,14 +260,9 @@ class _Layout:
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
-        # A packed batch's tables at twice the chunk too when the output kernel will run there (_output_chunks):
-        # one sync for both. Made after the walk's launch, as first written, the output's drained the walk mid-call:
-        # packed forward 2.96 -> 3.72 ms wall at B=16 T=2k (H200, 2026-12-03 11:54) for 2.32 -> 2.26 ms of GPU time.
-        self.output_tables = None
+        self.output_tables = None  # a packed batch's at twice the chunk (_output_chunks), made when needed
         if self.varlen:
-            sizes = (self.BT, output_every * self.BT) if output_every > 1 else (self.BT,)
-            (self.chunk_indices, self.chunk_offsets), *rest = chunk_tables(cu_seqlens, *sizes)
-            self.output_tables = rest[0] if rest else None
+            self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT, self.T)
             self.n_chunks = self.chunk_indices.shape[0]
             self.chunk_grid = (self.n_chunks, self.H)
         else:
@@ -434,7 +428,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     one. Uncut as keep_walk.
     """
     every = 1 if keep_walk else state_every(chunk_size)  # (1 too for a cut walk: below; packed ones are never cut)
-    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size, output_every=every)
+    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     if segments is not None and (segments < 1 or (cu_seqlens is not None and segments != 1)):
         raise ValueError(f"segments must be a positive int, and 1 with cu_seqlens (packed batches are not cut); "
                          f"got {segments}{' with cu_seqlens' if cu_seqlens is not None else ''}")
@@ -507,7 +501,9 @@ def _output_chunks(L: _Layout, every: int) -> tuple:
     BT = every * L.BT
     if not L.varlen:
         return BT, (triton.cdiv(L.T, BT), L.chunk_grid[1]), None, None
-    indices, offsets = L.output_tables  # made by the layout (output_every), with its own tables in one sync
+    if L.output_tables is None:
+        L.output_tables = chunk_tables(L.cu_seqlens, BT, L.T)
+    indices, offsets = L.output_tables
     return BT, (indices.shape[0], L.H), indices, offsets
 
 

@@ -32,8 +32,8 @@ import torch
 import triton
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, dot_precision, knob_steps, knob_width,
-                           prepare_chunk_indices, prepare_chunk_offsets, sm_count, wide_reverse_walk)
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, chunk_tables, dot_precision, knob_steps,
+                           knob_width, sm_count, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -164,8 +164,7 @@ class _Layout:
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
         if self.varlen:
-            self.chunk_indices = prepare_chunk_indices(cu_seqlens, self.BT)
-            self.chunk_offsets = prepare_chunk_offsets(cu_seqlens, self.BT)
+            self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT, self.T)
             self.n_chunks = self.chunk_indices.shape[0]
             self.parallel_grid = lambda BV: (triton.cdiv(self.V, BV), self.n_chunks, self.H)
         else:

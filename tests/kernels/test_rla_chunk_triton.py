@@ -604,9 +604,19 @@ WALK_STEP_CASES = {
 }
 
 
+def _chunk_count(L) -> int:
+    """The chunks a walk steps: a packed batch's tables (and so L.n_chunks) are sized by a bound
+    (triton_utils.chunk_tables), its state rows past the chunks are never written."""
+    if L.cu_seqlens is None:
+        return L.n_chunks
+    cu = L.cu_seqlens.tolist()
+    return sum(-(-(b - a) // L.BT) for a, b in zip(cu[:-1], cu[1:]))
+
+
 def _nan_padded_state_buffers(monkeypatch, chunk) -> list:
     """Every walk's chunk-state buffers (_chunk_states) made NaN with two more rows past their end: a walk must
-    write every row below the chunk count and none from there on (the row past a sequence's last chunk). Returns
+    write every row below the chunk count and none from there on (the row past a sequence's last chunk; a packed
+    batch's rows past its chunks, up to the tables' bound, and the two). Returns
     the list of (chunk count, whole buffers) made."""
     made = []
 
@@ -614,7 +624,7 @@ def _nan_padded_state_buffers(monkeypatch, chunk) -> list:
         n = L.n_chunks if rows is None else rows
         whole = [like.new_full((n + 2, L.H, L.K, L.V), float("nan"), dtype=L.state_dtype)
                  for _ in range(2 if lo and L.split_states else 1)]
-        made.append((L.n_chunks, whole))
+        made.append((_chunk_count(L), whole))
         return whole[0][:n], (whole[1][:n] if len(whole) == 2 else None)
 
     monkeypatch.setattr(chunk, "_chunk_states", chunk_states)
