@@ -2,7 +2,7 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--fwd-chunks 64,128] [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128]
-        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall] [--api] [--packed]
+        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall] [--api] [--packed [equal]]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -16,7 +16,7 @@ op with autograd (rla_kernels.api, as `rla-convert bench kernels` times it): wha
 show, the op's own tensor work around the kernels (it found autograd zero-filling the saved tensors' cotangents, 0.2-0.5
 ms a call, 2026-12-02). --packed times a shape B,T as training feeds it (distillation packs its batches): one row
 of B sequences through cu_seqlens, the same B*T tokens, lengths uneven (about T +- T/4, none a multiple of 32;
-packed_lengths).
+packed_lengths); --packed equal gives the B sequences T tokens each.
 """
 from __future__ import annotations
 
@@ -114,8 +114,10 @@ def main():
     parser.add_argument("--wall", action="store_true", help="also time each pass as a whole (do_bench median)")
     parser.add_argument("--api", action="store_true", help="also profile fwd+bwd through the public op with autograd "
                         "(rla_kernels.api: the kernels and the op's own tensor work)")
-    parser.add_argument("--packed", action="store_true", help="each shape B,T as one packed row of B sequences of "
-                        "uneven lengths (cu_seqlens), as distillation feeds the ops; not with --api")
+    parser.add_argument("--packed", nargs="?", const="uneven", choices=("uneven", "equal"),
+                        help="each shape B,T as one packed row of B sequences (cu_seqlens), as distillation feeds the "
+                        "ops: of uneven lengths (the default), or 'equal', B of T tokens, which separates what the "
+                        "packed path itself costs from what the uneven lengths do; not with --api")
     args = parser.parse_args()
     if args.packed and args.api:
         sys.exit("--packed and --api: the API pass takes equal-length batches only here; give one of them")
@@ -134,7 +136,7 @@ def main():
             cu = None
             if args.packed:
                 x = [t.reshape(1, B * T, *t.shape[2:]) for t in x]
-                lengths = packed_lengths(B, T)
+                lengths = packed_lengths(B, T) if args.packed == "uneven" else [T] * B
                 cu = torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
                 print(f"{op} B={B} T={T} packed: lengths {min(lengths)}-{max(lengths)}", flush=True)
             do = torch.randn_like(x[2])
