@@ -36,9 +36,12 @@ from gpu_check_rdn import knob_values, make_inputs  # noqa: E402
 MODULES = {"rdn": ("wy", "chunk_fwd", "segmented", "chunk_bwd"), "rla": ("chunk_fwd", "chunk_bwd")}
 
 
-def packed_lengths(B, T):
-    """B sequence lengths summing to B*T, drawn within T/4 of T (the last takes the remainder) and none a multiple
-    of 32 when B > 1 (a packed batch whose sequences end mid-chunk), the same for every run."""
+def packed_lengths(B, T, kind="uneven"):
+    """B sequence lengths summing to B*T: ``equal``, T each; ``uneven``, drawn within T/4 of T (the last takes the
+    remainder) and none a multiple of 32 when B > 1 (a packed batch whose sequences end mid-chunk), the same for
+    every run."""
+    if kind == "equal":
+        return [T] * B
     gen = torch.Generator().manual_seed(B * 100003 + T)
     lengths = [T + int(d) for d in torch.randint(-(T // 4), T // 4 + 1, (B,), generator=gen)]
     lengths = [n + 1 if n % 32 == 0 else n for n in lengths]
@@ -136,7 +139,7 @@ def main():
             cu = None
             if args.packed:
                 x = [t.reshape(1, B * T, *t.shape[2:]) for t in x]
-                lengths = packed_lengths(B, T) if args.packed == "uneven" else [T] * B
+                lengths = packed_lengths(B, T, args.packed)
                 cu = torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
                 print(f"{op} B={B} T={T} packed: lengths {min(lengths)}-{max(lengths)}", flush=True)
             do = torch.randn_like(x[2])

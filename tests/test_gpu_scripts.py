@@ -91,6 +91,23 @@ def test_profile_api_pass_runs_the_public_op_without_accumulating_gradients():
         assert all(a.abs().sum() > 0 for a in first), op
 
 
+def test_profile_packed_lengths():
+    """profile_kernels.py --packed's sequences: B lengths summing to B*T, the same every run; uneven ones within T/4 of
+    T (the last takes what is left) and none a multiple of 32, so every sequence ends mid-chunk; --packed equal's T
+    each (the packed path at equal lengths)."""
+    sys.path.insert(0, SCRIPTS)
+    try:
+        import profile_kernels
+    finally:
+        sys.path.remove(SCRIPTS)
+    for B, T in ((16, 2048), (4, 8192), (3, 100)):
+        lengths = profile_kernels.packed_lengths(B, T)
+        assert lengths == profile_kernels.packed_lengths(B, T) and len(lengths) == B and sum(lengths) == B * T
+        assert all(n % 32 for n in lengths) and len(set(lengths)) > 1
+        assert all(abs(n - T) <= T // 4 + 1 for n in lengths[:-1])
+        assert profile_kernels.packed_lengths(B, T, "equal") == [T] * B
+
+
 def test_gpu_session_applies_patches_before_the_install(tmp_path):
     """PATCHES: each applied to the tree before gpu_env.sh installs it (here a stand-in gpu_env.sh that logs what it
     would install); one that does not apply is one line and exit 2, before the install and any GPU work."""
