@@ -155,6 +155,41 @@ def walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H: tl.constexpr, K: tl.const
 
 
 @triton.jit
+def chunk_ids(NH_AXIS: tl.constexpr, H: tl.constexpr, ORDER: tl.constexpr):
+    """A chunk-parallel program's chunk ``i_c`` (grid axis 0), K- or V-block ``i_x`` (axis 1 when NH_AXIS is 2, else
+    0) and (sequence, head) or head ``i_nh`` (axis NH_AXIS), int64, renumbered by ORDER (chunk.CHUNK_ORDER) so that
+    the programs the GPU runs together (it starts them in launch order, axis 0 fastest) share reads:
+    0, the grid's own order: one head's chunks after another's; 1: one chunk's heads after another's (each block
+    apart); 2: one (chunk, head)'s blocks together, then the chunk's other heads, then the next chunk, then the next
+    sequence. A chunk's heads are adjacent rows of the [.., T, H, K] token tensors, and its blocks read the same
+    token tiles: in grid order, a packed batch (every sequence's chunks of one head on axis 0) or a long sequence
+    runs 1/H of each token row at a time, and the second block of a chunk a whole axis later, out of the L2."""
+    i_c = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(NH_AXIS), tl.int64)
+    if NH_AXIS == 2:
+        i_x = tl.cast(tl.program_id(1), tl.int64)
+        nx = tl.cast(tl.num_programs(1), tl.int64)
+    else:
+        i_x = i_c * 0
+        nx = 1
+    nt = tl.cast(tl.num_programs(0), tl.int64)
+    if ORDER == 1:
+        launched = i_nh * nt + i_c
+        rest = launched // H
+        i_c = rest % nt
+        i_nh = (rest // nt) * H + launched % H
+    elif ORDER == 2:
+        launched = (i_nh * nx + i_x) * nt + i_c
+        i_x = launched % nx
+        rest = launched // nx
+        i_h = rest % H
+        rest = rest // H
+        i_c = rest % nt
+        i_nh = (rest // nt) * H + i_h
+    return i_c, i_x, i_nh
+
+
+@triton.jit
 def chunk_coords(cu_seqlens, chunk_indices, i_c, i_nh, T, H: tl.constexpr, IS_VARLEN: tl.constexpr):
     """For a chunk-parallel program (axis: chunk i_c, and (sequence, head) i_nh or just the head when
     packed): sequence start, sequence length, chunk within the sequence, head (int64 when the ids are)."""

@@ -23,8 +23,8 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split
-from ._triton_helpers import (autotune, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile, load_tile_raw,
-                              load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
+from ._triton_helpers import (autotune, chunk_ids, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile,
+                              load_tile_raw, load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
 from .wy import mqi_tile
 
 
@@ -250,13 +250,11 @@ def _rdn_out_kernel(
     q, k, g, gamma, h_s, h_r, u, w, o, cu_seqlens, chunk_indices, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
 ):
     """o of one (chunk, V-block). The chunk need not be the walk's: with chunk.STATE_EVERY 2 it is two of them (64
     tokens), whose start states are the walk's every other one (see there)."""
-    i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_v = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_c, i_v, i_nh = chunk_ids(2, H, CHUNK_ORDER)
     bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)

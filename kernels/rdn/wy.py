@@ -34,7 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_helpers import (autotune, chunk_prologue, exp_masked, launch_configs, load_tile, load_tile_raw,
+from ._triton_helpers import (autotune, chunk_ids, chunk_prologue, exp_masked, launch_configs, load_tile, load_tile_raw,
                               store_tile)
 
 
@@ -166,12 +166,11 @@ def mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC: tl.constexpr):
 def _rdn_wy_kernel(
     k, g, beta, gamma, t_beta, t_gamma, m_k, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
 ):
     # The merges are tiny 16 x 16 products; tf32x3 keeps them at fp32 accuracy for half inputs.
     MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
-    i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_c, _, i_nh = chunk_ids(1, H, CHUNK_ORDER)
     bos, T_seq, i_t, i_h, o_t, _, in_seq, row_off = chunk_prologue(
         cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     b_g = tl.load(g + row_off, mask=in_seq, other=0.0).to(tl.float32)
