@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import rla_kernels.library as library
-from kerneltools import RDN_FORWARD_WALKS, record_launches, walk_stores
+from kerneltools import RDN_FORWARD_WALKS, record_launches, stub_launches, walk_stores
 from rla_kernels import BackendUnavailableError, choose_backend, rdn, rla
 from rla_kernels.backend import ENV_VAR, triton_function
 
@@ -433,6 +433,31 @@ def test_triton_chunk_kernel_matches_oracle_with_gradients(variant, monkeypatch)
     assert asked == [f"chunk_{variant}_fwd", f"chunk_{variant}_bwd"]
     for x, r in zip(got, ref):
         assert rel(x, r) < 1e-4
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("op", ["rla", "rdn"])
+def test_calls_read_no_values_from_the_device(op, packed, monkeypatch):
+    """A batch's forward and backward, dense or packed, at every way the API runs them (the backward rerunning the walk, taking
+    the forward's per-token tensors, taking its kept walk), size every buffer and launch from shapes alone: all of it
+    runs on the meta device, where reading a value (a device sync on a GPU: .item(), int(), a size taken from
+    cu_seqlens) fails. Kernel launches are stubbed out. The packed tables' sync cost RDN's packed forward 0.85 ms of
+    wall time at B=16 T=2k (triton_utils.chunk_tables)."""
+    chunk = importlib.import_module(f"rla_kernels.{op}.chunk")
+    stub_launches(monkeypatch, chunk, [name for name in dir(chunk) if name.endswith("_kernel")])
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 132)
+    fwd, bwd = getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
+    xs, (S0, R0) = inputs(B=1, T=230, N=5) if packed else inputs(B=5, T=46)
+    xs, S0, R0 = [x.to("meta") for x in xs], S0.to("meta"), R0.to("meta")
+    cu = torch.tensor([0, 5, 75, 112, 141, 230], dtype=torch.int32, device="meta") if packed else None
+    do = torch.empty_like(xs[2])
+    save = {"save_wy": True} if op == "rdn" else {}
+    for keep in ("", "keep_tokens", "keep_walk"):
+        out = fwd(*xs, None, 1.0, "clip", S0, R0, cu, **({keep: True} if keep else {}), **save)
+        kept = {"walk": out[-1]} if keep else {}
+        grads = bwd(*xs, None, 1.0, "clip", S0, R0, cu, do, None, None, **kept, **({"wy": out[3]} if save else {}))
+        assert out[0].shape == xs[2].shape and out[1].shape == (5, 2, 16, 16), keep
+        assert [g.shape for g in grads] == [x.shape for x in xs] + [S0.shape, R0.shape], keep
 
 
 @pytest.mark.gpu
