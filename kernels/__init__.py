@@ -15,7 +15,22 @@ if __name__ == "rla_kernels":
         "rla", "rdn", "BACKENDS", "BackendUnavailableError", "choose_backend",
         "chunk_rla_torch", "chunk_rdn_torch", "naive_recurrent_rla", "naive_recurrent_rdn",
     ]
-# Otherwise this folder was found as `kernels`: run from a checkout, the current directory is on sys.path,
-# and `kernels` is the name of Hugging Face's hub package that transformers imports to probe for it. The
-# module stays empty then (no version: transformers reads it as not installed), so the torch.library ops
-# are not registered a second time, bound to a second copy of every module.
+else:
+    # This folder was found as `kernels`: run from a checkout, the current directory is on sys.path, and
+    # `kernels` is the name of Hugging Face's hub package, which transformers probes for and (from 5.25, which
+    # requires it) imports. Where that package is installed, it takes this module's place (a module may replace
+    # its own sys.modules entry while it runs: the import returns the entry); else this module stays empty (no
+    # version: transformers reads it as not installed). Either way the torch.library ops are not registered a
+    # second time, bound to a second copy of every module.
+    import importlib.machinery as _machinery
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
+
+    _checkout = _os.path.dirname(_os.path.dirname(_os.path.realpath(__file__)))
+    _elsewhere = [p for p in _sys.path if _os.path.realpath(p or _os.getcwd()) != _checkout]
+    _spec = _machinery.PathFinder.find_spec(__name__, _elsewhere)
+    if _spec is not None:
+        _hub = _util.module_from_spec(_spec)
+        _sys.modules[__name__] = _hub
+        _spec.loader.exec_module(_hub)

@@ -60,6 +60,22 @@ def test_the_source_folder_found_as_kernels_registers_nothing():
     assert run.stdout.split() == ["0", "['fused_recurrent_rla_fwd']"], run.stdout
 
 
+def test_from_the_checkout_kernels_is_hugging_faces_package_where_installed():
+    # transformers 5.25 requires Hugging Face's `kernels` and imports names from it: run from the checkout, our
+    # folder (first on sys.path) hands its place to that package where it is installed (else it stays empty).
+    code = (
+        "import importlib.metadata, kernels, rla_kernels\n"
+        "try:\n    importlib.metadata.version('kernels'); hub = True\nexcept importlib.metadata.PackageNotFoundError:\n"
+        "    hub = False\n"
+        "print(hub, kernels.__file__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    hub, where = run.stdout.split()
+    ours = Path(where).resolve() == (ROOT / "kernels" / "__init__.py").resolve()
+    assert ours == (hub == "False"), run.stdout
+
+
 def test_every_package_folder_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = set()
