@@ -278,7 +278,6 @@ class _Layout:
             raise ValueError(f"launch knob CHUNK_ORDER must be 0 (the grid's order), 1 (a chunk's heads first) or 2 "
                              f"(and its blocks together); got {CHUNK_ORDER!r}")
         self.chunk_order = CHUNK_ORDER
-        self.output_tables = None  # a packed batch's at twice the chunk (_output_chunks), made when needed
         if self.varlen:
             self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT, self.T)
             self.n_chunks = self.chunk_indices.shape[0]
@@ -308,7 +307,7 @@ class _Layout:
         """Rows of a kept walk's chunk-state buffers (``kept_walk_shapes``): the chunk count of a fixed-length
         batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
         ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens."""
-        return self.n_chunks if not self.varlen else max(shapes.kept_rows(1, self.T, self.BT, self.N), self.n_chunks)
+        return self.n_chunks  # packed: triton_utils.chunk_tables sizes its tables by that same bound
 
     def chunk_states(self, q, rows=None):
         """The walks' stored chunk-start states (and state adjoints), in the input dtype, as fla stores its h and
@@ -520,9 +519,7 @@ def _output_chunks(L: _Layout, every: int) -> tuple:
     BT = every * L.BT
     if not L.varlen:
         return BT, (triton.cdiv(L.T, BT), L.chunk_grid[1]), None, None
-    if L.output_tables is None:
-        L.output_tables = chunk_tables(L.cu_seqlens, BT, L.T)
-    indices, offsets = L.output_tables
+    indices, offsets = chunk_tables(L.cu_seqlens, BT, L.T)  # no sync: made where needed
     return BT, (indices.shape[0], L.H), indices, offsets
 
 

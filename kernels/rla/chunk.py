@@ -207,7 +207,7 @@ class _Layout:
         batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
         ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens (the kernels
         index rows by chunk_offsets and never touch the rows past the chunk count)."""
-        return self.n_chunks if not self.varlen else max(shapes.kept_rows(1, self.T, self.BT, self.N), self.n_chunks)
+        return self.n_chunks  # packed: triton_utils.chunk_tables sizes its tables by that same bound
 
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
