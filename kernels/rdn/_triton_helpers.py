@@ -155,38 +155,44 @@ def walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H: tl.constexpr, K: tl.const
 
 
 @triton.jit
-def chunk_ids(NH_AXIS: tl.constexpr, H: tl.constexpr, ORDER: tl.constexpr):
-    """A chunk-parallel program's chunk ``i_c`` (grid axis 0), K- or V-block ``i_x`` (axis 1 when NH_AXIS is 2, else
-    0) and (sequence, head) or head ``i_nh`` (axis NH_AXIS), int64, renumbered by ORDER (chunk.CHUNK_ORDER) so that
-    the programs the GPU runs together (it starts them in launch order, axis 0 fastest) share reads:
-    0, the grid's own order: one head's chunks after another's; 1: one chunk's heads after another's (each block
-    apart); 2: one (chunk, head)'s blocks together, then the chunk's other heads, then the next chunk, then the next
-    sequence. A chunk's heads are adjacent rows of the [.., T, H, K] token tensors, and its blocks read the same
-    token tiles: in grid order, a packed batch (every sequence's chunks of one head on axis 0) or a long sequence
-    runs 1/H of each token row at a time, and the second block of a chunk a whole axis later, out of the L2."""
-    i_c = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(NH_AXIS), tl.int64)
+def chunk_ids(NH_AXIS: tl.constexpr, H: tl.constexpr, NX: tl.constexpr, ORDER: tl.constexpr,
+              GROUP: tl.constexpr):
+    """A chunk-parallel program's chunk ``i_c`` (grid axis 0), K- or V-block ``i_x`` (axis 1, NX of them, when NH_AXIS
+    is 2, else 0) and (sequence, head) or head ``i_nh`` (axis NH_AXIS), int64, renumbered by ORDER (chunk.CHUNK_ORDER)
+    so that the programs the GPU runs together (it starts them in launch order, axis 0 fastest) share reads. A
+    chunk's heads are adjacent rows of the [.., T, H, K] token tensors, and its blocks read the same token tiles.
+    0, the grid's own order: one head's chunks after another's (a packed batch, every sequence's chunks of one head on
+    axis 0, or a long sequence runs 1/H of each token row at a time, and a chunk's second block a whole axis later,
+    out of the L2); 1: one chunk's heads after another's, each block a chunk axis apart; 2: one (chunk, head)'s
+    blocks together, then the chunk's other heads, then the next chunk; 3: as 2 by groups of GROUP (chunk, head)
+    pairs, each group's pairs once a block, so that a pair's blocks run GROUP programs apart (what 1 does where the
+    chunk axis is GROUP long). In int32 (a grid holds fewer than 2^31 programs): int64 divisions cost a short
+    kernel (2026-12-03: the operator kernel 0.16 -> 0.19 ms with two more)."""
+    i_c = tl.program_id(0)
+    i_nh = tl.program_id(NH_AXIS)
     if NH_AXIS == 2:
-        i_x = tl.cast(tl.program_id(1), tl.int64)
-        nx = tl.cast(tl.num_programs(1), tl.int64)
+        i_x = tl.program_id(1)
     else:
         i_x = i_c * 0
-        nx = 1
-    nt = tl.cast(tl.num_programs(0), tl.int64)
-    if ORDER == 1:
-        launched = i_nh * nt + i_c
-        rest = launched // H
+    if ORDER != 0:
+        nt = tl.num_programs(0)
+        if ORDER == 1 or NX == 1:  # one block: 2 and 3 are 1, and their divisions cost (operator kernel +0.03 ms)
+            pair = i_nh * nt + i_c
+        else:
+            launched = (i_nh * NX + i_x) * nt + i_c
+            if ORDER == 2:
+                i_x = launched % NX
+                pair = launched // NX
+            else:
+                first = launched // (GROUP * NX) * GROUP
+                size = tl.minimum(nt * tl.num_programs(NH_AXIS) - first, GROUP)
+                within = launched - first * NX
+                i_x = within // size
+                pair = first + within % size
+        rest = pair // H
         i_c = rest % nt
-        i_nh = (rest // nt) * H + launched % H
-    elif ORDER == 2:
-        launched = (i_nh * nx + i_x) * nt + i_c
-        i_x = launched % nx
-        rest = launched // nx
-        i_h = rest % H
-        rest = rest // H
-        i_c = rest % nt
-        i_nh = (rest // nt) * H + i_h
-    return i_c, i_x, i_nh
+        i_nh = (rest // nt) * H + pair % H
+    return tl.cast(i_c, tl.int64), tl.cast(i_x, tl.int64), tl.cast(i_nh, tl.int64)
 
 
 @triton.jit

@@ -211,7 +211,7 @@ OVERLAP = 1
 # T=32k 9.38-9.40 -> 7.81-7.84; where the programs do not fit, slower: B=2 T=16k 6.53 -> 7.62, B=16 T=2k 4.90 ->
 # 5.88. One launch holds both walks' registers: 254 a thread (ptxas sm_90), still two programs an SM.
 TRAILED_WALKS = 0
-# The order of the chunk-parallel kernels' programs (_triton_helpers.chunk_ids has the three): 0 the grid's own (one
+# The order of the chunk-parallel kernels' programs (_triton_helpers.chunk_ids has the four): 0 the grid's own (one
 # head's chunks after another's), 1 one chunk's heads after another's, 2 as 1 with each (chunk, head)'s K- or V-block
 # programs together. Why: packed batches (every sequence's chunks of one head on axis 0) and long sequences ran the
 # chunk-parallel kernels 6-16% slower than B=16 T=2k with identical SASS. Backward wall / gradient kernel ms at
@@ -222,9 +222,15 @@ TRAILED_WALKS = 0
 # 1 -> 2 (14:47-14:48): packed 6.77 -> 6.68 / 2.97 -> 2.83, B=1 T=32k 9.66 -> 9.59 / 2.86 -> 2.76, but B=16 T=2k
 # 6.25 -> 6.38 / 2.68 -> 2.77, and the one-block prep_k kernel 0.16 -> 0.19 at all three (its order is 1's: the
 # extra int64 divisions?). A block's programs together win where order 1 puts them a whole chunk axis apart (1040
-# or 1024 programs, out of the L2) and lose where that is 64 programs (B=16 T=2k): docs/next/README.md has the
-# grouped order this points at.
-CHUNK_ORDER = 1
+# or 1024 programs, out of the L2) and lose where that is 64 programs (B=16 T=2k). Hence 3: 2 by groups of
+# CHUNK_GROUP (chunk, head) pairs, a pair's blocks CHUNK_GROUP programs apart at every shape, in int32 (one-block
+# kernels take 1's arithmetic: the same order without the divisions that cost prep_k 0.16 -> 0.19). 1 -> 3 (H200,
+# 2026-12-03 17:43-17:51, first configs): packed backward wall 6.85 -> 6.71 / gradient kernel 2.97 -> 2.83, B=1
+# T=32k 9.69 -> 9.56 / 2.84 -> 2.70 (groups of 32, 64, 128 within 0.03 ms of each other), B=16 T=2k 6.24 -> 6.30-6.34
+# / 2.67 -> 2.69-2.72, where both orders run the same programs in the same order (the divisions?); autotuned fwd+bwd
+# 2k..32k 6.20 / 6.37 / 7.07 / 9.29 / 11.12 -> 6.28 / 6.28 / 6.91 / 9.04 / 10.83 (BENCHMARKS.md).
+CHUNK_ORDER = 3
+CHUNK_GROUP = 64  # CHUNK_ORDER 3's (chunk, head) pairs a group
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -274,10 +280,11 @@ class _Layout:
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
-        if CHUNK_ORDER not in (0, 1, 2):
-            raise ValueError(f"launch knob CHUNK_ORDER must be 0 (the grid's order), 1 (a chunk's heads first) or 2 "
-                             f"(and its blocks together); got {CHUNK_ORDER!r}")
-        self.chunk_order = CHUNK_ORDER
+        if CHUNK_ORDER not in (0, 1, 2, 3) or CHUNK_GROUP < 1:
+            raise ValueError(f"launch knobs CHUNK_ORDER must be 0 (the grid's order), 1 (a chunk's heads first), 2 "
+                             f"(and its blocks together) or 3 (2 by groups of CHUNK_GROUP >= 1 (chunk, head) pairs); "
+                             f"got {CHUNK_ORDER!r} and {CHUNK_GROUP!r}")
+        self.order = dict(CHUNK_ORDER=CHUNK_ORDER, CHUNK_GROUP=CHUNK_GROUP)  # the chunk-parallel kernels' (chunk_ids)
         if self.varlen:
             self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT, self.T)
             self.n_chunks = self.chunk_indices.shape[0]
@@ -366,7 +373,7 @@ def _wy(L: _Layout, k, g, beta, gamma, out=None):
     if L.n_chunks:
         _rdn_wy_kernel[L.chunk_grid](
             k, g, beta, gamma, t_beta, t_gamma, m_k, L.cu_seqlens, L.chunk_indices, L.T,
-            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order)
+            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, **L.order)
     return t_beta, t_gamma, m_k
 
 
@@ -379,10 +386,10 @@ def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
         BKP = triton_utils.knob_width("PREP_BK", PREP_BK, PREP_BK, L.K)  # min(PREP_BK, L.BK), validated
         _rdn_bwd_prep_k_kernel[(L.chunk_grid[0], triton.cdiv(L.K, BKP), L.chunk_grid[1])](
             k, g, t_beta, t_gamma, k_b, k_c, L.cu_seqlens, L.chunk_indices, L.T,
-            H=L.H, K=L.K, BT=L.BT, BKP=BKP, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order)
+            H=L.H, K=L.K, BT=L.BT, BKP=BKP, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, **L.order)
         _rdn_bwd_prep_p_kernel[L.chunk_grid](
             q, k, g, t_beta, t_gamma, m_k, p_b, q_b, p_c, L.cu_seqlens, L.chunk_indices, L.T,
-            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order)
+            H=L.H, K=L.K, BT=L.BT, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, **L.order)
     return k_b, k_c, p_b, q_b, p_c
 
 
@@ -476,7 +483,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         _rdn_out_kernel[(grid[0], triton.cdiv(L.V, BVO), grid[1])](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=BTO, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
-            CHUNK_ORDER=L.chunk_order)
+            **L.order)
     kept = ((h_s, h_r, u, w, x),) if keep_walk else ((u, w, x),) if keep_tokens else ()
     return (o, S_T, R_T) + ((wy,) if save_wy else ()) + kept
 
@@ -688,7 +695,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             L.cu_seqlens, L.chunk_indices, scale, L.clip, L.T, NTH,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BKF=L.BK, BV=L.width("MATS_BV", 32), RESIDUAL=L.residual_code,
             DOT_PREC=L.dot_prec,
-            IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
+            IS_VARLEN=L.varlen, **L.order,
         )
         del x  # the rerun's X (or the kept one's reference): only the chunk-matrix kernel reads it
         if rebuild:
@@ -699,11 +706,11 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
             dq, dk, dg_part,
             L.cu_seqlens, L.chunk_indices, scale, L.T, NTH,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BKB, BV=L.width("GRAD_BV", 32), DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
-            CHUNK_ORDER=L.chunk_order,
+            **L.order,
         )
         _rdn_bwd_dg_kernel[L.chunk_grid](
             dg_part, dg, dbeta, dgamma, L.cu_seqlens, L.chunk_indices, L.T, NTH,
-            H=L.H, BT=L.BT, NK=NK, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order, num_warps=1,
+            H=L.H, BT=L.BT, NK=NK, IS_VARLEN=L.varlen, **L.order, num_warps=1,
         )
     if rebuild:
         beside.join()  # (without chunks)

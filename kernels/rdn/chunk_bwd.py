@@ -77,9 +77,9 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
 def _rdn_bwd_prep_k_kernel(
     k, g, t_beta, t_gamma, k_b, k_c, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BKP: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
 ):
-    i_c, i_k, i_nh = chunk_ids(2, H, CHUNK_ORDER)
+    i_c, i_k, i_nh = chunk_ids(2, H, (K + BKP - 1) // BKP, CHUNK_ORDER, CHUNK_GROUP)
     bos, T_seq, i_t, i_h, _, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     tok_k = (bos * H + i_h) * K
     tok_t = (bos * H + i_h) * BT
@@ -106,10 +106,10 @@ def _rdn_bwd_prep_k_kernel(
 def _rdn_bwd_prep_p_kernel(
     q, k, g, t_beta, t_gamma, m_k, p_b, q_b, p_c, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
 ):
     MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
-    i_c, _, i_nh = chunk_ids(1, H, CHUNK_ORDER)
+    i_c, _, i_nh = chunk_ids(1, H, 1, CHUNK_ORDER, CHUNK_GROUP)
     bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     tok_k = (bos * H + i_h) * K
     tok_t = (bos * H + i_h) * BT
@@ -476,7 +476,8 @@ def _rdn_bwd_mats_kernel(
     mats, rows_part, dv,
     cu_seqlens, chunk_indices, scale, clip, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
 ):
     """The gradients of a chunk's decay-weighted k.k and q.k matrices (A_x = x_t (k_t.k_i) exp(G_t - G_i), i < t,
     for x = beta, gamma; Mk = (k_t.k_i) exp(Gp_t - G_i); Mq, Mqi = (q_t.k_i) exp(G_t - G_i)), summed over V:
@@ -484,7 +485,7 @@ def _rdn_bwd_mats_kernel(
     (``mats`` [2, B, T, H, BT] fp32: dkk + dkk^T, dqk), dv, and the rows that read no state (``rows_part``
     [4, B*T*H]: dG, dGp, dbeta, dgamma; with dyv.v and dyr.rho(X)). A log-decay gradient is the matrix gradient
     times the matrix: rows get +, columns get -."""
-    i_c, _, i_nh = chunk_ids(1, H, CHUNK_ORDER)
+    i_c, _, i_nh = chunk_ids(1, H, 1, CHUNK_ORDER, CHUNK_GROUP)
     bos, T_seq, i_t, i_h, o_t, _, in_seq, row_off = chunk_prologue(
         cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     strict = o_t[:, None] > o_t[None, :]
@@ -598,14 +599,14 @@ def _rdn_bwd_grad_kernel(
     dq, dk, dg_part,
     cu_seqlens, chunk_indices, scale, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
 ):
     """dq and dk of K-block i_k: the terms that read the chunk's start states S0, R0 and end adjoints dS, dR, then
     _rdn_bwd_mats_kernel's two products against this block's q and k columns. The rows that read the states come
     from this block's K-side products (sum_v a (k S) = sum_k k (a S^T)); block 0 adds the mats kernel's rows.
     Every block writes four slabs ``dg_part`` [4, NK, B*T*H] (dg's rows, -dGp, dbeta, dgamma) that
     _rdn_bwd_dg_kernel sums."""
-    i_c, i_k, i_nh = chunk_ids(2, H, CHUNK_ORDER)
+    i_c, i_k, i_nh = chunk_ids(2, H, (K + BK - 1) // BK, CHUNK_ORDER, CHUNK_GROUP)
     bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
         cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
@@ -706,11 +707,12 @@ def _rdn_bwd_grad_kernel(
 @triton.jit(do_not_specialize=["T", "NTH"])
 def _rdn_bwd_dg_kernel(
     dg_part, dg, dbeta, dgamma, cu_seqlens, chunk_indices, T, NTH,
-    H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr,
+    CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
 ):
     """dg, dbeta, dgamma of one chunk (the finisher of _rdn_bwd_grad_kernel): the K-blocks' four slabs summed, dg
     as the reverse cumsum of its rows plus -dGp (fla's chunk_local_cumsum(reverse=True) in its gated delta rule)."""
-    i_c, _, i_nh = chunk_ids(1, H, CHUNK_ORDER)
+    i_c, _, i_nh = chunk_ids(1, H, 1, CHUNK_ORDER, CHUNK_GROUP)
     _, _, _, _, o_t, _, in_seq, row_off = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     block = tl.cast(NTH, tl.int64)
     b_p = tl.zeros([BT], dtype=tl.float32)

@@ -250,11 +250,11 @@ def _rdn_out_kernel(
     q, k, g, gamma, h_s, h_r, u, w, o, cu_seqlens, chunk_indices, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
 ):
     """o of one (chunk, V-block). The chunk need not be the walk's: with chunk.STATE_EVERY 2 it is two of them (64
     tokens), whose start states are the walk's every other one (see there)."""
-    i_c, i_v, i_nh = chunk_ids(2, H, CHUNK_ORDER)
+    i_c, i_v, i_nh = chunk_ids(2, H, (V + BV - 1) // BV, CHUNK_ORDER, CHUNK_GROUP)
     bos, T_seq, i_t, i_h, o_t, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)

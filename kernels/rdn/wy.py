@@ -166,11 +166,11 @@ def mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC: tl.constexpr):
 def _rdn_wy_kernel(
     k, g, beta, gamma, t_beta, t_gamma, m_k, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
 ):
     # The merges are tiny 16 x 16 products; tf32x3 keeps them at fp32 accuracy for half inputs.
     MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
-    i_c, _, i_nh = chunk_ids(1, H, CHUNK_ORDER)
+    i_c, _, i_nh = chunk_ids(1, H, 1, CHUNK_ORDER, CHUNK_GROUP)
     bos, T_seq, i_t, i_h, o_t, _, in_seq, row_off = chunk_prologue(
         cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
     b_g = tl.load(g + row_off, mask=in_seq, other=0.0).to(tl.float32)

@@ -1184,30 +1184,34 @@ _CHUNK_PARALLEL = ("_rdn_wy_kernel", "_rdn_out_kernel", "_rdn_bwd_prep_k_kernel"
 
 
 def test_chunk_orders_are_renumberings(monkeypatch):
-    """CHUNK_ORDER 1 and 2 renumber the chunk-parallel kernels' programs (_triton_helpers.chunk_ids): each (chunk,
-    block, head) is still done once, by the same code, so outputs, final states and gradients are bit for bit the
-    grid order's, equal-length (three heads, a partial last chunk, the output at 64 tokens, two V-blocks of the
-    output and two K-blocks of the gradient kernel) and packed (five sequences); each of the seven kernels took the
-    knob; another value is named before any launch."""
+    """CHUNK_ORDER 1-3 renumber the chunk-parallel kernels' programs (_triton_helpers.chunk_ids): each (chunk, block,
+    head) is still done once, by the same code, so outputs, final states and gradients are bit for bit the grid
+    order's, equal-length (three heads, a partial last chunk, the output at 64 tokens, two V-blocks of the output and
+    two K-blocks of the gradient kernel) and packed (five sequences), with groups of 5 (chunk, head) pairs that leave
+    a partial last group; each of the seven kernels took the knobs; other values are named before any launch."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "OUT_BV", 16)
     monkeypatch.setattr(chunk, "GRAD_BK", 16)
+    monkeypatch.setattr(chunk, "CHUNK_GROUP", 5)
     cu = torch.tensor([0, 5, 75, 112, 141, 230], dtype=torch.int32)
     cases = [(make_inputs(B=2, T=100, H=3, K=32, V=24), None), (make_inputs(B=1, T=230, H=3, K=32, V=24, N=5), cu)]
     for (inputs, S0, R0), cu_seqlens in cases:
         do = torch.randn_like(inputs[2])
         got = {}
-        for order in (0, 1, 2):
+        for order in (0, 1, 2, 3):
             monkeypatch.setattr(chunk, "CHUNK_ORDER", order)
-            log = record_launches(monkeypatch, chunk, _CHUNK_PARALLEL, lambda name, kw: (name, kw["CHUNK_ORDER"]))
+            log = record_launches(monkeypatch, chunk, _CHUNK_PARALLEL,
+                                  lambda name, kw: (name, kw["CHUNK_ORDER"], kw["CHUNK_GROUP"]))
             o, S_T, R_T, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu_seqlens, save_wy=True,
                                                     keep_tokens=True)
             grads = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu_seqlens, do, None, None, wy=wy, walk=tokens)
-            assert sorted(set(log)) == sorted((name, order) for name in _CHUNK_PARALLEL)
+            assert sorted(set(log)) == sorted((name, order, 5) for name in _CHUNK_PARALLEL)
             got[order] = (o, S_T, R_T, *grads)
-        for order in (1, 2):
+        for order in (1, 2, 3):
             assert all(torch.equal(a, b) for a, b in zip(got[0], got[order])), order
-        assert got[2][0].abs().amax() > 0 and got[2][3].abs().amax() > 0
-    monkeypatch.setattr(chunk, "CHUNK_ORDER", 3)
-    with pytest.raises(ValueError, match="launch knob CHUNK_ORDER must be 0"):
-        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu_seqlens)
+        assert got[3][0].abs().amax() > 0 and got[3][3].abs().amax() > 0
+    for order, group in ((4, 64), (3, 0)):
+        monkeypatch.setattr(chunk, "CHUNK_ORDER", order)
+        monkeypatch.setattr(chunk, "CHUNK_GROUP", group)
+        with pytest.raises(ValueError, match="launch knobs CHUNK_ORDER must be 0"):
+            chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu_seqlens)
