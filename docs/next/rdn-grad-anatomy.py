@@ -1,0 +1,294 @@
+"""Where RDN's gradient kernel (chunk_bwd._rdn_bwd_grad_kernel, 2.7 ms of the ~6.3 ms backward at B=16 T=2k H=16
+K=V=128 bf16, H200) spends its time: a standalone copy whose pieces switch off one at a time (constexprs), each timed
+alone (do_bench median) on the arguments the real backward launches it with, plus a streaming kernel that moves the
+same bytes in the same grid and does nothing else (the memory floor of this access pattern). Timing only: the ablated
+variants compute wrong values (each is the real kernel's code with one piece changed).
+
+GPU machine (~3 min, most of it compiling ~28 variants): `. scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3
+docs/next/rdn-grad-anatomy.py 16,2048,16,128 1,32768,16,128 2>&1 | tee $OUT/grad-anatomy.txt` (B,T,H,D; bf16, V = D;
+fixed configs: the real kernel runs its first, 8 warps and 1 stage, which the copy's check and the ablations use). On a
+CPU under TRITON_INTERPRET=1 (tiny shapes, e.g. 1,64,2,32) every variant runs once, untimed, and the copy is checked
+against the real kernel bit for bit (checked 2026-12-03 19:00: True).
+
+Why (written 2026-12-03 18:50, before any run): the kernel moves ~3.7 GB at B=16 T=2k (four [K, V] chunk states a
+chunk, 2.1 GB; six token tiles a K-block, 1.6 GB, half of it a second read of the same tiles), ~0.8 ms at the H200's
+4.8 TB/s, and does ~120 GFLOP of dots (~0.15 ms); it takes 2.7. 32768 programs (chunk x 2 K-blocks x 256 (sequence,
+head)) at one or two an SM are 124-248 waves of 11-21 us a program for a two-turn V loop and an epilogue: a
+latency-bound kernel, if the stream kernel comes out near 0.8 ms.
+Expected: stream 0.8-1.1 ms; states from L2 (every program reading one hot state tile: "hot states") -0.6 to -0.9;
+hot tokens -0.3; no dots -0.2; no epilogue -0.5 to -0.8 (its q, k, mats and gate loads are a second dependent round
+trip after the loop); no dq/dk stores -0.1. If "no epilogue" is the big one, the way on is a program that runs two
+chunks (the next chunk's V loop issued before this one's epilogue), or the epilogue's loads issued before the loop.
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+import triton.testing
+
+from rla_kernels.rdn import chunk as rdn_chunk
+from rla_kernels.rdn._triton_helpers import chunk_ids, chunk_prologue, load_tile, load_tile_raw
+from rla_kernels.rdn.chunk_bwd import _store_tile_t
+from rla_kernels.rdn.chunk_fwd import chunk_decays, load_gate, state_row
+
+FLAGS = ("HOT_STATES", "HOT_TOKENS", "NO_DOTS", "NO_EPILOGUE", "NO_STORES")
+CASES = [("copy", {}), ("hot states (L2)", {"HOT_STATES": True}), ("hot tokens (L2)", {"HOT_TOKENS": True}),
+         ("hot states and tokens", {"HOT_STATES": True, "HOT_TOKENS": True}), ("no dots", {"NO_DOTS": True}),
+         ("no epilogue", {"NO_EPILOGUE": True}), ("no dq/dk stores", {"NO_STORES": True})]
+# (warps, stages): the first is the real kernel's fixed config (its launch_configs' first), the ablations' config
+CONFIGS = [((8, 1), {}), ((4, 2), {}), ((4, 3), {}), ((8, 2), {})]
+
+
+@triton.jit(do_not_specialize=["T", "NTH"])
+def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, rows_part, dq, dk, dg_part,
+             cu_seqlens, chunk_indices, scale, T, NTH,
+             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+             BV: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+             CHUNK_GROUP: tl.constexpr, HOT_STATES: tl.constexpr, HOT_TOKENS: tl.constexpr, NO_DOTS: tl.constexpr,
+             NO_EPILOGUE: tl.constexpr, NO_STORES: tl.constexpr):
+    """chunk_bwd._rdn_bwd_grad_kernel with switches: HOT_STATES/HOT_TOKENS read the V loop's state/token tiles of
+    chunk 0, head 0 in every program (the same bytes from L2 instead of HBM); NO_DOTS accumulates elementwise sums
+    of the loaded tiles instead of the seven dots; NO_EPILOGUE stores only a row sum of the accumulators after the
+    loop (no gates, mats, q, k loads, no dq, dk); NO_STORES masks dq and dk's stores off by a runtime test (the
+    instructions stay, the bytes do not move)."""
+    i_c, i_k, i_nh = chunk_ids(2, H, (K + BK - 1) // BK, CHUNK_ORDER, CHUNK_GROUP)
+    bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+    h_loop = h_off
+    if HOT_STATES:
+        h_loop = h_off * 0
+    tok_loop = tok_v
+    t_loop = i_t * BT
+    if HOT_TOKENS:
+        tok_loop = tok_v * 0
+        t_loop = i_t * 0
+    block = tl.cast(NTH, tl.int64)
+    mat_block = tl.cast(NTH, tl.int64) * BT
+
+    b_pqr_t = tl.zeros([BK, BT], dtype=tl.float32)
+    b_pqs_t = tl.zeros([BK, BT], dtype=tl.float32)
+    b_pkr_t = tl.zeros([BK, BT], dtype=tl.float32)
+    b_pkv_t = tl.zeros([BK, BT], dtype=tl.float32)
+    b_pkx_t = tl.zeros([BK, BT], dtype=tl.float32)
+    b_pkd_t = tl.zeros([BK, BT], dtype=tl.float32)
+    b_hdh = tl.zeros([BK, BV], dtype=tl.float32)
+    b_tok = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_s = load_tile_raw(h_s + h_loop, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_r = load_tile_raw(h_r + h_loop, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_ds = load_tile_raw(h_ds + h_loop, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_dr = load_tile_raw(h_dr + h_loop, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_do = load_tile_raw(do + tok_loop, t_loop, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_u = load_tile_raw(u + tok_loop, t_loop, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_w = load_tile_raw(w + tok_loop, t_loop, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyr = load_tile_raw(dyr + tok_loop, t_loop, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dyv = load_tile_raw(dyv + tok_loop, t_loop, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dx = load_tile_raw(dxc + tok_loop, t_loop, T_seq, H * V, i_v * BV, V, BT, BV)
+        if NO_DOTS:
+            b_tok += (b_do.to(tl.float32) + b_u.to(tl.float32) + b_w.to(tl.float32) + b_dyr.to(tl.float32)
+                      + b_dyv.to(tl.float32) + b_dx.to(tl.float32))
+        else:
+            b_pkd_t = tl.dot(b_ds, tl.trans(b_u), b_pkd_t, input_precision=DOT_PREC)
+            b_pkd_t = tl.dot(b_dr, tl.trans(b_w), b_pkd_t, input_precision=DOT_PREC)
+            b_pqr_t = tl.dot(b_r, tl.trans(b_do), b_pqr_t, input_precision=DOT_PREC)
+            b_pqs_t = tl.dot(b_s, tl.trans(b_do), b_pqs_t, input_precision=DOT_PREC)
+            b_pkr_t = tl.dot(b_r, tl.trans(b_dyr), b_pkr_t, input_precision=DOT_PREC)
+            b_pkv_t = tl.dot(b_s, tl.trans(b_dyv), b_pkv_t, input_precision=DOT_PREC)
+            b_pkx_t = tl.dot(b_s, tl.trans(b_dx), b_pkx_t, input_precision=DOT_PREC)
+        b_hdh += b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32)
+    if NO_DOTS:  # the token sums reach the outputs through one accumulator, so the loads stay
+        b_pkd_t += tl.sum(tl.sum(b_tok, axis=1), axis=0)
+    if NO_EPILOGUE:
+        b_all = tl.sum(b_pqr_t + b_pqs_t + b_pkr_t + b_pkv_t + b_pkx_t + b_pkd_t, axis=0)
+        tl.store(dg_part + i_k * block + row_off, b_all + tl.sum(tl.sum(b_hdh, axis=1), axis=0), mask=in_seq)
+    else:
+        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+        b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+        b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+        b_eG = tl.exp(b_G)[None, :]
+        first = in_seq & ((o_t * 0 + i_k) == 0)
+        b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
+        b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
+        b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
+        b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
+        b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_kb_t = tl.trans(load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
+        b_qb_t = tl.trans(load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
+        n_store = T_seq
+        if NO_STORES:
+            n_store = tl.where(T < 0, T_seq, 0)  # no row (T >= 0): stores masked off, their values still computed
+
+        b_pqr_t = (scale * b_eG) * b_pqr_t
+        b_pqs_t = (scale * b_eG) * b_pqs_t
+        b_dq_t = tl.dot(b_kb_t, tl.trans(b_DQK), input_precision=DOT_PREC) + b_gamma[None, :] * b_pqr_t + b_pqs_t
+        _store_tile_t(dq + tok_k, b_dq_t, i_t * BT, n_store, H * K, i_k * BK, K, BT, BK)
+        b_tqr = tl.sum(b_qb_t * b_pqr_t, axis=0)
+        b_dG += tl.sum(b_qb_t * b_pqs_t, axis=0) + b_gamma * b_tqr
+        b_dc += b_tqr
+
+        b_pkr_t = b_eG * b_pkr_t
+        b_pkv_t = b_eG * b_pkv_t
+        b_pkx_t = -tl.exp(b_Gp)[None, :] * b_pkx_t
+        b_dec = tl.exp(b_GL - b_G)
+        b_pkd_t = b_pkd_t * b_dec[None, :]
+        b_dk_t = tl.dot(b_kb_t, tl.trans(b_DKK), input_precision=DOT_PREC)
+        b_dk_t += tl.dot(b_qb_t, b_DQK, input_precision=DOT_PREC)
+        b_dk_t += b_pkx_t - b_beta[None, :] * b_pkv_t - b_gamma[None, :] * b_pkr_t + b_pkd_t
+        _store_tile_t(dk + tok_k, b_dk_t, i_t * BT, n_store, H * K, i_k * BK, K, BT, BK)
+        b_tkr = tl.sum(b_kb_t * b_pkr_t, axis=0)
+        b_tkv = tl.sum(b_kb_t * b_pkv_t, axis=0)
+        b_dG -= b_gamma * b_tkr + b_beta * b_tkv
+        b_dGp += tl.sum(b_kb_t * b_pkx_t, axis=0)
+        b_db -= b_tkv
+        b_dc -= b_tkr
+        b_Dd = tl.sum(b_kb_t * b_pkd_t, axis=0)
+
+        b_end = tl.exp(b_GL) * tl.sum(tl.sum(b_hdh, axis=1), axis=0) + tl.sum(b_Dd, axis=0)
+        b_part = b_dG + b_dGp
+        b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
+        nk = tl.cast(tl.num_programs(1), tl.int64)
+        tl.store(dg_part + i_k * block + row_off, b_part, mask=in_seq)
+        tl.store(dg_part + (nk + i_k) * block + row_off, -b_dGp, mask=in_seq)
+        tl.store(dg_part + (2 * nk + i_k) * block + row_off, b_db, mask=in_seq)
+        tl.store(dg_part + (3 * nk + i_k) * block + row_off, b_dc, mask=in_seq)
+
+
+@triton.jit(do_not_specialize=["T", "NTH"])
+def grad_stream(q, k, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, dq, dk,
+                cu_seqlens, chunk_indices, T, NTH,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                BV: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr):
+    """The gradient kernel's bytes alone, in its grid and order: the V loop's four state and six token tiles, the
+    epilogue's mats, q and k tiles read; dq and dk written (the tiles' sums, so no load is dead)."""
+    i_c, i_k, i_nh = chunk_ids(2, H, (K + BK - 1) // BK, CHUNK_ORDER, CHUNK_GROUP)
+    bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    tok_t = (bos * H + i_h) * BT
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_x = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_h += load_tile(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_h += load_tile(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_h += load_tile(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_h += load_tile(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_x += load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_x += load_tile(u + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_x += load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_x += load_tile(dyr + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_x += load_tile(dyv + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_x += load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_m = (load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+           + load_tile(mats + tl.cast(NTH, tl.int64) * BT + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT))
+    b_row = tl.sum(b_m, axis=1) + tl.sum(b_x, axis=1)
+    b_kq = (load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+            + load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
+    b_out = b_kq + b_row[:, None] + tl.sum(tl.sum(b_h, axis=1), axis=0)
+    _store_tile_t(dq + tok_k, tl.trans(b_out), i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+    _store_tile_t(dk + tok_k, tl.trans(b_out), i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK)
+
+
+class _Capture:
+    """Stands in for the real kernel during one backward: records the grid, arguments and keywords of its launch
+    and launches it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.launches.append((grid, args, kw))
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+def bench(fn, dev: str) -> float:
+    """do_bench median ms of ``fn`` after one call (compile); on a CPU (the interpreter) the call alone, NaN."""
+    fn()
+    if dev == "cpu":
+        return float("nan")
+    torch.cuda.synchronize()
+    return triton.testing.do_bench(fn, warmup=20, rep=150)
+
+
+def main(shape: str) -> None:
+    B, T, H, D = (int(x) for x in shape.split(","))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(dtype)
+    v = (3.0 * torch.randn(B, T, H, D, device=dev)).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3.0)
+    beta, gamma = torch.rand(B, T, H, device=dev), torch.rand(B, T, H, device=dev)
+    x = [q, k, v, g, beta, gamma]
+    do = torch.randn_like(v)
+    # as training runs it (profile_kernels.py): the forward hands the backward its chunk matrices and U, W, X
+    *_, wy, tokens = rdn_chunk.chunk_rdn_fwd(*x, None, 1.0, "clip", None, None, None, save_wy=True,
+                                             keep_tokens=True)
+    real = rdn_chunk._rdn_bwd_grad_kernel
+    capture = _Capture(real)
+    rdn_chunk._rdn_bwd_grad_kernel = capture
+    try:
+        rdn_chunk.chunk_rdn_bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, wy=wy, walk=tokens)
+    finally:
+        rdn_chunk._rdn_bwd_grad_kernel = real
+    (grid, args, kw), = capture.launches
+    (q_, k_, g_, beta_, gamma_, h_s, h_r, h_ds, h_dr, do_, u, w, dyr, dxc, dyv, mats, rows_part, dq, dk, dg_part,
+     cu, indices, scale, T_, NTH) = args
+    print(f"B={B} T={T} H={H} D={D}, {torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'} {dtype}; grid {grid}, "
+          f"BK {kw['BK']} BV {kw['BV']}; each kernel alone, do_bench median ms", flush=True)
+
+    def real_launch():
+        return real[grid](*args, **kw)
+
+    def copy_launch(flags, config, BK=None, BV=None):
+        bk, bv = BK or kw["BK"], BV or kw["BV"]
+        nk = triton.cdiv(D, bk)
+        part = dg_part if nk == dg_part.shape[1] else dg_part.new_empty(4, nk, NTH)
+        f = {name: False for name in FLAGS}
+        f.update(flags)
+        knobs = {key: kw[key] for key in ("H", "K", "V", "BT", "DOT_PREC", "IS_VARLEN", "CHUNK_ORDER", "CHUNK_GROUP")}
+        return lambda: grad_abl[(grid[0], nk, grid[2])](*args[:19], part, *args[20:], BK=bk, BV=bv, **knobs, **f,
+                                                         num_warps=config[0], num_stages=config[1])
+
+    print(f"  main's kernel ({'first config' if rdn_chunk.triton_utils.FIXED_CONFIG else 'autotuned'}): "
+          f"{bench(real_launch, dev):.3f}", flush=True)
+    real_launch()
+    want = (dq.clone(), dk.clone(), dg_part.clone())
+    copy_launch({}, CONFIGS[0][0])()
+    print(f"  copy gives main's values: {all(torch.equal(a, b) for a, b in zip(want, (dq, dk, dg_part)))}", flush=True)
+    stream = (lambda bk, bv, cfg: lambda: grad_stream[(grid[0], triton.cdiv(D, bk), grid[2])](
+        q_, k_, h_s, h_r, h_ds, h_dr, do_, u, w, dyr, dxc, dyv, mats, torch.empty_like(dq), torch.empty_like(dk),
+        cu, indices, T_, NTH, H=H, K=D, V=D, BT=kw["BT"], BK=bk, BV=bv, IS_VARLEN=kw["IS_VARLEN"],
+        CHUNK_ORDER=kw["CHUNK_ORDER"], CHUNK_GROUP=kw["CHUNK_GROUP"], num_warps=cfg[0], num_stages=cfg[1]))
+    rows = []
+    widths = list(dict.fromkeys(((kw["BK"], kw["BV"]), (kw["BK"], 32), (kw["BK"], 128), (128, 32), (128, 64))))
+    for bk, bv in widths:
+        for cfg, _ in CONFIGS[:2]:
+            rows.append((f"stream BK {bk} BV {bv}, {cfg[0]} warps {cfg[1]} stages", stream(bk, bv, cfg)))
+    for name, flags in CASES:
+        for cfg, _ in CONFIGS if name == "copy" else CONFIGS[:1]:
+            rows.append((f"{name}, {cfg[0]} warps {cfg[1]} stages", copy_launch(flags, cfg)))
+    for bk, bv in widths[1:]:
+        for cfg, _ in CONFIGS[:2]:
+            rows.append((f"copy BK {bk} BV {bv}, {cfg[0]} warps {cfg[1]} stages", copy_launch({}, cfg, bk, bv)))
+    for tag, fn in rows:
+        try:
+            print(f"  {tag:44s} {bench(fn, dev):.3f}", flush=True)
+        except Exception as err:  # noqa: BLE001 -- one line and on (shared memory, a compile error)
+            print(f"  {tag:44s} failed: {type(err).__name__}: {str(err).splitlines()[0][:100]}", flush=True)
+
+
+if __name__ == "__main__":
+    for given in sys.argv[1:]:
+        main(given)
