@@ -17,8 +17,10 @@ head)) at one or two an SM are 124-248 waves of 11-21 us a program for a two-tur
 latency-bound kernel, if the stream kernel comes out near 0.8 ms.
 Expected: stream 0.8-1.1 ms; states from L2 (every program reading one hot state tile: "hot states") -0.6 to -0.9;
 hot tokens -0.3; no dots -0.2; no epilogue -0.5 to -0.8 (its q, k, mats and gate loads are a second dependent round
-trip after the loop); no dq/dk stores -0.1. If "no epilogue" is the big one, the way on is a program that runs two
-chunks (the next chunk's V loop issued before this one's epilogue), or the epilogue's loads issued before the loop.
+trip after the loop); no dq/dk stores -0.1; the epilogue's loads before the loop (a right variant, checked against
+the real kernel like the copy) -0.2 to -0.4, at a few more registers. If that one wins, it is the change to make in
+chunk_bwd.py (and the float64 check); if "no epilogue" is big and the early loads do not take it, the way on is a
+program that runs two chunks (the next chunk's V loop issued before this one's epilogue).
 """
 import sys
 
@@ -33,12 +35,34 @@ from rla_kernels.rdn._triton_helpers import chunk_ids, chunk_prologue, load_tile
 from rla_kernels.rdn.chunk_bwd import _store_tile_t
 from rla_kernels.rdn.chunk_fwd import chunk_decays, load_gate, state_row
 
-FLAGS = ("HOT_STATES", "HOT_TOKENS", "NO_DOTS", "NO_EPILOGUE", "NO_STORES")
+FLAGS = ("HOT_STATES", "HOT_TOKENS", "NO_DOTS", "NO_EPILOGUE", "NO_STORES", "EARLY_LOADS")
 CASES = [("copy", {}), ("hot states (L2)", {"HOT_STATES": True}), ("hot tokens (L2)", {"HOT_TOKENS": True}),
          ("hot states and tokens", {"HOT_STATES": True, "HOT_TOKENS": True}), ("no dots", {"NO_DOTS": True}),
-         ("no epilogue", {"NO_EPILOGUE": True}), ("no dq/dk stores", {"NO_STORES": True})]
+         ("no epilogue", {"NO_EPILOGUE": True}), ("no dq/dk stores", {"NO_STORES": True}),
+         ("epilogue's loads before the loop", {"EARLY_LOADS": True})]
 # (warps, stages): the first is the real kernel's fixed config (its launch_configs' first), the ablations' config
 CONFIGS = [((8, 1), {}), ((4, 2), {}), ((4, 3), {}), ((8, 2), {})]
+
+
+@triton.jit
+def epilogue_loads(q, k, g, beta, gamma, mats, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, tok_k,
+                   tok_t, NTH, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """What the gradient kernel's epilogue reads: the chunk's decays and gates, the mats kernel's rows (K-block 0
+    only) and its two [BT, BT] matrices, this K-block's k and q tiles (transposed)."""
+    b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+    block = tl.cast(NTH, tl.int64)
+    first = in_seq & ((o_t * 0 + i_k) == 0)
+    b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
+    b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
+    b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
+    b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
+    b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_DQK = load_tile(mats + block * BT + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    b_kb_t = tl.trans(load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
+    b_qb_t = tl.trans(load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
+    return b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc, b_DKK, b_DQK, b_kb_t, b_qb_t
 
 
 @triton.jit(do_not_specialize=["T", "NTH"])
@@ -47,12 +71,13 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
              BV: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
              CHUNK_GROUP: tl.constexpr, HOT_STATES: tl.constexpr, HOT_TOKENS: tl.constexpr, NO_DOTS: tl.constexpr,
-             NO_EPILOGUE: tl.constexpr, NO_STORES: tl.constexpr):
+             NO_EPILOGUE: tl.constexpr, NO_STORES: tl.constexpr, EARLY_LOADS: tl.constexpr):
     """chunk_bwd._rdn_bwd_grad_kernel with switches: HOT_STATES/HOT_TOKENS read the V loop's state/token tiles of
     chunk 0, head 0 in every program (the same bytes from L2 instead of HBM); NO_DOTS accumulates elementwise sums
     of the loaded tiles instead of the seven dots; NO_EPILOGUE stores only a row sum of the accumulators after the
     loop (no gates, mats, q, k loads, no dq, dk); NO_STORES masks dq and dk's stores off by a runtime test (the
-    instructions stay, the bytes do not move)."""
+    instructions stay, the bytes do not move); EARLY_LOADS issues the epilogue's loads before the V loop (right
+    values: their latency under the loop's instead of a second round trip after it)."""
     i_c, i_k, i_nh = chunk_ids(2, H, (K + BK - 1) // BK, CHUNK_ORDER, CHUNK_GROUP)
     bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
         cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
@@ -69,8 +94,11 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
         tok_loop = tok_v * 0
         t_loop = i_t * 0
     block = tl.cast(NTH, tl.int64)
-    mat_block = tl.cast(NTH, tl.int64) * BT
 
+    if EARLY_LOADS:
+        (b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc, b_DKK, b_DQK, b_kb_t, b_qb_t) = epilogue_loads(
+            q, k, g, beta, gamma, mats, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, tok_k, tok_t, NTH,
+            H, K, BT, BK)
     b_pqr_t = tl.zeros([BK, BT], dtype=tl.float32)
     b_pqs_t = tl.zeros([BK, BT], dtype=tl.float32)
     b_pkr_t = tl.zeros([BK, BT], dtype=tl.float32)
@@ -108,19 +136,11 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
         b_all = tl.sum(b_pqr_t + b_pqs_t + b_pkr_t + b_pkv_t + b_pkx_t + b_pkd_t, axis=0)
         tl.store(dg_part + i_k * block + row_off, b_all + tl.sum(tl.sum(b_hdh, axis=1), axis=0), mask=in_seq)
     else:
-        b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
-        b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
-        b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
+        if not EARLY_LOADS:
+            (b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc, b_DKK, b_DQK, b_kb_t, b_qb_t) = epilogue_loads(
+                q, k, g, beta, gamma, mats, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, tok_k, tok_t,
+                NTH, H, K, BT, BK)
         b_eG = tl.exp(b_G)[None, :]
-        first = in_seq & ((o_t * 0 + i_k) == 0)
-        b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
-        b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
-        b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
-        b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
-        b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_kb_t = tl.trans(load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
-        b_qb_t = tl.trans(load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
         n_store = T_seq
         if NO_STORES:
             n_store = tl.where(T < 0, T_seq, 0)  # no row (T >= 0): stores masked off, their values still computed
@@ -265,8 +285,12 @@ def main(shape: str) -> None:
           f"{bench(real_launch, dev):.3f}", flush=True)
     real_launch()
     want = (dq.clone(), dk.clone(), dg_part.clone())
-    copy_launch({}, CONFIGS[0][0])()
-    print(f"  copy gives main's values: {all(torch.equal(a, b) for a, b in zip(want, (dq, dk, dg_part)))}", flush=True)
+    for name, flags in (("copy", {}), ("copy, epilogue's loads before the loop", {"EARLY_LOADS": True})):
+        for out in (dq, dk, dg_part):
+            out.fill_(float("nan"))
+        copy_launch(flags, CONFIGS[0][0])()
+        same = all(torch.equal(a, b) for a, b in zip(want, (dq, dk, dg_part)))
+        print(f"  {name} gives main's values: {same}", flush=True)  # must be True (under the interpreter too)
     stream = (lambda bk, bv, cfg: lambda: grad_stream[(grid[0], triton.cdiv(D, bk), grid[2])](
         q_, k_, h_s, h_r, h_ds, h_dr, do_, u, w, dyr, dxc, dyv, mats, torch.empty_like(dq), torch.empty_like(dk),
         cu, indices, T_, NTH, H=H, K=D, V=D, BT=kw["BT"], BK=bk, BV=bv, IS_VARLEN=kw["IS_VARLEN"],
