@@ -13,8 +13,10 @@ against the real kernel bit for bit (checked 2026-12-03 19:00: True).
 Why (written 2026-12-03 18:50, before any run): the kernel moves ~3.7 GB at B=16 T=2k (four [K, V] chunk states a
 chunk, 2.1 GB; six token tiles a K-block, 1.6 GB, half of it a second read of the same tiles), ~0.8 ms at the H200's
 4.8 TB/s, and does ~120 GFLOP of dots (~0.15 ms); it takes 2.7. 32768 programs (chunk x 2 K-blocks x 256 (sequence,
-head)) at one or two an SM are 124-248 waves of 11-21 us a program for a two-turn V loop and an epilogue: a
-latency-bound kernel, if the stream kernel comes out near 0.8 ms.
+head)) at one an SM (the fixed config: 8 warps, 211 registers by this machine's ptxas, Triton 3.9, sm_90) are 248 waves
+of ~11 us a program for a two-turn V loop and an epilogue: a latency-bound kernel, if the stream kernel comes out near
+0.8 ms. The epilogue's loads before the loop take the fixed config to 255 registers and 48 bytes of stack a thread
+(still one program an SM; 4 warps spill 320-456 bytes either way).
 Expected: stream 0.8-1.1 ms; states from L2 (every program reading one hot state tile: "hot states") -0.6 to -0.9;
 hot tokens -0.3; no dots -0.2; no epilogue -0.5 to -0.8 (its q, k, mats and gate loads are a second dependent round
 trip after the loop); no dq/dk stores -0.1; the epilogue's loads before the loop (a right variant, checked against
