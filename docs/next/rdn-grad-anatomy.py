@@ -24,19 +24,26 @@ the real kernel like the copy) -0.2 to -0.4, at a few more registers. If that on
 chunk_bwd.py (and the float64 check); if "no epilogue" is big and the early loads do not take it, the way on is a
 program that runs two chunks (the next chunk's V loop issued before this one's epilogue).
 """
+import importlib.util
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-import triton.testing
 
 from rla_kernels.rdn import chunk as rdn_chunk
 from rla_kernels.rdn._triton_helpers import chunk_ids, chunk_prologue, load_tile, load_tile_raw
 from rla_kernels.rdn.chunk_bwd import _store_tile_t
 from rla_kernels.rdn.chunk_fwd import chunk_decays, load_gate, state_row
 
+# the reverse walks' probe beside this file: its timer (as rdn-fwd-walk-anatomy.py takes it)
+_spec = importlib.util.spec_from_file_location(
+    "rdn_walk_anatomy", os.path.join(os.path.dirname(os.path.abspath(__file__)), "rdn-walk-anatomy.py"))
+_anatomy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_anatomy)
+bench = _anatomy.bench
 FLAGS = ("HOT_STATES", "HOT_TOKENS", "NO_DOTS", "NO_EPILOGUE", "NO_STORES", "EARLY_LOADS")
 CASES = [("copy", {}), ("hot states (L2)", {"HOT_STATES": True}), ("hot tokens (L2)", {"HOT_TOKENS": True}),
          ("hot states and tokens", {"HOT_STATES": True, "HOT_TOKENS": True}), ("no dots", {"NO_DOTS": True}),
@@ -44,6 +51,18 @@ CASES = [("copy", {}), ("hot states (L2)", {"HOT_STATES": True}), ("hot tokens (
          ("epilogue's loads before the loop", {"EARLY_LOADS": True})]
 # (warps, stages): the first is the real kernel's fixed config (its launch_configs' first), the ablations' config
 CONFIGS = [((8, 1), {}), ((4, 2), {}), ((4, 3), {}), ((8, 2), {})]
+
+
+@triton.jit
+def grad_coords(cu_seqlens, chunk_indices, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                BK: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr):
+    """The gradient kernel's opening (its K-block, chunk rows, state and token offsets), for both kernels below."""
+    i_c, i_k, i_nh = chunk_ids(2, H, (K + BK - 1) // BK, CHUNK_ORDER, CHUNK_GROUP)
+    bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
+        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
+    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
+    return (i_k, bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off, h_off, (bos * H + i_h) * K, (bos * H + i_h) * V,
+            (bos * H + i_h) * BT)
 
 
 @triton.jit
@@ -80,13 +99,8 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
     loop (no gates, mats, q, k loads, no dq, dk); NO_STORES masks dq and dk's stores off by a runtime test (the
     instructions stay, the bytes do not move); EARLY_LOADS issues the epilogue's loads before the V loop (right
     values: their latency under the loop's instead of a second round trip after it)."""
-    i_c, i_k, i_nh = chunk_ids(2, H, (K + BK - 1) // BK, CHUNK_ORDER, CHUNK_GROUP)
-    bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
-        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
-    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    i_k, bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off, h_off, tok_k, tok_v, tok_t = grad_coords(
+        cu_seqlens, chunk_indices, T, H, K, V, BT, BK, IS_VARLEN, CHUNK_ORDER, CHUNK_GROUP)
     h_loop = h_off
     if HOT_STATES:
         h_loop = h_off * 0
@@ -189,13 +203,8 @@ def grad_stream(q, k, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv, mats, dq, d
                 BV: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr):
     """The gradient kernel's bytes alone, in its grid and order: the V loop's four state and six token tiles, the
     epilogue's mats, q and k tiles read; dq and dk written (the tiles' sums, so no load is dead)."""
-    i_c, i_k, i_nh = chunk_ids(2, H, (K + BK - 1) // BK, CHUNK_ORDER, CHUNK_GROUP)
-    bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off = chunk_prologue(
-        cu_seqlens, chunk_indices, i_c, i_nh, T, H, BT, IS_VARLEN)
-    h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
-    tok_k = (bos * H + i_h) * K
-    tok_v = (bos * H + i_h) * V
-    tok_t = (bos * H + i_h) * BT
+    i_k, bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off, h_off, tok_k, tok_v, tok_t = grad_coords(
+        cu_seqlens, chunk_indices, T, H, K, V, BT, BK, IS_VARLEN, CHUNK_ORDER, CHUNK_GROUP)
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     b_x = tl.zeros([BT, BV], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
@@ -231,15 +240,6 @@ class _Capture:
             self.launches.append((grid, args, kw))
             return self.kernel[grid](*args, **kw)
         return launch
-
-
-def bench(fn, dev: str) -> float:
-    """do_bench median ms of ``fn`` after one call (compile); on a CPU (the interpreter) the call alone, NaN."""
-    fn()
-    if dev == "cpu":
-        return float("nan")
-    torch.cuda.synchronize()
-    return triton.testing.do_bench(fn, warmup=20, rep=150)
 
 
 def main(shape: str) -> None:

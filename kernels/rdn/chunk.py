@@ -309,13 +309,6 @@ class _Layout:
     def state(self, q):
         return q.new_empty(self.N, self.H, self.K, self.V, dtype=torch.float32)
 
-    @property
-    def kept_rows(self) -> int:
-        """Rows of a kept walk's chunk-state buffers (``kept_walk_shapes``): the chunk count of a fixed-length
-        batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
-        ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens."""
-        return self.n_chunks  # packed: triton_utils.chunk_tables sizes its tables by that same bound
-
     def chunk_states(self, q, rows=None):
         """The walks' stored chunk-start states (and state adjoints), in the input dtype, as fla stores its h and
         dh: the walks carry fp32 states in registers, so the stored copies round once (2^-9 for bf16, no build-up
@@ -359,7 +352,8 @@ def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
 
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
-    """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] (rows: _Layout.kept_rows)
+    """Shapes of the forward walk's kept outputs (``keep_walk``): h_s, h_r [rows, H, K, V] (rows: the layout's
+    n_chunks, for packed batches shapes.kept_rows' bound, as triton_utils.chunk_tables sizes its tables)
     and U, W, X [B, T, H, V]; all in q's dtype (shapes.rdn_kept_walk_dtypes)."""
     return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size, per_token=3)
 
@@ -393,12 +387,11 @@ def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
     return k_b, k_c, p_b, q_b, p_c
 
 
-def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, kept=False, every=1):
+def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_x, every=1):
     """The forward walk: chunk-start states, final states, U and W (for the output and the backward's gradients)
-    and, with ``store_x``, X (for the backward, at its precision) (see chunk_fwd.py). ``kept`` (the forward of
-    ``keep_walk``): the chunk states get ``L.kept_rows`` rows, the shape the op's fake announces. ``every`` 2: the
-    even chunks' states alone (STATE_EVERY)."""
-    rows = L.kept_rows if kept else _state_rows(L, every)
+    and, with ``store_x``, X (for the backward, at its precision) (see chunk_fwd.py). ``every`` 2: the even chunks'
+    states alone (STATE_EVERY; never for ``keep_walk``, whose L.n_chunks rows are the shape the op's fake announces)."""
+    rows = _state_rows(L, every)
     offsets = _output_chunks(L, every)[3] if L.varlen else L.chunk_offsets
     h_s, h_r = L.chunk_states(k, rows), L.chunk_states(k, rows)
     u, w, x = L.tokens(k), L.tokens(k), (L.tokens(k) if store_x else None)
@@ -475,7 +468,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         h_s, h_r = h_s.to(q.dtype), h_r.to(q.dtype)
     else:
         h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, bool(keep),
-                                            kept=keep_walk, every=every)
+                                            every=every)
     o = torch.empty_like(v)
     if L.n_chunks:
         BVO = L.width("OUT_BV", OUT_BV)

@@ -201,17 +201,10 @@ class _Layout:
         BV = self._knob(bv_knob, 16 if idle else BV, self.V)
         return BK, BV, idle, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
 
-    @property
-    def kept_rows(self) -> int:
-        """Rows of a kept walk's chunk-state buffers (``kept_walk_shapes``): the chunk count of a fixed-length
-        batch; of a packed one an upper bound that follows from shapes alone, sum_i ceil(l_i / BT) <=
-        ceil(T / BT) + N - 1, so that library.py's fake knows the shape without reading cu_seqlens (the kernels
-        index rows by chunk_offsets and never touch the rows past the chunk count)."""
-        return self.n_chunks  # packed: triton_utils.chunk_tables sizes its tables by that same bound
-
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
-    """Shapes of the forward's kept outputs (``keep_walk``): h_S, h_R [rows, H, K, V] (rows: _Layout.kept_rows)
+    """Shapes of the forward's kept outputs (``keep_walk``): h_S, h_R [rows, H, K, V] (rows: the layout's
+    n_chunks, for packed batches shapes.kept_rows' bound, as triton_utils.chunk_tables sizes its tables)
     and the residuals r [B, T, H, V], all three in q's dtype (_Layout.state_dtype, res_dtype)."""
     return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size)
 
@@ -232,17 +225,18 @@ def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def _chunk_states(L: _Layout, like, lo: bool, rows=None):
-    """A walk's per-chunk state buffer in the state dtype (``rows`` rows, by default the chunk count), and its lo
-    buffer (None unless ``lo`` and the states are half: see _Layout.split_states)."""
-    h = like.new_empty(L.n_chunks if rows is None else rows, L.H, L.K, L.V, dtype=L.state_dtype)
+def _chunk_states(L: _Layout, like, lo: bool):
+    """A walk's per-chunk state buffer in the state dtype (L.n_chunks rows: for packed batches the shapes' bound, the
+    shape the op's fake announces for a kept walk), and its lo buffer (None unless ``lo`` and the states are half: see
+    _Layout.split_states)."""
+    h = like.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=L.state_dtype)
     return h, (torch.empty_like(h) if lo and L.split_states else None)
 
 
-def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, rows=None, beside: Beside | None = None):
+def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside | None = None):
     """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32).
     ``beside``: queued on its stream."""
-    h, h_lo = _chunk_states(L, k, lo, rows)
+    h, h_lo = _chunk_states(L, k, lo)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     beside = beside or Beside(k, False)
     with beside:
@@ -256,12 +250,10 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, rows=None, besid
     return h, h_lo, final
 
 
-def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
+def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
-    h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without. ``keep``: the chunk states get
-    ``L.kept_rows`` rows, the shape the op's fake announces for a kept walk."""
-    rows = L.kept_rows if keep else None
-    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, rows)
+    h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without."""
+    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
     _rla_residual_kernel[L.parallel_grid(L.BV_res)](
         k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, L.cu_seqlens, L.chunk_indices, L.clip,
@@ -271,7 +263,7 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, keep: bool = False):
         IS_VARLEN=L.varlen,
     )
     del h_s_lo  # only the residuals read it
-    h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, rows)
+    h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False)
     return h_s, h_r, res, S_T, R_T
 
 
@@ -315,7 +307,7 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     L = _Layout(q, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
-    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, g, beta, gamma, S0, R0, keep_walk)
+    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, g, beta, gamma, S0, R0)
     o = torch.empty_like(v)
     _rla_fwd_output_kernel[L.parallel_grid(L.BV_out)](
         q, k, v, g, beta, gamma, h_s, h_r, res, o,
