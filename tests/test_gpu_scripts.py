@@ -60,6 +60,8 @@ def test_gpu_env_installs_from_the_sources_not_a_kept_build(tmp_path):
     work = tmp_path / "tree"
     (work / "build" / "lib").mkdir(parents=True)
     (work / "build" / "lib" / "stale.py").write_text("patched = True\n")
+    (work / ".whl").mkdir()
+    (work / ".whl" / "fla_core-0.6.0-py3-none-any.whl").write_bytes(b"stand-in")
     env = _stand_ins(tmp_path, python3='if [ -d build ]; then state=build; else state=clean; fi\n'
                                        'echo "$state $*" >> calls.log\n')
     out = subprocess.run(["bash", "-c", f". {os.path.join(SCRIPTS, 'gpu_env.sh')} && echo $PYTHONPATH"], cwd=work,
@@ -67,7 +69,23 @@ def test_gpu_env_installs_from_the_sources_not_a_kept_build(tmp_path):
     calls = (work / "calls.log").read_text().splitlines()
     assert out.returncode == 0 and out.stdout.startswith("/tmp/site")
     assert len(calls) == 2 and all(c.startswith("clean -m pip install") for c in calls), calls
+    assert calls[0].endswith(".whl/fla_core-0.6.0-py3-none-any.whl") and calls[1].endswith(" .")
     assert not (work / "build").exists()
+
+
+def test_gpu_env_without_wheels_still_installs_the_package(tmp_path):
+    """A call that did not carry .whl (fla's wheels) used to skip this package's install too (the chain's first pip
+    failed on the unexpanded glob), so the kernel scripts failed on `import rla_kernels` (2026-12-03 22:16): now it
+    says which wheels are missing, in one line, and installs the package alone."""
+    work = tmp_path / "tree"
+    work.mkdir()
+    env = _stand_ins(tmp_path, python3='echo "$*" >> calls.log\n')
+    out = subprocess.run(["bash", "-c", f". {os.path.join(SCRIPTS, 'gpu_env.sh')} && echo $PYTHONPATH"], cwd=work,
+                         env=env, capture_output=True, text=True, timeout=60)
+    calls = (work / "calls.log").read_text().splitlines()
+    assert out.returncode == 0 and out.stdout.splitlines()[-1].startswith("/tmp/site")
+    assert "no .whl/*.whl in this tree" in out.stdout
+    assert len(calls) == 1 and calls[0].startswith("-m pip install") and calls[0].endswith(" ."), calls
 
 
 def test_profile_api_pass_runs_the_public_op_without_accumulating_gradients():
