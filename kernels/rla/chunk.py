@@ -77,6 +77,15 @@ WALK_STEPS = 0
 # K=V=128 bf16 (H200, Triton 3.6, 2026-12-02 12:12, autotuned): B=1 T=32k 4.56 -> 4.30, B=2 T=16k 3.58 -> 3.32,
 # B=16 T=2k 2.94 -> 2.92 (queued after dh_R's walk instead: 4.30, 3.31, 3.19).
 OVERLAP = 1
+# The order of the chunk-parallel kernels' programs (chunk_fwd._chunk_program has both): 0 the grid's own (a chunk's
+# V- or K-blocks together, then one head's chunks after another's), 1 one chunk's heads after another's, its blocks
+# still together. Why: RDN's chunk-parallel kernels ran 6-16% slower on packed batches (every sequence's chunks of one
+# head on the chunk axis) and long sequences than at B=16 T=2k with the same code, and one chunk's heads first took
+# most of that back (rdn/chunk.py, CHUNK_ORDER). RLA the same (H200, Triton 3.6, H=16 K=V=128 bf16, first configs,
+# `profile_kernels.py --ops rla --wall [--packed equal] --knob CHUNK_ORDER=0,1`, 2026-12-03 22:23), 0 -> 1, wall ms:
+# packed B=16 T=2k (equal lengths) forward 1.45 -> 1.42, backward 3.27 -> 3.07 (dq/dk/dg 1.21 -> 1.07); B=1 T=32k
+# 2.84 -> 2.80, 4.85 -> 4.70; B=16 T=2k 1.32 -> 1.31, 2.95 -> 2.96 (there both orders run nearly the same programs).
+CHUNK_ORDER = 1
 
 
 class _Layout:
@@ -163,6 +172,10 @@ class _Layout:
         self.dots_fp32 = HALF_DOTS_IN_FP32 or q.dtype == torch.float32
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
+        if CHUNK_ORDER not in (0, 1):
+            raise ValueError(f"launch knob CHUNK_ORDER must be 0 (the grid's order) or 1 (a chunk's heads first); got "
+                             f"{CHUNK_ORDER!r}")
+        self.chunk_order = CHUNK_ORDER
         if self.varlen:
             self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT, self.T)
             self.n_chunks = self.chunk_indices.shape[0]
@@ -260,7 +273,7 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
         L.clip_mask, L.clip_below, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_res,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=h_s_lo is not None,
-        IS_VARLEN=L.varlen,
+        IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
     )
     del h_s_lo  # only the residuals read it
     h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False)
@@ -313,7 +326,7 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
         q, k, v, g, beta, gamma, h_s, h_r, res, o,
         L.cu_seqlens, L.chunk_indices, scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
     )
     return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ((res,),) if keep_tokens else ())
 
@@ -378,6 +391,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_du,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        CHUNK_ORDER=L.chunk_order,
     )
     dh_s, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
@@ -386,7 +400,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
         L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
     )
 
     # dq, dk, dg and gamma's output term: first each chunk's token-to-token matrices M, Mk (sums over all of V)
@@ -400,7 +414,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra,
         L.cu_seqlens, L.chunk_indices, scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_intra,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
     )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -413,6 +427,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, g.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_par, BV=L.BV_dqkg,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+        CHUNK_ORDER=L.chunk_order,
     )
     # the partial sums, added and cast in one launch (plan P7: it replaces four torch sums, two adds and a zero fill)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)

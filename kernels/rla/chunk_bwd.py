@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import autotune, dot_split, exp_where, load_tile, load_tile_t, store_tile, warps_stages_configs
-from .chunk_fwd import _chunk_coords, _seq_bounds
+from .chunk_fwd import _chunk_coords, _chunk_program, _seq_bounds
 
 
 @triton.jit
@@ -160,12 +160,12 @@ def _rla_bwd_du_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    CHUNK_ORDER: tl.constexpr,
 ):
     """Step 1 (the R path) for every chunk in parallel, from the stored dh_R': du, and the residual's
     share of dgamma per V-block. One program per (V-block, chunk, head)."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_t = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_t, i_nh = _chunk_program(1, H, CHUNK_ORDER)
     bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     if DOTS_FP32:
@@ -218,13 +218,12 @@ def _rla_bwd_dv_kernel(
     cu_seqlens, chunk_indices, scale, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
 ):
     """Step 2 (the S path) for every chunk in parallel, from the stored dh_S' and du: dv, and dbeta per
     V-block. One program per (V-block, chunk, head)."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_t = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_t, i_nh = _chunk_program(1, H, CHUNK_ORDER)
     bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     if DOTS_FP32:
@@ -270,7 +269,7 @@ def _rla_bwd_intra_kernel(
     cu_seqlens, chunk_indices, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
 ):
     """One program per (chunk, head): the chunk's token-to-token matrices, summed over all of V,
         M  = [t > i] exp(G_t - G_i) beta_i (dO1_t . v_i) + exp(G_t - G_i) gamma_t gamma_i (dO1_t . r_i)
@@ -279,8 +278,7 @@ def _rla_bwd_intra_kernel(
     dtype: the dq/dk kernel's dots cast them to it) for the dq/dk kernel, and gamma's output term through the chunk,
     sum_i A_ti D_ti gamma_i (dO1_t . r_i) with the whole q.k product A (so the dq/dk kernel, one program per
     K-block, holds no [BT, BT] V-sums in its V loop)."""
-    i_t = tl.cast(tl.program_id(0), tl.int64)
-    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_t, i_nh = _chunk_program(0, H, CHUNK_ORDER)
     bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     if DOTS_FP32:
@@ -339,13 +337,13 @@ def _rla_bwd_dqkg_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    CHUNK_ORDER: tl.constexpr,
 ):
     """dq, dk and per K-block dg and gamma's output term through h_R (see the module docstring): four [BT, BK]
     state sums through the V loop (dq's through h_S and h_R, dk's through h_S and through the chunk-end gradients),
     so that dg and dgamma take their row sums of single terms here."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
-    i_t = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_t, i_nh = _chunk_program(1, H, CHUNK_ORDER)
     bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     if DOTS_FP32:

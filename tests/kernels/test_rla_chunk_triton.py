@@ -684,3 +684,35 @@ def test_walk_steps_knob_is_validated_and_set_by_name(monkeypatch):
     assert knob_values(chunk, "WALK_STEPS=1,2", "--knob") == ("WALK_STEPS", [1, 2])
     set_knobs([chunk], ["WALK_STEPS=2"])
     assert chunk.WALK_STEPS == 2
+
+
+_CHUNK_PARALLEL = ("_rla_residual_kernel", "_rla_fwd_output_kernel", "_rla_bwd_du_kernel", "_rla_bwd_dv_kernel",
+                   "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel")
+
+
+def test_chunk_orders_are_renumberings(monkeypatch):
+    """CHUNK_ORDER 1 renumbers the chunk-parallel kernels' programs (chunk_fwd._chunk_program): each (block, chunk,
+    head) is still done once, by the same code, so outputs, final states and gradients are bit for bit the grid
+    order's, equal-length (three heads, a partial last chunk, two V-blocks of the residual, output, du and dv
+    kernels, two K-blocks of the dq/dk/dg kernel) and packed (five sequences); each of the six kernels took the knob;
+    another value is named before any launch."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    for knob in ("RES_BV", "OUT_BV", "DU_BV", "GRAD_BV", "DQKG_BK"):
+        monkeypatch.setattr(chunk, knob, 16)
+    cu = torch.tensor([0, 5, 75, 112, 141, 230], dtype=torch.int32)
+    cases = [(make_inputs(B=2, T=100, H=3, K=32, V=24), None), (make_inputs(B=1, T=230, H=3, K=32, V=24, N=5), cu)]
+    for (inputs, S0, R0), cu_seqlens in cases:
+        do = torch.randn_like(inputs[2])
+        got = {}
+        for order in (0, 1):
+            monkeypatch.setattr(chunk, "CHUNK_ORDER", order)
+            log = record_launches(monkeypatch, chunk, _CHUNK_PARALLEL, lambda name, kw: (name, kw["CHUNK_ORDER"]))
+            o, S_T, R_T = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu_seqlens, chunk_size=16)
+            grads = chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu_seqlens, do, None, None, chunk_size=16)
+            assert sorted(set(log)) == sorted((name, order) for name in _CHUNK_PARALLEL)
+            got[order] = (o, S_T, R_T, *grads)
+        assert all(torch.equal(a, b) for a, b in zip(got[0], got[1]))
+        assert got[1][0].abs().amax() > 0 and got[1][3].abs().amax() > 0
+    monkeypatch.setattr(chunk, "CHUNK_ORDER", 2)
+    with pytest.raises(ValueError, match="launch knob CHUNK_ORDER must be 0"):
+        chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu_seqlens)
