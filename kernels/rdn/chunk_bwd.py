@@ -588,6 +588,11 @@ def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.
 # two 8-warp programs fit an SM (ptxas spills ~100-180 bytes a thread, in the epilogue); docs/next/rdn-grad-plan.md.
 # On the H200 (Triton 3.6, B=16 T=2k H=16 K=V=128 bf16, 2026-12-01 13:29-13:41) the autotuner never picked those:
 # 4 warps and 3 stages at 32-wide V-blocks (1.62 ms), 4 warps and 2 stages at 64 (1.41 ms, chunk.GRAD_BV).
+# Why (4, 2) beats the first config (8, 1) two to one (1.35 against 2.53 ms, docs/next/rdn-grad-anatomy.py, H200,
+# 2026-12-03 22:23): two programs an SM against one. By this machine's ptxas (Triton 3.9, sm_90, B=16 T=2k, 2026-12-03
+# 23:00) (8, 1) takes 211 registers x 256 threads (one program an SM) and no stack; (4, 2) 255 x 128 (two) with 120
+# bytes of spill stack a thread and 80 KB of shared memory a program. The fixed config stays (8, 1) only until the
+# float64 check has run (4, 2) (docs/next/README.md's device order).
 # Until 2026-12-01 the loop gated each V-block's [BT, BK] products and took five row sums a turn (cross-warp
 # reductions through shared memory), with dq, dk, dkd and the fp32 q, k tiles live across it: 255 registers and
 # 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.
