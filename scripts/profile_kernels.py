@@ -124,6 +124,12 @@ def main():
     args = parser.parse_args()
     if args.packed and args.api:
         sys.exit("--packed and --api: the API pass takes equal-length batches only here; give one of them")
+    # Said in every log: a first-config profile is not what the (autotuned) benches run; RDN's gradient kernel takes
+    # ~2x its autotuned time there (2.53 against 1.35 ms at B=16 T=2k, H200, 2026-12-03), and a log read later
+    # without its command line was taken for production's breakdown.
+    print("configs: autotuned (--tune); the configs chosen follow each op's profiles" if args.tune else
+          "configs: each kernel's first (fixed) config, not the autotuned ones the benches run (RDN's gradient kernel "
+          "~2x its autotuned time); --tune for those", flush=True)
     for op in args.ops.split(","):
         fwd, bwd = entry_points(op)
         chunk = sys.modules[f"rla_kernels.{op}.chunk"]
