@@ -43,6 +43,19 @@ def test_gpu_check_rdn_help_is_its_usage():
     assert "--rerun" in out
 
 
+@pytest.mark.parametrize("inherited", ["0", "1"])
+def test_gpu_check_rdn_tune_means_autotuned_configs(inherited):
+    """gpu_check_rdn.py (and profile_kernels.py, which imports it) check the autotuned configs with --tune and the first
+    ones without, whatever RLA_KERNELS_FIXED_CONFIG the caller exported (gpu_session.sh's rdn part exports 1)."""
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); sys.argv[1:] = sys.argv[2:]; import gpu_check_rdn; "
+             "from rla_kernels import triton_utils; print(triton_utils.FIXED_CONFIG)")
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "RLA_KERNELS_FIXED_CONFIG": inherited}
+    for args, fixed in (([], "True"), (["--tune"], "False")):
+        out = subprocess.run([sys.executable, "-c", probe, SCRIPTS, *args], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert out.returncode == 0 and out.stdout.split() == [fixed], (args, out.stdout, out.stderr[-500:])
+
+
 def _stand_ins(tmp_path, **scripts):
     """An environment whose PATH finds, first, a shell script for each named tool (``name=body``)."""
     bin_dir = tmp_path / "bin"
