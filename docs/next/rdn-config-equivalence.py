@@ -1,0 +1,86 @@
+"""Do RDN's gradient and chunk-matrix kernels give the same values at every launch config? (GPU probe.)
+
+Why: on 2026-12-04 rdn-grad-anatomy.py's copy of the gradient kernel at (4 warps, 2 stages), the autotuner's pick at
+B=16 T=2k H=16 K=128, did not match the real kernel at its first config (8, 1) within 1e-2 elementwise, while the
+float64 check at --tune (H=4 shapes, another autotuner key) passed. This relaunches the real kernels (their
+JITFunction, past the autotuner) with the arguments of one backward, at each config, from the same buffers, and prints
+||x - x_(8,1)|| / ||x_(8,1)||, the worst element and whether it is finite, for every buffer a launch changed; at fp32
+inputs a config that is right differs by ~1e-6, at bf16 by rounding (~1e-3).
+
+    . scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3 docs/next/rdn-config-equivalence.py 16,2048,16,128
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from rla_kernels.rdn import chunk as rdn_chunk
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+CONFIGS = [(8, 1), (4, 2), (4, 1), (8, 2)]
+KERNELS = ("_rdn_bwd_mats_kernel", "_rdn_bwd_grad_kernel")
+
+
+class _Capture:
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.launches.append((grid, args, kw))
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+def main(shape: str, dtype: torch.dtype) -> None:
+    B, T, H, D = (int(x) for x in shape.split(","))
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(B, T, H, D, device=DEV), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, D, device=DEV), dim=-1).to(dtype)
+    v = (3.0 * torch.randn(B, T, H, D, device=DEV)).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, device=DEV) + 3.0)
+    beta, gamma = torch.rand(B, T, H, device=DEV), torch.rand(B, T, H, device=DEV)
+    x = [q, k, v, g, beta, gamma]
+    do = torch.randn_like(v)
+    *_, wy, tokens = rdn_chunk.chunk_rdn_fwd(*x, None, 1.0, "clip", None, None, None, save_wy=True, keep_tokens=True)
+    real = {name: getattr(rdn_chunk, name) for name in KERNELS}
+    caps = {name: _Capture(kernel) for name, kernel in real.items()}
+    for name, cap in caps.items():
+        setattr(rdn_chunk, name, cap)
+    try:
+        rdn_chunk.chunk_rdn_bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, wy=wy, walk=tokens)
+    finally:
+        for name, kernel in real.items():
+            setattr(rdn_chunk, name, kernel)
+    torch.cuda.synchronize() if DEV == "cuda" else None
+    for name in KERNELS:
+        (grid, args, kw), = caps[name].launches
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        pristine = {i: args[i].clone() for i in tensors}
+        outs = {}
+        for cfg in CONFIGS:
+            for i in tensors:
+                args[i].copy_(pristine[i])
+            real[name].fn[grid](*args, **kw, num_warps=cfg[0], num_stages=cfg[1])
+            torch.cuda.synchronize() if DEV == "cuda" else None
+            outs[cfg] = {i: args[i].clone() for i in tensors}
+        for i in tensors:
+            args[i].copy_(pristine[i])
+        ref = outs[CONFIGS[0]]
+        changed = [i for i in tensors if not torch.equal(ref[i], pristine[i]) or
+                   any(not torch.equal(outs[c][i], ref[i]) for c in CONFIGS[1:])]
+        print(f"{dtype} {shape} {name} grid {grid}: args {changed} changed or differ", flush=True)
+        for cfg in CONFIGS[1:]:
+            for i in changed:
+                a, r = outs[cfg][i].double(), ref[i].double()
+                fin = bool(torch.isfinite(a).all()) and bool(torch.isfinite(r).all())
+                rel = ((a - r).norm() / r.norm().clamp_min(1e-30)).item()
+                worst = (a - r).abs().max().item()
+                print(f"  {cfg} vs (8, 1) arg {i:2d} {tuple(a.shape)}: rel {rel:.2e} worst {worst:.2e} "
+                      f"|ref|max {r.abs().max().item():.2e} finite {fin}", flush=True)
+
+
+if __name__ == "__main__":
+    for given in sys.argv[1:]:
+        for dt in (torch.float32, torch.bfloat16):
+            main(given, dt)
