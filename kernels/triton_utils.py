@@ -7,6 +7,7 @@ Kept small and stable on purpose (other kernel modules import from it):
   (unless RLA_KERNELS_FIXED_CONFIG=1). ``HALF_DOTS_IN_FP32``: the interpreter's bf16 dots are wrong.
 - ``load_tile`` / ``load_tile_t`` / ``store_tile`` / ``exp_where``: masked tile access (``load_tile_t``
   transposed) and safe causal decays in kernels.
+- ``chunk_of_pair``: the heads-first renumbering of chunk-parallel programs (both ops' ``CHUNK_ORDER``).
 - ``chunk_tables``: the bookkeeping that maps chunk-parallel programs to (sequence, chunk) pairs and
   sequences to their rows in a per-chunk state buffer, for packed variable-length batches (``cu_seqlens``),
   without a device sync.
@@ -191,6 +192,15 @@ def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int, T: int) -> tuple[tor
     seq = torch.searchsorted(offsets[1:], slot, right=True).clamp_max(n_seqs - 1)
     within = slot - offsets[seq]
     return torch.stack([seq, within], 1).to(torch.int32).contiguous(), offsets.to(torch.int32).contiguous()
+
+
+@triton.jit
+def chunk_of_pair(pair, nt, H: tl.constexpr):
+    """The (chunk, (sequence, head) or head) of the pair-th program in launch order when one chunk's H heads run
+    adjacently, for a grid of nt chunks by (sequences x) H heads. A chunk's heads are neighbouring rows of the
+    [.., T, H, K] token tensors, so the programs the GPU runs together read whole rows (both ops' CHUNK_ORDER)."""
+    rest = pair // H
+    return rest % nt, (rest // nt) * H + pair % H
 
 
 # Tile access by plain pointers and masks (block pointers are gone from newer Triton). A tile is

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, HALF_DOTS_IN_FP32, _split_half
+from ..triton_utils import FIXED_CONFIG as _ONE_CONFIG, HALF_DOTS_IN_FP32, _split_half, chunk_of_pair
 
 _CAST_RAW = tl.constexpr(HALF_DOTS_IN_FP32)  # load_tile_raw's tiles are dot operands
 
@@ -189,9 +189,7 @@ def chunk_ids(NH_AXIS: tl.constexpr, H: tl.constexpr, NX: tl.constexpr, ORDER: t
                 within = launched - first * NX
                 i_x = within // size
                 pair = first + within % size
-        rest = pair // H
-        i_c = rest % nt
-        i_nh = (rest // nt) * H + pair % H
+        i_c, i_nh = chunk_of_pair(pair, nt, H)
     return tl.cast(i_c, tl.int64), tl.cast(i_x, tl.int64), tl.cast(i_nh, tl.int64)
 
 

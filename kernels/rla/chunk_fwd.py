@@ -25,7 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import autotune, dot_split, exp_where, load_tile, load_tile_t, store_tile, warps_stages_configs
+from ..triton_utils import (autotune, chunk_of_pair, dot_split, exp_where, load_tile, load_tile_t, store_tile,
+                           warps_stages_configs)
 from .fused_recurrent import _rho
 
 
@@ -168,10 +169,7 @@ def _chunk_program(CHUNK_AXIS: tl.constexpr, H: tl.constexpr, ORDER: tl.constexp
     i_nh = tl.program_id(CHUNK_AXIS + 1)
     if ORDER == 1:
         nt = tl.num_programs(CHUNK_AXIS)
-        pair = i_nh * nt + i_t
-        rest = pair // H
-        i_t = rest % nt
-        i_nh = (rest // nt) * H + pair % H
+        i_t, i_nh = chunk_of_pair(i_nh * nt + i_t, nt, H)
     return tl.cast(i_t, tl.int64), tl.cast(i_nh, tl.int64)
 
 
