@@ -6,8 +6,9 @@ variants compute wrong values (each is the real kernel's code with one piece cha
 
 GPU machine (~3 min, most of it compiling ~28 variants): `. scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3
 docs/next/rdn-grad-anatomy.py 16,2048,16,128 1,32768,16,128 2>&1 | tee $OUT/grad-anatomy.txt` (B,T,H,D; bf16, V = D;
-fixed configs: the real kernel runs its first, 4 warps and 2 stages since 2026-12-04 (the autotuner's pick; it was
-8 warps and 1 stage); the copy's check and the ablations run at both). On a
+ANATOMY_ROWS="copy, 4|sums" times only the rows whose name holds one of the |-separated words; fixed configs: the
+real kernel runs its first, 4 warps and 2 stages since 2026-12-04 (the autotuner's pick; it was 8 warps and 1
+stage); the copy's check and the ablations run at both). On a
 CPU under TRITON_INTERPRET=1 (tiny shapes, e.g. 1,64,2,32) every variant runs once, untimed, and the copy is checked
 against the real kernel bit for bit (checked 2026-12-03 19:00: True).
 
@@ -45,6 +46,22 @@ with fewer column sums (the gate rows combined before summing) and its [BT]-vect
 few registers, not the early loads' whole tiles). The copy at (4, 2) did not match the real kernel at (8, 1) within
 1e-2 elementwise: two stages change bf16 dk by ~1e-3 relative (worst 0.1 of 5.2), fp32 agrees to 2e-8
 (rdn-config-equivalence.py beside this file); with (4, 2) first the copy's check is at the same config again.
+
+Three rows split the epilogue (written 2026-12-04 06:40, before any run; expected at (4, 2) against the copy's 1.35):
+"epilogue's vectors before the loop" (a right variant: the [BT] gates, decays and rows issued before the V loop, a
+few registers, so their round trip hides under the loop's; the q, k and mats tiles stay after it) -0.05 to -0.15;
+"no column sums" (the six cross-warp [BK, BT] column sums gone, two barriers each) -0.1 to -0.25; "no mats loads or
+dots" (the two [BT, BT] fp32 tiles and three tf32 dots gone) -0.1 to -0.2. What none of them takes is the q, k tiles'
+round trip and the transposed stores (no dq/dk stores: -0.05). If the sums are the piece, combine the gate rows before
+summing (dG = sum(q pqs) + gamma sum(q pqr - k pkr) - beta sum(k pkv): five sums, not six) or move them to the dg
+kernel as [BT, BK] products it reads; if the vectors win, it is a change to make in chunk_bwd.py as it stands.
+Measured (H200, Triton 3.6, 2026-12-04 06:03, B=16 T=2k, `ANATOMY_ROWS="copy, 4 warps 2|vectors|sums|mats"`; ms): the
+real kernel 1.455 at its first config (4, 2), its copy 1.347; **no column sums 1.135 (-0.21)**, no mats loads or dots
+1.192 (-0.16), **the vectors before the loop 1.653 (+0.31**, a loss: at 255 registers every value held across the loop
+spills). So the six column sums are the largest piece of the epilogue, then the mats. And the real kernel is 0.11 ms
+slower than its copy at the same config, and not bit-equal to it (neither within 1e-2 elementwise): the two differ
+in their code only by where exp(G) and the mats' int64 offset are computed and the copy's dead switches, so the
+compiler made them different programs; what differs (TTGIR/SASS of both on Triton 3.6) is the first thing to find.
 """
 import importlib.util
 import os
@@ -66,11 +83,14 @@ _spec = importlib.util.spec_from_file_location(
 _anatomy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_anatomy)
 bench = _anatomy.bench
-FLAGS = ("HOT_STATES", "HOT_TOKENS", "NO_DOTS", "NO_EPILOGUE", "NO_STORES", "EARLY_LOADS")
+FLAGS = ("HOT_STATES", "HOT_TOKENS", "NO_DOTS", "NO_EPILOGUE", "NO_STORES", "EARLY_LOADS", "EARLY_VECTORS", "NO_SUMS",
+         "NO_MATS")
 CASES = [("copy", {}), ("hot states (L2)", {"HOT_STATES": True}), ("hot tokens (L2)", {"HOT_TOKENS": True}),
          ("hot states and tokens", {"HOT_STATES": True, "HOT_TOKENS": True}), ("no dots", {"NO_DOTS": True}),
          ("no epilogue", {"NO_EPILOGUE": True}), ("no dq/dk stores", {"NO_STORES": True}),
-         ("epilogue's loads before the loop", {"EARLY_LOADS": True})]
+         ("epilogue's loads before the loop", {"EARLY_LOADS": True}),
+         ("epilogue's vectors before the loop", {"EARLY_VECTORS": True}), ("no column sums", {"NO_SUMS": True}),
+         ("no mats loads or dots", {"NO_MATS": True})]
 # (warps, stages): the first is the real kernel's fixed config (its launch_configs' first since 2026-12-04) and the
 # H200 autotuner's pick at B=16 T=2k and B=1 T=32k (1.35 ms), the second the old first config (2.53, 2026-12-03 22:23);
 # the ablations run at both
@@ -94,6 +114,16 @@ def epilogue_loads(q, k, g, beta, gamma, mats, rows_part, bos, T_seq, i_t, i_h, 
                    tok_t, NTH, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     """What the gradient kernel's epilogue reads: the chunk's decays and gates, the mats kernel's rows (K-block 0
     only) and its two [BT, BT] matrices, this K-block's k and q tiles (transposed)."""
+    b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc = epilogue_vectors(
+        g, beta, gamma, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, NTH, H, BT)
+    b_DKK, b_DQK, b_kb_t, b_qb_t = epilogue_tiles(q, k, mats, T_seq, i_t, i_k, tok_k, tok_t, NTH, H, K, BT, BK)
+    return b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc, b_DKK, b_DQK, b_kb_t, b_qb_t
+
+
+@triton.jit
+def epilogue_vectors(g, beta, gamma, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, NTH,
+                     H: tl.constexpr, BT: tl.constexpr):
+    """The epilogue's [BT] reads: decays, gates, the mats kernel's rows (a few registers a thread)."""
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
@@ -103,11 +133,28 @@ def epilogue_loads(q, k, g, beta, gamma, mats, rows_part, bos, T_seq, i_t, i_h, 
     b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
     b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
     b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
+    return b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc
+
+
+@triton.jit
+def epilogue_tiles(q, k, mats, T_seq, i_t, i_k, tok_k, tok_t, NTH, H: tl.constexpr, K: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr):
+    """The epilogue's tiles: the mats kernel's two [BT, BT] matrices, this K-block's k and q (transposed)."""
+    block = tl.cast(NTH, tl.int64)
     b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_DQK = load_tile(mats + block * BT + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_kb_t = tl.trans(load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
     b_qb_t = tl.trans(load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
-    return b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc, b_DKK, b_DQK, b_kb_t, b_qb_t
+    return b_DKK, b_DQK, b_kb_t, b_qb_t
+
+
+@triton.jit
+def colsum(x, SKIP: tl.constexpr):
+    """A [BK, BT] tile's column sums (a cross-warp reduction), or zeros where SKIP (its product then goes dead)."""
+    if SKIP:
+        return tl.zeros([x.shape[1]], dtype=tl.float32)
+    else:
+        return tl.sum(x, axis=0)
 
 
 @triton.jit(do_not_specialize=["T", "NTH"])
@@ -116,13 +163,16 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
              BV: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
              CHUNK_GROUP: tl.constexpr, HOT_STATES: tl.constexpr, HOT_TOKENS: tl.constexpr, NO_DOTS: tl.constexpr,
-             NO_EPILOGUE: tl.constexpr, NO_STORES: tl.constexpr, EARLY_LOADS: tl.constexpr):
+             NO_EPILOGUE: tl.constexpr, NO_STORES: tl.constexpr, EARLY_LOADS: tl.constexpr,
+             EARLY_VECTORS: tl.constexpr, NO_SUMS: tl.constexpr, NO_MATS: tl.constexpr):
     """chunk_bwd._rdn_bwd_grad_kernel with switches: HOT_STATES/HOT_TOKENS read the V loop's state/token tiles of
     chunk 0, head 0 in every program (the same bytes from L2 instead of HBM); NO_DOTS accumulates elementwise sums
     of the loaded tiles instead of the seven dots; NO_EPILOGUE stores only a row sum of the accumulators after the
     loop (no gates, mats, q, k loads, no dq, dk); NO_STORES masks dq and dk's stores off by a runtime test (the
     instructions stay, the bytes do not move); EARLY_LOADS issues the epilogue's loads before the V loop (right
-    values: their latency under the loop's instead of a second round trip after it)."""
+    values: their latency under the loop's instead of a second round trip after it); EARLY_VECTORS issues only its
+    [BT] loads (gates, decays, rows) there (right values); NO_SUMS replaces the six [BK, BT] column sums with zeros;
+    NO_MATS skips the two [BT, BT] mats loads and their three dots."""
     i_k, bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off, h_off, tok_k, tok_v, tok_t = grad_coords(
         cu_seqlens, chunk_indices, T, H, K, V, BT, BK, IS_VARLEN, CHUNK_ORDER, CHUNK_GROUP)
     h_loop = h_off
@@ -139,6 +189,9 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
         (b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc, b_DKK, b_DQK, b_kb_t, b_qb_t) = epilogue_loads(
             q, k, g, beta, gamma, mats, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, tok_k, tok_t, NTH,
             H, K, BT, BK)
+    elif EARLY_VECTORS:
+        b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc = epilogue_vectors(
+            g, beta, gamma, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, NTH, H, BT)
     b_pqr_t = tl.zeros([BK, BT], dtype=tl.float32)
     b_pqs_t = tl.zeros([BK, BT], dtype=tl.float32)
     b_pkr_t = tl.zeros([BK, BT], dtype=tl.float32)
@@ -176,7 +229,10 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
         b_all = tl.sum(b_pqr_t + b_pqs_t + b_pkr_t + b_pkv_t + b_pkx_t + b_pkd_t, axis=0)
         tl.store(dg_part + i_k * block + row_off, b_all + tl.sum(tl.sum(b_hdh, axis=1), axis=0), mask=in_seq)
     else:
-        if not EARLY_LOADS:
+        if EARLY_VECTORS:
+            b_DKK, b_DQK, b_kb_t, b_qb_t = epilogue_tiles(q, k, mats, T_seq, i_t, i_k, tok_k, tok_t, NTH, H, K, BT,
+                                                          BK)
+        elif not EARLY_LOADS:
             (b_G, b_Gp, b_GL, b_beta, b_gamma, b_dG, b_dGp, b_db, b_dc, b_DKK, b_DQK, b_kb_t, b_qb_t) = epilogue_loads(
                 q, k, g, beta, gamma, mats, rows_part, bos, T_seq, i_t, i_h, i_k, o_t, in_seq, row_off, tok_k, tok_t,
                 NTH, H, K, BT, BK)
@@ -187,10 +243,13 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
 
         b_pqr_t = (scale * b_eG) * b_pqr_t
         b_pqs_t = (scale * b_eG) * b_pqs_t
-        b_dq_t = tl.dot(b_kb_t, tl.trans(b_DQK), input_precision=DOT_PREC) + b_gamma[None, :] * b_pqr_t + b_pqs_t
+        if NO_MATS:
+            b_dq_t = b_gamma[None, :] * b_pqr_t + b_pqs_t
+        else:
+            b_dq_t = tl.dot(b_kb_t, tl.trans(b_DQK), input_precision=DOT_PREC) + b_gamma[None, :] * b_pqr_t + b_pqs_t
         _store_tile_t(dq + tok_k, b_dq_t, i_t * BT, n_store, H * K, i_k * BK, K, BT, BK)
-        b_tqr = tl.sum(b_qb_t * b_pqr_t, axis=0)
-        b_dG += tl.sum(b_qb_t * b_pqs_t, axis=0) + b_gamma * b_tqr
+        b_tqr = colsum(b_qb_t * b_pqr_t, NO_SUMS)
+        b_dG += colsum(b_qb_t * b_pqs_t, NO_SUMS) + b_gamma * b_tqr
         b_dc += b_tqr
 
         b_pkr_t = b_eG * b_pkr_t
@@ -198,17 +257,20 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
         b_pkx_t = -tl.exp(b_Gp)[None, :] * b_pkx_t
         b_dec = tl.exp(b_GL - b_G)
         b_pkd_t = b_pkd_t * b_dec[None, :]
-        b_dk_t = tl.dot(b_kb_t, tl.trans(b_DKK), input_precision=DOT_PREC)
-        b_dk_t += tl.dot(b_qb_t, b_DQK, input_precision=DOT_PREC)
-        b_dk_t += b_pkx_t - b_beta[None, :] * b_pkv_t - b_gamma[None, :] * b_pkr_t + b_pkd_t
+        if NO_MATS:
+            b_dk_t = b_pkx_t - b_beta[None, :] * b_pkv_t - b_gamma[None, :] * b_pkr_t + b_pkd_t
+        else:
+            b_dk_t = tl.dot(b_kb_t, tl.trans(b_DKK), input_precision=DOT_PREC)
+            b_dk_t += tl.dot(b_qb_t, b_DQK, input_precision=DOT_PREC)
+            b_dk_t += b_pkx_t - b_beta[None, :] * b_pkv_t - b_gamma[None, :] * b_pkr_t + b_pkd_t
         _store_tile_t(dk + tok_k, b_dk_t, i_t * BT, n_store, H * K, i_k * BK, K, BT, BK)
-        b_tkr = tl.sum(b_kb_t * b_pkr_t, axis=0)
-        b_tkv = tl.sum(b_kb_t * b_pkv_t, axis=0)
+        b_tkr = colsum(b_kb_t * b_pkr_t, NO_SUMS)
+        b_tkv = colsum(b_kb_t * b_pkv_t, NO_SUMS)
         b_dG -= b_gamma * b_tkr + b_beta * b_tkv
-        b_dGp += tl.sum(b_kb_t * b_pkx_t, axis=0)
+        b_dGp += colsum(b_kb_t * b_pkx_t, NO_SUMS)
         b_db -= b_tkv
         b_dc -= b_tkr
-        b_Dd = tl.sum(b_kb_t * b_pkd_t, axis=0)
+        b_Dd = colsum(b_kb_t * b_pkd_t, NO_SUMS)
 
         b_end = tl.exp(b_GL) * tl.sum(tl.sum(b_hdh, axis=1), axis=0) + tl.sum(b_Dd, axis=0)
         b_part = b_dG + b_dGp
@@ -311,7 +373,8 @@ def main(shape: str) -> None:
           f"{bench(real_launch, dev):.3f}", flush=True)
     real_launch()
     want = (dq.clone(), dk.clone(), dg_part.clone())
-    for name, flags in (("copy", {}), ("copy, epilogue's loads before the loop", {"EARLY_LOADS": True})):
+    for name, flags in (("copy", {}), ("copy, epilogue's loads before the loop", {"EARLY_LOADS": True}),
+                        ("copy, epilogue's vectors before the loop", {"EARLY_VECTORS": True})):
         for cfg, _ in CONFIGS[:2]:
             for out in (dq, dk, dg_part):
                 out.fill_(float("nan"))
@@ -338,7 +401,10 @@ def main(shape: str) -> None:
     for bk, bv in widths[1:]:
         for cfg, _ in CONFIGS[:2]:
             rows.append((f"copy BK {bk} BV {bv}, {cfg[0]} warps {cfg[1]} stages", copy_launch({}, cfg, bk, bv)))
+    only = [word for word in os.environ.get("ANATOMY_ROWS", "").split("|") if word]
     for tag, fn in rows:
+        if only and not any(word in tag for word in only):
+            continue
         try:
             print(f"  {tag:44s} {bench(fn, dev):.3f}", flush=True)
         except Exception as err:  # noqa: BLE001 -- one line and on (shared memory, a compile error)
