@@ -62,6 +62,17 @@ spills). So the six column sums are the largest piece of the epilogue, then the 
 slower than its copy at the same config, and not bit-equal to it (neither within 1e-2 elementwise): the two differ
 in their code only by where exp(G) and the mats' int64 offset are computed and the copy's dead switches, so the
 compiler made them different programs; what differs (TTGIR/SASS of both on Triton 3.6) is the first thing to find.
+
+Two right variants of the sums (written 2026-12-04 06:50, not yet timed): "column sums as one reduction" (one
+tl.reduce of the six products; bit-equal under the interpreter) and "four column sums" (the gates applied before
+summing: part's, dc's, db's and dGp's sums and Dd's total; within 1e-2 of the real kernel under the interpreter,
+fp32 reordering). By this machine's Triton 3.9 (rdn-grad-copy-vs-real.py, sm_90, (4, 2)) the six sums are six
+[64, 32] fp32 conversions from the wgmma layout (its 64 rows across the four warps) to a blocked one whose columns lie
+in one warp, through shared memory, each then a warp-local reduction: one tl.reduce keeps the six conversions (60
+barriers, the same census), and four sums save 7 of 82 shared stores. Expected: one reduction +-0, four sums -0.03 to
+-0.06 ms. A sum that skips the conversion would reduce in the wgmma layout (a [32] partial a warp through shared
+memory, not the whole tile); Triton picks the conversion itself, so that needs the sums in another form (the rows
+as sum_v do (q R0) in the V loop, dots on [BT, BV] whose rows sit in one warp), not a switch.
 """
 import importlib.util
 import os
@@ -84,13 +95,14 @@ _anatomy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_anatomy)
 bench = _anatomy.bench
 FLAGS = ("HOT_STATES", "HOT_TOKENS", "NO_DOTS", "NO_EPILOGUE", "NO_STORES", "EARLY_LOADS", "EARLY_VECTORS", "NO_SUMS",
-         "NO_MATS")
+         "NO_MATS", "ONE_REDUCE", "FOUR_SUMS")
 CASES = [("copy", {}), ("hot states (L2)", {"HOT_STATES": True}), ("hot tokens (L2)", {"HOT_TOKENS": True}),
          ("hot states and tokens", {"HOT_STATES": True, "HOT_TOKENS": True}), ("no dots", {"NO_DOTS": True}),
          ("no epilogue", {"NO_EPILOGUE": True}), ("no dq/dk stores", {"NO_STORES": True}),
          ("epilogue's loads before the loop", {"EARLY_LOADS": True}),
          ("epilogue's vectors before the loop", {"EARLY_VECTORS": True}), ("no column sums", {"NO_SUMS": True}),
-         ("no mats loads or dots", {"NO_MATS": True})]
+         ("no mats loads or dots", {"NO_MATS": True}), ("column sums as one reduction", {"ONE_REDUCE": True}),
+         ("four column sums", {"FOUR_SUMS": True})]
 # (warps, stages): the first is the real kernel's fixed config (its launch_configs' first since 2026-12-04) and the
 # H200 autotuner's pick at B=16 T=2k and B=1 T=32k (1.35 ms), the second the old first config (2.53, 2026-12-03 22:23);
 # the ablations run at both
@@ -149,6 +161,11 @@ def epilogue_tiles(q, k, mats, T_seq, i_t, i_k, tok_k, tok_t, NTH, H: tl.constex
 
 
 @triton.jit
+def _add6(a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5):
+    return a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4, a5 + b5
+
+
+@triton.jit
 def colsum(x, SKIP: tl.constexpr):
     """A [BK, BT] tile's column sums (a cross-warp reduction), or zeros where SKIP (its product then goes dead)."""
     if SKIP:
@@ -164,7 +181,8 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
              BV: tl.constexpr, DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
              CHUNK_GROUP: tl.constexpr, HOT_STATES: tl.constexpr, HOT_TOKENS: tl.constexpr, NO_DOTS: tl.constexpr,
              NO_EPILOGUE: tl.constexpr, NO_STORES: tl.constexpr, EARLY_LOADS: tl.constexpr,
-             EARLY_VECTORS: tl.constexpr, NO_SUMS: tl.constexpr, NO_MATS: tl.constexpr):
+             EARLY_VECTORS: tl.constexpr, NO_SUMS: tl.constexpr, NO_MATS: tl.constexpr, ONE_REDUCE: tl.constexpr,
+             FOUR_SUMS: tl.constexpr):
     """chunk_bwd._rdn_bwd_grad_kernel with switches: HOT_STATES/HOT_TOKENS read the V loop's state/token tiles of
     chunk 0, head 0 in every program (the same bytes from L2 instead of HBM); NO_DOTS accumulates elementwise sums
     of the loaded tiles instead of the seven dots; NO_EPILOGUE stores only a row sum of the accumulators after the
@@ -172,7 +190,9 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
     instructions stay, the bytes do not move); EARLY_LOADS issues the epilogue's loads before the V loop (right
     values: their latency under the loop's instead of a second round trip after it); EARLY_VECTORS issues only its
     [BT] loads (gates, decays, rows) there (right values); NO_SUMS replaces the six [BK, BT] column sums with zeros;
-    NO_MATS skips the two [BT, BT] mats loads and their three dots."""
+    NO_MATS skips the two [BT, BT] mats loads and their three dots; ONE_REDUCE takes the six column sums in one
+    tl.reduce of six operands (right values); FOUR_SUMS applies the gates before summing, so that four column sums
+    and one total give the four slabs (right values up to fp32 rounding)."""
     i_k, bos, T_seq, i_t, i_h, o_t, rows, in_seq, row_off, h_off, tok_k, tok_v, tok_t = grad_coords(
         cu_seqlens, chunk_indices, T, H, K, V, BT, BK, IS_VARLEN, CHUNK_ORDER, CHUNK_GROUP)
     h_loop = h_off
@@ -248,9 +268,10 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
         else:
             b_dq_t = tl.dot(b_kb_t, tl.trans(b_DQK), input_precision=DOT_PREC) + b_gamma[None, :] * b_pqr_t + b_pqs_t
         _store_tile_t(dq + tok_k, b_dq_t, i_t * BT, n_store, H * K, i_k * BK, K, BT, BK)
-        b_tqr = colsum(b_qb_t * b_pqr_t, NO_SUMS)
-        b_dG += colsum(b_qb_t * b_pqs_t, NO_SUMS) + b_gamma * b_tqr
-        b_dc += b_tqr
+        if not ONE_REDUCE and not FOUR_SUMS:
+            b_tqr = colsum(b_qb_t * b_pqr_t, NO_SUMS)
+            b_dG += colsum(b_qb_t * b_pqs_t, NO_SUMS) + b_gamma * b_tqr
+            b_dc += b_tqr
 
         b_pkr_t = b_eG * b_pkr_t
         b_pkv_t = b_eG * b_pkv_t
@@ -264,17 +285,47 @@ def grad_abl(q, k, g, beta, gamma, h_s, h_r, h_ds, h_dr, do, u, w, dyr, dxc, dyv
             b_dk_t += tl.dot(b_qb_t, b_DQK, input_precision=DOT_PREC)
             b_dk_t += b_pkx_t - b_beta[None, :] * b_pkv_t - b_gamma[None, :] * b_pkr_t + b_pkd_t
         _store_tile_t(dk + tok_k, b_dk_t, i_t * BT, n_store, H * K, i_k * BK, K, BT, BK)
-        b_tkr = colsum(b_kb_t * b_pkr_t, NO_SUMS)
-        b_tkv = colsum(b_kb_t * b_pkv_t, NO_SUMS)
-        b_dG -= b_gamma * b_tkr + b_beta * b_tkv
-        b_dGp += colsum(b_kb_t * b_pkx_t, NO_SUMS)
-        b_db -= b_tkv
-        b_dc -= b_tkr
-        b_Dd = colsum(b_kb_t * b_pkd_t, NO_SUMS)
+        if FOUR_SUMS:  # the gates applied before summing: part's, dc's, db's and dGp's column sums, Dd's total apart
+            b_tqkr = b_qb_t * b_pqr_t - b_kb_t * b_pkr_t
+            b_tkv_t = b_kb_t * b_pkv_t
+            b_tkx_t = b_kb_t * b_pkx_t
+            b_tkd_t = b_kb_t * b_pkd_t
+            b_sum_part = tl.sum(b_qb_t * b_pqs_t + b_gamma[None, :] * b_tqkr - b_beta[None, :] * b_tkv_t + b_tkx_t
+                                - b_tkd_t, axis=0)
+            b_sqkr = tl.sum(b_tqkr, axis=0)
+            b_tkv = tl.sum(b_tkv_t, axis=0)
+            b_skx = tl.sum(b_tkx_t, axis=0)
+            b_Dd_total = tl.sum(tl.sum(b_tkd_t, axis=1), axis=0)
+            b_dc += b_sqkr
+            b_db -= b_tkv
+            b_dGp += b_skx
+        elif ONE_REDUCE:  # the six column sums as one reduction: one shared-memory round and its barriers, not six
+            b_tqr, b_sqs, b_tkr, b_tkv, b_skx, b_Dd = tl.reduce(
+                (b_qb_t * b_pqr_t, b_qb_t * b_pqs_t, b_kb_t * b_pkr_t, b_kb_t * b_pkv_t, b_kb_t * b_pkx_t,
+                 b_kb_t * b_pkd_t), 0, _add6)
+            b_dG += b_sqs + b_gamma * b_tqr
+            b_dc += b_tqr
+            b_dG -= b_gamma * b_tkr + b_beta * b_tkv
+            b_dGp += b_skx
+            b_db -= b_tkv
+            b_dc -= b_tkr
+        else:
+            b_tkr = colsum(b_kb_t * b_pkr_t, NO_SUMS)
+            b_tkv = colsum(b_kb_t * b_pkv_t, NO_SUMS)
+            b_dG -= b_gamma * b_tkr + b_beta * b_tkv
+            b_dGp += colsum(b_kb_t * b_pkx_t, NO_SUMS)
+            b_db -= b_tkv
+            b_dc -= b_tkr
+            b_Dd = colsum(b_kb_t * b_pkd_t, NO_SUMS)
 
-        b_end = tl.exp(b_GL) * tl.sum(tl.sum(b_hdh, axis=1), axis=0) + tl.sum(b_Dd, axis=0)
-        b_part = b_dG + b_dGp
-        b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
+        if FOUR_SUMS:
+            b_end = tl.exp(b_GL) * tl.sum(tl.sum(b_hdh, axis=1), axis=0) + b_Dd_total
+            b_part = b_dG + b_sum_part + b_dGp - b_skx  # dGp's column sum is in b_sum_part already
+            b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0)
+        else:
+            b_end = tl.exp(b_GL) * tl.sum(tl.sum(b_hdh, axis=1), axis=0) + tl.sum(b_Dd, axis=0)
+            b_part = b_dG + b_dGp
+            b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
         nk = tl.cast(tl.num_programs(1), tl.int64)
         tl.store(dg_part + i_k * block + row_off, b_part, mask=in_seq)
         tl.store(dg_part + (nk + i_k) * block + row_off, -b_dGp, mask=in_seq)
@@ -374,7 +425,9 @@ def main(shape: str) -> None:
     real_launch()
     want = (dq.clone(), dk.clone(), dg_part.clone())
     for name, flags in (("copy", {}), ("copy, epilogue's loads before the loop", {"EARLY_LOADS": True}),
-                        ("copy, epilogue's vectors before the loop", {"EARLY_VECTORS": True})):
+                        ("copy, epilogue's vectors before the loop", {"EARLY_VECTORS": True}),
+                        ("copy, column sums as one reduction", {"ONE_REDUCE": True}),
+                        ("copy, four column sums", {"FOUR_SUMS": True})):
         for cfg, _ in CONFIGS[:2]:
             for out in (dq, dk, dg_part):
                 out.fill_(float("nan"))
