@@ -594,7 +594,8 @@ def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.
 # 23:00) (8, 1) takes 211 registers x 256 threads (one program an SM) and no stack; (4, 2) 255 x 128 (two) with 120
 # bytes of spill stack a thread and 80 KB of shared memory a program. (4, 2) is first since 2026-12-04, after the
 # float64 check ran it (every case ok); its two stages give bf16 dk values ~1e-3 (relative) from (8, 1)'s, dk's float64
-# error 3.6e-3 against 2.9e-3 at bf16 K=128 varlen, at fp32 the configs agree to 2e-8 (docs/next/rdn-config-equivalence.py).
+# error 3.6e-3 against 2.9e-3 at bf16 K=128 varlen, at fp32 the configs agree to 2e-8
+# (docs/next/rdn-config-equivalence.py).
 # Until 2026-12-01 the loop gated each V-block's [BT, BK] products and took five row sums a turn (cross-warp
 # reductions through shared memory), with dq, dk, dkd and the fp32 q, k tiles live across it: 255 registers and
 # 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.
