@@ -8,6 +8,10 @@ JITFunction, past the autotuner) with the arguments of one backward, at each con
 inputs a config that is right differs by ~1e-6, at bf16 by rounding (~1e-3).
 
     . scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3 docs/next/rdn-config-equivalence.py 16,2048,16,128
+
+Measured (H200, Triton 3.6, 2026-12-04 05:53): at fp32 every config within 2.4e-8 of (8, 1) (the chunk matrices' and
+gradient's row slabs; dq, dk bit-equal); at bf16 the gradient kernel's dk 1.0e-3 and its slabs 6.6e-4 at two stages
+((4, 2), (8, 2)), bit-equal at (4, 1); the chunk-matrix kernel bit-equal at every config. No NaN.
 """
 import sys
 
