@@ -13,52 +13,36 @@ Measured (H200, Triton 3.6, 2026-12-04 05:53): at fp32 every config within 2.4e-
 gradient's row slabs; dq, dk bit-equal); at bf16 the gradient kernel's dk 1.0e-3 and its slabs 6.6e-4 at two stages
 ((4, 2), (8, 2)), bit-equal at (4, 1); the chunk-matrix kernel bit-equal at every config. No NaN.
 """
+import importlib.util
+import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from rla_kernels.rdn import chunk as rdn_chunk
+
+# the gradient anatomy beside this file: its one recorded backward (backward_launches)
+_spec = importlib.util.spec_from_file_location(
+    "rdn_grad_anatomy", os.path.join(os.path.dirname(os.path.abspath(__file__)), "rdn-grad-anatomy.py"))
+_anatomy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_anatomy)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIGS = [(8, 1), (4, 2), (4, 1), (8, 2)]
 KERNELS = ("_rdn_bwd_mats_kernel", "_rdn_bwd_grad_kernel")
 
 
-class _Capture:
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kw):
-            self.launches.append((grid, args, kw))
-            return self.kernel[grid](*args, **kw)
-        return launch
+def _sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
 
 
 def main(shape: str, dtype: torch.dtype) -> None:
-    B, T, H, D = (int(x) for x in shape.split(","))
-    torch.manual_seed(0)
-    q = F.normalize(torch.randn(B, T, H, D, device=DEV), dim=-1).to(dtype)
-    k = F.normalize(torch.randn(B, T, H, D, device=DEV), dim=-1).to(dtype)
-    v = (3.0 * torch.randn(B, T, H, D, device=DEV)).to(dtype)
-    g = F.logsigmoid(torch.randn(B, T, H, device=DEV) + 3.0)
-    beta, gamma = torch.rand(B, T, H, device=DEV), torch.rand(B, T, H, device=DEV)
-    x = [q, k, v, g, beta, gamma]
-    do = torch.randn_like(v)
-    *_, wy, tokens = rdn_chunk.chunk_rdn_fwd(*x, None, 1.0, "clip", None, None, None, save_wy=True, keep_tokens=True)
+    launches = _anatomy.backward_launches(shape, DEV, dtype, KERNELS)
+    _sync()
     real = {name: getattr(rdn_chunk, name) for name in KERNELS}
-    caps = {name: _Capture(kernel) for name, kernel in real.items()}
-    for name, cap in caps.items():
-        setattr(rdn_chunk, name, cap)
-    try:
-        rdn_chunk.chunk_rdn_bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, wy=wy, walk=tokens)
-    finally:
-        for name, kernel in real.items():
-            setattr(rdn_chunk, name, kernel)
-    torch.cuda.synchronize() if DEV == "cuda" else None
     for name in KERNELS:
-        (grid, args, kw), = caps[name].launches
+        (grid, args, kw), = launches[name]
         tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         pristine = {i: args[i].clone() for i in tensors}
         outs = {}
@@ -66,7 +50,7 @@ def main(shape: str, dtype: torch.dtype) -> None:
             for i in tensors:
                 args[i].copy_(pristine[i])
             real[name].fn[grid](*args, **kw, num_warps=cfg[0], num_stages=cfg[1])
-            torch.cuda.synchronize() if DEV == "cuda" else None
+            _sync()
             outs[cfg] = {i: args[i].clone() for i in tensors}
         for i in tensors:
             args[i].copy_(pristine[i])

@@ -379,10 +379,11 @@ class _Capture:
         return launch
 
 
-def main(shape: str) -> None:
+def backward_launches(shape: str, dev: str, dtype: torch.dtype, names) -> dict:
+    """One RDN backward on fresh random inputs of shape B,T,H,D, as training runs it (profile_kernels.py: the
+    forward hands the backward its chunk matrices and U, W, X), with the launches of the chunk module's kernels
+    ``names`` recorded: {name: [(grid, args, kwargs), ...]} (the kernels run as usual)."""
     B, T, H, D = (int(x) for x in shape.split(","))
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     torch.manual_seed(0)
     q = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(dtype)
     k = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(dtype)
@@ -391,17 +392,26 @@ def main(shape: str) -> None:
     beta, gamma = torch.rand(B, T, H, device=dev), torch.rand(B, T, H, device=dev)
     x = [q, k, v, g, beta, gamma]
     do = torch.randn_like(v)
-    # as training runs it (profile_kernels.py): the forward hands the backward its chunk matrices and U, W, X
     *_, wy, tokens = rdn_chunk.chunk_rdn_fwd(*x, None, 1.0, "clip", None, None, None, save_wy=True,
                                              keep_tokens=True)
-    real = rdn_chunk._rdn_bwd_grad_kernel
-    capture = _Capture(real)
-    rdn_chunk._rdn_bwd_grad_kernel = capture
+    real = {name: getattr(rdn_chunk, name) for name in names}
+    captures = {name: _Capture(kernel) for name, kernel in real.items()}
+    for name, capture in captures.items():
+        setattr(rdn_chunk, name, capture)
     try:
         rdn_chunk.chunk_rdn_bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, wy=wy, walk=tokens)
     finally:
-        rdn_chunk._rdn_bwd_grad_kernel = real
-    (grid, args, kw), = capture.launches
+        for name, kernel in real.items():
+            setattr(rdn_chunk, name, kernel)
+    return {name: capture.launches for name, capture in captures.items()}
+
+
+def main(shape: str) -> None:
+    B, T, H, D = (int(x) for x in shape.split(","))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    real = rdn_chunk._rdn_bwd_grad_kernel
+    (grid, args, kw), = backward_launches(shape, dev, dtype, ["_rdn_bwd_grad_kernel"])["_rdn_bwd_grad_kernel"]
     (q_, k_, g_, beta_, gamma_, h_s, h_r, h_ds, h_dr, do_, u, w, dyr, dxc, dyv, mats, rows_part, dq, dk, dg_part,
      cu, indices, scale, T_, NTH) = args
     print(f"B={B} T={T} H={H} D={D}, {torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'} {dtype}; grid {grid}, "
