@@ -622,7 +622,6 @@ def _rdn_bwd_grad_kernel(
     tok_v = (bos * H + i_h) * V
     tok_t = (bos * H + i_h) * BT
     block = tl.cast(NTH, tl.int64)
-    mat_block = tl.cast(NTH, tl.int64) * BT
 
     # The state reads of this K-block: M1 = exp(GL) M0 + Kd^T (U or W); rq = exp(G) Q R0 + ...; yr = res - exp(G)
     # K R0; sk = exp(Gp) K S0 + ...; sq = exp(G) Q S0 + ...; yv = v - exp(G) K S0. Their adjoints' products,
@@ -633,7 +632,9 @@ def _rdn_bwd_grad_kernel(
     b_pkv_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dyv^T      -> dk, gate -beta exp(G)
     b_pkx_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dX^T       -> dk, gate -exp(Gp)
     b_pkd_t = tl.zeros([BK, BT], dtype=tl.float32)  # dS U^T + dR W^T -> dk, gate exp(GL - G)
-    b_hdh = tl.zeros([BK, BV], dtype=tl.float32)  # <S0, dS> + <R0, dR>, summed over V last
+    # <S0, dS> + <R0, dR> per K row, summed over each V-block as it passes: a whole [BK, BV] tile held across the
+    # loop was 32 registers a thread, the kernel's spills (ptxas at (4, 2), Triton 3.9, 2026-12-04: 112 -> 0 bytes).
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         # Every operand raw: the states and do, U, W, dyr, dX, dyv are in the input dtype (chunk.py
         # _Layout.tokens), so each dot is one exact-product half dot.
@@ -654,23 +655,26 @@ def _rdn_bwd_grad_kernel(
         b_pkr_t = tl.dot(b_r, tl.trans(b_dyr), b_pkr_t, input_precision=DOT_PREC)
         b_pkv_t = tl.dot(b_s, tl.trans(b_dyv), b_pkv_t, input_precision=DOT_PREC)
         b_pkx_t = tl.dot(b_s, tl.trans(b_dx), b_pkx_t, input_precision=DOT_PREC)
-        b_hdh += b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32)
+        b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
 
     # Gated and summed in the loop's [BK, BT] orientation (a token's gate scales a column, its row sum is a column
     # sum): no layout change of the six accumulators.
     b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    b_eG = tl.exp(b_G)[None, :]
     first = in_seq & ((o_t * 0 + i_k) == 0)  # the mats kernel's rows count once
     b_dG = tl.load(rows_part + row_off, mask=first, other=0.0)
     b_dGp = tl.load(rows_part + block + row_off, mask=first, other=0.0)
     b_db = tl.load(rows_part + 2 * block + row_off, mask=first, other=0.0)
     b_dc = tl.load(rows_part + 3 * block + row_off, mask=first, other=0.0)
     b_DKK = load_tile(mats + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-    b_DQK = load_tile(mats + mat_block + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+    # The second matrix's offset and exp(G) made here, after the loop: made before it (an int64, a [BT] vector) they
+    # took ptxas's spill stack from 112 to 120 bytes (Triton 3.9), and on the H200 (Triton 3.6, 2026-12-04) the kernel
+    # ran 1.455 ms where docs/next/rdn-grad-anatomy.py's copy, in this order, ran 1.347.
+    b_DQK = load_tile(mats + block * BT + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
     b_kb_t = tl.trans(load_tile(k + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
     b_qb_t = tl.trans(load_tile(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK))
+    b_eG = tl.exp(b_G)[None, :]
 
     # dq, and the rows through q: sum_v a (q R) = sum_k q (a R^T).
     b_pqr_t = (scale * b_eG) * b_pqr_t
@@ -702,7 +706,7 @@ def _rdn_bwd_grad_kernel(
 
     # GL's share, exp(GL) (<S0, dS> + <R0, dR>), and Kd's, sum(Dd): both on the chunk's last row, whose dG reaches
     # every row's dg through the reverse cumsum; put on its last row in the sequence, they reach the same.
-    b_end = tl.exp(b_GL) * tl.sum(tl.sum(b_hdh, axis=1), axis=0) + tl.sum(b_Dd, axis=0)
+    b_end = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + tl.sum(b_Dd, axis=0)
     b_part = b_dG + b_dGp
     b_part += tl.where(rows == tl.minimum(T_seq, i_t * BT + BT) - 1, b_end, 0.0) - b_Dd
     nk = tl.cast(tl.num_programs(1), tl.int64)

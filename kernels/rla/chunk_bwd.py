@@ -353,15 +353,8 @@ def _rla_bwd_dqkg_kernel(
     rows = i_c * BT + o_t
     in_seq = rows < T_seq
     gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
     b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
     b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_Gm = b_G - b_g
-    b_GL = tl.sum(b_g, axis=0)
-    b_to_end = tl.exp(b_GL - b_G)
-
-    tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
 
     # Over the V loop only the state terms are accumulated ([BT, BK] each); the token-to-token matrices M
@@ -396,6 +389,15 @@ def _rla_bwd_dqkg_kernel(
         b_dk_end += tl.dot(b_vb, tl.trans(b_dhs.to(DT)), input_precision=DOT_PREC)
         b_dk_end += dot_split(b_rg, tl.trans(b_dhr.to(DT)), DOT_PREC)
 
+    # The decays and q, k's offset made here, after the V loop that does not read them: made before it they were
+    # held across it (ptxas spill stack 104 -> 96 bytes at 4 warps, Triton 3.9, B=16 T=2k; the RDN gradient kernel's
+    # like change, docs/next/rdn-grad-anatomy.py, 2026-12-04).
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_Gm = b_G - b_g
+    b_GL = tl.sum(b_g, axis=0)
+    b_to_end = tl.exp(b_GL - b_G)
+    tok_k = (bos * H + i_h) * K
     b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
     m_off = (i_row * H + i_h) * BT * BT
