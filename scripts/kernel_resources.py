@@ -3,7 +3,7 @@ sm_90 (H100/H200), on a machine without a GPU: spills are the first suspect when
 answers in minutes of CPU time instead of device time.
 
     .venv/bin/python scripts/kernel_resources.py [--ops rdn,rla] [--shape B,T,H,K] [--dtype bf16]
-        [--kernels wy,dv] [--arch 90] [--sms 132] [--set NAME=INT ...]
+        [--kernels wy,dv] [--arch 90] [--sms 132] [--set NAME=INT ...] [--census] [--hazards] [--dump DIR]
 
 How: the ops' host code runs on CPU tensors with every launch intercepted (nothing runs). Each launch is
 compiled as Triton would compile it on the GPU: its own binder specialises the arguments (aligned pointers,

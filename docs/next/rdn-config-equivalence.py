@@ -12,6 +12,8 @@ inputs a config that is right differs by ~1e-6, at bf16 by rounding (~1e-3).
 Measured (H200, Triton 3.6, 2026-12-04 05:53): at fp32 every config within 2.4e-8 of (8, 1) (the chunk matrices' and
 gradient's row slabs; dq, dk bit-equal); at bf16 the gradient kernel's dk 1.0e-3 and its slabs 6.6e-4 at two stages
 ((4, 2), (8, 2)), bit-equal at (4, 1); the chunk-matrix kernel bit-equal at every config. No NaN.
+Correction (10:01 the same day): the bf16 difference at two stages is not rounding but a race, dk and dg change
+between runs there (rdn-grad-determinism.py; BENCHMARKS.md, entry "2026-12-04 09:26-10:01").
 """
 import importlib.util
 import os

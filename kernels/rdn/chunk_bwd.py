@@ -594,13 +594,15 @@ def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.
 # 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.
 # One stage only. At (4, 2), the autotuner's pick on the H200 (1.27 ms against 2.53 at (8, 1), 2026-12-04), this
 # kernel's dk and dg differ from one run to the next on the same inputs (Triton 3.6, B=16 T=1k H=16 and B=1 T=8k H=4
-# K=V=128 bf16: dk up to 0.19 of 145, dg 0.03 of 175; docs/next/rdn-grad-determinism.py): a
-# race, not rounding, since nothing in the kernel reads what any program writes and the program map does not depend
-# on the config; the likeliest author is the two-stage pipeliner's handling of the six wgmma accumulators. dq stays
-# bit-equal, and the float64 check passes at (4, 2) (bf16 dk 3.6e-3), so the race is small, but a gradient that does
-# not repeat is not ours to ship. (4, 1) and (8, 1) repeat bit for bit (with the chunk-matrix kernel at (4, 2)); the
-# backward at B=16 T=2k H=16 K=V=128 bf16 costs 4.76 ms at (4, 1) against 4.27 at (4, 2) (fixed configs, H200,
-# 2026-12-04 10:01). Earlier lists with 2- and 3-stage configs (and their timings) are in git history.
+# K=V=128 bf16: dk up to 0.19 of 145, dg 0.03 of 175; docs/next/rdn-grad-determinism.py): a race. The state tiles
+# the V loop's dots read are also read as registers (the <S0, dS> + <R0, dR> sum), and Triton (3.6 and 3.9) pipelines
+# them into one shared slot, refilled for the next V-block while the asynchronous wgmma dots still read it
+# (`scripts/kernel_resources.py --hazards`). The float64 check passes at (4, 2) (bf16 dk 3.6e-3), so the race is
+# small, but a gradient that does not repeat is not ours to ship; docs/next/0001-rdn-grad-hdh-own-loop.patch gives the
+# sum a loop of its own, which leaves no such race at any config (to check on the GPU). (4, 1) and (8, 1) repeat bit
+# for bit (with the chunk-matrix kernel at (4, 2)); the backward at B=16 T=2k H=16 K=V=128 bf16 costs 4.76 ms at
+# (4, 1) against 4.27 at (4, 2) (fixed configs, H200, 2026-12-04 10:01). Earlier lists with 2- and 3-stage configs
+# (and their timings) are in git history.
 GRAD_LAUNCHES = ((4, 1), (8, 1))  # (warps, stages): tests/kernels/test_rdn_chunk_triton.py holds them to one stage
 @autotune(configs=launch_configs(*GRAD_LAUNCHES),
           key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
