@@ -3,7 +3,7 @@
 # or hung part cannot eat the others. Logs (and bench json/md/png) land under $OUT; only 8 files come back
 # from a call, so pick a few parts per call (flagship: 2 files a recipe, benchmodel: 4). profile: GPU time per
 # RLA/RDN kernel (scripts/profile_kernels.py; PROFILE_ARGS="--tune" autotunes, "--ops rdn" one op).
-#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile tests bench distill convert flagship benchmodel
+#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile determinism tests bench distill convert flagship benchmodel
 #                                            (default: rla rdn tests bench)
 # PATCHES="docs/next/0001-x.patch ...": applied to the tree before gpu_env.sh installs it, so that every part runs
 # them (a patch applied after the install does not reach the installed kernels the parts import: 2026-12-02); one
@@ -33,6 +33,7 @@ for part in $parts; do
   case $part in
     rla) timeout ${RLA_LIMIT:-250} python3 scripts/gpu_check_rla.py ${RLA_ARGS:-} 2>&1 | tee "$OUT/check_rla.txt" ;;
     rdn) RLA_KERNELS_FIXED_CONFIG=1 timeout ${RDN_LIMIT:-280} python3 scripts/gpu_check_rdn.py ${RDN_ARGS:-} 2>&1 | tee "$OUT/check_rdn.txt" ;;
+    determinism) RLA_KERNELS_FIXED_CONFIG=1 timeout ${DETERMINISM_LIMIT:-150} python3 docs/next/rdn-grad-determinism.py 2>&1 | tee "$OUT/determinism.txt" ;;
     profile) timeout ${PROFILE_LIMIT:-150} python3 scripts/profile_kernels.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile.txt" ;;
     tests) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${TESTS_LIMIT:-240} python3 -m pytest -q -p no:cacheprovider -m gpu --durations=8 ${TESTS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.txt" ;;
     bench) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${BENCH_LIMIT:-240} $RLA bench kernels \

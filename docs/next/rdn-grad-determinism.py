@@ -1,6 +1,6 @@
 """Does RDN's backward repeat bit for bit at the fixed (first) launch configs? On the GPU machine:
 
-    . scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3 docs/next/rdn-grad-determinism.py
+    bash scripts/gpu_session.sh determinism   (or: . scripts/gpu_env.sh && RLA_KERNELS_FIXED_CONFIG=1 python3 THIS)
 
 For two shapes (B=1 T=8k H=4, B=16 T=1k H=16; K=V=128 bf16) it runs the backward three times on each reverse-walk
 path (TRAILED_WALKS 1 and 2) and names the gradients that differ between runs or between the paths, then times the
