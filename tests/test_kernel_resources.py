@@ -57,10 +57,12 @@ def test_census_counts_each_kernels_sass_instructions_by_kind():
         assert sum(counts.values()) < int(m.group(2))  # address arithmetic and the like only count in "all"
 
 
-def _resources_module():
+def _hazards_module():
+    # ttgir_hazards.py, not kernel_resources.py: that one unsets TRITON_INTERPRET at import, for the whole test run
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("kernel_resources", SCRIPT)
+    spec = importlib.util.spec_from_file_location("ttgir_hazards", os.path.join(os.path.dirname(SCRIPT),
+                                                                                "ttgir_hazards.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -89,7 +91,7 @@ _LOOP = """
 
 
 def test_async_dot_hazards_name_a_one_slot_buffer_refilled_under_a_running_wgmma():
-    hazards = _resources_module().async_dot_hazards
+    hazards = _hazards_module().async_dot_hazards
     found = hazards(_LOOP.replace("{SLOTS}", "1").replace("{WAIT}", ""))
     # the one-slot state tile is refilled while the dot may read it; the token tile's refill goes to the other slot
     assert len(found) == 1 and found[0].startswith("%a (1 slot(s)) written while read by: %d = ttng.warp_group_dot")
