@@ -45,7 +45,8 @@ three small dots, six cross-warp column sums, two transposed stores) is the piec
 with fewer column sums (the gate rows combined before summing) and its [BT]-vector loads issued before the loop (a
 few registers, not the early loads' whole tiles). The copy at (4, 2) did not match the real kernel at (8, 1) within
 1e-2 elementwise: two stages change bf16 dk by ~1e-3 relative (worst 0.1 of 5.2), fp32 agrees to 2e-8
-(rdn-config-equivalence.py beside this file; a race, found later: rdn-grad-determinism.py, which the copy shares); with (4, 2) first the copy's check is at the same config again.
+(rdn-config-equivalence.py beside this file; a race, found later: rdn-grad-determinism.py, which the copy shares);
+with (4, 2) first the copy's check is at the same config again.
 
 Three rows split the epilogue (written 2026-12-04 06:40, before any run; expected at (4, 2) against the copy's 1.35):
 "epilogue's vectors before the loop" (a right variant: the [BT] gates, decays and rows issued before the V loop, a

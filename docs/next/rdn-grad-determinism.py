@@ -38,7 +38,8 @@ for B, T, H in ((1, 8192, 4), (16, 1024, 16)):
         chunk.TRAILED_WALKS = trailed
         runs = [run() for _ in range(3)]
         by_path[trailed] = runs[0]
-        differ = [n for n, a, b, c in zip(NAMES, *runs) if a is not None and not (torch.equal(a, b) and torch.equal(a, c))]
+        differ = [n for n, a, b, c in zip(NAMES, *runs)
+                  if a is not None and not (torch.equal(a, b) and torch.equal(a, c))]
         print(f"B={B} T={T} H={H} trailed={trailed}: differ between runs {differ}", flush=True)
     for n, a, b in zip(NAMES, by_path[1], by_path[2]):
         if a is not None and not torch.equal(a, b):
