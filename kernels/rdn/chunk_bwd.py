@@ -592,18 +592,12 @@ def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.
 # Until 2026-12-01 the loop gated each V-block's [BT, BK] products and took five row sums a turn (cross-warp
 # reductions through shared memory), with dq, dk, dkd and the fp32 q, k tiles live across it: 255 registers and
 # 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.
-# One stage only. At (4, 2), the autotuner's pick on the H200 (1.27 ms against 2.53 at (8, 1), 2026-12-04), this
-# kernel's dk and dg differ from one run to the next on the same inputs (Triton 3.6, B=16 T=1k H=16 and B=1 T=8k H=4
-# K=V=128 bf16: dk up to 0.19 of 145, dg 0.03 of 175; docs/next/rdn-grad-determinism.py): a race. The state tiles
-# the V loop's dots read are also read as registers (the <S0, dS> + <R0, dR> sum), and Triton (3.6 and 3.9) pipelines
-# them into one shared slot, refilled for the next V-block while the asynchronous wgmma dots still read it
-# (`scripts/kernel_resources.py --hazards`). The float64 check passes at (4, 2) (bf16 dk 3.6e-3), so the race is
-# small, but a gradient that does not repeat is not ours to ship; docs/next/0001-rdn-grad-hdh-own-loop.patch gives the
-# sum a loop of its own, which leaves no such race at any config (to check on the GPU). (4, 1) and (8, 1) repeat bit
-# for bit (with the chunk-matrix kernel at (4, 2)); the backward at B=16 T=2k H=16 K=V=128 bf16 costs 4.76 ms at
-# (4, 1) against 4.27 at (4, 2) (fixed configs, H200, 2026-12-04 10:01). Earlier lists with 2- and 3-stage configs
-# (and their timings) are in git history.
-GRAD_LAUNCHES = ((4, 1), (8, 1))  # (warps, stages): tests/kernels/test_rdn_chunk_triton.py holds them to one stage
+# (4, 2) first, the H200 autotuner's pick (1.50 ms, against 1.74 at (4, 1) before the sum's own loop, B=16 T=2k H=16
+# K=V=128 bf16, 2026-12-04 12:46): two programs an SM. Until <S0, dS> + <R0, dR> moved to a loop of its own (below),
+# every 2- and 3-stage config here raced (dk and dg changed from run to run, docs/next/rdn-grad-determinism.py) and the
+# list was (4, 1), (8, 1); `scripts/kernel_resources.py --hazards` finds no such race at any of these configs now
+# (Triton 3.6 and 3.9, sm_90), and tests/test_kernel_resources.py keeps it so.
+GRAD_LAUNCHES = ((4, 2), (8, 1), (4, 1), (8, 2), (4, 3), (8, 3), (8, 2, 128), (8, 3, 128))  # (warps, stages[, maxnreg])
 @autotune(configs=launch_configs(*GRAD_LAUNCHES),
           key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T", "NTH"])
@@ -637,9 +631,6 @@ def _rdn_bwd_grad_kernel(
     b_pkv_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dyv^T      -> dk, gate -beta exp(G)
     b_pkx_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dX^T       -> dk, gate -exp(Gp)
     b_pkd_t = tl.zeros([BK, BT], dtype=tl.float32)  # dS U^T + dR W^T -> dk, gate exp(GL - G)
-    # <S0, dS> + <R0, dR> per K row, summed over each V-block as it passes: a whole [BK, BV] tile held across the
-    # loop was 32 registers a thread, the kernel's spills (ptxas at (4, 2), Triton 3.9, 2026-12-04: 112 -> 0 bytes).
-    b_hdh = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         # Every operand raw: the states and do, U, W, dyr, dX, dyv are in the input dtype (chunk.py
         # _Layout.tokens), so each dot is one exact-product half dot.
@@ -660,7 +651,19 @@ def _rdn_bwd_grad_kernel(
         b_pkr_t = tl.dot(b_r, tl.trans(b_dyr), b_pkr_t, input_precision=DOT_PREC)
         b_pkv_t = tl.dot(b_s, tl.trans(b_dyv), b_pkv_t, input_precision=DOT_PREC)
         b_pkx_t = tl.dot(b_s, tl.trans(b_dx), b_pkx_t, input_precision=DOT_PREC)
-        b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
+
+    # <S0, dS> + <R0, dR> in a loop of its own, the state tiles read again (from L2): summed in the loop above, the
+    # tiles its dots read were also read as registers, and Triton (3.6 and 3.9) pipelined them at 2 stages into one
+    # shared slot, refilled for the next V-block while the asynchronous dots still read it (dk and dg changed from run
+    # to run on the H200, 2026-12-04; scripts/kernel_resources.py --hazards). Per K row and V-block, not a [BK, BV]
+    # tile held across a loop (32 registers a thread: the kernel's spills, 112 -> 0 bytes at (4, 2), Triton 3.9).
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+        b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+        b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+        b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+        b_hdh += tl.sum(b_ds * b_s + b_dr * b_r, axis=1)
 
     # Gated and summed in the loop's [BK, BT] orientation (a token's gate scales a column, its row sum is a column
     # sum): no layout change of the six accumulators.

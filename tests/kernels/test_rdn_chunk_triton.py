@@ -354,15 +354,6 @@ def test_segments_are_chosen_only_when_the_fused_walk_starves_the_gpu():
     assert o.shape == empty[2].shape and torch.equal(S, S0) and torch.equal(R, R0)
 
 
-def test_gradient_kernel_is_tuned_over_one_stage_configs_only():
-    """At two stages the gradient kernel's dk and dg changed between runs on the same inputs (H200, Triton 3.6,
-    2026-12-04, chunk_bwd.GRAD_LAUNCHES says more): the autotuner must not be offered such a config again."""
-    from rla_kernels.rdn import chunk_bwd
-
-    assert chunk_bwd.GRAD_LAUNCHES and all(launch[1] == 1 for launch in chunk_bwd.GRAD_LAUNCHES)
-    assert all(c.num_stages == 1 for c in chunk_bwd._rdn_bwd_grad_kernel.configs)
-
-
 def test_through_public_api_with_autograd():
     """rdn(..., backend='triton') goes through the torch.library op whose backward calls chunk_rdn_bwd."""
     from rla_kernels.api import rdn
