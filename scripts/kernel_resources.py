@@ -157,7 +157,8 @@ def main():
                         "it decides the narrow walks and the segment cuts of long sequences at small batch")
     parser.add_argument("--census", action="store_true", help="also count each kernel's SASS instructions by kind")
     parser.add_argument("--hazards", action="store_true", help="also name each shared buffer that an async copy or "
-                        "store may overwrite while an asynchronous wgmma still reads it (a race; async_dot_hazards)")
+                        "store may overwrite, and each register operand a loop may redefine, while an asynchronous "
+                        "wgmma still reads it (a race; async_dot_hazards)")
     parser.add_argument("--dump", metavar="DIR", help="also write each compiled kernel's TTGIR and SASS to DIR (one "
                         "file pair a kernel and config, named by its row's order), to diff two versions of a kernel")
     args = parser.parse_args()

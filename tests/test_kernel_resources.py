@@ -100,6 +100,28 @@ def test_async_dot_hazards_name_a_one_slot_buffer_refilled_under_a_running_wgmma
     assert hazards(_LOOP.replace("{SLOTS}", "1").replace("{WAIT}", waited)) == []
 
 
+# The same loop with the dot's left operand in registers (an "RS" wgmma), loaded from its slot at the loop top.
+_REGISTER_LOOP = """
+    %r:2 = scf.for %i = %c0 to %c2 step %c1 iter_args(%acc = %z, %ra = %c0) -> (tensor<64x32xf32, #mma>, i32)  : i32 {
+      %va = ttg.memdesc_index %a[%ra] : !ttg.memdesc<2x64x64xbf16> -> !ttg.memdesc<64x64xbf16>
+      %ra_regs = ttg.local_load %va : !ttg.memdesc<64x64xbf16> -> tensor<64x64xbf16, #ttg.dot_op<{opIdx = 0}>>
+      %d = ttng.warp_group_dot %ra_regs, %vt, %acc {inputPrecision = 0 : i32, isAsync = true} : tensor<64x64xbf16, #ttg.dot_op<{opIdx = 0}>> * !ttg.memdesc<64x32xbf16> -> tensor<64x32xf32, #mma>
+      {WAIT}
+      scf.yield %d, %ra2 : tensor<64x32xf32, #mma>, i32
+    }
+"""
+
+
+def test_async_dot_hazards_name_register_operands_redefined_under_a_running_wgmma():
+    hazards = _hazards_module().async_dot_hazards
+    found = hazards(_REGISTER_LOOP.replace("{WAIT}", ""))
+    # the next iteration's local_load rewrites the registers the last iteration's dot may still read
+    assert len(found) == 1
+    assert found[0].startswith("%ra_regs (registers) redefined while read by: %d = ttng.warp_group_dot %ra_regs")
+    waited = "%x:1 = ttng.warp_group_dot_wait %d {pendings = 0 : i32} : tensor<64x32xf32, #mma>"
+    assert hazards(_REGISTER_LOOP.replace("{WAIT}", waited)) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", ["16,2048,16,128", "1,128,2,128"])
 def test_no_kernel_refills_a_shared_slot_under_a_running_wgmma(shape):
