@@ -23,8 +23,8 @@ def async_dot_hazards(ttgir: str) -> list[str]:
     on the H200 (2026-12-04). Also a dot whose left operand is in registers, still pending when the next iteration
     redefines that operand (PTX leaves touching a pending wgmma's A registers before its wgmma.wait_group undefined;
     Triton 3.6 adds such waits only to loops without a full wait, WGMMAPipeline.cpp: a variant of that kernel with its
-    state tiles as register operands reloaded them at the loop top under the last turn's HGMMAs, 2026-12-04). Returns one line per hazard (the alloc
-    or register operand, and the dot that reads it), empty when none."""
+    state tiles as register operands reloaded them at the loop top under the last turn's HGMMAs, 2026-12-04).
+    Returns one line per hazard (the alloc or register operand, and the dot that reads it), empty when none."""
     lines = [line.split(" loc(")[0] for line in ttgir.splitlines()]
     slots, view = {}, {}  # alloc -> its slot count; a view -> (its alloc, the slot index's SSA name or None)
     for line in lines:
