@@ -592,11 +592,12 @@ def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.
 # Until 2026-12-01 the loop gated each V-block's [BT, BK] products and took five row sums a turn (cross-warp
 # reductions through shared memory), with dq, dk, dkd and the fp32 q, k tiles live across it: 255 registers and
 # 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.
-# (4, 2) first, the H200 autotuner's pick (1.50 ms, against 1.74 at (4, 1) before the sum's own loop, B=16 T=2k H=16
-# K=V=128 bf16, 2026-12-04 12:46): two programs an SM. Until <S0, dS> + <R0, dR> moved to a loop of its own (below),
-# every 2- and 3-stage config here raced (dk and dg changed from run to run, docs/next/rdn-grad-determinism.py) and the
-# list was (4, 1), (8, 1); `scripts/kernel_resources.py --hazards` finds no such race at any of these configs now
-# (Triton 3.6 and 3.9, sm_90), and tests/test_kernel_resources.py keeps it so.
+# (4, 2) first, the H200 autotuner's pick (1.29 ms, B=16 T=2k H=16 K=V=128 bf16, 2026-12-04 15:27; 1.50 when
+# <S0, dS> + <R0, dR> had a second loop that re-read the state tiles from L2, 1.74 at (4, 1) before): two programs
+# an SM. Until the V loop's last dot was waited on before its slots' refill (the + 0.0 there), or the sum
+# had that loop of its own, every 2- and 3-stage config here raced (dk and dg changed from run to run,
+# docs/next/rdn-grad-determinism.py) and the list was (4, 1), (8, 1); `scripts/kernel_resources.py --hazards` finds
+# no such race at any of these configs now (Triton 3.6 and 3.9, sm_90), and tests/test_kernel_resources.py keeps it so.
 GRAD_LAUNCHES = ((4, 2), (8, 1), (4, 1), (8, 2), (4, 3), (8, 3), (8, 2, 128), (8, 3, 128))  # (warps, stages[, maxnreg])
 @autotune(configs=launch_configs(*GRAD_LAUNCHES),
           key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
@@ -631,6 +632,7 @@ def _rdn_bwd_grad_kernel(
     b_pkv_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dyv^T      -> dk, gate -beta exp(G)
     b_pkx_t = tl.zeros([BK, BT], dtype=tl.float32)  # S0 dX^T       -> dk, gate -exp(Gp)
     b_pkd_t = tl.zeros([BK, BT], dtype=tl.float32)  # dS U^T + dR W^T -> dk, gate exp(GL - G)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         # Every operand raw: the states and do, U, W, dyr, dX, dyv are in the input dtype (chunk.py
         # _Layout.tokens), so each dot is one exact-product half dot.
@@ -650,20 +652,14 @@ def _rdn_bwd_grad_kernel(
         b_pqs_t = tl.dot(b_s, tl.trans(b_do), b_pqs_t, input_precision=DOT_PREC)
         b_pkr_t = tl.dot(b_r, tl.trans(b_dyr), b_pkr_t, input_precision=DOT_PREC)
         b_pkv_t = tl.dot(b_s, tl.trans(b_dyv), b_pkv_t, input_precision=DOT_PREC)
-        b_pkx_t = tl.dot(b_s, tl.trans(b_dx), b_pkx_t, input_precision=DOT_PREC)
-
-    # <S0, dS> + <R0, dR> in a loop of its own, the state tiles read again (from L2): summed in the loop above, the
-    # tiles its dots read were also read as registers, and Triton (3.6 and 3.9) pipelined them at 2 stages into one
-    # shared slot, refilled for the next V-block while the asynchronous dots still read it (dk and dg changed from run
-    # to run on the H200, 2026-12-04; scripts/kernel_resources.py --hazards). Per K row and V-block, not a [BK, BV]
-    # tile held across a loop (32 registers a thread: the kernel's spills, 112 -> 0 bytes at (4, 2), Triton 3.9).
-    b_hdh = tl.zeros([BK], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_s = load_tile_raw(h_s + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-        b_r = load_tile_raw(h_r + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-        b_ds = load_tile_raw(h_ds + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-        b_dr = load_tile_raw(h_dr + h_off, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
-        b_hdh += tl.sum(b_ds * b_s + b_dr * b_r, axis=1)
+        # <S0, dS> + <R0, dR> from the same tiles. A load read both by a dot and as registers gets one shared slot
+        # at 2 stages (Triton 3.6 LowerLoops.cpp lowerLoads: the extra wgmma slot only for a load whose one use is
+        # the dot's local_alloc), refilled for the next V-block at the end of the body; the last dot's result read
+        # in the loop (the + 0.0, exact: a +0-started accumulator is never -0) makes it not "properly async"
+        # (WGMMAPipeline.cpp dotCanBeProperlyAsync, rule 2), so a warp_group_dot_wait {pendings = 0} follows it,
+        # before that refill: every dot reading the slots is done (scripts/kernel_resources.py --hazards).
+        b_hdh += tl.sum(b_ds.to(tl.float32) * b_s.to(tl.float32) + b_dr.to(tl.float32) * b_r.to(tl.float32), axis=1)
+        b_pkx_t = tl.dot(b_s, tl.trans(b_dx), b_pkx_t, input_precision=DOT_PREC) + 0.0
 
     # Gated and summed in the loop's [BK, BT] orientation (a token's gate scales a column, its row sum is a column
     # sum): no layout change of the six accumulators.
