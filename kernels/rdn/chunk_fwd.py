@@ -259,19 +259,21 @@ def _rdn_out_kernel(
     h_off = (state_row(i_c, i_nh, T, H, BT, IS_VARLEN) * H + i_h) * K * V
     b_G, _, _ = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-    # q, k and the states raw: the states come in the input dtype (chunk.py chunk_states), so q.S is one half
-    # dot and no fp32 [BT, K] or [K, BV] copy is live.
+    # q, k, the states, U and W raw: all come in the input dtype (chunk.py chunk_states, _Layout.tokens), so q.S
+    # is one half dot and no fp32 [BT, K] or [K, BV] copy is live. Mq U and Mqi W are half dots too, Mq rounded to
+    # the input dtype (2^-9 for bf16) as fla's chunk output rounds its intra-chunk matrix: at tf32 with fp32 U, W
+    # they took U, W's shared tiles at twice the bytes and the tensor cores at half rate.
     b_q = load_tile_raw(q + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
     b_k = load_tile_raw(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-    b_u = load_tile(u + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    b_w = load_tile(w + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_u = load_tile_raw(u + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_w = load_tile_raw(w + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     b_s = load_tile_raw(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_r = load_tile_raw(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     b_mqi = mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC)
     b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
     b_eG = tl.exp(b_G)[:, None]
-    b_sq = b_eG * dot_split(b_q, b_s, DOT_PREC) + tl.dot(b_mq, b_u, input_precision=DOT_PREC)
-    b_rq = b_eG * dot_split(b_q, b_r, DOT_PREC) + tl.dot(b_mqi, b_w, input_precision=DOT_PREC)
+    b_sq = b_eG * dot_split(b_q, b_s, DOT_PREC) + dot_cast(b_mq, b_u, DOT_PREC)
+    b_rq = b_eG * dot_split(b_q, b_r, DOT_PREC) + dot_cast(b_mqi, b_w, DOT_PREC)
     b_o = scale * (b_sq + b_gamma[:, None] * b_rq)
     store_tile(o + (bos * H + i_h) * V, b_o, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
