@@ -594,10 +594,10 @@ def _store_tile_t(base, value_t, row0, n_rows, row_stride, col0, n_cols, BR: tl.
 # 24-32 stack bytes at four warps, 2.39-2.57 ms at B=16 T=2k H=16 K=V=128 bf16 (H200); in git history.
 # (4, 2) first, the H200 autotuner's pick (1.29 ms, B=16 T=2k H=16 K=V=128 bf16, 2026-12-04 15:27; 1.50 when
 # <S0, dS> + <R0, dR> had a second loop that re-read the state tiles from L2, 1.74 at (4, 1) before): two programs
-# an SM. Until the V loop's last dot was waited on before its slots' refill (the + 0.0 there), or the sum
-# had that loop of its own, every 2- and 3-stage config here raced (dk and dg changed from run to run,
-# docs/next/rdn-grad-determinism.py) and the list was (4, 1), (8, 1); `scripts/kernel_resources.py --hazards` finds
-# no such race at any of these configs now (Triton 3.6 and 3.9, sm_90), and tests/test_kernel_resources.py keeps it so.
+# an SM. Before the sum read the V loop's tiles behind a wait on its last dot (the + 0.0 there), or had a loop of
+# its own, every 2- and 3-stage config here raced (dk and dg changed from run to run, docs/next/rdn-grad-determinism.py)
+# and the list was (4, 1), (8, 1); `scripts/kernel_resources.py --hazards` finds no such race at any of these configs
+# now (Triton 3.6 and 3.9, sm_90), and tests/test_kernel_resources.py keeps it so.
 GRAD_LAUNCHES = ((4, 2), (8, 1), (4, 1), (8, 2), (4, 3), (8, 3), (8, 2, 128), (8, 3, 128))  # (warps, stages[, maxnreg])
 @autotune(configs=launch_configs(*GRAD_LAUNCHES),
           key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC"])
