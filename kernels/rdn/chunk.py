@@ -318,8 +318,8 @@ class _Layout:
         K = 128 cases): 2.9e-3 against 2.1e-3 with fp32 ones."""
         return q.new_empty(self.n_chunks if rows is None else rows, self.H, self.K, self.V, dtype=q.dtype)
 
-    def per_token(self, q, width):
-        return q.new_empty(self.B, self.T, self.H, width, dtype=torch.float32)
+    def per_token(self, q, width, dtype=torch.float32):
+        return q.new_empty(self.B, self.T, self.H, width, dtype=dtype)
 
     def tokens(self, q):
         """A [B, T, H, V] tensor that one kernel hands to the next (the walks' U, W, X; the reverse walk's dyr, dX,
@@ -372,10 +372,11 @@ def _wy(L: _Layout, k, g, beta, gamma, out=None):
 
 
 def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
-    """The reverse walks' chunk operators (chunk_bwd.py): Kb, Kc [B, T, H, K] in k's dtype (_rdn_bwd_prep_k_kernel)
-    and Pb, Qb, Pc [B, T, H, BT] fp32 (_rdn_bwd_prep_p_kernel)."""
+    """The reverse walks' chunk operators (chunk_bwd.py): Kb, Kc [B, T, H, K] (_rdn_bwd_prep_k_kernel) and Pb, Qb,
+    Pc [B, T, H, BT] (_rdn_bwd_prep_p_kernel), all in k's dtype: the walks take them in half dots, as fla's backward
+    takes its intra-chunk matrices (made at ~fp32, rounded once where stored)."""
     k_b, k_c = torch.empty_like(k), torch.empty_like(k)
-    p_b, q_b, p_c = (L.per_token(k, L.BT) for _ in range(3))
+    p_b, q_b, p_c = (L.per_token(k, L.BT, k.dtype) for _ in range(3))
     if L.n_chunks:
         BKP = triton_utils.knob_width("PREP_BK", PREP_BK, PREP_BK, L.K)  # min(PREP_BK, L.BK), validated
         _rdn_bwd_prep_k_kernel[(L.chunk_grid[0], triton.cdiv(L.K, BKP), L.chunk_grid[1])](

@@ -61,7 +61,8 @@ def _rho_grad(x, res, clip, RESIDUAL: tl.constexpr):
 #     dyr = Kc dR + Pc drq,                Kc = T_gamma^T diag(dL) K,  Pc = T_gamma^T Mqi^T
 #     dyv = Kb dS + Pb dsq - Qb dX,        Kb = T_beta^T diag(dL) K,   Pb = T_beta^T Mq^T,  Qb = T_beta^T Mk^T
 # Kc and Kb ([BT, K] a chunk) are stored in k's dtype, the walks' dots with them round the state adjoint to it as
-# fla's bwd_dhu rounds dh (one half dot, 2^-9); Pc, Pb, Qb ([BT, BT]) in fp32, made at ~fp32 (tf32x3).
+# fla's bwd_dhu rounds dh (one half dot, 2^-9); Pc, Pb, Qb ([BT, BT]) are made at ~fp32 (tf32x3) and stored in k's
+# dtype too, so that the walks' dots with them are half dots (Pb do and Qb dX exact products; Pc drq rounds drq).
 # Two kernels, each with its own autotuner: one kernel with a branch for each (until 2026-12-01) compiled every
 # program with the [BT, BT] branch's registers (188 at 2 warps), the K-block programs too, which need far fewer.
 # Separate kernels (not one specialised by a constexpr) so that each has its own config list and its own profile row.
@@ -193,10 +194,10 @@ def _walk_r(
         b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
         b_kc = load_tile_raw(k_c + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_pc = load_tile(p_c + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_pc = load_tile_raw(p_c + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_drq = b_gamma[:, None] * (scale * b_do)
-        b_dyr = dot_cast(b_kc, b_dr, DOT_PREC) + tl.dot(b_pc, b_drq, input_precision=DOT_PREC)
+        b_dyr = dot_cast(b_kc, b_dr, DOT_PREC) + dot_cast(b_pc, b_drq, DOT_PREC)
         b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_eG = tl.exp(b_G)[:, None]
@@ -243,22 +244,26 @@ def _walk_s(
         # 0.65 ms at B=16 T=2k H=16 K=V=128 bf16 (H200, 2026-12-02). Trailed, Pb and Qb load before the wait, as
         # before: that order there took the one-launch walks at B=1 T=32k from 3.89 to 4.94 ms.
         b_kb = load_tile_raw(k_b + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
-        b_dsq = scale * load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        # Pb (scale do) as scale (Pb do) and Qb dX: raw half operands, exact products (do, dX and the operators are
+        # stored in the input dtype), where fp32 copies took tf32 dots at half rate and twice the registers.
+        b_do = load_tile_raw(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         if TRAILED:
-            b_pb = load_tile(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-            b_qb = load_tile(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_pb = load_tile_raw(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_qb = load_tile_raw(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
             seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
             while seen <= i_loop:
                 seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
             tl.debug_barrier()  # every thread's dX loads after the acquire
-        b_dx = load_tile(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dx = load_tile_raw(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dyv = dot_cast(b_kb, b_ds, DOT_PREC)
         if not TRAILED:
-            b_pb = load_tile(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_dyv += tl.dot(b_pb, b_dsq, input_precision=DOT_PREC)
+            b_pb = load_tile_raw(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dyv += scale * tl.dot(b_pb, b_do, input_precision=DOT_PREC)
         if not TRAILED:
-            b_qb = load_tile(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_qb = load_tile_raw(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_dyv -= tl.dot(b_qb, b_dx, input_precision=DOT_PREC)
+        b_dsq = scale * b_do.to(tl.float32)
+        b_dx = b_dx.to(tl.float32)
         b_eG = tl.exp(b_G)[:, None]
         b_ds = tl.exp(b_GL) * b_ds
         b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
@@ -301,9 +306,9 @@ def _walk_r_t(
         b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)[None, :]
         b_kct = load_tile_t_raw(k_c + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)  # Kc^T [K, BT]
-        b_pct = load_tile_t(p_c + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_pct = load_tile_t_raw(p_c + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_drqt = b_gamma * (scale * load_tile_t(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV))
-        b_dyrt = dot_cast(b_drt, b_kct, DOT_PREC) + tl.dot(b_drqt, b_pct, input_precision=DOT_PREC)
+        b_dyrt = dot_cast(b_drt, b_kct, DOT_PREC) + dot_cast(b_drqt, b_pct, DOT_PREC)
         b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_eG = tl.exp(b_G)[None, :]
@@ -343,22 +348,24 @@ def _walk_s_t(
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)[None, :]
         b_kbt = load_tile_t_raw(k_b + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)  # Kb^T [K, BT]
-        b_dsqt = scale * load_tile_t(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dot = load_tile_t_raw(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         if TRAILED:
-            b_pbt = load_tile_t(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-            b_qbt = load_tile_t(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_pbt = load_tile_t_raw(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_qbt = load_tile_t_raw(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
             seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
             while seen <= i_loop:
                 seen = tl.atomic_add(done, 0, sem="acquire", scope="gpu")
             tl.debug_barrier()  # every thread's dX loads after the acquire
-        b_dxt = load_tile_t(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_dxt = load_tile_t_raw(dxc + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dyvt = dot_cast(b_dst, b_kbt, DOT_PREC)
         if not TRAILED:
-            b_pbt = load_tile_t(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_dyvt += tl.dot(b_dsqt, b_pbt, input_precision=DOT_PREC)
+            b_pbt = load_tile_t_raw(p_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        b_dyvt += scale * tl.dot(b_dot, b_pbt, input_precision=DOT_PREC)
         if not TRAILED:
-            b_qbt = load_tile_t(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_qbt = load_tile_t_raw(q_b + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_dyvt -= tl.dot(b_dxt, b_qbt, input_precision=DOT_PREC)
+        b_dsqt = scale * b_dot.to(tl.float32)
+        b_dxt = b_dxt.to(tl.float32)
         b_eG = tl.exp(b_G)[None, :]
         b_dst = tl.exp(b_GL) * b_dst
         b_q = load_tile_raw(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)

@@ -1103,9 +1103,9 @@ def operators_reference(q, k, g, t_beta, t_gamma, m_k, BT, cu_seqlens=None):
 def test_walk_operators_match_float64_definitions(monkeypatch, dtype):
     """The two prep kernels' Kb, Kc (K-block programs) and Pb, Qb, Pc (a program a chunk) against their definitions in
     float64, from random T_beta, T_gamma and Mk: K = 48 in 32-wide K-blocks (the second one half empty), a partial
-    tail, and packed sequences (one shorter than a chunk, one crossing the batch rows' boundary). Kb and Kc are
-    stored in k's dtype (bf16: 3.3e-3 here, as the interpreter truncates to bf16), Pb, Qb, Pc in fp32 at ~fp32 (~1e-7
-    either way); swapped T_beta and T_gamma would be off by ~1.4."""
+    tail, and packed sequences (one shorter than a chunk, one crossing the batch rows' boundary). All five are made at
+    ~fp32 and stored in k's dtype (bf16: ~3e-3 here, as the interpreter truncates to bf16; fp32: ~1e-7); swapped
+    T_beta and T_gamma would be off by ~1.4."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "PREP_BK", 32)
     gen = torch.Generator().manual_seed(2)
@@ -1113,15 +1113,14 @@ def test_walk_operators_match_float64_definitions(monkeypatch, dtype):
     q, k = (F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1).to(dtype) for _ in range(2))
     g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 3.0).to(dtype)
     mats = torch.randn(3, B, T, H, BT, generator=gen)
-    tols = (1e-2 if dtype == torch.bfloat16 else 1e-5,) * 2 + (1e-5,) * 3
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
     for cu in (None, torch.tensor([0, 5, 6, 29, 2 * T - 3], dtype=torch.int32)):
         qq, kk, gg, *tt = ((x.reshape(1, B * T, *x.shape[2:])[:, :2 * T - 3].contiguous() if cu is not None else x)
                            for x in (q, k, g, *mats))
         L = chunk._Layout(qq, kk, kk, gg, gg, gg, 1.0, "clip", None, None, cu, BT)
         got = chunk._walk_operators(L, qq, kk, gg, *tt)
-        assert got[0].dtype == got[1].dtype == dtype and all(x.dtype == torch.float32 for x in got[2:])
-        for name, x, r, tol in zip(("Kb", "Kc", "Pb", "Qb", "Pc"), got, operators_reference(qq, kk, gg, *tt, BT, cu),
-                                   tols):
+        assert all(x.dtype == dtype for x in got)
+        for name, x, r in zip(("Kb", "Kc", "Pb", "Qb", "Pc"), got, operators_reference(qq, kk, gg, *tt, BT, cu)):
             assert rel_err(x, r) < tol, (name, cu is not None, rel_err(x, r))
 
 
