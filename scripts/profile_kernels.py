@@ -2,7 +2,7 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--fwd-chunks 64,128] [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128]
-        [--knob NAME=V1,V2 ...] [--keep-walk] [--wall] [--api] [--packed [equal]]
+        [--knob NAME=V1,V2 ...] [--infer] [--keep-walk] [--wall] [--api] [--packed [equal]]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -114,6 +114,8 @@ def main():
     parser.add_argument("--keep-walk", action="store_true", help="also profile the forward and backward with the "
                         "walk kept (recompute_states=False: keep_walk; RDN's backward takes h_s, h_r, U, W, X, "
                         "RLA's h_S, h_R, r)")
+    parser.add_argument("--infer", action="store_true", help="also profile the forward as inference runs it (no "
+                        "autograd: the API keeps nothing for a backward, RDN's walk stores no X)")
     parser.add_argument("--wall", action="store_true", help="also time each pass as a whole (do_bench median)")
     parser.add_argument("--api", action="store_true", help="also profile fwd+bwd through the public op with autograd "
                         "(rla_kernels.api: the kernels and the op's own tensor work)")
@@ -180,6 +182,9 @@ def main():
                     passes.append(((f"bwd (chunk {c})" if args.bwd_chunks != "64" else "bwd") + tag, setting(
                         lambda c=c: bwd(*x, None, 1.0, "clip", None, None, cu, do, None, None, chunk_size=c,
                                         **saved))))
+                if args.infer:
+                    passes.append((f"fwd (inference){tag}", setting(
+                        lambda: fwd(*x, None, 1.0, "clip", None, None, cu))))
                 if args.keep_walk:
                     # the walk comes last, after RDN's chunk matrices (chunk_{op}_fwd)
                     kept = fwd(*x, None, 1.0, "clip", None, None, cu, keep_walk=True, **save)

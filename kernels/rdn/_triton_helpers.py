@@ -233,8 +233,14 @@ def dot_at(a, b, PREC: tl.constexpr, HALF: tl.constexpr):
     onto them; lo.lo, ~2^-32, left out). About 2^-16 relative, as the walks' split state dots (dot_split), for three
     half dots where tf32x3 issues three tf32 ones (on sm_90's mma.sync a tf32 dot takes twice a half dot's
     instructions). Each product of two half values is exact in fp32, so under the interpreter (whose half dots are
-    wrong) the split tiles are dotted as fp32 with the same result."""
-    if PREC == "half3":
+    wrong) the split tiles are dotted as fp32 with the same result. "half": both operands rounded to HALF (2^-9 each
+    for bf16) and one half dot, as fla's walks take their chunk matrices."""
+    if PREC == "half":
+        a_h, b_h = a.to(HALF), b.to(HALF)
+        if _CAST_RAW:
+            a_h, b_h = a_h.to(tl.float32), b_h.to(tl.float32)
+        out = tl.dot(a_h, b_h, input_precision="tf32")
+    elif PREC == "half3":
         a_hi, a_lo = _split_half(a, HALF)
         b_hi, b_lo = _split_half(b, HALF)
         if _CAST_RAW:

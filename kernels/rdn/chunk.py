@@ -85,6 +85,17 @@ X_TF32X3 = 1
 # profile_kernels.py --knob X_HALF3=0,1): the precise walk 1.84 -> 1.60 ms at B=16 T=2k, 3.50 -> 3.31 at B=1 T=32k;
 # gpu_check_rdn.py --all --set X_HALF3=1: every case ok, bf16 <= 4.3e-3 (dv 3.3e-3, as at 0).
 X_HALF3 = 1
+# 1: where X is not stored (a forward without autograd: inference, whose X feeds o only through the continuous rho;
+# with autograd the API's forward stores X at ~fp32 for the clip's mask, keep_tokens), the walk's three chunk-matrix
+# dots (T_beta's U, Mk's X, T_gamma's W) take both operands rounded to the input dtype, one half dot each (dot_at
+# "half"), as fla's walks take their w and u; 0: at tf32 (fp32 operands: the tensor cores at half rate, twice the
+# k-steps on the chain). Half inputs only. Measured (H=16 K=V=128 bf16, H200, Triton 3.6, 2026-12-04 18:14,
+# profile_kernels.py --infer): the inference walk 0.994 -> 0.898 ms at B=16 T=2k, 2.724 -> 2.577 at B=1 T=32k (T_beta
+# and Mk alone: 0.918, 2.642). gpu_check_rdn.py --case bf16 at 1: o and the states as at 0 (bf16 o 2.8e-3 against
+# float64). T_gamma's dot half in training's walk too (X stored) gained nothing: 1.285 -> 1.272 at 2k, 3.326 -> 3.355
+# at 32k. The price: an inference o is no longer within one rounding step of training's forward (the same inputs give
+# o apart by a few bf16 steps; test_inference_forward_rounds_its_chunk_matrices).
+INFER_HALF = 1
 # Warps of the walks (no autotuner: chunk_fwd.py says why). Stack (spill) bytes a thread by ptxas (sm_90, K = 128,
 # bf16; scripts/kernel_resources.py) for the forward walk / its rerun in the backward / the reverse walk (the single
 # one of 2026-11-30, since split in two: chunk_bwd.py has the split walks' numbers): 424 /
@@ -406,6 +417,9 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
     exact = "half3" if X_HALF3 and k.dtype == torch.bfloat16 and L.BT <= 32 else "tf32x3"
     u_prec = exact if precise and X_TF32X3 in (1, 2) else L.dot_prec
     x_prec = exact if precise and X_TF32X3 == 1 else L.dot_prec
+    w_prec = L.dot_prec
+    if INFER_HALF and not store_x and k.dtype != torch.float32:
+        u_prec = x_prec = w_prec = "half"
     BV = L.width("WALK_BV", L.walk_BV)
     # Transposed where the walk runs its full width (WALK_T has the times); that kernel's k is always raw.
     if WALK_T and L.BT <= 32 and BV == L.BV:
@@ -417,7 +431,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         h_s, h_r, u, w, x, S_T, R_T,
         L.cu_seqlens, offsets, L.clip, *L.x_sides, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec, W_PREC=w_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x,
         NUDGE_X=store_x and L.residual_code == _RESIDUAL_CLIP and k.dtype != torch.float32, IS_VARLEN=L.varlen,
         SPLIT_S=store_x, STATE_EVERY=every, num_stages=WALK_STAGES, **launch,

@@ -76,13 +76,15 @@ def _rdn_walk_kernel(
     cu_seqlens, chunk_offsets, clip, x_inside, x_outside, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, U_PREC: tl.constexpr, X_PREC: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    U_PREC: tl.constexpr, X_PREC: tl.constexpr, W_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr, NUDGE_X: tl.constexpr,
     IS_VARLEN: tl.constexpr, RAW_K: tl.constexpr, SPLIT_S: tl.constexpr, STATE_EVERY: tl.constexpr,
 ):
     """U and W for the output kernel and the backward's gradients, X with STORE_X for the backward. U_PREC: the
     precision of T_beta's dot (U, which S's update carries on); X_PREC: of Mk's (X) and of k.S too without RAW_K;
-    either may be "half3" (_triton_helpers.dot_at: three half dots of split operands, ~2^-16; with RAW_K only).
+    W_PREC: of T_gamma's (W); each may be "half3" (_triton_helpers.dot_at: three half dots of split operands, ~2^-16;
+    U_PREC and X_PREC with RAW_K only) or "half" (both operands rounded, one half dot: chunk.INFER_HALF).
     SPLIT_S (with RAW_K): S's two dots with raw k split the state (dot_split, ~2^-16) instead of rounding it to k's
     dtype (dot_cast, 2^-9). The backward asks for both, tf32x3 and split (about fp32), because the clip's gradient
     jumps where |X| crosses c, and its mask comes from the X stored here. R never reaches X: its dots always round
@@ -90,6 +92,7 @@ def _rdn_walk_kernel(
     readers); NUDGE_X (the clip, half inputs): an X whose rounding would cross c is stored as the input dtype's value
     next to c on its own side (``x_inside`` <= c < ``x_outside``, with X's sign), so that the mask read back from the
     stored X is the fp32 X's."""
+    KS_PREC: tl.constexpr = DOT_PREC if X_PREC == "half" else X_PREC  # k.S's dot: "half" is for the matrices
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
@@ -133,12 +136,12 @@ def _rdn_walk_kernel(
         elif SPLIT_S:
             b_ks = dot_split(b_k, b_s, X_PREC)
         else:
-            b_ks = dot_cast(b_k, b_s, X_PREC)
+            b_ks = dot_cast(b_k, b_s, KS_PREC)
         b_kr = dot_cast(b_k, b_r, DOT_PREC)
         b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_u = dot_at(b_tb, b_beta[:, None] * (b_v - b_eG * b_ks), U_PREC, k.dtype.element_ty)
         b_x = b_v - (tl.exp(b_Gp)[:, None] * b_ks + dot_at(b_mk, b_u, X_PREC, k.dtype.element_ty))
-        b_w = tl.dot(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), input_precision=DOT_PREC)
+        b_w = dot_at(b_tc, b_gamma[:, None] * (_rho(b_x, clip, RESIDUAL) - b_eG * b_kr), W_PREC, k.dtype.element_ty)
 
         store_tile(u_out + tok_v, b_u, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(w_out + tok_v, b_w, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
@@ -168,7 +171,8 @@ def _rdn_walk_t_kernel(
     cu_seqlens, chunk_offsets, clip, x_inside, x_outside, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, U_PREC: tl.constexpr, X_PREC: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    U_PREC: tl.constexpr, X_PREC: tl.constexpr, W_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr, NUDGE_X: tl.constexpr,
     IS_VARLEN: tl.constexpr, SPLIT_S: tl.constexpr, STATE_EVERY: tl.constexpr,
 ):
@@ -179,6 +183,7 @@ def _rdn_walk_t_kernel(
     through shared memory, so the chain U -> X -> W never leaves registers (at 32 wide the dots are still mma.sync:
     Hopper's wgmma takes 64 rows or more a warpgroup, and 64 wide was slower; chunk.WALK_T has the times). Same
     math, dot for dot, as _rdn_walk_kernel (its docstring has the precisions); the per-token gates scale columns."""
+    KS_PREC: tl.constexpr = DOT_PREC if X_PREC == "half" else X_PREC  # k.S's dot: "half" is for the matrices
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
@@ -214,13 +219,13 @@ def _rdn_walk_t_kernel(
         elif SPLIT_S:
             b_kst = dot_split(b_st, b_kt, X_PREC)
         else:
-            b_kst = dot_cast(b_st, b_kt, X_PREC)
+            b_kst = dot_cast(b_st, b_kt, KS_PREC)
         b_krt = dot_cast(b_rt, b_kt, DOT_PREC)
         b_vt = load_tile_t(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_ut = dot_at(b_beta[None, :] * (b_vt - b_eG * b_kst), b_tbt, U_PREC, k.dtype.element_ty)
         b_xt = b_vt - (tl.exp(b_Gp)[None, :] * b_kst + dot_at(b_ut, b_mkt, X_PREC, k.dtype.element_ty))
-        b_wt = tl.dot(b_gamma[None, :] * (_rho(b_xt, clip, RESIDUAL) - b_eG * b_krt), b_tct,
-                      input_precision=DOT_PREC)
+        b_wt = dot_at(b_gamma[None, :] * (_rho(b_xt, clip, RESIDUAL) - b_eG * b_krt), b_tct, W_PREC,
+                      k.dtype.element_ty)
 
         store_tile_t(u_out + tok_v, b_ut, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile_t(w_out + tok_v, b_wt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
@@ -274,7 +279,7 @@ def _rdn_out_kernel(
     b_mqi = mqi_tile(b_q, b_k, b_G, o_t, DOT_PREC)
     b_mq = tl.where(o_t[:, None] > o_t[None, :], b_mqi, 0.0)
     b_eG = tl.exp(b_G)[:, None]
-    b_sq = b_eG * dot_split(b_q, b_s, DOT_PREC) + dot_cast(b_mq, b_u, DOT_PREC)
-    b_rq = b_eG * dot_split(b_q, b_r, DOT_PREC) + dot_cast(b_mqi, b_w, DOT_PREC)
+    b_sq = b_eG * tl.dot(b_q, b_s, input_precision=DOT_PREC) + dot_cast(b_mq, b_u, DOT_PREC)
+    b_rq = b_eG * tl.dot(b_q, b_r, input_precision=DOT_PREC) + dot_cast(b_mqi, b_w, DOT_PREC)
     b_o = scale * (b_sq + b_gamma[:, None] * b_rq)
     store_tile(o + (bos * H + i_h) * V, b_o, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)

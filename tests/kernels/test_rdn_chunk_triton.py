@@ -557,15 +557,16 @@ def assert_rounded_apart_at_most(x, ref):
 @pytest.mark.parametrize("case", KEPT_CASES)
 def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     """chunk_rdn_fwd(keep_walk=True) hands h_s, h_r, U, W, X to chunk_rdn_bwd(walk=), which then launches no walk of
-    the forward: the forward's outputs and the gradients equal the default path's, and the oracle's (kept_case's
-    cases)."""
+    the forward: the forward's outputs equal those of training's default forward (keep_tokens: the same walk, X
+    stored), the gradients the default path's, and the oracle's (kept_case's cases)."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     inputs, S0, R0, cu, tol = kept_case(case)
     o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_walk=True)
     assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], inputs[2].shape[-1], cu))
     # all in the input dtype (X keeping its side of the clip: test_stored_x_keeps_its_side_of_the_clip)
     assert [t.dtype for t in walk] == [inputs[0].dtype] * 5
-    o_ref, S_ref, R_ref, wy_ref = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True)
+    o_ref, S_ref, R_ref, wy_ref, _ = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True,
+                                                   keep_tokens=True)
     for x, ref in ((o, o_ref), (S, S_ref), (R, R_ref), (wy, wy_ref)):
         if x.dtype in (torch.bfloat16, torch.float16):
             assert_rounded_apart_at_most(x, ref)
@@ -592,6 +593,32 @@ def test_backward_takes_the_kept_forward_walk(case, monkeypatch):
     reused = check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, final_grads=S0 is not None, wy=wy,
                             walk=walk)
     assert reused == pytest.approx(recomputed, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("case", ["no_states_bf16", "fp16", "varlen"])
+def test_inference_forward_rounds_its_chunk_matrices(case, monkeypatch):
+    """A forward that stores no X (inference: no backward will read the clip's mask) takes the walk's T_beta, Mk and
+    T_gamma dots with both operands in the input dtype (chunk.INFER_HALF, half inputs; fla's walks round their w and
+    u alike); training's forward (X stored) keeps them at ~fp32. Both meet the oracle's bound; they differ by the
+    operands' roundings (a few steps of the dtype, ~1e-3 of the states for bf16), and without the knob by at most
+    one rounding of o and the states to training's ~fp32; fp32 inputs are never rounded."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    inputs, S0, R0, cu, tol = kept_case(case)
+    training = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, keep_tokens=True)[:3]
+    inference = check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol)
+    o, S, R = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
+    step = 2 ** -8 if inputs[0].dtype == torch.bfloat16 else 2 ** -10
+    near = 1e-4 if inputs[0].dtype == torch.bfloat16 else 1e-5  # tf32 against training's ~fp32 (bf16: X_HALF3's)
+    if inputs[0].dtype == torch.float32:
+        assert torch.equal(S, training[1]) and torch.equal(R, training[2])
+    else:  # farther apart than tf32 dots would be, within a step
+        assert near < rel_err(S, training[1]) < step and near < rel_err(R, training[2]) < step
+        assert rel_err(o, training[0]) < 4 * step
+    assert inference["o"] < tol
+    monkeypatch.setattr(chunk, "INFER_HALF", 0)
+    o, S, R = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
+    assert_rounded_apart_at_most(o, training[0])
+    assert rel_err(S, training[1]) < near and rel_err(R, training[2]) < near
 
 
 @pytest.mark.parametrize("case", KEPT_CASES)
