@@ -65,6 +65,12 @@ def rdn(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     segments (the default forward's is, at batch 1 and long T, without autograd). Ignored where nothing is kept:
     without autograd, by the torch and naive backends, and by decode. ``rla`` takes the same argument (it keeps its
     chunk states and residuals).
+
+    Precision without autograd (Triton, bf16/fp16): no backward will read the clip's mask, so the forward's walk
+    rounds its chunk matrices' operands to q's dtype, as fla's walks do (``rdn.chunk.INFER_HALF``; 10% faster walk).
+    A no-grad forward's output can then differ from a grad-enabled forward's on the same inputs by a few steps of
+    q's dtype; both stay within the float64 oracle's bounds (bf16 o 2.8e-3 on an H200; BENCHMARKS.md, entry
+    "2026-12-04 18:12-18:53").
     """
     return _run("rdn", q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
                 cu_seqlens, use_qk_l2norm_in_kernel, backend, validate, not recompute_states)
