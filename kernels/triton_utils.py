@@ -4,7 +4,8 @@ Kept small and stable on purpose (other kernel modules import from it):
 
 - ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 (the CPU machine) there is no GPU to benchmark
   on, so the autotuner gets only its first config and never benchmarks; on a GPU it tunes over all
-  (unless RLA_KERNELS_FIXED_CONFIG=1). ``HALF_DOTS_IN_FP32``: the interpreter's bf16 dots are wrong.
+  (unless RLA_KERNELS_FIXED_CONFIG=1). ``HALF_DOTS_IN_FP32``: the interpreter's bf16 dots are wrong;
+  ``interpreter_rounds_bf16_to_nearest``: its fp32 -> bf16 conversion truncates, unless patched.
 - ``load_tile`` / ``load_tile_t`` / ``store_tile`` / ``exp_where``: masked tile access (``load_tile_t``
   transposed) and safe causal decays in kernels.
 - ``chunk_of_pair``: the heads-first renumbering of chunk-parallel programs (both ops' ``CHUNK_ORDER``).
@@ -37,6 +38,29 @@ FIXED_CONFIG = INTERPRET or os.environ.get("RLA_KERNELS_FIXED_CONFIG") == "1"
 # are right): under it, the kernels cast half dot operands to fp32 first (the same products: a half value is
 # exact in fp32).
 HALF_DOTS_IN_FP32 = INTERPRET
+
+
+def interpreter_rounds_bf16_to_nearest():
+    """Make Triton's interpreter convert fp32 to bf16 (``.to()``, stores) by rounding to nearest even, as the GPU
+    does: it truncates (its ``_convert_float`` without a rounding mode), an error one-sided and twice the GPU's, so
+    bf16 errors on the CPU ran 2-3x the GPU's (2026-12-04). For the CPU test suite (tests/conftest.py) and
+    ``gpu_check_rla.py --smoke --gpu-dots``; tests/kernels/test_interpreter_rounding.py checks that it took. Patches
+    the interpreter module whether or not it is in use (a no-op the second time)."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    convert = interpreter._convert_float
+    if getattr(convert, "rounds_bf16_to_nearest", False):
+        return
+
+    def convert_rounding_bf16(input, input_dtype, output_dtype, rounding_mode):
+        if input_dtype == tl.float32 and output_dtype == tl.bfloat16:
+            values = torch.from_numpy(np.array(input, dtype=np.float32))  # a copy, in its shape (0-d too)
+            return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        return convert(input, input_dtype, output_dtype, rounding_mode)
+
+    convert_rounding_bf16.rounds_bf16_to_nearest = True
+    interpreter._convert_float = convert_rounding_bf16
 
 
 def autotune(configs: list, key: list, **kwargs):

@@ -65,10 +65,11 @@ def emulate_gpu_half_dots():
     of the kernels' interpreter fallback (HALF_DOTS_IN_FP32: every half dot operand cast to fp32, so the
     kernels' roundings to the input dtype before a dot vanish on the CPU). Triton's interpreter multiplies bf16
     dot operands as raw uint16 bit patterns: its create_dot is patched to convert them to fp32 first, and its
-    fp32 -> bf16 casts truncate: patched to round to nearest even, as the GPU does."""
+    fp32 -> bf16 casts truncate: made to round to nearest even, as the GPU does (triton_utils)."""
     import numpy as np
     import triton.language as tl
     from triton.runtime import interpreter as interp
+    from rla_kernels import triton_utils
     from rla_kernels.rla import chunk
 
     orig = interp.InterpreterBuilder.create_dot
@@ -83,20 +84,8 @@ def emulate_gpu_half_dots():
             return interp.TensorHandle(np.matmul(as_fp32(a), as_fp32(b), dtype=d.data.dtype) + d.data, d.dtype.scalar)
         return orig(self, a, b, d, input_precision, max_num_imprecise_acc)
 
-    # fp32 -> bf16 casts (.to(), stores) round to nearest even on the GPU; Triton 3.9's interpreter truncates them
-    # (round toward zero: twice the error, one-signed), which made bf16 rows of this emulation ~2-3x the GPU's.
-    orig_cast = interp.InterpreterBuilder.cast_impl
-
-    def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            f = np.asarray(src.data, dtype=np.float32)
-            u = f.view(np.uint32).astype(np.uint64)
-            hi = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-            return interp.TensorHandle(np.where(np.isnan(f), np.uint16(0x7FC0), hi), tl.bfloat16)
-        return orig_cast(self, src, dst_type)
-
     interp.InterpreterBuilder.create_dot = create_dot
-    interp.InterpreterBuilder.cast_impl = cast_impl
+    triton_utils.interpreter_rounds_bf16_to_nearest()  # truncated, bf16 rows here were ~2-3x the GPU's
     chunk.HALF_DOTS_IN_FP32 = False
 # --smoke runs the script's own code on the CPU (under TRITON_INTERPRET=1, tiny shapes) before spending GPU time.
 DEVICE = "cpu" if "--smoke" in sys.argv else "cuda"

@@ -10,33 +10,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _round_bf16_to_nearest_even_in_interpreter():
-    """Triton's interpreter converts fp32 to bf16 by truncation (`_convert_float` without a rounding mode); the GPU
-    rounds to nearest even. Truncation's error is one-sided and twice the GPU's, so bf16 errors under the interpreter
-    ran 2-3x the GPU's and tests near their bound failed on the CPU alone (2026-12-04). Here the interpreter's
-    fp32 -> bf16 conversion rounds as torch and the GPU do; tests/kernels/test_interpreter_rounding.py checks that it took."""
-    try:
-        import numpy as np
-        import triton.language as tl
-        from triton.runtime import interpreter
-    except ImportError:  # no triton: the Triton tests are not collected either
-        return
-    convert = getattr(interpreter, "_convert_float", None)
-    if convert is None or getattr(convert, "rounds_bf16_to_nearest", False):
-        return
-
-    def convert_rounding_bf16(input, input_dtype, output_dtype, rounding_mode):
-        if input_dtype == tl.float32 and output_dtype == tl.bfloat16:
-            values = torch.from_numpy(np.array(input, dtype=np.float32))  # a copy, in its shape (0-d too)
-            return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-        return convert(input, input_dtype, output_dtype, rounding_mode)
-
-    convert_rounding_bf16.rounds_bf16_to_nearest = True
-    interpreter._convert_float = convert_rounding_bf16
-
-
 if os.environ.get("TRITON_INTERPRET") == "1":
-    _round_bf16_to_nearest_even_in_interpreter()
+    try:  # bf16 roundings as the GPU's, so that the kernel tests' bf16 bounds measure the kernels
+        from rla_kernels.triton_utils import interpreter_rounds_bf16_to_nearest
+    except ImportError:  # no triton: the Triton tests are not collected either
+        pass
+    else:
+        interpreter_rounds_bf16_to_nearest()
 
 
 def pytest_collection_modifyitems(config, items):

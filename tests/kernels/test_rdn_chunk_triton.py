@@ -1131,7 +1131,7 @@ def test_walk_operators_match_float64_definitions(monkeypatch, dtype):
     """The two prep kernels' Kb, Kc (K-block programs) and Pb, Qb, Pc (a program a chunk) against their definitions in
     float64, from random T_beta, T_gamma and Mk: K = 48 in 32-wide K-blocks (the second one half empty), a partial
     tail, and packed sequences (one shorter than a chunk, one crossing the batch rows' boundary). All five are made at
-    ~fp32 and stored in k's dtype (bf16: ~3e-3 here, as the interpreter truncates to bf16; fp32: ~1e-7); swapped
+    ~fp32 and stored in k's dtype (bf16: one rounding to it, a few 1e-3 here; fp32: ~1e-7); swapped
     T_beta and T_gamma would be off by ~1.4."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "PREP_BK", 32)

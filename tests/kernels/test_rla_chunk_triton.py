@@ -159,7 +159,7 @@ def test_bf16_inputs():
 @pytest.mark.parametrize("dtype, clip, e", [
     (torch.bfloat16, 0.7, 0.69921875 + 2.0**-11),  # bf16 cannot hold 0.7: a saturated r stores 0.69921875
     (torch.float16, 1.0, 1.0 - 2.0**-13),
-    (torch.bfloat16, 1.0, 1.0 - 3 * 2.0**-11),  # rounds onto 1.0 on a GPU; the interpreter truncates
+    (torch.bfloat16, 1.0, 1.0 - 3 * 2.0**-11),  # rounds onto 1.0 (nearest even; truncation would not)
 ])
 def test_half_residual_just_inside_the_clip_keeps_its_gradient(dtype, clip, e):
     """r is stored in the input dtype and the backward reads the clip's mask back from it: a residual just
@@ -180,7 +180,7 @@ def test_half_residual_just_inside_the_clip_keeps_its_gradient(dtype, clip, e):
 @pytest.mark.parametrize("clip", [0.3, 2.9])
 def test_half_residual_with_a_clip_the_dtype_rounds_up(clip):
     """bf16 rounds 0.3 and 2.9 up (0.30078125, 2.90625): a saturated r must still store c as the host rounded
-    it, whatever the kernel's own fp32 -> bf16 conversion does (the interpreter's truncates)."""
+    it, whatever the kernel's own fp32 -> bf16 conversion does (Triton's bare interpreter truncates)."""
     inputs, S0, R0 = make_inputs(B=1, T=33, H=2, K=16, V=16, dtype=torch.bfloat16)
     assert torch.tensor(clip).to(torch.bfloat16).item() > clip
     check(inputs, S0, R0, 0.7, clip, "clip", tol=1e-2, chunk_size=16)
