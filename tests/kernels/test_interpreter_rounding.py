@@ -1,7 +1,7 @@
 """The bf16 conversion our Triton tests run on rounds as the GPU does (to nearest, ties to even): on the CPU through
 the interpreter patched in tests/conftest.py (triton_utils.interpreter_rounds_bf16_to_nearest), on the GPU by the
-hardware. Without it the interpreter truncates, and
-the bf16 error bounds of the kernel tests would measure the interpreter, not the kernels."""
+hardware. Without it the interpreter truncates, and the bf16 error bounds of the kernel tests would measure the
+interpreter, not the kernels."""
 import torch
 import triton
 import triton.language as tl
