@@ -3,7 +3,7 @@
 # or hung part cannot eat the others. Logs (and bench json/md/png) land under $OUT; only 8 files come back
 # from a call, so pick a few parts per call (flagship: 2 files a recipe, benchmodel: 4). profile: GPU time per
 # RLA/RDN kernel (scripts/profile_kernels.py; PROFILE_ARGS="--tune" autotunes, "--ops rdn" one op).
-#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile determinism tests bench distill convert flagship benchmodel
+#   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile ncu determinism tests bench distill convert flagship benchmodel
 #                                            (default: rla rdn tests bench)
 # PATCHES="docs/next/0001-x.patch ...": applied to the tree before gpu_env.sh installs it, so that every part runs
 # them (a patch applied after the install does not reach the installed kernels the parts import: 2026-12-02); one
@@ -71,6 +71,23 @@ for part in $parts; do
       fi
       timeout ${BENCH_MODEL_LIMIT:-400} $RLA bench model "$GGUF" /tmp/rdn-export --no-progress ${BENCH_MODEL_ARGS:-} \
         --json "$OUT/model.json" --markdown "$OUT/model.md" --plot "$OUT/model.png" 2>&1 | tee "$OUT/bench_model.txt" ;;
+    ncu)  # Nsight Compute's counters (warp states, issue slots, memory, stall samples per SASS instruction and per
+      # Python line) for one call of each pass of scripts/ncu_kernels.py (NCU_ARGS); NCU_KERNELS: ncu's --kernel-name
+      NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      timeout ${NCU_LIMIT:-420} $NCU --profile-from-start off --clock-control none --import-source yes \
+        --kernel-name "${NCU_KERNELS:-regex:rdn_walk|rdn_bwd_walk|rdn_bwd_rebuild|rdn_bwd_mats|rdn_bwd_grad|delta_h}" \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section InstructionStats --section SourceCounters -f -o /tmp/ncu_kernels \
+        python3 scripts/ncu_kernels.py ${NCU_ARGS:-} 2>&1 | tee "$OUT/ncu.txt"
+      $NCU -i /tmp/ncu_kernels.ncu-rep --page details --csv > "$OUT/ncu_details.csv" 2>&1
+      n=$(grep -c '"Duration"' "$OUT/ncu_details.csv")
+      # every profiled kernel's SASS with its counters, in turn (the Python-line view comes back without them)
+      for i in $(seq 0 $((n - 1))); do
+        echo "### result $i"
+        $NCU -i /tmp/ncu_kernels.ncu-rep --page source --csv --print-source sass --launch-skip $i --launch-count 1
+      done > "$OUT/ncu_source_sass.csv" 2>&1
+      [ -n "${NCU_KEEP:-}" ] && gzip -c /tmp/ncu_kernels.ncu-rep > "$OUT/ncu_kernels.ncu-rep.gz"; ls -la "$OUT" ;;
     convert) timeout 150 python3 -m pytest -q -p no:cacheprovider -s tests/test_convert_gpu.py 2>&1 | tee "$OUT/convert_gpu.txt" ;;
   esac
   echo "=== $part done rc=$? $(date +%T)"

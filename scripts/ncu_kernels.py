@@ -1,0 +1,94 @@
+"""One call of each RDN pass (and of fla's gated delta rule beside it) for Nsight Compute to read the hardware counters.
+
+    . scripts/gpu_env.sh && ncu --profile-from-start off --kernel-name regex:NAME ... python3 scripts/ncu_kernels.py \
+        [--shape B,T,H,K] [--passes fwd,bwd,infer,fla] [--tune]
+
+(``bash scripts/gpu_session.sh ncu`` runs it so, with the sections and exports it needs.) Every pass runs once
+first, outside the profiled range, so that compiling (and autotuning, with --tune) is not what ncu sees; then once
+each between cudaProfilerStart and cudaProfilerStop. The passes are profile_kernels.py's: ``fwd`` the forward as
+training runs it (keep_tokens: the precise walk storing X), ``bwd`` the backward it feeds, ``infer`` the forward
+without autograd, ``fla`` fla's chunk_gated_delta_rule forward and backward (its Hopper guard lifted for this
+measurement only, as the bench lifts it: the results are never read). Why ncu: the walks are neither bandwidth- nor
+FLOP-bound (the forward walk at B=16 T=2k moves 1.8 GB in 1.29 ms and issues ~0.13 TFLOP), and timing variants
+cannot say what their warps wait on; the warp-state and source counters can.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
+from gpu_check_rdn import make_inputs  # noqa: E402  (puts rla_kernels on the path, fixed configs unless --tune)
+
+PASSES = ("fwd", "bwd", "infer", "fla")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="16,2048,16,128", help="B,T,H,K (V = K), bf16")
+    parser.add_argument("--passes", default=",".join(PASSES), help=f"comma-separated, of {', '.join(PASSES)}")
+    parser.add_argument("--tune", action="store_true", help="autotune (read by gpu_check_rdn at import)")
+    args = parser.parse_args()
+    passes = [p for p in args.passes.split(",") if p]
+    unknown = [p for p in passes if p not in PASSES]
+    if unknown or not passes:
+        sys.exit(f"--passes takes a comma-separated list of {', '.join(PASSES)}; got {args.passes!r}")
+    try:
+        B, T, H, K = (int(x) for x in args.shape.split(","))
+    except ValueError:
+        sys.exit(f"--shape takes B,T,H,K (four ints); got {args.shape!r}")
+    return (B, T, H, K), passes
+
+
+def rdn_passes(B, T, H, K):
+    from rla_kernels.rdn.chunk import chunk_rdn_bwd, chunk_rdn_fwd
+
+    x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
+    do = torch.randn_like(x[2])
+    tokens = chunk_rdn_fwd(*x, None, 1.0, "clip", None, None, None, keep_tokens=True, save_wy=True)
+    saved = {"walk": tokens[-1], "wy": tokens[3]}
+    return {
+        "fwd": lambda: chunk_rdn_fwd(*x, None, 1.0, "clip", None, None, None, keep_tokens=True, save_wy=True),
+        "bwd": lambda: chunk_rdn_bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, **saved),
+        "infer": lambda: chunk_rdn_fwd(*x, None, 1.0, "clip", None, None, None),
+    }
+
+
+def fla_pass(B, T, H, K):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    from rla_convert.bench.kernels import fla_hopper_guard_lifted
+
+    x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
+    q, k, v, g, beta = (t.detach().requires_grad_() for t in x[:5])
+    do = torch.randn_like(v)
+
+    def run():
+        with fla_hopper_guard_lifted():
+            o = chunk_gated_delta_rule(q, k, v, g, beta)[0]
+            o.backward(do)
+
+    return run
+
+
+def main():
+    (B, T, H, K), names = parse_args()
+    runs = rdn_passes(B, T, H, K) if set(names) - {"fla"} else {}
+    if "fla" in names:
+        runs["fla"] = fla_pass(B, T, H, K)
+    for name in names:  # compile (and autotune) outside the profiled range
+        runs[name]()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for name in names:
+        print(f"ncu_kernels: {name} B={B} T={T} H={H} K={K}", flush=True)
+        runs[name]()
+        torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+
+
+if __name__ == "__main__":
+    main()
