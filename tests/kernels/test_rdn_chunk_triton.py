@@ -1198,8 +1198,8 @@ def test_transposed_forward_walk_is_the_walk(case, monkeypatch):
         for x, r in zip(*flat):  # S_T, R_T, wy, then U, W, X (and h_s, h_r)
             if half and x.dtype != torch.float32:
                 torch.testing.assert_close(x, r, rtol=2 * torch.finfo(x.dtype).eps, atol=torch.finfo(x.dtype).eps)
-            else:
-                torch.testing.assert_close(x, r, rtol=1e-5, atol=1e-6)
+            else:  # fp32 rounding of sums whose terms are the tensor's scale (30x in clip_saturating): bound with it
+                torch.testing.assert_close(x, r, rtol=1e-5, atol=1e-6 * max(1.0, r.abs().max().item()))
     check_forward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol)
     torch.manual_seed(2)
     check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=tol, final_grads=S0 is not None)  # the rerun, transposed
