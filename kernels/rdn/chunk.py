@@ -357,6 +357,23 @@ def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
+def walk_gates(g, beta, gamma):
+    """g, beta and gamma as the walks take them: fp32 (one [3, B, T, H] buffer; fp32 inputs as they are). Why: a
+    walk loads a chunk's gates every step, and Triton's pipeliner prefetches a load through cp.async only for 4-byte
+    elements and wider, so bf16 gates were loaded in the step that uses them, their latency bare: Nsight Compute
+    (H200, B=16 T=2k H=16 K=V=128 bf16, 2026-12-04, scripts/ncu_kernels.py) put 20% of the inference walk's warp
+    stalls, 6% of the training walk's, 30% of dS's reverse walk's and ~50% of the rebuild's on those bf16 loads and
+    the bit shifts that widen them. The values are the inputs' exactly: no result changes by a bit. Measured with bf16
+    gates (profile_kernels.py --tune --wall --infer, H=16 K=V=128 bf16, H200, 2026-12-04 20:40 -> 20:58): B=1 T=32k,
+    where each SM runs one walk program, the training walk 3.37 -> 2.90 ms, the inference walk 2.57 -> 2.10, the
+    backward wall 7.23 -> 6.96; B=16 T=2k, where a second program hid the latency, the training walk 1.29 -> 1.35
+    (the 4-byte copies' instructions), the backward 4.01 -> 3.97. `bench kernels` passes fp32 gates: it ran so already.
+    The layers' beta and gamma come in the model's dtype."""
+    if all(x.dtype == torch.float32 for x in (g, beta, gamma)):
+        return g, beta, gamma
+    return torch.stack((g, beta, gamma)).float().unbind(0)
+
+
 def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shape of the forward's saved chunk matrices (``save_wy``): T_beta, T_gamma, Mk as [3, B, T, H, BT] fp32."""
     return (3, *q.shape[:3], chunk_size)
@@ -475,15 +492,16 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     every = 1 if segments > 1 else every
     wy = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
     t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma, wy)
+    gates = walk_gates(g, beta, gamma)
     if segments > 1:
         h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(
-            L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments)
+            L, q, k, v, *gates, t_beta, t_gamma, m_k, S0, R0, segments)
         # In the input dtype as the walk's (_Layout.chunk_states): the output kernel's q.S is then one half dot
         # (a split dot at 64-token chunks is unchecked on the GPU: the walk's failed there, _walk).
         h_s, h_r = h_s.to(q.dtype), h_r.to(q.dtype)
     else:
-        h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, bool(keep),
-                                            every=every)
+        h_s, h_r, u, w, x, S_T, R_T = _walk(L, k, v, *gates, t_beta, t_gamma, m_k, S0, R0, bool(keep), every=every)
+    del gates
     o = torch.empty_like(v)
     if L.n_chunks:
         BVO = L.width("OUT_BV", OUT_BV)
@@ -659,6 +677,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
+    gates = walk_gates(g, beta, gamma)
     kept = [t.contiguous() for t in walk] if saved_wy and _fits(walk, L, q, cu_seqlens) else []
     rebuild = len(kept) == 3
     if len(kept) == 5:
@@ -666,7 +685,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     elif rebuild:
         u, w, x = kept
     else:
-        h_s, h_r, u, w, x, _, _ = _walk(L, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, True)
+        h_s, h_r, u, w, x, _, _ = _walk(L, k, v, *gates, t_beta, t_gamma, m_k, S0, R0, True)
     operators = _walk_operators(L, q, k, g, t_beta, t_gamma, m_k)  # after the rerun: not live through it
     h_ds, h_dr = L.chunk_states(q), L.chunk_states(q)
     dS0, dR0 = L.state(q), L.state(q)
@@ -679,11 +698,12 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         # walks trailed in one launch: those need every SM's room for their own programs (OVERLAP says by how much).
         rebuilt = _rebuild_buffers(L, k)
         beside = triton_utils.Beside(k, OVERLAP == 1 and not trailed)
-    _reverse_walk(L, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale,
+    _reverse_walk(L, q, k, *gates, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale,
                   walk_grid, trailed)
     if rebuild:
-        h_s, h_r = _rebuild_states(L, k, g, u, w, S0, R0, beside, rebuilt)
+        h_s, h_r = _rebuild_states(L, k, gates[0], u, w, S0, R0, beside, rebuilt)
         del rebuilt
+    del gates
     del m_k, t_beta, t_gamma, operators
 
     # The chunk-parallel kernels (chunk_bwd.py): the chunk matrices' per chunk, the gradient kernel per (chunk,

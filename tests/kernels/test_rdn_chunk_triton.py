@@ -1241,3 +1241,52 @@ def test_chunk_orders_are_renumberings(monkeypatch):
         monkeypatch.setattr(chunk, "CHUNK_GROUP", group)
         with pytest.raises(ValueError, match="launch knobs CHUNK_ORDER must be 0"):
             chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu_seqlens)
+
+
+# The walks and the positions of (g, beta, gamma) among their launch arguments (chunk.walk_gates).
+WALK_GATE_ARGS = {"_rdn_walk_kernel": (2, 3, 4), "_rdn_walk_t_kernel": (2, 3, 4), "_rdn_bwd_rebuild_kernel": (3,),
+                  "_rdn_bwd_walk_r_kernel": (2, 3), "_rdn_bwd_walk_s_kernel": (2, 3),
+                  "_rdn_bwd_walks_kernel": (2, 3, 4)}
+
+
+class _GateDtypes:
+    """Stands in for a walk kernel: notes the dtypes of its gate arguments, then launches."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.log.append((self.name, {args[i].dtype for i in WALK_GATE_ARGS[self.name]}))
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+@pytest.mark.parametrize("trailed", [1, 2])
+def test_walks_take_the_gates_in_fp32(trailed, monkeypatch):
+    """bf16 gates reach every walk (the forward's, the rebuild, the reverse walks as two launches and as one) as fp32
+    (chunk.walk_gates: there the pipeliner prefetches their loads), and every result is the one fp32 gates of the same
+    values give, bit for bit (dg, dbeta, dgamma rounded to bf16), packed sequences with states."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
+    cu = torch.tensor([0, 37, 141], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=2, dtype=torch.bfloat16)
+    do = torch.randn_like(inputs[2])
+    final = [torch.randn_like(S0), torch.randn_like(R0)]
+    runs = {}
+    for name, gates in (("bf16", inputs[3:]), ("fp32", [x.float() for x in inputs[3:]])):
+        log = []
+        for kernel in WALK_GATE_ARGS:
+            monkeypatch.setattr(chunk, kernel, _GateDtypes(getattr(chunk, kernel), kernel, log))
+        x = [*inputs[:3], *gates]
+        o, S_T, R_T, wy, tokens = chunk_rdn_fwd(*x, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
+        grads = chunk_rdn_bwd(*x, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)
+        runs[name] = [o, S_T, R_T, *grads]
+        walks = [kernel for kernel, _ in log]
+        assert walks[0] in RDN_FORWARD_WALKS and "_rdn_bwd_rebuild_kernel" in walks
+        assert ("_rdn_bwd_walks_kernel" in walks) == (trailed == 2)
+        assert all(dtypes == {torch.float32} for _, dtypes in log), log
+        monkeypatch.undo()  # the kernels back, and the knob again
+        monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
+    for i, (a, b) in enumerate(zip(runs["bf16"], runs["fp32"])):
+        assert torch.equal(a, b.to(a.dtype)), i
