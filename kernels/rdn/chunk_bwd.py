@@ -186,9 +186,19 @@ def _walk_r(
     b_dr = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DRT:
         b_dr += load_tile(dr_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+    if not TRAILED:
+        # X a chunk ahead, in its own dtype: read only by dX's elementwise mask, the pipeliner left its load in the
+        # step that uses it, and its latency was 16% of this walk's warp stalls (Nsight Compute, H200, B=16 T=2k H=16
+        # K=V=128 bf16, the transposed walk, 2026-12-04: scripts/ncu_kernels.py). Past the first chunk it reloads
+        # chunk 0. Backward wall at B=16 T=2k 3.97 -> 3.89 ms (autotuned); not in the trailed one-launch walks, where
+        # it was slower (B=1 T=32k: 3.55 -> 3.80 ms).
+        b_x_next = load_tile_raw(x + tok_v, tl.maximum(NT - 1, 0) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
     for i_loop in range(0, NT):
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
+        if not TRAILED:
+            b_x = b_x_next.to(tl.float32)
+            b_x_next = load_tile_raw(x + tok_v, tl.maximum(i_t - 1, 0) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         h_off = ((boh + i_t) * H + i_h) * K * V
         store_tile(h_dr + h_off, b_dr, 0, K, V, i_v * BV, V, BK, BV)
         b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
@@ -203,7 +213,8 @@ def _walk_r(
         b_eG = tl.exp(b_G)[:, None]
         b_dr = (tl.exp(b_GL) * b_dr + dot_cast(tl.trans(b_q), b_eG * b_drq, DOT_PREC)
                 - dot_cast(tl.trans(b_k), (b_gamma[:, None] * b_eG) * b_dyr, DOT_PREC))
-        b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        if TRAILED:
+            b_x = load_tile(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dx = _rho_grad(b_x, _rho(b_x, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma[:, None] * b_dyr)
         store_tile(dyr_out + tok_v, b_dyr, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile(dx_out + tok_v, b_dx, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
@@ -298,9 +309,14 @@ def _walk_r_t(
     b_drt = tl.zeros([BV, BK], dtype=tl.float32)
     if HAS_DRT:
         b_drt += load_tile_t(dr_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV)
+    if not TRAILED:  # X a chunk ahead (_walk_r says why; trailed, at B=1 T=32k, it was slower: 3.55 -> 3.80 ms)
+        b_xt_next = load_tile_t_raw(x + tok_v, tl.maximum(NT - 1, 0) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
     for i_loop in range(0, NT):
         i_t = tl.cast(NT - 1 - i_loop, tl.int64)
+        if not TRAILED:
+            b_xt = b_xt_next.to(tl.float32)
+            b_xt_next = load_tile_t_raw(x + tok_v, tl.maximum(i_t - 1, 0) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         h_off = ((boh + i_t) * H + i_h) * K * V
         store_tile_t(h_dr + h_off, b_drt, 0, K, V, i_v * BV, V, BK, BV)
         b_G, _, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
@@ -314,7 +330,8 @@ def _walk_r_t(
         b_eG = tl.exp(b_G)[None, :]
         b_drt = (tl.exp(b_GL) * b_drt + dot_cast(b_eG * b_drqt, b_q, DOT_PREC)
                  - dot_cast((b_gamma * b_eG) * b_dyrt, b_k, DOT_PREC))
-        b_xt = load_tile_t(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        if TRAILED:
+            b_xt = load_tile_t(x + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_dxt = _rho_grad(b_xt, _rho(b_xt, clip, RESIDUAL), clip, RESIDUAL) * (b_gamma * b_dyrt)
         store_tile_t(dyr_out + tok_v, b_dyrt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile_t(dx_out + tok_v, b_dxt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
