@@ -26,6 +26,12 @@ from gpu_check_rdn import make_inputs  # noqa: E402  (puts rla_kernels on the pa
 PASSES = ("fwd", "bwd", "infer", "fla")
 
 
+def fail(message):
+    """One line on standard error and exit 2, before any GPU work (as the check scripts do)."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="16,2048,16,128", help="B,T,H,K (V = K), bf16")
@@ -35,11 +41,13 @@ def parse_args():
     passes = [p for p in args.passes.split(",") if p]
     unknown = [p for p in passes if p not in PASSES]
     if unknown or not passes:
-        sys.exit(f"--passes takes a comma-separated list of {', '.join(PASSES)}; got {args.passes!r}")
+        fail(f"--passes takes a comma-separated list of {', '.join(PASSES)}; got {args.passes!r}")
     try:
         B, T, H, K = (int(x) for x in args.shape.split(","))
     except ValueError:
-        sys.exit(f"--shape takes B,T,H,K (four ints); got {args.shape!r}")
+        fail(f"--shape takes B,T,H,K (four ints); got {args.shape!r}")
+    if not torch.cuda.is_available():
+        fail("ncu_kernels.py needs a CUDA GPU and torch sees none (run it on the GPU machine: gpu_session.sh ncu)")
     return (B, T, H, K), passes
 
 

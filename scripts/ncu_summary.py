@@ -21,6 +21,11 @@ import re
 import sys
 
 
+def fail(message):
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def results(path):
     """(index, kernel name, rows) for each ``### result N`` block of the file."""
     text = open(path).read()
@@ -69,8 +74,9 @@ def summarise(index, name, rows, top):
     for i in ranked:
         r = rows[i]
         reasons = sorted(((count(r, c), c[6:]) for c in stall_cols), reverse=True)[:2]
-        print(f"   {i:5d} {count(r, 'Warp Stall Sampling (All Samples)') / samples:6.2%}  {r['Source'].strip()[:64]:66s}"
-              + "  " + ", ".join(f"{why} {n}" for n, why in reasons if n))
+        share = count(r, "Warp Stall Sampling (All Samples)") / samples
+        why = ", ".join(f"{reason} {n}" for n, reason in reasons if n)
+        print(f"   {i:5d} {share:6.2%}  {r['Source'].strip()[:64]:66s}  {why}")
 
 
 def main():
@@ -81,13 +87,13 @@ def main():
     parser.add_argument("--around", type=int, help="with --kernel: the 40 instructions up to this index")
     args = parser.parse_args()
     if args.around is not None and args.kernel is None:
-        sys.exit("--around needs --kernel N (an index is a kernel's own)")
+        fail("--around needs --kernel N (an index is a kernel's own)")
     try:
         found = [r for r in results(args.csv) if args.kernel is None or r[0] == args.kernel]
     except OSError as err:
-        sys.exit(f"cannot read {args.csv}: {err.strerror}")
+        fail(f"cannot read {args.csv}: {err.strerror}")
     if not found:
-        sys.exit(f"no kernel {'result ' + str(args.kernel) + ' ' if args.kernel is not None else ''}in {args.csv}: "
+        fail(f"no kernel {'result ' + str(args.kernel) + ' ' if args.kernel is not None else ''}in {args.csv}: "
                  "give the ncu_source_sass.csv that `bash scripts/gpu_session.sh ncu` writes")
     for index, name, rows in found:
         if args.around is not None:

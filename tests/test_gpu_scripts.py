@@ -163,3 +163,59 @@ def test_gpu_session_applies_patches_before_the_install(tmp_path):
     good = session("good.patch")
     assert good.returncode == 0 and "applied good.patch" in good.stdout
     assert (tmp_path / "installed.log").read_text() == "WIDTH = 32\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--passes", "fwd,bwdd"], "--passes takes a comma-separated list of fwd, bwd, infer, fla; got 'fwd,bwdd'"),
+    (["--shape", "16,2048,16"], "--shape takes B,T,H,K (four ints); got '16,2048,16'"),
+])
+def test_ncu_kernels_refuses_arguments_it_does_not_take(args, message):
+    status, _, err = run_script("ncu_kernels.py", *args)
+    assert status == 2 and err == [message]
+
+
+# Two kernels as `gpu_session.sh ncu` exports them (ncu --page source --csv --print-source sass), the counters cut to
+# the columns ncu_summary.py reads: the second kernel's loop (executed 64 times a warp) waits on its load's consumer.
+NCU_SASS = '''### result 0
+"Kernel Name","_a_kernel",
+"Address","Source","Warp Stall Sampling (All Samples)","Instructions Executed","stall_long_sb","stall_wait"
+"0x10","      LDC R1, c[0x0][0x28]","2","4","0","2"
+"0x20","      EXIT","0","4","0","0"
+### result 1
+"Kernel Name","_b_kernel",
+"Address","Source","Warp Stall Sampling (All Samples)","Instructions Executed","stall_long_sb","stall_wait"
+"0x10","      S2R R0, SR_TID.X","1","8","0","1"
+"0x20","  @!P0  LDG.E.U16 R4, desc[UR4][R2.64]","10","512","0","10"
+"0x30","      IMAD.U32 R4, R4, 0x10000, RZ","80","512","79","1"
+"0x40","      HMMA.16816.F32.BF16 R8, R4, R6, R8","9","512","0","9"
+"0x50","      EXIT","0","8","0","0"
+'''
+
+
+def test_ncu_summary_charges_each_kernel_its_stalls(tmp_path):
+    path = tmp_path / "ncu_source_sass.csv"
+    path.write_text(NCU_SASS)
+    status, out, err = run_script("ncu_summary.py", str(path), "--top", "1")
+    assert status == 0 and not err
+    lines = out.splitlines()
+    assert lines[0] == "== result 0: _a_kernel: 0.0M warp instructions, 2 stall samples"
+    b = lines[lines.index("== result 1: _b_kernel: 0.0M warp instructions, 100 stall samples"):]
+    assert "LDG 33.0%" in b[1] and "IMAD 33.0%" in b[1]  # 512 of 1552 executed each
+    assert b[2].startswith("   stalls:  long_sb 79.0%, wait 21.0%")
+    assert b[4].startswith("   hottest loop: 3 instructions executed 512 times each")
+    assert b[5].split()[:3] == ["2", "80.00%", "IMAD.U32"] and b[5].endswith("long_sb 79, wait 1")
+    status, out, _ = run_script("ncu_summary.py", str(path), "--kernel", "1", "--around", "2")
+    assert status == 0 and [line.split()[0] for line in out.splitlines()] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{csv}", "--around", "3"], "--around needs --kernel N (an index is a kernel's own)"),
+    (["{csv}", "--kernel", "7"], "no kernel result 7 in {csv}: give the ncu_source_sass.csv that `bash "
+                                 "scripts/gpu_session.sh ncu` writes"),
+    (["{missing}"], "cannot read {missing}: No such file or directory"),
+])
+def test_ncu_summary_says_what_it_cannot_read(tmp_path, args, message):
+    paths = {"csv": str(tmp_path / "ncu_source_sass.csv"), "missing": str(tmp_path / "none.csv")}
+    (tmp_path / "ncu_source_sass.csv").write_text(NCU_SASS)
+    status, _, err = run_script("ncu_summary.py", *(a.format(**paths) for a in args))
+    assert status == 2 and err == [message.format(**paths)]
