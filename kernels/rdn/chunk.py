@@ -362,7 +362,7 @@ def walk_gates(g, beta, gamma):
     walk loads a chunk's gates every step, and Triton's pipeliner prefetches a load through cp.async only for 4-byte
     elements and wider, so bf16 gates were loaded in the step that uses them, their latency bare: Nsight Compute
     (H200, B=16 T=2k H=16 K=V=128 bf16, 2026-12-04, scripts/ncu_kernels.py) put 20% of the inference walk's warp
-    stalls, 6% of the training walk's, 30% of dS's reverse walk's and ~50% of the rebuild's on those bf16 loads and
+    stalls, 6% of the training walk's, 30% of dS's reverse walk's and ~25% of the rebuild's on those bf16 loads and
     the bit shifts that widen them. The values are the inputs' exactly: no result changes by a bit. Measured with bf16
     gates (profile_kernels.py --tune --wall --infer, H=16 K=V=128 bf16, H200, 2026-12-04 20:40 -> 20:58): B=1 T=32k,
     where each SM runs one walk program, the training walk 3.37 -> 2.90 ms, the inference walk 2.57 -> 2.10, the
