@@ -364,7 +364,7 @@ def walk_gates(g, beta, gamma):
     (H200, B=16 T=2k H=16 K=V=128 bf16, 2026-12-04, scripts/ncu_kernels.py) put 20% of the inference walk's warp
     stalls, 6% of the training walk's, 30% of dS's reverse walk's and ~25% of the rebuild's on those bf16 loads and
     the bit shifts that widen them. The values are the inputs' exactly: no result changes by a bit. Measured with bf16
-    gates (profile_kernels.py --tune --wall --infer, H=16 K=V=128 bf16, H200, 2026-12-04 20:40 -> 20:58): B=1 T=32k,
+    gates (profile_kernels.py --tune --wall --infer, H=16 K=V=128 bf16, H200, 2026-12-04 20:40 -> 21:00): B=1 T=32k,
     where each SM runs one walk program, the training walk 3.37 -> 2.90 ms, the inference walk 2.57 -> 2.10, the
     backward wall 7.23 -> 6.96; B=16 T=2k, where a second program hid the latency, the training walk 1.29 -> 1.35
     (the 4-byte copies' instructions), the backward 4.01 -> 3.97. `bench kernels` passes fp32 gates: it ran so already.
