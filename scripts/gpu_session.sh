@@ -75,7 +75,7 @@ for part in $parts; do
       # Python line) for one call of each pass of scripts/ncu_kernels.py (NCU_ARGS); NCU_KERNELS: ncu's --kernel-name
       NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       timeout ${NCU_LIMIT:-420} $NCU --profile-from-start off --clock-control none --import-source yes \
-        --kernel-name "${NCU_KERNELS:-regex:rdn_walk|rdn_bwd_walk|rdn_bwd_rebuild|rdn_bwd_mats|rdn_bwd_grad|delta_h}" \
+        --kernel-name "${NCU_KERNELS:-regex:rdn_walk|rdn_bwd_walk|rdn_bwd_rebuild|rdn_bwd_mats|rdn_bwd_grad|kernel_h_|kernel_dhu}" \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section InstructionStats --section SourceCounters -f -o /tmp/ncu_kernels \
