@@ -358,7 +358,7 @@ def _contiguous(*xs):
 
 
 def walk_gates(g, beta, gamma):
-    """g, beta and gamma as the walks take them: fp32 (one [3, B, T, H] buffer; fp32 inputs as they are). Why: a
+    """g, beta and gamma as the walks take them: fp32 (each cast on its own; an fp32 one passes as it is). Why: a
     walk loads a chunk's gates every step, and Triton's pipeliner prefetches a load through cp.async only for 4-byte
     elements and wider, so bf16 gates were loaded in the step that uses them, their latency bare: Nsight Compute
     (H200, B=16 T=2k H=16 K=V=128 bf16, 2026-12-04, scripts/ncu_kernels.py) put 20% of the inference walk's warp
@@ -369,9 +369,7 @@ def walk_gates(g, beta, gamma):
     backward wall 7.23 -> 6.96; B=16 T=2k, where a second program hid the latency, the training walk 1.29 -> 1.35
     (the 4-byte copies' instructions), the backward 4.01 -> 3.97. `bench kernels` passes fp32 gates: it ran so already.
     The layers' beta and gamma come in the model's dtype."""
-    if all(x.dtype == torch.float32 for x in (g, beta, gamma)):
-        return g, beta, gamma
-    return torch.stack((g, beta, gamma)).float().unbind(0)
+    return tuple(x.float() for x in (g, beta, gamma))
 
 
 def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
