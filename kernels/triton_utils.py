@@ -178,6 +178,14 @@ def _second_stream(index: int):
     return torch.cuda.Stream(device=index)
 
 
+def walk_gates(*gates):
+    """The gates (g, beta, gamma or any of them) as a walk takes them: fp32, each cast on its own (an fp32 one passes
+    as it is). Why: a walk loads a chunk's gates every step, and Triton's pipeliner prefetches a load through cp.async
+    only for 4-byte elements and wider, so half gates are loaded in the step that uses them, their latency bare (RDN's
+    walks measured in rdn/chunk.py's use of this). The values are the inputs' exactly: no result changes by a bit."""
+    return tuple(x.float() for x in gates)
+
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device, 0 elsewhere: launchers size their grids by it."""
     if device.type != "cuda":

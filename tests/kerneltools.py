@@ -44,6 +44,29 @@ def record_launches(monkeypatch, module, names, entry=lambda name, kw: name) -> 
     return log
 
 
+class _ArgDtypes:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` notes the dtypes of its positional arguments at
+    ``positions`` (those given as tensors), then launches."""
+
+    def __init__(self, kernel, name, positions, log):
+        self.kernel, self.name, self.positions, self.log = kernel, name, positions, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.log.append((self.name, {args[i].dtype for i in self.positions if args[i] is not None}))
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+def record_arg_dtypes(monkeypatch, module, positions: dict) -> list:
+    """Wrap each kernel ``module.<name>`` of ``positions`` ({name: argument positions}) so that its launches run as
+    before and append ``(name, {dtypes of those arguments})`` to the list returned, in launch order."""
+    log = []
+    for name, where in positions.items():
+        monkeypatch.setattr(module, name, _ArgDtypes(getattr(module, name), name, where, log))
+    return log
+
+
 class _Stub:
     """Stands in for a Triton kernel whose launches do nothing."""
 

@@ -44,7 +44,7 @@ import triton
 
 from .. import shapes, triton_utils
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
-from ..triton_utils import GRID_AXIS_LIMIT, chunk_tables, sm_count
+from ..triton_utils import GRID_AXIS_LIMIT, chunk_tables, sm_count, walk_gates
 from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
                         _rdn_bwd_prep_p_kernel, _rdn_bwd_rebuild_kernel, _rdn_bwd_walk_r_kernel,
                         _rdn_bwd_walk_s_kernel, _rdn_bwd_walks_kernel)
@@ -357,21 +357,6 @@ def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def walk_gates(g, beta, gamma):
-    """g, beta and gamma as the walks take them: fp32 (each cast on its own; an fp32 one passes as it is). Why: a
-    walk loads a chunk's gates every step, and Triton's pipeliner prefetches a load through cp.async only for 4-byte
-    elements and wider, so bf16 gates were loaded in the step that uses them, their latency bare: Nsight Compute
-    (H200, B=16 T=2k H=16 K=V=128 bf16, 2026-12-04, scripts/ncu_kernels.py) put 20% of the inference walk's warp
-    stalls, 6% of the training walk's, 30% of dS's reverse walk's and ~25% of the rebuild's on those bf16 loads and
-    the bit shifts that widen them. The values are the inputs' exactly: no result changes by a bit. Measured with bf16
-    gates (profile_kernels.py --tune --wall --infer, H=16 K=V=128 bf16, H200, 2026-12-04 20:40 -> 21:00): B=1 T=32k,
-    where each SM runs one walk program, the training walk 3.37 -> 2.90 ms, the inference walk 2.57 -> 2.10, the
-    backward wall 7.23 -> 6.96; B=16 T=2k, where a second program hid the latency, the training walk 1.29 -> 1.35
-    (the 4-byte copies' instructions), the backward 4.01 -> 3.97. `bench kernels` passes fp32 gates: it ran so already.
-    The layers' beta and gamma come in the model's dtype."""
-    return tuple(x.float() for x in (g, beta, gamma))
-
-
 def wy_shape(q, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shape of the forward's saved chunk matrices (``save_wy``): T_beta, T_gamma, Mk as [3, B, T, H, BT] fp32."""
     return (3, *q.shape[:3], chunk_size)
@@ -490,6 +475,13 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     every = 1 if segments > 1 else every
     wy = k.new_empty(wy_shape(k, L.BT), dtype=torch.float32)
     t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma, wy)
+    # Every walk takes the gates in fp32 (triton_utils.walk_gates). With bf16 gates Nsight Compute (H200, B=16 T=2k
+    # H=16 K=V=128 bf16, 2026-12-04, scripts/ncu_kernels.py) put 20% of the inference walk's warp stalls, 6% of the
+    # training walk's, 30% of dS's reverse walk's and ~25% of the rebuild's on their loads and the shifts that widen
+    # them. Measured with bf16 gates (profile_kernels.py --tune --wall --infer, H200, 2026-12-04 20:40 -> 21:00): B=1
+    # T=32k, one walk program an SM, the training walk 3.37 -> 2.90 ms, the inference walk 2.57 -> 2.10, the backward
+    # wall 7.23 -> 6.96; B=16 T=2k, where a second program hid the latency, the training walk 1.29 -> 1.35 (the 4-byte
+    # copies' instructions), the backward 4.01 -> 3.97. `bench kernels` passes fp32 gates: it ran so already.
     gates = walk_gates(g, beta, gamma)
     if segments > 1:
         h_s, h_r, u, w, S_T, R_T = chunk_rdn_fwd_segmented(

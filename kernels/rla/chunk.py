@@ -33,7 +33,7 @@ import triton
 
 from .. import shapes
 from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, chunk_tables, dot_precision, knob_steps,
-                           knob_width, sm_count, wide_reverse_walk)
+                           knob_width, sm_count, walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
                         _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -86,6 +86,12 @@ OVERLAP = 1
 # packed B=16 T=2k (equal lengths) forward 1.45 -> 1.42, backward 3.27 -> 3.07 (dq/dk/dg 1.21 -> 1.07); B=1 T=32k
 # 2.84 -> 2.80, 4.85 -> 4.70; B=16 T=2k 1.32 -> 1.31, 2.95 -> 2.96 (there both orders run nearly the same programs).
 CHUNK_ORDER = 1
+# 1: the walks (S's and R's forward walks, their rerun, the reverse walks dh_R', dh_S') take g, beta and gamma in fp32
+# (triton_utils.walk_gates), so that the pipeliner prefetches their per-step loads; 0: as given (the layers pass beta
+# and gamma in the model's dtype). 1 since 2026-12-04, after RDN's walks gained from it at B=1 T=32k (rdn/chunk.py), and
+# because fp32 gates are what gpu_check_rla.py's float64 check and `bench kernels` run: with 1 the layers' calls run
+# the walks those checked and timed. Not yet timed with half gates (docs/next/README.md, device order).
+WALK_GATES = 1
 
 
 class _Layout:
@@ -246,6 +252,13 @@ def _chunk_states(L: _Layout, like, lo: bool):
     return h, (torch.empty_like(h) if lo and L.split_states else None)
 
 
+def _walks_gates(g, beta, gamma):
+    """g, beta, gamma as the walks take them (WALK_GATES): fp32, or as given."""
+    if WALK_GATES not in (0, 1):
+        raise ValueError(f"launch knob WALK_GATES must be 0 (the gates as given) or 1 (fp32); got {WALK_GATES!r}")
+    return walk_gates(g, beta, gamma) if WALK_GATES else (g, beta, gamma)
+
+
 def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside | None = None):
     """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32).
     ``beside``: queued on its stream."""
@@ -266,6 +279,7 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside |
 def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
     h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without."""
+    g, beta, gamma = _walks_gates(g, beta, gamma)  # the residual kernel reads the same values
     h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
     _rla_residual_kernel[L.parallel_grid(L.BV_res)](
@@ -283,6 +297,7 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
 def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside):
     """The backward's chunk-start states h_s, h_r from the kept residuals, both walks queued on ``beside``'s
     stream."""
+    g, beta, gamma = _walks_gates(g, beta, gamma)
     h_s, _, _ = _walk(L, k, v, g, beta, S0, True, False, beside=beside)
     h_r, _, _ = _walk(L, k, res, g, gamma, R0, False, False, beside=beside)
     return h_s, h_r
@@ -381,7 +396,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     nk = triton.cdiv(L.K, L.BK_par)
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
-    dh_r, dR0 = _dwalk(L, q, do, g, gamma, scale, None, None, dR_T)
+    walk_g, _, walk_gamma = _walks_gates(g, beta, gamma)
+    dh_r, dR0 = _dwalk(L, q, do, walk_g, walk_gamma, scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     # dgamma's partial sums: nv_du from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
     # all reduced with dg's and dbeta's by one small kernel at the end
@@ -393,7 +409,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
         CHUNK_ORDER=L.chunk_order,
     )
-    dh_s, dS0 = _dwalk(L, q, do, g, None, scale, k, du, dS_T)
+    dh_s, dS0 = _dwalk(L, q, do, walk_g, None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv_dv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[L.parallel_grid(L.BV_grad)](

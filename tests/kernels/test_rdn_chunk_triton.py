@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from kerneltools import RDN_FORWARD_WALKS, make_inputs, record_launches
+from kerneltools import RDN_FORWARD_WALKS, make_inputs, record_arg_dtypes, record_launches
 from rla_kernels.rdn.chunk import chunk_rdn_bwd, chunk_rdn_fwd
 from rla_kernels.rdn.naive import naive_recurrent_rdn
 from rla_kernels.rla.chunk_fwd import _state_walk_kernel
@@ -1243,30 +1243,17 @@ def test_chunk_orders_are_renumberings(monkeypatch):
             chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu_seqlens)
 
 
-# The walks and the positions of (g, beta, gamma) among their launch arguments (chunk.walk_gates).
+# The walks and the positions of (g, beta, gamma) among their launch arguments (triton_utils.walk_gates).
 WALK_GATE_ARGS = {"_rdn_walk_kernel": (2, 3, 4), "_rdn_walk_t_kernel": (2, 3, 4), "_rdn_bwd_rebuild_kernel": (3,),
                   "_rdn_bwd_walk_r_kernel": (2, 3), "_rdn_bwd_walk_s_kernel": (2, 3),
                   "_rdn_bwd_walks_kernel": (2, 3, 4)}
 
 
-class _GateDtypes:
-    """Stands in for a walk kernel: notes the dtypes of its gate arguments, then launches."""
-
-    def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
-
-    def __getitem__(self, grid):
-        def launch(*args, **kw):
-            self.log.append((self.name, {args[i].dtype for i in WALK_GATE_ARGS[self.name]}))
-            return self.kernel[grid](*args, **kw)
-        return launch
-
-
 @pytest.mark.parametrize("trailed", [1, 2])
 def test_walks_take_the_gates_in_fp32(trailed, monkeypatch):
     """bf16 gates reach every walk (the forward's, the rebuild, the reverse walks as two launches and as one) as fp32
-    (chunk.walk_gates: there the pipeliner prefetches their loads), and every result is the one fp32 gates of the same
-    values give, bit for bit (dg, dbeta, dgamma rounded to bf16), packed sequences with states."""
+    (triton_utils.walk_gates: there the pipeliner prefetches their loads), and every result is the one fp32 gates of
+    the same values give, bit for bit (dg, dbeta, dgamma rounded to bf16), packed sequences with states."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
     cu = torch.tensor([0, 37, 141], dtype=torch.int32)
@@ -1275,9 +1262,7 @@ def test_walks_take_the_gates_in_fp32(trailed, monkeypatch):
     final = [torch.randn_like(S0), torch.randn_like(R0)]
     runs = {}
     for name, gates in (("bf16", inputs[3:]), ("fp32", [x.float() for x in inputs[3:]])):
-        log = []
-        for kernel in WALK_GATE_ARGS:
-            monkeypatch.setattr(chunk, kernel, _GateDtypes(getattr(chunk, kernel), kernel, log))
+        log = record_arg_dtypes(monkeypatch, chunk, WALK_GATE_ARGS)
         x = [*inputs[:3], *gates]
         o, S_T, R_T, wy, tokens = chunk_rdn_fwd(*x, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
         grads = chunk_rdn_bwd(*x, None, 1.0, "clip", S0, R0, cu, do, *final, wy=wy, walk=tokens)

@@ -18,7 +18,7 @@ import triton.language as tl
 os.environ.setdefault("RLA_KERNELS_FIXED_CONFIG", "1")
 
 from kerneltools import make_inputs as shared_make_inputs  # noqa: E402
-from kerneltools import record_launches, stub_launches  # noqa: E402
+from kerneltools import record_arg_dtypes, record_launches, stub_launches  # noqa: E402
 from rla_kernels import naive_recurrent_rla  # noqa: E402
 from rla_kernels.residual import apply_residual  # noqa: E402
 from rla_kernels.rla.chunk import chunk_rla_bwd, chunk_rla_fwd  # noqa: E402
@@ -716,3 +716,41 @@ def test_chunk_orders_are_renumberings(monkeypatch):
     monkeypatch.setattr(chunk, "CHUNK_ORDER", 2)
     with pytest.raises(ValueError, match="launch knob CHUNK_ORDER must be 0"):
         chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu_seqlens)
+
+
+# The walks and the positions of (g, rate) among their launch arguments (chunk.WALK_GATES).
+WALK_GATE_ARGS = {"_state_walk_kernel": (2, 3), "_dstate_walk_kernel": (4, 5)}
+
+
+def test_walks_take_the_gates_in_fp32(monkeypatch):
+    """bf16 gates reach every walk (S's and R's, their rerun with the residuals kept, dh_R's and dh_S's) as fp32
+    (chunk.WALK_GATES 1, triton_utils.walk_gates: there the pipeliner prefetches their loads) and as given at 0, and
+    every result is the one fp32 gates of the same values give, bit for bit (dg, dbeta, dgamma rounded to bf16), packed
+    sequences with states. Any other knob value is a ValueError."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    cu = torch.tensor([0, 37, 141], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=16, V=16, N=2, dtype=torch.bfloat16)
+    inputs[3:] = [x.to(torch.bfloat16) for x in inputs[3:]]
+    do = torch.randn_like(inputs[2])
+    final = [torch.randn_like(S0), torch.randn_like(R0)]
+    runs = {}
+    for name, knob, gates in (("bf16", 1, inputs[3:]), ("as given", 0, inputs[3:]),
+                              ("fp32", 1, [x.float() for x in inputs[3:]])):
+        monkeypatch.setattr(chunk, "WALK_GATES", knob)
+        log = record_arg_dtypes(monkeypatch, chunk, WALK_GATE_ARGS)
+        x = [*inputs[:3], *gates]
+        o, S_T, R_T, kept = chunk_rla_fwd(*x, None, 1.0, "clip", S0, R0, cu, keep_tokens=True)
+        rerun = chunk_rla_bwd(*x, None, 1.0, "clip", S0, R0, cu, do, *final)
+        grads = chunk_rla_bwd(*x, None, 1.0, "clip", S0, R0, cu, do, *final, walk=kept)
+        runs[name] = [o, S_T, R_T, *rerun, *grads]
+        assert [kernel for kernel, _ in log] == ["_state_walk_kernel"] * 4 + ["_dstate_walk_kernel"] * 2 + [
+            "_state_walk_kernel"] * 2 + ["_dstate_walk_kernel"] * 2
+        want = {torch.bfloat16} if name == "as given" else {torch.float32}
+        assert all(dtypes == want for _, dtypes in log), (name, log)
+        monkeypatch.undo()
+    for other in ("as given", "fp32"):
+        for i, (a, b) in enumerate(zip(runs["bf16"], runs[other])):
+            assert (a is None and b is None) or torch.equal(a, b.to(a.dtype)), (other, i)
+    monkeypatch.setattr(chunk, "WALK_GATES", 2)
+    with pytest.raises(ValueError, match="launch knob WALK_GATES must be 0"):
+        chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
