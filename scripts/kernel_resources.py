@@ -14,7 +14,9 @@ This machine's Triton and ptxas (named in the header) are not the GPU machine's 
 kernel with it, and time on the GPU. ``--census`` adds a second line a kernel: its SASS instructions counted by kind
 (static counts of the whole kernel, not executed ones; a walk's loop is most of its code): tensor-core ops (HMMA:
 mma.sync, HGMMA: wgmma), shared-memory loads/stores and barriers (the layout conversions between dots), global loads
-and stores, local (spill) traffic, conversions (F2FP). Two versions of a kernel differ there before any GPU time: the
+and stores, local (spill) traffic, conversions (F2FP), then all of them and the longest loop's (a walk's step: Nsight
+Compute's executed instructions a step of RDN's training walk, 1276 on the H200 on 2026-12-04, were exactly this
+static count). Two versions of a kernel differ there before any GPU time: the
 state reads of 2026-12-03 (docs/next/rdn-walk-state-reads.patch) show as their extra HMMA. ``--set DQKG_BV=32``
 (repeatable) sets an int launch knob of each op's chunk module that has one (as gpu_check_rdn.py --set does): the
 resources of a width profile_kernels.py --knob would time.
@@ -92,18 +94,34 @@ def _usage(cubin: bytes, tool: str) -> tuple[int, int]:
 # SASS opcode (without its modifiers) -> census column; unlisted opcodes only count in "all"
 _CENSUS = {"HMMA": "HMMA", "HGMMA": "HGMMA", "LDS": "LDS", "LDSM": "LDS", "STS": "STS", "STSM": "STS", "BAR": "BAR",
            "SHFL": "SHFL", "LDG": "LDG", "LDGSTS": "LDG", "STG": "STG", "LDL": "LDL", "STL": "STL", "F2FP": "F2FP"}
-_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([^;]*);")
+_BRANCH_TARGET = re.compile(r"^\S*\s+(0x[0-9a-f]+)")
+
+
+def longest_loop(rows: list[tuple[int, str, str]]) -> int | None:
+    """Instructions between the target of the farthest-reaching backward branch and that branch, inclusive: the hot
+    loop's body (a walk's chunk step; unrolled by Triton, a chunk-parallel kernel's V loop has none). ``rows``:
+    (address, opcode, operands) in order."""
+    best = None
+    for addr, opcode, operands in rows:
+        target = _BRANCH_TARGET.match(operands) if opcode == "BRA" else None
+        start = int(target.group(1), 16) if target else addr
+        if start < addr and (best is None or addr - start > best[1] - best[0]):
+            best = (start, addr)
+    return None if best is None else sum(best[0] <= addr <= best[1] for addr, _, _ in rows)
 
 
 def census(cubin: bytes, tool: str) -> str:
-    """The kernel's SASS instructions counted by kind (_CENSUS), one line."""
+    """The kernel's SASS instructions counted by kind (_CENSUS), all of them, and its longest loop's (longest_loop;
+    "-" without one), one line."""
     counts = {kind: 0 for kind in _CENSUS.values()}
-    total = 0
-    for opcode in _SASS_LINE.findall(_cuobjdump(cubin, tool, "-sass")):
-        total += 1
+    rows = [(int(addr, 16), opcode, operands) for addr, opcode, operands in
+            _SASS_LINE.findall(_cuobjdump(cubin, tool, "-sass"))]
+    for _, opcode, _ in rows:
         if opcode in _CENSUS:
             counts[_CENSUS[opcode]] += 1
-    return "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  all {total}"
+    loop = longest_loop(rows)
+    return "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  all {len(rows)}  loop {'-' if loop is None else loop}"
 
 
 def run_ops(ops, shape, dtype, sms):

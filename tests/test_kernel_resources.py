@@ -35,26 +35,34 @@ def test_reports_every_config_of_the_rdn_wy_kernels_specialised_as_launches():
     assert not any("MQI" in r[6] for r in rows)
 
 
-CENSUS = re.compile(r"^\s+SASS: (.*)  all (\d+)$")
+CENSUS = re.compile(r"^\s+SASS: (.*)  all (\d+)  loop (\d+|-)$")
 
 
 @pytest.mark.slow
 def test_census_counts_each_kernels_sass_instructions_by_kind():
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RLA_KERNELS_FIXED_CONFIG")}
-    out = subprocess.run([sys.executable, SCRIPT, "--ops", "rdn", "--shape", "1,64,2,32", "--kernels", "_rdn_wy",
-                          "--census"], capture_output=True, text=True, timeout=600, env=env)
+    out = subprocess.run([sys.executable, SCRIPT, "--ops", "rdn", "--shape", "1,64,2,32", "--kernels",
+                          "_rdn_wy,_rdn_walk", "--census"], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     rows = [i for i, line in enumerate(lines) if ROW.match(line)]
-    assert len(rows) == 4  # the WY autotuner's four configs, each followed by its census
-    for i in rows:
+    names = [ROW.match(lines[i]).group(1) for i in rows]
+    # the WY autotuner's four configs, then the forward walk as training (X stored), inference and rerun compile it,
+    # each row followed by its census
+    assert names[:4] == ["_rdn_wy_kernel"] * 4 and len(names) > 4
+    assert all(name in ("_rdn_walk_kernel", "_rdn_walk_t_kernel") for name in names[4:])
+    for i, name in zip(rows, names):
         m = CENSUS.match(lines[i + 1])
         assert m, lines[i + 1]
         counts = {kind: int(n) for kind, n in (part.rsplit(" ", 1) for part in m.group(1).split("  "))}
         assert list(counts) == ["HMMA", "HGMMA", "LDS", "STS", "BAR", "SHFL", "LDG", "STG", "LDL", "STL", "F2FP"]
-        # its k k^T and the 16 x 16 merges run on tensor cores; it loads k and stores its matrices
+        # k k^T and the 16 x 16 merges, the walk's dots, run on tensor cores; each loads and stores
         assert counts["HMMA"] + counts["HGMMA"] > 0 and counts["LDG"] > 0 and counts["STG"] > 0
         assert sum(counts.values()) < int(m.group(2))  # address arithmetic and the like only count in "all"
+        if name == "_rdn_wy_kernel":
+            assert m.group(3) == "-"  # its loops over the chunk's 16-row blocks are unrolled: no backward branch
+        else:  # the walk's chunk step: most of the kernel, not all of it
+            assert int(m.group(2)) / 2 < int(m.group(3)) < int(m.group(2))
 
 
 def _hazards_module():
