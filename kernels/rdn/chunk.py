@@ -191,6 +191,12 @@ REBUILD_STEPS = 0
 # shared at 4). 4 -> 8 (H200, 2026-12-02 11:17, profile_kernels.py --knob REBUILD_WARPS=4,8): 1.389 -> 1.390 ms at
 # B=1 T=32k, 0.97 -> 1.08 at B=2 T=16k.
 REBUILD_WARPS = 4
+# The segments an uncut-able forward (no walk kept, fixed length) is cut into where the caller passes segments=None:
+# 0 = segmented.auto_segments' choice (the fused walk at B=1 T=32k H=16 K=V=128: its 128 programs are over half the
+# SMs), N > 0 = N. A knob so that profile_kernels.py --infer --knob FORWARD_SEGMENTS=0,2,4,8 can time the segmented
+# forward where the automatic rule never takes it: its rule was set on SmolLM2's prefill (H=9, 2026-11-30), before
+# most of the fused walk's gains.
+FORWARD_SEGMENTS = 0
 # 2: the forward walk stores the even chunks' start states alone (half its state stores) where only the output
 # kernel reads them (not kept for the backward), and the output kernel runs at twice the walk's chunk (64 tokens),
 # reading those states: o = exp(G) Q S0 + Mq U + gamma (exp(G) Q R0 + Mqi W) holds at any chunking of the per-token
@@ -467,8 +473,11 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     keep = "keep_walk" if keep_walk else "keep_tokens" if keep_tokens else ""
     if keep and segments not in (None, 1):
         raise ValueError(f"{keep} needs the uncut walk (the segmented one stores no X); got segments={segments}")
+    if not isinstance(FORWARD_SEGMENTS, int) or FORWARD_SEGMENTS < 0:
+        raise ValueError(f"launch knob FORWARD_SEGMENTS must be an int >= 0 (0: automatic); got {FORWARD_SEGMENTS!r}")
     if segments is None:
-        segments = 1 if L.varlen or keep else auto_segments(L.B, L.T, L.H, L.K, L.V, sm_count(q.device))
+        segments = 1 if L.varlen or keep else (FORWARD_SEGMENTS
+                                               or auto_segments(L.B, L.T, L.H, L.K, L.V, sm_count(q.device)))
     segments = usable_segments(segments, L.B, L.T, L.H, L.BT)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)

@@ -354,6 +354,29 @@ def test_segments_are_chosen_only_when_the_fused_walk_starves_the_gpu():
     assert o.shape == empty[2].shape and torch.equal(S, S0) and torch.equal(R, R0)
 
 
+def test_forward_segments_knob_forces_a_cut_where_none_is_asked(monkeypatch):
+    """chunk.FORWARD_SEGMENTS N: a forward called with segments=None is cut into N segments (the segmented forward's
+    results, exactly), except where a walk is kept (the uncut walk: the backward reads its X); 0 is the automatic rule
+    (here: no cut); a negative value is a ValueError."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=100, H=2, K=16, V=16)
+    cut = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, chunk_size=16, segments=3)
+    uncut = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, chunk_size=16, segments=1)
+    kept_uncut = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, chunk_size=16, keep_tokens=True)
+    monkeypatch.setattr(chunk, "FORWARD_SEGMENTS", 3)
+    for a, b in zip(chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, chunk_size=16), cut):
+        assert torch.equal(a, b)
+    kept = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, chunk_size=16, keep_tokens=True)
+    for a, b in zip(kept[:3] + tuple(kept[3]), kept_uncut[:3] + tuple(kept_uncut[3])):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(chunk, "FORWARD_SEGMENTS", 0)
+    for a, b in zip(chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, chunk_size=16), uncut):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(chunk, "FORWARD_SEGMENTS", -1)
+    with pytest.raises(ValueError, match="launch knob FORWARD_SEGMENTS must be an int >= 0"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, chunk_size=16)
+
+
 def test_through_public_api_with_autograd():
     """rdn(..., backend='triton') goes through the torch.library op whose backward calls chunk_rdn_bwd."""
     from rla_kernels.api import rdn
