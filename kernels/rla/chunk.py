@@ -381,14 +381,15 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
     kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
     rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
+    gates = _walks_gates(g, beta, gamma)  # cast once for every walk below (an fp32 gate is not cast again)
     if len(kept) == 3:
         h_s, h_r, res = kept
     elif not rerun:
-        h_s, h_r, res, _, _ = _run_states(L, k, v, g, beta, gamma, S0, R0)
+        h_s, h_r, res, _, _ = _run_states(L, k, v, *gates, S0, R0)
     else:
         res = kept[0]
         beside = Beside(k, OVERLAP == 1)
-        h_s, h_r = _rerun_walks(L, k, v, g, beta, gamma, S0, R0, res, beside)
+        h_s, h_r = _rerun_walks(L, k, v, *gates, S0, R0, res, beside)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta. The per-V-block partial sums are reduced below.
@@ -396,8 +397,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     nk = triton.cdiv(L.K, L.BK_par)
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
-    walk_g, _, walk_gamma = _walks_gates(g, beta, gamma)
-    dh_r, dR0 = _dwalk(L, q, do, walk_g, walk_gamma, scale, None, None, dR_T)
+    dh_r, dR0 = _dwalk(L, q, do, gates[0], gates[2], scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     # dgamma's partial sums: nv_du from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
     # all reduced with dg's and dbeta's by one small kernel at the end
@@ -409,7 +409,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
         CHUNK_ORDER=L.chunk_order,
     )
-    dh_s, dS0 = _dwalk(L, q, do, walk_g, None, scale, k, du, dS_T)
+    dh_s, dS0 = _dwalk(L, q, do, gates[0], None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv_dv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[L.parallel_grid(L.BV_grad)](
