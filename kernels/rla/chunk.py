@@ -277,9 +277,9 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside |
 
 
 def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
-    """The forward's passes up to the output: chunk-start states of S and R, residuals, final states.
-    h_S comes with its lo buffer (the residuals read ~16 bits of it); h_R without."""
-    g, beta, gamma = _walks_gates(g, beta, gamma)  # the residual kernel reads the same values
+    """The forward's passes up to the output: chunk-start states of S and R, residuals, final states, from the gates
+    as the walks take them (_walks_gates; the residual kernel reads the same values). h_S comes with its lo buffer
+    (the residuals read ~16 bits of it); h_R without."""
     h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
     _rla_residual_kernel[L.parallel_grid(L.BV_res)](
@@ -296,8 +296,7 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
 
 def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside):
     """The backward's chunk-start states h_s, h_r from the kept residuals, both walks queued on ``beside``'s
-    stream."""
-    g, beta, gamma = _walks_gates(g, beta, gamma)
+    stream; the gates as the walks take them (_walks_gates)."""
     h_s, _, _ = _walk(L, k, v, g, beta, S0, True, False, beside=beside)
     h_r, _, _ = _walk(L, k, res, g, gamma, R0, False, False, beside=beside)
     return h_s, h_r
@@ -335,7 +334,7 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     L = _Layout(q, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
-    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, g, beta, gamma, S0, R0)
+    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, *_walks_gates(g, beta, gamma), S0, R0)
     o = torch.empty_like(v)
     _rla_fwd_output_kernel[L.parallel_grid(L.BV_out)](
         q, k, v, g, beta, gamma, h_s, h_r, res, o,
@@ -381,7 +380,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
     kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
     rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
-    gates = _walks_gates(g, beta, gamma)  # cast once for every walk below (an fp32 gate is not cast again)
+    gates = _walks_gates(g, beta, gamma)  # once, for every walk below
     if len(kept) == 3:
         h_s, h_r, res = kept
     elif not rerun:
