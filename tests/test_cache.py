@@ -1,8 +1,11 @@
 """Cached decoding: greedy generation with the cache equals recomputing the prefix; states stay fixed-size."""
+import inspect
+
 import pytest
 import torch
 import transformers as tf
 
+from rla_convert.compat import cache_argument, output_cache
 from rla_convert.config import ConversionConfig
 from rla_convert.convert import convert_model
 from rla_convert.models.cache import RecurrentStateLayer
@@ -63,6 +66,28 @@ def test_batched_left_padded_generation_matches_single_prompts():
     out = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(out[0, 6:], recompute_greedy(model, a, 5)[0, 6:])
     assert torch.equal(out[1, 6:], recompute_greedy(model, b, 5)[0, 3:])
+
+
+def test_a_left_padded_batch_without_position_ids_numbers_its_real_tokens():
+    # a plain forward (batched scoring, a hand-written decode loop) passes the mask and no position_ids: the base model
+    # would number the pads too, and RoPE before SiLU and the L2 norm is not relative in a converted layer
+    model = converted_llama(variant="rdn")
+    a, b = torch.randint(1, 128, (1, 7)), torch.randint(1, 128, (1, 4))
+    ids = torch.cat([a, torch.cat([torch.randint(1, 128, (1, 3)), b], 1)])  # the pads are random tokens too
+    mask = torch.tensor([[1] * 7, [0] * 3 + [1] * 4])
+    step = torch.randint(1, 128, (2, 1))
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        alone = model(input_ids=b, use_cache=True)
+        assert (out.logits[1, 3:] - alone.logits[0]).abs().max() < 1e-5
+        assert (out.logits[0] - model(input_ids=a).logits[0]).abs().max() < 1e-5
+        # one decode step on the cache, the mask covering the cached tokens as transformers expects
+        cache_kwarg = cache_argument(model)
+        nxt = model(input_ids=step, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
+                    **{cache_kwarg: output_cache(out)}, use_cache=True)
+        ref = model(input_ids=step[1:], **{cache_kwarg: output_cache(alone)}, use_cache=True)
+        assert (nxt.logits[1] - ref.logits[0]).abs().max() < 1e-5
+    assert "position_ids" in inspect.signature(model.forward).parameters  # generate() still sees the base's forward
 
 
 def test_decode_steps_update_the_same_state_buffers_in_place():

@@ -10,6 +10,8 @@ files shipped beside it).
 """
 from __future__ import annotations
 
+import inspect
+
 from transformers import PreTrainedModel
 
 from ..layers.residual_attention import ResidualAttention
@@ -31,13 +33,53 @@ class ConvertedModelMixin:
         super().__init__(config, *args, **kwargs)
         install_layers(self, config.conversion.get("layers", []))
 
+    def _forward_numbering_real_tokens(self, *args, **kwargs):
+        # Without position_ids the base model numbers every column of the mask, padding included. Softmax attention
+        # does not mind (RoPE is relative there), but a converted layer applies SiLU and an L2 norm after RoPE, so
+        # its output depends on the absolute positions: a left-padded row would be numbered from its first pad.
+        # Number the real tokens from the mask instead, as generate() does.
+        if kwargs.get("position_ids") is None and self._takes_position_ids and _uses_rope(self):
+            kwargs["position_ids"] = _positions_from_mask(kwargs.get("attention_mask"), _current_length(args, kwargs))
+        return super(ConvertedModelMixin, self).forward(*args, **kwargs)
+
+
+def _uses_rope(model) -> bool:
+    flag = getattr(model, "_rla_rope_layers", None)
+    if flag is None:
+        flag = any(getattr(m, "rope", False) for m in model.modules() if isinstance(m, ResidualAttention))
+        model._rla_rope_layers = flag  # the layers are fixed at construction
+    return flag
+
+
+def _current_length(args, kwargs):
+    tokens = kwargs.get("input_ids", args[0] if args else None)
+    if tokens is None:
+        tokens = kwargs.get("inputs_embeds")
+    return None if tokens is None else tokens.shape[1]
+
+
+def _positions_from_mask(mask, length):
+    """Each real token's index among the real tokens of its row (the mask covers the cached tokens too), for the
+    last ``length`` columns; pads get 0. None (the base model's own numbering) where the mask does not say."""
+    if mask is None or length is None or mask.dim() != 2 or mask.shape[1] < length:
+        return None
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
 
 def converted_class(base_class: type) -> type:
     """``RLA<Base>``: the base class with its attention modules replaced at construction."""
     if base_class not in _CONVERTED_CLASSES:
+        signature = inspect.signature(base_class.forward)
+
+        def forward(self, *args, **kwargs):
+            return self._forward_numbering_real_tokens(*args, **kwargs)
+
+        # generate() reads the forward's parameters (position_ids, logits_to_keep, ...) to choose what to pass
+        forward.__signature__, forward.__doc__ = signature, base_class.forward.__doc__
         _CONVERTED_CLASSES[base_class] = type(
             f"RLA{base_class.__name__}", (ConvertedModelMixin, base_class),
-            {"config_class": RLAConfig, "__module__": __name__},
+            {"config_class": RLAConfig, "__module__": __name__, "forward": forward,
+             "_takes_position_ids": "position_ids" in signature.parameters},
         )
     return _CONVERTED_CLASSES[base_class]
 
