@@ -1,7 +1,7 @@
 """The CLI's shape: subcommands listed, unbuilt ones fail cleanly, bad model names give one line + exit 2."""
 import pytest
 
-from clitools import run_process
+from clitools import exit_status, one_error_line, run_process
 
 SUBCOMMANDS = ("convert", "distill", "export", "eval", "bench", "info")
 
@@ -51,3 +51,16 @@ def test_python_dash_m_is_the_command():
 
     run = subprocess.run([sys.executable, "-m", "rla_convert", "nope-model"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("rla-convert: error: no model")
+
+
+@pytest.mark.parametrize("typo, meant", [("distil", "distill"), ("infoo", "info"), ("genrate", "generate")])
+def test_a_mistyped_command_is_named_not_read_as_a_model(typo, meant, capsys):
+    assert exit_status(typo, "recipes/cpu-smoke.yaml") == 2
+    assert f"did you mean '{meant}'" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_bad_backend_in_the_environment_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("RLA_KERNELS_BACKEND", "cuda")
+    assert exit_status("info", "smollm2-135m") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "RLA_KERNELS_BACKEND='cuda'" in line and "torch, triton" in line

@@ -25,6 +25,14 @@ def test_converts_and_exports_a_checkpoint_dir(llama_dir, tmp_path, capsys):
     assert model.generate(torch.randint(0, 128, (1, 4)), max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
+def test_backend_triton_is_recorded_when_converting_on_a_machine_without_cuda(llama_dir, tmp_path, capsys, monkeypatch):
+    # a checkpoint meant for a GPU, converted on a CPU: the drift runs on this machine's backend, the config keeps triton
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the suite's interpreter would otherwise run triton on the CPU
+    assert exit_status(str(llama_dir), "--variant", "rdn", "--backend", "triton", "--out", str(tmp_path / "out")) in (0, None)
+    assert "layers keep backend='triton'" in capsys.readouterr().out
+    assert tf.AutoConfig.from_pretrained(tmp_path / "out").conversion["backend"] == "triton"
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--variant", "gla"], "rla, rdn"),
     (["--keep-softmax", "7,"], "out of range"),

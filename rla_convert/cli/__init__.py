@@ -5,9 +5,14 @@ Each subcommand lives in its own module; errors the user can fix print one line 
 """
 from __future__ import annotations
 
+import difflib
+import os
+
 import click
 
 from .. import __version__
+from ..checkpoints import BUNDLED_MODELS
+from ..errors import UserError
 from ._common import main_entry
 from .bench import bench
 from .convert import convert
@@ -25,6 +30,10 @@ class DefaultToConvert(click.Group):
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
+            near = difflib.get_close_matches(args[0], list(self.commands), n=1, cutoff=0.75)
+            if near and not os.path.exists(args[0]) and args[0] not in BUNDLED_MODELS:  # 'distil', 'infoo': not a model
+                raise UserError(f"no command {args[0]!r}: did you mean '{near[0]}'? (commands: {', '.join(self.commands)};"
+                                " anything else is read as a MODEL to convert: a bundled name, a directory or a .gguf)")
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 

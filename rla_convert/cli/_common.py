@@ -1,6 +1,7 @@
 """What every subcommand shares: turning user errors into one line and exit status 2."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -16,6 +17,11 @@ def fail(message: str) -> None:
 
 
 def main_entry(cli: click.Group, argv=None):
+    from rla_kernels.backend import BACKENDS, ENV_VAR, BackendUnavailableError
+
+    chosen = os.environ.get(ENV_VAR)
+    if chosen and chosen not in BACKENDS:  # read by every kernel call: refuse it before any work
+        fail(f"environment variable {ENV_VAR}={chosen!r}: accepted values are {', '.join(BACKENDS)} (or unset)")
     try:
         cli.main(args=argv, prog_name="rla-convert", standalone_mode=False)
     except click.exceptions.Abort:
@@ -23,7 +29,7 @@ def main_entry(cli: click.Group, argv=None):
     except click.ClickException as err:  # usage errors: click's own message, status 2
         err.show()
         sys.exit(err.exit_code)
-    except UserError as err:
+    except (UserError, BackendUnavailableError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted")

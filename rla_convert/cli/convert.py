@@ -100,7 +100,8 @@ def print_summary(result, params_before: int) -> None:
                f"gate init: {report.gate_init}")
     click.echo(f"parameters: {params_before:,} -> {params_after:,} ({params_after - params_before:+,})")
     if result.drift is not None:
+        note = f" ({result.drift_note})" if result.drift_note else ""
         click.echo(f"drift right after conversion (random tokens): relative logit error {result.drift.relative_error:.4f}, "
-                   f"top-1 agreement {result.drift.top1_agreement:.3f}")
+                   f"top-1 agreement {result.drift.top1_agreement:.3f}{note}")
     else:
         click.echo(f"drift: {result.drift_note}")
