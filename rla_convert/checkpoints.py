@@ -59,6 +59,8 @@ def resolve_checkpoint(name_or_path: str) -> CheckpointSource:
         if len(ggufs) == 1:
             return CheckpointSource(name_or_path, path, ggufs[0].name)
         raise UserError(f"{name_or_path!r} is a directory without config.json (or exactly one .gguf); accepted: {accepted_forms()}")
+    if path.exists():
+        raise UserError(f"{name_or_path!r} is a file but not a .gguf; accepted: {accepted_forms()}")
     raise UserError(f"no model {name_or_path!r}: not a bundled name and no such file or directory; accepted: {accepted_forms()}")
 
 

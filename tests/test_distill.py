@@ -185,12 +185,16 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny, tmp_path, monkeyp
     ({"data.seq_len": 512}, "over the model's maximum of 128"),
     ({"stage1.steps": "ten"}, "stage1.steps' must be an integer"),
     ({"precision": "bf16"}, "needs a CUDA device"),
+    ({"device": "meta"}, "device: 'meta': only CPU and CUDA devices are supported"),
+    ({"device": "tpu"}, "device: 'tpu' is not a device; accepted: auto, cpu"),
+    ({"device": "cpuu"}, "device: 'cpuu' is not a device; accepted: auto, cpu"),
+    ({"conversion.keep_softmax": [9]}, "out of range"),
 ])
 def test_bad_recipes_are_one_line_exit_2(tiny, tmp_path, capsys, overrides, expected):
     recipe = write_recipe(tmp_path, tiny, **overrides)
     assert exit_status("distill", str(recipe)) == 2
     assert expected in one_error_line(capsys.readouterr().err)
-    assert not (tmp_path / "run" / "final").exists()
+    assert not (tmp_path / "run").exists()  # a run that failed to start leaves no directory behind
 
 
 def test_empty_dataset_is_one_line(tiny, tmp_path, capsys):
@@ -198,6 +202,16 @@ def test_empty_dataset_is_one_line(tiny, tmp_path, capsys):
     (tmp_path / "empty" / "a.txt").write_text("")
     assert exit_status("distill", str(write_recipe(tmp_path, tiny, **{"data.train": str(tmp_path / "empty")}))) == 2
     assert "fewer than seq_len=32 + 1 training tokens" in one_error_line(capsys.readouterr().err)
+
+
+def test_resuming_a_finished_run_is_refused_and_rewrites_nothing(finished_run, tmp_path, capsys):
+    run, _, run_dir = finished_run
+    recipe = tmp_path / "same.yaml"
+    recipe.write_text((run_dir / "final" / "recipe.yaml").read_text())
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert exit_status("distill", str(recipe), "--resume") == 2
+    assert "is a finished run" in one_error_line(capsys.readouterr().err)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_resume_and_reuse_of_output_dirs_are_checked(tiny, tmp_path, capsys):

@@ -146,6 +146,11 @@ def test_eval_cli_writes_table_and_json(tiny_model_dir, tmp_path):
     ([], "nothing to evaluate"),
     (["--passkey", "12x"], "comma-separated"),
     (["--device", "cuda", "--passkey", "128"], "no CUDA"),
+    (["--device", "tpu", "--passkey", "128"], "'tpu' is not a device; accepted: auto, cpu"),
+    (["--passkey", "128", "--passkey-n", "0"], "--passkey-n"),
+    (["--text", "README.md", "--window", "0"], "--window"),
+    (["--text", "README.md", "--json", "/no/such/dir/x.json"], "/no/such/dir does not exist"),
+    (["--text", "README.md", "--teacher", "no-such-teacher"], "no model 'no-such-teacher'"),
 ])
 def test_eval_cli_bad_input_is_one_line(tiny_model_dir, args, needle):
     if "cuda" in args and torch.cuda.is_available():

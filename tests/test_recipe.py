@@ -63,6 +63,10 @@ def test_set_overrides_any_field_before_checks(tmp_path):
         load_recipe(path, ["stage1.steps=1.5"])
     with pytest.raises(UserError, match="expected FIELD=VALUE"):
         load_recipe(path, ["stage1.steps"])
+    with pytest.raises(UserError, match=r"--set 'stage2.lr=\[1,': the value is not valid YAML"):
+        load_recipe(path, ["stage2.lr=[1,"])
+    with pytest.raises(UserError, match=r"data.heldout_fraction must be in \[0, 1\), got 1.5"):
+        load_recipe(path, ["data.heldout_fraction=1.5"])
 
 
 def test_missing_recipe_file(tmp_path):

@@ -36,17 +36,6 @@ def main_entry(cli: click.Group, argv=None):
     return 0
 
 
-def resolve_device(device: str):
-    """``--device``: auto (CUDA when torch sees one), cpu, or cuda[:N] (refused without a GPU)."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for a GPU, but torch sees no CUDA device here; accepted: auto, cpu")
-    return torch.device(device)
-
-
 def not_built(command: str, issue: int):
     """Body of a subcommand the toolkit names but has not built yet."""
     raise NotBuiltError(f"'rla-convert {command}' is not built yet (tracked in issue #{issue})")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import resolve_device
+from ..devices import resolve_device
 
 
 def _int_list(ctx, param, value):
@@ -25,13 +25,13 @@ def _int_list(ctx, param, value):
 @click.command(name="eval")
 @click.argument("model")
 @click.option("--text", "text_path", type=click.Path(), help="Held-out text: .txt, .jsonl, .parquet, a datasets directory, or a directory of files.")
-@click.option("--window", default=512, show_default=True, help="Perplexity window (packed, non-overlapping).")
-@click.option("--max-tokens", default=65536, show_default=True, help="Score at most this many tokens of --text.")
-@click.option("--batch-size", default=4, show_default=True)
+@click.option("--window", default=512, show_default=True, type=click.IntRange(min=2), help="Perplexity window (packed, non-overlapping).")
+@click.option("--max-tokens", default=65536, show_default=True, type=click.IntRange(min=2), help="Score at most this many tokens of --text.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--passkey", "passkey_lengths", default="", callback=_int_list, help="Passkey prompt lengths, e.g. 512,1024,2048.")
-@click.option("--passkey-n", default=50, show_default=True, help="Prompts per passkey length.")
+@click.option("--passkey-n", default=50, show_default=True, type=click.IntRange(min=1), help="Prompts per passkey length.")
 @click.option("--teacher", help="Teacher model for greedy agreement (needs --text).")
-@click.option("--agreement-prompts", default=16, show_default=True)
+@click.option("--agreement-prompts", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
@@ -44,13 +44,17 @@ def eval_cmd(model, text_path, window, max_tokens, batch_size, passkey_lengths, 
     """
     import torch
 
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import load_checkpoint, resolve_checkpoint
     from ..eval import greedy_agreement, load_text, passkey_accuracy, perplexity, tokenize_text
 
     if not text_path and not passkey_lengths:
         raise UserError("nothing to evaluate: give --text FILE (perplexity, agreement) and/or --passkey LENGTHS")
     if teacher and not text_path:
         raise UserError("--teacher measures agreement on held-out prompts: it needs --text FILE")
+    if json_path and not Path(json_path).resolve().parent.is_dir():  # checked before the work, not after it
+        raise UserError(f"--json {json_path}: the directory {Path(json_path).parent} does not exist")
+    if teacher:
+        resolve_checkpoint(teacher)  # a bad name fails now, not after the perplexity
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype)
     text = load_text(text_path) if text_path else None  # read before the slow model load: fail fast

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
-from ._common import resolve_device
+from ..devices import resolve_device
 
 
 @click.command()

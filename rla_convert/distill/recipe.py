@@ -141,7 +141,10 @@ def _apply_override(root: yaml.MappingNode, item: str) -> yaml.MappingNode:
     for depth, key in enumerate(keys):
         match = next((v for k, v in node.value if k.value == key), None)
         if depth == len(keys) - 1:
-            new = yaml.compose(value) or yaml.ScalarNode("tag:yaml.org,2002:null", "null")
+            try:
+                new = yaml.compose(value) or yaml.ScalarNode("tag:yaml.org,2002:null", "null")
+            except yaml.YAMLError as err:
+                raise UserError(f"--set {item!r}: the value is not valid YAML ({getattr(err, 'problem', err)})") from None
             new.start_mark = None  # reported as coming from --set, not from a line of the file
             node.value = [(k, v) for k, v in node.value if k.value != key]
             node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", key), new))
@@ -236,6 +239,8 @@ def _check(recipe: Recipe, path: Path) -> None:
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(spec, name) < (0 if name == "steps" else 1):
                 raise UserError(f"{path}: {stage}.{name} must be {'>= 0' if name == 'steps' else '>= 1'}, got {getattr(spec, name)}")
+    if not 0 <= recipe.data.heldout_fraction < 1:
+        raise UserError(f"{path}: data.heldout_fraction must be in [0, 1), got {recipe.data.heldout_fraction}")
     if recipe.data.seq_len < 8:
         raise UserError(f"{path}: data.seq_len must be at least 8, got {recipe.data.seq_len}")
     base = path.parent

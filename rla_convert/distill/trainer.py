@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import resolve_device
 from ..errors import UserError
 from .losses import kd_loss, relative_mse
 from .recipe import Recipe, recipe_yaml
@@ -173,7 +174,7 @@ class DistillRun:
             if source is not None:
                 next(iter_documents(source), None)
         self._check_run_dir()
-        self.device = _device(r.device)
+        self.device = resolve_device(r.device, option="device:")
         if r.precision != "fp32" and self.device.type != "cuda":
             raise UserError(f"precision {r.precision} needs a CUDA device; on {self.device.type} use precision: fp32")
         torch.manual_seed(r.seed)
@@ -201,6 +202,8 @@ class DistillRun:
         self.student.to(self.device)
         # a factory: each use needs a fresh context manager
         self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype != torch.float32 else nullcontext
+        # made only now that every check has passed: a run that failed to start leaves no directory behind
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     def _convert(self, teacher):
@@ -213,6 +216,9 @@ class DistillRun:
     def _check_run_dir(self):
         state_files = list(self.run_dir.glob("checkpoints/*/state.json"))
         if self.resume:
+            if (self.run_dir / "final").is_dir():
+                raise UserError(f"--resume: {self.run_dir} is a finished run (final/ is written); export it with "
+                                f"'rla-convert export {self.run_dir} --out DIR', or choose another output to train again")
             if not state_files:
                 raise UserError(f"--resume: {self.run_dir} has no checkpoint to resume from")
             for f in state_files:
@@ -221,7 +227,6 @@ class DistillRun:
                                     "match this recipe's model, conversion, data and stage settings)")
         elif self.run_dir.exists() and (state_files or (self.run_dir / "final").exists()):
             raise UserError(f"output {self.run_dir} already holds a run: pass --resume to continue it, or choose another output")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- logging -------------------------------------------------------------------------------
     def log(self, **row):
@@ -499,14 +504,6 @@ def _schedule(optimizer, warmup: int, total: int):
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name} asked for a GPU, but torch sees no CUDA device here; accepted: auto, cpu")
-    return torch.device(name)
 
 
 def _load_safetensors(path: Path) -> dict:
