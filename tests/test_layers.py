@@ -142,6 +142,20 @@ def test_left_padding_leaves_states_untouched():
     assert rel(out[:, 3:], layer(x)[0]) < 1e-10
 
 
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_a_sliding_window_mask_is_dropped_and_its_padding_kept(kind):
+    # a sliding-window model (Mistral, Gemma2/3, Phi-3...) hands its layers [B, 1, Tq, Tkv] masks whose last row hides
+    # the keys outside that query's window: real tokens, which the linear layer reads all of; only padding is left out
+    layer = make_layer("rdn", conv_size=3)
+    x = torch.randn(1, 8, 32, dtype=torch.float64)
+    padded = torch.cat([torch.randn(1, 2, 32, dtype=torch.float64), x], 1)
+    i, j = torch.arange(10)[:, None], torch.arange(10)[None]
+    allowed = (j <= i) & (i - j < 3) & (j >= 2)  # causal, a window of 3, two left-padding tokens
+    mask = allowed if kind == "bool" else torch.zeros(10, 10, dtype=torch.float64).masked_fill(~allowed, -1e30)
+    out, _ = layer(padded, attention_mask=mask[None, None])
+    assert rel(out[:, 2:], layer(x)[0]) < 1e-10
+
+
 def test_masked_decode_step_compiles_without_graph_breaks():
     # generate() passes an attention mask every step; reading it must not sync or break the graph
     torch._dynamo.reset()

@@ -308,8 +308,13 @@ class ResidualAttention(nn.Module):
         """
         if mask is None:
             return None
-        if mask.dim() == 4:  # causal mask [B, 1, Tq, Tkv]: the last query row sees every real key
-            row = mask[:, 0, -1, -T:]
+        if mask.dim() == 4:  # [B, 1, Tq, Tkv], the current tokens last: a token is real if it may attend to itself
+            # (the diagonal). Not the last query row: under a sliding-window (or chunked) mask that row also hides
+            # the keys outside its window, real tokens that a linear layer must read (the window itself is dropped)
+            if mask.shape[-2] == T and mask.shape[-1] >= T:
+                row = mask[:, 0, :, -T:].diagonal(dim1=-2, dim2=-1)
+            else:
+                row = mask[:, 0, -1, -T:]
             valid = row if row.dtype == torch.bool else row == 0
         elif mask.dim() == 2:
             valid = mask[:, -T:].bool()
