@@ -59,6 +59,22 @@ class FusedAttention(PlainAttention):
         return self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)), None
 
 
+class NormedAttention(PlainAttention):
+    """PlainAttention with an RMSNorm on q: not SDPA straight on the projections, so no plain module."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_norm = nn.RMSNorm(8)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.heads, self.hd)).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.kv_heads, self.hd).transpose(1, 2).repeat_interleave(2, dim=1)
+        v = self.v_proj(x).view(B, T, self.kv_heads, self.hd).transpose(1, 2).repeat_interleave(2, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(o.transpose(1, 2).reshape(B, T, -1)), None
+
+
 class TinyLM(nn.Module):
     def __init__(self, attention=PlainAttention, layers=2, dim=32, vocab=64, mix=True):
         super().__init__()
@@ -161,6 +177,12 @@ def test_model_nothing_can_trace_gets_one_line_naming_both_attempts():
 def test_unknown_attention_is_reported_by_name():
     with pytest.raises(UserError, match=r"layers\.0\.attn \(FusedAttention\).*supported: Llama"):
         convert_model(TinyLM(attention=FusedAttention), ConversionConfig())
+
+
+def test_plain_module_with_more_than_its_projections_is_reported_by_name():
+    # the plain adapter would drop its q norm: a module that is more than the four Linears is not plain
+    with pytest.raises(UserError, match=r"does not know: layers\.0\.attn \(NormedAttention\)"):
+        convert_model(TinyLM(attention=NormedAttention), ConversionConfig())
 
 
 def test_model_without_attention_lists_what_is_supported():

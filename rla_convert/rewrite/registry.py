@@ -8,6 +8,7 @@ adapter does not provide (the new gates) is set by rla_convert.init; the names i
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,10 +79,27 @@ def _gpt2_weights(m):
 
 # -- A plain PyTorch module: SDPA on q/k/v projections (sizes read from the traced graph) ------------
 
+PLAIN_EXCLUDED_ARGS = ("position_embeddings", "position_ids", "freqs_cis", "rotary_pos_emb", "rotary_emb")
+
+
 def _plain_matches(m, site):
+    """SDPA straight on the projections: the module holds the four Linears and nothing else (no norm, no RoPE
+    buffer), takes no positions, and is not transformers' own (those apply RoPE and norms the traced shapes do not
+    show: each is known by class above, or refused by name)."""
     out = getattr(m, "o_proj", None) or getattr(m, "out_proj", None)
-    return (site.op == "sdpa" and all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj"))
-            and isinstance(out, nn.Linear))
+    linears = [getattr(m, n, None) for n in ("q_proj", "k_proj", "v_proj")] + [out]
+    if site.op != "sdpa" or not all(isinstance(lin, nn.Linear) for lin in linears):
+        return False
+    if type(m).__module__.split(".")[0] in ("transformers", "transformers_modules"):
+        return False
+    own = {id(p) for lin in linears for p in lin.parameters()}
+    if any(id(p) not in own for p in m.parameters()) or any(b.is_floating_point() for b in m.buffers()):
+        return False
+    try:
+        args = inspect.signature(m.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return not any(name in args for name in PLAIN_EXCLUDED_ARGS)
 
 
 def _plain_kwargs(m, site, config):
@@ -153,8 +171,9 @@ ADAPTERS = (
             _classes("GatedDeltaNet"), _fla_gdn_kwargs, _fla_gdn_weights),
     Adapter("qwen3-next-gdn", "transformers Qwen3-Next Gated DeltaNet (Qwen3NextGatedDeltaNet)", "gated-deltanet", "tensor",
             _classes("Qwen3NextGatedDeltaNet"), _qwen3next_kwargs, _qwen3next_weights),
-    Adapter("plain-sdpa", "any module calling F.scaled_dot_product_attention on q_proj/k_proj/v_proj and o_proj (or out_proj) Linears",
-            "softmax", "pair", _plain_matches, _plain_kwargs, _plain_weights),
+    Adapter("plain-sdpa", "any module (not transformers') that is only q_proj/k_proj/v_proj and o_proj (or out_proj) "
+            "Linears around F.scaled_dot_product_attention", "softmax", "pair", _plain_matches, _plain_kwargs,
+            _plain_weights),
 )
 
 MIXER_CLASSES = {"GatedDeltaNet": "triple", "Qwen3NextGatedDeltaNet": "tensor"}
