@@ -185,6 +185,16 @@ def test_plain_module_with_more_than_its_projections_is_reported_by_name():
         convert_model(TinyLM(attention=NormedAttention), ConversionConfig())
 
 
+def test_eager_attention_is_found_by_its_softmax():
+    from rla_convert.rewrite.capture import capture_sites
+
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL, attn_implementation="eager")).eval()
+    sites = capture_sites(model, torch.randint(0, 128, (1, 8)), {})
+    assert [(s.path, s.op) for s in sites] == [(f"model.layers.{i}.self_attn", "softmax") for i in range(2)]
+    result = convert_model(model, ConversionConfig(variant="rdn"))
+    assert [(r.action, r.adapter) for r in result.report.rows] == [("rdn", "llama-family")] * 2
+
+
 def test_model_without_attention_lists_what_is_supported():
     with pytest.raises(UserError, match="no attention the rewriter recognises.*GPT-2.*Qwen3-Next"):
         convert_model(TinyLM(mix=False), ConversionConfig())

@@ -15,6 +15,11 @@ does not appear in the graph, which is all site finding needs), and forward hook
 with the module stack it ran under, as export does. (Dynamo is no substitute here: a graph break
 inside a nested module restarts tracing in that module's own frame, and the path from the model's
 root is lost.)
+
+A model run with eager attention (Gemma2, which has no SDPA path; any model loaded with
+``attn_implementation="eager"``) computes softmax(q k^T) k by hand: there the site is a softmax node whose
+innermost module's class is named like an attention class (``*Attention*``), recorded as op ``"softmax"``
+without shapes (only the registry's class-named adapters take such a site).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ..errors import describe
 
 ATTENTION_TARGETS = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
                      "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+SOFTMAX_TARGETS = ("aten.softmax.", "aten._softmax.", "aten._safe_softmax.")
 
 
 @torch.library.custom_op("rla_convert::mixer_site", mutates_args=())
@@ -44,7 +50,7 @@ def _(hidden_states):
 class Site:
     path: str  # module path in the model, e.g. model.layers.0.self_attn
     class_name: str  # the module's class, e.g. LlamaAttention
-    op: str  # "sdpa" or "mixer"
+    op: str  # "sdpa", "softmax" (eager attention: no shapes) or "mixer"
     q_shape: tuple | None = None  # SDPA query [B, H, T, D] as traced
     k_shape: tuple | None = None
     is_causal: bool | None = None
@@ -151,6 +157,8 @@ def _sites_in(graph) -> list[Site]:
             q, k = (tuple(node.args[i].meta["val"].shape) for i in (0, 1))
             causal = bool(node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False))
             sites.setdefault(path, Site(path, cls_name, "sdpa", q, k, causal))
+        elif target.startswith(SOFTMAX_TARGETS) and "attention" in cls_name.lower():
+            sites.setdefault(path, Site(path, cls_name, "softmax"))
     return list(sites.values())
 
 

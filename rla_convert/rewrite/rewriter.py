@@ -89,7 +89,7 @@ def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch
     for order, site in enumerate(sites):
         module = modules[site.path]
         index = _layer_index(site.path, prefix, order)
-        if index in config.keep_softmax or (hybrid and site.op == "sdpa"):
+        if index in config.keep_softmax or (hybrid and site.op != "mixer"):
             report.rows.append(LayerRow(index, site.path, site.class_name, "kept", params_before=_count(module),
                                         params_after=_count(module)))
             continue
