@@ -226,3 +226,11 @@ def test_bad_arguments_are_clear():
         ResidualAttention(hidden_size=8, num_heads=2, head_dim=4, variant="gla")
     with pytest.raises(ValueError, match="divide"):
         ResidualAttention(hidden_size=8, num_heads=4, num_k_heads=3, head_dim=4)
+    with pytest.raises(ValueError, match="rope_dim must be even"):
+        ResidualAttention(hidden_size=8, num_heads=2, head_dim=4, rope=True, rope_dim=3)
+    with pytest.raises(ValueError, match="qk_norm_over"):
+        ResidualAttention(hidden_size=8, num_heads=2, head_dim=4, qk_norm=True, qk_norm_over="heads")
+    layer = ResidualAttention(hidden_size=8, num_heads=2, head_dim=4, rope=True, rope_dim=2)
+    cos = torch.randn(1, 3, 4)  # a model's cos/sin for whole heads: not what this layer was built for
+    with pytest.raises(ValueError, match="position_embeddings are 4 wide; this layer rotates 2 of its 4"):
+        layer(torch.randn(1, 3, 8), position_embeddings=(cos, cos))

@@ -1,7 +1,8 @@
 """The RLA / RDN attention layer that replaces softmax attention or a Gated DeltaNet mixer.
 
 Per token (paper, Section 3.4; the math itself lives in rla_kernels):
-    q, k, v  = projections of x  (optional per-head RMSNorm on q/k, RoPE, short causal conv)
+    q, k, v  = projections of x  (optional RMSNorm on q/k, per head or over all heads, RoPE on all or the first
+               rope_dim features of each head, short causal conv)
     q, k     = L2norm(SiLU(q)), L2norm(SiLU(k))            (with a conv, SiLU follows the conv on q/k/v)
     g        = log a = -exp(A_log) * softplus(W_a x + dt_bias)   (Mamba-2 decay, in log space)
     beta     = sigmoid(W_b x),  gamma = sigmoid(W_gamma x)       (S and R write strengths)
@@ -101,8 +102,10 @@ class ResidualAttention(nn.Module):
         residual: str = "clip",
         conv_size: int = 0,
         qk_norm: bool = False,
+        qk_norm_over: str = "head",
         norm_eps: float = 1e-6,
         rope: bool = False,
+        rope_dim: int | None = None,
         output_gate: bool = False,
         output_scale: bool = False,
         qkv_bias: bool = False,
@@ -129,6 +132,11 @@ class ResidualAttention(nn.Module):
         self.head_v_dim = head_v_dim or head_dim
         self.layer_idx, self.clip, self.residual = layer_idx, clip, residual
         self.conv_size, self.rope, self.call_style, self.backend = conv_size, rope, call_style, backend
+        # partial RoPE (GPT-NeoX, Phi, StableLM, Phi-3 with partial_rotary_factor < 1): the host's cos/sin cover the
+        # first rope_dim features of each head, the rest pass unrotated; None: the whole head
+        if rope_dim is not None and not (0 < rope_dim <= head_dim and rope_dim % 2 == 0):
+            raise ValueError(f"rope_dim must be even and in (0, head_dim={head_dim}], got {rope_dim}")
+        self.rope_dim = None if rope_dim == head_dim else rope_dim
         # False: the op's forward keeps its chunk-state walk for the backward instead of the backward rerunning it
         # (rla_kernels.rdn's docstring: faster training for memory held until the backward); read at each call
         self.recompute_states = recompute_states
@@ -145,9 +153,14 @@ class ResidualAttention(nn.Module):
             self.gamma_proj = nn.Linear(hidden_size, H, bias=True)
         self.A_log = nn.Parameter(torch.zeros(H))
         self.dt_bias = nn.Parameter(torch.zeros(H))
+        if qk_norm_over not in ("head", "all"):
+            raise ValueError(f"qk_norm_over must be 'head' or 'all', got {qk_norm_over!r}")
+        # "head": one RMSNorm per head (Qwen3, Gemma3); "all": one over all heads of the projection at once (OLMo2)
+        self.qk_norm_over = qk_norm_over
         if qk_norm:
-            self.q_norm = HeadRMSNorm(head_dim, norm_eps)
-            self.k_norm = HeadRMSNorm(head_dim, norm_eps)
+            over_all = qk_norm_over == "all"
+            self.q_norm = HeadRMSNorm(head_dim * (self.num_q_heads if over_all else 1), norm_eps)
+            self.k_norm = HeadRMSNorm(head_dim * (self.num_k_heads if over_all else 1), norm_eps)
         if conv_size:
             for name, channels in (("q", self.num_q_heads * head_dim), ("k", self.num_k_heads * head_dim),
                                    ("v", self.num_v_heads * self.head_v_dim)):
@@ -178,8 +191,10 @@ class ResidualAttention(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, position_embeddings=None,
                 cache_params=None, **kwargs):
-        # the cache arrives as past_key_values (transformers <= 5.2x), cache (5.24+) or cache_params (fla, Mamba-style)
-        cache = next((c for c in (past_key_values, kwargs.get("cache"), cache_params) if c is not None), None)
+        # the cache arrives as past_key_values (transformers <= 5.2x), cache (5.24+), layer_past (GPT-NeoX) or
+        # cache_params (fla, Mamba-style)
+        cache = next((c for c in (past_key_values, kwargs.get("cache"), kwargs.get("layer_past"), cache_params)
+                      if c is not None), None)
         state = state_layer(cache, self.layer_idx) if cache is not None else None
         B, T, _ = hidden_states.shape
         valid = self._valid_tokens(attention_mask, B, T)
@@ -187,13 +202,19 @@ class ResidualAttention(nn.Module):
         seq_starts = self._positions_in_sequence(cu_seqlens, T, hidden_states.device) if cu_seqlens is not None else None
 
         x = hidden_states
-        q = self.q_proj(x).view(B, T, self.num_q_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_k_heads, self.head_dim)
+        q, k = self.q_proj(x), self.k_proj(x)
+        norm_all = hasattr(self, "q_norm") and self.qk_norm_over == "all"
+        if norm_all:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.num_q_heads, self.head_dim)
+        k = k.view(B, T, self.num_k_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_v_heads, self.head_v_dim)
-        if hasattr(self, "q_norm"):
+        if hasattr(self, "q_norm") and not norm_all:
             q, k = self.q_norm(q), self.k_norm(k)
         rope_ok = not self.rope or position_embeddings is not None  # else the PyTorch path says what is missing
-        if not self.conv_size and rope_ok and self._fused(q, k, *(position_embeddings if self.rope else ())):
+        # the one-launch feature map rotates whole heads: a partial RoPE takes the PyTorch path
+        if (not self.conv_size and rope_ok and self.rope_dim is None
+                and self._fused(q, k, *(position_embeddings if self.rope else ()))):
             cos, sin = position_embeddings if self.rope else (None, None)
             q, k = (self._prep.feature_map(t, cos, sin, valid, self.num_heads, v.dtype) for t in (q, k))
             v = self._repeat(v * valid[:, :, None, None].to(v.dtype) if valid is not None else v)
@@ -246,7 +267,15 @@ class ResidualAttention(nn.Module):
             if position_embeddings is None:
                 raise ValueError("this layer keeps RoPE but the model passed no position_embeddings")
             cos, sin = (t.unsqueeze(2) for t in position_embeddings)
-            qk = qk * cos + _rotate_half(qk) * sin
+            width = self.rope_dim or self.head_dim
+            if cos.shape[-1] != width:
+                raise ValueError(f"the model's position_embeddings are {cos.shape[-1]} wide; this layer rotates "
+                                 f"{width} of its {self.head_dim} head features")
+            if self.rope_dim is None:
+                qk = qk * cos + _rotate_half(qk) * sin
+            else:  # as transformers' partial RoPE: rotate the first rope_dim features, pass the rest
+                rot, kept = qk[..., :width], qk[..., width:]
+                qk = torch.cat([rot * cos + _rotate_half(rot) * sin, kept], dim=-1)
         if valid is not None:
             keep = valid[:, :, None, None]  # each in its own dtype: under autocast x is fp32, q/k/v bf16
             qk, v = qk * keep.to(qk.dtype), v * keep.to(v.dtype)
@@ -334,6 +363,7 @@ class ResidualAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"variant={self.variant}, heads={self.num_heads} (q {self.num_q_heads}, k {self.num_k_heads}, "
                 f"v {self.num_v_heads}), head_dim={self.head_dim}, clip={self.clip}, conv={self.conv_size}, rope={self.rope}"
+                + (f" (first {self.rope_dim})" if self.rope and self.rope_dim else "")
                 + ("" if self.recompute_states else ", recompute_states=False"))
 
 
