@@ -81,10 +81,19 @@ def tiny_qwen3_next():
     return tf.Qwen3NextForCausalLM(config)
 
 
+def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 16 features, cache as layer_past
+    return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**{**SMALL, "num_key_value_heads": 4}, attention_bias=True,
+                                                  bos_token_id=1, eos_token_id=2))
+
+
 @pytest.mark.parametrize("build", [
     lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)),
     tiny_qwen3_next,
-], ids=["gpt2", "qwen3-next"])
+    tiny_gpt_neox,
+    lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(**SMALL, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=4, pad_token_id=0,
+                                                     bos_token_id=1, eos_token_id=2)),
+], ids=["gpt2", "qwen3-next", "gpt-neox", "olmo2", "gemma3"])
 def test_other_architectures_round_trip_and_decode(tmp_path, build):
     model, out = convert_and_save(build(), tmp_path, variant="rdn")
     ids = torch.randint(1, 128, (1, 7))
@@ -102,6 +111,22 @@ def test_other_architectures_round_trip_and_decode(tmp_path, build):
         for _ in range(6):
             steps = torch.cat([steps, reloaded(steps, use_cache=False).logits[:, -1:].argmax(-1)], 1)
     assert torch.equal(cached, steps)
+
+
+def test_partial_rope_export_runs_without_the_toolkit(tmp_path):
+    model, out = convert_and_save(tiny_gpt_neox(), tmp_path, variant="rdn")
+    assert json.loads((out / "config.json").read_text())["conversion"]["layers"][0]["kwargs"]["rope_dim"] == 4
+    ids = torch.randint(3, 128, (1, 9))
+    torch.save(ids, tmp_path / "ids.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
+    run = subprocess.run([sys.executable, "-c", REMOTE, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "r.pt")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = torch.load(tmp_path / "r.pt")
+    assert remote["toolkit"] == []
+    with torch.no_grad():
+        assert torch.equal(remote["logits"], model(ids).logits)
+    assert torch.equal(remote["generated"], model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False))
 
 
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch):

@@ -5,6 +5,12 @@ An adapter gives (1) the constructor arguments of the new layer (sizes, heads, b
 host block calls it) and (2) the new layer's state-dict entries taken from the old module. Whatever an
 adapter does not provide (the new gates) is set by rla_convert.init; the names it does provide are the
 "reused" weights and are never re-initialised.
+
+An architecture is added here only where the mapping is exact: the converted layer's q and k, after its norms and
+RoPE, are the original module's on the same input (tests/test_architectures.py checks each). A class known but not
+mappable (REFUSED), or a configuration an adapter cannot reproduce (a q/k/v clamp, LayerNorm on q/k, bidirectional
+attention), is refused before any module is swapped: one UserError line naming the layer, its class and the reason.
+Any other class is refused by name.
 """
 from __future__ import annotations
 
@@ -38,25 +44,211 @@ def _copy(pairs):
     return {new: tensor.detach().clone() for new, tensor in pairs if tensor is not None}
 
 
-# -- Llama family: Llama, Mistral, Qwen2, Qwen3 (q_norm/k_norm), SmolLM2 (= Llama) ------------------
+def _linears(m, names=("q_proj", "k_proj", "v_proj")):
+    """(name.weight, tensor), (name.bias, tensor or None) for each named Linear of ``m``, under the same names."""
+    return [(f"{p}.{w}", getattr(getattr(m, p), w)) for p in names for w in ("weight", "bias")]
 
-LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention")
+
+# -- transformers' q_proj/k_proj/v_proj/o_proj attention (Llama's layout) ----------------------------------
+#
+# Each class here was read against its transformers source: separate q/k/v/o Linears (biases as they are), RoPE
+# from the host's (cos, sin) rotating halves of each head (Llama's rotate_half), optional per-head RMSNorm on q/k.
+# What only softmax means (the logit scale, Gemma2's soft-capping, sliding windows, attention dropout) is dropped:
+# the converted layer reads every earlier token through its recurrent state.
+
+LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention", "MixtralAttention",
+                "Qwen2MoeAttention", "Qwen3MoeAttention", "GraniteAttention", "Starcoder2Attention", "SeedOssAttention",
+                "OlmoAttention", "Exaone4Attention")
+GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention")
+GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention")
+PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
+
+# q_norm/k_norm classes whose formula the layer's HeadRMSNorm reproduces (x * rsqrt(mean(x^2) + eps), then a
+# weight), and the offset the weight carries: Gemma's norms scale by (1 + weight), so the layer stores weight + 1
+RMS_NORMS = {"Qwen3RMSNorm": 0.0, "Qwen3MoeRMSNorm": 0.0, "Exaone4RMSNorm": 0.0, "Gemma3RMSNorm": 1.0,
+             "Olmo2RMSNorm": 0.0, "Olmo3RMSNorm": 0.0, "OlmoeRMSNorm": 0.0}
+OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention")
+
+
+def _with_rope_dim(kwargs, rope_dim):
+    """Partial RoPE: the layer rotates the first ``rope_dim`` features of each head (left out for a whole head)."""
+    return {**kwargs, "rope_dim": rope_dim} if rope_dim != kwargs["head_dim"] else kwargs
+
+
+def _config_rope_dim(m):
+    """The features transformers' rotary embedding covers: int(head_dim * partial_rotary_factor)."""
+    return int(m.head_dim * m.config.rope_parameters.get("partial_rotary_factor", 1.0))
+
+
+def _refuse(site, reason):
+    raise UserError(f"cannot convert {site.path} ({site.class_name}): {reason}")
+
+
+def _causal(m, site):
+    if getattr(m, "is_causal", True) is False:
+        _refuse(site, "it attends bidirectionally (is_causal=False); the converted layer is causal")
+
+
+def _norm_eps(norm):
+    return next(getattr(norm, a) for a in ("variance_epsilon", "eps") if hasattr(norm, a))
+
+
+def _qk_norm_kwargs(m, site, q_width, k_width, head_dim):
+    """The layer's qk_norm arguments for the module's q_norm/k_norm: per head, or over the whole projection."""
+    if getattr(m, "q_norm", None) is None:
+        return {}
+    cls = type(m.q_norm).__name__
+    if cls not in RMS_NORMS or type(m.k_norm).__name__ != cls:
+        _refuse(site, f"its q_norm is a {cls}, not an RMSNorm whose formula the converted layer reproduces")
+    shapes = (m.q_norm.weight.shape[0], m.k_norm.weight.shape[0])
+    if shapes == (head_dim, head_dim):
+        over = "head"
+    elif shapes == (q_width, k_width):
+        over = "all"  # OLMo2: one RMSNorm over all heads of the projection
+    else:
+        _refuse(site, f"its q_norm/k_norm widths {shapes} are neither the head ({head_dim}) nor the projections")
+    return dict(qk_norm=True, norm_eps=_norm_eps(m.q_norm), **({"qk_norm_over": over} if over == "all" else {}))
 
 
 def _llama_kwargs(m, site, config):
-    kwargs = dict(hidden_size=config.hidden_size, num_heads=config.num_attention_heads,
-                  num_k_heads=config.num_key_value_heads, head_dim=m.head_dim,
-                  qkv_bias=m.q_proj.bias is not None, o_bias=m.o_proj.bias is not None, rope=True)
-    if hasattr(m, "q_norm"):
-        kwargs.update(qk_norm=True, norm_eps=getattr(m.q_norm, "variance_epsilon", 1e-6))
+    _causal(m, site)
+    if getattr(getattr(m, "config", None), "clip_qkv", None) is not None:  # OLMo's clamp on q/k/v
+        _refuse(site, "its config clamps q/k/v (clip_qkv), which the converted layer does not")
+    d = m.head_dim
+    kwargs = dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
+                  num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
+                  o_bias=m.o_proj.bias is not None, rope=True)
+    if type(m).__name__ == "Exaone4Attention":  # with a sliding window, EXAONE 4's global layers use no RoPE
+        kwargs["rope"] = m.sliding_window is None or m.is_sliding
+    kwargs.update(_qk_norm_kwargs(m, site, m.q_proj.out_features, m.k_proj.out_features, d))
     return kwargs
 
 
 def _llama_weights(m):
-    pairs = [(f"{p}.{w}", getattr(getattr(m, p), w)) for p in ("q_proj", "k_proj", "v_proj", "o_proj") for w in ("weight", "bias")]
-    if hasattr(m, "q_norm"):
-        pairs += [("q_norm.weight", m.q_norm.weight), ("k_norm.weight", m.k_norm.weight)]
+    pairs = _linears(m, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    if getattr(m, "q_norm", None) is not None:
+        offset = RMS_NORMS.get(type(m.q_norm).__name__, 0.0)
+        pairs += [("q_norm.weight", m.q_norm.weight + offset), ("k_norm.weight", m.k_norm.weight + offset)]
     return _copy(pairs)
+
+
+# -- GLM, GLM-4, Helium: Llama's layout with interleaved RoPE over the first rotary features ----------------
+#
+# Their RoPE rotates the pairs (2i, 2i+1) of a head by the host's i-th frequency; the layer rotates (i, i + r/2).
+# Reordering each head's first r rows of q_proj/k_proj (even features first, then odd) makes the layer's rotation
+# the same rotation of the same features: q.k, SiLU and the L2 norm do not see the order, so the converted layer
+# computes what it would on the original order (q_proj/k_proj rows permuted; v_proj and o_proj as they are).
+
+def _glm_kwargs(m, site, config):
+    return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m))
+
+
+def _deinterleave(t, head_dim, rope_dim):
+    """Rows of each head reordered: the first rope_dim as evens then odds, the rest in place."""
+    order = torch.cat([torch.arange(0, rope_dim, 2), torch.arange(1, rope_dim, 2), torch.arange(rope_dim, head_dim)])
+    heads = t.shape[0] // head_dim
+    return t.reshape(heads, head_dim, *t.shape[1:])[:, order.to(t.device)].reshape(t.shape)
+
+
+def _glm_weights(m):
+    out = _llama_weights(m)
+    r = _config_rope_dim(m)
+    for name in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias"):
+        if name in out:
+            out[name] = _deinterleave(out[name], m.head_dim, r)
+    return out
+
+
+# -- Phi-3: one fused qkv_proj, [q | k | v] rows --------------------------------------------------------------
+
+def _phi3_kwargs(m, site, config):
+    _causal(m, site)
+    d, hq, hk = m.head_dim, m.config.num_attention_heads, m.num_key_value_heads
+    return _with_rope_dim(dict(hidden_size=m.qkv_proj.in_features, num_heads=hq, num_k_heads=hk, head_dim=d,
+                               qkv_bias=m.qkv_proj.bias is not None, o_bias=m.o_proj.bias is not None, rope=True),
+                          _config_rope_dim(m))
+
+
+def _phi3_weights(m):
+    d, hq, hk = m.head_dim, m.config.num_attention_heads, m.num_key_value_heads
+    sizes = [hq * d, hk * d, hk * d]
+    pairs = [(f"{p}.weight", t) for p, t in zip(("q_proj", "k_proj", "v_proj"), m.qkv_proj.weight.split(sizes))]
+    if m.qkv_proj.bias is not None:
+        pairs += [(f"{p}.bias", t) for p, t in zip(("q_proj", "k_proj", "v_proj"), m.qkv_proj.bias.split(sizes))]
+    return _copy(pairs + [("o_proj.weight", m.o_proj.weight), ("o_proj.bias", m.o_proj.bias)])
+
+
+# -- GPT-NeoX (Pythia): fused query_key_value, per head [q | k | v]; partial RoPE; dense out -----------------------
+
+def _neox_kwargs(m, site, config):
+    _causal(m, site)
+    d = m.head_size
+    heads = m.query_key_value.out_features // (3 * d)
+    return _with_rope_dim(dict(hidden_size=m.query_key_value.in_features, num_heads=heads, head_dim=d,
+                               qkv_bias=m.query_key_value.bias is not None, o_bias=m.dense.bias is not None, rope=True),
+                          m.rotary_ndims)
+
+
+def _neox_weights(m):
+    d = m.head_size
+    heads = m.query_key_value.out_features // (3 * d)
+    pairs = []
+    for w in ("weight", "bias"):
+        fused = getattr(m.query_key_value, w)
+        if fused is None:
+            continue
+        per_head = fused.reshape(heads, 3 * d, *fused.shape[1:])  # the forward's view(..., heads, 3 * head_size)
+        for i, p in enumerate(("q_proj", "k_proj", "v_proj")):
+            pairs.append((f"{p}.{w}", per_head[:, i * d:(i + 1) * d].reshape(heads * d, *fused.shape[1:])))
+    return _copy(pairs + [("o_proj.weight", m.dense.weight), ("o_proj.bias", m.dense.bias)])
+
+
+# -- Phi (phi-1/1.5/2), StableLM: separate q/k/v, partial RoPE (rotary_ndims), out through dense / o_proj ---------
+
+def _partial_kwargs(m, site, config):
+    _causal(m, site)
+    if getattr(m, "qk_layernorm", False):
+        _refuse(site, "its q/k LayerNorms (qk_layernorm: mean-centred, with a bias) are no RMSNorm the converted "
+                      "layer has")
+    out = getattr(m, "dense", None) or m.o_proj
+    d = m.head_dim
+    return _with_rope_dim(dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
+                               num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
+                               o_bias=out.bias is not None, rope=True), m.rotary_ndims)
+
+
+def _partial_weights(m):
+    out = getattr(m, "dense", None) or m.o_proj
+    return _copy(_linears(m) + [("o_proj.weight", out.weight), ("o_proj.bias", out.bias)])
+
+
+# -- OPT: q/k/v/out_proj, no RoPE (learned positions are added to the embeddings) ---------------------------------
+
+def _opt_kwargs(m, site, config):
+    _causal(m, site)
+    return dict(hidden_size=m.embed_dim, num_heads=m.num_heads, head_dim=m.head_dim, qkv_bias=m.q_proj.bias is not None,
+                o_bias=m.out_proj.bias is not None, rope=False)
+
+
+def _opt_weights(m):
+    return _copy(_linears(m) + [("o_proj.weight", m.out_proj.weight), ("o_proj.bias", m.out_proj.bias)])
+
+
+# -- Known attention with no exact mapping: refused with the reason --------------------------------------------
+
+_COHERE_ROPE = ("Cohere's RoPE rotates interleaved pairs by interleaved cos/sin from the model; the converted layer "
+                "rotates halves, and no reordering of q/k maps one onto the other")
+REFUSED = {
+    "CohereAttention": _COHERE_ROPE,
+    "Cohere2Attention": _COHERE_ROPE,
+    "GPTJAttention": "GPT-J computes its interleaved RoPE inside the module; the converted layer takes cos/sin from "
+                     "the model",
+    "GptOssAttention": "its attention sinks (learned per-head softmax logits) have no linear-attention counterpart",
+}
+
+
+def _refused_kwargs(m, site, config):
+    _refuse(site, REFUSED[type(m).__name__])
 
 
 # -- GPT-2: fused c_attn Conv1D (weight [in, out], y = x W + b) --------------------------------------
@@ -112,8 +304,7 @@ def _plain_kwargs(m, site, config):
 
 def _plain_weights(m):
     out = getattr(m, "o_proj", None) or getattr(m, "out_proj")
-    pairs = [(f"{p}.{w}", getattr(getattr(m, p), w)) for p in ("q_proj", "k_proj", "v_proj") for w in ("weight", "bias")]
-    return _copy(pairs + [("o_proj.weight", out.weight), ("o_proj.bias", out.bias)])
+    return _copy(_linears(m) + [("o_proj.weight", out.weight), ("o_proj.bias", out.bias)])
 
 
 # -- flash-linear-attention's GatedDeltaNet layer -----------------------------------------------------
@@ -162,9 +353,27 @@ def _qwen3next_weights(m):
     ])
 
 
+DROPPED = "softmax-only logit scale, soft-capping and sliding windows dropped"
+
 ADAPTERS = (
-    Adapter("llama-family", "Llama, Mistral, Qwen2, Qwen3, SmolLM2 attention (" + ", ".join(LLAMA_FAMILY) + ")",
+    Adapter("llama-family", "Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, Starcoder2, "
+            "Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2 attention (" + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
             "softmax", "pair", _classes(*LLAMA_FAMILY), _llama_kwargs, _llama_weights),
+    Adapter("olmo2", "OLMo2, OLMo3, OLMoE attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
+            f"no clip_qkv; {DROPPED})", "softmax", "pair", _classes(*OLMO2_FAMILY), _llama_kwargs, _llama_weights),
+    Adapter("gemma", "Gemma, Gemma2, Gemma3 text attention (" + ", ".join(GEMMA_FAMILY) + "; Gemma3's q/k norms "
+            f"stored as 1 + weight; {DROPPED})", "softmax", "pair", _classes(*GEMMA_FAMILY), _llama_kwargs,
+            _llama_weights),
+    Adapter("glm", "GLM, GLM-4, Helium attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
+            f"q/k rows; {DROPPED})", "softmax", "pair", _classes(*GLM_FAMILY), _glm_kwargs, _glm_weights),
+    Adapter("phi3", f"Phi-3 attention (Phi3Attention, fused qkv_proj split; partial RoPE kept; {DROPPED})", "softmax",
+            "pair", _classes("Phi3Attention"), _phi3_kwargs, _phi3_weights),
+    Adapter("gpt-neox", "GPT-NeoX, Pythia attention (GPTNeoXAttention, per-head fused query_key_value split; partial "
+            "RoPE kept)", "softmax", "pair", _classes("GPTNeoXAttention"), _neox_kwargs, _neox_weights),
+    Adapter("phi-stablelm", "Phi, StableLM attention (" + ", ".join(PARTIAL_ROPE_FAMILY) + "; partial RoPE kept; "
+            "no qk_layernorm)", "softmax", "pair", _classes(*PARTIAL_ROPE_FAMILY), _partial_kwargs, _partial_weights),
+    Adapter("opt", "OPT attention (OPTAttention)", "softmax", "pair", _classes("OPTAttention"), _opt_kwargs,
+            _opt_weights),
     Adapter("gpt2", "GPT-2 attention (GPT2Attention, fused c_attn)", "softmax", "pair",
             _classes("GPT2Attention"), _gpt2_kwargs, _gpt2_weights),
     Adapter("fla-gated-deltanet", "flash-linear-attention GatedDeltaNet layer", "gated-deltanet", "triple",
@@ -175,12 +384,15 @@ ADAPTERS = (
             "Linears around F.scaled_dot_product_attention", "softmax", "pair", _plain_matches, _plain_kwargs,
             _plain_weights),
 )
+# known classes refused with a reason (never listed as supported)
+REFUSALS = Adapter("refused", "", "softmax", "pair", _classes(*REFUSED), _refused_kwargs, lambda m: {})
 
 MIXER_CLASSES = {"GatedDeltaNet": "triple", "Qwen3NextGatedDeltaNet": "tensor"}
 
 
 def adapter_for(module: nn.Module, site: Site) -> Adapter | None:
-    return next((a for a in ADAPTERS if a.matches(module, site)), None)
+    """The adapter for ``module``; a known but refused class gets one whose layer_kwargs raises the reason."""
+    return next((a for a in (*ADAPTERS, REFUSALS) if a.matches(module, site)), None)
 
 
 def supported_summary() -> str:

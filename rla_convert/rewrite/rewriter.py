@@ -99,10 +99,15 @@ def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch
         plan.append((index, site, module, adapter))
     if unknown:
         raise UserError(f"attention the registry does not know: {', '.join(unknown)}; supported: {supported_summary()}")
+    # every layer's arguments before any module is swapped: an adapter that refuses a layer (UserError naming
+    # the reason) leaves the model as it was
+    base_config = getattr(model, "config", None)
+    plan = [(index, site, module, adapter, adapter.layer_kwargs(module, site, base_config))
+            for index, site, module, adapter in plan]
 
     config.layers = []
-    for index, site, module, adapter in (progress(plan) if progress else plan):
-        layer, spec = _build_layer(module, site, adapter, index, model, config, report.gate_init)
+    for index, site, module, adapter, kwargs in (progress(plan) if progress else plan):
+        layer, spec = _build_layer(module, site, adapter, kwargs, index, config, report.gate_init)
         parent_path, _, child = site.path.rpartition(".")
         setattr(modules[parent_path] if parent_path else model, child, layer)
         config.layers.append(spec)
@@ -113,8 +118,8 @@ def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch
     return report
 
 
-def _build_layer(module, site: Site, adapter, index, model, config: ConversionConfig, strategy: str):
-    kwargs = adapter.layer_kwargs(module, site, getattr(model, "config", None))
+def _build_layer(module, site: Site, adapter, kwargs, index, config: ConversionConfig, strategy: str):
+    kwargs = dict(kwargs)
     if adapter.source_kind == "softmax":
         kwargs["rope"] = kwargs.get("rope", False) and config.keep_rope
         # without an output norm, the op's output scale must meet what the reused o_proj expects: a gain learns it

@@ -1,0 +1,233 @@
+"""Each transformers architecture the registry maps: its weights land in the new layer exactly, and the layer's q and
+k (after the norms and RoPE, before the feature map) are the original module's on the same input; the ones it
+cannot map are refused with the reason.
+
+How the two sides are read: the original module's q/k/v are what it hands transformers' attention interface
+(``sdpa`` and ``eager`` swapped for a recorder); the converted layer's q|k are the input of its first SiLU (the
+feature map's, with no short conv), read through the layer module's ``F``. Both from layer 0, whose input is the
+same before and after conversion.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as tf
+from transformers.modeling_utils import AttentionInterface
+
+import rla_convert.layers.residual_attention as residual_attention
+from rla_convert.config import ConversionConfig
+from rla_convert.convert import convert_model
+from rla_convert.errors import UserError
+from rla_convert.layers import ResidualAttention
+
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
+
+def build(config_cls, model_cls, **kw):
+    return lambda: getattr(tf, model_cls)(getattr(tf, config_cls)(**{**SMALL, **kw})).eval()
+
+
+# name -> (model builder, adapter, how the original's weights map: "llama" | "phi3" | "neox" | "dense" | "glm" |
+# "out_proj", rope features rotated (None: all 16))
+CASES = {
+    "mixtral": (build("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2,
+                      sliding_window=4), "llama-family", "llama", None),
+    "qwen2-moe": (build("Qwen2MoeConfig", "Qwen2MoeForCausalLM", **MOE, shared_expert_intermediate_size=32),
+                  "llama-family", "llama", None),
+    "qwen3-moe": (build("Qwen3MoeConfig", "Qwen3MoeForCausalLM", **MOE, head_dim=16), "llama-family", "llama", None),
+    "granite": (build("GraniteConfig", "GraniteForCausalLM", attention_multiplier=0.3), "llama-family", "llama", None),
+    "starcoder2": (build("Starcoder2Config", "Starcoder2ForCausalLM", sliding_window=4), "llama-family", "llama", None),
+    "seed-oss": (build("SeedOssConfig", "SeedOssForCausalLM", head_dim=16, attention_bias=True), "llama-family",
+                 "llama", None),
+    "olmo": (build("OlmoConfig", "OlmoForCausalLM"), "llama-family", "llama", None),
+    "exaone4": (build("Exaone4Config", "Exaone4ForCausalLM", sliding_window=4, sliding_window_pattern=2),
+                "llama-family", "llama", None),
+    "olmo2": (build("Olmo2Config", "Olmo2ForCausalLM"), "olmo2", "llama", None),
+    "olmo3": (build("Olmo3Config", "Olmo3ForCausalLM", sliding_window=4), "olmo2", "llama", None),
+    "olmoe": (build("OlmoeConfig", "OlmoeForCausalLM", num_experts=4, num_experts_per_tok=2), "olmo2", "llama", None),
+    "gemma": (build("GemmaConfig", "GemmaForCausalLM", head_dim=16), "gemma", "llama", None),
+    "gemma2": (build("Gemma2Config", "Gemma2ForCausalLM", head_dim=16, sliding_window=4), "gemma", "llama", None),
+    "gemma3": (build("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, sliding_window=4), "gemma", "llama", None),
+    "glm": (build("GlmConfig", "GlmForCausalLM", head_dim=16), "glm", "glm", 8),
+    "glm4": (build("Glm4Config", "Glm4ForCausalLM", head_dim=16, attention_bias=True), "glm", "glm", 8),
+    "helium": (build("HeliumConfig", "HeliumForCausalLM", head_dim=16), "glm", "glm", None),
+    "phi3": (build("Phi3Config", "Phi3ForCausalLM", partial_rotary_factor=0.5, sliding_window=4), "phi3", "phi3", 8),
+    "gpt-neox": (build("GPTNeoXConfig", "GPTNeoXForCausalLM", num_key_value_heads=4, attention_bias=True),
+                 "gpt-neox", "neox", 4),
+    "phi": (build("PhiConfig", "PhiForCausalLM", num_key_value_heads=4), "phi-stablelm", "dense", 8),
+    "stablelm": (build("StableLmConfig", "StableLmForCausalLM", use_qkv_bias=True), "phi-stablelm", "llama", 4),
+    "opt": (build("OPTConfig", "OPTForCausalLM", ffn_dim=96, word_embed_proj_dim=64), "opt", "out_proj", None),
+}
+NEW = {"a_proj.weight", "b_proj.weight", "b_proj.bias", "gamma_proj.weight", "gamma_proj.bias", "A_log", "dt_bias",
+       "o_scale"}
+
+
+def deinterleaved(rope_dim, head_dim=16):
+    """The feature order of a GLM head in the converted layer: the rotary pairs' evens, their odds, the rest."""
+    return list(range(0, rope_dim, 2)) + list(range(1, rope_dim, 2)) + list(range(rope_dim, head_dim))
+
+
+def expected_weights(m, layout, rope_dim):
+    """The new layer's reused entries, read from the original module ``m`` independently of the adapters."""
+    named = lambda pairs: {k: v for k, v in pairs if v is not None}  # noqa: E731
+    if layout == "phi3":  # [q | k | v] rows: 4 query heads, 2 key/value heads of 16
+        w = m.qkv_proj.weight
+        return named([("q_proj.weight", w[:64]), ("k_proj.weight", w[64:96]), ("v_proj.weight", w[96:128]),
+                      ("o_proj.weight", m.o_proj.weight)])
+    if layout == "neox":  # per head [q | k | v]: the rows of head h are h*48 .. h*48+47
+        out = {"o_proj.weight": m.dense.weight, "o_proj.bias": m.dense.bias}
+        for i, p in enumerate(("q", "k", "v")):
+            rows = torch.tensor([h * 48 + i * 16 + j for h in range(4) for j in range(16)])
+            out[f"{p}_proj.weight"] = m.query_key_value.weight[rows]
+            out[f"{p}_proj.bias"] = m.query_key_value.bias[rows]
+        return out
+    out_proj = m.dense if layout == "dense" else m.out_proj if layout == "out_proj" else m.o_proj
+    out = named([(f"{p}_proj.{w}", getattr(getattr(m, f"{p}_proj"), w)) for p in "qkv" for w in ("weight", "bias")]
+                + [("o_proj.weight", out_proj.weight), ("o_proj.bias", out_proj.bias)])
+    if getattr(m, "q_norm", None) is not None:
+        offset = 1.0 if type(m.q_norm).__name__ == "Gemma3RMSNorm" else 0.0  # Gemma scales by (1 + weight)
+        out["q_norm.weight"], out["k_norm.weight"] = m.q_norm.weight + offset, m.k_norm.weight + offset
+    if layout == "glm":
+        order = deinterleaved(rope_dim or 16)
+        for name in [n for n in out if n[0] in "qk" and "proj" in n]:
+            t = out[name]
+            out[name] = t.reshape(-1, 16, *t.shape[1:])[:, order].reshape(t.shape)
+    return out
+
+
+def original_qkv(model, ids, monkeypatch):
+    """Run ``model``; the q/k/v (each [B, heads, T, 16]) each attention module hands transformers' attention."""
+    seen = []
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        seen.append((module, query, key, value))
+        return query.transpose(1, 2).contiguous(), None  # right shape for the output projection; not compared
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        for name in ("sdpa", "eager"):
+            patch.setitem(AttentionInterface._global_mapping, name, record)
+        model(ids, use_cache=False)
+    return seen
+
+
+def converted_qk(model, ids, monkeypatch):
+    """Run ``model``; the input of each converted layer's first SiLU (q's heads then k's, before the feature map)
+    and its logits."""
+    seen = []
+
+    class Functional:
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        def silu(self, x):
+            seen.append(x)
+            return F.silu(x)
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(residual_attention, "F", Functional())
+        logits = model(ids, use_cache=False).logits
+    return seen, logits
+
+
+def attention_of(model):
+    return next(m for m in model.modules() if "Attention" in type(m).__name__ and not isinstance(m, ResidualAttention))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
+    builder, adapter, layout, rope_dim = CASES[name]
+    model = builder()
+    with torch.no_grad():  # random norm weights (they start at 1, or 0 for Gemma): a missing offset shows
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.2)
+    original = attention_of(model)
+    expected = {n: t.detach().clone() for n, t in expected_weights(original, layout, rope_dim).items()}
+    ids = torch.randint(3, 128, (2, 9))
+    module, q, k, v = original_qkv(model, ids, monkeypatch)[0]
+    assert module is original
+
+    result = convert_model(model, ConversionConfig(variant="rdn"))
+    assert [r.adapter for r in result.report.rows] == [adapter, adapter]
+    layer = next(m for m in model.modules() if isinstance(m, ResidualAttention))
+    assert (layer.rope, layer.rope_dim) == ((False, None) if layout == "out_proj" else (True, rope_dim))
+    if name == "exaone4":  # a sliding layer, then a global one, which EXAONE 4 runs without RoPE
+        assert [m.rope for m in model.modules() if isinstance(m, ResidualAttention)] == [True, False]
+
+    state = layer.state_dict()
+    assert set(state) - NEW == set(expected), "reused entries"
+    for n, t in expected.items():
+        assert torch.equal(state[n], t), n
+
+    if hasattr(layer, "q_norm"):  # the norms alone, before RoPE: the same function of random inputs
+        for mine, theirs in ((layer.q_norm, original.q_norm), (layer.k_norm, original.k_norm)):
+            x = torch.randn(2, 5, mine.weight.shape[0]) * 3
+            assert torch.equal(mine(x), theirs(x)), type(theirs).__name__
+
+    inputs = []
+    layer.register_forward_pre_hook(
+        lambda mod, args, kwargs: inputs.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+    seen, logits = converted_qk(model, ids, monkeypatch)
+    assert torch.isfinite(logits).all()
+    qk = seen[0]  # [B, T, 4 + key heads, 16]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if layout == "glm":
+        q, k = q[..., deinterleaved(rope_dim or 16)], k[..., deinterleaved(rope_dim or 16)]
+    if layout == "out_proj":  # OPT folds its logit scale (16 ** -0.5, a power of 2: exact) into q
+        q = q / 0.25
+    # a fused projection is one matmul there and three here: equal up to the matmul's blocking
+    same = torch.equal if layout not in ("phi3", "neox") else lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert same(qk[:, :, :4], q) and same(qk[:, :, 4:], k)
+    with torch.no_grad():
+        assert same(layer.v_proj(inputs[0]).view_as(v), v)
+
+
+def test_a_dropped_sliding_window_changes_nothing():
+    model = CASES["mixtral"][0]()
+    convert_model(model, ConversionConfig(variant="rdn"))
+    ids = torch.randint(3, 128, (2, 12))
+    with torch.no_grad():
+        windowed = model(ids, use_cache=False).logits
+        model.config.sliding_window = None
+        assert torch.equal(model(ids, use_cache=False).logits, windowed)
+
+
+REFUSED = {
+    "cohere": (build("CohereConfig", "CohereForCausalLM"), r"CohereAttention\): Cohere's RoPE rotates interleaved"),
+    "cohere2": (build("Cohere2Config", "Cohere2ForCausalLM"), r"Cohere2Attention\): Cohere's RoPE rotates interleaved"),
+    "gpt-oss": (build("GptOssConfig", "GptOssForCausalLM", num_local_experts=4, num_experts_per_tok=2, head_dim=16),
+                r"GptOssAttention\): its attention sinks"),
+    "gpt-j": (lambda: tf.GPTJForCausalLM(tf.GPTJConfig(vocab_size=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)),
+              r"GPTJAttention\): GPT-J computes its interleaved RoPE inside the module"),
+    "olmo-clip-qkv": (build("OlmoConfig", "OlmoForCausalLM", clip_qkv=2.0),
+                      r"OlmoAttention\): its config clamps q/k/v \(clip_qkv\)"),
+    "phi-qk-layernorm": (build("PhiConfig", "PhiForCausalLM", num_key_value_heads=4, qk_layernorm=True),
+                         r"PhiAttention\): its q/k LayerNorms \(qk_layernorm"),
+    "stablelm-qk-layernorm": (build("StableLmConfig", "StableLmForCausalLM", qk_layernorm=True),
+                              r"StableLmAttention\): its q/k LayerNorms \(qk_layernorm"),
+    "gemma3-bidirectional": (build("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16,
+                                   use_bidirectional_attention=True), r"Gemma3Attention\): it attends bidirectionally"),
+    # Llama-like, but with layers that use no RoPE: not mapped, so refused by name (the catch-all SDPA adapter
+    # used to take it and drop RoPE from every layer)
+    "smollm3": (build("SmolLM3Config", "SmolLM3ForCausalLM"),
+                r"does not know: model\.layers\.0\.self_attn \(SmolLM3Attention\)"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_architecture_without_an_exact_mapping_is_refused_with_the_reason(name):
+    builder, reason = REFUSED[name]
+    model = builder()
+    with pytest.raises(UserError, match=reason) as err:
+        convert_model(model, ConversionConfig(variant="rdn"))
+    assert "\n" not in str(err.value)
+    assert not any(isinstance(m, ResidualAttention) for m in model.modules())
+
+
+def test_a_refused_layer_leaves_every_layer_as_it_was():
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).eval()
+    model.model.layers[1].self_attn.is_causal = False  # layer 0 alone would convert
+    with pytest.raises(UserError, match=r"cannot convert model\.layers\.1\.self_attn \(LlamaAttention\): it attends"):
+        convert_model(model, ConversionConfig(variant="rdn"))
+    assert [type(block.self_attn).__name__ for block in model.model.layers] == ["LlamaAttention", "LlamaAttention"]
