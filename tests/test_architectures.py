@@ -33,6 +33,8 @@ def build(config_cls, model_cls, **kw):
 CASES = {
     "mixtral": (build("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2,
                       sliding_window=4), "llama-family", "llama", None),
+    "ministral": (build("MinistralConfig", "MinistralForCausalLM", head_dim=16, sliding_window=4), "llama-family",
+                  "llama", None),
     "qwen2-moe": (build("Qwen2MoeConfig", "Qwen2MoeForCausalLM", **MOE, shared_expert_intermediate_size=32),
                   "llama-family", "llama", None),
     "qwen3-moe": (build("Qwen3MoeConfig", "Qwen3MoeForCausalLM", **MOE, head_dim=16), "llama-family", "llama", None),

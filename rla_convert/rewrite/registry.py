@@ -57,8 +57,8 @@ def _linears(m, names=("q_proj", "k_proj", "v_proj")):
 # the converted layer reads every earlier token through its recurrent state.
 
 LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention", "MixtralAttention",
-                "Qwen2MoeAttention", "Qwen3MoeAttention", "GraniteAttention", "Starcoder2Attention", "SeedOssAttention",
-                "OlmoAttention", "Exaone4Attention")
+                "MinistralAttention", "Qwen2MoeAttention", "Qwen3MoeAttention", "GraniteAttention",
+                "Starcoder2Attention", "SeedOssAttention", "OlmoAttention", "Exaone4Attention")
 GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention")
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
@@ -356,8 +356,9 @@ def _qwen3next_weights(m):
 DROPPED = "softmax-only logit scale, soft-capping and sliding windows dropped"
 
 ADAPTERS = (
-    Adapter("llama-family", "Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, Starcoder2, "
-            "Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2 attention (" + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
+    Adapter("llama-family", "Llama, Mistral, Mixtral, Ministral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, "
+            "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2 attention ("
+            + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
             "softmax", "pair", _classes(*LLAMA_FAMILY), _llama_kwargs, _llama_weights),
     Adapter("olmo2", "OLMo2, OLMo3, OLMoE attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
             f"no clip_qkv; {DROPPED})", "softmax", "pair", _classes(*OLMO2_FAMILY), _llama_kwargs, _llama_weights),
