@@ -86,24 +86,41 @@ class ConversionConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def parse_keep_softmax(spec: str | None, num_layers: int) -> list[int]:
+def parse_keep_softmax(spec: str | None, num_layers: int | None) -> list[int]:
     """``"0,15"`` keeps those layers; a bare count ``"4"`` keeps 4 evenly spaced layers (0 first).
 
-    A single index is written with a trailing comma (``"3,"``). Indices are checked against the model.
+    A single index is written with a trailing comma (``"3,"``). Indices are checked against the model's
+    ``num_layers``; None checks the syntax alone (before the model is loaded). Keeping every layer is refused:
+    nothing would be converted.
     """
     if spec is None or str(spec).strip() == "":
         return []
     text = str(spec).strip()
+    usage = "expected layer indices like 0,15 (one layer: 15,) or a count like 4"
     try:
         if "," not in text:
             count = int(text)
-            if not 0 <= count <= num_layers:
+            if count < 0 or (num_layers is not None and count > num_layers):
                 raise UserError(f"--keep-softmax {count}: a count must be between 0 and the model's {num_layers} layers")
-            return sorted({round(i * num_layers / count) for i in range(count)}) if count else []
-        indices = sorted({int(part) for part in text.split(",") if part.strip()})
+            indices = sorted({round(i * num_layers / count) for i in range(count)}) if count and num_layers else []
+        else:
+            parts = text.split(",")
+            if parts[-1].strip() == "":  # the trailing comma of a single index
+                parts = parts[:-1]
+            if any(part.strip() == "" for part in parts):
+                raise UserError(f"--keep-softmax {spec!r}: an empty item; {usage}")
+            named = [int(part) for part in parts]
+            twice = sorted({i for i in named if named.count(i) > 1})
+            if twice:
+                raise UserError(f"--keep-softmax {spec!r}: layer {twice[0]} is named twice")
+            indices = sorted(named)
     except ValueError:
-        raise UserError(f"--keep-softmax {spec!r}: expected layer indices like 0,15 or a count like 4") from None
+        raise UserError(f"--keep-softmax {spec!r}: {usage}") from None
+    if num_layers is None:
+        return indices
     bad = [i for i in indices if not 0 <= i < num_layers]
     if bad:
         raise UserError(f"--keep-softmax: layer index {bad[0]} is out of range; the model has layers 0-{num_layers - 1}")
+    if num_layers and len(indices) == num_layers:
+        raise UserError(f"--keep-softmax {spec!r} keeps all {num_layers} layers: nothing would be converted")
     return indices

@@ -36,6 +36,8 @@ def test_backend_triton_is_recorded_when_converting_on_a_machine_without_cuda(ll
 @pytest.mark.parametrize("args, expected", [
     (["--variant", "gla"], "rla, rdn"),
     (["--keep-softmax", "7,"], "out of range"),
+    (["--keep-softmax", "1;2"], "one layer: 15,"),
+    (["--keep-softmax", "2"], "keeps all 2 layers"),
     (["--clip", "abc"], "--clip"),
     (["--gate-init", "zeros"], "small-residual"),
 ])

@@ -204,9 +204,14 @@ def test_keep_softmax_and_its_parsing():
     assert parse_keep_softmax("0,15", 30) == [0, 15]
     assert parse_keep_softmax("2", 30) == [0, 15]
     assert parse_keep_softmax("3,", 30) == [3]
-    for bad in ("30,", "x", "31"):
-        with pytest.raises(UserError):
+    for bad, needle in (("30,", "out of range"), ("x", "like 0,15"), ("31", "between 0 and"), ("0,,3", "an empty item"),
+                        ("4,4", "layer 4 is named twice"), ("30", "keeps all 30 layers"), (",".join(map(str, range(30))),
+                                                                                          "nothing would be converted")):
+        with pytest.raises(UserError, match=needle):
             parse_keep_softmax(bad, 30)
+    assert parse_keep_softmax("0,99", None) == [0, 99]  # the syntax alone, before the model (and its size) is loaded
+    with pytest.raises(UserError, match="like 0,15"):
+        parse_keep_softmax("1;2", None)
     model = tiny("llama").eval()
     result = convert_model(model, ConversionConfig(keep_softmax=[1]))
     assert [r.action for r in result.report.rows] == ["rdn", "kept"]

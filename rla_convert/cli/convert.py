@@ -21,7 +21,7 @@ def _clip(value: str):
               help="rla, rdn, or gdn (a baseline: the plain gated delta rule, no residual branch).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write the converted checkpoint here.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-@click.option("--keep-softmax", default="", help="Layers left as softmax: indices like 0,15, or a count like 4 (evenly spaced).")
+@click.option("--keep-softmax", default="", help="Layers left as softmax: indices like 0,15 (one layer: 15,), or a count like 4 (evenly spaced).")
 @click.option("--clip", "clip", default="1.0", show_default=True, help="Residual clip threshold c, or 'none'.")
 @click.option("--residual", default="clip", show_default=True, help="Residual function: clip or tanh.")
 @click.option("--gate-init", default="auto", show_default=True, help="Gate init strategy: auto, mamba2, long-memory, small-residual.")
@@ -43,6 +43,7 @@ def convert(model, variant, out_dir, force, keep_softmax, clip, residual, gate_i
     config = ConversionConfig(variant=variant, clip=_clip(clip), residual=residual, gate_init=gate_init,
                               conv_size=conv_size, keep_rope=not drop_rope, output_gate=output_gate,
                               backend=backend, seed=seed)
+    parse_keep_softmax(keep_softmax, None)  # its syntax, before the slow load
     if out_dir:
         check_output_dir(out_dir, force)  # fail before the slow load
 
