@@ -89,7 +89,8 @@ def _decoding(q, N, initial_state, tensors) -> bool:
 
 def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
          cu_seqlens, use_qk_l2norm, backend, validate, keep_walk):
-    name = choose_backend(backend, q.device)
+    # a q that is no tensor has no device: check_shapes below names it
+    name = choose_backend(backend, q.device if isinstance(q, torch.Tensor) else torch.device("cpu"))
     N = check_shapes(q, k, v, g, beta, gamma, scale, clip, residual, initial_state, cu_seqlens, name)
     if validate:
         if torch.compiler.is_compiling():

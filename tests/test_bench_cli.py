@@ -324,6 +324,13 @@ def test_bad_options_and_models_fail_cleanly(capsys):
     assert status == 2 and "--seq-lens" in one_error_line(err)
     status, _, err = run_main(capsys, "bench", "model", "nope1", "nope2", "--cpu-smoke")
     assert status == 2 and "no model 'nope1'" in one_error_line(err)
+    # a zero is the user's value, refused, not replaced by the default
+    status, _, err = run_main(capsys, "bench", "kernels", "--cpu-smoke", "--heads", "0")
+    assert status == 2 and "--heads must be a positive integer; got 0" in one_error_line(err)
+    status, _, err = run_main(capsys, "bench", "model", "nope1", "nope2", "--cpu-smoke", "--steps", "0")
+    assert status == 2 and "--steps must be a positive integer" in one_error_line(err)
+    status, _, err = run_main(capsys, "bench", "kernels", "--cpu-smoke", "--tokens", "7", "--seq-lens", "32")
+    assert status == 2 and "--tokens 7 is fewer than T=32" in one_error_line(err)
 
 
 @pytest.mark.slow  # importing fla takes about 10 s here

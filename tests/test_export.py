@@ -152,3 +152,15 @@ def test_existing_output_needs_force(tmp_path):
     save_converted(model, None, tmp_path / "out", force=True)
     assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_export_directory_gets_the_mode_a_plain_mkdir_would(tmp_path):
+    # mkdtemp's 0700 made exports unreadable to other users and service accounts
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).eval()
+    convert_model(model, ConversionConfig())
+    old = os.umask(0o022)
+    try:
+        out = save_converted(model, None, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755

@@ -171,6 +171,8 @@ def test_generate_command_takes_prompts_of_different_lengths(converted_dir):
     (["--prompt", "the sky", "--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
     (["--prompt", "the sky", "--max-new-tokens", "0"], "max-new-tokens"),
     ([], "--prompt"),
+    (["--prompt", ""], "--prompt '' is empty"),
+    (["--prompt", "the sky", "--device", "tpu"], "'tpu' is not a device"),
 ])
 def test_generate_command_bad_input_is_one_line(converted_dir, args, needle):
     r = run_process("generate", str(converted_dir), *args)

@@ -126,21 +126,25 @@ def _measure(seq_lens, tokens, heads, head_dim, dtype, ops, modes, decode_contex
     smoke = cpu_smoke
     settings = Settings(
         seq_lens=_int_list(seq_lens or ("32,64" if smoke else GPU_SEQ_LENS), "--seq-lens"),
-        tokens=tokens or (128 if smoke else 32768),
-        heads=heads or (2 if smoke else 16),
-        head_dim=head_dim or (32 if smoke else 128),
+        tokens=_given(tokens, 128 if smoke else 32768),
+        heads=_given(heads, 2 if smoke else 16),
+        head_dim=_given(head_dim, 32 if smoke else 128),
         dtype=dtype or ("fp32" if smoke else "bf16"),
         ops=_name_list(ops, "--ops", SEQUENCE_OPS),
         modes=_name_list(modes, "--modes", MODES),
         decode_contexts=[] if no_decode else _int_list(decode_contexts or ("32,128" if smoke else GPU_DECODE_CONTEXTS),
                                                        "--decode-contexts"),
-        decode_batch=decode_batch or (2 if smoke else 8),
+        decode_batch=_given(decode_batch, 2 if smoke else 8),
         cpu_smoke=smoke,
     )
     for option, value in (("--tokens", settings.tokens), ("--heads", settings.heads),
                           ("--head-dim", settings.head_dim), ("--decode-batch", settings.decode_batch)):
         if value < 1:
             raise UserError(f"{option} must be a positive integer; got {value}")
+    short = [T for T in settings.seq_lens if settings.tokens < T]
+    if short:
+        raise UserError(f"--tokens {settings.tokens} is fewer than T={short[0]}: each call runs tokens // T sequences "
+                        "of T tokens; give --tokens at least the longest --seq-lens")
     assert settings.dtype in DTYPES
     if plot_path and not _have_matplotlib():
         # Warn before the run, not after: the results still go to --json and can be plotted elsewhere.
@@ -221,8 +225,8 @@ def _model_settings(teacher, converted, contexts, decode_contexts, batches, thro
         decode_contexts=_int_list(decode_contexts or (SMOKE["decode_contexts"] if smoke else MODEL_DECODE_CONTEXTS),
                                   "--decode-contexts"),
         batches=_int_list(batches or (SMOKE["batches"] if smoke else "1,8,64"), "--batches"),
-        throughput_context=throughput_context or (SMOKE["throughput_context"] if smoke else 4096),
-        steps=steps or (SMOKE["steps"] if smoke else 16),
+        throughput_context=_given(throughput_context, SMOKE["throughput_context"] if smoke else 4096),
+        steps=_given(steps, SMOKE["steps"] if smoke else 16),
         dtype=dtype or ("fp32" if smoke else "bf16"),
         compile_decode=(not smoke) if compile_decode is None else compile_decode,
         compile_mode=compile_mode, cpu_smoke=smoke)
@@ -230,6 +234,11 @@ def _model_settings(teacher, converted, contexts, decode_contexts, batches, thro
         if value < 1:
             raise UserError(f"{option} must be a positive integer; got {value}")
     return settings
+
+
+def _given(value, default):
+    """An option's value when given (0 included, refused afterwards as such), else its default."""
+    return default if value is None else value
 
 
 def _model_device(cpu_smoke: bool):

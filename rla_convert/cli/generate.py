@@ -30,6 +30,8 @@ def generate(model, prompts, max_new_tokens, cuda_graph, device, dtype):
     from ..distill.artifact import is_run_dir, load_distilled
     from ..generate import greedy_generate
 
+    if any(p == "" for p in prompts):
+        raise UserError("--prompt '' is empty: give the text to continue")
     dev = resolve_device(device)
     torch_dtype = (torch.bfloat16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else getattr(torch, dtype)
     if cuda_graph and dev.type != "cuda":

@@ -98,6 +98,12 @@ def write_modeling_code(directory: Path) -> list[str]:
     return written + ["ops.py"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_dir(out_dir: str | os.PathLike, force: bool) -> Path:
     out = Path(out_dir)
     if out.exists() and not force:
@@ -117,6 +123,7 @@ def save_converted(model, tokenizer, out_dir: str | os.PathLike, force: bool = F
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: the checkpoint gets a plain mkdir's mode
         model.config.auto_map = dict(AUTO_MAP)
         model.config.architectures = ["RLAForCausalLM"]
         model.save_pretrained(tmp, safe_serialization=True)
