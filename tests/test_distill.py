@@ -85,6 +85,19 @@ def test_a_run_writes_metrics_artifact_and_summary(finished_run):
     assert last < first, (first, last)
 
 
+def test_the_recipe_expectations_are_checked_not_echoed():
+    from rla_convert.distill.trainer import check_expectations
+
+    rows = [{"stage": "stage1", "step": i, "loss": x} for i, x in enumerate((3.0, 2.5, 2.7), 1)]
+    rows += [{"stage": "stage2", "step": i, "loss": x} for i, x in enumerate((1.0, 1.2), 1)]
+    got = check_expectations({"heldout_ppl_ratio": 1.2, "stage1_loss_drops": True, "stage2_loss_drops": True,
+                              "minutes_on_h100": 8}, {"ppl_ratio_stage2": 1.25}, rows)
+    assert got["heldout_ppl_ratio"] == {"expected": "<= 1.2", "reached": 1.25, "met": False}
+    assert got["stage1_loss_drops"]["met"] and not got["stage2_loss_drops"]["met"]
+    assert got["minutes_on_h100"] == "not checked"
+    assert check_expectations({"heldout_ppl_ratio": 1.3}, {"ppl_ratio_stage2": 1.25}, rows)["heldout_ppl_ratio"]["met"]
+
+
 def test_resumed_run_follows_the_uninterrupted_trajectory(finished_run, tiny, tmp_path):
     _, _, reference_dir = finished_run
     recipe = write_recipe(tmp_path, tiny)

@@ -29,4 +29,8 @@ def distill(recipe, overrides, resume, stop_after):
         click.echo(f"stopped after {stop_after} steps; continue with: rla-convert distill {recipe} --resume")
         return
     click.echo(json.dumps(summary, indent=2))
+    for name, check in summary["expectations"].items():
+        if isinstance(check, dict):
+            verdict = "met" if check["met"] else "MISSED"
+            click.echo(f"expects {name} {check['expected']}: reached {check['reached']}, {verdict}")
     click.echo(f"wrote {spec.output}/final (trained parameters), metrics.jsonl and losses.png")
