@@ -113,6 +113,27 @@ def test_gdn_op_with_scale_states_and_packed_sequences():
         start += length
 
 
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_gdn_op_decode_steps_on_the_cpu_follow_the_recurrence(tokens):
+    # a few tokens from a state without autograd take the token-by-token reference, not the chunked one
+    from rla_convert.layers import gdn_op
+
+    B, H, K, V = 2, 2, 8, 6
+    q, k = (F.normalize(torch.randn(B, tokens, H, K, dtype=torch.float64), dim=-1) for _ in range(2))
+    v, beta = torch.randn(B, tokens, H, V, dtype=torch.float64), torch.rand(B, tokens, H, dtype=torch.float64)
+    g, S0 = F.logsigmoid(torch.randn(B, tokens, H, dtype=torch.float64)), torch.randn(B, H, K, V, dtype=torch.float64)
+    o, (S,) = gdn_op.gated_delta_rule(q, k, v, g, beta, scale=0.3, initial_state=(S0,), output_final_state=True)
+    o_ref, S_ref = _gated_delta_rule_loop(q, k, v, g, beta, 0.3, S0)
+    assert rel(o, o_ref) < 1e-5 and rel(S, S_ref) < 1e-5
+    from transformers.models.qwen3_next import modeling_qwen3_next
+
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modeling_qwen3_next, "torch_chunk_gated_delta_rule", lambda *a, **kw: calls.append(1))
+        gdn_op.gated_delta_rule(q, k, v, g, beta, scale=0.3, initial_state=(S0,), output_final_state=True)
+    assert calls == []
+
+
 @pytest.mark.parametrize("variant, tol", [("rla", 1e-10), ("rdn", 1e-10), ("gdn", 1e-5)])
 def test_prefill_then_decode_equals_full_sequence(variant, tol):
     layer = make_layer(variant, conv_size=4, qk_norm=True, output_gate=True)

@@ -87,6 +87,14 @@ def _torch_reference(q, k, v, g, beta, scale, S0, output_final_state, cu_seqlens
     # transformers wraps the reference in fla's kernel whenever fla imports, whatever the device: unwrap
     torch_chunk_gated_delta_rule = inspect.unwrap(modeling_qwen3_next.torch_chunk_gated_delta_rule)
     q = q * (scale * q.shape[-1] ** 0.5)  # the reference scales queries by K^-0.5 itself
+    n = q.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+    if cu_seqlens is None and is_decode(q.shape[0] * q.shape[1], n, S0 is not None, needs_grad((q, k, v, g, beta)),
+                                        DECODE_MAX_TOKENS):
+        # a decode step token by token: the chunked reference pads each step to a 64-token chunk (seconds a
+        # token for a 30-layer model on a CPU)
+        step = inspect.unwrap(modeling_qwen3_next.torch_recurrent_gated_delta_rule)
+        o, S = step(q, k, v, g.float(), beta, initial_state=S0, output_final_state=output_final_state)
+        return o.to(v.dtype), S
     if cu_seqlens is None:
         o, S = torch_chunk_gated_delta_rule(q, k, v, g.float(), beta, initial_state=S0,
                                             output_final_state=output_final_state)
