@@ -26,9 +26,11 @@ def test_converts_and_exports_a_checkpoint_dir(llama_dir, tmp_path, capsys):
 
 
 def test_backend_triton_is_recorded_when_converting_on_a_machine_without_cuda(llama_dir, tmp_path, capsys, monkeypatch):
-    # a checkpoint meant for a GPU, converted on a CPU: the drift runs on this machine's backend, the config keeps triton
+    # a checkpoint meant for a GPU, converted on a CPU: the drift runs on this machine's backend, the config keeps
+    # triton
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the suite's interpreter would otherwise run triton on the CPU
-    assert exit_status(str(llama_dir), "--variant", "rdn", "--backend", "triton", "--out", str(tmp_path / "out")) in (0, None)
+    out = str(tmp_path / "out")
+    assert exit_status(str(llama_dir), "--variant", "rdn", "--backend", "triton", "--out", out) in (0, None)
     assert "layers keep backend='triton'" in capsys.readouterr().out
     assert tf.AutoConfig.from_pretrained(tmp_path / "out").conversion["backend"] == "triton"
 

@@ -32,8 +32,8 @@ class DefaultToConvert(click.Group):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             near = difflib.get_close_matches(args[0], list(self.commands), n=1, cutoff=0.75)
             if near and not os.path.exists(args[0]) and args[0] not in BUNDLED_MODELS:  # 'distil', 'infoo': not a model
-                raise UserError(f"no command {args[0]!r}: did you mean '{near[0]}'? (commands: {', '.join(self.commands)};"
-                                " anything else is read as a MODEL to convert: a bundled name, a directory or a .gguf)")
+                raise UserError(f"no command {args[0]!r}: did you mean '{near[0]}'? (commands: "
+                                f"{', '.join(self.commands)}; anything else is read as a MODEL to convert: a bundled name, a directory or a .gguf)")
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 

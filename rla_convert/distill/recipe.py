@@ -144,7 +144,8 @@ def _apply_override(root: yaml.MappingNode, item: str) -> yaml.MappingNode:
             try:
                 new = yaml.compose(value) or yaml.ScalarNode("tag:yaml.org,2002:null", "null")
             except yaml.YAMLError as err:
-                raise UserError(f"--set {item!r}: the value is not valid YAML ({getattr(err, 'problem', err)})") from None
+                problem = getattr(err, "problem", err)
+                raise UserError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
             new.start_mark = None  # reported as coming from --set, not from a line of the file
             node.value = [(k, v) for k, v in node.value if k.value != key]
             node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", key), new))

@@ -218,7 +218,8 @@ class DistillRun:
         if self.resume:
             if (self.run_dir / "final").is_dir():
                 raise UserError(f"--resume: {self.run_dir} is a finished run (final/ is written); export it with "
-                                f"'rla-convert export {self.run_dir} --out DIR', or choose another output to train again")
+                                f"'rla-convert export {self.run_dir} --out DIR', or choose another output to train "
+                                "again")
             if not state_files:
                 raise UserError(f"--resume: {self.run_dir} has no checkpoint to resume from")
             for f in state_files:
