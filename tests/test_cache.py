@@ -88,6 +88,16 @@ def test_a_left_padded_batch_without_position_ids_numbers_its_real_tokens():
         ref = model(input_ids=step[1:], **{cache_kwarg: output_cache(alone)}, use_cache=True)
         assert (nxt.logits[1] - ref.logits[0]).abs().max() < 1e-5
     assert "position_ids" in inspect.signature(model.forward).parameters  # generate() still sees the base's forward
+    with torch.no_grad():
+        by_position = model(ids, mask).logits  # the mask passed positionally is read too
+        assert (by_position[1, 3:] - alone.logits[0]).abs().max() < 1e-5
+        given = (mask.cumsum(-1) - 1).clamp(min=0)
+        assert torch.equal(model(ids, mask, given).logits, by_position)  # position_ids by position are the caller's
+    # what only the base model reads (Qwen3's dict of masks per layer type) is handed on untouched
+    qwen3 = tf.Qwen3ForCausalLM(tf.Qwen3Config(**SMALL, head_dim=16)).eval()
+    convert_model(qwen3, ConversionConfig(variant="rdn"))
+    with torch.no_grad():
+        assert torch.equal(qwen3(a, attention_mask={"full_attention": None}).logits, qwen3(a).logits)
 
 
 def test_decode_steps_update_the_same_state_buffers_in_place():

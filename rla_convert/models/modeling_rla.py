@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from transformers import PreTrainedModel
 
 from ..layers.residual_attention import ResidualAttention
@@ -33,14 +34,23 @@ class ConvertedModelMixin:
         super().__init__(config, *args, **kwargs)
         install_layers(self, config.conversion.get("layers", []))
 
-    def _forward_numbering_real_tokens(self, *args, **kwargs):
+    def _forward_numbering_real_tokens(self, signature, *args, **kwargs):
         # Without position_ids the base model numbers every column of the mask, padding included. Softmax attention
         # does not mind (RoPE is relative there), but a converted layer applies SiLU and an L2 norm after RoPE, so
         # its output depends on the absolute positions: a left-padded row would be numbered from its first pad.
         # Number the real tokens from the mask instead, as generate() does.
-        if kwargs.get("position_ids") is None and self._takes_position_ids and _uses_rope(self):
-            kwargs["position_ids"] = _positions_from_mask(kwargs.get("attention_mask"), _current_length(args, kwargs))
-        return super(ConvertedModelMixin, self).forward(*args, **kwargs)
+        base_forward = super(ConvertedModelMixin, self).forward
+        if kwargs.get("position_ids") is not None or not self._takes_position_ids or not _uses_rope(self):
+            return base_forward(*args, **kwargs)  # generate() and the graphed decode pass position_ids by name
+        bound = signature.bind_partial(self, *args, **kwargs)  # the mask and the ids may come by position
+        named = bound.arguments
+        if named.get("position_ids") is None:
+            tokens = named.get("input_ids")
+            tokens = named.get("inputs_embeds") if tokens is None else tokens
+            positions = _positions_from_mask(named.get("attention_mask"), None if tokens is None else tokens.shape[1])
+            if positions is not None:
+                named["position_ids"] = positions
+        return base_forward(*bound.args[1:], **bound.kwargs)
 
 
 def _uses_rope(model) -> bool:
@@ -51,17 +61,11 @@ def _uses_rope(model) -> bool:
     return flag
 
 
-def _current_length(args, kwargs):
-    tokens = kwargs.get("input_ids", args[0] if args else None)
-    if tokens is None:
-        tokens = kwargs.get("inputs_embeds")
-    return None if tokens is None else tokens.shape[1]
-
-
 def _positions_from_mask(mask, length):
     """Each real token's index among the real tokens of its row (the mask covers the cached tokens too), for the
     last ``length`` columns; pads get 0. None (the base model's own numbering) where the mask does not say."""
-    if mask is None or length is None or mask.dim() != 2 or mask.shape[1] < length:
+    # a dict of masks per layer type, a flex BlockMask, a 4-D mask: left to the base model
+    if not isinstance(mask, torch.Tensor) or length is None or mask.dim() != 2 or mask.shape[1] < length:
         return None
     return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
 
@@ -72,7 +76,7 @@ def converted_class(base_class: type) -> type:
         signature = inspect.signature(base_class.forward)
 
         def forward(self, *args, **kwargs):
-            return self._forward_numbering_real_tokens(*args, **kwargs)
+            return self._forward_numbering_real_tokens(signature, *args, **kwargs)
 
         # generate() reads the forward's parameters (position_ids, logits_to_keep, ...) to choose what to pass
         forward.__signature__, forward.__doc__ = signature, base_class.forward.__doc__
