@@ -7,6 +7,8 @@ How the two sides are read: the original module's q/k/v are what it hands transf
 feature map's, with no short conv), read through the layer module's ``F``. Both from layer 0, whose input is the
 same before and after conversion.
 """
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,9 +89,8 @@ def expected_weights(m, layout, rope_dim):
     out_proj = m.dense if layout == "dense" else m.out_proj if layout == "out_proj" else m.o_proj
     out = named([(f"{p}_proj.{w}", getattr(getattr(m, f"{p}_proj"), w)) for p in "qkv" for w in ("weight", "bias")]
                 + [("o_proj.weight", out_proj.weight), ("o_proj.bias", out_proj.bias)])
-    if getattr(m, "q_norm", None) is not None:
-        offset = 1.0 if type(m.q_norm).__name__ == "Gemma3RMSNorm" else 0.0  # Gemma scales by (1 + weight)
-        out["q_norm.weight"], out["k_norm.weight"] = m.q_norm.weight + offset, m.k_norm.weight + offset
+    if getattr(m, "q_norm", None) is not None:  # as they are (Gemma3's 1 + weight is the layer norm's offset)
+        out["q_norm.weight"], out["k_norm.weight"] = m.q_norm.weight, m.k_norm.weight
     if layout == "glm":
         order = deinterleaved(rope_dim or 16)
         for name in [n for n in out if n[0] in "qk" and "proj" in n]:
@@ -162,10 +163,12 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     for n, t in expected.items():
         assert torch.equal(state[n], t), n
 
-    if hasattr(layer, "q_norm"):  # the norms alone, before RoPE: the same function of random inputs
-        for mine, theirs in ((layer.q_norm, original.q_norm), (layer.k_norm, original.k_norm)):
-            x = torch.randn(2, 5, mine.weight.shape[0]) * 3
-            assert torch.equal(mine(x), theirs(x)), type(theirs).__name__
+    if hasattr(layer, "q_norm"):  # the norms alone, before RoPE: the same function of random inputs, bit for bit
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):  # where the order of scale and cast shows
+            for mine, theirs in ((layer.q_norm, original.q_norm), (layer.k_norm, original.k_norm)):
+                mine, theirs = copy.deepcopy(mine).to(dtype), copy.deepcopy(theirs).to(dtype)
+                x = torch.randn(2, 5, mine.weight.shape[0], dtype=dtype) * 3
+                assert torch.equal(mine(x), theirs(x)), (type(theirs).__name__, dtype)
 
     inputs = []
     layer.register_forward_pre_hook(

@@ -39,17 +39,24 @@ CALL_STYLES = ("pair", "tensor", "triple")  # what the host block unpacks: (o, w
 
 
 class HeadRMSNorm(nn.Module):
-    """RMSNorm over the last (head) dimension, weight named like transformers' and fla's."""
+    """RMSNorm over the last (head) dimension, weight named like transformers' and fla's.
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    Llama's order by default: normalise in fp32, cast back, then scale. ``scale_in_fp32`` scales before the cast
+    (OLMo2's and Gemma3's order); ``offset`` is added to the weight there (Gemma3 scales by 1 + weight)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, offset: float = 0.0, scale_in_fp32: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        if offset and not scale_in_fp32:
+            raise ValueError("a norm weight offset is applied in fp32: it needs scale_in_fp32=True")
+        self.weight = nn.Parameter(torch.ones(dim) - offset)  # the neutral weight: a scale of 1
+        self.eps, self.offset, self.scale_in_fp32 = eps, offset, scale_in_fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.scale_in_fp32:
+            return (x * (self.weight.float() + self.offset)).to(dtype)
         return self.weight * x.to(dtype)
 
 
@@ -103,6 +110,8 @@ class ResidualAttention(nn.Module):
         conv_size: int = 0,
         qk_norm: bool = False,
         qk_norm_over: str = "head",
+        qk_norm_offset: float = 0.0,
+        qk_norm_fp32: bool = False,
         norm_eps: float = 1e-6,
         rope: bool = False,
         rope_dim: int | None = None,
@@ -159,8 +168,10 @@ class ResidualAttention(nn.Module):
         self.qk_norm_over = qk_norm_over
         if qk_norm:
             over_all = qk_norm_over == "all"
-            self.q_norm = HeadRMSNorm(head_dim * (self.num_q_heads if over_all else 1), norm_eps)
-            self.k_norm = HeadRMSNorm(head_dim * (self.num_k_heads if over_all else 1), norm_eps)
+            # the host's norm order and offset (HeadRMSNorm): Gemma3 and OLMo2 scale in fp32, Gemma3 by 1 + weight
+            order = dict(offset=qk_norm_offset, scale_in_fp32=qk_norm_fp32)
+            self.q_norm = HeadRMSNorm(head_dim * (self.num_q_heads if over_all else 1), norm_eps, **order)
+            self.k_norm = HeadRMSNorm(head_dim * (self.num_k_heads if over_all else 1), norm_eps, **order)
         if conv_size:
             for name, channels in (("q", self.num_q_heads * head_dim), ("k", self.num_k_heads * head_dim),
                                    ("v", self.num_v_heads * self.head_v_dim)):

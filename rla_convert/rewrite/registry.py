@@ -63,10 +63,12 @@ GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention")
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 
-# q_norm/k_norm classes whose formula the layer's HeadRMSNorm reproduces (x * rsqrt(mean(x^2) + eps), then a
-# weight), and the offset the weight carries: Gemma's norms scale by (1 + weight), so the layer stores weight + 1
-RMS_NORMS = {"Qwen3RMSNorm": 0.0, "Qwen3MoeRMSNorm": 0.0, "Exaone4RMSNorm": 0.0, "Gemma3RMSNorm": 1.0,
-             "Olmo2RMSNorm": 0.0, "Olmo3RMSNorm": 0.0, "OlmoeRMSNorm": 0.0}
+# q_norm/k_norm classes whose formula the layer's HeadRMSNorm reproduces (x * rsqrt(mean(x^2) + eps), then the
+# weight), read against transformers' source: (offset added to the weight, whether the weight scales in fp32 before
+# the cast back). Llama's order casts first; OLMo2/3 scale in fp32; Gemma3 scales in fp32 by 1 + weight.
+RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exaone4RMSNorm": (0.0, False),
+             "OlmoeRMSNorm": (0.0, False), "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True),
+             "Gemma3RMSNorm": (1.0, True)}
 OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention")
 
 
@@ -107,7 +109,10 @@ def _qk_norm_kwargs(m, site, q_width, k_width, head_dim):
         over = "all"  # OLMo2: one RMSNorm over all heads of the projection
     else:
         _refuse(site, f"its q_norm/k_norm widths {shapes} are neither the head ({head_dim}) nor the projections")
-    return dict(qk_norm=True, norm_eps=_norm_eps(m.q_norm), **({"qk_norm_over": over} if over == "all" else {}))
+    offset, in_fp32 = RMS_NORMS[cls]
+    order = {k: v for k, v in (("qk_norm_offset", offset), ("qk_norm_fp32", in_fp32)) if v}  # defaults left out
+    return dict(qk_norm=True, norm_eps=_norm_eps(m.q_norm), **({"qk_norm_over": over} if over == "all" else {}),
+                **order)
 
 
 def _llama_kwargs(m, site, config):
@@ -126,9 +131,8 @@ def _llama_kwargs(m, site, config):
 
 def _llama_weights(m):
     pairs = _linears(m, ("q_proj", "k_proj", "v_proj", "o_proj"))
-    if getattr(m, "q_norm", None) is not None:
-        offset = RMS_NORMS.get(type(m.q_norm).__name__, 0.0)
-        pairs += [("q_norm.weight", m.q_norm.weight + offset), ("k_norm.weight", m.k_norm.weight + offset)]
+    if getattr(m, "q_norm", None) is not None:  # as they are: the layer's norm adds the offset (RMS_NORMS)
+        pairs += [("q_norm.weight", m.q_norm.weight), ("k_norm.weight", m.k_norm.weight)]
     return _copy(pairs)
 
 
@@ -363,7 +367,7 @@ ADAPTERS = (
     Adapter("olmo2", "OLMo2, OLMo3, OLMoE attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
             f"no clip_qkv; {DROPPED})", "softmax", "pair", _classes(*OLMO2_FAMILY), _llama_kwargs, _llama_weights),
     Adapter("gemma", "Gemma, Gemma2, Gemma3 text attention (" + ", ".join(GEMMA_FAMILY) + "; Gemma3's q/k norms "
-            f"stored as 1 + weight; {DROPPED})", "softmax", "pair", _classes(*GEMMA_FAMILY), _llama_kwargs,
+            f"scale by 1 + weight, in fp32; {DROPPED})", "softmax", "pair", _classes(*GEMMA_FAMILY), _llama_kwargs,
             _llama_weights),
     Adapter("glm", "GLM, GLM-4, Helium attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
             f"q/k rows; {DROPPED})", "softmax", "pair", _classes(*GLM_FAMILY), _glm_kwargs, _glm_weights),
