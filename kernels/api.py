@@ -89,8 +89,9 @@ def _decoding(q, N, initial_state, tensors) -> bool:
 
 def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state, output_final_state,
          cu_seqlens, use_qk_l2norm, backend, validate, keep_walk):
-    # a q that is no tensor has no device: check_shapes below names it
-    name = choose_backend(backend, q.device if isinstance(q, torch.Tensor) else torch.device("cpu"))
+    if not isinstance(q, torch.Tensor):  # before the backend choice, which reads q's device
+        raise ValueError(f"q must be a torch.Tensor; got {type(q).__name__}")
+    name = choose_backend(backend, q.device)
     N = check_shapes(q, k, v, g, beta, gamma, scale, clip, residual, initial_state, cu_seqlens, name)
     if validate:
         if torch.compiler.is_compiling():

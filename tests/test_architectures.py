@@ -62,6 +62,7 @@ CASES = {
     "phi": (build("PhiConfig", "PhiForCausalLM", num_key_value_heads=4), "phi-stablelm", "dense", 8),
     "stablelm": (build("StableLmConfig", "StableLmForCausalLM", use_qkv_bias=True), "phi-stablelm", "llama", 4),
     "opt": (build("OPTConfig", "OPTForCausalLM", ffn_dim=96, word_embed_proj_dim=64), "opt", "out_proj", None),
+    "biogpt": (build("BioGptConfig", "BioGptForCausalLM"), "opt", "out_proj", None),
 }
 NEW = {"a_proj.weight", "b_proj.weight", "b_proj.bias", "gamma_proj.weight", "gamma_proj.bias", "A_log", "dt_bias",
        "o_scale"}
@@ -179,7 +180,7 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if layout == "glm":
         q, k = q[..., deinterleaved(rope_dim or 16)], k[..., deinterleaved(rope_dim or 16)]
-    if layout == "out_proj":  # OPT folds its logit scale (16 ** -0.5, a power of 2: exact) into q
+    if name == "opt":  # OPT folds its logit scale (16 ** -0.5, a power of 2: exact) into q
         q = q / 0.25
     # a fused projection is one matmul there and three here: equal up to the matmul's blocking
     same = torch.equal if layout not in ("phi3", "neox") else lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6)

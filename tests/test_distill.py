@@ -96,6 +96,10 @@ def test_the_recipe_expectations_are_checked_not_echoed():
     assert got["stage1_loss_drops"]["met"] and not got["stage2_loss_drops"]["met"]
     assert got["minutes_on_h100"] == "not checked"
     assert check_expectations({"heldout_ppl_ratio": 1.3}, {"ppl_ratio_stage2": 1.25}, rows)["heldout_ppl_ratio"]["met"]
+    odd = check_expectations({"heldout_ppl_ratio": "1.2", "stage1_loss_drops": "yes"}, {"ppl_ratio_stage2": 1.0}, rows)
+    assert odd == {"heldout_ppl_ratio": "not checked", "stage1_loss_drops": "not checked"}  # never a traceback
+    one = check_expectations({"stage2_loss_drops": True}, {}, rows[:4])
+    assert one["stage2_loss_drops"].startswith("not checked")
 
 
 def test_resumed_run_follows_the_uninterrupted_trajectory(finished_run, tiny, tmp_path):
@@ -208,6 +212,14 @@ def test_bad_recipes_are_one_line_exit_2(tiny, tmp_path, capsys, overrides, expe
     assert exit_status("distill", str(recipe)) == 2
     assert expected in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()  # a run that failed to start leaves no directory behind
+
+
+def test_an_output_that_is_a_file_is_one_line_before_any_work(tiny, tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    recipe = write_recipe(tmp_path, tiny, output=str(tmp_path / "taken"))
+    assert exit_status("distill", str(recipe)) == 2
+    assert "taken exists and is not a directory" in one_error_line(capsys.readouterr().err)
+    assert (tmp_path / "taken").read_text() == "x"
 
 
 def test_empty_dataset_is_one_line(tiny, tmp_path, capsys):

@@ -195,6 +195,27 @@ def test_eager_attention_is_found_by_its_softmax():
     assert [(r.action, r.adapter) for r in result.report.rows] == [("rdn", "llama-family")] * 2
 
 
+class PoolingAttention(nn.Module):
+    """Not token mixing: a softmax-weighted pool of the sequence, under a class name that says Attention."""
+
+    def __init__(self, dim=32):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x):
+        return (torch.softmax(self.score(x), dim=1) * x).sum(1, keepdim=True)
+
+
+def test_a_softmax_beside_sdpa_attention_is_not_a_site():
+    # an SDPA model with an attention-pooling head: the pooling is no attention to convert
+    model = TinyLM()
+    model.pool = PoolingAttention()
+    forward = model.forward
+    model.forward = lambda ids: forward(ids) + model.head(model.pool(model.embed(ids)))
+    result = convert_model(model, ConversionConfig(variant="rdn"))
+    assert [r.path for r in result.report.rows] == ["layers.0.attn", "layers.1.attn"]
+
+
 def test_model_without_attention_lists_what_is_supported():
     with pytest.raises(UserError, match="no attention the rewriter recognises.*GPT-2.*Qwen3-Next"):
         convert_model(TinyLM(mix=False), ConversionConfig())

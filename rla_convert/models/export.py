@@ -99,7 +99,14 @@ def write_modeling_code(directory: Path) -> list[str]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without setting it where Linux says it (setting it, even back, races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -142,6 +142,7 @@ def _real_trace(model, example_input_ids, kwargs):
 
 def _sites_in(graph) -> list[Site]:
     sites: dict[str, Site] = {}
+    softmax: dict[str, Site] = {}
     for node in graph.nodes:
         if node.op != "call_function":
             continue
@@ -158,8 +159,10 @@ def _sites_in(graph) -> list[Site]:
             causal = bool(node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False))
             sites.setdefault(path, Site(path, cls_name, "sdpa", q, k, causal))
         elif target.startswith(SOFTMAX_TARGETS) and "attention" in cls_name.lower():
-            sites.setdefault(path, Site(path, cls_name, "softmax"))
-    return list(sites.values())
+            softmax.setdefault(path, Site(path, cls_name, "softmax"))
+    if sites:  # a model whose attention calls SDPA: a softmax elsewhere (a pooling head, a vision tower) is not one
+        return list(sites.values())
+    return list(softmax.values())  # eager attention: softmax(q k^T) v by hand in every attention module
 
 
 def _accepts(model, name: str) -> bool:

@@ -72,8 +72,11 @@ RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exa
 OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention")
 
 
-def _with_rope_dim(kwargs, rope_dim):
+def _with_rope_dim(kwargs, rope_dim, site):
     """Partial RoPE: the layer rotates the first ``rope_dim`` features of each head (left out for a whole head)."""
+    if not (0 < rope_dim <= kwargs["head_dim"] and rope_dim % 2 == 0):
+        _refuse(site, f"its RoPE covers {rope_dim} of {kwargs['head_dim']} head features; the converted layer "
+                      "rotates an even number of them, at least 2")
     return {**kwargs, "rope_dim": rope_dim} if rope_dim != kwargs["head_dim"] else kwargs
 
 
@@ -144,7 +147,9 @@ def _llama_weights(m):
 # computes what it would on the original order (q_proj/k_proj rows permuted; v_proj and o_proj as they are).
 
 def _glm_kwargs(m, site, config):
-    return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m))
+    if getattr(m, "q_norm", None) is not None:  # _glm_weights reorders q/k rows, not a norm's weights
+        _refuse(site, "q/k norms with interleaved RoPE are not mapped (their weights would need the same reordering)")
+    return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m), site)
 
 
 def _deinterleave(t, head_dim, rope_dim):
@@ -170,7 +175,7 @@ def _phi3_kwargs(m, site, config):
     d, hq, hk = m.head_dim, m.config.num_attention_heads, m.num_key_value_heads
     return _with_rope_dim(dict(hidden_size=m.qkv_proj.in_features, num_heads=hq, num_k_heads=hk, head_dim=d,
                                qkv_bias=m.qkv_proj.bias is not None, o_bias=m.o_proj.bias is not None, rope=True),
-                          _config_rope_dim(m))
+                          _config_rope_dim(m), site)
 
 
 def _phi3_weights(m):
@@ -190,7 +195,7 @@ def _neox_kwargs(m, site, config):
     heads = m.query_key_value.out_features // (3 * d)
     return _with_rope_dim(dict(hidden_size=m.query_key_value.in_features, num_heads=heads, head_dim=d,
                                qkv_bias=m.query_key_value.bias is not None, o_bias=m.dense.bias is not None, rope=True),
-                          m.rotary_ndims)
+                          m.rotary_ndims, site)
 
 
 def _neox_weights(m):
@@ -218,7 +223,7 @@ def _partial_kwargs(m, site, config):
     d = m.head_dim
     return _with_rope_dim(dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
                                num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
-                               o_bias=out.bias is not None, rope=True), m.rotary_ndims)
+                               o_bias=out.bias is not None, rope=True), m.rotary_ndims, site)
 
 
 def _partial_weights(m):
@@ -377,7 +382,8 @@ ADAPTERS = (
             "RoPE kept)", "softmax", "pair", _classes("GPTNeoXAttention"), _neox_kwargs, _neox_weights),
     Adapter("phi-stablelm", "Phi, StableLM attention (" + ", ".join(PARTIAL_ROPE_FAMILY) + "; partial RoPE kept; "
             "no qk_layernorm)", "softmax", "pair", _classes(*PARTIAL_ROPE_FAMILY), _partial_kwargs, _partial_weights),
-    Adapter("opt", "OPT attention (OPTAttention)", "softmax", "pair", _classes("OPTAttention"), _opt_kwargs,
+    Adapter("opt", "OPT, BioGPT attention (OPTAttention, BioGptAttention; no RoPE)", "softmax",
+            "pair", _classes("OPTAttention", "BioGptAttention"), _opt_kwargs,
             _opt_weights),
     Adapter("gpt2", "GPT-2 attention (GPT2Attention, fused c_attn)", "softmax", "pair",
             _classes("GPT2Attention"), _gpt2_kwargs, _gpt2_weights),

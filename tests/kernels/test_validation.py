@@ -38,6 +38,7 @@ SHAPE_CASES = [
     ("not a tensor", lambda a: a.update(g=0.5), "g must be a torch.Tensor"),
     ("q a list", lambda a: a.update(q=a["q"].tolist()), "q must be a torch.Tensor"),
     ("q an array", lambda a: a.update(q=a["q"].numpy()), "q must be a torch.Tensor"),
+    ("q a list, triton asked", lambda a: a.update(q=a["q"].tolist(), backend="triton"), "q must be a torch.Tensor"),
     ("device", lambda a: a.update(v=a["v"].to("meta")), "v must be on q's device"),
     ("clip zero", lambda a: a.update(clip=0.0), "clip must be a positive number or None"),
     ("clip negative", lambda a: a.update(clip=-1), "clip must be a positive number or None"),
