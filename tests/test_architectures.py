@@ -56,6 +56,8 @@ CASES = {
     "glm": (build("GlmConfig", "GlmForCausalLM", head_dim=16), "glm", "glm", 8),
     "glm4": (build("Glm4Config", "Glm4ForCausalLM", head_dim=16, attention_bias=True), "glm", "glm", 8),
     "helium": (build("HeliumConfig", "HeliumForCausalLM", head_dim=16), "glm", "glm", None),
+    "cohere": (build("CohereConfig", "CohereForCausalLM"), "cohere", "glm", None),
+    "cohere2": (build("Cohere2Config", "Cohere2ForCausalLM", sliding_window=4), "cohere", "glm", None),
     "phi3": (build("Phi3Config", "Phi3ForCausalLM", partial_rotary_factor=0.5, sliding_window=4), "phi3", "phi3", 8),
     "gpt-neox": (build("GPTNeoXConfig", "GPTNeoXForCausalLM", num_key_value_heads=4, attention_bias=True),
                  "gpt-neox", "neox", 4),
@@ -200,8 +202,8 @@ def test_a_dropped_sliding_window_changes_nothing():
 
 
 REFUSED = {
-    "cohere": (build("CohereConfig", "CohereForCausalLM"), r"CohereAttention\): Cohere's RoPE rotates interleaved"),
-    "cohere2": (build("Cohere2Config", "Cohere2ForCausalLM"), r"Cohere2Attention\): Cohere's RoPE rotates interleaved"),
+    "cohere-qk-norm": (build("CohereConfig", "CohereForCausalLM", use_qk_norm=True),
+                       r"CohereAttention\): its q/k LayerNorms \(use_qk_norm"),
     "gpt-oss": (build("GptOssConfig", "GptOssForCausalLM", num_local_experts=4, num_experts_per_tok=2, head_dim=16),
                 r"GptOssAttention\): its attention sinks"),
     "gpt-j": (lambda: tf.GPTJForCausalLM(tf.GPTJConfig(vocab_size=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)),

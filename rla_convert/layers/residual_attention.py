@@ -115,6 +115,7 @@ class ResidualAttention(nn.Module):
         norm_eps: float = 1e-6,
         rope: bool = False,
         rope_dim: int | None = None,
+        rope_cos_interleaved: bool = False,
         output_gate: bool = False,
         output_scale: bool = False,
         qkv_bias: bool = False,
@@ -146,6 +147,9 @@ class ResidualAttention(nn.Module):
         if rope_dim is not None and not (0 < rope_dim <= head_dim and rope_dim % 2 == 0):
             raise ValueError(f"rope_dim must be even and in (0, head_dim={head_dim}], got {rope_dim}")
         self.rope_dim = None if rope_dim == head_dim else rope_dim
+        # Cohere's host hands cos/sin laid out per rotary pair (c0 c0 c1 c1 ...) for pairs (2i, 2i + 1); with q/k
+        # rows reordered by the adapter (evens, then odds) the same rotation is Llama's on cos/sin laid out in halves
+        self.rope_cos_interleaved = rope_cos_interleaved
         # False: the op's forward keeps its chunk-state walk for the backward instead of the backward rerunning it
         # (rla_kernels.rdn's docstring: faster training for memory held until the backward); read at each call
         self.recompute_states = recompute_states
@@ -223,6 +227,8 @@ class ResidualAttention(nn.Module):
         if hasattr(self, "q_norm") and not norm_all:
             q, k = self.q_norm(q), self.k_norm(k)
         rope_ok = not self.rope or position_embeddings is not None  # else the PyTorch path says what is missing
+        if self.rope and position_embeddings is not None and self.rope_cos_interleaved:
+            position_embeddings = tuple(torch.cat([t[..., ::2], t[..., ::2]], dim=-1) for t in position_embeddings)
         # the one-launch feature map rotates whole heads: a partial RoPE takes the PyTorch path
         if (not self.conv_size and rope_ok and self.rope_dim is None
                 and self._fused(q, k, *(position_embeddings if self.rope else ()))):

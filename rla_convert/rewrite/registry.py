@@ -243,13 +243,34 @@ def _opt_weights(m):
     return _copy(_linears(m) + [("o_proj.weight", m.out_proj.weight), ("o_proj.bias", m.out_proj.bias)])
 
 
+# -- Cohere, Cohere2: Llama's layout; RoPE on the pairs (2i, 2i + 1), cos/sin interleaved by the model ------------
+#
+# As GLM's, with the model's cos/sin themselves interleaved (c0 c0 c1 c1 ...): the q/k rows are reordered (evens,
+# then odds) and the layer lays cos/sin out in halves (rope_cos_interleaved), which is the same rotation.
+
+COHERE_FAMILY = ("CohereAttention", "Cohere2Attention")
+
+
+def _cohere_kwargs(m, site, config):
+    if getattr(m, "use_qk_norm", False):
+        _refuse(site, "its q/k LayerNorms (use_qk_norm: mean-centred) are no RMSNorm the converted layer has")
+    kwargs = _llama_kwargs(m, site, config)
+    if type(m).__name__ == "Cohere2Attention":  # its global (not sliding) layers run without RoPE
+        kwargs["rope"] = m.sliding_window is not None
+    return {**kwargs, "rope_cos_interleaved": True} if kwargs["rope"] else kwargs
+
+
+def _cohere_weights(m):
+    out = _llama_weights(m)  # rows reordered in every layer: the order changes nothing where no RoPE rotates them
+    for name in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias"):
+        if name in out:
+            out[name] = _deinterleave(out[name], m.head_dim, m.head_dim)
+    return out
+
+
 # -- Known attention with no exact mapping: refused with the reason --------------------------------------------
 
-_COHERE_ROPE = ("Cohere's RoPE rotates interleaved pairs by interleaved cos/sin from the model; the converted layer "
-                "rotates halves, and no reordering of q/k maps one onto the other")
 REFUSED = {
-    "CohereAttention": _COHERE_ROPE,
-    "Cohere2Attention": _COHERE_ROPE,
     "GPTJAttention": "GPT-J computes its interleaved RoPE inside the module; the converted layer takes cos/sin from "
                      "the model",
     "GptOssAttention": "its attention sinks (learned per-head softmax logits) have no linear-attention counterpart",
@@ -376,6 +397,9 @@ ADAPTERS = (
             _llama_weights),
     Adapter("glm", "GLM, GLM-4, Helium attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
             f"q/k rows; {DROPPED})", "softmax", "pair", _classes(*GLM_FAMILY), _glm_kwargs, _glm_weights),
+    Adapter("cohere", "Cohere, Cohere2 attention (" + ", ".join(COHERE_FAMILY) + "; interleaved RoPE mapped by "
+            f"reordering q/k rows; no use_qk_norm; {DROPPED})", "softmax", "pair", _classes(*COHERE_FAMILY),
+            _cohere_kwargs, _cohere_weights),
     Adapter("phi3", f"Phi-3 attention (Phi3Attention, fused qkv_proj split; partial RoPE kept; {DROPPED})", "softmax",
             "pair", _classes("Phi3Attention"), _phi3_kwargs, _phi3_weights),
     Adapter("gpt-neox", "GPT-NeoX, Pythia attention (GPTNeoXAttention, per-head fused query_key_value split; partial "
