@@ -85,6 +85,16 @@ def test_a_run_writes_metrics_artifact_and_summary(finished_run):
     assert last < first, (first, last)
 
 
+def test_loading_a_run_passes_on_no_peft_deprecation_warning(finished_run):
+    import warnings
+
+    from rla_convert.distill.artifact import load_distilled
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*is_gradient_checkpointing.*")
+        assert load_distilled(finished_run[2]).model is not None
+
+
 def test_the_recipe_expectations_are_checked_not_echoed():
     from rla_convert.distill.trainer import check_expectations
 

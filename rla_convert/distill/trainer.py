@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -98,8 +99,10 @@ def with_lora(student, recipe: Recipe):
     spec = recipe.stage2.lora
     layer_paths = "|".join(re.escape(p) for p in converted_paths(student))
     regex = rf"^({layer_paths})\.({'|'.join(spec.targets)})$"
-    return get_peft_model(student, LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                                              target_modules=regex))
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=regex)
+    with warnings.catch_warnings():  # peft reads a property transformers 5.2x deprecates: not the user's to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(student, config)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
