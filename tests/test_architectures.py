@@ -50,6 +50,13 @@ CASES = {
     "olmo2": (build("Olmo2Config", "Olmo2ForCausalLM"), "olmo2", "llama", None),
     "olmo3": (build("Olmo3Config", "Olmo3ForCausalLM", sliding_window=4), "olmo2", "llama", None),
     "olmoe": (build("OlmoeConfig", "OlmoeForCausalLM", num_experts=4, num_experts_per_tok=2), "olmo2", "llama", None),
+    "smollm3": (build("SmolLM3Config", "SmolLM3ForCausalLM", no_rope_layers=[1, 0]), "llama-family", "llama", None),
+    "arcee": (build("ArceeConfig", "ArceeForCausalLM"), "llama-family", "llama", None),
+    "cwm": (build("CwmConfig", "CwmForCausalLM", head_dim=16), "llama-family", "llama", None),
+    "apertus": (build("ApertusConfig", "ApertusForCausalLM"), "llama-family", "llama", None),
+    "dots1": (build("Dots1Config", "Dots1ForCausalLM", head_dim=16, first_k_dense_replace=2), "llama-family", "llama",
+              None),
+    "nemotron": (build("NemotronConfig", "NemotronForCausalLM"), "nemotron", "llama", 8),
     "gemma": (build("GemmaConfig", "GemmaForCausalLM", head_dim=16), "gemma", "llama", None),
     "gemma2": (build("Gemma2Config", "Gemma2ForCausalLM", head_dim=16, sliding_window=4), "gemma", "llama", None),
     "gemma3": (build("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, sliding_window=4), "gemma", "llama", None),
@@ -158,7 +165,7 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     assert [r.adapter for r in result.report.rows] == [adapter, adapter]
     layer = next(m for m in model.modules() if isinstance(m, ResidualAttention))
     assert (layer.rope, layer.rope_dim) == ((False, None) if layout == "out_proj" else (True, rope_dim))
-    if name == "exaone4":  # a sliding layer, then a global one, which EXAONE 4 runs without RoPE
+    if name in ("exaone4", "smollm3"):  # a layer with RoPE, then one its config runs without
         assert [m.rope for m in model.modules() if isinstance(m, ResidualAttention)] == [True, False]
 
     state = layer.state_dict()
@@ -216,10 +223,10 @@ REFUSED = {
                               r"StableLmAttention\): its q/k LayerNorms \(qk_layernorm"),
     "gemma3-bidirectional": (build("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16,
                                    use_bidirectional_attention=True), r"Gemma3Attention\): it attends bidirectionally"),
-    # Llama-like, but with layers that use no RoPE: not mapped, so refused by name (the catch-all SDPA adapter
-    # used to take it and drop RoPE from every layer)
-    "smollm3": (build("SmolLM3Config", "SmolLM3ForCausalLM"),
-                r"does not know: model\.layers\.0\.self_attn \(SmolLM3Attention\)"),
+    # Llama's layout with a norm on the attention's output before o_proj: not mapped, so refused by name (the
+    # catch-all SDPA adapter would have taken it and dropped the norm)
+    "bitnet": (build("BitNetConfig", "BitNetForCausalLM"),
+               r"does not know: model\.layers\.0\.self_attn \(BitNetAttention\)"),
 }
 
 

@@ -58,7 +58,8 @@ def _linears(m, names=("q_proj", "k_proj", "v_proj")):
 
 LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention", "MixtralAttention",
                 "MinistralAttention", "Qwen2MoeAttention", "Qwen3MoeAttention", "GraniteAttention",
-                "Starcoder2Attention", "SeedOssAttention", "OlmoAttention", "Exaone4Attention")
+                "Starcoder2Attention", "SeedOssAttention", "OlmoAttention", "Exaone4Attention", "SmolLM3Attention",
+                "ArceeAttention", "CwmAttention", "ApertusAttention", "Dots1Attention")
 GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention")
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
@@ -67,7 +68,7 @@ PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 # weight), read against transformers' source: (offset added to the weight, whether the weight scales in fp32 before
 # the cast back). Llama's order casts first; OLMo2/3 scale in fp32; Gemma3 scales in fp32 by 1 + weight.
 RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exaone4RMSNorm": (0.0, False),
-             "OlmoeRMSNorm": (0.0, False), "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True),
+             "OlmoeRMSNorm": (0.0, False), "ApertusRMSNorm": (0.0, False), "Dots1RMSNorm": (0.0, False), "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True),
              "Gemma3RMSNorm": (1.0, True)}
 OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention")
 
@@ -128,6 +129,8 @@ def _llama_kwargs(m, site, config):
                   o_bias=m.o_proj.bias is not None, rope=True)
     if type(m).__name__ == "Exaone4Attention":  # with a sliding window, EXAONE 4's global layers use no RoPE
         kwargs["rope"] = m.sliding_window is None or m.is_sliding
+    if type(m).__name__ == "SmolLM3Attention":  # its config's no_rope_layers: every fourth layer by default
+        kwargs["rope"] = bool(m.use_rope)
     kwargs.update(_qk_norm_kwargs(m, site, m.q_proj.out_features, m.k_proj.out_features, d))
     return kwargs
 
@@ -145,6 +148,11 @@ def _llama_weights(m):
 # Reordering each head's first r rows of q_proj/k_proj (even features first, then odd) makes the layer's rotation
 # the same rotation of the same features: q.k, SiLU and the L2 norm do not see the order, so the converted layer
 # computes what it would on the original order (q_proj/k_proj rows permuted; v_proj and o_proj as they are).
+
+def _partial_llama_kwargs(m, site, config):
+    """Llama's layout with RoPE on the first features of each head (Nemotron's partial_rotary_factor)."""
+    return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m), site)
+
 
 def _glm_kwargs(m, site, config):
     if getattr(m, "q_norm", None) is not None:  # _glm_weights reorders q/k rows, not a norm's weights
@@ -387,7 +395,8 @@ DROPPED = "softmax-only logit scale, soft-capping and sliding windows dropped"
 
 ADAPTERS = (
     Adapter("llama-family", "Llama, Mistral, Mixtral, Ministral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, "
-            "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2 attention ("
+            "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2, SmolLM3, Arcee, CWM, Apertus, dots.llm1 "
+            "attention ("
             + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
             "softmax", "pair", _classes(*LLAMA_FAMILY), _llama_kwargs, _llama_weights),
     Adapter("olmo2", "OLMo2, OLMo3, OLMoE attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
@@ -400,6 +409,8 @@ ADAPTERS = (
     Adapter("cohere", "Cohere, Cohere2 attention (" + ", ".join(COHERE_FAMILY) + "; interleaved RoPE mapped by "
             f"reordering q/k rows; no use_qk_norm; {DROPPED})", "softmax", "pair", _classes(*COHERE_FAMILY),
             _cohere_kwargs, _cohere_weights),
+    Adapter("nemotron", f"Nemotron attention (NemotronAttention; partial RoPE kept; {DROPPED})", "softmax", "pair",
+            _classes("NemotronAttention"), _partial_llama_kwargs, _llama_weights),
     Adapter("phi3", f"Phi-3 attention (Phi3Attention, fused qkv_proj split; partial RoPE kept; {DROPPED})", "softmax",
             "pair", _classes("Phi3Attention"), _phi3_kwargs, _phi3_weights),
     Adapter("gpt-neox", "GPT-NeoX, Pythia attention (GPTNeoXAttention, per-head fused query_key_value split; partial "
