@@ -52,6 +52,10 @@ CASES = {
     "olmoe": (build("OlmoeConfig", "OlmoeForCausalLM", num_experts=4, num_experts_per_tok=2), "olmo2", "llama", None),
     "smollm3": (build("SmolLM3Config", "SmolLM3ForCausalLM", no_rope_layers=[1, 0]), "llama-family", "llama", None),
     "arcee": (build("ArceeConfig", "ArceeForCausalLM"), "llama-family", "llama", None),
+    "granitemoe": (build("GraniteMoeConfig", "GraniteMoeForCausalLM", num_local_experts=4, num_experts_per_tok=2),
+                   "llama-family", "llama", None),  # its output holds a cache even with use_cache=False
+    "granitemoe-shared": (build("GraniteMoeSharedConfig", "GraniteMoeSharedForCausalLM", num_local_experts=4,
+                                num_experts_per_tok=2, shared_intermediate_size=32), "llama-family", "llama", None),
     "cwm": (build("CwmConfig", "CwmForCausalLM", head_dim=16), "llama-family", "llama", None),
     "apertus": (build("ApertusConfig", "ApertusForCausalLM"), "llama-family", "llama", None),
     "dots1": (build("Dots1Config", "Dots1ForCausalLM", head_dim=16, first_k_dense_replace=2), "llama-family", "llama",

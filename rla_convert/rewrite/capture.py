@@ -106,6 +106,13 @@ def capture_sites(model: torch.nn.Module, example_input_ids: torch.Tensor, mixer
     return _sites_in(graph)
 
 
+def _tensors_of(output):
+    """What a trace can return: the logits of a transformers output (some models return a cache even with
+    use_cache=False, GraniteMoe's, which no tracer takes as an output), else the output as it is."""
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else output
+
+
 class CaptureError(RuntimeError):
     """Neither torch.export nor the real-tensor trace could capture the model's graph."""
 
@@ -134,7 +141,8 @@ def _real_trace(model, example_input_ids, kwargs):
                                                 module.register_forward_hook(leave))]
     try:
         with fx_traceback.preserve_node_meta():
-            return make_fx(lambda ids: model(ids, **kwargs), tracing_mode="real", pre_dispatch=True)(example_input_ids).graph
+            return make_fx(lambda ids: _tensors_of(model(ids, **kwargs)), tracing_mode="real",
+                           pre_dispatch=True)(example_input_ids).graph
     finally:
         for handle in handles:  # (preserve_node_meta has already restored current_meta as it found it)
             handle.remove()

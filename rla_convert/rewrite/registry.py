@@ -15,6 +15,7 @@ Any other class is refused by name.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,7 +60,8 @@ def _linears(m, names=("q_proj", "k_proj", "v_proj")):
 LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention", "MixtralAttention",
                 "MinistralAttention", "Qwen2MoeAttention", "Qwen3MoeAttention", "GraniteAttention",
                 "Starcoder2Attention", "SeedOssAttention", "OlmoAttention", "Exaone4Attention", "SmolLM3Attention",
-                "ArceeAttention", "CwmAttention", "ApertusAttention", "Dots1Attention")
+                "ArceeAttention", "CwmAttention", "ApertusAttention", "Dots1Attention", "GraniteMoeAttention",
+                "GraniteMoeSharedAttention")
 GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention")
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
@@ -395,8 +397,8 @@ DROPPED = "softmax-only logit scale, soft-capping and sliding windows dropped"
 
 ADAPTERS = (
     Adapter("llama-family", "Llama, Mistral, Mixtral, Ministral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, "
-            "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2, SmolLM3, Arcee, CWM, Apertus, dots.llm1 "
-            "attention ("
+            "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2, SmolLM3, Arcee, CWM, Apertus, dots.llm1, "
+            "GraniteMoe attention ("
             + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
             "softmax", "pair", _classes(*LLAMA_FAMILY), _llama_kwargs, _llama_weights),
     Adapter("olmo2", "OLMo2, OLMo3, OLMoE attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
@@ -442,4 +444,5 @@ def adapter_for(module: nn.Module, site: Site) -> Adapter | None:
 
 
 def supported_summary() -> str:
-    return "; ".join(a.description for a in ADAPTERS)
+    """The adapters' descriptions without their trailing class lists: one readable line (README has the table)."""
+    return "; ".join(re.sub(r" \([^()]*\)$", "", a.description) for a in ADAPTERS) + " (README.md, Architectures)"
