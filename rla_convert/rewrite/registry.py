@@ -63,7 +63,7 @@ LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3At
                 "ArceeAttention", "CwmAttention", "ApertusAttention", "Dots1Attention", "GraniteMoeAttention",
                 "GraniteMoeSharedAttention")
 GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention")
-GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention")
+GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention", "Ernie4_5Attention", "Ernie4_5_MoeAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 
 # q_norm/k_norm classes whose formula the layer's HeadRMSNorm reproduces (x * rsqrt(mean(x^2) + eps), then the
@@ -406,7 +406,7 @@ ADAPTERS = (
     Adapter("gemma", "Gemma, Gemma2, Gemma3 text attention (" + ", ".join(GEMMA_FAMILY) + "; Gemma3's q/k norms "
             f"scale by 1 + weight, in fp32; {DROPPED})", "softmax", "pair", _classes(*GEMMA_FAMILY), _llama_kwargs,
             _llama_weights),
-    Adapter("glm", "GLM, GLM-4, Helium attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
+    Adapter("glm", "GLM, GLM-4, Helium, Ernie 4.5 attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
             f"q/k rows; {DROPPED})", "softmax", "pair", _classes(*GLM_FAMILY), _glm_kwargs, _glm_weights),
     Adapter("cohere", "Cohere, Cohere2 attention (" + ", ".join(COHERE_FAMILY) + "; interleaved RoPE mapped by "
             f"reordering q/k rows; no use_qk_norm; {DROPPED})", "softmax", "pair", _classes(*COHERE_FAMILY),
