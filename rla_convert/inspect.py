@@ -15,6 +15,7 @@ class LayerInfo:
     module_name: str
     class_name: str
     kind: str  # "softmax", "gated-deltanet", "rla", "rdn", "gdn" (our baseline layer), or "unknown"
+    conversion: str = ""  # rewrite.registry.verdict: "converts (ADAPTER)", "refused: ...", "not known", "converted"
 
 
 def _kind_of(module: nn.Module) -> str:
@@ -39,6 +40,8 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 
 def describe_layers(model: nn.Module) -> list[LayerInfo]:
+    from .rewrite.registry import verdict
+
     found = decoder_layers(model)
     if found is None:
         return []
@@ -48,7 +51,10 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
         for child in _MIXER_NAMES:
             mixer = getattr(layer, child, None)
             if isinstance(mixer, nn.Module):
-                infos.append(LayerInfo(i, f"{prefix}.{i}.{child}", type(mixer).__name__, _kind_of(mixer)))
+                kind, path = _kind_of(mixer), f"{prefix}.{i}.{child}"
+                ours = kind in ("rla", "rdn", "gdn")
+                conversion = "converted" if ours else verdict(mixer, path, getattr(model, "config", None))
+                infos.append(LayerInfo(i, path, type(mixer).__name__, kind, conversion))
                 break
         else:
             infos.append(LayerInfo(i, f"{prefix}.{i}", type(layer).__name__, "unknown"))

@@ -253,3 +253,18 @@ def test_a_refused_layer_leaves_every_layer_as_it_was():
     with pytest.raises(UserError, match=r"cannot convert model\.layers\.1\.self_attn \(LlamaAttention\): it attends"):
         convert_model(model, ConversionConfig(variant="rdn"))
     assert [type(block.self_attn).__name__ for block in model.model.layers] == ["LlamaAttention", "LlamaAttention"]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("phi3", "converts (phi3)"), ("olmo-clip-qkv", "refused: its config clamps q/k/v (clip_qkv)"),
+    ("gpt-j", "refused: GPT-J computes its interleaved RoPE inside the module"), ("bitnet", "not known"),
+])
+def test_info_says_per_layer_whether_it_converts_without_tracing(name, expected):
+    from rla_convert.inspect import describe_layers
+
+    model = (CASES.get(name) or REFUSED[name])[0]()
+    verdicts = {layer.conversion for layer in describe_layers(model)}
+    assert len(verdicts) == 1 and verdicts.pop().startswith(expected)
+    if name == "phi3":
+        convert_model(model, ConversionConfig(variant="rdn"))
+        assert {layer.conversion for layer in describe_layers(model)} == {"converted"}

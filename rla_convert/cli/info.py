@@ -40,7 +40,7 @@ def info(model, as_json):
         click.echo(f"{key:<12} {summary[key]}")
     click.echo(f"{'parameters':<12} {summary['parameters'] / 1e6:.1f}M")
     click.echo("attention per layer:")
-    key = lambda layer: (layer.kind, layer.class_name)  # noqa: E731
-    for (kind, cls), group in groupby(layers, key=key):
+    key = lambda layer: (layer.kind, layer.class_name, layer.conversion)  # noqa: E731
+    for (kind, cls, conversion), group in groupby(layers, key=key):
         group = list(group)
-        click.echo(f"  layers {_ranges([g.index for g in group]):<10} {kind:<15} {cls}")
+        click.echo(f"  layers {_ranges([g.index for g in group]):<10} {kind:<15} {cls:<28} {conversion}")

@@ -443,6 +443,23 @@ def adapter_for(module: nn.Module, site: Site) -> Adapter | None:
     return next((a for a in (*ADAPTERS, REFUSALS) if a.matches(module, site)), None)
 
 
+def verdict(module: nn.Module, path: str, model_config) -> str:
+    """What converting would do with the mixer ``module``, read from its class and attributes without tracing
+    (``rla-convert info``): ``converts (ADAPTER)``, ``refused: REASON`` or ``not known``. Modules outside
+    transformers, which only the plain-SDPA adapter takes from the traced graph, are ``not known`` here."""
+    site = Site(path, type(module).__name__, "mixer" if type(module).__name__ in MIXER_CLASSES else "sdpa")
+    if type(module).__name__ in REFUSED:
+        return f"refused: {REFUSED[type(module).__name__]}"
+    adapter = next((a for a in ADAPTERS if a.name != "plain-sdpa" and a.matches(module, site)), None)
+    if adapter is None:
+        return "not known"
+    try:
+        adapter.layer_kwargs(module, site, model_config)
+    except UserError as err:
+        return "refused: " + str(err).split("): ", 1)[-1]
+    return f"converts ({adapter.name})"
+
+
 def supported_summary() -> str:
     """The adapters' descriptions without their trailing class lists: one readable line (README has the table)."""
     return "; ".join(re.sub(r" \([^()]*\)$", "", a.description) for a in ADAPTERS) + " (README.md, Architectures)"
