@@ -89,6 +89,18 @@ def deinterleaved(rope_dim, head_dim=16):
     return list(range(0, rope_dim, 2)) + list(range(1, rope_dim, 2)) + list(range(rope_dim, head_dim))
 
 
+def partial_order(rope_dim, head_dim=16):
+    """A head's features as the layer keeps them under a partial RoPE: rotated first half, passed first half, rotated
+    second half, passed second half (cos = 1, sin = 0 over the passed ones make it a whole-head rotation)."""
+    half, passed = rope_dim // 2, (head_dim - rope_dim) // 2
+    return (list(range(half)) + list(range(rope_dim, rope_dim + passed)) + list(range(half, rope_dim))
+            + list(range(rope_dim + passed, head_dim)))
+
+
+def in_layer_order(t, rope_dim, head_dim=16):
+    return t.reshape(-1, head_dim, *t.shape[1:])[:, partial_order(rope_dim)].reshape(t.shape)
+
+
 def expected_weights(m, layout, rope_dim):
     """The new layer's reused entries, read from the original module ``m`` independently of the adapters."""
     named = lambda pairs: {k: v for k, v in pairs if v is not None}  # noqa: E731
@@ -164,6 +176,8 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
                 p.add_(torch.randn_like(p) * 0.2)
     original = attention_of(model)
     expected = {n: t.detach().clone() for n, t in expected_weights(original, layout, rope_dim).items()}
+    if rope_dim:  # the layer's feature order for a partial RoPE
+        expected = {n: in_layer_order(t, rope_dim) if n[0] in "qk" else t for n, t in expected.items()}
     ids = torch.randint(3, 128, (2, 9))
     module, q, k, v = original_qkv(model, ids, monkeypatch)[0]
     assert module is original
@@ -196,6 +210,8 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if layout == "glm":
         q, k = q[..., deinterleaved(rope_dim or 16)], k[..., deinterleaved(rope_dim or 16)]
+    if rope_dim:
+        q, k = q[..., partial_order(rope_dim)], k[..., partial_order(rope_dim)]
     if name == "opt":  # OPT folds its logit scale (16 ** -0.5, a power of 2: exact) into q
         q = q / 0.25
     # a fused projection is one matmul there and three here: equal up to the matmul's blocking

@@ -1,8 +1,8 @@
 """The RLA / RDN attention layer that replaces softmax attention or a Gated DeltaNet mixer.
 
 Per token (paper, Section 3.4; the math itself lives in rla_kernels):
-    q, k, v  = projections of x  (optional RMSNorm on q/k, per head or over all heads, RoPE on all or the first
-               rope_dim features of each head, short causal conv)
+    q, k, v  = projections of x  (optional RMSNorm on q/k, per head or over all heads, RoPE on all or rope_dim
+               features of each head, short causal conv)
     q, k     = L2norm(SiLU(q)), L2norm(SiLU(k))            (with a conv, SiLU follows the conv on q/k/v)
     g        = log a = -exp(A_log) * softplus(W_a x + dt_bias)   (Mamba-2 decay, in log space)
     beta     = sigmoid(W_b x),  gamma = sigmoid(W_gamma x)       (S and R write strengths)
@@ -142,8 +142,12 @@ class ResidualAttention(nn.Module):
         self.head_v_dim = head_v_dim or head_dim
         self.layer_idx, self.clip, self.residual = layer_idx, clip, residual
         self.conv_size, self.rope, self.call_style, self.backend = conv_size, rope, call_style, backend
-        # partial RoPE (GPT-NeoX, Phi, StableLM, Phi-3 with partial_rotary_factor < 1): the host's cos/sin cover the
-        # first rope_dim features of each head, the rest pass unrotated; None: the whole head
+        # partial RoPE (GPT-NeoX, Phi, StableLM, Phi-3 with partial_rotary_factor < 1, GLM, Nemotron): the host's
+        # cos/sin cover rope_dim features of each head, the rest pass unrotated. The layer keeps each head's q/k
+        # features as [rotated first half, passed first half, rotated second half, passed second half] (the
+        # registry stores the projections' rows so: the order changes nothing SiLU, the L2 norm or q.k see), so
+        # that with cos = 1 and sin = 0 over the passed features it is the whole-head rotation, on either feature
+        # map path (the one-launch kernel included). None: the whole head.
         if rope_dim is not None and not (0 < rope_dim <= head_dim and rope_dim % 2 == 0):
             raise ValueError(f"rope_dim must be even and in (0, head_dim={head_dim}], got {rope_dim}")
         self.rope_dim = None if rope_dim == head_dim else rope_dim
@@ -227,11 +231,9 @@ class ResidualAttention(nn.Module):
         if hasattr(self, "q_norm") and not norm_all:
             q, k = self.q_norm(q), self.k_norm(k)
         rope_ok = not self.rope or position_embeddings is not None  # else the PyTorch path says what is missing
-        if self.rope and position_embeddings is not None and self.rope_cos_interleaved:
-            position_embeddings = tuple(torch.cat([t[..., ::2], t[..., ::2]], dim=-1) for t in position_embeddings)
-        # the one-launch feature map rotates whole heads: a partial RoPE takes the PyTorch path
-        if (not self.conv_size and rope_ok and self.rope_dim is None
-                and self._fused(q, k, *(position_embeddings if self.rope else ()))):
+        if self.rope and position_embeddings is not None:
+            position_embeddings = self._whole_head_rope(*position_embeddings)
+        if not self.conv_size and rope_ok and self._fused(q, k, *(position_embeddings if self.rope else ())):
             cos, sin = position_embeddings if self.rope else (None, None)
             q, k = (self._prep.feature_map(t, cos, sin, valid, self.num_heads, v.dtype) for t in (q, k))
             v = self._repeat(v * valid[:, :, None, None].to(v.dtype) if valid is not None else v)
@@ -268,6 +270,22 @@ class ResidualAttention(nn.Module):
             return o, None, cache
         return o, None
 
+    def _whole_head_rope(self, cos, sin):
+        """The host's (cos, sin) as the layer's whole-head rotation of its feature order takes them: Cohere's pair
+        layout relaid in halves, a partial RoPE padded with cos = 1, sin = 0 over the passed features."""
+        if self.rope_cos_interleaved:
+            cos, sin = (torch.cat([t[..., ::2], t[..., ::2]], dim=-1) for t in (cos, sin))
+        width = self.rope_dim or self.head_dim
+        if cos.shape[-1] != width:
+            raise ValueError(f"the model's position_embeddings are {cos.shape[-1]} wide; this layer rotates "
+                             f"{width} of its {self.head_dim} head features")
+        if self.rope_dim is not None:
+            half, passed = self.rope_dim // 2, (self.head_dim - self.rope_dim) // 2
+            one, zero = cos.new_ones(*cos.shape[:-1], passed), sin.new_zeros(*sin.shape[:-1], passed)
+            cos = torch.cat([cos[..., :half], one, cos[..., half:], one], dim=-1)
+            sin = torch.cat([sin[..., :half], zero, sin[..., half:], zero], dim=-1)
+        return cos, sin
+
     def _feature_maps(self, q, k, v, valid, position_embeddings, state, seq_starts):
         """RoPE, the padding mask, the short conv, SiLU and the L2 norm of q and k (v: mask, conv, SiLU), then
         the heads repeated to the layer's count, in PyTorch ops (rla_kernels.feature_map is the one-launch
@@ -283,16 +301,8 @@ class ResidualAttention(nn.Module):
         if self.rope:
             if position_embeddings is None:
                 raise ValueError("this layer keeps RoPE but the model passed no position_embeddings")
-            cos, sin = (t.unsqueeze(2) for t in position_embeddings)
-            width = self.rope_dim or self.head_dim
-            if cos.shape[-1] != width:
-                raise ValueError(f"the model's position_embeddings are {cos.shape[-1]} wide; this layer rotates "
-                                 f"{width} of its {self.head_dim} head features")
-            if self.rope_dim is None:
-                qk = qk * cos + _rotate_half(qk) * sin
-            else:  # as transformers' partial RoPE: rotate the first rope_dim features, pass the rest
-                rot, kept = qk[..., :width], qk[..., width:]
-                qk = torch.cat([rot * cos + _rotate_half(rot) * sin, kept], dim=-1)
+            cos, sin = (t.unsqueeze(2) for t in position_embeddings)  # whole-head tables (_whole_head_rope)
+            qk = qk * cos + _rotate_half(qk) * sin
         if valid is not None:
             keep = valid[:, :, None, None]  # each in its own dtype: under autocast x is fp32, q/k/v bf16
             qk, v = qk * keep.to(qk.dtype), v * keep.to(v.dtype)
@@ -380,7 +390,7 @@ class ResidualAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"variant={self.variant}, heads={self.num_heads} (q {self.num_q_heads}, k {self.num_k_heads}, "
                 f"v {self.num_v_heads}), head_dim={self.head_dim}, clip={self.clip}, conv={self.conv_size}, rope={self.rope}"
-                + (f" (first {self.rope_dim})" if self.rope and self.rope_dim else "")
+                + (f" ({self.rope_dim} of {self.head_dim})" if self.rope and self.rope_dim else "")
                 + ("" if self.recompute_states else ", recompute_states=False"))
 
 

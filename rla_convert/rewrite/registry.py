@@ -162,11 +162,38 @@ def _glm_kwargs(m, site, config):
     return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m), site)
 
 
+def _reorder_heads(t, head_dim, order):
+    """Each head's rows (head_dim of them, in turn) taken in ``order``."""
+    heads = t.shape[0] // head_dim
+    return t.reshape(heads, head_dim, *t.shape[1:])[:, order.to(t.device)].reshape(t.shape)
+
+
 def _deinterleave(t, head_dim, rope_dim):
     """Rows of each head reordered: the first rope_dim as evens then odds, the rest in place."""
     order = torch.cat([torch.arange(0, rope_dim, 2), torch.arange(1, rope_dim, 2), torch.arange(rope_dim, head_dim)])
-    heads = t.shape[0] // head_dim
-    return t.reshape(heads, head_dim, *t.shape[1:])[:, order.to(t.device)].reshape(t.shape)
+    return _reorder_heads(t, head_dim, order)
+
+
+def partial_rope_order(head_dim: int, rope_dim: int) -> torch.Tensor:
+    """A head's features in the layer's order for a partial RoPE (ResidualAttention, rope_dim): the rotated first
+    half, the passed first half, the rotated second half, the passed second half."""
+    half, passed = rope_dim // 2, (head_dim - rope_dim) // 2
+    return torch.cat([torch.arange(0, half), torch.arange(rope_dim, rope_dim + passed), torch.arange(half, rope_dim),
+                      torch.arange(rope_dim + passed, head_dim)])
+
+
+def layer_weights(adapter, module, kwargs) -> dict:
+    """``adapter``'s weights for a layer built from ``kwargs``, in the layer's q/k feature order: with a partial
+    RoPE each head's q/k rows (and q/k norm weights) as ``partial_rope_order`` lays them."""
+    weights = adapter.weights(module)
+    rope_dim, head_dim = kwargs.get("rope_dim"), kwargs.get("head_dim")
+    if rope_dim is None or rope_dim == head_dim:
+        return weights
+    order = partial_rope_order(head_dim, rope_dim)
+    for name in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "q_norm.weight", "k_norm.weight"):
+        if name in weights:
+            weights[name] = _reorder_heads(weights[name], head_dim, order)
+    return weights
 
 
 def _glm_weights(m):

@@ -16,7 +16,7 @@ from ..init import initialise_gates, resolve_strategy
 from ..inspect import decoder_layers
 from ..layers import ResidualAttention
 from .capture import CaptureError, Site, capture_sites
-from .registry import MIXER_CLASSES, adapter_for, supported_summary
+from .registry import MIXER_CLASSES, adapter_for, layer_weights, supported_summary
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _build_layer(module, site: Site, adapter, kwargs, index, config: ConversionC
     # recompute_states is training-only (config.TRAINING_ONLY): the live layer gets it, the spec (which exports
     # store and rebuild layers from) does not
     layer = ResidualAttention(**kwargs, recompute_states=config.recompute_states)
-    weights = adapter.weights(module)
+    weights = layer_weights(adapter, module, kwargs)
     missing, unexpected = layer.load_state_dict(weights, strict=False)
     if unexpected:
         raise RuntimeError(f"adapter {adapter.name} produced weights the layer does not have: {unexpected}")

@@ -110,6 +110,22 @@ def test_the_layer_at_batch_2_with_transformers_shared_rope_and_in_float64():
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("rope", [dict(rope_dim=8), dict(rope_cos_interleaved=True)], ids=["partial", "pairs"])
+def test_partial_and_pair_laid_rope_take_the_one_launch_kernel_too(rope):
+    # both are whole-head rotations once the layer relays the host's cos/sin (ResidualAttention._whole_head_rope)
+    layer = _layer(**rope)
+    x = torch.randn(2, 7, 32)
+    cos, sin = _rope(2, 7, rope.get("rope_dim", 16), torch.float32, expanded=False)
+    calls = _count_calls(layer)
+    with torch.no_grad():
+        layer.fused_prep = False
+        reference, _ = layer(x, position_embeddings=(cos, sin))
+        layer.fused_prep = True
+        out, _ = layer(x, position_embeddings=(cos, sin))
+    assert calls == ["feature_map", "feature_map", "gates"]
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+
+
 def test_trainable_projections_keep_the_gates_in_pytorch_even_with_frozen_decays():
     layer = _layer()
     layer.fused_prep = True
