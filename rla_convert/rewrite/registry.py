@@ -475,10 +475,8 @@ def verdict(module: nn.Module, path: str, model_config) -> str:
     (``rla-convert info``): ``converts (ADAPTER)``, ``refused: REASON`` or ``not known``. Modules outside
     transformers, which only the plain-SDPA adapter takes from the traced graph, are ``not known`` here."""
     site = Site(path, type(module).__name__, "mixer" if type(module).__name__ in MIXER_CLASSES else "sdpa")
-    if type(module).__name__ in REFUSED:
-        return f"refused: {REFUSED[type(module).__name__]}"
-    adapter = next((a for a in ADAPTERS if a.name != "plain-sdpa" and a.matches(module, site)), None)
-    if adapter is None:
+    adapter = adapter_for(module, site)  # the rewriter's choice, REFUSALS included (its layer_kwargs refuses)
+    if adapter is None or adapter.name == "plain-sdpa":
         return "not known"
     try:
         adapter.layer_kwargs(module, site, model_config)

@@ -94,18 +94,25 @@ def test_the_layer_uses_the_one_launch_kernels_for_inference_only_and_gets_the_s
     assert layer.q_proj.weight.grad is not None and layer.A_log.grad is not None
 
 
-def test_the_layer_at_batch_2_with_transformers_shared_rope_and_in_float64():
-    layer = _layer()
-    x = torch.randn(2, 7, 32)
-    cos, sin = _rope(2, 7, 16, torch.float32, expanded=False, shared=True)  # [1, T, D] for both rows
-    calls = _count_calls(layer)
+def _pytorch_then_fused(layer, x, cos, sin):
+    """The layer's output through its PyTorch ops, then through the one-launch kernels (no autograd)."""
     with torch.no_grad():
         layer.fused_prep = False
         reference, _ = layer(x, position_embeddings=(cos, sin))
         layer.fused_prep = True
         out, _ = layer(x, position_embeddings=(cos, sin))
-        assert calls == ["feature_map", "feature_map", "gates"]
-        torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    return reference, out
+
+
+def test_the_layer_at_batch_2_with_transformers_shared_rope_and_in_float64():
+    layer = _layer()
+    x = torch.randn(2, 7, 32)
+    cos, sin = _rope(2, 7, 16, torch.float32, expanded=False, shared=True)  # [1, T, D] for both rows
+    calls = _count_calls(layer)
+    reference, out = _pytorch_then_fused(layer, x, cos, sin)
+    assert calls == ["feature_map", "feature_map", "gates"]
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
         layer.double()(x.double(), position_embeddings=(cos.double(), sin.double()))  # float64: PyTorch ops only
     assert len(calls) == 3
 
@@ -117,11 +124,7 @@ def test_partial_and_pair_laid_rope_take_the_one_launch_kernel_too(rope):
     x = torch.randn(2, 7, 32)
     cos, sin = _rope(2, 7, rope.get("rope_dim", 16), torch.float32, expanded=False)
     calls = _count_calls(layer)
-    with torch.no_grad():
-        layer.fused_prep = False
-        reference, _ = layer(x, position_embeddings=(cos, sin))
-        layer.fused_prep = True
-        out, _ = layer(x, position_embeddings=(cos, sin))
+    reference, out = _pytorch_then_fused(layer, x, cos, sin)
     assert calls == ["feature_map", "feature_map", "gates"]
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
 
