@@ -38,6 +38,11 @@ FIXED_CONFIG = INTERPRET or os.environ.get("RLA_KERNELS_FIXED_CONFIG") == "1"
 # are right): under it, the kernels cast half dot operands to fp32 first (the same products: a half value is
 # exact in fp32).
 HALF_DOTS_IN_FP32 = INTERPRET
+# RLA_KERNELS_SPLIT_ASM=1 at import: _split_half splits bf16 by one PTX block a pair of elements (split_bf16_pairs)
+# instead of Triton's lowering of the casts. Never under the interpreter (it runs no PTX). Off by default until
+# every float64 row has run with it (H200 2026-12-05: RDN's training walk -7% at B=1 T=32k; BENCHMARKS.md).
+SPLIT_ASM = os.environ.get("RLA_KERNELS_SPLIT_ASM") == "1" and not INTERPRET
+_SPLIT_ASM = tl.constexpr(SPLIT_ASM)
 
 
 def interpreter_rounds_bf16_to_nearest():
@@ -271,27 +276,56 @@ def store_tile(base, value, row0, n_rows, row_stride, col0, n_cols, BR: tl.const
 
 
 @triton.jit
-def _split_half(x, half_dtype: tl.constexpr):
-    """fp32 x as hi + lo, both in half_dtype: x - hi - lo ~ 2^-16 |x| for bf16 (one cast: 2^-9)."""
-    hi = x.to(half_dtype)
-    return hi, (x - hi.to(tl.float32)).to(half_dtype)
+def split_bf16_pairs(x):
+    """fp32 x as bf16 hi + lo, the values _split_half's casts give (hi = x rounded to nearest even, lo = x - hi
+    rounded), two elements an asm block: hi's pair by one cvt.rn.bf16x2, its fp32 values back by a shift and a mask
+    (a bf16 is the top half of its fp32), the two exact subtractions, lo's pair by one cvt.rn.bf16x2. 3 instructions
+    an element where Triton's lowering of the casts emits 4 (ptxas sm_90: F2F, an IMAD.U32 shift and an FADD an
+    element, a PRMT or F2FP a pair to pack). The pair is packed as the dot operands take it (element 0 low)."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 h0, h1;
+        .reg .f32 l0, l1;
+        cvt.rn.bf16x2.f32 $0, $3, $2;
+        shl.b32 h0, $0, 16;
+        and.b32 h1, $0, 0xffff0000;
+        sub.f32 l0, $2, h0;
+        sub.f32 l1, $3, h1;
+        cvt.rn.bf16x2.f32 $1, l1, l0;
+        }""",
+        constraints="=r,=r,r,r", args=[x], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
 
 
 @triton.jit
-def dot_split(a, b, DOT_PREC: tl.constexpr):
+def _split_half(x, half_dtype: tl.constexpr):
+    """fp32 x as hi + lo, both in half_dtype: x - hi - lo ~ 2^-16 |x| for bf16 (one cast: 2^-9)."""
+    if _SPLIT_ASM and half_dtype == tl.bfloat16:
+        hi, lo = split_bf16_pairs(x)
+    else:
+        hi = x.to(half_dtype)
+        lo = (x - hi.to(tl.float32)).to(half_dtype)
+    return hi, lo
+
+
+@triton.jit
+def dot_split(a, b, DOT_PREC: tl.constexpr, acc=None):
     """``a @ b`` where one operand is a half tile (bf16/fp16, exact: an input) and the other fp32 (a state, a
     state gradient, a decayed matrix): the fp32 one is split into two half tiles, two half dots. About 2^-16
     relative error instead of the 2^-9 of one bf16 cast, at twice one half dot's cost and one more half tile,
     never an fp32 operand tile. Two operands of one dtype (two fp32 tiles, or two half tiles such as an input and a
-    state stored in the input dtype): the plain dot at DOT_PREC."""
+    state stored in the input dtype): the plain dot at DOT_PREC. ``acc``: an fp32 tile the products are added to, as
+    the first dot's accumulator, where ``acc + dot_split(a, b)`` took an FADD an element after the two dots (Triton
+    folds such an add into a plain dot's accumulator, not into this chain's). An accumulation over a loop gains (RLA's
+    dq/dk/dg V loop: 581 -> 545 SASS instructions, ptxas sm_90, Triton 3.6); a state update h * a + dot_split does not
+    (the FMUL of h * a replaces an FFMA)."""
     if a.dtype == b.dtype:
-        out = tl.dot(a, b, input_precision=DOT_PREC)
+        out = tl.dot(a, b, acc, input_precision=DOT_PREC)
     elif a.dtype == tl.float32:
         hi, lo = _split_half(a, b.dtype)
-        out = tl.dot(lo, b, tl.dot(hi, b, input_precision=DOT_PREC), input_precision=DOT_PREC)
+        out = tl.dot(lo, b, tl.dot(hi, b, acc, input_precision=DOT_PREC), input_precision=DOT_PREC)
     else:
         hi, lo = _split_half(b.to(tl.float32), a.dtype)
-        out = tl.dot(a, lo, tl.dot(a, hi, input_precision=DOT_PREC), input_precision=DOT_PREC)
+        out = tl.dot(a, lo, tl.dot(a, hi, acc, input_precision=DOT_PREC), input_precision=DOT_PREC)
     return out
 
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_utils import (autotune, chunk_of_pair, dot_split, exp_where, load_tile, load_tile_t, store_tile,
-                           warps_stages_configs)
+from ..triton_utils import (_split_half, autotune, chunk_of_pair, dot_split, exp_where, load_tile, load_tile_t,
+                           store_tile, warps_stages_configs)
 from .fused_recurrent import _rho
 
 
@@ -50,10 +50,12 @@ def _store_state(h, h_lo, off, b_h, row0, n_rows, row_stride, col0, n_cols, BR: 
     """A walk's fp32 state tile stored in h's dtype (the input dtype: rounded to nearest) and, with HAS_LO,
     the part that rounding lost in h_lo (same dtype): hi + lo carries ~16 bits for bf16, what dot_split
     gave from an fp32 tile, and hi alone is the one half cast the other readers made before."""
-    store_tile(h + off, b_h, row0, n_rows, row_stride, col0, n_cols, BR, BC)
     if HAS_LO:
-        b_hi = b_h.to(h.dtype.element_ty).to(tl.float32)
-        store_tile(h_lo + off, b_h - b_hi, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+        b_hi, b_lo = _split_half(b_h, h.dtype.element_ty)  # dot_split's halves (and its asm, SPLIT_ASM)
+        store_tile(h + off, b_hi, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+        store_tile(h_lo + off, b_lo, row0, n_rows, row_stride, col0, n_cols, BR, BC)
+    else:
+        store_tile(h + off, b_h, row0, n_rows, row_stride, col0, n_cols, BR, BC)
 
 
 @triton.jit
@@ -241,7 +243,7 @@ def _rla_residual_kernel(
     # enters as its stored hi + lo halves (the walk's fp32 state, split as dot_split would), the decayed
     # matrix A through dot_split, k and v exact.
     b_u = _dot_state(b_k, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_Gm)[:, None]
-    b_u += dot_split(b_A, b_v, DOT_PREC)
+    b_u = dot_split(b_A, b_v, DOT_PREC, b_u)
     b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
     if RESIDUAL == 1:
         # The backward reads the clip's mask back from the stored r as |r| < clip_mask (c rounded to res's dtype
