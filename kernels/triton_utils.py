@@ -41,7 +41,11 @@ HALF_DOTS_IN_FP32 = INTERPRET
 # RLA_KERNELS_SPLIT_ASM=1 at import: _split_half splits bf16 by one PTX block a pair of elements (split_bf16_pairs)
 # instead of Triton's lowering of the casts. Never under the interpreter (it runs no PTX). Off by default until
 # every float64 row has run with it (H200 2026-12-05: RDN's training walk -7% at B=1 T=32k; BENCHMARKS.md).
-SPLIT_ASM = os.environ.get("RLA_KERNELS_SPLIT_ASM") == "1" and not INTERPRET
+_SPLIT_ASM_ENV = os.environ.get("RLA_KERNELS_SPLIT_ASM", "")
+if _SPLIT_ASM_ENV not in ("", "0", "1"):  # a "true" or "yes" would otherwise turn it off without a word
+    raise ValueError(f"environment variable RLA_KERNELS_SPLIT_ASM must be 1 (on), 0 or unset (off); got "
+                     f"{_SPLIT_ASM_ENV!r}")
+SPLIT_ASM = _SPLIT_ASM_ENV == "1" and not INTERPRET
 _SPLIT_ASM = tl.constexpr(SPLIT_ASM)
 
 

@@ -59,6 +59,13 @@ def test_a_mistyped_command_is_named_not_read_as_a_model(typo, meant, capsys):
     assert f"did you mean '{meant}'" in one_error_line(capsys.readouterr().err)
 
 
+def test_a_bad_split_asm_switch_in_the_environment_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("RLA_KERNELS_SPLIT_ASM", "yes")
+    assert exit_status("info", "smollm2-135m") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "RLA_KERNELS_SPLIT_ASM='yes'" in line and "1 (on), 0 (off) or unset" in line
+
+
 def test_a_bad_backend_in_the_environment_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("RLA_KERNELS_BACKEND", "cuda")
     assert exit_status("info", "smollm2-135m") == 2

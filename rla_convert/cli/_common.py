@@ -17,6 +17,9 @@ def fail(message: str) -> None:
 
 
 def main_entry(cli: click.Group, argv=None):
+    split_asm = os.environ.get("RLA_KERNELS_SPLIT_ASM", "")
+    if split_asm not in ("", "0", "1"):  # read when the kernels import (triton_utils), which would raise there
+        fail(f"environment variable RLA_KERNELS_SPLIT_ASM={split_asm!r}: accepted values are 1 (on), 0 (off) or unset")
     from rla_kernels.backend import BACKENDS, ENV_VAR, BackendUnavailableError
 
     chosen = os.environ.get(ENV_VAR)

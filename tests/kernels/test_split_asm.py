@@ -16,11 +16,15 @@ from rla_kernels.triton_utils import split_bf16_pairs
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _switch(env_extra: dict) -> str:
+def _import(env_extra: dict) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RLA_KERNELS_SPLIT_ASM")}
     env.update(env_extra)
-    out = subprocess.run([sys.executable, "-c", "import rla_kernels.triton_utils as t; print(t.SPLIT_ASM)"],
-                         capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-c", "import rla_kernels.triton_utils as t; print(t.SPLIT_ASM)"],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def _switch(env_extra: dict) -> str:
+    out = _import(env_extra)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip()
 
@@ -30,6 +34,12 @@ def test_split_asm_is_read_at_import_and_never_under_the_interpreter():
     assert _switch({"RLA_KERNELS_SPLIT_ASM": "1"}) == "True"
     assert _switch({"RLA_KERNELS_SPLIT_ASM": "1", "TRITON_INTERPRET": "1"}) == "False"
     assert _switch({"RLA_KERNELS_SPLIT_ASM": "0"}) == "False"
+
+
+def test_split_asm_refuses_a_value_it_would_read_as_off():
+    out = _import({"RLA_KERNELS_SPLIT_ASM": "true"})
+    assert out.returncode != 0
+    assert "RLA_KERNELS_SPLIT_ASM must be 1 (on), 0 or unset (off); got 'true'" in out.stderr
 
 
 @triton.jit
