@@ -168,3 +168,46 @@ def test_the_export_directory_gets_the_mode_a_plain_mkdir_would(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("base", ["llama", "mistral_sliding_window"])
+def test_flex_attention_loads_read_padding_from_the_block_mask(tmp_path, base, monkeypatch):
+    """attn_implementation="flex_attention" hands the layers a BlockMask, not a tensor: its padding is read through
+    its mask function (it raised AttributeError before), so a left-padded batch gives the SDPA load's logits and
+    generation, prefill and decode both through the BlockMask."""
+    from rla_convert.layers.residual_attention import ResidualAttention
+    if base == "llama":
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL))
+    else:  # a window shorter than the batch: the diagonal, not the last row, says which tokens are real
+        model = tf.MistralForCausalLM(tf.MistralConfig(**SMALL, sliding_window=4))
+    _, out = convert_and_save(model, tmp_path, variant="rdn")
+    ids = torch.randint(1, 128, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :3] = 0
+    seen = []
+    real = ResidualAttention._block_mask_diagonal
+    monkeypatch.setattr(ResidualAttention, "_block_mask_diagonal",
+                        staticmethod(lambda m, B, T: seen.append(T) or real(m, B, T)))
+    sdpa = AutoModelForCausalLM.from_pretrained(out).eval()
+    flex = AutoModelForCausalLM.from_pretrained(out, attn_implementation="flex_attention").eval()
+    with torch.no_grad():
+        reference = sdpa(ids, attention_mask=mask).logits
+        assert not seen
+        assert torch.equal(flex(ids, attention_mask=mask).logits, reference)
+        assert seen and set(seen) == {9}
+        generated = sdpa.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert torch.equal(flex.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4,
+                                         do_sample=False), generated)
+        unpadded = sdpa(ids, attention_mask=torch.ones_like(mask)).logits
+    assert 1 in seen  # the decode steps read it too
+    # without the padding read, row 0's real tokens would see its three pad tokens
+    assert not torch.allclose(unpadded[0, 3:], reference[0, 3:], atol=1e-3)
+
+
+def test_a_block_mask_of_another_length_is_refused_in_one_line():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from rla_convert.layers.residual_attention import ResidualAttention
+    block_mask = create_block_mask(lambda b, h, q, kv: kv <= q, B=2, H=None, Q_LEN=12, KV_LEN=12, device="cpu")
+    with pytest.raises(ValueError, match=r"query length is this call's 9 tokens .*attn_implementation='sdpa'"):
+        ResidualAttention._valid_tokens(block_mask, 2, 9)

@@ -364,6 +364,8 @@ class ResidualAttention(nn.Module):
         """
         if mask is None:
             return None
+        if not isinstance(mask, torch.Tensor):  # a flex BlockMask (attn_implementation="flex_attention")
+            return ResidualAttention._block_mask_diagonal(mask, B, T)
         if mask.dim() == 4:  # [B, 1, Tq, Tkv], the current tokens last: a token is real if it may attend to itself
             # (the diagonal). Not the last query row: under a sliding-window (or chunked) mask that row also hides
             # the keys outside its window, real tokens that a linear layer must read (the window itself is dropped)
@@ -379,6 +381,23 @@ class ResidualAttention(nn.Module):
         if valid.shape != (B, T):
             return None
         return valid.float()
+
+    @staticmethod
+    def _block_mask_diagonal(mask, B, T):
+        """``_valid_tokens`` of a flex BlockMask: its mask function asked whether each current token may attend to
+        itself (the 4-D mask's diagonal), the current tokens the last T of its key positions. Its mask functions
+        (transformers' causal, padding, sliding-window ones, offsets included) are elementwise tensor code, so one
+        broadcast call over [B, T] indices answers for every token."""
+        mask_mod, lengths = getattr(mask, "mask_mod", None), getattr(mask, "seq_lengths", None)
+        if mask_mod is None or lengths is None or lengths[0] != T or lengths[1] < T:
+            raise ValueError(f"attention_mask: a flex BlockMask whose query length is this call's {T} tokens (and "
+                             f"its key length at least that) is read for padding; got seq_lengths {lengths}. "
+                             f"Load the model with attn_implementation='sdpa' or 'eager' instead")
+        device = mask.kv_num_blocks.device
+        b = torch.arange(B, device=device)[:, None]
+        q = torch.arange(T, device=device)[None, :]
+        valid = mask_mod(b, torch.zeros_like(b), q, q + (lengths[1] - T))
+        return torch.as_tensor(valid, device=device).to(torch.bool).expand(B, T).float()
 
     @staticmethod
     def _positions_in_sequence(cu_seqlens, T, device):
