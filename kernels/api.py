@@ -2,7 +2,8 @@
 
 Inputs follow fla: q, k [B, T, H, K]; v [B, T, H, V]; g (natural-log decay, <= 0), beta, gamma [B, T, H];
 ``scale`` (default K ** -0.5) multiplies the output only; varlen is B = 1 with ``cu_seqlens`` [N + 1].
-States are the pair (S, R), each [N, H, K, V] float32. Returns ``(o, (S, R) or None)``, o in v's dtype.
+States are the pair (S, R), each [N, H, K, V] float32 (in ``initial_state`` either may be None: zeros).
+Returns ``(o, (S, R) or None)``, o in v's dtype.
 """
 from __future__ import annotations
 
@@ -100,8 +101,11 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
         check_values(q, k, v, g, beta, gamma, initial_state, cu_seqlens)
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    scale = float(scale)
     if clip is not None:
         clip = float(clip)
+    if q.shape[0] * q.shape[1] == 0:  # no tokens: no work, and the kernels' grids would be empty (or divide by 0)
+        name = "torch"
     if use_qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     S0, R0 = (None, None) if initial_state is None else initial_state

@@ -8,12 +8,16 @@ names the argument, what it got and what is accepted.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .residual import RESIDUAL_FUNCTIONS
 
-# What the Triton kernels take: a chunk program holds all of K in one block (any V, in blocks);
-# float64 is for the oracles and the torch backend only.
+# What the Triton kernels take: a chunk program holds all of K in one block (any V, in blocks, but for RDN's chunk
+# kernels: rdn/chunk.py refuses V > 256 there, its decode step takes any V); float64 is for the oracles and the
+# torch backend only.
 TRITON_MAX_K = 256
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -21,7 +25,15 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def _describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return f"a {x.dtype} tensor of shape {list(x.shape)} on {x.device}"
+    if isinstance(x, (tuple, list)):  # say what it holds, not every element of its tensors
+        return f"a {type(x).__name__} of {len(x)}: ({', '.join(_describe(e) for e in x)})"
     return f"{type(x).__name__} {x!r}"
+
+
+def _finite_number(x) -> bool:
+    """An int or float (numpy's too), not a bool, that is neither NaN nor infinite."""
+    # a comparison, not math.isfinite: torch.compile (fullgraph) traces this, and breaks the graph on isfinite
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and -math.inf < x < math.inf
 
 
 def check_shapes(q, k, v, g, beta, gamma, scale, clip, residual, initial_state, cu_seqlens, backend):
@@ -55,10 +67,10 @@ def check_shapes(q, k, v, g, beta, gamma, scale, clip, residual, initial_state, 
     if backend == "triton" and q.dtype not in TRITON_DTYPES:
         raise ValueError(f"q, k, v: the triton backend takes dtypes {TRITON_DTYPES}; got {q.dtype} "
                          "(use backend='torch' or 'naive' for float64)")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise ValueError(f"scale must be a number or None (meaning K ** -0.5); got {_describe(scale)}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
-        raise ValueError(f"clip must be a positive number or None (no clipping); got {_describe(clip)}")
+    if scale is not None and not _finite_number(scale):
+        raise ValueError(f"scale must be a finite number or None (meaning K ** -0.5); got {_describe(scale)}")
+    if clip is not None and not (_finite_number(clip) and clip > 0):
+        raise ValueError(f"clip must be a finite positive number or None (no clipping); got {_describe(clip)}")
     if residual not in RESIDUAL_FUNCTIONS:
         raise ValueError(f"residual must be one of {RESIDUAL_FUNCTIONS}; got {residual!r}")
     N = B if cu_seqlens is None else _check_cu_seqlens_shape(cu_seqlens, B, T, q.device)

@@ -267,8 +267,8 @@ class _Layout:
         self.B, self.T, self.H, self.K = q.shape
         self.V = v.shape[-1]
         if self.K > 256 or self.V > 256:
-            raise ValueError(f"head dims K and V must be at most 256 (a program holds all of K); got K={self.K}, "
-                             f"V={self.V}")
+            raise ValueError(f"head dims K and V must be at most 256 for rdn's triton chunk kernels; got K={self.K}, "
+                             f"V={self.V} (use backend='torch' for larger heads)")
         _check_chunk_size(chunk_size)
         # Grid axes 1 and 2 stop at GRID_AXIS_LIMIT: the walks put (sequence, head) there, the segmented walks
         # (sequence, segment, head; segmented.usable_segments), the chunk-parallel kernels a V- or K-block and
@@ -295,7 +295,8 @@ class _Layout:
         # Dots of fp32 operands are exact (ieee) for fp32 inputs, tf32 for half inputs, whose own rounding
         # (~4e-3) dominates tf32's; dots of two raw half input tiles (wy.py's k k^T) are exact either way.
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
-        self.cu_seqlens = cu_seqlens
+        # the kernels index it as a flat array: a strided view (cu[::2]) read past its elements (2026-12-05)
+        self.cu_seqlens = None if cu_seqlens is None else cu_seqlens.contiguous()
         self.varlen = cu_seqlens is not None
         if CHUNK_ORDER not in (0, 1, 2, 3) or CHUNK_GROUP < 1:
             raise ValueError(f"launch knobs CHUNK_ORDER must be 0 (the grid's order), 1 (a chunk's heads first), 2 "

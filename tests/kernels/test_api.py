@@ -435,6 +435,60 @@ def test_triton_chunk_kernel_matches_oracle_with_gradients(variant, monkeypatch)
         assert rel(x, r) < 1e-4
 
 
+@pytest.mark.parametrize("variant", OPS)
+def test_triton_chained_calls_equal_one_call_with_gradients_through_the_state(variant, monkeypatch):
+    """A prefill in two pieces on the Triton chunk path, the first piece's final (S, R) the second's initial state,
+    gives one call's outputs, final states and every gradient (inputs, initial states), the gradient crossing the
+    carried state; against the float64 oracle's single call too."""
+    asked = _spy_triton(monkeypatch)
+    xs, init = inputs(B=1, T=37, H=1, K=16, V=16)
+    leaves = [x.clone().requires_grad_() for x in xs] + [s.clone().requires_grad_() for s in init]
+    weight = torch.linspace(-1, 1, 37 * 16).reshape(1, 37, 1, 16)
+
+    def one_call(ts, backend):
+        o, (S, R) = OPS[variant](*ts[:6], initial_state=tuple(ts[6:]), output_final_state=True, backend=backend)
+        return o, S, R
+
+    def two_calls(ts, split=21):
+        first, (S, R) = OPS[variant](*(x[:, :split] for x in ts[:6]), initial_state=tuple(ts[6:]),
+                                     output_final_state=True, backend="triton")
+        second, (S, R) = OPS[variant](*(x[:, split:] for x in ts[:6]), initial_state=(S, R),
+                                      output_final_state=True, backend="triton")
+        return torch.cat([first, second], 1), S, R
+
+    def grads(outs, ts):
+        o, S, R = outs
+        return torch.autograd.grad((o * weight.to(o.dtype)).sum() + S.sum() + R.square().sum(), ts)
+
+    chained, whole = two_calls(leaves), one_call(leaves, "triton")
+    assert asked.count(f"chunk_{variant}_fwd") == 3
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    ref = one_call(ref_leaves, "naive")
+    for x, y, r in zip(chained, whole, ref):
+        assert rel(x, y) < 1e-5 and rel(x, r) < 1e-5
+    for x, y, r in zip(grads(chained, leaves), grads(whole, leaves), grads(ref, ref_leaves)):
+        assert rel(x, y) < 1e-5 and rel(x, r) < 1e-4
+
+
+@pytest.mark.parametrize("variant", OPS)
+@pytest.mark.parametrize("decode", [False, True], ids=["chunk", "decode"])
+def test_triton_reads_a_strided_cu_seqlens_as_its_values(variant, decode, monkeypatch):
+    """cu_seqlens as a strided view (every other element of a longer tensor): the kernels index it as a flat array,
+    and read past its elements until the launchers made it contiguous (a crash or NaN states, 2026-12-05)."""
+    asked = _spy_triton(monkeypatch)
+    T = 3 if decode else 40  # decode: a few tokens a sequence (backend.DECODE_MAX_TOKENS), chunk: more
+    xs, init = inputs(B=1, T=T, H=1, K=16, V=16, N=2)
+    dense = torch.tensor([0, 1 if decode else 18, T], dtype=torch.int32)
+    strided = torch.tensor([0, 99, int(dense[1]), 99, T], dtype=torch.int32)[::2]
+    assert not strided.is_contiguous() and torch.equal(strided, dense)
+    with torch.no_grad():
+        outs = [OPS[variant](*xs, initial_state=init, output_final_state=True, cu_seqlens=cu, backend="triton")
+                for cu in (strided, dense)]
+    assert asked[0].startswith("fused_recurrent" if decode else "chunk")
+    (o, (S, R)), (o_ref, (S_ref, R_ref)) = outs
+    assert torch.equal(o, o_ref) and torch.equal(S, S_ref) and torch.equal(R, R_ref)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("op", ["rla", "rdn"])
 def test_calls_read_no_values_from_the_device(op, packed, monkeypatch):

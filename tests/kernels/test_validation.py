@@ -40,14 +40,21 @@ SHAPE_CASES = [
     ("q an array", lambda a: a.update(q=a["q"].numpy()), "q must be a torch.Tensor"),
     ("q a list, triton asked", lambda a: a.update(q=a["q"].tolist(), backend="triton"), "q must be a torch.Tensor"),
     ("device", lambda a: a.update(v=a["v"].to("meta")), "v must be on q's device"),
-    ("clip zero", lambda a: a.update(clip=0.0), "clip must be a positive number or None"),
-    ("clip negative", lambda a: a.update(clip=-1), "clip must be a positive number or None"),
-    ("clip bool", lambda a: a.update(clip=True), "clip must be a positive number or None"),
-    ("scale string", lambda a: a.update(scale="0.1"), "scale must be a number or None"),
+    ("clip zero", lambda a: a.update(clip=0.0), "clip must be a finite positive number or None"),
+    ("clip negative", lambda a: a.update(clip=-1), "clip must be a finite positive number or None"),
+    ("clip bool", lambda a: a.update(clip=True), "clip must be a finite positive number or None"),
+    ("scale string", lambda a: a.update(scale="0.1"), "scale must be a finite number or None"),
+    ("clip inf", lambda a: a.update(clip=float("inf"), residual="tanh"), "clip must be a finite positive number"),
+    ("clip nan", lambda a: a.update(clip=float("nan")), "clip must be a finite positive number"),
+    ("scale nan", lambda a: a.update(scale=float("nan")), "scale must be a finite number or None"),
+    ("scale inf", lambda a: a.update(scale=-float("inf")), "scale must be a finite number or None"),
     ("residual", lambda a: a.update(residual="huber"), "residual must be one of"),
     ("state shape", lambda a: a.update(initial_state=states(K=4)), "initial_state[0] (S) must be [N, H, K, V]"),
     ("state R shape", lambda a: a.update(initial_state=(states()[0], states(N=3)[1])), "initial_state[1] (R)"),
     ("state not pair", lambda a: a.update(initial_state=states()[0]), "initial_state must be None or a pair"),
+    ("state a 1-tuple", lambda a: a.update(initial_state=states()[:1]),
+     "initial_state must be None or a pair (S, R) of [N, H, K, V] tensors; got a tuple of 1: (a torch.float32 tensor "
+     "of shape [2, 2, 8, 4] on cpu)"),
     ("state integer", lambda a: a.update(initial_state=(states()[0].int(), None)), "floating-point tensor or None"),
     ("backend name", lambda a: a.update(backend="cuda"), "backend must be one of"),
 ]
@@ -119,3 +126,27 @@ def test_triton_limits_are_checked_before_launch():
     args = {name: x.double() for name, x in good_args().items()}
     with pytest.raises(ValueError, match="triton backend takes dtypes"):
         check_shapes(*args.values(), None, 1.0, "clip", None, None, "triton")
+
+
+@pytest.mark.parametrize("op", [rla, rdn], ids=["rla", "rdn"])
+def test_numpy_scalars_are_numbers(op):
+    """scale and clip as numpy scalars (float32 or float64) are read as the same Python floats."""
+    np = pytest.importorskip("numpy")
+    args = good_args()
+    o_ref, _ = op(**args, scale=0.25, clip=0.5, backend="torch")
+    for t in (np.float32, np.float64):
+        o, _ = op(**args, scale=t(0.25), clip=t(0.5), backend="torch")
+        assert torch.equal(o, o_ref)
+
+
+@pytest.mark.parametrize("op", [rla, rdn], ids=["rla", "rdn"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "naive"])
+@pytest.mark.parametrize("B,T", [(0, 5), (2, 0)])
+def test_calls_without_tokens_return_empty_outputs_and_carry_the_states(op, backend, B, T):
+    """No tokens (an empty batch, or zero-length sequences) is no work on every backend: an empty o and the states
+    handed back unchanged (the triton launchers divided by zero on an empty batch, the oracle's cat failed)."""
+    args = good_args(B=B, T=T)
+    init = states(N=B)
+    o, (S, R) = op(**args, initial_state=init, output_final_state=True, backend=backend)
+    assert o.shape == (B, T, 2, 4)
+    assert torch.equal(S, init[0]) and torch.equal(R, init[1])
