@@ -211,3 +211,41 @@ def test_a_block_mask_of_another_length_is_refused_in_one_line():
     block_mask = create_block_mask(lambda b, h, q, kv: kv <= q, B=2, H=None, Q_LEN=12, KV_LEN=12, device="cpu")
     with pytest.raises(ValueError, match=r"query length is this call's 9 tokens .*attn_implementation='sdpa'"):
         ResidualAttention._valid_tokens(block_mask, 2, 9)
+
+
+def test_a_composite_model_converts_generates_and_reloads(tmp_path):
+    """Gemma 3's multimodal class (what AutoModelForCausalLM builds for model_type "gemma3", 4B and up) nests its
+    text and vision configs: the converted config keeps them as config objects (copied flat they were dicts, and
+    the conversion's own forward died on text_config.get_text_config()). Only the language model's layers convert;
+    the reloaded model, with and without the toolkit, gives the same logits and generation."""
+    text = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=4)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=16)
+    model = tf.Gemma3ForConditionalGeneration(tf.Gemma3Config(text_config=text, vision_config=vision,
+                                                               mm_tokens_per_image=4))
+    model, out = convert_and_save(model, tmp_path, variant="rdn")
+    assert [layer["path"] for layer in model.config.conversion["layers"]] == [
+        "model.language_model.layers.0.self_attn", "model.language_model.layers.1.self_attn"]
+    assert isinstance(model.config.text_config, tf.Gemma3TextConfig) and set(model.config.sub_configs) == {
+        "text_config", "vision_config"}
+    ids = torch.randint(3, 120, (1, 9))
+    with torch.no_grad():
+        logits = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded).__name__ == "RLAGemma3ForConditionalGeneration"
+    assert isinstance(reloaded.config.text_config, tf.Gemma3TextConfig)
+    assert reloaded.config.text_config._attn_implementation == model.config.text_config._attn_implementation
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, logits)
+        assert torch.equal(reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), generated)
+
+    torch.save(ids, tmp_path / "ids.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
+    run = subprocess.run([sys.executable, "-c", REMOTE, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "r.pt")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = torch.load(tmp_path / "r.pt")
+    assert remote["toolkit"] == [] and torch.equal(remote["logits"], logits)
+    assert torch.equal(remote["generated"], generated)

@@ -35,19 +35,43 @@ class RLAConfig(PretrainedConfig):
         self.conversion = dict(conversion or {})
         self.base_classes = dict(base_classes or {})
         super().__init__(**merged)
+        # A composite model's sub-configs (text_config, vision_config...) as the base class makes them, config objects:
+        # copied flat they were dicts, and transformers asks them for get_text_config() (generate's cache, Gemma 3's
+        # masks) and the base model's __init__ builds its sub-models from them.
+        base_object = self._base()
+        for key in self.sub_configs:
+            self.__dict__[key] = getattr(base_object, key)
+
+    def _base(self):
+        """The base config class built from ``base_config`` (once), or None when the classes are not known yet."""
+        base = self.__dict__.get("_base_object")
+        if base is None:
+            config_path = self.__dict__.get("base_classes", {}).get("config")
+            if not config_path or "base_config" not in self.__dict__:
+                return None
+            fields = {k: v for k, v in self.__dict__["base_config"].items() if k not in _NOT_INHERITED}
+            base = import_object(config_path)(**fields)
+            self.__dict__["_base_object"] = base
+        return base
+
+    @property
+    def sub_configs(self):
+        """The base config's sub-config keys that it holds as configs (transformers reads ``config.sub_configs`` to
+        set attention implementations on them). An instance property where PretrainedConfig has a class one: what
+        they are depends on the base class of this instance."""
+        base = self._base()
+        if base is None:
+            return {}
+        return {key: cls for key, cls in type(base).sub_configs.items()
+                if isinstance(getattr(base, key, None), PretrainedConfig)}
 
     def __getattr__(self, name):
         """Attributes the base config class derives (aliases such as GPT-2's hidden_size -> n_embd)."""
         if name.startswith("_") or "base_config" not in self.__dict__:
             raise AttributeError(name)
-        base = self.__dict__.get("_base_object")
+        base = self._base()
         if base is None:
-            config_path = self.__dict__.get("base_classes", {}).get("config")
-            if not config_path:
-                raise AttributeError(name)
-            fields = {k: v for k, v in self.__dict__["base_config"].items() if k not in _NOT_INHERITED}
-            base = import_object(config_path)(**fields)
-            self.__dict__["_base_object"] = base
+            raise AttributeError(name)
         return getattr(base, name)
 
     def to_dict(self):
@@ -61,8 +85,11 @@ class RLAConfig(PretrainedConfig):
         classes = {"model": f"{base_model_class.__module__}:{base_model_class.__name__}",
                    "config": f"{type(base_config).__module__}:{type(base_config).__name__}"}
         config = cls(base_config=base, conversion=conversion, base_classes=classes)
-        # Not in to_dict(): the kernels the base model dispatches to (attention, MoE experts). Without them the
-        # converted model fell back to the eager experts loop, slower and not bit-equal to its reloaded self.
-        config._attn_implementation = getattr(base_config, "_attn_implementation", None)
-        config._experts_implementation = getattr(base_config, "_experts_implementation", None)
+        # Not in to_dict(): the kernels the base model dispatches to (attention, MoE experts), the sub-configs' own
+        # included. Without them the converted model fell back to the eager experts loop, slower and not bit-equal to
+        # its reloaded self.
+        for name in ("_attn_implementation", "_experts_implementation"):
+            chosen = {"": getattr(base_config, name, None)}
+            chosen.update({key: getattr(getattr(base_config, key), name, None) for key in config.sub_configs})
+            setattr(config, name, chosen)
         return config
