@@ -12,6 +12,7 @@ import torch.nn as nn
 from rla_kernels.backend import BackendUnavailableError
 
 from .config import ConversionConfig
+from .errors import UserError
 from .rewrite import RewriteReport, rewrite_model
 from .rewrite.rewriter import example_input_ids
 
@@ -57,12 +58,19 @@ def convert_model(model: nn.Module, config: ConversionConfig, progress=None, dri
     was_training = model.training
     model.eval()
     try:
-        before, note = _logits(model, ids), ""
+        before, note, failed = _logits(model, ids), "", None
     except Exception as err:  # e.g. an fla model whose Triton kernels need a GPU: convert anyway
         before, note = None, f"original model could not run here ({type(err).__name__}); drift not measured"
+        failed = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
     config.source = {"class": type(model).__name__, "model_type": getattr(getattr(model, "config", None), "model_type", None),
                      "name": getattr(getattr(model, "config", None), "_name_or_path", "") or config.source.get("name", "")}
-    report = rewrite_model(model, config, progress=progress)
+    try:
+        report = rewrite_model(model, config, progress=progress)
+    except UserError as err:
+        if failed and str(err).startswith("could not capture"):  # the trace runs that same forward: say so first
+            raise UserError(f"the original model's own forward fails here ({failed}), and the conversion traces it; "
+                            "run the model once as it is to see why") from None
+        raise
     if _is_hf(model):
         _promote(model, config)
     drift = None

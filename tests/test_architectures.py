@@ -249,7 +249,7 @@ REFUSED = {
     # Llama's layout with a norm on the attention's output before o_proj: not mapped, so refused by name (the
     # catch-all SDPA adapter would have taken it and dropped the norm)
     "bitnet": (build("BitNetConfig", "BitNetForCausalLM"),
-               r"does not know: model\.layers\.0\.self_attn \(BitNetAttention\)"),
+               r"does not know: BitNetAttention \(at model\.layers\.0\.self_attn and \d+ more layers?\)"),
 }
 
 

@@ -9,6 +9,7 @@ from rla_convert.config import ConversionConfig, parse_keep_softmax
 from rla_convert.convert import convert_model
 from rla_convert.errors import UserError
 from rla_convert.layers import ResidualAttention
+from rla_convert.rewrite import rewrite_model
 
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128)
@@ -171,17 +172,26 @@ class BrokenLM(LaunchingLM):
 def test_model_nothing_can_trace_gets_one_line_naming_both_attempts():
     with pytest.raises(UserError, match=r"could not capture.*torch\.export: RuntimeError: this kernel needs a GPU; "
                                         r"real-tensor trace: RuntimeError: this kernel needs a GPU\)$"):
+        rewrite_model(BrokenLM(), ConversionConfig())
+
+
+def test_a_model_whose_own_forward_fails_is_told_so_not_that_its_trace_failed():
+    """convert_model runs the original first: where that fails and the trace then fails too, the line names the
+    original's error (the cause), not torch.export's words about tracing."""
+    with pytest.raises(UserError, match=r"^the original model's own forward fails here \(RuntimeError: this kernel "
+                                        r"needs a GPU\), and the conversion traces it"):
         convert_model(BrokenLM(), ConversionConfig())
 
 
 def test_unknown_attention_is_reported_by_name():
-    with pytest.raises(UserError, match=r"layers\.0\.attn \(FusedAttention\).*supported: Llama"):
+    with pytest.raises(UserError, match=r"does not know: FusedAttention \(at layers\.0\.attn and 1 more layer\); "
+                                        r"supported: Llama"):
         convert_model(TinyLM(attention=FusedAttention), ConversionConfig())
 
 
 def test_plain_module_with_more_than_its_projections_is_reported_by_name():
     # the plain adapter would drop its q norm: a module that is more than the four Linears is not plain
-    with pytest.raises(UserError, match=r"does not know: layers\.0\.attn \(NormedAttention\)"):
+    with pytest.raises(UserError, match=r"does not know: NormedAttention \(at layers\.0\.attn and 1 more layer\)"):
         convert_model(TinyLM(attention=NormedAttention), ConversionConfig())
 
 

@@ -53,6 +53,16 @@ def _layer_index(path: str, prefix: str | None, fallback: int) -> int:
     return fallback
 
 
+def _by_class(sites: list[tuple[str, str]]) -> str:
+    """Each class once, at its first path, with how many more layers have it (a line, not one path a layer)."""
+    paths: dict[str, list[str]] = {}
+    for class_name, path in sites:
+        paths.setdefault(class_name, []).append(path)
+    more = {1: " and 1 more layer"}
+    return ", ".join(f"{name} (at {found[0]}{more.get(len(found) - 1, f' and {len(found) - 1} more layers' * (len(found) > 1))})"
+                     for name, found in paths.items())
+
+
 def example_input_ids(model: nn.Module, length: int = 16) -> torch.Tensor:
     cfg = getattr(model, "config", None)
     vocab = getattr(cfg, "vocab_size", None) or getattr(model, "vocab_size", None) or 256
@@ -95,10 +105,10 @@ def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch
             continue
         adapter = adapter_for(module, site)
         if adapter is None:
-            unknown.append(f"{site.path} ({site.class_name})")
+            unknown.append((site.class_name, site.path))
         plan.append((index, site, module, adapter))
     if unknown:
-        raise UserError(f"attention the registry does not know: {', '.join(unknown)}; supported: {supported_summary()}")
+        raise UserError(f"attention the registry does not know: {_by_class(unknown)}; supported: {supported_summary()}")
     # every layer's arguments before any module is swapped: an adapter that refuses a layer (UserError naming
     # the reason) leaves the model as it was
     base_config = getattr(model, "config", None)
