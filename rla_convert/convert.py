@@ -64,28 +64,52 @@ def convert_model(model: nn.Module, config: ConversionConfig, progress=None, dri
         failed = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
     config.source = {"class": type(model).__name__, "model_type": getattr(getattr(model, "config", None), "model_type", None),
                      "name": getattr(getattr(model, "config", None), "_name_or_path", "") or config.source.get("name", "")}
+    undo = _Undo(model)
     try:
         report = rewrite_model(model, config, progress=progress)
-    except UserError as err:
-        if failed and str(err).startswith("could not capture"):  # the trace runs that same forward: say so first
+        if _is_hf(model):
+            _promote(model, config)
+        drift = None
+        if before is not None:
+            try:
+                after = _logits(model, ids)
+            except BackendUnavailableError:  # e.g. --backend triton recorded for a GPU, converted on a CPU machine
+                with _automatic_backend(model):
+                    after = _logits(model, ids)
+                note = (f"drift measured with this machine's kernel backend; the layers keep backend="
+                        f"{config.backend!r} for where it runs")
+            drift = Drift(float((after - before).norm() / before.norm()),
+                          float((after.argmax(-1) == before.argmax(-1)).float().mean()))
+    except BaseException as err:
+        undo()  # nothing half-converted is left looking converted
+        model.train(was_training)
+        if isinstance(err, UserError) and failed and str(err).startswith("could not capture"):
+            # the trace runs that same forward: name the cause
             raise UserError(f"the original model's own forward fails here ({failed}), and the conversion traces it; "
                             "run the model once as it is to see why") from None
         raise
-    if _is_hf(model):
-        _promote(model, config)
-    drift = None
-    if before is not None:
-        try:
-            after = _logits(model, ids)
-        except BackendUnavailableError:  # e.g. --backend triton recorded for a GPU, converted on a CPU machine
-            with _automatic_backend(model):
-                after = _logits(model, ids)
-            note = (f"drift measured with this machine's kernel backend; the layers keep backend={config.backend!r} "
-                    "for where it runs")
-        drift = Drift(float((after - before).norm() / before.norm()),
-                      float((after.argmax(-1) == before.argmax(-1)).float().mean()))
     model.train(was_training)
     return ConversionResult(model, config, report, drift, note)
+
+
+class _Undo:
+    """What conversion changes on a model (its modules, its class, its modules' configs), noted before, to put back
+    if the conversion fails after the first swap (a converted forward that raises, say)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.cls = model, type(model)
+        self.modules = dict(model.named_modules())
+        self.configs = [(m, m.config) for m in self.modules.values() if hasattr(m, "config")]
+
+    def __call__(self) -> None:
+        now = dict(self.model.named_modules())
+        for path, module in self.modules.items():
+            if path and now.get(path) is not module:
+                parent, _, child = path.rpartition(".")
+                setattr(self.modules[parent] if parent else self.model, child, module)
+        self.model.__class__ = self.cls
+        for module, config in self.configs:
+            module.config = config
 
 
 @contextlib.contextmanager

@@ -331,3 +331,27 @@ def test_fla_gated_deltanet_layer_becomes_rdn_reusing_every_weight():
     for n in names:
         assert torch.equal(layer.state_dict()[n], before[n]), n
     assert torch.isfinite(model(torch.randint(0, 64, (1, 7)))).all()
+
+
+def test_a_conversion_that_fails_after_the_swap_leaves_the_model_as_it_was(monkeypatch):
+    """The conversion's own forward after the swap raising (a kernel error, say): the model keeps its class, its
+    config, its attention modules and its outputs, rather than a half-converted model."""
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    model.eval()
+    ids = torch.randint(0, 64, (1, 7))
+    with torch.no_grad():
+        logits = model(ids).logits
+    config, attention = model.config, model.model.layers[1].self_attn
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel launch failed")
+
+    monkeypatch.setattr(ResidualAttention, "forward", broken)
+    with pytest.raises(RuntimeError, match="kernel launch failed"):
+        convert_model(model, ConversionConfig())
+    assert type(model) is tf.LlamaForCausalLM and model.config is config
+    assert model.model.layers[1].self_attn is attention and model.model.config is config
+    assert not any(isinstance(m, ResidualAttention) for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits)
