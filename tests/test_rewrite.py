@@ -227,8 +227,18 @@ def test_a_softmax_beside_sdpa_attention_is_not_a_site():
 
 
 def test_model_without_attention_lists_what_is_supported():
-    with pytest.raises(UserError, match="no attention the rewriter recognises.*GPT-2.*Qwen3-Next"):
+    with pytest.raises(UserError, match="rewriter recognises in TinyLM; supported:.*GPT-2.*Qwen3-Next"):
         convert_model(TinyLM(mix=False), ConversionConfig())
+
+
+def test_an_attention_class_the_trace_does_not_show_is_named():
+    """A module called *Attention whose forward mixes no tokens the way the rewriter takes (RWKV's, CPM-Ant's):
+    the refusal names it, so the user knows it was seen and why it was not taken."""
+    model = TinyLM(mix=False)
+    model.pool = PoolingAttention()  # in the tree, not in the forward: nothing the trace shows
+    with pytest.raises(UserError, match=r"recognises in TinyLM \(it has PoolingAttention \(at pool\), whose traced "
+                                        r"forward calls no SDPA"):
+        convert_model(model, ConversionConfig())
 
 
 def test_keep_softmax_and_its_parsing():

@@ -58,9 +58,10 @@ def _by_class(sites: list[tuple[str, str]]) -> str:
     paths: dict[str, list[str]] = {}
     for class_name, path in sites:
         paths.setdefault(class_name, []).append(path)
-    more = {1: " and 1 more layer"}
-    return ", ".join(f"{name} (at {found[0]}{more.get(len(found) - 1, f' and {len(found) - 1} more layers' * (len(found) > 1))})"
-                     for name, found in paths.items())
+    def more(n: int) -> str:
+        return "" if n == 0 else " and 1 more layer" if n == 1 else f" and {n} more layers"
+
+    return ", ".join(f"{name} (at {found[0]}{more(len(found) - 1)})" for name, found in paths.items())
 
 
 def example_input_ids(model: nn.Module, length: int = 16) -> torch.Tensor:
@@ -82,7 +83,12 @@ def rewrite_model(model: nn.Module, config: ConversionConfig, example_ids: torch
     except CaptureError as err:  # neither torch.export nor a real-tensor trace could: one line
         raise UserError(f"could not capture the model's graph ({err})") from None
     if not sites:
-        raise UserError(f"no attention the rewriter recognises in {type(model).__name__}; supported: {supported_summary()}")
+        named = [(type(m).__name__, path) for path, m in model.named_modules()
+                 if "attention" in type(m).__name__.lower()]
+        seen = (f" (it has {_by_class(named)}, whose traced forward calls no SDPA, softmax or Gated DeltaNet the "
+                "rewriter takes)" if named else "")
+        raise UserError(f"no attention the rewriter recognises in {type(model).__name__}{seen}; supported: "
+                        f"{supported_summary()}")
 
     found = decoder_layers(model)
     prefix = found[0] if found else None
