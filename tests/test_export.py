@@ -232,6 +232,7 @@ def test_a_composite_model_converts_generates_and_reloads(tmp_path):
         "model.language_model.layers.0.self_attn", "model.language_model.layers.1.self_attn"]
     assert isinstance(model.config.text_config, tf.Gemma3TextConfig) and set(model.config.sub_configs) == {
         "text_config", "vision_config"}
+    assert model.config.text_config is model.model.language_model.config  # the live sub-model's, not a copy
     ids = torch.randint(3, 120, (1, 9))
     with torch.no_grad():
         logits = model(ids).logits

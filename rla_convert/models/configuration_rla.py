@@ -85,6 +85,8 @@ class RLAConfig(PretrainedConfig):
         classes = {"model": f"{base_model_class.__module__}:{base_model_class.__name__}",
                    "config": f"{type(base_config).__module__}:{type(base_config).__name__}"}
         config = cls(base_config=base, conversion=conversion, base_classes=classes)
+        for key in config.sub_configs:  # the live model's sub-models hold these very objects: one config, not two
+            config.__dict__[key] = getattr(base_config, key)
         # Not in to_dict(): the kernels the base model dispatches to (attention, MoE experts), the sub-configs' own
         # included. Without them the converted model fell back to the eager experts loop, slower and not bit-equal to
         # its reloaded self.

@@ -58,6 +58,7 @@ def _by_class(sites: list[tuple[str, str]]) -> str:
     paths: dict[str, list[str]] = {}
     for class_name, path in sites:
         paths.setdefault(class_name, []).append(path)
+
     def more(n: int) -> str:
         return "" if n == 0 else " and 1 more layer" if n == 1 else f" and {n} more layers"
 
