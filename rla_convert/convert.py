@@ -64,7 +64,7 @@ def convert_model(model: nn.Module, config: ConversionConfig, progress=None, dri
         failed = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
     config.source = {"class": type(model).__name__, "model_type": getattr(getattr(model, "config", None), "model_type", None),
                      "name": getattr(getattr(model, "config", None), "_name_or_path", "") or config.source.get("name", "")}
-    undo = _Undo(model)
+    undo = _Undo(model, config)
     try:
         report = rewrite_model(model, config, progress=progress)
         if _is_hf(model):
@@ -93,13 +93,16 @@ def convert_model(model: nn.Module, config: ConversionConfig, progress=None, dri
 
 
 class _Undo:
-    """What conversion changes on a model (its modules, its class, its modules' configs), noted before, to put back
-    if the conversion fails after the first swap (a converted forward that raises, say)."""
+    """What conversion changes on a model (its modules, its class, its modules' configs, attributes the converted
+    class caches on it) and on the ConversionConfig (its layers), noted before, to put back if the conversion fails
+    after the first swap (a converted forward that raises, say). Not undone: a GGUF model's dropped quantizer
+    (its weights were dequantised on load; nothing reads it after)."""
 
-    def __init__(self, model: nn.Module):
-        self.model, self.cls = model, type(model)
+    def __init__(self, model: nn.Module, config: ConversionConfig):
+        self.model, self.cls, self.config, self.layers = model, type(model), config, list(config.layers)
         self.modules = dict(model.named_modules())
         self.configs = [(m, m.config) for m in self.modules.values() if hasattr(m, "config")]
+        self.attributes = set(vars(model))
 
     def __call__(self) -> None:
         now = dict(self.model.named_modules())
@@ -110,6 +113,9 @@ class _Undo:
         self.model.__class__ = self.cls
         for module, config in self.configs:
             module.config = config
+        for name in set(vars(self.model)) - self.attributes:  # e.g. the converted class's cached RoPE flag
+            delattr(self.model, name)
+        self.config.layers = self.layers
 
 
 @contextlib.contextmanager

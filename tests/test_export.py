@@ -253,3 +253,11 @@ def test_a_composite_model_converts_generates_and_reloads(tmp_path):
     remote = torch.load(tmp_path / "r.pt")
     assert remote["toolkit"] == [] and torch.equal(remote["logits"], logits)
     assert torch.equal(remote["generated"], generated)
+
+    # a sub-config changed after the conversion is what the reload builds from (base_config kept up to date)
+    model.resize_token_embeddings(136)
+    resized = save_converted(model, None, tmp_path / "resized")
+    reloaded = AutoModelForCausalLM.from_pretrained(resized).eval()
+    assert reloaded.config.text_config.vocab_size == 136 == reloaded.config.base_config["text_config"]["vocab_size"]
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)

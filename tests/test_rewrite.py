@@ -358,9 +358,11 @@ def test_a_conversion_that_fails_after_the_swap_leaves_the_model_as_it_was(monke
         raise RuntimeError("kernel launch failed")
 
     monkeypatch.setattr(ResidualAttention, "forward", broken)
+    attributes, conversion = set(vars(model)), ConversionConfig()
     with pytest.raises(RuntimeError, match="kernel launch failed"):
-        convert_model(model, ConversionConfig())
-    assert type(model) is tf.LlamaForCausalLM and model.config is config
+        convert_model(model, conversion)
+    assert type(model) is tf.LlamaForCausalLM and model.config is config and set(vars(model)) == attributes
+    assert conversion.layers == []
     assert model.model.layers[1].self_attn is attention and model.model.config is config
     assert not any(isinstance(m, ResidualAttention) for m in model.modules())
     with torch.no_grad():

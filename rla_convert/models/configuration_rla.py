@@ -75,8 +75,12 @@ class RLAConfig(PretrainedConfig):
         return getattr(base, name)
 
     def to_dict(self):
+        """With ``base_config`` brought up to date from the live values (a sub-config or vocabulary changed after the
+        conversion, by resize_token_embeddings say): the reloaded model builds its modules from ``base_config``."""
         out = super().to_dict()
         out.pop("_base_object", None)
+        out["base_config"] = {key: out[key] if key in out and key not in _NOT_INHERITED else value
+                              for key, value in out.get("base_config", {}).items()}
         return out
 
     @classmethod

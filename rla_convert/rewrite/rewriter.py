@@ -68,7 +68,10 @@ def _by_class(sites: list[tuple[str, str]]) -> str:
 def example_input_ids(model: nn.Module, length: int = 16) -> torch.Tensor:
     cfg = getattr(model, "config", None)
     # a composite model's vocabulary is its text config's (Gemma 3's multimodal class has none at the top)
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    try:
+        text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    except ValueError:  # transformers refuses a config with more than one text candidate: take the top
+        text = cfg
     vocab = (getattr(text, "vocab_size", None) or getattr(cfg, "vocab_size", None) or getattr(model, "vocab_size", None)
              or 256)
     device = next(model.parameters()).device
