@@ -387,7 +387,9 @@ def _rla_bwd_dqkg_kernel(
         b_rg = _residual_value(load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV), clip, clip_mask,
                                RESIDUAL) * b_gamma[:, None]
         b_dk_end += tl.dot(b_vb, tl.trans(b_dhs.to(DT)), input_precision=DOT_PREC)
-        b_dk_end = dot_split(b_rg, tl.trans(b_dhr.to(DT)), DOT_PREC, b_dk_end)
+        # not dot_split(..., b_dk_end): with the sum as the dots' accumulator nothing in the loop waits on them, and
+        # Triton 3.9 refills b_dhr's shared slot under the running wgmma (kernel_resources.py --hazards, 2026-12-05)
+        b_dk_end += dot_split(b_rg, tl.trans(b_dhr.to(DT)), DOT_PREC)
 
     # The decays and q, k's offset made here, after the V loop that does not read them: made before it they were
     # held across it (ptxas spill stack 104 -> 96 bytes at 4 warps, Triton 3.9, B=16 T=2k; the RDN gradient kernel's
