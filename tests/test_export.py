@@ -37,6 +37,17 @@ REMOTE = WITHOUT_TOOLKIT + textwrap.dedent("""
 """)
 
 
+def run_without_toolkit(out, ids, tmp_path, **env_extra) -> dict:
+    """REMOTE on the export ``out`` in a fresh interpreter that cannot import the toolkit: its logits, generation
+    and the toolkit modules it imported (none)."""
+    torch.save(ids, tmp_path / "ids.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), **env_extra}
+    run = subprocess.run([sys.executable, "-c", REMOTE, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "r.pt")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return torch.load(tmp_path / "r.pt")
+
+
 def convert_and_save(model, tmp_path, **options):
     model.eval()
     convert_model(model, ConversionConfig(**options))
@@ -58,13 +69,8 @@ def test_round_trip_is_bit_identical_both_ways(tmp_path, options):
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, reference)
 
-    torch.save(ids[:1], tmp_path / "ids.pt")
     # debug mode on: the shipped kernel selector must accept (and skip) the value checks it does not have
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "RLA_CONVERT_DEBUG": "1"}
-    run = subprocess.run([sys.executable, "-c", REMOTE, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "r.pt")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    remote = torch.load(tmp_path / "r.pt")
+    remote = run_without_toolkit(out, ids[:1], tmp_path, RLA_CONVERT_DEBUG="1")
     assert remote["toolkit"] == []
     with torch.no_grad():  # same batch shape as the subprocess: matmul blocking may depend on it
         assert torch.equal(remote["logits"], model(ids[:1]).logits)
@@ -121,12 +127,7 @@ def test_partial_rope_export_runs_without_the_toolkit(tmp_path):
     model, out = convert_and_save(tiny_gpt_neox(), tmp_path, variant="rdn")
     assert json.loads((out / "config.json").read_text())["conversion"]["layers"][0]["kwargs"]["rope_dim"] == 4
     ids = torch.randint(3, 128, (1, 9))
-    torch.save(ids, tmp_path / "ids.pt")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
-    run = subprocess.run([sys.executable, "-c", REMOTE, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "r.pt")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    remote = torch.load(tmp_path / "r.pt")
+    remote = run_without_toolkit(out, ids, tmp_path)
     assert remote["toolkit"] == []
     with torch.no_grad():
         assert torch.equal(remote["logits"], model(ids).logits)
@@ -245,12 +246,7 @@ def test_a_composite_model_converts_generates_and_reloads(tmp_path):
         assert torch.equal(reloaded(ids).logits, logits)
         assert torch.equal(reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), generated)
 
-    torch.save(ids, tmp_path / "ids.pt")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
-    run = subprocess.run([sys.executable, "-c", REMOTE, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "r.pt")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    remote = torch.load(tmp_path / "r.pt")
+    remote = run_without_toolkit(out, ids, tmp_path)
     assert remote["toolkit"] == [] and torch.equal(remote["logits"], logits)
     assert torch.equal(remote["generated"], generated)
 
