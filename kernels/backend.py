@@ -24,6 +24,18 @@ ENV_VAR = "RLA_KERNELS_BACKEND"
 DECODE_MAX_TOKENS = 16
 
 
+SPLIT_ASM_VAR = "RLA_KERNELS_SPLIT_ASM"
+
+
+def split_asm_requested() -> bool:
+    """``RLA_KERNELS_SPLIT_ASM``: 1 asks the Triton kernels for the inline-PTX bf16 split (triton_utils.SPLIT_ASM),
+    0 or unset not; any other value is a ValueError (a "true" read as off would time the slow path unnoticed)."""
+    value = os.environ.get(SPLIT_ASM_VAR, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"environment variable {SPLIT_ASM_VAR} must be 1 (on), 0 or unset (off); got {value!r}")
+    return value == "1"
+
+
 class BackendUnavailableError(RuntimeError):
     """The chosen backend cannot run here (triton missing, or its kernels not written yet)."""
 

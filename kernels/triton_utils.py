@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from . import shapes
+from .backend import split_asm_requested
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # RLA_KERNELS_FIXED_CONFIG=1 skips autotuning on a GPU too (each config is a separate compile, which
@@ -41,11 +42,7 @@ HALF_DOTS_IN_FP32 = INTERPRET
 # RLA_KERNELS_SPLIT_ASM=1 at import: _split_half splits bf16 by one PTX block a pair of elements (split_bf16_pairs)
 # instead of Triton's lowering of the casts. Never under the interpreter (it runs no PTX). Off by default until
 # every float64 row has run with it (H200 2026-12-05: RDN's training walk -7% at B=1 T=32k; BENCHMARKS.md).
-_SPLIT_ASM_ENV = os.environ.get("RLA_KERNELS_SPLIT_ASM", "")
-if _SPLIT_ASM_ENV not in ("", "0", "1"):  # a "true" or "yes" would otherwise turn it off without a word
-    raise ValueError(f"environment variable RLA_KERNELS_SPLIT_ASM must be 1 (on), 0 or unset (off); got "
-                     f"{_SPLIT_ASM_ENV!r}")
-SPLIT_ASM = _SPLIT_ASM_ENV == "1" and not INTERPRET
+SPLIT_ASM = split_asm_requested() and not INTERPRET
 _SPLIT_ASM = tl.constexpr(SPLIT_ASM)
 
 

@@ -17,10 +17,13 @@ def fail(message: str) -> None:
 
 
 def main_entry(cli: click.Group, argv=None):
-    split_asm = os.environ.get("RLA_KERNELS_SPLIT_ASM", "")
-    if split_asm not in ("", "0", "1"):  # read when the kernels import (triton_utils), which would raise there
-        fail(f"environment variable RLA_KERNELS_SPLIT_ASM={split_asm!r}: accepted values are 1 (on), 0 (off) or unset")
-    from rla_kernels.backend import BACKENDS, ENV_VAR, BackendUnavailableError
+    from rla_kernels.backend import BACKENDS, ENV_VAR, SPLIT_ASM_VAR, BackendUnavailableError, split_asm_requested
+
+    try:
+        split_asm_requested()  # read when the kernels import (triton_utils), which would raise there
+    except ValueError:
+        fail(f"environment variable {SPLIT_ASM_VAR}={os.environ[SPLIT_ASM_VAR]!r}: accepted values are 1 (on), 0 (off) "
+             "or unset")
 
     chosen = os.environ.get(ENV_VAR)
     if chosen and chosen not in BACKENDS:  # read by every kernel call: refuse it before any work

@@ -70,8 +70,8 @@ PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 # weight), read against transformers' source: (offset added to the weight, whether the weight scales in fp32 before
 # the cast back). Llama's order casts first; OLMo2/3 scale in fp32; Gemma3 scales in fp32 by 1 + weight.
 RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exaone4RMSNorm": (0.0, False),
-             "OlmoeRMSNorm": (0.0, False), "ApertusRMSNorm": (0.0, False), "Dots1RMSNorm": (0.0, False), "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True),
-             "Gemma3RMSNorm": (1.0, True)}
+             "OlmoeRMSNorm": (0.0, False), "ApertusRMSNorm": (0.0, False), "Dots1RMSNorm": (0.0, False),
+             "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True), "Gemma3RMSNorm": (1.0, True)}
 OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention")
 
 
@@ -162,16 +162,26 @@ def _glm_kwargs(m, site, config):
     return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m), site)
 
 
+QK_ROWS = ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")
+
+
+def _reorder_qk(weights, head_dim, order, names=QK_ROWS):
+    """``weights``' q/k entries among ``names`` with each head's rows taken in ``order`` (in place; returned)."""
+    for name in names:
+        if name in weights:
+            weights[name] = _reorder_heads(weights[name], head_dim, order)
+    return weights
+
+
 def _reorder_heads(t, head_dim, order):
     """Each head's rows (head_dim of them, in turn) taken in ``order``."""
     heads = t.shape[0] // head_dim
     return t.reshape(heads, head_dim, *t.shape[1:])[:, order.to(t.device)].reshape(t.shape)
 
 
-def _deinterleave(t, head_dim, rope_dim):
-    """Rows of each head reordered: the first rope_dim as evens then odds, the rest in place."""
-    order = torch.cat([torch.arange(0, rope_dim, 2), torch.arange(1, rope_dim, 2), torch.arange(rope_dim, head_dim)])
-    return _reorder_heads(t, head_dim, order)
+def _deinterleaved(head_dim, rope_dim):
+    """A head's rows reordered: the first rope_dim as evens then odds, the rest in place."""
+    return torch.cat([torch.arange(0, rope_dim, 2), torch.arange(1, rope_dim, 2), torch.arange(rope_dim, head_dim)])
 
 
 def partial_rope_order(head_dim: int, rope_dim: int) -> torch.Tensor:
@@ -189,20 +199,12 @@ def layer_weights(adapter, module, kwargs) -> dict:
     rope_dim, head_dim = kwargs.get("rope_dim"), kwargs.get("head_dim")
     if rope_dim is None or rope_dim == head_dim:
         return weights
-    order = partial_rope_order(head_dim, rope_dim)
-    for name in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "q_norm.weight", "k_norm.weight"):
-        if name in weights:
-            weights[name] = _reorder_heads(weights[name], head_dim, order)
-    return weights
+    return _reorder_qk(weights, head_dim, partial_rope_order(head_dim, rope_dim),
+                       QK_ROWS + ("q_norm.weight", "k_norm.weight"))
 
 
 def _glm_weights(m):
-    out = _llama_weights(m)
-    r = _config_rope_dim(m)
-    for name in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias"):
-        if name in out:
-            out[name] = _deinterleave(out[name], m.head_dim, r)
-    return out
+    return _reorder_qk(_llama_weights(m), m.head_dim, _deinterleaved(m.head_dim, _config_rope_dim(m)))
 
 
 # -- Phi-3: one fused qkv_proj, [q | k | v] rows --------------------------------------------------------------
@@ -298,11 +300,8 @@ def _cohere_kwargs(m, site, config):
 
 
 def _cohere_weights(m):
-    out = _llama_weights(m)  # rows reordered in every layer: the order changes nothing where no RoPE rotates them
-    for name in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias"):
-        if name in out:
-            out[name] = _deinterleave(out[name], m.head_dim, m.head_dim)
-    return out
+    # rows reordered in every layer: the order changes nothing where no RoPE rotates them
+    return _reorder_qk(_llama_weights(m), m.head_dim, _deinterleaved(m.head_dim, m.head_dim))
 
 
 # -- Known attention with no exact mapping: refused with the reason --------------------------------------------
