@@ -51,7 +51,7 @@ def _graph_refusal(model, device, padded: bool) -> str | None:
         return f"CUDA graphs need a CUDA device; the model is on {device}"
     converted, layers = converted_share(model)
     if 0 < converted < layers:
-        return "a model that keeps some softmax layers (a hybrid) decodes eagerly: its static cache is not graph-safe"
+        return "a model that keeps some softmax layers (a hybrid) decodes eagerly: its graphed step is not yet checked"
     if padded and converted < layers:
         return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
     return None

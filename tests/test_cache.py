@@ -68,6 +68,65 @@ def test_batched_left_padded_generation_matches_single_prompts():
     assert torch.equal(out[1, 6:], recompute_greedy(model, b, 5)[0, 3:])
 
 
+@pytest.mark.parametrize("options", [dict(variant="rdn"), dict(variant="rla", conv_size=4),
+                                     dict(variant="rdn", keep_softmax=[1])])
+def test_static_cache_generation_of_a_left_padded_batch_matches_single_prompts(options):
+    # cache_implementation="static": generate() made a 4-D mask as wide as the cache for the prefill (the current
+    # tokens first, not last: a left-padded batch read its padding from the wrong columns and numbered its pads),
+    # and a kept softmax layer's static keys did not fit the masks sized by a converted layer (a RuntimeError)
+    from rla_convert.models.cache import REAL_TOKENS
+
+    model = converted_llama(**options)
+    a, b = torch.randint(1, 128, (1, 6)), torch.randint(1, 128, (1, 3))
+    ids = torch.cat([a, torch.cat([torch.randint(1, 128, (1, 3)), b], 1)])  # the pads are random tokens
+    mask = torch.tensor([[1] * 6, [0] * 3 + [1] * 3])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                         pad_token_id=0, cache_implementation="static", return_dict_in_generate=True)
+    for row, prompt in enumerate((a, b)):  # against generate() too: min_new_tokens holds the end-of-text token back
+        alone = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert torch.equal(out.sequences[row, 6:], alone[0, prompt.shape[1]:])
+    cache = output_cache(out)
+    assert isinstance(cache, tf.StaticCache) and isinstance(cache.layers[0], RecurrentStateLayer)
+    assert cache.layers[0].get_mask_sizes(1) == (10, 0)  # the static keys' length: 6 + 5 - 1
+    assert getattr(cache, REAL_TOKENS) is None  # handed to one call's layers only
+
+
+def test_static_cache_generation_compiled_as_on_cuda_decodes_the_same():
+    # On CUDA generate() compiles the forward for a static cache (it asks the cache whether it is compileable: the
+    # converted layers say yes); forced on CPU here, a hybrid's left-padded batch decodes what eager decoding does
+    model = converted_llama(variant="rdn", keep_softmax=[1])
+    ids = torch.randint(1, 128, (2, 6))
+    mask = torch.tensor([[1] * 6, [0] * 2 + [1] * 4])
+    settings = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    compiled = tf.CompileConfig()
+    compiled._compile_all_devices = True  # transformers' own switch for compiling off CUDA
+    with torch.no_grad():
+        eager = model.generate(ids, **settings)
+        out = model.generate(ids, **settings, cache_implementation="static", compile_config=compiled)
+    assert getattr(model, "_compiled_call", None) is not None  # it did compile
+    assert torch.equal(out, eager)
+
+
+def test_a_static_cache_called_without_the_converted_forward_reads_the_current_columns():
+    # the base model called directly (no 2-D mask handed over): a static cache's 4-D mask has the current tokens
+    # from the tokens seen on, prefill and decode
+    model = converted_llama(variant="rdn")
+    ids, step = torch.randint(1, 128, (2, 6)), torch.randint(1, 128, (2, 1))
+    mask = torch.tensor([[1] * 6, [0] * 2 + [1] * 4])
+    longer = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = []
+    with torch.no_grad():
+        for cache in (tf.DynamicCache(config=model.config), tf.StaticCache(config=model.config, max_cache_len=12)):
+            kwarg = {cache_argument(model): cache}
+            first = model.model(ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwarg)
+            second = model.model(step, attention_mask=longer, position_ids=positions[:, -1:] + 1, use_cache=True,
+                                 **kwarg)
+            hidden.append((first.last_hidden_state, second.last_hidden_state))
+    assert (hidden[1][0] - hidden[0][0]).abs().max() < 1e-5
+    assert (hidden[1][1] - hidden[0][1]).abs().max() < 1e-5
+
+
 def test_a_left_padded_batch_without_position_ids_numbers_its_real_tokens():
     # a plain forward (batched scoring, a hand-written decode loop) passes the mask and no position_ids: the base model
     # would number the pads too, and RoPE before SiLU and the L2 norm is not relative in a converted layer

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from clitools import WITHOUT_TOOLKIT
 
 import rla_convert  # noqa: F401  (registers model_type "rla")
+from rla_convert.compat import cache_argument, output_cache
 from rla_convert.config import ConversionConfig
 from rla_convert.convert import convert_model
 from rla_convert.errors import UserError
@@ -121,6 +122,8 @@ def test_other_architectures_round_trip_and_decode(tmp_path, build):
         for _ in range(6):
             steps = torch.cat([steps, reloaded(steps, use_cache=False).logits[:, -1:].argmax(-1)], 1)
     assert torch.equal(cached, steps)
+    static = reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
+    assert torch.equal(static, steps)
 
 
 def test_partial_rope_export_runs_without_the_toolkit(tmp_path):
@@ -188,7 +191,7 @@ def test_flex_attention_loads_read_padding_from_the_block_mask(tmp_path, base, m
     seen = []
     real = ResidualAttention._block_mask_diagonal
     monkeypatch.setattr(ResidualAttention, "_block_mask_diagonal",
-                        staticmethod(lambda m, B, T: seen.append(T) or real(m, B, T)))
+                        staticmethod(lambda m, B, T, first=None: seen.append(T) or real(m, B, T, first)))
     sdpa = AutoModelForCausalLM.from_pretrained(out).eval()
     flex = AutoModelForCausalLM.from_pretrained(out, attn_implementation="flex_attention").eval()
     with torch.no_grad():
@@ -199,8 +202,18 @@ def test_flex_attention_loads_read_padding_from_the_block_mask(tmp_path, base, m
         generated = sdpa.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
         assert torch.equal(flex.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4,
                                          do_sample=False), generated)
+        # generate() reaches the layers through the converted model's forward, which hands them the 2-D mask; the
+        # base model called directly leaves them the BlockMask, at decode too
+        step, longer = torch.randint(1, 128, (2, 1)), torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        decoded = []
+        for loaded in (sdpa, flex):
+            prefill = loaded.model(ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            decoded.append(loaded.model(step, attention_mask=longer, position_ids=positions[:, -1:] + 1,
+                                        use_cache=True, **{cache_argument(loaded): output_cache(prefill)}))
+        assert 1 in seen
+        assert torch.allclose(decoded[1].last_hidden_state, decoded[0].last_hidden_state, atol=1e-5)
         unpadded = sdpa(ids, attention_mask=torch.ones_like(mask)).logits
-    assert 1 in seen  # the decode steps read it too
     # without the padding read, row 0's real tokens would see its three pad tokens
     assert not torch.allclose(unpadded[0, 3:], reference[0, 3:], atol=1e-3)
 

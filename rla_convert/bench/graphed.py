@@ -70,9 +70,10 @@ class GreedyStep:
         device = ids.device
         converted, layers = converted_share(model)
         if 0 < converted < layers:
-            # A static cache holding recurrent layers reports itself not compileable, and transformers then
-            # drops the causal mask of one-token steps: the kept softmax layers would attend to the empty
-            # slots of the static cache. Refused rather than timed wrong.
+            # Until 2026-12-05 a static cache holding recurrent layers reported itself not compileable, and
+            # transformers then dropped the causal mask of one-token steps: the kept softmax layers attended to
+            # the cache's empty slots. Eager steps are right now (RecurrentStateLayer stands in for the static
+            # layer; tests/test_cache.py), but a hybrid's captured step has not run on a GPU: refused until then.
             raise ValueError("graphed decoding takes a fully converted model or an unconverted one; this model "
                              "keeps some softmax layers (a hybrid)")
         if attention_mask is not None and converted < layers:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.cache import state_layer
+from ..models.cache import REAL_TOKENS, state_layer
 from .ops import kernel_op, prep_ops
 
 CALL_STYLES = ("pair", "tensor", "triple")  # what the host block unpacks: (o, weights) | o | (o, None, cache)
@@ -216,7 +216,7 @@ class ResidualAttention(nn.Module):
                       if c is not None), None)
         state = state_layer(cache, self.layer_idx) if cache is not None else None
         B, T, _ = hidden_states.shape
-        valid = self._valid_tokens(attention_mask, B, T)
+        valid = self._real_tokens(attention_mask, cache, state, B, T)
         cu_seqlens = kwargs.get("cu_seqlens", kwargs.get("cu_seq_lens_q"))
         seq_starts = self._positions_in_sequence(cu_seqlens, T, hidden_states.device) if cu_seqlens is not None else None
 
@@ -356,8 +356,20 @@ class ResidualAttention(nn.Module):
         return x if times == 1 else x.repeat_interleave(times, dim=2)
 
     @staticmethod
-    def _valid_tokens(mask, B, T):
-        """[B, T] float mask of real (non-padding) tokens among the current ones, or None without a mask.
+    def _real_tokens(mask, cache, state, B, T):
+        """``_valid_tokens``, or what the converted model's forward read off its 2-D mask and left on the cache
+        (the only answer where a static cache's mask spans its whole length). Called directly on a static cache
+        with a 4-D mask, the current tokens' columns start at the tokens seen so far."""
+        handed = getattr(cache, REAL_TOKENS, None)
+        if isinstance(handed, torch.Tensor) and handed.shape == (B, T):
+            return handed.float()
+        first = state.seen_tokens if state is not None and state.static_length is not None else None
+        return ResidualAttention._valid_tokens(mask, B, T, first)
+
+    @staticmethod
+    def _valid_tokens(mask, B, T, first=None):
+        """[B, T] float mask of real (non-padding) tokens among the current ones, or None without a mask. The
+        current tokens are the last T key columns of a 4-D mask, or those from ``first`` on (a static cache's).
 
         An all-ones mask is applied too (a multiply by 1) rather than tested for: ``valid.all()`` is a
         device sync each call, and under torch.compile a graph break in every decode step.
@@ -365,14 +377,15 @@ class ResidualAttention(nn.Module):
         if mask is None:
             return None
         if not isinstance(mask, torch.Tensor):  # a flex BlockMask (attn_implementation="flex_attention")
-            return ResidualAttention._block_mask_diagonal(mask, B, T)
-        if mask.dim() == 4:  # [B, 1, Tq, Tkv], the current tokens last: a token is real if it may attend to itself
-            # (the diagonal). Not the last query row: under a sliding-window (or chunked) mask that row also hides
-            # the keys outside its window, real tokens that a linear layer must read (the window itself is dropped)
-            if mask.shape[-2] == T and mask.shape[-1] >= T:
-                row = mask[:, 0, :, -T:].diagonal(dim1=-2, dim2=-1)
+            return ResidualAttention._block_mask_diagonal(mask, B, T, first)
+        if mask.dim() == 4:  # [B, 1, Tq, Tkv]: a token is real if it may attend to itself (the diagonal). Not the
+            # last query row: under a sliding-window (or chunked) mask that row also hides the keys outside its
+            # window, real tokens that a linear layer must read (the window itself is dropped)
+            columns = mask[..., -T:] if first is None else mask[..., first:first + T]
+            if mask.shape[-2] == T and columns.shape[-1] == T:
+                row = columns[:, 0].diagonal(dim1=-2, dim2=-1)
             else:
-                row = mask[:, 0, -1, -T:]
+                row = columns[:, 0, -1]
             valid = row if row.dtype == torch.bool else row == 0
         elif mask.dim() == 2:
             valid = mask[:, -T:].bool()
@@ -383,11 +396,11 @@ class ResidualAttention(nn.Module):
         return valid.float()
 
     @staticmethod
-    def _block_mask_diagonal(mask, B, T):
+    def _block_mask_diagonal(mask, B, T, first=None):
         """``_valid_tokens`` of a flex BlockMask: its mask function asked whether each current token may attend to
-        itself (the 4-D mask's diagonal), the current tokens the last T of its key positions. Its mask functions
-        (transformers' causal, padding, sliding-window ones, offsets included) are elementwise tensor code, so one
-        broadcast call over [B, T] indices answers for every token."""
+        itself (the 4-D mask's diagonal), the current tokens the last T of its key positions (or from ``first`` on).
+        Its mask functions (transformers' causal, padding, sliding-window ones, offsets included) are elementwise
+        tensor code, so one broadcast call over [B, T] indices answers for every token."""
         mask_mod, lengths = getattr(mask, "mask_mod", None), getattr(mask, "seq_lengths", None)
         if mask_mod is None or lengths is None or lengths[0] != T or lengths[1] < T:
             raise ValueError(f"attention_mask: a flex BlockMask whose query length is this call's {T} tokens (and "
@@ -396,7 +409,7 @@ class ResidualAttention(nn.Module):
         device = mask.kv_num_blocks.device
         b = torch.arange(B, device=device)[:, None]
         q = torch.arange(T, device=device)[None, :]
-        valid = mask_mod(b, torch.zeros_like(b), q, q + (lengths[1] - T))
+        valid = mask_mod(b, torch.zeros_like(b), q, q + (lengths[1] - T if first is None else first))
         return torch.as_tensor(valid, device=device).to(torch.bool).expand(B, T).float()
 
     @staticmethod

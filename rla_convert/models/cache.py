@@ -10,6 +10,13 @@ layers are all linear breaks ``generate`` (it calls ``get_seq_length()``), and i
 hidden until a conv state is written. This layer counts the tokens it has absorbed, which answers
 ``get_seq_length`` and ``get_mask_sizes`` exactly as a KV layer would; the memory it holds does not
 grow with the context.
+
+In a ``StaticCache`` (``cache_implementation="static"``) the layer stands in for the static layer it replaced:
+it answers ``get_mask_sizes`` with the cache's fixed length (transformers sizes every full-attention mask by the
+first full-attention layer, and a kept softmax layer's static keys are that long) and says it is compileable
+(else transformers drops the causal mask of one-token steps, and a kept layer reads the cache's empty slots).
+Such a mask no longer has the current tokens last, so the converted layers read which of them are real from
+the 2-D mask, which the converted model's forward hands over through the cache (``REAL_TOKENS``).
 """
 from __future__ import annotations
 
@@ -17,17 +24,24 @@ import torch
 from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
 
+REAL_TOKENS = "_rla_real_tokens"  # cache attribute: [B, T] bool, the current tokens that are not padding
+
+
 class RecurrentStateLayer(CacheLayerMixin):
-    is_compileable = False
     is_croppable = False
     supports_early_init = False
     _layer_type = "residual_linear_attention"  # lets a config's layer_types name it
 
-    def __init__(self, **kwargs):
+    def __init__(self, static_length: int | None = None, **kwargs):
         super().__init__()
         self.recurrent_state: tuple[torch.Tensor, ...] | None = None  # (S, R), or (S,) for gdn; [B, H, K, V] fp32
         self.conv_state: dict[str, torch.Tensor] = {}  # name -> last (kernel - 1) inputs, [B, kernel - 1, C]
         self.seen_tokens = 0
+        self.static_length = static_length  # a static cache's full-attention length: what its masks span
+
+    @property
+    def is_compileable(self) -> bool:
+        return self.static_length is not None
 
     def write_recurrent_state(self, new: tuple[torch.Tensor, ...]) -> None:
         """Store the states after a call: into the tensors already held when they fit (in place), so a
@@ -50,6 +64,8 @@ class RecurrentStateLayer(CacheLayerMixin):
         raise RuntimeError("a converted (linear) layer has no key/value cache; it stores recurrent states")
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if self.static_length is not None:
+            return self.static_length, 0
         return self.seen_tokens + query_length, 0
 
     def get_seq_length(self) -> int:
@@ -111,5 +127,27 @@ def state_layer(cache, layer_idx: int) -> RecurrentStateLayer:
         return current
     if not _is_empty(current):
         raise RuntimeError(f"cache layer {layer_idx} already holds {type(current).__name__} data; a converted layer cannot reuse it")
-    layers[layer_idx] = RecurrentStateLayer()
+    layers[layer_idx] = RecurrentStateLayer(static_length=_static_length(layers))
     return layers[layer_idx]
+
+
+def _static_length(layers) -> int | None:
+    """The full-attention length of a static cache (its non-sliding static layers', or what a converted layer
+    took from them before); None for a cache that grows."""
+    for layer in layers:
+        if type(layer).__name__ == "RecurrentStateLayer":
+            if layer.static_length is not None:
+                return layer.static_length
+        elif getattr(layer, "max_cache_len", None) is not None and not getattr(layer, "is_sliding", False):
+            return layer.max_cache_len
+    return None
+
+
+def install_state_layers(cache, layer_indices) -> None:
+    """Put a ``RecurrentStateLayer`` at each converted layer's index before the first forward: generate() turns
+    the 2-D mask into a 4-D one for a cache whose layers are all compileable (a fresh ``StaticCache``), and that
+    mask tells neither the real tokens' positions nor, at a static cache's width, which current tokens are real."""
+    if getattr(cache, "layers", None) is None:
+        return
+    for layer_idx in layer_indices:
+        state_layer(cache, layer_idx)

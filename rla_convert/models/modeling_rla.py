@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..layers.residual_attention import ResidualAttention
+from .cache import REAL_TOKENS, install_state_layers
 from .configuration_rla import RLAConfig, import_object
 
 _CONVERTED_CLASSES: dict[type, type] = {}
@@ -38,19 +39,73 @@ class ConvertedModelMixin:
         # Without position_ids the base model numbers every column of the mask, padding included. Softmax attention
         # does not mind (RoPE is relative there), but a converted layer applies SiLU and an L2 norm after RoPE, so
         # its output depends on the absolute positions: a left-padded row would be numbered from its first pad.
-        # Number the real tokens from the mask instead, as generate() does.
+        # Number the real tokens from the mask instead, as generate() does. With a cache, the converted layers are
+        # also told which current tokens are real (a static cache's 4-D mask does not have them last).
         base_forward = super(ConvertedModelMixin, self).forward
-        if kwargs.get("position_ids") is not None or not self._takes_position_ids or not _uses_rope(self):
+        handed = kwargs.pop(REAL_TOKENS, None)  # from prepare_inputs_for_generation, when it made a 4-D mask
+        numbers = not (kwargs.get("position_ids") is not None or not self._takes_position_ids or not _uses_rope(self))
+        if not numbers and handed is None and not any(kwargs.get(name) is not None for name in _CACHE_ARGUMENTS):
             return base_forward(*args, **kwargs)  # generate() and the graphed decode pass position_ids by name
         bound = signature.bind_partial(self, *args, **kwargs)  # the mask and the ids may come by position
         named = bound.arguments
-        if named.get("position_ids") is None:
-            tokens = named.get("input_ids")
-            tokens = named.get("inputs_embeds") if tokens is None else tokens
-            positions = _positions_from_mask(named.get("attention_mask"), None if tokens is None else tokens.shape[1])
+        tokens = named.get("input_ids")
+        tokens = named.get("inputs_embeds") if tokens is None else tokens
+        length, mask = None if tokens is None else tokens.shape[1], named.get("attention_mask")
+        if numbers and named.get("position_ids") is None:
+            positions = _positions_from_mask(mask, length)
             if positions is not None:
                 named["position_ids"] = positions
-        return base_forward(*bound.args[1:], **bound.kwargs)
+        extra = named.get(_var_keyword(signature), {})
+        cache = next((c for c in (*(named.get(n) for n in _CACHE_ARGUMENTS), *(extra.get(n) for n in _CACHE_ARGUMENTS))
+                      if c is not None), None)
+        real = None
+        if getattr(cache, "layers", None) is not None:
+            real = handed if handed is not None else _real_tokens_from_mask(mask, length)
+        if real is None:
+            return base_forward(*bound.args[1:], **bound.kwargs)
+        setattr(cache, REAL_TOKENS, real)
+        try:
+            return base_forward(*bound.args[1:], **bound.kwargs)
+        finally:
+            setattr(cache, REAL_TOKENS, None)  # only this call's layers may read it
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        # For a static cache generate() turns the 2-D mask into a 4-D one as wide as the cache, which tells neither
+        # the real tokens' positions nor which current tokens are real: both are read off the 2-D mask here.
+        cache = next((kwargs[n] for n in _CACHE_ARGUMENTS if kwargs.get(n) is not None), None)
+        if cache is not None:
+            install_state_layers(cache, _converted_layer_indices(self))
+        flat = kwargs.get("attention_mask")
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        mask = inputs.get("attention_mask")
+        if cache is None or not isinstance(flat, torch.Tensor) or flat.dim() != 2 or mask is flat:
+            return inputs
+        tokens = inputs.get("input_ids")
+        tokens = inputs.get("inputs_embeds") if tokens is None else tokens
+        length = None if tokens is None else tokens.shape[1]
+        if inputs.get("position_ids") is None and self._takes_position_ids and _uses_rope(self):
+            positions = _positions_from_mask(flat, length)
+            if positions is not None:
+                inputs["position_ids"] = positions
+        real = _real_tokens_from_mask(flat, length)
+        if real is not None:
+            inputs[REAL_TOKENS] = real
+        return inputs
+
+
+_CACHE_ARGUMENTS = ("cache", "past_key_values")  # transformers 5.24+, and before
+
+
+def _var_keyword(signature) -> str | None:
+    return next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+
+
+def _converted_layer_indices(model) -> list[int]:
+    indices = getattr(model, "_rla_layer_indices", None)
+    if indices is None:
+        indices = sorted({m.layer_idx for m in model.modules() if isinstance(m, ResidualAttention)})
+        model._rla_layer_indices = indices  # the layers are fixed at construction
+    return indices
 
 
 def _uses_rope(model) -> bool:
@@ -68,6 +123,13 @@ def _positions_from_mask(mask, length):
     if not isinstance(mask, torch.Tensor) or length is None or mask.dim() != 2 or mask.shape[1] < length:
         return None
     return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+def _real_tokens_from_mask(mask, length):
+    """[B, length] bool: which current tokens a 2-D mask (covering the cached tokens too) says are real."""
+    if not isinstance(mask, torch.Tensor) or length is None or mask.dim() != 2 or mask.shape[1] < length:
+        return None
+    return mask[:, -length:].bool()
 
 
 def converted_class(base_class: type) -> type:
