@@ -221,6 +221,23 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
         assert same(layer.v_proj(inputs[0]).view_as(v), v)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_a_left_padded_hybrid_decodes_alike_on_the_static_and_the_default_cache(name):
+    # cache_implementation="static" (2026-12-05): the converted layer 0 stands in for its static layer beside the kept
+    # layer 1's static keys, whatever the architecture's masks (sliding windows, no-RoPE layers, partial RoPE)
+    model = CASES[name][0]()
+    convert_model(model, ConversionConfig(variant="rdn", keep_softmax=[1]))
+    ids = torch.randint(3, 128, (2, 6))
+    mask = torch.tensor([[1] * 6, [0] * 3 + [1] * 3])
+    settings = dict(attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0,
+                    output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        default, static = (model.generate(ids, **settings, cache_implementation=c) for c in ("dynamic", "static"))
+    assert torch.equal(static.sequences, default.sequences)
+    for a, b in zip(static.scores, default.scores):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_a_dropped_sliding_window_changes_nothing():
     model = CASES["mixtral"][0]()
     convert_model(model, ConversionConfig(variant="rdn"))
