@@ -107,6 +107,28 @@ def test_static_cache_generation_compiled_as_on_cuda_decodes_the_same():
     assert torch.equal(out, eager)
 
 
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+@pytest.mark.parametrize("options", [dict(variant="rdn", conv_size=4), dict(variant="rdn", keep_softmax=[1])])
+def test_forward_compiled_with_fullgraph_decodes_the_eager_tokens_without_recompiling(options, cache):
+    # transformers' recipe for fast decoding, model.forward = torch.compile(model.forward, fullgraph=True): the
+    # state writes' inference-mode checks had made it an error; now one graph for the prefill, one for every step
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    model = converted_llama(**options)
+    ids = torch.randint(1, 128, (2, 7))
+    mask = torch.tensor([[1] * 7, [0] * 2 + [1] * 5])
+    settings = dict(attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
+                    cache_implementation=cache)
+    with torch.no_grad():
+        eager = model.generate(ids, **settings)
+        counter = CompileCounterWithBackend("aot_eager")  # functionalized, as inductor takes it
+        model.forward = torch.compile(model.forward, fullgraph=True, backend=counter)
+        assert torch.equal(model.generate(ids, **settings), eager)
+    # a hybrid's kept layer on the dynamic cache grows its keys: one more graph, dynamic in that length
+    assert counter.frame_count <= (3 if cache == "dynamic" and options.get("keep_softmax") else 2)
+
+
 def test_a_static_cache_called_without_the_converted_forward_reads_the_current_columns():
     # the base model called directly (no 2-D mask handed over): a static cache's 4-D mask has the current tokens
     # from the tokens seen on, prefill and decode

@@ -91,10 +91,13 @@ class RecurrentStateLayer(CacheLayerMixin):
 
 def _write(held, new):
     keeps_graph = torch.is_grad_enabled() and any(t.requires_grad for t in new)
+    compiling = torch.compiler.is_compiling()
     fits = held is not None and len(held) == len(new) and all(
         h.shape == n.shape and h.dtype == n.dtype and h.device == n.device
         and not h.requires_grad  # an autograd graph still reads it (a prefill with grad, backward pending)
-        and (torch.is_inference_mode_enabled() or not h.is_inference())  # made under inference_mode
+        # made under inference_mode, written outside it. Dynamo cannot trace either test (a graph break, an error
+        # with fullgraph=True): a compiled step trusts the held tensors, as transformers' static cache does
+        and (compiling or torch.is_inference_mode_enabled() or not h.is_inference())
         for h, n in zip(held, new))
     if fits and not keeps_graph:
         for h, n in zip(held, new):
@@ -104,7 +107,7 @@ def _write(held, new):
         fresh = tuple(new)
     else:  # own memory: a view (the conv tail) would keep its whole input alive
         fresh = tuple(n.detach().clone() if n._base is not None else n for n in new)
-    if not torch.compiler.is_compiling():
+    if not compiling:
         for t in fresh:  # torch.compile's CUDA graphs may then update them in place instead of copying
             torch._dynamo.mark_static_address(t, guard=False)
     return fresh
