@@ -88,6 +88,14 @@ def tiny_qwen3_next():
     return tf.Qwen3NextForCausalLM(config)
 
 
+def tiny_qwen3_5():  # Qwen3.5's Gated DeltaNet (plain projections) beside a kept gated softmax layer
+    return tf.Qwen3_5ForCausalLM(tf.Qwen3_5TextConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        linear_conv_kernel_dim=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=64,
+        max_position_embeddings=128))
+
+
 def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 16 features, cache as layer_past
     return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**{**SMALL, "num_key_value_heads": 4}, attention_bias=True,
                                                   bos_token_id=1, eos_token_id=2))
@@ -96,6 +104,7 @@ def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 1
 @pytest.mark.parametrize("build", [
     lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)),
     tiny_qwen3_next,
+    tiny_qwen3_5,
     tiny_gpt_neox,
     lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(**SMALL, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
     lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=4, pad_token_id=0,
@@ -104,7 +113,7 @@ def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 1
                                                    eos_token_id=2)),
     lambda: tf.SmolLM3ForCausalLM(tf.SmolLM3Config(**SMALL, no_rope_layers=[1, 0], pad_token_id=0, bos_token_id=1,
                                                    eos_token_id=2)),
-], ids=["gpt2", "qwen3-next", "gpt-neox", "olmo2", "gemma3", "cohere2", "smollm3"])
+], ids=["gpt2", "qwen3-next", "qwen3.5", "gpt-neox", "olmo2", "gemma3", "cohere2", "smollm3"])
 def test_other_architectures_round_trip_and_decode(tmp_path, build):
     model, out = convert_and_save(build(), tmp_path, variant="rdn")
     ids = torch.randint(1, 128, (1, 7))

@@ -309,6 +309,34 @@ def test_qwen3_next_gdn_becomes_rdn_reusing_every_weight():
     assert torch.sigmoid(layer.gamma_proj(x)).max() < 0.02
 
 
+def tiny_qwen3_5(moe: bool):
+    sizes = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                 linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                 linear_conv_kernel_dim=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 intermediate_size=64, max_position_embeddings=128)
+    if moe:
+        sizes.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+        return tf.Qwen3_5MoeForCausalLM(tf.Qwen3_5MoeTextConfig(**sizes)).eval()
+    return tf.Qwen3_5ForCausalLM(tf.Qwen3_5TextConfig(**sizes)).eval()
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["qwen3.5", "qwen3.5-moe"])
+def test_qwen3_5_gated_deltanet_maps_exactly(moe):
+    # Qwen3.5's layer is Qwen3-Next's with plain projections: the gdn baseline built from its weights is the
+    # original model (the gated delta rule itself, not RDN's), and rdn keeps the softmax layers of the hybrid
+    model = tiny_qwen3_5(moe)
+    ids = torch.randint(3, 128, (2, 9))
+    with torch.no_grad():
+        original = model(ids).logits
+        result = convert_model(model, ConversionConfig(variant="gdn"))
+        assert [r.action for r in result.report.rows] == ["gdn", "kept"]
+        assert model.model.layers[0].linear_attn.call_style == "tensor"
+        torch.testing.assert_close(model(ids).logits, original, rtol=0, atol=1e-5)
+    rdn = tiny_qwen3_5(moe)
+    result = convert_model(rdn, ConversionConfig(variant="rdn"))
+    assert [r.action for r in result.report.rows] == ["rdn", "kept"] and result.report.source_kind == "gated-deltanet"
+
+
 class FlaHost(nn.Module):
     """fla's GatedDeltaNet layer inside plain torch blocks (fla's own model needs Triton for its norms)."""
 

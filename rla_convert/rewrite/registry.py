@@ -419,6 +419,22 @@ def _qwen3next_weights(m):
     ])
 
 
+# -- transformers' Qwen3.5 Gated DeltaNet: Qwen3-Next's layer with plain projections (q|k|v, z, b, a apart) ----
+
+QWEN3_5_GDN = ("Qwen3_5GatedDeltaNet", "Qwen3_5MoeGatedDeltaNet")
+
+
+def _qwen3_5_weights(m):
+    q, k, v = torch.split(m.in_proj_qkv.weight, [m.key_dim, m.key_dim, m.value_dim], dim=0)
+    cq, ck, cv = torch.split(m.conv1d.weight, [m.key_dim, m.key_dim, m.value_dim], dim=0)
+    return _copy([
+        ("q_proj.weight", q), ("k_proj.weight", k), ("v_proj.weight", v), ("g_proj.weight", m.in_proj_z.weight),
+        ("b_proj.weight", m.in_proj_b.weight), ("a_proj.weight", m.in_proj_a.weight), ("A_log", m.A_log),
+        ("dt_bias", m.dt_bias), ("o_norm.weight", m.norm.weight), ("o_proj.weight", m.out_proj.weight),
+        ("q_conv1d.weight", cq), ("k_conv1d.weight", ck), ("v_conv1d.weight", cv),
+    ])
+
+
 DROPPED = "softmax-only logit scale, soft-capping and sliding windows dropped"
 
 ADAPTERS = (
@@ -454,6 +470,8 @@ ADAPTERS = (
             _classes("GatedDeltaNet"), _fla_gdn_kwargs, _fla_gdn_weights),
     Adapter("qwen3-next-gdn", "transformers Qwen3-Next Gated DeltaNet (Qwen3NextGatedDeltaNet)", "gated-deltanet", "tensor",
             _classes("Qwen3NextGatedDeltaNet"), _qwen3next_kwargs, _qwen3next_weights),
+    Adapter("qwen3.5-gdn", "transformers Qwen3.5 and Qwen3.5-MoE Gated DeltaNet (" + ", ".join(QWEN3_5_GDN) + ")",
+            "gated-deltanet", "tensor", _classes(*QWEN3_5_GDN), _qwen3next_kwargs, _qwen3_5_weights),
     Adapter("plain-sdpa", "any module (not transformers') that is only q_proj/k_proj/v_proj and o_proj (or out_proj) "
             "Linears around F.scaled_dot_product_attention", "softmax", "pair", _plain_matches, _plain_kwargs,
             _plain_weights),
@@ -461,7 +479,8 @@ ADAPTERS = (
 # known classes refused with a reason (never listed as supported)
 REFUSALS = Adapter("refused", "", "softmax", "pair", _classes(*REFUSED), _refused_kwargs, lambda m: {})
 
-MIXER_CLASSES = {"GatedDeltaNet": "triple", "Qwen3NextGatedDeltaNet": "tensor"}
+MIXER_CLASSES = {"GatedDeltaNet": "triple", "Qwen3NextGatedDeltaNet": "tensor",
+                 **{name: "tensor" for name in QWEN3_5_GDN}}
 
 
 def adapter_for(module: nn.Module, site: Site) -> Adapter | None:
