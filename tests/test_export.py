@@ -279,3 +279,27 @@ def test_a_composite_model_converts_generates_and_reloads(tmp_path):
     assert reloaded.config.text_config.vocab_size == 136 == reloaded.config.base_config["text_config"]["vocab_size"]
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+def test_qwen3_5s_multimodal_class_converts_its_language_model_and_reloads(tmp_path):
+    # what Qwen3.5 checkpoints load as: the vision tower's attention stays, the language model's Gated DeltaNet
+    # layers convert (its gated softmax layer is kept: a hybrid), the reload gives the same logits and generation
+    text = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                linear_conv_kernel_dim=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                intermediate_size=64, max_position_embeddings=128)
+    vision = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=64)
+    model = tf.Qwen3_5ForConditionalGeneration(tf.Qwen3_5Config(text_config=text, vision_config=vision)).eval()
+    result = convert_model(model, ConversionConfig(variant="rdn"))
+    assert [r.action for r in result.report.rows] == ["rdn", "kept"]
+    assert [layer["path"] for layer in model.config.conversion["layers"]] == ["model.language_model.layers.0.linear_attn"]
+    out = save_converted(model, None, tmp_path / "out")
+    ids = torch.randint(3, 120, (1, 9))
+    with torch.no_grad():
+        logits = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded).__name__ == "RLAQwen3_5ForConditionalGeneration"
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, logits)
+        assert torch.equal(reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), generated)
