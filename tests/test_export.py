@@ -292,7 +292,8 @@ def test_qwen3_5s_multimodal_class_converts_its_language_model_and_reloads(tmp_p
     model = tf.Qwen3_5ForConditionalGeneration(tf.Qwen3_5Config(text_config=text, vision_config=vision)).eval()
     result = convert_model(model, ConversionConfig(variant="rdn"))
     assert [r.action for r in result.report.rows] == ["rdn", "kept"]
-    assert [layer["path"] for layer in model.config.conversion["layers"]] == ["model.language_model.layers.0.linear_attn"]
+    paths = [layer["path"] for layer in model.config.conversion["layers"]]
+    assert paths == ["model.language_model.layers.0.linear_attn"]
     out = save_converted(model, None, tmp_path / "out")
     ids = torch.randint(3, 120, (1, 9))
     with torch.no_grad():
