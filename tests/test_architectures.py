@@ -60,6 +60,22 @@ CASES = {
     "apertus": (build("ApertusConfig", "ApertusForCausalLM"), "llama-family", "llama", None),
     "dots1": (build("Dots1Config", "Dots1ForCausalLM", head_dim=16, first_k_dense_replace=2), "llama-family", "llama",
               None),
+    "phimoe": (build("PhimoeConfig", "PhimoeForCausalLM", num_local_experts=4, num_experts_per_tok=2),
+               "llama-family", "llama", None),
+    "minimax": (build("MiniMaxConfig", "MiniMaxForCausalLM", num_local_experts=4, num_experts_per_tok=2, head_dim=16,
+                      layer_types=["full_attention", "full_attention"]), "llama-family", "llama", None),
+    "jais2": (build("Jais2Config", "Jais2ForCausalLM", head_dim=16), "llama-family", "llama", None),
+    "solar-open": (build("SolarOpenConfig", "SolarOpenForCausalLM", head_dim=16), "llama-family", "llama", None),
+    "hyperclovax": (build("HyperCLOVAXConfig", "HyperCLOVAXForCausalLM", head_dim=16), "llama-family", "llama", None),
+    "emu3": (build("Emu3TextConfig", "Emu3ForCausalLM", pad_token_id=0), "llama-family", "llama", None),
+    "mellum": (build("MellumConfig", "MellumForCausalLM", head_dim=16), "llama-family", "llama", None),
+    "hy-v3": (build("HYV3Config", "HYV3ForCausalLM", head_dim=16), "llama-family", "llama", None),
+    "exaone-moe": (build("ExaoneMoeConfig", "ExaoneMoeForCausalLM", sliding_window=4,
+                         layer_types=["sliding_attention", "full_attention"]), "llama-family", "llama", None),
+    "flex-olmo": (build("FlexOlmoConfig", "FlexOlmoForCausalLM", num_experts=4, num_experts_per_tok=2,
+                        pad_token_id=0), "olmo2", "llama", None),
+    "vaultgemma": (build("VaultGemmaConfig", "VaultGemmaForCausalLM", head_dim=16, sliding_window=4), "gemma",
+                   "llama", None),
     "nemotron": (build("NemotronConfig", "NemotronForCausalLM"), "nemotron", "llama", 8),
     "gemma": (build("GemmaConfig", "GemmaForCausalLM", head_dim=16), "gemma", "llama", None),
     "gemma2": (build("Gemma2Config", "Gemma2ForCausalLM", head_dim=16, sliding_window=4), "gemma", "llama", None),
@@ -186,7 +202,7 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     assert [r.adapter for r in result.report.rows] == [adapter, adapter]
     layer = next(m for m in model.modules() if isinstance(m, ResidualAttention))
     assert (layer.rope, layer.rope_dim) == ((False, None) if layout == "out_proj" else (True, rope_dim))
-    if name in ("exaone4", "smollm3"):  # a layer with RoPE, then one its config runs without
+    if name in ("exaone4", "exaone-moe", "smollm3"):  # a layer with RoPE, then one its config runs without
         assert [m.rope for m in model.modules() if isinstance(m, ResidualAttention)] == [True, False]
 
     state = layer.state_dict()
@@ -286,6 +302,15 @@ def test_a_refused_layer_leaves_every_layer_as_it_was():
     with pytest.raises(UserError, match=r"cannot convert model\.layers\.1\.self_attn \(LlamaAttention\): it attends"):
         convert_model(model, ConversionConfig(variant="rdn"))
     assert [type(block.self_attn).__name__ for block in model.model.layers] == ["LlamaAttention", "LlamaAttention"]
+
+
+def test_a_partial_rope_in_the_config_of_a_whole_head_architecture_is_refused():
+    # the whole-head adapters read the attention module's forward, not the model's RoPE function: a config that
+    # rotates part of each head (set here after the rotary embedding was built, so the forward still runs) is refused
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).eval()
+    model.config.rope_parameters["partial_rotary_factor"] = 0.5
+    with pytest.raises(UserError, match=r"\(LlamaAttention\): its config rotates 8 of 16 head features"):
+        convert_model(model, ConversionConfig(variant="rdn"))
 
 
 @pytest.mark.parametrize("name, expected", [

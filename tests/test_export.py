@@ -105,6 +105,8 @@ def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 1
     lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)),
     tiny_qwen3_next,
     tiny_qwen3_5,
+    lambda: tf.MiniMaxForCausalLM(tf.MiniMaxConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2, head_dim=16,
+                                                   layer_types=["linear_attention", "full_attention"])),
     tiny_gpt_neox,
     lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(**SMALL, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
     lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=4, pad_token_id=0,
@@ -113,7 +115,7 @@ def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 1
                                                    eos_token_id=2)),
     lambda: tf.SmolLM3ForCausalLM(tf.SmolLM3Config(**SMALL, no_rope_layers=[1, 0], pad_token_id=0, bos_token_id=1,
                                                    eos_token_id=2)),
-], ids=["gpt2", "qwen3-next", "qwen3.5", "gpt-neox", "olmo2", "gemma3", "cohere2", "smollm3"])
+], ids=["gpt2", "qwen3-next", "qwen3.5", "minimax", "gpt-neox", "olmo2", "gemma3", "cohere2", "smollm3"])
 def test_other_architectures_round_trip_and_decode(tmp_path, build):
     model, out = convert_and_save(build(), tmp_path, variant="rdn")
     ids = torch.randint(1, 128, (1, 7))

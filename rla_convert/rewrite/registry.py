@@ -61,8 +61,10 @@ LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3At
                 "MinistralAttention", "Qwen2MoeAttention", "Qwen3MoeAttention", "GraniteAttention",
                 "Starcoder2Attention", "SeedOssAttention", "OlmoAttention", "Exaone4Attention", "SmolLM3Attention",
                 "ArceeAttention", "CwmAttention", "ApertusAttention", "Dots1Attention", "GraniteMoeAttention",
-                "GraniteMoeSharedAttention")
-GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention")
+                "GraniteMoeSharedAttention", "PhimoeAttention", "MiniMaxAttention", "Jais2Attention",
+                "SolarOpenAttention", "HyperCLOVAXAttention", "Emu3Attention", "MellumAttention", "HYV3Attention",
+                "ExaoneMoeAttention")
+GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention", "VaultGemmaAttention")
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention", "Ernie4_5Attention", "Ernie4_5_MoeAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 
@@ -71,8 +73,10 @@ PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 # the cast back). Llama's order casts first; OLMo2/3 scale in fp32; Gemma3 scales in fp32 by 1 + weight.
 RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exaone4RMSNorm": (0.0, False),
              "OlmoeRMSNorm": (0.0, False), "ApertusRMSNorm": (0.0, False), "Dots1RMSNorm": (0.0, False),
-             "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True), "Gemma3RMSNorm": (1.0, True)}
-OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention")
+             "MellumRMSNorm": (0.0, False), "HYV3RMSNorm": (0.0, False), "ExaoneMoeRMSNorm": (0.0, False),
+             "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True), "FlexOlmoRMSNorm": (0.0, True),
+             "Gemma3RMSNorm": (1.0, True)}
+OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention", "FlexOlmoAttention")
 
 
 def _with_rope_dim(kwargs, rope_dim, site):
@@ -85,7 +89,8 @@ def _with_rope_dim(kwargs, rope_dim, site):
 
 def _config_rope_dim(m):
     """The features transformers' rotary embedding covers: int(head_dim * partial_rotary_factor)."""
-    return int(m.head_dim * m.config.rope_parameters.get("partial_rotary_factor", 1.0))
+    params = getattr(m.config, "rope_parameters", None) or {}
+    return int(m.head_dim * params.get("partial_rotary_factor", 1.0))
 
 
 def _refuse(site, reason):
@@ -121,7 +126,10 @@ def _qk_norm_kwargs(m, site, q_width, k_width, head_dim):
                 **order)
 
 
-def _llama_kwargs(m, site, config):
+def _llama_kwargs(m, site, config, rope_dim_read=False):
+    """``rope_dim_read``: the caller maps a partial RoPE itself; otherwise one is refused (these adapters rotate
+    whole heads: a config's partial_rotary_factor under an unchanged forward means a model-level RoPE function
+    that rotates part of each head)."""
     _causal(m, site)
     if getattr(getattr(m, "config", None), "clip_qkv", None) is not None:  # OLMo's clamp on q/k/v
         _refuse(site, "its config clamps q/k/v (clip_qkv), which the converted layer does not")
@@ -129,11 +137,15 @@ def _llama_kwargs(m, site, config):
     kwargs = dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
                   num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
                   o_bias=m.o_proj.bias is not None, rope=True)
-    if type(m).__name__ == "Exaone4Attention":  # with a sliding window, EXAONE 4's global layers use no RoPE
+    if type(m).__name__ in ("Exaone4Attention", "ExaoneMoeAttention"):  # with a sliding window, EXAONE 4's global
+        # layers use no RoPE
         kwargs["rope"] = m.sliding_window is None or m.is_sliding
     if type(m).__name__ == "SmolLM3Attention":  # its config's no_rope_layers: every fourth layer by default
         kwargs["rope"] = bool(m.use_rope)
     kwargs.update(_qk_norm_kwargs(m, site, m.q_proj.out_features, m.k_proj.out_features, d))
+    if not rope_dim_read and getattr(m, "config", None) is not None and _config_rope_dim(m) != d:
+        _refuse(site, f"its config rotates {_config_rope_dim(m)} of {d} head features (partial_rotary_factor); "
+                      "this architecture's adapter maps whole-head RoPE only")
     return kwargs
 
 
@@ -153,13 +165,13 @@ def _llama_weights(m):
 
 def _partial_llama_kwargs(m, site, config):
     """Llama's layout with RoPE on the first features of each head (Nemotron's partial_rotary_factor)."""
-    return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m), site)
+    return _with_rope_dim(_llama_kwargs(m, site, config, rope_dim_read=True), _config_rope_dim(m), site)
 
 
 def _glm_kwargs(m, site, config):
     if getattr(m, "q_norm", None) is not None:  # _glm_weights reorders q/k rows, not a norm's weights
         _refuse(site, "q/k norms with interleaved RoPE are not mapped (their weights would need the same reordering)")
-    return _with_rope_dim(_llama_kwargs(m, site, config), _config_rope_dim(m), site)
+    return _with_rope_dim(_llama_kwargs(m, site, config, rope_dim_read=True), _config_rope_dim(m), site)
 
 
 QK_ROWS = ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")
@@ -439,13 +451,14 @@ DROPPED = "softmax-only logit scale, soft-capping and sliding windows dropped"
 
 ADAPTERS = (
     Adapter("llama-family", "Llama, Mistral, Mixtral, Ministral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, "
-            "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, SmolLM2, SmolLM3, Arcee, CWM, Apertus, dots.llm1, "
-            "GraniteMoe attention ("
+            "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, EXAONE MoE, SmolLM2, SmolLM3, Arcee, CWM, Apertus, "
+            "dots.llm1, GraniteMoe, Phi-3.5-MoE, MiniMax, Jais 2, Solar Open, HyperCLOVA X, Emu3, Mellum, HY-V3 "
+            "attention ("
             + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
             "softmax", "pair", _classes(*LLAMA_FAMILY), _llama_kwargs, _llama_weights),
-    Adapter("olmo2", "OLMo2, OLMo3, OLMoE attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
+    Adapter("olmo2", "OLMo2, OLMo3, OLMoE, FlexOlmo attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
             f"no clip_qkv; {DROPPED})", "softmax", "pair", _classes(*OLMO2_FAMILY), _llama_kwargs, _llama_weights),
-    Adapter("gemma", "Gemma, Gemma2, Gemma3 text attention (" + ", ".join(GEMMA_FAMILY) + "; Gemma3's q/k norms "
+    Adapter("gemma", "Gemma, Gemma2, Gemma3, VaultGemma text attention (" + ", ".join(GEMMA_FAMILY) + "; Gemma3's q/k norms "
             f"scale by 1 + weight, in fp32; {DROPPED})", "softmax", "pair", _classes(*GEMMA_FAMILY), _llama_kwargs,
             _llama_weights),
     Adapter("glm", "GLM, GLM-4, Helium, Ernie 4.5 attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
