@@ -74,6 +74,7 @@ PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exaone4RMSNorm": (0.0, False),
              "OlmoeRMSNorm": (0.0, False), "ApertusRMSNorm": (0.0, False), "Dots1RMSNorm": (0.0, False),
              "MellumRMSNorm": (0.0, False), "HYV3RMSNorm": (0.0, False), "ExaoneMoeRMSNorm": (0.0, False),
+             "Glm4MoeRMSNorm": (0.0, False),
              "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True), "FlexOlmoRMSNorm": (0.0, True),
              "Gemma3RMSNorm": (1.0, True)}
 OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention", "FlexOlmoAttention")
@@ -468,6 +469,9 @@ ADAPTERS = (
             _cohere_kwargs, _cohere_weights),
     Adapter("nemotron", f"Nemotron attention (NemotronAttention; partial RoPE kept; {DROPPED})", "softmax", "pair",
             _classes("NemotronAttention"), _partial_llama_kwargs, _llama_weights),
+    Adapter("glm4-moe", "GLM-4.5 / GLM-4.6 attention (Glm4MoeAttention, also in Param2-MoE and Sarvam-MoE; optional "
+            f"q/k RMSNorm; partial RoPE kept; {DROPPED})", "softmax", "pair", _classes("Glm4MoeAttention"),
+            _partial_llama_kwargs, _llama_weights),
     Adapter("phi3", f"Phi-3 attention (Phi3Attention, fused qkv_proj split; partial RoPE kept; {DROPPED})", "softmax",
             "pair", _classes("Phi3Attention"), _phi3_kwargs, _phi3_weights),
     Adapter("gpt-neox", "GPT-NeoX, Pythia attention (GPTNeoXAttention, per-head fused query_key_value split; partial "
