@@ -90,6 +90,13 @@ CASES = {
                            moe_intermediate_size=32), "glm", "glm", None),
     "cohere": (build("CohereConfig", "CohereForCausalLM"), "cohere", "glm", None),
     "cohere2": (build("Cohere2Config", "Cohere2ForCausalLM", sliding_window=4), "cohere", "glm", None),
+    # a global layer first, with RoPE all the same: a dense prefix layer (force_rope)
+    "cohere2-moe": (build("Cohere2MoeConfig", "Cohere2MoeForCausalLM", head_dim=16, sliding_window=4, num_experts=4,
+                          num_experts_per_tok=2, moe_intermediate_size=32, mlp_layer_types=["dense", "sparse"],
+                          layer_types=["full_attention", "sliding_attention"], prefix_dense_sliding_window_pattern=1,
+                          pad_token_id=0, bos_token_id=1, eos_token_id=2), "cohere", "glm", None),
+    "ministral3": (build("Ministral3Config", "Ministral3ForCausalLM", head_dim=16, sliding_window=4), "llama-family",
+                   "llama", None),
     "phi3": (build("Phi3Config", "Phi3ForCausalLM", partial_rotary_factor=0.5, sliding_window=4), "phi3", "phi3", 8),
     "gpt-neox": (build("GPTNeoXConfig", "GPTNeoXForCausalLM", num_key_value_heads=4, attention_bias=True),
                  "gpt-neox", "neox", 4),

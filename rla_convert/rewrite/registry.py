@@ -63,7 +63,7 @@ LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3At
                 "ArceeAttention", "CwmAttention", "ApertusAttention", "Dots1Attention", "GraniteMoeAttention",
                 "GraniteMoeSharedAttention", "PhimoeAttention", "MiniMaxAttention", "Jais2Attention",
                 "SolarOpenAttention", "HyperCLOVAXAttention", "Emu3Attention", "MellumAttention", "HYV3Attention",
-                "ExaoneMoeAttention")
+                "ExaoneMoeAttention", "Ministral3Attention")
 GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention", "VaultGemmaAttention")
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention", "Ernie4_5Attention", "Ernie4_5_MoeAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
@@ -300,15 +300,16 @@ def _opt_weights(m):
 # As GLM's, with the model's cos/sin themselves interleaved (c0 c0 c1 c1 ...): the q/k rows are reordered (evens,
 # then odds) and the layer lays cos/sin out in halves (rope_cos_interleaved), which is the same rotation.
 
-COHERE_FAMILY = ("CohereAttention", "Cohere2Attention")
+COHERE_FAMILY = ("CohereAttention", "Cohere2Attention", "Cohere2MoeAttention")
 
 
 def _cohere_kwargs(m, site, config):
     if getattr(m, "use_qk_norm", False):
         _refuse(site, "its q/k LayerNorms (use_qk_norm: mean-centred) are no RMSNorm the converted layer has")
     kwargs = _llama_kwargs(m, site, config)
-    if type(m).__name__ == "Cohere2Attention":  # its global (not sliding) layers run without RoPE
-        kwargs["rope"] = m.sliding_window is not None
+    if type(m).__name__ in ("Cohere2Attention", "Cohere2MoeAttention"):  # its global (not sliding) layers run
+        # without RoPE, but for Cohere2-MoE's dense prefix layers (force_rope)
+        kwargs["rope"] = m.sliding_window is not None or bool(getattr(m, "force_rope", False))
     return {**kwargs, "rope_cos_interleaved": True} if kwargs["rope"] else kwargs
 
 
@@ -448,13 +449,13 @@ def _qwen3_5_weights(m):
     ])
 
 
-DROPPED = "softmax-only logit scale, soft-capping and sliding windows dropped"
+DROPPED = "softmax-only logit scale (Ministral 3's long-context one too), soft-capping and sliding windows dropped"
 
 ADAPTERS = (
     Adapter("llama-family", "Llama, Mistral, Mixtral, Ministral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, "
             "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, EXAONE MoE, SmolLM2, SmolLM3, Arcee, CWM, Apertus, "
-            "dots.llm1, GraniteMoe, Phi-3.5-MoE, MiniMax, Jais 2, Solar Open, HyperCLOVA X, Emu3, Mellum, HY-V3 "
-            "attention ("
+            "dots.llm1, GraniteMoe, Phi-3.5-MoE, MiniMax, Jais 2, Solar Open, HyperCLOVA X, Emu3, Mellum, HY-V3, "
+            "Ministral 3 attention ("
             + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
             "softmax", "pair", _classes(*LLAMA_FAMILY), _llama_kwargs, _llama_weights),
     Adapter("olmo2", "OLMo2, OLMo3, OLMoE, FlexOlmo attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
