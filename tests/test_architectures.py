@@ -31,7 +31,7 @@ def build(config_cls, model_cls, **kw):
 
 
 # name -> (model builder, adapter, how the original's weights map: "llama" | "phi3" | "neox" | "dense" | "glm" |
-# "out_proj", rope features rotated (None: all 16))
+# "out_proj" | "nope" (Llama's, no RoPE) | "nanochat", rope features rotated (None: all 16))
 CASES = {
     "mixtral": (build("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2,
                       sliding_window=4), "llama-family", "llama", None),
@@ -77,6 +77,9 @@ CASES = {
     "vaultgemma": (build("VaultGemmaConfig", "VaultGemmaForCausalLM", head_dim=16, sliding_window=4), "gemma",
                    "llama", None),
     "nemotron": (build("NemotronConfig", "NemotronForCausalLM"), "nemotron", "llama", 8),
+    "nemotron-h": (build("NemotronHConfig", "NemotronHForCausalLM", layers_block_type=["attention", "attention"],
+                         head_dim=16, use_mamba_kernels=False), "nemotron-h", "nope", None),
+    "nanochat": (build("NanoChatConfig", "NanoChatForCausalLM"), "nanochat", "nanochat", None),
     "glm4-moe": (build("Glm4MoeConfig", "Glm4MoeForCausalLM", n_routed_experts=4, num_experts_per_tok=2,
                        moe_intermediate_size=32, n_group=1, topk_group=1, use_qk_norm=True), "glm4-moe", "llama", 8),
     "gemma": (build("GemmaConfig", "GemmaForCausalLM", head_dim=16), "gemma", "llama", None),
@@ -107,6 +110,9 @@ CASES = {
 }
 NEW = {"a_proj.weight", "b_proj.weight", "b_proj.bias", "gamma_proj.weight", "gamma_proj.bias", "A_log", "dt_bias",
        "o_scale"}
+
+
+HALVES_SWAPPED = torch.cat([torch.arange(8, 16), torch.arange(0, 8)])
 
 
 def deinterleaved(rope_dim, head_dim=16):
@@ -143,7 +149,11 @@ def expected_weights(m, layout, rope_dim):
     out_proj = m.dense if layout == "dense" else m.out_proj if layout == "out_proj" else m.o_proj
     out = named([(f"{p}_proj.{w}", getattr(getattr(m, f"{p}_proj"), w)) for p in "qkv" for w in ("weight", "bias")]
                 + [("o_proj.weight", out_proj.weight), ("o_proj.bias", out_proj.bias)])
-    if getattr(m, "q_norm", None) is not None:  # as they are (Gemma3's 1 + weight is the layer norm's offset)
+    if layout == "nanochat":  # weightless q/k norms: ones; RoPE by -theta: each head's q/k row halves exchanged
+        out["q_norm.weight"] = out["k_norm.weight"] = torch.ones(16)
+        for name in ("q_proj.weight", "k_proj.weight"):
+            out[name] = out[name].reshape(-1, 16, out[name].shape[-1])[:, HALVES_SWAPPED].reshape(out[name].shape)
+    elif getattr(m, "q_norm", None) is not None:  # as they are (Gemma3's 1 + weight is the layer norm's offset)
         out["q_norm.weight"], out["k_norm.weight"] = m.q_norm.weight, m.k_norm.weight
     if layout == "glm":
         order = deinterleaved(rope_dim or 16)
@@ -210,7 +220,7 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     result = convert_model(model, ConversionConfig(variant="rdn"))
     assert [r.adapter for r in result.report.rows] == [adapter, adapter]
     layer = next(m for m in model.modules() if isinstance(m, ResidualAttention))
-    assert (layer.rope, layer.rope_dim) == ((False, None) if layout == "out_proj" else (True, rope_dim))
+    assert (layer.rope, layer.rope_dim) == ((False, None) if layout in ("out_proj", "nope") else (True, rope_dim))
     if name in ("exaone4", "exaone-moe", "smollm3"):  # a layer with RoPE, then one its config runs without
         assert [m.rope for m in model.modules() if isinstance(m, ResidualAttention)] == [True, False]
 
@@ -240,13 +250,15 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if layout == "glm":
         q, k = q[..., deinterleaved(rope_dim or 16)], k[..., deinterleaved(rope_dim or 16)]
+    if layout == "nanochat":
+        q, k = q[..., HALVES_SWAPPED], k[..., HALVES_SWAPPED]
     if rope_dim:
         q, k = q[..., partial_order(rope_dim)], k[..., partial_order(rope_dim)]
     if name == "opt":  # OPT folds its logit scale (16 ** -0.5, a power of 2: exact) into q
         q = q / 0.25
     # a fused projection is one matmul there and three here, a q/k norm sums a partial RoPE's reordered features in
     # another order: equal up to the matmul's blocking, or the sum's order
-    close = layout in ("phi3", "neox") or (rope_dim and hasattr(layer, "q_norm"))
+    close = layout in ("phi3", "neox", "nanochat") or (rope_dim and hasattr(layer, "q_norm"))
     same = lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6) if close else torch.equal(a, b)  # noqa: E731
     assert same(qk[:, :, :4], q) and same(qk[:, :, 4:], k)
     with torch.no_grad():

@@ -283,6 +283,35 @@ def _partial_weights(m):
     return _copy(_linears(m) + [("o_proj.weight", out.weight), ("o_proj.bias", out.bias)])
 
 
+# -- NanoChat: Llama's layout, RoPE by -theta (its rotate_half flips the signs), then a weightless RMSNorm ----------
+#
+# A rotation by -theta of the pair (x_i, x_{i+d/2}) is the rotation by +theta of the pair swapped, swapped back: with
+# each head's two halves of q/k rows exchanged, the layer's RoPE is theirs on a fixed permutation of the features,
+# which q.k, SiLU and the L2 norm do not see. Their norm follows RoPE, has no weight and rotations keep a head's RMS:
+# it is the layer's norm before RoPE with a weight of ones.
+
+def _nanochat_kwargs(m, site, config):
+    _causal(m, site)
+    d = m.head_dim
+    return dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
+                num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
+                o_bias=m.o_proj.bias is not None, rope=True, qk_norm=True, norm_eps=m.q_norm.variance_epsilon)
+
+
+def _nanochat_weights(m):
+    d = m.head_dim
+    weights = _copy(_linears(m, ("q_proj", "k_proj", "v_proj", "o_proj")))
+    weights["q_norm.weight"] = weights["k_norm.weight"] = torch.ones(d, dtype=m.q_proj.weight.dtype)
+    halves_swapped = torch.cat([torch.arange(d // 2, d), torch.arange(0, d // 2)])
+    return _reorder_qk(weights, d, halves_swapped)
+
+
+# -- Nemotron-H: Llama's layout without RoPE (its Mamba-2 layers carry the positions) -------------------------------
+
+def _nope_llama_kwargs(m, site, config):
+    return {**_llama_kwargs(m, site, config, rope_dim_read=True), "rope": False}
+
+
 # -- OPT: q/k/v/out_proj, no RoPE (learned positions are added to the embeddings) ---------------------------------
 
 def _opt_kwargs(m, site, config):
@@ -473,6 +502,11 @@ ADAPTERS = (
     Adapter("glm4-moe", "GLM-4.5 / GLM-4.6 attention (Glm4MoeAttention, also in Param2-MoE and Sarvam-MoE; optional "
             f"q/k RMSNorm; partial RoPE kept; {DROPPED})", "softmax", "pair", _classes("Glm4MoeAttention"),
             _partial_llama_kwargs, _llama_weights),
+    Adapter("nanochat", "NanoChat attention (NanoChatAttention; its sign-flipped RoPE mapped by exchanging each "
+            f"head's q/k row halves, its weightless q/k RMSNorm as ones; {DROPPED})", "softmax", "pair",
+            _classes("NanoChatAttention"), _nanochat_kwargs, _nanochat_weights),
+    Adapter("nemotron-h", f"Nemotron-H attention (NemotronHAttention: no RoPE; its Mamba-2 layers stay; {DROPPED})",
+            "softmax", "pair", _classes("NemotronHAttention"), _nope_llama_kwargs, _llama_weights),
     Adapter("phi3", f"Phi-3 attention (Phi3Attention, fused qkv_proj split; partial RoPE kept; {DROPPED})", "softmax",
             "pair", _classes("Phi3Attention"), _phi3_kwargs, _phi3_weights),
     Adapter("gpt-neox", "GPT-NeoX, Pythia attention (GPTNeoXAttention, per-head fused query_key_value split; partial "
