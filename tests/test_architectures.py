@@ -31,7 +31,8 @@ def build(config_cls, model_cls, **kw):
 
 
 # name -> (model builder, adapter, how the original's weights map: "llama" | "phi3" | "neox" | "dense" | "glm" |
-# "out_proj" | "nope" (Llama's, no RoPE) | "nanochat", rope features rotated (None: all 16))
+# "out_proj" | "nope" (Llama's, no RoPE) | "nanochat" | "lfm2" (Qwen3's, out_proj and q/k_layernorm), rope features
+# rotated (None: all 16))
 CASES = {
     "mixtral": (build("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2,
                       sliding_window=4), "llama-family", "llama", None),
@@ -80,6 +81,11 @@ CASES = {
     "nemotron-h": (build("NemotronHConfig", "NemotronHForCausalLM", layers_block_type=["attention", "attention"],
                          head_dim=16, use_mamba_kernels=False), "nemotron-h", "nope", None),
     "nanochat": (build("NanoChatConfig", "NanoChatForCausalLM"), "nanochat", "nanochat", None),
+    "lfm2": (build("Lfm2Config", "Lfm2ForCausalLM", layer_types=["full_attention", "full_attention"]), "lfm2", "lfm2",
+             None),
+    "lfm2-moe": (build("Lfm2MoeConfig", "Lfm2MoeForCausalLM", layer_types=["full_attention", "full_attention"],
+                       num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1), "lfm2",
+                 "lfm2", None),
     "glm4-moe": (build("Glm4MoeConfig", "Glm4MoeForCausalLM", n_routed_experts=4, num_experts_per_tok=2,
                        moe_intermediate_size=32, n_group=1, topk_group=1, use_qk_norm=True), "glm4-moe", "llama", 8),
     "gemma": (build("GemmaConfig", "GemmaForCausalLM", head_dim=16), "gemma", "llama", None),
@@ -146,7 +152,7 @@ def expected_weights(m, layout, rope_dim):
             out[f"{p}_proj.weight"] = m.query_key_value.weight[rows]
             out[f"{p}_proj.bias"] = m.query_key_value.bias[rows]
         return out
-    out_proj = m.dense if layout == "dense" else m.out_proj if layout == "out_proj" else m.o_proj
+    out_proj = m.dense if layout == "dense" else m.out_proj if layout in ("out_proj", "lfm2") else m.o_proj
     out = named([(f"{p}_proj.{w}", getattr(getattr(m, f"{p}_proj"), w)) for p in "qkv" for w in ("weight", "bias")]
                 + [("o_proj.weight", out_proj.weight), ("o_proj.bias", out_proj.bias)])
     if layout == "nanochat":  # weightless q/k norms: ones; RoPE by -theta: each head's q/k row halves exchanged
@@ -155,6 +161,8 @@ def expected_weights(m, layout, rope_dim):
             out[name] = out[name].reshape(-1, 16, out[name].shape[-1])[:, HALVES_SWAPPED].reshape(out[name].shape)
     elif getattr(m, "q_norm", None) is not None:  # as they are (Gemma3's 1 + weight is the layer norm's offset)
         out["q_norm.weight"], out["k_norm.weight"] = m.q_norm.weight, m.k_norm.weight
+    elif layout == "lfm2":
+        out["q_norm.weight"], out["k_norm.weight"] = m.q_layernorm.weight, m.k_layernorm.weight
     if layout == "glm":
         order = deinterleaved(rope_dim or 16)
         for name in [n for n in out if n[0] in "qk" and "proj" in n]:
@@ -231,7 +239,8 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
 
     if hasattr(layer, "q_norm"):  # the norms alone, before RoPE: the same function of random inputs, bit for bit
         for dtype in (torch.float32, torch.bfloat16, torch.float16):  # where the order of scale and cast shows
-            for mine, theirs in ((layer.q_norm, original.q_norm), (layer.k_norm, original.k_norm)):
+            q_name, k_name = ("q_layernorm", "k_layernorm") if layout == "lfm2" else ("q_norm", "k_norm")
+            for mine, theirs in ((layer.q_norm, getattr(original, q_name)), (layer.k_norm, getattr(original, k_name))):
                 mine, theirs = copy.deepcopy(mine).to(dtype), copy.deepcopy(theirs).to(dtype)
                 x = torch.randn(2, 5, mine.weight.shape[0], dtype=dtype) * 3
                 if not rope_dim:

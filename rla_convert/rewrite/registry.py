@@ -74,7 +74,7 @@ PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exaone4RMSNorm": (0.0, False),
              "OlmoeRMSNorm": (0.0, False), "ApertusRMSNorm": (0.0, False), "Dots1RMSNorm": (0.0, False),
              "MellumRMSNorm": (0.0, False), "HYV3RMSNorm": (0.0, False), "ExaoneMoeRMSNorm": (0.0, False),
-             "Glm4MoeRMSNorm": (0.0, False),
+             "Glm4MoeRMSNorm": (0.0, False), "Lfm2RMSNorm": (0.0, False), "Lfm2MoeRMSNorm": (0.0, False),
              "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True), "FlexOlmoRMSNorm": (0.0, True),
              "Gemma3RMSNorm": (1.0, True)}
 OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention", "FlexOlmoAttention")
@@ -107,14 +107,15 @@ def _norm_eps(norm):
     return next(getattr(norm, a) for a in ("variance_epsilon", "eps") if hasattr(norm, a))
 
 
-def _qk_norm_kwargs(m, site, q_width, k_width, head_dim):
-    """The layer's qk_norm arguments for the module's q_norm/k_norm: per head, or over the whole projection."""
-    if getattr(m, "q_norm", None) is None:
+def _qk_norm_kwargs(m, site, q_width, k_width, head_dim, names=("q_norm", "k_norm")):
+    """The layer's qk_norm arguments for the module's q/k norms (``names``): per head, or over the whole projection."""
+    q_norm, k_norm = (getattr(m, name, None) for name in names)
+    if q_norm is None:
         return {}
-    cls = type(m.q_norm).__name__
-    if cls not in RMS_NORMS or type(m.k_norm).__name__ != cls:
-        _refuse(site, f"its q_norm is a {cls}, not an RMSNorm whose formula the converted layer reproduces")
-    shapes = (m.q_norm.weight.shape[0], m.k_norm.weight.shape[0])
+    cls = type(q_norm).__name__
+    if cls not in RMS_NORMS or type(k_norm).__name__ != cls:
+        _refuse(site, f"its {names[0]} is a {cls}, not an RMSNorm whose formula the converted layer reproduces")
+    shapes = (q_norm.weight.shape[0], k_norm.weight.shape[0])
     if shapes == (head_dim, head_dim):
         over = "head"
     elif shapes == (q_width, k_width):
@@ -123,7 +124,7 @@ def _qk_norm_kwargs(m, site, q_width, k_width, head_dim):
         _refuse(site, f"its q_norm/k_norm widths {shapes} are neither the head ({head_dim}) nor the projections")
     offset, in_fp32 = RMS_NORMS[cls]
     order = {k: v for k, v in (("qk_norm_offset", offset), ("qk_norm_fp32", in_fp32)) if v}  # defaults left out
-    return dict(qk_norm=True, norm_eps=_norm_eps(m.q_norm), **({"qk_norm_over": over} if over == "all" else {}),
+    return dict(qk_norm=True, norm_eps=_norm_eps(q_norm), **({"qk_norm_over": over} if over == "all" else {}),
                 **order)
 
 
@@ -304,6 +305,27 @@ def _nanochat_weights(m):
     weights["q_norm.weight"] = weights["k_norm.weight"] = torch.ones(d, dtype=m.q_proj.weight.dtype)
     halves_swapped = torch.cat([torch.arange(d // 2, d), torch.arange(0, d // 2)])
     return _reorder_qk(weights, d, halves_swapped)
+
+
+# -- LFM2: Qwen3's attention with its projections and norms named apart (out_proj, q_layernorm, k_layernorm) ---------
+
+LFM2_FAMILY = ("Lfm2Attention", "Lfm2MoeAttention")
+
+
+def _lfm2_kwargs(m, site, config):
+    _causal(m, site)
+    d = m.head_dim
+    kwargs = dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
+                  num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
+                  o_bias=m.out_proj.bias is not None, rope=True)
+    return {**kwargs, **_qk_norm_kwargs(m, site, m.q_proj.out_features, m.k_proj.out_features, d,
+                                        names=("q_layernorm", "k_layernorm"))}
+
+
+def _lfm2_weights(m):
+    return _copy(_linears(m, ("q_proj", "k_proj", "v_proj"))
+                 + [("o_proj.weight", m.out_proj.weight), ("o_proj.bias", m.out_proj.bias),
+                    ("q_norm.weight", m.q_layernorm.weight), ("k_norm.weight", m.k_layernorm.weight)])
 
 
 # -- Nemotron-H: Llama's layout without RoPE (its Mamba-2 layers carry the positions) -------------------------------
@@ -505,6 +527,8 @@ ADAPTERS = (
     Adapter("nanochat", "NanoChat attention (NanoChatAttention; its sign-flipped RoPE mapped by exchanging each "
             f"head's q/k row halves, its weightless q/k RMSNorm as ones; {DROPPED})", "softmax", "pair",
             _classes("NanoChatAttention"), _nanochat_kwargs, _nanochat_weights),
+    Adapter("lfm2", "LFM2, LFM2-MoE attention (" + ", ".join(LFM2_FAMILY) + f"; its short-conv layers stay; {DROPPED})",
+            "softmax", "pair", _classes(*LFM2_FAMILY), _lfm2_kwargs, _lfm2_weights),
     Adapter("nemotron-h", f"Nemotron-H attention (NemotronHAttention: no RoPE; its Mamba-2 layers stay; {DROPPED})",
             "softmax", "pair", _classes("NemotronHAttention"), _nope_llama_kwargs, _llama_weights),
     Adapter("phi3", f"Phi-3 attention (Phi3Attention, fused qkv_proj split; partial RoPE kept; {DROPPED})", "softmax",
