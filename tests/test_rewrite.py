@@ -337,6 +337,27 @@ def test_qwen3_5_gated_deltanet_maps_exactly(moe):
     assert [r.action for r in result.report.rows] == ["rdn", "kept"] and result.report.source_kind == "gated-deltanet"
 
 
+def test_olmo_hybrid_gated_deltanet_maps_exactly_and_a_negative_eigenvalue_config_is_refused():
+    def tiny(neg_eigval):
+        return tf.OlmoHybridForCausalLM(tf.OlmoHybridConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_conv_kernel_dim=4, linear_allow_neg_eigval=neg_eigval, pad_token_id=0)).eval()
+
+    model = tiny(False)
+    ids = torch.randint(3, 128, (2, 9))
+    with torch.no_grad():
+        original = model(ids).logits
+        result = convert_model(model, ConversionConfig(variant="gdn"))
+        assert [r.action for r in result.report.rows] == ["gdn", "kept"]
+        torch.testing.assert_close(model(ids).logits, original, rtol=0, atol=1e-5)
+    refused = tiny(True)
+    with pytest.raises(UserError, match=r"\(OlmoHybridGatedDeltaNet\): its config's linear_allow_neg_eigval=True"):
+        convert_model(refused, ConversionConfig(variant="rdn"))
+    assert type(refused.model.layers[0].linear_attn).__name__ == "OlmoHybridGatedDeltaNet"  # left as it was
+
+
 class FlaHost(nn.Module):
     """fla's GatedDeltaNet layer inside plain torch blocks (fla's own model needs Triton for its norms)."""
 

@@ -500,6 +500,24 @@ def _qwen3_5_weights(m):
     ])
 
 
+# -- OLMo Hybrid's Gated DeltaNet: Qwen3.5's with every projection a Linear of its own (q, k, v, a, b, g) ------------
+
+def _olmo_hybrid_kwargs(m, site, config):
+    if m.allow_neg_eigval:
+        _refuse(site, "its config's linear_allow_neg_eigval=True (beta in (0, 2)) has no RDN equivalent yet")
+    return dict(hidden_size=m.hidden_size, num_heads=m.num_k_heads, num_k_heads=m.num_k_heads,
+                num_v_heads=m.num_v_heads, head_dim=m.head_k_dim, head_v_dim=m.head_v_dim, conv_size=m.conv_kernel_size,
+                output_gate=True, norm_eps=m.o_norm.variance_epsilon, b_bias=False, rope=False)
+
+
+def _olmo_hybrid_weights(m):
+    cq, ck, cv = torch.split(m.conv1d.weight, [m.key_dim, m.key_dim, m.value_dim], dim=0)
+    return _copy([(f"{p}.weight", getattr(m, p).weight) for p in ("q_proj", "k_proj", "v_proj", "a_proj", "b_proj",
+                                                                   "g_proj", "o_proj")]
+                 + [("A_log", m.A_log), ("dt_bias", m.dt_bias), ("o_norm.weight", m.o_norm.weight),
+                    ("q_conv1d.weight", cq), ("k_conv1d.weight", ck), ("v_conv1d.weight", cv)])
+
+
 DROPPED = "softmax-only logit scale (Ministral 3's long-context one too), soft-capping and sliding windows dropped"
 
 ADAPTERS = (
@@ -548,6 +566,9 @@ ADAPTERS = (
             _classes("Qwen3NextGatedDeltaNet"), _qwen3next_kwargs, _qwen3next_weights),
     Adapter("qwen3.5-gdn", "transformers Qwen3.5 and Qwen3.5-MoE Gated DeltaNet (" + ", ".join(QWEN3_5_GDN) + ")",
             "gated-deltanet", "tensor", _classes(*QWEN3_5_GDN), _qwen3next_kwargs, _qwen3_5_weights),
+    Adapter("olmo-hybrid-gdn", "transformers OLMo Hybrid Gated DeltaNet (OlmoHybridGatedDeltaNet; not with "
+            "linear_allow_neg_eigval)", "gated-deltanet", "tensor", _classes("OlmoHybridGatedDeltaNet"),
+            _olmo_hybrid_kwargs, _olmo_hybrid_weights),
     Adapter("plain-sdpa", "any module (not transformers') that is only q_proj/k_proj/v_proj and o_proj (or out_proj) "
             "Linears around F.scaled_dot_product_attention", "softmax", "pair", _plain_matches, _plain_kwargs,
             _plain_weights),
@@ -556,7 +577,7 @@ ADAPTERS = (
 REFUSALS = Adapter("refused", "", "softmax", "pair", _classes(*REFUSED), _refused_kwargs, lambda m: {})
 
 MIXER_CLASSES = {"GatedDeltaNet": "triple", "Qwen3NextGatedDeltaNet": "tensor",
-                 **{name: "tensor" for name in QWEN3_5_GDN}}
+                 "OlmoHybridGatedDeltaNet": "tensor", **{name: "tensor" for name in QWEN3_5_GDN}}
 
 
 def adapter_for(module: nn.Module, site: Site) -> Adapter | None:
