@@ -112,6 +112,9 @@ def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 1
                                                        mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=16,
                                                        n_groups=1, use_mamba_kernels=False)),
     lambda: tf.Lfm2ForCausalLM(tf.Lfm2Config(**SMALL, layer_types=["conv", "full_attention"])),
+    lambda: tf.GraniteMoeHybridForCausalLM(tf.GraniteMoeHybridConfig(  # Granite 4: Mamba-2, attention without RoPE
+        **SMALL, layer_types=["mamba", "attention"], num_local_experts=4, num_experts_per_tok=2, mamba_n_heads=4,
+        mamba_d_head=32, mamba_d_state=16, mamba_n_groups=1)),
     lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(**SMALL, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
     lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=4, pad_token_id=0,
                                                      bos_token_id=1, eos_token_id=2)),
@@ -119,7 +122,7 @@ def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 1
                                                    eos_token_id=2)),
     lambda: tf.SmolLM3ForCausalLM(tf.SmolLM3Config(**SMALL, no_rope_layers=[1, 0], pad_token_id=0, bos_token_id=1,
                                                    eos_token_id=2)),
-], ids=["gpt2", "qwen3-next", "qwen3.5", "minimax", "gpt-neox", "nemotron-h", "lfm2", "olmo2", "gemma3", "cohere2",
+], ids=["gpt2", "qwen3-next", "qwen3.5", "minimax", "gpt-neox", "nemotron-h", "lfm2", "granite4", "olmo2", "gemma3", "cohere2",
         "smollm3"])
 def test_other_architectures_round_trip_and_decode(tmp_path, build):
     model, out = convert_and_save(build(), tmp_path, variant="rdn")

@@ -63,7 +63,7 @@ LLAMA_FAMILY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3At
                 "ArceeAttention", "CwmAttention", "ApertusAttention", "Dots1Attention", "GraniteMoeAttention",
                 "GraniteMoeSharedAttention", "PhimoeAttention", "MiniMaxAttention", "Jais2Attention",
                 "SolarOpenAttention", "HyperCLOVAXAttention", "Emu3Attention", "MellumAttention", "HYV3Attention",
-                "ExaoneMoeAttention", "Ministral3Attention")
+                "ExaoneMoeAttention", "Ministral3Attention", "GraniteMoeHybridAttention")
 GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention", "VaultGemmaAttention")
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention", "Ernie4_5Attention", "Ernie4_5_MoeAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
@@ -144,6 +144,8 @@ def _llama_kwargs(m, site, config, rope_dim_read=False):
         kwargs["rope"] = m.sliding_window is None or m.is_sliding
     if type(m).__name__ == "SmolLM3Attention":  # its config's no_rope_layers: every fourth layer by default
         kwargs["rope"] = bool(m.use_rope)
+    if type(m).__name__ == "GraniteMoeHybridAttention":  # Granite 4: RoPE only where the config asks for it
+        kwargs["rope"] = getattr(m.config, "position_embedding_type", None) == "rope"
     kwargs.update(_qk_norm_kwargs(m, site, m.q_proj.out_features, m.k_proj.out_features, d))
     if not rope_dim_read and getattr(m, "config", None) is not None and _config_rope_dim(m) != d:
         _refuse(site, f"its config rotates {_config_rope_dim(m)} of {d} head features (partial_rotary_factor); "
@@ -524,7 +526,7 @@ ADAPTERS = (
     Adapter("llama-family", "Llama, Mistral, Mixtral, Ministral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, "
             "Starcoder2, Seed-OSS, OLMo (no clip_qkv), EXAONE 4, EXAONE MoE, SmolLM2, SmolLM3, Arcee, CWM, Apertus, "
             "dots.llm1, GraniteMoe, Phi-3.5-MoE, MiniMax, Jais 2, Solar Open, HyperCLOVA X, Emu3, Mellum, HY-V3, "
-            "Ministral 3 attention ("
+            "Ministral 3, Granite 4 (GraniteMoeHybrid) attention ("
             + ", ".join(LLAMA_FAMILY) + f"; {DROPPED})",
             "softmax", "pair", _classes(*LLAMA_FAMILY), _llama_kwargs, _llama_weights),
     Adapter("olmo2", "OLMo2, OLMo3, OLMoE, FlexOlmo attention (" + ", ".join(OLMO2_FAMILY) + "; q/k RMSNorm over all heads; "
@@ -534,7 +536,7 @@ ADAPTERS = (
             _llama_weights),
     Adapter("glm", "GLM, GLM-4, Helium, Ernie 4.5 attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
             f"q/k rows; {DROPPED})", "softmax", "pair", _classes(*GLM_FAMILY), _glm_kwargs, _glm_weights),
-    Adapter("cohere", "Cohere, Cohere2 attention (" + ", ".join(COHERE_FAMILY) + "; interleaved RoPE mapped by "
+    Adapter("cohere", "Cohere, Cohere2, Cohere2-MoE attention (" + ", ".join(COHERE_FAMILY) + "; interleaved RoPE mapped by "
             f"reordering q/k rows; no use_qk_norm; {DROPPED})", "softmax", "pair", _classes(*COHERE_FAMILY),
             _cohere_kwargs, _cohere_weights),
     Adapter("nemotron", f"Nemotron attention (NemotronAttention; partial RoPE kept; {DROPPED})", "softmax", "pair",
@@ -602,4 +604,16 @@ def verdict(module: nn.Module, path: str, model_config) -> str:
 
 def supported_summary() -> str:
     """The adapters' descriptions without their trailing class lists: one readable line (README has the table)."""
-    return "; ".join(re.sub(r" \([^()]*\)$", "", a.description) for a in ADAPTERS) + " (README.md, Architectures)"
+    return "; ".join(_without_last_parenthetical(a.description) for a in ADAPTERS) + " (README.md, Architectures)"
+
+
+def _without_last_parenthetical(text: str) -> str:
+    """``text`` less a final " (...)", nested parentheses included."""
+    if not text.endswith(")"):
+        return text
+    depth = 0
+    for i in range(len(text) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[:i].rstrip()
+    return text
