@@ -536,8 +536,8 @@ ADAPTERS = (
             _llama_weights),
     Adapter("glm", "GLM, GLM-4, Helium, Ernie 4.5 attention (" + ", ".join(GLM_FAMILY) + "; interleaved RoPE mapped by reordering "
             f"q/k rows; {DROPPED})", "softmax", "pair", _classes(*GLM_FAMILY), _glm_kwargs, _glm_weights),
-    Adapter("cohere", "Cohere, Cohere2, Cohere2-MoE attention (" + ", ".join(COHERE_FAMILY) + "; interleaved RoPE mapped by "
-            f"reordering q/k rows; no use_qk_norm; {DROPPED})", "softmax", "pair", _classes(*COHERE_FAMILY),
+    Adapter("cohere", "Cohere, Cohere2, Cohere2-MoE attention (" + ", ".join(COHERE_FAMILY) + "; interleaved RoPE "
+            f"mapped by reordering q/k rows; no use_qk_norm; {DROPPED})", "softmax", "pair", _classes(*COHERE_FAMILY),
             _cohere_kwargs, _cohere_weights),
     Adapter("nemotron", f"Nemotron attention (NemotronAttention; partial RoPE kept; {DROPPED})", "softmax", "pair",
             _classes("NemotronAttention"), _partial_llama_kwargs, _llama_weights),
