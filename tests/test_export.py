@@ -108,9 +108,9 @@ def tiny_gpt_neox():  # fused per-head query_key_value, RoPE on the first 4 of 1
     lambda: tf.MiniMaxForCausalLM(tf.MiniMaxConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2, head_dim=16,
                                                    layer_types=["linear_attention", "full_attention"])),
     tiny_gpt_neox,
-    lambda: tf.NemotronHForCausalLM(tf.NemotronHConfig(**SMALL, layers_block_type=["mamba", "attention"], head_dim=16,
-                                                       mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=16,
-                                                       n_groups=1, use_mamba_kernels=False)),
+    lambda: tf.NemotronHForCausalLM(tf.NemotronHConfig(  # its "mlp" layer type: a converted config once failed on it
+        **{**SMALL, "num_hidden_layers": 3}, layers_block_type=["mamba", "attention", "mlp"], head_dim=16,
+        mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=16, n_groups=1, use_mamba_kernels=False)),
     lambda: tf.Lfm2ForCausalLM(tf.Lfm2Config(**SMALL, layer_types=["conv", "full_attention"])),
     lambda: tf.GraniteMoeHybridForCausalLM(tf.GraniteMoeHybridConfig(  # Granite 4: Mamba-2, attention without RoPE
         **SMALL, layer_types=["mamba", "attention"], num_local_experts=4, num_experts_per_tok=2, mamba_n_heads=4,
@@ -136,10 +136,14 @@ def test_other_architectures_round_trip_and_decode(tmp_path, build):
         # addresses (ulp-level; measured 2026-12-01 with every layer's input equal)
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-6)
     cached = reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    eos = reloaded.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     steps = ids
     with torch.no_grad():
         for _ in range(6):
-            steps = torch.cat([steps, reloaded(steps, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+            logits = reloaded(steps, use_cache=False).logits[:, -1:]
+            logits[..., eos] = -torch.inf  # what min_new_tokens does in generate()
+            steps = torch.cat([steps, logits.argmax(-1)], 1)
     assert torch.equal(cached, steps)
     static = reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
     assert torch.equal(static, steps)

@@ -34,13 +34,29 @@ class RLAConfig(PretrainedConfig):
         self.base_config = base
         self.conversion = dict(conversion or {})
         self.base_classes = dict(base_classes or {})
-        super().__init__(**merged)
+        try:
+            super().__init__(**merged)  # which validates by PreTrainedConfig's rules once every field is set
+        except Exception as err:  # noqa: BLE001 (huggingface_hub's error class; this file imports torch/transformers)
+            self._unless_the_base_config_validates(err)
         # A composite model's sub-configs (text_config, vision_config...) as the base class makes them, config objects:
         # copied flat they were dicts, and transformers asks them for get_text_config() (generate's cache, Gemma 3's
         # masks) and the base model's __init__ builds its sub-models from them.
         base_object = self._base()
         for key in self.sub_configs:
             self.__dict__[key] = getattr(base_object, key)
+
+    def validate(self):
+        """PreTrainedConfig's rules (save_pretrained runs them too), or the base config class's where those fail."""
+        try:
+            super().validate()
+        except Exception as err:  # noqa: BLE001
+            self._unless_the_base_config_validates(err)
+
+    def _unless_the_base_config_validates(self, err):
+        """Re-raise ``err`` unless it is a validation error and the base config class builds from these fields: a
+        class may widen the generic rules (Nemotron-H's "mlp" layer type) and checks the same fields by its own."""
+        if type(err).__name__ != "StrictDataclassClassValidationError" or self._base() is None:
+            raise err
 
     def _base(self):
         """The base config class built from ``base_config`` (once), or None when the classes are not known yet."""
