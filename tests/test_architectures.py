@@ -353,6 +353,14 @@ def test_a_partial_rope_in_the_config_of_a_whole_head_architecture_is_refused():
         convert_model(model, ConversionConfig(variant="rdn"))
 
 
+def test_nanochat_with_a_rope_that_scales_cos_and_sin_is_refused():
+    # its norm after RoPE removes YaRN's cos/sin scale; the converted layer's norm, before RoPE, would keep it
+    model = tf.NanoChatForCausalLM(tf.NanoChatConfig(**SMALL, rope_parameters=dict(
+        rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64))).eval()
+    with pytest.raises(UserError, match=r"\(NanoChatAttention\): its yarn RoPE scales cos/sin"):
+        convert_model(model, ConversionConfig(variant="rdn"))
+
+
 @pytest.mark.parametrize("name, expected", [
     ("phi3", "converts (phi3)"), ("olmo-clip-qkv", "refused: its config clamps q/k/v (clip_qkv)"),
     ("gpt-j", "refused: GPT-J computes its interleaved RoPE inside the module"), ("bitnet", "not known"),

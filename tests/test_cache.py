@@ -155,6 +155,18 @@ def test_a_static_cache_called_without_the_converted_forward_reads_the_current_c
     assert (hidden[1][1] - hidden[0][1]).abs().max() < 1e-5
 
 
+def test_generation_from_inputs_embeds_continues_as_from_the_ids():
+    # generate() refuses inputs_embeds unless prepare_inputs_for_generation's signature names it: the converted class's
+    # own method (it hands the real tokens on) keeps the base's signature
+    model = converted_llama(variant="rdn")
+    ids = torch.randint(1, 128, (2, 6))
+    with torch.no_grad():
+        from_ids = model.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+        from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids), max_new_tokens=5,
+                                     min_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(from_embeds, from_ids[:, 6:])
+
+
 def test_a_left_padded_batch_without_position_ids_numbers_its_real_tokens():
     # a plain forward (batched scoring, a hand-written decode loop) passes the mask and no position_ids: the base model
     # would number the pads too, and RoPE before SiLU and the L2 norm is not relative in a converted layer

@@ -318,3 +318,18 @@ def test_qwen3_5s_multimodal_class_converts_its_language_model_and_reloads(tmp_p
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, logits)
         assert torch.equal(reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), generated)
+
+
+def test_a_converted_config_is_validated_by_its_base_config_class():
+    # PreTrainedConfig's generic rules reject Nemotron-H's "mlp" layer type, which NemotronHConfig allows: the converted
+    # config defers to the base class there, and the base class still rejects what it rejects
+    from rla_convert.models.configuration_rla import RLAConfig
+
+    base = tf.NemotronHConfig(num_hidden_layers=3, layers_block_type=["mamba", "attention", "mlp"], hidden_size=64,
+                              num_attention_heads=4, head_dim=16, vocab_size=128)
+    nemotron = RLAConfig.from_base(base, {}, tf.NemotronHForCausalLM)
+    nemotron.validate()
+    llama = RLAConfig.from_base(tf.LlamaConfig(**SMALL), {}, tf.LlamaForCausalLM)
+    llama.layer_types = ["bogus", "full_attention"]
+    with pytest.raises(Exception, match="layer_types"):
+        llama.validate()

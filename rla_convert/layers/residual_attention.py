@@ -216,7 +216,7 @@ class ResidualAttention(nn.Module):
                       if c is not None), None)
         state = state_layer(cache, self.layer_idx) if cache is not None else None
         B, T, _ = hidden_states.shape
-        valid = self._real_tokens(attention_mask, cache, state, B, T)
+        valid = self._real_tokens(attention_mask, cache, state, B, T, hidden_states.device)
         cu_seqlens = kwargs.get("cu_seqlens", kwargs.get("cu_seq_lens_q"))
         seq_starts = self._positions_in_sequence(cu_seqlens, T, hidden_states.device) if cu_seqlens is not None else None
 
@@ -356,13 +356,13 @@ class ResidualAttention(nn.Module):
         return x if times == 1 else x.repeat_interleave(times, dim=2)
 
     @staticmethod
-    def _real_tokens(mask, cache, state, B, T):
+    def _real_tokens(mask, cache, state, B, T, device):
         """``_valid_tokens``, or what the converted model's forward read off its 2-D mask and left on the cache
         (the only answer where a static cache's mask spans its whole length). Called directly on a static cache
         with a 4-D mask, the current tokens' columns start at the tokens seen so far."""
         handed = getattr(cache, REAL_TOKENS, None)
         if isinstance(handed, torch.Tensor) and handed.shape == (B, T):
-            return handed.float()
+            return handed.to(device=device, dtype=torch.float32)  # made once for the model: layers may sit elsewhere
         first = state.seen_tokens if state is not None and state.static_length is not None else None
         return ResidualAttention._valid_tokens(mask, B, T, first)
 

@@ -53,10 +53,14 @@ class RLAConfig(PretrainedConfig):
             self._unless_the_base_config_validates(err)
 
     def _unless_the_base_config_validates(self, err):
-        """Re-raise ``err`` unless it is a validation error and the base config class builds from these fields: a
-        class may widen the generic rules (Nemotron-H's "mlp" layer type) and checks the same fields by its own."""
-        if type(err).__name__ != "StrictDataclassClassValidationError" or self._base() is None:
+        """Re-raise ``err`` unless it is a validation error and the base config class builds from the current fields:
+        a class may widen the generic rules (Nemotron-H's "mlp" layer type) and checks those fields by its own (a
+        field its rules reject raises from here, as the base class would)."""
+        config_path = self.__dict__.get("base_classes", {}).get("config")
+        if type(err).__name__ != "StrictDataclassClassValidationError" or not config_path:
             raise err
+        fields = {k: v for k, v in PretrainedConfig.to_dict(self).items() if k not in _NOT_INHERITED}
+        import_object(config_path)(**fields)
 
     def _base(self):
         """The base config class built from ``base_config`` (once), or None when the classes are not known yet."""

@@ -69,7 +69,7 @@ class ConvertedModelMixin:
         finally:
             setattr(cache, REAL_TOKENS, None)  # only this call's layers may read it
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
+    def _prepare_inputs_handing_real_tokens(self, *args, **kwargs):
         # For a static cache generate() turns the 2-D mask into a 4-D one as wide as the cache, which tells neither
         # the real tokens' positions nor which current tokens are real: both are read off the 2-D mask here.
         cache = next((kwargs[n] for n in _CACHE_ARGUMENTS if kwargs.get(n) is not None), None)
@@ -140,11 +140,17 @@ def converted_class(base_class: type) -> type:
         def forward(self, *args, **kwargs):
             return self._forward_numbering_real_tokens(signature, *args, **kwargs)
 
-        # generate() reads the forward's parameters (position_ids, logits_to_keep, ...) to choose what to pass
+        def prepare_inputs_for_generation(self, *args, **kwargs):
+            return self._prepare_inputs_handing_real_tokens(*args, **kwargs)
+
+        # generate() reads the forward's parameters (position_ids, logits_to_keep, ...) to choose what to pass, and
+        # prepare_inputs_for_generation's to know what it takes (inputs_embeds: refused where the signature lacks it)
         forward.__signature__, forward.__doc__ = signature, base_class.forward.__doc__
+        prepare_inputs_for_generation.__signature__ = inspect.signature(base_class.prepare_inputs_for_generation)
         _CONVERTED_CLASSES[base_class] = type(
             f"RLA{base_class.__name__}", (ConvertedModelMixin, base_class),
             {"config_class": RLAConfig, "__module__": __name__, "forward": forward,
+             "prepare_inputs_for_generation": prepare_inputs_for_generation,
              "_takes_position_ids": "position_ids" in signature.parameters},
         )
     return _CONVERTED_CLASSES[base_class]

@@ -88,10 +88,18 @@ def _with_rope_dim(kwargs, rope_dim, site):
     return {**kwargs, "rope_dim": rope_dim} if rope_dim != kwargs["head_dim"] else kwargs
 
 
+def _rope_parameters(m) -> dict:
+    """The module's config's RoPE parameters: its layer type's where they are per layer type (Gemma3's)."""
+    params = getattr(getattr(m, "config", None), "rope_parameters", None) or {}
+    if params and all(isinstance(v, dict) for v in params.values()):
+        kind = getattr(m, "layer_type", None) or getattr(m, "attention_type", None)
+        params = params.get(kind) or next(iter(params.values()))
+    return params
+
+
 def _config_rope_dim(m):
     """The features transformers' rotary embedding covers: int(head_dim * partial_rotary_factor)."""
-    params = getattr(m.config, "rope_parameters", None) or {}
-    return int(m.head_dim * params.get("partial_rotary_factor", 1.0))
+    return int(m.head_dim * _rope_parameters(m).get("partial_rotary_factor", 1.0))
 
 
 def _refuse(site, reason):
@@ -147,7 +155,7 @@ def _llama_kwargs(m, site, config, rope_dim_read=False):
     if type(m).__name__ == "GraniteMoeHybridAttention":  # Granite 4: RoPE only where the config asks for it
         kwargs["rope"] = getattr(m.config, "position_embedding_type", None) == "rope"
     kwargs.update(_qk_norm_kwargs(m, site, m.q_proj.out_features, m.k_proj.out_features, d))
-    if not rope_dim_read and getattr(m, "config", None) is not None and _config_rope_dim(m) != d:
+    if kwargs["rope"] and not rope_dim_read and getattr(m, "config", None) is not None and _config_rope_dim(m) != d:
         _refuse(site, f"its config rotates {_config_rope_dim(m)} of {d} head features (partial_rotary_factor); "
                       "this architecture's adapter maps whole-head RoPE only")
     return kwargs
@@ -295,6 +303,11 @@ def _partial_weights(m):
 
 def _nanochat_kwargs(m, site, config):
     _causal(m, site)
+    rope_type = _rope_parameters(m).get("rope_type", "default")
+    if rope_type not in ("default", "linear", "dynamic"):  # YaRN, LongRoPE scale cos/sin (attention_scaling): their
+        # norm after RoPE removes that scale, a norm before it would not
+        _refuse(site, f"its {rope_type} RoPE scales cos/sin, which its norm after RoPE removes; the converted layer's "
+                      "norm comes before RoPE")
     d = m.head_dim
     return dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
                 num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
