@@ -323,11 +323,9 @@ def tiny_qwen3_5(moe: bool):
     return tf.Qwen3_5ForCausalLM(tf.Qwen3_5TextConfig(**sizes)).eval()
 
 
-@pytest.mark.parametrize("moe", [False, True], ids=["qwen3.5", "qwen3.5-moe"])
-def test_qwen3_5_gated_deltanet_maps_exactly(moe):
-    # Qwen3.5's layer is Qwen3-Next's with plain projections: the gdn baseline built from its weights is the
-    # original model (the gated delta rule itself, not RDN's), and rdn keeps the softmax layers of the hybrid
-    model = tiny_qwen3_5(moe)
+def assert_the_gdn_baseline_is_the_original(model):
+    """Converted to the gdn baseline (the gated delta rule itself, not RDN's), a Gated DeltaNet hybrid computes what
+    it did: every weight of its linear layer mapped; its softmax layer kept."""
     ids = torch.randint(3, 128, (2, 9))
     with torch.no_grad():
         original = model(ids).logits
@@ -335,6 +333,12 @@ def test_qwen3_5_gated_deltanet_maps_exactly(moe):
         assert [r.action for r in result.report.rows] == ["gdn", "kept"]
         assert model.model.layers[0].linear_attn.call_style == "tensor"
         torch.testing.assert_close(model(ids).logits, original, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["qwen3.5", "qwen3.5-moe"])
+def test_qwen3_5_gated_deltanet_maps_exactly(moe):
+    # Qwen3.5's layer is Qwen3-Next's with plain projections; rdn keeps the softmax layers of the hybrid too
+    assert_the_gdn_baseline_is_the_original(tiny_qwen3_5(moe))
     rdn = tiny_qwen3_5(moe)
     result = convert_model(rdn, ConversionConfig(variant="rdn"))
     assert [r.action for r in result.report.rows] == ["rdn", "kept"] and result.report.source_kind == "gated-deltanet"
@@ -348,13 +352,7 @@ def test_olmo_hybrid_gated_deltanet_maps_exactly_and_a_negative_eigenvalue_confi
             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
             linear_conv_kernel_dim=4, linear_allow_neg_eigval=neg_eigval, pad_token_id=0)).eval()
 
-    model = tiny(False)
-    ids = torch.randint(3, 128, (2, 9))
-    with torch.no_grad():
-        original = model(ids).logits
-        result = convert_model(model, ConversionConfig(variant="gdn"))
-        assert [r.action for r in result.report.rows] == ["gdn", "kept"]
-        torch.testing.assert_close(model(ids).logits, original, rtol=0, atol=1e-5)
+    assert_the_gdn_baseline_is_the_original(tiny(False))
     refused = tiny(True)
     with pytest.raises(UserError, match=r"\(OlmoHybridGatedDeltaNet\): its config's linear_allow_neg_eigval=True"):
         convert_model(refused, ConversionConfig(variant="rdn"))
