@@ -31,8 +31,8 @@ def build(config_cls, model_cls, **kw):
 
 
 # name -> (model builder, adapter, how the original's weights map: "llama" | "phi3" | "neox" | "dense" | "glm" |
-# "out_proj" | "nope" (Llama's, no RoPE) | "nanochat" | "lfm2" (Qwen3's, out_proj and q/k_layernorm), rope features
-# rotated (None: all 16))
+# "out_proj" | "nope" (Llama's, no RoPE) | "nanochat" | "lfm2" (Qwen3's, out_proj and q/k_layernorm) | "bigcode",
+# rope features rotated (None: all 16))
 CASES = {
     "mixtral": (build("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2,
                       sliding_window=4), "llama-family", "llama", None),
@@ -114,6 +114,10 @@ CASES = {
                  "gpt-neox", "neox", 4),
     "phi": (build("PhiConfig", "PhiForCausalLM", num_key_value_heads=4), "phi-stablelm", "dense", 8),
     "stablelm": (build("StableLmConfig", "StableLmForCausalLM", use_qkv_bias=True), "phi-stablelm", "llama", 4),
+    "gpt-bigcode": (build("GPTBigCodeConfig", "GPTBigCodeForCausalLM", n_embd=64, n_layer=2, n_head=4), "gpt-bigcode",
+                    "bigcode", None),
+    "gpt-bigcode-mha": (build("GPTBigCodeConfig", "GPTBigCodeForCausalLM", n_embd=64, n_layer=2, n_head=4,
+                              multi_query=False), "gpt-bigcode", "bigcode", None),
     "opt": (build("OPTConfig", "OPTForCausalLM", ffn_dim=96, word_embed_proj_dim=64), "opt", "out_proj", None),
     "biogpt": (build("BioGptConfig", "BioGptForCausalLM"), "opt", "out_proj", None),
 }
@@ -148,6 +152,17 @@ def expected_weights(m, layout, rope_dim):
         w = m.qkv_proj.weight
         return named([("q_proj.weight", w[:64]), ("k_proj.weight", w[64:96]), ("v_proj.weight", w[96:128]),
                       ("o_proj.weight", m.o_proj.weight)])
+    if layout == "bigcode":  # one c_attn Linear: multi-query [q (64) | k (16) | v (16)], else per head [q k v]
+        w, b = m.c_attn.weight, m.c_attn.bias
+        if m.multi_query:
+            rows = {"q": torch.arange(64), "k": torch.arange(64, 80), "v": torch.arange(80, 96)}
+        else:
+            rows = {p: torch.tensor([h * 48 + i * 16 + j for h in range(4) for j in range(16)])
+                    for i, p in enumerate("qkv")}
+        out = {"o_proj.weight": m.c_proj.weight, "o_proj.bias": m.c_proj.bias}
+        for p, r in rows.items():
+            out[f"{p}_proj.weight"], out[f"{p}_proj.bias"] = w[r], b[r]
+        return out
     if layout == "neox":  # per head [q | k | v]: the rows of head h are h*48 .. h*48+47
         out = {"o_proj.weight": m.dense.weight, "o_proj.bias": m.dense.bias}
         for i, p in enumerate(("q", "k", "v")):
@@ -231,7 +246,8 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     result = convert_model(model, ConversionConfig(variant="rdn"))
     assert [r.adapter for r in result.report.rows] == [adapter, adapter]
     layer = next(m for m in model.modules() if isinstance(m, ResidualAttention))
-    assert (layer.rope, layer.rope_dim) == ((False, None) if layout in ("out_proj", "nope") else (True, rope_dim))
+    assert (layer.rope, layer.rope_dim) == ((False, None) if layout in ("out_proj", "nope", "bigcode") else
+                                            (True, rope_dim))
     if name in ("exaone4", "exaone-moe", "smollm3"):  # a layer with RoPE, then one its config runs without
         assert [m.rope for m in model.modules() if isinstance(m, ResidualAttention)] == [True, False]
 
@@ -270,7 +286,7 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
         q = q / 0.25
     # a fused projection is one matmul there and three here, a q/k norm sums a partial RoPE's reordered features in
     # another order: equal up to the matmul's blocking, or the sum's order
-    close = layout in ("phi3", "neox", "nanochat") or (rope_dim and hasattr(layer, "q_norm"))
+    close = layout in ("phi3", "neox", "nanochat", "bigcode") or (rope_dim and hasattr(layer, "q_norm"))
     same = lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6) if close else torch.equal(a, b)  # noqa: E731
     assert same(qk[:, :, :4], q) and same(qk[:, :, 4:], k)
     with torch.no_grad():

@@ -415,6 +415,30 @@ def _gpt2_weights(m):
     return _copy(out.items())
 
 
+# -- GPT-BigCode (StarCoder, SantaCoder): one c_attn Linear, multi-query [q | k | v] or per head [q k v] ----------
+
+def _bigcode_kwargs(m, site, config):
+    if m.is_cross_attention:
+        _refuse(site, "it is cross-attention (encoder states); the converted layer attends causally to its own tokens")
+    return dict(hidden_size=m.embed_dim, num_heads=m.num_heads, num_k_heads=m.kv_heads, head_dim=m.head_dim,
+                qkv_bias=m.c_attn.bias is not None, o_bias=m.c_proj.bias is not None, rope=False)
+
+
+def _bigcode_weights(m):
+    d, e, kv = m.head_dim, m.embed_dim, m.kv_dim
+    if m.multi_query:
+        starts = {"q_proj": (0, e), "k_proj": (e, e + kv), "v_proj": (e + kv, e + 2 * kv)}
+        rows = {name: torch.arange(*span) for name, span in starts.items()}
+    else:  # head h's rows: q at h * 3d, then k, then v
+        heads = torch.arange(m.num_heads)[:, None] * 3 * d
+        rows = {name: (heads + i * d + torch.arange(d)).reshape(-1)
+                for i, name in enumerate(("q_proj", "k_proj", "v_proj"))}
+    pairs = [(f"{name}.weight", m.c_attn.weight[r]) for name, r in rows.items()]
+    if m.c_attn.bias is not None:
+        pairs += [(f"{name}.bias", m.c_attn.bias[r]) for name, r in rows.items()]
+    return _copy(pairs + [("o_proj.weight", m.c_proj.weight), ("o_proj.bias", m.c_proj.bias)])
+
+
 # -- A plain PyTorch module: SDPA on q/k/v projections (sizes read from the traced graph) ------------
 
 PLAIN_EXCLUDED_ARGS = ("position_embeddings", "position_ids", "freqs_cis", "rotary_pos_emb", "rotary_emb")
@@ -575,6 +599,9 @@ ADAPTERS = (
             _opt_weights),
     Adapter("gpt2", "GPT-2 attention (GPT2Attention, fused c_attn)", "softmax", "pair",
             _classes("GPT2Attention"), _gpt2_kwargs, _gpt2_weights),
+    Adapter("gpt-bigcode", "GPT-BigCode, StarCoder, SantaCoder attention (GPTBigCodeAttention, fused c_attn split, "
+            "multi-query or not)", "softmax", "pair", _classes("GPTBigCodeAttention"), _bigcode_kwargs,
+            _bigcode_weights),
     Adapter("fla-gated-deltanet", "flash-linear-attention GatedDeltaNet layer", "gated-deltanet", "triple",
             _classes("GatedDeltaNet"), _fla_gdn_kwargs, _fla_gdn_weights),
     Adapter("qwen3-next-gdn", "transformers Qwen3-Next Gated DeltaNet (Qwen3NextGatedDeltaNet)", "gated-deltanet", "tensor",
