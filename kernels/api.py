@@ -111,8 +111,8 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
     S0, R0 = (None, None) if initial_state is None else initial_state
 
     if name == "torch" and torch.compiler.is_compiling():
-        o, S_T, R_T = ops.torch_chunk_fwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens,
-                                                            float(scale), clip, residual)
+        o, S_T, R_T = ops.torch_chunk_fwd(variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip,
+                                          residual)
         return o, ((S_T, R_T) if output_final_state else None)
     if name == "torch":
         return _TORCH[variant](q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
@@ -124,10 +124,10 @@ def _run(variant, q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
         return _NAIVE[variant](q, k, v, g, beta, gamma, scale, clip, residual, initial_state,
                                output_final_state, cu_seqlens)
 
-    if cu_seqlens is not None:
-        cu_seqlens = cu_seqlens.to(q.device, non_blocking=True)
+    if cu_seqlens is not None:  # the kernels index it as a flat array: a strided view (cu[::2]) read past its elements
+        cu_seqlens = cu_seqlens.to(q.device, non_blocking=True).contiguous()
     tensors = (q, k, v, g, beta, gamma, S0, R0)
-    args = (variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, float(scale), clip, residual)
+    args = (variant, q, k, v, g, beta, gamma, S0, R0, cu_seqlens, scale, clip, residual)
     if _decoding(q, N, initial_state, tensors):
         o, S_T, R_T = ops.fused_recurrent_fwd(*args)
     else:

@@ -250,6 +250,20 @@ def test_a_block_mask_of_another_length_is_refused_in_one_line():
         ResidualAttention._valid_tokens(block_mask, 2, 9)
 
 
+def reload_alike(model, out, ids, class_name):
+    """The export ``out`` of ``model`` loaded back: its class is ``class_name`` and it gives ``model``'s logits and
+    greedy generation on ``ids``; returns (the reloaded model, those logits, that generation)."""
+    with torch.no_grad():
+        logits = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded).__name__ == class_name
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, logits)
+        assert torch.equal(reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), generated)
+    return reloaded, logits, generated
+
+
 def test_a_composite_model_converts_generates_and_reloads(tmp_path):
     """Gemma 3's multimodal class (what AutoModelForCausalLM builds for model_type "gemma3", 4B and up) nests its
     text and vision configs: the converted config keeps them as config objects (copied flat they were dicts, and
@@ -271,16 +285,9 @@ def test_a_composite_model_converts_generates_and_reloads(tmp_path):
         "text_config", "vision_config"}
     assert model.config.text_config is model.model.language_model.config  # the live sub-model's, not a copy
     ids = torch.randint(3, 120, (1, 9))
-    with torch.no_grad():
-        logits = model(ids).logits
-        generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(reloaded).__name__ == "RLAGemma3ForConditionalGeneration"
+    reloaded, logits, generated = reload_alike(model, out, ids, "RLAGemma3ForConditionalGeneration")
     assert isinstance(reloaded.config.text_config, tf.Gemma3TextConfig)
     assert reloaded.config.text_config._attn_implementation == model.config.text_config._attn_implementation
-    with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, logits)
-        assert torch.equal(reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), generated)
 
     remote = run_without_toolkit(out, ids, tmp_path)
     assert remote["toolkit"] == [] and torch.equal(remote["logits"], logits)
@@ -309,15 +316,7 @@ def test_qwen3_5s_multimodal_class_converts_its_language_model_and_reloads(tmp_p
     paths = [layer["path"] for layer in model.config.conversion["layers"]]
     assert paths == ["model.language_model.layers.0.linear_attn"]
     out = save_converted(model, None, tmp_path / "out")
-    ids = torch.randint(3, 120, (1, 9))
-    with torch.no_grad():
-        logits = model(ids).logits
-        generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(reloaded).__name__ == "RLAQwen3_5ForConditionalGeneration"
-    with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, logits)
-        assert torch.equal(reloaded.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), generated)
+    reload_alike(model, out, torch.randint(3, 120, (1, 9)), "RLAQwen3_5ForConditionalGeneration")
 
 
 def test_a_converted_config_is_validated_by_its_base_config_class():

@@ -295,8 +295,7 @@ class _Layout:
         # Dots of fp32 operands are exact (ieee) for fp32 inputs, tf32 for half inputs, whose own rounding
         # (~4e-3) dominates tf32's; dots of two raw half input tiles (wy.py's k k^T) are exact either way.
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
-        # the kernels index it as a flat array: a strided view (cu[::2]) read past its elements (2026-12-05)
-        self.cu_seqlens = None if cu_seqlens is None else cu_seqlens.contiguous()
+        self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
         if CHUNK_ORDER not in (0, 1, 2, 3) or CHUNK_GROUP < 1:
             raise ValueError(f"launch knobs CHUNK_ORDER must be 0 (the grid's order), 1 (a chunk's heads first), 2 "

@@ -176,8 +176,7 @@ class _Layout:
             self.clip_mask, self.clip_below = _stored_clip(self.clip, self.res_dtype)
         self.dot_prec = dot_precision(q.dtype)
         self.dots_fp32 = HALF_DOTS_IN_FP32 or q.dtype == torch.float32
-        # the kernels index it as a flat array: a strided view (cu[::2]) read past its elements (2026-12-05)
-        self.cu_seqlens = None if cu_seqlens is None else cu_seqlens.contiguous()
+        self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
         if CHUNK_ORDER not in (0, 1):
             raise ValueError(f"launch knob CHUNK_ORDER must be 0 (the grid's order) or 1 (a chunk's heads first); got "

@@ -149,8 +149,6 @@ def fused_recurrent_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, 
                         *, delta_rule: bool, inplace: bool = False):
     """Shared launcher of the RLA (``delta_rule=False``) and RDN (``delta_rule=True``) decode kernel."""
     N = _check_inputs(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, inplace)
-    if cu_seqlens is not None:  # indexed as a flat array by the kernel
-        cu_seqlens = cu_seqlens.contiguous()
     B, T, H, K = q.shape
     V = v.shape[-1]
     if scale is None:

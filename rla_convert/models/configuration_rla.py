@@ -17,6 +17,11 @@ _NOT_INHERITED = ("model_type", "architectures", "auto_map", "transformers_versi
                   "conversion", "base_classes")
 
 
+def _inherited(fields: dict) -> dict:
+    """The fields of a config dict that the base config class takes."""
+    return {k: v for k, v in fields.items() if k not in _NOT_INHERITED}
+
+
 def import_object(path: str):
     """``"package.module:Name"`` -> the object."""
     module, _, name = path.partition(":")
@@ -29,7 +34,7 @@ class RLAConfig(PretrainedConfig):
     def __init__(self, base_config: dict | None = None, conversion: dict | None = None,
                  base_classes: dict | None = None, **kwargs):
         base = dict(base_config or {})
-        merged = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
+        merged = _inherited(base)
         merged.update(kwargs)
         self.base_config = base
         self.conversion = dict(conversion or {})
@@ -56,21 +61,24 @@ class RLAConfig(PretrainedConfig):
         """Re-raise ``err`` unless it is a validation error and the base config class builds from the current fields:
         a class may widen the generic rules (Nemotron-H's "mlp" layer type) and checks those fields by its own (a
         field its rules reject raises from here, as the base class would)."""
-        config_path = self.__dict__.get("base_classes", {}).get("config")
-        if type(err).__name__ != "StrictDataclassClassValidationError" or not config_path:
+        base_class = self._base_class()
+        if type(err).__name__ != "StrictDataclassClassValidationError" or base_class is None:
             raise err
-        fields = {k: v for k, v in PretrainedConfig.to_dict(self).items() if k not in _NOT_INHERITED}
-        import_object(config_path)(**fields)
+        base_class(**_inherited(PretrainedConfig.to_dict(self)))
+
+    def _base_class(self):
+        """The base config class, or None when it is not known yet."""
+        config_path = self.__dict__.get("base_classes", {}).get("config")
+        return import_object(config_path) if config_path else None
 
     def _base(self):
         """The base config class built from ``base_config`` (once), or None when the classes are not known yet."""
         base = self.__dict__.get("_base_object")
         if base is None:
-            config_path = self.__dict__.get("base_classes", {}).get("config")
-            if not config_path or "base_config" not in self.__dict__:
+            base_class = self._base_class()
+            if base_class is None or "base_config" not in self.__dict__:
                 return None
-            fields = {k: v for k, v in self.__dict__["base_config"].items() if k not in _NOT_INHERITED}
-            base = import_object(config_path)(**fields)
+            base = base_class(**_inherited(self.__dict__["base_config"]))
             self.__dict__["_base_object"] = base
         return base
 

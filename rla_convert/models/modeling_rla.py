@@ -48,19 +48,16 @@ class ConvertedModelMixin:
             return base_forward(*args, **kwargs)  # generate() and the graphed decode pass position_ids by name
         bound = signature.bind_partial(self, *args, **kwargs)  # the mask and the ids may come by position
         named = bound.arguments
-        tokens = named.get("input_ids")
-        tokens = named.get("inputs_embeds") if tokens is None else tokens
-        length, mask = None if tokens is None else tokens.shape[1], named.get("attention_mask")
-        if numbers and named.get("position_ids") is None:
-            positions = _positions_from_mask(mask, length)
-            if positions is not None:
-                named["position_ids"] = positions
+        length = _current_length(named)
+        flat = _flat_mask(named.get("attention_mask"), length)
+        if numbers and named.get("position_ids") is None and flat is not None:
+            named["position_ids"] = _real_token_positions(flat, length)
         extra = named.get(_var_keyword(signature), {})
         cache = next((c for c in (*(named.get(n) for n in _CACHE_ARGUMENTS), *(extra.get(n) for n in _CACHE_ARGUMENTS))
                       if c is not None), None)
         real = None
         if getattr(cache, "layers", None) is not None:
-            real = handed if handed is not None else _real_tokens_from_mask(mask, length)
+            real = handed if handed is not None or flat is None else flat[:, -length:].bool()
         if real is None:
             return base_forward(*bound.args[1:], **bound.kwargs)
         setattr(cache, REAL_TOKENS, real)
@@ -75,21 +72,15 @@ class ConvertedModelMixin:
         cache = next((kwargs[n] for n in _CACHE_ARGUMENTS if kwargs.get(n) is not None), None)
         if cache is not None:
             install_state_layers(cache, _converted_layer_indices(self))
-        flat = kwargs.get("attention_mask")
+        given = kwargs.get("attention_mask")
         inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        mask = inputs.get("attention_mask")
-        if cache is None or not isinstance(flat, torch.Tensor) or flat.dim() != 2 or mask is flat:
+        length = _current_length(inputs)
+        flat = _flat_mask(given, length)
+        if cache is None or flat is None or inputs.get("attention_mask") is given:
             return inputs
-        tokens = inputs.get("input_ids")
-        tokens = inputs.get("inputs_embeds") if tokens is None else tokens
-        length = None if tokens is None else tokens.shape[1]
         if inputs.get("position_ids") is None and self._takes_position_ids and _uses_rope(self):
-            positions = _positions_from_mask(flat, length)
-            if positions is not None:
-                inputs["position_ids"] = positions
-        real = _real_tokens_from_mask(flat, length)
-        if real is not None:
-            inputs[REAL_TOKENS] = real
+            inputs["position_ids"] = _real_token_positions(flat, length)
+        inputs[REAL_TOKENS] = flat[:, -length:].bool()
         return inputs
 
 
@@ -116,20 +107,25 @@ def _uses_rope(model) -> bool:
     return flag
 
 
-def _positions_from_mask(mask, length):
-    """Each real token's index among the real tokens of its row (the mask covers the cached tokens too), for the
-    last ``length`` columns; pads get 0. None (the base model's own numbering) where the mask does not say."""
-    # a dict of masks per layer type, a flex BlockMask, a 4-D mask: left to the base model
-    if not isinstance(mask, torch.Tensor) or length is None or mask.dim() != 2 or mask.shape[1] < length:
-        return None
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+def _current_length(inputs: dict) -> int | None:
+    """How many tokens this call brings (input_ids', else inputs_embeds' length), None if neither is there."""
+    tokens = inputs.get("input_ids")
+    tokens = inputs.get("inputs_embeds") if tokens is None else tokens
+    return None if tokens is None else tokens.shape[1]
 
 
-def _real_tokens_from_mask(mask, length):
-    """[B, length] bool: which current tokens a 2-D mask (covering the cached tokens too) says are real."""
+def _flat_mask(mask, length):
+    """``mask`` if it is the 2-D mask over the cached and the ``length`` current tokens, which says where the real
+    tokens are; else None (a dict of masks per layer type, a flex BlockMask, a 4-D mask: left to the base model)."""
     if not isinstance(mask, torch.Tensor) or length is None or mask.dim() != 2 or mask.shape[1] < length:
         return None
-    return mask[:, -length:].bool()
+    return mask
+
+
+def _real_token_positions(flat, length):
+    """Each current token's index among the real tokens of its row (the 2-D mask covers the cached tokens too);
+    pads get 0."""
+    return (flat.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
 
 
 def converted_class(base_class: type) -> type:

@@ -136,6 +136,14 @@ def _qk_norm_kwargs(m, site, q_width, k_width, head_dim, names=("q_norm", "k_nor
                 **order)
 
 
+def _projection_kwargs(m, o_proj):
+    """Sizes and biases of separate q/k/v Linears around an output Linear ``o_proj``, with whole-head RoPE."""
+    d = m.head_dim
+    return dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
+                num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
+                o_bias=o_proj.bias is not None, rope=True)
+
+
 def _llama_kwargs(m, site, config, rope_dim_read=False):
     """``rope_dim_read``: the caller maps a partial RoPE itself; otherwise one is refused (these adapters rotate
     whole heads: a config's partial_rotary_factor under an unchanged forward means a model-level RoPE function
@@ -144,9 +152,7 @@ def _llama_kwargs(m, site, config, rope_dim_read=False):
     if getattr(getattr(m, "config", None), "clip_qkv", None) is not None:  # OLMo's clamp on q/k/v
         _refuse(site, "its config clamps q/k/v (clip_qkv), which the converted layer does not")
     d = m.head_dim
-    kwargs = dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
-                  num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
-                  o_bias=m.o_proj.bias is not None, rope=True)
+    kwargs = _projection_kwargs(m, m.o_proj)
     if type(m).__name__ in ("Exaone4Attention", "ExaoneMoeAttention"):  # with a sliding window, EXAONE 4's global
         # layers use no RoPE
         kwargs["rope"] = m.sliding_window is None or m.is_sliding
@@ -283,10 +289,7 @@ def _partial_kwargs(m, site, config):
         _refuse(site, "its q/k LayerNorms (qk_layernorm: mean-centred, with a bias) are no RMSNorm the converted "
                       "layer has")
     out = getattr(m, "dense", None) or m.o_proj
-    d = m.head_dim
-    return _with_rope_dim(dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
-                               num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
-                               o_bias=out.bias is not None, rope=True), m.rotary_ndims, site)
+    return _with_rope_dim(_projection_kwargs(m, out), m.rotary_ndims, site)
 
 
 def _partial_weights(m):
@@ -308,10 +311,7 @@ def _nanochat_kwargs(m, site, config):
         # norm after RoPE removes that scale, a norm before it would not
         _refuse(site, f"its {rope_type} RoPE scales cos/sin, which its norm after RoPE removes; the converted layer's "
                       "norm comes before RoPE")
-    d = m.head_dim
-    return dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
-                num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
-                o_bias=m.o_proj.bias is not None, rope=True, qk_norm=True, norm_eps=m.q_norm.variance_epsilon)
+    return {**_projection_kwargs(m, m.o_proj), "qk_norm": True, "norm_eps": m.q_norm.variance_epsilon}
 
 
 def _nanochat_weights(m):
@@ -329,12 +329,8 @@ LFM2_FAMILY = ("Lfm2Attention", "Lfm2MoeAttention")
 
 def _lfm2_kwargs(m, site, config):
     _causal(m, site)
-    d = m.head_dim
-    kwargs = dict(hidden_size=m.q_proj.in_features, num_heads=m.q_proj.out_features // d,
-                  num_k_heads=m.k_proj.out_features // d, head_dim=d, qkv_bias=m.q_proj.bias is not None,
-                  o_bias=m.out_proj.bias is not None, rope=True)
-    return {**kwargs, **_qk_norm_kwargs(m, site, m.q_proj.out_features, m.k_proj.out_features, d,
-                                        names=("q_layernorm", "k_layernorm"))}
+    return {**_projection_kwargs(m, m.out_proj), **_qk_norm_kwargs(
+        m, site, m.q_proj.out_features, m.k_proj.out_features, m.head_dim, names=("q_layernorm", "k_layernorm"))}
 
 
 def _lfm2_weights(m):
@@ -499,9 +495,17 @@ def _fla_gdn_weights(m):
 # -- transformers' Qwen3-Next Gated DeltaNet: fused in_proj_qkvz / in_proj_ba, one conv over q|k|v ----
 
 def _qwen3next_kwargs(m, site, config):
-    return dict(hidden_size=m.hidden_size, num_heads=m.num_k_heads, num_k_heads=m.num_k_heads, num_v_heads=m.num_v_heads,
-                head_dim=m.head_k_dim, head_v_dim=m.head_v_dim, conv_size=m.conv_kernel_size, output_gate=True,
-                norm_eps=m.norm.variance_epsilon, b_bias=False, rope=False)
+    """transformers' Gated DeltaNet layers (Qwen3-Next's, Qwen3.5's, OLMo Hybrid's): sizes, conv, gated output norm."""
+    norm = m.norm if hasattr(m, "norm") else m.o_norm
+    return dict(hidden_size=m.hidden_size, num_heads=m.num_k_heads, num_k_heads=m.num_k_heads,
+                num_v_heads=m.num_v_heads, head_dim=m.head_k_dim, head_v_dim=m.head_v_dim, conv_size=m.conv_kernel_size,
+                output_gate=True, norm_eps=norm.variance_epsilon, b_bias=False, rope=False)
+
+
+def _conv_split(m):
+    """Their one depthwise conv over q | k | v, as the layer's three."""
+    cq, ck, cv = torch.split(m.conv1d.weight, [m.key_dim, m.key_dim, m.value_dim], dim=0)
+    return [("q_conv1d.weight", cq), ("k_conv1d.weight", ck), ("v_conv1d.weight", cv)]
 
 
 def _qwen3next_weights(m):
@@ -512,14 +516,11 @@ def _qwen3next_weights(m):
     q, k, v, z = torch.split(w, [dk, dk, per * dv, per * dv], dim=1)
     ba = m.in_proj_ba.weight.view(hk, 2 * per, -1)
     b, a = torch.split(ba, [per, per], dim=1)
-    conv = m.conv1d.weight
-    cq, ck, cv = torch.split(conv, [m.key_dim, m.key_dim, m.value_dim], dim=0)
     flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
     return _copy([
         ("q_proj.weight", flat(q)), ("k_proj.weight", flat(k)), ("v_proj.weight", flat(v)), ("g_proj.weight", flat(z)),
         ("b_proj.weight", flat(b)), ("a_proj.weight", flat(a)), ("A_log", m.A_log), ("dt_bias", m.dt_bias),
-        ("o_norm.weight", m.norm.weight), ("o_proj.weight", m.out_proj.weight),
-        ("q_conv1d.weight", cq), ("k_conv1d.weight", ck), ("v_conv1d.weight", cv),
+        ("o_norm.weight", m.norm.weight), ("o_proj.weight", m.out_proj.weight), *_conv_split(m),
     ])
 
 
@@ -530,12 +531,11 @@ QWEN3_5_GDN = ("Qwen3_5GatedDeltaNet", "Qwen3_5MoeGatedDeltaNet")
 
 def _qwen3_5_weights(m):
     q, k, v = torch.split(m.in_proj_qkv.weight, [m.key_dim, m.key_dim, m.value_dim], dim=0)
-    cq, ck, cv = torch.split(m.conv1d.weight, [m.key_dim, m.key_dim, m.value_dim], dim=0)
     return _copy([
         ("q_proj.weight", q), ("k_proj.weight", k), ("v_proj.weight", v), ("g_proj.weight", m.in_proj_z.weight),
         ("b_proj.weight", m.in_proj_b.weight), ("a_proj.weight", m.in_proj_a.weight), ("A_log", m.A_log),
         ("dt_bias", m.dt_bias), ("o_norm.weight", m.norm.weight), ("o_proj.weight", m.out_proj.weight),
-        ("q_conv1d.weight", cq), ("k_conv1d.weight", ck), ("v_conv1d.weight", cv),
+        *_conv_split(m),
     ])
 
 
@@ -544,17 +544,13 @@ def _qwen3_5_weights(m):
 def _olmo_hybrid_kwargs(m, site, config):
     if m.allow_neg_eigval:
         _refuse(site, "its config's linear_allow_neg_eigval=True (beta in (0, 2)) has no RDN equivalent yet")
-    return dict(hidden_size=m.hidden_size, num_heads=m.num_k_heads, num_k_heads=m.num_k_heads,
-                num_v_heads=m.num_v_heads, head_dim=m.head_k_dim, head_v_dim=m.head_v_dim, conv_size=m.conv_kernel_size,
-                output_gate=True, norm_eps=m.o_norm.variance_epsilon, b_bias=False, rope=False)
+    return _qwen3next_kwargs(m, site, config)
 
 
 def _olmo_hybrid_weights(m):
-    cq, ck, cv = torch.split(m.conv1d.weight, [m.key_dim, m.key_dim, m.value_dim], dim=0)
     return _copy([(f"{p}.weight", getattr(m, p).weight) for p in ("q_proj", "k_proj", "v_proj", "a_proj", "b_proj",
                                                                    "g_proj", "o_proj")]
-                 + [("A_log", m.A_log), ("dt_bias", m.dt_bias), ("o_norm.weight", m.o_norm.weight),
-                    ("q_conv1d.weight", cq), ("k_conv1d.weight", ck), ("v_conv1d.weight", cv)])
+                 + [("A_log", m.A_log), ("dt_bias", m.dt_bias), ("o_norm.weight", m.o_norm.weight), *_conv_split(m)])
 
 
 DROPPED = "softmax-only logit scale (Ministral 3's long-context one too), soft-capping and sliding windows dropped"
