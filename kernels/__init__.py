@@ -7,6 +7,7 @@ paper's d_v x d_k matrices, as fla does.
 """
 if __name__ == "rla_kernels":
     from .api import rdn, rla
+    from .compile_log import install_from_env as _log_compiles
     from .backend import BACKENDS, BackendUnavailableError, choose_backend
     from .rdn import chunk_rdn_torch, naive_recurrent_rdn
     from .rla import chunk_rla_torch, naive_recurrent_rla
@@ -15,6 +16,7 @@ if __name__ == "rla_kernels":
         "rla", "rdn", "BACKENDS", "BackendUnavailableError", "choose_backend",
         "chunk_rla_torch", "chunk_rdn_torch", "naive_recurrent_rla", "naive_recurrent_rdn",
     ]
+    _log_compiles()  # RLA_KERNELS_COMPILE_LOG=FILE: every Triton kernel this process compiles, for a later warm-up
 else:
     # This folder was found as `kernels`: run from a checkout, the current directory is on sys.path, and
     # `kernels` is the name of Hugging Face's hub package, which transformers probes for and (from 5.25, which

@@ -5,6 +5,11 @@
 # RLA/RDN kernel (scripts/profile_kernels.py; PROFILE_ARGS="--tune" autotunes, "--ops rdn" one op).
 #   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile ncu determinism tests bench distill convert flagship benchmodel
 #                                            (default: rla rdn tests bench)
+# Compiles: every part logs what it compiles to $OUT/compiles.jsonl (RLA_KERNELS_COMPILE_LOG; COMPILE_LOG=0: not,
+# which frees one of the 8 files that come back), and before the parts the kernels of WARM_LOGS (default
+# docs/next/compiles.jsonl: keep it as the last call's log, merged) are compiled all at once on every core
+# (scripts/warm_kernels.py; WARM=0: not), so that the parts load them from Triton's cache instead of compiling one at
+# a time.
 # PATCHES="docs/next/0001-x.patch ...": applied to the tree before gpu_env.sh installs it, so that every part runs
 # them (a patch applied after the install does not reach the installed kernels the parts import: 2026-12-02); one
 # that does not apply ends the call before any GPU work.
@@ -22,6 +27,15 @@ parts=${*:-rla rdn tests bench}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 RLA="python3 -m rla_convert"
+if [ "${WARM:-1}" != 0 ]; then
+  logs=""; for f in ${WARM_LOGS:-docs/next/compiles.jsonl}; do [ -f "$f" ] && logs="$logs $f"; done
+  if [ -n "$logs" ]; then
+    echo "=== warm $(date +%T)"; timeout ${WARM_LIMIT:-240} python3 scripts/warm_kernels.py $logs 2>&1  # (no file: 8 come back)
+  fi
+fi
+if [ "${COMPILE_LOG:-1}" != 0 ]; then
+  case $OUT in /*) export RLA_KERNELS_COMPILE_LOG=$OUT/compiles.jsonl ;; *) export RLA_KERNELS_COMPILE_LOG=$PWD/$OUT/compiles.jsonl ;; esac
+fi
 GGUF=/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 # The GGUF (98 MB) is over what one call carries: .gguf_a/part travels in one call (kept in /tmp on the warm
 # machine), .gguf_b/part in the next, which must come within the 30 s the machine stays warm (BENCHMARKS.md).

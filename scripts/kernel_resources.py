@@ -33,6 +33,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # real JIT functions, whose launches a
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
@@ -66,6 +67,11 @@ def _prepare(fn: JITFunction, args, kwargs, config, target):
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = {**kwargs, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    # as JITFunction.run adds them before it binds: the same options, so the same compile (and cache key)
+    kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):  # Triton > 3.6
+        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
     if config.maxnreg is not None:  # a register cap a thread (ptx .maxnreg)
         kwargs["maxnreg"] = config.maxnreg
     bound, specialization, options = binder(*args, **kwargs)

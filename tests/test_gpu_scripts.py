@@ -165,6 +165,33 @@ def test_gpu_session_applies_patches_before_the_install(tmp_path):
     assert (tmp_path / "installed.log").read_text() == "WIDTH = 32\n"
 
 
+def test_gpu_session_warms_the_last_calls_kernels_then_logs_its_own(tmp_path):
+    """Before the parts, warm_kernels.py compiles docs/next/compiles.jsonl (the last call's log) unless WARM=0; every
+    part then runs with RLA_KERNELS_COMPILE_LOG=$OUT/compiles.jsonl (absolute) unless COMPILE_LOG=0 (here a stand-in
+    python3 that logs its arguments and that variable)."""
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "docs" / "next").mkdir(parents=True)
+    shutil.copy(os.path.join(SCRIPTS, "gpu_session.sh"), tmp_path / "scripts")
+    (tmp_path / "scripts" / "gpu_env.sh").write_text(":\n")
+    (tmp_path / "docs" / "next" / "compiles.jsonl").write_text("{}\n")
+    python = 'echo "$* log=${RLA_KERNELS_COMPILE_LOG:-none}" >> calls.log\n'
+    env = {**_stand_ins(tmp_path, **{"nvidia-smi": "exit 0\n", "python3": python}), "OUT": "out"}
+
+    def session(**extra):
+        (tmp_path / "calls.log").unlink(missing_ok=True)
+        out = subprocess.run(["bash", "scripts/gpu_session.sh", "profile"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env={**env, **extra})
+        assert out.returncode == 0, out.stdout + out.stderr
+        return [line for line in (tmp_path / "calls.log").read_text().splitlines() if "import torch" not in line]
+
+    warm, profile = session()
+    assert warm == "scripts/warm_kernels.py docs/next/compiles.jsonl log=none"
+    assert profile == f"scripts/profile_kernels.py log={tmp_path}/out/compiles.jsonl"
+    assert session(WARM="0", COMPILE_LOG="0") == ["scripts/profile_kernels.py log=none"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--passes", "fwd,bwdd"], "--passes takes a comma-separated list of fwd, bwd, infer, fla; got 'fwd,bwdd'"),
     (["--shape", "16,2048,16"], "--shape takes B,T,H,K (four ints); got '16,2048,16'"),

@@ -1,0 +1,111 @@
+"""Compile, all at once on every core, the Triton kernels that a GPU-machine call is about to run, into Triton's cache
+(rla_kernels.compile_log says why and how): the call's processes then load them instead of compiling one at a time.
+
+    python3 scripts/warm_kernels.py LOG [LOG ...] [--threads N]          # on the GPU machine, before the work
+    .venv/bin/python scripts/warm_kernels.py --record LOG [--ops rdn,rla] [--shapes B,T,H,K ...] [--dtype bf16]
+        [--arch 90] [--sms 132]                                           # here, without a GPU
+
+A LOG is what a process run with RLA_KERNELS_COMPILE_LOG=LOG compiled (scripts/gpu_session.sh writes
+$OUT/compiles.jsonl; docs/next/compiles.jsonl is the last call's). ``--record`` writes one without a GPU: both passes
+of each op at each shape (scripts/kernel_resources.py's recording: every launch intercepted, every autotune config
+unless RLA_KERNELS_FIXED_CONFIG=1), each launch specialised by Triton's own binder as the JIT would on sm_ARCH; run it
+with the GPU machine's Triton (3.6: PYTHONPATH=/tmp/t36) so that the compile options are that version's.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+BENCH_SHAPES = tuple(f"{32768 // t},{t},16,128" for t in (2048, 4096, 8192, 16384, 32768))  # `bench kernels`' calls
+
+
+def launch_records(launches, target) -> list[str]:
+    """Compile log lines for recorded launches (kernel_resources.py's (fn, args, kwargs, configs)), each launch and
+    config specialised by Triton's own binder as the JIT would on ``target`` (kernel_resources._prepare), once."""
+    import kernel_resources as kr  # (pops TRITON_INTERPRET before Triton's import: real JIT functions)
+    from triton.runtime.jit import serialize_specialization_data
+
+    from rla_kernels.compile_log import record_line
+
+    with_target = "target" in inspect.signature(serialize_specialization_data).parameters  # Triton > 3.6
+    seen, lines = set(), []
+    for fn, args, kwargs, configs in launches:
+        for config in configs:
+            src, options, key, _ = kr._prepare(fn, args, kwargs, config, target)
+            if key in seen:
+                continue
+            seen.add(key)
+            data = serialize_specialization_data(fn._fn_name, src.signature, src.constants, src.attrs, options,
+                                                 repr(key), *((target,) if with_target else ()))
+            lines.append(record_line(fn.fn.__module__, fn.fn.__qualname__, data))
+    return lines
+
+
+def record(path, ops, shapes, dtype, arch, sms) -> int:
+    """Write the compile records of both passes of ``ops`` at ``shapes`` to ``path``; returns how many."""
+    import kernel_resources as kr
+    from triton.backends.compiler import GPUTarget
+
+    kr.Autotuner.run = kr._autotuner_run
+    kr.JITFunction.run = kr._jit_run
+    for shape in shapes:
+        kr.run_ops(ops, shape, kr._HALF[dtype], sms)
+    lines = launch_records(kr.launches, GPUTarget("cuda", arch, 32))
+    with open(path, "w") as f:
+        f.writelines(line + "\n" for line in lines)
+    return len(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("logs", nargs="*", help="compile logs to compile from (RLA_KERNELS_COMPILE_LOG's files)")
+    parser.add_argument("--threads", type=int, default=0, help="compile threads (default: every core)")
+    parser.add_argument("--record", metavar="LOG", help="write a log without a GPU instead (the options below)")
+    parser.add_argument("--ops", default="rdn,rla")
+    parser.add_argument("--shapes", nargs="+", default=list(BENCH_SHAPES), help="B,T,H,K (V = K); default: the "
+                        "benchmark's five calls")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, 90 for the H100/H200")
+    parser.add_argument("--sms", type=int, default=132, help="SM count the launchers plan for (132: H100/H200)")
+    args = parser.parse_args(argv)
+    if args.record:
+        try:
+            shapes = [[int(x) for x in s.split(",")] for s in args.shapes]
+            if any(len(s) != 4 or min(s) < 1 for s in shapes):
+                raise ValueError
+        except ValueError:
+            parser.error(f"--shapes takes B,T,H,K with four positive ints each; got {' '.join(args.shapes)}")
+        n = record(args.record, args.ops.split(","), shapes, args.dtype, args.arch, args.sms)
+        print(f"{n} compile records written to {args.record}")
+        return 0
+    if not args.logs:
+        parser.error("give the compile logs to compile from, or --record LOG")
+    from rla_kernels.compile_log import read, warm
+
+    missing = [p for p in args.logs if not os.path.isfile(p)]
+    if missing:
+        parser.error(f"no such compile log: {', '.join(missing)}")
+    try:
+        records = read(args.logs)
+    except ValueError as e:
+        print(f"warm_kernels.py: {e}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    done, skipped = warm(records, args.threads or None)
+    for line in skipped[:10]:
+        print(f"skipped {line}")
+    if len(skipped) > 10:
+        print(f"... and {len(skipped) - 10} more skipped")
+    print(f"{done} of {len(records)} kernels compiled or found in Triton's cache in {time.perf_counter() - start:.1f} s "
+          f"on {args.threads or os.cpu_count()} threads")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
