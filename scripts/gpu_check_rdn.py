@@ -57,14 +57,17 @@ chunk_rdn_fwd, chunk_rdn_bwd, naive_recurrent_rdn = _import_kernels()
 NAMES = ["o", "S_T", "R_T", "dq", "dk", "dv", "dg", "dbeta", "dgamma", "dS0", "dR0"]
 
 
+DEVICE = "cuda"  # scripts/warm_kernels.py --record runs the cases' kernel calls on CPU tensors, launches intercepted
+
+
 def make_inputs(B, T, H, K, V, N, dtype):
-    q = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1)
-    k = F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1)
-    v = 3.0 * torch.randn(B, T, H, V, device="cuda")
-    g = F.logsigmoid(torch.randn(B, T, H, device="cuda") + 3.0)
-    beta, gamma = torch.rand(B, T, H, device="cuda"), torch.rand(B, T, H, device="cuda")
-    S0 = 0.5 * torch.randn(N, H, K, V, device="cuda")
-    R0 = 0.3 * torch.randn(N, H, K, V, device="cuda")
+    q = F.normalize(torch.randn(B, T, H, K, device=DEVICE), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, K, device=DEVICE), dim=-1)
+    v = 3.0 * torch.randn(B, T, H, V, device=DEVICE)
+    g = F.logsigmoid(torch.randn(B, T, H, device=DEVICE) + 3.0)
+    beta, gamma = torch.rand(B, T, H, device=DEVICE), torch.rand(B, T, H, device=DEVICE)
+    S0 = 0.5 * torch.randn(N, H, K, V, device=DEVICE)
+    R0 = 0.3 * torch.randn(N, H, K, V, device=DEVICE)
     return [x.to(dtype) for x in (q, k, v, g, beta, gamma)], S0, R0
 
 
@@ -97,7 +100,8 @@ def rel(x, ref):
     return ((x - ref).norm() / ref.norm()).item()
 
 
-def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False, rerun=False):
+def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False, rerun=False, compare=True):
+    """The case's errors against the oracle, and its seconds; without ``compare``, only its kernel calls (None)."""
     N = B if cu is None else len(cu) - 1
     inputs, S0, R0 = make_inputs(B, T, H, K, K, N, dtype)
     do = torch.randn_like(inputs[2])
@@ -111,6 +115,8 @@ def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False, rerun=False):
         o, S, R, wy, walk = chunk_rdn_fwd(*inputs, None, clip, residual, S0, R0, cu, save_wy=True, keep_walk=keep,
                                           keep_tokens=True)
     grads = chunk_rdn_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS_T, dR_T, wy=wy, walk=walk)
+    if not compare:
+        return None
     torch.cuda.synchronize()
     seconds = time.time() - start  # mostly compile on a new variant
 
@@ -122,12 +128,14 @@ def check(B, T, H, K, dtype, clip, residual, cu=None, keep=False, rerun=False):
     return errs, seconds
 
 
-def check_segmented(B, T, H, K, V, dtype, segments):
+def check_segmented(B, T, H, K, V, dtype, segments, compare=True):
     """The forward with each sequence cut into segments (kernels/rdn/segmented.py; None: as many as
-    chunk_rdn_fwd picks on this GPU) against the oracle."""
+    chunk_rdn_fwd picks on this GPU) against the oracle (``compare``, as check's)."""
     inputs, S0, R0 = make_inputs(B, T, H, K, V, B, dtype)
     start = time.time()
     o, S, R = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, segments=segments)
+    if not compare:
+        return None
     torch.cuda.synchronize()
     seconds = time.time() - start
     with torch.no_grad():
@@ -147,6 +155,32 @@ def cuda_ms(fn, reps=5):
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / reps
+
+
+def case_lists(full: bool) -> tuple[list, list]:
+    """The checked cases (name, check's keywords) and the segmented ones (name, check_segmented's); ``full``: --all's
+    four more."""
+    cu = torch.tensor([0, 1, 130, 200, 517], dtype=torch.int32, device=DEVICE)
+    cases = [
+        ("fp32 K=128 clip", dict(B=2, T=300, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip")),
+        ("bf16 K=64 tanh", dict(B=2, T=300, H=4, K=64, dtype=torch.bfloat16, clip=0.7, residual="tanh")),
+        ("bf16 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.bfloat16, clip=1.0, residual="clip", cu=cu)),
+    ]
+    if full:
+        cases += [
+            ("fp32 K=64 clip", dict(B=2, T=300, H=4, K=64, dtype=torch.float32, clip=1.0, residual="clip")),
+            ("bf16 K=128 clip", dict(B=2, T=300, H=4, K=128, dtype=torch.bfloat16, clip=1.0, residual="clip")),
+            ("fp32 K=128 none", dict(B=2, T=300, H=4, K=128, dtype=torch.float32, clip=None, residual="clip")),
+            ("fp32 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip",
+                                       cu=cu)),
+        ]
+    segmented = [
+        ("seg bf16 K=64 P=4", dict(B=1, T=1500, H=4, K=64, V=64, dtype=torch.bfloat16, segments=4)),
+        ("seg fp32 K=128 P=3", dict(B=2, T=700, H=2, K=128, V=128, dtype=torch.float32, segments=3)),
+        ("seg bf16 K=48 V=80", dict(B=2, T=900, H=3, K=48, V=80, dtype=torch.bfloat16, segments=5)),
+        ("seg bf16 K=64 P=8", dict(B=1, T=4096, H=9, K=64, V=64, dtype=torch.bfloat16, segments=8)),
+    ]
+    return cases, segmented
 
 
 def run_case(name, checker, kw, columns):
@@ -228,26 +262,7 @@ def main():
         print(problem, file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    cu = torch.tensor([0, 1, 130, 200, 517], dtype=torch.int32, device="cuda")
-    cases = [
-        ("fp32 K=128 clip", dict(B=2, T=300, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip")),
-        ("bf16 K=64 tanh", dict(B=2, T=300, H=4, K=64, dtype=torch.bfloat16, clip=0.7, residual="tanh")),
-        ("bf16 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.bfloat16, clip=1.0, residual="clip", cu=cu)),
-    ]
-    if "--all" in sys.argv:
-        cases += [
-            ("fp32 K=64 clip", dict(B=2, T=300, H=4, K=64, dtype=torch.float32, clip=1.0, residual="clip")),
-            ("bf16 K=128 clip", dict(B=2, T=300, H=4, K=128, dtype=torch.bfloat16, clip=1.0, residual="clip")),
-            ("fp32 K=128 none", dict(B=2, T=300, H=4, K=128, dtype=torch.float32, clip=None, residual="clip")),
-            ("fp32 K=128 varlen", dict(B=1, T=517, H=4, K=128, dtype=torch.float32, clip=1.0, residual="clip",
-                                       cu=cu)),
-        ]
-    segmented = [
-        ("seg bf16 K=64 P=4", dict(B=1, T=1500, H=4, K=64, V=64, dtype=torch.bfloat16, segments=4)),
-        ("seg fp32 K=128 P=3", dict(B=2, T=700, H=2, K=128, V=128, dtype=torch.float32, segments=3)),
-        ("seg bf16 K=48 V=80", dict(B=2, T=900, H=3, K=48, V=80, dtype=torch.bfloat16, segments=5)),
-        ("seg bf16 K=64 P=8", dict(B=1, T=4096, H=9, K=64, V=64, dtype=torch.bfloat16, segments=8)),
-    ]
+    cases, segmented = case_lists("--all" in sys.argv)
     if "--case" in sys.argv:  # keep only the cases whose name contains the given text
         wanted = sys.argv[sys.argv.index("--case") + 1]
         cases = [c for c in cases if wanted in c[0]]

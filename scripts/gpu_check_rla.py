@@ -88,7 +88,8 @@ def emulate_gpu_half_dots():
     triton_utils.interpreter_rounds_bf16_to_nearest()  # truncated, bf16 rows here were ~2-3x the GPU's
     chunk.HALF_DOTS_IN_FP32 = False
 # --smoke runs the script's own code on the CPU (under TRITON_INTERPRET=1, tiny shapes) before spending GPU time.
-DEVICE = "cpu" if "--smoke" in sys.argv else "cuda"
+SMOKE = "--smoke" in sys.argv
+DEVICE = "cpu" if SMOKE else "cuda"  # also cpu for scripts/warm_kernels.py --record (real shapes, launches intercepted)
 COLUMNS = ("o", "S_T", "R_T", "dq", "dk", "dv", "dg", "dbeta", "dgamma", "dS0", "dR0")
 
 
@@ -118,9 +119,10 @@ def rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True, keep=False):
+def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True, keep=False, compare=True):
+    """The case's errors, worst and pass; without ``compare``, only its kernel calls (None)."""
     torch.manual_seed(zlib.crc32((name + (" keep" if keep else "")).encode()))
-    if DEVICE == "cpu":
+    if SMOKE:
         T, K = min(T, 40), 16
         lengths = None if lengths is None else [n // 25 + 1 for n in lengths]
     cu = None
@@ -134,6 +136,8 @@ def run_case(name, B, T, H, K, dtype, clip, residual, lengths=None, states=True,
     o, S_T, R_T, walk = chunk_fwd(*inputs, None, clip, residual, S0, R0, cu, keep_walk=keep, keep_tokens=True)
     do, dS, dR = torch.randn_like(o), torch.randn_like(S_T), torch.randn_like(R_T)
     grads = chunk_bwd(*inputs, None, clip, residual, S0, R0, cu, do, dS, dR, walk=walk)
+    if not compare:
+        return None
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     want = reference(inputs, S0, R0, clip, residual, cu, do, dS, dR)

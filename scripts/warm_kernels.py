@@ -3,13 +3,14 @@
 
     python3 scripts/warm_kernels.py LOG [LOG ...] [--threads N]          # on the GPU machine, before the work
     .venv/bin/python scripts/warm_kernels.py --record LOG [--ops rdn,rla] [--shapes B,T,H,K ...] [--dtype bf16]
-        [--arch 90] [--sms 132]                                           # here, without a GPU
+        [--workloads bench,checks] [--arch 90] [--sms 132]              # here, without a GPU
 
 A LOG is what a process run with RLA_KERNELS_COMPILE_LOG=LOG compiled (scripts/gpu_session.sh writes
 $OUT/compiles.jsonl; docs/next/compiles.jsonl is the last call's). ``--record`` writes one without a GPU: both passes
-of each op at each shape (scripts/kernel_resources.py's recording: every launch intercepted, every autotune config
-unless RLA_KERNELS_FIXED_CONFIG=1), each launch specialised by Triton's own binder as the JIT would on sm_ARCH; run it
-with the GPU machine's Triton (3.6: PYTHONPATH=/tmp/t36) so that the compile options are that version's.
+of each op at each shape (the benchmark's calls by default), and the float64 checks' cases (``--workloads``), on CPU
+tensors with every launch intercepted (scripts/kernel_resources.py's recording; every autotune config unless
+RLA_KERNELS_FIXED_CONFIG=1), each launch specialised by Triton's own binder as the JIT would on sm_ARCH; run it with
+the GPU machine's Triton (3.6: PYTHONPATH=/tmp/t36) so that the compile options are that version's.
 """
 from __future__ import annotations
 
@@ -47,15 +48,52 @@ def launch_records(launches, target) -> list[str]:
     return lines
 
 
-def record(path, ops, shapes, dtype, arch, sms) -> int:
-    """Write the compile records of both passes of ``ops`` at ``shapes`` to ``path``; returns how many."""
+def _check_cases(sms):
+    """The float64 checks' kernel calls (gpu_check_rdn.py --all, each case as its default and keep rows, and its
+    segmented cases; gpu_check_rla.py's cases, default and keep rows) on CPU tensors, at their own shapes."""
+    import gpu_check_rdn
+    import gpu_check_rla
+
+    for module in (gpu_check_rdn, gpu_check_rla):
+        module.DEVICE = "cpu"
+    _plan_for(sms)
+    cases, segmented = gpu_check_rdn.case_lists(full=True)
+    for _, kw in cases:
+        for keep in (False, True):
+            gpu_check_rdn.check(**kw, keep=keep, compare=False)
+    for _, kw in segmented:
+        gpu_check_rdn.check_segmented(**kw, compare=False)
+    for name, *case in gpu_check_rla.CASES:
+        for keep in (False, True):
+            gpu_check_rla.run_case(name, *case, keep=keep, compare=False)
+
+
+def _plan_for(sms):
+    """The launchers' SM count (sm_count is 0 off a GPU), as kernel_resources.run_ops sets it."""
+    for module in list(sys.modules.values()):
+        if module is not None and module.__name__.startswith("rla_kernels.") and hasattr(module, "sm_count"):
+            module.sm_count = lambda device: sms
+
+
+WORKLOADS = ("bench", "checks")
+
+
+def record(path, workloads, ops, shapes, dtype, arch, sms) -> int:
+    """Write the compile records of ``workloads`` to ``path``: "bench", both passes of ``ops`` at ``shapes``;
+    "checks", the float64 checks' cases (_check_cases) at their fixed configs. Returns how many."""
     import kernel_resources as kr
     from triton.backends.compiler import GPUTarget
 
     kr.Autotuner.run = kr._autotuner_run
     kr.JITFunction.run = kr._jit_run
-    for shape in shapes:
-        kr.run_ops(ops, shape, kr._HALF[dtype], sms)
+    if "bench" in workloads:
+        for shape in shapes:
+            kr.run_ops(ops, shape, kr._HALF[dtype], sms)
+    if "checks" in workloads:
+        first = len(kr.launches)
+        _check_cases(sms)
+        # the checks run on fixed configs (RLA_KERNELS_FIXED_CONFIG=1, which both set unless tuning): the first
+        kr.launches[first:] = [(fn, args, kwargs, configs[:1]) for fn, args, kwargs, configs in kr.launches[first:]]
     lines = launch_records(kr.launches, GPUTarget("cuda", arch, 32))
     with open(path, "w") as f:
         f.writelines(line + "\n" for line in lines)
@@ -67,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("logs", nargs="*", help="compile logs to compile from (RLA_KERNELS_COMPILE_LOG's files)")
     parser.add_argument("--threads", type=int, default=0, help="compile threads (default: every core)")
     parser.add_argument("--record", metavar="LOG", help="write a log without a GPU instead (the options below)")
+    parser.add_argument("--workloads", default="bench,checks", help="what --record runs: bench (--ops at --shapes), "
+                        "checks (the float64 checks' cases, gpu_check_rdn.py --all and gpu_check_rla.py)")
     parser.add_argument("--ops", default="rdn,rla")
     parser.add_argument("--shapes", nargs="+", default=list(BENCH_SHAPES), help="B,T,H,K (V = K); default: the "
                         "benchmark's five calls")
@@ -81,7 +121,10 @@ def main(argv=None) -> int:
                 raise ValueError
         except ValueError:
             parser.error(f"--shapes takes B,T,H,K with four positive ints each; got {' '.join(args.shapes)}")
-        n = record(args.record, args.ops.split(","), shapes, args.dtype, args.arch, args.sms)
+        workloads = args.workloads.split(",")
+        if not workloads or any(w not in WORKLOADS for w in workloads):
+            parser.error(f"--workloads takes a comma-separated list of {', '.join(WORKLOADS)}; got {args.workloads!r}")
+        n = record(args.record, workloads, args.ops.split(","), shapes, args.dtype, args.arch, args.sms)
         print(f"{n} compile records written to {args.record}")
         return 0
     if not args.logs:

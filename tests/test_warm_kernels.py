@@ -80,6 +80,29 @@ def test_warm_up_writes_the_cache_entries_the_jit_would(tmp_path):
     assert "JITFunction" in result["kernel"] and "_rdn_bwd_prep_k_kernel" in result["kernel"]  # through its autotuner
 
 
+@pytest.mark.slow
+def test_record_takes_the_float64_checks_cases_at_their_fixed_configs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RLA_KERNELS_FIXED_CONFIG")}
+    log = tmp_path / "checks.jsonl"
+    out = subprocess.run([sys.executable, SCRIPT, "--record", str(log), "--workloads", "checks"], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert out.stdout.strip() == f"{len(records)} compile records written to {log}"
+
+    def constants(record):
+        data = json.loads(record["data"])
+        names = list(data["signature"])
+        return {names[k[0]]: v for k, v in zip(data["constant_keys"], data["constant_vals"]) if len(k) == 1}
+
+    # RDN's segmented K=48 and RLA's K=96 cases among the rest; the segmented forward's own kernels; both ops
+    assert {48, 64, 96, 128} <= {constants(r).get("K") for r in records}
+    assert {"_pseudo_values_kernel", "_rdn_bwd_grad_kernel", "_rla_bwd_dqkg_kernel"} <= {r["name"] for r in records}
+    # the checks run fixed configs: the gradient kernel's first, 4 warps and 2 stages, in every case
+    grads = [json.loads(r["data"])["options"] for r in records if r["name"] == "_rdn_bwd_grad_kernel"]
+    assert len(grads) > 1 and {(o["num_warps"], o["num_stages"]) for o in grads} == {(4, 2)}
+
+
 def _record(name="_rdn_bwd_dg_kernel", key="k1", libs="/elsewhere/libdevice.10.bc", warps=1):
     data = {"name": f"rla_kernels.rdn.chunk_bwd.{name}", "signature": {"T": "i32"}, "key": key,
             "options": {"num_warps": warps, "extern_libs": [["libdevice", libs]]}}
@@ -134,6 +157,8 @@ def test_install_appends_each_compile_and_keeps_an_earlier_hook(tmp_path, monkey
     ([], "give the compile logs"),
     (["/no/such.jsonl"], "no such compile log: /no/such.jsonl"),
     (["--record", "x.jsonl", "--shapes", "16,2048,16"], "--shapes takes B,T,H,K"),
+    (["--record", "x.jsonl", "--workloads", "bench,tests"], "--workloads takes a comma-separated list of bench, "
+                                                            "checks; got 'bench,tests'"),
 ])
 def test_script_refuses_bad_arguments_in_one_line(args, message):
     out = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=120)
