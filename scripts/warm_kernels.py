@@ -145,8 +145,9 @@ def main(argv=None) -> int:
         print(f"skipped {line}")
     if len(skipped) > 10:
         print(f"... and {len(skipped) - 10} more skipped")
-    print(f"{done} of {len(records)} kernels compiled or found in Triton's cache in {time.perf_counter() - start:.1f} s "
-          f"on {args.threads or os.cpu_count()} threads")
+    seconds = time.perf_counter() - start
+    print(f"{done} of {len(records)} kernels compiled or found in Triton's cache in {seconds:.1f} s on "
+          f"{args.threads or os.cpu_count()} threads")
     return 0
 
 
