@@ -12,8 +12,7 @@ work releases the GIL: 12 of RDN's sm_90 kernels in 9.6 s on one thread, 5.2 s o
   compile options).
 - ``warm(records, threads)``: compiles every record at once on a thread pool (Triton's AsyncCompileMode and
   ``preload``: the JIT's own compile path, so the same cache keys as a launch's), into Triton's file cache;
-  ``scripts/warm_kernels.py`` runs it from the command line, and ``specialisation_data`` makes a record without a GPU
-  (scripts/warm_kernels.py --record-ops).
+  ``scripts/warm_kernels.py`` runs it from the command line, and its ``--record`` writes a log without a GPU.
 
 A record names where its kernel lives, not its source: replayed after the kernel changed, it compiles the new source
 at the old specialisation (what the next launch will most likely ask for); one whose kernel is gone or no longer
@@ -82,9 +81,10 @@ def read(paths) -> list[dict]:
 
 
 def _specialisation(data: str) -> str:
-    """The data without the JIT's in-memory key (which preload only files the kernel under), canonical: two records
-    of one compile compare equal."""
-    obj = json.loads(data)
+    """The data without the JIT's in-memory key (which preload only files the kernel under) and the recording
+    machine's files (``portable``), canonical: two records of one compile compare equal, from this machine's log or
+    from one recorded elsewhere."""
+    obj = json.loads(portable(data))
     obj.pop("key", None)
     return json.dumps(obj, sort_keys=True)
 
@@ -123,12 +123,19 @@ def warm(records: list[dict], threads: int | None = None) -> tuple[int, list[str
                     kernel = jit_function(record["module"], record["name"])
                     futures.append((where, kernel.preload(portable(record["data"]))))
                 except Exception as e:  # a kernel gone, renamed or re-signed since the record: skip it
-                    skipped.append(f"{where}: {type(e).__name__}: {e}")
+                    skipped.append(_skip_line(where, e))
     done = 0
     for where, future in futures:
         try:
             (future.result() if hasattr(future, "result") else future)
             done += 1
         except Exception as e:
-            skipped.append(f"{where}: {type(e).__name__}: {e}")
+            skipped.append(_skip_line(where, e))
     return done, skipped
+
+
+def _skip_line(where: str, error: Exception) -> str:
+    """One line for a record that did not compile: a compile error's text is many lines (the source around it),
+    its last one says what was wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{where}: {type(error).__name__}: {lines[-1][:200] if lines else ''}"

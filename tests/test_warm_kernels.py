@@ -112,8 +112,11 @@ def _record(name="_rdn_bwd_dg_kernel", key="k1", libs="/elsewhere/libdevice.10.b
 def test_read_keeps_each_compile_once_whatever_its_in_memory_key(tmp_path):
     log = tmp_path / "a.jsonl"
     log.write_text(_record(key="k1") + "\n\n" + _record(key="k2") + "\n" + _record(warps=4) + "\n")
+    log.write_text(log.read_text() + _record(key="k3", libs="/here/libdevice.10.bc") + "\n")
     records = compile_log.read([log, log])
-    assert len(records) == 2  # k1/k2 are one compile (preload only files it under the key); 4 warps is another
+    # k1/k2/k3 are one compile (preload only files it under the key; the libdevice path is each machine's own);
+    # 4 warps is another
+    assert len(records) == 2
     assert [json.loads(r["data"])["options"]["num_warps"] for r in records] == [1, 4]
 
 
@@ -135,6 +138,11 @@ def test_warm_skips_a_kernel_that_is_gone_and_says_which():
     done, skipped = compile_log.warm([json.loads(_record(name="_no_such_kernel"))], threads=1)
     assert done == 0 and len(skipped) == 1
     assert skipped[0].startswith("rla_kernels.rdn.chunk_bwd._no_such_kernel: AttributeError")
+
+
+def test_a_skipped_compile_is_one_line_naming_what_was_wrong():
+    error = ValueError("at 12:4:\n    b = tl.load(x)\n    ^\n\nunsupported argument 'EVERY'\n")
+    assert compile_log._skip_line("m.kern", error) == "m.kern: ValueError: unsupported argument 'EVERY'"
 
 
 def test_install_appends_each_compile_and_keeps_an_earlier_hook(tmp_path, monkeypatch):
