@@ -25,6 +25,7 @@ from ..compat import output_cache
 from ..config import VARIANTS
 from ..inspect import describe_layers
 from ..models.cache import RecurrentStateLayer
+from ..models.modeling_rla import _real_token_positions
 
 PREFILL_CHUNK = 2048  # a static cache's prefill mask is [B, 1, chunk, max_len]: chunks keep it small
 
@@ -36,10 +37,10 @@ def converted_share(model) -> tuple[int, int]:
 
 
 def padded_positions(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompts [B, T], positions numbered per row as ``generate`` does: (the prompt's position ids,
-    0 on the pads; each row's next position [B, 1])."""
-    mask = attention_mask.long()
-    return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1, keepdim=True)
+    """Left-padded prompts [B, T], positions numbered per row as ``generate`` numbers a converted model's
+    (modeling_rla's rule): (the prompt's position ids, 0 on the pads; each row's next position [B, 1])."""
+    positions = _real_token_positions(attention_mask, attention_mask.shape[1])
+    return positions, attention_mask.long().sum(-1, keepdim=True)
 
 
 def prefill(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
