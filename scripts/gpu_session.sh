@@ -45,6 +45,9 @@ assemble_gguf() {
   if [ ! -f "$GGUF" ]; then echo "no $GGUF yet: carry .gguf_a in one call, then .gguf_b in the next"; return 1; fi
   md5sum "$GGUF" | tee -a "$OUT/device.txt"  # a1231443440b107ff29f02bdb38c9d0a
 }
+TRITON_CACHE=${TRITON_CACHE_DIR:-${TRITON_HOME:-$HOME}/.triton/cache}
+cache_entries() { find "$TRITON_CACHE" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l; }
+entries=$(cache_entries)
 for part in $parts; do
   echo "=== $part $(date +%T)"
   case $part in
@@ -104,5 +107,8 @@ for part in $parts; do
       [ -n "${NCU_KEEP:-}" ] && gzip -c /tmp/ncu_kernels.ncu-rep > "$OUT/ncu_kernels.ncu-rep.gz"; ls -la "$OUT" ;;
     convert) timeout 150 python3 -m pytest -q -p no:cacheprovider -s tests/test_convert_gpu.py 2>&1 | tee "$OUT/convert_gpu.txt" ;;
   esac
-  echo "=== $part done rc=$? $(date +%T)"
+  rc=$?
+  # what the part compiled that the warm-up had not: each compile is a new folder of Triton's cache
+  echo "=== $part done rc=$rc $(date +%T), $(( $(cache_entries) - entries )) kernels compiled (not in the cache)"
+  entries=$(cache_entries)
 done

@@ -167,8 +167,9 @@ def test_gpu_session_applies_patches_before_the_install(tmp_path):
 
 def test_gpu_session_warms_the_last_calls_kernels_then_logs_its_own(tmp_path):
     """Before the parts, warm_kernels.py compiles docs/next/compiles.jsonl (the last call's log) unless WARM=0; every
-    part then runs with RLA_KERNELS_COMPILE_LOG=$OUT/compiles.jsonl (absolute) unless COMPILE_LOG=0 (here a stand-in
-    python3 that logs its arguments and that variable)."""
+    part then runs with RLA_KERNELS_COMPILE_LOG=$OUT/compiles.jsonl (absolute) unless COMPILE_LOG=0, and its last line
+    says how many kernels it compiled that the cache did not hold (here a stand-in python3 that logs its arguments
+    and that variable, and whose profile adds two cache folders)."""
     import shutil
 
     (tmp_path / "scripts").mkdir()
@@ -176,14 +177,19 @@ def test_gpu_session_warms_the_last_calls_kernels_then_logs_its_own(tmp_path):
     shutil.copy(os.path.join(SCRIPTS, "gpu_session.sh"), tmp_path / "scripts")
     (tmp_path / "scripts" / "gpu_env.sh").write_text(":\n")
     (tmp_path / "docs" / "next" / "compiles.jsonl").write_text("{}\n")
-    python = 'echo "$* log=${RLA_KERNELS_COMPILE_LOG:-none}" >> calls.log\n'
-    env = {**_stand_ins(tmp_path, **{"nvidia-smi": "exit 0\n", "python3": python}), "OUT": "out"}
+    # (the profile compiles two kernels the warm-up did not: two new folders in Triton's cache)
+    python = ('echo "$* log=${RLA_KERNELS_COMPILE_LOG:-none}" >> calls.log\n'
+              'case "$1" in scripts/profile_kernels.py) mkdir -p "$TRITON_CACHE_DIR/a$$" "$TRITON_CACHE_DIR/b$$" ;; esac\n')
+    env = {**_stand_ins(tmp_path, **{"nvidia-smi": "exit 0\n", "python3": python}), "OUT": "out",
+           "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    (tmp_path / "cache" / "warm").mkdir(parents=True)
 
     def session(**extra):
         (tmp_path / "calls.log").unlink(missing_ok=True)
         out = subprocess.run(["bash", "scripts/gpu_session.sh", "profile"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=60, env={**env, **extra})
         assert out.returncode == 0, out.stdout + out.stderr
+        assert "=== profile done rc=0" in out.stdout and ", 2 kernels compiled (not in the cache)" in out.stdout
         return [line for line in (tmp_path / "calls.log").read_text().splitlines() if "import torch" not in line]
 
     warm, profile = session()
