@@ -135,7 +135,12 @@ def warm(records: list[dict], threads: int | None = None) -> tuple[int, list[str
 
 
 def _skip_line(where: str, error: Exception) -> str:
-    """One line for a record that did not compile: a compile error's text is many lines (the source around it),
-    its last one says what was wrong."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{where}: {type(error).__name__}: {lines[-1][:200] if lines else ''}"
+    """One line for a record that did not compile. A compile error is a chain (each call site's source around it)
+    whose innermost error says what was wrong: its message's last line."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = getattr(root, "error_message", None) or str(root)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    reason = f"{type(root).__name__}: {lines[-1][:200]}" if lines else type(root).__name__
+    return f"{where}: {reason}"

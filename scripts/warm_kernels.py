@@ -3,7 +3,7 @@
 
     python3 scripts/warm_kernels.py LOG [LOG ...] [--threads N]          # on the GPU machine, before the work
     .venv/bin/python scripts/warm_kernels.py --record LOG [--ops rdn,rla] [--shapes B,T,H,K ...] [--dtype bf16]
-        [--workloads bench,checks] [--arch 90] [--sms 132]              # here, without a GPU
+        [--workloads bench,checks] [--set NAME=INT ...] [--arch 90] [--sms 132]   # here, without a GPU
 
 A LOG is what a process run with RLA_KERNELS_COMPILE_LOG=LOG compiled (scripts/gpu_session.sh writes
 $OUT/compiles.jsonl; docs/next/compiles.jsonl is the last call's). ``--record`` writes one without a GPU: both passes
@@ -78,12 +78,14 @@ def _plan_for(sms):
 WORKLOADS = ("bench", "checks")
 
 
-def record(path, workloads, ops, shapes, dtype, arch, sms) -> int:
+def record(path, workloads, ops, shapes, dtype, arch, sms, settings=()) -> int:
     """Write the compile records of ``workloads`` to ``path``: "bench", both passes of ``ops`` at ``shapes``;
-    "checks", the float64 checks' cases (_check_cases) at their fixed configs. Returns how many."""
+    "checks", the float64 checks' cases (_check_cases) at their fixed configs; ``settings`` (NAME=INT) set the ops'
+    launch knobs first, as gpu_check_rdn.py --set and profile_kernels.py --knob do. Returns how many."""
     import kernel_resources as kr
     from triton.backends.compiler import GPUTarget
 
+    kr.set_knobs(list(settings), ops)
     kr.Autotuner.run = kr._autotuner_run
     kr.JITFunction.run = kr._jit_run
     if "bench" in workloads:
@@ -113,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90 for the H100/H200")
     parser.add_argument("--sms", type=int, default=132, help="SM count the launchers plan for (132: H100/H200)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="with --record: set an int "
+                        "launch knob of each op's chunk module first, e.g. BWD_STATE_EVERY=2 (repeatable)")
     args = parser.parse_args(argv)
     if args.record:
         try:
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
         workloads = args.workloads.split(",")
         if not workloads or any(w not in WORKLOADS for w in workloads):
             parser.error(f"--workloads takes a comma-separated list of {', '.join(WORKLOADS)}; got {args.workloads!r}")
-        n = record(args.record, workloads, args.ops.split(","), shapes, args.dtype, args.arch, args.sms)
+        n = record(args.record, workloads, args.ops.split(","), shapes, args.dtype, args.arch, args.sms, args.set)
         print(f"{n} compile records written to {args.record}")
         return 0
     if not args.logs:
