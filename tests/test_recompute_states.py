@@ -244,3 +244,37 @@ def test_the_shipped_modeling_code_accepts_it(tmp_path):
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
     run = subprocess.run([sys.executable, "-c", REMOTE, str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("reentrant", [False, None])  # None: transformers' default
+@pytest.mark.parametrize("options", [dict(variant="rdn"), dict(variant="rla", conv_size=4, output_gate=True),
+                                     dict(variant="rdn", keep_softmax=[1])])
+def test_activation_checkpointing_gives_the_same_gradients(options, reentrant):
+    """transformers' activation checkpointing (what a fine-tune of a converted model turns on: Trainer's
+    gradient_checkpointing=True) runs each decoder layer's forward again in the backward, the converted layers' ops
+    with it: the loss and every gradient as without it, the new gate parameters' included (a hybrid too)."""
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = tf.LlamaForCausalLM(config)
+    convert_model(model, ConversionConfig(**options))
+    model.train()
+    ids = torch.randint(0, 128, (2, 40))
+    losses, grads = [], []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        if checkpointing:  # (transformers 5.25 renamed it; the GPU machine's 5.17 has the old name only)
+            kwargs = None if reentrant is None else {"use_reentrant": reentrant}
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+    assert losses[0] == losses[1]
+    assert grads[0].keys() == grads[1].keys() and any("A_log" in name for name in grads[0])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
