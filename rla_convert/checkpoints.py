@@ -6,6 +6,7 @@ nor a local path is an error that lists what is accepted.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,40 @@ def resolve_checkpoint(name_or_path: str) -> CheckpointSource:
     if path.exists():
         raise UserError(f"{name_or_path!r} is a file but not a .gguf; accepted: {accepted_forms()}")
     raise UserError(f"no model {name_or_path!r}: not a bundled name and no such file or directory; accepted: {accepted_forms()}")
+
+
+EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # --dtype of the commands that write a checkpoint
+
+
+def stored_dtype(name_or_path: str):
+    """The floating dtype a checkpoint stores its weights in, as its config.json names it (``dtype``, or the older
+    ``torch_dtype``, of the config or else of its text config): what an export of it keeps by default. float32 for a
+    GGUF (dequantised on load) and for a config that names no floating dtype."""
+    import torch
+
+    source = resolve_checkpoint(name_or_path)
+    if source.gguf_file:
+        return torch.float32
+    try:
+        config = json.loads((source.directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    for where in (config, config.get("text_config")):
+        for key in ("dtype", "torch_dtype"):
+            name = where.get(key) if isinstance(where, dict) else None
+            if name in EXPORT_DTYPES[1:]:
+                return getattr(torch, name)
+    return torch.float32
+
+
+def export_dtype(choice: str, name_or_path: str):
+    """The dtype an export is written in: ``choice`` from EXPORT_DTYPES, "auto" being the source checkpoint's
+    (stored_dtype): a bf16 checkpoint converts to a bf16 one, as large as it, not an fp32 one twice its size."""
+    import torch
+
+    if choice not in EXPORT_DTYPES:
+        raise UserError(f"--dtype {choice!r}: accepted: {', '.join(EXPORT_DTYPES)}")
+    return stored_dtype(name_or_path) if choice == "auto" else getattr(torch, choice)
 
 
 def _resolve_bundled(name: str) -> CheckpointSource:

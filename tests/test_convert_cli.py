@@ -25,6 +25,47 @@ def test_converts_and_exports_a_checkpoint_dir(llama_dir, tmp_path, capsys):
     assert model.generate(torch.randint(0, 128, (1, 4)), max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
+@pytest.mark.parametrize("stored, asked, written", [
+    (torch.bfloat16, "auto", torch.bfloat16),  # a bf16 checkpoint exports bf16, not float32 at twice its size
+    (torch.float32, "auto", torch.float32),
+    (torch.bfloat16, "float32", torch.float32),
+    (torch.float32, "float16", torch.float16),
+])
+def test_export_keeps_the_checkpoints_dtype_unless_told(tmp_path, capsys, stored, asked, written):
+    from safetensors import safe_open
+
+    source = tmp_path / "source"
+    tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).to(stored).save_pretrained(source)
+    assert exit_status(str(source), "--variant", "rdn", "--dtype", asked, "--out", str(tmp_path / "out")) in (0, None)
+    name = str(written).removeprefix("torch.")
+    assert f"({name} weights)" in capsys.readouterr().out
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        dtypes = {f.get_tensor(key).dtype for key in f.keys()}
+    assert dtypes == {written}  # the converted layers' new gate parameters too
+    assert tf.AutoConfig.from_pretrained(tmp_path / "out").dtype in (name, written)
+    model = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # (transformers' default: the stored dtype)
+    assert model.dtype == written
+    ids = torch.randint(0, 128, (1, 4))
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 7)
+
+
+def test_cast_for_export_leaves_the_modules_a_class_keeps_in_float32():
+    from rla_convert.models.export import cast_for_export
+
+    class Kept(torch.nn.Module):
+        _keep_in_fp32_modules = ["norm"]
+
+        def __init__(self):
+            super().__init__()
+            self.proj, self.norm = torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)
+            self.register_buffer("steps", torch.arange(3))  # not floating: left alone
+
+    model = Kept()
+    cast_for_export(model, torch.bfloat16)
+    assert model.proj.weight.dtype == model.proj.bias.dtype == torch.bfloat16
+    assert model.norm.weight.dtype == torch.float32 and model.steps.dtype == torch.int64
+
+
 def test_backend_triton_is_recorded_when_converting_on_a_machine_without_cuda(llama_dir, tmp_path, capsys, monkeypatch):
     # a checkpoint meant for a GPU, converted on a CPU: the drift runs on this machine's backend, the config keeps
     # triton
@@ -42,6 +83,7 @@ def test_backend_triton_is_recorded_when_converting_on_a_machine_without_cuda(ll
     (["--keep-softmax", "2"], "keeps all 2 layers"),
     (["--clip", "abc"], "--clip"),
     (["--gate-init", "zeros"], "small-residual"),
+    (["--dtype", "float64"], "--dtype 'float64': accepted: auto, float32, bfloat16, float16"),
 ])
 def test_bad_options_are_one_line_exit_2_nothing_written(llama_dir, tmp_path, capsys, args, expected):
     assert exit_status(str(llama_dir), *args, "--out", str(tmp_path / "out")) == 2

@@ -159,6 +159,26 @@ def test_lora_on_a_new_gate_keeps_the_gate_trained_in_both_stages(tiny, tmp_path
     assert gate and any("b_proj.lora_A" in n for n in final)  # the gate itself and its adapter both kept
 
 
+def test_export_writes_the_dtype_asked_for(finished_run, tmp_path, capsys):
+    """--dtype bfloat16: the merged weights at half the bytes, the model's outputs within bf16 rounding of the run's
+    (auto keeps the base checkpoint's float32 here: the test above); a bad value is one line before any loading."""
+    import transformers as tf
+
+    run, _, run_dir = finished_run
+    assert exit_status("export", str(run_dir), "--out", str(tmp_path / "bad"), "--dtype", "fp8") == 2
+    assert "--dtype 'fp8': accepted: auto, float32, bfloat16, float16" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert exit_status("export", str(run_dir), "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16") in (0, None)
+    assert "(bfloat16 weights)" in capsys.readouterr().out
+    loaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16").eval()
+    assert loaded.dtype == torch.bfloat16
+    ids = torch.randint(3, loaded.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = run.peft_model.eval()(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits.float()
+    assert ((got - want).norm() / want.norm()).item() < 3e-2
+
+
 def test_export_merges_the_run_into_a_loadable_checkpoint(finished_run, tmp_path, capsys):
     import transformers as tf
 

@@ -30,8 +30,11 @@ def _clip(value: str):
 @click.option("--output-gate", is_flag=True, help="Add GDN's output norm + SiLU gate to converted softmax layers.")
 @click.option("--backend", default=None, help="Kernel backend recorded in the config: torch, triton or naive (default: automatic).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the random parts of gate initialisation.")
+@click.option("--dtype", "dtype_name", default="auto", show_default=True,
+              help="Dtype of the exported weights: auto (the checkpoint's own: bf16 stays bf16; a GGUF exports "
+                   "float32), float32, bfloat16 or float16.")
 def convert(model, variant, out_dir, force, keep_softmax, clip, residual, gate_init, conv_size, drop_rope,
-            output_gate, backend, seed):
+            output_gate, backend, seed, dtype_name):
     """Convert MODEL's attention into RLA / RDN layers and (with --out) export a checkpoint.
 
     MODEL is a bundled name (smollm2-135m), a checkpoint directory, or a .gguf file. The export loads
@@ -49,16 +52,18 @@ def convert(model, variant, out_dir, force, keep_softmax, clip, residual, gate_i
 
     import torch
 
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import export_dtype, load_checkpoint
     from ..inspect import decoder_layers
 
+    dtype = export_dtype(dtype_name, model)  # (a bad value or model: before the slow load)
     click.echo(f"loading {model} ...", err=True)
+    # converted in float32 (the weight mapping, the gates' initialisation and the drift report), exported in dtype
     lm, _ = load_checkpoint(model, dtype=torch.float32, with_tokenizer=False)
     tokenizer = _tokenizer_or_none(model)
     found = decoder_layers(lm)
     config.keep_softmax = parse_keep_softmax(keep_softmax, len(found[1]) if found else 0)
     config.source = {"name": model}
-    run_conversion(lm, tokenizer, config, out_dir, force)
+    run_conversion(lm, tokenizer, config, out_dir, force, dtype)
 
 
 def _tokenizer_or_none(model):
@@ -75,19 +80,23 @@ def _tokenizer_or_none(model):
         return None
 
 
-def run_conversion(lm, tokenizer, config, out_dir, force):
+def run_conversion(lm, tokenizer, config, out_dir, force, dtype=None):
+    """Convert ``lm`` with ``config``, report, and with ``out_dir`` export it, its weights cast to ``dtype`` (None:
+    as they are)."""
     from tqdm import tqdm
 
     from ..convert import convert_model
-    from ..models.export import save_converted
+    from ..models.export import cast_for_export, save_converted
 
     params_before = sum(p.numel() for p in lm.parameters())
     progress = lambda plan: tqdm(plan, desc=f"converting to {config.variant}", unit="layer")  # noqa: E731
     result = convert_model(lm, config, progress=progress)
     print_summary(result, params_before)
     if out_dir:
+        if dtype is not None:
+            cast_for_export(result.model, dtype)
         path = save_converted(result.model, tokenizer, out_dir, force=force)
-        click.echo(f"wrote {path}")
+        click.echo(f"wrote {path} ({str(result.model.dtype).removeprefix('torch.')} weights)")
     return result
 
 

@@ -9,19 +9,27 @@ import click
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory to write the checkpoint to.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def export(run_dir, out_dir, force):
+@click.option("--dtype", "dtype_name", default="auto", show_default=True,
+              help="Dtype of the exported weights: auto (the run's base checkpoint's own: bf16 stays bf16; a GGUF "
+                   "exports float32), float32, bfloat16 or float16.")
+def export(run_dir, out_dir, force, dtype_name):
     """Merge the LoRA adapters and trained gates of the distillation run RUN_DIR into its base model and
     write DIR: safetensors, config (base architecture and every conversion option), tokenizer and modeling
     code, loadable with AutoModelForCausalLM after `import rla_convert` or with trust_remote_code=True.
 
     To convert and export without distillation: rla-convert MODEL --variant rdn --out DIR.
     """
+    from ..checkpoints import EXPORT_DTYPES, export_dtype
     from ..distill.artifact import load_distilled
-    from ..models.export import check_output_dir, save_converted
+    from ..errors import UserError
+    from ..models.export import cast_for_export, check_output_dir, save_converted
 
     check_output_dir(out_dir, force)  # before minutes of loading
+    if dtype_name not in EXPORT_DTYPES:
+        raise UserError(f"--dtype {dtype_name!r}: accepted: {', '.join(EXPORT_DTYPES)}")
     run = load_distilled(run_dir)
+    cast_for_export(run.model, export_dtype(dtype_name, run.recipe.model))
     path = save_converted(run.model, run.tokenizer, out_dir, force=force)
     ratio = run.summary.get("ppl_ratio_stage2")
     note = f" (held-out perplexity ratio to the teacher after distillation: {ratio:.3f})" if ratio else ""
-    click.echo(f"wrote {path}{note}")
+    click.echo(f"wrote {path} ({str(run.model.dtype).removeprefix('torch.')} weights){note}")

@@ -120,6 +120,17 @@ def check_output_dir(out_dir: str | os.PathLike, force: bool) -> Path:
     return out
 
 
+def cast_for_export(model, dtype) -> None:
+    """Cast ``model``'s floating parameters and buffers to ``dtype`` in place, all but those of the modules its class
+    keeps in float32 (``_keep_in_fp32_modules``, matched as from_pretrained matches them: a name's dotted part), which
+    from_pretrained would load as float32 again: saving them rounded would lose what they keep."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not keep.intersection(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
+
+
 def save_converted(model, tokenizer, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write ``model`` (a converted RLA<Base> model) and ``tokenizer`` to ``out_dir`` atomically."""
     from .configuration_rla import RLAConfig
