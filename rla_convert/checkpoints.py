@@ -89,13 +89,18 @@ def stored_dtype(name_or_path: str):
     return torch.float32
 
 
+def check_export_dtype(choice: str) -> None:
+    """--dtype's value is one of EXPORT_DTYPES, or one line saying which are."""
+    if choice not in EXPORT_DTYPES:
+        raise UserError(f"--dtype {choice!r}: accepted: {', '.join(EXPORT_DTYPES)}")
+
+
 def export_dtype(choice: str, name_or_path: str):
     """The dtype an export is written in: ``choice`` from EXPORT_DTYPES, "auto" being the source checkpoint's
     (stored_dtype): a bf16 checkpoint converts to a bf16 one, as large as it, not an fp32 one twice its size."""
     import torch
 
-    if choice not in EXPORT_DTYPES:
-        raise UserError(f"--dtype {choice!r}: accepted: {', '.join(EXPORT_DTYPES)}")
+    check_export_dtype(choice)
     return stored_dtype(name_or_path) if choice == "auto" else getattr(torch, choice)
 
 

@@ -19,14 +19,12 @@ def export(run_dir, out_dir, force, dtype_name):
 
     To convert and export without distillation: rla-convert MODEL --variant rdn --out DIR.
     """
-    from ..checkpoints import EXPORT_DTYPES, export_dtype
+    from ..checkpoints import check_export_dtype, export_dtype
     from ..distill.artifact import load_distilled
-    from ..errors import UserError
     from ..models.export import cast_for_export, check_output_dir, save_converted
 
-    check_output_dir(out_dir, force)  # before minutes of loading
-    if dtype_name not in EXPORT_DTYPES:
-        raise UserError(f"--dtype {dtype_name!r}: accepted: {', '.join(EXPORT_DTYPES)}")
+    check_output_dir(out_dir, force)  # both before minutes of loading
+    check_export_dtype(dtype_name)
     run = load_distilled(run_dir)
     cast_for_export(run.model, export_dtype(dtype_name, run.recipe.model))
     path = save_converted(run.model, run.tokenizer, out_dir, force=force)
