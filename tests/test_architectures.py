@@ -310,6 +310,25 @@ def test_a_left_padded_hybrid_decodes_alike_on_the_static_and_the_default_cache(
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_an_export_of_a_checkpoint_on_disk_reloads_every_weight(name, tmp_path):
+    # A model transformers loads from disk remembers its load-time renamings (Mixtral's per-expert weights fused,
+    # GPT-NeoX's head renamed) and writes them back reverted; the converted class, another model type, does not rename
+    # them again: until 2026-12-05 ~20 of these architectures' exports reloaded those weights freshly initialised.
+    from rla_convert.models.export import save_converted
+
+    original = CASES[name][0]()
+    original.save_pretrained(tmp_path / "source")
+    model = type(original).from_pretrained(tmp_path / "source", dtype=torch.float32)
+    convert_model(model, ConversionConfig(variant="rdn", keep_softmax=[1]))
+    save_converted(model, None, tmp_path / "export")
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    mine, back = model.state_dict(), reloaded.state_dict()
+    assert set(back) == set(mine)
+    for key, tensor in mine.items():
+        assert torch.equal(back[key], tensor), key
+
+
 def test_a_dropped_sliding_window_changes_nothing():
     model = CASES["mixtral"][0]()
     convert_model(model, ConversionConfig(variant="rdn"))

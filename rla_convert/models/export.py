@@ -13,6 +13,7 @@ at the end, so a crash leaves no half-written DIR.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import shutil
@@ -144,7 +145,13 @@ def save_converted(model, tokenizer, out_dir: str | os.PathLike, force: bool = F
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: the checkpoint gets a plain mkdir's mode
         model.config.auto_map = dict(AUTO_MAP)
         model.config.architectures = ["RLAForCausalLM"]
-        model.save_pretrained(tmp, safe_serialization=True)
+        # By the converted class's own parameter names: transformers would otherwise write a model it loaded from
+        # disk under the checkpoint's names (its load-time renamings reverted: Mixtral's fused experts split back,
+        # GPT-NeoX's head renamed), which the converted class, another model type, would not rename again on load:
+        # those weights came back freshly initialised (2026-12-05, ~20 architectures, Mixtral and GPT-NeoX among them).
+        keep_names = ({"save_original_format": False}
+                      if "save_original_format" in inspect.signature(model.save_pretrained).parameters else {})
+        model.save_pretrained(tmp, safe_serialization=True, **keep_names)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_modeling_code(tmp)
