@@ -66,12 +66,15 @@ def resolve_checkpoint(name_or_path: str) -> CheckpointSource:
 
 
 EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # --dtype of the commands that write a checkpoint
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # as recipes' precision spells them
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def stored_dtype(name_or_path: str):
-    """The floating dtype a checkpoint stores its weights in, as its config.json names it (``dtype``, or the older
-    ``torch_dtype``, of the config or else of its text config): what an export of it keeps by default. float32 for a
-    GGUF (dequantised on load) and for a config that names no floating dtype."""
+    """The floating dtype a checkpoint stores its weights in: as its config.json names it (``dtype``, or the older
+    ``torch_dtype``, of the config or else of its text config), else its safetensors' most common floating dtype (as
+    transformers' dtype="auto" reads it): what an export of it keeps by default. float32 for a GGUF (dequantised on
+    load) and where neither says."""
     import torch
 
     source = resolve_checkpoint(name_or_path)
@@ -80,19 +83,38 @@ def stored_dtype(name_or_path: str):
     try:
         config = json.loads((source.directory / "config.json").read_text())
     except (OSError, ValueError):
-        return torch.float32
-    for where in (config, config.get("text_config")):
+        config = None
+    for where in (config, config.get("text_config") if isinstance(config, dict) else None):
         for key in ("dtype", "torch_dtype"):
             name = where.get(key) if isinstance(where, dict) else None
             if name in EXPORT_DTYPES[1:]:
                 return getattr(torch, name)
-    return torch.float32
+    return getattr(torch, _safetensors_dtype(source.directory) or "float32")
+
+
+def _safetensors_dtype(directory: Path) -> str | None:
+    """The most common floating dtype among the tensors of the first safetensors file in ``directory`` (its header
+    alone is read), or None."""
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        return None
+    try:
+        with open(files[0], "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    except (OSError, ValueError):
+        return None
+    counts: dict[str, int] = {}
+    for key, entry in header.items():
+        name = _SAFETENSORS_DTYPES.get(entry.get("dtype")) if key != "__metadata__" and isinstance(entry, dict) else None
+        if name:
+            counts[name] = counts.get(name, 0) + 1
+    return max(counts, key=counts.get) if counts else None
 
 
 def check_export_dtype(choice: str) -> None:
-    """--dtype's value is one of EXPORT_DTYPES, or one line saying which are."""
-    if choice not in EXPORT_DTYPES:
-        raise UserError(f"--dtype {choice!r}: accepted: {', '.join(EXPORT_DTYPES)}")
+    """--dtype's value is one of EXPORT_DTYPES (or bf16, fp16, fp32), or one line saying which are."""
+    if _DTYPE_ALIASES.get(choice, choice) not in EXPORT_DTYPES:
+        raise UserError(f"--dtype {choice!r}: accepted: {', '.join(EXPORT_DTYPES)} (or bf16, fp16, fp32)")
 
 
 def export_dtype(choice: str, name_or_path: str):
@@ -101,6 +123,7 @@ def export_dtype(choice: str, name_or_path: str):
     import torch
 
     check_export_dtype(choice)
+    choice = _DTYPE_ALIASES.get(choice, choice)
     return stored_dtype(name_or_path) if choice == "auto" else getattr(torch, choice)
 
 

@@ -1,4 +1,6 @@
 """`rla-convert MODEL --variant ... --out DIR`: exports on success; bad input is one line, exit 2, nothing written."""
+import json
+
 import pytest
 import torch
 import transformers as tf
@@ -49,21 +51,44 @@ def test_export_keeps_the_checkpoints_dtype_unless_told(tmp_path, capsys, stored
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
-def test_cast_for_export_leaves_the_modules_a_class_keeps_in_float32():
+@pytest.mark.parametrize("dtype, kept", [(torch.bfloat16, {"router"}), (torch.float16, {"router", "norm"})])
+def test_cast_for_export_leaves_what_from_pretrained_keeps_in_float32(dtype, kept):
+    # transformers' rules: _keep_in_fp32_modules_strict at bf16 and fp16, _keep_in_fp32_modules at fp16 only; each
+    # pattern searched in the full name (MoE routers' "gate.weight" is no single dotted part)
     from rla_convert.models.export import cast_for_export
 
-    class Kept(torch.nn.Module):
+    class Model(torch.nn.Module):
         _keep_in_fp32_modules = ["norm"]
+        _keep_in_fp32_modules_strict = ["gate.weight"]
 
         def __init__(self):
             super().__init__()
-            self.proj, self.norm = torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)
+            self.config = tf.PretrainedConfig(text_config=tf.PretrainedConfig(), base_config={"dtype": "float32"})
+            self.proj, self.norm, self.gate = torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2)
             self.register_buffer("steps", torch.arange(3))  # not floating: left alone
 
-    model = Kept()
-    cast_for_export(model, torch.bfloat16)
-    assert model.proj.weight.dtype == model.proj.bias.dtype == torch.bfloat16
-    assert model.norm.weight.dtype == torch.float32 and model.steps.dtype == torch.int64
+    model = Model()
+    cast_for_export(model, dtype)
+    assert model.proj.weight.dtype == model.proj.bias.dtype == model.gate.bias.dtype == dtype
+    assert (model.gate.weight.dtype == torch.float32) == ("router" in kept)
+    assert (model.norm.weight.dtype == torch.float32) == ("norm" in kept) and model.steps.dtype == torch.int64
+    # every config level names the dtype (transformers' save sets only the top level's)
+    assert model.config.dtype == model.config.text_config.dtype == dtype
+    assert model.config.base_config == {"dtype": str(dtype).removeprefix("torch.")}
+
+
+def test_auto_reads_the_safetensors_where_the_config_names_no_dtype(tmp_path):
+    from rla_convert.checkpoints import export_dtype, stored_dtype
+
+    source = tmp_path / "source"
+    tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)).to(torch.bfloat16).save_pretrained(source)
+    config = json.loads((source / "config.json").read_text())
+    config.pop("dtype", None), config.pop("torch_dtype", None)
+    (source / "config.json").write_text(json.dumps(config))
+    assert stored_dtype(str(source)) == torch.bfloat16  # as transformers' dtype="auto" reads it
+    assert export_dtype("bf16", str(source)) == torch.bfloat16 and export_dtype("fp32", str(source)) == torch.float32
+    (source / "config.json").write_text("[]")  # valid JSON, no object: the weights still say
+    assert stored_dtype(str(source)) == torch.bfloat16
 
 
 def test_backend_triton_is_recorded_when_converting_on_a_machine_without_cuda(llama_dir, tmp_path, capsys, monkeypatch):
@@ -83,7 +108,7 @@ def test_backend_triton_is_recorded_when_converting_on_a_machine_without_cuda(ll
     (["--keep-softmax", "2"], "keeps all 2 layers"),
     (["--clip", "abc"], "--clip"),
     (["--gate-init", "zeros"], "small-residual"),
-    (["--dtype", "float64"], "--dtype 'float64': accepted: auto, float32, bfloat16, float16"),
+    (["--dtype", "float64"], "--dtype 'float64': accepted: auto, float32, bfloat16, float16 (or bf16, fp16, fp32)"),
 ])
 def test_bad_options_are_one_line_exit_2_nothing_written(llama_dir, tmp_path, capsys, args, expected):
     assert exit_status(str(llama_dir), *args, "--out", str(tmp_path / "out")) == 2

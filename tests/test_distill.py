@@ -166,7 +166,7 @@ def test_export_writes_the_dtype_asked_for(finished_run, tmp_path, capsys):
 
     run, _, run_dir = finished_run
     assert exit_status("export", str(run_dir), "--out", str(tmp_path / "bad"), "--dtype", "fp8") == 2
-    assert "--dtype 'fp8': accepted: auto, float32, bfloat16, float16" in capsys.readouterr().err
+    assert "--dtype 'fp8': accepted: auto, float32, bfloat16, float16 (or bf16, fp16, fp32)" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert exit_status("export", str(run_dir), "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16") in (0, None)
     assert "(bfloat16 weights)" in capsys.readouterr().out

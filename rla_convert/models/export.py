@@ -122,14 +122,39 @@ def check_output_dir(out_dir: str | os.PathLike, force: bool) -> Path:
 
 
 def cast_for_export(model, dtype) -> None:
-    """Cast ``model``'s floating parameters and buffers to ``dtype`` in place, all but those of the modules its class
-    keeps in float32 (``_keep_in_fp32_modules``, matched as from_pretrained matches them: a name's dotted part), which
-    from_pretrained would load as float32 again: saving them rounded would lose what they keep."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    """Cast ``model``'s floating parameters and buffers to ``dtype`` in place, but those that from_pretrained would
+    load as float32 at that dtype (a class's ``_keep_in_fp32_modules_strict`` at bfloat16 and float16, its
+    ``_keep_in_fp32_modules`` at float16 too; patterns searched in the full name, ``*`` any run, as transformers
+    does: MoE routers' "gate.weight"): saved rounded, they would lose what they keep. Every (sub-)config then names
+    ``dtype`` (transformers sets only the top level's at save)."""
+    import torch
+
+    patterns = set()
+    if dtype == torch.float16:
+        patterns |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if dtype in (torch.float16, torch.bfloat16):
+        patterns |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    kept = re.compile("|".join(p.replace("*", ".*") for p in sorted(patterns))) if patterns else None
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and not keep.intersection(name.split(".")):
+        if tensor.is_floating_point() and not (kept and kept.search(name)):
             tensor.data = tensor.data.to(dtype)
+    _name_dtype(model.config, dtype)
+
+
+def _name_dtype(config, dtype) -> None:
+    """Set the dtype entry of a config, of its sub-configs and of the config dicts it holds (RLAConfig's base_config)."""
+    from transformers import PretrainedConfig
+
+    if isinstance(config, PretrainedConfig):
+        config.dtype = dtype
+        for value in list(vars(config).values()):
+            _name_dtype(value, dtype)
+    elif isinstance(config, dict):
+        for key in ("dtype", "torch_dtype"):
+            if key in config:
+                config[key] = str(dtype).removeprefix("torch.")
+        for value in config.values():
+            _name_dtype(value, dtype)
 
 
 def save_converted(model, tokenizer, out_dir: str | os.PathLike, force: bool = False) -> Path:
