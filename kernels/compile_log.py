@@ -84,7 +84,7 @@ def _specialisation(data: str) -> str:
     """The data without the JIT's in-memory key (which preload only files the kernel under) and the recording
     machine's files (``portable``), canonical: two records of one compile compare equal, from this machine's log or
     from one recorded elsewhere."""
-    obj = json.loads(portable(data))
+    obj = _without_machine_options(data)
     obj.pop("key", None)
     return json.dumps(obj, sort_keys=True)
 
@@ -103,9 +103,13 @@ def jit_function(module: str, name: str):
 
 def portable(data: str) -> str:
     """Specialisation data without the options that name files of the machine it was recorded on."""
+    return json.dumps(_without_machine_options(data))
+
+
+def _without_machine_options(data: str) -> dict:
     obj = json.loads(data)
     obj["options"] = {k: v for k, v in obj["options"].items() if k not in _MACHINE_OPTIONS}
-    return json.dumps(obj)
+    return obj
 
 
 def warm(records: list[dict], threads: int | None = None) -> tuple[int, list[str]]:

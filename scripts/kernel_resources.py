@@ -130,6 +130,13 @@ def census(cubin: bytes, tool: str) -> str:
     return "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  all {len(rows)}  loop {'-' if loop is None else loop}"
 
 
+def plan_for(sms):
+    """Make the imported kernel modules' launchers plan for ``sms`` SMs (sm_count is 0 off a GPU)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("rla_kernels.") and hasattr(module, "sm_count"):
+            module.sm_count = lambda device: sms
+
+
 def run_ops(ops, shape, dtype, sms):
     """Both passes of each op on CPU tensors (q, k, v in ``dtype``, fp32 gates as `bench kernels` makes them),
     with every kernel launch recorded instead of run; ``sms``: the SM count the launchers size grids by."""
@@ -141,9 +148,7 @@ def run_ops(ops, shape, dtype, sms):
     do = torch.randn_like(v)
     for op in ops:
         chunk = __import__(f"rla_kernels.{op}.chunk", fromlist=["chunk"])
-        for name, module in list(sys.modules.items()):
-            if name.startswith("rla_kernels.") and hasattr(module, "sm_count"):
-                module.sm_count = lambda device: sms
+        plan_for(sms)
         fwd, bwd = getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
         # As the API runs it: the forward with autograd keeps its per-token tensors (RDN: U, W, X, with its chunk
         # matrices; kernels/library.py), so RDN's backward rebuilds its chunk states instead of rerunning its walk;

@@ -53,10 +53,11 @@ def _check_cases(sms):
     segmented cases; gpu_check_rla.py's cases, default and keep rows) on CPU tensors, at their own shapes."""
     import gpu_check_rdn
     import gpu_check_rla
+    import kernel_resources as kr
 
     for module in (gpu_check_rdn, gpu_check_rla):
         module.DEVICE = "cpu"
-    _plan_for(sms)
+    kr.plan_for(sms)
     cases, segmented = gpu_check_rdn.case_lists(full=True)
     for _, kw in cases:
         for keep in (False, True):
@@ -66,13 +67,6 @@ def _check_cases(sms):
     for name, *case in gpu_check_rla.CASES:
         for keep in (False, True):
             gpu_check_rla.run_case(name, *case, keep=keep, compare=False)
-
-
-def _plan_for(sms):
-    """The launchers' SM count (sm_count is 0 off a GPU), as kernel_resources.run_ops sets it."""
-    for module in list(sys.modules.values()):
-        if module is not None and module.__name__.startswith("rla_kernels.") and hasattr(module, "sm_count"):
-            module.sm_count = lambda device: sms
 
 
 WORKLOADS = ("bench", "checks")

@@ -86,17 +86,15 @@ def run_conversion(lm, tokenizer, config, out_dir, force, dtype=None):
     from tqdm import tqdm
 
     from ..convert import convert_model
-    from ..models.export import cast_for_export, save_converted
+    from ..models.export import dtype_name, save_converted
 
     params_before = sum(p.numel() for p in lm.parameters())
     progress = lambda plan: tqdm(plan, desc=f"converting to {config.variant}", unit="layer")  # noqa: E731
     result = convert_model(lm, config, progress=progress)
     print_summary(result, params_before)
     if out_dir:
-        if dtype is not None:
-            cast_for_export(result.model, dtype)
-        path = save_converted(result.model, tokenizer, out_dir, force=force)
-        click.echo(f"wrote {path} ({str(result.model.dtype).removeprefix('torch.')} weights)")
+        path = save_converted(result.model, tokenizer, out_dir, force=force, dtype=dtype)
+        click.echo(f"wrote {path} ({dtype_name(result.model.dtype)} weights)")
     return result
 
 

@@ -141,6 +141,11 @@ def cast_for_export(model, dtype) -> None:
     _name_dtype(model.config, dtype)
 
 
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` -> "bfloat16", as configs and messages spell a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _name_dtype(config, dtype) -> None:
     """Set the dtype entry of a config, of its sub-configs and of the config dicts it holds (RLAConfig's base_config)."""
     from transformers import PretrainedConfig
@@ -152,18 +157,21 @@ def _name_dtype(config, dtype) -> None:
     elif isinstance(config, dict):
         for key in ("dtype", "torch_dtype"):
             if key in config:
-                config[key] = str(dtype).removeprefix("torch.")
+                config[key] = dtype_name(dtype)
         for value in config.values():
             _name_dtype(value, dtype)
 
 
-def save_converted(model, tokenizer, out_dir: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``model`` (a converted RLA<Base> model) and ``tokenizer`` to ``out_dir`` atomically."""
+def save_converted(model, tokenizer, out_dir: str | os.PathLike, force: bool = False, dtype=None) -> Path:
+    """Write ``model`` (a converted RLA<Base> model) and ``tokenizer`` to ``out_dir`` atomically; with ``dtype``, the
+    model cast to it first, in place (cast_for_export)."""
     from .configuration_rla import RLAConfig
 
     out = check_output_dir(out_dir, force)
     if not isinstance(getattr(model, "config", None), RLAConfig):
         raise UserError("only transformers models can be exported; this converted model has no RLAConfig")
+    if dtype is not None:
+        cast_for_export(model, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

@@ -57,7 +57,7 @@ class ConvertedModelMixin:
                       if c is not None), None)
         real = None
         if getattr(cache, "layers", None) is not None:
-            real = handed if handed is not None or flat is None else flat[:, -length:].bool()
+            real = handed if handed is not None or flat is None else _real_token_mask(flat, length)
         if real is None:
             return base_forward(*bound.args[1:], **bound.kwargs)
         setattr(cache, REAL_TOKENS, real)
@@ -80,7 +80,7 @@ class ConvertedModelMixin:
             return inputs
         if inputs.get("position_ids") is None and self._takes_position_ids and _uses_rope(self):
             inputs["position_ids"] = _real_token_positions(flat, length)
-        inputs[REAL_TOKENS] = flat[:, -length:].bool()
+        inputs[REAL_TOKENS] = _real_token_mask(flat, length)
         return inputs
 
 
@@ -120,6 +120,11 @@ def _flat_mask(mask, length):
     if not isinstance(mask, torch.Tensor) or length is None or mask.dim() != 2 or mask.shape[1] < length:
         return None
     return mask
+
+
+def _real_token_mask(flat, length):
+    """[B, length] bool: which current tokens the 2-D mask says are real."""
+    return flat[:, -length:].bool()
 
 
 def _real_token_positions(flat, length):

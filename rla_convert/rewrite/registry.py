@@ -189,7 +189,7 @@ def _partial_llama_kwargs(m, site, config):
 def _glm_kwargs(m, site, config):
     if getattr(m, "q_norm", None) is not None:  # _glm_weights reorders q/k rows, not a norm's weights
         _refuse(site, "q/k norms with interleaved RoPE are not mapped (their weights would need the same reordering)")
-    return _with_rope_dim(_llama_kwargs(m, site, config, rope_dim_read=True), _config_rope_dim(m), site)
+    return _partial_llama_kwargs(m, site, config)
 
 
 QK_ROWS = ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")
