@@ -4,7 +4,7 @@
 # from a call, so pick a few parts per call (flagship: 2 files a recipe, benchmodel: 4). profile: GPU time per
 # RLA/RDN kernel (scripts/profile_kernels.py; PROFILE_ARGS="--tune" autotunes, "--ops rdn" one op).
 #   bash scripts/gpu_session.sh [parts...]   parts: rla rdn profile ncu determinism tests bench distill convert flagship benchmodel
-#                                            (default: rla rdn tests bench)
+#                                            (default: rla rdn tests bench; "rla+rdn+tests": side by side, checks only)
 # Compiles: every part logs what it compiles to $OUT/compiles.jsonl (RLA_KERNELS_COMPILE_LOG; COMPILE_LOG=0: not,
 # which frees one of the 8 files that come back), and before the parts the kernels of WARM_LOGS (default
 # docs/next/compiles.jsonl: keep it as the last call's log, merged) are compiled all at once on every core
@@ -48,20 +48,31 @@ assemble_gguf() {
 TRITON_CACHE=${TRITON_CACHE_DIR:-${TRITON_HOME:-$HOME}/.triton/cache}
 cache_entries() { find "$TRITON_CACHE" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l; }
 entries=$(cache_entries)
-for part in $parts; do
-  echo "=== $part $(date +%T)"
+run_part() {
+  local part=$1
   case $part in
     rla) timeout ${RLA_LIMIT:-250} python3 scripts/gpu_check_rla.py ${RLA_ARGS:-} 2>&1 | tee "$OUT/check_rla.txt" ;;
     rdn) RLA_KERNELS_FIXED_CONFIG=1 timeout ${RDN_LIMIT:-280} python3 scripts/gpu_check_rdn.py ${RDN_ARGS:-} 2>&1 | tee "$OUT/check_rdn.txt" ;;
     determinism) RLA_KERNELS_FIXED_CONFIG=1 timeout ${DETERMINISM_LIMIT:-150} python3 docs/next/rdn-grad-determinism.py 2>&1 | tee "$OUT/determinism.txt" ;;
     profile) timeout ${PROFILE_LIMIT:-150} python3 scripts/profile_kernels.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile.txt" ;;
-    tests) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${TESTS_LIMIT:-240} python3 -m pytest -v -p no:cacheprovider -m gpu --durations=8 ${TESTS:-tests/kernels} 2>&1 | tee "$OUT/gpu_tests.txt" ;;
+    tests)  # TESTS="a.py b.py; c.py": each ;-group its own pytest, side by side (a cold one compiles on one core)
+      local i=0 group pids=""
+      IFS=';' read -ra groups <<< "${TESTS:-tests/kernels}"
+      for group in "${groups[@]}"; do
+        i=$((i + 1))
+        RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${TESTS_LIMIT:-240} python3 -m pytest -v -p no:cacheprovider -m gpu \
+          --durations=8 $group > "$OUT/gpu_tests_$i.txt" 2>&1 &
+        pids="$pids $!"
+      done
+      local rc=0 pid; for pid in $pids; do wait $pid || rc=$?; done
+      for j in $(seq 1 $i); do cat "$OUT/gpu_tests_$j.txt"; rm "$OUT/gpu_tests_$j.txt"; done > "$OUT/gpu_tests.txt"
+      cat "$OUT/gpu_tests.txt"; return $rc ;;
     bench) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${BENCH_LIMIT:-240} $RLA bench kernels \
              --seq-lens ${SEQ_LENS:-2048,8192,32768} --decode-contexts 2048,32768 --no-progress ${BENCH_ARGS:-} \
              --json "$OUT/kernels.json" --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.txt" ;;
     distill) timeout ${DISTILL_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider -m gpu -s tests/test_distill.py 2>&1 | tee "$OUT/distill_gpu.txt" ;;
     flagship)  # RECIPES="rdn rla gdn": recipes/smollm2-135m-$r.yaml on the bundled GGUF, side by side when several
-      assemble_gguf || continue
+      assemble_gguf || return 1
       for r in ${RECIPES:-rdn}; do
         # a warm machine keeps /tmp/runs: start clean unless resuming, so no earlier run's results come back
         case " ${FLAGSHIP_SET:-} " in *" --resume "*) ;; *) rm -rf /tmp/runs/$r ;; esac
@@ -80,11 +91,11 @@ for part in $parts; do
         fi
       done ;;
     benchmodel)  # teacher vs the distilled flagship kept in docs/runs (the GGUF as for flagship)
-      assemble_gguf || continue
+      assemble_gguf || return 1
       rm -rf /tmp/rdnrun /tmp/rdn-export && cp -r docs/runs/smollm2-135m-rdn /tmp/rdnrun \
         && sed -i "s#^model: .*#model: $GGUF#" /tmp/rdnrun/final/recipe.yaml
       if ! timeout 200 $RLA export /tmp/rdnrun --out /tmp/rdn-export 2>&1 | tail -3; then
-        echo "benchmodel: export of docs/runs/smollm2-135m-rdn failed"; continue
+        echo "benchmodel: export of docs/runs/smollm2-135m-rdn failed"; return 1
       fi
       timeout ${BENCH_MODEL_LIMIT:-400} $RLA bench model "$GGUF" /tmp/rdn-export --no-progress ${BENCH_MODEL_ARGS:-} \
         --json "$OUT/model.json" --markdown "$OUT/model.md" --plot "$OUT/model.png" 2>&1 | tee "$OUT/bench_model.txt" ;;
@@ -107,8 +118,20 @@ for part in $parts; do
       [ -n "${NCU_KEEP:-}" ] && gzip -c /tmp/ncu_kernels.ncu-rep > "$OUT/ncu_kernels.ncu-rep.gz"; ls -la "$OUT" ;;
     convert) timeout 150 python3 -m pytest -q -p no:cacheprovider -s tests/test_convert_gpu.py 2>&1 | tee "$OUT/convert_gpu.txt" ;;
   esac
-  rc=$?
+}
+# A part joined to others by + runs beside them ("rdn+rla+tests"): for checks, whose results do not depend on what
+# else the GPU runs, never for timings (bench, profile, ncu). Their output comes after the group, one part at a time.
+for group in $parts; do
+  echo "=== $group $(date +%T)"
+  if [[ $group == *+* ]]; then
+    pids=""; names=""
+    for part in ${group//+/ }; do run_part "$part" > "/tmp/gpu_session_$part.log" 2>&1 & pids="$pids $!"; done
+    rc=0; for pid in $pids; do wait $pid || rc=$?; done
+    for part in ${group//+/ }; do echo "--- $part"; cat "/tmp/gpu_session_$part.log"; done
+  else
+    run_part "$group"; rc=$?
+  fi
   # what the part compiled that the warm-up had not: each compile is a new folder of Triton's cache
-  echo "=== $part done rc=$rc $(date +%T), $(( $(cache_entries) - entries )) kernels compiled (not in the cache)"
+  echo "=== $group done rc=$rc $(date +%T), $(( $(cache_entries) - entries )) kernels compiled (not in the cache)"
   entries=$(cache_entries)
 done
