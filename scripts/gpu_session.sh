@@ -48,25 +48,31 @@ assemble_gguf() {
 TRITON_CACHE=${TRITON_CACHE_DIR:-${TRITON_HOME:-$HOME}/.triton/cache}
 cache_entries() { find "$TRITON_CACHE" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l; }
 entries=$(cache_entries)
+# side_by_side FILE "ARGS; ARGS..." COMMAND...: COMMAND once per ;-group of arguments, all at once; their outputs into
+# FILE one after the other (and to stdout); the status is a failing one's
+side_by_side() {
+  local file=$1 arg_groups=$2 i=0 pids="" group rc=0 pid; shift 2
+  IFS=';' read -ra groups <<< "$arg_groups"
+  [ ${#groups[@]} = 0 ] && groups=("")
+  for group in "${groups[@]}"; do
+    i=$((i + 1)); "$@" $group > "$file.$i" 2>&1 & pids="$pids $!"
+  done
+  for pid in $pids; do wait $pid || rc=$?; done
+  for j in $(seq 1 $i); do cat "$file.$j"; rm "$file.$j"; done > "$file"
+  cat "$file"; return $rc
+}
 run_part() {
   local part=$1
   case $part in
     rla) timeout ${RLA_LIMIT:-250} python3 scripts/gpu_check_rla.py ${RLA_ARGS:-} 2>&1 | tee "$OUT/check_rla.txt" ;;
-    rdn) RLA_KERNELS_FIXED_CONFIG=1 timeout ${RDN_LIMIT:-280} python3 scripts/gpu_check_rdn.py ${RDN_ARGS:-} 2>&1 | tee "$OUT/check_rdn.txt" ;;
+    rdn)  # RDN_ARGS="--all; --all --set X=1": each ;-group its own check, side by side
+      side_by_side "$OUT/check_rdn.txt" "${RDN_ARGS:-}" env RLA_KERNELS_FIXED_CONFIG=1 timeout ${RDN_LIMIT:-280} \
+        python3 scripts/gpu_check_rdn.py ;;
     determinism) RLA_KERNELS_FIXED_CONFIG=1 timeout ${DETERMINISM_LIMIT:-150} python3 docs/next/rdn-grad-determinism.py 2>&1 | tee "$OUT/determinism.txt" ;;
     profile) timeout ${PROFILE_LIMIT:-150} python3 scripts/profile_kernels.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile.txt" ;;
     tests)  # TESTS="a.py b.py; c.py": each ;-group its own pytest, side by side (a cold one compiles on one core)
-      local i=0 group pids=""
-      IFS=';' read -ra groups <<< "${TESTS:-tests/kernels}"
-      for group in "${groups[@]}"; do
-        i=$((i + 1))
-        RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${TESTS_LIMIT:-240} python3 -m pytest -v -p no:cacheprovider -m gpu \
-          --durations=8 $group > "$OUT/gpu_tests_$i.txt" 2>&1 &
-        pids="$pids $!"
-      done
-      local rc=0 pid; for pid in $pids; do wait $pid || rc=$?; done
-      for j in $(seq 1 $i); do cat "$OUT/gpu_tests_$j.txt"; rm "$OUT/gpu_tests_$j.txt"; done > "$OUT/gpu_tests.txt"
-      cat "$OUT/gpu_tests.txt"; return $rc ;;
+      side_by_side "$OUT/gpu_tests.txt" "${TESTS:-tests/kernels}" env RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} \
+        timeout ${TESTS_LIMIT:-240} python3 -m pytest -v -p no:cacheprovider -m gpu --durations=8 ;;
     bench) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${BENCH_LIMIT:-240} $RLA bench kernels \
              --seq-lens ${SEQ_LENS:-2048,8192,32768} --decode-contexts 2048,32768 --no-progress ${BENCH_ARGS:-} \
              --json "$OUT/kernels.json" --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.txt" ;;
