@@ -68,6 +68,35 @@ def finished_run(tiny, tmp_path_factory):
     return run, summary, tmp / "run"
 
 
+def test_the_teacher_is_loaded_again_in_the_training_precision(tiny, tmp_path, monkeypatch):
+    """The student is the fp32 load converted in place, the teacher a second load in the training precision: no
+    tensor of one is the other's (the host never holds a copy of the fp32 load), the teacher has every weight of the
+    checkpoint, and a load at bf16 is the fp32 load cast (the teacher runs had when it was a cast copy)."""
+    from transformers import LlamaForCausalLM
+
+    from rla_convert import checkpoints
+
+    real, dtypes = checkpoints.load_checkpoint, []
+
+    def recording(*args, **kwargs):
+        dtypes.append(kwargs.get("dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "load_checkpoint", recording)
+    run = DistillRun(load_recipe(write_recipe(tmp_path, tiny)), progress=False)
+    run.setup()
+    assert dtypes == [torch.float32, torch.float32]  # precision fp32 here: a CPU run
+    student = {p.data_ptr() for p in run.student.parameters()}
+    assert not any(p.data_ptr() in student for p in run.teacher.parameters())
+    saved = LlamaForCausalLM.from_pretrained(tiny / "model").state_dict()
+    teacher = run.teacher.state_dict()
+    assert teacher.keys() == saved.keys() and all(torch.equal(teacher[k], saved[k]) for k in saved)
+    fp32, _ = real(str(tiny / "model"), dtype=torch.float32, with_tokenizer=False)
+    bf16, _ = real(str(tiny / "model"), dtype=torch.bfloat16, with_tokenizer=False)
+    cast = {k: t.to(torch.bfloat16) for k, t in fp32.state_dict().items()}
+    assert all(t.dtype == torch.bfloat16 and torch.equal(t, cast[k]) for k, t in bf16.state_dict().items())
+
+
 def test_a_run_writes_metrics_artifact_and_summary(finished_run):
     run, summary, run_dir = finished_run
     rows = metrics(run_dir)

@@ -181,8 +181,11 @@ class DistillRun:
         if r.precision != "fp32" and self.device.type != "cuda":
             raise UserError(f"precision {r.precision} needs a CUDA device; on {self.device.type} use precision: fp32")
         torch.manual_seed(r.seed)
-        self.teacher, self.tokenizer = load_checkpoint(r.model, dtype=torch.float32)
-        max_len = getattr(self.teacher.config.get_text_config(), "max_position_embeddings", None)
+        # The student is the checkpoint at fp32, converted in place; the teacher is loaded a second time, in the
+        # training precision (as a cast of the fp32 load would give it): the host holds one fp32 copy, not two (an 8B
+        # model: 32 GB, not 64, where a copy of the loaded teacher took 64)
+        base, self.tokenizer = load_checkpoint(r.model, dtype=torch.float32)
+        max_len = getattr(base.config.get_text_config(), "max_position_embeddings", None)
         if max_len and r.data.seq_len > max_len:
             raise UserError(f"data.seq_len {r.data.seq_len} is over the model's maximum of {max_len} tokens")
         fraction = 0.0 if r.data.heldout else r.data.heldout_fraction
@@ -199,20 +202,21 @@ class DistillRun:
         if self.heldout_ids.numel() < r.data.seq_len:
             raise UserError(f"the held-out split has {self.heldout_ids.numel()} tokens, fewer than one window of "
                             f"data.seq_len={r.data.seq_len}: raise data.heldout_fraction or give data.heldout")
-        self.student = self._convert(self.teacher)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r.precision]
-        self.teacher.to(self.device, dtype).eval().requires_grad_(False)
+        self.student = self._convert(base)
         self.student.to(self.device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r.precision]
+        self.teacher, _ = load_checkpoint(r.model, dtype=dtype, with_tokenizer=False)
+        self.teacher.to(self.device).eval().requires_grad_(False)
         # a factory: each use needs a fresh context manager
         self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype != torch.float32 else nullcontext
         # made only now that every check has passed: a run that failed to start leaves no directory behind
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
-    def _convert(self, teacher):
+    def _convert(self, base):
         from ..convert import convert_model
 
-        result = convert_model(copy.deepcopy(teacher), copy.deepcopy(self.recipe.conversion), progress=False)
+        result = convert_model(base, copy.deepcopy(self.recipe.conversion), progress=False)
         self.conversion = result.config
         return result.model
 
