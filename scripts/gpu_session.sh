@@ -52,11 +52,12 @@ entries=$(cache_entries)
 # FILE one after the other (and to stdout); the status is a failing one's
 side_by_side() {
   local file=$1 arg_groups=$2 i=0 pids="" group rc=0 pid; shift 2
-  IFS=';' read -ra groups <<< "$arg_groups"
-  [ ${#groups[@]} = 0 ] && groups=("")
+  IFS=';' read -ra groups <<< "${arg_groups//$'\n'/;}"
   for group in "${groups[@]}"; do
+    [ -z "${group// /}" ] && continue  # "a; " or "a;;b": no group of no arguments (pytest would run every test)
     i=$((i + 1)); "$@" $group > "$file.$i" 2>&1 & pids="$pids $!"
   done
+  [ $i = 0 ] && { i=1; "$@" > "$file.1" 2>&1 & pids=$!; }  # no arguments at all: the command once, as it is
   for pid in $pids; do wait $pid || rc=$?; done
   for j in $(seq 1 $i); do cat "$file.$j"; rm "$file.$j"; done > "$file"
   cat "$file"; return $rc
@@ -126,14 +127,15 @@ run_part() {
   esac
 }
 # A part joined to others by + runs beside them ("rdn+rla+tests"): for checks, whose results do not depend on what
-# else the GPU runs, never for timings (bench, profile, ncu). Their output comes after the group, one part at a time.
+# else the GPU runs, never for timings (bench, profile, ncu) nor two parts that assemble the GGUF. Their output comes after the group, one part at a time.
 for group in $parts; do
   echo "=== $group $(date +%T)"
   if [[ $group == *+* ]]; then
     pids=""; names=""
-    for part in ${group//+/ }; do run_part "$part" > "/tmp/gpu_session_$part.log" 2>&1 & pids="$pids $!"; done
+    logs=$(mktemp -d)
+    for part in ${group//+/ }; do run_part "$part" > "$logs/$part.log" 2>&1 & pids="$pids $!"; done
     rc=0; for pid in $pids; do wait $pid || rc=$?; done
-    for part in ${group//+/ }; do echo "--- $part"; cat "/tmp/gpu_session_$part.log"; done
+    for part in ${group//+/ }; do echo "--- $part"; cat "$logs/$part.log"; done; rm -r "$logs"
   else
     run_part "$group"; rc=$?
   fi

@@ -201,20 +201,21 @@ def test_gpu_session_warms_the_last_calls_kernels_then_logs_its_own(tmp_path):
 def test_gpu_session_runs_joined_parts_side_by_side(tmp_path):
     """"rdn+tests": the parts start together (here each stand-in python3 waits, up to 20 s, for the other's marker
     file: run one after the other, both would time out), their logs come after the group in the order named, and a
-    failing part's status is the group's. TESTS="a; b" runs each ;-group as its own pytest, both in gpu_tests.txt."""
+    failing part's status is the group's. TESTS="a; b" runs each ;-group as its own pytest, both in gpu_tests.txt
+    (an empty group, or a newline's, is no pytest of its own: it would run every test)."""
     import shutil
 
     (tmp_path / "scripts").mkdir()
     shutil.copy(os.path.join(SCRIPTS, "gpu_session.sh"), tmp_path / "scripts")
     (tmp_path / "scripts" / "gpu_env.sh").write_text(":\n")
     python = ('case "$*" in *gpu_check_rdn*) me=rdn; other=a.py ;; *a.py*) me=a.py; other=b.py ;; '
-              '*b.py*) me=b.py; other=rdn ;; *) exit 0 ;; esac\n'
+              '*b.py*) me=b.py; other=rdn ;; *pytest*) echo "a pytest of no file"; exit 0 ;; *) exit 0 ;; esac\n'
               'touch "started_$me"; i=0\n'
               'while [ ! -f "started_$other" ]; do i=$((i + 1)); [ $i -gt 200 ] && { echo "$me alone"; exit 1; }; '
               'sleep 0.1; done\n'
               'echo "$me ran beside $other"; [ "$me" != b.py ]\n')
     env = {**_stand_ins(tmp_path, **{"nvidia-smi": "exit 0\n", "python3": python}), "OUT": "out", "WARM": "0",
-           "COMPILE_LOG": "0", "TESTS": "a.py; b.py", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+           "COMPILE_LOG": "0", "TESTS": "a.py;;\nb.py; ", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
     (tmp_path / "cache").mkdir()
     out = subprocess.run(["bash", "scripts/gpu_session.sh", "rdn+tests"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, env=env)
