@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share, prefill
+from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share, prefill, sliding_window_refusal
 from .compat import cache_argument, output_cache
 from .errors import UserError
 
@@ -54,7 +54,7 @@ def _graph_refusal(model, device, padded: bool) -> str | None:
         return "a model that keeps some softmax layers (a hybrid) decodes eagerly: its graphed step is not yet checked"
     if padded and converted < layers:
         return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
-    return None
+    return sliding_window_refusal(model)
 
 
 @torch.no_grad()

@@ -124,6 +124,33 @@ def test_bad_requests_say_what_is_accepted():
     assert one.tokens.shape == (1, 1) and one.steps == 0 and one.ms_per_token is None
 
 
+@pytest.mark.parametrize("keep_softmax, refused", [([], False), (None, True)], ids=["converted", "teacher"])
+def test_softmax_layers_with_a_sliding_window_are_not_graphed(keep_softmax, refused):
+    # transformers' sliding static cache layer writes where a host-side counter says: a captured graph would replay
+    # it frozen (past the window: an index error). A model that keeps such a layer decodes eagerly; one whose
+    # sliding layers are all converted is graphed.
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rla_convert.bench.graphed import GreedyStep
+    from rla_convert.generate import _graph_refusal
+
+    cfg = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, use_sliding_window=True, sliding_window=6,
+                      layer_types=["sliding_attention", "full_attention"])
+    model = Qwen2ForCausalLM(cfg).eval()
+    if keep_softmax is not None:
+        model = convert_model(model, ConversionConfig(variant="rdn", keep_softmax=keep_softmax)).model
+    reason = _graph_refusal(model, torch.device("cuda"), padded=False)  # (a device object: no CUDA needed)
+    if refused:
+        assert reason == ("softmax layers with a sliding window (decoder layers 0) decode eagerly: their static "
+                          "cache writes by a host-side counter that a CUDA graph would freeze")
+        with pytest.raises(ValueError, match="sliding window"):
+            GreedyStep(model, torch.randint(3, 97, (1, 4)), max_new_tokens=3)
+    else:
+        assert reason is None
+        GreedyStep(model, torch.randint(3, 97, (1, 4)), max_new_tokens=3)()
+
+
 @pytest.mark.gpu
 def test_graphed_generation_on_cuda_equals_eager():
     model = _tiny_converted().cuda()

@@ -36,6 +36,24 @@ def converted_share(model) -> tuple[int, int]:
     return sum(kind in VARIANTS for kind in kinds), len(kinds)
 
 
+def sliding_window_refusal(model) -> str | None:
+    """Why a model cannot decode as a CUDA graph for its softmax layers' cache, or None: a layer left as softmax
+    attention with a sliding window (Gemma's, Qwen2's local layers) writes its static cache where a host-side counter
+    says (transformers' sliding static layers), which a captured graph would replay frozen."""
+    from transformers import StaticCache
+
+    kinds = [layer.kind for layer in describe_layers(model)]
+    if all(kind in VARIANTS for kind in kinds):
+        return None
+    layers = StaticCache(config=model.config, max_cache_len=1).layers  # allocates nothing until written
+    sliding = [i for i, (kind, layer) in enumerate(zip(kinds, layers))
+               if kind not in VARIANTS and getattr(layer, "is_sliding", False)]
+    if not sliding:
+        return None
+    return (f"softmax layers with a sliding window (decoder layers {', '.join(map(str, sliding))}) decode eagerly: "
+            "their static cache writes by a host-side counter that a CUDA graph would freeze")
+
+
 def padded_positions(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompts [B, T], positions numbered per row as ``generate`` numbers a converted model's
     (modeling_rla's rule): (the prompt's position ids, 0 on the pads; each row's next position [B, 1])."""
@@ -77,6 +95,9 @@ class GreedyStep:
             # layer; tests/test_cache.py), but a hybrid's captured step has not run on a GPU: refused until then.
             raise ValueError("graphed decoding takes a fully converted model or an unconverted one; this model "
                              "keeps some softmax layers (a hybrid)")
+        refusal = sliding_window_refusal(model)
+        if refusal:
+            raise ValueError(f"graphed decoding: {refusal}")
         if attention_mask is not None and converted < layers:
             raise ValueError("left-padded prompts decode as a graph only on a fully converted model: a softmax "
                              "layer's steps would need the padding mask too")
