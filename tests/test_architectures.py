@@ -18,12 +18,18 @@ from transformers.modeling_utils import AttentionInterface
 import rla_convert.layers.residual_attention as residual_attention
 from rla_convert.config import ConversionConfig
 from rla_convert.convert import convert_model
+from rla_convert.distill.trainer import REUSED_PROJECTIONS
 from rla_convert.errors import UserError
 from rla_convert.layers import ResidualAttention
 
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+# Multi-head Latent Attention: heads of 16 q/k features (8 passed, 8 rotated; the rotated k part one shared head) and 12
+# value features; layer 0 dense, layer 1 MoE
+MLA = dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, num_key_value_heads=4)
+DEEPSEEK_MOE = dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
+                    first_k_dense_replace=1, n_shared_experts=1)
 
 
 def build(config_cls, model_cls, **kw):
@@ -31,8 +37,8 @@ def build(config_cls, model_cls, **kw):
 
 
 # name -> (model builder, adapter, how the original's weights map: "llama" | "phi3" | "neox" | "dense" | "glm" |
-# "out_proj" | "nope" (Llama's, no RoPE) | "nanochat" | "lfm2" (Qwen3's, out_proj and q/k_layernorm) | "bigcode",
-# rope features rotated (None: all 16))
+# "out_proj" | "nope" (Llama's, no RoPE) | "nanochat" | "lfm2" (Qwen3's, out_proj and q/k_layernorm) | "bigcode" |
+# "mla" | "mla-interleaved" (MLA, RoPE on pairs (2i, 2i + 1)), rope features rotated (None: all 16))
 CASES = {
     "mixtral": (build("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2,
                       sliding_window=4), "llama-family", "llama", None),
@@ -118,6 +124,18 @@ CASES = {
                     "bigcode", None),
     "gpt-bigcode-mha": (build("GPTBigCodeConfig", "GPTBigCodeForCausalLM", n_embd=64, n_layer=2, n_head=4,
                               multi_query=False), "gpt-bigcode", "bigcode", None),
+    "deepseek-v3": (build("DeepseekV3Config", "DeepseekV3ForCausalLM", **MLA, **DEEPSEEK_MOE, q_lora_rank=24),
+                    "mla", "mla-interleaved", 8),
+    "deepseek-v3-no-q-lora": (build("DeepseekV3Config", "DeepseekV3ForCausalLM", **MLA, **DEEPSEEK_MOE,
+                                    q_lora_rank=None, rope_interleave=False), "mla", "mla", 8),
+    "deepseek-v3-plain-rope": (build("DeepseekV3Config", "DeepseekV3ForCausalLM", **MLA, **DEEPSEEK_MOE, q_lora_rank=24,
+                                     rope_interleave=False, attention_bias=True), "mla", "mla", 8),
+    "deepseek-v3-no-q-lora-interleaved": (build("DeepseekV3Config", "DeepseekV3ForCausalLM", **MLA, **DEEPSEEK_MOE,
+                                                q_lora_rank=None), "mla", "mla-interleaved", 8),
+    "youtu": (build("YoutuConfig", "YoutuForCausalLM", **MLA, q_lora_rank=24), "mla", "mla-interleaved", 8),
+    "glm4-moe-lite": (build("Glm4MoeLiteConfig", "Glm4MoeLiteForCausalLM", **MLA, **DEEPSEEK_MOE, q_lora_rank=24),
+                      "mla", "mla-interleaved", 8),
+    "minicpm3": (build("MiniCPM3Config", "MiniCPM3ForCausalLM", **MLA, q_lora_rank=24), "mla", "mla", 8),
     "opt": (build("OPTConfig", "OPTForCausalLM", ffn_dim=96, word_embed_proj_dim=64), "opt", "out_proj", None),
     "biogpt": (build("BioGptConfig", "BioGptForCausalLM"), "opt", "out_proj", None),
 }
@@ -145,9 +163,33 @@ def in_layer_order(t, rope_dim, head_dim=16):
     return t.reshape(-1, head_dim, *t.shape[1:])[:, partial_order(rope_dim)].reshape(t.shape)
 
 
+def mla_order(layout):
+    """An MLA head's 16 q/k features (8 passed, then 8 rotated) in the converted layer's order: the partial-RoPE one
+    over [rotated | passed], the rotated pairs' evens then odds where its RoPE rotates pairs."""
+    rotated = deinterleaved(8, 8) if layout == "mla-interleaved" else list(range(8))
+    return [8 + i for i in rotated[:4]] + list(range(4)) + [8 + i for i in rotated[4:]] + list(range(4, 8))
+
+
+def expected_mla_weights(m, layout):
+    """The MLA layer's entries: the original's as they are, but q's rows per head in the layer's order and, where RoPE
+    rotates pairs, k_rot's rows (the last 8 of kv_a_proj_with_mqa) evens then odds."""
+    out = {f"{p}.{w}": getattr(getattr(m, p), w) for p in ("q_a_proj", "q_a_layernorm", "q_b_proj", "q_proj",
+                                                          "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj", "o_proj")
+           for w in ("weight", "bias") if getattr(m, p) is not None and getattr(getattr(m, p), w, None) is not None}
+    q = "q_proj.weight" if "q_proj.weight" in out else "q_b_proj.weight"
+    out[q] = out[q].reshape(4, 16, -1)[:, mla_order(layout)].reshape(64, -1)
+    rotated = deinterleaved(8, 8) if layout == "mla-interleaved" else list(range(8))
+    for name in ("kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.bias"):
+        if name in out:
+            out[name] = out[name][list(range(16)) + [16 + i for i in rotated]]
+    return out
+
+
 def expected_weights(m, layout, rope_dim):
     """The new layer's reused entries, read from the original module ``m`` independently of the adapters."""
     named = lambda pairs: {k: v for k, v in pairs if v is not None}  # noqa: E731
+    if layout.startswith("mla"):
+        return expected_mla_weights(m, layout)
     if layout == "phi3":  # [q | k | v] rows: 4 query heads, 2 key/value heads of 16
         w = m.qkv_proj.weight
         return named([("q_proj.weight", w[:64]), ("k_proj.weight", w[64:96]), ("v_proj.weight", w[96:128]),
@@ -195,7 +237,8 @@ def original_qkv(model, ids, monkeypatch):
 
     def record(module, query, key, value, attention_mask, **kwargs):
         seen.append((module, query, key, value))
-        return query.transpose(1, 2).contiguous(), None  # right shape for the output projection; not compared
+        # right shape for the output projection (value's head dim: MLA's is not q's); not compared
+        return query[..., :value.shape[-1]].transpose(1, 2).contiguous(), None
 
     with monkeypatch.context() as patch, torch.no_grad():
         for name in ("sdpa", "eager"):
@@ -237,7 +280,8 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
                 p.add_(torch.randn_like(p) * 0.2)
     original = attention_of(model)
     expected = {n: t.detach().clone() for n, t in expected_weights(original, layout, rope_dim).items()}
-    if rope_dim:  # the layer's feature order for a partial RoPE
+    mla = layout.startswith("mla")
+    if rope_dim and not mla:  # the layer's feature order for a partial RoPE (MLA's: in expected_mla_weights)
         expected = {n: in_layer_order(t, rope_dim) if n[0] in "qk" else t for n, t in expected.items()}
     ids = torch.randint(3, 128, (2, 9))
     module, q, k, v = original_qkv(model, ids, monkeypatch)[0]
@@ -253,6 +297,7 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
 
     state = layer.state_dict()
     assert set(state) - NEW == set(expected), "reused entries"
+    assert set(layer.reused_parameters) <= set(REUSED_PROJECTIONS)  # what distillation assumes of a reloaded layer
     for n, t in expected.items():
         assert torch.equal(state[n], t), n
 
@@ -268,6 +313,12 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
                     # half types after its cast)
                     order, ulp = partial_order(rope_dim), torch.finfo(dtype).eps
                     torch.testing.assert_close(mine(x[..., order]), theirs(x)[..., order], rtol=ulp, atol=ulp * 4)
+    for name in ("q_a_layernorm", "kv_a_layernorm") if mla else ():  # MLA's latent norms, bit for bit
+        if getattr(original, name) is not None:
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                mine, theirs = (copy.deepcopy(getattr(mod, name)).to(dtype) for mod in (layer, original))
+                x = torch.randn(2, 5, mine.weight.shape[0], dtype=dtype) * 3
+                assert torch.equal(mine(x), theirs(x)), (name, dtype)
 
     inputs = []
     layer.register_forward_pre_hook(
@@ -280,8 +331,10 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
         q, k = q[..., deinterleaved(rope_dim or 16)], k[..., deinterleaved(rope_dim or 16)]
     if layout == "nanochat":
         q, k = q[..., HALVES_SWAPPED], k[..., HALVES_SWAPPED]
-    if rope_dim:
+    if rope_dim and not mla:
         q, k = q[..., partial_order(rope_dim)], k[..., partial_order(rope_dim)]
+    if mla:  # their q and k as [passed 8 | rotated 8] (pairs' evens then odds: their interleaved RoPE's output)
+        q, k = q[..., mla_order("mla")], k[..., mla_order("mla")]
     if name == "opt":  # OPT folds its logit scale (16 ** -0.5, a power of 2: exact) into q
         q = q / 0.25
     # a fused projection is one matmul there and three here, a q/k norm sums a partial RoPE's reordered features in
@@ -290,7 +343,11 @@ def test_architecture_converts_reusing_its_weights_exactly(name, monkeypatch):
     same = lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6) if close else torch.equal(a, b)  # noqa: E731
     assert same(qk[:, :, :4], q) and same(qk[:, :, 4:], k)
     with torch.no_grad():
-        assert same(layer.v_proj(inputs[0]).view_as(v), v)
+        if mla:  # kv_b_proj's per-head [k_nope 8 | v 12] from the normed latent
+            latent = layer.kv_a_proj_with_mqa(inputs[0])[..., :16]
+            assert same(layer.kv_b_proj(layer.kv_a_layernorm(latent)).view(2, 9, 4, 20)[..., 8:], v)
+        else:
+            assert same(layer.v_proj(inputs[0]).view_as(v), v)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -352,6 +409,10 @@ REFUSED = {
                          r"PhiAttention\): its q/k LayerNorms \(qk_layernorm"),
     "stablelm-qk-layernorm": (build("StableLmConfig", "StableLmForCausalLM", qk_layernorm=True),
                               r"StableLmAttention\): its q/k LayerNorms \(qk_layernorm"),
+    "deepseek-v2": (build("DeepseekV2Config", "DeepseekV2ForCausalLM", **MLA, **DEEPSEEK_MOE, q_lora_rank=24),
+                    r"DeepseekV2Attention\): its RoPE multiplies complex numbers"),
+    "mistral4": (build("Mistral4Config", "Mistral4ForCausalLM", **MLA, **DEEPSEEK_MOE, q_lora_rank=24),
+                 r"Mistral4Attention\): it scales q by a factor growing with the position"),
     "gemma3-bidirectional": (build("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16,
                                    use_bidirectional_attention=True), r"Gemma3Attention\): it attends bidirectionally"),
     # Llama's layout with a norm on the attention's output before o_proj: not mapped, so refused by name (the

@@ -99,6 +99,26 @@ def test_the_teacher_is_loaded_again_in_the_training_precision(tiny, tmp_path, m
     assert all(t.dtype == torch.bfloat16 and torch.equal(t, cast[k]) for k, t in bf16.state_dict().items())
 
 
+def test_default_lora_targets_adapt_an_mla_layers_projections():
+    # an MLA-converted layer keeps MLA's projections under their names: the default targets must reach them, not
+    # only o_proj (q_b_proj, kv_a_proj_with_mqa and kv_b_proj carry the layer's q, k and v)
+    from types import SimpleNamespace
+
+    from test_architectures import CASES
+
+    from rla_convert.config import ConversionConfig
+    from rla_convert.convert import convert_model
+    from rla_convert.distill.recipe import LoraSpec
+    from rla_convert.distill.trainer import with_lora
+
+    student = convert_model(CASES["deepseek-v3"][0](), ConversionConfig(variant="rdn"), progress=False).model
+    wrapped = with_lora(student, SimpleNamespace(stage2=SimpleNamespace(lora=LoraSpec())))
+    adapted = {name.rsplit(".", 1)[0] for name, _ in wrapped.named_modules() if name.endswith(".lora_A")}
+    expected = {f"base_model.model.model.layers.{i}.self_attn.{p}" for i in (0, 1)
+                for p in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")}
+    assert adapted == expected
+
+
 def test_a_run_writes_metrics_artifact_and_summary(finished_run):
     run, summary, run_dir = finished_run
     rows = metrics(run_dir)

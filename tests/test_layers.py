@@ -255,3 +255,82 @@ def test_bad_arguments_are_clear():
     cos = torch.randn(1, 3, 4)  # a model's cos/sin for whole heads: not what this layer was built for
     with pytest.raises(ValueError, match="position_embeddings are 4 wide; this layer rotates 2 of its 4"):
         layer(torch.randn(1, 3, 8), position_embeddings=(cos, cos))
+
+
+# -- MLA projections (kv_lora_rank): 4 heads of 12 q/k features (rope_dim 4 of them rotated) and 6 value features -----
+
+def make_mla_layer(variant="rdn", **kw):
+    args = dict(num_heads=4, num_k_heads=None, head_dim=12, head_v_dim=6, rope=True, rope_dim=4, q_lora_rank=10,
+                kv_lora_rank=8)
+    return make_layer(variant, **{**args, **kw})
+
+
+def _rope_tables(positions, dim=4):
+    """cos/sin [B, T, dim] for [B, T] positions, halves alike (transformers' layout)."""
+    angles = positions[..., None].double() / 100 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = torch.cat([angles, angles], -1)
+    return angles.cos(), angles.sin()
+
+
+@pytest.mark.parametrize("q_lora_rank", [10, None])
+def test_mla_layer_equals_mla_computed_in_its_own_feature_order(q_lora_rank):
+    # MLA's way, from the layer's weights: q as [nope | rot], one k_rot head rotated once then broadcast beside each
+    # head's k_nope; the layer keeps another order of the same features (SiLU, the L2 norm and q.k do not see it)
+    layer = make_mla_layer(q_lora_rank=q_lora_rank)
+    B, T, H = 2, 7, 4
+    x = torch.randn(B, T, 32, dtype=torch.float64)
+    cos, sin = _rope_tables(torch.arange(T).expand(B, T))
+    out, _ = layer(x, position_embeddings=(cos, sin))
+
+    q = layer.q_proj(x) if q_lora_rank is None else layer.q_b_proj(layer.q_a_layernorm(layer.q_a_proj(x)))
+    q = q.view(B, T, H, 12)  # its rows in the layer's order: [rot first half, nope first half, rot second, nope second]
+    q_rot, q_nope = torch.cat([q[..., 0:2], q[..., 6:8]], -1), torch.cat([q[..., 2:6], q[..., 8:12]], -1)
+    latent, k_rot = layer.kv_a_proj_with_mqa(x).split([8, 4], -1)
+    k_nope, v = layer.kv_b_proj(layer.kv_a_layernorm(latent)).view(B, T, H, 14).split([8, 6], -1)
+    rotate = lambda t, c, s: t * c + torch.cat([-t[..., 2:], t[..., :2]], -1) * s  # noqa: E731
+    q_rot = rotate(q_rot, cos[:, :, None], sin[:, :, None])
+    k_rot = rotate(k_rot, cos, sin)[:, :, None].expand(B, T, H, 4)
+    q, k = torch.cat([q_nope, q_rot], -1), torch.cat([k_nope, k_rot], -1)
+    l2 = lambda t: t * torch.rsqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6)  # noqa: E731
+    g = -layer.A_log.exp() * F.softplus(layer.a_proj(x) + layer.dt_bias)
+    o, _ = naive_recurrent_rdn(l2(F.silu(q)), l2(F.silu(k)), v, g, torch.sigmoid(layer.b_proj(x)),
+                               torch.sigmoid(layer.gamma_proj(x)), scale=12 ** -0.5, clip=1.0)
+    assert rel(out, layer.o_proj(o.reshape(B, T, -1))) < 1e-8
+
+
+@pytest.mark.parametrize("variant, kw", [("rdn", {}), ("rla", dict(q_lora_rank=None, conv_size=4, output_gate=True))])
+def test_mla_prefill_then_decode_equals_full_sequence(variant, kw):
+    layer = make_mla_layer(variant, **kw)
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    cos, sin = _rope_tables(torch.arange(11).expand(2, 11))
+    full, _ = layer(x, position_embeddings=(cos, sin))
+    cache = DynamicCache()
+    pieces = [layer(x[:, a:b], past_key_values=cache, position_embeddings=(cos[:, a:b], sin[:, a:b]))[0]
+              for a, b in ((0, 5), (5, 6), (6, 7), (7, 9), (9, 11))]
+    assert rel(torch.cat(pieces, 1), full) < 1e-10
+    assert cache.get_seq_length() == 11
+
+
+def test_mla_left_padding_leaves_states_untouched():
+    layer = make_mla_layer("rla")
+    x = torch.randn(1, 6, 32, dtype=torch.float64)
+    padded = torch.cat([torch.randn(1, 3, 32, dtype=torch.float64), x], 1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # the real tokens numbered from 0, as the converted model does
+    out, _ = layer(padded, attention_mask=mask, position_embeddings=_rope_tables(positions))
+    assert rel(out[:, 3:], layer(x, position_embeddings=_rope_tables(torch.arange(6)[None]))[0]) < 1e-10
+
+
+def test_bad_mla_arguments_are_clear():
+    base = dict(hidden_size=8, num_heads=2, head_dim=6, rope=True, rope_dim=2, kv_lora_rank=4)
+    with pytest.raises(ValueError, match="q_lora_rank is an MLA argument"):
+        ResidualAttention(hidden_size=8, num_heads=2, head_dim=4, q_lora_rank=4)
+    with pytest.raises(ValueError, match="MLA needs rope_dim"):
+        ResidualAttention(**{**base, "rope_dim": None})
+    with pytest.raises(ValueError, match="MLA needs rope_dim .* even rest"):
+        ResidualAttention(**{**base, "head_dim": 5})
+    with pytest.raises(ValueError, match="one head count"):
+        ResidualAttention(**base, num_k_heads=1)
+    with pytest.raises(ValueError, match="no q/k norm"):
+        ResidualAttention(**base, qk_norm=True)
+    assert not hasattr(ResidualAttention(**base), "k_proj")

@@ -33,7 +33,8 @@ def _write(tmp_path, text, name="r.yaml"):
 def test_a_good_recipe_is_typed_and_paths_are_relative_to_it(tmp_path):
     r = load_recipe(_write(tmp_path, GOOD))
     assert r.conversion.variant == "rla" and r.conversion.clip == 0.5
-    assert r.stage2.lora.r == 4 and r.stage2.lora.targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert r.stage2.lora.r == 4 and r.stage2.lora.targets == ["q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj",
+                                                            "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj"]
     assert r.data.train == str((tmp_path / "text.jsonl").resolve())
     assert isinstance(r.stage1.lr, float)
 

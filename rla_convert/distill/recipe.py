@@ -38,7 +38,10 @@ class LoraSpec:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # module names in each converted layer (a name no layer has adapts nothing): an MLA-converted layer's q/k/v Linears
+    # are q_a_proj, q_b_proj (or q_proj), kv_a_proj_with_mqa and kv_b_proj, in the default so that they are adapted too
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj",
+                                                        "kv_a_proj_with_mqa", "kv_b_proj"])
 
 
 @dataclass

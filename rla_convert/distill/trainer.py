@@ -38,7 +38,8 @@ from .recipe import Recipe, recipe_yaml
 STAGES = ("stage1", "stage2")
 MAX_CONSECUTIVE_NONFINITE = 5
 # Projections every converted layer takes from its source: stage 1 leaves them alone, LoRA adapts them.
-REUSED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")
+REUSED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "q_a_proj", "q_a_layernorm",
+                      "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj")  # the last six: MLA's
 
 
 class DistillError(UserError):

@@ -10,6 +10,11 @@ Per token (paper, Section 3.4; the math itself lives in rla_kernels):
                (variant gdn, the baseline: the plain gated delta rule, no gamma and no residual branch)
                an optional RMSNorm(o) * SiLU(W_g x), and o_proj
 
+MLA (DeepSeek-V2/V3's Multi-head Latent Attention, ``kv_lora_rank`` set): q = q_b_proj(RMSNorm(q_a_proj(x))) (or
+q_proj(x) without ``q_lora_rank``); kv_a_proj_with_mqa(x) = [latent | k_rot], kv_b_proj(RMSNorm(latent)) = per head
+[k_nope | v]; k_rot is one head shared by every key head. The RMSNorm between the two projections keeps them apart (no
+one Linear is the pair), so the layer keeps MLA's projections and hands the same norm/RoPE/feature-map path q, k, v.
+
 Heads: q, k and v may have different head counts (GQA in softmax models, more value heads than key
 heads in Qwen3-Next); each is repeated to the largest count H, so every query in a group reads the same
 shared key/value head, the same convention as ``repeat_kv`` / ``repeat_interleave`` upstream.
@@ -116,6 +121,9 @@ class ResidualAttention(nn.Module):
         rope: bool = False,
         rope_dim: int | None = None,
         rope_cos_interleaved: bool = False,
+        q_lora_rank: int | None = None,
+        kv_lora_rank: int | None = None,
+        latent_norm_eps: float = 1e-6,
         output_gate: bool = False,
         output_scale: bool = False,
         qkv_bias: bool = False,
@@ -160,9 +168,15 @@ class ResidualAttention(nn.Module):
         self.scale = head_dim ** -0.5
         H = self.num_heads
 
-        self.q_proj = nn.Linear(hidden_size, self.num_q_heads * head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(hidden_size, self.num_k_heads * head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(hidden_size, self.num_v_heads * self.head_v_dim, bias=qkv_bias)
+        self.q_lora_rank, self.kv_lora_rank = q_lora_rank, kv_lora_rank
+        if kv_lora_rank is None:
+            if q_lora_rank is not None:
+                raise ValueError("q_lora_rank is an MLA argument: it needs kv_lora_rank")
+            self.q_proj = nn.Linear(hidden_size, self.num_q_heads * head_dim, bias=qkv_bias)
+            self.k_proj = nn.Linear(hidden_size, self.num_k_heads * head_dim, bias=qkv_bias)
+            self.v_proj = nn.Linear(hidden_size, self.num_v_heads * self.head_v_dim, bias=qkv_bias)
+        else:
+            self._latent_projections(hidden_size, rope_dim, latent_norm_eps, qkv_bias, qk_norm)
         self.o_proj = nn.Linear(H * self.head_v_dim, hidden_size, bias=o_bias)
         self.a_proj = nn.Linear(hidden_size, H, bias=False)
         self.b_proj = nn.Linear(hidden_size, H, bias=b_bias)
@@ -193,6 +207,41 @@ class ResidualAttention(nn.Module):
         self._prep = prep_ops()
         self.reset_gates()
 
+    def _latent_projections(self, hidden_size, rope_dim, eps, bias, qk_norm):
+        """MLA's projections under its own names (bias as MLA: on the two that read x, ``qkv_bias``)."""
+        if rope_dim is None or (self.head_dim - rope_dim) % 2:
+            raise ValueError(f"MLA needs rope_dim (the shared key part k_rot's width) with an even rest of the "
+                             f"{self.head_dim} head features, got {rope_dim}")
+        if not self.num_q_heads == self.num_k_heads == self.num_v_heads:
+            raise ValueError("MLA's q, k and v have one head count: leave num_k_heads and num_v_heads out")
+        if qk_norm:
+            raise ValueError("MLA has no q/k norm: qk_norm=True does not go with kv_lora_rank")
+        H, D, rank = self.num_heads, self.head_dim, self.q_lora_rank
+        self.mla_rope_dim = rope_dim  # kept apart from self.rope_dim, which is None for a whole-head RoPE
+        if rank is None:
+            self.q_proj = nn.Linear(hidden_size, H * D, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden_size, rank, bias=bias)
+            self.q_a_layernorm = HeadRMSNorm(rank, eps)
+            self.q_b_proj = nn.Linear(rank, H * D, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden_size, self.kv_lora_rank + rope_dim, bias=bias)
+        self.kv_a_layernorm = HeadRMSNorm(self.kv_lora_rank, eps)
+        self.kv_b_proj = nn.Linear(self.kv_lora_rank, H * (D - rope_dim + self.head_v_dim), bias=False)
+
+    def _latent_qkv(self, x):
+        """MLA's q, k, v [B, T, H, dim], each head's q/k features in the layer's partial-RoPE order (rope_dim): q's
+        rows are stored so; k is assembled so from the shared k_rot and the head's k_nope."""
+        B, T, _ = x.shape
+        H, D, r = self.num_heads, self.head_dim, self.mla_rope_dim
+        q = self.q_proj(x) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, r], dim=-1)
+        k_nope, v = self.kv_b_proj(self.kv_a_layernorm(latent)).view(B, T, H, -1).split([D - r, self.head_v_dim], -1)
+        # [k_rot first half, k_nope first half, k_rot second half, k_nope second half]: the one k_rot broadcast to
+        # every head (RoPE then gives each head's copy the same rotation: the shared rotated k_rot, as MLA's)
+        k = torch.cat([k_rot.reshape(B, T, 1, 2, r // 2).expand(B, T, H, 2, r // 2),
+                       k_nope.reshape(B, T, H, 2, (D - r) // 2)], dim=-1)
+        return q.view(B, T, H, D), k.reshape(B, T, H, D), v.contiguous()
+
     def reset_gates(self) -> None:
         """A neutral starting point; rla_convert.init applies the named strategies."""
         with torch.no_grad():
@@ -221,13 +270,16 @@ class ResidualAttention(nn.Module):
         seq_starts = self._positions_in_sequence(cu_seqlens, T, hidden_states.device) if cu_seqlens is not None else None
 
         x = hidden_states
-        q, k = self.q_proj(x), self.k_proj(x)
         norm_all = hasattr(self, "q_norm") and self.qk_norm_over == "all"
-        if norm_all:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, self.num_q_heads, self.head_dim)
-        k = k.view(B, T, self.num_k_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_v_heads, self.head_v_dim)
+        if self.kv_lora_rank is not None:
+            q, k, v = self._latent_qkv(x)
+        else:
+            q, k = self.q_proj(x), self.k_proj(x)
+            if norm_all:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q = q.view(B, T, self.num_q_heads, self.head_dim)
+            k = k.view(B, T, self.num_k_heads, self.head_dim)
+            v = self.v_proj(x).view(B, T, self.num_v_heads, self.head_v_dim)
         if hasattr(self, "q_norm") and not norm_all:
             q, k = self.q_norm(q), self.k_norm(k)
         rope_ok = not self.rope or position_embeddings is not None  # else the PyTorch path says what is missing
@@ -423,6 +475,8 @@ class ResidualAttention(nn.Module):
         return (f"variant={self.variant}, heads={self.num_heads} (q {self.num_q_heads}, k {self.num_k_heads}, "
                 f"v {self.num_v_heads}), head_dim={self.head_dim}, clip={self.clip}, conv={self.conv_size}, rope={self.rope}"
                 + (f" ({self.rope_dim} of {self.head_dim})" if self.rope and self.rope_dim else "")
+                + (f", mla (q_lora_rank={self.q_lora_rank}, kv_lora_rank={self.kv_lora_rank}, head_v_dim="
+                   f"{self.head_v_dim})" if self.kv_lora_rank is not None else "")
                 + ("" if self.recompute_states else ", recompute_states=False"))
 
 

@@ -68,13 +68,15 @@ GEMMA_FAMILY = ("GemmaAttention", "Gemma2Attention", "Gemma3Attention", "VaultGe
 GLM_FAMILY = ("GlmAttention", "Glm4Attention", "HeliumAttention", "Ernie4_5Attention", "Ernie4_5_MoeAttention")
 PARTIAL_ROPE_FAMILY = ("PhiAttention", "StableLmAttention")
 
-# q_norm/k_norm classes whose formula the layer's HeadRMSNorm reproduces (x * rsqrt(mean(x^2) + eps), then the
-# weight), read against transformers' source: (offset added to the weight, whether the weight scales in fp32 before
-# the cast back). Llama's order casts first; OLMo2/3 scale in fp32; Gemma3 scales in fp32 by 1 + weight.
+# q_norm/k_norm (and MLA's latent norm) classes whose formula the layer's HeadRMSNorm reproduces (x * rsqrt(mean(x^2)
+# + eps), then the weight), read against transformers' source: (offset added to the weight, whether the weight scales
+# in fp32 before the cast back). Llama's order casts first; OLMo2/3 scale in fp32; Gemma3 scales in fp32 by 1 + weight.
 RMS_NORMS = {"Qwen3RMSNorm": (0.0, False), "Qwen3MoeRMSNorm": (0.0, False), "Exaone4RMSNorm": (0.0, False),
              "OlmoeRMSNorm": (0.0, False), "ApertusRMSNorm": (0.0, False), "Dots1RMSNorm": (0.0, False),
              "MellumRMSNorm": (0.0, False), "HYV3RMSNorm": (0.0, False), "ExaoneMoeRMSNorm": (0.0, False),
              "Glm4MoeRMSNorm": (0.0, False), "Lfm2RMSNorm": (0.0, False), "Lfm2MoeRMSNorm": (0.0, False),
+             "DeepseekV3RMSNorm": (0.0, False), "YoutuRMSNorm": (0.0, False), "Glm4MoeLiteRMSNorm": (0.0, False),
+             "MiniCPM3RMSNorm": (0.0, False),
              "Olmo2RMSNorm": (0.0, True), "Olmo3RMSNorm": (0.0, True), "FlexOlmoRMSNorm": (0.0, True),
              "Gemma3RMSNorm": (1.0, True)}
 OLMO2_FAMILY = ("Olmo2Attention", "Olmo3Attention", "OlmoeAttention", "FlexOlmoAttention")
@@ -229,8 +231,9 @@ def layer_weights(adapter, module, kwargs) -> dict:
     rope_dim, head_dim = kwargs.get("rope_dim"), kwargs.get("head_dim")
     if rope_dim is None or rope_dim == head_dim:
         return weights
+    # MLA's q rows too (q_b_proj, or q_proj); its layer assembles each key head in this order (_latent_qkv)
     return _reorder_qk(weights, head_dim, partial_rope_order(head_dim, rope_dim),
-                       QK_ROWS + ("q_norm.weight", "k_norm.weight"))
+                       QK_ROWS + ("q_norm.weight", "k_norm.weight", "q_b_proj.weight"))
 
 
 def _glm_weights(m):
@@ -380,12 +383,70 @@ def _cohere_weights(m):
     return _reorder_qk(_llama_weights(m), m.head_dim, _deinterleaved(m.head_dim, m.head_dim))
 
 
+# -- Multi-head Latent Attention (DeepSeek-V3's MLA): q from q_a_proj -> RMSNorm -> q_b_proj (or q_proj), k and v
+# from a latent: kv_a_proj_with_mqa(x) = [latent | k_rot], kv_b_proj(RMSNorm(latent)) = per head [k_nope | v], k_rot
+# one RoPE'd head shared by all. The layer keeps these projections (ResidualAttention, kv_lora_rank). Each q head's
+# rows are stored as [rope | nope], which layer_weights lays out in the partial-RoPE order the layer assembles k in;
+# with rope_interleave (RoPE on the pairs (2i, 2i + 1)) q's and k_rot's rope rows are taken evens then odds, as GLM's: the
+# layer's rotation of (i, i + r/2) is then theirs, whose output is in that very order. Read against transformers'
+# source: Youtu's, GLM-4-MoE-Lite's and MiniCPM3's forwards are DeepSeek-V3's (MiniCPM3's never
+# interleaved).
+
+MLA_FAMILY = ("DeepseekV3Attention", "YoutuAttention", "Glm4MoeLiteAttention", "MiniCPM3Attention")
+MLA_NEVER_INTERLEAVED = ("MiniCPM3Attention",)
+
+
+def _mla_interleaved(m) -> bool:
+    return type(m).__name__ not in MLA_NEVER_INTERLEAVED and bool(m.config.rope_interleave)
+
+
+def _mla_kwargs(m, site, config):
+    _causal(m, site)
+    norms = [n for n in (m.q_a_layernorm, m.kv_a_layernorm) if n is not None]
+    for norm in norms:
+        if RMS_NORMS.get(type(norm).__name__) != (0.0, False):
+            _refuse(site, f"its latent norm is a {type(norm).__name__}, not an RMSNorm whose formula the converted "
+                          "layer reproduces")
+    if len({_norm_eps(n) for n in norms}) > 1:
+        _refuse(site, "its q and kv latent norms have different eps; the converted layer has one")
+    heads, nope, rope, v = m.num_heads, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim
+    if m.kv_b_proj.out_features != heads * (nope + v) or nope % 2:
+        _refuse(site, f"its kv_b_proj gives {m.kv_b_proj.out_features} rows for {heads} heads of k_nope "
+                      f"{nope} (even) and v {v}")
+    biases = {p.bias is not None for p in (m.q_a_proj, m.kv_a_proj_with_mqa) if p is not None}
+    if len(biases) > 1:
+        _refuse(site, "q_a_proj and kv_a_proj_with_mqa differ in having a bias")
+    return dict(hidden_size=m.hidden_size, num_heads=heads, head_dim=nope + rope, head_v_dim=v, rope=True,
+                rope_dim=rope, q_lora_rank=m.q_lora_rank, kv_lora_rank=m.kv_lora_rank,
+                latent_norm_eps=_norm_eps(m.kv_a_layernorm), qkv_bias=biases.pop(),
+                o_bias=m.o_proj.bias is not None)
+
+
+def _mla_weights(m):
+    nope, r, rank = m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank
+    rope_rows = _deinterleaved(r, r) if _mla_interleaved(m) else torch.arange(r)
+    q_name = "q_proj" if m.q_lora_rank is None else "q_b_proj"
+    names = ("q_a_proj", "q_a_layernorm", q_name, "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj", "o_proj")
+    weights = _copy((f"{p}.{w}", getattr(getattr(m, p), w, None)) for p in names if getattr(m, p) is not None
+                    for w in ("weight", "bias"))
+    _reorder_qk(weights, nope + r, torch.cat([nope + rope_rows, torch.arange(nope)]), (f"{q_name}.weight",))
+    kv_rows = torch.cat([torch.arange(rank), rank + rope_rows])  # the latent as it is, then k_rot's rows
+    for name in ("kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.bias"):
+        if name in weights:
+            weights[name] = weights[name][kv_rows]
+    return weights
+
+
 # -- Known attention with no exact mapping: refused with the reason --------------------------------------------
 
 REFUSED = {
     "GPTJAttention": "GPT-J computes its interleaved RoPE inside the module; the converted layer takes cos/sin from "
                      "the model",
     "GptOssAttention": "its attention sinks (learned per-head softmax logits) have no linear-attention counterpart",
+    "DeepseekV2Attention": "its RoPE multiplies complex numbers by a complex freqs_cis table; the converted layer "
+                           "takes (cos, sin) from the model",
+    "Mistral4Attention": "it scales q by a factor growing with the position (llama_4_scaling_beta), which the "
+                         "converted layer's SiLU would not pass through unchanged",
 }
 
 
@@ -598,6 +659,10 @@ ADAPTERS = (
     Adapter("gpt-bigcode", "GPT-BigCode, StarCoder, SantaCoder attention (GPTBigCodeAttention, fused c_attn split, "
             "multi-query or not)", "softmax", "pair", _classes("GPTBigCodeAttention"), _bigcode_kwargs,
             _bigcode_weights),
+    Adapter("mla", "DeepSeek-V3, Youtu, GLM-4-MoE-Lite, MiniCPM3 Multi-head Latent Attention (" + ", ".join(MLA_FAMILY)
+            + "; its latent projections and norms kept, interleaved RoPE mapped by reordering rows; softmax-only "
+            "logit scale (YaRN's mscale) dropped)", "softmax", "pair", _classes(*MLA_FAMILY), _mla_kwargs,
+            _mla_weights),
     Adapter("fla-gated-deltanet", "flash-linear-attention GatedDeltaNet layer", "gated-deltanet", "triple",
             _classes("GatedDeltaNet"), _fla_gdn_kwargs, _fla_gdn_weights),
     Adapter("qwen3-next-gdn", "transformers Qwen3-Next Gated DeltaNet (Qwen3NextGatedDeltaNet)", "gated-deltanet", "tensor",

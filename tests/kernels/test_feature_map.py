@@ -149,6 +149,27 @@ def test_with_a_short_conv_only_the_gates_run_fused():
     assert calls == ["gates"]  # the conv sits between RoPE and SiLU: the q/k map stays in PyTorch
 
 
+@pytest.mark.parametrize("q_lora_rank", [8, None])
+def test_mla_projections_take_the_one_launch_kernels_too(q_lora_rank):
+    # MLA's k (a shared k_rot beside each head's k_nope) reaches the kernel as a plain [B, T, H, D] key
+    layer = _layer(num_k_heads=None, head_v_dim=12, rope_dim=8, q_lora_rank=q_lora_rank, kv_lora_rank=8)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 7, 32)
+    cos, sin = _rope(2, 7, 8, torch.float32, expanded=False)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :2] = 0  # left padding
+    calls = _count_calls(layer)
+    with torch.no_grad():
+        layer.fused_prep = False
+        reference, _ = layer(x, attention_mask=mask, position_embeddings=(cos, sin))
+        layer.fused_prep = True
+        out, _ = layer(x, attention_mask=mask, position_embeddings=(cos, sin))
+    assert calls == ["feature_map", "feature_map", "gates"]
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
 def test_gpu_feature_map_at_smollm2_shapes(dtype, tol):
