@@ -223,6 +223,35 @@ def test_gdn_baseline_on_cuda_runs_fla_and_matches_the_reference(head_dim, monke
     assert rel(torch.cat(pieces, 1).float(), out_ref[:, :152]) < 2e-2
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["rdn", "rla"])
+def test_an_mla_layer_at_deepseek_head_dims_runs_the_triton_kernels_as_the_torch_path(variant):
+    # DeepSeek-V3's MLA: keys 192 wide (128 + 64 RoPE), values 128: a K unlike V in the Triton kernels, in bf16 as
+    # training runs them, against the torch backend in fp32: the output, every parameter's gradient, a decode step
+    torch.manual_seed(0)
+    kw = dict(hidden_size=256, num_heads=4, num_k_heads=4, head_dim=192, head_v_dim=128, rope=True, rope_dim=64,
+              q_lora_rank=64, kv_lora_rank=32)
+    fast = make_layer(variant, **kw).float().cuda()
+    ref = make_layer(variant, backend="torch", **kw).float().cuda()
+    ref.load_state_dict(fast.state_dict())
+    x, w = torch.randn(2, 300, 256, device="cuda"), torch.randn(2, 300, 256, device="cuda")
+    angles = torch.arange(300, device="cuda")[:, None] * 0.9 ** torch.arange(32, device="cuda")
+    rope = tuple(torch.cat([f(angles)] * 2, -1)[None].expand(2, -1, -1) for f in (torch.cos, torch.sin))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out_fast, _ = fast(x, position_embeddings=rope)
+    (out_fast.float() * w).sum().backward()
+    out_ref, _ = ref(x, position_embeddings=rope)
+    (out_ref * w).sum().backward()
+    assert rel(out_fast.float(), out_ref) < 2e-2
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        assert rel(p.grad, q.grad) < 3e-2, name
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        cache = DynamicCache()
+        pieces = [fast(x[:, a:b], position_embeddings=tuple(t[:, a:b] for t in rope), past_key_values=cache)[0]
+                  for a, b in ((0, 150), (150, 151), (151, 152))]
+    assert rel(torch.cat(pieces, 1).float(), out_ref[:, :152]) < 2e-2
+
+
 def test_a_mask_keeps_the_kernel_inputs_in_the_autocast_dtype():
     layer = make_layer("rdn").float()
     seen, op = [], layer._op
