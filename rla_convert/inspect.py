@@ -67,6 +67,8 @@ def architecture_summary(model: nn.Module) -> dict:
     heads = getattr(text_cfg, "num_attention_heads", None)
     hidden = getattr(text_cfg, "hidden_size", None)
     head_dim = getattr(text_cfg, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    if getattr(text_cfg, "kv_lora_rank", None):  # MLA: config.head_dim is the RoPE part alone; q/k heads hold both
+        head_dim = text_cfg.qk_nope_head_dim + text_cfg.qk_rope_head_dim
     return {
         "model_type": getattr(cfg, "model_type", type(model).__name__),
         "class": type(model).__name__,

@@ -470,3 +470,12 @@ def test_info_says_per_layer_whether_it_converts_without_tracing(name, expected)
     if name == "phi3":
         convert_model(model, ConversionConfig(variant="rdn"))
         assert {layer.conversion for layer in describe_layers(model)} == {"converted"}
+
+
+def test_info_names_an_mla_models_query_and_key_head_size():
+    # transformers sets an MLA config's head_dim to its RoPE part (qk_rope_head_dim); a q/k head holds nope + rope
+    from rla_convert.inspect import architecture_summary
+
+    model = CASES["deepseek-v3"][0]()
+    cfg = model.config
+    assert architecture_summary(model)["head_dim"] == cfg.qk_nope_head_dim + cfg.qk_rope_head_dim != cfg.head_dim

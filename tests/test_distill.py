@@ -119,6 +119,20 @@ def test_default_lora_targets_adapt_an_mla_layers_projections():
     assert adapted == expected
 
 
+def test_runs_from_before_mla_joined_the_default_lora_targets_still_resume(tiny, tmp_path):
+    # a recipe that lists no targets hashed the old default, q/k/v/o: it must hash so still (MLA's names, in the
+    # default since, adapted nothing in the models runs could convert then); any other choice of targets differs
+    from rla_convert.distill.trainer import recipe_fingerprint
+
+    def fingerprint(**overrides):
+        return recipe_fingerprint(load_recipe(write_recipe(tmp_path, tiny, **overrides)))
+
+    default = fingerprint()
+    assert default == fingerprint(**{"stage2.lora.targets": ["q_proj", "k_proj", "v_proj", "o_proj"]})
+    assert default != fingerprint(**{"stage2.lora.targets": ["q_proj", "v_proj"]})
+    assert default != fingerprint(**{"stage2.lora.targets": ["q_proj", "k_proj", "v_proj", "o_proj", "kv_b_proj"]})
+
+
 def test_a_run_writes_metrics_artifact_and_summary(finished_run):
     run, summary, run_dir = finished_run
     rows = metrics(run_dir)

@@ -20,6 +20,8 @@ from ..config import ConversionConfig
 from ..errors import UserError
 
 PRECISIONS = ("bf16", "fp16", "fp32")
+MLA_LORA_TARGETS = ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")  # in the default since 2026-12-05
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj") + MLA_LORA_TARGETS
 
 
 @dataclass
@@ -40,8 +42,7 @@ class LoraSpec:
     dropout: float = 0.0
     # module names in each converted layer (a name no layer has adapts nothing): an MLA-converted layer's q/k/v Linears
     # are q_a_proj, q_b_proj (or q_proj), kv_a_proj_with_mqa and kv_b_proj, in the default so that they are adapted too
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj",
-                                                        "kv_a_proj_with_mqa", "kv_b_proj"])
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
 
 @dataclass

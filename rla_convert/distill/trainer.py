@@ -575,13 +575,19 @@ def recipe_fingerprint(recipe: Recipe) -> str:
 
     Not the conversion's training-only fields (config.TRAINING_ONLY: recompute_states): they change memory and
     speed, not the model, so a run may resume with another choice (e.g. on a smaller GPU; its losses may then
-    differ from the uninterrupted run's in rounding), and runs from before those fields existed still match.
+    differ from the uninterrupted run's in rounding), and runs from before those fields existed still match. Nor
+    the LoRA targets' MLA names where they are the default's (runs from before they joined it still match).
     """
     import hashlib
 
     from ..config import TRAINING_ONLY
 
+    from .recipe import DEFAULT_LORA_TARGETS, MLA_LORA_TARGETS
+
     d = asdict(recipe)
     keep = {k: d[k] for k in ("model", "conversion", "data", "stage1", "stage2", "seed", "precision")}
+    lora = keep["stage2"]["lora"]
+    if lora["targets"] == list(DEFAULT_LORA_TARGETS):  # hashed as the default before MLA's names joined it (no model
+        lora["targets"] = [t for t in lora["targets"] if t not in MLA_LORA_TARGETS]  # then had them): runs resume
     keep["conversion"] = {k: v for k, v in keep["conversion"].items() if k not in TRAINING_ONLY}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
