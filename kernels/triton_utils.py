@@ -39,9 +39,10 @@ FIXED_CONFIG = INTERPRET or os.environ.get("RLA_KERNELS_FIXED_CONFIG") == "1"
 # are right): under it, the kernels cast half dot operands to fp32 first (the same products: a half value is
 # exact in fp32).
 HALF_DOTS_IN_FP32 = INTERPRET
-# RLA_KERNELS_SPLIT_ASM=1 at import: _split_half splits bf16 by one PTX block a pair of elements (split_bf16_pairs)
-# instead of Triton's lowering of the casts. Never under the interpreter (it runs no PTX). Off by default until
-# every float64 row has run with it (H200 2026-12-05: RDN's training walk -7% at B=1 T=32k; BENCHMARKS.md).
+# RLA_KERNELS_SPLIT_ASM (1 or unset) at import: _split_half splits bf16 by one PTX block a pair of elements
+# (split_bf16_pairs) instead of Triton's lowering of the casts; 0: the casts. Never under the interpreter (it runs no
+# PTX). On by default since every float64 row passed with it (H100, 2026-12-05; RDN's training walk -7% at B=1 T=32k,
+# H200, 2026-12-05 03:20; BENCHMARKS.md).
 SPLIT_ASM = split_asm_requested() and not INTERPRET
 _SPLIT_ASM = tl.constexpr(SPLIT_ASM)
 

@@ -63,7 +63,7 @@ def test_a_bad_split_asm_switch_in_the_environment_is_one_line(monkeypatch, caps
     monkeypatch.setenv("RLA_KERNELS_SPLIT_ASM", "yes")
     assert exit_status("info", "smollm2-135m") == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "RLA_KERNELS_SPLIT_ASM='yes'" in line and "1 (on), 0 (off) or unset" in line
+    assert "RLA_KERNELS_SPLIT_ASM='yes'" in line and "1 or unset (on), 0 (off)" in line
 
 
 def test_a_bad_backend_in_the_environment_is_one_line(monkeypatch, capsys):

@@ -22,8 +22,8 @@ def main_entry(cli: click.Group, argv=None):
     try:
         split_asm_requested()  # read when the kernels import (triton_utils), which would raise there
     except ValueError:
-        fail(f"environment variable {SPLIT_ASM_VAR}={os.environ[SPLIT_ASM_VAR]!r}: accepted values are 1 (on), 0 (off) "
-             "or unset")
+        fail(f"environment variable {SPLIT_ASM_VAR}={os.environ[SPLIT_ASM_VAR]!r}: accepted values are 1 or unset "
+             "(on), 0 (off)")
 
     chosen = os.environ.get(ENV_VAR)
     if chosen and chosen not in BACKENDS:  # read by every kernel call: refuse it before any work
