@@ -71,9 +71,11 @@ run_part() {
         python3 scripts/gpu_check_rdn.py ;;
     determinism) RLA_KERNELS_FIXED_CONFIG=1 timeout ${DETERMINISM_LIMIT:-150} python3 docs/next/rdn-grad-determinism.py 2>&1 | tee "$OUT/determinism.txt" ;;
     profile) timeout ${PROFILE_LIMIT:-150} python3 scripts/profile_kernels.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile.txt" ;;
-    tests)  # TESTS="a.py b.py; c.py": each ;-group its own pytest, side by side (a cold one compiles on one core)
+    tests)  # TESTS="a.py b.py; c.py": each ;-group its own pytest, side by side (a cold one compiles on one core).
+      # The limit interrupts pytest as ^C does, so that it still prints its failures' tracebacks (2026-12-05: a
+      # SIGTERM at the limit took two failures' reasons with it)
       side_by_side "$OUT/gpu_tests.txt" "${TESTS:-tests/kernels}" env RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} \
-        timeout ${TESTS_LIMIT:-240} python3 -m pytest -v -p no:cacheprovider -m gpu --durations=8 ;;
+        timeout -s INT -k 20 ${TESTS_LIMIT:-240} python3 -m pytest -v -p no:cacheprovider -m gpu --durations=8 ;;
     bench) RLA_KERNELS_FIXED_CONFIG=${FIXED:-1} timeout ${BENCH_LIMIT:-240} $RLA bench kernels \
              --seq-lens ${SEQ_LENS:-2048,8192,32768} --decode-contexts 2048,32768 --no-progress ${BENCH_ARGS:-} \
              --json "$OUT/kernels.json" --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.txt" ;;
@@ -127,12 +129,12 @@ run_part() {
   esac
 }
 # A part joined to others by + runs beside them ("rdn+rla+tests"): for checks, whose results do not depend on what
-# else the GPU runs, never for timings (bench, profile, ncu) nor two parts that assemble the GGUF. Their output comes after the group, one part at a time.
+# else the GPU runs, never for timings (bench, profile, ncu) nor two parts that assemble the GGUF. Their output comes
+# after the group, one part at a time.
 for group in $parts; do
   echo "=== $group $(date +%T)"
   if [[ $group == *+* ]]; then
-    pids=""; names=""
-    logs=$(mktemp -d)
+    pids=""; logs=$(mktemp -d)
     for part in ${group//+/ }; do run_part "$part" > "$logs/$part.log" 2>&1 & pids="$pids $!"; done
     rc=0; for pid in $pids; do wait $pid || rc=$?; done
     for part in ${group//+/ }; do echo "--- $part"; cat "$logs/$part.log"; done; rm -r "$logs"
