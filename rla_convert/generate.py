@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench.graphed import GraphedGreedyStep, GreedyStep, converted_share, prefill, sliding_window_refusal
+from .bench.graphed import (GraphedGreedyStep, GreedyStep, converted_share, layer_kinds, prefill,
+                            sliding_window_refusal)
 from .compat import cache_argument, output_cache
 from .errors import UserError
 
@@ -49,12 +50,13 @@ def _graph_refusal(model, device, padded: bool) -> str | None:
     """Why this model cannot decode as a CUDA graph here, or None."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device; the model is on {device}"
-    converted, layers = converted_share(model)
+    kinds = layer_kinds(model)
+    converted, layers = converted_share(kinds)
     if 0 < converted < layers:
         return "a model that keeps some softmax layers (a hybrid) decodes eagerly: its graphed step is not yet checked"
     if padded and converted < layers:
         return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
-    return sliding_window_refusal(model)
+    return sliding_window_refusal(model, kinds)
 
 
 @torch.no_grad()

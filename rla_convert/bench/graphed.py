@@ -30,19 +30,22 @@ from ..models.modeling_rla import _real_token_positions
 PREFILL_CHUNK = 2048  # a static cache's prefill mask is [B, 1, chunk, max_len]: chunks keep it small
 
 
-def converted_share(model) -> tuple[int, int]:
-    """(converted decoder layers, decoder layers): all converted, the cache holds states only."""
-    kinds = [layer.kind for layer in describe_layers(model)]
+def layer_kinds(model) -> list[str]:
+    """Each decoder layer's kind (describe_layers): one of VARIANTS where converted."""
+    return [layer.kind for layer in describe_layers(model)]
+
+
+def converted_share(kinds: list[str]) -> tuple[int, int]:
+    """(converted decoder layers, decoder layers) of ``layer_kinds``: all converted, the cache holds states only."""
     return sum(kind in VARIANTS for kind in kinds), len(kinds)
 
 
-def sliding_window_refusal(model) -> str | None:
+def sliding_window_refusal(model, kinds: list[str]) -> str | None:
     """Why a model cannot decode as a CUDA graph for its softmax layers' cache, or None: a layer left as softmax
     attention with a sliding window (Gemma's, Qwen2's local layers) writes its static cache where a host-side counter
-    says (transformers' sliding static layers), which a captured graph would replay frozen."""
+    says (transformers' sliding static layers), which a captured graph would replay frozen. ``kinds``: layer_kinds."""
     from transformers import StaticCache
 
-    kinds = [layer.kind for layer in describe_layers(model)]
     if all(kind in VARIANTS for kind in kinds):
         return None
     layers = StaticCache(config=model.config, max_cache_len=1).layers  # allocates nothing until written
@@ -87,7 +90,8 @@ class GreedyStep:
         self.model, self.cache_kwarg = model, cache_kwarg
         B, T = ids.shape
         device = ids.device
-        converted, layers = converted_share(model)
+        kinds = layer_kinds(model)
+        converted, layers = converted_share(kinds)
         if 0 < converted < layers:
             # Until 2026-12-05 a static cache holding recurrent layers reported itself not compileable, and
             # transformers then dropped the causal mask of one-token steps: the kept softmax layers attended to
@@ -95,7 +99,7 @@ class GreedyStep:
             # layer; tests/test_cache.py), but a hybrid's captured step has not run on a GPU: refused until then.
             raise ValueError("graphed decoding takes a fully converted model or an unconverted one; this model "
                              "keeps some softmax layers (a hybrid)")
-        refusal = sliding_window_refusal(model)
+        refusal = sliding_window_refusal(model, kinds)
         if refusal:
             raise ValueError(f"graphed decoding: {refusal}")
         if attention_mask is not None and converted < layers:

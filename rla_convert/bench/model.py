@@ -302,7 +302,8 @@ def graphed_decode_point(name, model, context, batch, device, steps=16) -> Point
         timer = Timer(device)
         _step_times(point, [timer(replay, repeats=1, warmup=0) for _ in range(steps)], device)
         kv = len(step.recurrent) < len(step.cache.layers)  # a teacher's or a hybrid's softmax layers
-        point.extra["cache"] = " and ".join(["static KV cache"] * kv + ["recurrent states, in place"] * bool(step.recurrent))
+        point.extra["cache"] = " and ".join(["static KV cache"] * kv
+                                            + ["recurrent states, in place"] * bool(step.recurrent))
 
     return _guard(Point(name, "decode_compiled", context, batch), run)
 

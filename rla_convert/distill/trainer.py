@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 from ..devices import resolve_device
 from ..errors import UserError
 from .losses import kd_loss, relative_mse
-from .recipe import Recipe, recipe_yaml
+from .recipe import DEFAULT_LORA_TARGETS, MLA_LORA_TARGETS, Recipe, recipe_yaml
 
 STAGES = ("stage1", "stage2")
 MAX_CONSECUTIVE_NONFINITE = 5
 # Projections every converted layer takes from its source: stage 1 leaves them alone, LoRA adapts them.
-REUSED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "q_a_proj", "q_a_layernorm",
-                      "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj")  # the last six: MLA's
+REUSED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", *MLA_LORA_TARGETS, "q_a_layernorm",
+                      "kv_a_layernorm")  # MLA's projections and latent norms too
 
 
 class DistillError(UserError):
@@ -581,8 +581,6 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     import hashlib
 
     from ..config import TRAINING_ONLY
-
-    from .recipe import DEFAULT_LORA_TARGETS, MLA_LORA_TARGETS
 
     d = asdict(recipe)
     keep = {k: d[k] for k in ("model", "conversion", "data", "stage1", "stage2", "seed", "precision")}
