@@ -248,3 +248,37 @@ def test_states_still_read_by_autograd_or_made_in_inference_mode_are_not_overwri
     with torch.no_grad():
         step = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
     assert torch.isfinite(step.logits).all()
+
+
+def test_a_static_cache_counts_tokens_on_the_device_where_a_captured_graph_replays_it():
+    # A CUDA graph replays a decode step with every host-side value as it was when captured. A kept softmax layer's
+    # mask is sized by the first full-attention cache layer, here a converted one: had it answered the query offset
+    # from its host count, a replayed step would mask out every key written after the capture (graphed hybrids left
+    # the eager tokens after 14-18 steps on the H100, 2026-12-05). Emulated here: the host counts frozen at a
+    # "capture" step decode what counting them does.
+    model = converted_llama(variant="rdn", keep_softmax=[1])
+    ids = torch.randint(1, 128, (2, 5))
+
+    def decode(freeze_at: int) -> torch.Tensor:
+        cache = tf.StaticCache(config=model.config, max_cache_len=24)
+        kwarg = {cache_argument(model): cache}
+        out = model(ids, use_cache=True, cache_position=torch.arange(5), **kwarg)
+        token, tokens = out.logits[:, -1:].argmax(-1), []
+        converted = [layer for layer in cache.layers if isinstance(layer, RecurrentStateLayer)]
+        for step in range(16):
+            counts = [layer.seen_tokens for layer in converted]
+            if step >= freeze_at:
+                for layer in converted:
+                    layer.seen_tokens = 5 + freeze_at
+            out = model(token, use_cache=True, cache_position=torch.tensor([5 + step]), **kwarg)
+            for layer, count in zip(converted, counts):
+                layer.seen_tokens = count + 1
+            token = out.logits[:, -1:].argmax(-1)
+            tokens.append(token)
+        return torch.cat(tokens, 1), cache
+
+    with torch.no_grad():
+        (frozen, cache), (counted, _) = decode(freeze_at=2), decode(freeze_at=16)
+    assert torch.equal(frozen, counted)
+    assert isinstance(cache.layers[0].get_seq_length(), torch.Tensor)  # what the masks read, advanced on the device
+    assert int(cache.layers[0].get_seq_length()) == 5 + 16

@@ -308,7 +308,7 @@ class ResidualAttention(nn.Module):
                             validate=self.debug, **keep)
         if state is not None:
             state.write_recurrent_state(tuple(s.to(gate_dtype) for s in final))
-            state.seen_tokens += T
+            state.count_tokens(T, x.device)
         if hasattr(self, "o_scale"):
             o = o * self.o_scale.to(o.dtype)[:, None]
 

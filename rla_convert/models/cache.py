@@ -38,6 +38,11 @@ class RecurrentStateLayer(CacheLayerMixin):
         self.conv_state: dict[str, torch.Tensor] = {}  # name -> last (kernel - 1) inputs, [B, kernel - 1, C]
         self.seen_tokens = 0
         self.static_length = static_length  # a static cache's full-attention length: what its masks span
+        # in a static cache, seen_tokens again as a device tensor advanced in place (count_tokens), as transformers'
+        # static layers keep theirs: masks read it (get_seq_length), and a captured CUDA graph replays its advance
+        # where a host-side count would stay at its value when captured (a kept softmax layer then stops seeing new
+        # keys: graphed hybrids left the eager tokens after ~10 steps, 2026-12-05)
+        self.cumulative_length: torch.Tensor | None = None
 
     @property
     def is_compileable(self) -> bool:
@@ -52,6 +57,17 @@ class RecurrentStateLayer(CacheLayerMixin):
         In place means a state tuple read from this layer earlier is overwritten by the next step:
         ``copy.deepcopy`` a cache (or clone its states) to keep a prefix for reuse."""
         self.recurrent_state = _write(self.recurrent_state, new)
+
+    def count_tokens(self, n: int, device: torch.device) -> None:
+        """Record ``n`` more tokens absorbed by the states (``seen_tokens``; in a static cache its device copy too)."""
+        self.seen_tokens += n
+        if self.static_length is None:
+            return
+        if self.cumulative_length is None or self.cumulative_length.device != device:
+            self.cumulative_length = torch.full((), self.seen_tokens - n, dtype=torch.long, device=device)
+            if not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(self.cumulative_length, guard=False)
+        self.cumulative_length.add_(n)
 
     def write_conv_state(self, name: str, tail: torch.Tensor) -> None:
         held = self.conv_state.get(name)
@@ -68,7 +84,9 @@ class RecurrentStateLayer(CacheLayerMixin):
             return self.static_length, 0
         return self.seen_tokens + query_length, 0
 
-    def get_seq_length(self) -> int:
+    def get_seq_length(self) -> int | torch.Tensor:
+        if self.cumulative_length is not None:  # a static cache's (as its static layers answer: a tensor)
+            return self.cumulative_length
         return self.seen_tokens
 
     def get_max_length(self) -> int:
@@ -76,6 +94,8 @@ class RecurrentStateLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.recurrent_state, self.conv_state, self.seen_tokens = None, {}, 0
+        if self.cumulative_length is not None:
+            self.cumulative_length.zero_()  # in place: a captured graph holds its address
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.recurrent_state is not None:
