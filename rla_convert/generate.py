@@ -11,9 +11,9 @@ updated in place. ``greedy_generate`` runs that: prefill, capture (after a few e
     result.ms_per_token  # decode time per timed step, prefill excluded (None: no step was timed)
 
 Greedy only (the argmax runs inside the graph). ``cuda_graph``: None captures on CUDA when the model allows it
-(fully converted or fully softmax; a hybrid decodes eagerly), True insists (an error says why it cannot),
-False decodes eagerly (on the model's own cache). The graphed step is ``bench.graphed.GreedyStep``, the one
-the benchmark times.
+(fully converted; a model that keeps softmax layers, teacher or hybrid, without left padding and without sliding
+windows), True insists (an error says why it cannot), False decodes eagerly (on the model's own cache). The graphed
+step is ``bench.graphed.GreedyStep``, the one the benchmark times.
 """
 from __future__ import annotations
 
@@ -52,8 +52,6 @@ def _graph_refusal(model, device, padded: bool) -> str | None:
         return f"CUDA graphs need a CUDA device; the model is on {device}"
     kinds = layer_kinds(model)
     converted, layers = converted_share(kinds)
-    if 0 < converted < layers:
-        return "a model that keeps some softmax layers (a hybrid) decodes eagerly: its graphed step is not yet checked"
     if padded and converted < layers:
         return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
     return sliding_window_refusal(model, kinds)

@@ -43,11 +43,13 @@ def test_prefill_reports_tokens_per_second():
     assert p.error is None and abs(p.tokens_per_s - 64 / p.ms * 1e3) < 1e-6
 
 
-@pytest.mark.parametrize("convert", [False, True], ids=["teacher-static-cache", "converted-states-in-place"])
+@pytest.mark.parametrize("convert", [False, True, "hybrid"],
+                         ids=["teacher-static-cache", "converted-states-in-place", "hybrid-static-cache"])
 def test_greedy_step_decodes_what_generate_does(convert):
     # The step a CUDA graph captures: token and position advance in place on the device; run eagerly here,
     # its logits must be those of recomputing the whole prefix, for a softmax model (static KV cache, its
-    # empty slots masked) and a converted one.
+    # empty slots masked), a converted one, and a hybrid (its kept layer's static keys masked to the cache's length,
+    # its converted layer's states in the static cache's place).
     from transformers import StaticCache
 
     from rla_convert.bench.graphed import GraphedGreedyStep, GreedyStep
@@ -57,11 +59,13 @@ def test_greedy_step_decodes_what_generate_does(convert):
 
     model = _tiny()
     if convert:
-        convert_model(model, ConversionConfig(variant="rdn", conv_size=4))
+        kept = [1] if convert == "hybrid" else []
+        convert_model(model, ConversionConfig(variant="rdn", conv_size=4, keep_softmax=kept))
     ids = torch.randint(3, 97, (2, 11))
     expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False)
     step = GreedyStep(model, ids, max_new_tokens=7 + 20, cache_kwarg=cache_argument(model))  # spare empty slots
-    assert isinstance(step.cache, StaticCache) != convert
+    assert isinstance(step.cache, StaticCache) == (convert is not True)
+    assert len(step.recurrent) == {False: 0, True: 2, "hybrid": 1}[convert]
     tokens = [step.token.clone()]
     for i in range(6):
         logits = step()
@@ -73,14 +77,3 @@ def test_greedy_step_decodes_what_generate_does(convert):
     assert int(step.position) == 11 + 6
     with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
         GraphedGreedyStep(step)
-
-
-def test_greedy_step_refuses_a_hybrid_model():
-    from rla_convert.bench.graphed import GreedyStep
-    from rla_convert.config import ConversionConfig
-    from rla_convert.convert import convert_model
-
-    model = _tiny()
-    convert_model(model, ConversionConfig(variant="rdn", keep_softmax=[1]))
-    with pytest.raises(ValueError, match="keeps some softmax layers"):
-        GreedyStep(model, torch.randint(3, 97, (1, 5)), max_new_tokens=4)

@@ -10,13 +10,15 @@ from rla_convert.errors import UserError
 from rla_convert.generate import _cut_after_eos, greedy_generate
 
 
-def _tiny_converted(vocab=97, convert=True):
+def _tiny_converted(vocab=97, keep_softmax=()):  # keep_softmax None: unconverted (the teacher)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # decisive logits: no argmax ties between the cached and the reference path
         model.lm_head.weight.mul_(50)
-    return convert_model(model, ConversionConfig(variant="rdn")).model.eval() if convert else model
+    if keep_softmax is None:
+        return model
+    return convert_model(model, ConversionConfig(variant="rdn", keep_softmax=list(keep_softmax))).model.eval()
 
 
 def _transformers_greedy(model, ids, n):
@@ -35,13 +37,8 @@ def test_greedy_generate_continues_as_transformers_generate_does():
     assert not result.graphed and result.prefill_ms > 0 and result.ms_per_token > 0
 
 
-def test_a_hybrid_that_keeps_softmax_layers_generates_eagerly():
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(50)
-    model = convert_model(model, ConversionConfig(variant="rdn", keep_softmax=[1])).model.eval()
+def test_a_hybrid_that_keeps_softmax_layers_generates_what_transformers_does():
+    model = _tiny_converted(keep_softmax=(1,))
     ids = torch.randint(3, 97, (2, 9))
     expected = _transformers_greedy(model, ids, 8)
     assert torch.equal(greedy_generate(model, ids, max_new_tokens=8).tokens, expected)
@@ -124,11 +121,12 @@ def test_bad_requests_say_what_is_accepted():
     assert one.tokens.shape == (1, 1) and one.steps == 0 and one.ms_per_token is None
 
 
-@pytest.mark.parametrize("keep_softmax, refused", [([], False), (None, True)], ids=["converted", "teacher"])
+@pytest.mark.parametrize("keep_softmax, refused", [([], False), ([1], False), ([0], True), (None, True)],
+                         ids=["converted", "hybrid-keeps-full", "hybrid-keeps-sliding", "teacher"])
 def test_softmax_layers_with_a_sliding_window_are_not_graphed(keep_softmax, refused):
     # transformers' sliding static cache layer writes where a host-side counter says: a captured graph would replay
     # it frozen (past the window: an index error). A model that keeps such a layer decodes eagerly; one whose
-    # sliding layers are all converted is graphed.
+    # sliding layers are all converted, or that keeps only full-attention layers, is graphed.
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from rla_convert.bench.graphed import GreedyStep
@@ -152,11 +150,10 @@ def test_softmax_layers_with_a_sliding_window_are_not_graphed(keep_softmax, refu
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("convert", [True, False], ids=["converted", "teacher"])
-def test_graphed_generation_on_cuda_equals_eager(convert):
-    # the teacher (a static KV cache, captured) too: bench model times it, and a hybrid's graphed decoding, which
-    # keeps such a layer, left the eager tokens on an H100 (2026-12-05; docs/next/0007): this says on which side
-    model = _tiny_converted(convert=convert).cuda()
+@pytest.mark.parametrize("keep_softmax", [(), (1,), None], ids=["converted", "hybrid", "teacher"])
+def test_graphed_generation_on_cuda_equals_eager(keep_softmax):
+    # the teacher (a static KV cache, captured) too: bench model times it, and a hybrid keeps such a layer
+    model = _tiny_converted(keep_softmax=keep_softmax).cuda()
     ids = torch.randint(3, 97, (3, 17), device="cuda")
     eager = greedy_generate(model, ids, max_new_tokens=24, cuda_graph=False)
     graphed = greedy_generate(model, ids, max_new_tokens=24, cuda_graph=True)

@@ -1,5 +1,5 @@
 """Greedy decoding whose every step is one replay of a captured CUDA graph, for a teacher and for its
-converted model alike (not for a hybrid that keeps some softmax layers: refused, see GreedyStep).
+converted model alike, and for a hybrid that keeps some softmax layers.
 
 At batch 1 (and even at batch 32) a 135M model's decode step is bound by the host: ~1,500 kernel
 launches from Python per token (BENCHMARKS.md). A CUDA graph replays the same launches with no Python in
@@ -12,7 +12,10 @@ model's fixed-size states. Everything a replay touches lives at fixed addresses:
 - a converted model keeps its recurrent states in the cache's tensors, written in place each step
   (``RecurrentStateLayer.write_recurrent_state``); its token counter is host-side and is advanced here;
 - a softmax model (the teacher) decodes into a ``StaticCache`` sized for the whole run, addressed by the
-  position tensor, as transformers does for torch.compile's CUDA graphs.
+  position tensor, as transformers does for torch.compile's CUDA graphs; so does a hybrid, whose converted
+  layers stand in for the static layers they replaced (``RecurrentStateLayer``: states in place, the
+  cache's length for the kept softmax layers' masks, and a token count on the device that those masks read,
+  so that a replay advances it as transformers' static layers advance theirs).
 
 ``GreedyStep`` is the step itself (it runs eagerly too, on any device: that is how the tests check it
 against ``generate``); ``GraphedGreedyStep`` captures it on CUDA.
@@ -92,13 +95,6 @@ class GreedyStep:
         device = ids.device
         kinds = layer_kinds(model)
         converted, layers = converted_share(kinds)
-        if 0 < converted < layers:
-            # Until 2026-12-05 a static cache holding recurrent layers reported itself not compileable, and
-            # transformers then dropped the causal mask of one-token steps: the kept softmax layers attended to
-            # the cache's empty slots. Eager steps are right now (RecurrentStateLayer stands in for the static
-            # layer; tests/test_cache.py), but a hybrid's captured step has not run on a GPU: refused until then.
-            raise ValueError("graphed decoding takes a fully converted model or an unconverted one; this model "
-                             "keeps some softmax layers (a hybrid)")
         refusal = sliding_window_refusal(model, kinds)
         if refusal:
             raise ValueError(f"graphed decoding: {refusal}")
