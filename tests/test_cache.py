@@ -265,16 +265,19 @@ def test_a_static_cache_counts_tokens_on_the_device_where_a_captured_graph_repla
         out = model(ids, use_cache=True, cache_position=torch.arange(5), **kwarg)
         token, tokens = out.logits[:, -1:].argmax(-1), []
         converted = [layer for layer in cache.layers if isinstance(layer, RecurrentStateLayer)]
+        counters = [layer.cumulative_length.data_ptr() for layer in converted]  # a replay writes these addresses
         for step in range(16):
             counts = [layer.seen_tokens for layer in converted]
             if step >= freeze_at:
                 for layer in converted:
                     layer.seen_tokens = 5 + freeze_at
-            out = model(token, use_cache=True, cache_position=torch.tensor([5 + step]), **kwarg)
+            position = torch.tensor([5 + step])  # given, as GreedyStep does: the mask alone reads the count
+            out = model(token, use_cache=True, cache_position=position, position_ids=position.expand(2, 1), **kwarg)
             for layer, count in zip(converted, counts):
                 layer.seen_tokens = count + 1
             token = out.logits[:, -1:].argmax(-1)
             tokens.append(token)
+        assert [layer.cumulative_length.data_ptr() for layer in converted] == counters  # advanced in place
         return torch.cat(tokens, 1), cache
 
     with torch.no_grad():
@@ -282,3 +285,19 @@ def test_a_static_cache_counts_tokens_on_the_device_where_a_captured_graph_repla
     assert torch.equal(frozen, counted)
     assert isinstance(cache.layers[0].get_seq_length(), torch.Tensor)  # what the masks read, advanced on the device
     assert int(cache.layers[0].get_seq_length()) == 5 + 16
+
+
+@pytest.mark.gpu
+def test_capturing_a_converted_layers_first_static_step_is_refused():
+    # made inside a capture, the device count would be a constant that every replay refills: refused, not frozen
+    model = converted_llama(variant="rdn", keep_softmax=[1]).cuda()
+    ids = torch.randint(1, 128, (1, 3), device="cuda")
+    kwarg = cache_argument(model)
+    with torch.no_grad():
+        model(ids, use_cache=True, **{kwarg: tf.StaticCache(config=model.config, max_cache_len=8)})  # compiles
+        fresh = tf.StaticCache(config=model.config, max_cache_len=8)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            with pytest.raises(RuntimeError, match="run one step \\(the prefill\\) before capturing"):
+                model(ids, use_cache=True, cache_position=torch.arange(3, device="cuda"), **{kwarg: fresh})

@@ -80,7 +80,8 @@ def prefill(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 class GreedyStep:
     """Prefill ``ids`` [B, T], then each call decodes one greedy token for every row, in place.
 
-    ``max_new_tokens`` sizes a teacher's static cache (a converted model needs no size). After a call,
+    ``max_new_tokens`` sizes the static cache of a model that keeps softmax layers (a fully converted one needs
+    no size). After a call,
     ``token`` [B, 1] holds the token just generated.
     """
 

@@ -415,6 +415,8 @@ class ResidualAttention(nn.Module):
         handed = getattr(cache, REAL_TOKENS, None)
         if isinstance(handed, torch.Tensor) and handed.shape == (B, T):
             return handed.to(device=device, dtype=torch.float32)  # made once for the model: layers may sit elsewhere
+        # a host count: a captured graph replays the column it had when captured. Right for graphed decoding, which
+        # takes no padding (every earlier column of a causal mask is open); a padded replay would need the device count
         first = state.seen_tokens if state is not None and state.static_length is not None else None
         return ResidualAttention._valid_tokens(mask, B, T, first)
 

@@ -64,6 +64,10 @@ class RecurrentStateLayer(CacheLayerMixin):
         if self.static_length is None:
             return
         if self.cumulative_length is None or self.cumulative_length.device != device:
+            if not torch.compiler.is_compiling() and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                # made inside a capture, the count would be a constant refilled at every replay: frozen again
+                raise RuntimeError("a converted layer's first step on a static cache was captured as a CUDA graph; "
+                                   "run one step (the prefill) before capturing")
             self.cumulative_length = torch.full((), self.seen_tokens - n, dtype=torch.long, device=device)
             if not torch.compiler.is_compiling():
                 torch._dynamo.mark_static_address(self.cumulative_length, guard=False)
@@ -95,7 +99,7 @@ class RecurrentStateLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.recurrent_state, self.conv_state, self.seen_tokens = None, {}, 0
         if self.cumulative_length is not None:
-            self.cumulative_length.zero_()  # in place: a captured graph holds its address
+            self.cumulative_length.zero_()  # in place: compiled graphs marked its address static
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.recurrent_state is not None:
