@@ -97,6 +97,21 @@ def test_static_cache_generation_of_a_left_padded_batch_matches_single_prompts(o
     assert getattr(cache, REAL_TOKENS) is None  # handed to one call's layers only
 
 
+@pytest.mark.parametrize("options", [dict(variant="rdn"), dict(variant="rdn", keep_softmax=[1])])
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_chunked_prefill_decodes_what_one_prefill_does(options, cache):
+    # generate(prefill_chunk_size=) prefills in pieces, and for a static cache first allocates every layer's keys
+    # (transformers' early initialisation): a converted layer's slot then held an empty static layer, refused as
+    # "already holds StaticLayer data" until 2026-12-05
+    model = converted_llama(**options)
+    ids = torch.randint(1, 128, (2, 10))
+    settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        whole = model.generate(ids, **settings)
+        chunked = model.generate(ids, **settings, prefill_chunk_size=4, cache_implementation=cache)
+    assert torch.equal(chunked, whole)
+
+
 def test_static_cache_generation_compiled_as_on_cuda_decodes_the_same():
     # On CUDA generate() compiles the forward for a static cache (it asks the cache whether it is compileable: the
     # converted layers say yes); forced on CPU here, a hybrid's left-padded batch decodes what eager decoding does

@@ -138,7 +138,8 @@ def _write(held, new):
 
 
 def _is_empty(layer) -> bool:
-    if getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
+    # a static layer allocated ahead holds no token yet (generate's chunked prefill initialises a static cache early)
+    if getattr(layer, "keys", None) is not None and layer.keys.numel() > 0 and int(layer.get_seq_length()) > 0:
         return False
     return not any(getattr(layer, "has_previous_state", {}).values())
 
