@@ -81,8 +81,7 @@ class GreedyStep:
     """Prefill ``ids`` [B, T], then each call decodes one greedy token for every row, in place.
 
     ``max_new_tokens`` sizes the static cache of a model that keeps softmax layers (a fully converted one needs
-    no size). After a call,
-    ``token`` [B, 1] holds the token just generated.
+    no size). After a call, ``token`` [B, 1] holds the token just generated.
     """
 
     def __init__(self, model, ids: torch.Tensor, max_new_tokens: int, cache_kwarg: str = "past_key_values",
