@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench.graphed import (GraphedGreedyStep, GreedyStep, converted_share, layer_kinds, prefill,
-                            sliding_window_refusal)
+from .bench.graphed import GraphedGreedyStep, GreedyStep, graph_refusal, layer_kinds, prefill
 from .compat import cache_argument, output_cache
 from .errors import UserError
 
@@ -50,11 +49,7 @@ def _graph_refusal(model, device, padded: bool) -> str | None:
     """Why this model cannot decode as a CUDA graph here, or None."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device; the model is on {device}"
-    kinds = layer_kinds(model)
-    converted, layers = converted_share(kinds)
-    if padded and converted < layers:
-        return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
-    return sliding_window_refusal(model, kinds)
+    return graph_refusal(model, layer_kinds(model), padded)
 
 
 @torch.no_grad()

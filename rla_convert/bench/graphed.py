@@ -60,6 +60,16 @@ def sliding_window_refusal(model, kinds: list[str]) -> str | None:
             "their static cache writes by a host-side counter that a CUDA graph would freeze")
 
 
+def graph_refusal(model, kinds: list[str], padded: bool) -> str | None:
+    """Why this model cannot decode as a CUDA graph, or None: left-padded prompts on a model that keeps softmax layers
+    (their steps would need the padding mask), or a kept sliding-window layer (sliding_window_refusal). ``kinds``:
+    layer_kinds."""
+    converted, layers = converted_share(kinds)
+    if padded and converted < layers:
+        return "left-padded prompts on a softmax model decode eagerly: its steps need the padding mask"
+    return sliding_window_refusal(model, kinds)
+
+
 def padded_positions(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompts [B, T], positions numbered per row as ``generate`` numbers a converted model's
     (modeling_rla's rule): (the prompt's position ids, 0 on the pads; each row's next position [B, 1])."""
@@ -94,13 +104,10 @@ class GreedyStep:
         B, T = ids.shape
         device = ids.device
         kinds = layer_kinds(model)
-        converted, layers = converted_share(kinds)
-        refusal = sliding_window_refusal(model, kinds)
+        refusal = graph_refusal(model, kinds, padded=attention_mask is not None)
         if refusal:
             raise ValueError(f"graphed decoding: {refusal}")
-        if attention_mask is not None and converted < layers:
-            raise ValueError("left-padded prompts decode as a graph only on a fully converted model: a softmax "
-                             "layer's steps would need the padding mask too")
+        converted, layers = converted_share(kinds)
         next_position = None
         with torch.no_grad():
             if converted == layers:

@@ -301,9 +301,12 @@ def graphed_decode_point(name, model, context, batch, device, steps=16) -> Point
         replay = GraphedGreedyStep(step, warmup=COMPILED_WARMUP - 1)
         timer = Timer(device)
         _step_times(point, [timer(replay, repeats=1, warmup=0) for _ in range(steps)], device)
-        kv = len(step.recurrent) < len(step.cache.layers)  # a teacher's or a hybrid's softmax layers
-        point.extra["cache"] = " and ".join(["static KV cache"] * kv
-                                            + ["recurrent states, in place"] * bool(step.recurrent))
+        caches = []
+        if len(step.recurrent) < len(step.cache.layers):  # a teacher's or a hybrid's softmax layers
+            caches.append("static KV cache")
+        if step.recurrent:
+            caches.append("recurrent states, in place")
+        point.extra["cache"] = " and ".join(caches)
 
     return _guard(Point(name, "decode_compiled", context, batch), run)
 
