@@ -234,6 +234,17 @@ def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int, T: int) -> tuple[tor
 
 
 @triton.jit
+def walk_state_slot(i_t, boh, i_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, STATE_EVERY: tl.constexpr):
+    """Where a forward walk stores chunk i_t's start state: its offset in the state buffers, whose sequence starts
+    at row ``boh``, and the rows it stores (K; with STATE_EVERY 2 none for an odd chunk, whose state the
+    chunk-parallel readers at twice the chunk never read: RDN's chunk.STATE_EVERY, RLA's chunk.FWD_HALVES)."""
+    h_rows = K
+    if STATE_EVERY == 2:
+        h_rows = tl.where(i_t % 2 == 0, K, 0)
+    return ((boh + i_t // STATE_EVERY) * H + i_h) * K * V, h_rows
+
+
+@triton.jit
 def chunk_of_pair(pair, nt, H: tl.constexpr):
     """The (chunk, (sequence, head) or head) of the pair-th program in launch order when one chunk's H heads run
     adjacently, for a grid of nt chunks by (sequences x) H heads. A chunk's heads are neighbouring rows of the

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
-from ..triton_utils import dot_split
+from ..triton_utils import dot_split, walk_state_slot
 from ._triton_helpers import (autotune, chunk_ids, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile,
                               load_tile_raw, load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
 from .wy import mqi_tile
@@ -52,17 +52,6 @@ def state_row(i_c, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.con
     else:
         row = (i_nh // H) * tl.cdiv(T, BT) + i_c
     return row
-
-
-@triton.jit
-def walk_state_slot(i_t, boh, i_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, STATE_EVERY: tl.constexpr):
-    """Where a forward walk stores chunk i_t's start state: its offset in the state buffers, whose sequence starts
-    at row ``boh``, and the rows it stores (K; with STATE_EVERY 2 none for an odd chunk, whose state the output
-    kernel at twice the chunk never reads: chunk.STATE_EVERY)."""
-    h_rows = K
-    if STATE_EVERY == 2:
-        h_rows = tl.where(i_t % 2 == 0, K, 0)
-    return ((boh + i_t // STATE_EVERY) * H + i_h) * K * V, h_rows
 
 
 # No autotuner: the launcher picks the width (chunk.WALK_WARPS). On the H200 (Triton 3.6) autotuning this walk

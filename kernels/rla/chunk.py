@@ -90,8 +90,17 @@ CHUNK_ORDER = 1
 # (triton_utils.walk_gates), so that the pipeliner prefetches their per-step loads; 0: as given (the layers pass beta
 # and gamma in the model's dtype). 1 since 2026-12-04, after RDN's walks gained from it at B=1 T=32k (rdn/chunk.py), and
 # because fp32 gates are what gpu_check_rla.py's float64 check and `bench kernels` run: with 1 the layers' calls run
-# the walks those checked and timed. Not yet timed with half gates (docs/next/README.md, device order).
+# the walks those checked and timed. Half gates were slower (H100, 2026-12-05 16:22, first configs, forward ms at
+# B=16 T=2k 1.462 -> 1.553, at B=1 T=32k 2.091 -> 2.893: the walks' gate loads not prefetched, as RDN's).
 WALK_GATES = 1
+# Walk chunks a program of the forward's residual and output kernels takes: 2 (chunk pairs) or 1. With 2 a program
+# reads the S and R states at its first chunk alone and answers the second chunk's queries with the first's tokens as
+# keys (chunk_fwd.py: the residual and output kernels), so the forward walks store every other state (h_S with its lo
+# part), and the two kernels read half the state bytes, for one more [BT, BT] block of dots. Why: at B=16 T=2k H=16
+# K=V=128 bf16 the chunk states are about half of the forward's DRAM traffic (~225 of ~450 KB a chunk and head:
+# the walks' stores, the residual kernel's hi + lo reads, the output kernel's h_S and h_R). Both kernels take pairs
+# whatever the walks stored (a kept walk, the backward's reruns: every state), so r and o are the same bits either way.
+FWD_HALVES = 2
 
 
 class _Layout:
@@ -134,10 +143,18 @@ class _Layout:
         steps = knob_steps("WALK_STEPS", WALK_STEPS)
         few = math.prod(self.walk_grid) < 2 * sm_count(q.device)
         self.walk_steps, self.dwalk_steps = steps or (2 if few else 1), steps or (2 if dwalk_idle else 1)
+        if FWD_HALVES not in (1, 2):
+            raise ValueError(f"launch knob FWD_HALVES must be 1 (a chunk a program) or 2 (chunk pairs); got "
+                             f"{FWD_HALVES!r}")
+        # Pairs hold two chunks' q and k tiles: fp32 ones at K = 128 asked 288 KiB of shared memory of the output
+        # kernel (H100, 2026-12-05); there, at K > 128 and at 128-token chunks (never run at pairs on a GPU), a chunk
+        # a program.
+        self.halves = FWD_HALVES if (wide or self.K <= 64) and self.BT <= 64 else 1
         V2 = max(16, triton.next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
-        # (0.46 -> 0.52)
-        self.BV_res = self._knob("RES_BV", min(128 if wide else 64, V2), self.V)
+        # (0.46 -> 0.52). At chunk pairs (FWD_HALVES 2) 64: 0.544 -> 0.411 ms at B=16 T=2k (H100, 2026-12-05 16:40,
+        # autotuned; the pair's second chunk holds two more [BT, BT] blocks and its own tiles beside the state's).
+        self.BV_res = self._knob("RES_BV", min(128 if wide and self.halves == 1 else 64, V2), self.V)
         self.BV_out = self._knob("OUT_BV", min(64, V2), self.V)
         # The dq/dk/dg pass splits K (see chunk_bwd.py) and pipelines its V loop: 32-wide V turns (4 at V=128) take
         # 1.20 -> 1.00 ms against 64 (2 turns, never a steady pipeline); one 128-wide K-block 1.47-1.72 (8 warps).
@@ -191,6 +208,21 @@ class _Layout:
             self.n_chunks = self.B * triton.cdiv(self.T, self.BT)
             nt = triton.cdiv(self.T, self.BT)
             self.parallel_grid = lambda BV: (triton.cdiv(self.V, BV), nt, self.B * self.H)
+        # The forward's residual and output kernels at FWD_HALVES chunks a program (their tables: chunk_tables at that
+        # many chunks; no sync), and the state layout of walks storing every such group's first state alone.
+        if self.halves == 1:
+            self.pair_indices, self.pair_offsets, self.pair_grid = self.chunk_indices, self.chunk_offsets, \
+                self.parallel_grid
+            self.pair_rows = self.n_chunks
+        elif self.varlen:
+            self.pair_indices, self.pair_offsets = chunk_tables(cu_seqlens, self.halves * self.BT, self.T)
+            self.pair_rows = self.pair_indices.shape[0]
+            self.pair_grid = lambda BV: (triton.cdiv(self.V, BV), self.pair_rows, self.H)
+        else:
+            self.pair_indices = self.pair_offsets = None
+            n_pairs = triton.cdiv(triton.cdiv(self.T, self.BT), self.halves)
+            self.pair_rows = self.B * n_pairs
+            self.pair_grid = lambda BV: (triton.cdiv(self.V, BV), n_pairs, self.B * self.H)
         # Axes 1 and 2 of a grid stop at GRID_AXIS_LIMIT: the walks put (sequence, head) on axis 2, the
         # chunk-parallel kernels the chunks on axis 1. Refused here, before any launch.
         if self.N * self.H > GRID_AXIS_LIMIT:
@@ -244,11 +276,11 @@ def _contiguous(*xs):
     return [None if x is None else x.contiguous() for x in xs]
 
 
-def _chunk_states(L: _Layout, like, lo: bool):
+def _chunk_states(L: _Layout, like, lo: bool, rows: int | None = None):
     """A walk's per-chunk state buffer in the state dtype (L.n_chunks rows: for packed batches the shapes' bound, the
-    shape the op's fake announces for a kept walk), and its lo buffer (None unless ``lo`` and the states are half: see
-    _Layout.split_states)."""
-    h = like.new_empty(L.n_chunks, L.H, L.K, L.V, dtype=L.state_dtype)
+    shape the op's fake announces for a kept walk; ``rows`` for a walk storing every other state), and its lo buffer
+    (None unless ``lo`` and the states are half: see _Layout.split_states)."""
+    h = like.new_empty(L.n_chunks if rows is None else rows, L.H, L.K, L.V, dtype=L.state_dtype)
     return h, (torch.empty_like(h) if lo and L.split_states else None)
 
 
@@ -259,38 +291,50 @@ def _walks_gates(g, beta, gamma):
     return walk_gates(g, beta, gamma) if WALK_GATES else (g, beta, gamma)
 
 
-def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside | None = None):
+def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside | None = None, every: int = 1):
     """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32).
-    ``beside``: queued on its stream."""
-    h, h_lo = _chunk_states(L, k, lo)
+    ``beside``: queued on its stream. ``every`` 2: the states of chunk pairs' first chunks alone (L.pair_rows rows,
+    which only the forward's residual and output kernels at FWD_HALVES 2 read)."""
+    h, h_lo = _chunk_states(L, k, lo, None if every == 1 else L.pair_rows)
+    offsets = L.chunk_offsets if every == 1 else L.pair_offsets
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     beside = beside or Beside(k, False)
     with beside:
         _state_walk_kernel[L.walk_grid](
-            k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, L.chunk_offsets, L.T,
+            k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, offsets, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
             SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None,
-            HAS_LO=h_lo is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps,
+            HAS_LO=h_lo is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps, STATE_EVERY=every,
         )
-    beside.use(k, x, g, rate, h0, h, h_lo, final, L.cu_seqlens, L.chunk_offsets)
+    beside.use(k, x, g, rate, h0, h, h_lo, final, L.cu_seqlens, offsets)
     return h, h_lo, final
 
 
-def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0):
+def _pair_launch(L: _Layout, every: int) -> dict:
+    """What the residual and output kernels take besides their tensors: their chunk tables at L.halves chunks a
+    program, and where the walks that ran with ``every`` keep the states they read."""
+    offsets = L.chunk_offsets if every == 1 else L.pair_offsets
+    return dict(args=(L.cu_seqlens, L.pair_indices, offsets),
+                meta=dict(IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order, HALVES=L.halves, STATE_EVERY=every))
+
+
+def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, every: int = 1):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states, from the gates
     as the walks take them (_walks_gates; the residual kernel reads the same values). h_S comes with its lo buffer
-    (the residuals read ~16 bits of it); h_R without."""
-    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True)
+    (the residuals read ~16 bits of it); h_R without. ``every`` 2: the walks store the states the forward's
+    chunk-parallel kernels read alone (L.halves 2), not the backward's."""
+    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, every=every)
     res = v.new_empty(v.shape, dtype=L.res_dtype)
-    _rla_residual_kernel[L.parallel_grid(L.BV_res)](
-        k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, L.cu_seqlens, L.chunk_indices, L.clip,
+    pairs = _pair_launch(L, every)
+    _rla_residual_kernel[L.pair_grid(L.BV_res)](
+        k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, *pairs["args"], L.clip,
         L.clip_mask, L.clip_below, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_res,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=h_s_lo is not None,
-        IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
+        **pairs["meta"],
     )
     del h_s_lo  # only the residuals read it
-    h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False)
+    h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, every=every)
     return h_s, h_r, res, S_T, R_T
 
 
@@ -334,13 +378,15 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     L = _Layout(q, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, chunk_size)
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0 = _contiguous(q, k, v, g, beta, gamma, S0, R0)
-    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, *_walks_gates(g, beta, gamma), S0, R0)
+    # A kept walk hands the backward every chunk's state; else the walks store what the output kernel reads alone.
+    every = 1 if keep_walk else L.halves
+    h_s, h_r, res, S_T, R_T = _run_states(L, k, v, *_walks_gates(g, beta, gamma), S0, R0, every)
     o = torch.empty_like(v)
-    _rla_fwd_output_kernel[L.parallel_grid(L.BV_out)](
-        q, k, v, g, beta, gamma, h_s, h_r, res, o,
-        L.cu_seqlens, L.chunk_indices, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
+    pairs = _pair_launch(L, every)
+    _rla_fwd_output_kernel[L.pair_grid(L.BV_out)](
+        q, k, v, g, beta, gamma, h_s, h_r, res, o, *pairs["args"], scale, L.T,
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
+        **pairs["meta"],
     )
     return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ((res,),) if keep_tokens else ())
 

@@ -17,6 +17,11 @@ answers the key queries u_t from those states and turns them into residuals r_t,
 the same walk kernel then runs R over the residuals. ``_rla_fwd_output_kernel`` answers the q queries from
 the stored h_S and h_R, every chunk in parallel. The backward (chunk_bwd.py) reruns the three passes.
 
+The residual and output kernels take two walk chunks a program (chunk.FWD_HALVES): they read the states at the
+first chunk's start alone and answer the second chunk's queries with the first chunk's tokens as keys (a [BT, BT]
+block with no mask), so the forward's walks store every other state. The chunk states are about half of the
+forward's bytes; this halves them for one more block of dots a program.
+
 Every decay factor is exp of a non-positive number where it is used (masked entries go through
 tl.where, never a multiply by 0, so an overflowed exp cannot become NaN).
 """
@@ -26,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import (_split_half, autotune, chunk_of_pair, dot_split, exp_where, load_tile, load_tile_t,
-                           store_tile, warps_stages_configs)
+                           store_tile, walk_state_slot, warps_stages_configs)
 from .fused_recurrent import _rho
 
 
@@ -100,7 +105,7 @@ def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
 # Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
 # hit a CUDA illegal memory access (cause not found), and a walk has little to tune.
 @autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
-          key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32", "WALK_STEPS"])
+          key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32", "WALK_STEPS", "STATE_EVERY"])
 @triton.jit(do_not_specialize=["T"])
 def _state_walk_kernel(
     k, x, g, rate, h0, h, h_lo, h_final,
@@ -109,16 +114,18 @@ def _state_walk_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
+    STATE_EVERY: tl.constexpr,
 ):
     """One gated additive state over a sequence's chunks, h <- exp(G_L) h + (k exp(G_L - G) rate)^T x:
-    S with (rate, x) = (beta, v), R with (gamma, r). Stores every chunk-start state (in h's dtype; with
-    HAS_LO also what that rounding lost, in h_lo: _store_state) and the final one (fp32).
-    One program per (K-block, V-block, sequence x head): rows of h in different K-blocks never mix.
-    WALK_STEPS (1 or 2) chunks a loop turn: with 2, chunks 2i and 2i+1 (chunk.py's WALK_STEPS says why)."""
+    S with (rate, x) = (beta, v), R with (gamma, r). Stores the chunk-start states (in h's dtype; with
+    HAS_LO also what that rounding lost, in h_lo: _store_state), every one or, with STATE_EVERY 2, the even
+    chunks' alone (the forward's chunk-parallel kernels at chunk pairs read no other: chunk.FWD_HALVES), and the
+    final one (fp32). One program per (K-block, V-block, sequence x head): rows of h in different K-blocks never
+    mix. WALK_STEPS (1 or 2) chunks a loop turn: with 2, chunks 2i and 2i+1 (chunk.py's WALK_STEPS says why)."""
     _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets, T,
                  tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64),
                  tl.cast(tl.program_id(2), tl.int64), H, K, V, BT, BK, BV, SPLIT, DOT_PREC, DOTS_FP32, HAS_H0, HAS_LO,
-                 IS_VARLEN, WALK_STEPS)
+                 IS_VARLEN, WALK_STEPS, STATE_EVERY=STATE_EVERY)
 
 
 @triton.jit
@@ -126,12 +133,14 @@ def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
                  HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
-                 HAS_RATE: tl.constexpr = True):
+                 HAS_RATE: tl.constexpr = True, STATE_EVERY: tl.constexpr = 1):
     """_state_walk_kernel's walk for its (K-block, V-block, sequence x head) program (i_k, i_v, i_nh, int64): also
-    RDN's rebuild kernel's, which runs two such walks in one launch without a rate (HAS_RATE False: rate 1)."""
+    RDN's rebuild kernel's, which runs two such walks in one launch without a rate (HAS_RATE False: rate 1).
+    STATE_EVERY 2: the even chunks' start states alone, in rows of twice the chunk (packed batches: chunk_offsets
+    at twice the chunk)."""
     i_n = i_nh // H
     i_h = i_nh % H
-    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
+    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(tl.cdiv(T, BT), STATE_EVERY), IS_VARLEN)
     NT = tl.cdiv(T_seq, BT)
     DT = k.dtype.element_ty
     if DOTS_FP32:
@@ -142,7 +151,8 @@ def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets,
         b_h += load_tile(h0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     for i_loop in range(0, tl.cdiv(NT, WALK_STEPS)):
         i_t = tl.cast(i_loop, tl.int64) * WALK_STEPS
-        _store_state(h, h_lo, ((boh + i_t) * H + i_h) * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV, HAS_LO)
+        h_off, h_rows = walk_state_slot(i_t, boh, i_h, H, K, V, STATE_EVERY)
+        _store_state(h, h_lo, h_off, b_h, i_k * BK, h_rows, V, i_v * BV, V, BK, BV, HAS_LO)
         b_a, b_upd = _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
                                 DOT_PREC, DT, HAS_RATE)
         if WALK_STEPS == 2:
@@ -151,8 +161,9 @@ def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets,
             b_a1, b_upd1 = _walk_step(k, x, g, rate, bos, T_seq, i_t + 1, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
                                       DOT_PREC, DT, HAS_RATE)
             b_h = b_h * b_a + b_upd
-            _store_state(h, h_lo, ((boh + i_t + 1) * H + i_h) * K * V, b_h, i_k * BK, tl.where(i_t + 1 < NT, K, 0),
-                         V, i_v * BV, V, BK, BV, HAS_LO)
+            if STATE_EVERY == 1:  # (with 2, chunk i_t + 1 is odd: no state of its own)
+                _store_state(h, h_lo, ((boh + i_t + 1) * H + i_h) * K * V, b_h, i_k * BK,
+                             tl.where(i_t + 1 < NT, K, 0), V, i_v * BV, V, BK, BV, HAS_LO)
             b_a, b_upd = b_a1, b_upd1
         b_h = b_h * b_a + b_upd
     store_tile(h_final + i_nh * K * V, b_h, i_k * BK, K, V, i_v * BV, V, BK, BV)
@@ -198,52 +209,33 @@ def _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H: tl.constexpr, BT: 
     return bos, T_seq, i_c, i_row, i_h
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
-@triton.jit(do_not_specialize=["T"])
-def _rla_residual_kernel(
-    k, v, g, beta, h_s, h_s_lo, res,
-    cu_seqlens, chunk_indices, clip, clip_mask, clip_below, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
-    IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
-):
-    """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
-    every chunk in parallel, one program per (V-block, chunk, head). Stored in res's dtype (the input
-    dtype), the clip's mask kept: see the end."""
-    i_v = tl.cast(tl.program_id(0), tl.int64)
-    i_t, i_nh = _chunk_program(1, H, CHUNK_ORDER)
-    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
-    DT = k.dtype.element_ty
-    if DOTS_FP32:
-        DT = tl.float32
+@triton.jit
+def _pair_state_row(chunk_indices, state_offsets, i_t, i_nh, i_p, T, T_seq, H: tl.constexpr, BT: tl.constexpr,
+                    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Row of the state buffers holding the start state of a chunk-parallel program's first walk chunk, i_p * HALVES
+    (the program takes HALVES walk chunks of BT tokens: chunk.FWD_HALVES), in a walk's layout storing every
+    STATE_EVERY-th chunk's state (a sequence's rows from state_offsets for packed batches: chunk_tables at
+    STATE_EVERY * BT; fixed-length ones have ceil(ceil(T / BT) / STATE_EVERY) rows a sequence). A packed batch's
+    padding programs (tables' slots past the chunks: every token masked) read row 0, not a row past the buffer."""
+    if IS_VARLEN:
+        boh = tl.cast(tl.load(state_offsets + tl.load(chunk_indices + i_t * 2)), tl.int64)
+        row = tl.where(i_p * HALVES * BT < T_seq, boh + i_p * (HALVES // STATE_EVERY), 0)
+    else:
+        row = (i_nh // H) * tl.cdiv(tl.cdiv(T, BT), STATE_EVERY) + i_p * (HALVES // STATE_EVERY)
+    return row
 
-    o_t = tl.arange(0, BT)
-    rows = i_c * BT + o_t
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_Gm = b_G - b_g
-    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-    h_off = (i_row * H + i_h) * K * V
-    b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_hs_lo = b_hs
-    if HAS_LO:
-        b_hs_lo = load_tile(h_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
-    strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
-    b_A = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
-    b_A = b_A * exp_where(strict, b_Gm[:, None] - b_G[None, :]) * b_beta[None, :]
-    # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this kernel's rerun: an
-    # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
-    # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the state h_S
-    # enters as its stored hi + lo halves (the walk's fp32 state, split as dot_split would), the decayed
-    # matrix A through dot_split, k and v exact.
-    b_u = _dot_state(b_k, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_Gm)[:, None]
-    b_u = dot_split(b_A, b_v, DOT_PREC, b_u)
+@triton.jit
+def _chunk_gates(x, bos, T_seq, i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """A per-token gate of walk chunk i_c, fp32; rows past the sequence's end read 0 (g: G stays flat)."""
+    rows = i_c * BT + tl.arange(0, BT)
+    return tl.load(x + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v,
+                     H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr):
+    """r = rho(v - u) of walk chunk i_c, stored in res's dtype (the input dtype) with the clip's mask kept."""
     b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
     if RESIDUAL == 1:
         # The backward reads the clip's mask back from the stored r as |r| < clip_mask (c rounded to res's dtype
@@ -258,43 +250,86 @@ def _rla_residual_kernel(
     store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32"])
+@autotune(configs=warps_stages_configs(),
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES", "STATE_EVERY"])
 @triton.jit(do_not_specialize=["T"])
-def _rla_fwd_output_kernel(
-    q, k, v, g, beta, gamma, h_s, h_r, res, o,
-    cu_seqlens, chunk_indices, scale, T,
+def _rla_residual_kernel(
+    k, v, g, beta, h_s, h_s_lo, res,
+    cu_seqlens, chunk_indices, state_offsets, clip, clip_mask, clip_below, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
+    IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, HALVES: tl.constexpr, STATE_EVERY: tl.constexpr,
 ):
+    """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
+    every chunk in parallel, one program per (V-block, HALVES walk chunks, head). With HALVES 2 the program reads the
+    state at its first chunk alone, and its second chunk's u takes the first's tokens as keys:
+        u_t = exp(G_L0 + Gm_t) h_S^T k_t + sum_{i in chunk 0} exp(G_L0 - G0_i + Gm_t) beta_i (k_i.k_t) v_i + (in-chunk)
+    which is k_t against the walk's next state, exp(G_L0) h_S + (k exp(G_L0 - G0) beta)^T v, without its bytes.
+    Stored in res's dtype (the input dtype), the clip's mask kept (_store_residuals)."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_t, i_nh = _chunk_program(1, H, CHUNK_ORDER)
-    bos, T_seq, i_c, i_row, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT, IS_VARLEN)
-    DT = q.dtype.element_ty
+    bos, T_seq, i_p, _, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT * HALVES, IS_VARLEN)
+    DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
 
-    o_t = tl.arange(0, BT)
-    rows = i_c * BT + o_t
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_beta = tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
+    h_off = (_pair_state_row(chunk_indices, state_offsets, i_t, i_nh, i_p, T, T_seq, H, BT, HALVES, STATE_EVERY,
+                             IS_VARLEN) * H + i_h) * K * V
+    b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_hs_lo = b_hs
+    if HAS_LO:
+        b_hs_lo = load_tile(h_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
-    h_off = (i_row * H + i_h) * K * V
-    b_q = load_tile(q + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    o_t = tl.arange(0, BT)
+    strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
+    i_c = i_p * HALVES
+    b_g = _chunk_gates(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = _chunk_gates(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_Gm = b_G - b_g
     b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-    b_r = load_tile(res + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_hr = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this kernel's rerun: an
+    # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
+    # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the state h_S
+    # enters as its stored hi + lo halves (the walk's fp32 state, split as dot_split would), the decayed
+    # matrices through dot_split, k and v exact.
+    b_A = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
+    b_A = b_A * exp_where(strict, b_Gm[:, None] - b_G[None, :]) * b_beta[None, :]
+    b_u = _dot_state(b_k, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_Gm)[:, None]
+    b_u = dot_split(b_A, b_v, DOT_PREC, b_u)
+    _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v, H, V, BT, BV, RESIDUAL)
+    if HALVES == 2:
+        b_GL0 = tl.sum(b_g, axis=0)
+        b_g1 = _chunk_gates(g, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_beta1 = _chunk_gates(beta, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_G1 = tl.cumsum(b_g1, axis=0)
+        b_Gm1 = b_G1 - b_g1
+        b_k1 = load_tile(k + (bos * H + i_h) * K, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_v1 = load_tile(v + (bos * H + i_h) * V, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        # Every key of chunk 0 precedes every query of chunk 1: no mask, each exponent <= 0.
+        b_C = tl.dot(b_k1, tl.trans(b_k), input_precision=DOT_PREC)
+        b_C = b_C * tl.exp(b_Gm1[:, None] + (b_GL0 - b_G)[None, :]) * b_beta[None, :]
+        b_A1 = tl.dot(b_k1, tl.trans(b_k1), input_precision=DOT_PREC)
+        b_A1 = b_A1 * exp_where(strict, b_Gm1[:, None] - b_G1[None, :]) * b_beta1[None, :]
+        b_u1 = _dot_state(b_k1, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_GL0 + b_Gm1)[:, None]
+        b_u1 = dot_split(b_C, b_v, DOT_PREC, b_u1)
+        b_u1 = dot_split(b_A1, b_v1, DOT_PREC, b_u1)
+        _store_residuals(res, b_v1, b_u1, clip, clip_mask, clip_below, bos, T_seq, i_c + 1, i_h, i_v, H, V, BT, BV,
+                         RESIDUAL)
 
-    # Inter-chunk: both states read by the same queries, decayed from the chunk start.
+
+@triton.jit
+def _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, b_GL0, DT: tl.constexpr,
+                  DOT_PREC: tl.constexpr, BT: tl.constexpr):
+    """o1 + gamma o2 of one walk chunk (unscaled) from the state at a chunk start b_GL0 (the log decay between them,
+    0 for its own) and its own tokens."""
+    o_t = tl.arange(0, BT)
+    # Inter-chunk: both states read by the same queries, decayed from the state's chunk start.
     b_o = tl.dot(b_q, b_hs.to(DT), input_precision=DOT_PREC)
     b_o += b_gamma[:, None] * tl.dot(b_q, b_hr.to(DT), input_precision=DOT_PREC)
-    b_o *= tl.exp(b_G)[:, None]
+    b_o *= tl.exp(b_GL0 + b_G)[:, None]
     # Intra-chunk: one q.k matrix, two masks (strict for S, inclusive for R).
     b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
     decay_ok = o_t[:, None] >= o_t[None, :]
@@ -303,5 +338,63 @@ def _rla_fwd_output_kernel(
     b_Ar = b_A * (b_gamma[:, None] * b_gamma[None, :])
     b_o += tl.dot(b_As.to(DT), b_v, input_precision=DOT_PREC)
     b_o += tl.dot(b_Ar.to(DT), b_r.to(DT), input_precision=DOT_PREC)
+    return b_o
 
-    store_tile(o + (bos * H + i_h) * V, b_o * scale, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+@autotune(configs=warps_stages_configs(),
+          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES", "STATE_EVERY"])
+@triton.jit(do_not_specialize=["T"])
+def _rla_fwd_output_kernel(
+    q, k, v, g, beta, gamma, h_s, h_r, res, o,
+    cu_seqlens, chunk_indices, state_offsets, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr,
+):
+    """o = scale (o1 + gamma o2), one program per (V-block, HALVES walk chunks, head), from the states at its first
+    chunk's start. With HALVES 2 the second chunk's queries take the first's tokens as keys (every one before them):
+        exp(G_L0 + G_t) (h_S + gamma_t h_R)^T q_t + sum_{i in chunk 0} exp(G_L0 - G0_i + G_t) (k_i.q_t)
+        (beta_i v_i + gamma_t gamma_i r_i) + (in-chunk),
+    the residual kernel's form."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_t, i_nh = _chunk_program(1, H, CHUNK_ORDER)
+    bos, T_seq, i_p, _, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT * HALVES, IS_VARLEN)
+    DT = q.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+
+    h_off = (_pair_state_row(chunk_indices, state_offsets, i_t, i_nh, i_p, T, T_seq, H, BT, HALVES, STATE_EVERY,
+                             IS_VARLEN) * H + i_h) * K * V
+    b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    b_hr = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    i_c = i_p * HALVES
+    b_g = _chunk_gates(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = _chunk_gates(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_gamma = _chunk_gates(gamma, bos, T_seq, i_c, i_h, H, BT)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+    b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    b_o = _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, 0.0, DT, DOT_PREC, BT)
+    store_tile(o + tok_v, b_o * scale, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    if HALVES == 2:
+        b_GL0 = tl.sum(b_g, axis=0)
+        b_g1 = _chunk_gates(g, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_beta1 = _chunk_gates(beta, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_gamma1 = _chunk_gates(gamma, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_G1 = tl.cumsum(b_g1, axis=0)
+        b_q1 = load_tile(q + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_k1 = load_tile(k + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_v1 = load_tile(v + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        b_r1 = load_tile(res + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_o1 = _output_chunk(b_q1, b_k1, b_v1, b_r1, b_G1, b_beta1, b_gamma1, b_hs, b_hr, b_GL0, DT, DOT_PREC, BT)
+        # Every key of chunk 0 precedes every query of chunk 1: no mask, each exponent <= 0.
+        b_C = tl.dot(b_q1, tl.trans(b_k), input_precision=DOT_PREC)
+        b_C = b_C * tl.exp(b_G1[:, None] + (b_GL0 - b_G)[None, :])
+        b_o1 += tl.dot((b_C * b_beta[None, :]).to(DT), b_v, input_precision=DOT_PREC)
+        b_o1 += tl.dot((b_C * (b_gamma1[:, None] * b_gamma[None, :])).to(DT), b_r.to(DT), input_precision=DOT_PREC)
+        store_tile(o + tok_v, b_o1 * scale, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV)

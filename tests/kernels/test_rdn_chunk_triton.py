@@ -912,7 +912,8 @@ def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
         _state_walk_kernel[(2, triton.cdiv(L.V, BV), L.N * L.H)](
             k, x, g, torch.ones_like(g), h0, h, h, L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=16, BV=BV, SPLIT=split, DOT_PREC=L.dot_prec,
-            DOTS_FP32=HALF_DOTS_IN_FP32, HAS_H0=True, HAS_LO=False, IS_VARLEN=True, WALK_STEPS=steps)
+            DOTS_FP32=HALF_DOTS_IN_FP32, HAS_H0=True, HAS_LO=False, IS_VARLEN=True, WALK_STEPS=steps,
+            STATE_EVERY=1)
         n = int(L.chunk_offsets[-1])  # the chunks; the tables' rows past them (a bound) are never written
         assert torch.equal(got[:n], h[:n])
         assert got[:n].abs().amax() > 0

@@ -487,17 +487,18 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
 # 2026-12-01 19:29-19:40, 22:58 (du) and 23:11 (walks) for bf16/fp16 at K <= 128, the widths of before for fp32 and
 # K > 128; walks 16 wide where their programs would leave SMs idle; two steps a turn in the forward walks where their
 # programs are fewer than two an SM, in the reverse walks where they are 16 wide; the reverse walks 64 wide for
-# bf16/fp16 at K <= 128 where 64-wide programs still outnumber the SMs, 2026-12-02 19:36)
+# bf16/fp16 at K <= 128 where 64-wide programs still outnumber the SMs, 2026-12-02 19:36; the residual kernel 64 wide
+# where it takes chunk pairs, FWD_HALVES 2: bf16/fp16 at K <= 128, H100 2026-12-05 16:40)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 128, 64, 128, 64, 64, 32, 64), (1, 1)),  # benchmark 2k
-    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (2, 1)),  # its 8k
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 128, 64, 128, 64, 64, 32, 64), (2, 2)),  # batch-1 prefill
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64), (1, 1)),  # benchmark 2k
+    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64), (2, 1)),  # its 8k
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64), (2, 2)),  # batch-1 prefill
     ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32), (1, 1)),
     ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64), (1, 1)),  # SmolLM2's dim, no GPU
-    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 128, 64, 128, 64, 64, 32, 64), (1, 1)),
+    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64), (1, 1)),
     ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64), (1, 1)),
     ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 128, 64, 128, 64, 64, 32, 64), (1, 1)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 64, 64, 128, 64, 64, 32, 64), (1, 1)),
 ]
 
 
@@ -604,13 +605,14 @@ WALK_STEP_CASES = {
 }
 
 
-def _chunk_count(L) -> int:
-    """The chunks a walk steps: a packed batch's tables (and so L.n_chunks) are sized by a bound
-    (triton_utils.chunk_tables), its state rows past the chunks are never written."""
+def _chunk_count(L, every: int = 1) -> int:
+    """The states a walk stores, one every ``every`` chunks (the forward's walks at chunk.FWD_HALVES 2: a pair's first
+    chunk's): a packed batch's tables (and so L.n_chunks) are sized by a bound (triton_utils.chunk_tables), its
+    state rows past the chunks are never written."""
     if L.cu_seqlens is None:
-        return L.n_chunks
+        return L.B * -(-L.n_chunks // L.B // every)
     cu = L.cu_seqlens.tolist()
-    return sum(-(-(b - a) // L.BT) for a, b in zip(cu[:-1], cu[1:]))
+    return sum(-(-(b - a) // (every * L.BT)) for a, b in zip(cu[:-1], cu[1:]))
 
 
 def _nan_padded_state_buffers(monkeypatch, chunk) -> list:
@@ -624,7 +626,7 @@ def _nan_padded_state_buffers(monkeypatch, chunk) -> list:
         n = L.n_chunks if rows is None else rows
         whole = [like.new_full((n + 2, L.H, L.K, L.V), float("nan"), dtype=L.state_dtype)
                  for _ in range(2 if lo and L.split_states else 1)]
-        made.append((_chunk_count(L), whole))
+        made.append((_chunk_count(L, 1 if rows is None else L.halves), whole))
         return whole[0][:n], (whole[1][:n] if len(whole) == 2 else None)
 
     monkeypatch.setattr(chunk, "_chunk_states", chunk_states)
@@ -754,3 +756,72 @@ def test_walks_take_the_gates_in_fp32(monkeypatch):
     monkeypatch.setattr(chunk, "WALK_GATES", 2)
     with pytest.raises(ValueError, match="launch knob WALK_GATES must be 0"):
         chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
+
+
+# name: make_inputs arguments, cu_seqlens, chunk size, (clip, residual), tolerance against float64
+HALVES_CASES = {
+    # 3 chunks: one pair and a lone last chunk (a pair whose second half is past the end), the last one partial
+    "odd_chunks": (dict(B=2, T=37, H=2, K=16, V=16), None, 16, (0.5, "clip"), 1e-4),
+    # packed: pairs ending mid-sequence and a lone chunk; the tables' padding slots (every token masked) read row 0
+    "varlen": (dict(B=1, T=92, H=2, K=16, V=16, N=5), [0, 5, 5, 25, 57, 92], 16, (0.8, "tanh"), 1e-4),
+    # two V-blocks of the residual and output kernels, the clip biting on half inputs (h_S's lo part read at pairs)
+    "bf16_blocks": (dict(B=1, T=70, H=1, K=32, V=48, dtype=torch.bfloat16), None, 16, (0.3, "clip"), 1e-2),
+}
+
+
+@pytest.mark.parametrize("case", HALVES_CASES)
+def test_chunk_pairs_read_every_other_state(monkeypatch, case):
+    """FWD_HALVES 2 (the default): the residual and output kernels take two walk chunks a program, reading the states
+    at the first alone, so the forward's walks store every other state (STATE_EVERY 2, in half the rows), while a kept
+    walk and the backward's reruns store them all and the same kernels read every other row of those. The float64
+    oracle's numbers both ways; at 2 the same bits whichever layout the pairs read (the kept walk's forward is the
+    default's); outputs and gradients within rounding of FWD_HALVES 1 (one chunk a program, every state read)."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, (clip, residual), tol = HALVES_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    kw = dict(chunk_size=chunk_size)
+    got = {}
+    for halves in (1, 2):
+        monkeypatch.setattr(chunk, "FWD_HALVES", halves)
+        log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel",
+                                                   "_rla_fwd_output_kernel"),
+                              lambda name, kw: (name, kw["STATE_EVERY"], kw.get("HALVES")))
+        torch.manual_seed(0)  # the same cotangents both ways
+        out = {}
+        check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=out, **kw)
+        walks = [("_state_walk_kernel", halves, None), ("_rla_residual_kernel", halves, halves),
+                 ("_state_walk_kernel", halves, None), ("_rla_fwd_output_kernel", halves, halves)]
+        # the backward's rerun (no residuals handed to it): every state, the residuals at pairs all the same
+        rerun = [("_state_walk_kernel", 1, None), ("_rla_residual_kernel", 1, halves), ("_state_walk_kernel", 1, None)]
+        assert log == walks + rerun, log
+        log.clear()
+        o, S_T, R_T, _ = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
+        assert log == [("_state_walk_kernel", 1, None), ("_rla_residual_kernel", 1, halves),
+                       ("_state_walk_kernel", 1, None), ("_rla_fwd_output_kernel", 1, halves)]
+        for x, ref in zip((o, S_T, R_T), out["outputs"]):
+            assert torch.equal(x, ref)
+        got[halves] = list(out["outputs"]) + list(out["grads"])
+    close = 1e-5 if inputs[0].dtype == torch.float32 else 2e-2
+    for i, (x, ref) in enumerate(zip(got[1], got[2])):
+        assert (x is None and ref is None) or rel_err(x, ref) < close, i
+
+
+def test_fwd_halves_knob_is_validated_and_kept_where_pairs_fit(monkeypatch):
+    """FWD_HALVES other than 1 or 2 is a ValueError naming it, before any launch. Pairs run where their tiles fit a
+    GPU's shared memory (half inputs at K <= 128, fp32 ones at K <= 64, chunks of at most 64 tokens); elsewhere a
+    chunk a program, whatever the knob."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    for dtype, K, chunk_size, halves in ((torch.bfloat16, 128, 64, 2), (torch.float32, 64, 64, 2),
+                                         (torch.float32, 128, 64, 1), (torch.bfloat16, 256, 64, 1),
+                                         (torch.bfloat16, 64, 128, 1), (torch.float16, 96, 32, 2)):
+        inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=K, V=16, dtype=dtype)
+        L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], 1.0, "clip", S0, R0, None, chunk_size)
+        assert L.halves == halves, (dtype, K, chunk_size)
+    inputs, S0, R0 = make_inputs(B=1, T=4, H=1, K=16, V=16)
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel",))
+    for bad in (0, 3, 4):
+        monkeypatch.setattr(chunk, "FWD_HALVES", bad)
+        with pytest.raises(ValueError, match=r"launch knob FWD_HALVES must be 1 \(a chunk a program\) or 2"):
+            chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
+    assert log == []
