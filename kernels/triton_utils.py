@@ -9,6 +9,7 @@ Kept small and stable on purpose (other kernel modules import from it):
 - ``load_tile`` / ``load_tile_t`` / ``store_tile`` / ``exp_where``: masked tile access (``load_tile_t``
   transposed) and safe causal decays in kernels.
 - ``chunk_of_pair``: the heads-first renumbering of chunk-parallel programs (both ops' ``CHUNK_ORDER``).
+- ``walk_state_slot``: where a forward walk stores a chunk's start state, every chunk's or every other one's.
 - ``chunk_tables``: the bookkeeping that maps chunk-parallel programs to (sequence, chunk) pairs and
   sequences to their rows in a per-chunk state buffer, for packed variable-length batches (``cu_seqlens``),
   without a device sync.

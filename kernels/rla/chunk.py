@@ -99,7 +99,8 @@ WALK_GATES = 1
 # part), and the two kernels read half the state bytes, for one more [BT, BT] block of dots. Why: at B=16 T=2k H=16
 # K=V=128 bf16 the chunk states are about half of the forward's DRAM traffic (~225 of ~450 KB a chunk and head:
 # the walks' stores, the residual kernel's hi + lo reads, the output kernel's h_S and h_R). Both kernels take pairs
-# whatever the walks stored (a kept walk, the backward's reruns: every state), so r and o are the same bits either way.
+# whatever the walks stored (a kept walk, the backward's reruns: every state), so r and o are the same bits either way
+# (the same autotuned config too: chunk_fwd.py's keys leave STATE_EVERY out).
 FWD_HALVES = 2
 
 

@@ -250,8 +250,10 @@ def _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c
     store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
+# STATE_EVERY is not in the key (nor the output kernel's): which rows a program reads changes no arithmetic, so
+# a kept walk's forward (every state) runs the config the default one (every other) tuned, and makes the same bits.
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES", "STATE_EVERY"])
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_residual_kernel(
     k, v, g, beta, h_s, h_s_lo, res,
@@ -342,7 +344,7 @@ def _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, b_GL0, D
 
 
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES", "STATE_EVERY"])
+          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_fwd_output_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, o,
