@@ -21,8 +21,9 @@ kernel (0.33-0.35 ms at every T of the benchmark, H200, 2026-12-02) nor h_S's lo
 memory for time; the API's ``rla(recompute_states=False)``): also h_S (hi only: its lo part is read by the residual
 kernel alone) and h_R (``kept_walk_shapes``), all in the input dtype, to ``chunk_rla_bwd(walk=)``, which then skips
 the rerun (both walks and the residual kernel: 0.70 + 0.34 of the backward's ~3.6 ms at B=16 T=2k H=16 K=V=128 bf16,
-H200, 2026-12-01, profile_kernels.py). Same kernels and launches as the default forward, so the same numbers: only the
-buffers live on, 2 x n_chunks x H x K x V plus B x T x H x V input-dtype elements (0.67 GB a layer at that shape).
+H200, 2026-12-01, profile_kernels.py). The same kernels as the default forward, so the same numbers; its walks store
+every chunk's state where the default's store every other one (FWD_HALVES), and the buffers live on, 2 x n_chunks x H
+x K x V plus B x T x H x V input-dtype elements (0.67 GB a layer at that shape).
 """
 from __future__ import annotations
 
@@ -370,8 +371,8 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     ``keep_walk``: also return ``(h_s, h_r, r)`` (``kept_walk_shapes``) for ``chunk_rla_bwd(..., walk=)``, which then
     skips its rerun of the state walks and the residuals. ``keep_tokens`` (without keep_walk): also return ``(r,)``,
     the residuals alone (v's shape and dtype), with which the backward reruns the two walks but not the residual
-    kernel. The same passes run either way; only their buffers are returned (h_S without its lo part, which only the
-    residual kernel reads).
+    kernel. The same passes run either way and give the same bits; with keep_walk the walks store every chunk's state
+    (else every other one: FWD_HALVES), returned without h_S's lo part, which only the residual kernel reads.
     """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share dtype and q, k shape; got q {q.dtype} {tuple(q.shape)}, "
