@@ -77,6 +77,11 @@ WALK_STEPS = 0
 # (triton_utils.Beside) beside dh's walks and the du, dv and intra kernels; 0: on the one stream. Backward ms at H=16
 # K=V=128 bf16 (H200, Triton 3.6, 2026-12-02 12:12, autotuned): B=1 T=32k 4.56 -> 4.30, B=2 T=16k 3.58 -> 3.32,
 # B=16 T=2k 2.94 -> 2.92 (queued after dh_R's walk instead: 4.30, 3.31, 3.19).
+# 2: also the intra kernel (M, Mk and gamma's in-chunk term: it needs du alone), queued on that stream right after the
+# du kernel, beside dh_S's walk and the dv kernel, where 0 and 1 run it after dv. Not yet timed (docs/next/README.md,
+# device order). Expected at B=16 T=2k (H100 profile of 2026-12-05: intra 0.33 ms, dh_S's walk ~0.33, dv 0.43): the
+# backward wall -0.1 to -0.2 ms, as much of intra as the walk's idle issue slots hide (the rerun walks hid ~0.34 of
+# their 0.64 ms there); at B=1 T=32k less, where the rerun walks (1.7 ms) hold that stream until about du's end.
 OVERLAP = 1
 # The order of the chunk-parallel kernels' programs (chunk_fwd._chunk_program has both): 0 the grid's own (a chunk's
 # V- or K-blocks together, then one head's chunks after another's), 1 one chunk's heads after another's, its blocks
@@ -363,6 +368,34 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
     return dh, dh0
 
 
+def _overlap() -> int:
+    """OVERLAP, validated: 0, 1 or 2."""
+    if OVERLAP not in (0, 1, 2):
+        raise ValueError(f"launch knob OVERLAP must be 0 (one stream), 1 (the rerun walks beside) or 2 (and the intra "
+                         f"kernel); got {OVERLAP!r}")
+    return OVERLAP
+
+
+def _intra(L: _Layout, q, k, v, g, beta, gamma, res, do, du, scale, beside: bool):
+    """Each chunk's token-to-token matrices M, Mk (sums over all of V, what dq and dk read of the other tokens) and
+    gamma's in-chunk term, and the Beside they were queued on (``beside``: the second stream, forked after du and
+    after these buffers are allocated, so that nothing it writes is memory the current stream frees later)."""
+    # M and Mk in the input dtype: the dq/dk kernel casts them to it in every dot that reads them (fp32 inputs:
+    # fp32), so storing them rounded changes nothing there and halves their bytes (written once, read per K-block).
+    m, mk = (q.new_empty(L.n_chunks, L.H, L.BT, L.BT, dtype=L.state_dtype) for _ in range(2))
+    dgamma_intra = torch.empty_like(gamma, dtype=torch.float32)  # every token written by the intra kernel
+    side = Beside(k, beside)
+    with side:
+        _rla_bwd_intra_kernel[L.parallel_grid(L.V)[1:]](  # (chunk, head) or (chunk, (sequence, head))
+            q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra,
+            L.cu_seqlens, L.chunk_indices, scale, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_intra,
+            DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
+        )
+    side.use(q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra, L.cu_seqlens, L.chunk_indices)
+    return m, mk, dgamma_intra, side
+
+
 def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,
                   cu_seqlens=None, *, chunk_size: int = CHUNK_SIZE, keep_walk: bool = False,
                   keep_tokens: bool = False):
@@ -428,6 +461,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
     kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
     rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
+    overlap = _overlap()
     gates = _walks_gates(g, beta, gamma)  # once, for every walk below
     if len(kept) == 3:
         h_s, h_r, res = kept
@@ -435,7 +469,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         h_s, h_r, res, _, _ = _run_states(L, k, v, *gates, S0, R0)
     else:
         res = kept[0]
-        beside = Beside(k, OVERLAP == 1)
+        beside = Beside(k, overlap >= 1)
         h_s, h_r = _rerun_walks(L, k, v, *gates, S0, R0, res, beside)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
@@ -456,6 +490,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
         CHUNK_ORDER=L.chunk_order,
     )
+    intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
     dh_s, dS0 = _dwalk(L, q, do, gates[0], None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv_dv, *beta.shape, dtype=torch.float32)
@@ -467,23 +502,15 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     )
 
     # dq, dk, dg and gamma's output term: first each chunk's token-to-token matrices M, Mk (sums over all of V)
-    # and gamma's in-chunk term, then per K-block the state terms, reading M and Mk.
-    chunk_grid = L.parallel_grid(L.V)[1:]  # (chunk, head) or (chunk, (sequence, head))
-    # M and Mk in the input dtype: the dq/dk kernel casts them to it in every dot that reads them (fp32 inputs:
-    # fp32), so storing them rounded changes nothing there and halves their bytes (written once, read per K-block).
-    m, mk = (q.new_empty(L.n_chunks, L.H, L.BT, L.BT, dtype=L.state_dtype) for _ in range(2))
-    dgamma_intra = torch.empty_like(gamma, dtype=torch.float32)  # every token written by the intra kernel
-    _rla_bwd_intra_kernel[chunk_grid](
-        q, k, v, g, beta, gamma, res, do, du, m, mk, dgamma_intra,
-        L.cu_seqlens, L.chunk_indices, scale, L.T,
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_intra,
-        DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
-    )
+    # and gamma's in-chunk term (_intra: here, or at OVERLAP 2 beside dh_S's walk and dv), then per K-block the state
+    # terms, reading M and Mk.
+    m, mk, dgamma_intra, intra_beside = intra or _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=False)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     if rerun:
         beside.join()  # the rerun's chunk states
-    grid = (nk,) + chunk_grid  # per K-block, chunk and head; each loops over V-blocks
+    intra_beside.join()
+    grid = (nk,) + L.parallel_grid(L.V)[1:]  # per K-block, chunk and head; each loops over V-blocks
     _rla_bwd_dqkg_kernel[grid](
         q, k, v, g, beta, gamma, h_s, h_r, res, do, du, dh_s, dh_r, m, mk,
         dq, dk, dg_part, dgamma_part[nv_du:],

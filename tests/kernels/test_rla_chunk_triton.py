@@ -310,7 +310,7 @@ def _overlap_grads(monkeypatch, device, shape, cu=None):
     do, dS_T, dR_T = torch.randn_like(outputs[0]), torch.randn_like(outputs[1]), torch.randn_like(outputs[2])
     args = (*inputs, None, 1.0, "clip", S0, R0, cu, do, dS_T, dR_T)
     runs = {}
-    for overlap in (0, 1):
+    for overlap in (0, 1, 2):
         monkeypatch.setattr(chunk, "OVERLAP", overlap)
         log = record_launches(monkeypatch, chunk, list(_RERUN_KERNELS), lambda name, kw: _RERUN_KERNELS[name])
         runs[overlap] = chunk_rla_bwd(*args, walk=kept), list(log)
@@ -319,8 +319,8 @@ def _overlap_grads(monkeypatch, device, shape, cu=None):
 
 
 def test_rerun_walks_are_queued_first(monkeypatch):
-    """The backward's rerun walks (the residuals kept) are queued first (with OVERLAP 1, on a GPU, on a second
-    stream) and the dq/dk/dg kernel after them, at OVERLAP 0 and 1, the gradients bit for bit alike (packed
+    """The backward's rerun walks (the residuals kept) are queued first (with OVERLAP 1 and 2, on a GPU, on a second
+    stream) and the dq/dk/dg kernel after them, at OVERLAP 0, 1 and 2, the gradients bit for bit alike (packed
     sequences)."""
     runs, _, _ = _overlap_grads(monkeypatch, "cpu", dict(B=1, T=150, H=2, K=16, V=16, N=4), cu=[0, 5, 5, 40, 150])
     for overlap, (grads, log) in runs.items():
@@ -328,20 +328,56 @@ def test_rerun_walks_are_queued_first(monkeypatch):
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, runs[0][0]))
 
 
+_BACKWARD_KERNELS = ("_rla_bwd_du_kernel", "_rla_bwd_intra_kernel", "_dstate_walk_kernel", "_rla_bwd_dv_kernel",
+                     "_rla_bwd_dqkg_kernel")
+
+
+@pytest.mark.parametrize("keep", ["tokens", "walk", "none"])
+def test_intra_kernel_is_queued_after_du_at_overlap_2(monkeypatch, keep):
+    """OVERLAP 2 queues the intra kernel (it needs du alone) right after the du kernel, so that on a GPU it runs on
+    the second stream beside dh_S's walk and the dv kernel; 0 and 1 after dv, as before. The same gradients bit for
+    bit whatever the backward was handed (the residuals, the whole walk, nothing). Another value is named before any
+    launch."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=2, T=50, H=2, K=16, V=16)
+    *outputs, walk = chunk_rla_fwd(*inputs, None, 0.8, "clip", S0, R0, None, chunk_size=16,
+                                   **{"keep_tokens": keep == "tokens", "keep_walk": keep != "tokens"})
+    args = (*inputs, None, 0.8, "clip", S0, R0, None, torch.randn_like(outputs[0]), None, None)
+    walk = None if keep == "none" else walk
+    names = {"_rla_bwd_du_kernel": "du", "_rla_bwd_intra_kernel": "intra", "_dstate_walk_kernel": "dwalk",
+             "_rla_bwd_dv_kernel": "dv", "_rla_bwd_dqkg_kernel": "dqkg"}
+    got = {}
+    for overlap in (0, 1, 2):
+        monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        log = record_launches(monkeypatch, chunk, _BACKWARD_KERNELS, lambda name, kw: names[name])
+        got[overlap] = chunk_rla_bwd(*args, chunk_size=16, walk=walk)
+        after_du = ["intra", "dwalk", "dv"] if overlap == 2 else ["dwalk", "dv", "intra"]
+        assert log == ["dwalk", "du"] + after_du + ["dqkg"], (overlap, log)
+        monkeypatch.undo()
+    for overlap in (1, 2):
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got[overlap], got[0])), overlap
+    monkeypatch.setattr(chunk, "OVERLAP", 3)
+    log = record_launches(monkeypatch, chunk, _BACKWARD_KERNELS + ("_state_walk_kernel",))
+    with pytest.raises(ValueError, match=r"launch knob OVERLAP must be 0 \(one stream\), 1"):
+        chunk_rla_bwd(*args, chunk_size=16, walk=walk)
+    assert log == []
+
+
 @pytest.mark.gpu
 def test_gpu_rerun_beside_the_dh_walks_is_exact(monkeypatch):
-    """CUDA: the rerun walks on a second stream (OVERLAP 1) give the one-stream gradients bit for bit, eagerly
-    and replayed from a CUDA graph (captured on the one stream), at a shape whose walks leave SMs to them (B=1
-    T=4096 H=4 K=V=128 bf16)."""
+    """CUDA: the rerun walks on a second stream (OVERLAP 1), and with them the intra kernel (OVERLAP 2), give the
+    one-stream gradients bit for bit, eagerly and replayed from a CUDA graph (captured on the one stream), at a shape
+    whose walks leave SMs to them (B=1 T=4096 H=4 K=V=128 bf16)."""
     from kerneltools import graph_replayed
 
     chunk = sys.modules[chunk_rla_fwd.__module__]
     runs, args, kept = _overlap_grads(monkeypatch, "cuda", dict(B=1, T=4096, H=4, K=128, V=128, dtype=torch.bfloat16))
     for overlap, (grads, _) in runs.items():
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, runs[0][0])), overlap
-    monkeypatch.setattr(chunk, "OVERLAP", 1)
-    replayed = graph_replayed(lambda: chunk_rla_bwd(*args, walk=kept))
-    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(replayed, runs[0][0]))
+    for overlap in (1, 2):
+        monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        replayed = graph_replayed(lambda: chunk_rla_bwd(*args, walk=kept))
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(replayed, runs[0][0])), overlap
 
 
 def test_kept_walk_is_rerun_where_it_does_not_fit(monkeypatch):
