@@ -9,6 +9,7 @@ Kept small and stable on purpose (other kernel modules import from it):
 - ``load_tile`` / ``load_tile_t`` / ``store_tile`` / ``exp_where``: masked tile access (``load_tile_t``
   transposed) and safe causal decays in kernels.
 - ``chunk_of_pair``: the heads-first renumbering of chunk-parallel programs (both ops' ``CHUNK_ORDER``).
+- ``load_gate``: a chunk's per-token gate, masked past its sequence's end.
 - ``walk_state_slot``: where a forward walk stores a chunk's start state, every chunk's or every other one's.
 - ``chunk_tables``: the bookkeeping that maps chunk-parallel programs to (sequence, chunk) pairs and
   sequences to their rows in a per-chunk state buffer, for packed variable-length batches (``cu_seqlens``),
@@ -232,6 +233,14 @@ def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int, T: int) -> tuple[tor
     seq = torch.searchsorted(offsets[1:], slot, right=True).clamp_max(n_seqs - 1)
     within = slot - offsets[seq]
     return torch.stack([seq, within], 1).to(torch.int32).contiguous(), offsets.to(torch.int32).contiguous()
+
+
+@triton.jit
+def load_gate(x, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """A per-token gate [.., T, H] of chunk i_t (BT tokens) of the sequence starting at token bos, fp32; rows past
+    the sequence's end read 0 (for g: the cumulative decay stays flat there)."""
+    rows = i_t * BT + tl.arange(0, BT)
+    return tl.load(x + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
 
 
 @triton.jit

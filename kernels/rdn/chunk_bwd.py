@@ -34,10 +34,10 @@ import triton.language as tl
 
 from ..rla.chunk_fwd import _walk_states
 from ..rla.fused_recurrent import _rho
-from ..triton_utils import dot_split
+from ..triton_utils import dot_split, load_gate
 from ._triton_helpers import (autotune, chunk_ids, chunk_prologue, dot_cast, exp_masked, launch_configs, load_tile,
                               load_tile_raw, load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
-from .chunk_fwd import chunk_decays, load_gate, state_row
+from .chunk_fwd import chunk_decays, state_row
 from .wy import mqi_tile
 
 

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
-from ..triton_utils import dot_split, walk_state_slot
+from ..triton_utils import dot_split, load_gate, walk_state_slot
 from ._triton_helpers import (autotune, chunk_ids, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile,
                               load_tile_raw, load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
 from .wy import mqi_tile
@@ -36,12 +36,6 @@ def chunk_decays(g, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
     b_G = tl.cumsum(b_g, axis=0)
     b_GL = tl.sum(tl.where(tl.arange(0, BT) == BT - 1, b_G, 0.0), axis=0)
     return b_G, b_G - b_g, b_GL
-
-
-@triton.jit
-def load_gate(x, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
-    rows = i_t * BT + tl.arange(0, BT)
-    return tl.load(x + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
 
 
 @triton.jit

@@ -31,9 +31,9 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
-from ..triton_utils import GRID_AXIS_LIMIT
+from ..triton_utils import GRID_AXIS_LIMIT, load_gate
 from ._triton_helpers import autotune, chunk_prologue, launch_configs, load_tile, seq_bounds, store_tile
-from .chunk_fwd import chunk_decays, load_gate, state_row
+from .chunk_fwd import chunk_decays, state_row
 
 
 @autotune(configs=launch_configs((4, 1)), key=["H", "K", "V", "SW", "BT", "BK", "BV", "DOT_PREC"])

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import (_split_half, autotune, chunk_of_pair, dot_split, exp_where, load_tile, load_tile_t,
-                           store_tile, walk_state_slot, warps_stages_configs)
+                           load_gate, store_tile, walk_state_slot, warps_stages_configs)
 from .fused_recurrent import _rho
 
 
@@ -226,13 +226,6 @@ def _pair_state_row(chunk_indices, state_offsets, i_t, i_nh, i_p, T, T_seq, H: t
 
 
 @triton.jit
-def _chunk_gates(x, bos, T_seq, i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
-    """A per-token gate of walk chunk i_c, fp32; rows past the sequence's end read 0 (g: G stays flat)."""
-    rows = i_c * BT + tl.arange(0, BT)
-    return tl.load(x + (bos + rows) * H + i_h, mask=rows < T_seq, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v,
                      H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr):
     """r = rho(v - u) of walk chunk i_c, stored in res's dtype (the input dtype) with the clip's mask kept."""
@@ -286,8 +279,8 @@ def _rla_residual_kernel(
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
     i_c = i_p * HALVES
-    b_g = _chunk_gates(g, bos, T_seq, i_c, i_h, H, BT)
-    b_beta = _chunk_gates(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
     b_G = tl.cumsum(b_g, axis=0)
     b_Gm = b_G - b_g
     b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
@@ -304,8 +297,8 @@ def _rla_residual_kernel(
     _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v, H, V, BT, BV, RESIDUAL)
     if HALVES == 2:
         b_GL0 = tl.sum(b_g, axis=0)
-        b_g1 = _chunk_gates(g, bos, T_seq, i_c + 1, i_h, H, BT)
-        b_beta1 = _chunk_gates(beta, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_g1 = load_gate(g, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_beta1 = load_gate(beta, bos, T_seq, i_c + 1, i_h, H, BT)
         b_G1 = tl.cumsum(b_g1, axis=0)
         b_Gm1 = b_G1 - b_g1
         b_k1 = load_tile(k + (bos * H + i_h) * K, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
@@ -373,9 +366,9 @@ def _rla_fwd_output_kernel(
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     i_c = i_p * HALVES
-    b_g = _chunk_gates(g, bos, T_seq, i_c, i_h, H, BT)
-    b_beta = _chunk_gates(beta, bos, T_seq, i_c, i_h, H, BT)
-    b_gamma = _chunk_gates(gamma, bos, T_seq, i_c, i_h, H, BT)
+    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_c, i_h, H, BT)
     b_G = tl.cumsum(b_g, axis=0)
     b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
@@ -385,9 +378,9 @@ def _rla_fwd_output_kernel(
     store_tile(o + tok_v, b_o * scale, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     if HALVES == 2:
         b_GL0 = tl.sum(b_g, axis=0)
-        b_g1 = _chunk_gates(g, bos, T_seq, i_c + 1, i_h, H, BT)
-        b_beta1 = _chunk_gates(beta, bos, T_seq, i_c + 1, i_h, H, BT)
-        b_gamma1 = _chunk_gates(gamma, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_g1 = load_gate(g, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_beta1 = load_gate(beta, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_gamma1 = load_gate(gamma, bos, T_seq, i_c + 1, i_h, H, BT)
         b_G1 = tl.cumsum(b_g1, axis=0)
         b_q1 = load_tile(q + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
         b_k1 = load_tile(k + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
