@@ -77,12 +77,13 @@ WALK_STEPS = 0
 # (triton_utils.Beside) beside dh's walks and the du, dv and intra kernels; 0: on the one stream. Backward ms at H=16
 # K=V=128 bf16 (H200, Triton 3.6, 2026-12-02 12:12, autotuned): B=1 T=32k 4.56 -> 4.30, B=2 T=16k 3.58 -> 3.32,
 # B=16 T=2k 2.94 -> 2.92 (queued after dh_R's walk instead: 4.30, 3.31, 3.19).
-# 2: also the intra kernel (M, Mk and gamma's in-chunk term: it needs du alone), queued on that stream right after the
-# du kernel, beside dh_S's walk and the dv kernel, where 0 and 1 run it after dv. Not yet timed (docs/next/README.md,
-# device order). Expected at B=16 T=2k (H100 profile of 2026-12-05: intra 0.33 ms, dh_S's walk ~0.33, dv 0.43): the
-# backward wall -0.1 to -0.2 ms, as much of intra as the walk's idle issue slots hide (the rerun walks hid ~0.34 of
-# their 0.64 ms there); at B=1 T=32k less, where the rerun walks (1.7 ms) hold that stream until about du's end.
-OVERLAP = 1
+# 2 (the default since 2026-12-05 18:51): also the intra kernel (M, Mk and gamma's in-chunk term: it needs du alone),
+# queued on that stream right after the du kernel, beside dh_S's walk and the dv kernel, where 0 and 1 run it after
+# dv. Backward wall ms 1 -> 2 (H100, Triton 3.6, autotuned, one warm machine, `profile_kernels.py --ops rla --wall
+# --tune --knob OVERLAP=1,2`): B=16 T=2k 3.163 -> 3.120, B=1 T=32k 4.409 -> 4.198. Less than the intra kernel's 0.33
+# ms at 2k (expected -0.1 to -0.2): beside the walk it ran 0.38 of GPU time, the SMs already busy with dh_S's walk,
+# the rerun walks and dv; at 32k the dS walk's 128 programs leave more room.
+OVERLAP = 2
 # The order of the chunk-parallel kernels' programs (chunk_fwd._chunk_program has both): 0 the grid's own (a chunk's
 # V- or K-blocks together, then one head's chunks after another's), 1 one chunk's heads after another's, its blocks
 # still together. Why: RDN's chunk-parallel kernels ran 6-16% slower on packed batches (every sequence's chunks of one
