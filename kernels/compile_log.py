@@ -60,8 +60,9 @@ def install_from_env() -> None:
         install(path)
 
 
-def read(paths) -> list[dict]:
-    """The records of the logs at ``paths``, each once (the first of equal ones), in order."""
+def read(paths, modules=()) -> list[dict]:
+    """The records of the logs at ``paths``, each once (the first of equal ones), in order; with ``modules``, only
+    those whose module starts with one of these prefixes (a call timing one op warms that op's kernels alone)."""
     seen, records = set(), []
     for path in paths:
         with open(path) as f:
@@ -74,7 +75,7 @@ def read(paths) -> list[dict]:
                 except (ValueError, KeyError, TypeError) as e:
                     raise ValueError(f"{path}:{number}: not a compile record ({e}); each line is "
                                      f'{{"module": ..., "name": ..., "data": ...}}') from None
-                if key not in seen:
+                if key not in seen and (not modules or record["module"].startswith(tuple(modules))):
                     seen.add(key)
                     records.append(record)
     return records

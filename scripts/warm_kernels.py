@@ -1,7 +1,7 @@
 """Compile, all at once on every core, the Triton kernels that a GPU-machine call is about to run, into Triton's cache
 (rla_kernels.compile_log says why and how): the call's processes then load them instead of compiling one at a time.
 
-    python3 scripts/warm_kernels.py LOG [LOG ...] [--threads N]          # on the GPU machine, before the work
+    python3 scripts/warm_kernels.py LOG [LOG ...] [--threads N] [--modules PREFIX,...]   # on the GPU machine
     .venv/bin/python scripts/warm_kernels.py --record LOG [--ops rdn,rla] [--shapes B,T,H,K ...] [--dtype bf16]
         [--workloads bench,checks] [--set NAME=INT ...] [--arch 90] [--sms 132]   # here, without a GPU
 
@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", nargs="*", help="compile logs to compile from (RLA_KERNELS_COMPILE_LOG's files)")
     parser.add_argument("--threads", type=int, default=0, help="compile threads (default: every core)")
+    parser.add_argument("--modules", default="", help="comma-separated module prefixes: warm only their kernels, e.g. "
+                        "rla_kernels.rla,fla.ops.common.chunk_h (gpu_session.sh: WARM_MODULES)")
     parser.add_argument("--record", metavar="LOG", help="write a log without a GPU instead (the options below)")
     parser.add_argument("--workloads", default="bench,checks", help="what --record runs: bench (--ops at --shapes), "
                         "checks (the float64 checks' cases, gpu_check_rdn.py --all and gpu_check_rla.py)")
@@ -132,10 +134,16 @@ def main(argv=None) -> int:
     missing = [p for p in args.logs if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such compile log: {', '.join(missing)}")
+    modules = [m for m in args.modules.split(",") if m]
     try:
-        records = read(args.logs)
+        records = read(args.logs, modules)
     except ValueError as e:
         print(f"warm_kernels.py: {e}", file=sys.stderr)
+        return 2
+    if modules and not records:  # a prefix that matches nothing is most likely misspelt: say so, compile nothing
+        print(f"warm_kernels.py: no record of {', '.join(args.logs)} is in a module starting with "
+              f"{', '.join(modules)}; modules look like rla_kernels.rla.chunk_bwd or fla.ops.common.chunk_h",
+              file=sys.stderr)
         return 2
     start = time.perf_counter()
     done, skipped = warm(records, args.threads or None)
