@@ -1,14 +1,18 @@
-"""One call of each RDN pass (and of fla's gated delta rule beside it) for Nsight Compute to read the hardware counters.
+"""One call of each RDN or RLA pass (and of fla's op beside it) for Nsight Compute to read the hardware counters.
 
     . scripts/gpu_env.sh && ncu --profile-from-start off --kernel-name regex:NAME ... python3 scripts/ncu_kernels.py \
-        [--shape B,T,H,K] [--passes fwd,bwd,infer,fla] [--tune]
+        [--shape B,T,H,K] [--passes fwd,bwd,infer,fla,rla_fwd,rla_bwd,fla_gla] [--tune]
 
 (``bash scripts/gpu_session.sh ncu`` runs it so, with the sections and exports it needs.) Every pass runs once
 first, outside the profiled range, so that compiling (and autotuning, with --tune) is not what ncu sees; then once
 each between cudaProfilerStart and cudaProfilerStop. The passes are profile_kernels.py's: ``fwd`` the forward as
 training runs it (keep_tokens: the precise walk storing X), ``bwd`` the backward it feeds, ``infer`` the forward
 without autograd, ``fla`` fla's chunk_gated_delta_rule forward and backward (its Hopper guard lifted for this
-measurement only, as the bench lifts it: the results are never read). Why ncu: the walks are neither bandwidth- nor
+measurement only, as the bench lifts it: the results are never read). ``rla_fwd``, ``rla_bwd`` and ``fla_gla`` are
+RLA's passes as training runs them (the forward keeping its residuals, the backward rerunning the walks from them) and
+fla's chunk_simple_gla forward and backward: with NCU_KERNELS="regex:_rla_|_state_walk|_dstate_walk|chunk_fwd_kernel|
+chunk_bwd_kernel" and NCU_ARGS="--passes rla_fwd,rla_bwd,fla_gla", ncu_details.csv has each kernel's DRAM bytes and
+throughput, which docs/next/README.md's "Where RLA's bytes go" only counted. Why ncu: the walks are neither bandwidth- nor
 FLOP-bound (the forward walk at B=16 T=2k moves 1.8 GB in 1.29 ms and issues ~0.13 TFLOP), and timing variants
 cannot say what their warps wait on; the warp-state and source counters can.
 """
@@ -23,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 from gpu_check_rdn import make_inputs  # noqa: E402  (puts rla_kernels on the path, fixed configs unless --tune)
 
-PASSES = ("fwd", "bwd", "infer", "fla")
+PASSES = ("fwd", "bwd", "infer", "fla", "rla_fwd", "rla_bwd", "fla_gla")
 
 
 def fail(message):
@@ -65,6 +69,35 @@ def rdn_passes(B, T, H, K):
     }
 
 
+def rla_passes(B, T, H, K):
+    from rla_kernels.rla.chunk import chunk_rla_bwd, chunk_rla_fwd
+
+    x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
+    x[3:] = [t.float() for t in x[3:]]  # the gates in fp32, as the RLA layer and the bench hand them
+    do = torch.randn_like(x[2])
+    residuals = chunk_rla_fwd(*x, None, 1.0, "clip", None, None, None, keep_tokens=True)[-1]
+    return {
+        "rla_fwd": lambda: chunk_rla_fwd(*x, None, 1.0, "clip", None, None, None, keep_tokens=True),
+        "rla_bwd": lambda: chunk_rla_bwd(*x, None, 1.0, "clip", None, None, None, do, None, None, walk=residuals),
+    }
+
+
+def fla_gla_pass(B, T, H, K):
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    from rla_convert.bench.kernels import fla_hopper_guard_lifted
+
+    x, _, _ = make_inputs(B, T, H, K, K, B, torch.bfloat16)
+    q, k, v, g = (t.detach().requires_grad_() for t in x[:4])
+    do = torch.randn_like(v)
+
+    def run():
+        with fla_hopper_guard_lifted():
+            chunk_simple_gla(q, k, v, g)[0].backward(do)
+
+    return run
+
+
 def fla_pass(B, T, H, K):
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
@@ -84,9 +117,13 @@ def fla_pass(B, T, H, K):
 
 def main():
     (B, T, H, K), names = parse_args()
-    runs = rdn_passes(B, T, H, K) if set(names) - {"fla"} else {}
+    runs = rdn_passes(B, T, H, K) if {"fwd", "bwd", "infer"} & set(names) else {}
+    if {"rla_fwd", "rla_bwd"} & set(names):
+        runs.update(rla_passes(B, T, H, K))
     if "fla" in names:
         runs["fla"] = fla_pass(B, T, H, K)
+    if "fla_gla" in names:
+        runs["fla_gla"] = fla_gla_pass(B, T, H, K)
     for name in names:  # compile (and autotune) outside the profiled range
         runs[name]()
     torch.cuda.synchronize()

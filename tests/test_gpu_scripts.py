@@ -231,7 +231,8 @@ def test_gpu_session_runs_joined_parts_side_by_side(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--passes", "fwd,bwdd"], "--passes takes a comma-separated list of fwd, bwd, infer, fla; got 'fwd,bwdd'"),
+    (["--passes", "fwd,bwdd"], "--passes takes a comma-separated list of fwd, bwd, infer, fla, rla_fwd, rla_bwd, "
+                               "fla_gla; got 'fwd,bwdd'"),
     (["--shape", "16,2048,16"], "--shape takes B,T,H,K (four ints); got '16,2048,16'"),
 ])
 def test_ncu_kernels_refuses_arguments_it_does_not_take(args, message):
