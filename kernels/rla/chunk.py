@@ -240,6 +240,11 @@ class _Layout:
             raise ValueError(f"at most {GRID_AXIS_LIMIT} chunks of {self.BT} tokens per call (one CUDA grid "
                              f"axis); got {self.parallel_grid(self.V)[1]}: split the call")
 
+    def state_rows(self, every: int):
+        """The layout of a walk storing every ``every``-th chunk's start state (1, or 2 at chunk pairs): its rows
+        (None: _chunk_states' default) and a packed batch's first row of each sequence (the kernels' state_offsets)."""
+        return (None, self.chunk_offsets) if every == 1 else (self.pair_rows, self.pair_offsets)
+
     @staticmethod
     def _knob(name: str, auto: int, dim: int) -> int:
         """The width the launch knob ``name`` (a module int above) asks for, ``auto`` at 0: knob_width's rules."""
@@ -303,8 +308,8 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside |
     """One additive state over every chunk: its chunk-start states (hi, lo or None) and its final state (fp32).
     ``beside``: queued on its stream. ``every`` 2: the states of chunk pairs' first chunks alone (L.pair_rows rows,
     which only the forward's residual and output kernels at FWD_HALVES 2 read)."""
-    h, h_lo = _chunk_states(L, k, lo, None if every == 1 else L.pair_rows)
-    offsets = L.chunk_offsets if every == 1 else L.pair_offsets
+    rows, offsets = L.state_rows(every)
+    h, h_lo = _chunk_states(L, k, lo, rows)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     beside = beside or Beside(k, False)
     with beside:
@@ -321,8 +326,7 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside |
 def _pair_launch(L: _Layout, every: int) -> dict:
     """What the residual and output kernels take besides their tensors: their chunk tables at L.halves chunks a
     program, and where the walks that ran with ``every`` keep the states they read."""
-    offsets = L.chunk_offsets if every == 1 else L.pair_offsets
-    return dict(args=(L.cu_seqlens, L.pair_indices, offsets),
+    return dict(args=(L.cu_seqlens, L.pair_indices, L.state_rows(every)[1]),
                 meta=dict(IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order, HALVES=L.halves, STATE_EVERY=every))
 
 
