@@ -35,8 +35,8 @@ import triton
 from .. import shapes
 from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, chunk_tables, dot_precision, knob_steps,
                            knob_width, sm_count, walk_gates, wide_reverse_walk)
-from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_dv_kernel,
-                        _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
+from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
+                        _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
 from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 
@@ -62,8 +62,9 @@ DU_BV = 0  # du's V-block: auto 64 (32 for fp32 inputs)
 INTRA_BV = 0  # the intra kernel's V-loop block (M, Mk): auto 64 (32 for fp32 inputs)
 DQKG_BK = 0  # the dq/dk/dg kernel's K-block (one program each): auto 64
 DQKG_BV = 0  # and its V-loop block: auto 32 (64 for bf16/fp16 at K > 128)
+DU_WALK_BV = 0  # the one reverse walk's V-block (DU_WALK 1; all of K a program): auto 32, 16 at low parallelism or fp32
 LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
-                "DQKG_BK", "DQKG_BV", "DU_BV")
+                "DQKG_BK", "DQKG_BV", "DU_BV", "DU_WALK_BV")
 # Chunks a walk (forward and reverse) steps per loop turn: 0 automatic, or 1 or 2. Not a width, so not in LAUNCH_KNOBS
 # (its users validate widths), but set by name the same way (--knob WALK_STEPS=1,2, --set WALK_STEPS=2). With 2 a turn
 # issues two 64-token chunks' loads and dots together (only the carry h <- exp(G_L) h + update is sequential); each
@@ -109,6 +110,15 @@ WALK_GATES = 1
 # whatever the walks stored (a kept walk, the backward's reruns: every state), so r and o are the same bits either way
 # (the same autotuned config too: chunk_fwd.py's keys leave STATE_EVERY out).
 FWD_HALVES = 2
+# 1: the backward's dh_R' and dh_S' come from one reverse walk that carries both and makes du (and the residual's
+# dgamma share) from the carried dh_R' in each chunk's step (chunk_bwd._rla_bwd_du_walk_kernel); 0: dh_R's walk, the
+# chunk-parallel du kernel, then dh_S's walk (three launches one after another on the critical path). Why: at B=16
+# T=2k H=16 K=V=128 bf16 (H100, 2026-12-05) the two walks took ~0.65 ms and du 0.44 between them, each walk's chain one
+# dot a chunk; one walk does du's work beside its chain (du's dots read the carried dh_R', not dh_S) and reads q, k
+# and do once for both states. Expected: the three 1.09 ms as one walk of ~0.6. The values are the same either way
+# (du from dh_R' rounded as stored, dh_S from du as stored); DU_WALK_WARPS: its launch's warps (4 or 8).
+DU_WALK = 0
+DU_WALK_WARPS = 4
 
 
 class _Layout:
@@ -175,6 +185,14 @@ class _Layout:
         # du alone is faster 64 wide, the intra kernel's width: 0.325 -> 0.310 ms (H200, 2026-12-01 22:58)
         narrow_bv = min(64 if half else 32, V2)
         self.BV_du = self._knob("DU_BV", narrow_bv, self.V)
+        # The one reverse walk (DU_WALK 1) holds all of K (du sums over it) and two [K, BV] fp32 gradients: 32 wide, or
+        # 16 where (sequence x head, V-block) programs at 32 would leave SMs idle (batch-1 prefill); two chunks a loop
+        # turn there, as the dh walks take. fp32 inputs: 16 (their q and k tiles take twice the shared memory).
+        sms = sm_count(q.device)
+        du_walk_bv = 16 if self.N * self.H * triton.cdiv(self.V, 32) < sms or not half else 32
+        self.BV_duwalk = self._knob("DU_WALK_BV", min(du_walk_bv, V2), self.V)
+        self.duwalk_grid = (triton.cdiv(self.V, self.BV_duwalk), self.N * self.H)
+        self.duwalk_steps = steps or (2 if math.prod(self.duwalk_grid) < sms else 1)
         self.BV_intra = self._knob("INTRA_BV", narrow_bv, self.V)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
@@ -373,6 +391,34 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
     return dh, dh0
 
 
+def _du_walk_knobs() -> tuple[bool, int]:
+    """DU_WALK and DU_WALK_WARPS, validated."""
+    if DU_WALK not in (0, 1):
+        raise ValueError(f"launch knob DU_WALK must be 0 (dh_R's walk, du, dh_S's walk) or 1 (one walk); got "
+                         f"{DU_WALK!r}")
+    if DU_WALK_WARPS not in (4, 8):
+        raise ValueError(f"launch knob DU_WALK_WARPS must be 4 or 8; got {DU_WALK_WARPS!r}")
+    return bool(DU_WALK), DU_WALK_WARPS
+
+
+def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, dS_T, warps: int):
+    """Both state gradients carried backwards by one walk that also writes du and the residual's dgamma share
+    (dgamma_part's first rows, one a V-block): each chunk's end-state gradients (state dtype) and the initial
+    states' (fp32)."""
+    dh_r, _ = _chunk_states(L, q, False)
+    dh_s, _ = _chunk_states(L, q, False)
+    dR0, dS0 = (q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32) for _ in range(2))
+    _rla_bwd_du_walk_kernel[L.duwalk_grid](
+        q, k, g, gamma, res, do, du, dgamma_part, dR_T, dS_T, dh_r, dh_s, dR0, dS0,
+        L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
+        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_duwalk,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
+        HAS_DRT=dR_T is not None, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.duwalk_steps,
+        num_warps=warps, num_stages=2,
+    )
+    return dh_r, dh_s, dR0, dS0
+
+
 def _overlap() -> int:
     """OVERLAP, validated: 0, 1 or 2."""
     if OVERLAP not in (0, 1, 2):
@@ -467,6 +513,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
     rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
     overlap = _overlap()
+    du_walk, du_walk_warps = _du_walk_knobs()
     gates = _walks_gates(g, beta, gamma)  # once, for every walk below
     if len(kept) == 3:
         h_s, h_r, res = kept
@@ -478,25 +525,30 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         h_s, h_r = _rerun_walks(L, k, v, *gates, S0, R0, res, beside)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
-    # then dv and dbeta. The per-V-block partial sums are reduced below.
-    nv_du, nv_dv = triton.cdiv(L.V, L.BV_du), triton.cdiv(L.V, L.BV_grad)
+    # then dv and dbeta (DU_WALK 1: the first three as one walk). The per-V-block partial sums are reduced below.
+    nv_du, nv_dv = triton.cdiv(L.V, L.BV_duwalk if du_walk else L.BV_du), triton.cdiv(L.V, L.BV_grad)
     nk = triton.cdiv(L.K, L.BK_par)
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
-    dh_r, dR0 = _dwalk(L, q, do, gates[0], gates[2], scale, None, None, dR_T)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
     # dgamma's partial sums: nv_du from du (the residual's term), then nk from dq/dk/dg (the output term through h_R);
     # all reduced with dg's and dbeta's by one small kernel at the end
     dgamma_part = q.new_empty(nv_du + nk, *gamma.shape, dtype=torch.float32)
-    _rla_bwd_du_kernel[L.parallel_grid(L.BV_du)](
-        q, k, g, gamma, res, do, dh_r, du, dgamma_part,
-        L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
-        H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_du,
-        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
-        CHUNK_ORDER=L.chunk_order,
-    )
-    intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
-    dh_s, dS0 = _dwalk(L, q, do, gates[0], None, scale, k, du, dS_T)
+    if du_walk:
+        dh_r, dh_s, dR0, dS0 = _du_walk(L, q, k, gates[0], gates[2], res, do, du, dgamma_part, scale, dR_T, dS_T,
+                                        du_walk_warps)
+        intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
+    else:
+        dh_r, dR0 = _dwalk(L, q, do, gates[0], gates[2], scale, None, None, dR_T)
+        _rla_bwd_du_kernel[L.parallel_grid(L.BV_du)](
+            q, k, g, gamma, res, do, dh_r, du, dgamma_part,
+            L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_du,
+            RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
+            CHUNK_ORDER=L.chunk_order,
+        )
+        intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
+        dh_s, dS0 = _dwalk(L, q, do, gates[0], None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv_dv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[L.parallel_grid(L.BV_grad)](

@@ -152,6 +152,106 @@ def _dstate_walk_kernel(
     store_tile(dh0 + i_nh * K * V, b_dh, i_k * BK, K, V, i_v * BV, V, BK, BV)
 
 
+@triton.jit
+def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, bos, T_seq, i_t, i_h, i_v, scale, clip,
+                  clip_mask, part_off, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
+    """Chunk i_t's step of _rla_bwd_du_walk_kernel, from the chunk-END gradients b_dhr, b_dhs (fp32): step 1 (du and
+    the residual's dgamma share, stored), then step 3 for both states. Returns the chunk-START gradients. The same
+    operations as the du kernel (dh_R' rounded as the dh walk stores it) and the dh walk's steps (du as stored), so
+    the same values; a chunk past the sequence's end stores nothing and leaves both gradients as they are."""
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    o_t = tl.arange(0, BT)
+    rows = i_t * BT + o_t
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
+    b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_a = tl.exp(b_GL)
+    b_w = tl.exp(b_G) * scale
+
+    # Step 1's Y from the in-chunk queries and the carried dh_R'; dh_R steps back as soon as Y has read it, and each
+    # [K, BV] update is added to its gradient when made, so that one of them is live at a time (255 registers).
+    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]
+    b_Aq = tl.dot(b_k, b_qt, input_precision=DOT_PREC) * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
+    b_Y = tl.dot(b_Aq.to(DT), (b_do * (scale * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
+    b_Y += tl.exp(b_GL - b_G)[:, None] * tl.dot(b_k, b_dhr.to(dh_r.dtype.element_ty).to(DT), input_precision=DOT_PREC)
+    b_dhr = b_dhr * b_a + tl.dot(b_qt, (b_do * (b_w * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
+    # du through rho, stored as the du kernel stores it; dh_S steps back with du as stored
+    b_r_stored = load_tile(res + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
+    tl.store(dgamma_part + part_off + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
+    b_du = (-(b_gamma[:, None] * b_Y * _drho_from_residual(b_r_stored, clip_mask, RESIDUAL))).to(du.dtype.element_ty)
+    store_tile(du + tok_v, b_du, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    # k^T as k's tile transposed (a view of the same shared copy: a second load took 16 KB more a stage)
+    b_upd_s = tl.dot(b_qt, (b_do * b_w[:, None]).to(DT), input_precision=DOT_PREC)
+    b_upd_s = tl.dot(tl.trans(b_k), (b_du.to(tl.float32) * tl.exp(b_G - b_g)[:, None]).to(DT), b_upd_s,
+                     input_precision=DOT_PREC)
+    return b_dhr, b_dhs * b_a + b_upd_s
+
+
+@triton.jit(do_not_specialize=["T", "part_stride"])
+def _rla_bwd_du_walk_kernel(
+    q, k, g, gamma, res, do, du, dgamma_part, dhr_t, dhs_t, dh_r, dh_s, dR0, dS0,
+    cu_seqlens, chunk_offsets, scale, clip, clip_mask, T, part_stride,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
+    HAS_DRT: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
+):
+    """Steps 1 and 3 in one reverse walk (chunk.DU_WALK 1): dh_R and dh_S carried together, du made from the carried
+    dh_R' of each chunk before dh_S takes it, so neither the du kernel nor a second walk runs. Stores each chunk's
+    END-state gradients (as _dstate_walk_kernel does), du and the residual's dgamma share per V-block, and the
+    initial states' gradients (fp32). One program per (V-block, sequence x head), all of K in it (du sums over K).
+    WALK_STEPS (1 or 2) chunks a loop turn, as the dh walk's."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    DT = q.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+    part_off = i_v * part_stride
+
+    b_dhr = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dhs = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DRT:
+        b_dhr += load_tile(dhr_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+    if HAS_DST:
+        b_dhs += load_tile(dhs_t + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+    n_turns = tl.cdiv(NT, WALK_STEPS)
+    for i_loop in range(0, n_turns):
+        # the turn's last chunk; with two steps and NT odd, the first turn's is one past the end (its row is the next
+        # sequence's: not stored)
+        i_t = tl.cast((n_turns - i_loop) * WALK_STEPS - 1, tl.int64)
+        n_rows = K
+        if WALK_STEPS == 2:
+            n_rows = tl.where(i_t < NT, K, 0)
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile(dh_r + h_off, b_dhr, 0, n_rows, V, i_v * BV, V, BK, BV)
+        store_tile(dh_s + h_off, b_dhs, 0, n_rows, V, i_v * BV, V, BK, BV)
+        b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, bos, T_seq, i_t,
+                                     i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK, BV, RESIDUAL,
+                                     DOT_PREC, DT)
+        if WALK_STEPS == 2:
+            h_off = ((boh + i_t - 1) * H + i_h) * K * V
+            store_tile(dh_r + h_off, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
+            store_tile(dh_s + h_off, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
+            b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, bos, T_seq,
+                                         i_t - 1, i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK, BV,
+                                         RESIDUAL, DOT_PREC, DT)
+    store_tile(dR0 + i_nh * K * V, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
+    store_tile(dS0 + i_nh * K * V, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
+
+
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_du_kernel(

@@ -516,7 +516,7 @@ def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_
 
 KNOBS = sys.modules[chunk_rla_fwd.__module__].LAUNCH_KNOBS
 WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg",
-          "BV_du")
+          "BV_du", "BV_duwalk")
 
 # (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0 in WIDTHS' order and the walks' chunks a loop turn at
 # WALK_STEPS 0 (forward, reverse), worked out by hand from the rules in rla/chunk.py's comments (the H200's winners of
@@ -524,17 +524,18 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
 # K > 128; walks 16 wide where their programs would leave SMs idle; two steps a turn in the forward walks where their
 # programs are fewer than two an SM, in the reverse walks where they are 16 wide; the reverse walks 64 wide for
 # bf16/fp16 at K <= 128 where 64-wide programs still outnumber the SMs, 2026-12-02 19:36; the residual kernel 64 wide
-# where it takes chunk pairs, FWD_HALVES 2: bf16/fp16 at K <= 128, H100 2026-12-05 16:40)
+# where it takes chunk pairs, FWD_HALVES 2: bf16/fp16 at K <= 128, H100 2026-12-05 16:40; the one reverse walk of
+# DU_WALK 32 wide, 16 for fp32 or where 32-wide programs would leave SMs idle, two steps a turn where its programs do)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64), (1, 1)),  # benchmark 2k
-    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64), (2, 1)),  # its 8k
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64), (2, 2)),  # batch-1 prefill
-    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32), (1, 1)),
-    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64), (1, 1)),  # SmolLM2's dim, no GPU
-    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64), (1, 1)),
-    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64), (1, 1)),
-    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 64, 64, 128, 64, 64, 32, 64), (1, 1)),
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64, 32), (1, 1, 1)),  # 2k
+    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32), (2, 1, 1)),  # its 8k
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64, 16), (2, 2, 2)),  # batch-1
+    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32, 16), (1, 1, 1)),
+    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64, 32), (1, 1, 1)),  # SmolLM2, no GPU
+    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32), (1, 1, 1)),
+    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64, 32), (1, 1, 1)),
+    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2, 2)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 64, 64, 128, 64, 64, 32, 64, 32), (1, 1, 1)),
 ]
 
 
@@ -550,7 +551,8 @@ def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want
     assert tuple(getattr(L, name) for name in WIDTHS) == want
     assert L.walk_grid == (triton.cdiv(K, want[0]), triton.cdiv(V, want[1]), B * H)
     assert L.dwalk_grid == (triton.cdiv(K, want[2]), triton.cdiv(V, want[3]), B * H)
-    assert (L.walk_steps, L.dwalk_steps) == steps
+    assert L.duwalk_grid == (triton.cdiv(V, want[11]), B * H)
+    assert (L.walk_steps, L.dwalk_steps, L.duwalk_steps) == steps
 
 
 def test_launch_knobs_are_validated_and_clamped(monkeypatch):
@@ -583,12 +585,13 @@ KNOB_CASES = {
     # every width at its narrowest (16; 32 where two blocks are partial): several K-blocks in the dq/dk/dg kernel
     # and the walks, several V-blocks everywhere, partial last ones (K = 48, V = 40)
     "narrow_fp32": (dict(WALK_BK=16, WALK_BV=16, REVERSE_WALK_BK=32, REVERSE_WALK_BV=16, RES_BV=16, OUT_BV=32,
-                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16, DU_BV=32),
+                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16, DU_BV=32, DU_WALK_BV=16),
                     dict(B=1, T=70, H=2, K=48, V=40), None, (1.0, "clip"), 1e-4),
     # every width as wide as the head dims (one K-block and one V-block everywhere, both partial: K = 96, V = 80),
     # packed sequences
     "wide_bf16_varlen": (dict(WALK_BK=128, WALK_BV=128, REVERSE_WALK_BK=128, REVERSE_WALK_BV=64, RES_BV=128,
-                              OUT_BV=128, GRAD_BV=128, INTRA_BV=128, DQKG_BK=128, DQKG_BV=128, DU_BV=128),
+                              OUT_BV=128, GRAD_BV=128, INTRA_BV=128, DQKG_BK=128, DQKG_BV=128, DU_BV=128,
+                              DU_WALK_BV=128),
                          dict(B=1, T=70, H=1, K=96, V=80, N=3, dtype=torch.bfloat16), [0, 30, 31, 70],
                          (0.7, "tanh"), 1e-2),
     # the benchmark's head dims at other widths than the defaults: dq/dk/dg with one 128-wide K-block and two
@@ -861,3 +864,90 @@ def test_fwd_halves_knob_is_validated_and_kept_where_pairs_fit(monkeypatch):
         with pytest.raises(ValueError, match=r"launch knob FWD_HALVES must be 1 \(a chunk a program\) or 2"):
             chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
     assert log == []
+
+
+# name: make_inputs arguments, cu_seqlens, chunk size, (clip, residual), walk steps, DU_WALK_BV, tolerance
+DU_WALK_CASES = {
+    # 3 chunks, the last partial; the clip saturating on many elements (check's inputs), initial states
+    "clip": (dict(B=2, T=37, H=2, K=16, V=32), None, 16, (1.0, "clip"), 1, 0, 1e-4),
+    "tanh_two_steps": (dict(B=2, T=37, H=2, K=16, V=32), None, 16, (0.7, "tanh"), 2, 0, 1e-4),
+    "no_clip": (dict(B=1, T=40, H=2, K=16, V=16), None, 16, (None, "clip"), 1, 0, 1e-4),
+    # packed: 1 chunk, none (empty), 2 (the last partial), 2 (full), 3 (the last partial); both step counts
+    "varlen": (dict(B=1, T=92, H=2, K=16, V=16, N=5), [0, 5, 5, 25, 57, 92], 16, (0.8, "clip"), 1, 0, 1e-4),
+    "varlen_two_steps": (dict(B=1, T=92, H=2, K=16, V=16, N=5), [0, 5, 5, 25, 57, 92], 16, (0.8, "tanh"), 2, 0,
+                         1e-4),
+    # K = 80 (one 128-row block, masked) and V = 48 in 16-wide V-blocks (three programs a head, dgamma's three rows)
+    "blocks": (dict(B=1, T=70, H=1, K=80, V=48), None, 32, (1.0, "clip"), 1, 16, 1e-4),
+    "one_token": (dict(B=2, T=1, H=2, K=16, V=16), None, 16, (1.0, "clip"), 2, 0, 1e-4),
+    "bf16": (dict(B=1, T=70, H=2, K=32, V=32, dtype=torch.bfloat16), None, 16, (1.0, "clip"), 1, 0, 1e-2),
+}
+
+
+@pytest.mark.parametrize("case", DU_WALK_CASES)
+def test_one_reverse_walk_makes_du(monkeypatch, case):
+    """DU_WALK 1: one reverse walk carries dh_R and dh_S and makes du from the carried dh_R' (no du kernel, no second
+    walk): the float64 oracle's numbers, and within rounding of DU_WALK 0 (the three launches) given the same
+    cotangents, for the default backward and the kept walk's. Every state row a walk must write is written, none
+    past the chunks (the NaN-padded buffers)."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, (clip, residual), steps, bv, tol = DU_WALK_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    monkeypatch.setattr(chunk, "WALK_STEPS", steps)
+    monkeypatch.setattr(chunk, "DU_WALK_BV", bv)
+    names = {"_dstate_walk_kernel": "dwalk", "_rla_bwd_du_kernel": "du", "_rla_bwd_du_walk_kernel": "du_walk"}
+    log = record_launches(monkeypatch, chunk, list(names), lambda name, kw: (names[name], kw["WALK_STEPS"]
+                                                                             if "WALK_STEPS" in kw else None))
+    kw = dict(chunk_size=chunk_size)
+    got = {}
+    for du_walk in (0, 1):
+        monkeypatch.setattr(chunk, "DU_WALK", du_walk)
+        buffers = _nan_padded_state_buffers(monkeypatch, chunk)
+        torch.manual_seed(0)  # the same cotangents both ways
+        out = {}
+        check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=out, **kw)
+        *_, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
+        kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *out["cotangents"], walk=walk, **kw)
+        for x, ref in zip(kept, out["grads"]):
+            assert (x is None and ref is None) or torch.equal(x, ref)  # the kept walk's backward: the same passes
+        for n_chunks, whole in buffers:
+            for b in whole:
+                assert not b[:n_chunks].isnan().any() and b[n_chunks:].isnan().all()
+        got[du_walk] = out["grads"]
+    per_call = {0: [("dwalk", steps), ("du", None), ("dwalk", steps)], 1: [("du_walk", steps)]}
+    assert log == per_call[0] * 2 + per_call[1] * 2, log
+    close = 1e-5 if inputs[0].dtype == torch.float32 else 1e-2
+    for name, x, ref in zip(GRAD_NAMES, got[1], got[0]):
+        assert (x is None and ref is None) or rel_err(x, ref.double()) < close, name
+
+
+def test_one_reverse_walk_knobs(monkeypatch):
+    """DU_WALK's launch: intra queued right after the walk at OVERLAP 2 (it needs du alone), then dv and dq/dk/dg; the
+    walk's V-block 32 wide by default (16 for these fp32 inputs), DU_WALK_BV's width when set, its warps
+    DU_WALK_WARPS'. DU_WALK other than 0 or 1 and DU_WALK_WARPS other than 4 or 8 are ValueErrors naming them, before
+    any launch."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=64)
+    *outputs, walk = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, keep_tokens=True)
+    args = (*inputs, None, 1.0, "clip", S0, R0, None, torch.randn_like(outputs[0]), None, None)
+    monkeypatch.setattr(chunk, "DU_WALK", 1)
+    kernels = ("_rla_bwd_du_walk_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dv_kernel", "_rla_bwd_dqkg_kernel",
+               "_rla_bwd_du_kernel", "_dstate_walk_kernel")
+    for bv, warps, want in ((0, 4, 16), (32, 8, 32), (64, 4, 64)):
+        monkeypatch.setattr(chunk, "DU_WALK_BV", bv)
+        monkeypatch.setattr(chunk, "DU_WALK_WARPS", warps)
+        log = record_launches(monkeypatch, chunk, kernels, lambda name, kw: (name, kw["BV"], kw.get("num_warps")))
+        chunk_rla_bwd(*args, chunk_size=16, walk=walk)
+        assert [name for name, *_ in log] == list(kernels[:4])
+        assert log[0][1:] == (want, warps)
+        for name in kernels:
+            monkeypatch.setattr(chunk, name, getattr(chunk, name).kernel)  # unwrap for the next round
+    for knob, bad, message in (("DU_WALK", 2, r"launch knob DU_WALK must be 0 \(dh_R's walk, du, dh_S's walk\) or 1"),
+                               ("DU_WALK_WARPS", 2, r"launch knob DU_WALK_WARPS must be 4 or 8; got 2")):
+        monkeypatch.setattr(chunk, "DU_WALK_WARPS", 4)
+        monkeypatch.setattr(chunk, knob, bad)
+        log = record_launches(monkeypatch, chunk, kernels + ("_state_walk_kernel",))
+        with pytest.raises(ValueError, match=message):
+            chunk_rla_bwd(*args, chunk_size=16)
+        assert log == []
+        monkeypatch.setattr(chunk, "DU_WALK", 1)
