@@ -12,8 +12,9 @@ mean zeros and then dS0/dR0 come back None):
 Semantics are exactly ``naive.py``. The forward is chunk_fwd.py: a lean walk stores the chunk states of S,
 the residuals come chunk-parallel from them, the same walk runs R over the residuals, and a chunk-parallel
 output pass reads both. The backward reruns those passes instead of keeping their results alive between forward
-and backward, then runs chunk_bwd.py the same way: a lean reverse walk for dh_R, du chunk-parallel from it, a lean
-reverse walk for dh_S, dv chunk-parallel from that, and a chunk-parallel pass for dq, dk, dg.
+and backward, then runs chunk_bwd.py the same way: one reverse walk for dh_R and dh_S that makes du on its way
+(DU_WALK; or a lean walk for dh_R, du chunk-parallel from it and a lean walk for dh_S), dv chunk-parallel from dh_S,
+and a chunk-parallel pass for dq, dk, dg.
 
 What the forward hands the backward (the API layer, library.py): by default the residuals r (``keep_tokens``, one
 [B, T, H, V] tensor in the input dtype, as large as v), so that the rerun is the two walks alone, not the residual
@@ -37,7 +38,7 @@ from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, chunk_ta
                            knob_width, sm_count, walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
                         _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
-from .chunk_fwd import _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
+from .chunk_fwd import _rerun_walk_kernel, _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
 from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 
 CHUNK_SIZE = shapes.RLA_CHUNK_SIZE
@@ -112,13 +113,26 @@ WALK_GATES = 1
 FWD_HALVES = 2
 # 1: the backward's dh_R' and dh_S' come from one reverse walk that carries both and makes du (and the residual's
 # dgamma share) from the carried dh_R' in each chunk's step (chunk_bwd._rla_bwd_du_walk_kernel); 0: dh_R's walk, the
-# chunk-parallel du kernel, then dh_S's walk (three launches one after another on the critical path). Why: at B=16
-# T=2k H=16 K=V=128 bf16 (H100, 2026-12-05) the two walks took ~0.65 ms and du 0.44 between them, each walk's chain one
-# dot a chunk; one walk does du's work beside its chain (du's dots read the carried dh_R', not dh_S) and reads q, k
-# and do once for both states. Expected: the three 1.09 ms as one walk of ~0.6. The values are the same either way
-# (du from dh_R' rounded as stored, dh_S from du as stored); DU_WALK_WARPS: its launch's warps (4 or 8).
-DU_WALK = 0
+# chunk-parallel du kernel, then dh_S's walk (three launches one after another on the critical path); 2 (default): 1
+# unless its programs at 32 wide would be fewer than the SMs (_Layout.duwalk_few) with nothing beside it (the
+# residuals kept, OVERLAP >= 1: the rerun walks run beside it). The values are the same either way (du from dh_R'
+# rounded as stored, dh_S from du as stored); DU_WALK_WARPS: its launch's warps (4 or 8; 8 lost: 0.72 -> 1.03-1.33 ms).
+# Why: at B=16 T=2k H=16 K=V=128 bf16 the two walks took ~0.68 ms and du 0.47 between them, each walk's chain one dot a
+# chunk; one walk does du's work beside its chain and reads q, k and do once. Expected 1.1 ms as one walk of ~0.6;
+# measured 0.72 (H100, Triton 3.6, 2026-12-05 21:45, `profile_kernels.py --ops rla --wall --tune --keep-walk --knob
+# DU_WALK=0,1 --knob DU_WALK_BV=16,32`), backward wall ms 0 -> 1 (32 wide; 16 at 32k):
+#   B=16 T=2k 3.067 -> 2.923, walk kept 2.615 -> 2.438; B=2 T=16k 3.251 -> 3.207, kept 2.827 -> 2.881;
+#   B=1 T=32k 4.153 -> 4.006, kept 3.325 -> 3.648.
+# Where programs are few (one an SM: 16k and 32k) the one walk's step is about the two walks' steps end to end, so it
+# gains only where the rerun walks beside it fill the SMs (and the intra kernel, which needs du, then runs beside dv
+# instead of beside dh_S's walk): hence 2.
+DU_WALK = 2
 DU_WALK_WARPS = 4
+# 1: the backward's rerun of the S and R walks (the residuals kept) as one walk carrying both states, each chunk's k^T
+# and decays loaded once (chunk_fwd._rerun_walk_kernel); 0: two launches of the forward's walk. Why: the rerun runs
+# beside the reverse walk and takes SM time from it (B=16 T=2k: backward wall 2.92 ms against 2.44 with the walk kept,
+# the rerun's two walks 0.71 ms of GPU time); one walk issues fewer instructions for the same states.
+RERUN_WALK = 0
 
 
 class _Layout:
@@ -185,11 +199,14 @@ class _Layout:
         # du alone is faster 64 wide, the intra kernel's width: 0.325 -> 0.310 ms (H200, 2026-12-01 22:58)
         narrow_bv = min(64 if half else 32, V2)
         self.BV_du = self._knob("DU_BV", narrow_bv, self.V)
-        # The one reverse walk (DU_WALK 1) holds all of K (du sums over it) and two [K, BV] fp32 gradients: 32 wide, or
-        # 16 where (sequence x head, V-block) programs at 32 would leave SMs idle (batch-1 prefill); two chunks a loop
-        # turn there, as the dh walks take. fp32 inputs: 16 (their q and k tiles take twice the shared memory).
+        # The one reverse walk (DU_WALK) holds all of K (du sums over it) and two [K, BV] fp32 gradients: 32 wide, or
+        # 16 where (sequence x head, V-block) programs at 32 would leave half the SMs idle (B=1 T=32k: 4.049 -> 4.006
+        # ms backward wall; B=2 T=16k, 128 programs at 32, lost at 16: 3.207 -> 3.521); two chunks a loop turn where
+        # its programs are fewer than the SMs. fp32 inputs: 16 (their q and k tiles take twice the shared memory).
         sms = sm_count(q.device)
-        du_walk_bv = 16 if self.N * self.H * triton.cdiv(self.V, 32) < sms or not half else 32
+        programs_32 = self.N * self.H * triton.cdiv(self.V, 32)
+        self.duwalk_few = programs_32 < sms
+        du_walk_bv = 16 if 2 * programs_32 < sms or not half else 32
         self.BV_duwalk = self._knob("DU_WALK_BV", min(du_walk_bv, V2), self.V)
         self.duwalk_grid = (triton.cdiv(self.V, self.BV_duwalk), self.N * self.H)
         self.duwalk_steps = steps or (2 if math.prod(self.duwalk_grid) < sms else 1)
@@ -369,10 +386,22 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, every: int = 1):
 
 
 def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside):
-    """The backward's chunk-start states h_s, h_r from the kept residuals, both walks queued on ``beside``'s
-    stream; the gates as the walks take them (_walks_gates)."""
-    h_s, _, _ = _walk(L, k, v, g, beta, S0, True, False, beside=beside)
-    h_r, _, _ = _walk(L, k, res, g, gamma, R0, False, False, beside=beside)
+    """The backward's chunk-start states h_s, h_r from the kept residuals, both walks (RERUN_WALK 1: as one) queued on
+    ``beside``'s stream; the gates as the walks take them (_walks_gates)."""
+    if RERUN_WALK not in (0, 1):
+        raise ValueError(f"launch knob RERUN_WALK must be 0 (two walks) or 1 (one walk); got {RERUN_WALK!r}")
+    if not RERUN_WALK:
+        h_s, _, _ = _walk(L, k, v, g, beta, S0, True, False, beside=beside)
+        h_r, _, _ = _walk(L, k, res, g, gamma, R0, False, False, beside=beside)
+        return h_s, h_r
+    (h_s, _), (h_r, _) = _chunk_states(L, k, False), _chunk_states(L, k, False)
+    with beside:
+        _rerun_walk_kernel[L.walk_grid](
+            k, v, res, g, beta, gamma, S0, R0, h_s, h_r, L.cu_seqlens, L.chunk_offsets, L.T,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
+            HAS_S0=S0 is not None, HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps,
+        )
+    beside.use(k, v, res, g, beta, gamma, S0, R0, h_s, h_r, L.cu_seqlens, L.chunk_offsets)
     return h_s, h_r
 
 
@@ -391,14 +420,15 @@ def _dwalk(L: _Layout, q, do, g, rate, scale, k, du, dh_t):
     return dh, dh0
 
 
-def _du_walk_knobs() -> tuple[bool, int]:
-    """DU_WALK and DU_WALK_WARPS, validated."""
-    if DU_WALK not in (0, 1):
-        raise ValueError(f"launch knob DU_WALK must be 0 (dh_R's walk, du, dh_S's walk) or 1 (one walk); got "
-                         f"{DU_WALK!r}")
+def _du_walk_knobs(L: _Layout, beside: bool) -> tuple[bool, int]:
+    """Whether one reverse walk makes du (DU_WALK; ``beside``: the rerun walks run beside it), and its warps; both
+    knobs validated."""
+    if DU_WALK not in (0, 1, 2):
+        raise ValueError(f"launch knob DU_WALK must be 0 (dh_R's walk, du, dh_S's walk), 1 (one walk) or 2 (one walk "
+                         f"where its programs fill the GPU or the rerun runs beside it); got {DU_WALK!r}")
     if DU_WALK_WARPS not in (4, 8):
         raise ValueError(f"launch knob DU_WALK_WARPS must be 4 or 8; got {DU_WALK_WARPS!r}")
-    return bool(DU_WALK), DU_WALK_WARPS
+    return DU_WALK == 1 or (DU_WALK == 2 and (beside or not L.duwalk_few)), DU_WALK_WARPS
 
 
 def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, dS_T, warps: int):
@@ -513,7 +543,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
     rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
     overlap = _overlap()
-    du_walk, du_walk_warps = _du_walk_knobs()
+    du_walk, du_walk_warps = _du_walk_knobs(L, rerun and overlap >= 1)
     gates = _walks_gates(g, beta, gamma)  # once, for every walk below
     if len(kept) == 3:
         h_s, h_r, res = kept

@@ -13,10 +13,12 @@ Gradients come in the order the dependencies allow, per chunk and going backward
        dh_S = exp(G_L) dh_S' + sum_t exp(G_t) q_t dO1_t^T + exp(Gm_t) k_t du_t^T,
        dh_R = exp(G_L) dh_R' + sum_t exp(G_t) q_t dO2_t^T.
 
-Only step 3 is sequential, and dh_R does not depend on anything but dO2: ``_dstate_walk_kernel`` carries
-dh_R backwards alone (one dot a chunk) and stores each chunk's dh_R'; ``_rla_bwd_du_kernel`` does step 1
-for every chunk in parallel; the same walk kernel carries dh_S with du in it (two dots a chunk); and
-``_rla_bwd_dv_kernel`` does step 2 for every chunk in parallel. dq, dk, dg and gamma's
+Only step 3 is sequential, and dh_R does not depend on anything but dO2. ``_rla_bwd_du_walk_kernel`` (chunk.DU_WALK)
+carries dh_R and dh_S backwards together and does step 1 inside each chunk's step, from the carried dh_R', before dh_S
+takes du; where that walk would leave SMs idle with nothing beside it, ``_dstate_walk_kernel`` carries dh_R alone (one
+dot a chunk), ``_rla_bwd_du_kernel`` does step 1 for every chunk in parallel, and the same walk kernel carries dh_S
+with du in it (two dots a chunk). Either way each chunk's dh_R' and dh_S' are stored, and ``_rla_bwd_dv_kernel``
+does step 2 for every chunk in parallel. dq, dk, dg and gamma's
 output term need sums over all of V, in two chunk-parallel kernels: ``_rla_bwd_intra_kernel``, one
 program per chunk, sums the token-to-token matrices over V (M and Mk, what dq and dk read of the other
 tokens; stored [BT, BT] per chunk) and gamma's in-chunk term; ``_rla_bwd_dqkg_kernel``, one program per

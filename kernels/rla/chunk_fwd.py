@@ -170,6 +170,86 @@ def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets,
 
 
 @triton.jit
+def _rerun_step(k, v, r, g, beta, gamma, bos, T_seq, i_t, i_h, i_k, i_v,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                BV: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
+    """Chunk i_t's step of _rerun_walk_kernel: _walk_step's for S (split, rate beta, values v) and for R (rate gamma,
+    values r) from one load of k^T and of the decays: (exp(G_L), S's update, R's update)."""
+    b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+    rows = i_t * BT + tl.arange(0, BT)
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
+    b_w = tl.exp(b_GL - b_G)
+    tok_v = (bos * H + i_h) * V
+    b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_ws = b_w * tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_upd_s = dot_split(b_kt, b_v * b_ws[:, None], DOT_PREC)
+    b_r = load_tile(r + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_wr = b_w * tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_upd_r = tl.dot(b_kt, (b_r * b_wr[:, None]).to(DT), input_precision=DOT_PREC)
+    return tl.exp(b_GL), b_upd_s, b_upd_r
+
+
+# Pinned to one launch config, as the other walks are.
+@autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
+          key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32", "WALK_STEPS"])
+@triton.jit(do_not_specialize=["T"])
+def _rerun_walk_kernel(
+    k, v, r, g, beta, gamma, s0, r0, h_s, h_r,
+    cu_seqlens, chunk_offsets, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_S0: tl.constexpr, HAS_R0: tl.constexpr,
+    IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
+):
+    """The backward's rerun of the forward's two walks (the residuals r kept) as one (chunk.RERUN_WALK): S and R
+    carried by one program, each chunk's k^T and decays loaded once for both, every chunk-start state stored (no lo, no
+    final state: the backward reads neither). The same updates as _state_walk_kernel's two launches, so the same
+    states. One program per (K-block, V-block, sequence x head); WALK_STEPS chunks a loop turn, as there."""
+    i_k = tl.cast(tl.program_id(0), tl.int64)
+    i_v = tl.cast(tl.program_id(1), tl.int64)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
+    NT = tl.cdiv(T_seq, BT)
+    DT = k.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+
+    b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    b_r = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_S0:
+        b_s += load_tile(s0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+    if HAS_R0:
+        b_r += load_tile(r0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+    for i_loop in range(0, tl.cdiv(NT, WALK_STEPS)):
+        i_t = tl.cast(i_loop, tl.int64) * WALK_STEPS
+        h_off = ((boh + i_t) * H + i_h) * K * V
+        store_tile(h_s + h_off, b_s, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        store_tile(h_r + h_off, b_r, i_k * BK, K, V, i_v * BV, V, BK, BV)
+        b_a, b_us, b_ur = _rerun_step(k, v, r, g, beta, gamma, bos, T_seq, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV,
+                                      DOT_PREC, DT)
+        if WALK_STEPS == 2:
+            # chunk i_t + 1's step reads no state; past the last chunk (odd NT) it changes nothing and its row (the
+            # next sequence's) is not stored
+            b_a1, b_us1, b_ur1 = _rerun_step(k, v, r, g, beta, gamma, bos, T_seq, i_t + 1, i_h, i_k, i_v, H, K, V, BT,
+                                             BK, BV, DOT_PREC, DT)
+            b_s = b_s * b_a + b_us
+            b_r = b_r * b_a + b_ur
+            h_off = ((boh + i_t + 1) * H + i_h) * K * V
+            n_rows = tl.where(i_t + 1 < NT, K, 0)
+            store_tile(h_s + h_off, b_s, i_k * BK, n_rows, V, i_v * BV, V, BK, BV)
+            store_tile(h_r + h_off, b_r, i_k * BK, n_rows, V, i_v * BV, V, BK, BV)
+            b_a, b_us, b_ur = b_a1, b_us1, b_ur1
+        b_s = b_s * b_a + b_us
+        b_r = b_r * b_a + b_ur
+
+
+@triton.jit
 def _chunk_program(CHUNK_AXIS: tl.constexpr, H: tl.constexpr, ORDER: tl.constexpr):
     """A chunk-parallel program's chunk (grid axis CHUNK_AXIS) and (sequence, head) or head (the next axis), int64,
     renumbered by ORDER (chunk.CHUNK_ORDER) so that the programs the GPU runs together (it starts them in launch order,

@@ -270,9 +270,9 @@ def test_backward_takes_the_kept_walk(case, monkeypatch):
 @pytest.mark.parametrize("case", KEEP_CASES)
 def test_backward_takes_the_kept_residuals(case, monkeypatch):
     """chunk_rla_fwd(keep_tokens=True) hands r alone (the API's default) to chunk_rla_bwd(walk=(r,)), which then
-    reruns the two state walks, S's without its lo buffer, and not the residual kernel: the gradients are the full
-    rerun's, bit for bit (the same walks over the same r). A residual tensor in another dtype is not misread: all
-    three passes rerun."""
+    reruns the two state walks as one (RERUN_WALK 1), without S's lo buffer, and not the residual kernel: the gradients
+    are the full rerun's, bit for bit (the same walk steps over the same r). A residual tensor in another dtype is not
+    misread: all three passes rerun."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0, cu, clip, residual, chunk_size, _ = _keep_case(case)
     kw = dict(chunk_size=chunk_size)
@@ -285,10 +285,11 @@ def test_backward_takes_the_kept_residuals(case, monkeypatch):
     do = torch.randn_like(outputs[0])
     dS_T, dR_T = torch.randn_like(outputs[1]), torch.randn_like(outputs[2])
     rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, **kw)
-    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel"),
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel", "_rerun_walk_kernel"),
                           lambda name, kw: (name, kw.get("HAS_LO")))
     got = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=kept, **kw)
-    assert log == [("_state_walk_kernel", False)] * 2
+    # the rerun's walks: as one (RERUN_WALK 1, which has no lo buffer to store) or two
+    assert log == ([("_rerun_walk_kernel", None)] if chunk.RERUN_WALK else [("_state_walk_kernel", False)] * 2)
     for x, ref in zip(got, rerun):
         assert (x is None and ref is None) or torch.equal(x, ref)
     log.clear()
@@ -296,8 +297,10 @@ def test_backward_takes_the_kept_residuals(case, monkeypatch):
     assert [name for name, _ in log] == ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
 
 
-RERUN_ORDER = ["walk", "walk", "dwalk", "dwalk", "dqkg"]
-_RERUN_KERNELS = {"_state_walk_kernel": "walk", "_dstate_walk_kernel": "dwalk", "_rla_bwd_dqkg_kernel": "dqkg"}
+# the rerun's walks (one launch with RERUN_WALK 1), the reverse walk as one (DU_WALK)
+RERUN_ORDER = ["walk"] * (1 if sys.modules[chunk_rla_fwd.__module__].RERUN_WALK else 2) + ["dwalk", "dqkg"]
+_RERUN_KERNELS = {"_state_walk_kernel": "walk", "_rerun_walk_kernel": "walk", "_rla_bwd_du_walk_kernel": "dwalk",
+                  "_rla_bwd_dqkg_kernel": "dqkg"}
 
 
 def _overlap_grads(monkeypatch, device, shape, cu=None):
@@ -329,15 +332,16 @@ def test_rerun_walks_are_queued_first(monkeypatch):
 
 
 _BACKWARD_KERNELS = ("_rla_bwd_du_kernel", "_rla_bwd_intra_kernel", "_dstate_walk_kernel", "_rla_bwd_dv_kernel",
-                     "_rla_bwd_dqkg_kernel")
+                     "_rla_bwd_dqkg_kernel", "_rla_bwd_du_walk_kernel")
 
 
+@pytest.mark.parametrize("du_walk", [1, 0])
 @pytest.mark.parametrize("keep", ["tokens", "walk", "none"])
-def test_intra_kernel_is_queued_after_du_at_overlap_2(monkeypatch, keep):
-    """OVERLAP 2 queues the intra kernel (it needs du alone) right after the du kernel, so that on a GPU it runs on
-    the second stream beside dh_S's walk and the dv kernel; 0 and 1 after dv, as before. The same gradients bit for
-    bit whatever the backward was handed (the residuals, the whole walk, nothing). Another value is named before any
-    launch."""
+def test_intra_kernel_is_queued_after_du_at_overlap_2(monkeypatch, keep, du_walk):
+    """OVERLAP 2 queues the intra kernel (it needs du alone) right after what makes du (DU_WALK 1: the one reverse
+    walk; 0: the du kernel, then beside dh_S's walk too), so that on a GPU it runs on the second stream beside the dv
+    kernel; 0 and 1 after dv, as before. The same gradients bit for bit whatever the backward was handed (the
+    residuals, the whole walk, nothing). Another value is named before any launch."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0 = make_inputs(B=2, T=50, H=2, K=16, V=16)
     *outputs, walk = chunk_rla_fwd(*inputs, None, 0.8, "clip", S0, R0, None, chunk_size=16,
@@ -345,14 +349,18 @@ def test_intra_kernel_is_queued_after_du_at_overlap_2(monkeypatch, keep):
     args = (*inputs, None, 0.8, "clip", S0, R0, None, torch.randn_like(outputs[0]), None, None)
     walk = None if keep == "none" else walk
     names = {"_rla_bwd_du_kernel": "du", "_rla_bwd_intra_kernel": "intra", "_dstate_walk_kernel": "dwalk",
-             "_rla_bwd_dv_kernel": "dv", "_rla_bwd_dqkg_kernel": "dqkg"}
+             "_rla_bwd_dv_kernel": "dv", "_rla_bwd_dqkg_kernel": "dqkg", "_rla_bwd_du_walk_kernel": "du_walk"}
     got = {}
     for overlap in (0, 1, 2):
         monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        monkeypatch.setattr(chunk, "DU_WALK", du_walk)
         log = record_launches(monkeypatch, chunk, _BACKWARD_KERNELS, lambda name, kw: names[name])
         got[overlap] = chunk_rla_bwd(*args, chunk_size=16, walk=walk)
-        after_du = ["intra", "dwalk", "dv"] if overlap == 2 else ["dwalk", "dv", "intra"]
-        assert log == ["dwalk", "du"] + after_du + ["dqkg"], (overlap, log)
+        if du_walk:
+            want = ["du_walk"] + (["intra", "dv"] if overlap == 2 else ["dv", "intra"])
+        else:
+            want = ["dwalk", "du"] + (["intra", "dwalk", "dv"] if overlap == 2 else ["dwalk", "dv", "intra"])
+        assert log == want + ["dqkg"], (overlap, log)
         monkeypatch.undo()
     for overlap in (1, 2):
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got[overlap], got[0])), overlap
@@ -494,7 +502,8 @@ def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_
 
     stub_launches(monkeypatch, sys.modules[chunk_rla_fwd.__module__], (
         "_state_walk_kernel", "_rla_residual_kernel", "_dstate_walk_kernel", "_rla_bwd_du_kernel",
-        "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel", "_rla_bwd_sums_kernel"))
+        "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel", "_rla_bwd_sums_kernel",
+        "_rla_bwd_du_walk_kernel"))
 
     class Allocations(TorchDispatchMode):
         def __init__(self):
@@ -525,10 +534,12 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
 # programs are fewer than two an SM, in the reverse walks where they are 16 wide; the reverse walks 64 wide for
 # bf16/fp16 at K <= 128 where 64-wide programs still outnumber the SMs, 2026-12-02 19:36; the residual kernel 64 wide
 # where it takes chunk pairs, FWD_HALVES 2: bf16/fp16 at K <= 128, H100 2026-12-05 16:40; the one reverse walk of
-# DU_WALK 32 wide, 16 for fp32 or where 32-wide programs would leave SMs idle, two steps a turn where its programs do)
+# DU_WALK 32 wide, 16 for fp32 or where 32-wide programs would leave half the SMs idle, two steps a turn where its
+# programs would leave any idle)
 AUTOMATIC_WIDTHS = [
     ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64, 32), (1, 1, 1)),  # 2k
     ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32), (2, 1, 1)),  # its 8k
+    ((torch.bfloat16, 2, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 128, 64, 64, 32, 64, 32), (2, 1, 2)),  # its 16k
     ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64, 16), (2, 2, 2)),  # batch-1
     ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32, 16), (1, 1, 1)),
     ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64, 32), (1, 1, 1)),  # SmolLM2, no GPU
@@ -583,9 +594,10 @@ def test_launch_knobs_are_validated_and_clamped(monkeypatch):
 # name: knob settings, make_inputs arguments, cu_seqlens, (clip, residual), tolerance against float64
 KNOB_CASES = {
     # every width at its narrowest (16; 32 where two blocks are partial): several K-blocks in the dq/dk/dg kernel
-    # and the walks, several V-blocks everywhere, partial last ones (K = 48, V = 40)
+    # and the walks, several V-blocks everywhere, partial last ones (K = 48, V = 40); dh_R's and dh_S's walks and
+    # the du kernel (DU_WALK 0), whose widths these are
     "narrow_fp32": (dict(WALK_BK=16, WALK_BV=16, REVERSE_WALK_BK=32, REVERSE_WALK_BV=16, RES_BV=16, OUT_BV=32,
-                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16, DU_BV=32, DU_WALK_BV=16),
+                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16, DU_BV=32, DU_WALK=0),
                     dict(B=1, T=70, H=2, K=48, V=40), None, (1.0, "clip"), 1e-4),
     # every width as wide as the head dims (one K-block and one V-block everywhere, both partial: K = 96, V = 80),
     # packed sequences
@@ -595,8 +607,8 @@ KNOB_CASES = {
                          dict(B=1, T=70, H=1, K=96, V=80, N=3, dtype=torch.bfloat16), [0, 30, 31, 70],
                          (0.7, "tanh"), 1e-2),
     # the benchmark's head dims at other widths than the defaults: dq/dk/dg with one 128-wide K-block and two
-    # 64-wide V turns (its width until 2026-12-01), narrower du/dv, output and residual blocks
-    "dqkg_candidates_bf16": (dict(DQKG_BK=128, DQKG_BV=64, GRAD_BV=32, OUT_BV=32, RES_BV=32),
+    # 64-wide V turns (its width until 2026-12-01), narrower dv, output, residual and reverse-walk blocks
+    "dqkg_candidates_bf16": (dict(DQKG_BK=128, DQKG_BV=64, GRAD_BV=32, OUT_BV=32, RES_BV=32, DU_WALK_BV=16),
                              dict(B=1, T=70, H=1, K=128, V=128, dtype=torch.bfloat16), None, (1.0, "clip"), 1e-2),
 }
 
@@ -617,15 +629,19 @@ def test_launch_knobs_give_the_oracle(monkeypatch, case):
     dims = dict(WALK_BK=shape["K"], REVERSE_WALK_BK=shape["K"], DQKG_BK=shape["K"])
     got = dict(zip(KNOBS, (getattr(L, name) for name in WIDTHS)))
     for name, value in knobs.items():
-        assert got[name] == min(value, max(16, triton.next_power_of_2(dims.get(name, shape["V"])))), name
+        if name in KNOBS:  # a width (DU_WALK is not)
+            assert got[name] == min(value, max(16, triton.next_power_of_2(dims.get(name, shape["V"])))), name
     kernels = ("_state_walk_kernel", "_dstate_walk_kernel", "_rla_residual_kernel", "_rla_fwd_output_kernel",
-               "_rla_bwd_du_kernel", "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel")
+               "_rla_bwd_du_kernel", "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel",
+               "_rla_bwd_du_walk_kernel")
     log = record_launches(monkeypatch, chunk, kernels, lambda name, kw: (name, kw["BK"], kw["BV"]))
     check(inputs, S0, R0, 0.7, clip, residual, cu_seqlens=cu, tol=tol)
-    assert set(log) == {  # each kernel launched at its knobs' widths (the forward walks and residuals twice)
-        ("_state_walk_kernel", L.BK_walk, L.BV_walk), ("_dstate_walk_kernel", L.BK_dwalk, L.BV_dwalk),
+    reverse = ({("_rla_bwd_du_walk_kernel", L.BK, L.BV_duwalk)} if chunk.DU_WALK else
+               {("_dstate_walk_kernel", L.BK_dwalk, L.BV_dwalk), ("_rla_bwd_du_kernel", L.BK, L.BV_du)})
+    assert set(log) == reverse | {  # each kernel launched at its knobs' widths (the forward walks and residuals twice)
+        ("_state_walk_kernel", L.BK_walk, L.BV_walk),
         ("_rla_residual_kernel", L.BK, L.BV_res), ("_rla_fwd_output_kernel", L.BK, L.BV_out),
-        ("_rla_bwd_du_kernel", L.BK, L.BV_du), ("_rla_bwd_dv_kernel", L.BK, L.BV_grad),
+        ("_rla_bwd_dv_kernel", L.BK, L.BV_grad),
         ("_rla_bwd_intra_kernel", L.BK, L.BV_intra), ("_rla_bwd_dqkg_kernel", L.BK_par, L.BV_dqkg)}
 
 
@@ -682,7 +698,7 @@ def test_two_walk_steps_a_turn(monkeypatch, case):
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     inputs, S0, R0 = make_inputs(**shape)
     buffers = _nan_padded_state_buffers(monkeypatch, chunk)
-    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_dstate_walk_kernel"),
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_bwd_du_walk_kernel"),
                           lambda name, kw: kw["WALK_STEPS"])
     kw = dict(chunk_size=chunk_size)
     results = []
@@ -696,8 +712,9 @@ def test_two_walk_steps_a_turn(monkeypatch, case):
         for x, ref in zip(outputs + list(kept), list(got["outputs"]) + list(got["grads"])):
             assert (x is None and ref is None) or torch.equal(x, ref)  # the kept walk's passes are the same
         results.append(list(got["outputs"]) + list(walk) + list(got["grads"]))
-    # each call's walks launched with the knob: check (fwd 2, bwd 2 + 2 reverse), keep fwd 2, kept bwd 2 reverse
-    assert log == [1] * 10 + [2] * 10
+    # each call's walks launched with the knob: check (fwd 2, bwd 2 + the reverse walk), keep fwd 2, kept bwd the
+    # reverse walk (DU_WALK 0's two reverse walks at two steps: test_one_reverse_walk_makes_du)
+    assert log == [1] * 8 + [2] * 8
     for i, (x, ref) in enumerate(zip(*results)):  # a packed batch's kept walk has NaN rows past its chunks
         assert (x is None and ref is None) or torch.equal(x.nan_to_num(7.0), ref.nan_to_num(7.0)), i
     for n_chunks, whole in buffers:
@@ -740,6 +757,7 @@ def test_chunk_orders_are_renumberings(monkeypatch):
     chunk = sys.modules[chunk_rla_fwd.__module__]
     for knob in ("RES_BV", "OUT_BV", "DU_BV", "GRAD_BV", "DQKG_BK"):
         monkeypatch.setattr(chunk, knob, 16)
+    monkeypatch.setattr(chunk, "DU_WALK", 0)  # the du kernel is chunk-parallel (DU_WALK 1 makes du in a walk)
     cu = torch.tensor([0, 5, 75, 112, 141, 230], dtype=torch.int32)
     cases = [(make_inputs(B=2, T=100, H=3, K=32, V=24), None), (make_inputs(B=1, T=230, H=3, K=32, V=24, N=5), cu)]
     for (inputs, S0, R0), cu_seqlens in cases:
@@ -760,11 +778,12 @@ def test_chunk_orders_are_renumberings(monkeypatch):
 
 
 # The walks and the positions of (g, rate) among their launch arguments (chunk.WALK_GATES).
-WALK_GATE_ARGS = {"_state_walk_kernel": (2, 3), "_dstate_walk_kernel": (4, 5)}
+WALK_GATE_ARGS = {"_state_walk_kernel": (2, 3), "_dstate_walk_kernel": (4, 5), "_rla_bwd_du_walk_kernel": (2, 3),
+                  "_rerun_walk_kernel": (3, 4, 5)}
 
 
 def test_walks_take_the_gates_in_fp32(monkeypatch):
-    """bf16 gates reach every walk (S's and R's, their rerun with the residuals kept, dh_R's and dh_S's) as fp32
+    """bf16 gates reach every walk (S's and R's, their rerun with the residuals kept, the reverse walk) as fp32
     (chunk.WALK_GATES 1, triton_utils.walk_gates: there the pipeliner prefetches their loads) and as given at 0, and
     every result is the one fp32 gates of the same values give, bit for bit (dg, dbeta, dgamma rounded to bf16), packed
     sequences with states. Any other knob value is a ValueError."""
@@ -784,8 +803,9 @@ def test_walks_take_the_gates_in_fp32(monkeypatch):
         rerun = chunk_rla_bwd(*x, None, 1.0, "clip", S0, R0, cu, do, *final)
         grads = chunk_rla_bwd(*x, None, 1.0, "clip", S0, R0, cu, do, *final, walk=kept)
         runs[name] = [o, S_T, R_T, *rerun, *grads]
-        assert [kernel for kernel, _ in log] == ["_state_walk_kernel"] * 4 + ["_dstate_walk_kernel"] * 2 + [
-            "_state_walk_kernel"] * 2 + ["_dstate_walk_kernel"] * 2
+        rerun = ["_rerun_walk_kernel"] if chunk.RERUN_WALK else ["_state_walk_kernel"] * 2
+        assert [kernel for kernel, _ in log] == ["_state_walk_kernel"] * 4 + ["_rla_bwd_du_walk_kernel"] + rerun + [
+            "_rla_bwd_du_walk_kernel"]
         want = {torch.bfloat16} if name == "as given" else {torch.float32}
         assert all(dtypes == want for _, dtypes in log), (name, log)
         monkeypatch.undo()
@@ -924,8 +944,8 @@ def test_one_reverse_walk_makes_du(monkeypatch, case):
 def test_one_reverse_walk_knobs(monkeypatch):
     """DU_WALK's launch: intra queued right after the walk at OVERLAP 2 (it needs du alone), then dv and dq/dk/dg; the
     walk's V-block 32 wide by default (16 for these fp32 inputs), DU_WALK_BV's width when set, its warps
-    DU_WALK_WARPS'. DU_WALK other than 0 or 1 and DU_WALK_WARPS other than 4 or 8 are ValueErrors naming them, before
-    any launch."""
+    DU_WALK_WARPS'. DU_WALK other than 0, 1 or 2 and DU_WALK_WARPS other than 4 or 8 are ValueErrors naming them,
+    before any launch."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=64)
     *outputs, walk = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, keep_tokens=True)
@@ -942,7 +962,7 @@ def test_one_reverse_walk_knobs(monkeypatch):
         assert log[0][1:] == (want, warps)
         for name in kernels:
             monkeypatch.setattr(chunk, name, getattr(chunk, name).kernel)  # unwrap for the next round
-    for knob, bad, message in (("DU_WALK", 2, r"launch knob DU_WALK must be 0 \(dh_R's walk, du, dh_S's walk\) or 1"),
+    for knob, bad, message in (("DU_WALK", 3, r"launch knob DU_WALK must be 0 \(dh_R's walk, du, dh_S's walk\), 1"),
                                ("DU_WALK_WARPS", 2, r"launch knob DU_WALK_WARPS must be 4 or 8; got 2")):
         monkeypatch.setattr(chunk, "DU_WALK_WARPS", 4)
         monkeypatch.setattr(chunk, knob, bad)
@@ -951,3 +971,73 @@ def test_one_reverse_walk_knobs(monkeypatch):
             chunk_rla_bwd(*args, chunk_size=16)
         assert log == []
         monkeypatch.setattr(chunk, "DU_WALK", 1)
+
+
+def test_one_reverse_walk_where_it_gains(monkeypatch):
+    """DU_WALK 2 (the default) takes the one reverse walk unless its programs at 32 wide would be fewer than the SMs
+    with nothing beside it: with few programs it runs where the rerun walks run beside it (the residuals kept,
+    OVERLAP >= 1) and not where the walk was kept, nothing was kept or OVERLAP is 0; with programs enough (and off a
+    GPU: no SMs) always. 1 always, 0 never."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=20, H=2, K=16, V=16)
+    *outputs, tokens = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, keep_tokens=True)
+    *_, walk = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, keep_walk=True)
+    args = (*inputs, None, 1.0, "clip", S0, R0, None, torch.randn_like(outputs[0]), None, None)
+    stub_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel", "_rla_bwd_dv_kernel",
+                                       "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel", "_rla_bwd_sums_kernel"))
+    reverse = ("_rla_bwd_du_walk_kernel", "_dstate_walk_kernel", "_rla_bwd_du_kernel")
+
+    def one_walk(knob, sms, kept, overlap=2):
+        monkeypatch.setattr(chunk, "DU_WALK", knob)
+        monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        monkeypatch.setattr(chunk, "sm_count", lambda device: sms)
+        stub_launches(monkeypatch, chunk, reverse)  # launch nothing, but note the launches
+        log = record_launches(monkeypatch, chunk, reverse)
+        chunk_rla_bwd(*args, chunk_size=16, walk=kept)
+        assert log in (["_rla_bwd_du_walk_kernel"], ["_dstate_walk_kernel", "_rla_bwd_du_kernel",
+                                                     "_dstate_walk_kernel"]), log
+        return log == ["_rla_bwd_du_walk_kernel"]
+
+    for sms in (132, 2):  # 2 programs at 32 wide: fewer than 132 SMs, not than 2
+        few = sms == 132
+        assert one_walk(2, sms, tokens) and one_walk(2, sms, tokens, overlap=1)
+        assert one_walk(2, sms, tokens, overlap=0) != few
+        assert one_walk(2, sms, walk) != few and one_walk(2, sms, None) != few
+        assert one_walk(1, sms, walk) and one_walk(1, sms, None)
+        assert not one_walk(0, sms, tokens)
+    assert one_walk(2, 0, walk)
+
+
+@pytest.mark.parametrize("case", ["odd_chunks", "varlen", "blocks", "odd_chunks_bf16"])
+def test_rerun_as_one_walk(monkeypatch, case):
+    """RERUN_WALK 1: the backward's rerun of S's and R's walks (the residuals kept) as one walk, at one and two chunks
+    a loop turn: the same chunk states as the two launches, so the same gradients bit for bit (packed sequences, two
+    K- and V-blocks, half inputs), every state row written and none past the chunks. Another value is a ValueError
+    naming the knob, before any launch."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, (clip, residual), _ = WALK_STEP_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    kw = dict(chunk_size=chunk_size)
+    *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
+    cotangents = [torch.randn_like(x) for x in outputs]
+    walks = ("_state_walk_kernel", "_rerun_walk_kernel")
+    for steps in (1, 2):
+        monkeypatch.setattr(chunk, "WALK_STEPS", steps)
+        got = {}
+        for one in (0, 1):
+            monkeypatch.setattr(chunk, "RERUN_WALK", one)
+            buffers = _nan_padded_state_buffers(monkeypatch, chunk)
+            log = record_launches(monkeypatch, chunk, walks, lambda name, kw: (name, kw["WALK_STEPS"]))
+            got[one] = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *cotangents, walk=kept, **kw)
+            assert log == ([("_rerun_walk_kernel", steps)] if one else [("_state_walk_kernel", steps)] * 2), log
+            for n_chunks, whole in buffers[:2]:  # the rerun's h_s, h_r
+                for b in whole:
+                    assert not b[:n_chunks].isnan().any() and b[n_chunks:].isnan().all()
+        for name, a, b in zip(GRAD_NAMES, got[0], got[1]):
+            assert (a is None and b is None) or torch.equal(a, b), (steps, name)
+    monkeypatch.setattr(chunk, "RERUN_WALK", 2)
+    log = record_launches(monkeypatch, chunk, walks)
+    with pytest.raises(ValueError, match=r"launch knob RERUN_WALK must be 0 \(two walks\) or 1 \(one walk\); got 2"):
+        chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *cotangents, walk=kept, **kw)
+    assert log == []
