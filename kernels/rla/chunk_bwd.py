@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import autotune, dot_split, exp_where, load_tile, load_tile_t, store_tile, warps_stages_configs
-from .chunk_fwd import _chunk_coords, _chunk_program, _seq_bounds
+from .chunk_fwd import _chunk_coords, _chunk_program, _seq_bounds, _walk_seq
 
 
 @triton.jit
@@ -214,10 +214,7 @@ def _rla_bwd_du_walk_kernel(
     WALK_STEPS (1 or 2) chunks a loop turn, as the dh walk's."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
+    i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32

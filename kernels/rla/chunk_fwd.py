@@ -50,6 +50,14 @@ def _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, NT_fixed, IS_VARLEN: tl.const
 
 
 @triton.jit
+def _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """A walk program's (sequence x head) i_nh as (head, first token, length, first state row, chunks), int64: the
+    opening of the walks that store every chunk's state."""
+    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_nh // H, T, tl.cdiv(T, BT), IS_VARLEN)
+    return i_nh % H, bos, T_seq, boh, tl.cdiv(T_seq, BT)
+
+
+@triton.jit
 def _store_state(h, h_lo, off, b_h, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr,
                  HAS_LO: tl.constexpr):
     """A walk's fp32 state tile stored in h's dtype (the input dtype: rounded to nearest) and, with HAS_LO,
@@ -211,17 +219,15 @@ def _rerun_walk_kernel(
     states. One program per (K-block, V-block, sequence x head); WALK_STEPS chunks a loop turn, as there."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
+    i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, tl.cast(tl.program_id(2), tl.int64), T, H, BT,
+                                         IS_VARLEN)
     DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
 
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
     b_r = tl.zeros([BK, BV], dtype=tl.float32)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
     if HAS_S0:
         b_s += load_tile(s0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     if HAS_R0:
