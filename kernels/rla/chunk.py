@@ -130,9 +130,12 @@ DU_WALK = 2
 DU_WALK_WARPS = 4
 # 1: the backward's rerun of the S and R walks (the residuals kept) as one walk carrying both states, each chunk's k^T
 # and decays loaded once (chunk_fwd._rerun_walk_kernel); 0: two launches of the forward's walk. Why: the rerun runs
-# beside the reverse walk and takes SM time from it (B=16 T=2k: backward wall 2.92 ms against 2.44 with the walk kept,
-# the rerun's two walks 0.71 ms of GPU time); one walk issues fewer instructions for the same states.
-RERUN_WALK = 0
+# beside the reverse walk and takes SM time from it (B=16 T=2k, H100: backward wall 2.92 ms against 2.44 with the walk
+# kept, the rerun's two walks 0.71 ms of GPU time); one walk issues fewer instructions for the same states (static loop
+# 569 + 400 -> 671 SASS at 2k, Triton 3.6). Measured 0 -> 1 (H200, Triton 3.6, 2026-12-05 22:42, autotuned,
+# `profile_kernels.py --ops rla --wall --tune --knob RERUN_WALK=0,1`), backward wall ms (the rerun's GPU ms):
+# B=16 T=2k 2.670 -> 2.581 (0.587 -> 0.499), B=1 T=32k 3.888 -> 3.819 (2.379 -> 1.445).
+RERUN_WALK = 1
 
 
 class _Layout:
