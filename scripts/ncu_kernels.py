@@ -13,8 +13,8 @@ RLA's passes as training runs them (the forward keeping its residuals, the backw
 fla's chunk_simple_gla forward and backward: with NCU_KERNELS="regex:_rla_|_state_walk|_dstate_walk|_rerun_walk|
 chunk_fwd_kernel|chunk_bwd_kernel" and NCU_ARGS="--passes rla_fwd,rla_bwd,fla_gla", ncu_details.csv has each kernel's
 DRAM bytes and throughput, which docs/next/README.md's "Where RLA's bytes go" only counted. Why ncu: the walks are
-neither bandwidth- nor FLOP-bound (the forward walk at B=16 T=2k moves 1.8 GB in 1.29 ms and issues ~0.13 TFLOP), and timing
-variants cannot say what their warps wait on; the warp-state and source counters can.
+neither bandwidth- nor FLOP-bound (the forward walk at B=16 T=2k moves 1.8 GB in 1.29 ms and issues ~0.13 TFLOP),
+and timing variants cannot say what their warps wait on; the warp-state and source counters can.
 """
 from __future__ import annotations
 
