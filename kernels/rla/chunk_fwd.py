@@ -329,10 +329,36 @@ def _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c
     store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
+@triton.jit
+def _residual_loads(k, v, g, beta, bos, T_seq, i_c, i_h, i_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+    """Walk chunk i_c's gates and tiles as the residual kernel reads them: g, beta, k (all of K), v (a V-block)."""
+    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+    return b_g, b_beta, b_k, b_v
+
+
+@triton.jit
+def _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq, i_c, i_h, i_v, H: tl.constexpr, K: tl.constexpr,
+                  V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+    """Walk chunk i_c's gates and tiles as the output kernel reads them: g, beta, gamma, q and k (all of K), v and r
+    (a V-block; r in its stored dtype)."""
+    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_c, i_h, H, BT)
+    b_q = load_tile(q + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+    b_r = load_tile(res + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    return b_g, b_beta, b_gamma, b_q, b_k, b_v, b_r
+
+
 # STATE_EVERY is not in the key (nor the output kernel's): which rows a program reads changes no arithmetic, so
 # a kept walk's forward (every state) runs the config the default one (every other) tuned, and makes the same bits.
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES"])
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES", "EARLY"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_residual_kernel(
     k, v, g, beta, h_s, h_s_lo, res,
@@ -341,6 +367,7 @@ def _rla_residual_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
     IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, HALVES: tl.constexpr, STATE_EVERY: tl.constexpr,
+    EARLY: tl.constexpr = False,
 ):
     """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
     every chunk in parallel, one program per (V-block, HALVES walk chunks, head). With HALVES 2 the program reads the
@@ -365,12 +392,12 @@ def _rla_residual_kernel(
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
     i_c = i_p * HALVES
-    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
-    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_g, b_beta, b_k, b_v = _residual_loads(k, v, g, beta, bos, T_seq, i_c, i_h, i_v, H, K, V, BT, BK, BV, DT)
     b_G = tl.cumsum(b_g, axis=0)
     b_Gm = b_G - b_g
-    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+    if HALVES == 2 and EARLY:  # the second chunk's loads in flight during the first's dots (chunk.FWD_EARLY)
+        b_g1, b_beta1, b_k1, b_v1 = _residual_loads(k, v, g, beta, bos, T_seq, i_c + 1, i_h, i_v, H, K, V, BT, BK,
+                                                    BV, DT)
     # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this kernel's rerun: an
     # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
     # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the state h_S
@@ -383,12 +410,11 @@ def _rla_residual_kernel(
     _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v, H, V, BT, BV, RESIDUAL)
     if HALVES == 2:
         b_GL0 = tl.sum(b_g, axis=0)
-        b_g1 = load_gate(g, bos, T_seq, i_c + 1, i_h, H, BT)
-        b_beta1 = load_gate(beta, bos, T_seq, i_c + 1, i_h, H, BT)
+        if not EARLY:
+            b_g1, b_beta1, b_k1, b_v1 = _residual_loads(k, v, g, beta, bos, T_seq, i_c + 1, i_h, i_v, H, K, V, BT,
+                                                        BK, BV, DT)
         b_G1 = tl.cumsum(b_g1, axis=0)
         b_Gm1 = b_G1 - b_g1
-        b_k1 = load_tile(k + (bos * H + i_h) * K, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-        b_v1 = load_tile(v + (bos * H + i_h) * V, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         # Every key of chunk 0 precedes every query of chunk 1: no mask, each exponent <= 0.
         b_C = tl.dot(b_k1, tl.trans(b_k), input_precision=DOT_PREC)
         b_C = b_C * tl.exp(b_Gm1[:, None] + (b_GL0 - b_G)[None, :]) * b_beta[None, :]
@@ -423,7 +449,7 @@ def _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, b_GL0, D
 
 
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES"])
+          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES", "EARLY"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_fwd_output_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, o,
@@ -431,7 +457,7 @@ def _rla_fwd_output_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
-    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr,
+    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr, EARLY: tl.constexpr = False,
 ):
     """o = scale (o1 + gamma o2), one program per (V-block, HALVES walk chunks, head), from the states at its first
     chunk's start. With HALVES 2 the second chunk's queries take the first's tokens as keys (every one before them):
@@ -449,29 +475,23 @@ def _rla_fwd_output_kernel(
                              IS_VARLEN) * H + i_h) * K * V
     b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_hr = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     i_c = i_p * HALVES
-    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
-    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
-    b_gamma = load_gate(gamma, bos, T_seq, i_c, i_h, H, BT)
+    b_g, b_beta, b_gamma, b_q, b_k, b_v, b_r = _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq, i_c, i_h, i_v,
+                                                             H, K, V, BT, BK, BV, DT)
+    if HALVES == 2 and EARLY:  # the second chunk's loads in flight during the first's dots (chunk.FWD_EARLY)
+        b_g1, b_beta1, b_gamma1, b_q1, b_k1, b_v1, b_r1 = _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq,
+                                                                        i_c + 1, i_h, i_v, H, K, V, BT, BK, BV, DT)
     b_G = tl.cumsum(b_g, axis=0)
-    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-    b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     b_o = _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, 0.0, DT, DOT_PREC, BT)
     store_tile(o + tok_v, b_o * scale, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     if HALVES == 2:
         b_GL0 = tl.sum(b_g, axis=0)
-        b_g1 = load_gate(g, bos, T_seq, i_c + 1, i_h, H, BT)
-        b_beta1 = load_gate(beta, bos, T_seq, i_c + 1, i_h, H, BT)
-        b_gamma1 = load_gate(gamma, bos, T_seq, i_c + 1, i_h, H, BT)
+        if not EARLY:
+            b_g1, b_beta1, b_gamma1, b_q1, b_k1, b_v1, b_r1 = _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq,
+                                                                            i_c + 1, i_h, i_v, H, K, V, BT, BK, BV,
+                                                                            DT)
         b_G1 = tl.cumsum(b_g1, axis=0)
-        b_q1 = load_tile(q + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-        b_k1 = load_tile(k + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-        b_v1 = load_tile(v + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-        b_r1 = load_tile(res + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_o1 = _output_chunk(b_q1, b_k1, b_v1, b_r1, b_G1, b_beta1, b_gamma1, b_hs, b_hr, b_GL0, DT, DOT_PREC, BT)
         # Every key of chunk 0 precedes every query of chunk 1: no mask, each exponent <= 0.
         b_C = tl.dot(b_q1, tl.trans(b_k), input_precision=DOT_PREC)

@@ -303,9 +303,10 @@ _RERUN_KERNELS = {"_state_walk_kernel": "walk", "_rerun_walk_kernel": "walk", "_
                   "_rla_bwd_dqkg_kernel": "dqkg"}
 
 
-def _overlap_grads(monkeypatch, device, shape, cu=None):
+def _overlap_grads(monkeypatch, device, shape, cu=None, du_walk=1):
     """The kept-residuals backward at each OVERLAP, with its launch order: {overlap: (grads, [kernel, ...])}, and
-    its inputs."""
+    its inputs. DU_WALK is pinned to ``du_walk``: at 2 (the default) OVERLAP also picks the reverse walks where programs
+    are few (one walk with the rerun beside it, three launches without), whose bits differ within rounding."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0 = make_inputs(**shape, device=device)
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=device)
@@ -315,6 +316,7 @@ def _overlap_grads(monkeypatch, device, shape, cu=None):
     runs = {}
     for overlap in (0, 1, 2):
         monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        monkeypatch.setattr(chunk, "DU_WALK", du_walk)
         log = record_launches(monkeypatch, chunk, list(_RERUN_KERNELS), lambda name, kw: _RERUN_KERNELS[name])
         runs[overlap] = chunk_rla_bwd(*args, walk=kept), list(log)
         monkeypatch.undo()
@@ -372,18 +374,22 @@ def test_intra_kernel_is_queued_after_du_at_overlap_2(monkeypatch, keep, du_walk
 
 
 @pytest.mark.gpu
-def test_gpu_rerun_beside_the_dh_walks_is_exact(monkeypatch):
+@pytest.mark.parametrize("du_walk", [1, 0])
+def test_gpu_rerun_beside_the_dh_walks_is_exact(monkeypatch, du_walk):
     """CUDA: the rerun walks on a second stream (OVERLAP 1), and with them the intra kernel (OVERLAP 2), give the
     one-stream gradients bit for bit, eagerly and replayed from a CUDA graph (captured on the one stream), at a shape
-    whose walks leave SMs to them (B=1 T=4096 H=4 K=V=128 bf16)."""
+    whose walks leave SMs to them (B=1 T=4096 H=4 K=V=128 bf16), with either reverse walk (DU_WALK 1 and 0: the
+    default 2 takes 0 at OVERLAP 0 there and 1 beside the rerun)."""
     from kerneltools import graph_replayed
 
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    runs, args, kept = _overlap_grads(monkeypatch, "cuda", dict(B=1, T=4096, H=4, K=128, V=128, dtype=torch.bfloat16))
+    shape = dict(B=1, T=4096, H=4, K=128, V=128, dtype=torch.bfloat16)
+    runs, args, kept = _overlap_grads(monkeypatch, "cuda", shape, du_walk=du_walk)
     for overlap, (grads, _) in runs.items():
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, runs[0][0])), overlap
     for overlap in (1, 2):
         monkeypatch.setattr(chunk, "OVERLAP", overlap)
+        monkeypatch.setattr(chunk, "DU_WALK", du_walk)
         replayed = graph_replayed(lambda: chunk_rla_bwd(*args, walk=kept))
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(replayed, runs[0][0])), overlap
 
@@ -883,6 +889,34 @@ def test_fwd_halves_knob_is_validated_and_kept_where_pairs_fit(monkeypatch):
         monkeypatch.setattr(chunk, "FWD_HALVES", bad)
         with pytest.raises(ValueError, match=r"launch knob FWD_HALVES must be 1 \(a chunk a program\) or 2"):
             chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
+    assert log == []
+
+
+def test_early_loads_are_the_same_bits(monkeypatch):
+    """FWD_EARLY (which pair kernels issue the second chunk's loads before the first chunk's dots) moves loads only:
+    the residual and output kernels take it as asked, and outputs and gradients are the same bits at 0, 1, 2 and 3
+    (a partial last pair, packed sequences, initial states); another value is a ValueError naming it, before any
+    launch."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=150, H=2, K=32, V=32, N=3)
+    cu = torch.tensor([0, 37, 37, 150], dtype=torch.int32)
+    got = {}
+    for early in (0, 1, 2, 3):
+        monkeypatch.setattr(chunk, "FWD_EARLY", early)
+        log = record_launches(monkeypatch, chunk, ("_rla_residual_kernel", "_rla_fwd_output_kernel"),
+                              lambda name, kw: (name, kw["EARLY"]))
+        torch.manual_seed(0)  # the same cotangents each time
+        out = {}
+        check(inputs, S0, R0, 0.7, 1.0, "clip", cu, tol=1e-4, out=out, chunk_size=16)
+        assert log[:2] == [("_rla_residual_kernel", bool(early & 1)), ("_rla_fwd_output_kernel", bool(early & 2))]
+        got[early] = list(out["outputs"]) + list(out["grads"])
+        monkeypatch.undo()
+    for early in (1, 2, 3):
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got[early], got[0])), early
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel",))
+    monkeypatch.setattr(chunk, "FWD_EARLY", 4)
+    with pytest.raises(ValueError, match=r"launch knob FWD_EARLY must be 0, 1 \(the residual kernel\), 2"):
+        chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
     assert log == []
 
 
