@@ -111,13 +111,6 @@ WALK_GATES = 1
 # whatever the walks stored (a kept walk, the backward's reruns: every state), so r and o are the same bits either way
 # (the same autotuned config too: chunk_fwd.py's keys leave STATE_EVERY out).
 FWD_HALVES = 2
-# Which of the forward's pair kernels issue the second chunk's loads before the first chunk's dots (its store would
-# otherwise hold them back: nothing tells the compiler the tensors do not alias): 1 the residual kernel, 2 the output
-# kernel, 3 both, 0 neither (each loads where it uses).
-# Why: both kernels are straight-line code at two programs an SM, neither bandwidth- nor FLOP-bound ("Where RLA's
-# bytes go", docs/next: 1.6 and 1.8 TB/s counted), so a program's loads wait in turn. Expected (not yet measured):
-# -0.03 to -0.08 ms each at B=16 T=2k (0.41 and 0.50 ms on the H100), for ~48 and ~80 more live registers of bf16 tiles.
-FWD_EARLY = 0
 # 1: the backward's dh_R' and dh_S' come from one reverse walk that carries both and makes du (and the residual's
 # dgamma share) from the carried dh_R' in each chunk's step (chunk_bwd._rla_bwd_du_walk_kernel); 0: dh_R's walk, the
 # chunk-parallel du kernel, then dh_S's walk (three launches one after another on the critical path); 2 (default): 1
@@ -194,10 +187,6 @@ class _Layout:
         # kernel (H100, 2026-12-05); there, at K > 128 and at 128-token chunks (never run at pairs on a GPU), a chunk
         # a program.
         self.halves = FWD_HALVES if (wide or self.K <= 64) and self.BT <= 64 else 1
-        if FWD_EARLY not in (0, 1, 2, 3):
-            raise ValueError(f"launch knob FWD_EARLY must be 0, 1 (the residual kernel), 2 (the output kernel) or 3 "
-                             f"(both); got {FWD_EARLY!r}")
-        self.fwd_early = FWD_EARLY
         V2 = max(16, triton.next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
         # (0.46 -> 0.52). At chunk pairs (FWD_HALVES 2) 64: 0.544 -> 0.411 ms at B=16 T=2k (H100, 2026-12-05 16:40,
@@ -394,7 +383,7 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, every: int = 1):
         L.clip_mask, L.clip_below, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_res,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=h_s_lo is not None,
-        EARLY=bool(L.fwd_early & 1), **pairs["meta"],
+        **pairs["meta"],
     )
     del h_s_lo  # only the residuals read it
     h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, every=every)
@@ -518,7 +507,7 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     _rla_fwd_output_kernel[L.pair_grid(L.BV_out)](
         q, k, v, g, beta, gamma, h_s, h_r, res, o, *pairs["args"], scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        EARLY=bool(L.fwd_early & 2), **pairs["meta"],
+        **pairs["meta"],
     )
     return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ((res,),) if keep_tokens else ())
 

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import autotune, dot_split, exp_where, load_tile, load_tile_t, store_tile, warps_stages_configs
-from .chunk_fwd import _chunk_coords, _chunk_program, _seq_bounds, _walk_seq
+from .chunk_fwd import _chunk_coords, _chunk_program, _walk_seq
 
 
 @triton.jit
@@ -121,10 +121,7 @@ def _dstate_walk_kernel(
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
     i_nh = tl.cast(tl.program_id(2), tl.int64)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(T, BT), IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
+    i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
@@ -155,6 +152,32 @@ def _dstate_walk_kernel(
 
 
 @triton.jit
+def _in_chunk_y(b_k, b_qt, b_do, b_G, b_gamma, scale, BT: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
+    """Y's in-chunk part for a chunk's keys i, sum_{t >= i} exp(G_t - G_i) (k_i.q_t) scale gamma_t do_t ([BT, BV]
+    fp32), from k [BT, K] and q^T [K, BT]: step 1 of the du kernel and of the one reverse walk."""
+    o_t = tl.arange(0, BT)
+    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
+    b_Aq = tl.dot(b_k, b_qt, input_precision=DOT_PREC) * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
+    return tl.dot(b_Aq.to(DT), (b_do * (scale * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _du_through_rho(b_Y, b_gamma, res, du, dgamma_part, part_off, gate_off, in_seq, clip, clip_mask, tok_v, i_c,
+                    T_seq, i_v, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                    RESIDUAL: tl.constexpr):
+    """From Y (the residuals' gradient before gamma): the residual's dgamma share of this V-block, sum_v r Y, stored at
+    part_off, and du = -gamma Y rho'(r) through rho (its mask read from the rerun's r: see chunk_fwd's residual
+    kernel), stored in du's dtype, the input dtype, and returned as stored. r is loaded only here (fewer live tiles
+    through the dots before): as stored for the mask, as +-c where saturated."""
+    b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
+    tl.store(dgamma_part + part_off + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
+    b_du = (-(b_gamma[:, None] * b_Y * _drho_from_residual(b_r_stored, clip_mask, RESIDUAL))).to(du.dtype.element_ty)
+    store_tile(du + tok_v, b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    return b_du
+
+
+@triton.jit
 def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, bos, T_seq, i_t, i_h, i_v, scale, clip,
                   clip_mask, part_off, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
@@ -180,17 +203,12 @@ def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, 
 
     # Step 1's Y from the in-chunk queries and the carried dh_R'; dh_R steps back as soon as Y has read it, and each
     # [K, BV] update is added to its gradient when made, so that one of them is live at a time (255 registers).
-    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]
-    b_Aq = tl.dot(b_k, b_qt, input_precision=DOT_PREC) * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
-    b_Y = tl.dot(b_Aq.to(DT), (b_do * (scale * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
+    b_Y = _in_chunk_y(b_k, b_qt, b_do, b_G, b_gamma, scale, BT, DOT_PREC, DT)
     b_Y += tl.exp(b_GL - b_G)[:, None] * tl.dot(b_k, b_dhr.to(dh_r.dtype.element_ty).to(DT), input_precision=DOT_PREC)
     b_dhr = b_dhr * b_a + tl.dot(b_qt, (b_do * (b_w * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
-    # du through rho, stored as the du kernel stores it; dh_S steps back with du as stored
-    b_r_stored = load_tile(res + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
-    tl.store(dgamma_part + part_off + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
-    b_du = (-(b_gamma[:, None] * b_Y * _drho_from_residual(b_r_stored, clip_mask, RESIDUAL))).to(du.dtype.element_ty)
-    store_tile(du + tok_v, b_du, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    # dh_S steps back with du as stored
+    b_du = _du_through_rho(b_Y, b_gamma, res, du, dgamma_part, part_off, gate_off, in_seq, clip, clip_mask, tok_v,
+                           i_t, T_seq, i_v, H, V, BT, BV, RESIDUAL)
     # k^T as k's tile transposed (a view of the same shared copy: a second load took 16 KB more a stage)
     b_upd_s = tl.dot(b_qt, (b_do * b_w[:, None]).to(DT), input_precision=DOT_PREC)
     b_upd_s = tl.dot(tl.trans(b_k), (b_du.to(tl.float32) * tl.exp(b_G - b_g)[:, None]).to(DT), b_upd_s,
@@ -287,11 +305,7 @@ def _rla_bwd_du_kernel(
     b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV).to(DT)
 
     b_to_end = tl.exp(b_GL - b_G)
-    b_dO2 = b_do * (scale * b_gamma)[:, None]
-    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
-    b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
-    b_Aq = b_Aq * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
-    b_Y = tl.dot(b_Aq.to(DT), b_dO2.to(DT), input_precision=DOT_PREC)
+    b_Y = _in_chunk_y(b_k, tl.trans(b_q), b_do, b_G, b_gamma, scale, BT, DOT_PREC, DT)
     # dh' reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last tokens):
     # the stored dh' is one rounding to the input dtype (as RDN's and fla's dv read dh), whose 2^-9 goes straight
     # into them. Until plan P6 the walk also stored the rounding error (lo) for a second dot here, ~16 bits: 0.54 GB
@@ -300,14 +314,8 @@ def _rla_bwd_du_kernel(
     # On the H200 (2026-12-01, gpu_check_rla.py, bf16 K=128 clip): dv 2.5e-3, dbeta 1.8e-3, dgamma 1.9e-3, and du
     # 0.43 -> 0.31 ms, dv 0.56 -> 0.49, both dh walks 0.78 -> 0.67 (B=16 T=2k H=16 K=V=128).
     b_Y += b_to_end[:, None] * tl.dot(b_k, b_dhr, input_precision=DOT_PREC)
-    # r only now (fewer live tiles through the dots above): as stored for the mask, as +-c where saturated
-    b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-    b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
-    tl.store(dgamma_part + i_v * part_stride + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
-    # Through rho (its mask read from the rerun's r: see chunk_fwd's residual kernel): du = -de, stored in
-    # the input dtype (every reader but dv's direct -du casts it to that dtype anyway).
-    b_du = -(b_gamma[:, None] * b_Y * _drho_from_residual(b_r_stored, clip_mask, RESIDUAL))
-    store_tile(du + tok_v, b_du, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    _du_through_rho(b_Y, b_gamma, res, du, dgamma_part, i_v * part_stride, gate_off, in_seq, clip, clip_mask, tok_v,
+                    i_c, T_seq, i_v, H, V, BT, BV, RESIDUAL)
 
 
 @autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32"])

@@ -50,10 +50,11 @@ def _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, NT_fixed, IS_VARLEN: tl.const
 
 
 @triton.jit
-def _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+def _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr,
+              EVERY: tl.constexpr = 1):
     """A walk program's (sequence x head) i_nh as (head, first token, length, first state row, chunks), int64: the
-    opening of the walks that store every chunk's state."""
-    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_nh // H, T, tl.cdiv(T, BT), IS_VARLEN)
+    opening of every walk. EVERY 2: its states are stored every other chunk (rows of twice the chunk)."""
+    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_nh // H, T, tl.cdiv(tl.cdiv(T, BT), EVERY), IS_VARLEN)
     return i_nh % H, bos, T_seq, boh, tl.cdiv(T_seq, BT)
 
 
@@ -82,6 +83,19 @@ def _dot_state(a, b_hi, b_lo, DT: tl.constexpr, DOT_PREC: tl.constexpr, HAS_LO: 
 
 
 @triton.jit
+def _walk_decays(g, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """A forward walk's chunk step's decays: the chunk's log decay G_L and its tokens' weights exp(G_L - G), with the
+    gate offsets and row mask that its rates load with. Rows past the end load g = 0: G stays flat."""
+    rows = i_t * BT + tl.arange(0, BT)
+    in_seq = rows < T_seq
+    gate_off = (bos + rows) * H + i_h
+    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
+    return b_GL, tl.exp(b_GL - b_G), gate_off, in_seq
+
+
+@triton.jit
 def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr,
@@ -90,16 +104,10 @@ def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
     neither of which depends on the state. A chunk past the sequence's end gives (1, 0): h unchanged.
     Without HAS_RATE the rate is 1 and not read (RDN's rebuild walks)."""
     # fla's fwd_h form: k^T raw from memory, the gates on the [BT, BV] side (not on a [BT, BK] fp32 k
-    # tile turned in registers). Rows past the end load g = 0 (G stays flat) and k = x = 0 (they add nothing).
+    # tile turned in registers). Rows past the end load k = x = 0 (they add nothing).
     b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
     b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-    rows = i_t * BT + tl.arange(0, BT)
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_GL = tl.sum(b_g, axis=0)
-    b_w = tl.exp(b_GL - b_G)
+    b_GL, b_w, gate_off, in_seq = _walk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     if HAS_RATE:
         b_w *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
     b_xw = b_x * b_w[:, None]
@@ -146,10 +154,7 @@ def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets,
     RDN's rebuild kernel's, which runs two such walks in one launch without a rate (HAS_RATE False: rate 1).
     STATE_EVERY 2: the even chunks' start states alone, in rows of twice the chunk (packed batches: chunk_offsets
     at twice the chunk)."""
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos, T_seq, boh = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, tl.cdiv(tl.cdiv(T, BT), STATE_EVERY), IS_VARLEN)
-    NT = tl.cdiv(T_seq, BT)
+    i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN, STATE_EVERY)
     DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
@@ -184,13 +189,7 @@ def _rerun_step(k, v, r, g, beta, gamma, bos, T_seq, i_t, i_h, i_k, i_v,
     """Chunk i_t's step of _rerun_walk_kernel: _walk_step's for S (split, rate beta, values v) and for R (rate gamma,
     values r) from one load of k^T and of the decays: (exp(G_L), S's update, R's update)."""
     b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-    rows = i_t * BT + tl.arange(0, BT)
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_GL = tl.sum(b_g, axis=0)
-    b_w = tl.exp(b_GL - b_G)
+    b_GL, b_w, gate_off, in_seq = _walk_decays(g, bos, T_seq, i_t, i_h, H, BT)
     tok_v = (bos * H + i_h) * V
     b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     b_ws = b_w * tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
@@ -219,15 +218,14 @@ def _rerun_walk_kernel(
     states. One program per (K-block, V-block, sequence x head); WALK_STEPS chunks a loop turn, as there."""
     i_k = tl.cast(tl.program_id(0), tl.int64)
     i_v = tl.cast(tl.program_id(1), tl.int64)
-    i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, tl.cast(tl.program_id(2), tl.int64), T, H, BT,
-                                         IS_VARLEN)
+    i_nh = tl.cast(tl.program_id(2), tl.int64)
+    i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN)
     DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
 
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
     b_r = tl.zeros([BK, BV], dtype=tl.float32)
-    i_nh = tl.cast(tl.program_id(2), tl.int64)
     if HAS_S0:
         b_s += load_tile(s0 + i_nh * K * V, i_k * BK, K, V, i_v * BV, V, BK, BV).to(tl.float32)
     if HAS_R0:
@@ -329,36 +327,10 @@ def _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c
     store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
 
 
-@triton.jit
-def _residual_loads(k, v, g, beta, bos, T_seq, i_c, i_h, i_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
-    """Walk chunk i_c's gates and tiles as the residual kernel reads them: g, beta, k (all of K), v (a V-block)."""
-    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
-    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
-    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-    return b_g, b_beta, b_k, b_v
-
-
-@triton.jit
-def _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq, i_c, i_h, i_v, H: tl.constexpr, K: tl.constexpr,
-                  V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
-    """Walk chunk i_c's gates and tiles as the output kernel reads them: g, beta, gamma, q and k (all of K), v and r
-    (a V-block; r in its stored dtype)."""
-    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
-    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
-    b_gamma = load_gate(gamma, bos, T_seq, i_c, i_h, H, BT)
-    b_q = load_tile(q + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
-    b_r = load_tile(res + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-    return b_g, b_beta, b_gamma, b_q, b_k, b_v, b_r
-
-
 # STATE_EVERY is not in the key (nor the output kernel's): which rows a program reads changes no arithmetic, so
 # a kept walk's forward (every state) runs the config the default one (every other) tuned, and makes the same bits.
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES", "EARLY"])
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_residual_kernel(
     k, v, g, beta, h_s, h_s_lo, res,
@@ -367,7 +339,6 @@ def _rla_residual_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
     IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, HALVES: tl.constexpr, STATE_EVERY: tl.constexpr,
-    EARLY: tl.constexpr = False,
 ):
     """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
     every chunk in parallel, one program per (V-block, HALVES walk chunks, head). With HALVES 2 the program reads the
@@ -392,12 +363,12 @@ def _rla_residual_kernel(
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
     i_c = i_p * HALVES
-    b_g, b_beta, b_k, b_v = _residual_loads(k, v, g, beta, bos, T_seq, i_c, i_h, i_v, H, K, V, BT, BK, BV, DT)
+    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
     b_G = tl.cumsum(b_g, axis=0)
     b_Gm = b_G - b_g
-    if HALVES == 2 and EARLY:  # the second chunk's loads in flight during the first's dots (chunk.FWD_EARLY)
-        b_g1, b_beta1, b_k1, b_v1 = _residual_loads(k, v, g, beta, bos, T_seq, i_c + 1, i_h, i_v, H, K, V, BT, BK,
-                                                    BV, DT)
+    b_k = load_tile(k + (bos * H + i_h) * K, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_v = load_tile(v + (bos * H + i_h) * V, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
     # u decides the clip's mask (r = rho(v - u)), and the backward's mask comes from this kernel's rerun: an
     # element within u's rounding of +-c lands on the other side than exact math and moves its dv by a
     # whole gamma Y (bf16 K=128: dv 1e-2 against float64). So the S path keeps ~16 bits: the state h_S
@@ -410,11 +381,12 @@ def _rla_residual_kernel(
     _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v, H, V, BT, BV, RESIDUAL)
     if HALVES == 2:
         b_GL0 = tl.sum(b_g, axis=0)
-        if not EARLY:
-            b_g1, b_beta1, b_k1, b_v1 = _residual_loads(k, v, g, beta, bos, T_seq, i_c + 1, i_h, i_v, H, K, V, BT,
-                                                        BK, BV, DT)
+        b_g1 = load_gate(g, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_beta1 = load_gate(beta, bos, T_seq, i_c + 1, i_h, H, BT)
         b_G1 = tl.cumsum(b_g1, axis=0)
         b_Gm1 = b_G1 - b_g1
+        b_k1 = load_tile(k + (bos * H + i_h) * K, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_v1 = load_tile(v + (bos * H + i_h) * V, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         # Every key of chunk 0 precedes every query of chunk 1: no mask, each exponent <= 0.
         b_C = tl.dot(b_k1, tl.trans(b_k), input_precision=DOT_PREC)
         b_C = b_C * tl.exp(b_Gm1[:, None] + (b_GL0 - b_G)[None, :]) * b_beta[None, :]
@@ -449,7 +421,7 @@ def _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, b_GL0, D
 
 
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES", "EARLY"])
+          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_fwd_output_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, o,
@@ -457,7 +429,7 @@ def _rla_fwd_output_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
-    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr, EARLY: tl.constexpr = False,
+    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr,
 ):
     """o = scale (o1 + gamma o2), one program per (V-block, HALVES walk chunks, head), from the states at its first
     chunk's start. With HALVES 2 the second chunk's queries take the first's tokens as keys (every one before them):
@@ -475,23 +447,29 @@ def _rla_fwd_output_kernel(
                              IS_VARLEN) * H + i_h) * K * V
     b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
     b_hr = load_tile(h_r + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     i_c = i_p * HALVES
-    b_g, b_beta, b_gamma, b_q, b_k, b_v, b_r = _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq, i_c, i_h, i_v,
-                                                             H, K, V, BT, BK, BV, DT)
-    if HALVES == 2 and EARLY:  # the second chunk's loads in flight during the first's dots (chunk.FWD_EARLY)
-        b_g1, b_beta1, b_gamma1, b_q1, b_k1, b_v1, b_r1 = _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq,
-                                                                        i_c + 1, i_h, i_v, H, K, V, BT, BK, BV, DT)
+    b_g = load_gate(g, bos, T_seq, i_c, i_h, H, BT)
+    b_beta = load_gate(beta, bos, T_seq, i_c, i_h, H, BT)
+    b_gamma = load_gate(gamma, bos, T_seq, i_c, i_h, H, BT)
     b_G = tl.cumsum(b_g, axis=0)
+    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+    b_r = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     b_o = _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, 0.0, DT, DOT_PREC, BT)
     store_tile(o + tok_v, b_o * scale, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     if HALVES == 2:
         b_GL0 = tl.sum(b_g, axis=0)
-        if not EARLY:
-            b_g1, b_beta1, b_gamma1, b_q1, b_k1, b_v1, b_r1 = _output_loads(q, k, v, res, g, beta, gamma, bos, T_seq,
-                                                                            i_c + 1, i_h, i_v, H, K, V, BT, BK, BV,
-                                                                            DT)
+        b_g1 = load_gate(g, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_beta1 = load_gate(beta, bos, T_seq, i_c + 1, i_h, H, BT)
+        b_gamma1 = load_gate(gamma, bos, T_seq, i_c + 1, i_h, H, BT)
         b_G1 = tl.cumsum(b_g1, axis=0)
+        b_q1 = load_tile(q + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_k1 = load_tile(k + tok_k, (i_c + 1) * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_v1 = load_tile(v + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
+        b_r1 = load_tile(res + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_o1 = _output_chunk(b_q1, b_k1, b_v1, b_r1, b_G1, b_beta1, b_gamma1, b_hs, b_hr, b_GL0, DT, DOT_PREC, BT)
         # Every key of chunk 0 precedes every query of chunk 1: no mask, each exponent <= 0.
         b_C = tl.dot(b_q1, tl.trans(b_k), input_precision=DOT_PREC)

@@ -892,34 +892,6 @@ def test_fwd_halves_knob_is_validated_and_kept_where_pairs_fit(monkeypatch):
     assert log == []
 
 
-def test_early_loads_are_the_same_bits(monkeypatch):
-    """FWD_EARLY (which pair kernels issue the second chunk's loads before the first chunk's dots) moves loads only:
-    the residual and output kernels take it as asked, and outputs and gradients are the same bits at 0, 1, 2 and 3
-    (a partial last pair, packed sequences, initial states); another value is a ValueError naming it, before any
-    launch."""
-    chunk = sys.modules[chunk_rla_fwd.__module__]
-    inputs, S0, R0 = make_inputs(B=1, T=150, H=2, K=32, V=32, N=3)
-    cu = torch.tensor([0, 37, 37, 150], dtype=torch.int32)
-    got = {}
-    for early in (0, 1, 2, 3):
-        monkeypatch.setattr(chunk, "FWD_EARLY", early)
-        log = record_launches(monkeypatch, chunk, ("_rla_residual_kernel", "_rla_fwd_output_kernel"),
-                              lambda name, kw: (name, kw["EARLY"]))
-        torch.manual_seed(0)  # the same cotangents each time
-        out = {}
-        check(inputs, S0, R0, 0.7, 1.0, "clip", cu, tol=1e-4, out=out, chunk_size=16)
-        assert log[:2] == [("_rla_residual_kernel", bool(early & 1)), ("_rla_fwd_output_kernel", bool(early & 2))]
-        got[early] = list(out["outputs"]) + list(out["grads"])
-        monkeypatch.undo()
-    for early in (1, 2, 3):
-        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got[early], got[0])), early
-    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel",))
-    monkeypatch.setattr(chunk, "FWD_EARLY", 4)
-    with pytest.raises(ValueError, match=r"launch knob FWD_EARLY must be 0, 1 \(the residual kernel\), 2"):
-        chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
-    assert log == []
-
-
 # name: make_inputs arguments, cu_seqlens, chunk size, (clip, residual), walk steps, DU_WALK_BV, tolerance
 DU_WALK_CASES = {
     # 3 chunks, the last partial; the clip saturating on many elements (check's inputs), initial states
