@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import autotune, dot_split, exp_where, load_tile, load_tile_t, store_tile, warps_stages_configs
-from .chunk_fwd import _chunk_coords, _chunk_program, _walk_seq
+from .chunk_fwd import _chunk_coords, _chunk_gates, _chunk_program, _walk_seq
 
 
 @triton.jit
@@ -77,12 +77,7 @@ def _dstate_walk_step(q, do, k, du, g, rate, bos, T_seq, i_t, i_h, i_k, i_v, sca
     neither of which depends on the state gradient. A chunk past the sequence's end gives (1, 0): dh unchanged."""
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
-    rows = i_t * BT + tl.arange(0, BT)
-    in_seq = rows < T_seq
-    gate_off = (bos + rows) * H + i_h
-    b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_GL = tl.sum(b_g, axis=0)
+    b_g, b_G, b_GL, gate_off, in_seq = _chunk_gates(g, bos, T_seq, i_t, i_h, H, BT)
     # As the forward walk: q^T and k^T raw from memory, every gate on the [BT, BV] side: the gated do and du are
     # the only operands rounded to DT (a decayed q or k tile was a second rounding).
     b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)

@@ -83,16 +83,16 @@ def _dot_state(a, b_hi, b_lo, DT: tl.constexpr, DOT_PREC: tl.constexpr, HAS_LO: 
 
 
 @triton.jit
-def _walk_decays(g, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
-    """A forward walk's chunk step's decays: the chunk's log decay G_L and its tokens' weights exp(G_L - G), with the
-    gate offsets and row mask that its rates load with. Rows past the end load g = 0: G stays flat."""
+def _chunk_gates(g, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """A walk's chunk step's log decays, fp32: g, G (its inclusive cumsum), G_L (the chunk's), with the gate offsets
+    and row mask that the step's other gates load with. Rows past the end load g = 0: G stays flat."""
     rows = i_t * BT + tl.arange(0, BT)
     in_seq = rows < T_seq
     gate_off = (bos + rows) * H + i_h
     b_g = tl.load(g + gate_off, mask=in_seq, other=0.0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     b_GL = tl.sum(b_g, axis=0)
-    return b_GL, tl.exp(b_GL - b_G), gate_off, in_seq
+    return b_g, b_G, b_GL, gate_off, in_seq
 
 
 @triton.jit
@@ -107,7 +107,8 @@ def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
     # tile turned in registers). Rows past the end load k = x = 0 (they add nothing).
     b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
     b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-    b_GL, b_w, gate_off, in_seq = _walk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    _, b_G, b_GL, gate_off, in_seq = _chunk_gates(g, bos, T_seq, i_t, i_h, H, BT)
+    b_w = tl.exp(b_GL - b_G)
     if HAS_RATE:
         b_w *= tl.load(rate + gate_off, mask=in_seq, other=0.0).to(tl.float32)
     b_xw = b_x * b_w[:, None]
@@ -189,7 +190,8 @@ def _rerun_step(k, v, r, g, beta, gamma, bos, T_seq, i_t, i_h, i_k, i_v,
     """Chunk i_t's step of _rerun_walk_kernel: _walk_step's for S (split, rate beta, values v) and for R (rate gamma,
     values r) from one load of k^T and of the decays: (exp(G_L), S's update, R's update)."""
     b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-    b_GL, b_w, gate_off, in_seq = _walk_decays(g, bos, T_seq, i_t, i_h, H, BT)
+    _, b_G, b_GL, gate_off, in_seq = _chunk_gates(g, bos, T_seq, i_t, i_h, H, BT)
+    b_w = tl.exp(b_GL - b_G)
     tok_v = (bos * H + i_h) * V
     b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     b_ws = b_w * tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
