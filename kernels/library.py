@@ -111,11 +111,12 @@ def _rdn_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep: int) ->
 
 
 def _rla_saved(q: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], keep: int) -> list[tuple]:
-    """(shape, dtype) of what RLA's forward hands its backward: with KEEP_TOKENS the residuals r [B, T, H, V], with
-    KEEP_WALK first the chunk states h_S, h_R [rows, H, K, V] too, all in q's dtype (chunk.py keep_tokens, keep_walk,
-    kept_walk_shapes)."""
-    walk = [(shape, q.dtype) for shape in shapes.kept_walk_shapes(q, v.shape[3], cu_seqlens, _RLA_CHUNK)]
-    return _kept(walk, keep, 1)
+    """(shape, dtype) of what RLA's forward hands its backward: with KEEP_TOKENS the residuals r [B, T, H, V] in q's
+    dtype and the chunks' decayed q.k products [B, T, H, 64] in the dots' (shapes.rla_qk_dtype), with KEEP_WALK first
+    the chunk states h_S, h_R [rows, H, K, V] in q's dtype too (chunk.py keep_tokens, keep_walk, kept_walk_shapes,
+    QK_KEPT at its default, 1)."""
+    dtypes = (q.dtype, q.dtype, q.dtype, shapes.rla_qk_dtype(q.dtype))
+    return _kept(list(zip(shapes.rla_kept_shapes(q, v.shape[3], cu_seqlens, _RLA_CHUNK), dtypes)), keep, 2)
 
 
 def _kept(walk: list, keep: int, per_token: int) -> list:

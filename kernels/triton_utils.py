@@ -33,7 +33,7 @@ import triton.language as tl
 from . import shapes
 from .backend import split_asm_requested
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = shapes.INTERPRET
 # RLA_KERNELS_FIXED_CONFIG=1 skips autotuning on a GPU too (each config is a separate compile, which
 # dominates short correctness runs). Read once, at import.
 FIXED_CONFIG = INTERPRET or os.environ.get("RLA_KERNELS_FIXED_CONFIG") == "1"

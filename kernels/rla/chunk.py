@@ -138,6 +138,18 @@ DU_WALK_WARPS = 4
 # `profile_kernels.py --ops rla --wall --tune --knob RERUN_WALK=0,1`), backward wall ms (the rerun's GPU ms):
 # B=16 T=2k 2.670 -> 2.581 (0.587 -> 0.499), B=1 T=32k 3.888 -> 3.819 (2.379 -> 1.445).
 RERUN_WALK = 1
+# 1: a forward that keeps its residuals for the backward (keep_tokens, keep_walk) keeps each chunk's decayed q.k
+# products too, A_ti = [i <= t] exp(G_t - G_i) (q_t.k_i), [B, T, H, BT] in the dots' dtype (shapes.rla_qk_dtype),
+# stored by the output kernel's first V-block as it makes them for the in-chunk term; the one reverse walk (or the du
+# kernel) and the dv kernel load them where they made them again, each from a [BT, K] x [K, BT] dot and a [BT, BT]
+# decay mask (the walk once a V-block program: 4 times a chunk and head at 32 wide, 8 at 16). The same products
+# rounded the same way (only the fp32 sum's order may differ). Costs BT / V of v's bytes a token kept between
+# forward and backward (half of v at K=V=128, BT 64: 67 MB a layer at B=16 T=2k H=16 bf16). 0: not kept (the
+# backward makes them, as before 2026-12-06). Expected (written before any measurement, H100, B=16 T=2k H=16
+# K=V=128 bf16): the du walk 0.73 -> ~0.62 ms (its step's k q^T dot, ~1/3 of its MACs at 32 wide, gone), dv 0.47 ->
+# ~0.42, the output kernel +0.02-0.03 (the stores); B=1 T=32k the walk 2.1 -> ~1.7 (the dot ~1/2 of its MACs at 16
+# wide), backward wall ~-0.3.
+QK_KEPT = 1
 
 
 class _Layout:
@@ -241,6 +253,7 @@ class _Layout:
             self.clip_mask, self.clip_below = _stored_clip(self.clip, self.res_dtype)
         self.dot_prec = dot_precision(q.dtype)
         self.dots_fp32 = HALF_DOTS_IN_FP32 or q.dtype == torch.float32
+        self.qk_dtype = shapes.rla_qk_dtype(q.dtype, self.dots_fp32)  # QK_KEPT's products, as the dots round them
         self.cu_seqlens = cu_seqlens
         self.varlen = cu_seqlens is not None
         if CHUNK_ORDER not in (0, 1):
@@ -309,8 +322,9 @@ class _Layout:
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
     """Shapes of the forward's kept outputs (``keep_walk``): h_S, h_R [rows, H, K, V] (rows: the layout's
     n_chunks, for packed batches shapes.kept_rows' bound, as triton_utils.chunk_tables sizes its tables)
-    and the residuals r [B, T, H, V], all three in q's dtype (_Layout.state_dtype, res_dtype)."""
-    return shapes.kept_walk_shapes(q, V, cu_seqlens, chunk_size)
+    and the residuals r [B, T, H, V], all three in q's dtype (_Layout.state_dtype, res_dtype), then the decayed q.k
+    products [B, T, H, BT] (QK_KEPT; _Layout.qk_dtype)."""
+    return shapes.rla_kept_shapes(q, V, cu_seqlens, chunk_size)
 
 
 def _stored_clip(clip: float, dtype: torch.dtype):
@@ -436,20 +450,20 @@ def _du_walk_knobs(L: _Layout, beside: bool) -> tuple[bool, int]:
     return DU_WALK == 1 or (DU_WALK == 2 and (beside or not L.duwalk_few)), DU_WALK_WARPS
 
 
-def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, dS_T, warps: int):
+def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, dS_T, warps: int, qk=None):
     """Both state gradients carried backwards by one walk that also writes du and the residual's dgamma share
     (dgamma_part's first rows, one a V-block): each chunk's end-state gradients (state dtype) and the initial
-    states' (fp32)."""
+    states' (fp32). ``qk``: the forward's kept q.k products (QK_KEPT), read instead of made."""
     dh_r, _ = _chunk_states(L, q, False)
     dh_s, _ = _chunk_states(L, q, False)
     dR0, dS0 = (q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32) for _ in range(2))
     _rla_bwd_du_walk_kernel[L.duwalk_grid](
-        q, k, g, gamma, res, do, du, dgamma_part, dR_T, dS_T, dh_r, dh_s, dR0, dS0,
+        q, k, g, gamma, res, do, du, dgamma_part, dR_T, dS_T, dh_r, dh_s, dR0, dS0, q if qk is None else qk,
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_duwalk,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
         HAS_DRT=dR_T is not None, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.duwalk_steps,
-        num_warps=warps, num_stages=2,
+        HAS_QK=qk is not None, num_warps=warps, num_stages=2,
     )
     return dh_r, dh_s, dR0, dS0
 
@@ -487,11 +501,12 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
                   keep_tokens: bool = False):
     """RLA forward over whole sequences: ``(o, S_T, R_T)``, o in v's dtype, states fp32 [N, H, K, V].
 
-    ``keep_walk``: also return ``(h_s, h_r, r)`` (``kept_walk_shapes``) for ``chunk_rla_bwd(..., walk=)``, which then
-    skips its rerun of the state walks and the residuals. ``keep_tokens`` (without keep_walk): also return ``(r,)``,
-    the residuals alone (v's shape and dtype), with which the backward reruns the two walks but not the residual
-    kernel. The same passes run either way and give the same bits; with keep_walk the walks store every chunk's state
-    (else every other one: FWD_HALVES), returned without h_S's lo part, which only the residual kernel reads.
+    ``keep_walk``: also return ``(h_s, h_r, r, qk)`` (``kept_walk_shapes``) for ``chunk_rla_bwd(..., walk=)``, which
+    then skips its rerun of the state walks and the residuals. ``keep_tokens`` (without keep_walk): also return
+    ``(r, qk)``, the residuals (v's shape and dtype) and the chunks' decayed q.k products (QK_KEPT; without it neither
+    tuple has qk), with which the backward reruns the two walks but not the residual kernel. The same passes run either
+    way and give the same bits; with keep_walk the walks store every chunk's state (else every other one: FWD_HALVES),
+    returned without h_S's lo part, which only the residual kernel reads.
     """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share dtype and q, k shape; got q {q.dtype} {tuple(q.shape)}, "
@@ -503,25 +518,34 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     every = 1 if keep_walk else L.halves
     h_s, h_r, res, S_T, R_T = _run_states(L, k, v, *_walks_gates(g, beta, gamma), S0, R0, every)
     o = torch.empty_like(v)
+    store_qk = bool(QK_KEPT) and (keep_walk or keep_tokens)
+    qk = q.new_empty(*q.shape[:3], L.BT, dtype=L.qk_dtype) if store_qk else o  # (o: a pointer never written)
     pairs = _pair_launch(L, every)
     _rla_fwd_output_kernel[L.pair_grid(L.BV_out)](
-        q, k, v, g, beta, gamma, h_s, h_r, res, o, *pairs["args"], scale, L.T,
+        q, k, v, g, beta, gamma, h_s, h_r, res, o, qk, *pairs["args"], scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        **pairs["meta"],
+        STORE_QK=store_qk, **pairs["meta"],
     )
-    return (o, S_T, R_T) + (((h_s, h_r, res),) if keep_walk else ((res,),) if keep_tokens else ())
+    kept = ((h_s, h_r, res) if keep_walk else (res,) if keep_tokens else ()) + ((qk,) if store_qk else ())
+    return (o, S_T, R_T) + ((kept,) if kept else ())
 
 
-def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
-    """Whether ``walk`` is what a forward of this call's shapes and chunking kept: its walk (h_s, h_r, r) or its
-    residuals (r,), all in q's dtype. The states' shapes pin the chunking down: chunk sizes are powers of two, and two
-    give the same row count only when every sequence fits one chunk of either, where the chunk-start states are the
-    initial ones. The residuals do not depend on the chunking but through rounding."""
-    if walk is None or len(walk) not in (1, 3):
-        return False
-    expected = kept_walk_shapes(q, L.V, cu_seqlens, L.BT)[-len(walk):]
-    dtypes = (L.state_dtype, L.state_dtype, L.res_dtype)[-len(walk):]
-    return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
+def _kept(walk, L: _Layout, q, cu_seqlens) -> tuple[list, torch.Tensor | None]:
+    """What of ``walk`` a forward of this call's shapes and chunking kept: its walk (h_s, h_r, r) or its residuals
+    (r,), all in q's dtype, each with or without the q.k products qk last (QK_KEPT); ([], None) where it does not fit.
+    The states' shapes pin the chunking down: chunk sizes are powers of two, and two give the same row count only when
+    every sequence fits one chunk of either, where the chunk-start states are the initial ones. The residuals do not
+    depend on the chunking but through rounding; qk's last dim is the chunk size."""
+    if walk is None or len(walk) not in (1, 2, 3, 4):
+        return [], None
+    n = len(walk) - (len(walk) % 2 == 0)  # (r,) or (h_s, h_r, r), before qk
+    want = list(zip(kept_walk_shapes(q, L.V, cu_seqlens, L.BT), (L.state_dtype, L.state_dtype, L.res_dtype,
+                                                                  L.qk_dtype)))
+    fits = [tuple(t.shape) == s and t.dtype == d for t, (s, d) in zip(walk, want[3 - n:3] + want[3:])]
+    if not all(fits[:n]):
+        return [], None
+    qk = walk[n].contiguous() if len(walk) > n and fits[n] else None
+    return [t.contiguous() for t in walk[:n]], qk
 
 
 def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
@@ -531,7 +555,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     ``dS_T``/``dR_T`` None mean the final states were not used; ``dS0``/``dR0`` are None when ``S0``/``R0``
     are None. ``walk``: the forward's ``(h_s, h_r, r)`` (``chunk_rla_fwd(keep_walk=True)``), used instead of
     rerunning the walks and the residuals when it fits this call, or its ``(r,)`` (``keep_tokens=True``), used
-    instead of rerunning the residuals (else, or when None, rerun all three passes).
+    instead of rerunning the residuals (else, or when None, rerun all three passes); either with the forward's q.k
+    products last (QK_KEPT), read instead of made where they fit.
     """
     if k.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share dtype and q, k shape; got q {q.dtype} {tuple(q.shape)}, "
@@ -545,7 +570,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(
         q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
-    kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) else []
+    kept, qk = _kept(walk, L, q, cu_seqlens)
+    qk = qk if QK_KEPT else None  # (0: made here even where kept, so that profile_kernels.py --knob compares both)
     rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
     overlap = _overlap()
     du_walk, du_walk_warps = _du_walk_knobs(L, rerun and overlap >= 1)
@@ -571,26 +597,27 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dgamma_part = q.new_empty(nv_du + nk, *gamma.shape, dtype=torch.float32)
     if du_walk:
         dh_r, dh_s, dR0, dS0 = _du_walk(L, q, k, gates[0], gates[2], res, do, du, dgamma_part, scale, dR_T, dS_T,
-                                        du_walk_warps)
+                                        du_walk_warps, qk)
         intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
     else:
         dh_r, dR0 = _dwalk(L, q, do, gates[0], gates[2], scale, None, None, dR_T)
         _rla_bwd_du_kernel[L.parallel_grid(L.BV_du)](
-            q, k, g, gamma, res, do, dh_r, du, dgamma_part,
+            q, k, g, gamma, res, do, dh_r, du, dgamma_part, q if qk is None else qk,
             L.cu_seqlens, L.chunk_indices, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_du,
             RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen,
-            CHUNK_ORDER=L.chunk_order,
+            CHUNK_ORDER=L.chunk_order, HAS_QK=qk is not None,
         )
         intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
         dh_s, dS0 = _dwalk(L, q, do, gates[0], None, scale, k, du, dS_T)
     dv = torch.empty_like(v)
     dbeta_part = q.new_empty(nv_dv, *beta.shape, dtype=torch.float32)
     _rla_bwd_dv_kernel[L.parallel_grid(L.BV_grad)](
-        q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
+        q, k, v, g, beta, do, du, dh_s, dv, dbeta_part, q if qk is None else qk,
         L.cu_seqlens, L.chunk_indices, scale, L.T, beta.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_grad,
         DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order,
+        HAS_QK=qk is not None,
     )
 
     # dq, dk, dg and gamma's output term: first each chunk's token-to-token matrices M, Mk (sums over all of V)

@@ -147,13 +147,27 @@ def _dstate_walk_kernel(
 
 
 @triton.jit
-def _in_chunk_y(b_k, b_qt, b_do, b_G, b_gamma, scale, BT: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
+def _decayed_kq(qk, tok_a, i_c, T_seq, b_k, b_qt, b_G, H: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
+                DT: tl.constexpr, HAS_QK: tl.constexpr):
+    """[key i, query t] exp(G_t - G_i) (k_i.q_t) for i <= t, else 0, in the dots' dtype DT: the forward's stored
+    products (qk: chunk.QK_KEPT) read transposed, or (without them) made from k [BT, K] and q^T [K, BT]."""
+    if HAS_QK:
+        b_Aq = load_tile_t(qk + tok_a, i_c * BT, T_seq, H * BT, 0, BT, BT, BT).to(DT)
+    else:
+        o_t = tl.arange(0, BT)
+        key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
+        b_Aq = tl.dot(b_k, b_qt, input_precision=DOT_PREC) * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
+        b_Aq = b_Aq.to(DT)
+    return b_Aq
+
+
+@triton.jit
+def _in_chunk_y(qk, tok_a, i_c, T_seq, b_k, b_qt, b_do, b_G, b_gamma, scale, H: tl.constexpr, BT: tl.constexpr,
+                DOT_PREC: tl.constexpr, DT: tl.constexpr, HAS_QK: tl.constexpr):
     """Y's in-chunk part for a chunk's keys i, sum_{t >= i} exp(G_t - G_i) (k_i.q_t) scale gamma_t do_t ([BT, BV]
-    fp32), from k [BT, K] and q^T [K, BT]: step 1 of the du kernel and of the one reverse walk."""
-    o_t = tl.arange(0, BT)
-    key_le_query = o_t[:, None] <= o_t[None, :]  # [key i, query t]: transposed, so sums over t are dots
-    b_Aq = tl.dot(b_k, b_qt, input_precision=DOT_PREC) * exp_where(key_le_query, b_G[None, :] - b_G[:, None])
-    return tl.dot(b_Aq.to(DT), (b_do * (scale * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
+    fp32) (_decayed_kq's products): step 1 of the du kernel and of the one reverse walk."""
+    b_Aq = _decayed_kq(qk, tok_a, i_c, T_seq, b_k, b_qt, b_G, H, BT, DOT_PREC, DT, HAS_QK)
+    return tl.dot(b_Aq, (b_do * (scale * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
 
 
 @triton.jit
@@ -173,9 +187,10 @@ def _du_through_rho(b_Y, b_gamma, res, du, dgamma_part, part_off, gate_off, in_s
 
 
 @triton.jit
-def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, bos, T_seq, i_t, i_h, i_v, scale, clip,
-                  clip_mask, part_off, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                  BK: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr):
+def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, qk, b_dhr, b_dhs, bos, T_seq, i_t, i_h, i_v, scale,
+                  clip, clip_mask, part_off, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr,
+                  HAS_QK: tl.constexpr):
     """Chunk i_t's step of _rla_bwd_du_walk_kernel, from the chunk-END gradients b_dhr, b_dhs (fp32): step 1 (du and
     the residual's dgamma share, stored), then step 3 for both states. Returns the chunk-START gradients. The same
     operations as the du kernel (dh_R' rounded as the dh walk stores it) and the dh walk's steps (du as stored), so
@@ -198,7 +213,8 @@ def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, 
 
     # Step 1's Y from the in-chunk queries and the carried dh_R'; dh_R steps back as soon as Y has read it, and each
     # [K, BV] update is added to its gradient when made, so that one of them is live at a time (255 registers).
-    b_Y = _in_chunk_y(b_k, b_qt, b_do, b_G, b_gamma, scale, BT, DOT_PREC, DT)
+    b_Y = _in_chunk_y(qk, (bos * H + i_h) * BT, i_t, T_seq, b_k, b_qt, b_do, b_G, b_gamma, scale, H, BT, DOT_PREC, DT,
+                      HAS_QK)
     b_Y += tl.exp(b_GL - b_G)[:, None] * tl.dot(b_k, b_dhr.to(dh_r.dtype.element_ty).to(DT), input_precision=DOT_PREC)
     b_dhr = b_dhr * b_a + tl.dot(b_qt, (b_do * (b_w * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
     # dh_S steps back with du as stored
@@ -213,12 +229,13 @@ def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, 
 
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_du_walk_kernel(
-    q, k, g, gamma, res, do, du, dgamma_part, dhr_t, dhs_t, dh_r, dh_s, dR0, dS0,
+    q, k, g, gamma, res, do, du, dgamma_part, dhr_t, dhs_t, dh_r, dh_s, dR0, dS0, qk,
     cu_seqlens, chunk_offsets, scale, clip, clip_mask, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
     HAS_DRT: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
+    HAS_QK: tl.constexpr,
 ):
     """Steps 1 and 3 in one reverse walk (chunk.DU_WALK 1): dh_R and dh_S carried together, du made from the carried
     dh_R' of each chunk before dh_S takes it, so neither the du kernel nor a second walk runs. Stores each chunk's
@@ -250,29 +267,30 @@ def _rla_bwd_du_walk_kernel(
         h_off = ((boh + i_t) * H + i_h) * K * V
         store_tile(dh_r + h_off, b_dhr, 0, n_rows, V, i_v * BV, V, BK, BV)
         store_tile(dh_s + h_off, b_dhs, 0, n_rows, V, i_v * BV, V, BK, BV)
-        b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, bos, T_seq, i_t,
-                                     i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK, BV, RESIDUAL,
-                                     DOT_PREC, DT)
+        b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, qk, b_dhr, b_dhs, bos, T_seq,
+                                     i_t, i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK, BV, RESIDUAL,
+                                     DOT_PREC, DT, HAS_QK)
         if WALK_STEPS == 2:
             h_off = ((boh + i_t - 1) * H + i_h) * K * V
             store_tile(dh_r + h_off, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
             store_tile(dh_s + h_off, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
-            b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, b_dhr, b_dhs, bos, T_seq,
-                                         i_t - 1, i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK, BV,
-                                         RESIDUAL, DOT_PREC, DT)
+            b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, qk, b_dhr, b_dhs, bos,
+                                         T_seq, i_t - 1, i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK,
+                                         BV, RESIDUAL, DOT_PREC, DT, HAS_QK)
     store_tile(dR0 + i_nh * K * V, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(dS0 + i_nh * K * V, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32"])
+@autotune(configs=warps_stages_configs(),
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HAS_QK"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_du_kernel(
-    q, k, g, gamma, res, do, dh_r, du, dgamma_part,
+    q, k, g, gamma, res, do, dh_r, du, dgamma_part, qk,
     cu_seqlens, chunk_indices, scale, clip, clip_mask, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
-    CHUNK_ORDER: tl.constexpr,
+    CHUNK_ORDER: tl.constexpr, HAS_QK: tl.constexpr,
 ):
     """Step 1 (the R path) for every chunk in parallel, from the stored dh_R': du, and the residual's
     share of dgamma per V-block. One program per (V-block, chunk, head)."""
@@ -293,14 +311,17 @@ def _rla_bwd_du_kernel(
     b_GL = tl.sum(b_g, axis=0)
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
-    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+    b_qt = b_k  # unread with HAS_QK
+    if not HAS_QK:
+        b_qt = tl.trans(load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT))
     b_do = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     h_off = (i_row * H + i_h) * K * V
     b_dhr = load_tile(dh_r + h_off, 0, K, V, i_v * BV, V, BK, BV).to(DT)
 
     b_to_end = tl.exp(b_GL - b_G)
-    b_Y = _in_chunk_y(b_k, tl.trans(b_q), b_do, b_G, b_gamma, scale, BT, DOT_PREC, DT)
+    b_Y = _in_chunk_y(qk, (bos * H + i_h) * BT, i_c, T_seq, b_k, b_qt, b_do, b_G, b_gamma, scale, H, BT, DOT_PREC, DT,
+                      HAS_QK)
     # dh' reaches dv, dbeta and dgamma through k^T dh' only, and dS_T, dR_T make most of ||dv|| (last tokens):
     # the stored dh' is one rounding to the input dtype (as RDN's and fla's dv read dh), whose 2^-9 goes straight
     # into them. Until plan P6 the walk also stored the rounding error (lo) for a second dot here, ~16 bits: 0.54 GB
@@ -313,14 +334,15 @@ def _rla_bwd_du_kernel(
                     i_c, T_seq, i_v, H, V, BT, BV, RESIDUAL)
 
 
-@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32"])
+@autotune(configs=warps_stages_configs(), key=["H", "K", "V", "BT", "BK", "BV", "DOT_PREC", "DOTS_FP32", "HAS_QK"])
 @triton.jit(do_not_specialize=["T", "part_stride"])
 def _rla_bwd_dv_kernel(
-    q, k, v, g, beta, do, du, dh_s, dv, dbeta_part,
+    q, k, v, g, beta, do, du, dh_s, dv, dbeta_part, qk,
     cu_seqlens, chunk_indices, scale, T, part_stride,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
+    HAS_QK: tl.constexpr,
 ):
     """Step 2 (the S path) for every chunk in parallel, from the stored dh_S' and du: dv, and dbeta per
     V-block. One program per (V-block, chunk, head)."""
@@ -342,7 +364,6 @@ def _rla_bwd_dv_kernel(
     b_GL = tl.sum(b_g, axis=0)
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
-    b_q = load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_k = load_tile(k + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
     b_v = load_tile(v + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     b_dO1 = load_tile(do + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32) * scale
@@ -352,11 +373,15 @@ def _rla_bwd_dv_kernel(
 
     # Values beta_i v_i, read by the q queries (decay from G_t) and the k queries (from Gm_t), i < t.
     key_lt_query = o_t[:, None] < o_t[None, :]  # [key i, query t]
-    b_Aq = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
-    b_Aq = b_Aq * exp_where(key_lt_query, b_G[None, :] - b_G[:, None])
+    b_qt = b_k  # unread with HAS_QK
+    if not HAS_QK:
+        b_qt = tl.trans(load_tile(q + tok_k, i_c * BT, T_seq, H * K, 0, K, BT, BK).to(DT))
+    # the du walk's products with the diagonal (i = t) off: the S path's queries read S_{t-1}
+    b_Aq = _decayed_kq(qk, (bos * H + i_h) * BT, i_c, T_seq, b_k, b_qt, b_G, H, BT, DOT_PREC, DT, HAS_QK)
+    b_Aq = tl.where(key_lt_query, b_Aq, tl.zeros_like(b_Aq))
     b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
     b_Ak = b_Ak * exp_where(key_lt_query, b_Gm[None, :] - b_G[:, None])
-    b_X = tl.dot(b_Aq.to(DT), b_dO1.to(DT), input_precision=DOT_PREC)
+    b_X = tl.dot(b_Aq, b_dO1.to(DT), input_precision=DOT_PREC)
     b_X += tl.dot(b_Ak.to(DT), b_du.to(DT), input_precision=DOT_PREC)
     b_to_end = tl.exp(b_GL - b_G)
     b_X += b_to_end[:, None] * tl.dot(b_k, b_dhs, input_precision=DOT_PREC)  # dh_S' as stored (see du)

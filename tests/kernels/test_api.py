@@ -319,8 +319,9 @@ def test_rdn_saved_shapes_match_the_kernels(packed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rla_saved_shapes_match_the_kernels(packed, dtype):
     """library._SAVED's RLA shapes (the fake's, written without importing triton) are what chunk_rla_fwd keeps:
-    the residuals r with keep_tokens (the default with autograd); with keep_walk the chunk states h_S, h_R (a bound
-    on packed chunks) and the residuals, all in q's dtype."""
+    the residuals r and the chunks' q.k products with keep_tokens (the default with autograd); with keep_walk the
+    chunk states h_S, h_R (a bound on packed chunks) before them, all in q's dtype but the products (the dots':
+    fp32 under the interpreter)."""
     from rla_kernels.rla import chunk
 
     B, cu = (1, torch.tensor([0, 3, 40, 41, 150], dtype=torch.int32)) if packed else (2, None)
@@ -330,12 +331,15 @@ def test_rla_saved_shapes_match_the_kernels(packed, dtype):
     assert [(tuple(t.shape), t.dtype) for t in out[3]] == specs and len(out) == 4
     assert library._RLA_CHUNK == chunk.CHUNK_SIZE
     assert [s for s, _ in specs] == list(chunk.kept_walk_shapes(xs[0], 8, cu))
-    assert all(d == dtype for _, d in specs)
+    assert [d for _, d in specs] == [dtype] * 3 + [torch.float32]
+    assert specs[3][0] == (*xs[0].shape[:3], chunk.CHUNK_SIZE)
     if packed:  # 1 + 1 + 1 + 2 chunks, and rows for the bound ceil(150 / 64) + 3 = 6
         assert specs[0][0][0] == 6
-    residuals = chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu, keep_tokens=True)
-    assert len(residuals) == 4 and len(residuals[3]) == 1 and torch.equal(residuals[3][0], out[3][2])
-    assert library._SAVED["rla"](xs[0], xs[2], cu, library.KEEP_TOKENS) == specs[2:] == [(tuple(xs[2].shape), dtype)]
+    tokens = chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu, keep_tokens=True)
+    assert len(tokens) == 4 and len(tokens[3]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(tokens[3], out[3][2:]))
+    assert library._SAVED["rla"](xs[0], xs[2], cu, library.KEEP_TOKENS) == specs[2:]
+    assert specs[2] == (tuple(xs[2].shape), dtype)
     assert library._SAVED["rla"](xs[0], xs[2], cu, library.KEEP_NOTHING) == []
     assert len(chunk.chunk_rla_fwd(*xs, None, 1.0, "clip", init[0], None, cu)) == 3
 

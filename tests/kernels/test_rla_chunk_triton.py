@@ -233,24 +233,25 @@ def _keep_case(case: str):
 
 @pytest.mark.parametrize("case", KEEP_CASES)
 def test_backward_takes_the_kept_walk(case, monkeypatch):
-    """chunk_rla_fwd(keep_walk=True) hands h_S, h_R and r to chunk_rla_bwd(walk=), which then launches neither a
-    state walk nor the residual kernel: the forward's outputs equal the default forward's (the same passes), the
-    gradients the rerun's, and both the float64 oracle's. T not a multiple of the chunk; packed sequences (whose
-    kept states take the shape-only row bound, more rows than chunks here); no initial states; half inputs (states
-    and r stored in the input dtype), at 16-token chunks with the clip biting; no clip."""
+    """chunk_rla_fwd(keep_walk=True) hands h_S, h_R, r and the q.k products to chunk_rla_bwd(walk=), which then
+    launches neither a state walk nor the residual kernel: the forward's outputs equal the default forward's (the same
+    passes), the gradients the rerun's over the kept residuals and products (keep_tokens'), and both the float64
+    oracle's. T not a multiple of the chunk; packed sequences (whose kept states take the shape-only row bound, more
+    rows than chunks here); no initial states; half inputs (states and r stored in the input dtype), at 16-token
+    chunks with the clip biting; no clip."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0, cu, clip, residual, chunk_size, tol = _keep_case(case)
     kw = dict(chunk_size=chunk_size)
     o, S_T, R_T, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
     dtype, V = inputs[0].dtype, inputs[2].shape[-1]
     assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], V, cu, chunk_size))
-    assert [t.dtype for t in walk] == [dtype] * 3
+    assert [t.dtype for t in walk] == [dtype] * 3 + [torch.float32]  # the products as the interpreter's dots take them
     for x, ref in zip((o, S_T, R_T), chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
         assert torch.equal(x, ref)
 
     do = torch.randn_like(o)
     dS_T, dR_T = torch.randn_like(S_T), torch.randn_like(R_T)
-    rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, **kw)
+    rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=walk[2:], **kw)
     monkeypatch.setattr(chunk, "_state_walk_kernel", _NoRerun())
     monkeypatch.setattr(chunk, "_rla_residual_kernel", _NoRerun())
     kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=walk, **kw)
@@ -269,29 +270,33 @@ def test_backward_takes_the_kept_walk(case, monkeypatch):
 
 @pytest.mark.parametrize("case", KEEP_CASES)
 def test_backward_takes_the_kept_residuals(case, monkeypatch):
-    """chunk_rla_fwd(keep_tokens=True) hands r alone (the API's default) to chunk_rla_bwd(walk=(r,)), which then
-    reruns the two state walks as one (RERUN_WALK 1), without S's lo buffer, and not the residual kernel: the gradients
-    are the full rerun's, bit for bit (the same walk steps over the same r). A residual tensor in another dtype is not
-    misread: all three passes rerun."""
+    """chunk_rla_fwd(keep_tokens=True) hands r and the q.k products alone (the API's default) to
+    chunk_rla_bwd(walk=(r, qk)), which then reruns the two state walks as one (RERUN_WALK 1), without S's lo buffer,
+    and not the residual kernel: the gradients are those of the full rerun over the same products, bit for bit (the
+    same walk steps over the same r), and of the rerun without them within rounding. A residual tensor in another
+    dtype is not misread: all three passes rerun."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0, cu, clip, residual, chunk_size, _ = _keep_case(case)
     kw = dict(chunk_size=chunk_size)
     *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
     *_, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
-    assert len(kept) == 1 and torch.equal(kept[0], walk[2])
+    assert len(kept) == 2 and torch.equal(kept[0], walk[2]) and torch.equal(kept[1], walk[3])
     for x, ref in zip(outputs, chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
         assert torch.equal(x, ref)
 
     do = torch.randn_like(outputs[0])
     dS_T, dR_T = torch.randn_like(outputs[1]), torch.randn_like(outputs[2])
-    rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, **kw)
+    rerun = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=walk, **kw)
+    made = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, **kw)
     log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel", "_rerun_walk_kernel"),
                           lambda name, kw: (name, kw.get("HAS_LO")))
     got = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=kept, **kw)
     # the rerun's walks: as one (RERUN_WALK 1, which has no lo buffer to store) or two
     assert log == ([("_rerun_walk_kernel", None)] if chunk.RERUN_WALK else [("_state_walk_kernel", False)] * 2)
-    for x, ref in zip(got, rerun):
+    close = 1e-5 if inputs[0].dtype == torch.float32 else 1e-2
+    for x, ref, other in zip(got, rerun, made):
         assert (x is None and ref is None) or torch.equal(x, ref)
+        assert (x is None and other is None) or rel_err(x, other.double()) < close
     log.clear()
     chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=(kept[0].double(),), **kw)
     assert [name for name, _ in log] == ["_state_walk_kernel", "_rla_residual_kernel", "_state_walk_kernel"]
@@ -714,7 +719,8 @@ def test_two_walk_steps_a_turn(monkeypatch, case):
         got = {}
         check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=got, **kw)
         *outputs, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
-        kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *got["cotangents"], walk=walk, **kw)
+        # without the q.k products, which check's backward makes too (test_kept_qk_products_are_read)
+        kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *got["cotangents"], walk=walk[:3], **kw)
         for x, ref in zip(outputs + list(kept), list(got["outputs"]) + list(got["grads"])):
             assert (x is None and ref is None) or torch.equal(x, ref)  # the kept walk's passes are the same
         results.append(list(got["outputs"]) + list(walk) + list(got["grads"]))
@@ -933,7 +939,8 @@ def test_one_reverse_walk_makes_du(monkeypatch, case):
         out = {}
         check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=out, **kw)
         *_, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
-        kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *out["cotangents"], walk=walk, **kw)
+        # without the q.k products, which check's backward makes too (test_kept_qk_products_are_read)
+        kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *out["cotangents"], walk=walk[:3], **kw)
         for x, ref in zip(kept, out["grads"]):
             assert (x is None and ref is None) or torch.equal(x, ref)  # the kept walk's backward: the same passes
         for n_chunks, whole in buffers:
@@ -945,6 +952,72 @@ def test_one_reverse_walk_makes_du(monkeypatch, case):
     close = 1e-5 if inputs[0].dtype == torch.float32 else 1e-2
     for name, x, ref in zip(GRAD_NAMES, got[1], got[0]):
         assert (x is None and ref is None) or rel_err(x, ref.double()) < close, name
+
+
+def _decayed_qk_oracle(q, k, g, cu, chunk_size):
+    """float64 [B, T, H, BT]: each token t's row over its chunk's keys i (chunks counted from each sequence's start),
+    [i <= t] exp(G_t - G_i) (q_t.k_i), G the gates' sum from the chunk's start; 0 past the chunk's tokens."""
+    q, k, g = q.double(), k.double(), g.double()
+    B, T, H, _ = q.shape
+    out = torch.zeros(B, T, H, chunk_size, dtype=torch.float64)
+    bounds = [(b, 0, T) for b in range(B)] if cu is None else [(0, int(a), int(e)) for a, e in zip(cu[:-1], cu[1:])]
+    for b, start, end in bounds:
+        for c0 in range(start, end, chunk_size):
+            c1 = min(c0 + chunk_size, end)
+            G = g[b, c0:c1].cumsum(0)  # [n, H]
+            dots = torch.einsum("thk,ihk->hti", q[b, c0:c1], k[b, c0:c1])
+            decay = (G.T[:, :, None] - G.T[:, None, :]).tril().exp().tril()  # [H, t, i], i <= t
+            out[b, c0:c1, :, :c1 - c0] = (dots * decay).permute(1, 0, 2)
+    return out
+
+
+@pytest.mark.parametrize("du_walk", [1, 0])
+@pytest.mark.parametrize("case", ["clip", "tanh_two_steps", "varlen_two_steps", "blocks", "one_token", "bf16"])
+def test_kept_qk_products_are_read(monkeypatch, case, du_walk):
+    """QK_KEPT 1: the forward that keeps its residuals also keeps each chunk's decayed q.k products (the float64 ones
+    within the dots' rounding: fp32 under the interpreter), and the backward's reverse walk (DU_WALK 1) or du kernel
+    (0) and dv kernel read them (HAS_QK) instead of making them: the float64 oracle's gradients, and within rounding
+    of the backward that makes them (walk=(r,)). QK_KEPT 0: the forward keeps r alone and the backward makes the
+    products even where they are handed to it, bit for bit as without them."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, (clip, residual), steps, bv, tol = DU_WALK_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    monkeypatch.setattr(chunk, "WALK_STEPS", steps)
+    monkeypatch.setattr(chunk, "DU_WALK_BV", bv)
+    monkeypatch.setattr(chunk, "DU_WALK", du_walk)
+    kw = dict(chunk_size=chunk_size)
+    *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
+    res, qk = kept
+    assert qk.dtype == torch.float32 and qk.shape == (*inputs[0].shape[:3], chunk_size)
+    want_qk = _decayed_qk_oracle(inputs[0], inputs[1], inputs[3], cu, chunk_size)
+    assert rel_err(qk, want_qk) < 1e-6  # the inputs as given, products in fp32
+
+    names = ("_rla_bwd_du_walk_kernel", "_rla_bwd_du_kernel", "_rla_bwd_dv_kernel")
+    log = record_launches(monkeypatch, chunk, names, lambda name, kw: (name, kw["HAS_QK"]))
+    do = torch.randn_like(outputs[0])
+    dS_T, dR_T = torch.randn_like(outputs[1]), torch.randn_like(outputs[2])
+    got = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=kept, **kw)
+    read = [name for name, has_qk in log if has_qk]
+    assert read == ([names[0]] if du_walk else [names[1]]) + [names[2]] and len(log) == 2, log
+    made = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=(res,), **kw)
+    _, want_grads = oracle(inputs, S0, R0, 0.7, clip, residual, cu, do, dS_T, dR_T)
+    close = 1e-5 if inputs[0].dtype == torch.float32 else 1e-2
+    for name, x, other, want, inp in zip(GRAD_NAMES, got, made, want_grads, list(inputs) + [S0, R0]):
+        if inp is None:
+            assert x is None and other is None, name
+            continue
+        assert rel_err(x, want) < tol, name
+        assert rel_err(x, other.double()) < close, name
+
+    monkeypatch.setattr(chunk, "QK_KEPT", 0)
+    *_, alone = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
+    assert len(alone) == 1 and torch.equal(alone[0], res)
+    log.clear()
+    ignored = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, do, dS_T, dR_T, walk=kept, **kw)
+    assert not any(has_qk for _, has_qk in log) and len(log) == 2, log
+    for x, other in zip(ignored, made):
+        assert (x is None and other is None) or torch.equal(x, other)
 
 
 def test_one_reverse_walk_knobs(monkeypatch):
