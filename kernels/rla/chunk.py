@@ -192,6 +192,13 @@ class _Layout:
         steps = knob_steps("WALK_STEPS", WALK_STEPS)
         few = math.prod(self.walk_grid) < 2 * sm_count(q.device)
         self.walk_steps, self.dwalk_steps = steps or (2 if few else 1), steps or (2 if dwalk_idle else 1)
+        # The backward's rerun walk and the one reverse walk, where they run beside each other (the default), take one
+        # chunk a turn even where either's programs alone would be few: two steps a turn cost each walk twice the
+        # shared memory, and beside each other their programs are no longer few. Backward wall ms at auto -> 1 (H100,
+        # Triton 3.6, 2026-12-06 04:19, `profile_kernels.py --ops rla --wall --tune --knob WALK_STEPS=0,1,2`): B=2
+        # T=16k 3.071 -> 2.953 (the rerun 1.29 -> 0.84 ms of GPU time, dv beside it 0.67 -> 0.39, the reverse walk
+        # 0.95 -> 1.19), B=1 T=32k 3.445 -> 3.453 (even); the forward walks keep two steps there (16k 1.617 -> 1.729).
+        self.beside_steps = steps or 1
         if FWD_HALVES not in (1, 2):
             raise ValueError(f"launch knob FWD_HALVES must be 1 (a chunk a program) or 2 (chunk pairs); got "
                              f"{FWD_HALVES!r}")
@@ -404,9 +411,9 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, every: int = 1):
     return h_s, h_r, res, S_T, R_T
 
 
-def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside):
-    """The backward's chunk-start states h_s, h_r from the kept residuals, both walks (RERUN_WALK 1: as one) queued on
-    ``beside``'s stream; the gates as the walks take them (_walks_gates)."""
+def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside, steps: int):
+    """The backward's chunk-start states h_s, h_r from the kept residuals, both walks (RERUN_WALK 1: as one, ``steps``
+    chunks a loop turn) queued on ``beside``'s stream; the gates as the walks take them (_walks_gates)."""
     if RERUN_WALK not in (0, 1):
         raise ValueError(f"launch knob RERUN_WALK must be 0 (two walks) or 1 (one walk); got {RERUN_WALK!r}")
     if not RERUN_WALK:
@@ -418,7 +425,7 @@ def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside):
         _rerun_walk_kernel[L.walk_grid](
             k, v, res, g, beta, gamma, S0, R0, h_s, h_r, L.cu_seqlens, L.chunk_offsets, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-            HAS_S0=S0 is not None, HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps,
+            HAS_S0=S0 is not None, HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=steps,
         )
     beside.use(k, v, res, g, beta, gamma, S0, R0, h_s, h_r, L.cu_seqlens, L.chunk_offsets)
     return h_s, h_r
@@ -450,7 +457,8 @@ def _du_walk_knobs(L: _Layout, beside: bool) -> tuple[bool, int]:
     return DU_WALK == 1 or (DU_WALK == 2 and (beside or not L.duwalk_few)), DU_WALK_WARPS
 
 
-def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, dS_T, warps: int, qk=None):
+def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, dS_T, warps: int, steps: int,
+             qk=None):
     """Both state gradients carried backwards by one walk that also writes du and the residual's dgamma share
     (dgamma_part's first rows, one a V-block): each chunk's end-state gradients (state dtype) and the initial
     states' (fp32). ``qk``: the forward's kept q.k products (QK_KEPT), read instead of made."""
@@ -462,8 +470,8 @@ def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, 
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_duwalk,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        HAS_DRT=dR_T is not None, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.duwalk_steps,
-        HAS_QK=qk is not None, num_warps=warps, num_stages=2,
+        HAS_DRT=dR_T is not None, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen,
+        HAS_QK=qk is not None, num_warps=warps, num_stages=2, WALK_STEPS=steps,
     )
     return dh_r, dh_s, dR0, dS0
 
@@ -575,6 +583,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     rerun = len(kept) == 1  # the residuals kept: the two walks alone (S's without the lo buffer the residuals read)
     overlap = _overlap()
     du_walk, du_walk_warps = _du_walk_knobs(L, rerun and overlap >= 1)
+    paired = rerun and overlap >= 1 and du_walk  # the rerun walk beside the one reverse walk
     gates = _walks_gates(g, beta, gamma)  # once, for every walk below
     if len(kept) == 3:
         h_s, h_r, res = kept
@@ -583,7 +592,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     else:
         res = kept[0]
         beside = Beside(k, overlap >= 1)
-        h_s, h_r = _rerun_walks(L, k, v, *gates, S0, R0, res, beside)
+        h_s, h_r = _rerun_walks(L, k, v, *gates, S0, R0, res, beside, L.beside_steps if paired else L.walk_steps)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta (DU_WALK 1: the first three as one walk). The per-V-block partial sums are reduced below.
@@ -597,7 +606,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dgamma_part = q.new_empty(nv_du + nk, *gamma.shape, dtype=torch.float32)
     if du_walk:
         dh_r, dh_s, dR0, dS0 = _du_walk(L, q, k, gates[0], gates[2], res, do, du, dgamma_part, scale, dR_T, dS_T,
-                                        du_walk_warps, qk)
+                                        du_walk_warps, L.beside_steps if paired else L.duwalk_steps, qk)
         intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
     else:
         dh_r, dR0 = _dwalk(L, q, do, gates[0], gates[2], scale, None, None, dR_T)

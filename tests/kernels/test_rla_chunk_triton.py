@@ -1087,6 +1087,35 @@ def test_one_reverse_walk_where_it_gains(monkeypatch):
     assert one_walk(2, 0, walk)
 
 
+def test_walks_beside_each_other_take_one_chunk_a_turn(monkeypatch):
+    """At WALK_STEPS 0 (automatic) the backward's rerun walk and the one reverse walk, beside each other, take one
+    chunk a turn where their programs alone are few (each would take two), and two where nothing runs beside the
+    reverse walk (the walk kept, DU_WALK 1) or the rerun (OVERLAP 0: three reverse launches); a set knob is taken
+    as it is."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=40, H=2, K=16, V=16)
+    *outputs, tokens = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, keep_tokens=True)
+    *_, walk = chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None, chunk_size=16, keep_walk=True)
+    args = (*inputs, None, 1.0, "clip", S0, R0, None, torch.randn_like(outputs[0]), None, None)
+    walks = ("_rerun_walk_kernel", "_rla_bwd_du_walk_kernel", "_dstate_walk_kernel")
+    stub_launches(monkeypatch, chunk, walks + ("_state_walk_kernel", "_rla_residual_kernel", "_rla_bwd_du_kernel",
+                                               "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel",
+                                               "_rla_bwd_sums_kernel"))
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 132)  # 2 programs a walk: few
+
+    def steps(kept, knob=0, du_walk=2, overlap=2):
+        for name, value in (("WALK_STEPS", knob), ("DU_WALK", du_walk), ("OVERLAP", overlap)):
+            monkeypatch.setattr(chunk, name, value)
+        log = record_launches(monkeypatch, chunk, walks, lambda name, kw: (name[1:-7], kw["WALK_STEPS"]))
+        chunk_rla_bwd(*args, chunk_size=16, walk=kept)
+        return log
+
+    assert steps(tokens) == [("rerun_walk", 1), ("rla_bwd_du_walk", 1)]
+    assert steps(tokens, overlap=0) == [("rerun_walk", 2)] + [("dstate_walk", 2)] * 2
+    assert steps(walk, du_walk=1) == [("rla_bwd_du_walk", 2)]
+    assert steps(tokens, knob=2) == [("rerun_walk", 2), ("rla_bwd_du_walk", 2)]
+
+
 @pytest.mark.parametrize("case", ["odd_chunks", "varlen", "blocks", "odd_chunks_bf16"])
 def test_rerun_as_one_walk(monkeypatch, case):
     """RERUN_WALK 1: the backward's rerun of S's and R's walks (the residuals kept) as one walk, at one and two chunks
