@@ -31,13 +31,14 @@ def rla(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", initial_
     values (gate ranges, finiteness), which synchronises with the device.
 
     ``recompute_states`` (training with the Triton backend; memory against time): True (default), the forward keeps
-    its residuals r (one [B, T, H, V] tensor in q's dtype, as large as v) and the backward reruns its two state walks
-    over them; False, the forward also keeps the chunk-start states S and R (in q's dtype) alive until the backward,
+    its residuals r (one [B, T, H, V] tensor in q's dtype, as large as v) and each chunk's decayed q.k products
+    ([B, T, H, 64], half of r at V=128: chunk.py QK_KEPT) and the backward reruns its two state walks over them;
+    False, the forward also keeps the chunk-start states S and R (in q's dtype) alive until the backward,
     which then skips the walks too. The forward runs the same kernels either way (same numbers, same time); only its
     buffers live longer.
     Measured at B=16 T=2048 H=16 K=V=128 bf16 on an H200 (2026-12-02 04:51, BENCHMARKS.md): fwd+bwd 4.26 -> 3.95 ms,
     forward unchanged. It keeps ``2 * B * ceil(T / 64) * H * K *
-    V + B * T * H * V`` elements of q's dtype per call until the backward runs (0.67 GB a layer at that shape;
+    V + B * T * H * (V + 64)`` elements of q's dtype per call until the backward runs (0.7 GB a layer at that shape;
     packed sequences: ``ceil(T / 64) + N - 1`` chunks instead of ``B * ceil(T / 64)``). Ignored where nothing is
     kept: without autograd, by the torch and naive backends, and by decode.
     """

@@ -6,7 +6,8 @@ import os
 
 import torch
 
-# Triton's interpreter (the CPU machine): the chunk kernels' dots take fp32 operands there (triton_utils.HALF_DOTS_IN_FP32)
+# Triton's interpreter (the CPU machine): the chunk kernels' dots take fp32 operands there
+# (triton_utils.HALF_DOTS_IN_FP32)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 RDN_CHUNK_SIZE = 32  # rdn/chunk.py's forward chunk (its CHUNK_SIZE)

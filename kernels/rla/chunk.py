@@ -18,13 +18,14 @@ and a chunk-parallel pass for dq, dk, dg.
 
 What the forward hands the backward (the API layer, library.py): by default the residuals r (``keep_tokens``, one
 [B, T, H, V] tensor in the input dtype, as large as v), so that the rerun is the two walks alone, not the residual
-kernel (0.33-0.35 ms at every T of the benchmark, H200, 2026-12-02) nor h_S's lo buffer. ``keep_walk`` (opt-in,
+kernel (0.33-0.35 ms at every T of the benchmark, H200, 2026-12-02) nor h_S's lo buffer, and each chunk's decayed q.k
+products (QK_KEPT, [B, T, H, BT]), so that the backward does not make them again. ``keep_walk`` (opt-in,
 memory for time; the API's ``rla(recompute_states=False)``): also h_S (hi only: its lo part is read by the residual
 kernel alone) and h_R (``kept_walk_shapes``), all in the input dtype, to ``chunk_rla_bwd(walk=)``, which then skips
 the rerun (both walks and the residual kernel: 0.70 + 0.34 of the backward's ~3.6 ms at B=16 T=2k H=16 K=V=128 bf16,
 H200, 2026-12-01, profile_kernels.py). The same kernels as the default forward, so the same numbers; its walks store
 every chunk's state where the default's store every other one (FWD_HALVES), and the buffers live on, 2 x n_chunks x H
-x K x V plus B x T x H x V input-dtype elements (0.67 GB a layer at that shape).
+x K x V plus B x T x H x (V + BT) elements (0.7 GB a layer at that shape).
 """
 from __future__ import annotations
 
