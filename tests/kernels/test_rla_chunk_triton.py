@@ -915,6 +915,17 @@ DU_WALK_CASES = {
 }
 
 
+def _du_walk_case(monkeypatch, chunk, case: str):
+    """DU_WALK_CASES[case] made, its WALK_STEPS and DU_WALK_BV set: inputs, S0, R0, cu_seqlens, chunk size, clip,
+    residual, steps, tolerance."""
+    shape, cu, chunk_size, (clip, residual), steps, bv, tol = DU_WALK_CASES[case]
+    inputs, S0, R0 = make_inputs(**shape)
+    monkeypatch.setattr(chunk, "WALK_STEPS", steps)
+    monkeypatch.setattr(chunk, "DU_WALK_BV", bv)
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    return inputs, S0, R0, cu, chunk_size, clip, residual, steps, tol
+
+
 @pytest.mark.parametrize("case", DU_WALK_CASES)
 def test_one_reverse_walk_makes_du(monkeypatch, case):
     """DU_WALK 1: one reverse walk carries dh_R and dh_S and makes du from the carried dh_R' (no du kernel, no second
@@ -922,11 +933,7 @@ def test_one_reverse_walk_makes_du(monkeypatch, case):
     cotangents, for the default backward and the kept walk's. Every state row a walk must write is written, none
     past the chunks (the NaN-padded buffers)."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    shape, cu, chunk_size, (clip, residual), steps, bv, tol = DU_WALK_CASES[case]
-    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    inputs, S0, R0 = make_inputs(**shape)
-    monkeypatch.setattr(chunk, "WALK_STEPS", steps)
-    monkeypatch.setattr(chunk, "DU_WALK_BV", bv)
+    inputs, S0, R0, cu, chunk_size, clip, residual, steps, tol = _du_walk_case(monkeypatch, chunk, case)
     names = {"_dstate_walk_kernel": "dwalk", "_rla_bwd_du_kernel": "du", "_rla_bwd_du_walk_kernel": "du_walk"}
     log = record_launches(monkeypatch, chunk, list(names), lambda name, kw: (names[name], kw["WALK_STEPS"]
                                                                              if "WALK_STEPS" in kw else None))
@@ -980,11 +987,7 @@ def test_kept_qk_products_are_read(monkeypatch, case, du_walk):
     of the backward that makes them (walk=(r,)). QK_KEPT 0: the forward keeps r alone and the backward makes the
     products even where they are handed to it, bit for bit as without them."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
-    shape, cu, chunk_size, (clip, residual), steps, bv, tol = DU_WALK_CASES[case]
-    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    inputs, S0, R0 = make_inputs(**shape)
-    monkeypatch.setattr(chunk, "WALK_STEPS", steps)
-    monkeypatch.setattr(chunk, "DU_WALK_BV", bv)
+    inputs, S0, R0, cu, chunk_size, clip, residual, _, tol = _du_walk_case(monkeypatch, chunk, case)
     monkeypatch.setattr(chunk, "DU_WALK", du_walk)
     kw = dict(chunk_size=chunk_size)
     *outputs, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
