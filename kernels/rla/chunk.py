@@ -146,10 +146,13 @@ RERUN_WALK = 1
 # decay mask (the walk once a V-block program: 4 times a chunk and head at 32 wide, 8 at 16). The same products
 # rounded the same way (only the fp32 sum's order may differ). Costs BT / V of v's bytes a token kept between
 # forward and backward (half of v at K=V=128, BT 64: 67 MB a layer at B=16 T=2k H=16 bf16). 0: not kept (the
-# backward makes them, as before 2026-12-06). Expected (written before any measurement, H100, B=16 T=2k H=16
-# K=V=128 bf16): the du walk 0.73 -> ~0.62 ms (its step's k q^T dot, ~1/3 of its MACs at 32 wide, gone), dv 0.47 ->
-# ~0.42, the output kernel +0.02-0.03 (the stores); B=1 T=32k the walk 2.1 -> ~1.7 (the dot ~1/2 of its MACs at 16
-# wide), backward wall ~-0.3.
+# backward makes them, as before 2026-12-06; a profiling knob: library.py's fakes size the saved outputs at 1).
+# Expected (written before any measurement, H100, H=16 K=V=128 bf16): at B=16 T=2k the du walk 0.73 -> ~0.62 ms (its
+# step's k q^T dot, ~1/3 of its MACs at 32 wide, gone), dv 0.47 -> ~0.42, the output kernel +0.02-0.03 (the stores);
+# at B=1 T=32k the walk 2.1 -> ~1.7 (~1/2 of its MACs at 16 wide), backward wall ~-0.3. Measured 0 -> 1 (H100, Triton
+# 3.6, 2026-12-06 04:08, `profile_kernels.py --ops rla --wall --tune --knob QK_KEPT=0,1`): B=16 T=2k walk 0.731 ->
+# 0.672, dv 0.464 -> 0.409, output 0.501 -> 0.530, backward wall 2.819 -> 2.710, forward 1.406 -> 1.448; B=1 T=32k
+# walk 2.207 -> 1.587, backward wall 3.966 -> 3.450, forward 2.045 -> 2.083.
 QK_KEPT = 1
 
 
