@@ -40,7 +40,8 @@ def rla_kept_shapes(q, V: int, cu_seqlens, chunk_size: int) -> tuple:
 def rla_qk_dtype(dtype: torch.dtype, dots_fp32: bool | None = None) -> torch.dtype:
     """The dtype of RLA's kept q.k products: the dots' operand dtype (fp32 for fp32 inputs and under the interpreter,
     ``dots_fp32`` None; else the input dtype), in which the kernels that read them would have rounded them."""
-    dots_fp32 = INTERPRET or dtype == torch.float32 if dots_fp32 is None else dots_fp32
+    if dots_fp32 is None:
+        dots_fp32 = INTERPRET or dtype == torch.float32
     return torch.float32 if dots_fp32 else dtype
 
 

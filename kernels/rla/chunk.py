@@ -588,6 +588,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     overlap = _overlap()
     du_walk, du_walk_warps = _du_walk_knobs(L, rerun and overlap >= 1)
     paired = rerun and overlap >= 1 and du_walk  # the rerun walk beside the one reverse walk
+    rerun_steps, du_walk_steps = (L.beside_steps,) * 2 if paired else (L.walk_steps, L.duwalk_steps)
     gates = _walks_gates(g, beta, gamma)  # once, for every walk below
     if len(kept) == 3:
         h_s, h_r, res = kept
@@ -596,7 +597,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     else:
         res = kept[0]
         beside = Beside(k, overlap >= 1)
-        h_s, h_r = _rerun_walks(L, k, v, *gates, S0, R0, res, beside, L.beside_steps if paired else L.walk_steps)
+        h_s, h_r = _rerun_walks(L, k, v, *gates, S0, R0, res, beside, rerun_steps)
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta (DU_WALK 1: the first three as one walk). The per-V-block partial sums are reduced below.
@@ -610,7 +611,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     dgamma_part = q.new_empty(nv_du + nk, *gamma.shape, dtype=torch.float32)
     if du_walk:
         dh_r, dh_s, dR0, dS0 = _du_walk(L, q, k, gates[0], gates[2], res, do, du, dgamma_part, scale, dR_T, dS_T,
-                                        du_walk_warps, L.beside_steps if paired else L.duwalk_steps, qk)
+                                        du_walk_warps, du_walk_steps, qk)
         intra = _intra(L, q, k, v, g, beta, gamma, res, do, du, scale, beside=True) if overlap == 2 else None
     else:
         dh_r, dR0 = _dwalk(L, q, do, gates[0], gates[2], scale, None, None, dR_T)
