@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_utils import next_power_of_2
+
 EPS = 1e-6  # inside the square root, as the layer's _l2norm
 
 
@@ -108,6 +110,6 @@ def feature_map(x, cos=None, sin=None, keep=None, heads=None, out_dtype=None, ep
             x.stride(0), x.stride(1), x.stride(2),
             cos.stride(0) if rope and cos.shape[0] > 1 else 0, cos.stride(1) if rope else 0,
             keep.stride(0) if keep is not None else 0, keep.stride(1) if keep is not None else 0,
-            HS=HS, H=H, HALF=D // 2, BH=triton.next_power_of_2(H), BD=triton.next_power_of_2(D // 2),
+            HS=HS, H=H, HALF=D // 2, BH=next_power_of_2(H), BD=next_power_of_2(D // 2),
             ROPE=rope, MASK=keep is not None)
     return out

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .triton_utils import cdiv, next_power_of_2
+
 
 def gates_reference(a, b, c, A_log, dt_bias, keep=None):
     """a, b, c [B, T, H] (c may be None), A_log and dt_bias [H], keep [B, T] -> (g, beta, gamma)."""
@@ -82,8 +84,8 @@ def gates(a, b, c, A_log, dt_bias, keep=None):
     gamma = torch.empty_like(c) if c is not None else None
     rows, BR = B * T, 16
     if rows:
-        _gates_kernel[(triton.cdiv(rows, BR),)](
+        _gates_kernel[(cdiv(rows, BR),)](
             a, b, c if c is not None else a, A_log, dt_bias, keep if keep is not None else a,
             g, beta, gamma if gamma is not None else beta, rows,
-            H=H, BR=BR, BH=triton.next_power_of_2(H), HAS_C=c is not None, MASK=keep is not None)
+            H=H, BR=BR, BH=next_power_of_2(H), HAS_C=c is not None, MASK=keep is not None)
     return g, beta, gamma

@@ -113,7 +113,7 @@ def knob_width(name: str, value: int, auto: int, dim: int) -> int:
     width = value or auto
     if width < 16:
         raise ValueError(f"launch knob {name} has no automatic width: set it to a power of two >= 16; got {value!r}")
-    return min(width, max(16, triton.next_power_of_2(dim)))
+    return min(width, max(16, next_power_of_2(dim)))
 
 
 # CUDA caps grid axes 1 and 2 at 65535 programs (axis 0 at 2^31 - 1): launchers check what they put there.
@@ -195,6 +195,19 @@ def walk_gates(*gates):
     return tuple(x.float() for x in gates)
 
 
+def cdiv(a, b):
+    """ceil(a / b) for host ints or integer tensors: triton.cdiv's value without its wrapper, a ConstexprFunction
+    since Triton 3.4 that costs ~5 us a host call (an import and argument unwrapping each time), where a launcher
+    calls it tens of times a pass: ~0.1-0.2 ms of host time an RLA forward, which a host-bound prefill pays every
+    layer (2026-12-06, this machine: 5.5 us against 0.05 for the floor division)."""
+    return (a + (b - 1)) // b
+
+
+def next_power_of_2(n: int) -> int:
+    """triton.next_power_of_2's value (the least power of two >= n; 0 for n <= 0) without its wrapper (see cdiv)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device, 0 elsewhere: launchers size their grids by it."""
     if device.type != "cuda":
@@ -207,7 +220,7 @@ def wide_reverse_walk(V: int, programs_a_block: int, sms: int) -> bool:
     a V-block) still outnumber the ``sms`` SMs (0 off a GPU: never). Half the programs, each carrying twice the columns
     through the same chain; where they would not outnumber the SMs it tied or lost (H200, 2026-12-02: rdn/chunk.py's
     REVERSE_WALK_BV, rla/chunk.py's _Layout). RDN's and RLA's launchers both ask here."""
-    return V > 32 and programs_a_block * triton.cdiv(V, 64) > sms > 0
+    return V > 32 and programs_a_block * cdiv(V, 64) > sms > 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -227,7 +240,7 @@ def chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int, T: int) -> tuple[tor
     the rest of the call (RDN's packed forward: wall 3.10 ms for 2.24 of GPU time at B=16 T=2k, H200, 2026-12-03)."""
     n_seqs = cu_seqlens.numel() - 1
     rows = shapes.kept_rows(1, T, chunk_size, n_seqs)
-    counts = triton.cdiv(cu_seqlens[1:] - cu_seqlens[:-1], chunk_size).long()
+    counts = cdiv(cu_seqlens[1:] - cu_seqlens[:-1], chunk_size).long()
     offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     slot = torch.arange(rows, device=cu_seqlens.device)
     seq = torch.searchsorted(offsets[1:], slot, right=True).clamp_max(n_seqs - 1)

@@ -39,12 +39,13 @@ fp32).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
-import triton
 
 from .. import shapes, triton_utils
 from ..rla.fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
-from ..triton_utils import GRID_AXIS_LIMIT, chunk_tables, sm_count, walk_gates
+from ..triton_utils import GRID_AXIS_LIMIT, cdiv, chunk_tables, next_power_of_2, sm_count, walk_gates
 from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_kernel, _rdn_bwd_prep_k_kernel,
                         _rdn_bwd_prep_p_kernel, _rdn_bwd_rebuild_kernel, _rdn_bwd_walk_r_kernel,
                         _rdn_bwd_walk_s_kernel, _rdn_bwd_walks_kernel)
@@ -277,9 +278,9 @@ class _Layout:
             raise ValueError(f"sequences x heads must be at most {GRID_AXIS_LIMIT} (one CUDA grid axis); got "
                              f"{self.N} x {self.H}: split the batch")
         self.BT = chunk_size
-        self.BK = max(16, triton.next_power_of_2(self.K))
-        self.BV = max(16, min(32, triton.next_power_of_2(self.V)))
-        self.NV = triton.cdiv(self.V, self.BV)
+        self.BK = max(16, next_power_of_2(self.K))
+        self.BV = max(16, min(32, next_power_of_2(self.V)))
+        self.NV = cdiv(self.V, self.BV)
         # The walks are sequential over chunks: their only parallelism is (sequence, head, V-block). When
         # that is below the GPU's SM count (a long prefill at batch 1), narrower V-blocks give more programs.
         sms = sm_count(q.device)
@@ -308,7 +309,7 @@ class _Layout:
             self.chunk_grid = (self.n_chunks, self.H)
         else:
             self.chunk_indices = self.chunk_offsets = None
-            nt = triton.cdiv(self.T, self.BT)
+            nt = cdiv(self.T, self.BT)
             self.n_chunks = self.B * nt
             self.chunk_grid = (nt, self.B * self.H)
 
@@ -347,6 +348,7 @@ class _Layout:
         return q.new_empty(self.B, self.T, self.H, self.V)
 
 
+@functools.lru_cache(maxsize=64)  # (tensor round trips: ~80 us of host time a call, for a handful of values)
 def clip_sides(clip: float, dtype: torch.dtype) -> tuple[float, float]:
     """The values of ``dtype`` next to the clip c on either side, as fp32 floats: the largest <= c and the smallest
     > c, where the forward walk stores an X whose rounding to ``dtype`` would cross c (chunk_fwd.py, NUDGE_X)."""
@@ -396,7 +398,7 @@ def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
     p_b, q_b, p_c = (L.per_token(k, L.BT, k.dtype) for _ in range(3))
     if L.n_chunks:
         BKP = triton_utils.knob_width("PREP_BK", PREP_BK, PREP_BK, L.K)  # min(PREP_BK, L.BK), validated
-        _rdn_bwd_prep_k_kernel[(L.chunk_grid[0], triton.cdiv(L.K, BKP), L.chunk_grid[1])](
+        _rdn_bwd_prep_k_kernel[(L.chunk_grid[0], cdiv(L.K, BKP), L.chunk_grid[1])](
             k, g, t_beta, t_gamma, k_b, k_c, L.cu_seqlens, L.chunk_indices, L.T,
             H=L.H, K=L.K, BT=L.BT, BKP=BKP, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, **L.order)
         _rdn_bwd_prep_p_kernel[L.chunk_grid](
@@ -432,7 +434,7 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         kernel, launch = _rdn_walk_t_kernel, dict(num_warps=WALK_T_WARPS)
     else:
         kernel, launch = _rdn_walk_kernel, dict(RAW_K=L.BT <= 32, num_warps=WALK_WARPS)
-    kernel[(triton.cdiv(L.V, BV), L.N * L.H)](
+    kernel[(cdiv(L.V, BV), L.N * L.H)](
         k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
         L.cu_seqlens, offsets, L.clip, *L.x_sides, L.T,
@@ -505,7 +507,7 @@ def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     if L.n_chunks:
         BVO = L.width("OUT_BV", OUT_BV)
         BTO, grid, indices, _ = _output_chunks(L, every)  # (its state rows: the walk's every-th, STATE_EVERY)
-        _rdn_out_kernel[(grid[0], triton.cdiv(L.V, BVO), grid[1])](
+        _rdn_out_kernel[(grid[0], cdiv(L.V, BVO), grid[1])](
             q, k, g, gamma, h_s, h_r, u, w, o, L.cu_seqlens, indices, scale, L.T,
             H=L.H, K=L.K, V=L.V, BT=BTO, BK=L.BK, BV=BVO, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen,
             **L.order)
@@ -530,7 +532,7 @@ def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[in
     ``BV`` wide, on ``sms`` SMs."""
     steps = triton_utils.knob_steps("REBUILD_STEPS", REBUILD_STEPS)
     BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
-    launched = 2 * triton.cdiv(K, BK) * triton.cdiv(V, BV) * programs  # S's and R's walks share the launch
+    launched = 2 * cdiv(K, BK) * cdiv(V, BV) * programs  # S's and R's walks share the launch
     return BK, steps or (2 if launched < 2 * sms else 1)
 
 
@@ -550,7 +552,7 @@ def _output_chunks(L: _Layout, every: int) -> tuple:
         return L.BT, L.chunk_grid, L.chunk_indices, L.chunk_offsets
     BT = every * L.BT
     if not L.varlen:
-        return BT, (triton.cdiv(L.T, BT), L.chunk_grid[1]), None, None
+        return BT, (cdiv(L.T, BT), L.chunk_grid[1]), None, None
     indices, offsets = chunk_tables(L.cu_seqlens, BT, L.T)  # no sync: made where needed
     return BT, (indices.shape[0], L.H), indices, offsets
 
@@ -576,7 +578,7 @@ def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside 
     BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sm_count(k.device))
     h_s, h_r, *finals = out or _rebuild_buffers(L, k)
     with beside:
-        _rdn_bwd_rebuild_kernel[(2 * triton.cdiv(L.K, BK), triton.cdiv(L.V, BV), L.N * L.H)](
+        _rdn_bwd_rebuild_kernel[(2 * cdiv(L.K, BK), cdiv(L.V, BV), L.N * L.H)](
             k, u, w, g, S0, R0, h_s, h_r, *finals, L.cu_seqlens, L.chunk_offsets, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=BK, BV=BV, DOT_PREC=L.dot_prec,
             DOTS_FP32=triton_utils.HALF_DOTS_IN_FP32 or k.dtype == torch.float32, HAS_S0=S0 is not None,
@@ -607,7 +609,7 @@ def transposed_reverse_walks(BV: int, trailed: bool) -> tuple[bool, bool]:
 def _reverse_walk_grid(L: _Layout) -> tuple[int, tuple[int, int]]:
     """The reverse walks' V-block width and their (V-block, sequence x head) programs a walk."""
     BV = L.width("REVERSE_WALK_BV", L.reverse_walk_BV)
-    return BV, (triton.cdiv(L.V, BV), L.N * L.H)
+    return BV, (cdiv(L.V, BV), L.N * L.H)
 
 
 def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv,
@@ -713,7 +715,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     if L.n_chunks:
         NTH = L.B * L.T * L.H
         BKB = triton_utils.knob_width("GRAD_BK", GRAD_BK, GRAD_BK, L.K)  # min(GRAD_BK, L.BK), validated
-        NK = triton.cdiv(L.K, BKB)
+        NK = cdiv(L.K, BKB)
         mats = q.new_empty(2, L.B, L.T, L.H, L.BT, dtype=torch.float32)  # dkk + dkk^T and dqk a chunk
         rows_part = q.new_empty(4, NTH, dtype=torch.float32)  # the rows that read no state: dG, dGp, dbeta, dgamma
         _rdn_bwd_mats_kernel[L.chunk_grid](

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
-from ..triton_utils import GRID_AXIS_LIMIT, load_gate
+from ..triton_utils import GRID_AXIS_LIMIT, cdiv, load_gate
 from ._triton_helpers import autotune, chunk_prologue, launch_configs, load_tile, seq_bounds, store_tile
 from .chunk_fwd import chunk_decays, state_row
 
@@ -117,16 +117,16 @@ def auto_segments(B: int, T: int, H: int, K: int, V: int, sm_count: int) -> int:
     when the fused walk leaves under half the SMs idle (the segmented walks do about twice its work). Four,
     not two: on the H200 at SmolLM2's 32k prefill (B=1, H=9, D=64) the forward took 4.15 ms fused, 3.52 at
     P=4 (2x), 3.21 at P=8 (4x), 3.76 at P=16."""
-    fused_programs = B * H * triton.cdiv(V, 16)
+    fused_programs = B * H * cdiv(V, 16)
     if 2 * fused_programs > sm_count or T < MIN_CUT_TOKENS:
         return 1
-    per_segment = B * H * triton.cdiv(V + K, 16)
-    return max(1, min(triton.cdiv(4 * sm_count, per_segment), T // MIN_SEGMENT_TOKENS))
+    per_segment = B * H * cdiv(V + K, 16)
+    return max(1, min(cdiv(4 * sm_count, per_segment), T // MIN_SEGMENT_TOKENS))
 
 
 def usable_segments(segments: int, B: int, T: int, H: int, chunk_size: int) -> int:
     """At most one segment per chunk, and B * P * H within a CUDA grid axis."""
-    return max(1, min(segments, triton.cdiv(T, chunk_size), GRID_AXIS_LIMIT // (B * H)))
+    return max(1, min(segments, cdiv(T, chunk_size), GRID_AXIS_LIMIT // (B * H)))
 
 
 def _walk_segments(L, k, y, g, rate, t_x, cu, chunk_offsets, n_segments):
@@ -134,7 +134,7 @@ def _walk_segments(L, k, y, g, rate, t_x, cu, chunk_offsets, n_segments):
     h = k.new_empty(L.n_chunks, L.H, L.K, SW, dtype=torch.float32)
     final = k.new_empty(n_segments, L.H, L.K, SW, dtype=torch.float32)
     BV = 16
-    _delta_walk_kernel[(triton.cdiv(SW, BV), n_segments * L.H)](
+    _delta_walk_kernel[(cdiv(SW, BV), n_segments * L.H)](
         k, y, g, rate, t_x, h, final, cu, chunk_offsets, L.T,
         H=L.H, K=L.K, V=L.V, SW=SW, BT=L.BT, BK=L.BK, BV=BV, DOT_PREC=L.dot_prec)
     return h, final
@@ -175,9 +175,9 @@ def _chain(L, h, final, M0, P, chunk_segment):
 def chunk_rdn_fwd_segmented(L, q, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, segments):
     """Chunk-start states h_s, h_r, pseudo-values U, W and final states S_T, R_T of a fixed-length batch,
     as chunk_fwd's walk gives them, each sequence cut into ``segments`` pieces of whole chunks."""
-    nt = triton.cdiv(L.T, L.BT)
-    seg_chunks = triton.cdiv(nt, segments)
-    P = triton.cdiv(nt, seg_chunks)
+    nt = cdiv(L.T, L.BT)
+    seg_chunks = cdiv(nt, segments)
+    P = cdiv(nt, seg_chunks)
     # Segment (b, p) starts at token b T + p seg_chunks BT and at chunk row b nt + p seg_chunks; built on the
     # device in closed form (no host round trip).
     device = q.device

@@ -29,14 +29,14 @@ x K x V plus B x T x H x (V + BT) elements (0.7 GB a layer at that shape).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import triton
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, chunk_tables, dot_precision, knob_steps,
-                           knob_width, sm_count, walk_gates, wide_reverse_walk)
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, cdiv, chunk_tables, dot_precision, knob_steps,
+                           knob_width, next_power_of_2, sm_count, walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
                         _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rerun_walk_kernel, _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -171,7 +171,7 @@ class _Layout:
         if chunk_size not in (16, 32, 64, 128):
             raise ValueError(f"chunk_size must be 16, 32, 64 or 128; got {chunk_size}")
         self.BT = chunk_size
-        self.BK = max(16, triton.next_power_of_2(self.K))
+        self.BK = max(16, next_power_of_2(self.K))
         # New widths were timed with bf16 inputs at K=128 (the header's date): fp32 inputs and K > 128 keep the
         # widths of before, sized for fp32 tiles' shared memory (with fp32 tiles a 64-wide dq/dk/dg V-block would
         # need ~224 KiB at K=128; H100: 227 KiB) and for a [K, BV] fp32 tile in registers.
@@ -210,7 +210,7 @@ class _Layout:
         # kernel (H100, 2026-12-05); there, at K > 128 and at 128-token chunks (never run at pairs on a GPU), a chunk
         # a program.
         self.halves = FWD_HALVES if (wide or self.K <= 64) and self.BT <= 64 else 1
-        V2 = max(16, triton.next_power_of_2(self.V))
+        V2 = max(16, next_power_of_2(self.V))
         # residual kernel 0.348 -> 0.334 ms at 128 wide (one V-block at V=128); the output kernel is slower there
         # (0.46 -> 0.52). At chunk pairs (FWD_HALVES 2) 64: 0.544 -> 0.411 ms at B=16 T=2k (H100, 2026-12-05 16:40,
         # autotuned; the pair's second chunk holds two more [BT, BT] blocks and its own tiles beside the state's).
@@ -232,11 +232,11 @@ class _Layout:
         # ms backward wall; B=2 T=16k, 128 programs at 32, lost at 16: 3.207 -> 3.521); two chunks a loop turn where
         # its programs are fewer than the SMs. fp32 inputs: 16 (their q and k tiles take twice the shared memory).
         sms = sm_count(q.device)
-        programs_32 = self.N * self.H * triton.cdiv(self.V, 32)
+        programs_32 = self.N * self.H * cdiv(self.V, 32)
         self.duwalk_few = programs_32 < sms
         du_walk_bv = 16 if 2 * programs_32 < sms or not half else 32
         self.BV_duwalk = self._knob("DU_WALK_BV", min(du_walk_bv, V2), self.V)
-        self.duwalk_grid = (triton.cdiv(self.V, self.BV_duwalk), self.N * self.H)
+        self.duwalk_grid = (cdiv(self.V, self.BV_duwalk), self.N * self.H)
         self.duwalk_steps = steps or (2 if math.prod(self.duwalk_grid) < sms else 1)
         self.BV_intra = self._knob("INTRA_BV", narrow_bv, self.V)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
@@ -274,12 +274,12 @@ class _Layout:
         if self.varlen:
             self.chunk_indices, self.chunk_offsets = chunk_tables(cu_seqlens, self.BT, self.T)
             self.n_chunks = self.chunk_indices.shape[0]
-            self.parallel_grid = lambda BV: (triton.cdiv(self.V, BV), self.n_chunks, self.H)
+            self.parallel_grid = lambda BV: (cdiv(self.V, BV), self.n_chunks, self.H)
         else:
             self.chunk_indices = self.chunk_offsets = None
-            self.n_chunks = self.B * triton.cdiv(self.T, self.BT)
-            nt = triton.cdiv(self.T, self.BT)
-            self.parallel_grid = lambda BV: (triton.cdiv(self.V, BV), nt, self.B * self.H)
+            self.n_chunks = self.B * cdiv(self.T, self.BT)
+            nt = cdiv(self.T, self.BT)
+            self.parallel_grid = lambda BV: (cdiv(self.V, BV), nt, self.B * self.H)
         # The forward's residual and output kernels at FWD_HALVES chunks a program (their tables: chunk_tables at that
         # many chunks; no sync), and the state layout of walks storing every such group's first state alone.
         if self.halves == 1:
@@ -289,12 +289,12 @@ class _Layout:
         elif self.varlen:
             self.pair_indices, self.pair_offsets = chunk_tables(cu_seqlens, self.halves * self.BT, self.T)
             self.pair_rows = self.pair_indices.shape[0]
-            self.pair_grid = lambda BV: (triton.cdiv(self.V, BV), self.pair_rows, self.H)
+            self.pair_grid = lambda BV: (cdiv(self.V, BV), self.pair_rows, self.H)
         else:
             self.pair_indices = self.pair_offsets = None
-            n_pairs = triton.cdiv(triton.cdiv(self.T, self.BT), self.halves)
+            n_pairs = cdiv(cdiv(self.T, self.BT), self.halves)
             self.pair_rows = self.B * n_pairs
-            self.pair_grid = lambda BV: (triton.cdiv(self.V, BV), n_pairs, self.B * self.H)
+            self.pair_grid = lambda BV: (cdiv(self.V, BV), n_pairs, self.B * self.H)
         # Axes 1 and 2 of a grid stop at GRID_AXIS_LIMIT: the walks put (sequence, head) on axis 2, the
         # chunk-parallel kernels the chunks on axis 1. Refused here, before any launch.
         if self.N * self.H > GRID_AXIS_LIMIT:
@@ -320,14 +320,14 @@ class _Layout:
         programs at 32 wide would be fewer than the SMs (``idle``); with ``wide_bv``, 64 wide where those programs
         at 64 wide still outnumber the SMs."""
         sms = sm_count(device)
-        BV = max(16, min(32, triton.next_power_of_2(self.V)))
-        BK = min(wide_bk if self.N * self.H * triton.cdiv(self.V, BV) >= sms else 64, self.BK)
+        BV = max(16, min(32, next_power_of_2(self.V)))
+        BK = min(wide_bk if self.N * self.H * cdiv(self.V, BV) >= sms else 64, self.BK)
         BK = self._knob(bk_knob, BK, self.K)
-        idle = self.N * self.H * triton.cdiv(self.K, BK) * triton.cdiv(self.V, BV) < sms
-        if wide_bv and wide_reverse_walk(self.V, self.N * self.H * triton.cdiv(self.K, BK), sms):
+        idle = self.N * self.H * cdiv(self.K, BK) * cdiv(self.V, BV) < sms
+        if wide_bv and wide_reverse_walk(self.V, self.N * self.H * cdiv(self.K, BK), sms):
             BV = 64
         BV = self._knob(bv_knob, 16 if idle else BV, self.V)
-        return BK, BV, idle, (triton.cdiv(self.K, BK), triton.cdiv(self.V, BV), self.N * self.H)
+        return BK, BV, idle, (cdiv(self.K, BK), cdiv(self.V, BV), self.N * self.H)
 
 
 def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -> tuple:
@@ -338,6 +338,7 @@ def kept_walk_shapes(q, V: int, cu_seqlens=None, chunk_size: int = CHUNK_SIZE) -
     return shapes.rla_kept_shapes(q, V, cu_seqlens, chunk_size)
 
 
+@functools.lru_cache(maxsize=64)  # (a torch.tensor round trip a call: ~20 us of host time, for a handful of values)
 def _stored_clip(clip: float, dtype: torch.dtype):
     """The clip value c as the kernels hold it (fp32), rounded to ``dtype`` -- what a saturated residual
     stores -- and the largest ``dtype`` value below that, where a non-saturated one that would round onto it
@@ -601,8 +602,8 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
 
     # dh_R' per chunk (its end-state gradient), then du and gamma's residual term; dh_S' (which du feeds),
     # then dv and dbeta (DU_WALK 1: the first three as one walk). The per-V-block partial sums are reduced below.
-    nv_du, nv_dv = triton.cdiv(L.V, L.BV_duwalk if du_walk else L.BV_du), triton.cdiv(L.V, L.BV_grad)
-    nk = triton.cdiv(L.K, L.BK_par)
+    nv_du, nv_dv = cdiv(L.V, L.BV_duwalk if du_walk else L.BV_du), cdiv(L.V, L.BV_grad)
+    nk = cdiv(L.K, L.BK_par)
     # dg's partial sums: nk from the dq/dk/dg kernel's K-blocks
     dg_part = q.new_empty(nk, *g.shape, dtype=torch.float32)
     du = torch.empty_like(res)  # the input dtype, as r (see _Layout.res_dtype)
@@ -655,7 +656,7 @@ def chunk_rla_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     # the partial sums, added and cast in one launch (plan P7: it replaces four torch sums, two adds and a zero fill)
     dg, dbeta, dgamma = torch.empty_like(g), torch.empty_like(beta), torch.empty_like(gamma)
     E = g.numel()
-    _rla_bwd_sums_kernel[(max(1, triton.cdiv(E, SUMS_BLOCK)),)](
+    _rla_bwd_sums_kernel[(max(1, cdiv(E, SUMS_BLOCK)),)](
         dg_part, dg_part.shape[0], dbeta_part, dbeta_part.shape[0], dgamma_part, dgamma_part.shape[0], dgamma_intra,
         dg, dbeta, dgamma, E, BLOCK=SUMS_BLOCK,
     )

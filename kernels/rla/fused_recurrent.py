@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ..residual import RESIDUAL_FUNCTIONS
+from ..triton_utils import cdiv, next_power_of_2
 
 # Residual codes passed to the kernel as a constexpr, so each variant compiles without dead branches.
 _RESIDUAL_IDENTITY, _RESIDUAL_CLIP, _RESIDUAL_TANH = 0, 1, 2
@@ -165,13 +166,13 @@ def fused_recurrent_fwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, 
         S_T = q.new_empty(N, H, K, V, dtype=torch.float32)
         R_T = q.new_empty(N, H, K, V, dtype=torch.float32)
 
-    BK = triton.next_power_of_2(K)
+    BK = next_power_of_2(K)
     # Small V-blocks give a decode batch of a few sequences enough programs to fill the GPU. Each program
     # holds two [BK, BV] fp32 states; ptxas for sm_90 (Triton 3.9 here) gives 166 registers and no spill at
     # K=128, BV=8, one warp, and at K=256, BV=8, two warps; BV=16 on one warp spills.
-    BV = min(8, triton.next_power_of_2(V))
+    BV = min(8, next_power_of_2(V))
     residual_code = _RESIDUAL_IDENTITY if clip is None else (_RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
-    grid = (N * H, triton.cdiv(V, BV))
+    grid = (N * H, cdiv(V, BV))
     _fused_recurrent_fwd_kernel[grid](
         q, k, v, g, beta, gamma, o,
         S0, R0, S_T, R_T, cu_seqlens,
