@@ -277,8 +277,8 @@ class _Layout:
             self.parallel_grid = lambda BV: (cdiv(self.V, BV), self.n_chunks, self.H)
         else:
             self.chunk_indices = self.chunk_offsets = None
-            self.n_chunks = self.B * cdiv(self.T, self.BT)
             nt = cdiv(self.T, self.BT)
+            self.n_chunks = self.B * nt
             self.parallel_grid = lambda BV: (cdiv(self.V, BV), nt, self.B * self.H)
         # The forward's residual and output kernels at FWD_HALVES chunks a program (their tables: chunk_tables at that
         # many chunks; no sync), and the state layout of walks storing every such group's first state alone.
@@ -292,7 +292,7 @@ class _Layout:
             self.pair_grid = lambda BV: (cdiv(self.V, BV), self.pair_rows, self.H)
         else:
             self.pair_indices = self.pair_offsets = None
-            n_pairs = cdiv(cdiv(self.T, self.BT), self.halves)
+            n_pairs = cdiv(nt, self.halves)  # (nt: set above, not varlen either)
             self.pair_rows = self.B * n_pairs
             self.pair_grid = lambda BV: (cdiv(self.V, BV), n_pairs, self.B * self.H)
         # Axes 1 and 2 of a grid stop at GRID_AXIS_LIMIT: the walks put (sequence, head) on axis 2, the
