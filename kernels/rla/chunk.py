@@ -65,8 +65,10 @@ INTRA_BV = 0  # the intra kernel's V-loop block (M, Mk): auto 64 (32 for fp32 in
 DQKG_BK = 0  # the dq/dk/dg kernel's K-block (one program each): auto 64
 DQKG_BV = 0  # and its V-loop block: auto 32 (64 for bf16/fp16 at K > 128)
 DU_WALK_BV = 0  # the one reverse walk's V-block (DU_WALK 1; all of K a program): auto 32, 16 at low parallelism or fp32
+RERUN_WALK_BK = 0  # the backward's one rerun walk (RERUN_WALK 1): K-block, auto the forward walks'; V-block auto the
+RERUN_WALK_BV = 0  # widest of 64, 32 whose programs are at least half the SMs (bf16/fp16, K <= 128), else the forward's
 LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
-                "DQKG_BK", "DQKG_BV", "DU_BV", "DU_WALK_BV")
+                "DQKG_BK", "DQKG_BV", "DU_BV", "DU_WALK_BV", "RERUN_WALK_BK", "RERUN_WALK_BV")
 # Chunks a walk (forward and reverse) steps per loop turn: 0 automatic, or 1 or 2. Not a width, so not in LAUNCH_KNOBS
 # (its users validate widths), but set by name the same way (--knob WALK_STEPS=1,2, --set WALK_STEPS=2). With 2 a turn
 # issues two 64-token chunks' loads and dots together (only the carry h <- exp(G_L) h + update is sequential); each
@@ -203,6 +205,7 @@ class _Layout:
         # T=16k 3.071 -> 2.953 (the rerun 1.29 -> 0.84 ms of GPU time, dv beside it 0.67 -> 0.39, the reverse walk
         # 0.95 -> 1.19), B=1 T=32k 3.445 -> 3.453 (even); the forward walks keep two steps there (16k 1.617 -> 1.729).
         self.beside_steps = steps or 1
+        self.BK_rerun, self.BV_rerun, self.rerun_grid = self._rerun_blocks(wide, q.device)
         if FWD_HALVES not in (1, 2):
             raise ValueError(f"launch knob FWD_HALVES must be 1 (a chunk a program) or 2 (chunk pairs); got "
                              f"{FWD_HALVES!r}")
@@ -313,6 +316,23 @@ class _Layout:
     def _knob(name: str, auto: int, dim: int) -> int:
         """The width the launch knob ``name`` (a module int above) asks for, ``auto`` at 0: knob_width's rules."""
         return knob_width(name, globals()[name], auto, dim)
+
+    def _rerun_blocks(self, wide: bool, device):
+        """The backward's one rerun walk's (K-block, V-block, grid). It runs beside the one reverse walk, whose
+        programs already fill the SMs, so it wants few programs, not many: at the forward walks' widths its own
+        programs crowded the reverse walk's. Backward wall ms, the rerun's V-block at the forward's 16 / 32 / 64 (K-block
+        64; H100, Triton 3.6, 2026-12-06 10:33, `profile_kernels.py --ops rla --wall --tune --knob WALK_BV=16,32,64
+        --knob WALK_STEPS=1,2`, one step a turn): B=2 T=16k 2.969 / 2.946 / **2.811** (128 programs at 64), B=1 T=32k
+        3.452 / **3.321** / 3.367 (128 at 32, 64 at 64). Hence the widest of 64 and 32 with programs at least half
+        the SMs."""
+        BK = self._knob("RERUN_WALK_BK", self.BK_walk, self.K)
+        BV = self.BV_walk
+        if wide:
+            programs = self.N * self.H * cdiv(self.K, BK)
+            half_sms = sm_count(device) / 2
+            BV = next((bv for bv in (64, 32) if programs * cdiv(self.V, bv) >= half_sms), BV)
+        BV = self._knob("RERUN_WALK_BV", min(BV, max(16, next_power_of_2(self.V))), self.V)
+        return BK, BV, (cdiv(self.K, BK), cdiv(self.V, BV), self.N * self.H)
 
     def _walk_blocks(self, bk_knob: str, bv_knob: str, wide_bk: int, device, wide_bv: bool = False):
         """A walk's (K-block, V-block, idle, grid) from its two knobs: ``wide_bk`` x 32 where (sequence x head,
@@ -427,9 +447,9 @@ def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside, 
         return h_s, h_r
     (h_s, _), (h_r, _) = _chunk_states(L, k, False), _chunk_states(L, k, False)
     with beside:
-        _rerun_walk_kernel[L.walk_grid](
+        _rerun_walk_kernel[L.rerun_grid](
             k, v, res, g, beta, gamma, S0, R0, h_s, h_r, L.cu_seqlens, L.chunk_offsets, L.T,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
+            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_rerun, BV=L.BV_rerun, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
             HAS_S0=S0 is not None, HAS_R0=R0 is not None, IS_VARLEN=L.varlen, WALK_STEPS=steps,
         )
     beside.use(k, v, res, g, beta, gamma, S0, R0, h_s, h_r, L.cu_seqlens, L.chunk_offsets)

@@ -537,7 +537,7 @@ def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_
 
 KNOBS = sys.modules[chunk_rla_fwd.__module__].LAUNCH_KNOBS
 WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg",
-          "BV_du", "BV_duwalk")
+          "BV_du", "BV_duwalk", "BK_rerun", "BV_rerun")
 
 # (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0 in WIDTHS' order and the walks' chunks a loop turn at
 # WALK_STEPS 0 (forward, reverse), worked out by hand from the rules in rla/chunk.py's comments (the H200's winners of
@@ -547,18 +547,19 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
 # bf16/fp16 at K <= 128 where 64-wide programs still outnumber the SMs, 2026-12-02 19:36; the residual kernel 64 wide
 # where it takes chunk pairs, FWD_HALVES 2: bf16/fp16 at K <= 128, H100 2026-12-05 16:40; the one reverse walk of
 # DU_WALK 32 wide, 16 for fp32 or where 32-wide programs would leave half the SMs idle, two steps a turn where its
-# programs would leave any idle)
+# programs would leave any idle; the rerun walk at the forward walks' K-block, its V-block 64 or 32 wide for bf16/fp16
+# at K <= 128, the widest whose programs are at least half the SMs, H100 2026-12-06 10:33)
 AUTOMATIC_WIDTHS = [
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64, 32), (1, 1, 1)),  # 2k
-    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32), (2, 1, 1)),  # its 8k
-    ((torch.bfloat16, 2, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 128, 64, 64, 32, 64, 32), (2, 1, 2)),  # its 16k
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64, 16), (2, 2, 2)),  # batch-1
-    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32, 16), (1, 1, 1)),
-    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64, 32), (1, 1, 1)),  # SmolLM2, no GPU
-    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32), (1, 1, 1)),
-    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64, 32), (1, 1, 1)),
-    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2, 2)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 64, 64, 128, 64, 64, 32, 64, 32), (1, 1, 1)),
+    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64), (1, 1, 1)),  # 2k
+    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64), (2, 1, 1)),  # its 8k
+    ((torch.bfloat16, 2, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64), (2, 1, 2)),  # its 16k
+    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64, 16, 64, 32), (2, 2, 2)),  # batch-1
+    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32, 16, 64, 32), (1, 1, 1)),
+    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64, 32, 64, 64), (1, 1, 1)),  # SmolLM2, no GPU
+    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64), (1, 1, 1)),
+    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64, 32, 64, 32), (1, 1, 1)),
+    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2, 2)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64), (1, 1, 1)),
 ]
 
 
@@ -575,6 +576,7 @@ def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want
     assert L.walk_grid == (triton.cdiv(K, want[0]), triton.cdiv(V, want[1]), B * H)
     assert L.dwalk_grid == (triton.cdiv(K, want[2]), triton.cdiv(V, want[3]), B * H)
     assert L.duwalk_grid == (triton.cdiv(V, want[11]), B * H)
+    assert L.rerun_grid == (triton.cdiv(K, want[12]), triton.cdiv(V, want[13]), B * H)
     assert (L.walk_steps, L.dwalk_steps, L.duwalk_steps) == steps
 
 
@@ -609,13 +611,14 @@ KNOB_CASES = {
     # and the walks, several V-blocks everywhere, partial last ones (K = 48, V = 40); dh_R's and dh_S's walks and
     # the du kernel (DU_WALK 0), whose widths these are
     "narrow_fp32": (dict(WALK_BK=16, WALK_BV=16, REVERSE_WALK_BK=32, REVERSE_WALK_BV=16, RES_BV=16, OUT_BV=32,
-                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16, DU_BV=32, DU_WALK=0),
+                         GRAD_BV=16, INTRA_BV=16, DQKG_BK=16, DQKG_BV=16, DU_BV=32, DU_WALK=0, RERUN_WALK_BK=32,
+                         RERUN_WALK_BV=16),
                     dict(B=1, T=70, H=2, K=48, V=40), None, (1.0, "clip"), 1e-4),
     # every width as wide as the head dims (one K-block and one V-block everywhere, both partial: K = 96, V = 80),
     # packed sequences
     "wide_bf16_varlen": (dict(WALK_BK=128, WALK_BV=128, REVERSE_WALK_BK=128, REVERSE_WALK_BV=64, RES_BV=128,
                               OUT_BV=128, GRAD_BV=128, INTRA_BV=128, DQKG_BK=128, DQKG_BV=128, DU_BV=128,
-                              DU_WALK_BV=128),
+                              DU_WALK_BV=128, RERUN_WALK_BK=128, RERUN_WALK_BV=128),
                          dict(B=1, T=70, H=1, K=96, V=80, N=3, dtype=torch.bfloat16), [0, 30, 31, 70],
                          (0.7, "tanh"), 1e-2),
     # the benchmark's head dims at other widths than the defaults: dq/dk/dg with one 128-wide K-block and two
@@ -638,23 +641,33 @@ def test_launch_knobs_give_the_oracle(monkeypatch, case):
     inputs, S0, R0 = make_inputs(**shape)
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], clip, residual, S0, R0, cu, 64)
-    dims = dict(WALK_BK=shape["K"], REVERSE_WALK_BK=shape["K"], DQKG_BK=shape["K"])
+    dims = dict(WALK_BK=shape["K"], REVERSE_WALK_BK=shape["K"], DQKG_BK=shape["K"], RERUN_WALK_BK=shape["K"])
     got = dict(zip(KNOBS, (getattr(L, name) for name in WIDTHS)))
     for name, value in knobs.items():
         if name in KNOBS:  # a width (DU_WALK is not)
             assert got[name] == min(value, max(16, triton.next_power_of_2(dims.get(name, shape["V"])))), name
     kernels = ("_state_walk_kernel", "_dstate_walk_kernel", "_rla_residual_kernel", "_rla_fwd_output_kernel",
                "_rla_bwd_du_kernel", "_rla_bwd_dv_kernel", "_rla_bwd_intra_kernel", "_rla_bwd_dqkg_kernel",
-               "_rla_bwd_du_walk_kernel")
+               "_rla_bwd_du_walk_kernel", "_rerun_walk_kernel")
     log = record_launches(monkeypatch, chunk, kernels, lambda name, kw: (name, kw["BK"], kw["BV"]))
-    check(inputs, S0, R0, 0.7, clip, residual, cu_seqlens=cu, tol=tol)
+    out = {}
+    check(inputs, S0, R0, 0.7, clip, residual, cu_seqlens=cu, tol=tol, out=out)
     reverse = ({("_rla_bwd_du_walk_kernel", L.BK, L.BV_duwalk)} if chunk.DU_WALK else
                {("_dstate_walk_kernel", L.BK_dwalk, L.BV_dwalk), ("_rla_bwd_du_kernel", L.BK, L.BV_du)})
-    assert set(log) == reverse | {  # each kernel launched at its knobs' widths (the forward walks and residuals twice)
+    widths = reverse | {  # each kernel launched at its knobs' widths (the forward walks and residuals twice)
         ("_state_walk_kernel", L.BK_walk, L.BV_walk),
         ("_rla_residual_kernel", L.BK, L.BV_res), ("_rla_fwd_output_kernel", L.BK, L.BV_out),
         ("_rla_bwd_dv_kernel", L.BK, L.BV_grad),
         ("_rla_bwd_intra_kernel", L.BK, L.BV_intra), ("_rla_bwd_dqkg_kernel", L.BK_par, L.BV_dqkg)}
+    assert set(log) == widths
+    # the residuals kept (training's default): the backward reruns the walks as one, at the rerun's widths
+    log.clear()
+    *_, kept = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True)
+    grads = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *out["cotangents"], walk=kept)
+    assert ("_rerun_walk_kernel", L.BK_rerun, L.BV_rerun) in log
+    _, want_grads = oracle(inputs, S0, R0, 0.7, clip, residual, cu, *out["cotangents"])
+    for name, x, ref in zip(GRAD_NAMES, grads, want_grads):
+        assert (x is None and ref is None) or rel_err(x, ref) < tol, name
 
 
 # name: make_inputs arguments, cu_seqlens, chunk size, (clip, residual), tolerance against float64
