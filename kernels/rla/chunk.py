@@ -320,13 +320,13 @@ class _Layout:
     def _rerun_blocks(self, wide: bool, device):
         """The backward's one rerun walk's (K-block, V-block, grid). It runs beside the one reverse walk, whose
         programs already fill the SMs, so it wants few programs, not many: at the forward walks' widths its own
-        programs crowded the reverse walk's. Backward wall ms, the rerun's V-block at the forward's 16 / 32 / 64 (K-block
-        64; H100, Triton 3.6, 2026-12-06 10:33, `profile_kernels.py --ops rla --wall --tune --knob WALK_BV=16,32,64
-        --knob WALK_STEPS=1,2`, one step a turn): B=2 T=16k 2.969 / 2.946 / **2.811** (128 programs at 64), B=1 T=32k
-        3.452 / **3.321** / 3.367 (128 at 32, 64 at 64). Hence the widest of 64 and 32 with programs at least half
-        the SMs, which won at every T of the bench (10:47, `--knob RERUN_WALK_BV=16,32,64`, 16 / 32 / 64): B=16 T=2k
-        2.783 / 2.708 / **2.628**, B=4 T=8k 2.794 / 2.715 / **2.644**, B=2 T=16k 2.961 / 2.949 / **2.810**, B=1 T=32k
-        3.450 / **3.303** / 3.348."""
+        programs crowded the reverse walk's. Backward wall ms, the rerun's V-block at the forward's 16 / 32 / 64
+        (K-block 64; H100, Triton 3.6, 2026-12-06 10:33, `profile_kernels.py --ops rla --wall --tune --knob
+        WALK_BV=16,32,64 --knob WALK_STEPS=1,2`, one step a turn): B=2 T=16k 2.969 / 2.946 / **2.811** (128 programs
+        at 64), B=1 T=32k 3.452 / **3.321** / 3.367 (128 at 32, 64 at 64). Hence the widest of 64 and 32 with
+        programs at least half the SMs, which won at every T of the bench (10:47, `--knob RERUN_WALK_BV=16,32,64`,
+        16 / 32 / 64): B=16 T=2k 2.783 / 2.708 / **2.628**, B=4 T=8k 2.794 / 2.715 / **2.644**, B=2 T=16k 2.961 /
+        2.949 / **2.810**, B=1 T=32k 3.450 / **3.303** / 3.348."""
         BK = self._knob("RERUN_WALK_BK", self.BK_walk, self.K)
         BV = self.BV_walk
         if wide:
