@@ -333,7 +333,7 @@ class _Layout:
             programs = self.N * self.H * cdiv(self.K, BK)
             half_sms = sm_count(device) / 2
             BV = next((bv for bv in (64, 32) if programs * cdiv(self.V, bv) >= half_sms), BV)
-        BV = self._knob("RERUN_WALK_BV", min(BV, max(16, next_power_of_2(self.V))), self.V)
+        BV = self._knob("RERUN_WALK_BV", BV, self.V)  # (knob_width clamps the automatic width to V's too)
         return BK, BV, (cdiv(self.K, BK), cdiv(self.V, BV), self.N * self.H)
 
     def _walk_blocks(self, bk_knob: str, bv_knob: str, wide_bk: int, device, wide_bv: bool = False):
