@@ -188,6 +188,11 @@ DS_WALK_T = 0
 # 2.41 at 32k.
 REBUILD_BK = 0
 REBUILD_STEPS = 0
+# V-block width of the rebuild (0: the forward walk's, WALK_BV). It runs beside the reverse walks, whose programs
+# already fill the SMs, so its own programs may want to be few (RLA's rerun walk gained 0.07-0.15 ms of backward wall
+# at every T from 64 / 32 wide over the forward's 32 / 16: rla/chunk.py's _Layout._rerun_blocks). A knob so that
+# profile_kernels.py --ops rdn --wall --knob REBUILD_BV=16,32,64 can time it before the automatic width moves.
+REBUILD_BV = 0
 # Warps of the rebuild kernel (ptxas sm_90 at B=1 T=32k, BK 128, BV 16, two chunks a turn: 84 registers, 70 KB
 # shared at 4). 4 -> 8 (H200, 2026-12-02 11:17, profile_kernels.py --knob REBUILD_WARPS=4,8): 1.389 -> 1.390 ms at
 # B=1 T=32k, 0.97 -> 1.08 at B=2 T=16k.
@@ -574,7 +579,7 @@ def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside 
     in one launch (chunk_bwd._rdn_bwd_rebuild_kernel: RLA's walk with no rate, S's update split as the forward walk's,
     R's rounded); ``beside``: queued on its stream, into ``out`` (``_rebuild_buffers``, allocated before its fork)."""
     beside = beside or triton_utils.Beside(k, False)
-    BV = L.width("WALK_BV", L.walk_BV)
+    BV = L.width("REBUILD_BV", L.width("WALK_BV", L.walk_BV))
     BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sm_count(k.device))
     h_s, h_r, *finals = out or _rebuild_buffers(L, k)
     with beside:

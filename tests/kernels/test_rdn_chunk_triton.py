@@ -919,6 +919,32 @@ def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
         assert got[:n].abs().amax() > 0
 
 
+def test_rebuild_at_its_own_v_block_width(monkeypatch):
+    """REBUILD_BV sets the rebuild's V-block apart from the forward walk's (0: the forward's): at 16 and 64 wide (V =
+    80: the last 64-wide block partial) the rebuilt chunk states are the forward walk's width's, column for column
+    (the same sums over K and tokens in each), packed sequences, fp32; a width that is not a power of two is named."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    cu = torch.tensor([0, 5, 75, 112, 141], dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(B=1, T=141, H=2, K=32, V=80, N=4)
+    q, k, v, g, beta, gamma = inputs
+    *_, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, keep_tokens=True)
+    u, w, _ = tokens
+    L = chunk._Layout(q, k, v, g, beta, gamma, 1.0, "clip", S0, R0, cu, chunk.BWD_CHUNK_SIZE)
+    n = int(L.chunk_offsets[-1])
+    widths = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",), lambda name, kw: kw["BV"])
+    states = {}
+    for bv in (0, 16, 64):
+        monkeypatch.setattr(chunk, "REBUILD_BV", bv)
+        states[bv] = chunk._rebuild_states(L, k, g, u, w, S0, R0)
+    assert widths == [L.width("WALK_BV", L.walk_BV), 16, 64]
+    for bv in (16, 64):
+        for got, ref in zip(states[bv], states[0]):
+            assert rel_err(got[:n], ref[:n]) < 1e-6 and ref[:n].abs().amax() > 0
+    monkeypatch.setattr(chunk, "REBUILD_BV", 24)
+    with pytest.raises(ValueError, match="launch knob REBUILD_BV "):
+        chunk._rebuild_states(L, k, g, u, w, S0, R0)
+
+
 def test_output_at_two_walk_chunks_from_every_other_state(monkeypatch):
     """STATE_EVERY=2 (32-token chunks): the forward walk (both orientations) stores the even chunks' start states
     alone and the output kernel runs at 64-token chunks on them: o as with every chunk's state and 32-token output
