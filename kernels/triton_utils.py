@@ -29,6 +29,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import shapes
 from .backend import split_asm_requested
@@ -213,6 +214,28 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def copy_engine_loads(device: torch.device) -> bool:
+    """Whether kernels may load tiles through TMA descriptors on ``device``: Hopper or newer (the copy engine), or
+    Triton's interpreter (which reads descriptors as masked loads, so the CPU tests run that path)."""
+    if INTERPRET:
+        return True
+    return device.type == "cuda" and _cuda_capability(device.index if device.index is not None
+                                                        else torch.cuda.current_device()) >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def rows_descriptor(x: torch.Tensor, width: int, block: tuple[int, int]):
+    """A TMA descriptor of contiguous ``x`` viewed as [x.numel() / width, width] in ``block`` tiles (past the end:
+    zeros), or None where TMA cannot read it (its base not 16-byte aligned, or a row not a multiple of 16 bytes)."""
+    if x.data_ptr() % 16 or (width * x.element_size()) % 16 or not x.is_contiguous():
+        return None
+    return TensorDescriptor(x, shape=[x.numel() // width, width], strides=[width, 1], block_shape=list(block))
 
 
 def wide_reverse_walk(V: int, programs_a_block: int, sms: int) -> bool:

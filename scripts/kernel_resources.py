@@ -130,14 +130,17 @@ def census(cubin: bytes, tool: str) -> str:
     return "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  all {len(rows)}  loop {'-' if loop is None else loop}"
 
 
-def plan_for(sms):
-    """Make the imported kernel modules' launchers plan for ``sms`` SMs (sm_count is 0 off a GPU)."""
+def plan_for(sms, arch=90):
+    """Make the imported kernel modules' launchers plan for ``sms`` SMs (sm_count is 0 off a GPU) and, at ``arch``
+    90 or more, for TMA (copy_engine_loads is False off a GPU)."""
     for name, module in list(sys.modules.items()):
         if name.startswith("rla_kernels.") and hasattr(module, "sm_count"):
             module.sm_count = lambda device: sms
+        if name.startswith("rla_kernels.") and hasattr(module, "copy_engine_loads"):
+            module.copy_engine_loads = lambda device: arch >= 90
 
 
-def run_ops(ops, shape, dtype, sms):
+def run_ops(ops, shape, dtype, sms, arch=90):
     """Both passes of each op on CPU tensors (q, k, v in ``dtype``, fp32 gates as `bench kernels` makes them),
     with every kernel launch recorded instead of run; ``sms``: the SM count the launchers size grids by."""
     B, T, H, K = shape
@@ -148,7 +151,7 @@ def run_ops(ops, shape, dtype, sms):
     do = torch.randn_like(v)
     for op in ops:
         chunk = __import__(f"rla_kernels.{op}.chunk", fromlist=["chunk"])
-        plan_for(sms)
+        plan_for(sms, arch)
         fwd, bwd = getattr(chunk, f"chunk_{op}_fwd"), getattr(chunk, f"chunk_{op}_bwd")
         # As the API runs it: the forward with autograd keeps its per-token tensors (RDN: U, W, X, with its chunk
         # matrices; kernels/library.py), so RDN's backward rebuilds its chunk states instead of rerunning its walk;
@@ -196,7 +199,7 @@ def main():
     set_knobs(args.set, args.ops.split(","))
     Autotuner.run = _autotuner_run
     JITFunction.run = _jit_run
-    run_ops(args.ops.split(","), [int(x) for x in args.shape.split(",")], _HALF[args.dtype], args.sms)
+    run_ops(args.ops.split(","), [int(x) for x in args.shape.split(",")], _HALF[args.dtype], args.sms, args.arch)
     target = GPUTarget("cuda", args.arch, 32)
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     ptxas = subprocess.run([os.path.join(os.path.dirname(tool), "ptxas"), "--version"], capture_output=True,

@@ -35,8 +35,9 @@ import math
 import torch
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, cdiv, chunk_tables, dot_precision, knob_steps,
-                           knob_width, next_power_of_2, sm_count, walk_gates, wide_reverse_walk)
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, cdiv, chunk_tables, copy_engine_loads,
+                           dot_precision, knob_steps, knob_width, next_power_of_2, rows_descriptor, sm_count,
+                           walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
                         _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rerun_walk_kernel, _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -156,6 +157,16 @@ RERUN_WALK = 1
 # 0.672, dv 0.464 -> 0.409, output 0.501 -> 0.530, backward wall 2.819 -> 2.710, forward 1.406 -> 1.448; B=1 T=32k
 # walk 2.207 -> 1.587, backward wall 3.966 -> 3.450, forward 2.045 -> 2.083.
 QK_KEPT = 1
+# 1: the forward walks (S's, R's) load their k and value tiles through TMA descriptors (chunk_fwd._walk_step; their
+# rows past a sequence's end, the next one's tokens, meet a rate of 0 there) where the layout allows
+# (_walk_descriptors); 0: by pointers. Why: a walk's time is its step's instructions times ~7 cycles (ncu, 2026-12-04),
+# and the masked loads' address arithmetic is part of every step (ptxas, Triton 3.6: S's walk loop 620 -> 573 SASS
+# instructions at B=16 T=2k, 576 -> 545 at B=1 T=32k). Forward wall ms 0 -> 1 (H100, 2026-12-06 14:47,
+# `profile_kernels.py --ops rla --wall --tune --knob WALK_TMA=0,1`): B=16 T=2k 1.437 -> 1.403 (both walks 0.466 ->
+# 0.428 ms of GPU time), B=1 T=32k 2.062 -> 1.989 (1.122 -> 1.038). The output and residual kernels through TMA lost
+# in the same run (0.533 -> 0.594 and 0.410 -> 0.442 ms at 32k, as much at 2k; docs/next/README.md, Ideas): with
+# no loop to pipeline, TMA's round trip stands where the LDGs' did.
+WALK_TMA = 1
 
 
 class _Layout:
@@ -400,12 +411,15 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside |
     h, h_lo = _chunk_states(L, k, lo, rows)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     beside = beside or Beside(k, False)
+    tiles = _walk_descriptors(L, k, x)
+    k_t, x_t = tiles or (k, x)
     with beside:
         _state_walk_kernel[L.walk_grid](
-            k, x, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, offsets, L.T,
+            k_t, x_t, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, offsets, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
             SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None,
             HAS_LO=h_lo is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps, STATE_EVERY=every,
+            TMA=tiles is not None,
         )
     beside.use(k, x, g, rate, h0, h, h_lo, final, L.cu_seqlens, offsets)
     return h, h_lo, final
@@ -563,6 +577,16 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     )
     kept = ((h_s, h_r, res) if keep_walk else (res,) if keep_tokens else ()) + ((qk,) if store_qk else ())
     return (o, S_T, R_T) + ((kept,) if kept else ())
+
+
+def _walk_descriptors(L: _Layout, k, x) -> tuple | None:
+    """A forward walk's k and x (v or the residuals) as TMA descriptors, [tokens, H x K] in [BT, BK] tiles and [tokens,
+    H x V] in [BT, BV] ones, or None (pointers) where WALK_TMA is 0, the device has no TMA, a tile would cross a head
+    (K not a multiple of the walk's K-block, V of its V-block) or a tensor's layout is not one TMA reads."""
+    if not WALK_TMA or L.K % L.BK_walk or L.V % L.BV_walk or not copy_engine_loads(k.device):
+        return None
+    tiles = (rows_descriptor(k, L.H * L.K, (L.BT, L.BK_walk)), rows_descriptor(x, L.H * L.V, (L.BT, L.BV_walk)))
+    return None if None in tiles else tiles
 
 
 def _kept(walk, L: _Layout, q, cu_seqlens) -> tuple[list, torch.Tensor | None]:

@@ -99,14 +99,20 @@ def _chunk_gates(g, bos, T_seq, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
 def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr,
-               HAS_RATE: tl.constexpr = True):
+               HAS_RATE: tl.constexpr = True, TMA: tl.constexpr = False):
     """Chunk i_t's step of _state_walk_kernel, h <- exp(G_L) h + update: returns (exp(G_L), update),
     neither of which depends on the state. A chunk past the sequence's end gives (1, 0): h unchanged.
-    Without HAS_RATE the rate is 1 and not read (RDN's rebuild walks)."""
+    Without HAS_RATE the rate is 1 and not read (RDN's rebuild walks). TMA (with HAS_RATE): k and x are
+    descriptors (chunk._walk_descriptors); their rows past the sequence's end (the next one's tokens) meet a rate
+    of 0 there, so they add nothing either."""
     # fla's fwd_h form: k^T raw from memory, the gates on the [BT, BV] side (not on a [BT, BK] fp32 k
     # tile turned in registers). Rows past the end load k = x = 0 (they add nothing).
-    b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
-    b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    if TMA:
+        b_kt = tl.trans(k.load([tl.cast(bos + i_t * BT, tl.int32), tl.cast(i_h * K + i_k * BK, tl.int32)])).to(DT)
+        b_x = x.load([tl.cast(bos + i_t * BT, tl.int32), tl.cast(i_h * V + i_v * BV, tl.int32)]).to(tl.float32)
+    else:
+        b_kt = load_tile_t(k + (bos * H + i_h) * K, i_t * BT, T_seq, H * K, i_k * BK, K, BT, BK).to(DT)
+        b_x = load_tile(x + (bos * H + i_h) * V, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     _, b_G, b_GL, gate_off, in_seq = _chunk_gates(g, bos, T_seq, i_t, i_h, H, BT)
     b_w = tl.exp(b_GL - b_G)
     if HAS_RATE:
@@ -122,7 +128,7 @@ def _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v,
 # Pinned to one launch config, as RDN's walks are: autotuning RDN's walk at B=1, T=32k (16-wide V-blocks)
 # hit a CUDA illegal memory access (cause not found), and a walk has little to tune.
 @autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
-          key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32", "WALK_STEPS", "STATE_EVERY"])
+          key=["H", "K", "V", "BT", "BK", "BV", "SPLIT", "DOT_PREC", "DOTS_FP32", "WALK_STEPS", "STATE_EVERY", "TMA"])
 @triton.jit(do_not_specialize=["T"])
 def _state_walk_kernel(
     k, x, g, rate, h0, h, h_lo, h_final,
@@ -131,7 +137,7 @@ def _state_walk_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
-    STATE_EVERY: tl.constexpr,
+    STATE_EVERY: tl.constexpr, TMA: tl.constexpr,
 ):
     """One gated additive state over a sequence's chunks, h <- exp(G_L) h + (k exp(G_L - G) rate)^T x:
     S with (rate, x) = (beta, v), R with (gamma, r). Stores the chunk-start states (in h's dtype; with
@@ -142,7 +148,7 @@ def _state_walk_kernel(
     _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets, T,
                  tl.cast(tl.program_id(0), tl.int64), tl.cast(tl.program_id(1), tl.int64),
                  tl.cast(tl.program_id(2), tl.int64), H, K, V, BT, BK, BV, SPLIT, DOT_PREC, DOTS_FP32, HAS_H0, HAS_LO,
-                 IS_VARLEN, WALK_STEPS, STATE_EVERY=STATE_EVERY)
+                 IS_VARLEN, WALK_STEPS, STATE_EVERY=STATE_EVERY, TMA=TMA)
 
 
 @triton.jit
@@ -150,13 +156,16 @@ def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
                  HAS_H0: tl.constexpr, HAS_LO: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
-                 HAS_RATE: tl.constexpr = True, STATE_EVERY: tl.constexpr = 1):
+                 HAS_RATE: tl.constexpr = True, STATE_EVERY: tl.constexpr = 1, TMA: tl.constexpr = False):
     """_state_walk_kernel's walk for its (K-block, V-block, sequence x head) program (i_k, i_v, i_nh, int64): also
     RDN's rebuild kernel's, which runs two such walks in one launch without a rate (HAS_RATE False: rate 1).
     STATE_EVERY 2: the even chunks' start states alone, in rows of twice the chunk (packed batches: chunk_offsets
     at twice the chunk)."""
     i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN, STATE_EVERY)
-    DT = k.dtype.element_ty
+    if TMA:
+        DT = k.dtype
+    else:
+        DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
 
@@ -168,12 +177,12 @@ def _walk_states(k, x, g, rate, h0, h, h_lo, h_final, cu_seqlens, chunk_offsets,
         h_off, h_rows = walk_state_slot(i_t, boh, i_h, H, K, V, STATE_EVERY)
         _store_state(h, h_lo, h_off, b_h, i_k * BK, h_rows, V, i_v * BV, V, BK, BV, HAS_LO)
         b_a, b_upd = _walk_step(k, x, g, rate, bos, T_seq, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
-                                DOT_PREC, DT, HAS_RATE)
+                                DOT_PREC, DT, HAS_RATE, TMA)
         if WALK_STEPS == 2:
             # Chunk i_t + 1's step reads no state, so its loads and dots issue beside chunk i_t's. Past the last
             # chunk (odd NT) it changes nothing, and its state row (the next sequence's) is not stored.
             b_a1, b_upd1 = _walk_step(k, x, g, rate, bos, T_seq, i_t + 1, i_h, i_k, i_v, H, K, V, BT, BK, BV, SPLIT,
-                                      DOT_PREC, DT, HAS_RATE)
+                                      DOT_PREC, DT, HAS_RATE, TMA)
             b_h = b_h * b_a + b_upd
             if STATE_EVERY == 1:  # (with 2, chunk i_t + 1 is odd: no state of its own)
                 _store_state(h, h_lo, ((boh + i_t + 1) * H + i_h) * K * V, b_h, i_k * BK,

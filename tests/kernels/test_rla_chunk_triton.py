@@ -1171,3 +1171,37 @@ def test_rerun_as_one_walk(monkeypatch, case):
     with pytest.raises(ValueError, match=r"launch knob RERUN_WALK must be 0 \(two walks\) or 1 \(one walk\); got 2"):
         chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *cotangents, walk=kept, **kw)
     assert log == []
+
+
+# name: make_inputs arguments, cu_seqlens, chunk size, whether the forward walks can take TMA descriptors
+WALK_TMA_CASES = {
+    # a partial last chunk in each of two sequences: TMA reads the next sequence's rows (zeros past the tensor)
+    "fixed_bf16": (dict(B=2, T=37, H=2, K=32, V=32, dtype=torch.bfloat16), None, 16, True),
+    "fixed_fp32_two_v_blocks": (dict(B=2, T=70, H=1, K=64, V=128), None, 64, True),
+    "varlen_bf16": (dict(B=1, T=92, H=2, K=32, V=32, N=5, dtype=torch.bfloat16), [0, 5, 5, 25, 57, 92], 16, True),
+    "k48_pointers": (dict(B=1, T=40, H=1, K=48, V=32), None, 16, False),  # a K-block past K: pointers
+}
+
+
+@pytest.mark.parametrize("case", WALK_TMA_CASES)
+def test_forward_walks_through_tma_are_bit_for_bit(monkeypatch, case):
+    """WALK_TMA 1 (the default): the forward's walks take their k and value tiles through TMA descriptors where the
+    layout allows; the rows they read past a sequence's end (the next sequence's tokens) meet a rate of 0, so o, the
+    final states, the residuals, the kept q.k products and every gradient are the pointer path's bits, and within
+    tolerance of the float64 oracle. Where the layout does not allow (K not a power of two) they take pointers."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, tma = WALK_TMA_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    got = {}
+    for knob in (0, 1):
+        monkeypatch.setattr(chunk, "WALK_TMA", knob)
+        log = record_launches(monkeypatch, chunk, ["_state_walk_kernel"], lambda name, kw: kw["TMA"])
+        *outputs, kept = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu, chunk_size=chunk_size,
+                                       keep_tokens=True)
+        assert log == [bool(knob) and tma] * 2  # S's walk, R's walk
+        got[knob] = outputs + list(kept)
+    for name, a, b in zip(("o", "S_T", "R_T", "r", "qk"), got[0], got[1]):
+        assert torch.equal(a, b), name
+    tol = 1e-4 if shape.get("dtype", torch.float32) == torch.float32 else 1e-2
+    check(inputs, S0, R0, 0.7, 1.0, "clip", cu_seqlens=cu, tol=tol, chunk_size=chunk_size)
