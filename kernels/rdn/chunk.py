@@ -188,10 +188,14 @@ DS_WALK_T = 0
 # 2.41 at 32k.
 REBUILD_BK = 0
 REBUILD_STEPS = 0
-# V-block width of the rebuild (0: the forward walk's, WALK_BV). It runs beside the reverse walks, whose programs
-# already fill the SMs, so its own programs may want to be few (RLA's rerun walk gained 0.07-0.15 ms of backward wall
-# at every T from 64 / 32 wide over the forward's 32 / 16: rla/chunk.py's _Layout._rerun_blocks). A knob so that
-# profile_kernels.py --ops rdn --wall --knob REBUILD_BV=16,32,64 can time it before the automatic width moves.
+# V-block width of the rebuild: 0 automatic (rebuild_width), or a power of two >= 16. Beside the reverse walks (two
+# launches, OVERLAP 1), whose programs already fill the SMs, its own programs crowd theirs: there it wants few, as
+# RLA's rerun walk does (rla/chunk.py's _Layout._rerun_blocks). Backward wall ms at 16 / 32 / 64 wide, H=16 K=V=128
+# bf16 (H100, Triton 3.6, 2026-12-06 14:53, `profile_kernels.py --ops rdn --wall --tune --knob REBUILD_BV=16,32,64`;
+# the forward walk's width was 32 at 2k and 8k, 16 at 16k and 32k): B=16 T=2k 4.664 / 4.455 / **4.449**, B=4 T=8k
+# 5.481 / 4.931 / **4.864**, B=2 T=16k 5.948 / 5.766 / **5.606** (the rebuild 2.27 / 1.67 / 2.21 ms of GPU time beside
+# the walks), B=1 T=32k **7.299** / 7.358 / 7.517 (the walks one launch, TRAILED_WALKS: the rebuild after them, alone,
+# wants the forward walk's many programs).
 REBUILD_BV = 0
 # Warps of the rebuild kernel (ptxas sm_90 at B=1 T=32k, BK 128, BV 16, two chunks a turn: 84 registers, 70 KB
 # shared at 4). 4 -> 8 (H200, 2026-12-02 11:17, profile_kernels.py --knob REBUILD_WARPS=4,8): 1.389 -> 1.390 ms at
@@ -531,6 +535,17 @@ def _fits(walk, L: _Layout, q, cu_seqlens) -> bool:
     return all(tuple(t.shape) == s and t.dtype == d for t, s, d in zip(walk, expected, dtypes))
 
 
+def rebuild_width(K: int, V: int, walk_BV: int, programs: int, sms: int, beside: bool, half: bool) -> int:
+    """The rebuild's V-block (REBUILD_BV; 0 automatic): ``beside`` the reverse walks (two launches) and for half
+    inputs (``half``) with K <= 128, the widest of 64 and 32 whose programs (both walks, ``programs`` sequence x head
+    programs a walk and block) are at least half the ``sms`` SMs; else the forward walk's ``walk_BV``."""
+    BV = walk_BV
+    if beside and half and K <= 128:
+        BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
+        BV = next((bv for bv in (64, 32) if 2 * cdiv(K, BK) * cdiv(V, bv) * programs >= sms / 2), walk_BV)
+    return triton_utils.knob_width("REBUILD_BV", REBUILD_BV, BV, V)
+
+
 def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[int, int]:
     """The rebuild walks' K-block width and chunks a loop turn (REBUILD_BK, REBUILD_STEPS; 0 means the automatic
     choice, whose measurements are at REBUILD_BK): ``programs`` (sequence x head) programs a walk, K- and V-block,
@@ -574,13 +589,16 @@ def _rebuild_buffers(L: _Layout, k) -> tuple:
     return L.chunk_states(k), L.chunk_states(k), L.state(k), L.state(k)
 
 
-def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside | None = None, out=None):
+def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside | None = None, out=None,
+                    crowded: bool = False):
     """The chunk-start states h_s, h_r (L.chunk_states) from the forward's U and W (keep_tokens): two linear walks
     in one launch (chunk_bwd._rdn_bwd_rebuild_kernel: RLA's walk with no rate, S's update split as the forward walk's,
-    R's rounded); ``beside``: queued on its stream, into ``out`` (``_rebuild_buffers``, allocated before its fork)."""
+    R's rounded); ``beside``: queued on its stream, into ``out`` (``_rebuild_buffers``, allocated before its fork);
+    ``crowded``: beside the reverse walks (rebuild_width)."""
     beside = beside or triton_utils.Beside(k, False)
-    BV = L.width("REBUILD_BV", L.width("WALK_BV", L.walk_BV))
-    BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sm_count(k.device))
+    sms = sm_count(k.device)
+    BV = rebuild_width(L.K, L.V, L.width("WALK_BV", L.walk_BV), L.N * L.H, sms, crowded, k.dtype != torch.float32)
+    BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sms)
     h_s, h_r, *finals = out or _rebuild_buffers(L, k)
     with beside:
         _rdn_bwd_rebuild_kernel[(2 * cdiv(L.K, BK), cdiv(L.V, BV), L.N * L.H)](
@@ -703,11 +721,12 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         # nothing they make) and the rebuild queued after them, so that the walks get their SMs first. Not beside
         # walks trailed in one launch: those need every SM's room for their own programs (OVERLAP says by how much).
         rebuilt = _rebuild_buffers(L, k)
-        beside = triton_utils.Beside(k, OVERLAP == 1 and not trailed)
+        crowded = OVERLAP == 1 and not trailed
+        beside = triton_utils.Beside(k, crowded)
     _reverse_walk(L, q, k, *gates, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale,
                   walk_grid, trailed)
     if rebuild:
-        h_s, h_r = _rebuild_states(L, k, gates[0], u, w, S0, R0, beside, rebuilt)
+        h_s, h_r = _rebuild_states(L, k, gates[0], u, w, S0, R0, beside, rebuilt, crowded)
         del rebuilt
     del gates
     del m_k, t_beta, t_gamma, operators

@@ -913,7 +913,7 @@ def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
             k, x, g, torch.ones_like(g), h0, h, h, L.state(k), L.cu_seqlens, L.chunk_offsets, L.T,
             H=L.H, K=L.K, V=L.V, BT=L.BT, BK=16, BV=BV, SPLIT=split, DOT_PREC=L.dot_prec,
             DOTS_FP32=HALF_DOTS_IN_FP32, HAS_H0=True, HAS_LO=False, IS_VARLEN=True, WALK_STEPS=steps,
-            STATE_EVERY=1)
+            STATE_EVERY=1, TMA=False)
         n = int(L.chunk_offsets[-1])  # the chunks; the tables' rows past them (a bound) are never written
         assert torch.equal(got[:n], h[:n])
         assert got[:n].abs().amax() > 0
@@ -943,6 +943,44 @@ def test_rebuild_at_its_own_v_block_width(monkeypatch):
     monkeypatch.setattr(chunk, "REBUILD_BV", 24)
     with pytest.raises(ValueError, match="launch knob REBUILD_BV "):
         chunk._rebuild_states(L, k, g, u, w, S0, R0)
+
+
+def test_rebuild_width_follows_the_reverse_walks(monkeypatch):
+    """The rebuild's automatic V-block: beside the reverse walks (two launches) with half inputs and K <= 128, the
+    widest of 64 and 32 whose programs (both walks) are at least half the SMs; alone after them (trailed walks), for
+    fp32 or for wider heads, the forward walk's. The knob overrides."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    # (K, V, the forward walk's V-block, sequences x heads, SMs, beside, half) at H=16 K=V=128 on the H100's 132 SMs
+    assert chunk.rebuild_width(128, 128, 32, 16 * 16, 132, True, True) == 64  # B=16 T=2k
+    assert chunk.rebuild_width(128, 128, 32, 4 * 16, 132, True, True) == 64  # B=4 T=8k
+    assert chunk.rebuild_width(128, 128, 16, 2 * 16, 132, True, True) == 64  # B=2 T=16k: 128 programs
+    assert chunk.rebuild_width(128, 128, 16, 1 * 16, 132, False, True) == 16  # B=1 T=32k: the walks trailed
+    assert chunk.rebuild_width(128, 128, 16, 1 * 16, 132, True, True) == 32  # 64 programs at 64 wide: too few
+    assert chunk.rebuild_width(128, 128, 16, 1 * 4, 132, True, True) == 16  # 32 at 32 wide: too few too
+    assert chunk.rebuild_width(128, 128, 32, 16 * 16, 132, True, False) == 32  # fp32
+    assert chunk.rebuild_width(256, 256, 32, 16 * 16, 132, True, True) == 32  # K = 256
+    assert chunk.rebuild_width(128, 40, 32, 16 * 16, 132, True, True) == 64  # as wide as V's power of two
+    assert chunk.rebuild_width(128, 24, 16, 16 * 16, 132, True, True) == 32
+    monkeypatch.setattr(chunk, "REBUILD_BK", 64)  # two K-blocks a walk: twice the programs
+    assert chunk.rebuild_width(128, 128, 16, 1 * 16, 132, True, True) == 64
+    monkeypatch.setattr(chunk, "REBUILD_BV", 16)
+    assert chunk.rebuild_width(128, 128, 32, 16 * 16, 132, True, True) == 16
+    # The backward asks for it beside the walks in two launches (TRAILED_WALKS 1), not after one launch (2).
+    monkeypatch.setattr(chunk, "REBUILD_BV", 0)
+    monkeypatch.setattr(chunk, "REBUILD_BK", 0)
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 16)
+    inputs, S0, R0 = make_inputs(B=2, T=70, H=2, K=32, V=80, dtype=torch.bfloat16)
+    *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_tokens=True)
+    do = torch.randn_like(inputs[2])
+    widths = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",), lambda name, kw: kw["BV"])
+    grads = []
+    for trailed in (1, 2):
+        monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
+        grads.append(chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, None, None, wy=wy, walk=tokens))
+    assert widths == [64, 16]  # 2 x 2 x 4 programs at 64 wide, over half of 16 SMs; the forward walk's 16 (its 4 x 3
+    # programs at 32 wide below the SMs)
+    for a, b in zip(*grads):
+        assert (a is None and b is None) or rel_err(a, b) < 1e-2
 
 
 def test_output_at_two_walk_chunks_from_every_other_state(monkeypatch):
