@@ -246,6 +246,14 @@ def wide_reverse_walk(V: int, programs_a_block: int, sms: int) -> bool:
     return V > 32 and programs_a_block * cdiv(V, 64) > sms > 0
 
 
+def beside_walk_width(V: int, programs_a_block: int, sms: int, fallback: int) -> int:
+    """The V-block of a walk that runs beside a reverse walk whose programs already fill the SMs (RLA's rerun walk,
+    RDN's rebuild): the widest of 64 and 32 whose programs (``programs_a_block`` a V-block) are at least half the
+    ``sms`` SMs, else ``fallback``. Its own programs crowd the reverse walk's, so it wants few (H100, 2026-12-06:
+    rla/chunk.py's _Layout._rerun_blocks, rdn/chunk.py's REBUILD_BV). RDN's and RLA's launchers both ask here."""
+    return next((bv for bv in (64, 32) if programs_a_block * cdiv(V, bv) >= sms / 2), fallback)
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count

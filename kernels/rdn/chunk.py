@@ -541,9 +541,13 @@ def rebuild_width(K: int, V: int, walk_BV: int, programs: int, sms: int, beside:
     programs a walk and block) are at least half the ``sms`` SMs; else the forward walk's ``walk_BV``."""
     BV = walk_BV
     if beside and half and K <= 128:
-        BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
-        BV = next((bv for bv in (64, 32) if 2 * cdiv(K, BK) * cdiv(V, bv) * programs >= sms / 2), walk_BV)
+        BV = triton_utils.beside_walk_width(V, 2 * cdiv(K, _rebuild_bk(K)) * programs, sms, walk_BV)
     return triton_utils.knob_width("REBUILD_BV", REBUILD_BV, BV, V)
+
+
+def _rebuild_bk(K: int) -> int:
+    """The rebuild walks' K-block (REBUILD_BK; 0: 128, k^T read once a V-block)."""
+    return triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
 
 
 def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[int, int]:
@@ -551,7 +555,7 @@ def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[in
     choice, whose measurements are at REBUILD_BK): ``programs`` (sequence x head) programs a walk, K- and V-block,
     ``BV`` wide, on ``sms`` SMs."""
     steps = triton_utils.knob_steps("REBUILD_STEPS", REBUILD_STEPS)
-    BK = triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
+    BK = _rebuild_bk(K)
     launched = 2 * cdiv(K, BK) * cdiv(V, BV) * programs  # S's and R's walks share the launch
     return BK, steps or (2 if launched < 2 * sms else 1)
 

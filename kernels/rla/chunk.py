@@ -35,9 +35,9 @@ import math
 import torch
 
 from .. import shapes
-from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, cdiv, chunk_tables, copy_engine_loads,
-                           dot_precision, knob_steps, knob_width, next_power_of_2, rows_descriptor, sm_count,
-                           walk_gates, wide_reverse_walk)
+from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, beside_walk_width, cdiv, chunk_tables,
+                           copy_engine_loads, dot_precision, knob_steps, knob_width, next_power_of_2, rows_descriptor,
+                           sm_count, walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
                         _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import _rerun_walk_kernel, _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
@@ -341,9 +341,7 @@ class _Layout:
         BK = self._knob("RERUN_WALK_BK", self.BK_walk, self.K)
         BV = self.BV_walk
         if wide:
-            programs = self.N * self.H * cdiv(self.K, BK)
-            half_sms = sm_count(device) / 2
-            BV = next((bv for bv in (64, 32) if programs * cdiv(self.V, bv) >= half_sms), BV)
+            BV = beside_walk_width(self.V, self.N * self.H * cdiv(self.K, BK), sm_count(device), BV)
         BV = self._knob("RERUN_WALK_BV", BV, self.V)  # (knob_width clamps the automatic width to V's too)
         return BK, BV, (cdiv(self.K, BK), cdiv(self.V, BV), self.N * self.H)
 
