@@ -167,6 +167,17 @@ QK_KEPT = 1
 # in the same run (0.533 -> 0.594 and 0.410 -> 0.442 ms at 32k, as much at 2k; docs/next/README.md, Ideas): with
 # no loop to pipeline, TMA's round trip stands where the LDGs' did.
 WALK_TMA = 1
+# 1: the one reverse walk (DU_WALK) loads its q, k, do, r and kept q.k tiles through TMA descriptors where the layout
+# allows (_du_walk_descriptors; rows past a sequence's end are the next one's tokens: gamma of 0 there weighs every
+# term they reach but dh_S's q do^T, whose weight the step masks); 0: by pointers. Expected (written before any
+# measurement, 2026-12-06 18:40, after the forward walks' -8% and the rerun walk's +10% at 2k / -5% at 32k through
+# TMA): the walk -3 to -8% of its GPU time (0.71 -> ~0.67 ms at B=16 T=2k, 1.90 -> ~1.78 at B=1 T=32k, where it is
+# the backward's critical path: wall ~-0.1). Measured 0 -> 1 (H100, 2026-12-06 18:26, `profile_kernels.py --ops rla
+# --wall --tune --knob DU_TMA=0,1`), the walk's GPU ms (backward wall): B=16 T=2k 0.656 -> 0.591 (2.661 -> 2.618),
+# B=2 T=16k 1.092 -> 0.983 (2.839 -> 2.745), B=1 T=32k 1.944 -> 1.768 (3.350 -> 3.169); ptxas (Triton 3.6): its loop
+# 1144 -> 1103 SASS instructions at 2k, 855 -> 796 at 32k, LDG 60 -> 12. (The rerun walk through TMA, measured the
+# same day, lost at 2k and was even on the wall at 32k: docs/next/README.md, Ideas.)
+DU_TMA = 1
 
 
 class _Layout:
@@ -504,15 +515,33 @@ def _du_walk(L: _Layout, q, k, g, gamma, res, do, du, dgamma_part, scale, dR_T, 
     dh_r, _ = _chunk_states(L, q, False)
     dh_s, _ = _chunk_states(L, q, False)
     dR0, dS0 = (q.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32) for _ in range(2))
+    tiles = _du_walk_descriptors(L, q, k, do, res, qk)
+    q_t, k_t, do_t, res_t, qk_t = tiles or (q, k, do, res, q if qk is None else qk)
     _rla_bwd_du_walk_kernel[L.duwalk_grid](
-        q, k, g, gamma, res, do, du, dgamma_part, dR_T, dS_T, dh_r, dh_s, dR0, dS0, q if qk is None else qk,
+        q_t, k_t, g, gamma, res_t, do_t, du, dgamma_part, dR_T, dS_T, dh_r, dh_s, dR0, dS0, qk_t,
         L.cu_seqlens, L.chunk_offsets, scale, L.clip, L.clip_mask, L.T, gamma.numel(),
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_duwalk,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
         HAS_DRT=dR_T is not None, HAS_DST=dS_T is not None, IS_VARLEN=L.varlen,
-        HAS_QK=qk is not None, num_warps=warps, num_stages=2, WALK_STEPS=steps,
+        HAS_QK=qk is not None, num_warps=warps, num_stages=2, WALK_STEPS=steps, TMA=tiles is not None,
     )
     return dh_r, dh_s, dR0, dS0
+
+
+def _du_walk_descriptors(L: _Layout, q, k, do, res, qk) -> tuple | None:
+    """The one reverse walk's q, k ([tokens, H x K] in [BT, K] tiles), do, res ([tokens, H x V] in [BT, BV] tiles) and
+    qk ([tokens, H x BT] in [BT, BT] tiles; q's where None, unread) as TMA descriptors, or None (pointers) where DU_TMA
+    is 0, the device has no TMA, a tile would cross a head (K not its K-block, V not a multiple of its V-block) or a
+    tensor's layout is not one TMA reads."""
+    if DU_TMA not in (0, 1):
+        raise ValueError(f"launch knob DU_TMA must be 0 (pointers) or 1 (TMA descriptors); got {DU_TMA!r}")
+    if not DU_TMA or L.K != L.BK or L.V % L.BV_duwalk or not copy_engine_loads(q.device):
+        return None
+    rows_k, rows_v = (L.BT, L.BK), (L.BT, L.BV_duwalk)
+    tiles = (rows_descriptor(q, L.H * L.K, rows_k), rows_descriptor(k, L.H * L.K, rows_k),
+             rows_descriptor(do, L.H * L.V, rows_v), rows_descriptor(res, L.H * L.V, rows_v),
+             rows_descriptor(q, L.H * L.K, rows_k) if qk is None else rows_descriptor(qk, L.H * L.BT, (L.BT, L.BT)))
+    return None if None in tiles else tiles
 
 
 def _overlap() -> int:

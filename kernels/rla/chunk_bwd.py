@@ -148,10 +148,14 @@ def _dstate_walk_kernel(
 
 @triton.jit
 def _decayed_kq(qk, tok_a, i_c, T_seq, b_k, b_qt, b_G, H: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
-                DT: tl.constexpr, HAS_QK: tl.constexpr):
+                DT: tl.constexpr, HAS_QK: tl.constexpr, TMA: tl.constexpr = False, row=0, i_h=0):
     """[key i, query t] exp(G_t - G_i) (k_i.q_t) for i <= t, else 0, in the dots' dtype DT: the forward's stored
-    products (qk: chunk.QK_KEPT) read transposed, or (without them) made from k [BT, K] and q^T [K, BT]."""
-    if HAS_QK:
+    products (qk: chunk.QK_KEPT) read transposed, or (without them) made from k [BT, K] and q^T [K, BT]. TMA: qk is a
+    descriptor of [tokens, H x BT] and ``row`` the chunk's first token (its queries past the sequence's end are the
+    next sequence's: the caller's gamma of 0 there takes them out)."""
+    if HAS_QK and TMA:
+        b_Aq = tl.trans(qk.load([row, tl.cast(i_h * BT, tl.int32)])).to(DT)
+    elif HAS_QK:
         b_Aq = load_tile_t(qk + tok_a, i_c * BT, T_seq, H * BT, 0, BT, BT, BT).to(DT)
     else:
         o_t = tl.arange(0, BT)
@@ -163,22 +167,27 @@ def _decayed_kq(qk, tok_a, i_c, T_seq, b_k, b_qt, b_G, H: tl.constexpr, BT: tl.c
 
 @triton.jit
 def _in_chunk_y(qk, tok_a, i_c, T_seq, b_k, b_qt, b_do, b_G, b_gamma, scale, H: tl.constexpr, BT: tl.constexpr,
-                DOT_PREC: tl.constexpr, DT: tl.constexpr, HAS_QK: tl.constexpr):
+                DOT_PREC: tl.constexpr, DT: tl.constexpr, HAS_QK: tl.constexpr, TMA: tl.constexpr = False, row=0,
+                i_h=0):
     """Y's in-chunk part for a chunk's keys i, sum_{t >= i} exp(G_t - G_i) (k_i.q_t) scale gamma_t do_t ([BT, BV]
     fp32) (_decayed_kq's products): step 1 of the du kernel and of the one reverse walk."""
-    b_Aq = _decayed_kq(qk, tok_a, i_c, T_seq, b_k, b_qt, b_G, H, BT, DOT_PREC, DT, HAS_QK)
+    b_Aq = _decayed_kq(qk, tok_a, i_c, T_seq, b_k, b_qt, b_G, H, BT, DOT_PREC, DT, HAS_QK, TMA, row, i_h)
     return tl.dot(b_Aq, (b_do * (scale * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
 
 
 @triton.jit
 def _du_through_rho(b_Y, b_gamma, res, du, dgamma_part, part_off, gate_off, in_seq, clip, clip_mask, tok_v, i_c,
                     T_seq, i_v, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                    RESIDUAL: tl.constexpr):
+                    RESIDUAL: tl.constexpr, TMA: tl.constexpr = False, row=0, i_h=0):
     """From Y (the residuals' gradient before gamma): the residual's dgamma share of this V-block, sum_v r Y, stored at
     part_off, and du = -gamma Y rho'(r) through rho (its mask read from the rerun's r: see chunk_fwd's residual
     kernel), stored in du's dtype, the input dtype, and returned as stored. r is loaded only here (fewer live tiles
-    through the dots before): as stored for the mask, as +-c where saturated."""
-    b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    through the dots before): as stored for the mask, as +-c where saturated. TMA: res is a descriptor (rows past the
+    sequence's end meet gamma 0 and a masked store)."""
+    if TMA:
+        b_r_stored = res.load([row, tl.cast(i_h * V + i_v * BV, tl.int32)]).to(tl.float32)
+    else:
+        b_r_stored = load_tile(res + tok_v, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
     b_r = _residual_value(b_r_stored, clip, clip_mask, RESIDUAL)
     tl.store(dgamma_part + part_off + gate_off, tl.sum(b_r * b_Y, axis=1), mask=in_seq)
     b_du = (-(b_gamma[:, None] * b_Y * _drho_from_residual(b_r_stored, clip_mask, RESIDUAL))).to(du.dtype.element_ty)
@@ -190,11 +199,13 @@ def _du_through_rho(b_Y, b_gamma, res, du, dgamma_part, part_off, gate_off, in_s
 def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, qk, b_dhr, b_dhs, bos, T_seq, i_t, i_h, i_v, scale,
                   clip, clip_mask, part_off, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DT: tl.constexpr,
-                  HAS_QK: tl.constexpr):
+                  HAS_QK: tl.constexpr, TMA: tl.constexpr = False):
     """Chunk i_t's step of _rla_bwd_du_walk_kernel, from the chunk-END gradients b_dhr, b_dhs (fp32): step 1 (du and
     the residual's dgamma share, stored), then step 3 for both states. Returns the chunk-START gradients. The same
     operations as the du kernel (dh_R' rounded as the dh walk stores it) and the dh walk's steps (du as stored), so
-    the same values; a chunk past the sequence's end stores nothing and leaves both gradients as they are."""
+    the same values; a chunk past the sequence's end stores nothing and leaves both gradients as they are. TMA: q, k,
+    do, res and qk are descriptors (chunk._du_walk_descriptors) whose rows past the sequence's end are the next
+    sequence's tokens: every term they reach is weighed by gamma (0 there) but dh_S's q do^T, whose weight is masked."""
     tok_k = (bos * H + i_h) * K
     tok_v = (bos * H + i_h) * V
     o_t = tl.arange(0, BT)
@@ -205,21 +216,28 @@ def _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, qk, b_dhr, b_d
     b_gamma = tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     b_GL = tl.sum(b_g, axis=0)
-    b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-    b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+    row = tl.cast(bos + i_t * BT, tl.int32)
+    if TMA:
+        b_qt = tl.trans(q.load([row, tl.cast(i_h * K, tl.int32)])).to(DT)
+        b_k = k.load([row, tl.cast(i_h * K, tl.int32)]).to(DT)
+        b_do = do.load([row, tl.cast(i_h * V + i_v * BV, tl.int32)]).to(tl.float32)
+        b_w = tl.where(in_seq, tl.exp(b_G) * scale, 0.0)
+    else:
+        b_qt = load_tile_t(q + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_do = load_tile(do + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+        b_w = tl.exp(b_G) * scale
     b_a = tl.exp(b_GL)
-    b_w = tl.exp(b_G) * scale
 
     # Step 1's Y from the in-chunk queries and the carried dh_R'; dh_R steps back as soon as Y has read it, and each
     # [K, BV] update is added to its gradient when made, so that one of them is live at a time (255 registers).
     b_Y = _in_chunk_y(qk, (bos * H + i_h) * BT, i_t, T_seq, b_k, b_qt, b_do, b_G, b_gamma, scale, H, BT, DOT_PREC, DT,
-                      HAS_QK)
+                      HAS_QK, TMA, row, i_h)
     b_Y += tl.exp(b_GL - b_G)[:, None] * tl.dot(b_k, b_dhr.to(dh_r.dtype.element_ty).to(DT), input_precision=DOT_PREC)
     b_dhr = b_dhr * b_a + tl.dot(b_qt, (b_do * (b_w * b_gamma)[:, None]).to(DT), input_precision=DOT_PREC)
     # dh_S steps back with du as stored
     b_du = _du_through_rho(b_Y, b_gamma, res, du, dgamma_part, part_off, gate_off, in_seq, clip, clip_mask, tok_v,
-                           i_t, T_seq, i_v, H, V, BT, BV, RESIDUAL)
+                           i_t, T_seq, i_v, H, V, BT, BV, RESIDUAL, TMA, row, i_h)
     # k^T as k's tile transposed (a view of the same shared copy: a second load took 16 KB more a stage)
     b_upd_s = tl.dot(b_qt, (b_do * b_w[:, None]).to(DT), input_precision=DOT_PREC)
     b_upd_s = tl.dot(tl.trans(b_k), (b_du.to(tl.float32) * tl.exp(b_G - b_g)[:, None]).to(DT), b_upd_s,
@@ -235,17 +253,20 @@ def _rla_bwd_du_walk_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr,
     HAS_DRT: tl.constexpr, HAS_DST: tl.constexpr, IS_VARLEN: tl.constexpr, WALK_STEPS: tl.constexpr,
-    HAS_QK: tl.constexpr,
+    HAS_QK: tl.constexpr, TMA: tl.constexpr,
 ):
     """Steps 1 and 3 in one reverse walk (chunk.DU_WALK 1): dh_R and dh_S carried together, du made from the carried
     dh_R' of each chunk before dh_S takes it, so neither the du kernel nor a second walk runs. Stores each chunk's
     END-state gradients (as _dstate_walk_kernel does), du and the residual's dgamma share per V-block, and the
     initial states' gradients (fp32). One program per (V-block, sequence x head), all of K in it (du sums over K).
-    WALK_STEPS (1 or 2) chunks a loop turn, as the dh walk's."""
+    WALK_STEPS (1 or 2) chunks a loop turn, as the dh walk's. TMA: q, k, do, res and qk are descriptors."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN)
-    DT = q.dtype.element_ty
+    if TMA:
+        DT = q.dtype
+    else:
+        DT = q.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
     part_off = i_v * part_stride
@@ -269,14 +290,14 @@ def _rla_bwd_du_walk_kernel(
         store_tile(dh_s + h_off, b_dhs, 0, n_rows, V, i_v * BV, V, BK, BV)
         b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, qk, b_dhr, b_dhs, bos, T_seq,
                                      i_t, i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK, BV, RESIDUAL,
-                                     DOT_PREC, DT, HAS_QK)
+                                     DOT_PREC, DT, HAS_QK, TMA)
         if WALK_STEPS == 2:
             h_off = ((boh + i_t - 1) * H + i_h) * K * V
             store_tile(dh_r + h_off, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
             store_tile(dh_s + h_off, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
             b_dhr, b_dhs = _du_walk_step(q, k, g, gamma, res, do, du, dgamma_part, dh_r, qk, b_dhr, b_dhs, bos,
                                          T_seq, i_t - 1, i_h, i_v, scale, clip, clip_mask, part_off, H, K, V, BT, BK,
-                                         BV, RESIDUAL, DOT_PREC, DT, HAS_QK)
+                                         BV, RESIDUAL, DOT_PREC, DT, HAS_QK, TMA)
     store_tile(dR0 + i_nh * K * V, b_dhr, 0, K, V, i_v * BV, V, BK, BV)
     store_tile(dS0 + i_nh * K * V, b_dhs, 0, K, V, i_v * BV, V, BK, BV)
 

@@ -1205,3 +1205,42 @@ def test_forward_walks_through_tma_are_bit_for_bit(monkeypatch, case):
         assert torch.equal(a, b), name
     tol = 1e-4 if shape.get("dtype", torch.float32) == torch.float32 else 1e-2
     check(inputs, S0, R0, 0.7, 1.0, "clip", cu_seqlens=cu, tol=tol, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("qk_kept", [1, 0])
+@pytest.mark.parametrize("case", WALK_TMA_CASES)
+def test_du_walk_through_tma_is_bit_for_bit(monkeypatch, case, qk_kept):
+    """DU_TMA 1: the one reverse walk takes its q, k, do, r and kept q.k tiles through TMA descriptors where the layout
+    allows. The rows it reads past a sequence's end are the next sequence's tokens (or zeros past the tensor): gamma
+    of 0 there, and dh_S's masked weight, keep them out, so every gradient is the pointer path's bits, with the q.k
+    products kept or made. K not a power of two takes pointers."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, tma = WALK_TMA_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    monkeypatch.setattr(chunk, "DU_WALK", 1)
+    monkeypatch.setattr(chunk, "QK_KEPT", qk_kept)
+    *outputs, kept = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu, chunk_size=chunk_size, keep_tokens=True)
+    cotangents = (torch.randn_like(outputs[0]), torch.randn_like(outputs[1]), torch.randn_like(outputs[2]))
+    grads = {}
+    for knob in (0, 1):
+        monkeypatch.setattr(chunk, "DU_TMA", knob)
+        log = record_launches(monkeypatch, chunk, ["_rla_bwd_du_walk_kernel"],
+                              lambda name, kw: (kw["TMA"], kw["HAS_QK"]))
+        grads[knob] = chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu, *cotangents, chunk_size=chunk_size,
+                                    walk=kept)
+        assert log == [(bool(knob) and tma, bool(qk_kept))]
+    for a, b in zip(grads[0], grads[1]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert all(g.abs().amax() > 0 for g in grads[1][:6])
+
+
+def test_du_tma_knob_is_validated(monkeypatch):
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=20, H=1, K=16, V=16)
+    *outputs, kept = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, chunk_size=16, keep_tokens=True)
+    monkeypatch.setattr(chunk, "DU_WALK", 1)
+    monkeypatch.setattr(chunk, "DU_TMA", 3)
+    with pytest.raises(ValueError, match="DU_TMA must be 0"):
+        chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, torch.randn_like(outputs[0]), None, None,
+                      chunk_size=16, walk=kept)
