@@ -232,8 +232,9 @@ def _cuda_capability(index: int) -> int:
 
 def rows_descriptor(x: torch.Tensor, width: int, block: tuple[int, int]):
     """A TMA descriptor of contiguous ``x`` viewed as [x.numel() / width, width] in ``block`` tiles (past the end:
-    zeros), or None where TMA cannot read it (its base not 16-byte aligned, or a row not a multiple of 16 bytes)."""
-    if x.data_ptr() % 16 or (width * x.element_size()) % 16 or not x.is_contiguous():
+    zeros), or None where TMA cannot read it (empty, its base not 16-byte aligned, or a row not a multiple of 16
+    bytes)."""
+    if not x.numel() or x.data_ptr() % 16 or (width * x.element_size()) % 16 or not x.is_contiguous():
         return None
     return TensorDescriptor(x, shape=[x.numel() // width, width], strides=[width, 1], block_shape=list(block))
 

@@ -1244,3 +1244,16 @@ def test_du_tma_knob_is_validated(monkeypatch):
     with pytest.raises(ValueError, match="DU_TMA must be 0"):
         chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, torch.randn_like(outputs[0]), None, None,
                       chunk_size=16, walk=kept)
+
+
+def test_empty_input_takes_pointers_where_tma_cannot_describe_it():
+    """T = 0: a TMA descriptor cannot describe an empty tensor (triton_utils.rows_descriptor gives None), so the walks
+    that would take one (WALK_TMA, DU_TMA, both 1 by default) take pointers: the final states are the initial ones and
+    the initial states' gradients the final ones', where descriptors of the empty inputs raised before."""
+    inputs, S0, R0 = make_inputs(B=2, T=0, H=2, K=16, V=16)
+    o, S_T, R_T, kept = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, keep_tokens=True)
+    assert o.shape == inputs[2].shape and torch.equal(S_T, S0) and torch.equal(R_T, R0)
+    dS_T, dR_T = torch.randn_like(S0), torch.randn_like(R0)
+    grads = chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, torch.randn_like(o), dS_T, dR_T, walk=kept)
+    assert torch.equal(grads[6], dS_T) and torch.equal(grads[7], dR_T)
+    assert all(g.numel() == 0 for g in grads[:3])
