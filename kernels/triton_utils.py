@@ -239,6 +239,13 @@ def rows_descriptor(x: torch.Tensor, width: int, block: tuple[int, int]):
     return TensorDescriptor(x, shape=[x.numel() // width, width], strides=[width, 1], block_shape=list(block))
 
 
+def rows_descriptors(*tiles: tuple) -> tuple | None:
+    """``rows_descriptor`` of each (tensor, width, block), or None where any has none: a launch takes all its tiles
+    through TMA or all by pointers (its kernel's TMA constexpr)."""
+    descriptors = tuple(rows_descriptor(*tile) for tile in tiles)
+    return None if None in descriptors else descriptors
+
+
 def wide_reverse_walk(V: int, programs_a_block: int, sms: int) -> bool:
     """Whether a reverse walk takes 64-wide V-blocks: V wider than 32, and its programs at 64 wide (``programs_a_block``
     a V-block) still outnumber the ``sms`` SMs (0 off a GPU: never). Half the programs, each carrying twice the columns

@@ -36,7 +36,7 @@ import torch
 
 from .. import shapes
 from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, beside_walk_width, cdiv, chunk_tables,
-                           copy_engine_loads, dot_precision, knob_steps, knob_width, next_power_of_2, rows_descriptor,
+                           copy_engine_loads, dot_precision, knob_steps, knob_width, next_power_of_2, rows_descriptors,
                            sm_count, walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
                         _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
@@ -538,10 +538,12 @@ def _du_walk_descriptors(L: _Layout, q, k, do, res, qk) -> tuple | None:
     if not DU_TMA or L.K != L.BK or L.V % L.BV_duwalk or not copy_engine_loads(q.device):
         return None
     rows_k, rows_v = (L.BT, L.BK), (L.BT, L.BV_duwalk)
-    tiles = (rows_descriptor(q, L.H * L.K, rows_k), rows_descriptor(k, L.H * L.K, rows_k),
-             rows_descriptor(do, L.H * L.V, rows_v), rows_descriptor(res, L.H * L.V, rows_v),
-             rows_descriptor(q, L.H * L.K, rows_k) if qk is None else rows_descriptor(qk, L.H * L.BT, (L.BT, L.BT)))
-    return None if None in tiles else tiles
+    qk_tile = () if qk is None else ((qk, L.H * L.BT, (L.BT, L.BT)),)
+    tiles = rows_descriptors((q, L.H * L.K, rows_k), (k, L.H * L.K, rows_k), (do, L.H * L.V, rows_v),
+                             (res, L.H * L.V, rows_v), *qk_tile)
+    if tiles is not None and qk is None:
+        tiles += tiles[:1]  # qk unread (HAS_QK false): q's descriptor stands in, not a second one of q
+    return tiles
 
 
 def _overlap() -> int:
@@ -612,8 +614,7 @@ def _walk_descriptors(L: _Layout, k, x) -> tuple | None:
     (K not a multiple of the walk's K-block, V of its V-block) or a tensor's layout is not one TMA reads."""
     if not WALK_TMA or L.K % L.BK_walk or L.V % L.BV_walk or not copy_engine_loads(k.device):
         return None
-    tiles = (rows_descriptor(k, L.H * L.K, (L.BT, L.BK_walk)), rows_descriptor(x, L.H * L.V, (L.BT, L.BV_walk)))
-    return None if None in tiles else tiles
+    return rows_descriptors((k, L.H * L.K, (L.BT, L.BK_walk)), (x, L.H * L.V, (L.BT, L.BV_walk)))
 
 
 def _kept(walk, L: _Layout, q, cu_seqlens) -> tuple[list, torch.Tensor | None]:
