@@ -83,6 +83,17 @@ def _tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: 
 
 
 @triton.jit
+def load_rows(desc, row, col, RAW: tl.constexpr = False):
+    """The tile of TMA descriptor ``desc`` (triton_utils.rows_descriptor) at token ``row``, column ``col`` (int32s):
+    fp32, or with RAW in the tensor's dtype as ``load_tile_raw`` (fp32 when interpreted). Rows past a sequence's end
+    are the next sequence's tokens (zeros past the tensor), not zeros as ``load_tile``'s: the caller weighs them."""
+    x = desc.load([row, col])
+    if not RAW or _CAST_RAW:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def load_tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR: tl.constexpr, BC: tl.constexpr):
     """``load_tile``'s tile transposed by its addresses ([BC, BR], fp32)."""
     ptrs, mask = _tile_t(base, row0, n_rows, row_stride, col0, n_cols, BR, BC)

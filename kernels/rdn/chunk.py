@@ -115,6 +115,18 @@ WALK_WARPS = 4
 # (H200, Triton 3.6, profile_kernels.py --walk-stages 1,2, 2026-12-01 10:30, the walk of then with split R dots) one
 # stage took 1.92 ms forward / 2.43 rerun / 2.44 kept forward, two 1.73 / 2.16 / 2.16.
 WALK_STAGES = 2
+# 2: the transposed forward walk (WALK_T, 32-wide V-blocks: B*H*V/32 programs fill the GPU) loads k, v and the chunk
+# matrices T_beta, T_gamma, Mk through TMA descriptors where the layout allows (_walk_descriptors;
+# chunk_fwd._rdn_walk_t_kernel's docstring says what it reads past a sequence's end and why that changes no bit); 1: k
+# and v alone; 0: by pointers. The untransposed walk (16 wide, where programs are few) always takes pointers. Why:
+# RLA's walks gained from TMA (its forward walks 8%, its one reverse walk 10%, H100 2026-12-06: rla/chunk.py WALK_TMA,
+# DU_TMA). Expected (written before, 2026-12-06 18:50): the walk -5 to -10%; ptxas had its loop longer (SASS a loop at
+# 0 / 1 / 2, Triton 3.6: B=16 T=2k transposed 775 / 794 / 848, B=1 T=32k untransposed 643 / 680 / 704). Measured 0 /
+# 1 / 2 (H100, 2026-12-06 21:52, `profile_kernels.py --ops rdn --wall --tune --knob WALK_TMA=0,1,2`, the walk through
+# TMA in both orientations), forward wall ms (the walk's GPU ms): B=16 T=2k (transposed) 1.876 / 1.757 / **1.713**
+# (1.215 / 1.106 / 1.039); B=2 T=16k (untransposed) **2.376** / 2.454 / 2.511 (1.733 / 1.819 / 1.881); B=1 T=32k
+# 3.223 / 3.547 / 3.431 (2.616 / 2.877 / 2.762). So the transposed walk alone takes it; the untransposed lost.
+WALK_TMA = 2
 # The backward's reverse walk runs as two walks (chunk_bwd.py says why; one launch or two, TRAILED_WALKS), at four
 # warps (WALK_WARPS) and two stages, the H200 autotuner's pick for both (2026-12-01); float64-checked at that config
 # the same day (every case of scripts/gpu_check_rdn.py --all).
@@ -443,17 +455,34 @@ def _walk(L: _Layout, k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0, store_
         kernel, launch = _rdn_walk_t_kernel, dict(num_warps=WALK_T_WARPS)
     else:
         kernel, launch = _rdn_walk_kernel, dict(RAW_K=L.BT <= 32, num_warps=WALK_WARPS)
+    tiles = _walk_descriptors(L, BV, k, v, t_beta, t_gamma, m_k, kernel is _rdn_walk_t_kernel)
+    k_t, v_t, tb_t, tc_t, mk_t = (tiles + (t_beta, t_gamma, m_k))[:5] if tiles else (k, v, t_beta, t_gamma, m_k)
     kernel[(cdiv(L.V, BV), L.N * L.H)](
-        k, v, g, beta, gamma, t_beta, t_gamma, m_k, S0, R0,
+        k_t, v_t, g, beta, gamma, tb_t, tc_t, mk_t, S0, R0,
         h_s, h_r, u, w, x, S_T, R_T,
         L.cu_seqlens, offsets, L.clip, *L.x_sides, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, U_PREC=u_prec, X_PREC=x_prec, W_PREC=w_prec,
         HAS_S0=S0 is not None, HAS_R0=R0 is not None, STORE_X=store_x,
         NUDGE_X=store_x and L.residual_code == _RESIDUAL_CLIP and k.dtype != torch.float32, IS_VARLEN=L.varlen,
-        SPLIT_S=store_x, STATE_EVERY=every, num_stages=WALK_STAGES, **launch,
+        SPLIT_S=store_x, STATE_EVERY=every, num_stages=WALK_STAGES, **launch, **(dict(TMA=WALK_TMA) if tiles else {}),
     )
     return h_s, h_r, u, w, x, S_T, R_T
+
+
+def _walk_descriptors(L: _Layout, BV: int, k, v, t_beta, t_gamma, m_k, transposed: bool) -> tuple | None:
+    """The transposed forward walk's k ([tokens, H x K] in [BT, K] tiles), v ([tokens, H x V] in [BT, BV]) and, at
+    WALK_TMA 2, chunk matrices ([tokens, H x BT] in [BT, BT]) as TMA descriptors, or None (pointers) for the
+    untransposed walk, where WALK_TMA is 0, the device has no TMA, a tile would cross a head (K not a power of two, V
+    not a multiple of BV) or a tensor's layout is not one TMA reads."""
+    if WALK_TMA not in (0, 1, 2):
+        raise ValueError(f"launch knob WALK_TMA must be 0 (pointers), 1 (k and v through TMA descriptors) or 2 (the "
+                         f"chunk matrices too); got {WALK_TMA!r}")
+    if not transposed or not WALK_TMA or L.K != L.BK or L.V % BV or not triton_utils.copy_engine_loads(k.device):
+        return None
+    matrices = (t_beta, t_gamma, m_k) if WALK_TMA == 2 else ()
+    return triton_utils.rows_descriptors((k, L.H * L.K, (L.BT, L.BK)), (v, L.H * L.V, (L.BT, BV)),
+                                         *((m, L.H * L.BT, (L.BT, L.BT)) for m in matrices))
 
 
 def chunk_rdn_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip", S0=None, R0=None,

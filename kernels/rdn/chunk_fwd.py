@@ -23,8 +23,9 @@ import triton.language as tl
 
 from ..rla.fused_recurrent import _rho
 from ..triton_utils import dot_split, load_gate, walk_state_slot
-from ._triton_helpers import (autotune, chunk_ids, chunk_prologue, dot_at, dot_cast, launch_configs, load_tile,
-                              load_tile_raw, load_tile_t, load_tile_t_raw, store_tile, store_tile_t, walk_bounds)
+from ._triton_helpers import (autotune, chunk_ids, chunk_prologue, dot_at, dot_cast, launch_configs, load_rows,
+                              load_tile, load_tile_raw, load_tile_t, load_tile_t_raw, store_tile, store_tile_t,
+                              walk_bounds)
 from .wy import mqi_tile
 
 
@@ -157,7 +158,7 @@ def _rdn_walk_t_kernel(
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr,
     U_PREC: tl.constexpr, X_PREC: tl.constexpr, W_PREC: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_R0: tl.constexpr, STORE_X: tl.constexpr, NUDGE_X: tl.constexpr,
-    IS_VARLEN: tl.constexpr, SPLIT_S: tl.constexpr, STATE_EVERY: tl.constexpr,
+    IS_VARLEN: tl.constexpr, SPLIT_S: tl.constexpr, STATE_EVERY: tl.constexpr, TMA: tl.constexpr = 0,
 ):
     """_rdn_walk_kernel (raw half k) transposed: it carries S^T, R^T [BV, K] and makes every [BT, BV] token tile as
     its transpose [BV, BT], so that every dot has the V-block's BV rows (the state, and the tiles the chain makes,
@@ -165,8 +166,16 @@ def _rdn_walk_t_kernel(
     BT = 32 rows. Why: a left operand can stay in registers from the dot that made it, where a right one goes
     through shared memory, so the chain U -> X -> W never leaves registers (at 32 wide the dots are still mma.sync:
     Hopper's wgmma takes 64 rows or more a warpgroup, and 64 wide was slower; chunk.WALK_T has the times). Same
-    math, dot for dot, as _rdn_walk_kernel (its docstring has the precisions); the per-token gates scale columns."""
+    math, dot for dot, as _rdn_walk_kernel (its docstring has the precisions); the per-token gates scale columns.
+    TMA (chunk.WALK_TMA): k and v (1), and the chunk matrices (2), are descriptors (chunk._walk_descriptors), k's tile
+    loaded once a chunk and read both ways. Their rows past the sequence's end are the next sequence's tokens: U's and
+    W's columns there (beta, gamma 0) are then not 0 but are stored nowhere, X's in-sequence columns read them through
+    Mk's zeros above its diagonal, and the state updates weigh them by a masked decay."""
     KS_PREC: tl.constexpr = DOT_PREC if X_PREC == "half" else X_PREC  # k.S's dot: "half" is for the matrices
+    if TMA:
+        KT = k.dtype
+    else:
+        KT = k.dtype.element_ty
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     bos, T_seq, boh, NT, i_h, tok_k, tok_v, tok_t = walk_bounds(cu_seqlens, chunk_offsets, i_nh, T, H, K, V, BT,
@@ -190,10 +199,20 @@ def _rdn_walk_t_kernel(
         b_G, b_Gp, b_GL = chunk_decays(g, bos, T_seq, i_t, i_h, H, BT)
         b_beta = load_gate(beta, bos, T_seq, i_t, i_h, H, BT)
         b_gamma = load_gate(gamma, bos, T_seq, i_t, i_h, H, BT)
-        b_kt = load_tile_t_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)  # k^T [K, BT]
-        b_tbt = load_tile_t(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)  # T_beta^T
-        b_tct = load_tile_t(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
-        b_mkt = load_tile_t(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+        row = tl.cast(bos + i_t * BT, tl.int32)
+        if TMA:
+            b_k = load_rows(k, row, tl.cast(i_h * K, tl.int32), True)
+            b_kt = tl.trans(b_k)
+        else:
+            b_kt = load_tile_t_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)  # k^T [K, BT]
+        if TMA == 2:
+            b_tbt = tl.trans(load_rows(t_beta, row, tl.cast(i_h * BT, tl.int32)))
+            b_tct = tl.trans(load_rows(t_gamma, row, tl.cast(i_h * BT, tl.int32)))
+            b_mkt = tl.trans(load_rows(m_k, row, tl.cast(i_h * BT, tl.int32)))
+        else:
+            b_tbt = load_tile_t(t_beta + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)  # T_beta^T
+            b_tct = load_tile_t(t_gamma + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
+            b_mkt = load_tile_t(m_k + tok_t, i_t * BT, T_seq, H * BT, 0, BT, BT, BT)
         b_eG = tl.exp(b_G)[None, :]
 
         # (k S)^T = S^T k^T, (k R)^T likewise
@@ -204,11 +223,13 @@ def _rdn_walk_t_kernel(
         else:
             b_kst = dot_cast(b_st, b_kt, KS_PREC)
         b_krt = dot_cast(b_rt, b_kt, DOT_PREC)
-        b_vt = load_tile_t(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
-        b_ut = dot_at(b_beta[None, :] * (b_vt - b_eG * b_kst), b_tbt, U_PREC, k.dtype.element_ty)
-        b_xt = b_vt - (tl.exp(b_Gp)[None, :] * b_kst + dot_at(b_ut, b_mkt, X_PREC, k.dtype.element_ty))
-        b_wt = dot_at(b_gamma[None, :] * (_rho(b_xt, clip, RESIDUAL) - b_eG * b_krt), b_tct, W_PREC,
-                      k.dtype.element_ty)
+        if TMA:
+            b_vt = tl.trans(load_rows(v, row, tl.cast(i_h * V + i_v * BV, tl.int32)))
+        else:
+            b_vt = load_tile_t(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        b_ut = dot_at(b_beta[None, :] * (b_vt - b_eG * b_kst), b_tbt, U_PREC, KT)
+        b_xt = b_vt - (tl.exp(b_Gp)[None, :] * b_kst + dot_at(b_ut, b_mkt, X_PREC, KT))
+        b_wt = dot_at(b_gamma[None, :] * (_rho(b_xt, clip, RESIDUAL) - b_eG * b_krt), b_tct, W_PREC, KT)
 
         store_tile_t(u_out + tok_v, b_ut, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         store_tile_t(w_out + tok_v, b_wt, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
@@ -220,8 +241,11 @@ def _rdn_walk_t_kernel(
                 b_xs = tl.where(stays, b_xt, tl.where(b_xt < 0, -1.0, 1.0) * tl.where(inside, x_inside, x_outside))
             store_tile_t(x_out + tok_v, b_xs, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         # S^T <- exp(GL) S^T + (exp(GL - G) U)^T k: k as the right operand [BT, K], loaded as it lies
-        b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         b_dL = tl.exp(b_GL - b_G)[None, :]
+        if TMA:
+            b_dL = tl.where((i_t * BT + tl.arange(0, BT) < T_seq)[None, :], b_dL, 0.0)
+        else:
+            b_k = load_tile_raw(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK)
         if SPLIT_S:
             b_st = b_st * tl.exp(b_GL) + dot_split(b_dL * b_ut, b_k, DOT_PREC)
         else:

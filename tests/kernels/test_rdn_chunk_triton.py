@@ -1363,3 +1363,52 @@ def test_walks_take_the_gates_in_fp32(trailed, monkeypatch):
         monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
     for i, (a, b) in enumerate(zip(runs["bf16"], runs["fp32"])):
         assert torch.equal(a, b.to(a.dtype)), i
+
+
+WALK_TMA_CASES = {
+    # a partial last chunk in the first of two sequences: TMA reads the second's rows there (zeros past the tensor)
+    "fixed_bf16": (dict(B=2, T=45, H=2, K=32, V=32, dtype=torch.bfloat16), None, True),
+    "varlen_bf16": (dict(B=1, T=77, H=2, K=32, V=32, N=4, dtype=torch.bfloat16), [0, 5, 6, 40, 77], True),
+    "fp32_two_v_blocks": (dict(B=1, T=40, H=1, K=16, V=64), None, True),
+    "k24_pointers": (dict(B=1, T=40, H=1, K=24, V=32), None, False),  # K not its K-block: pointers
+}
+
+
+@pytest.mark.parametrize("knob", [1, 2])
+@pytest.mark.parametrize("walk_t", [1, 0])
+@pytest.mark.parametrize("case", WALK_TMA_CASES)
+def test_forward_walk_through_tma_is_bit_for_bit(monkeypatch, case, walk_t, knob):
+    """WALK_TMA 1 and 2 (the default): the transposed forward walk takes k and v (and at 2 the chunk matrices) through
+    TMA descriptors where the layout allows; the untransposed walk always takes pointers. The rows it reads past a
+    sequence's end are the next sequence's tokens: beta and gamma of 0 there, Mk's zeros above its diagonal and the
+    masked decay of the state updates keep them out, so o, the states, the kept walk and every gradient (through the
+    backward's rerun of the walk) are the pointer path's bits. K not a power of two takes pointers."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    shape, cu, tma = WALK_TMA_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    monkeypatch.setattr(chunk, "WALK_T", walk_t)
+    monkeypatch.setattr(chunk, "WALK_BV", 32)
+    do = torch.randn_like(inputs[2])
+    dS_T, dR_T = torch.randn_like(S0), torch.randn_like(R0)
+    got = {}
+    for setting in (0, knob):
+        monkeypatch.setattr(chunk, "WALK_TMA", setting)
+        log = record_launches(monkeypatch, chunk, RDN_FORWARD_WALKS, lambda name, kw: (name, kw.get("TMA", 0)))
+        plain = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu)
+        kept = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, keep_walk=True)
+        grads = chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, cu, do, dS_T, dR_T)
+        assert {t for _, t in log} == {setting if tma and walk_t else 0}, log
+        assert {name for name, _ in log} == {"_rdn_walk_t_kernel" if walk_t else "_rdn_walk_kernel"}, log
+        got[setting] = [*plain, *kept[:3], *kept[3], *grads]
+    for a, b in zip(got[0], got[knob]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert all(g.abs().amax() > 0 for g in got[knob][-8:-2])
+
+
+def test_walk_tma_knob_is_validated(monkeypatch):
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=20, H=1, K=16, V=16)
+    monkeypatch.setattr(chunk, "WALK_TMA", 3)
+    with pytest.raises(ValueError, match="WALK_TMA must be 0"):
+        chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
