@@ -40,7 +40,8 @@ from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, beside_w
                            sm_count, walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
                         _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
-from .chunk_fwd import _rerun_walk_kernel, _rla_fwd_output_kernel, _rla_residual_kernel, _state_walk_kernel
+from .chunk_fwd import (_rerun_walk_kernel, _residual_walk_kernel, _rla_fwd_output_kernel, _rla_residual_kernel,
+                        _state_walk_kernel)
 from .fused_recurrent import _RESIDUAL_CLIP, _RESIDUAL_IDENTITY, _RESIDUAL_TANH, _check_inputs
 
 CHUNK_SIZE = shapes.RLA_CHUNK_SIZE
@@ -69,7 +70,7 @@ DU_WALK_BV = 0  # the one reverse walk's V-block (DU_WALK 1; all of K a program)
 RERUN_WALK_BK = 0  # the backward's one rerun walk (RERUN_WALK 1): K-block, auto the forward walks'; V-block auto the
 RERUN_WALK_BV = 0  # widest of 64, 32 whose programs are at least half the SMs (bf16/fp16, K <= 128), else the forward's
 LAUNCH_KNOBS = ("WALK_BK", "WALK_BV", "REVERSE_WALK_BK", "REVERSE_WALK_BV", "RES_BV", "OUT_BV", "GRAD_BV", "INTRA_BV",
-                "DQKG_BK", "DQKG_BV", "DU_BV", "DU_WALK_BV", "RERUN_WALK_BK", "RERUN_WALK_BV")
+                "DQKG_BK", "DQKG_BV", "DU_BV", "DU_WALK_BV", "RERUN_WALK_BK", "RERUN_WALK_BV", "RES_WALK_BV")
 # Chunks a walk (forward and reverse) steps per loop turn: 0 automatic, or 1 or 2. Not a width, so not in LAUNCH_KNOBS
 # (its users validate widths), but set by name the same way (--knob WALK_STEPS=1,2, --set WALK_STEPS=2). With 2 a turn
 # issues two 64-token chunks' loads and dots together (only the carry h <- exp(G_L) h + update is sequential); each
@@ -178,6 +179,22 @@ WALK_TMA = 1
 # 1144 -> 1103 SASS instructions at 2k, 855 -> 796 at 32k, LDG 60 -> 12. (The rerun walk through TMA, measured the
 # same day, lost at 2k and was even on the wall at 32k: docs/next/README.md, Ideas.)
 DU_TMA = 1
+# 2: the forward's S walk, residual kernel and R walk as one walk (chunk_fwd._residual_walk_kernel: each program carries
+# S and R for all of K and one V-block and makes its chunks' residuals between them, u's in-chunk sum w coming from a
+# chunk-parallel pass before it, the residual kernel's IN_CHUNK); 1: three passes; 0 (automatic, the default): 2 where
+# 32-wide (sequence x head, V-block) programs are at least the SMs, for bf16/fp16 at K <= 128 (_Layout.res_walk), else
+# 1. Expected (written before any measurement, 2026-12-06 21:40): at B=1 T=32k H=16 K=V=128 bf16 the forward 1.99 ->
+# ~1.5-1.6 ms (its two walks' latency-bound chains, 1.03 ms, with the residual kernel's 0.41 between them, as one
+# chain of S's FMA), at B=16 T=2k a loss (each V-block program makes u's K x BV dots that the residual kernel shares).
+# Measured the other way round
+# (H100, Triton 3.6, 2026-12-06 21:49, `profile_kernels.py --ops rla --wall --tune --knob RES_WALK=1,2`), forward
+# wall ms 1 -> 2 (the walks + residual kernel -> the walk + w's pass, GPU ms): B=16 T=2k 1.407 -> **1.312** (0.437 +
+# 0.415 -> 0.526 + 0.224), B=4 T=8k 1.390 -> **1.305**, B=2 T=16k 1.571 -> 1.590 (1.037 -> 0.805 + 0.224), B=1 T=32k
+# 2.002 -> 2.099 (1.444 -> 1.272 + 0.221). Where programs fill the GPU the one walk does the three passes' work with
+# fewer bytes (no h_S lo, no residual round trip, k loaded once); where they are few its longer step (782 SASS a chunk
+# at 16 wide against ~270 for each of the two walks, ptxas) is the chain. Float64 with 2: 10/10 (that call).
+RES_WALK = 0
+RES_WALK_BV = 0  # its V-block: auto 16 (32 where 16-wide programs would outnumber the SMs twice)
 
 
 class _Layout:
@@ -264,6 +281,16 @@ class _Layout:
         self.duwalk_grid = (cdiv(self.V, self.BV_duwalk), self.N * self.H)
         self.duwalk_steps = steps or (2 if math.prod(self.duwalk_grid) < sms else 1)
         self.BV_intra = self._knob("INTRA_BV", narrow_bv, self.V)
+        # RES_WALK's one walk holds all of K (a column of r reads a column of S over all of K) and S and R: 16 wide, 32
+        # where 16-wide programs would be more than two an SM. Automatic only where it was timed (bf16/fp16, K <= 128):
+        # fp32 tiles or a 256-row state would take it past the registers the lean walks fit in.
+        if RES_WALK not in (0, 1, 2):
+            raise ValueError(f"launch knob RES_WALK must be 0 (automatic), 1 (S's walk, the residual kernel, R's walk) "
+                             f"or 2 (one walk making the residuals); got {RES_WALK!r}")
+        self.res_walk = RES_WALK == 2 or (RES_WALK == 0 and wide and not self.duwalk_few and sms > 0)
+        res_walk_bv = 32 if self.N * self.H * cdiv(self.V, 16) > 2 * sms else 16
+        self.BV_reswalk = self._knob("RES_WALK_BV", min(res_walk_bv, V2), self.V)
+        self.reswalk_grid = (cdiv(self.V, self.BV_reswalk), self.N * self.H)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -445,9 +472,12 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, every: int = 1):
     """The forward's passes up to the output: chunk-start states of S and R, residuals, final states, from the gates
     as the walks take them (_walks_gates; the residual kernel reads the same values). h_S comes with its lo buffer
     (the residuals read ~16 bits of it); h_R without. ``every`` 2: the walks store the states the forward's
-    chunk-parallel kernels read alone (L.halves 2), not the backward's."""
-    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, every=every)
+    chunk-parallel kernels read alone (L.halves 2), not the backward's. Where L.res_walk, one walk does it all
+    (_residual_walk)."""
     res = v.new_empty(v.shape, dtype=L.res_dtype)
+    if L.res_walk:
+        return _residual_walk(L, k, v, g, beta, gamma, S0, R0, res, every)
+    h_s, h_s_lo, S_T = _walk(L, k, v, g, beta, S0, True, True, every=every)
     pairs = _pair_launch(L, every)
     _rla_residual_kernel[L.pair_grid(L.BV_res)](
         k, v, g, beta, h_s, h_s if h_s_lo is None else h_s_lo, res, *pairs["args"], L.clip,
@@ -458,6 +488,28 @@ def _run_states(L: _Layout, k, v, g, beta, gamma, S0, R0, every: int = 1):
     )
     del h_s_lo  # only the residuals read it
     h_r, _, R_T = _walk(L, k, res, g, gamma, R0, False, False, every=every)
+    return h_s, h_r, res, S_T, R_T
+
+
+def _residual_walk(L: _Layout, k, v, g, beta, gamma, S0, R0, res, every: int):
+    """_run_states as one walk (RES_WALK): u's in-chunk sums w first, chunk-parallel, then the walk making the
+    residuals between its steps of S and R. h_S without lo (the residual kernel, its only reader, does not run)."""
+    w = v.new_empty(v.shape, dtype=torch.float32)
+    _rla_residual_kernel[L.parallel_grid(L.BV_res)](
+        k, v, g, beta, w, w, w, L.cu_seqlens, L.chunk_indices, L.chunk_offsets, L.clip, L.clip_mask, L.clip_below,
+        L.T, H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_res,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=False,
+        IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order, HALVES=1, STATE_EVERY=1, IN_CHUNK=True,
+    )
+    rows, offsets = L.state_rows(every)
+    (h_s, _), (h_r, _) = _chunk_states(L, k, False, rows), _chunk_states(L, k, False, rows)
+    S_T, R_T = (k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32) for _ in range(2))
+    _residual_walk_kernel[L.reswalk_grid](
+        k, v, w, g, beta, gamma, S0, R0, h_s, h_r, res, S_T, R_T, L.cu_seqlens, offsets, L.clip, L.clip_mask,
+        L.clip_below, L.T, H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_reswalk,
+        RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_S0=S0 is not None,
+        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, STATE_EVERY=every,
+    )
     return h_s, h_r, res, S_T, R_T
 
 

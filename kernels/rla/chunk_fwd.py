@@ -16,6 +16,9 @@ sequential, and each of them is one or two small dots a chunk. S does not depend
 answers the key queries u_t from those states and turns them into residuals r_t, every chunk in parallel;
 the same walk kernel then runs R over the residuals. ``_rla_fwd_output_kernel`` answers the q queries from
 the stored h_S and h_R, every chunk in parallel. The backward (chunk_bwd.py) reruns the three passes.
+Where the walks' programs fill the GPU (chunk.RES_WALK) those three passes are one: ``_residual_walk_kernel`` carries
+S and R and makes each chunk's residuals from its own S between the two steps, u's in-chunk sum coming from the
+residual kernel's IN_CHUNK pass before it.
 
 The residual and output kernels take two walk chunks a program (chunk.FWD_HALVES): they read the states at the
 first chunk's start alone and answer the second chunk's queries with the first chunk's tokens as keys (a [BT, BT]
@@ -264,6 +267,70 @@ def _rerun_walk_kernel(
         b_r = b_r * b_a + b_ur
 
 
+# Pinned to one launch config, as the other walks are.
+@autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "STATE_EVERY"])
+@triton.jit(do_not_specialize=["T"])
+def _residual_walk_kernel(
+    k, v, w, g, beta, gamma, s0, r0, h_s, h_r, res, s_final, r_final,
+    cu_seqlens, chunk_offsets, clip, clip_mask, clip_below, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_S0: tl.constexpr,
+    HAS_R0: tl.constexpr, IS_VARLEN: tl.constexpr, STATE_EVERY: tl.constexpr,
+):
+    """The forward's three passes up to the output as one walk (chunk.RES_WALK): S and R carried by one program,
+    each chunk's residuals made between them from the carried S,
+        u = exp(Gm) h_S^T k + w,   r = rho(v - u),
+    w being u's in-chunk sum (the residual kernel's IN_CHUNK pass, fp32), then both states stepped as the two walks
+    step them, R over r as stored (rounded to res's dtype, the clip's mask kept). A column of r reads S's column
+    alone, so a program holds all of K (BK) and one V-block. Stores r, the chunk-start states as the two walks do
+    (every one or, with STATE_EVERY 2, the even chunks'; no lo: the residual kernel, its only reader, does not run)
+    and the final states (fp32). Why: where (sequence x head, V-block) programs are few (batch-1 prefill) each walk
+    is a chain of latency-bound steps, and the residual kernel sits between the two chains; here S's chain is one
+    FMA a step and everything else hangs off it."""
+    i_v = tl.cast(tl.program_id(0), tl.int64)
+    i_nh = tl.cast(tl.program_id(1), tl.int64)
+    i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN, STATE_EVERY)
+    DT = k.dtype.element_ty
+    if DOTS_FP32:
+        DT = tl.float32
+    RES_DT = res.dtype.element_ty
+
+    b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    b_r = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_S0:
+        b_s += load_tile(s0 + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+    if HAS_R0:
+        b_r += load_tile(r0 + i_nh * K * V, 0, K, V, i_v * BV, V, BK, BV).to(tl.float32)
+    tok_k = (bos * H + i_h) * K
+    tok_v = (bos * H + i_h) * V
+    for i_loop in range(0, NT):
+        i_t = tl.cast(i_loop, tl.int64)
+        h_off, h_rows = walk_state_slot(i_t, boh, i_h, H, K, V, STATE_EVERY)
+        store_tile(h_s + h_off, b_s, 0, h_rows, V, i_v * BV, V, BK, BV)
+        store_tile(h_r + h_off, b_r, 0, h_rows, V, i_v * BV, V, BK, BV)
+        b_g, b_G, b_GL, gate_off, in_seq = _chunk_gates(g, bos, T_seq, i_t, i_h, H, BT)
+        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+        # S's products at ~16 bits (dot_split), as the residual kernel reads its stored hi + lo: they decide the mask
+        b_u = dot_split(b_k, b_s, DOT_PREC) * tl.exp(b_G - b_g)[:, None] + b_w
+        b_res = _residuals(b_v, b_u, clip, clip_mask, clip_below, RES_DT, RESIDUAL)
+        store_tile(res + tok_v, b_res, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+        # The two walks' steps (_walk_step: S split, R over r as the R walk loads it back)
+        b_decay = tl.exp(b_GL - b_G)
+        b_ws = b_decay * tl.load(beta + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+        b_wr = b_decay * tl.load(gamma + gate_off, mask=in_seq, other=0.0).to(tl.float32)
+        b_kt = tl.trans(b_k)
+        b_a = tl.exp(b_GL)
+        b_upd_r = tl.dot(b_kt, (b_res.to(RES_DT).to(tl.float32) * b_wr[:, None]).to(DT), input_precision=DOT_PREC)
+        b_s = b_s * b_a + dot_split(b_kt, b_v * b_ws[:, None], DOT_PREC)
+        b_r = b_r * b_a + b_upd_r
+    store_tile(s_final + i_nh * K * V, b_s, 0, K, V, i_v * BV, V, BK, BV)
+    store_tile(r_final + i_nh * K * V, b_r, 0, K, V, i_v * BV, V, BK, BV)
+
+
 @triton.jit
 def _chunk_program(CHUNK_AXIS: tl.constexpr, H: tl.constexpr, ORDER: tl.constexpr):
     """A chunk-parallel program's chunk (grid axis CHUNK_AXIS) and (sequence, head) or head (the next axis), int64,
@@ -324,24 +391,31 @@ def _pair_state_row(chunk_indices, state_offsets, i_t, i_nh, i_p, T, T_seq, H: t
 def _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v,
                      H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, RESIDUAL: tl.constexpr):
     """r = rho(v - u) of walk chunk i_c, stored in res's dtype (the input dtype) with the clip's mask kept."""
+    b_res = _residuals(b_v, b_u, clip, clip_mask, clip_below, res.dtype.element_ty, RESIDUAL)
+    store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+
+
+@triton.jit
+def _residuals(b_v, b_u, clip, clip_mask, clip_below, RES_DT: tl.constexpr, RESIDUAL: tl.constexpr):
+    """r = rho(v - u), fp32, as _store_residuals stores it in RES_DT: the clip's mask kept through that rounding."""
     b_res = _rho(b_v.to(tl.float32) - b_u, clip, RESIDUAL)
     if RESIDUAL == 1:
         # The backward reads the clip's mask back from the stored r as |r| < clip_mask (c rounded to res's dtype
         # on the host). A saturated r is stored as +-clip_mask itself (exact: not left to this conversion's
         # rounding mode, which need not be the host's -- Triton's interpreter truncates); a non-saturated r
         # that would round onto it or past it (dv off by a whole gamma Y) is stored one ulp inside, at clip_below.
-        b_rounded = b_res.to(res.dtype.element_ty).to(tl.float32)
+        b_rounded = b_res.to(RES_DT).to(tl.float32)
         sat = tl.abs(b_res) >= clip
         onto = (tl.abs(b_rounded) >= clip_mask) & (~sat)
         b_res = tl.where(sat, tl.where(b_res < 0, -clip_mask, clip_mask),
                          tl.where(onto, tl.where(b_res < 0, -clip_below, clip_below), b_res))
-    store_tile(res + (bos * H + i_h) * V, b_res, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    return b_res
 
 
 # STATE_EVERY is not in the key (nor the output kernel's): which rows a program reads changes no arithmetic, so
 # a kept walk's forward (every state) runs the config the default one (every other) tuned, and makes the same bits.
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES"])
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "HALVES", "IN_CHUNK"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_residual_kernel(
     k, v, g, beta, h_s, h_s_lo, res,
@@ -350,13 +424,16 @@ def _rla_residual_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_LO: tl.constexpr,
     IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, HALVES: tl.constexpr, STATE_EVERY: tl.constexpr,
+    IN_CHUNK: tl.constexpr = False,
 ):
     """The residuals r_t = rho(v_t - u_t), u_t = S_{t-1}^T k_t, from the stored chunk-start states of S:
     every chunk in parallel, one program per (V-block, HALVES walk chunks, head). With HALVES 2 the program reads the
     state at its first chunk alone, and its second chunk's u takes the first's tokens as keys:
         u_t = exp(G_L0 + Gm_t) h_S^T k_t + sum_{i in chunk 0} exp(G_L0 - G0_i + Gm_t) beta_i (k_i.k_t) v_i + (in-chunk)
     which is k_t against the walk's next state, exp(G_L0) h_S + (k exp(G_L0 - G0) beta)^T v, without its bytes.
-    Stored in res's dtype (the input dtype), the clip's mask kept (_store_residuals)."""
+    Stored in res's dtype (the input dtype), the clip's mask kept (_store_residuals).
+    IN_CHUNK (HALVES 1, no state read): u's in-chunk sum alone, stored in fp32 to res as it is (no rho), for the walk
+    that makes the residuals from its own state (_residual_walk_kernel)."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_t, i_nh = _chunk_program(1, H, CHUNK_ORDER)
     bos, T_seq, i_p, _, i_h = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_nh, T, H, BT * HALVES, IS_VARLEN)
@@ -364,12 +441,13 @@ def _rla_residual_kernel(
     if DOTS_FP32:
         DT = tl.float32
 
-    h_off = (_pair_state_row(chunk_indices, state_offsets, i_t, i_nh, i_p, T, T_seq, H, BT, HALVES, STATE_EVERY,
-                             IS_VARLEN) * H + i_h) * K * V
-    b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
-    b_hs_lo = b_hs
-    if HAS_LO:
-        b_hs_lo = load_tile(h_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
+    if not IN_CHUNK:
+        h_off = (_pair_state_row(chunk_indices, state_offsets, i_t, i_nh, i_p, T, T_seq, H, BT, HALVES, STATE_EVERY,
+                                 IS_VARLEN) * H + i_h) * K * V
+        b_hs = load_tile(h_s + h_off, 0, K, V, i_v * BV, V, BK, BV)
+        b_hs_lo = b_hs
+        if HAS_LO:
+            b_hs_lo = load_tile(h_s_lo + h_off, 0, K, V, i_v * BV, V, BK, BV)
 
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]  # [query t, key i]: i < t
@@ -387,10 +465,15 @@ def _rla_residual_kernel(
     # matrices through dot_split, k and v exact.
     b_A = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PREC)
     b_A = b_A * exp_where(strict, b_Gm[:, None] - b_G[None, :]) * b_beta[None, :]
-    b_u = _dot_state(b_k, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_Gm)[:, None]
-    b_u = dot_split(b_A, b_v, DOT_PREC, b_u)
-    _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v, H, V, BT, BV, RESIDUAL)
-    if HALVES == 2:
+    if IN_CHUNK:
+        b_w = dot_split(b_A, b_v, DOT_PREC)
+        store_tile(res + (bos * H + i_h) * V, b_w, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
+    else:
+        b_u = _dot_state(b_k, b_hs, b_hs_lo, DT, DOT_PREC, HAS_LO) * tl.exp(b_Gm)[:, None]
+        b_u = dot_split(b_A, b_v, DOT_PREC, b_u)
+        _store_residuals(res, b_v, b_u, clip, clip_mask, clip_below, bos, T_seq, i_c, i_h, i_v, H, V, BT, BV,
+                         RESIDUAL)
+    if HALVES == 2 and not IN_CHUNK:
         b_GL0 = tl.sum(b_g, axis=0)
         b_g1 = load_gate(g, bos, T_seq, i_c + 1, i_h, H, BT)
         b_beta1 = load_gate(beta, bos, T_seq, i_c + 1, i_h, H, BT)

@@ -539,7 +539,7 @@ def test_backward_allocates_no_lo_for_the_state_gradients(monkeypatch, dtype, n_
 
 KNOBS = sys.modules[chunk_rla_fwd.__module__].LAUNCH_KNOBS
 WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_grad", "BV_intra", "BK_par", "BV_dqkg",
-          "BV_du", "BV_duwalk", "BK_rerun", "BV_rerun")
+          "BV_du", "BV_duwalk", "BK_rerun", "BV_rerun", "BV_reswalk")
 
 # (dtype, B, H, K, V, SMs): _Layout's widths at every knob 0 in WIDTHS' order and the walks' chunks a loop turn at
 # WALK_STEPS 0 (forward, reverse), worked out by hand from the rules in rla/chunk.py's comments (the H200's winners of
@@ -550,23 +550,34 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
 # where it takes chunk pairs, FWD_HALVES 2: bf16/fp16 at K <= 128, H100 2026-12-05 16:40; the one reverse walk of
 # DU_WALK 32 wide, 16 for fp32 or where 32-wide programs would leave half the SMs idle, two steps a turn where its
 # programs would leave any idle; the rerun walk at the forward walks' K-block, its V-block 64 or 32 wide for bf16/fp16
-# at K <= 128, the widest whose programs are at least half the SMs, H100 2026-12-06 10:33)
+# at K <= 128, the widest whose programs are at least half the SMs, H100 2026-12-06 10:33; RES_WALK's one walk 16
+# wide, 32 where 16-wide programs would be more than two an SM, and taken (the last of the third tuple) for bf16/fp16
+# at K <= 128 where 32-wide programs are at least the SMs, H100 2026-12-06 21:49)
 AUTOMATIC_WIDTHS = [
     # 2k
-    ((torch.bfloat16, 16, 16, 128, 128, 132), (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64), (1, 1, 1)),
+    ((torch.bfloat16, 16, 16, 128, 128, 132),
+     (128, 32, 128, 64, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64, 32), (1, 1, 1, True)),
     # its 8k
-    ((torch.bfloat16, 4, 16, 128, 128, 132), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64), (2, 1, 1)),
+    ((torch.bfloat16, 4, 16, 128, 128, 132),
+     (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64, 32), (2, 1, 1, True)),
     # its 16k
-    ((torch.bfloat16, 2, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64), (2, 1, 2)),
+    ((torch.bfloat16, 2, 16, 128, 128, 132),
+     (64, 32, 64, 32, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64, 16), (2, 1, 2, False)),
     # batch-1
-    ((torch.bfloat16, 1, 16, 128, 128, 132), (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64, 16, 64, 32), (2, 2, 2)),
-    ((torch.float32, 16, 16, 128, 128, 132), (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32, 16, 64, 32), (1, 1, 1)),
+    ((torch.bfloat16, 1, 16, 128, 128, 132),
+     (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64, 16, 64, 32, 16), (2, 2, 2, False)),
+    ((torch.float32, 16, 16, 128, 128, 132),
+     (64, 32, 64, 32, 64, 64, 32, 32, 64, 32, 32, 16, 64, 32, 32), (1, 1, 1, False)),
     # SmolLM2, no GPU
-    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64, 32, 64, 64), (1, 1, 1)),
-    ((torch.float16, 1, 2, 96, 80, 0), (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64), (1, 1, 1)),
-    ((torch.bfloat16, 1, 2, 256, 256, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64, 32, 64, 32), (1, 1, 1)),
-    ((torch.float32, 1, 2, 16, 16, 132), (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2, 2)),
-    ((torch.bfloat16, 16, 16, 64, 80, 132), (64, 32, 64, 64, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64), (1, 1, 1)),
+    ((torch.bfloat16, 1, 2, 64, 64, 0), (64, 32, 64, 32, 64, 64, 64, 64, 64, 32, 64, 32, 64, 64, 32), (1, 1, 1, False)),
+    ((torch.float16, 1, 2, 96, 80, 0),
+     (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64, 32), (1, 1, 1, False)),
+    ((torch.bfloat16, 1, 2, 256, 256, 0),
+     (64, 32, 64, 32, 64, 64, 64, 64, 64, 64, 64, 32, 64, 32, 32), (1, 1, 1, False)),
+    ((torch.float32, 1, 2, 16, 16, 132),
+     (16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), (2, 2, 2, False)),
+    ((torch.bfloat16, 16, 16, 64, 80, 132),
+     (64, 32, 64, 64, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64, 32), (1, 1, 1, True)),
 ]
 
 
@@ -584,7 +595,8 @@ def test_launch_knobs_at_zero_give_the_automatic_widths(monkeypatch, shape, want
     assert L.dwalk_grid == (triton.cdiv(K, want[2]), triton.cdiv(V, want[3]), B * H)
     assert L.duwalk_grid == (triton.cdiv(V, want[11]), B * H)
     assert L.rerun_grid == (triton.cdiv(K, want[12]), triton.cdiv(V, want[13]), B * H)
-    assert (L.walk_steps, L.dwalk_steps, L.duwalk_steps) == steps
+    assert L.reswalk_grid == (triton.cdiv(V, want[14]), B * H)
+    assert (L.walk_steps, L.dwalk_steps, L.duwalk_steps, L.res_walk) == steps
 
 
 def test_launch_knobs_are_validated_and_clamped(monkeypatch):
@@ -1257,3 +1269,60 @@ def test_empty_input_takes_pointers_where_tma_cannot_describe_it():
     grads = chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, None, torch.randn_like(o), dS_T, dR_T, walk=kept)
     assert torch.equal(grads[6], dS_T) and torch.equal(grads[7], dR_T)
     assert all(g.numel() == 0 for g in grads[:3])
+
+
+# name: make_inputs arguments, cu_seqlens, chunk size, (clip, residual), tolerance against float64
+RES_WALK_CASES = {
+    # 3 chunks, the last partial, initial states; the clip biting on about half the elements
+    "odd_chunks": (dict(B=2, T=37, H=2, K=16, V=16), None, 16, (0.5, "clip"), 1e-4),
+    # packed, an empty sequence among them; tanh
+    "varlen": (dict(B=1, T=92, H=2, K=16, V=16, N=5), [0, 5, 5, 25, 57, 92], 16, (0.8, "tanh"), 1e-4),
+    # three V-blocks (V = 48 at 16 wide), K past its power of two's half (48 in a 64-wide block), half inputs
+    "bf16_blocks": (dict(B=1, T=70, H=1, K=48, V=48, dtype=torch.bfloat16), None, 16, (0.3, "clip"), 1e-2),
+    # no residual function: r = v - u
+    "fp16_identity": (dict(B=2, T=40, H=1, K=32, V=32, dtype=torch.float16), None, 16, (None, "clip"), 1e-2),
+}
+
+
+@pytest.mark.parametrize("case", RES_WALK_CASES)
+def test_one_walk_makes_the_residuals(monkeypatch, case):
+    """RES_WALK 2: u's in-chunk sums chunk-parallel (the residual kernel's IN_CHUNK pass), then one walk carrying S and
+    R that makes each chunk's residuals between its steps, in place of S's walk, the residual kernel and R's walk. The
+    forward and the backward that reruns it (nothing kept), the kept residuals' and the kept walk's, against the
+    float64 oracle; the residuals within rounding of the three passes'; every state row written (every other one
+    where the output kernel reads pairs) and none past the chunks; a kept walk's states the ones the rerun makes."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, (clip, residual), tol = RES_WALK_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    kw = dict(chunk_size=chunk_size)
+    *_, (r_three, _) = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
+    monkeypatch.setattr(chunk, "RES_WALK", 2)
+    buffers = _nan_padded_state_buffers(monkeypatch, chunk)
+    log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel", "_residual_walk_kernel",
+                                               "_rla_fwd_output_kernel"),
+                          lambda name, kw: (name, kw.get("IN_CHUNK", kw.get("STATE_EVERY"))))
+    out = {}
+    check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=out, **kw)
+    halves = 2 if shape["K"] <= 64 or shape.get("dtype", torch.float32) != torch.float32 else 1
+    one_walk = [("_rla_residual_kernel", True), ("_residual_walk_kernel", halves)]
+    assert log == one_walk + [("_rla_fwd_output_kernel", halves)] + one_walk[:1] + [("_residual_walk_kernel", 1)]
+    for n_chunks, whole in buffers:
+        for b in whole:
+            assert not b[:n_chunks].isnan().any() and b[n_chunks:].isnan().all()
+    *outputs, (r_one, _) = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
+    assert rel_err(r_one, r_three.double()) < (1e-5 if tol < 1e-3 else 1e-2)
+    for x, ref in zip(outputs, out["outputs"]):
+        assert torch.equal(x, ref)
+    grads = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *out["cotangents"], walk=(r_one,), **kw)
+    *outputs, walk = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
+    kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *out["cotangents"], walk=walk[:3], **kw)
+    for name, x, y, ref in zip(GRAD_NAMES, grads, kept, out["want_grads"]):
+        assert (x is None and ref is None) or (rel_err(x, ref) < tol and rel_err(y, ref) < tol), name
+    for x, y in zip(kept, out["grads"]):  # the kept walk's states are the rerun's: the same bits
+        assert (x is None and y is None) or torch.equal(x, y)
+    monkeypatch.setattr(chunk, "RES_WALK", 3)
+    log.clear()
+    with pytest.raises(ValueError, match=r"launch knob RES_WALK must be 0 \(automatic\), 1 .* or 2 "):
+        chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)
+    assert log == []
