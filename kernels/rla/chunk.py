@@ -195,6 +195,13 @@ DU_TMA = 1
 # at 16 wide against ~270 for each of the two walks, ptxas) is the chain. Float64 with 2: 10/10 (that call).
 RES_WALK = 0
 RES_WALK_BV = 0  # its V-block: auto 16 (32 where 16-wide programs would outnumber the SMs twice)
+# 1: RES_WALK's one walk loads k, v and w through TMA descriptors where the layout allows
+# (_residual_walk_descriptors); 0: by pointers. Expected (written before any measurement, 2026-12-06 22:20, after the
+# lean walks' -8% (WALK_TMA) and RDN's transposed walk's -14%): the walk 0.526 -> ~0.49 ms at B=16 T=2k; ptxas
+# (Triton 3.6) had its loop 1148 -> 1160 SASS, LDG 34 -> 6. Measured 0 -> 1 (H100, 2026-12-06 22:26, first configs,
+# `profile_kernels.py --ops rla --wall --knob RES_WALK_TMA=0,1`), forward wall ms (the walk's GPU ms): B=16 T=2k 1.318
+# -> 1.279 (0.529 -> 0.493), B=4 T=8k 1.321 -> 1.262 (0.543 -> 0.476). Float64 (bf16 rows, RES_WALK=2): 5/5.
+RES_WALK_TMA = 1
 
 
 class _Layout:
@@ -504,13 +511,28 @@ def _residual_walk(L: _Layout, k, v, g, beta, gamma, S0, R0, res, every: int):
     rows, offsets = L.state_rows(every)
     (h_s, _), (h_r, _) = _chunk_states(L, k, False, rows), _chunk_states(L, k, False, rows)
     S_T, R_T = (k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32) for _ in range(2))
+    tiles = _residual_walk_descriptors(L, k, v, w)
+    k_t, v_t, w_t = tiles or (k, v, w)
     _residual_walk_kernel[L.reswalk_grid](
-        k, v, w, g, beta, gamma, S0, R0, h_s, h_r, res, S_T, R_T, L.cu_seqlens, offsets, L.clip, L.clip_mask,
+        k_t, v_t, w_t, g, beta, gamma, S0, R0, h_s, h_r, res, S_T, R_T, L.cu_seqlens, offsets, L.clip, L.clip_mask,
         L.clip_below, L.T, H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_reswalk,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_S0=S0 is not None,
-        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, STATE_EVERY=every,
+        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, STATE_EVERY=every, TMA=tiles is not None,
     )
     return h_s, h_r, res, S_T, R_T
+
+
+def _residual_walk_descriptors(L: _Layout, k, v, w) -> tuple | None:
+    """RES_WALK's k ([tokens, H x K] in [BT, K] tiles), v and w ([tokens, H x V] in [BT, BV] ones) as TMA descriptors,
+    or None (pointers) where RES_WALK_TMA is 0, the device has no TMA, a tile would cross a head (K not its K-block, V
+    not a multiple of the V-block) or a tensor's layout is not one TMA reads."""
+    if RES_WALK_TMA not in (0, 1):
+        raise ValueError(f"launch knob RES_WALK_TMA must be 0 (pointers) or 1 (TMA descriptors); got "
+                         f"{RES_WALK_TMA!r}")
+    if not RES_WALK_TMA or L.K != L.BK or L.V % L.BV_reswalk or not copy_engine_loads(k.device):
+        return None
+    rows_v = (L.BT, L.BV_reswalk)
+    return rows_descriptors((k, L.H * L.K, (L.BT, L.BK)), (v, L.H * L.V, rows_v), (w, L.H * L.V, rows_v))
 
 
 def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside, steps: int):

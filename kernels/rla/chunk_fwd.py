@@ -269,7 +269,7 @@ def _rerun_walk_kernel(
 
 # Pinned to one launch config, as the other walks are.
 @autotune(configs=warps_stages_configs(warps=(4,), stages=(2,)),
-          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "STATE_EVERY"])
+          key=["H", "K", "V", "BT", "BK", "BV", "RESIDUAL", "DOT_PREC", "DOTS_FP32", "STATE_EVERY", "TMA"])
 @triton.jit(do_not_specialize=["T"])
 def _residual_walk_kernel(
     k, v, w, g, beta, gamma, s0, r0, h_s, h_r, res, s_final, r_final,
@@ -277,7 +277,7 @@ def _residual_walk_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     RESIDUAL: tl.constexpr, DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, HAS_S0: tl.constexpr,
-    HAS_R0: tl.constexpr, IS_VARLEN: tl.constexpr, STATE_EVERY: tl.constexpr,
+    HAS_R0: tl.constexpr, IS_VARLEN: tl.constexpr, STATE_EVERY: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """The forward's three passes up to the output as one walk (chunk.RES_WALK): S and R carried by one program,
     each chunk's residuals made between them from the carried S,
@@ -288,11 +288,16 @@ def _residual_walk_kernel(
     (every one or, with STATE_EVERY 2, the even chunks'; no lo: the residual kernel, its only reader, does not run)
     and the final states (fp32). Why: where (sequence x head, V-block) programs are few (batch-1 prefill) each walk
     is a chain of latency-bound steps, and the residual kernel sits between the two chains; here S's chain is one
-    FMA a step and everything else hangs off it."""
+    FMA a step and everything else hangs off it. TMA (chunk.RES_WALK_TMA): k, v and w are descriptors
+    (chunk._residual_walk_descriptors); their rows past the sequence's end (the next one's tokens) meet beta and gamma
+    of 0 in both updates, and their residuals are not stored."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN, STATE_EVERY)
-    DT = k.dtype.element_ty
+    if TMA:
+        DT = k.dtype
+    else:
+        DT = k.dtype.element_ty
     if DOTS_FP32:
         DT = tl.float32
     RES_DT = res.dtype.element_ty
@@ -311,9 +316,16 @@ def _residual_walk_kernel(
         store_tile(h_s + h_off, b_s, 0, h_rows, V, i_v * BV, V, BK, BV)
         store_tile(h_r + h_off, b_r, 0, h_rows, V, i_v * BV, V, BK, BV)
         b_g, b_G, b_GL, gate_off, in_seq = _chunk_gates(g, bos, T_seq, i_t, i_h, H, BT)
-        b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
-        b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
-        b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+        if TMA:
+            row = tl.cast(bos + i_t * BT, tl.int32)
+            col_v = tl.cast(i_h * V + i_v * BV, tl.int32)
+            b_k = k.load([row, tl.cast(i_h * K, tl.int32)]).to(DT)
+            b_v = v.load([row, col_v]).to(tl.float32)
+            b_w = w.load([row, col_v]).to(tl.float32)
+        else:
+            b_k = load_tile(k + tok_k, i_t * BT, T_seq, H * K, 0, K, BT, BK).to(DT)
+            b_v = load_tile(v + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
+            b_w = load_tile(w + tok_v, i_t * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(tl.float32)
         # S's products at ~16 bits (dot_split), as the residual kernel reads its stored hi + lo: they decide the mask
         b_u = dot_split(b_k, b_s, DOT_PREC) * tl.exp(b_G - b_g)[:, None] + b_w
         b_res = _residuals(b_v, b_u, clip, clip_mask, clip_below, RES_DT, RESIDUAL)

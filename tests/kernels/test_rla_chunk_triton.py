@@ -1326,3 +1326,31 @@ def test_one_walk_makes_the_residuals(monkeypatch, case):
     with pytest.raises(ValueError, match=r"launch knob RES_WALK must be 0 \(automatic\), 1 .* or 2 "):
         chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)
     assert log == []
+
+
+@pytest.mark.parametrize("case", WALK_TMA_CASES)
+def test_one_walk_through_tma_is_bit_for_bit(monkeypatch, case):
+    """RES_WALK_TMA 1 (the default): the one forward walk (RES_WALK 2) takes k, v and u's in-chunk sums w through TMA
+    descriptors where the layout allows. The rows it reads past a sequence's end are the next sequence's tokens: beta and gamma of 0 keep
+    them out of both states, and their residuals are not stored, so o, the final states, the residuals and every
+    gradient (through the backward's rerun) are the pointer path's bits. K not a power of two takes pointers."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    shape, cu, chunk_size, tma = WALK_TMA_CASES[case]
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    inputs, S0, R0 = make_inputs(**shape)
+    monkeypatch.setattr(chunk, "RES_WALK", 2)
+    do, dS_T, dR_T = torch.randn_like(inputs[2]), torch.randn_like(S0), torch.randn_like(R0)
+    got = {}
+    for knob in (0, 1):
+        monkeypatch.setattr(chunk, "RES_WALK_TMA", knob)
+        log = record_launches(monkeypatch, chunk, ["_residual_walk_kernel"], lambda name, kw: kw["TMA"])
+        *outputs, kept = chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu, chunk_size=chunk_size,
+                                       keep_tokens=True)
+        grads = chunk_rla_bwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu, do, dS_T, dR_T, chunk_size=chunk_size)
+        assert log == [bool(knob) and tma] * 2  # the forward's walk, the backward's rerun of it
+        got[knob] = outputs + list(kept) + list(grads)
+    for a, b in zip(got[0], got[1]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    monkeypatch.setattr(chunk, "RES_WALK_TMA", 2)
+    with pytest.raises(ValueError, match=r"launch knob RES_WALK_TMA must be 0 \(pointers\) or 1"):
+        chunk_rla_fwd(*inputs, 0.7, 1.0, "clip", S0, R0, cu, chunk_size=chunk_size)
