@@ -1331,9 +1331,10 @@ def test_one_walk_makes_the_residuals(monkeypatch, case):
 @pytest.mark.parametrize("case", WALK_TMA_CASES)
 def test_one_walk_through_tma_is_bit_for_bit(monkeypatch, case):
     """RES_WALK_TMA 1 (the default): the one forward walk (RES_WALK 2) takes k, v and u's in-chunk sums w through TMA
-    descriptors where the layout allows. The rows it reads past a sequence's end are the next sequence's tokens: beta and gamma of 0 keep
-    them out of both states, and their residuals are not stored, so o, the final states, the residuals and every
-    gradient (through the backward's rerun) are the pointer path's bits. K not a power of two takes pointers."""
+    descriptors where the layout allows. The rows it reads past a sequence's end are the next sequence's tokens: beta
+    and gamma of 0 keep them out of both states, and their residuals are not stored, so o, the final states, the
+    residuals and every gradient (through the backward's rerun) are the pointer path's bits. K not a power of two takes
+    pointers."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     shape, cu, chunk_size, tma = WALK_TMA_CASES[case]
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
