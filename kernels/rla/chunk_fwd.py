@@ -286,9 +286,9 @@ def _residual_walk_kernel(
     step them, R over r as stored (rounded to res's dtype, the clip's mask kept). A column of r reads S's column
     alone, so a program holds all of K (BK) and one V-block. Stores r, the chunk-start states as the two walks do
     (every one or, with STATE_EVERY 2, the even chunks'; no lo: the residual kernel, its only reader, does not run)
-    and the final states (fp32). Why: where (sequence x head, V-block) programs are few (batch-1 prefill) each walk
-    is a chain of latency-bound steps, and the residual kernel sits between the two chains; here S's chain is one
-    FMA a step and everything else hangs off it. TMA (chunk.RES_WALK_TMA): k, v and w are descriptors
+    and the final states (fp32). Why: where (sequence x head, V-block) programs fill the GPU it does the three
+    passes' work with fewer bytes (no h_S lo, no round trip of r, k loaded once for both states); where they are few
+    its longer step is the chain, and the two lean walks win (chunk.RES_WALK has the times). TMA (chunk.RES_WALK_TMA): k, v and w are descriptors
     (chunk._residual_walk_descriptors); their rows past the sequence's end (the next one's tokens) meet beta and gamma
     of 0 in both updates, and their residuals are not stored."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
