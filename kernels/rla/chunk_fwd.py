@@ -288,9 +288,9 @@ def _residual_walk_kernel(
     (every one or, with STATE_EVERY 2, the even chunks'; no lo: the residual kernel, its only reader, does not run)
     and the final states (fp32). Why: where (sequence x head, V-block) programs fill the GPU it does the three
     passes' work with fewer bytes (no h_S lo, no round trip of r, k loaded once for both states); where they are few
-    its longer step is the chain, and the two lean walks win (chunk.RES_WALK has the times). TMA (chunk.RES_WALK_TMA): k, v and w are descriptors
-    (chunk._residual_walk_descriptors); their rows past the sequence's end (the next one's tokens) meet beta and gamma
-    of 0 in both updates, and their residuals are not stored."""
+    its longer step is the chain, and the two lean walks win (chunk.RES_WALK has the times). TMA (chunk.RES_WALK_TMA):
+    k, v and w are descriptors (chunk._residual_walk_descriptors); their rows past the sequence's end (the next one's
+    tokens) meet beta and gamma of 0 in both updates, and their residuals are not stored."""
     i_v = tl.cast(tl.program_id(0), tl.int64)
     i_nh = tl.cast(tl.program_id(1), tl.int64)
     i_h, bos, T_seq, boh, NT = _walk_seq(cu_seqlens, chunk_offsets, i_nh, T, H, BT, IS_VARLEN, STATE_EVERY)
