@@ -136,11 +136,13 @@ def test_no_kernel_refills_a_shared_slot_under_a_running_wgmma(shape):
     # Every kernel of both ops at every config the autotuner may pick, compiled for sm_90 by this machine's Triton
     # (~80 s a shape): at (4, 2) RDN's gradient kernel put its state tiles in one slot refilled under the running
     # dots, and dk changed between runs (H200, 2026-12-04). The benchmark's shape takes the 64-wide and transposed
-    # walks, the small one the one-launch reverse walks and the untransposed forward walk.
+    # walks and RLA's one forward walk (RES_WALK), the small one the one-launch reverse walks, the untransposed forward
+    # walk and RLA's lean walks.
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RLA_KERNELS_FIXED_CONFIG")}
     out = subprocess.run([sys.executable, SCRIPT, "--ops", "rdn,rla", "--shape", shape, "--hazards"],
                          capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     kernels = {m.group(1) for m in map(ROW.match, out.stdout.splitlines()) if m}
-    assert {"_rdn_bwd_grad_kernel", "_rdn_bwd_mats_kernel", "_rla_bwd_dqkg_kernel", "_state_walk_kernel"} <= kernels
+    rla_walk = "_residual_walk_kernel" if shape.startswith("16,") else "_state_walk_kernel"
+    assert {"_rdn_bwd_grad_kernel", "_rdn_bwd_mats_kernel", "_rla_bwd_dqkg_kernel", rla_walk} <= kernels
     assert "HAZARD" not in out.stdout, [line for line in out.stdout.splitlines() if "HAZARD" in line]
