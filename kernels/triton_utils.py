@@ -240,8 +240,11 @@ def rows_descriptor(x: torch.Tensor, width: int, block: tuple[int, int]):
 
 
 def rows_descriptors(*tiles: tuple) -> tuple | None:
-    """``rows_descriptor`` of each (tensor, width, block), or None where any has none: a launch takes all its tiles
-    through TMA or all by pointers (its kernel's TMA constexpr)."""
+    """``rows_descriptor`` of each (tensor, width, block), or None where any has none or their device loads no tiles
+    through TMA (copy_engine_loads): a launch takes all its tiles through TMA or all by pointers (its kernel's TMA
+    constexpr)."""
+    if not copy_engine_loads(tiles[0][0].device):
+        return None
     descriptors = tuple(rows_descriptor(*tile) for tile in tiles)
     return None if None in descriptors else descriptors
 

@@ -478,7 +478,7 @@ def _walk_descriptors(L: _Layout, BV: int, k, v, t_beta, t_gamma, m_k, transpose
     if WALK_TMA not in (0, 1, 2):
         raise ValueError(f"launch knob WALK_TMA must be 0 (pointers), 1 (k and v through TMA descriptors) or 2 (the "
                          f"chunk matrices too); got {WALK_TMA!r}")
-    if not transposed or not WALK_TMA or L.K != L.BK or L.V % BV or not triton_utils.copy_engine_loads(k.device):
+    if not transposed or not WALK_TMA or L.K != L.BK or L.V % BV:
         return None
     matrices = (t_beta, t_gamma, m_k) if WALK_TMA == 2 else ()
     return triton_utils.rows_descriptors((k, L.H * L.K, (L.BT, L.BK)), (v, L.H * L.V, (L.BT, BV)),

@@ -36,8 +36,8 @@ import torch
 
 from .. import shapes
 from ..triton_utils import (GRID_AXIS_LIMIT, HALF_DOTS_IN_FP32, Beside, beside_walk_width, cdiv, chunk_tables,
-                           copy_engine_loads, dot_precision, knob_steps, knob_width, next_power_of_2, rows_descriptors,
-                           sm_count, walk_gates, wide_reverse_walk)
+                           dot_precision, knob_steps, knob_width, next_power_of_2, rows_descriptors, sm_count,
+                           walk_gates, wide_reverse_walk)
 from .chunk_bwd import (_dstate_walk_kernel, _rla_bwd_dqkg_kernel, _rla_bwd_du_kernel, _rla_bwd_du_walk_kernel,
                         _rla_bwd_dv_kernel, _rla_bwd_intra_kernel, _rla_bwd_sums_kernel)
 from .chunk_fwd import (_rerun_walk_kernel, _residual_walk_kernel, _rla_fwd_output_kernel, _rla_residual_kernel,
@@ -529,7 +529,7 @@ def _residual_walk_descriptors(L: _Layout, k, v, w) -> tuple | None:
     if RES_WALK_TMA not in (0, 1):
         raise ValueError(f"launch knob RES_WALK_TMA must be 0 (pointers) or 1 (TMA descriptors); got "
                          f"{RES_WALK_TMA!r}")
-    if not RES_WALK_TMA or L.K != L.BK or L.V % L.BV_reswalk or not copy_engine_loads(k.device):
+    if not RES_WALK_TMA or L.K != L.BK or L.V % L.BV_reswalk:
         return None
     rows_v = (L.BT, L.BV_reswalk)
     return rows_descriptors((k, L.H * L.K, (L.BT, L.BK)), (v, L.H * L.V, rows_v), (w, L.H * L.V, rows_v))
@@ -609,7 +609,7 @@ def _du_walk_descriptors(L: _Layout, q, k, do, res, qk) -> tuple | None:
     tensor's layout is not one TMA reads."""
     if DU_TMA not in (0, 1):
         raise ValueError(f"launch knob DU_TMA must be 0 (pointers) or 1 (TMA descriptors); got {DU_TMA!r}")
-    if not DU_TMA or L.K != L.BK or L.V % L.BV_duwalk or not copy_engine_loads(q.device):
+    if not DU_TMA or L.K != L.BK or L.V % L.BV_duwalk:
         return None
     rows_k, rows_v = (L.BT, L.BK), (L.BT, L.BV_duwalk)
     qk_tile = () if qk is None else ((qk, L.H * L.BT, (L.BT, L.BT)),)
@@ -686,7 +686,7 @@ def _walk_descriptors(L: _Layout, k, x) -> tuple | None:
     """A forward walk's k and x (v or the residuals) as TMA descriptors, [tokens, H x K] in [BT, BK] tiles and [tokens,
     H x V] in [BT, BV] ones, or None (pointers) where WALK_TMA is 0, the device has no TMA, a tile would cross a head
     (K not a multiple of the walk's K-block, V of its V-block) or a tensor's layout is not one TMA reads."""
-    if not WALK_TMA or L.K % L.BK_walk or L.V % L.BV_walk or not copy_engine_loads(k.device):
+    if not WALK_TMA or L.K % L.BK_walk or L.V % L.BV_walk:
         return None
     return rows_descriptors((k, L.H * L.K, (L.BT, L.BK_walk)), (x, L.H * L.V, (L.BT, L.BV_walk)))
 
