@@ -5,7 +5,8 @@ Kept small and stable on purpose (other kernel modules import from it):
 - ``INTERPRET`` / ``autotune``: under TRITON_INTERPRET=1 (the CPU machine) there is no GPU to benchmark
   on, so the autotuner gets only its first config and never benchmarks; on a GPU it tunes over all
   (unless RLA_KERNELS_FIXED_CONFIG=1). ``HALF_DOTS_IN_FP32``: the interpreter's bf16 dots are wrong;
-  ``interpreter_rounds_bf16_to_nearest``: its fp32 -> bf16 conversion truncates, unless patched.
+  ``interpreter_rounds_bf16_to_nearest``: its fp32 -> bf16 conversion truncates, unless patched;
+  ``interpreter_dots_ignore_layout``: its dots' bits follow their operands' memory layout, unless patched.
 - ``load_tile`` / ``load_tile_t`` / ``store_tile`` / ``exp_where``: masked tile access (``load_tile_t``
   transposed) and safe causal decays in kernels.
 - ``chunk_of_pair``: the heads-first renumbering of chunk-parallel programs (both ops' ``CHUNK_ORDER``).
@@ -72,6 +73,30 @@ def interpreter_rounds_bf16_to_nearest():
     convert_rounding_bf16.rounds_bf16_to_nearest = True
     interpreter._convert_float = convert_rounding_bf16
 
+
+
+def interpreter_dots_ignore_layout():
+    """Make Triton's interpreter give a dot the same bits whatever its operands' memory layout, as the GPU's dots
+    are: it hands ``tl.dot``'s operands to numpy's matmul as they lie, a transposed view (``tl.trans``, a TMA
+    descriptor's tile) included, and OpenBLAS takes another kernel for those on some CPUs (AVX-512: an AMD EPYC,
+    2026-12-07, where [32, 32] x [32, 32] with the right operand column-major differs from the row-major product in
+    the last bit), so the pointer and TMA paths of a walk, the same values, differed there and not elsewhere.
+    Row-major copies first: one layout, one summation order. For the CPU test suite (tests/conftest.py);
+    tests/kernels/test_interpreter_rounding.py checks that it took. A no-op the second time."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    dot = interpreter.InterpreterBuilder.create_dot
+    if getattr(dot, "ignores_layout", False):
+        return
+
+    def create_dot_row_major(self, a, b, d, input_precision, max_num_imprecise_acc):
+        a = interpreter.TensorHandle(np.ascontiguousarray(a.data), a.dtype)
+        b = interpreter.TensorHandle(np.ascontiguousarray(b.data), b.dtype)
+        return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    create_dot_row_major.ignores_layout = True
+    interpreter.InterpreterBuilder.create_dot = create_dot_row_major
 
 def autotune(configs: list, key: list, **kwargs):
     """``triton.autotune`` that degrades to a fixed config (the first) under the interpreter or with

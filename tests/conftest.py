@@ -11,12 +11,13 @@ if not torch.cuda.is_available():
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
-    try:  # bf16 roundings as the GPU's, so that the kernel tests' bf16 bounds measure the kernels
-        from rla_kernels.triton_utils import interpreter_rounds_bf16_to_nearest
+    try:  # bf16 roundings and dots as the GPU's, so that the kernel tests measure the kernels, not the interpreter
+        from rla_kernels.triton_utils import interpreter_dots_ignore_layout, interpreter_rounds_bf16_to_nearest
     except ImportError:  # no triton: the Triton tests are not collected either
         pass
     else:
         interpreter_rounds_bf16_to_nearest()
+        interpreter_dots_ignore_layout()  # the dots' bits the same for a TMA tile as for a pointer one
 
 
 def pytest_collection_modifyitems(config, items):

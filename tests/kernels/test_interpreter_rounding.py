@@ -1,7 +1,9 @@
-"""The bf16 conversion our Triton tests run on rounds as the GPU does (to nearest, ties to even): on the CPU through
-the interpreter patched in tests/conftest.py (triton_utils.interpreter_rounds_bf16_to_nearest), on the GPU by the
-hardware. Without it the interpreter truncates, and the bf16 error bounds of the kernel tests would measure the
-interpreter, not the kernels."""
+"""The interpreter our CPU Triton tests run on, patched in tests/conftest.py to do what the GPU does: its bf16
+conversion rounds to nearest, ties to even (triton_utils.interpreter_rounds_bf16_to_nearest; without it the interpreter
+truncates, and the bf16 error bounds of the kernel tests would measure the interpreter, not the kernels), and a dot's
+bits do not depend on how its operands lie in memory (triton_utils.interpreter_dots_ignore_layout; without it a tile
+read transposed or through a TMA descriptor took another BLAS kernel on AVX-512 CPUs, and the walks' "bit for bit"
+tests failed there alone)."""
 import torch
 import triton
 import triton.language as tl
@@ -26,3 +28,22 @@ def test_fp32_to_bf16_rounds_to_nearest_even():
     assert torch.equal(y.view(torch.int16), expected.view(torch.int16))
     # three quarters of a step round up to the next value, where truncation would keep the one below
     assert torch.equal(y[128:192].float().cpu(), base + ulp)
+
+
+@triton.jit
+def _dot_both_ways(a_ptr, b_ptr, bt_ptr, y_ptr, z_ptr, N: tl.constexpr):
+    rows = tl.arange(0, N)
+    tile = rows[:, None] * N + rows[None, :]
+    a = tl.load(a_ptr + tile)
+    tl.store(y_ptr + tile, tl.dot(a, tl.load(b_ptr + tile), input_precision="ieee"))
+    tl.store(z_ptr + tile, tl.dot(a, tl.trans(tl.load(bt_ptr + tile)), input_precision="ieee"))  # a transposed view
+
+
+def test_a_dot_has_the_same_bits_whatever_its_operands_layout():
+    torch.manual_seed(0)
+    n = 32
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+    y, z = torch.empty_like(a), torch.empty_like(a)
+    _dot_both_ways[(1,)](a, b, b.t().contiguous(), y, z, N=n)
+    assert torch.equal(y, z)
+    torch.testing.assert_close(y, a.double().matmul(b.double()).float(), rtol=1e-5, atol=1e-5)
