@@ -74,13 +74,13 @@ def interpreter_rounds_bf16_to_nearest():
     interpreter._convert_float = convert_rounding_bf16
 
 
-
 def interpreter_dots_ignore_layout():
-    """Make Triton's interpreter give a dot the same bits whatever its operands' memory layout, as the GPU's dots
-    are: it hands ``tl.dot``'s operands to numpy's matmul as they lie, a transposed view (``tl.trans``, a TMA
-    descriptor's tile) included, and OpenBLAS takes another kernel for those on some CPUs (AVX-512: an AMD EPYC,
-    2026-12-07, where [32, 32] x [32, 32] with the right operand column-major differs from the row-major product in
-    the last bit), so the pointer and TMA paths of a walk, the same values, differed there and not elsewhere.
+    """Make Triton's interpreter give a dot the same bits whatever its operands' memory layout, as the kernels' "bit
+    for bit" tests assume: it hands ``tl.dot``'s operands to numpy's matmul as they lie, a transposed view
+    (``tl.trans``, a TMA descriptor's tile) included, and OpenBLAS takes another kernel for those on some CPUs
+    (AVX-512: an AMD EPYC, 2026-12-07, where [32, 32] x [32, 32] with the right operand column-major differs from the
+    row-major product in the last bit), so the pointer and TMA paths of a walk, the same values, differed there and
+    not elsewhere.
     Row-major copies first: one layout, one summation order. For the CPU test suite (tests/conftest.py);
     tests/kernels/test_interpreter_rounding.py checks that it took. A no-op the second time."""
     import numpy as np
@@ -97,6 +97,7 @@ def interpreter_dots_ignore_layout():
 
     create_dot_row_major.ignores_layout = True
     interpreter.InterpreterBuilder.create_dot = create_dot_row_major
+
 
 def autotune(configs: list, key: list, **kwargs):
     """``triton.autotune`` that degrades to a fixed config (the first) under the interpreter or with
