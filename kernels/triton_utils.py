@@ -80,9 +80,9 @@ def interpreter_dots_ignore_layout():
     (``tl.trans``, a TMA descriptor's tile) included, and OpenBLAS takes another kernel for those on some CPUs
     (AVX-512: an AMD EPYC, 2026-12-07, where [32, 32] x [32, 32] with the right operand column-major differs from the
     row-major product in the last bit), so the pointer and TMA paths of a walk, the same values, differed there and
-    not elsewhere.
-    Row-major copies first: one layout, one summation order. For the CPU test suite (tests/conftest.py);
-    tests/kernels/test_interpreter_rounding.py checks that it took. A no-op the second time."""
+    not elsewhere. Row-major copies first (a no-op for tiles already so): one layout, one summation order. For the CPU
+    test suite (tests/conftest.py); tests/kernels/test_interpreter_rounding.py checks that it took. A no-op the second
+    time."""
     import numpy as np
     from triton.runtime import interpreter
 
