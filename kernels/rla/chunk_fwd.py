@@ -508,10 +508,10 @@ def _rla_residual_kernel(
 @triton.jit
 def _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, b_GL0, qk, tok_a, i_c, qk_rows,
                   H: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr, BT: tl.constexpr,
-                  STORE_QK: tl.constexpr):
+                  STORE_QK: tl.constexpr, QK_IF: tl.constexpr):
     """o1 + gamma o2 of one walk chunk i_c (unscaled) from the state at a chunk start b_GL0 (the log decay between
     them, 0 for its own) and its own tokens. With STORE_QK also its decayed q.k products, stored to qk's rows below
-    qk_rows (see the output kernel)."""
+    qk_rows (see the output kernel); QK_IF: behind a branch taken where qk_rows > 0 (chunk.QK_STORE_IF)."""
     o_t = tl.arange(0, BT)
     # Inter-chunk: both states read by the same queries, decayed from the state's chunk start.
     b_o = tl.dot(b_q, b_hs.to(DT), input_precision=DOT_PREC)
@@ -522,7 +522,11 @@ def _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, b_GL0, q
     decay_ok = o_t[:, None] >= o_t[None, :]
     b_A = b_A * exp_where(decay_ok, b_G[:, None] - b_G[None, :])
     if STORE_QK:
-        store_tile(qk + tok_a, b_A.to(DT), i_c * BT, qk_rows, H * BT, 0, BT, BT, BT)
+        if QK_IF:
+            if qk_rows > 0:
+                store_tile(qk + tok_a, b_A.to(DT), i_c * BT, qk_rows, H * BT, 0, BT, BT, BT)
+        else:
+            store_tile(qk + tok_a, b_A.to(DT), i_c * BT, qk_rows, H * BT, 0, BT, BT, BT)
     b_As = tl.where(o_t[:, None] > o_t[None, :], b_A * b_beta[None, :], 0.0)
     b_Ar = b_A * (b_gamma[:, None] * b_gamma[None, :])
     b_o += tl.dot(b_As.to(DT), b_v, input_precision=DOT_PREC)
@@ -531,7 +535,7 @@ def _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, b_GL0, q
 
 
 @autotune(configs=warps_stages_configs(),
-          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES"])
+          key=["H", "K", "V", "BT", "BV", "DOT_PREC", "DOTS_FP32", "HALVES", "QK_IF"])
 @triton.jit(do_not_specialize=["T"])
 def _rla_fwd_output_kernel(
     q, k, v, g, beta, gamma, h_s, h_r, res, o, qk,
@@ -539,7 +543,7 @@ def _rla_fwd_output_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr, DOTS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr,
-    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr, STORE_QK: tl.constexpr,
+    HALVES: tl.constexpr, STATE_EVERY: tl.constexpr, STORE_QK: tl.constexpr, QK_IF: tl.constexpr,
 ):
     """o = scale (o1 + gamma o2), one program per (V-block, HALVES walk chunks, head), from the states at its first
     chunk's start. With HALVES 2 the second chunk's queries take the first's tokens as keys (every one before them):
@@ -574,7 +578,7 @@ def _rla_fwd_output_kernel(
     tok_a = (bos * H + i_h) * BT
     qk_rows = tl.where(i_v == 0, T_seq, 0)  # one V-block's programs store (the others' stores masked off)
     b_o = _output_chunk(b_q, b_k, b_v, b_r, b_G, b_beta, b_gamma, b_hs, b_hr, 0.0, qk, tok_a, i_c, qk_rows, H, DT,
-                        DOT_PREC, BT, STORE_QK)
+                        DOT_PREC, BT, STORE_QK, QK_IF)
     store_tile(o + tok_v, b_o * scale, i_c * BT, T_seq, H * V, i_v * BV, V, BT, BV)
     if HALVES == 2:
         b_GL0 = tl.sum(b_g, axis=0)
@@ -587,7 +591,7 @@ def _rla_fwd_output_kernel(
         b_v1 = load_tile(v + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV).to(DT)
         b_r1 = load_tile(res + tok_v, (i_c + 1) * BT, T_seq, H * V, i_v * BV, V, BT, BV)
         b_o1 = _output_chunk(b_q1, b_k1, b_v1, b_r1, b_G1, b_beta1, b_gamma1, b_hs, b_hr, b_GL0, qk, tok_a, i_c + 1,
-                             qk_rows, H, DT, DOT_PREC, BT, STORE_QK)
+                             qk_rows, H, DT, DOT_PREC, BT, STORE_QK, QK_IF)
         # Every key of chunk 0 precedes every query of chunk 1: no mask, each exponent <= 0.
         b_C = tl.dot(b_q1, tl.trans(b_k), input_precision=DOT_PREC)
         b_C = b_C * tl.exp(b_G1[:, None] + (b_GL0 - b_G)[None, :])

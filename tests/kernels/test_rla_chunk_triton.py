@@ -552,7 +552,7 @@ WIDTHS = ("BK_walk", "BV_walk", "BK_dwalk", "BV_dwalk", "BV_res", "BV_out", "BV_
 # programs would leave any idle; the rerun walk at the forward walks' K-block, its V-block 64 or 32 wide for bf16/fp16
 # at K <= 128, the widest whose programs are at least half the SMs, H100 2026-12-06 10:33; RES_WALK's one walk 16
 # wide, 32 where 16-wide programs would be more than two an SM, and taken (the last of the third tuple) for bf16/fp16
-# at K <= 128 where 32-wide programs are at least the SMs, H100 2026-12-06 21:49)
+# at K <= 128 where 32-wide programs are at least half the SMs, H100 2026-12-06 21:49 and 2026-12-07 07:56)
 AUTOMATIC_WIDTHS = [
     # 2k
     ((torch.bfloat16, 16, 16, 128, 128, 132),
@@ -562,7 +562,7 @@ AUTOMATIC_WIDTHS = [
      (128, 32, 128, 32, 64, 64, 128, 64, 64, 32, 64, 32, 128, 64, 32), (2, 1, 1, True)),
     # its 16k
     ((torch.bfloat16, 2, 16, 128, 128, 132),
-     (64, 32, 64, 32, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64, 16), (2, 1, 2, False)),
+     (64, 32, 64, 32, 64, 64, 128, 64, 64, 32, 64, 32, 64, 64, 16), (2, 1, 2, True)),
     # batch-1
     ((torch.bfloat16, 1, 16, 128, 128, 132),
      (64, 16, 64, 16, 64, 64, 128, 64, 64, 32, 64, 16, 64, 32, 16), (2, 2, 2, False)),
@@ -1026,6 +1026,12 @@ def test_kept_qk_products_are_read(monkeypatch, case, du_walk):
     assert qk.dtype == torch.float32 and qk.shape == (*inputs[0].shape[:3], chunk_size)
     want_qk = _decayed_qk_oracle(inputs[0], inputs[1], inputs[3], cu, chunk_size)
     assert rel_err(qk, want_qk) < 1e-6  # the inputs as given, products in fp32
+    monkeypatch.setattr(chunk, "QK_STORE_IF", 1 - chunk.QK_STORE_IF)  # the store behind a branch or masked: same bits
+    *other_outputs, (other_res, other_qk) = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True,
+                                                          **kw)
+    assert torch.equal(other_qk, qk) and torch.equal(other_res, res)
+    assert all(torch.equal(x, y) for x, y in zip(other_outputs, outputs))
+    monkeypatch.setattr(chunk, "QK_STORE_IF", 1 - chunk.QK_STORE_IF)
 
     names = ("_rla_bwd_du_walk_kernel", "_rla_bwd_du_kernel", "_rla_bwd_dv_kernel")
     log = record_launches(monkeypatch, chunk, names, lambda name, kw: (name, kw["HAS_QK"]))
