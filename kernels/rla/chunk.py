@@ -194,8 +194,9 @@ DU_TMA = 1
 # else 1. Expected (written before any measurement, 2026-12-06 21:40): at B=1 T=32k H=16 K=V=128 bf16 the forward
 # 1.99 -> ~1.5-1.6 ms (its two walks' latency-bound chains, 1.03 ms, with the residual kernel's 0.41 between them, as
 # one chain of S's FMA), at B=16 T=2k a loss (each V-block program makes u's K x BV dots that the residual kernel
-# shares). Measured the other way round (H100, Triton 3.6, 2026-12-06 21:49, `profile_kernels.py --ops rla --wall --tune --knob RES_WALK=1,2`), forward
-# wall ms 1 -> 2 (the walks + residual kernel -> the walk + w's pass, GPU ms): B=16 T=2k 1.407 -> **1.312** (0.437 +
+# shares). Measured the other way round (H100, Triton 3.6, 2026-12-06 21:49, `profile_kernels.py --ops rla --wall
+# --tune --knob RES_WALK=1,2`), forward wall ms 1 -> 2 (the walks + residual kernel -> the walk + w's pass, GPU ms):
+# B=16 T=2k 1.407 -> **1.312** (0.437 +
 # 0.415 -> 0.526 + 0.224), B=4 T=8k 1.390 -> **1.305**, B=2 T=16k 1.571 -> 1.590 (1.037 -> 0.805 + 0.224), B=1 T=32k
 # 2.002 -> 2.099 (1.444 -> 1.272 + 0.221). Where programs fill the GPU the one walk does the three passes' work with
 # fewer bytes (no h_S lo, no residual round trip, k loaded once); where they are few its longer step (782 SASS a chunk
