@@ -176,6 +176,35 @@ QK_STORE_IF = 1
 # in the same run (0.533 -> 0.594 and 0.410 -> 0.442 ms at 32k, as much at 2k; docs/next/README.md, Ideas): with
 # no loop to pipeline, TMA's round trip stands where the LDGs' did.
 WALK_TMA = 1
+# 1 (automatic): the forward's S and R walks, for half inputs, where they store the states of chunk pairs alone
+# (FWD_HALVES 2, no walk kept), step a chunk pair at a time: one [BK, 2 BT] x [2 BT, BV] dot, one set of gates and
+# loads for 2 BT tokens, the pair's start state stored at every step (the same rows as STATE_EVERY 2 at the walk's
+# chunk); 0: chunk by chunk; 2: pairs for fp32 inputs too (their tiles take the walk past its registers: ptxas has a
+# 488-byte spill stack at B=1 T=32k H=16 K=64, 120 at B=16 T=2k, where chunk steps spill none). The states are
+# the same sums (h <- exp(G_L) h + (k exp(G_L - G) rate)^T x over the pair's tokens) in another fp32 order. Why: at
+# B=1 T=32k the two walks are 1.04 ms of the forward's ~1.94 (H100, 2026-12-06), their steps off any dot chain
+# (WALK_STEPS 2 already issues two chunks' dots beside each other), so a step's time is its instructions: loads'
+# address arithmetic, the gates' cumsum and exps, the dot's issue and the store, each once a pair instead of twice.
+# ptxas (Triton 3.6, B=1 T=32k, 64 x 16 blocks, two steps a loop turn): S's loop 545 SASS for two chunks -> 794 for two
+# pairs (-27% a token), R's 455 -> 602 (-34%); registers 70 -> 123 and 66 -> 96, shared 42 -> 84 KB (two programs an
+# SM still). Expected (written before any measurement, 2026-12-07 08:10): the two walks 1.04 -> ~0.75 ms of GPU time
+# at B=1 T=32k, RLA fwd+bwd there 5.15 -> ~4.85 ms; no other bench shape runs these walks (RES_WALK's one walk).
+# Measured 0 -> 1 (H100, 2026-12-07 08:15, `profile_kernels.py --ops rla --wall --tune --knob WALK_PAIRS=0,1`): the
+# two walks 1.045 -> 0.740 ms, forward wall 1.958 -> 1.680 at B=1 T=32k; the bench's RLA fwd+bwd there 4.85-4.87 ms
+# (5.15 before, on another H100). A kept walk (keep_walk: every chunk's state) still steps chunk by chunk, so its
+# forward is within rounding of the default's, not bit for bit.
+WALK_PAIRS = 1
+# RES_WALK's one walk stepping chunk pairs where it stores pairs' states alone, as WALK_PAIRS does for the lean walks,
+# u's in-chunk sums w made at a pair's chunk (the residual kernel's IN_CHUNK pass at 2 BT): 0 (automatic) where the
+# walk is 16 wide, 1 never (chunk by chunk), 2 always. Why: the walk's step is its chain (RES_WALK's comment), and a
+# pair's step issues fewer instructions a token: ptxas (Triton 3.6), its loop 778 SASS a chunk -> 1269 a pair at 16
+# wide (B=2 T=16k; 211 registers, 92 KB shared, no spill: two programs an SM still), but at 32 wide (B=16 T=2k) 1160
+# -> 1908 with a 136-byte spill stack and 116 KB shared (one program an SM). Automatic for half inputs alone, as
+# WALK_PAIRS (fp32 tiles: twice the registers and shared bytes). Measured 1 -> 2 (H100, 2026-12-07 08:30,
+# `profile_kernels.py --ops rla --wall --tune --knob RES_WALK_PAIRS=...`, forward wall ms, the walk + w's pass GPU
+# ms): B=2 T=16k 1.464 -> 1.417 (0.710 + 0.221 -> 0.566 + 0.292), B=16 T=2k 1.256 -> 1.477 (0.491 + 0.223 -> 0.631 +
+# 0.292); the bench's RLA fwd+bwd at 16k 4.15 -> 4.08 ms. Float64 (bf16 rows, RES_WALK=2 forced): 5/5.
+RES_WALK_PAIRS = 0
 # 1: the one reverse walk (DU_WALK) loads its q, k, do, r and kept q.k tiles through TMA descriptors where the layout
 # allows (_du_walk_descriptors; rows past a sequence's end are the next one's tokens: gamma of 0 there weighs every
 # term they reach but dh_S's q do^T, whose weight the step masks); 0: by pointers. Expected (written before any
@@ -466,12 +495,19 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside |
     h, h_lo = _chunk_states(L, k, lo, rows)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     beside = beside or Beside(k, False)
-    tiles = _walk_descriptors(L, k, x)
+    if WALK_PAIRS not in (0, 1, 2):
+        raise ValueError(f"launch knob WALK_PAIRS must be 0 (chunk by chunk), 1 (automatic: chunk pairs for half "
+                         f"inputs where only their states are stored) or 2 (pairs there whatever the dtype); got "
+                         f"{WALK_PAIRS!r}")
+    # a step of two chunks stores each pair's start state: STATE_EVERY 1 there
+    pairs = every == 2 and (WALK_PAIRS == 2 or (WALK_PAIRS == 1 and k.dtype != torch.float32))
+    BT, every = (2 * L.BT, 1) if pairs else (L.BT, every)
+    tiles = _walk_descriptors(L, k, x, BT)
     k_t, x_t = tiles or (k, x)
     with beside:
         _state_walk_kernel[L.walk_grid](
             k_t, x_t, g, rate, h0, h, h if h_lo is None else h_lo, final, L.cu_seqlens, offsets, L.T,
-            H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK_walk, BV=L.BV_walk,
+            H=L.H, K=L.K, V=L.V, BT=BT, BK=L.BK_walk, BV=L.BV_walk,
             SPLIT=split, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_H0=h0 is not None,
             HAS_LO=h_lo is not None, IS_VARLEN=L.varlen, WALK_STEPS=L.walk_steps, STATE_EVERY=every,
             TMA=tiles is not None,
@@ -514,27 +550,35 @@ def _residual_walk(L: _Layout, k, v, g, beta, gamma, S0, R0, res, every: int):
     """_run_states as one walk (RES_WALK): u's in-chunk sums w first, chunk-parallel, then the walk making the
     residuals between its steps of S and R. h_S without lo (the residual kernel, its only reader, does not run)."""
     w = v.new_empty(v.shape, dtype=torch.float32)
-    _rla_residual_kernel[L.parallel_grid(L.BV_res)](
-        k, v, g, beta, w, w, w, L.cu_seqlens, L.chunk_indices, L.chunk_offsets, L.clip, L.clip_mask, L.clip_below,
-        L.T, H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_res,
+    if RES_WALK_PAIRS not in (0, 1, 2):
+        raise ValueError(f"launch knob RES_WALK_PAIRS must be 0 (automatic), 1 (chunk by chunk) or 2 (chunk pairs); "
+                         f"got {RES_WALK_PAIRS!r}")
+    pairs = every == 2 and (RES_WALK_PAIRS == 2 or (RES_WALK_PAIRS == 0 and L.BV_reswalk <= 16 and
+                                                    k.dtype != torch.float32))
+    BT = 2 * L.BT if pairs else L.BT
+    grid, indices, w_offsets = ((L.pair_grid(L.BV_res), L.pair_indices, L.pair_offsets) if pairs else
+                                (L.parallel_grid(L.BV_res), L.chunk_indices, L.chunk_offsets))
+    _rla_residual_kernel[grid](
+        k, v, g, beta, w, w, w, L.cu_seqlens, indices, w_offsets, L.clip, L.clip_mask, L.clip_below,
+        L.T, H=L.H, K=L.K, V=L.V, BT=BT, BK=L.BK, BV=L.BV_res,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=False,
         IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order, HALVES=1, STATE_EVERY=1, IN_CHUNK=True,
     )
     rows, offsets = L.state_rows(every)
     (h_s, _), (h_r, _) = _chunk_states(L, k, False, rows), _chunk_states(L, k, False, rows)
     S_T, R_T = (k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32) for _ in range(2))
-    tiles = _residual_walk_descriptors(L, k, v, w)
+    tiles = _residual_walk_descriptors(L, k, v, w, BT)
     k_t, v_t, w_t = tiles or (k, v, w)
     _residual_walk_kernel[L.reswalk_grid](
         k_t, v_t, w_t, g, beta, gamma, S0, R0, h_s, h_r, res, S_T, R_T, L.cu_seqlens, offsets, L.clip, L.clip_mask,
-        L.clip_below, L.T, H=L.H, K=L.K, V=L.V, BT=L.BT, BK=L.BK, BV=L.BV_reswalk,
+        L.clip_below, L.T, H=L.H, K=L.K, V=L.V, BT=BT, BK=L.BK, BV=L.BV_reswalk,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_S0=S0 is not None,
-        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, STATE_EVERY=every, TMA=tiles is not None,
+        HAS_R0=R0 is not None, IS_VARLEN=L.varlen, STATE_EVERY=1 if pairs else every, TMA=tiles is not None,
     )
     return h_s, h_r, res, S_T, R_T
 
 
-def _residual_walk_descriptors(L: _Layout, k, v, w) -> tuple | None:
+def _residual_walk_descriptors(L: _Layout, k, v, w, BT: int) -> tuple | None:
     """RES_WALK's k ([tokens, H x K] in [BT, K] tiles), v and w ([tokens, H x V] in [BT, BV] ones) as TMA descriptors,
     or None (pointers) where RES_WALK_TMA is 0, the device has no TMA, a tile would cross a head (K not its K-block, V
     not a multiple of the V-block) or a tensor's layout is not one TMA reads."""
@@ -543,8 +587,8 @@ def _residual_walk_descriptors(L: _Layout, k, v, w) -> tuple | None:
                          f"{RES_WALK_TMA!r}")
     if not RES_WALK_TMA or L.K != L.BK or L.V % L.BV_reswalk:
         return None
-    rows_v = (L.BT, L.BV_reswalk)
-    return rows_descriptors((k, L.H * L.K, (L.BT, L.BK)), (v, L.H * L.V, rows_v), (w, L.H * L.V, rows_v))
+    rows_v = (BT, L.BV_reswalk)
+    return rows_descriptors((k, L.H * L.K, (BT, L.BK)), (v, L.H * L.V, rows_v), (w, L.H * L.V, rows_v))
 
 
 def _rerun_walks(L: _Layout, k, v, g, beta, gamma, S0, R0, res, beside: Beside, steps: int):
@@ -694,13 +738,14 @@ def chunk_rla_fwd(q, k, v, g, beta, gamma, scale=None, clip=1.0, residual="clip"
     return (o, S_T, R_T) + ((kept,) if kept else ())
 
 
-def _walk_descriptors(L: _Layout, k, x) -> tuple | None:
+def _walk_descriptors(L: _Layout, k, x, BT: int) -> tuple | None:
     """A forward walk's k and x (v or the residuals) as TMA descriptors, [tokens, H x K] in [BT, BK] tiles and [tokens,
-    H x V] in [BT, BV] ones, or None (pointers) where WALK_TMA is 0, the device has no TMA, a tile would cross a head
-    (K not a multiple of the walk's K-block, V of its V-block) or a tensor's layout is not one TMA reads."""
+    H x V] in [BT, BV] ones (BT: the walk's step, L.BT or a pair's), or None (pointers) where WALK_TMA is 0, the device
+    has no TMA, a tile would cross a head (K not a multiple of the walk's K-block, V of its V-block) or a tensor's
+    layout is not one TMA reads."""
     if not WALK_TMA or L.K % L.BK_walk or L.V % L.BV_walk:
         return None
-    return rows_descriptors((k, L.H * L.K, (L.BT, L.BK_walk)), (x, L.H * L.V, (L.BT, L.BV_walk)))
+    return rows_descriptors((k, L.H * L.K, (BT, L.BK_walk)), (x, L.H * L.V, (BT, L.BV_walk)))
 
 
 def _kept(walk, L: _Layout, q, cu_seqlens) -> tuple[list, torch.Tensor | None]:

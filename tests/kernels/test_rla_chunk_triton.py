@@ -236,10 +236,11 @@ def _keep_case(case: str):
 @pytest.mark.parametrize("case", KEEP_CASES)
 def test_backward_takes_the_kept_walk(case, monkeypatch):
     """chunk_rla_fwd(keep_walk=True) hands h_S, h_R, r and the q.k products to chunk_rla_bwd(walk=), which then
-    launches neither a state walk nor the residual kernel: the forward's outputs equal the default forward's (the same
-    passes), the gradients the rerun's over the kept residuals and products (keep_tokens'), and both the float64
-    oracle's. T not a multiple of the chunk; packed sequences (whose kept states take the shape-only row bound, more
-    rows than chunks here); no initial states; half inputs (states and r stored in the input dtype), at 16-token
+    launches neither a state walk nor the residual kernel: the forward's outputs equal the default forward's where its
+    walks step chunk by chunk (the same passes; WALK_PAIRS 0), within rounding where they step pairs, the gradients
+    the rerun's over the kept residuals and products (keep_tokens'), and both the float64 oracle's. T not a multiple
+    of the chunk; packed sequences (whose kept states take the shape-only row bound, more rows than chunks here); no
+    initial states; half inputs (states and r stored in the input dtype), at 16-token
     chunks with the clip biting; no clip."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     inputs, S0, R0, cu, clip, residual, chunk_size, tol = _keep_case(case)
@@ -248,6 +249,10 @@ def test_backward_takes_the_kept_walk(case, monkeypatch):
     dtype, V = inputs[0].dtype, inputs[2].shape[-1]
     assert [tuple(t.shape) for t in walk] == list(chunk.kept_walk_shapes(inputs[0], V, cu, chunk_size))
     assert [t.dtype for t in walk] == [dtype] * 3 + [torch.float32]  # the products as the interpreter's dots take them
+    close = 1e-5 if dtype == torch.float32 else 2e-2
+    for x, ref in zip((o, S_T, R_T), chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
+        assert rel_err(x, ref) < close  # the default's walks step chunk pairs (WALK_PAIRS): another fp32 order
+    monkeypatch.setattr(chunk, "WALK_PAIRS", 0)
     for x, ref in zip((o, S_T, R_T), chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)):
         assert torch.equal(x, ref)
 
@@ -730,15 +735,20 @@ def _nan_padded_state_buffers(monkeypatch, chunk) -> list:
     return made
 
 
+@pytest.mark.parametrize("walk_pairs", [2, 0])
 @pytest.mark.parametrize("case", WALK_STEP_CASES)
-def test_two_walk_steps_a_turn(monkeypatch, case):
-    """WALK_STEPS=2 (both walks step chunks 2i and 2i+1 in one loop turn): the float64 oracle's numbers and exactly
-    WALK_STEPS=1's (each step's arithmetic is the same), the default backward (rerun walks) and the kept walk's. An
-    odd chunk count ends on a step past the last chunk, which must change no state and store no row."""
+def test_two_walk_steps_a_turn(monkeypatch, case, walk_pairs):
+    """WALK_STEPS=2 (both walks step chunks 2i and 2i+1 in one loop turn; with WALK_PAIRS 2 the forward's walks step
+    chunk pairs, two pairs a turn, whatever the dtype): the float64 oracle's numbers and exactly WALK_STEPS=1's (each
+    step's arithmetic is the same), the default backward (rerun walks) and the kept walk's (whose forward steps chunk
+    by chunk: within rounding of pairs). An odd step count ends on a step past the last chunk, which must change no
+    state and store no row; every state row below the chunk (or pair) count is written."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     shape, cu, chunk_size, (clip, residual), tol = WALK_STEP_CASES[case]
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     inputs, S0, R0 = make_inputs(**shape)
+    monkeypatch.setattr(chunk, "WALK_PAIRS", walk_pairs)
+    close = 1e-5 if inputs[0].dtype == torch.float32 else 2e-2
     buffers = _nan_padded_state_buffers(monkeypatch, chunk)
     log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_bwd_du_walk_kernel"),
                           lambda name, kw: kw["WALK_STEPS"])
@@ -753,7 +763,10 @@ def test_two_walk_steps_a_turn(monkeypatch, case):
         # without the q.k products, which check's backward makes too (test_kept_qk_products_are_read)
         kept = chunk_rla_bwd(*inputs, 0.7, clip, residual, S0, R0, cu, *got["cotangents"], walk=walk[:3], **kw)
         for x, ref in zip(outputs + list(kept), list(got["outputs"]) + list(got["grads"])):
-            assert (x is None and ref is None) or torch.equal(x, ref)  # the kept walk's passes are the same
+            if x is None or ref is None:
+                assert x is None and ref is None
+            else:  # the kept walk's passes are the same, but for the forward walks' pair steps
+                assert torch.equal(x, ref) if not walk_pairs else rel_err(x, ref) < close
         results.append(list(got["outputs"]) + list(walk) + list(got["grads"]))
     # each call's walks launched with the knob: check (fwd 2, bwd 2 + the reverse walk), keep fwd 2, kept bwd the
     # reverse walk (DU_WALK 0's two reverse walks at two steps: test_one_reverse_walk_makes_du)
@@ -871,40 +884,50 @@ HALVES_CASES = {
 }
 
 
+@pytest.mark.parametrize("walk_pairs", [1, 0, 2])
 @pytest.mark.parametrize("case", HALVES_CASES)
-def test_chunk_pairs_read_every_other_state(monkeypatch, case):
+def test_chunk_pairs_read_every_other_state(monkeypatch, case, walk_pairs):
     """FWD_HALVES 2 (the default): the residual and output kernels take two walk chunks a program, reading the states
-    at the first alone, so the forward's walks store every other state (STATE_EVERY 2, in half the rows), while a kept
+    at the first alone, so the forward's walks store every other state (STATE_EVERY 2, in half the rows; with
+    WALK_PAIRS 1, the default, for half inputs, and 2 whatever the dtype, by stepping a chunk pair at a time and storing
+    every step's start state), while a kept
     walk and the backward's reruns store them all and the same kernels read every other row of those. The float64
     oracle's numbers both ways; at 2 the same bits whichever layout the pairs read (the kept walk's forward is the
-    default's); outputs and gradients within rounding of FWD_HALVES 1 (one chunk a program, every state read)."""
+    default's) where the walks step chunk by chunk, within rounding where they step pairs; outputs and gradients
+    within rounding of FWD_HALVES 1 (one chunk a program, every state read)."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     shape, cu, chunk_size, (clip, residual), tol = HALVES_CASES[case]
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     inputs, S0, R0 = make_inputs(**shape)
     kw = dict(chunk_size=chunk_size)
+    monkeypatch.setattr(chunk, "WALK_PAIRS", walk_pairs)
     got = {}
     for halves in (1, 2):
         monkeypatch.setattr(chunk, "FWD_HALVES", halves)
         log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel",
                                                    "_rla_fwd_output_kernel"),
-                              lambda name, kw: (name, kw["STATE_EVERY"], kw.get("HALVES")))
+                              lambda name, kw: (name, kw["STATE_EVERY"], kw.get("HALVES"), kw["BT"]))
         torch.manual_seed(0)  # the same cotangents both ways
         out = {}
         check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=out, **kw)
-        walks = [("_state_walk_kernel", halves, None), ("_rla_residual_kernel", halves, halves),
-                 ("_state_walk_kernel", halves, None), ("_rla_fwd_output_kernel", halves, halves)]
+        pairs = walk_pairs == 2 or (walk_pairs == 1 and inputs[0].dtype != torch.float32)
+        stepped = (1, None, 2 * chunk_size) if halves == 2 and pairs else (halves, None, chunk_size)
+        walks = [("_state_walk_kernel", *stepped), ("_rla_residual_kernel", halves, halves, chunk_size),
+                 ("_state_walk_kernel", *stepped), ("_rla_fwd_output_kernel", halves, halves, chunk_size)]
         # the backward's rerun (no residuals handed to it): every state, the residuals at pairs all the same
-        rerun = [("_state_walk_kernel", 1, None), ("_rla_residual_kernel", 1, halves), ("_state_walk_kernel", 1, None)]
+        rerun = [("_state_walk_kernel", 1, None, chunk_size), ("_rla_residual_kernel", 1, halves, chunk_size),
+                 ("_state_walk_kernel", 1, None, chunk_size)]
         assert log == walks + rerun, log
         log.clear()
         o, S_T, R_T, _ = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_walk=True, **kw)
-        assert log == [("_state_walk_kernel", 1, None), ("_rla_residual_kernel", 1, halves),
-                       ("_state_walk_kernel", 1, None), ("_rla_fwd_output_kernel", 1, halves)]
+        assert log == [("_state_walk_kernel", 1, None, chunk_size), ("_rla_residual_kernel", 1, halves, chunk_size),
+                       ("_state_walk_kernel", 1, None, chunk_size), ("_rla_fwd_output_kernel", 1, halves,
+                                                                      chunk_size)]
+        close = 1e-5 if inputs[0].dtype == torch.float32 else 2e-2
         for x, ref in zip((o, S_T, R_T), out["outputs"]):
-            assert torch.equal(x, ref)
+            # a pair's step sums its two chunks in another fp32 order than the kept walk's two steps
+            assert torch.equal(x, ref) if stepped[0] == halves else rel_err(x, ref) < close
         got[halves] = list(out["outputs"]) + list(out["grads"])
-    close = 1e-5 if inputs[0].dtype == torch.float32 else 2e-2
     for i, (x, ref) in enumerate(zip(got[1], got[2])):
         assert (x is None and ref is None) or rel_err(x, ref) < close, i
 
@@ -925,6 +948,11 @@ def test_fwd_halves_knob_is_validated_and_kept_where_pairs_fit(monkeypatch):
     for bad in (0, 3, 4):
         monkeypatch.setattr(chunk, "FWD_HALVES", bad)
         with pytest.raises(ValueError, match=r"launch knob FWD_HALVES must be 1 \(a chunk a program\) or 2"):
+            chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
+    monkeypatch.setattr(chunk, "FWD_HALVES", 2)
+    for bad in (3, -1):
+        monkeypatch.setattr(chunk, "WALK_PAIRS", bad)
+        with pytest.raises(ValueError, match=r"launch knob WALK_PAIRS must be 0 \(chunk by chunk\), 1 \(automatic"):
             chunk_rla_fwd(*inputs, None, 1.0, "clip", S0, R0, None)
     assert log == []
 
@@ -1290,13 +1318,16 @@ RES_WALK_CASES = {
 }
 
 
+@pytest.mark.parametrize("pairs", [0, 1, 2])
 @pytest.mark.parametrize("case", RES_WALK_CASES)
-def test_one_walk_makes_the_residuals(monkeypatch, case):
+def test_one_walk_makes_the_residuals(monkeypatch, case, pairs):
     """RES_WALK 2: u's in-chunk sums chunk-parallel (the residual kernel's IN_CHUNK pass), then one walk carrying S and
     R that makes each chunk's residuals between its steps, in place of S's walk, the residual kernel and R's walk. The
     forward and the backward that reruns it (nothing kept), the kept residuals' and the kept walk's, against the
     float64 oracle; the residuals within rounding of the three passes'; every state row written (every other one
-    where the output kernel reads pairs) and none past the chunks; a kept walk's states the ones the rerun makes."""
+    where the output kernel reads pairs: with RES_WALK_PAIRS 2, or 0 at a 16-wide walk of half inputs, by a walk
+    stepping pairs, u's in-chunk sums made at a pair) and none past the chunks; a kept walk's states the ones the
+    rerun makes."""
     chunk = sys.modules[chunk_rla_fwd.__module__]
     shape, cu, chunk_size, (clip, residual), tol = RES_WALK_CASES[case]
     cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
@@ -1304,15 +1335,20 @@ def test_one_walk_makes_the_residuals(monkeypatch, case):
     kw = dict(chunk_size=chunk_size)
     *_, (r_three, _) = chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, keep_tokens=True, **kw)
     monkeypatch.setattr(chunk, "RES_WALK", 2)
+    monkeypatch.setattr(chunk, "RES_WALK_PAIRS", pairs)
     buffers = _nan_padded_state_buffers(monkeypatch, chunk)
     log = record_launches(monkeypatch, chunk, ("_state_walk_kernel", "_rla_residual_kernel", "_residual_walk_kernel",
                                                "_rla_fwd_output_kernel"),
-                          lambda name, kw: (name, kw.get("IN_CHUNK", kw.get("STATE_EVERY"))))
+                          lambda name, kw: (name, kw.get("IN_CHUNK", kw.get("STATE_EVERY")), kw["BT"]))
     out = {}
     check(inputs, S0, R0, 0.7, clip, residual, cu, tol=tol, out=out, **kw)
     halves = 2 if shape["K"] <= 64 or shape.get("dtype", torch.float32) != torch.float32 else 1
-    one_walk = [("_rla_residual_kernel", True), ("_residual_walk_kernel", halves)]
-    assert log == one_walk + [("_rla_fwd_output_kernel", halves)] + one_walk[:1] + [("_residual_walk_kernel", 1)]
+    L = chunk._Layout(inputs[0], inputs[2], *inputs[3:], clip, residual, S0, R0, cu, chunk_size)
+    stepped = pairs == 2 or (pairs == 0 and L.BV_reswalk <= 16 and inputs[0].dtype != torch.float32)
+    step, every = (2 * chunk_size, 1) if stepped and halves == 2 else (chunk_size, halves)
+    one_walk = [("_rla_residual_kernel", True, step), ("_residual_walk_kernel", every, step)]
+    rerun = [("_rla_residual_kernel", True, chunk_size), ("_residual_walk_kernel", 1, chunk_size)]
+    assert log == one_walk + [("_rla_fwd_output_kernel", halves, chunk_size)] + rerun
     for n_chunks, whole in buffers:
         for b in whole:
             assert not b[:n_chunks].isnan().any() and b[n_chunks:].isnan().all()
@@ -1330,6 +1366,10 @@ def test_one_walk_makes_the_residuals(monkeypatch, case):
     monkeypatch.setattr(chunk, "RES_WALK", 3)
     log.clear()
     with pytest.raises(ValueError, match=r"launch knob RES_WALK must be 0 \(automatic\), 1 .* or 2 "):
+        chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)
+    monkeypatch.setattr(chunk, "RES_WALK", 2)
+    monkeypatch.setattr(chunk, "RES_WALK_PAIRS", 3)
+    with pytest.raises(ValueError, match=r"launch knob RES_WALK_PAIRS must be 0 \(automatic\), 1 .* or 2 "):
         chunk_rla_fwd(*inputs, 0.7, clip, residual, S0, R0, cu, **kw)
     assert log == []
 
