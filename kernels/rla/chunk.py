@@ -225,15 +225,15 @@ DU_TMA = 1
 # one chain of S's FMA), at B=16 T=2k a loss (each V-block program makes u's K x BV dots that the residual kernel
 # shares). Measured the other way round (H100, Triton 3.6, 2026-12-06 21:49, `profile_kernels.py --ops rla --wall
 # --tune --knob RES_WALK=1,2`), forward wall ms 1 -> 2 (the walks + residual kernel -> the walk + w's pass, GPU ms):
-# B=16 T=2k 1.407 -> **1.312** (0.437 +
-# 0.415 -> 0.526 + 0.224), B=4 T=8k 1.390 -> **1.305**, B=2 T=16k 1.571 -> 1.590 (1.037 -> 0.805 + 0.224), B=1 T=32k
-# 2.002 -> 2.099 (1.444 -> 1.272 + 0.221). Where programs fill the GPU the one walk does the three passes' work with
-# fewer bytes (no h_S lo, no residual round trip, k loaded once); where they are few its longer step (782 SASS a chunk
-# at 16 wide against ~270 for each of the two walks, ptxas) is the chain. Float64 with 2: 10/10 (that call). The rule
-# took "at least the SMs" until the walk went through TMA (RES_WALK_TMA, -7% of it); "at least half" since, which of
-# the bench's shapes moves only B=2 T=16k (128 programs on 132 SMs) to the one walk, 16 wide. Expected 1.57 -> ~1.52
-# ms forward wall there; measured (H100, 2026-12-07 07:56, `--knob RES_WALK=1,0`) 1.563 -> 1.485 (the three passes'
-# walks + residual kernel 1.028 GPU ms -> the walk + w's pass 0.912), the bench's RLA fwd+bwd at 16k 4.31 -> 4.17 ms.
+# B=16 T=2k 1.407 -> **1.312** (0.437 + 0.415 -> 0.526 + 0.224), B=4 T=8k 1.390 -> **1.305**, B=2 T=16k 1.571 -> 1.590
+# (1.037 -> 0.805 + 0.224), B=1 T=32k 2.002 -> 2.099 (1.444 -> 1.272 + 0.221). Where programs fill the GPU the one
+# walk does the three passes' work with fewer bytes (no h_S lo, no residual round trip, k loaded once); where they are
+# few its longer step (782 SASS a chunk at 16 wide against ~270 for each of the two walks, ptxas) is the chain.
+# Float64 with 2: 10/10 (that call). The rule took "at least the SMs" until the walk went through TMA (RES_WALK_TMA,
+# -7% of it); "at least half" since, which of the bench's shapes moves only B=2 T=16k (128 programs on 132 SMs) to the
+# one walk, 16 wide. Expected 1.57 -> ~1.52 ms forward wall there; measured (H100, 2026-12-07 07:56, `--knob
+# RES_WALK=1,0`) 1.563 -> 1.485 (the three passes' walks + residual kernel 1.028 GPU ms -> the walk + w's pass 0.912),
+# the bench's RLA fwd+bwd at 16k 4.31 -> 4.17 ms.
 RES_WALK = 0
 RES_WALK_BV = 0  # its V-block: auto 16 (32 where 16-wide programs would outnumber the SMs twice)
 # 1: RES_WALK's one walk loads k, v and w through TMA descriptors where the layout allows
@@ -339,6 +339,17 @@ class _Layout:
         res_walk_bv = 32 if self.N * self.H * cdiv(self.V, 16) > 2 * sms else 16
         self.BV_reswalk = self._knob("RES_WALK_BV", min(res_walk_bv, V2), self.V)
         self.reswalk_grid = (cdiv(self.V, self.BV_reswalk), self.N * self.H)
+        # Whether the forward's lean walks (WALK_PAIRS) and RES_WALK's one walk (RES_WALK_PAIRS) step chunk pairs where
+        # they store pairs' states alone: for half inputs, the one walk where it is 16 wide.
+        if WALK_PAIRS not in (0, 1, 2):
+            raise ValueError(f"launch knob WALK_PAIRS must be 0 (chunk by chunk), 1 (automatic: chunk pairs for half "
+                             f"inputs where only their states are stored) or 2 (pairs there whatever the dtype); got "
+                             f"{WALK_PAIRS!r}")
+        self.walk_pairs = WALK_PAIRS == 2 or (WALK_PAIRS == 1 and half)
+        if RES_WALK_PAIRS not in (0, 1, 2):
+            raise ValueError(f"launch knob RES_WALK_PAIRS must be 0 (automatic), 1 (chunk by chunk) or 2 (chunk "
+                             f"pairs); got {RES_WALK_PAIRS!r}")
+        self.reswalk_pairs = RES_WALK_PAIRS == 2 or (RES_WALK_PAIRS == 0 and half and self.BV_reswalk <= 16)
         self.residual_code = (_RESIDUAL_IDENTITY if clip is None
                               else _RESIDUAL_CLIP if residual == "clip" else _RESIDUAL_TANH)
         self.clip = 1.0 if clip is None else float(clip)
@@ -495,13 +506,8 @@ def _walk(L: _Layout, k, x, g, rate, h0, split: bool, lo: bool, beside: Beside |
     h, h_lo = _chunk_states(L, k, lo, rows)
     final = k.new_empty(L.N, L.H, L.K, L.V, dtype=torch.float32)
     beside = beside or Beside(k, False)
-    if WALK_PAIRS not in (0, 1, 2):
-        raise ValueError(f"launch knob WALK_PAIRS must be 0 (chunk by chunk), 1 (automatic: chunk pairs for half "
-                         f"inputs where only their states are stored) or 2 (pairs there whatever the dtype); got "
-                         f"{WALK_PAIRS!r}")
     # a step of two chunks stores each pair's start state: STATE_EVERY 1 there
-    pairs = every == 2 and (WALK_PAIRS == 2 or (WALK_PAIRS == 1 and k.dtype != torch.float32))
-    BT, every = (2 * L.BT, 1) if pairs else (L.BT, every)
+    BT, every = (2 * L.BT, 1) if every == 2 and L.walk_pairs else (L.BT, every)
     tiles = _walk_descriptors(L, k, x, BT)
     k_t, x_t = tiles or (k, x)
     with beside:
@@ -550,11 +556,7 @@ def _residual_walk(L: _Layout, k, v, g, beta, gamma, S0, R0, res, every: int):
     """_run_states as one walk (RES_WALK): u's in-chunk sums w first, chunk-parallel, then the walk making the
     residuals between its steps of S and R. h_S without lo (the residual kernel, its only reader, does not run)."""
     w = v.new_empty(v.shape, dtype=torch.float32)
-    if RES_WALK_PAIRS not in (0, 1, 2):
-        raise ValueError(f"launch knob RES_WALK_PAIRS must be 0 (automatic), 1 (chunk by chunk) or 2 (chunk pairs); "
-                         f"got {RES_WALK_PAIRS!r}")
-    pairs = every == 2 and (RES_WALK_PAIRS == 2 or (RES_WALK_PAIRS == 0 and L.BV_reswalk <= 16 and
-                                                    k.dtype != torch.float32))
+    pairs = every == 2 and L.reswalk_pairs  # a step of two chunks, as _walk's
     BT = 2 * L.BT if pairs else L.BT
     grid, indices, w_offsets = ((L.pair_grid(L.BV_res), L.pair_indices, L.pair_offsets) if pairs else
                                 (L.parallel_grid(L.BV_res), L.chunk_indices, L.chunk_offsets))
