@@ -205,6 +205,13 @@ WALK_PAIRS = 1
 # ms): B=2 T=16k 1.464 -> 1.417 (0.710 + 0.221 -> 0.566 + 0.292), B=16 T=2k 1.256 -> 1.477 (0.491 + 0.223 -> 0.631 +
 # 0.292); the bench's RLA fwd+bwd at 16k 4.15 -> 4.08 ms. Float64 (bf16 rows, RES_WALK=2 forced): 5/5.
 RES_WALK_PAIRS = 0
+# V-block of RES_WALK's w pass (u's in-chunk sums, the residual kernel's IN_CHUNK pass): 0 automatic (all of V, at
+# most 128, for bf16/fp16 at K <= 128; else the residual kernel's RES_BV), or a power of two >= 16. Each V-block
+# program makes the chunk's [BT, BT] k.k^T itself, so a wider block makes it fewer times. ptxas (Triton 3.6, 8 warps):
+# 1008 -> 1120 SASS a program at B=16 T=2k, 1736 -> 1888 at B=2 T=16k (pairs), no spill. Expected: the pass -30 to
+# -40%. Measured (H100, 2026-12-07 11:51, `profile_kernels.py --ops rla --wall --tune --knob W_BV=64,128`, GPU ms):
+# B=16 T=2k the pass 0.224 -> 0.180, forward wall 1.259 -> 1.223; B=2 T=16k (pairs) 0.293 -> 0.293, wall even.
+W_BV = 0
 # 1: the one reverse walk (DU_WALK) loads its q, k, do, r and kept q.k tiles through TMA descriptors where the layout
 # allows (_du_walk_descriptors; rows past a sequence's end are the next one's tokens: gamma of 0 there weighs every
 # term they reach but dh_S's q do^T, whose weight the step masks); 0: by pointers. Expected (written before any
@@ -306,6 +313,8 @@ class _Layout:
         # autotuned; the pair's second chunk holds two more [BT, BT] blocks and its own tiles beside the state's).
         self.BV_res = self._knob("RES_BV", min(128 if wide and self.halves == 1 else 64, V2), self.V)
         self.BV_out = self._knob("OUT_BV", min(64, V2), self.V)
+        # RES_WALK's w pass makes the chunk's k.k^T in each V-block program: one 128-wide block makes it once (W_BV).
+        self.BV_wpass = self._knob("W_BV", min(128, V2) if wide else self.BV_res, self.V)
         # The dq/dk/dg pass splits K (see chunk_bwd.py) and pipelines its V loop: 32-wide V turns (4 at V=128) take
         # 1.20 -> 1.00 ms against 64 (2 turns, never a steady pipeline); one 128-wide K-block 1.47-1.72 (8 warps).
         self.BK_par = self._knob("DQKG_BK", min(64, self.BK), self.K)
@@ -558,11 +567,12 @@ def _residual_walk(L: _Layout, k, v, g, beta, gamma, S0, R0, res, every: int):
     w = v.new_empty(v.shape, dtype=torch.float32)
     pairs = every == 2 and L.reswalk_pairs  # a step of two chunks, as _walk's
     BT = 2 * L.BT if pairs else L.BT
-    grid, indices, w_offsets = ((L.pair_grid(L.BV_res), L.pair_indices, L.pair_offsets) if pairs else
-                                (L.parallel_grid(L.BV_res), L.chunk_indices, L.chunk_offsets))
+    BV = L.BV_wpass
+    grid, indices, w_offsets = ((L.pair_grid(BV), L.pair_indices, L.pair_offsets) if pairs else
+                                (L.parallel_grid(BV), L.chunk_indices, L.chunk_offsets))
     _rla_residual_kernel[grid](
         k, v, g, beta, w, w, w, L.cu_seqlens, indices, w_offsets, L.clip, L.clip_mask, L.clip_below,
-        L.T, H=L.H, K=L.K, V=L.V, BT=BT, BK=L.BK, BV=L.BV_res,
+        L.T, H=L.H, K=L.K, V=L.V, BT=BT, BK=L.BK, BV=BV,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=False,
         IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order, HALVES=1, STATE_EVERY=1, IN_CHUNK=True,
     )

@@ -1374,6 +1374,39 @@ def test_one_walk_makes_the_residuals(monkeypatch, case, pairs):
     assert log == []
 
 
+def test_one_walks_w_pass_at_its_own_width(monkeypatch):
+    """W_BV: RES_WALK's w pass at a V-block of its own (three 16-wide blocks against the whole 64-wide V here), at
+    chunks and at chunk pairs: the float64 oracle's outputs and gradients and, a column of w being the same sums either
+    way, within rounding of the residual kernel's width; a bad width is a ValueError naming the knob."""
+    chunk = sys.modules[chunk_rla_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=70, H=1, K=32, V=48, dtype=torch.bfloat16)
+    monkeypatch.setattr(chunk, "RES_WALK", 2)
+    log = record_launches(monkeypatch, chunk, ("_rla_residual_kernel",), lambda name, kw: kw["BV"])
+    for pairs in (1, 2):
+        monkeypatch.setattr(chunk, "RES_WALK_PAIRS", pairs)
+        got = {}
+        for width in (16, 64):
+            monkeypatch.setattr(chunk, "W_BV", width)
+            log.clear()
+            torch.manual_seed(0)
+            out = {}
+            check(inputs, S0, R0, 0.7, 0.3, "clip", None, tol=1e-2, out=out, chunk_size=16)
+            assert log == [width, width], log  # the forward's pass and the backward's rerun of it
+            got[width] = list(out["outputs"]) + list(out["grads"])
+        for x, ref in zip(got[16], got[64]):
+            assert (x is None and ref is None) or rel_err(x, ref) < 2e-2
+    monkeypatch.setattr(chunk, "W_BV", 24)
+    with pytest.raises(ValueError, match="W_BV"):
+        chunk_rla_fwd(*inputs, 0.7, 0.3, "clip", S0, R0, None, chunk_size=16)
+    # automatic: all of V (up to 128) for half inputs, the residual kernel's 64 for fp32 ones
+    monkeypatch.setattr(chunk, "W_BV", 0)
+    for dtype, width in ((torch.bfloat16, 128), (torch.float32, 64)):
+        wide_inputs, _, _ = make_inputs(B=1, T=20, H=1, K=32, V=96, dtype=dtype)
+        log.clear()
+        chunk_rla_fwd(*wide_inputs, 0.7, 0.3, "clip", None, None, None, chunk_size=16)
+        assert log == [width], (dtype, log)
+
+
 @pytest.mark.parametrize("case", WALK_TMA_CASES)
 def test_one_walk_through_tma_is_bit_for_bit(monkeypatch, case):
     """RES_WALK_TMA 1 (the default): the one forward walk (RES_WALK 2) takes k, v and u's in-chunk sums w through TMA
