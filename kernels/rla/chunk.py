@@ -567,12 +567,11 @@ def _residual_walk(L: _Layout, k, v, g, beta, gamma, S0, R0, res, every: int):
     w = v.new_empty(v.shape, dtype=torch.float32)
     pairs = every == 2 and L.reswalk_pairs  # a step of two chunks, as _walk's
     BT = 2 * L.BT if pairs else L.BT
-    BV = L.BV_wpass
-    grid, indices, w_offsets = ((L.pair_grid(BV), L.pair_indices, L.pair_offsets) if pairs else
-                                (L.parallel_grid(BV), L.chunk_indices, L.chunk_offsets))
+    grid, indices, w_offsets = ((L.pair_grid(L.BV_wpass), L.pair_indices, L.pair_offsets) if pairs else
+                                (L.parallel_grid(L.BV_wpass), L.chunk_indices, L.chunk_offsets))
     _rla_residual_kernel[grid](
         k, v, g, beta, w, w, w, L.cu_seqlens, indices, w_offsets, L.clip, L.clip_mask, L.clip_below,
-        L.T, H=L.H, K=L.K, V=L.V, BT=BT, BK=L.BK, BV=BV,
+        L.T, H=L.H, K=L.K, V=L.V, BT=BT, BK=L.BK, BV=L.BV_wpass,
         RESIDUAL=L.residual_code, DOT_PREC=L.dot_prec, DOTS_FP32=L.dots_fp32, HAS_LO=False,
         IS_VARLEN=L.varlen, CHUNK_ORDER=L.chunk_order, HALVES=1, STATE_EVERY=1, IN_CHUNK=True,
     )
