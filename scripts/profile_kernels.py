@@ -2,7 +2,7 @@
 
     . scripts/gpu_env.sh && python3 scripts/profile_kernels.py [--ops rdn,rla] [--shapes B,T,H,K ...] [--tune]
         [--fwd-chunks 64,128] [--bwd-chunks 64,32] [--walk-warps 8,4] [--walk-stages 1,2] [--grad-bk 64,128]
-        [--knob NAME=V1,V2 ...] [--infer] [--keep-walk] [--wall] [--api] [--packed [equal]]
+        [--knob NAME=V1,V2 ...] [--infer] [--keep-walk] [--wall] [--host] [--api] [--packed [equal]]
 
 Default shapes: the benchmark's (bf16, 32768 tokens, 16 heads, head dim 128) at T = 2k and 32k, and
 SmolLM2-135M's prefill (9 heads, head dim 64, batch 1, 32k). Prints one line per kernel: ms per call.
@@ -11,12 +11,14 @@ without, each kernel runs its first (fixed) config. --knob names an int of each 
 GRAD_BV, PREP_BK, ...; RLA's are listed in rla/chunk.py's LAUNCH_KNOBS, and WALK_STEPS=1,2): give --ops the op it
 belongs to (a knob an op lacks ends the run before any GPU work). --wall adds each pass's wall time (the median of
 triton.testing.do_bench): kernels on two streams (the backwards' OVERLAP) or waiting on each other in one launch (RDN's
-TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes. --api adds fwd+bwd through the public
-op with autograd (rla_kernels.api, as `rla-convert bench kernels` times it): what the chunk functions' passes do not
-show, the op's own tensor work around the kernels (it found autograd zero-filling the saved tensors' cotangents, 0.2-0.5
-ms a call, 2026-12-02). --packed times a shape B,T as training feeds it (distillation packs its batches): one row
-of B sequences through cu_seqlens, the same B*T tokens, lengths uneven (about T +- T/4, none a multiple of 32;
-packed_lengths); --packed equal gives the B sequences T tokens each.
+TRAILED_WALKS) overlap, so their GPU times add up to more than the pass takes; a wall far over the GPU time is a
+host-bound pass, which --host shows: the launching Python's time a call and where the call synchronizes with the GPU
+(torch.cuda.set_sync_debug_mode; 2026-12-07: a pieced RLA pass with walls 2-9 ms over its GPU time). --api adds
+fwd+bwd through the public op with autograd (rla_kernels.api, as `rla-convert bench kernels` times it): what the chunk
+functions' passes do not show, the op's own tensor work around the kernels (it found autograd zero-filling the saved
+tensors' cotangents, 0.2-0.5 ms a call, 2026-12-02). --packed times a shape B,T as training feeds it (distillation
+packs its batches): one row of B sequences through cu_seqlens, the same B*T tokens, lengths uneven (about T +- T/4,
+none a multiple of 32; packed_lengths); --packed equal gives the B sequences T tokens each.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ import argparse
 import collections
 import itertools
 import os
+import statistics
 import sys
+import time
+import warnings
 
 import torch
 import triton.testing
@@ -68,6 +73,36 @@ def profile(fn, iters=3):
         if e.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[e.name[:60]] += e.device_time / 1000 / iters
     return per_kernel
+
+
+def host_time(fn, iters=5):
+    """The launching Python's time of one call of ``fn`` in ms (the median of ``iters``, the GPU drained before each,
+    so that no launch waits on a full queue) and where one call synchronizes with the GPU (sync_sites)."""
+    cuda = torch.cuda.is_available()
+    times = []
+    for _ in range(iters):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    if not cuda:
+        return statistics.median(times) * 1e3, collections.Counter()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return statistics.median(times) * 1e3, sync_sites(caught)
+
+
+def sync_sites(caught) -> collections.Counter:
+    """'file:line' -> count of the synchronizing CUDA calls among recorded warnings (sync debug mode's)."""
+    return collections.Counter(f"{os.path.basename(w.filename)}:{w.lineno}" for w in caught
+                               if "synchroniz" in str(w.message))
 
 
 def api_pass(op, x, do):
@@ -117,6 +152,8 @@ def main():
     parser.add_argument("--infer", action="store_true", help="also profile the forward as inference runs it (no "
                         "autograd: the API keeps nothing for a backward, RDN's walk stores no X)")
     parser.add_argument("--wall", action="store_true", help="also time each pass as a whole (do_bench median)")
+    parser.add_argument("--host", action="store_true", help="also time each pass's host side (the Python launching "
+                        "it, the GPU drained first) and name where it synchronizes with the GPU")
     parser.add_argument("--api", action="store_true", help="also profile fwd+bwd through the public op with autograd "
                         "(rla_kernels.api: the kernels and the op's own tensor work)")
     parser.add_argument("--packed", nargs="?", const="uneven", choices=("uneven", "equal"),
@@ -205,7 +242,12 @@ def main():
                     torch.cuda.synchronize()  # raises again if the context is gone: nothing later could run
                     continue
                 wall = f", {triton.testing.do_bench(fn, warmup=50, rep=300):.3f} ms wall" if args.wall else ""
-                print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU{wall}", flush=True)
+                host, syncs = host_time(fn) if args.host else (None, {})
+                host = f", {host:.3f} ms host" if args.host else ""
+                print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU{wall}{host}", flush=True)
+                if syncs:
+                    print("    synchronizes at " + ", ".join(f"{site} ({n}x)" for site, n in syncs.most_common()),
+                          flush=True)
                 for kernel, ms in times.most_common(12):  # RDN's backward alone launches 8 kernels
                     print(f"    {ms:8.3f} ms  {kernel}", flush=True)
             del x, do, saved

@@ -122,6 +122,28 @@ def test_profile_api_pass_runs_the_public_op_without_accumulating_gradients():
         assert all(a.abs().sum() > 0 for a in first), op
 
 
+def test_profile_host_time_and_sync_sites():
+    """profile_kernels.py --host: the launching Python's time a call (here a call that sleeps 3 ms: at least that,
+    not a sum of the five calls) and where a call synchronizes, read off sync debug mode's warnings (here made
+    directly: two at one line, one at another, an unrelated warning left out)."""
+    import time
+    import warnings
+
+    sys.path.insert(0, SCRIPTS)
+    try:
+        import profile_kernels
+    finally:
+        sys.path.remove(SCRIPTS)
+    host, syncs = profile_kernels.host_time(lambda: time.sleep(0.003))
+    assert 3.0 <= host < 14.0 and not syncs, host
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for line, message in ((11, "called a synchronizing CUDA operation"), (11, "called a synchronizing CUDA "
+                              "operation"), (42, "called a synchronizing CUDA operation"), (7, "something else")):
+            warnings.warn_explicit(message, UserWarning, "/x/chunk.py", line)
+    assert profile_kernels.sync_sites(caught) == {"chunk.py:11": 2, "chunk.py:42": 1}
+
+
 def test_profile_packed_lengths():
     """profile_kernels.py --packed's sequences: B lengths summing to B*T, the same every run; uneven ones within T/4 of
     T (the last takes what is left) and none a multiple of 32, so every sequence ends mid-chunk; --packed equal's T
