@@ -79,16 +79,16 @@ def host_time(fn, iters=5):
     """The launching Python's time of one call of ``fn`` in ms (the median of ``iters``, the GPU drained before each,
     so that no launch waits on a full queue) and where one call synchronizes with the GPU (sync_sites)."""
     cuda = torch.cuda.is_available()
+    drain = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
     for _ in range(iters):
-        if cuda:
-            torch.cuda.synchronize()
+        drain()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     if not cuda:
         return statistics.median(times) * 1e3, collections.Counter()
-    torch.cuda.synchronize()
+    drain()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -242,8 +242,10 @@ def main():
                     torch.cuda.synchronize()  # raises again if the context is gone: nothing later could run
                     continue
                 wall = f", {triton.testing.do_bench(fn, warmup=50, rep=300):.3f} ms wall" if args.wall else ""
-                host, syncs = host_time(fn) if args.host else (None, {})
-                host = f", {host:.3f} ms host" if args.host else ""
+                host, syncs = "", {}
+                if args.host:
+                    host_ms, syncs = host_time(fn)
+                    host = f", {host_ms:.3f} ms host"
                 print(f"{op} B={B} T={T} H={H} K={K} {name}: {sum(times.values()):.3f} ms GPU{wall}{host}", flush=True)
                 if syncs:
                     print("    synchronizes at " + ", ".join(f"{site} ({n}x)" for site, n in syncs.most_common()),

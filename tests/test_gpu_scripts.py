@@ -101,14 +101,20 @@ def test_gpu_env_without_wheels_still_installs_the_package(tmp_path):
     assert len(calls) == 1 and calls[0].startswith("-m pip install") and calls[0].endswith(" ."), calls
 
 
-def test_profile_api_pass_runs_the_public_op_without_accumulating_gradients():
-    """profile_kernels.py --api's pass: fwd+bwd through the public op (here its CPU backend), each call starting from
-    no gradients, so a profile of several calls times each the same (an accumulating .grad would add a kernel)."""
+def _profile_kernels():
+    """scripts/profile_kernels.py as a module (scripts/ is not a package)."""
     sys.path.insert(0, SCRIPTS)
     try:
         import profile_kernels
     finally:
         sys.path.remove(SCRIPTS)
+    return profile_kernels
+
+
+def test_profile_api_pass_runs_the_public_op_without_accumulating_gradients():
+    """profile_kernels.py --api's pass: fwd+bwd through the public op (here its CPU backend), each call starting from
+    no gradients, so a profile of several calls times each the same (an accumulating .grad would add a kernel)."""
+    profile_kernels = _profile_kernels()
     torch.manual_seed(0)
     x = [torch.randn(1, 9, 2, 8), torch.randn(1, 9, 2, 8), torch.randn(1, 9, 2, 8),
          -torch.rand(1, 9, 2), torch.rand(1, 9, 2), torch.rand(1, 9, 2)]
@@ -129,11 +135,7 @@ def test_profile_host_time_and_sync_sites():
     import time
     import warnings
 
-    sys.path.insert(0, SCRIPTS)
-    try:
-        import profile_kernels
-    finally:
-        sys.path.remove(SCRIPTS)
+    profile_kernels = _profile_kernels()
     host, syncs = profile_kernels.host_time(lambda: time.sleep(0.003))
     assert 3.0 <= host < 14.0 and not syncs, host
     with warnings.catch_warnings(record=True) as caught:
@@ -148,11 +150,7 @@ def test_profile_packed_lengths():
     """profile_kernels.py --packed's sequences: B lengths summing to B*T, the same every run; uneven ones within T/4 of
     T (the last takes what is left) and none a multiple of 32, so every sequence ends mid-chunk; --packed equal's T
     each (the packed path at equal lengths)."""
-    sys.path.insert(0, SCRIPTS)
-    try:
-        import profile_kernels
-    finally:
-        sys.path.remove(SCRIPTS)
+    profile_kernels = _profile_kernels()
     for B, T in ((16, 2048), (4, 8192), (3, 100)):
         lengths = profile_kernels.packed_lengths(B, T)
         assert lengths == profile_kernels.packed_lengths(B, T) and len(lengths) == B and sum(lengths) == B * T
