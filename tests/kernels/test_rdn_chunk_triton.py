@@ -480,13 +480,15 @@ def test_both_passes_at_64_token_chunks(monkeypatch):
     assert launches == ["_rdn_bwd_rebuild_kernel"]  # the chunk matrices and U, W, X reused: no WY, no walk rerun
 
 
-def test_backward_at_64_takes_the_tokens_of_a_32_token_forward(monkeypatch):
+@pytest.mark.parametrize("trailed", [1, 2])
+def test_backward_at_64_takes_the_tokens_of_a_32_token_forward(monkeypatch, trailed):
     """U, W and X are per-token: a backward at 64-token chunks (chunk.BWD_CHUNK_SIZE lifted, the probe of long
     single sequences) takes a 32-token forward's kept tokens with chunk matrices of its own (one WY launch, the
     states rebuilt from the tokens, no walk rerun), and every gradient matches the float64 oracle; packed sequences
-    with part-filled chunks, non-zero initial states."""
+    with part-filled chunks, non-zero initial states; the reverse walks as two launches and as one (TRAILED_WALKS)."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 64)
+    monkeypatch.setattr(chunk, "TRAILED_WALKS", trailed)
     cu = torch.tensor([0, 37, 150, 171], dtype=torch.int32)
     inputs, S0, R0 = make_inputs(B=1, T=171, H=2, K=32, V=32, N=3)
     *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
