@@ -61,8 +61,10 @@ CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # The backward chunks by 32 tokens whatever the forward did. Its chunk-parallel kernels of 2026-11-30 (a single
 # gradient kernel, then a dv kernel) did not fit sm_90's shared memory at 64-token chunks and K = 128; at 64 the rerun
 # and the (then single) reverse walk spilled 1392 and 1320 bytes a thread against 416 and 600 at 32
-# (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms). The
-# kernels of today were not tried at 64.
+# (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms). With the
+# kernels of 2026-12-07 (H100, autotuned, BWD_CHUNK_SIZE=32,64 fed the 32-token forward's tokens): B=1 T=32k backward
+# wall 7.27 -> 7.44 ms, B=2 T=16k 5.63 -> 6.68; the reverse walks gain at 64 (3.46 -> 2.58 ms at 32k), the
+# chunk-parallel kernels lose more (the 64-token WY 0.49, operators +0.20, gradient +0.17, chunk matrices +0.10).
 # The backward reruns the forward walk itself: the math is exact, the rounding is not (the rerun's X, whose sign
 # against +-c is the clip's gradient mask, reads S through split dots and its chunk-matrix dots at tf32x3, ~fp32; the
 # default forward's S dots round the state to the input dtype (dot_cast, 2^-9 for bf16) and its chunk-matrix dots are
@@ -716,8 +718,9 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     ``S0``/``R0`` are None. ``wy``: the forward's saved chunk matrices (``chunk_rdn_fwd(save_wy=True)``), used
     when they have this call's chunking (else, or when None or empty, recomputed). ``walk``: the forward walk's ``(h_s,
     h_r, U, W, X)`` (``chunk_rdn_fwd(keep_walk=True)``), used with ``wy`` (whose chunking it shares) when both fit this
-    call, instead of rerunning the walk; or its ``(U, W, X)`` (``keep_tokens=True``), from which, with ``wy``, two
-    linear walks rebuild the chunk states (_rebuild_states) instead.
+    call, instead of rerunning the walk; or its ``(U, W, X)`` (``keep_tokens=True``), per-token and so of any chunking,
+    from which, with ``wy`` or this call's own chunk matrices, two linear walks rebuild the chunk states
+    (_rebuild_states) instead.
     """
     _check_chunk_size(chunk_size)
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
