@@ -107,9 +107,15 @@ _BRANCH_TARGET = re.compile(r"^\S*\s+(0x[0-9a-f]+)")
 def longest_loop(rows: list[tuple[int, str, str]]) -> int | None:
     """Instructions between the target of the farthest-reaching backward branch and that branch, inclusive: the hot
     loop's body (a walk's chunk step; unrolled by Triton, a chunk-parallel kernel's V loop has none). ``rows``:
-    (address, opcode, operands) in order."""
+    (address, opcode, operands) in order. Branches past the last EXIT are not loops: ptxas puts out-of-line code
+    there (slow paths of a division, say) that jumps back into the body, which would read as a loop as long as the
+    kernel."""
+    exits = [addr for addr, opcode, _ in rows if opcode == "EXIT"]
+    body_end = exits[-1] if exits else None
     best = None
     for addr, opcode, operands in rows:
+        if body_end is not None and addr > body_end:
+            break
         target = _BRANCH_TARGET.match(operands) if opcode == "BRA" else None
         start = int(target.group(1), 16) if target else addr
         if start < addr and (best is None or addr - start > best[1] - best[0]):

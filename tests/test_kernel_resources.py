@@ -35,6 +35,45 @@ def test_reports_every_config_of_the_rdn_wy_kernels_specialised_as_launches():
     assert not any("MQI" in r[6] for r in rows)
 
 
+LONGEST_LOOP = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from kernel_resources import _SASS_LINE, longest_loop
+rows = [(int(a, 16), op, rest) for a, op, rest in _SASS_LINE.findall(sys.stdin.read())]
+print(longest_loop(rows))
+"""
+# A walk's shape in cuobjdump's SASS: a prologue, a four-instruction loop closed by a backward branch, an EXIT, the
+# self-branch that pads the end, and an out-of-line slow path that jumps back into the loop.
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   IMAD R2, R2, R3, RZ ;
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 gdesc[UR4], RZ ;
+        /*0030*/                   FADD R4, R4, R5 ;
+        /*0040*/              @!P0 BRA 0x120 ;
+        /*0050*/               @P1 BRA 0x20 ;
+        /*0060*/                   STG.E [R6.64], R4 ;
+        /*0070*/                   EXIT ;
+        /*0080*/                   BRA 0x80;
+        /*0120*/                   MUFU.RCP R7, R8 ;
+        /*0130*/                   BRA 0x10 ;
+"""
+
+
+def _longest_loop(sass: str):
+    out = subprocess.run([sys.executable, "-c", LONGEST_LOOP, os.path.dirname(SCRIPT)], input=sass,
+                         capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_longest_loop_is_the_body_s_backward_branch_not_out_of_line_code():
+    # the loop 0x20-0x50, four instructions; the slow path's branch back to 0x10 (past EXIT) would read as ten
+    assert _longest_loop(SASS) == "4"
+    # without the loop's branch no loop is left, though the slow path still jumps back
+    assert _longest_loop(SASS.replace("@P1 BRA 0x20", "@P1 FADD R4, R4, R4")) == "None"
+
+
 CENSUS = re.compile(r"^\s+SASS: (.*)  all (\d+)  loop (\d+|-)$")
 
 
