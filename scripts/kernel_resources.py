@@ -104,6 +104,11 @@ _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z
 _BRANCH_TARGET = re.compile(r"^\S*\s+(0x[0-9a-f]+)")
 
 
+def sass_rows(sass: str) -> list[tuple[int, str, str]]:
+    """cuobjdump's SASS text as (address, opcode, operands) rows, in order."""
+    return [(int(addr, 16), opcode, operands) for addr, opcode, operands in _SASS_LINE.findall(sass)]
+
+
 def longest_loop(rows: list[tuple[int, str, str]]) -> int | None:
     """Instructions between the target of the farthest-reaching backward branch and that branch, inclusive: the hot
     loop's body (a walk's chunk step; unrolled by Triton, a chunk-parallel kernel's V loop has none). ``rows``:
@@ -127,8 +132,7 @@ def census(cubin: bytes, tool: str) -> str:
     """The kernel's SASS instructions counted by kind (_CENSUS), all of them, and its longest loop's (longest_loop;
     "-" without one), one line."""
     counts = {kind: 0 for kind in _CENSUS.values()}
-    rows = [(int(addr, 16), opcode, operands) for addr, opcode, operands in
-            _SASS_LINE.findall(_cuobjdump(cubin, tool, "-sass"))]
+    rows = sass_rows(_cuobjdump(cubin, tool, "-sass"))
     for _, opcode, _ in rows:
         if opcode in _CENSUS:
             counts[_CENSUS[opcode]] += 1

@@ -38,9 +38,8 @@ def test_reports_every_config_of_the_rdn_wy_kernels_specialised_as_launches():
 LONGEST_LOOP = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-from kernel_resources import _SASS_LINE, longest_loop
-rows = [(int(a, 16), op, rest) for a, op, rest in _SASS_LINE.findall(sys.stdin.read())]
-print(longest_loop(rows))
+from kernel_resources import longest_loop, sass_rows
+print(longest_loop(sass_rows(sys.stdin.read())))
 """
 # A walk's shape in cuobjdump's SASS: a prologue, a four-instruction loop closed by a backward branch, an EXIT, the
 # self-branch that pads the end, and an out-of-line slow path that jumps back into the loop.
@@ -60,9 +59,9 @@ SASS = """
 
 
 def _longest_loop(sass: str):
+    # a process of its own: kernel_resources.py unsets TRITON_INTERPRET at import
     out = subprocess.run([sys.executable, "-c", LONGEST_LOOP, os.path.dirname(SCRIPT)], input=sass,
-                         capture_output=True, text=True, timeout=120,
-                         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip()
 

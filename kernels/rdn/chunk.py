@@ -740,8 +740,7 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     gates = walk_gates(g, beta, gamma)
     # U, W and X are per-token quantities, the same at any chunking: kept alone (keep_tokens) they serve a backward
     # that chunks otherwise than the forward did, with its own chunk matrices; a kept walk's states pin its chunking.
-    tokens_alone = walk is not None and len(walk) == 3
-    kept = [t.contiguous() for t in walk] if (saved_wy or tokens_alone) and _fits(walk, L, q, cu_seqlens) else []
+    kept = [t.contiguous() for t in walk] if _fits(walk, L, q, cu_seqlens) and (saved_wy or len(walk) == 3) else []
     rebuild = len(kept) == 3
     if len(kept) == 5:
         h_s, h_r, u, w, x = kept
