@@ -138,6 +138,9 @@ def main():
                         "the op's own, RLA 64, RDN 32); the backward runs at --bwd-chunks, its rerun at that size")
     parser.add_argument("--bwd-chunks", default="64", help="backward chunk sizes to profile, e.g. 64,32 (RDN's "
                         "backward chunks by at most 32 whatever is asked: chunk.BWD_CHUNK_SIZE)")
+    parser.add_argument("--saved-chunk", type=int, default=0, help="RDN only: the chunk size of the forward whose "
+                        "kept tokens and chunk matrices the backward takes (default: the op's own, 32); e.g. 64 with "
+                        "--bwd-chunks 64 --knob BWD_CHUNK_SIZE=64 for a backward that reuses a 64-token forward's")
     parser.add_argument("--walk-warps", default="", help="RDN only: warps of the state walks to compare, e.g. 8,4 "
                         "(default: chunk.WALK_WARPS)")
     parser.add_argument("--walk-stages", default="", help="RDN only: pipelining stages of the forward walk and its "
@@ -191,7 +194,8 @@ def main():
             # the backward takes what the API's forward hands it by default with autograd (kernels/library.py):
             # RDN's chunk matrices, and either op's per-token tensors of its walk (RLA's residuals, RDN's U, W, X)
             save = {"save_wy": True} if op == "rdn" else {}
-            tokens = fwd(*x, None, 1.0, "clip", None, None, cu, keep_tokens=True, **save)
+            tokens = fwd(*x, None, 1.0, "clip", None, None, cu, keep_tokens=True, **save,
+                         **({"chunk_size": args.saved_chunk} if args.saved_chunk and op == "rdn" else {}))
             saved = {"walk": tokens[-1], **({"wy": tokens[3]} if op == "rdn" else {})}
             del tokens
             passes = []
