@@ -244,10 +244,10 @@ GRAD_BV = 64
 # Triton 3.6, 2026-12-02 12:12, autotuned, two walk launches): B=1 T=32k 9.38 -> 8.37, B=2 T=16k 6.53 -> 6.26,
 # B=16 T=2k 4.90 -> 4.88. Queued before the operators it took the SMs first and lost (9.47, 6.65, 4.87). Never beside
 # the one-launch walks (TRAILED_WALKS): at B=1 T=32k 7.81-7.84 ms on the one stream, 8.23-8.29 beside them (12:22).
-# 2: as 1, and where the walks are one launch the rebuild is forked after them instead, beside the chunk-matrix
-# kernel (which needs nothing it makes; the gradient kernel waits for both): at B=1 T=32k the rebuild (1.14 ms, 256
-# latency-bound programs, two an SM) and the chunk matrices (0.74) ran end to end on the one stream (H100, 2026-12-07
-# 18:44). Expected (written before measuring, 2026-12-07 22:20): backward wall 7.27 -> ~6.8-7.0 ms there.
+# Tried 2026-12-07 22:35 (H100, `profile_kernels.py --ops rdn --wall --tune --knob OVERLAP=1,2 --knob REBUILD_BV=0,32`,
+# B=1 T=32k; in git at 12a90e3): after one-launch walks the rebuild forked beside the chunk-matrix kernel instead of
+# before it on the one stream. Lost: backward wall 7.26 -> 7.50 ms (the rebuild 1.14 -> 1.38, the chunk matrices 0.73
+# as alone), 7.66 at REBUILD_BV 32; the two did not overlap, they shared the SMs.
 OVERLAP = 1
 # The reverse walks as one launch, dS's walk trailing dR's by a chunk or more (chunk_bwd._rdn_bwd_walks_kernel),
 # where the two walks' programs all fit at once, two an SM: 0 automatic (trailed_walks), 1 two launches, 2 one.
@@ -727,10 +727,9 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     (_rebuild_states) instead.
     """
     _check_chunk_size(chunk_size)
-    if OVERLAP not in (0, 1, 2):
-        raise ValueError(f"launch knob OVERLAP must be 0 (the rebuild on the one stream), 1 (beside the reverse walks "
-                         f"where they are two launches) or 2 (1, and after one-launch walks beside the chunk-matrix "
-                         f"kernel); got {OVERLAP!r}")
+    if OVERLAP not in (0, 1):
+        raise ValueError(f"launch knob OVERLAP must be 0 (the rebuild on the one stream) or 1 (beside the reverse walks "
+                         f"where they are two launches); got {OVERLAP!r}")
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
     if do.shape != v.shape:
         raise ValueError(f"do must have v's shape {tuple(v.shape)}; got {tuple(do.shape)}")
@@ -767,12 +766,10 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
         # nothing they make) and the rebuild queued after them, so that the walks get their SMs first. Not beside
         # walks trailed in one launch: those need every SM's room for their own programs (OVERLAP says by how much).
         rebuilt = _rebuild_buffers(L, k)
-        crowded = OVERLAP in (1, 2) and not trailed
+        crowded = OVERLAP == 1 and not trailed
         beside = triton_utils.Beside(k, crowded)
     _reverse_walk(L, q, k, *gates, operators, x, do, dS_T, dR_T, h_ds, h_dr, dS0, dR0, dyr, dxc, dyv, scale,
                   walk_grid, trailed)
-    if rebuild and trailed and OVERLAP == 2:
-        beside = triton_utils.Beside(k)  # forked after the one-launch walks: beside the chunk-matrix kernel
     if rebuild:
         h_s, h_r = _rebuild_states(L, k, gates[0], u, w, S0, R0, beside, rebuilt, crowded)
         del rebuilt
