@@ -65,6 +65,8 @@ CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # kernels of 2026-12-07 (H100, autotuned, BWD_CHUNK_SIZE=32,64 fed the 32-token forward's tokens): B=1 T=32k backward
 # wall 7.27 -> 7.44 ms, B=2 T=16k 5.63 -> 6.68; the reverse walks gain at 64 (3.46 -> 2.58 ms at 32k), the
 # chunk-parallel kernels lose more (the 64-token WY 0.49, operators +0.20, gradient +0.17, chunk matrices +0.10).
+# Fed a 64-token forward's chunk matrices instead (no WY recompute; H100, 2026-12-07 22:39, profile_kernels.py
+# --saved-chunk 64): B=1 T=32k backward wall 7.26 -> 7.04, but that forward's walk takes 2.63 -> 6.01 ms (BENCHMARKS.md).
 # The backward reruns the forward walk itself: the math is exact, the rounding is not (the rerun's X, whose sign
 # against +-c is the clip's gradient mask, reads S through split dots and its chunk-matrix dots at tf32x3, ~fp32; the
 # default forward's S dots round the state to the input dtype (dot_cast, 2^-9 for bf16) and its chunk-matrix dots are
