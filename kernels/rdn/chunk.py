@@ -66,7 +66,8 @@ CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # wall 7.27 -> 7.44 ms, B=2 T=16k 5.63 -> 6.68; the reverse walks gain at 64 (3.46 -> 2.58 ms at 32k), the
 # chunk-parallel kernels lose more (the 64-token WY 0.49, operators +0.20, gradient +0.17, chunk matrices +0.10).
 # Fed a 64-token forward's chunk matrices instead (no WY recompute; H100, 2026-12-07 22:39, profile_kernels.py
-# --saved-chunk 64): B=1 T=32k backward wall 7.26 -> 7.04, but that forward's walk takes 2.63 -> 6.01 ms (BENCHMARKS.md).
+# --saved-chunk 64): B=1 T=32k backward wall 7.26 -> 7.04, but that forward's walk takes 2.63 -> 6.01 ms
+# (BENCHMARKS.md).
 # The backward reruns the forward walk itself: the math is exact, the rounding is not (the rerun's X, whose sign
 # against +-c is the clip's gradient mask, reads S through split dots and its chunk-matrix dots at tf32x3, ~fp32; the
 # default forward's S dots round the state to the input dtype (dot_cast, 2^-9 for bf16) and its chunk-matrix dots are
@@ -730,8 +731,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     """
     _check_chunk_size(chunk_size)
     if OVERLAP not in (0, 1):
-        raise ValueError(f"launch knob OVERLAP must be 0 (the rebuild on the one stream) or 1 (beside the reverse walks "
-                         f"where they are two launches); got {OVERLAP!r}")
+        raise ValueError(f"launch knob OVERLAP must be 0 (the rebuild on the one stream) or 1 (beside the reverse "
+                         f"walks where they are two launches); got {OVERLAP!r}")
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
     if do.shape != v.shape:
         raise ValueError(f"do must have v's shape {tuple(v.shape)}; got {tuple(do.shape)}")
