@@ -115,8 +115,7 @@ def longest_loop(rows: list[tuple[int, str, str]]) -> int | None:
     (address, opcode, operands) in order. Branches past the last EXIT are not loops: ptxas puts out-of-line code
     there (slow paths of a division, say) that jumps back into the body, which would read as a loop as long as the
     kernel."""
-    exits = [addr for addr, opcode, _ in rows if opcode == "EXIT"]
-    body_end = exits[-1] if exits else None
+    body_end = max((addr for addr, opcode, _ in rows if opcode == "EXIT"), default=None)
     best = None
     for addr, opcode, operands in rows:
         if body_end is not None and addr > body_end:
