@@ -51,16 +51,17 @@ from .chunk_bwd import (_rdn_bwd_dg_kernel, _rdn_bwd_grad_kernel, _rdn_bwd_mats_
                         _rdn_bwd_walk_s_kernel, _rdn_bwd_walks_kernel)
 from .chunk_fwd import _rdn_out_kernel, _rdn_walk_kernel, _rdn_walk_t_kernel
 from .segmented import auto_segments, chunk_rdn_fwd_segmented, usable_segments
-from .wy import _rdn_wy_kernel
+from .wy import _rdn_wy_kernel, _rdn_wy_widen_kernel
 
 # The forward chunks by 32 tokens, as the backward, so that the backward reuses its T_beta, T_gamma and Mk (plan
 # P4: the backward's _rdn_wy_kernel took 0.96 ms at B=16 T=2k H=16 K=V=128 bf16, H200, 2026-12-01, its Mqi alone is
 # one q k^T dot a chunk). At 32 the forward walk takes the raw-k path (_walk, RAW_K), measured no slower than at 64
 # (2.00 vs 2.08 ms with bf16 states, H200, 2026-11-30); the output kernel reads twice the chunk states.
 CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
-# The backward chunks by 32 tokens whatever the forward did. Its chunk-parallel kernels of 2026-11-30 (a single
-# gradient kernel, then a dv kernel) did not fit sm_90's shared memory at 64-token chunks and K = 128; at 64 the rerun
-# and the (then single) reverse walk spilled 1392 and 1320 bytes a thread against 416 and 600 at 32
+# The backward chunks by 32 tokens whatever the forward did (BWD_CHUNK_SIZE's comment has the 64-token form). Its
+# chunk-parallel kernels of 2026-11-30 (a single gradient kernel, then a dv kernel) did not fit sm_90's shared
+# memory at 64-token chunks and K = 128; at 64 the rerun and the (then single) reverse walk spilled 1392 and 1320 bytes
+# a thread against 416 and 600 at 32
 # (scripts/kernel_resources.py, sm_90, 2026-11-30), and the rerun measured slower at 64 (3.71 vs 2.93 ms). With the
 # kernels of 2026-12-07 (H100, autotuned, BWD_CHUNK_SIZE=32,64 fed the 32-token forward's tokens): B=1 T=32k backward
 # wall 7.27 -> 7.44 ms, B=2 T=16k 5.63 -> 6.68; the reverse walks gain at 64 (3.46 -> 2.58 ms at 32k), the
@@ -75,7 +76,23 @@ CHUNK_SIZE = shapes.RDN_CHUNK_SIZE
 # chunk_size=64 also chunks differently, _walk says why): an element within rounding of the clip may be masked as the
 # other side of the forward it belongs to. Not so with keep_walk: the forward's o and the backward's mask then come
 # from one walk, one X.
+# 32 (the default), 16 or 64: at most that many tokens a chunk, as the caller's chunk_size allows; 0 (automatic, not
+# the default): 64 where the backward takes the forward's kept tokens (keep_tokens, the API's default with autograd)
+# and its 32-token reverse walks would all fit on the GPU at once (trailed_walks: a long sequence at small batch, each
+# walk one latency-bound program an SM, where half the steps pay), its 64-token chunk matrices widened from the
+# forward's 32-token ones (wy.py, _rdn_wy_widen_kernel); else 32. Backward wall ms at B=1 T=32k H=16 K=V=128 bf16
+# (H100, autotuned, profile_kernels.py --wall --tune): 7.27 at 32 -> 6.91 automatic (the widening 0.31; 2026-12-08
+# 01:37), 6.62 fed a 64-token forward's matrices (walks 3.56 -> 2.49, rebuild 1.14 -> 0.88 at REBUILD_STEPS 1,
+# gradient 1.53 -> 1.71, chunk matrices 0.74 -> 0.83, operators 0.41 -> 0.60; 00:47-00:51). Where the walks are two
+# launches 64 lost: B=2 T=16k 5.67 -> 6.00; B=4 T=8k 5.05 and B=16 T=2k 5.07 at 64 (2k: 4.45 at 32 on 2026-12-07).
+# **But the backward at 64 is wrong for half inputs on the GPU** (float64 check, H100, 2026-12-08 01:40-01:46,
+# gpu_check_rdn.check at BWD_CHUNK_SIZE 0): bf16 K=128 dk / dv / dg 0.31-0.35 relative error, dS0 2.3; bf16 K=64 an
+# illegal memory access in the one-launch reverse walks (_rdn_bwd_walks_kernel; two launches ran, unchecked); fp32 K=64
+# and K=128 pass (5e-7), and the CPU tests (interpreted, half dots in fp32) pass at 64. So chunk_rdn_bwd refuses 64 for
+# half inputs on a GPU unless HALF_BWD_64 is 1 (to find the bug: `gpu_check_rdn.py --set BWD_CHUNK_SIZE=0 --set
+# HALF_BWD_64=1`), and the timings above are of a wrong backward: the bug must be found before 64 can be the default.
 BWD_CHUNK_SIZE = 32
+HALF_BWD_64 = 0
 # 1: the walk's chunk-matrix dots up to X (T_beta's, making U, and Mk's, making X) run at tf32x3 when X is stored
 # (the rerun, keep_walk's forward); 0: both at tf32, one pass instead of three on the S chain (walks plan W4b(1),
 # docs/next/rdn-walks-plan.md); 2: T_beta's at tf32x3 (U feeds S's update, so S stays ~fp32), Mk's at tf32.
@@ -202,7 +219,8 @@ DS_WALK_T = 0
 # 1.206 / 1.516, 0.956 / 1.433; B=1 T=32k 1.590 / 1.448, 1.574 / 1.389; B=16 T=2k 0.692 (BK 64), 0.593 / 0.697.
 # Automatic: 128 wide always; 2 chunks a turn where the launch's programs (both walks) are fewer than two an SM (32k
 # only at these dims: 256 programs on 132 SMs). As two launches (RLA's walk kernel each) they took 0.64 ms at 2k and
-# 2.41 at 32k.
+# 2.41 at 32k. At 64-token chunks (BWD_CHUNK_SIZE) one chunk a turn always: at B=1 T=32k 0.88 ms against 1.32 at two
+# (H100, autotuned, 2026-12-08 00:47, the rebuild after one-launch walks).
 REBUILD_BK = 0
 REBUILD_STEPS = 0
 # V-block width of the rebuild: 0 automatic (rebuild_width), or a power of two >= 16. Beside the reverse walks (two
@@ -420,6 +438,17 @@ def _wy(L: _Layout, k, g, beta, gamma, out=None):
     return t_beta, t_gamma, m_k
 
 
+def _widen_wy(L: _Layout, k, g, beta, gamma, wy):
+    """T_beta, T_gamma, Mk at 64-token chunks (L.BT = 64) from a 32-token forward's saved ``wy`` ([3, B, T, H, 32]):
+    its blocks on the diagonal, the ones below made (wy.py, _rdn_wy_widen_kernel)."""
+    out = k.new_empty(wy_shape(k, 64), dtype=torch.float32)
+    if L.n_chunks:
+        _rdn_wy_widen_kernel[L.chunk_grid](
+            k, g, beta, gamma, *wy.unbind(0), *out.unbind(0), L.cu_seqlens, L.chunk_indices, L.T,
+            H=L.H, K=L.K, BK=L.BK, DOT_PREC=L.dot_prec, IS_VARLEN=L.varlen, **L.order)
+    return out.unbind(0)
+
+
 def _walk_operators(L: _Layout, q, k, g, t_beta, t_gamma, m_k):
     """The reverse walks' chunk operators (chunk_bwd.py): Kb, Kc [B, T, H, K] (_rdn_bwd_prep_k_kernel) and Pb, Qb,
     Pc [B, T, H, BT] (_rdn_bwd_prep_p_kernel), all in k's dtype: the walks take them in half dots, as fla's backward
@@ -588,14 +617,14 @@ def _rebuild_bk(K: int) -> int:
     return triton_utils.knob_width("REBUILD_BK", REBUILD_BK, 128, K)
 
 
-def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int) -> tuple[int, int]:
+def rebuild_blocks(K: int, V: int, BV: int, programs: int, sms: int, BT: int = CHUNK_SIZE) -> tuple[int, int]:
     """The rebuild walks' K-block width and chunks a loop turn (REBUILD_BK, REBUILD_STEPS; 0 means the automatic
     choice, whose measurements are at REBUILD_BK): ``programs`` (sequence x head) programs a walk, K- and V-block,
-    ``BV`` wide, on ``sms`` SMs."""
+    ``BV`` wide, on ``sms`` SMs, at ``BT``-token chunks."""
     steps = triton_utils.knob_steps("REBUILD_STEPS", REBUILD_STEPS)
     BK = _rebuild_bk(K)
     launched = 2 * cdiv(K, BK) * cdiv(V, BV) * programs  # S's and R's walks share the launch
-    return BK, steps or (2 if launched < 2 * sms else 1)
+    return BK, steps or (2 if launched < 2 * sms and BT < 64 else 1)
 
 
 def state_every(chunk_size: int) -> int:
@@ -640,7 +669,7 @@ def _rebuild_states(L: _Layout, k, g, u, w, S0, R0, beside: triton_utils.Beside 
     beside = beside or triton_utils.Beside(k, False)
     sms = sm_count(k.device)
     BV = rebuild_width(L.K, L.V, L.width("WALK_BV", L.walk_BV), L.N * L.H, sms, crowded, k.dtype != torch.float32)
-    BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sms)
+    BK, steps = rebuild_blocks(L.K, L.V, BV, L.N * L.H, sms, L.BT)
     h_s, h_r, *finals = out or _rebuild_buffers(L, k)
     with beside:
         _rdn_bwd_rebuild_kernel[(2 * cdiv(L.K, BK), cdiv(L.V, BV), L.N * L.H)](
@@ -716,6 +745,17 @@ def _reverse_walk(L: _Layout, q, k, g, beta, gamma, operators, x, do, dS_T, dR_T
     )
 
 
+def backward_chunk(L: _Layout, chunk_size: int, tokens: bool, sms: int) -> int:
+    """The backward's chunk size (BWD_CHUNK_SIZE; 0 automatic) given ``L``, its layout at min(chunk_size, 32) (or the
+    knob's), the caller's ``chunk_size``, whether it takes the forward's kept ``tokens`` (U, W, X: per-token, so any
+    chunking rebuilds its states from them; a rerun or a kept walk is at the forward's chunking) and the GPU's ``sms``
+    (0 off a GPU: never 64 there unless asked)."""
+    if BWD_CHUNK_SIZE or not tokens or chunk_size < 32:
+        return L.BT
+    _, (blocks, programs) = _reverse_walk_grid(L)
+    return 64 if 0 < blocks * programs <= sms else L.BT
+
+
 def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seqlens, do, dS_T, dR_T,
                   *, chunk_size: int = CHUNK_SIZE, wy=None, walk=None):
     """Gradients ``(dq, dk, dv, dg, dbeta, dgamma, dS0, dR0)``, each in its input's dtype (states fp32). ``do`` is
@@ -733,7 +773,15 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     if OVERLAP not in (0, 1):
         raise ValueError(f"launch knob OVERLAP must be 0 (the rebuild on the one stream) or 1 (beside the reverse "
                          f"walks where they are two launches); got {OVERLAP!r}")
-    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE))
+    if BWD_CHUNK_SIZE not in (0, 16, 32, 64):
+        raise ValueError(f"launch knob BWD_CHUNK_SIZE must be 16, 32, 64 or 0 (automatic); got {BWD_CHUNK_SIZE!r}")
+    L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE or 32))
+    tokens = walk is not None and len(walk) == 3 and _fits(walk, L, q, cu_seqlens)
+    if backward_chunk(L, chunk_size, tokens, sm_count(q.device)) != L.BT:
+        L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, 64)
+    if L.BT == 64 and q.dtype != torch.float32 and q.is_cuda and HALF_BWD_64 != 1:
+        raise ValueError(f"launch knob BWD_CHUNK_SIZE={BWD_CHUNK_SIZE}: the backward at 64-token chunks is wrong for "
+                         f"{q.dtype} inputs on the GPU (float64 check, 2026-12-08); use 32, or float32 inputs")
     if do.shape != v.shape:
         raise ValueError(f"do must have v's shape {tuple(v.shape)}; got {tuple(do.shape)}")
     for name, d in (("dS_T", dS_T), ("dR_T", dR_T)):
@@ -745,6 +793,8 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     saved_wy = wy is not None and tuple(wy.shape) == wy_shape(k, L.BT) and wy.dtype == torch.float32
     if saved_wy:
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
+    elif L.BT == 64 and wy is not None and tuple(wy.shape) == wy_shape(k, 32) and wy.dtype == torch.float32:
+        t_beta, t_gamma, m_k = _widen_wy(L, k, g, beta, gamma, wy.contiguous())
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)
     gates = walk_gates(g, beta, gamma)

@@ -192,3 +192,61 @@ def _rdn_wy_kernel(
     tl.debug_barrier()  # the diagonal blocks stored before the merges read them back
     _blocked_inverse(t_beta, m_k, beta, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
     _blocked_inverse(t_gamma, m_k, gamma, g, out, bos, i_h, i_t, T_seq, H, BT, MERGE_PREC)
+
+
+# The backward at 64-token chunks (chunk.py, backward_chunk) from a 32-token forward's saved matrices: a 64-token
+# chunk's matrices hold the two 32-token chunks' as their diagonal blocks (the decays inside a block are differences
+# of G, the same from either chunk start), so only the block below the diagonal is new. For A = [[A0, 0], [A10, A1]],
+#     (I + A)^{-1} = [[T0, 0], [-T1 A10 T0, T1]],   A10 = diag(x exp(g)) Mk10,   Mk10 = k1 k0^T exp(Gp1 - G0)
+# (T0, T1 the 32-token inverses): one [32, K] x [K, 32] dot and two pairs of 32 x 32 products a 64-token chunk,
+# where _rdn_wy_kernel at 64 solves both inverses again by 16-row blocks (0.45 ms at B=1 T=32k H=16 K=128 bf16 on
+# the H100, 2026-12-07, against 0.155 at 32).
+@autotune(configs=launch_configs((2, 1), (4, 1), (1, 1)), key=["H", "K", "BK", "DOT_PREC"])
+@triton.jit(do_not_specialize=["T"])
+def _rdn_wy_widen_kernel(
+    k, g, beta, gamma, t_beta, t_gamma, m_k, t_beta_w, t_gamma_w, m_k_w, cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+    DOT_PREC: tl.constexpr, IS_VARLEN: tl.constexpr, CHUNK_ORDER: tl.constexpr, CHUNK_GROUP: tl.constexpr,
+):
+    MERGE_PREC: tl.constexpr = "tf32x3" if DOT_PREC == "tf32" else DOT_PREC
+    i_c, _, i_nh = chunk_ids(1, H, 1, CHUNK_ORDER, CHUNK_GROUP)
+    bos, T_seq, i_t, i_h, _, _, _, _ = chunk_prologue(cu_seqlens, chunk_indices, i_c, i_nh, T, H, 64, IS_VARLEN)
+    r0 = i_t * 64  # the first 32-token chunk's first row; r1 the second's
+    r1 = r0 + 32
+    o_32 = tl.arange(0, 32)
+    in0 = r0 + o_32 < T_seq
+    in1 = r1 + o_32 < T_seq
+    off0 = (bos + r0 + o_32) * H + i_h
+    off1 = (bos + r1 + o_32) * H + i_h
+    b_g0 = tl.load(g + off0, mask=in0, other=0.0).to(tl.float32)
+    b_g1 = tl.load(g + off1, mask=in1, other=0.0).to(tl.float32)
+    b_G0 = tl.cumsum(b_g0, axis=0)
+    b_Gp1 = tl.sum(b_g0, axis=0) + tl.cumsum(b_g1, axis=0) - b_g1
+    tok_k = (bos * H + i_h) * K
+    b_k0 = load_tile_raw(k + tok_k, r0, T_seq, H * K, 0, K, 32, BK)
+    b_k1 = load_tile_raw(k + tok_k, r1, T_seq, H * K, 0, K, 32, BK)
+    # Every pair (t in the second half, i in the first) is causal: no mask. Rows past the sequence end have k = 0.
+    b_mk10 = tl.dot(b_k1, tl.trans(b_k0), input_precision=DOT_PREC) * tl.exp(b_Gp1[:, None] - b_G0[None, :])
+    src = (bos * H + i_h) * 32
+    dst = (bos * H + i_h) * 64
+    zero = tl.zeros([32, 32], dtype=tl.float32)
+    eg1 = tl.exp(b_g1)
+    for which in tl.static_range(3):
+        if which == 0:
+            narrow, wide = t_beta, t_beta_w
+        elif which == 1:
+            narrow, wide = t_gamma, t_gamma_w
+        else:
+            narrow, wide = m_k, m_k_w
+        b_d0 = load_tile(narrow + src, r0, T_seq, H * 32, 0, 32, 32, 32)
+        b_d1 = load_tile(narrow + src, r1, T_seq, H * 32, 0, 32, 32, 32)
+        if which == 2:
+            b_below = b_mk10
+        else:
+            b_x = tl.load((beta if which == 0 else gamma) + off1, mask=in1, other=0.0).to(tl.float32)
+            b_a10 = (b_x * eg1)[:, None] * b_mk10
+            b_below = -tl.dot(b_d1, tl.dot(b_a10, b_d0, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+        store_tile(wide + dst, b_d0, r0, T_seq, H * 64, 0, 64, 32, 32)
+        store_tile(wide + dst, zero, r0, T_seq, H * 64, 32, 64, 32, 32)
+        store_tile(wide + dst, b_below, r1, T_seq, H * 64, 0, 64, 32, 32)
+        store_tile(wide + dst, b_d1, r1, T_seq, H * 64, 32, 64, 32, 32)

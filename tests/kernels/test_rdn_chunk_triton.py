@@ -482,9 +482,9 @@ def test_both_passes_at_64_token_chunks(monkeypatch):
 
 @pytest.mark.parametrize("trailed", [1, 2])
 def test_backward_at_64_takes_the_tokens_of_a_32_token_forward(monkeypatch, trailed):
-    """U, W and X are per-token: a backward at 64-token chunks (chunk.BWD_CHUNK_SIZE lifted, the probe of long
-    single sequences) takes a 32-token forward's kept tokens with chunk matrices of its own (one WY launch, the
-    states rebuilt from the tokens, no walk rerun), and every gradient matches the float64 oracle; packed sequences
+    """U, W and X are per-token: a backward at 64-token chunks (chunk.BWD_CHUNK_SIZE 64) takes a 32-token forward's
+    kept tokens with its chunk matrices widened to 64 (one widening launch, the states rebuilt from the tokens, no
+    walk rerun), and every gradient matches the float64 oracle; packed sequences
     with part-filled chunks, non-zero initial states; the reverse walks as two launches and as one (TRAILED_WALKS)."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
     monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 64)
@@ -493,9 +493,51 @@ def test_backward_at_64_takes_the_tokens_of_a_32_token_forward(monkeypatch, trai
     inputs, S0, R0 = make_inputs(B=1, T=171, H=2, K=32, V=32, N=3)
     *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, save_wy=True, keep_tokens=True)
     assert wy.shape[-1] == 32
-    launches = record_launches(monkeypatch, chunk, ("_rdn_wy_kernel", *RDN_FORWARD_WALKS, "_rdn_bwd_rebuild_kernel"))
+    kernels = ("_rdn_wy_kernel", "_rdn_wy_widen_kernel", *RDN_FORWARD_WALKS, "_rdn_bwd_rebuild_kernel")
+    launches = record_launches(monkeypatch, chunk, kernels)
     check_backward(inputs, S0, R0, None, 1.0, "clip", cu, tol=1e-5, chunk_size=64, wy=wy, walk=tokens)
-    assert launches == ["_rdn_wy_kernel", "_rdn_bwd_rebuild_kernel"]
+    assert launches == ["_rdn_wy_widen_kernel", "_rdn_bwd_rebuild_kernel"]  # 64-token matrices widened, not remade
+
+
+def test_backward_chunk_is_64_only_for_kept_tokens_whose_walks_fit(monkeypatch):
+    """BWD_CHUNK_SIZE 0 (automatic; not the default): 64 only where the backward rebuilds its states from the
+    forward's kept tokens and its 32-token reverse walks would all fit on the GPU at once; the forward's chunking for a
+    rerun or a kept walk, off a GPU, below 32, or where the knob names a size; a knob value outside 0/16/32/64 is
+    named before any launch."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 0)
+    inputs, S0, R0 = make_inputs(B=1, T=100, H=2, K=32, V=32)
+    L = chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 32)
+    _, (blocks, programs) = chunk._reverse_walk_grid(L)
+    fit = blocks * programs
+    assert chunk.backward_chunk(L, 32, True, fit) == 64
+    assert chunk.backward_chunk(L, 32, True, fit - 1) == 32  # more walk programs than SMs: two launches, 32 wins
+    assert chunk.backward_chunk(L, 32, False, fit) == 32  # a rerun or a kept walk: the forward's chunking
+    assert chunk.backward_chunk(L, 32, True, 0) == 32  # off a GPU
+    L16 = chunk._Layout(*inputs, 1.0, "clip", S0, R0, None, 16)
+    assert chunk.backward_chunk(L16, 16, True, fit) == 16
+    monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 32)
+    assert chunk.backward_chunk(L, 32, True, fit) == 32
+    monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 48)
+    do = torch.randn_like(inputs[2])
+    with pytest.raises(ValueError, match="BWD_CHUNK_SIZE must be 16, 32, 64 or 0"):
+        chunk_rdn_bwd(*inputs, None, 1.0, "clip", S0, R0, None, do, None, None)
+
+
+def test_automatic_backward_at_64_matches_the_oracle(monkeypatch):
+    """Where the automatic choice (BWD_CHUNK_SIZE 0) takes 64 (a GPU of many SMs, stood in for here: the walks then
+    run as one launch) the backward of a 32-token forward's kept tokens widens its chunk matrices (no WY launch, no
+    walk rerun) and every gradient matches the float64 oracle; a part-filled last chunk, non-zero initial states."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    inputs, S0, R0 = make_inputs(B=1, T=107, H=2, K=32, V=32)
+    *_, wy, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, None, save_wy=True, keep_tokens=True)
+    monkeypatch.setattr(chunk, "BWD_CHUNK_SIZE", 0)
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 1000)
+    kernels = ("_rdn_wy_kernel", "_rdn_wy_widen_kernel", *RDN_FORWARD_WALKS, "_rdn_bwd_rebuild_kernel",
+               "_rdn_bwd_walks_kernel")
+    launches = record_launches(monkeypatch, chunk, kernels)
+    check_backward(inputs, S0, R0, None, 1.0, "clip", tol=1e-5, wy=wy, walk=tokens)
+    assert launches == ["_rdn_wy_widen_kernel", "_rdn_bwd_walks_kernel", "_rdn_bwd_rebuild_kernel"]
 
 
 def test_api_backward_reuses_the_forward_chunk_matrices(monkeypatch):
@@ -925,7 +967,7 @@ def test_rebuild_kernel_walks_as_rla_walk_kernel_twice(steps, monkeypatch):
     u, w, _ = tokens
     monkeypatch.setattr(chunk, "REBUILD_STEPS", steps)
     monkeypatch.setattr(chunk, "REBUILD_BK", 16)
-    L = chunk._Layout(q, k, v, g, beta, gamma, 1.0, "clip", S0, R0, cu, chunk.BWD_CHUNK_SIZE)
+    L = chunk._Layout(q, k, v, g, beta, gamma, 1.0, "clip", S0, R0, cu, 32)
     rebuilt = chunk._rebuild_states(L, k, g, u, w, S0, R0)
     BV = L.width("WALK_BV", L.walk_BV)
     for x, h0, split, got in ((u, S0, True, rebuilt[0]), (w, R0, False, rebuilt[1])):
@@ -950,7 +992,7 @@ def test_rebuild_at_its_own_v_block_width(monkeypatch):
     q, k, v, g, beta, gamma = inputs
     *_, tokens = chunk_rdn_fwd(*inputs, None, 1.0, "clip", S0, R0, cu, keep_tokens=True)
     u, w, _ = tokens
-    L = chunk._Layout(q, k, v, g, beta, gamma, 1.0, "clip", S0, R0, cu, chunk.BWD_CHUNK_SIZE)
+    L = chunk._Layout(q, k, v, g, beta, gamma, 1.0, "clip", S0, R0, cu, 32)
     n = int(L.chunk_offsets[-1])
     widths = record_launches(monkeypatch, chunk, ("_rdn_bwd_rebuild_kernel",), lambda name, kw: kw["BV"])
     states = {}
@@ -1207,6 +1249,34 @@ def test_wy_matrices_match_float64_inverses(BT, dtype):
         assert inv[inv != 1].abs().max() > 0.3  # off the unit diagonal: far from I
         for name, x, r in zip(("T_beta", "T_gamma", "Mk"), got, ref):
             assert rel_err(x, r) < tol, (name, rel_err(x, r))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_widened_matrices_are_the_64_token_ones(dtype):
+    """_widen_wy (wy.py's _rdn_wy_widen_kernel) makes a backward's 64-token T_beta, T_gamma and Mk from a 32-token
+    forward's: against torch.linalg in float64, with near-aligned keys (inverses far from I), a partial last chunk
+    whose second half is empty or part-filled, and packed sequences; zeros above the diagonal and past each sequence's
+    end."""
+    chunk = sys.modules[chunk_rdn_fwd.__module__]
+    gen = torch.Generator().manual_seed(7)
+    B, T, H, K = 2, 2 * 64 + 7, 2, 32
+    base = F.normalize(torch.randn(1, 1, H, K, generator=gen), dim=-1)
+    k = F.normalize(base + 0.3 * torch.randn(B, T, H, K, generator=gen), dim=-1).to(dtype)
+    g = (-0.05 * torch.rand(B, T, H, generator=gen)).to(dtype)
+    beta = (0.5 + 0.5 * torch.rand(B, T, H, generator=gen)).to(dtype)
+    gamma = torch.rand(B, T, H, generator=gen).to(dtype)
+    for cu in (None, torch.tensor([0, 59, 100, 2 * T - 3], dtype=torch.int32)):
+        kk, gg, bb, cc = ((x.reshape(1, B * T, *x.shape[2:])[:, :2 * T - 3] if cu is not None else x).contiguous()
+                          for x in (k, g, beta, gamma))
+        L32, L64 = (chunk._Layout(kk, kk, kk, gg, bb, cc, 1.0, "clip", None, None, cu, bt) for bt in (32, 64))
+        narrow = torch.stack(chunk._wy(L32, kk, gg, bb, cc))
+        got = torch.stack(chunk._widen_wy(L64, kk, gg, bb, cc, narrow))
+        ref = wy_reference(kk, gg, bb, cc, 64, cu)
+        if cu is None:  # the new blocks (rows 32-63 of a chunk, columns 0-31) are far from 0, the inverses from I
+            assert ref[:, :, 32:64, :, :32].abs().max() > 0.1 and ref[:2].abs().max() > 0.3
+        for name, x, r in zip(("T_beta", "T_gamma", "Mk"), got, ref):
+            assert rel_err(x, r) < 1e-5, (name, rel_err(x, r))
+            assert (x[r == 0] == 0).all(), name  # zeros above the diagonal and past each sequence's end
 
 
 def operators_reference(q, k, g, t_beta, t_gamma, m_k, BT, cu_seqlens=None):
