@@ -137,7 +137,7 @@ def main():
     parser.add_argument("--fwd-chunks", default="", help="forward chunk sizes to profile, e.g. 64,128 (default: "
                         "the op's own, RLA 64, RDN 32); the backward runs at --bwd-chunks, its rerun at that size")
     parser.add_argument("--bwd-chunks", default="64", help="backward chunk sizes to profile, e.g. 64,32 (RDN's "
-                        "backward chunks as chunk.BWD_CHUNK_SIZE chooses, at most 32 where its walk is rerun)")
+                        "backward chunks by at most chunk.BWD_CHUNK_SIZE, 32 by default; 0 chooses)")
     parser.add_argument("--saved-chunk", type=int, default=0, help="RDN only: the chunk size of the forward whose "
                         "kept tokens and chunk matrices the backward takes (default: the op's own, 32); e.g. 64 with "
                         "--bwd-chunks 64 --knob BWD_CHUNK_SIZE=64 for a backward that reuses a 64-token forward's")

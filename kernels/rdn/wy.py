@@ -200,7 +200,10 @@ def _rdn_wy_kernel(
 #     (I + A)^{-1} = [[T0, 0], [-T1 A10 T0, T1]],   A10 = diag(x exp(g)) Mk10,   Mk10 = k1 k0^T exp(Gp1 - G0)
 # (T0, T1 the 32-token inverses): one [32, K] x [K, 32] dot and two pairs of 32 x 32 products a 64-token chunk,
 # where _rdn_wy_kernel at 64 solves both inverses again by 16-row blocks (0.45 ms at B=1 T=32k H=16 K=128 bf16 on
-# the H100, 2026-12-07, against 0.155 at 32).
+# the H100, 2026-12-07, against 0.155 at 32). Measured 0.311 ms there (autotuned: 2 warps; 2026-12-08), about its
+# bytes at DRAM speed (the 32-token matrices read, the 64-token ones written: ~0.74 GB). Checked against float64 on
+# the CPU in fp32 and bf16, on the GPU in fp32 only: the 64-token backward it feeds fails for half inputs elsewhere
+# (chunk.py, BWD_CHUNK_SIZE).
 @autotune(configs=launch_configs((2, 1), (4, 1), (1, 1)), key=["H", "K", "BK", "DOT_PREC"])
 @triton.jit(do_not_specialize=["T"])
 def _rdn_wy_widen_kernel(
