@@ -438,6 +438,11 @@ def _wy(L: _Layout, k, g, beta, gamma, out=None):
     return t_beta, t_gamma, m_k
 
 
+def _is_wy(wy, k, chunk_size: int) -> bool:
+    """Whether ``wy`` is a forward's saved chunk matrices (``save_wy``) at ``chunk_size``-token chunks for this k."""
+    return wy is not None and tuple(wy.shape) == wy_shape(k, chunk_size) and wy.dtype == torch.float32
+
+
 def _widen_wy(L: _Layout, k, g, beta, gamma, wy):
     """T_beta, T_gamma, Mk at 64-token chunks (L.BT = 64) from a 32-token forward's saved ``wy`` ([3, B, T, H, 32]):
     its blocks on the diagonal, the ones below made (wy.py, _rdn_wy_widen_kernel)."""
@@ -776,8 +781,9 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     if BWD_CHUNK_SIZE not in (0, 16, 32, 64):
         raise ValueError(f"launch knob BWD_CHUNK_SIZE must be 16, 32, 64 or 0 (automatic); got {BWD_CHUNK_SIZE!r}")
     L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, min(chunk_size, BWD_CHUNK_SIZE or 32))
-    tokens = walk is not None and len(walk) == 3 and _fits(walk, L, q, cu_seqlens)
-    if backward_chunk(L, chunk_size, tokens, sm_count(q.device)) != L.BT:
+    # (the kept tokens' fit is read only where the chunk is chosen: the default knob takes no host work here)
+    tokens = BWD_CHUNK_SIZE == 0 and walk is not None and len(walk) == 3 and _fits(walk, L, q, cu_seqlens)
+    if BWD_CHUNK_SIZE == 0 and backward_chunk(L, chunk_size, tokens, sm_count(q.device)) != L.BT:
         L = _Layout(q, k, v, g, beta, gamma, clip, residual, S0, R0, cu_seqlens, 64)
     if L.BT == 64 and q.dtype != torch.float32 and q.is_cuda and HALF_BWD_64 != 1:
         raise ValueError(f"launch knob BWD_CHUNK_SIZE={BWD_CHUNK_SIZE}: the backward at 64-token chunks is wrong for "
@@ -790,10 +796,10 @@ def chunk_rdn_bwd(q, k, v, g, beta, gamma, scale, clip, residual, S0, R0, cu_seq
     scale = L.K ** -0.5 if scale is None else float(scale)
     q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T = _contiguous(q, k, v, g, beta, gamma, S0, R0, do, dS_T, dR_T)
     do = do.to(v.dtype)  # the chunk-parallel kernels dot it raw with the token tensors, which are in v's dtype
-    saved_wy = wy is not None and tuple(wy.shape) == wy_shape(k, L.BT) and wy.dtype == torch.float32
+    saved_wy = _is_wy(wy, k, L.BT)
     if saved_wy:
         t_beta, t_gamma, m_k = wy.contiguous().unbind(0)
-    elif L.BT == 64 and wy is not None and tuple(wy.shape) == wy_shape(k, 32) and wy.dtype == torch.float32:
+    elif L.BT == 64 and _is_wy(wy, k, 32):
         t_beta, t_gamma, m_k = _widen_wy(L, k, g, beta, gamma, wy.contiguous())
     else:
         t_beta, t_gamma, m_k = _wy(L, k, g, beta, gamma)

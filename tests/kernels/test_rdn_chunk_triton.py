@@ -1115,6 +1115,7 @@ def test_rebuild_blocks_follow_the_sm_count(monkeypatch):
     assert chunk.rebuild_blocks(128, 128, 16, 2 * 16, 132) == (128, 1)
     assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (128, 2)
     assert chunk.rebuild_blocks(64, 64, 16, 1 * 16, 132) == (64, 2)  # a 64-wide head: one K-block
+    assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132, 64) == (128, 1)  # 64-token chunks: one a turn always
     monkeypatch.setattr(chunk, "REBUILD_BK", 64)
     assert chunk.rebuild_blocks(128, 128, 32, 16 * 16, 132) == (64, 1)
     assert chunk.rebuild_blocks(128, 128, 16, 1 * 16, 132) == (64, 1)
@@ -1223,6 +1224,17 @@ def wy_reference(k, g, beta, gamma, BT, cu_seqlens=None):
     return out
 
 
+def aligned_wy_inputs(gen, B, T, H, K, dtype):
+    """k, g, beta, gamma for the chunk-matrix tests: keys near one shared direction (large k.k, so the inverses are far
+    from I), decays near 1, beta near 1."""
+    base = F.normalize(torch.randn(1, 1, H, K, generator=gen), dim=-1)
+    k = F.normalize(base + 0.3 * torch.randn(B, T, H, K, generator=gen), dim=-1).to(dtype)
+    g = (-0.05 * torch.rand(B, T, H, generator=gen)).to(dtype)
+    beta = (0.5 + 0.5 * torch.rand(B, T, H, generator=gen)).to(dtype)
+    gamma = torch.rand(B, T, H, generator=gen).to(dtype)
+    return k, g, beta, gamma
+
+
 @pytest.mark.parametrize("BT", [16, 32, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_wy_matrices_match_float64_inverses(BT, dtype):
@@ -1231,13 +1243,8 @@ def test_wy_matrices_match_float64_inverses(BT, dtype):
     sequences; the rows past each sequence's end and the columns past a chunk's tokens are left at zero. (Unit-norm keys
     keep the inverses' entries O(1): a large one needs k.k near -1 between many pairs.)"""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
-    gen = torch.Generator().manual_seed(BT)
     B, T, H, K = 2, 2 * BT + 7, 2, 32
-    base = F.normalize(torch.randn(1, 1, H, K, generator=gen), dim=-1)  # shared direction: large k.k
-    k = F.normalize(base + 0.3 * torch.randn(B, T, H, K, generator=gen), dim=-1).to(dtype)
-    g = (-0.05 * torch.rand(B, T, H, generator=gen)).to(dtype)
-    beta = (0.5 + 0.5 * torch.rand(B, T, H, generator=gen)).to(dtype)
-    gamma = torch.rand(B, T, H, generator=gen).to(dtype)
+    k, g, beta, gamma = aligned_wy_inputs(torch.Generator().manual_seed(BT), B, T, H, K, dtype)
     tol = 1e-5  # both dtypes: half inputs are exact in fp32, the merges run at ~fp32 (tf32x3)
     for cu in (None, torch.tensor([0, BT - 5, 2 * T - 3], dtype=torch.int32)):
         kk, gg, bb, cc = ((x.reshape(1, B * T, *x.shape[2:])[:, :2 * T - 3] if cu is not None else x)
@@ -1258,13 +1265,8 @@ def test_widened_matrices_are_the_64_token_ones(dtype):
     whose second half is empty or part-filled, and packed sequences; zeros above the diagonal and past each sequence's
     end."""
     chunk = sys.modules[chunk_rdn_fwd.__module__]
-    gen = torch.Generator().manual_seed(7)
     B, T, H, K = 2, 2 * 64 + 7, 2, 32
-    base = F.normalize(torch.randn(1, 1, H, K, generator=gen), dim=-1)
-    k = F.normalize(base + 0.3 * torch.randn(B, T, H, K, generator=gen), dim=-1).to(dtype)
-    g = (-0.05 * torch.rand(B, T, H, generator=gen)).to(dtype)
-    beta = (0.5 + 0.5 * torch.rand(B, T, H, generator=gen)).to(dtype)
-    gamma = torch.rand(B, T, H, generator=gen).to(dtype)
+    k, g, beta, gamma = aligned_wy_inputs(torch.Generator().manual_seed(7), B, T, H, K, dtype)
     for cu in (None, torch.tensor([0, 59, 100, 2 * T - 3], dtype=torch.int32)):
         kk, gg, bb, cc = ((x.reshape(1, B * T, *x.shape[2:])[:, :2 * T - 3] if cu is not None else x).contiguous()
                           for x in (k, g, beta, gamma))
